@@ -1,0 +1,89 @@
+"""The ``docshift`` command line: a thin layer over :mod:`docshift.commands`.
+
+Every error is caught once in :func:`main`, printed as one line with what to do next, and turned into
+its documented exit code; tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from docshift.cli.basics import doctor_command, emulator_command
+from docshift.cli.context import AppContext
+from docshift.errors import DocshiftError, ExitCode
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="docshift", prog_name="docshift")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Config file (default: nearest docshift.toml or pyproject.toml [tool.docshift]).")
+@click.option("--project", envvar=None, help="Google Cloud project id.")
+@click.option("--database", help="Firestore database id (default: (default)).")
+@click.option("--emulator-host", help="host:port of a Firestore emulator.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_file: Path | None,
+    project: str | None,
+    database: str | None,
+    emulator_host: str | None,
+    debug: bool,
+) -> None:
+    """docshift: safe, fast, resumable data migrations for Cloud Firestore.
+
+    \b
+    Exit codes: 0 ok, 1 failed, 2 usage or config, 3 bad data, 4 bad migration file,
+    5 store error, 6 locked, 7 drift, 8 confirmation required, 9 pending migrations,
+    10 interrupted (resumable), 11 memory limit, 12 emergency stop, 13 too many failures,
+    14 validation below threshold, 15 emulator missing.
+    """
+    flags = {"project": project, "database": database, "emulator_host": emulator_host}
+    ctx.obj = AppContext(flags=flags, config_file=config_file, debug=debug)
+
+
+cli.add_command(emulator_command)
+cli.add_command(doctor_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and map every failure to one line and an exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        returned = cli.main(args=argv, prog_name="docshift", standalone_mode=False)
+        if isinstance(returned, int):  # click returns ctx.exit(code) instead of raising
+            sys.exit(returned)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.USAGE)
+    except DocshiftError as exc:
+        if debug:
+            raise
+        message = f"error: {exc.message}"
+        if exc.hint:
+            message += f"\n  hint: {exc.hint}"
+        click.echo(message, err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(
+            f"error: unexpected {type(exc).__name__}: {exc}\n"
+            "  hint: rerun with --debug for the traceback and report it; no data was changed by this error",
+            err=True,
+        )
+        sys.exit(ExitCode.FAILED)
+    sys.exit(ExitCode.OK)

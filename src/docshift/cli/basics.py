@@ -1,0 +1,54 @@
+"""``docshift emulator`` and ``docshift doctor``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+
+import click
+
+from docshift.cli.context import AppContext, pass_app
+from docshift.commands.doctor import doctor
+from docshift.emulator import Emulator, find_emulator
+from docshift.errors import ExitCode
+
+__all__ = ["doctor_command", "emulator_command"]
+
+
+@click.command("emulator")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port to listen on (default: a free one).")
+def emulator_command(port: int | None) -> None:
+    """Run the Firestore emulator in the foreground until Ctrl-C.
+
+    Prints the `export FIRESTORE_EMULATOR_HOST=...` line to use it from another shell.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "FIRESTORE_EMULATOR_HOST"}
+    location = find_emulator(env)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Emulator(location, port=port) as emulator:
+        click.echo(f"Firestore emulator ({location.source}) is running.")
+        click.echo(f"export FIRESTORE_EMULATOR_HOST={emulator.host}")
+        click.echo("Press Ctrl-C to stop it.", err=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    click.echo("emulator stopped", err=True)
+
+
+@click.command("doctor")
+@pass_app
+def doctor_command(app: AppContext) -> None:
+    """Check config, credentials, reachability and permissions, with a fix for each failure."""
+    checks = doctor(app.config_file, app.flags)
+    worst = ExitCode.OK
+    for check in checks:
+        mark = click.style(" ok ", fg="green") if check.ok else click.style("FAIL", fg="red")
+        click.echo(f"{mark}  {check.name:<12} {check.detail}")
+        if not check.ok:
+            if check.fix:
+                click.echo(f"      {'':<12} fix: {check.fix}")
+            worst = max(worst, check.exit_code)
+    if worst:
+        raise click.exceptions.Exit(int(worst))

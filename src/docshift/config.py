@@ -1,0 +1,312 @@
+"""Configuration, resolved once: flags > ``DOCSHIFT_*`` environment > ``docshift.toml`` (or
+``[tool.docshift]`` in pyproject.toml) > defaults, into frozen dataclasses.
+
+Only this module reads the environment. Every key is declared once in ``KEYS`` with its type, default,
+bounds and help text; the README's table and the error messages come from the same declaration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docshift.errors import ConfigError
+
+__all__ = ["KEYS", "Config", "EngineConfig", "Key", "LimitsConfig", "StoreConfig", "load_config"]
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    project: str | None = None
+    database: str = "(default)"
+    emulator_host: str | None = None
+    state_prefix: str = "_docshift"
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    batch_size: int = 300
+    min_batch_size: int = 20
+    max_batch_size: int = 500
+    concurrency: int = 4
+    shards: int = 1
+    conflict_retries: int = 5
+    checkpoint_every_docs: int = 5000
+    checkpoint_every_seconds: float = 10.0
+    max_failures: str = "1%"
+    backup: bool = True
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_writes_per_second: float = 0.0
+    ramp: str = "auto"
+    memory_soft_limit_mb: int = 512
+    memory_hard_limit_mb: int = 1024
+    breaker_failure_rate: float = 0.10
+    breaker_window: int = 200
+    breaker_consecutive_failures: int = 5
+    integrity_warning: float = 95.0
+    integrity_critical: float = 90.0
+
+
+@dataclass(frozen=True)
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    migrations_dir: Path = Path("migrations")
+    runs_dir: Path = Path(".docshift/runs")
+    config_file: Path | None = None
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Where each key's value came from: default, the file's name, DOCSHIFT_X, or --flag."""
+
+    def with_store(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, store=dataclasses.replace(self.store, **changes))
+
+    def with_engine(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, engine=dataclasses.replace(self.engine, **changes))
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    section: str
+    kind: type
+    help: str
+    check: Callable[[Any], str | None] | None = None
+    optional: bool = False
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def _fraction(value: Any) -> str | None:
+    return None if 0 < value <= 1 else "must be a fraction in (0, 1]"
+
+
+def _percent(value: Any) -> str | None:
+    return None if 0 <= value <= 100 else "must be a percentage between 0 and 100"
+
+
+def _choice(*allowed: str) -> Callable[[Any], str | None]:
+    return lambda value: None if value in allowed else f"must be one of {', '.join(allowed)}"
+
+
+def _failures(value: Any) -> str | None:
+    ok = re.fullmatch(r"\d+(\.\d+)?%|\d+", str(value))
+    return None if ok else "must be a count (e.g. 100) or a percentage (e.g. 0.5%)"
+
+
+def _identifier(value: Any) -> str | None:
+    ok = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", str(value))
+    return None if ok else "must be a collection id: letters, digits, _ and -"
+
+
+KEYS: tuple[Key, ...] = (
+    Key("project", "store", str, "Google Cloud project id", optional=True),
+    Key("database", "store", str, "Firestore database id; each database has its own history"),
+    Key("emulator_host", "store", str, "host:port of a Firestore emulator (also read from "
+        "FIRESTORE_EMULATOR_HOST)", optional=True),
+    Key("state_prefix", "store", str, "collection holding docshift's history and lock", _identifier),
+    Key("timeout_seconds", "store", float, "deadline for one store request", _positive),
+    Key("migrations_dir", "", Path, "folder of migration files"),
+    Key("runs_dir", "", Path, "folder for run state: checkpoints, before-images, reports"),
+    Key("batch_size", "engine", int, "documents per commit to start with", _positive),
+    Key("min_batch_size", "engine", int, "smallest adaptive batch", _positive),
+    Key("max_batch_size", "engine", int, "largest adaptive batch", _positive),
+    Key("concurrency", "engine", int, "commits in flight at once", _positive),
+    Key("shards", "engine", int, "key ranges read concurrently", _positive),
+    Key("conflict_retries", "engine", int, "re-reads of a document changed during the run",
+        _not_negative),
+    Key("checkpoint_every_docs", "engine", int, "checkpoint after this many documents", _positive),
+    Key("checkpoint_every_seconds", "engine", float, "checkpoint at least this often", _positive),
+    Key("max_failures", "engine", str, "failed documents tolerated: a count or a percent",
+        _failures),
+    Key("backup", "engine", bool, "save before-images of every changed document"),
+    Key("max_writes_per_second", "limits", float, "write-rate cap in ops/s; 0 = no cap",
+        _not_negative),
+    Key("ramp", "limits", str, "500/50/5 ramp-up: auto (on for Cloud Firestore, off for the "
+        "emulator), on, off", _choice("auto", "on", "off")),
+    Key("memory_soft_limit_mb", "limits", int, "RSS above which reading pauses", _positive),
+    Key("memory_hard_limit_mb", "limits", int, "RSS at which the run checkpoints and stops",
+        _positive),
+    Key("breaker_failure_rate", "limits", float, "failure rate over the window that stops a run",
+        _fraction),
+    Key("breaker_window", "limits", int, "documents in the circuit breaker's window", _positive),
+    Key("breaker_consecutive_failures", "limits", int, "failed commits in a row that stop a run",
+        _positive),
+    Key("integrity_warning", "limits", float, "integrity score (%) below which a warning is given",
+        _percent),
+    Key("integrity_critical", "limits", float, "integrity score (%) below which a run stops",
+        _percent),
+)
+_BY_NAME = {key.name: key for key in KEYS}
+
+
+def _convert(key: Key, raw: Any, origin: str, from_text: bool) -> Any:
+    def fail(reason: str) -> ConfigError:
+        return ConfigError(
+            f"config key {key.name!r} from {origin} {reason}, got {raw!r}",
+            hint=f"{key.name}: {key.help}",
+        )
+
+    if key.kind is bool:
+        if isinstance(raw, bool):
+            value: Any = raw
+        elif from_text and str(raw).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            value = str(raw).lower() in ("1", "true", "yes", "on")
+        else:
+            raise fail("must be true or false")
+    elif key.kind is int:
+        if isinstance(raw, bool) or not (isinstance(raw, int) or from_text):
+            raise fail("must be a whole number")
+        try:
+            value = int(raw)
+        except ValueError:
+            raise fail("must be a whole number") from None
+    elif key.kind is float:
+        if isinstance(raw, bool) or not (isinstance(raw, int | float) or from_text):
+            raise fail("must be a number")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise fail("must be a number") from None
+    elif key.kind is Path:
+        if not isinstance(raw, str | Path) or not str(raw):
+            raise fail("must be a path")
+        value = Path(raw)
+    else:
+        if not isinstance(raw, str) or (not raw and not key.optional):
+            raise fail("must be a non-empty string")
+        value = raw
+    if key.check is not None:
+        problem = key.check(value)
+        if problem:
+            raise fail(problem)
+    return value
+
+
+def find_config_file(start: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The nearest docshift.toml, or pyproject.toml with [tool.docshift], from ``start`` upward."""
+    for folder in (start, *start.parents):
+        candidate = folder / "docshift.toml"
+        if candidate.is_file():
+            return candidate, _read_toml(candidate)
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            section = _read_toml(pyproject).get("tool", {}).get("docshift")
+            if isinstance(section, dict):
+                return pyproject, section
+    return None, {}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the file's syntax") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    config_file: Path | None = None,
+) -> Config:
+    """Resolve every key from its sources; unknown keys and bad values raise :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    cwd = cwd or Path.cwd()
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"config file {config_file} does not exist")
+        data = _read_toml(config_file)
+        if config_file.name == "pyproject.toml":
+            data = data.get("tool", {}).get("docshift", {})
+        path: Path | None = config_file
+    else:
+        path, data = find_config_file(cwd)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    base = path.parent if path else cwd
+    if path is not None:
+        for name, raw in data.items():
+            key = _BY_NAME.get(name)
+            if key is None:
+                known = ", ".join(sorted(_BY_NAME))
+                raise ConfigError(f"unknown config key {name!r} in {path}", hint=f"known keys: {known}")
+            values[name] = _convert(key, raw, str(path.name), from_text=False)
+            sources[name] = path.name
+    emulator_env = env.get("FIRESTORE_EMULATOR_HOST")
+    if emulator_env and "emulator_host" not in values:
+        values["emulator_host"] = emulator_env
+        sources["emulator_host"] = "FIRESTORE_EMULATOR_HOST"
+    for env_name, raw in env.items():
+        if not env_name.startswith("DOCSHIFT_"):
+            continue
+        name = env_name[len("DOCSHIFT_"):].lower()
+        key = _BY_NAME.get(name)
+        if key is None:
+            continue  # other DOCSHIFT_* variables (e.g. DOCSHIFT_ASSUME_YES) belong to the CLI
+        values[name] = _convert(key, raw, env_name, from_text=True)
+        sources[name] = env_name
+    for name, raw in (flags or {}).items():
+        if raw is None:
+            continue
+        key = _BY_NAME.get(name)
+        if key is None:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _convert(key, raw, f"--{name.replace('_', '-')}", from_text=isinstance(raw, str))
+        sources[name] = f"--{name.replace('_', '-')}"
+    return _build(values, sources, base, path)
+
+
+def _build(values: dict[str, Any], sources: dict[str, str], base: Path, path: Path | None) -> Config:
+    sections: dict[str, dict[str, Any]] = {"store": {}, "engine": {}, "limits": {}, "": {}}
+    for name, value in values.items():
+        sections[_BY_NAME[name].section][name] = value
+    top = sections[""]
+    config = Config(
+        store=StoreConfig(**sections["store"]),
+        engine=EngineConfig(**sections["engine"]),
+        limits=LimitsConfig(**sections["limits"]),
+        migrations_dir=base / top.get("migrations_dir", Path("migrations")),
+        runs_dir=base / top.get("runs_dir", Path(".docshift/runs")),
+        config_file=path,
+        sources={key.name: sources.get(key.name, "default") for key in KEYS},
+    )
+    engine, limits = config.engine, config.limits
+    if not engine.min_batch_size <= engine.batch_size <= engine.max_batch_size:
+        raise ConfigError(
+            f"batch_size {engine.batch_size} must lie between min_batch_size {engine.min_batch_size} "
+            f"and max_batch_size {engine.max_batch_size} (from {config.sources['batch_size']})"
+        )
+    if limits.memory_soft_limit_mb >= limits.memory_hard_limit_mb:
+        raise ConfigError("memory_soft_limit_mb must be below memory_hard_limit_mb")
+    if limits.integrity_critical > limits.integrity_warning:
+        raise ConfigError("integrity_critical must not be above integrity_warning")
+    return config
+
+
+def defaults() -> Mapping[str, Any]:
+    """Each key's default value, for documentation."""
+    config = Config()
+    result: dict[str, Any] = {}
+    for key in KEYS:
+        holder: Any = config if not key.section else getattr(config, key.section)
+        result[key.name] = getattr(holder, key.name)
+    return result

@@ -1,0 +1,205 @@
+"""Find and run the official Cloud Firestore emulator as a real, cleaned-up child process.
+
+The emulator is started with ``java`` directly (about 0.6 s faster than through ``gcloud``) on a free
+loopback port, in its own process group, so stopping kills the JVM and anything it spawned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from docshift.errors import EmulatorError
+
+__all__ = ["Emulator", "EmulatorLocation", "clear_project", "find_emulator", "free_port"]
+
+_JAR_IN_SDK = Path("platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
+_MAIN_CLASS = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
+_INSTALL_HINT = (
+    "install it with `gcloud components install cloud-firestore-emulator` "
+    "(or `apt-get install google-cloud-cli-firestore-emulator`), or `firebase setup:emulators:firestore`; "
+    "or set DOCSHIFT_EMULATOR_JAR to the jar, or FIRESTORE_EMULATOR_HOST to a running emulator"
+)
+
+
+@dataclass(frozen=True)
+class EmulatorLocation:
+    """Where an emulator is: a running ``host`` to use as is, or a ``jar`` to start."""
+
+    host: str | None = None
+    jar: Path | None = None
+    source: str = ""
+
+
+def _sdk_roots(gcloud: str | None) -> list[Path]:
+    roots: list[Path] = []
+    if gcloud:
+        real = Path(gcloud).resolve()
+        roots.append(real.parent.parent)  # <sdk>/bin/gcloud
+    roots.append(Path("/usr/lib/google-cloud-sdk"))
+    return roots
+
+
+def find_emulator(env: Mapping[str, str] | None = None) -> EmulatorLocation:
+    """Look in the documented order; raise :class:`EmulatorError` saying what to install."""
+    env = os.environ if env is None else env
+    host = env.get("FIRESTORE_EMULATOR_HOST")
+    if host:
+        return EmulatorLocation(host=host, source="FIRESTORE_EMULATOR_HOST")
+    given = env.get("DOCSHIFT_EMULATOR_JAR")
+    if given:
+        if not Path(given).is_file():
+            raise EmulatorError(f"DOCSHIFT_EMULATOR_JAR points to {given}, which is not a file")
+        return EmulatorLocation(jar=Path(given), source="DOCSHIFT_EMULATOR_JAR")
+    for root in _sdk_roots(shutil.which("gcloud", path=env.get("PATH"))):
+        jar = root / _JAR_IN_SDK
+        if jar.is_file():
+            return EmulatorLocation(jar=jar, source=f"Google Cloud SDK at {root}")
+    home = env.get("HOME") or str(Path.home())
+    cached = sorted(glob.glob(f"{home}/.cache/firebase/emulators/cloud-firestore-emulator-*.jar"))
+    if cached:
+        return EmulatorLocation(jar=Path(cached[-1]), source="Firebase CLI cache")
+    raise EmulatorError("the Cloud Firestore emulator was not found", hint=_INSTALL_HINT)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(host: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}/", timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def clear_project(host: str, project: str) -> None:
+    """Delete every document of ``project`` in the emulator at ``host``."""
+    url = f"http://{host}/emulator/v1/projects/{project}/databases/(default)/documents"
+    request = urllib.request.Request(url, method="DELETE")
+    with urllib.request.urlopen(request, timeout=30):
+        pass
+
+
+class Emulator:
+    """A running emulator. Use as a context manager, or call :meth:`start` and :meth:`stop`.
+
+    When a running one is given by ``FIRESTORE_EMULATOR_HOST`` it is used and never stopped.
+    """
+
+    def __init__(
+        self,
+        location: EmulatorLocation | None = None,
+        *,
+        port: int | None = None,
+        startup_timeout: float = 60.0,
+        java: str | None = None,
+    ) -> None:
+        self.location = location or find_emulator()
+        self.port = port
+        self.startup_timeout = startup_timeout
+        self.java = java
+        self.process: subprocess.Popen[bytes] | None = None
+        self.host: str | None = self.location.host
+        self._log: tempfile._TemporaryFileWrapper[bytes] | None = None
+
+    @property
+    def owned(self) -> bool:
+        """Whether this object started (and so must stop) the emulator."""
+        return self.process is not None
+
+    def start(self) -> str:
+        if self.host is not None:
+            return self.host
+        java = self.java or shutil.which("java")
+        if not java:
+            raise EmulatorError(
+                "Java is not installed, and the Firestore emulator needs it",
+                hint="install a Java 11+ runtime, e.g. `apt-get install openjdk-17-jre-headless`",
+            )
+        port = self.port or free_port()
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
+            prefix="docshift-emulator-", suffix=".log"
+        )
+        command = [
+            java, "-Duser.language=en", "-cp", str(self.location.jar), _MAIN_CLASS,
+            "start", "--host=127.0.0.1", f"--port={port}",
+        ]
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        host = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                output = self._read_log()
+                self.stop()
+                raise EmulatorError(f"the Firestore emulator exited at start: {output[-400:]}")
+            if _answers(host):
+                self.host = host
+                return host
+            time.sleep(0.1)
+        self.stop()
+        raise EmulatorError(
+            f"the Firestore emulator did not answer within {self.startup_timeout:.0f} s",
+            hint="check that Java works and that the machine is not short of memory",
+        )
+
+    def _read_log(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.flush()
+        return Path(self._log.name).read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the whole process group (SIGTERM, then SIGKILL). Safe to call twice."""
+        process, self.process = self.process, None
+        if process is not None:
+            try:
+                group = os.getpgid(process.pid)
+            except ProcessLookupError:
+                group = None
+            if group is not None:
+                _signal_group(group, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout)
+                _signal_group(group, signal.SIGKILL)
+            process.wait()
+            self.host = self.location.host
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Emulator:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)

@@ -1,0 +1,182 @@
+"""docshift's one exception tree. Every error a user can see is one of these, and carries its exit code.
+
+::
+
+    DocshiftError                     1  something failed
+    ├── UsageError                    2  a flag or argument is wrong
+    │   └── ConfigError               2  a config key is unknown, mistyped or out of range
+    ├── DataError                     3  a value cannot be stored or a file cannot be read back
+    │   └── CodecError                3
+    ├── MigrationFileError            4  a migration file cannot be loaded (syntax, missing up, order…)
+    ├── StoreError                    5  the store refused or failed (path is set where known)
+    │   ├── TransientError            5  worth retrying: UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
+    │   │                                RESOURCE_EXHAUSTED, INTERNAL (the adapter retries these)
+    │   ├── ConflictError             5  a precondition failed: the document changed or (dis)appeared
+    │   └── PermanentError            5  everything else: permissions, invalid argument, not found…
+    │       └── CredentialsError      5  no usable credentials / project
+    ├── LockedError                   6  another run holds the lease
+    ├── DriftError                    7  an applied migration's file was edited afterwards
+    ├── ConfirmationRequired          8  a destructive action needs --yes or a TTY
+    ├── EmulatorError                 15 the Firestore emulator (or Java) is missing or did not start
+    └── RunStopped                    10 a run stopped before the end; its checkpoint is kept
+        ├── MemoryLimitExceeded       11 the hard memory limit was reached
+        ├── EmergencyStop             12 the circuit breaker or an integrity gate tripped
+        └── TooManyFailures           13 --max-failures was exceeded
+
+Exit code 9 is used by ``docshift status`` for "pending migrations" and 14 by ``docshift validate``
+for "below threshold" (see :class:`ExitCode`).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = [
+    "CodecError",
+    "ConfigError",
+    "ConfirmationRequired",
+    "ConflictError",
+    "CredentialsError",
+    "DataError",
+    "DocshiftError",
+    "DriftError",
+    "EmergencyStop",
+    "EmulatorError",
+    "ExitCode",
+    "LockedError",
+    "MemoryLimitExceeded",
+    "MigrationFileError",
+    "PermanentError",
+    "RunStopped",
+    "StoreError",
+    "TooManyFailures",
+    "TransientError",
+    "UsageError",
+]
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    DATA = 3
+    MIGRATION_FILE = 4
+    STORE = 5
+    LOCKED = 6
+    DRIFT = 7
+    CONFIRMATION_REQUIRED = 8
+    PENDING = 9
+    INTERRUPTED = 10
+    MEMORY_LIMIT = 11
+    EMERGENCY_STOP = 12
+    TOO_MANY_FAILURES = 13
+    VALIDATION_FAILED = 14
+    EMULATOR = 15
+
+
+class DocshiftError(Exception):
+    """Base of every docshift error. ``hint`` says what to do next."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(DocshiftError):
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(UsageError):
+    pass
+
+
+class DataError(DocshiftError):
+    exit_code = ExitCode.DATA
+
+
+class CodecError(DataError):
+    pass
+
+
+class MigrationFileError(DocshiftError):
+    exit_code = ExitCode.MIGRATION_FILE
+
+
+class StoreError(DocshiftError):
+    """The store failed. ``code`` is the gRPC status name, ``path`` the document when known."""
+
+    exit_code = ExitCode.STORE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "UNKNOWN",
+        path: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+        self.path = path
+
+
+class TransientError(StoreError):
+    pass
+
+
+class ConflictError(StoreError):
+    pass
+
+
+class PermanentError(StoreError):
+    pass
+
+
+class CredentialsError(PermanentError):
+    pass
+
+
+class LockedError(DocshiftError):
+    exit_code = ExitCode.LOCKED
+
+
+class DriftError(DocshiftError):
+    exit_code = ExitCode.DRIFT
+
+
+class ConfirmationRequired(DocshiftError):
+    exit_code = ExitCode.CONFIRMATION_REQUIRED
+
+
+class EmulatorError(DocshiftError):
+    exit_code = ExitCode.EMULATOR
+
+
+class RunStopped(DocshiftError):
+    """A run ended early but safely; ``resume_command`` continues it."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, resume_command: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.resume_command = resume_command
+
+
+class MemoryLimitExceeded(RunStopped):
+    exit_code = ExitCode.MEMORY_LIMIT
+
+
+class EmergencyStop(RunStopped):
+    exit_code = ExitCode.EMERGENCY_STOP
+
+
+class TooManyFailures(RunStopped):
+    exit_code = ExitCode.TOO_MANY_FAILURES

@@ -1,0 +1,55 @@
+"""Stores: the interface, an in-memory implementation, and (imported lazily) Firestore."""
+
+from __future__ import annotations
+
+from docshift.config import Config
+from docshift.store.base import (
+    DELETE_FIELD,
+    Document,
+    FieldPath,
+    Filter,
+    Op,
+    Precondition,
+    Query,
+    Store,
+    StoreInfo,
+    Write,
+    WriteKind,
+    WriteResult,
+)
+from docshift.store.memory import MemoryStore
+from docshift.store.resilience import FaultInjectingStore, RetryingStore, RetryPolicy
+
+__all__ = [
+    "DELETE_FIELD",
+    "Document",
+    "FaultInjectingStore",
+    "FieldPath",
+    "Filter",
+    "MemoryStore",
+    "Op",
+    "Precondition",
+    "Query",
+    "RetryPolicy",
+    "RetryingStore",
+    "Store",
+    "StoreInfo",
+    "Write",
+    "WriteKind",
+    "WriteResult",
+    "open_store",
+]
+
+
+def open_store(config: Config, *, retry: RetryPolicy | None = None) -> RetryingStore:
+    """The Firestore store a config points at, wrapped in the one retry layer."""
+    from docshift.store.firestore import FirestoreStore  # deferred: importing gRPC costs ~0.3 s
+
+    settings = config.store
+    inner = FirestoreStore(
+        settings.project,
+        settings.database,
+        emulator_host=settings.emulator_host,
+        timeout=settings.timeout_seconds,
+    )
+    return RetryingStore(inner, retry)

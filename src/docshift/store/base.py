@@ -1,0 +1,303 @@
+"""The store interface the engine talks to: documents, queries with name cursors, guarded writes.
+
+Paths are relative to the database's document root (``users/alice``, ``users/alice/orders/o1``).
+Streams are always in document-name order so that "the last path finished" is a complete cursor.
+``commit`` is deliberately non-atomic with one result per write (Firestore's BatchWrite): one
+document's conflict or bad value must never fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from docshift.errors import StoreError, UsageError
+from docshift.values import Timestamp, Value
+
+__all__ = [
+    "DELETE_FIELD",
+    "Document",
+    "FieldPath",
+    "Filter",
+    "Op",
+    "Precondition",
+    "Query",
+    "Store",
+    "Write",
+    "WriteKind",
+    "WriteResult",
+    "collection_of",
+    "parse_field_path",
+    "split_path",
+]
+
+FieldPath = tuple[str, ...]
+"""A field path as segments, so names containing dots or backticks stay unambiguous."""
+
+
+class _DeleteField:
+    """Marker in an update: remove this field."""
+
+    _instance: _DeleteField | None = None
+
+    def __new__(cls) -> _DeleteField:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "DELETE_FIELD"
+
+
+DELETE_FIELD: Any = _DeleteField()
+
+
+class Op(enum.StrEnum):
+    EQ = "=="
+    NE = "!="
+    LT = "<"
+    LE = "<="
+    GT = ">"
+    GE = ">="
+    IN = "in"
+    NOT_IN = "not-in"
+    ARRAY_CONTAINS = "array-contains"
+    ARRAY_CONTAINS_ANY = "array-contains-any"
+
+
+def parse_field_path(text: str) -> FieldPath:
+    """``a.b`` -> ("a", "b"); backticks quote segments with dots: ```a.b`.c`` -> ("a.b", "c")."""
+    segments: list[str] = []
+    current: list[str] = []
+    quoted = False
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "`":
+            quoted = not quoted
+        elif char == "\\" and quoted and index + 1 < len(text):
+            index += 1
+            current.append(text[index])
+        elif char == "." and not quoted:
+            segments.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        index += 1
+    segments.append("".join(current))
+    if quoted or any(not segment for segment in segments):
+        raise UsageError(f"invalid field path {text!r}", hint="use a.b, and `quote` names with dots")
+    return tuple(segments)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    field: FieldPath
+    op: Op
+    value: Value
+
+    @classmethod
+    def parse(cls, field_path: str, op: str, value: Value) -> Filter:
+        try:
+            operator = Op(op)
+        except ValueError:
+            allowed = ", ".join(o.value for o in Op)
+            raise UsageError(
+                f"unsupported filter operator {op!r}", hint=f"use one of {allowed}"
+            ) from None
+        if operator in (Op.IN, Op.NOT_IN, Op.ARRAY_CONTAINS_ANY) and not isinstance(value, list):
+            raise UsageError(f"filter {field_path} {op} needs a list value, got {value!r}")
+        return cls(parse_field_path(field_path), operator, value)
+
+
+def split_path(path: str) -> list[str]:
+    parts = path.strip("/").split("/")
+    if not path.strip("/") or any(not part for part in parts):
+        raise UsageError(f"invalid path {path!r}", hint="paths look like users or users/alice/orders")
+    return parts
+
+
+def collection_of(document_path: str) -> str:
+    """The collection path a document lives in."""
+    return document_path.rsplit("/", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Documents of one collection (or, with ``group``, every collection with that id), name order.
+
+    ``start_after`` and ``end_at`` are document paths bounding the name range (exclusive, inclusive),
+    which is how resumable cursors and shards are expressed.
+    """
+
+    collection: str
+    group: bool = False
+    filters: tuple[Filter, ...] = ()
+    start_after: str | None = None
+    end_at: str | None = None
+    limit: int | None = None
+    keys_only: bool = False
+
+    def __post_init__(self) -> None:
+        parts = split_path(self.collection)
+        if self.group and len(parts) != 1:
+            raise UsageError(f"a collection group is one id, got {self.collection!r}")
+        if not self.group and len(parts) % 2 != 1:
+            raise UsageError(
+                f"{self.collection!r} is not a collection path (it has an even number of segments)",
+                hint="a collection path has an odd number of segments: users or users/alice/orders",
+            )
+        if self.limit is not None and self.limit < 0:
+            raise UsageError("a query limit cannot be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One document as read: its path, a data dict of docshift values, and its server times."""
+
+    path: str
+    data: dict[str, Value]
+    create_time: Timestamp | None = None
+    update_time: Timestamp | None = None
+
+    @property
+    def id(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def collection(self) -> str:
+        return collection_of(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class Precondition:
+    """Write only if the document exists (or not), or still has exactly this update time."""
+
+    exists: bool | None = None
+    update_time: Timestamp | None = None
+
+
+class WriteKind(enum.StrEnum):
+    SET = "set"
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One document write. Build with :meth:`set`, :meth:`create`, :meth:`update`, :meth:`delete`."""
+
+    kind: WriteKind
+    path: str
+    data: Mapping[str, Value] | None = None
+    fields: Mapping[FieldPath, Value] | None = None
+    precondition: Precondition | None = None
+
+    @classmethod
+    def set(cls, path: str, data: Mapping[str, Value], *, update_time: Timestamp | None = None) -> Write:
+        """Replace the whole document (creating it if missing, unless guarded by update time)."""
+        guard = Precondition(update_time=update_time) if update_time else None
+        return cls(WriteKind.SET, path, data=data, precondition=guard)
+
+    @classmethod
+    def create(cls, path: str, data: Mapping[str, Value]) -> Write:
+        """Create; fails with a conflict when the document already exists."""
+        return cls(WriteKind.CREATE, path, data=data, precondition=Precondition(exists=False))
+
+    @classmethod
+    def update(
+        cls,
+        path: str,
+        fields: Mapping[FieldPath, Value],
+        *,
+        update_time: Timestamp | None = None,
+    ) -> Write:
+        """Change only these field paths (``DELETE_FIELD`` removes one); the document must exist."""
+        guard = Precondition(update_time=update_time) if update_time else Precondition(exists=True)
+        return cls(WriteKind.UPDATE, path, fields=fields, precondition=guard)
+
+    @classmethod
+    def delete(cls, path: str, *, update_time: Timestamp | None = None) -> Write:
+        guard = Precondition(update_time=update_time) if update_time else None
+        return cls(WriteKind.DELETE, path, precondition=guard)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What happened to one write: ``update_time`` when applied, ``error`` when not."""
+
+    path: str
+    update_time: Timestamp | None = None
+    error: StoreError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class StoreInfo:
+    """Where a store points; shown in confirmations, reports and ``doctor``."""
+
+    project: str
+    database: str = "(default)"
+    emulator_host: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_emulator(self) -> bool:
+        return self.emulator_host is not None
+
+    def describe(self) -> str:
+        where = f"emulator {self.emulator_host}" if self.emulator_host else "Cloud Firestore"
+        return f"project {self.project}, database {self.database} ({where})"
+
+
+class Store(abc.ABC):
+    """What docshift needs from a document store. Implementations: memory, Firestore."""
+
+    info: StoreInfo
+
+    @abc.abstractmethod
+    def stream(self, query: Query) -> Iterator[Document]:
+        """Documents matching ``query`` in name order, after ``start_after``, up to ``end_at``."""
+
+    @abc.abstractmethod
+    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+        """The documents at ``paths`` (``None`` where missing), in the order asked."""
+
+    @abc.abstractmethod
+    def count(self, query: Query) -> int:
+        """How many documents ``query`` would stream (ignoring ``keys_only``)."""
+
+    @abc.abstractmethod
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        """Apply writes independently (not atomically); one result per write, in order.
+
+        Per-write failures come back as results; only a failure of the whole request raises.
+        A request may not name the same document twice.
+        """
+
+    @abc.abstractmethod
+    def list_collections(self, document_path: str | None = None) -> list[str]:
+        """Ids of the collections directly under a document (or the database root), sorted."""
+
+    def partition(self, query: Query, count: int) -> list[str] | None:
+        """Up to ``count - 1`` split paths dividing ``query`` evenly, or ``None`` if unsupported."""
+        return None
+
+    def get(self, path: str) -> Document | None:
+        return self.get_many([path])[0]
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
+        """Release connections."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

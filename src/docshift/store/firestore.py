@@ -1,0 +1,525 @@
+"""The Firestore adapter: the only module that imports ``google.*``.
+
+It speaks raw gRPC with the protobuf messages instead of the high-level client: building snapshot
+objects costs more than the wire (measured: ~3,500 docs/s through ``collection.stream()`` versus
+~13,700 docs/s for raw RunQuery), and the engine needs neither snapshots nor proto-plus wrappers.
+Google errors are translated here, in :func:`translate_error`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.auth import default as google_auth_default
+from google.auth import exceptions as auth_exceptions
+from google.auth.transport import grpc as auth_grpc
+from google.auth.transport.requests import Request as AuthRequest
+from google.cloud.firestore_v1.types import document as document_types
+from google.cloud.firestore_v1.types import firestore as firestore_types
+from google.cloud.firestore_v1.types import query as query_types
+from google.cloud.firestore_v1.types import write as write_types
+
+from docshift.errors import (
+    CodecError,
+    ConflictError,
+    CredentialsError,
+    PermanentError,
+    StoreError,
+    TransientError,
+)
+from docshift.store.base import (
+    DELETE_FIELD,
+    Document,
+    FieldPath,
+    Filter,
+    Op,
+    Query,
+    Store,
+    StoreInfo,
+    Write,
+    WriteKind,
+    WriteResult,
+    split_path,
+)
+from docshift.store.semantics import document_problem, matches, server_side
+from docshift.values import GeoPoint, Reference, Timestamp, Value
+
+__all__ = ["FirestoreStore", "translate_error"]
+
+_pb = {
+    "RunQueryRequest": firestore_types.RunQueryRequest.pb(),
+    "RunQueryResponse": firestore_types.RunQueryResponse.pb(),
+    "BatchGetRequest": firestore_types.BatchGetDocumentsRequest.pb(),
+    "BatchGetResponse": firestore_types.BatchGetDocumentsResponse.pb(),
+    "AggRequest": firestore_types.RunAggregationQueryRequest.pb(),
+    "AggResponse": firestore_types.RunAggregationQueryResponse.pb(),
+    "BatchWriteRequest": firestore_types.BatchWriteRequest.pb(),
+    "BatchWriteResponse": firestore_types.BatchWriteResponse.pb(),
+    "ListCollectionIdsRequest": firestore_types.ListCollectionIdsRequest.pb(),
+    "ListCollectionIdsResponse": firestore_types.ListCollectionIdsResponse.pb(),
+    "PartitionRequest": firestore_types.PartitionQueryRequest.pb(),
+    "PartitionResponse": firestore_types.PartitionQueryResponse.pb(),
+}
+_StructuredQuery: Any = query_types.StructuredQuery.pb()
+_ValuePb: Any = document_types.Value.pb()
+_WritePb: Any = write_types.Write.pb()
+
+_FIELD_OPS = {
+    Op.LT: 1, Op.LE: 2, Op.GT: 3, Op.GE: 4, Op.EQ: 5, Op.NE: 6,
+    Op.ARRAY_CONTAINS: 7, Op.IN: 8, Op.ARRAY_CONTAINS_ANY: 9, Op.NOT_IN: 10,
+}
+_IS_NAN, _IS_NULL, _IS_NOT_NAN, _IS_NOT_NULL = 2, 3, 4, 5
+_AND, _ASCENDING = 1, 1
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+_TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "RESOURCE_EXHAUSTED", "INTERNAL"}
+_CONFLICT = {"FAILED_PRECONDITION", "NOT_FOUND", "ALREADY_EXISTS"}
+_SIMPLE_FIELD = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
+_SCOPES = ("https://www.googleapis.com/auth/datastore",)
+_FIRESTORE_HOST = "firestore.googleapis.com:443"
+
+
+def translate_error(
+    code: str, message: str, *, path: str | None = None, guarded: bool = False
+) -> StoreError:
+    """Turn a gRPC status into docshift's error tree. ``guarded``: the write had a precondition."""
+    if code in _TRANSIENT:
+        return TransientError(message, code=code, path=path)
+    if guarded and code in _CONFLICT:
+        return ConflictError(message, code=code, path=path)
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return CredentialsError(
+            message, code=code, path=path,
+            hint="check the account has Cloud Datastore User access to this project and database",
+        )
+    return PermanentError(message, code=code, path=path)
+
+
+def _rpc_error(exc: grpc.RpcError) -> StoreError:
+    code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    return translate_error(code, details or code)
+
+
+def _quote_field(field_path: FieldPath) -> str:
+    return ".".join(
+        part if _SIMPLE_FIELD.match(part)
+        else "`" + part.replace("\\", "\\\\").replace("`", "\\`") + "`"
+        for part in field_path
+    )
+
+
+class FirestoreStore(Store):
+    """Firestore (real or emulator) behind the :class:`Store` interface."""
+
+    def __init__(
+        self,
+        project: str | None,
+        database: str = "(default)",
+        *,
+        emulator_host: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.timeout = timeout
+        if emulator_host:
+            if not project:
+                raise CredentialsError("no project id given", hint="set --project or DOCSHIFT_PROJECT")
+            self._channel = grpc.insecure_channel(emulator_host, options=_channel_options())
+            self._auth: tuple[tuple[str, str], ...] = (("authorization", "Bearer owner"),)
+        else:
+            project = self._open_real(project)
+        assert project is not None
+        self.info = StoreInfo(project=project, database=database, emulator_host=emulator_host)
+        self._database_name = f"projects/{project}/databases/{database}"
+        self._root = f"{self._database_name}/documents"
+        self._metadata = (*self._auth, ("x-goog-request-params", f"database={self._database_name}"))
+        self._run_query = self._stream_method("RunQuery", "RunQueryRequest", "RunQueryResponse")
+        self._batch_get = self._stream_method("BatchGetDocuments", "BatchGetRequest", "BatchGetResponse")
+        self._aggregate = self._stream_method("RunAggregationQuery", "AggRequest", "AggResponse")
+        self._batch_write = self._unary_method("BatchWrite", "BatchWriteRequest", "BatchWriteResponse")
+        self._list_ids = self._unary_method(
+            "ListCollectionIds", "ListCollectionIdsRequest", "ListCollectionIdsResponse"
+        )
+        self._partition = self._unary_method("PartitionQuery", "PartitionRequest", "PartitionResponse")
+
+    def _open_real(self, project: str | None) -> str:
+        try:
+            credentials, default_project = google_auth_default(scopes=_SCOPES)
+        except auth_exceptions.DefaultCredentialsError:
+            raise CredentialsError(
+                "no Google credentials found",
+                hint="run `gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, "
+                "or point FIRESTORE_EMULATOR_HOST at an emulator",
+            ) from None
+        project = project or default_project
+        if not project:
+            raise CredentialsError("no project id given", hint="set --project or DOCSHIFT_PROJECT")
+        self._channel = auth_grpc.secure_authorized_channel(  # type: ignore[no-untyped-call]
+            credentials, AuthRequest(), _FIRESTORE_HOST, options=_channel_options()
+        )
+        self._auth = ()
+        return str(project)
+
+    def _stream_method(self, name: str, request: str, response: str) -> Any:
+        return self._channel.unary_stream(
+            f"/google.firestore.v1.Firestore/{name}",
+            request_serializer=_pb[request].SerializeToString,
+            response_deserializer=_pb[response].FromString,
+        )
+
+    def _unary_method(self, name: str, request: str, response: str) -> Any:
+        return self._channel.unary_unary(
+            f"/google.firestore.v1.Firestore/{name}",
+            request_serializer=_pb[request].SerializeToString,
+            response_deserializer=_pb[response].FromString,
+        )
+
+    # ----------------------------------------------------------------- names and values
+    def _full_name(self, path: str) -> str:
+        return f"{self._root}/{path}"
+
+    def _relative(self, name: str) -> str:
+        return name[len(self._root) + 1 :]
+
+    def _decode_value(self, value: Any) -> Value:
+        kind = value.WhichOneof("value_type")
+        if kind == "string_value":
+            return value.string_value
+        if kind == "integer_value":
+            return value.integer_value
+        if kind == "double_value":
+            return value.double_value
+        if kind == "boolean_value":
+            return value.boolean_value
+        if kind == "map_value":
+            decode = self._decode_value
+            return {key: decode(item) for key, item in value.map_value.fields.items()}
+        if kind == "array_value":
+            decode = self._decode_value
+            return [decode(item) for item in value.array_value.values]
+        if kind == "timestamp_value":
+            stamp = value.timestamp_value
+            return Timestamp(stamp.seconds, stamp.nanos)
+        if kind == "null_value":
+            return None
+        if kind == "bytes_value":
+            return bytes(value.bytes_value)
+        if kind == "reference_value":
+            return _parse_reference(value.reference_value)
+        if kind == "geo_point_value":
+            point = value.geo_point_value
+            return GeoPoint(point.latitude, point.longitude)
+        raise CodecError(f"unsupported Firestore value kind {kind!r}")
+
+    def _decode_document(self, pb: Any) -> Document:
+        decode = self._decode_value
+        data = {key: decode(item) for key, item in pb.fields.items()}
+        return Document(
+            self._relative(pb.name),
+            data,
+            Timestamp(pb.create_time.seconds, pb.create_time.nanos),
+            Timestamp(pb.update_time.seconds, pb.update_time.nanos),
+        )
+
+    def _encode_value(self, value: Value, out: Any) -> None:
+        kind = type(value)
+        if kind is str:
+            out.string_value = value
+        elif kind is bool:
+            out.boolean_value = value
+        elif kind is int:
+            if not -(2**63) <= value < 2**63:
+                raise CodecError(f"integer {value} does not fit in 64 bits")
+            out.integer_value = value
+        elif kind is float:
+            out.double_value = value
+        elif value is None:
+            out.null_value = 0
+        elif kind is dict:
+            fields = out.map_value.fields
+            out.map_value.SetInParent()
+            for key, item in value.items():
+                self._encode_value(item, fields[key])
+        elif kind is list or kind is tuple:
+            values = out.array_value.values
+            out.array_value.SetInParent()
+            for item in value:
+                self._encode_value(item, values.add())
+        elif kind is Timestamp or isinstance(value, datetime):
+            stamp = value if kind is Timestamp else Timestamp.from_datetime(value)
+            out.timestamp_value.seconds = stamp.seconds
+            out.timestamp_value.nanos = stamp.nanos
+        elif kind is bytes or kind is bytearray:
+            out.bytes_value = bytes(value)
+        elif kind is GeoPoint:
+            out.geo_point_value.latitude = value.latitude
+            out.geo_point_value.longitude = value.longitude
+        elif kind is Reference:
+            project = value.project or self.info.project
+            out.reference_value = (
+                f"projects/{project}/databases/{value.database or '(default)'}/documents/{value.path}"
+            )
+        elif isinstance(value, int | float | str):  # subclasses such as IntEnum or StrEnum
+            base = next(b for b in (int, float, str) if isinstance(value, b))
+            self._encode_value(base(value), out)
+        else:
+            raise CodecError(f"cannot store a value of type {kind.__name__!r} in Firestore")
+
+    # ----------------------------------------------------------------- reading
+    def _structured_query(self, query: Query) -> tuple[str, Any]:
+        parts = split_path(query.collection)
+        structured = _StructuredQuery()
+        selector = structured.from_.add()
+        selector.collection_id = parts[-1]
+        selector.all_descendants = query.group
+        parent = self._root if query.group or len(parts) == 1 else self._full_name("/".join(parts[:-1]))
+        pushed = tuple(f for f in query.filters if server_side(f))
+        if pushed:
+            self._encode_filters(pushed, structured.where)
+        order = structured.order_by.add()
+        order.field.field_path = "__name__"
+        order.direction = _ASCENDING
+        if query.start_after is not None:
+            structured.start_at.values.add().reference_value = self._full_name(query.start_after)
+            structured.start_at.before = False
+        if query.end_at is not None:
+            structured.end_at.values.add().reference_value = self._full_name(query.end_at)
+            structured.end_at.before = False
+        local = len(pushed) < len(query.filters)
+        if query.limit is not None and not local:
+            structured.limit.value = query.limit
+        if query.keys_only and not local:
+            structured.select.fields.add().field_path = "__name__"
+        return parent, structured
+
+    def _encode_filters(self, filters: tuple[Filter, ...], where: Any) -> None:
+        targets = [where]
+        if len(filters) > 1:
+            where.composite_filter.op = _AND
+            targets = [where.composite_filter.filters.add() for _ in filters]
+        for condition, target in zip(filters, targets, strict=True):
+            value = condition.value
+            is_nan = isinstance(value, float) and math.isnan(value)
+            if condition.op in (Op.EQ, Op.NE) and (value is None or is_nan):
+                unary = target.unary_filter
+                unary.field.field_path = _quote_field(condition.field)
+                if condition.op == Op.EQ:
+                    unary.op = _IS_NULL if value is None else _IS_NAN
+                else:
+                    unary.op = _IS_NOT_NULL if value is None else _IS_NOT_NAN
+                continue
+            field_filter = target.field_filter
+            field_filter.field.field_path = _quote_field(condition.field)
+            field_filter.op = _FIELD_OPS[condition.op]
+            self._encode_value(value, field_filter.value)
+
+    def stream(self, query: Query) -> Iterator[Document]:
+        local = tuple(f for f in query.filters if not server_side(f))
+        parent, structured = self._structured_query(query)
+        request = _pb["RunQueryRequest"](parent=parent, structured_query=structured)
+        remaining = query.limit
+        if remaining == 0:
+            return
+        try:
+            for response in self._run_query(request, metadata=self._metadata):
+                if not response.HasField("document"):
+                    continue
+                pb = response.document
+                if query.keys_only and not local:
+                    yield Document(self._relative(pb.name), {}, None, None)
+                    continue
+                doc = self._decode_document(pb)
+                if local and not all(matches(doc.data, f) for f in local):
+                    continue
+                yield Document(doc.path, {}, None, None) if query.keys_only else doc
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining <= 0:
+                        return
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+
+    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+        if not paths:
+            return []
+        request = _pb["BatchGetRequest"](
+            database=self._database_name, documents=[self._full_name(p) for p in paths]
+        )
+        found: dict[str, Document | None] = {}
+        try:
+            for response in self._batch_get(request, metadata=self._metadata, timeout=self.timeout):
+                if response.HasField("found"):
+                    doc = self._decode_document(response.found)
+                    found[doc.path] = doc
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+        return [found.get(path) for path in paths]
+
+    def count(self, query: Query) -> int:
+        if not all(server_side(f) for f in query.filters):
+            return sum(1 for _ in self.stream(query))
+        parent, structured = self._structured_query(Query(
+            query.collection, query.group, query.filters, query.start_after, query.end_at, query.limit,
+        ))
+        request = _pb["AggRequest"](parent=parent)
+        request.structured_aggregation_query.structured_query.CopyFrom(structured)
+        aggregation = request.structured_aggregation_query.aggregations.add()
+        aggregation.alias = "n"
+        aggregation.count.SetInParent()
+        try:
+            for response in self._aggregate(request, metadata=self._metadata, timeout=self.timeout):
+                if response.HasField("result"):
+                    return int(response.result.aggregate_fields["n"].integer_value)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+        return 0
+
+    def list_collections(self, document_path: str | None = None) -> list[str]:
+        parent = self._full_name(document_path) if document_path else self._root
+        ids: list[str] = []
+        token = ""
+        try:
+            while True:
+                request = _pb["ListCollectionIdsRequest"](parent=parent, page_size=300, page_token=token)
+                response = self._list_ids(request, metadata=self._metadata, timeout=self.timeout)
+                ids.extend(response.collection_ids)
+                token = response.next_page_token
+                if not token:
+                    return sorted(ids)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc) from None
+
+    def partition(self, query: Query, count: int) -> list[str] | None:
+        _, structured = self._structured_query(Query(query.collection, group=True))
+        request = _pb["PartitionRequest"](
+            parent=self._root, structured_query=structured, partition_count=count
+        )
+        try:
+            response = self._partition(request, metadata=self._metadata, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            raise _rpc_error(exc) from None
+        return [self._relative(cursor.values[0].reference_value) for cursor in response.partitions]
+
+    # ----------------------------------------------------------------- writing
+    def _encode_write(self, write: Write, out: Any) -> None:
+        name = self._full_name(write.path)
+        if write.kind == WriteKind.DELETE:
+            out.delete = name
+        else:
+            document = out.update
+            document.name = name
+            fields = document.fields
+            if write.kind == WriteKind.UPDATE:
+                paths = out.update_mask.field_paths
+                for field_path, value in (write.fields or {}).items():
+                    paths.append(_quote_field(field_path))
+                    if value is DELETE_FIELD:
+                        continue
+                    target = fields[field_path[0]]
+                    for segment in field_path[1:]:
+                        target = target.map_value.fields[segment]
+                    self._encode_value(value, target)
+            else:
+                for key, value in (write.data or {}).items():
+                    self._encode_value(value, fields[key])
+        guard = write.precondition
+        if guard is not None:
+            if guard.update_time is not None:
+                out.current_document.update_time.seconds = guard.update_time.seconds
+                out.current_document.update_time.nanos = guard.update_time.nanos
+            elif guard.exists is not None:
+                out.current_document.exists = guard.exists
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        if len({write.path for write in writes}) != len(writes):
+            raise PermanentError(
+                "the same document cannot be written more than once in a single request",
+                code="INVALID_ARGUMENT",
+            )
+        results: list[WriteResult | None] = [None] * len(writes)
+        sendable: list[int] = []
+        for index, write in enumerate(writes):
+            problem = _write_problem(write)
+            if problem:
+                invalid = PermanentError(problem, code="INVALID_ARGUMENT", path=write.path)
+                results[index] = WriteResult(write.path, error=invalid)
+            else:
+                sendable.append(index)
+        self._send(writes, sendable, results)
+        return [result for result in results if result is not None]
+
+    def _send(self, writes: Sequence[Write], indices: list[int], results: list[WriteResult | None]) -> None:
+        """One BatchWrite; a request refused as a whole is split until the bad write is alone."""
+        if not indices:
+            return
+        request = _pb["BatchWriteRequest"](database=self._database_name)
+        sent: list[int] = []
+        for index in indices:
+            write = writes[index]
+            try:
+                self._encode_write(write, request.writes.add())
+            except CodecError as exc:
+                del request.writes[-1]
+                invalid = PermanentError(str(exc), code="INVALID_ARGUMENT", path=write.path)
+                results[index] = WriteResult(write.path, error=invalid)
+                continue
+            sent.append(index)
+        if not sent:
+            return
+        try:
+            response = self._batch_write(request, metadata=self._metadata, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            error = _rpc_error(exc)
+            if error.code != "INVALID_ARGUMENT":
+                raise error from None
+            if len(sent) == 1:
+                error.path = writes[sent[0]].path
+                results[sent[0]] = WriteResult(error.path, error=error)
+                return
+            middle = len(sent) // 2
+            self._send(writes, sent[:middle], results)
+            self._send(writes, sent[middle:], results)
+            return
+        for index, result, status in zip(sent, response.write_results, response.status, strict=True):
+            write = writes[index]
+            if status.code == 0:
+                stamp = Timestamp(result.update_time.seconds, result.update_time.nanos)
+                results[index] = WriteResult(write.path, update_time=stamp)
+            else:
+                code = _CODE_NAMES.get(status.code, "UNKNOWN")
+                error = translate_error(
+                    code, status.message.split("\n")[0] or code,
+                    path=write.path, guarded=write.precondition is not None,
+                )
+                results[index] = WriteResult(write.path, error=error)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _write_problem(write: Write) -> str | None:
+    """Why Firestore would refuse this write as a whole request, checked before sending it."""
+    if write.kind in (WriteKind.SET, WriteKind.CREATE):
+        return document_problem(write.path, write.data or {})
+    if write.kind == WriteKind.UPDATE and write.fields:
+        touched = {".".join(path): value for path, value in write.fields.items() if value is not DELETE_FIELD}
+        return document_problem(write.path, touched)
+    return None
+
+
+def _channel_options() -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+def _parse_reference(name: str) -> Reference:
+    parts = name.split("/", 5)
+    if len(parts) < 6 or parts[0] != "projects" or parts[2] != "databases":
+        raise CodecError(f"malformed document reference {name!r}")
+    return Reference(path=parts[5], project=parts[1], database=parts[3])
+

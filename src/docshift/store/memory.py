@@ -1,0 +1,168 @@
+"""An in-memory store with Firestore's semantics, for fast engine tests.
+
+It keeps name order, cursors, filters, preconditions, per-write results, server update times and the
+document limits the way the emulator does; ``tests/integration/test_store_contract.py`` runs the same
+behavioural suite against both so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+
+from docshift.errors import ConflictError, PermanentError
+from docshift.store.base import (
+    DELETE_FIELD,
+    Document,
+    FieldPath,
+    Query,
+    Store,
+    StoreInfo,
+    Write,
+    WriteKind,
+    WriteResult,
+    split_path,
+)
+from docshift.store.semantics import document_problem, matches
+from docshift.values import Timestamp, Value
+
+__all__ = ["MemoryStore"]
+
+
+def _name_key(path: str) -> tuple[str, ...]:
+    return tuple(path.split("/"))
+
+
+def _apply_fields(data: dict[str, Value], fields: Mapping[FieldPath, Value]) -> None:
+    for field_path, value in fields.items():
+        parent: dict[str, Value] = data
+        for segment in field_path[:-1]:
+            child = parent.get(segment)
+            if not isinstance(child, dict):
+                if value is DELETE_FIELD:
+                    break
+                child = {}
+                parent[segment] = child
+            parent = child
+        else:
+            if value is DELETE_FIELD:
+                parent.pop(field_path[-1], None)
+            else:
+                parent[field_path[-1]] = copy.deepcopy(value)
+
+
+class MemoryStore(Store):
+    """Documents in a dict, guarded by one lock. Thread-safe, like the real client."""
+
+    def __init__(self, project: str = "memory", database: str = "(default)") -> None:
+        self.info = StoreInfo(project=project, database=database, emulator_host="memory")
+        self._docs: dict[str, Document] = {}
+        self._lock = threading.Lock()
+        self._last_micros = 0
+        self.commit_calls = 0
+
+    def _next_time(self) -> Timestamp:
+        micros = max(time.time_ns() // 1000, self._last_micros + 1)
+        self._last_micros = micros
+        return Timestamp(micros // 1_000_000, (micros % 1_000_000) * 1000)
+
+    def _selected(self, query: Query) -> list[Document]:
+        parts = split_path(query.collection)
+        with self._lock:
+            docs = list(self._docs.values())
+        if query.group:
+            chosen = [d for d in docs if d.path.split("/")[-2] == parts[0]]
+        else:
+            chosen = [d for d in docs if d.collection == query.collection]
+        chosen = [d for d in chosen if all(matches(d.data, f) for f in query.filters)]
+        chosen.sort(key=lambda d: _name_key(d.path))
+        if query.start_after is not None:
+            after = _name_key(query.start_after)
+            chosen = [d for d in chosen if _name_key(d.path) > after]
+        if query.end_at is not None:
+            end = _name_key(query.end_at)
+            chosen = [d for d in chosen if _name_key(d.path) <= end]
+        if query.limit is not None:
+            chosen = chosen[: query.limit]
+        return chosen
+
+    def stream(self, query: Query) -> Iterator[Document]:
+        for doc in self._selected(query):
+            data = {} if query.keys_only else copy.deepcopy(doc.data)
+            yield Document(doc.path, data, doc.create_time, doc.update_time)
+
+    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+        with self._lock:
+            found = [self._docs.get(path) for path in paths]
+        return [
+            Document(d.path, copy.deepcopy(d.data), d.create_time, d.update_time) if d else None
+            for d in found
+        ]
+
+    def count(self, query: Query) -> int:
+        return len(self._selected(query))
+
+    def list_collections(self, document_path: str | None = None) -> list[str]:
+        depth = 0 if document_path is None else len(split_path(document_path))
+        prefix = () if document_path is None else _name_key(document_path)
+        with self._lock:
+            keys = [_name_key(path) for path in self._docs]
+        found = {key[depth] for key in keys if len(key) > depth + 1 and key[:depth] == prefix}
+        return sorted(found)
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        paths = [write.path for write in writes]
+        if len(set(paths)) != len(paths):
+            raise PermanentError(
+                "the same document cannot be written more than once in a single request",
+                code="INVALID_ARGUMENT",
+            )
+        with self._lock:
+            self.commit_calls += 1
+            return [self._apply(write) for write in writes]
+
+    def _apply(self, write: Write) -> WriteResult:
+        path = write.path
+        parts = split_path(path)
+        if len(parts) % 2:
+            error = PermanentError(f"{path!r} is not a document path", code="INVALID_ARGUMENT")
+            return WriteResult(path, error=error)
+        current = self._docs.get(path)
+        conflict = self._conflict(write, current)
+        if conflict is not None:
+            return WriteResult(path, error=conflict)
+        if write.kind == WriteKind.DELETE:
+            self._docs.pop(path, None)
+            return WriteResult(path, update_time=self._next_time())
+        if write.kind == WriteKind.UPDATE:
+            data = copy.deepcopy(current.data) if current else {}
+            _apply_fields(data, write.fields or {})
+        else:
+            data = copy.deepcopy(dict(write.data or {}))
+        problem = document_problem(path, data)
+        if problem:
+            return WriteResult(path, error=PermanentError(problem, code="INVALID_ARGUMENT", path=path))
+        stamp = self._next_time()
+        created = current.create_time if current else stamp
+        self._docs[path] = Document(path, data, created, stamp)
+        return WriteResult(path, update_time=stamp)
+
+    @staticmethod
+    def _conflict(write: Write, current: Document | None) -> ConflictError | None:
+        guard, path = write.precondition, write.path
+        if guard is None:
+            return None
+        if guard.exists is True and current is None:
+            return ConflictError("no document to update", code="NOT_FOUND", path=path)
+        if guard.exists is False and current is not None:
+            return ConflictError("document already exists", code="ALREADY_EXISTS", path=path)
+        if guard.update_time is not None and (current is None or current.update_time != guard.update_time):
+            message = "the document changed since it was read"
+            return ConflictError(message, code="FAILED_PRECONDITION", path=path)
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._docs.clear()

@@ -1,0 +1,193 @@
+"""The store layer's retries (the only place docshift retries) and a failure injector for tests.
+
+Only :class:`~docshift.errors.TransientError` is retried, with exponential backoff and jitter:
+whole requests, the transient writes of a partly failed commit (never the writes that succeeded),
+and broken streams, which restart after the last document already yielded so nothing is repeated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from docshift.errors import TransientError
+from docshift.store.base import Document, Query, Store, Write, WriteResult
+
+__all__ = ["FaultInjectingStore", "RetryPolicy", "RetryingStore"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 8
+    initial_wait: float = 0.1
+    max_wait: float = 10.0
+
+
+class RetryingStore(Store):
+    """Wraps a store so transient failures are retried; counts retries for progress reports."""
+
+    def __init__(
+        self,
+        inner: Store,
+        policy: RetryPolicy | None = None,
+        on_retry: Callable[[TransientError], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.policy = policy or RetryPolicy()
+        self._on_retry = on_retry
+        self._lock = threading.Lock()
+        self.retries = 0
+
+    def _note_retry(self, state: RetryCallState) -> None:
+        with self._lock:
+            self.retries += 1
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if self._on_retry is not None and isinstance(error, TransientError):
+            self._on_retry(error)
+
+    def _retrying(self) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=wait_exponential_jitter(
+                multiplier=self.policy.initial_wait, jitter=self.policy.initial_wait, max=self.policy.max_wait
+            ),
+            stop=stop_after_attempt(self.policy.attempts),
+            before_sleep=self._note_retry,
+            reraise=True,
+        )
+
+    def _call(self, func: Callable[[], T]) -> T:
+        return self._retrying()(func)
+
+    def stream(self, query: Query) -> Iterator[Document]:
+        last: str | None = query.start_after
+        yielded = 0
+        for attempt in self._retrying():
+            with attempt:
+                remaining = None if query.limit is None else query.limit - yielded
+                resumed = Query(
+                    query.collection, query.group, query.filters, last, query.end_at,
+                    remaining, query.keys_only,
+                )
+                for doc in self.inner.stream(resumed):
+                    last = doc.path
+                    yielded += 1
+                    yield doc
+
+    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+        return self._call(lambda: self.inner.get_many(paths))
+
+    def count(self, query: Query) -> int:
+        return self._call(lambda: self.inner.count(query))
+
+    def list_collections(self, document_path: str | None = None) -> list[str]:
+        return self._call(lambda: self.inner.list_collections(document_path))
+
+    def partition(self, query: Query, count: int) -> list[str] | None:
+        return self._call(lambda: self.inner.partition(query, count))
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        results: list[WriteResult | None] = [None] * len(writes)
+        pending = list(range(len(writes)))
+
+        def attempt() -> None:
+            nonlocal pending
+            answers = self.inner.commit([writes[i] for i in pending])
+            still: list[int] = []
+            first_error: TransientError | None = None
+            for index, answer in zip(pending, answers, strict=True):
+                results[index] = answer
+                if isinstance(answer.error, TransientError):
+                    still.append(index)
+                    first_error = first_error or answer.error
+            pending = still
+            if first_error is not None:
+                raise first_error
+
+        # When retries run out, the last transient results stay in ``results`` for the caller.
+        with contextlib.suppress(TransientError):
+            self._call(attempt)
+        return [result for result in results if result is not None]
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class FaultInjectingStore(Store):
+    """Makes a fraction of commits fail transiently, for resilience tests against any store.
+
+    ``write_failure_rate`` fails single writes (not applied, transient result);
+    ``request_failure_rate`` fails whole commit requests before anything is applied.
+    Set ``enabled = False`` to switch it off mid-test.
+    """
+
+    def __init__(
+        self,
+        inner: Store,
+        *,
+        write_failure_rate: float = 0.0,
+        request_failure_rate: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.write_failure_rate = write_failure_rate
+        self.request_failure_rate = request_failure_rate
+        self.enabled = True
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self.injected = 0
+
+    def _roll(self, rate: float) -> bool:
+        with self._lock:
+            hit = self.enabled and self._random.random() < rate
+            if hit:
+                self.injected += 1
+            return hit
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        if self._roll(self.request_failure_rate):
+            raise TransientError("injected: the service is unavailable", code="UNAVAILABLE")
+        failed = [self._roll(self.write_failure_rate) for _ in writes]
+        passed = [w for w, fail in zip(writes, failed, strict=True) if not fail]
+        applied = iter(self.inner.commit(passed) if passed else [])
+        return [
+            WriteResult(w.path, error=TransientError("injected: aborted", code="ABORTED", path=w.path))
+            if fail
+            else next(applied)
+            for w, fail in zip(writes, failed, strict=True)
+        ]
+
+    def stream(self, query: Query) -> Iterator[Document]:
+        return self.inner.stream(query)
+
+    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+        return self.inner.get_many(paths)
+
+    def count(self, query: Query) -> int:
+        return self.inner.count(query)
+
+    def list_collections(self, document_path: str | None = None) -> list[str]:
+        return self.inner.list_collections(document_path)
+
+    def partition(self, query: Query, count: int) -> list[str] | None:
+        return self.inner.partition(query, count)
+
+    def close(self) -> None:
+        self.inner.close()

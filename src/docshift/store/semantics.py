@@ -1,0 +1,195 @@
+"""Firestore's limits, value order and filter semantics, shared by the engine, the in-memory store
+and the adapter (which applies range filters itself to keep streams in name order).
+
+Sizes follow Google's storage-size rules so the engine can refuse an oversized document *before*
+sending it, and fail only that document instead of its whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from docshift.store.base import FieldPath, Filter, Op
+from docshift.values import GeoPoint, Reference, Timestamp, Value
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_DOCUMENT_BYTES",
+    "MAX_REQUEST_BYTES",
+    "document_problem",
+    "document_size",
+    "matches",
+    "order_key",
+    "server_side",
+    "value_size",
+]
+
+MAX_DOCUMENT_BYTES = 1_048_576
+MAX_REQUEST_BYTES = 10 * 1_048_576
+MAX_DEPTH = 20
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _string_size(text: str) -> int:
+    return len(text.encode("utf-8")) + 1
+
+
+def value_size(value: Value) -> int:
+    """Stored size of one value in bytes (Google's storage-size rules)."""
+    kind = type(value)
+    if kind is str:
+        return _string_size(value)
+    if value is None or kind is bool:
+        return 1
+    if kind is int or kind is float or kind is Timestamp or isinstance(value, datetime):
+        return 8
+    if kind is bytes or kind is bytearray:
+        return len(value)
+    if kind is GeoPoint:
+        return 16
+    if kind is Reference:
+        return _name_size(value.path)
+    if kind is list or kind is tuple:
+        return sum(value_size(item) for item in value)
+    if kind is dict:
+        return sum(_string_size(key) + value_size(item) for key, item in value.items())
+    return 8
+
+
+def _name_size(path: str) -> int:
+    return sum(_string_size(segment) for segment in path.split("/")) + 16
+
+
+def document_size(path: str, data: Mapping[str, Value]) -> int:
+    return _name_size(path) + sum(_string_size(k) + value_size(v) for k, v in data.items()) + 32
+
+
+def _value_problem(value: Value, depth: int) -> str | None:
+    kind = type(value)
+    if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
+        return f"integer {value} does not fit in 64 bits"
+    if kind is dict or kind is list or kind is tuple:
+        if depth > MAX_DEPTH:
+            return f"nesting deeper than {MAX_DEPTH} levels"
+        items = value.items() if kind is dict else enumerate(value)
+        for key, item in items:
+            if kind is dict and (not isinstance(key, str) or key == ""):
+                return f"invalid field name {key!r}"
+            if kind is not dict and type(item) in (list, tuple):
+                return "an array cannot directly contain another array"
+            problem = _value_problem(item, depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+def document_problem(path: str, data: Mapping[str, Value]) -> str | None:
+    """Why Firestore would reject this document, or ``None`` if it would accept it."""
+    size = document_size(path, data)
+    if size > MAX_DOCUMENT_BYTES:
+        return f"document is {size} bytes, over Firestore's limit of {MAX_DOCUMENT_BYTES}"
+    return _value_problem(dict(data), 1)
+
+
+_TYPE_RANK = {
+    "null": 0,
+    "bool": 1,
+    "number": 2,
+    "timestamp": 3,
+    "string": 4,
+    "bytes": 5,
+    "reference": 6,
+    "geopoint": 7,
+    "array": 8,
+    "map": 9,
+}
+
+
+def order_key(value: Value) -> tuple[Any, ...]:
+    """A sort key giving Firestore's cross-type value order (numbers compare as numbers, NaN first)."""
+    if value is None:
+        return (0,)
+    kind = type(value)
+    if kind is bool:
+        return (1, value)
+    if kind is int or kind is float:
+        if kind is float and math.isnan(value):
+            return (2, 0, 0)
+        return (2, 1, value)
+    if kind is Timestamp:
+        return (3, value.seconds, value.nanos)
+    if isinstance(value, datetime):
+        stamp = Timestamp.from_datetime(value)
+        return (3, stamp.seconds, stamp.nanos)
+    if kind is str:
+        return (4, value)
+    if kind is bytes or kind is bytearray:
+        return (5, bytes(value))
+    if kind is Reference:
+        return (6, tuple(value.path.split("/")))
+    if kind is GeoPoint:
+        return (7, value.latitude, value.longitude)
+    if kind is list or kind is tuple:
+        return (8, tuple(order_key(item) for item in value))
+    if kind is dict:
+        return (9, tuple((key, order_key(value[key])) for key in sorted(value)))
+    return (10, repr(value))
+
+
+def type_rank(value: Value) -> int:
+    return int(order_key(value)[0])
+
+
+def _lookup(data: Mapping[str, Value], field_path: FieldPath) -> tuple[bool, Value]:
+    current: Any = data
+    for segment in field_path:
+        if not isinstance(current, dict) or segment not in current:
+            return False, None
+        current = current[segment]
+    return True, current
+
+
+def matches(data: Mapping[str, Value], condition: Filter) -> bool:
+    """Whether a document's data satisfies one filter, with Firestore's typed comparison rules."""
+    present, value = _lookup(data, condition.field)
+    if not present:
+        return False
+    op, target = condition.op, condition.value
+    if op == Op.EQ:
+        return order_key(value) == order_key(target)
+    if op == Op.NE:
+        return value is not None and order_key(value) != order_key(target)
+    if op == Op.IN:
+        return any(order_key(value) == order_key(item) for item in target)
+    if op == Op.NOT_IN:
+        return value is not None and all(order_key(value) != order_key(item) for item in target)
+    if op == Op.ARRAY_CONTAINS:
+        return isinstance(value, list) and any(order_key(i) == order_key(target) for i in value)
+    if op == Op.ARRAY_CONTAINS_ANY:
+        wanted = {order_key(item) for item in target}
+        return isinstance(value, list) and any(order_key(item) in wanted for item in value)
+    if type_rank(value) != type_rank(target):
+        return False  # range filters only match values of the same type
+    left, right = order_key(value), order_key(target)
+    if op == Op.LT:
+        return left < right
+    if op == Op.LE:
+        return left <= right
+    if op == Op.GT:
+        return left > right
+    return left >= right
+
+
+SERVER_SIDE_OPS = frozenset({Op.EQ, Op.IN, Op.ARRAY_CONTAINS, Op.ARRAY_CONTAINS_ANY})
+
+
+def server_side(condition: Filter) -> bool:
+    """Whether Firestore can apply this filter without reordering results away from name order.
+
+    Range, ``!=`` and ``not-in`` filters make Firestore sort by their field first, which would break
+    name-order cursors, so stores apply those themselves with :func:`matches`.
+    """
+    return condition.op in SERVER_SIDE_OPS
