@@ -1,0 +1,411 @@
+"""Which migrations ran on this database, with what file, by whom, and how it went.
+
+The history lives in the store itself, in the collection ``{prefix}_history`` with one document per
+migration id, so every database (including named ones) carries its own history. Writes are
+read-modify-write guarded by the document's update time; the run's lease (see :mod:`docshift.lock`)
+already makes the writer unique, the guard only keeps a record from being overwritten blindly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import getpass
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from docshift.errors import ConflictError, DataError, DriftError, MigrationFileError
+from docshift.loader import describe_file
+from docshift.migration import Migration
+from docshift.store.base import Document, Query, Store, Write
+from docshift.values import Timestamp
+
+__all__ = [
+    "History",
+    "HistoryEvent",
+    "HistoryRecord",
+    "MigrationState",
+    "MigrationStatus",
+    "StateKind",
+    "check_drift",
+    "check_order",
+    "current_user",
+    "plan",
+]
+
+_MAX_EVENTS = 50
+_WRITE_ATTEMPTS = 5
+
+
+class MigrationStatus(enum.StrEnum):
+    """What the history says about a migration."""
+
+    RUNNING = "running"
+    APPLIED = "applied"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+
+def current_user() -> str:
+    """``user@host``: who ran something, as written to the history and the lease."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no passwd entry, e.g. in some containers
+        user = os.environ.get("USER") or f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _docshift_version() -> str:
+    from docshift import __version__
+
+    return __version__
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    """One line of a migration's audit trail (kept in its history document, newest last)."""
+
+    status: MigrationStatus
+    at: Timestamp
+    run_id: str
+    user: str
+    checksum: str = ""
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    """The latest state of one migration on this database."""
+
+    migration_id: str
+    description: str
+    checksum: str
+    status: MigrationStatus
+    started_at: Timestamp
+    finished_at: Timestamp | None
+    run_id: str
+    user: str
+    docshift_version: str
+    counts: Mapping[str, int] = field(default_factory=dict)
+    previous_checksums: tuple[str, ...] = ()
+    error: str | None = None
+    name: str = ""
+    file: str = ""
+    checkpoint: Mapping[str, Any] | None = None
+    events: tuple[HistoryEvent, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.migration_id}_{self.name}" if self.name else self.migration_id
+
+    def to_data(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data.update(
+            status=self.status.value, counts=dict(self.counts),
+            previous_checksums=list(self.previous_checksums),
+            checkpoint=dict(self.checkpoint) if self.checkpoint is not None else None,
+            events=[{**vars(e), "status": e.status.value} for e in self.events],
+        )
+        return data
+
+    @classmethod
+    def from_document(cls, doc: Document) -> HistoryRecord:
+        """Parse a stored record; unknown keys (from a newer docshift) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {key: value for key, value in doc.data.items() if key in known}
+        try:
+            record = cls(**{
+                **data,
+                "status": MigrationStatus(data["status"]),
+                "counts": {str(k): int(v) for k, v in (data.get("counts") or {}).items()},
+                "previous_checksums": tuple(data.get("previous_checksums") or ()),
+                "events": tuple(
+                    HistoryEvent(**{**e, "status": MigrationStatus(e["status"])})
+                    for e in data.get("events") or ()
+                ),
+            })
+            stamps = [record.started_at, *(e.at for e in record.events)]
+            if not all(isinstance(t, Timestamp) for t in stamps) or not isinstance(
+                record.finished_at, Timestamp | None
+            ):
+                raise TypeError("a time field is not a timestamp")
+            return record
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise DataError(
+                f"history document {doc.path} is malformed ({type(exc).__name__}: {exc})",
+                hint="restore it from a backup or delete it; docshift only writes well-formed records",
+            ) from None
+
+
+class History:
+    """The history collection of one store (one database)."""
+
+    def __init__(self, store: Store, prefix: str) -> None:
+        self.store = store
+        self.collection = f"{prefix}_history"
+
+    def _path(self, migration_id: str) -> str:
+        return f"{self.collection}/{migration_id}"
+
+    def all(self) -> dict[str, HistoryRecord]:
+        """Every record, keyed by migration id, in id order."""
+        records = [HistoryRecord.from_document(doc) for doc in self.store.stream(Query(self.collection))]
+        return {r.migration_id: r for r in sorted(records, key=lambda r: _id_key(r.migration_id))}
+
+    def get(self, migration_id: str) -> HistoryRecord | None:
+        doc = self.store.get(self._path(migration_id))
+        return HistoryRecord.from_document(doc) if doc else None
+
+    def _change(
+        self, migration_id: str, change: Callable[[HistoryRecord | None], HistoryRecord]
+    ) -> HistoryRecord:
+        """Read, change, write guarded by the read's update time; re-read on a conflict."""
+        path = self._path(migration_id)
+        for _ in range(_WRITE_ATTEMPTS):
+            doc = self.store.get(path)
+            record = change(HistoryRecord.from_document(doc) if doc else None)
+            write = (
+                Write.set(path, record.to_data(), update_time=doc.update_time)
+                if doc is not None and doc.update_time is not None
+                else Write.create(path, record.to_data())
+            )
+            [result] = self.store.commit([write])
+            if result.ok:
+                return record
+            if not isinstance(result.error, ConflictError):
+                assert result.error is not None
+                raise result.error
+        raise ConflictError(
+            f"the history of migration {migration_id} keeps changing under this run",
+            code="ABORTED", path=path,
+            hint="another process is writing the history; check `docshift status` for a running lease",
+        )
+
+    def start(self, migration: Migration, run_id: str) -> HistoryRecord:
+        """Mark ``migration`` running in this run; the last applied checksum moves to
+        ``previous_checksums`` when the file changed since."""
+        now, user = Timestamp.now(), current_user()
+        event = HistoryEvent(MigrationStatus.RUNNING, now, run_id, user, migration.checksum)
+
+        def change(old: HistoryRecord | None) -> HistoryRecord:
+            return HistoryRecord(
+                migration_id=migration.id, description=migration.description, checksum=migration.checksum,
+                status=MigrationStatus.RUNNING, started_at=now, finished_at=None, run_id=run_id, user=user,
+                docshift_version=_docshift_version(), counts={},
+                previous_checksums=_with_checksum(old, migration.checksum), name=migration.name,
+                file=describe_file(migration.path) if migration.path else "",
+                events=_append(old, event),
+            )
+
+        return self._change(migration.id, change)
+
+    def progress(
+        self,
+        migration_id: str,
+        counts: Mapping[str, int],
+        checkpoint_summary: Mapping[str, Any] | None = None,
+    ) -> HistoryRecord:
+        """Record a running migration's counts (and where its checkpoint stands) so far."""
+        return self._update(migration_id, lambda old: dataclasses.replace(
+            old, counts=dict(counts),
+            checkpoint=dict(checkpoint_summary) if checkpoint_summary is not None else old.checkpoint,
+        ))
+
+    def finish(
+        self, migration_id: str, status: MigrationStatus, counts: Mapping[str, int], error: str | None = None
+    ) -> HistoryRecord:
+        """Close the current run of a migration as applied or failed (``error`` says why)."""
+        status = MigrationStatus(status)
+        if status is MigrationStatus.RUNNING:
+            raise ValueError("finish() needs a final status, not running")
+        now = Timestamp.now()
+        return self._update(migration_id, lambda old: dataclasses.replace(
+            old, status=status, finished_at=now, counts=dict(counts), error=error,
+            events=_append(old, HistoryEvent(status, now, old.run_id, old.user, old.checksum)),
+        ))
+
+    def mark_rolled_back(self, migration_id: str, run_id: str, counts: Mapping[str, int]) -> HistoryRecord:
+        """Record that run ``run_id`` undid the migration: run, user, times and counts become the
+        rollback's; the earlier runs stay in ``events``."""
+        now, user, status = Timestamp.now(), current_user(), MigrationStatus.ROLLED_BACK
+        return self._update(migration_id, lambda old: dataclasses.replace(
+            old, status=status, started_at=now, finished_at=now, run_id=run_id, user=user,
+            counts=dict(counts), error=None, docshift_version=_docshift_version(),
+            events=_append(old, HistoryEvent(status, now, run_id, user, old.checksum)),
+        ))
+
+    def accept_drift(self, migration_id: str, checksum: str, run_id: str) -> HistoryRecord:
+        """After ``--allow-drift``: adopt the file's new checksum, keeping the applied one in
+        ``previous_checksums`` so the history shows both."""
+        now, user = Timestamp.now(), current_user()
+        return self._update(migration_id, lambda old: dataclasses.replace(
+            old, checksum=checksum, previous_checksums=_with_checksum(old, checksum),
+            events=_append(old, HistoryEvent(old.status, now, run_id, user, checksum)),
+        ))
+
+    def _update(self, migration_id: str, change: Callable[[HistoryRecord], HistoryRecord]) -> HistoryRecord:
+        """Change a record that must already exist (History.start creates it)."""
+
+        def existing(old: HistoryRecord | None) -> HistoryRecord:
+            if old is None:
+                raise DataError(
+                    f"migration {migration_id} has no history record",
+                    hint="a run must call History.start before recording progress or results",
+                )
+            return change(old)
+
+        return self._change(migration_id, existing)
+
+
+def _with_checksum(old: HistoryRecord | None, new_checksum: str) -> tuple[str, ...]:
+    if old is None:
+        return ()
+    previous = list(old.previous_checksums)
+    if old.checksum != new_checksum and old.checksum not in previous:
+        previous.append(old.checksum)
+    return tuple(previous)
+
+
+def _append(old: HistoryRecord | None, event: HistoryEvent) -> tuple[HistoryEvent, ...]:
+    return (*(old.events if old else ()), event)[-_MAX_EVENTS:]
+
+
+def _id_key(migration_id: str) -> tuple[int, str]:
+    return (int(migration_id), migration_id) if migration_id.isdigit() else (1 << 62, migration_id)
+
+
+class StateKind(enum.StrEnum):
+    """Where a migration stands, comparing its file with the history."""
+
+    APPLIED = "applied"
+    PENDING = "pending"
+    RUNNING = "running"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    DRIFTED = "drifted"
+    MISSING_FILE = "missing_file"
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    """One row of ``docshift status``: a file, its history record, or both."""
+
+    migration_id: str
+    kind: StateKind
+    migration: Migration | None
+    record: HistoryRecord | None
+    ran_after: str | None = None
+    """For a pending file: the higher id that already ran here, making this one out of order."""
+
+    @property
+    def out_of_order(self) -> bool:
+        return self.ran_after is not None
+
+    @property
+    def label(self) -> str:
+        if self.migration is not None:
+            return self.migration.label
+        return self.record.label if self.record else self.migration_id
+
+    @property
+    def file(self) -> str:
+        if self.migration is not None and self.migration.path is not None:
+            return describe_file(self.migration.path)
+        return self.record.file if self.record and self.record.file else f"{self.label}.py"
+
+    @property
+    def runnable(self) -> bool:
+        """Whether ``docshift run`` would (re)run it: pending, failed, interrupted or rolled back."""
+        return self.migration is not None and self.kind in (
+            StateKind.PENDING, StateKind.FAILED, StateKind.RUNNING, StateKind.ROLLED_BACK,
+        )
+
+    @property
+    def drift(self) -> bool:
+        """The folder no longer matches what was applied: an applied file was edited, or an
+        applied (or partly applied) migration's file is gone."""
+        if self.kind is StateKind.DRIFTED:
+            return True
+        return (
+            self.kind is StateKind.MISSING_FILE
+            and self.record is not None
+            and self.record.status is not MigrationStatus.ROLLED_BACK
+        )
+
+
+_KIND_OF = {
+    MigrationStatus.APPLIED: StateKind.APPLIED,
+    MigrationStatus.RUNNING: StateKind.RUNNING,
+    MigrationStatus.FAILED: StateKind.FAILED,
+    MigrationStatus.ROLLED_BACK: StateKind.ROLLED_BACK,
+}
+
+
+def plan(
+    migrations: Sequence[Migration], history_records: Mapping[str, HistoryRecord] | Iterable[HistoryRecord]
+) -> list[MigrationState]:
+    """Compare the folder with the history: one state per id found in either, in id order.
+
+    A pending file is ``out_of_order`` when a higher id has already been run here (applied, failed
+    or running): running it now would apply changes in a different order than elsewhere.
+    """
+    records = (
+        dict(history_records) if isinstance(history_records, Mapping)
+        else {r.migration_id: r for r in history_records}
+    )
+    files = {m.id: m for m in migrations}
+    reached = [i for i, r in records.items() if r.status is not MigrationStatus.ROLLED_BACK]
+    highest = max(reached, key=_id_key) if reached else None
+    states: list[MigrationState] = []
+    for migration_id in sorted(files.keys() | records.keys(), key=_id_key):
+        migration, record = files.get(migration_id), records.get(migration_id)
+        if migration is None:
+            states.append(MigrationState(migration_id, StateKind.MISSING_FILE, None, record))
+        elif record is None:
+            late = highest if highest and _id_key(migration_id) < _id_key(highest) else None
+            states.append(MigrationState(migration_id, StateKind.PENDING, migration, None, late))
+        elif record.status is MigrationStatus.APPLIED and record.checksum != migration.checksum:
+            states.append(MigrationState(migration_id, StateKind.DRIFTED, migration, record))
+        else:
+            states.append(MigrationState(migration_id, _KIND_OF[record.status], migration, record))
+    return states
+
+
+def check_drift(states: Sequence[MigrationState], allow_drift: bool) -> list[MigrationState]:
+    """Refuse to run when the folder has drifted from the history, naming the first file.
+
+    With ``allow_drift`` nothing is raised; the drifted states are returned so the run can record the
+    new checksums with :meth:`History.accept_drift`.
+    """
+    drifted = [state for state in states if state.drift]
+    if drifted and not allow_drift:
+        first = drifted[0]
+        more = f" (and {len(drifted) - 1} more)" if len(drifted) > 1 else ""
+        if first.kind is StateKind.DRIFTED:
+            assert first.record is not None and first.migration is not None
+            message = (
+                f"{first.file} was edited after it was applied{more}: applied checksum "
+                f"{first.record.checksum[:12]}, file now {first.migration.checksum[:12]}"
+            )
+            hint = (
+                "restore the file as applied and put further changes in a new migration "
+                "(docshift new), or rerun with --allow-drift to record the new checksum"
+            )
+        else:
+            message = f"{first.file} was run on this database but the file is gone{more}"
+            hint = "restore the file from version control, or rerun with --allow-drift"
+        raise DriftError(message, hint=hint)
+    return drifted
+
+
+def check_order(states: Sequence[MigrationState]) -> None:
+    """Refuse to run a pending migration whose id is below one already run on this database."""
+    for state in states:
+        if state.ran_after is not None and state.migration is not None:
+            raise MigrationFileError(
+                f"{state.file}: id {state.migration_id} is out of order: migration {state.ran_after} "
+                "has already run on this database",
+                hint=f"rename it to the next free id above {state.ran_after}, keeping its slug",
+            )
