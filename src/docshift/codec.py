@@ -107,7 +107,10 @@ def _decode_tagged(tag: str, raw: Any) -> Value:
 
 def dumps(value: Value) -> bytes:
     """Encode and serialise to compact JSON bytes (one line, no trailing newline)."""
-    return orjson.dumps(encode(value))
+    try:
+        return orjson.dumps(encode(value))
+    except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate in a string, a non-string map key
+        raise CodecError(f"cannot write value as JSON: {exc}") from None
 
 
 def loads(raw: bytes | str) -> Value:

@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from docshift.errors import ConfigError
@@ -189,6 +190,8 @@ def _convert(key: Key, raw: Any, origin: str, from_text: bool) -> Any:
             raise fail("must be a path")
         value = Path(raw)
     else:
+        if key.check is _failures and isinstance(raw, int) and not isinstance(raw, bool):
+            raw = str(raw)  # `max_failures = 100` in TOML is a count
         if not isinstance(raw, str) or (not raw and not key.optional):
             raise fail("must be a non-empty string")
         value = raw
@@ -232,6 +235,7 @@ def load_config(
     env = os.environ if env is None else env
     cwd = cwd or Path.cwd()
     if config_file is not None:
+        config_file = cwd / config_file  # a relative --config is relative to the working folder
         if not config_file.is_file():
             raise ConfigError(f"config file {config_file} does not exist")
         data = _read_toml(config_file)
@@ -262,7 +266,7 @@ def load_config(
         key = _BY_NAME.get(name)
         if key is None:
             continue  # other DOCSHIFT_* variables (e.g. DOCSHIFT_ASSUME_YES) belong to the CLI
-        values[name] = _convert(key, raw, env_name, from_text=True)
+        values[name] = _relative_to(cwd, _convert(key, raw, env_name, from_text=True))
         sources[name] = env_name
     for name, raw in (flags or {}).items():
         if raw is None:
@@ -270,9 +274,15 @@ def load_config(
         key = _BY_NAME.get(name)
         if key is None:
             raise ConfigError(f"unknown setting {name!r}")
-        values[name] = _convert(key, raw, f"--{name.replace('_', '-')}", from_text=isinstance(raw, str))
+        converted = _convert(key, raw, f"--{name.replace('_', '-')}", from_text=isinstance(raw, str))
+        values[name] = _relative_to(cwd, converted)
         sources[name] = f"--{name.replace('_', '-')}"
     return _build(values, sources, base, path)
+
+
+def _relative_to(cwd: Path, value: Any) -> Any:
+    """Paths from the environment or flags are relative to the working folder, not the config file's."""
+    return cwd / value if isinstance(value, Path) else value
 
 
 def _build(values: dict[str, Any], sources: dict[str, str], base: Path, path: Path | None) -> Config:
@@ -287,18 +297,29 @@ def _build(values: dict[str, Any], sources: dict[str, str], base: Path, path: Pa
         migrations_dir=base / top.get("migrations_dir", Path("migrations")),
         runs_dir=base / top.get("runs_dir", Path(".docshift/runs")),
         config_file=path,
-        sources={key.name: sources.get(key.name, "default") for key in KEYS},
+        sources=MappingProxyType({key.name: sources.get(key.name, "default") for key in KEYS}),
     )
     engine, limits = config.engine, config.limits
+
+    def origins(*names: str) -> str:
+        return "; ".join(f"{name} from {config.sources[name]}" for name in names)
+
     if not engine.min_batch_size <= engine.batch_size <= engine.max_batch_size:
         raise ConfigError(
             f"batch_size {engine.batch_size} must lie between min_batch_size {engine.min_batch_size} "
-            f"and max_batch_size {engine.max_batch_size} (from {config.sources['batch_size']})"
+            f"and max_batch_size {engine.max_batch_size} "
+            f"({origins('batch_size', 'min_batch_size', 'max_batch_size')})"
         )
     if limits.memory_soft_limit_mb >= limits.memory_hard_limit_mb:
-        raise ConfigError("memory_soft_limit_mb must be below memory_hard_limit_mb")
+        raise ConfigError(
+            f"memory_soft_limit_mb {limits.memory_soft_limit_mb} must be below memory_hard_limit_mb "
+            f"{limits.memory_hard_limit_mb} ({origins('memory_soft_limit_mb', 'memory_hard_limit_mb')})"
+        )
     if limits.integrity_critical > limits.integrity_warning:
-        raise ConfigError("integrity_critical must not be above integrity_warning")
+        raise ConfigError(
+            f"integrity_critical {limits.integrity_critical} must not be above integrity_warning "
+            f"{limits.integrity_warning} ({origins('integrity_critical', 'integrity_warning')})"
+        )
     return config
 
 
