@@ -1,0 +1,20 @@
+"""Run state on disk: checkpoints, before-image journals, dead letters. Versioned, atomic files."""
+
+from __future__ import annotations
+
+from docshift.checkpoints.atomic import read_versioned, write_atomic, write_versioned
+from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
+from docshift.checkpoints.deadletter import DeadLetterFile
+from docshift.checkpoints.journal import JournalEntry, JournalReader, JournalWriter
+
+__all__ = [
+    "Checkpoint",
+    "DeadLetterFile",
+    "JournalEntry",
+    "JournalReader",
+    "JournalWriter",
+    "ShardCursor",
+    "read_versioned",
+    "write_atomic",
+    "write_versioned",
+]

@@ -1,0 +1,94 @@
+"""A migration's checkpoint: where each shard may restart, and the counters so far.
+
+A shard's ``cursor`` is a document path such that every document up to it (in name order) has been
+fully handled: written and acknowledged, failed to the dead-letter file, or found unchanged. So a
+resume that starts after the cursor reaches exactly the state an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docshift.checkpoints.atomic import read_versioned, write_versioned
+from docshift.values import Timestamp
+
+__all__ = ["CHECKPOINT_VERSION", "Checkpoint", "ShardCursor"]
+
+CHECKPOINT_VERSION = 1
+_KIND = "docshift-checkpoint"
+
+
+@dataclass
+class ShardCursor:
+    """One key range ``(start_after, end_at]`` and how far it got."""
+
+    start_after: str | None = None
+    end_at: str | None = None
+    cursor: str | None = None
+    done: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start_after": self.start_after, "end_at": self.end_at, "cursor": self.cursor,
+                "done": self.done}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShardCursor:
+        return cls(data.get("start_after"), data.get("end_at"), data.get("cursor"), bool(data.get("done")))
+
+    @property
+    def resume_after(self) -> str | None:
+        return self.cursor if self.cursor is not None else self.start_after
+
+
+@dataclass
+class Checkpoint:
+    run_id: str
+    migration_id: str
+    checksum: str
+    shards: list[ShardCursor]
+    counters: dict[str, int] = field(default_factory=dict)
+    started_at: Timestamp | None = None
+    saved_at: Timestamp | None = None
+    elapsed_seconds: float = 0.0
+    state: str = "running"  # running, finished, stopped, failed
+    settings: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
+
+    def save(self, path: Path) -> None:
+        self.saved_at = Timestamp.now()
+        write_versioned(path, _KIND, CHECKPOINT_VERSION, {
+            "run_id": self.run_id,
+            "migration_id": self.migration_id,
+            "checksum": self.checksum,
+            "state": self.state,
+            "shards": [shard.to_json() for shard in self.shards],
+            "counters": self.counters,
+            "started_at": self.started_at,
+            "saved_at": self.saved_at,
+            "elapsed_seconds": self.elapsed_seconds,
+            "settings": self.settings,
+            "extra": self.extra,
+        })
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        data = read_versioned(path, _KIND, CHECKPOINT_VERSION)
+        return cls(
+            run_id=data["run_id"],
+            migration_id=data["migration_id"],
+            checksum=data["checksum"],
+            shards=[ShardCursor.from_json(s) for s in data["shards"]],
+            counters={k: int(v) for k, v in data.get("counters", {}).items()},
+            started_at=data.get("started_at"),
+            saved_at=data.get("saved_at"),
+            elapsed_seconds=float(data.get("elapsed_seconds", 0.0)),
+            state=data.get("state", "running"),
+            settings=data.get("settings", {}),
+            extra=data.get("extra", {}),
+        )

@@ -1,0 +1,70 @@
+"""The dead-letter file of a run: each document that could not be migrated, why, and its input."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from docshift import codec
+from docshift.store.base import Document
+from docshift.values import Timestamp
+
+__all__ = ["DeadLetterFile"]
+
+
+class DeadLetterFile:
+    """JSON lines: ``{"path", "stage", "error", "rule", "document": {...}, "at"}``; created lazily."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._fd = -1
+        self.count = 0
+
+    def add(self, document: Document, stage: str, error: str, rule: str | None = None) -> None:
+        record: dict[str, Any] = {
+            "path": document.path,
+            "stage": stage,
+            "error": error,
+            "at": Timestamp.now().isoformat(),
+            "document": {
+                "data": codec.encode(document.data),
+                "update_time": codec.encode(document.update_time),
+            },
+        }
+        if rule:
+            record["rule"] = rule
+        line = orjson.dumps(record) + b"\n"
+        with self._lock:
+            if self._fd < 0:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.write(self._fd, line)
+            self.count += 1
+
+    def sync(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as lines:
+            for line in lines:
+                if line.strip():
+                    record = orjson.loads(line)
+                    record["document"]["data"] = codec.decode(record["document"]["data"])
+                    yield record

@@ -1,0 +1,144 @@
+"""``docshift run``: a dry run with diffs by default; ``--execute`` applies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from docshift.cli.confirm import confirm_destructive
+from docshift.cli.context import AppContext, pass_app
+from docshift.cli.output import JsonProgress, PlainProgress, console, err_console, print_change, summary_table
+from docshift.commands.run import RunOptions, RunReport, rate_limiter, run
+from docshift.engine.controls import Controls
+from docshift.errors import ExitCode, RunStopped
+from docshift.store import open_store
+
+__all__ = ["run_command"]
+
+
+def _install_signal_handlers(controls: Controls) -> None:
+    """First Ctrl-C/SIGTERM: stop gracefully. Second: stop at once (safe: the checkpoint never
+    claims an unacknowledged write, and before-images precede every write)."""
+    hits = {"count": 0}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        hits["count"] += 1
+        name = signal.Signals(signum).name
+        if hits["count"] == 1:
+            err_console.print(
+                f"[yellow]{name}: stopping after in-flight commits; Ctrl-C again to stop at once[/]"
+            )
+            controls.request_stop(f"interrupted by {name}")
+        else:
+            err_console.print("[red]stopping at once[/]; resume with docshift run --execute --resume")
+            os._exit(int(ExitCode.INTERRUPTED))
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _print_dry_run(report: RunReport) -> None:
+    for outcome in report.outcomes:
+        recorder = outcome.plan
+        console.print(f"\n[bold]{outcome.migration.label}[/] - {outcome.migration.description}")
+        console.print(f"  target: {outcome.migration.target.describe()}")
+        if recorder is None:
+            continue
+        for sample in recorder.samples:
+            print_change(sample["path"], sample["kind"], sample["changes"], sample.get("data"))
+        for failure in recorder.failures:
+            console.print(f"  [red]fail[/] {failure['path']}: {failure['stage']}: {failure['error']}")
+        if recorder.not_idempotent:
+            console.print(
+                f"  [yellow]warning: up() is not idempotent on {len(recorder.not_idempotent)} sampled "
+                f"document(s), e.g. {recorder.not_idempotent[0]}: running it twice changes them again[/]"
+            )
+        console.print(f"  full plan: {recorder.path}")
+
+
+def _print_summary(report: RunReport) -> None:
+    if not report.outcomes:
+        console.print("nothing to do: no pending migrations (see `docshift status`)")
+        return
+    rows = [(o.migration.label, o.result.counters, o.result.state) for o in report.outcomes]
+    title = f"{'dry run' if not report.execute else 'run'} {report.run_id} on {report.target}"
+    console.print(summary_table(title, rows, dry_run=not report.execute))
+
+
+@click.command("run")
+@click.option("--execute", is_flag=True, help="Apply the changes (default: dry run, writes nothing).")
+@click.option("--to", "to", metavar="ID", help="Run pending migrations up to and including ID.")
+@click.option("--only", metavar="ID", help="Run only migration ID.")
+@click.option("--limit", type=click.IntRange(min=1), help="Dry run: only the first N documents.")
+@click.option("--sample", type=click.FloatRange(0, 100, min_open=True), metavar="PERCENT",
+              help="Only a deterministic sample of documents (by path hash).")
+@click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_ID]",
+              help="Continue a stopped run (default: the latest unfinished one).")
+@click.option("--allow-drift", is_flag=True, help="Run even though an applied migration file changed.")
+@click.option("--force", is_flag=True,
+              help="Resume even though a migration file changed since its checkpoint.")
+@click.option("--no-backup", is_flag=True, help="Do not save before-images (rollback by restore impossible).")
+@click.option("--batch-size", type=int, help="Documents per commit to start with.")
+@click.option("--concurrency", type=int, help="Commits in flight.")
+@click.option("--shards", type=int, help="Key ranges read concurrently.")
+@click.option("--max-writes-per-second", type=float, help="Cap on write operations per second.")
+@click.option("--max-failures", help="Failed documents tolerated: a count or a percent (e.g. 0.5%).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON-lines events instead of text.")
+@click.option("--quiet", is_flag=True, help="Print only the final summary.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
+@pass_app
+def run_command(app: AppContext, execute: bool, to: str | None, only: str | None, limit: int | None,
+                sample: float | None, resume: str | None, allow_drift: bool, force: bool, no_backup: bool,
+                batch_size: int | None, concurrency: int | None, shards: int | None,
+                max_writes_per_second: float | None, max_failures: str | None, as_json: bool, quiet: bool,
+                yes: bool) -> None:
+    """Dry-run or execute the pending migrations, in order.
+
+    Without --execute nothing is written: docshift reads and transforms the targets and prints what
+    would change, with field-level diffs, and saves the full plan in the run folder. With --execute
+    every update is guarded by the document's update time (application writes are never lost),
+    before-images are saved for rollback, and progress is checkpointed: stop at any time (Ctrl-C)
+    and continue with --resume.
+    """
+    flags: dict[str, Any] = {"batch_size": batch_size, "concurrency": concurrency, "shards": shards,
+                             "max_writes_per_second": max_writes_per_second, "max_failures": max_failures}
+    if no_backup:
+        flags["backup"] = False
+    config = app.config(**flags)
+    if execute or resume:
+        confirm_destructive(config, "migrate data", yes)
+    if no_backup and execute:
+        err_console.print("[yellow]warning: --no-backup: no before-images; this run cannot be rolled "
+                          "back by restore[/]")
+    options = RunOptions(execute=execute, to=to, only=only, limit=limit, sample_percent=sample,
+                         resume=resume, allow_drift=allow_drift, force=force, shards=shards)
+    progress = JsonProgress() if as_json else PlainProgress(quiet=quiet)
+    store = open_store(config)
+    controls = Controls(rate_limiter(config, store))
+    _install_signal_handlers(controls)
+    limit_text = f"{controls.limiter.limit:,.0f} ops/s" if controls.limiter.limit else "none"
+    ramp = " with 500/50/5 ramp" if controls.limiter.ramp else ""
+    if not as_json:
+        err_console.print(f"target: {store.info.describe()}; write limit: {limit_text}{ramp}")
+    try:
+        report = run(config, options, store=store, progress=progress, controls=controls)
+    except RunStopped as stop:
+        if stop.resume_command and not as_json:
+            err_console.print(f"resume with: [bold]{stop.resume_command}[/]")
+        raise
+    finally:
+        store.close()
+    if as_json:
+        return
+    if not execute and not quiet:
+        _print_dry_run(report)
+    _print_summary(report)
+    if not report.execute and report.outcomes:
+        console.print(f"dry run: nothing was written. Run folder: {Path(report.folder)}")

@@ -1,0 +1,263 @@
+"""``docshift run``: dry-run or execute the pending migrations, in order, resumably.
+
+Each migration gets its own folder in the run folder (checkpoint, before-images, dead letters,
+plan), so a run of several migrations resumes exactly where it stopped, migration by migration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import secrets
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from docshift.checkpoints.atomic import read_versioned, write_versioned
+from docshift.checkpoints.checkpoint import Checkpoint
+from docshift.config import Config
+from docshift.engine.batch import DocumentCheck
+from docshift.engine.controls import Controls
+from docshift.engine.limits import RateLimiter
+from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
+from docshift.engine.plan import PlanRecorder
+from docshift.engine.progress import NullProgress, Progress
+from docshift.engine.sharding import plan_shards
+from docshift.errors import DriftError, RunStopped, UsageError
+from docshift.history import History, MigrationStatus, check_drift, check_order, plan
+from docshift.loader import load_migrations
+from docshift.lock import LeaseLock
+from docshift.migration import Migration
+from docshift.store import Store, open_store
+
+__all__ = ["RunOptions", "RunReport", "find_run", "load_run_info", "run"]
+
+RUN_FILE_VERSION = 1
+_RUN_KIND = "docshift-run"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    execute: bool = False
+    to: str | None = None
+    only: str | None = None
+    limit: int | None = None
+    sample_percent: float | None = None
+    resume: str | None = None
+    """A run id, or ``"latest"`` for the newest unfinished run."""
+    allow_drift: bool = False
+    force: bool = False
+    """Resume even though a migration file changed since its checkpoint."""
+    shards: int | None = None
+
+
+@dataclass
+class MigrationOutcome:
+    migration: Migration
+    result: PipelineResult
+    plan: PlanRecorder | None = None
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    folder: Path
+    execute: bool
+    outcomes: list[MigrationOutcome] = field(default_factory=list)
+    target: str = ""
+
+    @property
+    def resume_command(self) -> str:
+        return f"docshift run --execute --resume {self.run_id}"
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def pipeline_options(config: Config, options: RunOptions) -> PipelineOptions:
+    engine, limits = config.engine, config.limits
+    return PipelineOptions(
+        execute=options.execute, batch_size=engine.batch_size, min_batch_size=engine.min_batch_size,
+        max_batch_size=engine.max_batch_size, concurrency=engine.concurrency,
+        conflict_retries=engine.conflict_retries, checkpoint_every_docs=engine.checkpoint_every_docs,
+        checkpoint_every_seconds=engine.checkpoint_every_seconds, max_failures=engine.max_failures,
+        backup=engine.backup, limit=options.limit, sample_percent=options.sample_percent,
+        memory_soft_limit_mb=limits.memory_soft_limit_mb, memory_hard_limit_mb=limits.memory_hard_limit_mb,
+        breaker_failure_rate=limits.breaker_failure_rate, breaker_window=limits.breaker_window,
+        breaker_consecutive_failures=limits.breaker_consecutive_failures,
+    )
+
+
+def rate_limiter(config: Config, store: Store) -> RateLimiter:
+    ramp = config.limits.ramp == "on" or (config.limits.ramp == "auto" and not store.info.is_emulator)
+    return RateLimiter(config.limits.max_writes_per_second, ramp=ramp)
+
+
+def _select(migrations: list[Migration], history: History, options: RunOptions) -> list[Migration]:
+    states = plan(migrations, history.all())
+    check_drift(states, options.allow_drift)
+    known = {m.id for m in migrations}
+    for wanted in (options.to, options.only):
+        if wanted is not None and wanted not in known:
+            raise UsageError(f"no migration with id {wanted!r}", hint="see `docshift status` for the ids")
+    if options.only is not None:
+        return [m for m in migrations if m.id == options.only]
+    check_order(states)
+    chosen = [s.migration for s in states if s.runnable and s.migration is not None]
+    if options.to is not None:
+        chosen = [m for m in chosen if int(m.id) <= int(options.to)]
+    return chosen
+
+
+def find_run(runs_dir: Path, run_id: str) -> Path:
+    """The folder of ``run_id``, or of the newest unfinished run for ``"latest"``."""
+    if run_id != "latest":
+        folder = runs_dir / run_id
+        if not (folder / "run.json").is_file():
+            raise UsageError(f"no run {run_id!r} in {runs_dir}", hint="see `docshift runs` for run ids")
+        return folder
+    candidates = sorted((p for p in runs_dir.glob("*/run.json")), reverse=True)
+    for path in candidates:
+        info = read_versioned(path, _RUN_KIND, RUN_FILE_VERSION)
+        if info.get("execute") and info.get("state") != "finished":
+            return path.parent
+    raise UsageError(f"no unfinished run in {runs_dir} to resume")
+
+
+def _write_run_file(folder: Path, info: dict[str, Any]) -> None:
+    write_versioned(folder / "run.json", _RUN_KIND, RUN_FILE_VERSION, info)
+
+
+def run(
+    config: Config,
+    options: RunOptions,
+    *,
+    store: Store | None = None,
+    progress: Progress | None = None,
+    controls: Controls | None = None,
+    checks: Callable[[Migration], DocumentCheck | None] | None = None,
+) -> RunReport:
+    """Dry-run (default) or execute the pending migrations. Raises :class:`RunStopped` subclasses
+    when a run stops early; its checkpoint is kept and ``resume_command`` continues it."""
+    migrations = load_migrations(config.migrations_dir)
+    owned = store is None
+    store = store or open_store(config)
+    progress = progress or NullProgress()
+    try:
+        history = History(store, config.store.state_prefix)
+        if options.resume:
+            folder = find_run(config.runs_dir, options.resume)
+            info = read_versioned(folder / "run.json", _RUN_KIND, RUN_FILE_VERSION)
+            by_id = {m.id: m for m in migrations}
+            missing = [i for i in info["migrations"] if i not in by_id]
+            if missing:
+                raise DriftError(f"run {info['run_id']} needs migration {missing[0]}, whose file is gone")
+            selected = [by_id[i] for i in info["migrations"]]
+            run_id, options = info["run_id"], dataclasses.replace(options, execute=bool(info["execute"]))
+        else:
+            selected = _select(migrations, history, options)
+            run_id = new_run_id()
+            if not selected:
+                return RunReport(run_id, config.runs_dir / run_id, options.execute,
+                                 target=store.info.describe())
+            folder = config.runs_dir / run_id
+            info = {
+                "run_id": run_id, "execute": options.execute, "state": "running",
+                "migrations": [m.id for m in selected], "created_at": datetime.now(UTC).isoformat(),
+                "user": f"{getpass.getuser()}@{socket.gethostname()}",
+                "target": store.info.describe(), "project": store.info.project,
+                "database": store.info.database, "limit": options.limit, "sample": options.sample_percent,
+            }
+            _write_run_file(folder, info)
+        report = RunReport(run_id, folder, options.execute, target=store.info.describe())
+        controls = controls or Controls(rate_limiter(config, store))
+        if not options.execute:
+            _run_all(config, store, selected, options, report, history, progress, controls, checks)
+            info["state"] = "finished"
+            _write_run_file(folder, info)
+            return report
+        lock = LeaseLock(store, config.store.state_prefix, run_id=run_id)
+        with lock:
+            controls.lease_lost = lock.lost
+            try:
+                _run_all(config, store, selected, options, report, history, progress, controls, checks)
+            except RunStopped as stop:
+                stop.resume_command = report.resume_command
+                info["state"] = "stopped"
+                _write_run_file(folder, info)
+                raise
+        info["state"] = "finished"
+        _write_run_file(folder, info)
+        return report
+    finally:
+        if owned:
+            store.close()
+
+
+def _run_all(
+    config: Config, store: Store, selected: Sequence[Migration], options: RunOptions, report: RunReport,
+    history: History, progress: Progress, controls: Controls,
+    checks: Callable[[Migration], DocumentCheck | None] | None,
+) -> None:
+    base = pipeline_options(config, options)
+    for migration in selected:
+        folder = report.folder / migration.label
+        checkpoint_path = folder / "checkpoint.json"
+        if checkpoint_path.exists():
+            checkpoint = Checkpoint.load(checkpoint_path)
+            if checkpoint.finished:
+                continue
+            if checkpoint.checksum != migration.checksum and not options.force:
+                raise DriftError(
+                    f"{migration.label}.py changed since run {report.run_id} checkpointed it",
+                    hint="restore the file, or resume with --force to continue with the new code",
+                )
+        else:
+            shards = plan_shards(store, migration.target, options.shards or config.engine.shards)
+            checkpoint = new_checkpoint(report.run_id, migration, shards, _settings(config, options))
+        recorder = None if options.execute else PlanRecorder(folder / "plan.jsonl.gz", migration.up)
+        on_checkpoint = None
+        if options.execute:
+            history.start(migration, report.run_id)
+
+            def on_checkpoint(saved: Checkpoint, migration_id: str = migration.id) -> None:
+                summary = {"run_id": saved.run_id, "state": saved.state,
+                           "cursors": [s.cursor for s in saved.shards]}
+                history.progress(migration_id, saved.counters, summary)
+
+        pipeline = MigrationPipeline(
+            store, migration, base, folder, checkpoint, controls=controls, progress=progress,
+            check=checks(migration) if checks else None, on_decision=recorder, on_checkpoint=on_checkpoint,
+        )
+        try:
+            result = pipeline.run()
+        finally:
+            if recorder is not None:
+                recorder.close()
+        report.outcomes.append(MigrationOutcome(migration, result, recorder))
+        if options.execute:
+            status = MigrationStatus.APPLIED if result.error is None else MigrationStatus.FAILED
+            error = None if result.error is None else f"{result.error} (resume: {report.resume_command})"
+            history.finish(migration.id, status, result.counters, error)
+        if result.error is not None:
+            raise result.error
+
+
+def _settings(config: Config, options: RunOptions) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "engine": dataclasses.asdict(config.engine),
+        "limits": dataclasses.asdict(config.limits),
+        "store": {"project": config.store.project, "database": config.store.database,
+                  "emulator": config.store.emulator_host is not None},
+        "options": dataclasses.asdict(options),
+    }
+    return settings
+
+
+def load_run_info(folder: Path) -> dict[str, Any]:
+    """The ``run.json`` of a run folder (what ran, where, and in which state it ended)."""
+    return read_versioned(folder / "run.json", _RUN_KIND, RUN_FILE_VERSION)

@@ -1,0 +1,289 @@
+"""One batch of documents through a migration: transform, check, diff, guarded write, conflicts.
+
+Rules this module keeps:
+- every update and delete carries the update time that was read, so an application write made
+  since is never overwritten: such a document is read again and transformed again;
+- a document's before-image reaches the journal (and the OS) before its write is sent;
+- one bad document fails alone (dead-letter file), never its batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from docshift.checkpoints.deadletter import DeadLetterFile
+from docshift.checkpoints.journal import JournalEntry, JournalWriter
+from docshift.engine.diff import FieldChange, field_changes, update_fields, update_is_cheaper
+from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, RateLimiter
+from docshift.engine.sampling import in_sample
+from docshift.engine.stats import RunStats
+from docshift.errors import ConflictError, EmergencyStop, StoreError, TransientError
+from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Transform
+from docshift.store.base import Document, Store, Write, WriteKind, WriteResult
+from docshift.store.semantics import MAX_REQUEST_BYTES, document_problem, document_size
+
+__all__ = ["BatchAborted", "BatchProcessor", "Decision", "DocumentCheck"]
+
+DocumentCheck = Callable[[Document, dict[str, Any]], "tuple[str, str] | None"]
+"""Inline validation: (source, new data) -> (rule, message) when the new data breaks a rule."""
+
+_REQUEST_BUDGET = int(MAX_REQUEST_BYTES * 0.8)
+_SHRINK_CODES = {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}
+_APPLIED = {"update": "updated", "set": "updated", "create": "created", "delete": "deleted"}
+
+
+class BatchAborted(Exception):
+    """The run is stopping; this batch was not finished and will be read again on resume."""
+
+
+@dataclass
+class Decision:
+    """What to do with one source document."""
+
+    source: Document
+    existing: Document | None
+    kind: str  # update, set, create, delete, unchanged, failed, skipped
+    write: Write | None = None
+    changes: list[FieldChange] = field(default_factory=list)
+    new_data: dict[str, Any] | None = None
+    stage: str = ""
+    error: str = ""
+    rule: str | None = None
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        store: Store,
+        migration: Migration,
+        stats: RunStats,
+        *,
+        transform: Transform | None = None,
+        execute: bool,
+        journal: JournalWriter | None,
+        dead_letters: DeadLetterFile,
+        limiter: RateLimiter,
+        breaker: CircuitBreaker,
+        sizer: AdaptiveBatch,
+        stop: threading.Event,
+        conflict_retries: int = 5,
+        sample_percent: float | None = None,
+        sample_above: float = 0.0,
+        check: DocumentCheck | None = None,
+        on_decision: Callable[[Decision], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.migration = migration
+        self.target = migration.target
+        self.transform = transform or migration.up
+        self.stats = stats
+        self.execute = execute
+        self.journal = journal
+        self.dead_letters = dead_letters
+        self.limiter = limiter
+        self.breaker = breaker
+        self.sizer = sizer
+        self.stop = stop
+        self.conflict_retries = conflict_retries
+        self.sample_percent = sample_percent
+        self.sample_above = sample_above
+        self.check = check
+        self.on_decision = on_decision
+
+    # ------------------------------------------------------------------ deciding
+    def decide(self, source: Document, existing: Document | None) -> Decision:
+        if not in_sample(source.path, self.sample_percent, self.sample_above):
+            return Decision(source, existing, "skipped")
+        destination = self.target.destination(source.path)
+        try:
+            result = self.transform(DocView(source))
+        except Exception as exc:
+            return self._failed(source, existing, "transform", f"{type(exc).__name__}: {exc}")
+        if result is UNCHANGED:
+            return Decision(source, existing, "unchanged")
+        guard = existing.update_time if existing else None
+        if result is DELETE:
+            if existing is None:
+                return Decision(source, existing, "unchanged")
+            return Decision(source, existing, "delete", Write.delete(destination, update_time=guard))
+        if not isinstance(result, dict):
+            return self._failed(
+                source, existing, "transform",
+                f"up() returned {type(result).__name__}; return a dict, UNCHANGED or DELETE",
+            )
+        problem = document_problem(destination, result)
+        if problem:
+            return self._failed(source, existing, "invalid", problem)
+        if self.check is not None:
+            broken = self.check(source, result)
+            if broken is not None:
+                return self._failed(source, existing, "validate", broken[1], rule=broken[0])
+        if existing is None:
+            return Decision(source, None, "create", Write.create(destination, result), new_data=result)
+        changes = field_changes(existing.data, result)
+        if not changes:
+            return Decision(source, existing, "unchanged")
+        if update_is_cheaper(changes, result):
+            write = Write.update(destination, update_fields(changes), update_time=guard)
+            return Decision(source, existing, "update", write, changes, result)
+        write = Write.set(destination, result, update_time=guard)
+        return Decision(source, existing, "set", write, changes, result)
+
+    def _failed(
+        self, source: Document, existing: Document | None, stage: str, error: str, rule: str | None = None
+    ) -> Decision:
+        return Decision(source, existing, "failed", stage=stage, error=error, rule=rule)
+
+    def _existing(self, sources: Sequence[Document]) -> list[Document | None]:
+        if not self.target.copy_to:
+            return list(sources)
+        return self.store.get_many([self.target.destination(doc.path) for doc in sources])
+
+    # ------------------------------------------------------------------ processing
+    def process(self, sources: Sequence[Document]) -> Counter[str]:
+        """Handle every document of the batch and return its counts, or raise
+        :class:`BatchAborted` to leave the batch unfinished (it is read again on resume)."""
+        counts: Counter[str] = Counter()
+        try:
+            self._process(sources, counts)
+        finally:
+            self.stats.add(**counts)
+        return counts
+
+    def _process(self, sources: Sequence[Document], counts: Counter[str]) -> None:
+        decisions = [self.decide(s, e) for s, e in zip(sources, self._existing(sources), strict=True)]
+        attempt = 0
+        while True:
+            pending = self._settle(decisions, counts)
+            if not pending:
+                return
+            conflicts = self._write(pending, counts)
+            if not conflicts:
+                return
+            counts["conflicts"] += len(conflicts)
+            attempt += 1
+            if attempt > self.conflict_retries:
+                for decision in conflicts:
+                    message = "the document kept changing during the run"
+                    self._dead_letter(decision, counts, "conflict", message)
+                return
+            fresh_sources = self.store.get_many([d.source.path for d in conflicts])
+            present = [doc for doc in fresh_sources if doc is not None]
+            counts["unchanged"] += len(fresh_sources) - len(present)  # deleted meanwhile: nothing to do
+            decisions = [
+                self.decide(s, e) for s, e in zip(present, self._existing(present), strict=True)
+            ]
+
+    def _settle(self, decisions: list[Decision], counts: Counter[str]) -> list[Decision]:
+        """Count the decisions that need no write; return the ones that do."""
+        pending: list[Decision] = []
+        ok = 0
+        for decision in decisions:
+            if self.on_decision is not None:
+                self.on_decision(decision)
+            if decision.kind == "skipped":
+                counts["skipped"] += 1
+            elif decision.kind == "unchanged":
+                counts["unchanged"] += 1
+                ok += 1
+            elif decision.kind == "failed":
+                self._dead_letter(decision, counts, decision.stage, decision.error, decision.rule)
+            elif not self.execute:
+                counts[_APPLIED[decision.kind]] += 1
+                ok += 1
+            else:
+                pending.append(decision)
+        self.breaker.record(ok, 0)
+        return pending
+
+    def _dead_letter(
+        self, decision: Decision, counts: Counter[str], stage: str, error: str, rule: str | None = None
+    ) -> None:
+        self.dead_letters.add(decision.source, stage, error, rule)
+        counts["failed"] += 1
+        self.breaker.record(0, 1)
+
+    def _write(self, decisions: list[Decision], counts: Counter[str]) -> list[Decision]:
+        """Journal, then commit; returns the decisions whose guard failed (changed meanwhile)."""
+        if self.journal is not None:
+            self.journal.append([_before_image(d) for d in decisions])
+        conflicts: list[Decision] = []
+        written: list[JournalEntry] = []
+        for chunk in _chunks(decisions):
+            for decision, result in zip(chunk, self._commit(chunk), strict=True):
+                if result.ok:
+                    counts[_APPLIED[decision.kind]] += 1
+                    self.breaker.record(1, 0)
+                    if decision.kind != "delete" and result.update_time is not None:
+                        written.append(JournalEntry("written", result.path, update_time=result.update_time))
+                elif isinstance(result.error, ConflictError):
+                    conflicts.append(decision)
+                else:
+                    message = str(result.error) if result.error else "unknown write error"
+                    self._dead_letter(decision, counts, "write", message)
+        if self.journal is not None:
+            self.journal.append(written)
+        return conflicts
+
+    def _commit(self, chunk: list[Decision]) -> list[WriteResult]:
+        if not self.limiter.acquire(len(chunk), self.stop):
+            raise BatchAborted
+        writes = [d.write for d in chunk if d.write is not None]
+        started = time.monotonic()
+        try:
+            results = self.store.commit(writes)
+        except TransientError as exc:
+            self.breaker.commit_failed()
+            raise EmergencyStop(
+                f"the store kept failing ({exc.code}: {exc.message})",
+                hint="check the store is reachable, then resume the run",
+            ) from None
+        except StoreError as exc:
+            self.breaker.commit_failed()
+            if exc.code in _SHRINK_CODES:
+                self.sizer.shrink()
+            if len(chunk) == 1:
+                return [WriteResult(chunk[0].source.path, error=exc)]
+            middle = len(chunk) // 2
+            return self._commit(chunk[:middle]) + self._commit(chunk[middle:])
+        self.stats.commit_latency(time.monotonic() - started)
+        self.breaker.commit_succeeded()
+        self.sizer.healthy()
+        return results
+
+
+def _before_image(decision: Decision) -> JournalEntry:
+    if decision.existing is None:
+        assert decision.write is not None
+        return JournalEntry("created", decision.write.path)
+    existing = decision.existing
+    return JournalEntry(
+        "before", existing.path, existing.data, existing.update_time, existing.create_time
+    )
+
+
+def _write_bytes(decision: Decision) -> int:
+    write = decision.write
+    assert write is not None
+    if write.kind == WriteKind.DELETE:
+        return len(write.path) + 64
+    return document_size(write.path, decision.new_data or {}) + 64
+
+
+def _chunks(decisions: list[Decision]) -> list[list[Decision]]:
+    """Split so that no commit request comes near Firestore's 10 MiB limit."""
+    chunks: list[list[Decision]] = [[]]
+    size = 0
+    for decision in decisions:
+        weight = _write_bytes(decision)
+        if chunks[-1] and size + weight > _REQUEST_BUDGET:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(decision)
+        size += weight
+    return [chunk for chunk in chunks if chunk]

@@ -1,0 +1,50 @@
+"""Steering a running migration from outside the pipeline: stop, pause, resume, throttle.
+
+Signal handlers, the status endpoint and control files all act through one :class:`Controls`, so
+every way of steering a run has the same effect.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from docshift.engine.limits import RateLimiter
+from docshift.errors import RunStopped
+
+__all__ = ["Controls"]
+
+
+class Controls:
+    def __init__(self, limiter: RateLimiter | None = None) -> None:
+        self.stop = threading.Event()
+        self.limiter = limiter or RateLimiter()
+        self.stop_reason: str | None = None
+        self.stop_class: type[RunStopped] | None = None
+        self.lease_lost: threading.Event | None = None
+        """Set by the lease's heartbeat when another run took the lease: writing must stop."""
+        self._lock = threading.Lock()
+
+    def request_stop(self, reason: str, error: type[RunStopped] = RunStopped) -> None:
+        """Stop gracefully: no new reads or commits; in-flight commits finish; checkpoint kept.
+
+        The first reason wins, so the report names the cause rather than a later symptom.
+        """
+        with self._lock:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+                self.stop_class = error
+            self.stop.set()
+        self.limiter.resume()  # a paused run must wake up to stop
+
+    @property
+    def paused(self) -> bool:
+        return self.limiter.paused
+
+    def pause(self) -> None:
+        self.limiter.pause()
+
+    def resume(self) -> None:
+        self.limiter.resume()
+
+    def throttle(self, ops_per_second: float) -> None:
+        self.limiter.set_cap(ops_per_second)

@@ -1,0 +1,369 @@
+"""One migration over its target: shard readers -> bounded queue -> writer pool -> cursor tracker.
+
+Why this shape: the emulator (and Firestore's billing) favour one long streaming query per shard
+over paged queries; the Python process is bound to about one core, so transforms and encoding run
+in a few writer threads whose gRPC waits overlap; the bounded queue makes a slow store slow the
+reader down, which keeps memory flat whatever the collection size.
+
+The tracker advances a shard's cursor only over batches that are completely handled, in order, so
+a checkpoint never claims a document whose write is still in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
+from docshift.checkpoints.deadletter import DeadLetterFile
+from docshift.checkpoints.journal import JournalWriter
+from docshift.engine.batch import BatchAborted, BatchProcessor, Decision, DocumentCheck
+from docshift.engine.controls import Controls
+from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, FailureBudget, MemoryGuard, MemoryState
+from docshift.engine.progress import NullProgress, Progress
+from docshift.engine.stats import COUNTERS, RunStats
+from docshift.errors import (
+    DocshiftError,
+    EmergencyStop,
+    MemoryLimitExceeded,
+    RunStopped,
+    TooManyFailures,
+)
+from docshift.migration import Migration, Transform
+from docshift.store.base import Document, Store
+from docshift.values import Timestamp
+
+__all__ = ["MigrationPipeline", "PipelineOptions", "PipelineResult"]
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    execute: bool = False
+    batch_size: int = 300
+    min_batch_size: int = 20
+    max_batch_size: int = 500
+    concurrency: int = 4
+    conflict_retries: int = 5
+    checkpoint_every_docs: int = 5000
+    checkpoint_every_seconds: float = 10.0
+    max_failures: str = "1%"
+    backup: bool = True
+    limit: int | None = None
+    sample_percent: float | None = None
+    sample_above: float = 0.0
+    memory_soft_limit_mb: int = 512
+    memory_hard_limit_mb: int = 1024
+    breaker_failure_rate: float = 0.10
+    breaker_window: int = 200
+    breaker_consecutive_failures: int = 5
+    progress_interval: float = 1.0
+
+
+@dataclass
+class PipelineResult:
+    migration_id: str
+    state: str  # finished, stopped
+    counters: dict[str, int]
+    elapsed_seconds: float
+    folder: Path
+    error: DocshiftError | None = None
+    snapshot: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Batch:
+    shard: int
+    seq: int
+    docs: list[Document]
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _ShardDone:
+    shard: int
+    batches: int
+
+
+class MigrationPipeline:
+    def __init__(
+        self,
+        store: Store,
+        migration: Migration,
+        options: PipelineOptions,
+        folder: Path,
+        checkpoint: Checkpoint,
+        *,
+        controls: Controls | None = None,
+        progress: Progress | None = None,
+        transform: Transform | None = None,
+        check: DocumentCheck | None = None,
+        on_decision: Callable[[Decision], None] | None = None,
+        on_checkpoint: Callable[[Checkpoint], None] | None = None,
+        memory: MemoryGuard | None = None,
+    ) -> None:
+        self.store = store
+        self.migration = migration
+        self.options = options
+        self.folder = folder
+        self.checkpoint = checkpoint
+        self.controls = controls or Controls()
+        self.progress = progress or NullProgress()
+        self.on_checkpoint = on_checkpoint
+        self.memory = memory or MemoryGuard(options.memory_soft_limit_mb, options.memory_hard_limit_mb)
+        self.stats = RunStats(dict(checkpoint.counters), checkpoint.elapsed_seconds)
+        self.settled: Counter[str] = Counter(checkpoint.counters)
+        """Counts of the documents behind the cursors only: what a checkpoint may claim."""
+        self.sizer = AdaptiveBatch(options.batch_size, options.min_batch_size, options.max_batch_size)
+        self.breaker = CircuitBreaker(
+            options.breaker_failure_rate, options.breaker_window, options.breaker_consecutive_failures
+        )
+        self.budget = FailureBudget(options.max_failures)
+        self.dead_letters = DeadLetterFile(folder / "dead-letters.jsonl")
+        self.journal = (
+            JournalWriter(folder / "before-images.jsonl.gz") if options.execute and options.backup else None
+        )
+        self.processor = BatchProcessor(
+            store, migration, self.stats, transform=transform, execute=options.execute,
+            journal=self.journal, dead_letters=self.dead_letters, limiter=self.controls.limiter,
+            breaker=self.breaker, sizer=self.sizer, stop=self.controls.stop,
+            conflict_retries=options.conflict_retries, sample_percent=options.sample_percent,
+            sample_above=options.sample_above, check=check, on_decision=on_decision,
+        )
+        self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=options.concurrency * 2)
+        self._done: queue.Queue[_Batch | _ShardDone] = queue.Queue()
+        self._reading_paused = threading.Event()
+        self._fatal: list[BaseException] = []
+
+    # ------------------------------------------------------------------ threads
+    def _read_shard(self, index: int, shard: ShardCursor) -> None:
+        stop = self.controls.stop
+        remaining = self.options.limit
+        if remaining is not None:
+            remaining -= self.stats.counters.get("read", 0)
+        seq, batch = 0, []
+        try:
+            if remaining is not None and remaining <= 0:
+                return
+            query = self.migration.target.query(start_after=shard.resume_after, end_at=shard.end_at)
+            for doc in self.store.stream(query):
+                while (self._reading_paused.is_set() or self.controls.paused) and not stop.is_set():
+                    time.sleep(0.05)
+                if stop.is_set():
+                    return
+                batch.append(doc)
+                if len(batch) >= self.sizer.size:
+                    if not self._put(_Batch(index, seq, batch)):
+                        return
+                    seq, batch = seq + 1, []
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining <= 0:
+                        break
+            if batch:
+                if not self._put(_Batch(index, seq, batch)):
+                    return
+                seq += 1
+            self._done.put(_ShardDone(index, seq))
+        except BaseException as exc:
+            self._fatal.append(exc)
+            self.controls.request_stop(f"reading failed: {exc}")
+
+    def _put(self, item: _Batch) -> bool:
+        self.stats.add(read=len(item.docs))
+        while not self.controls.stop.is_set():
+            try:
+                self._work.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            if self.controls.stop.is_set():
+                continue  # unfinished: read again on resume
+            try:
+                item.counts = self.processor.process(item.docs)
+            except BatchAborted:
+                continue
+            except BaseException as exc:
+                self._fatal.append(exc)
+                self.controls.request_stop(str(exc))
+                continue
+            self._done.put(item)
+
+    # ------------------------------------------------------------------ tracking
+    def _advance(self, item: _Batch | _ShardDone) -> int:
+        """Record a finished batch; move cursors over every batch now complete in order."""
+        shards = self.checkpoint.shards
+        if isinstance(item, _ShardDone):
+            self._expected[item.shard] = item.batches
+        else:
+            self._finished[item.shard][item.seq] = item
+        handled = 0
+        shard = item.shard
+        while self._next_seq[shard] in self._finished[shard]:
+            batch = self._finished[shard].pop(self._next_seq[shard])
+            shards[shard].cursor = batch.docs[-1].path
+            self._next_seq[shard] += 1
+            handled += len(batch.docs)
+            self.settled.update(batch.counts)
+            self.settled["read"] += len(batch.docs)
+        if self._expected[shard] == self._next_seq[shard]:
+            shards[shard].done = True
+        if handled:
+            self.stats.processed(handled)
+        return handled
+
+    def run(self) -> PipelineResult:
+        shards = self.checkpoint.shards
+        open_shards = [i for i, s in enumerate(shards) if not s.done]
+        self._expected: dict[int, int | None] = dict.fromkeys(open_shards)
+        self._next_seq = dict.fromkeys(open_shards, 0)
+        self._finished: dict[int, dict[int, _Batch]] = {i: {} for i in open_shards}
+        self.progress.event("start", migration=self.migration.label, shards=len(shards),
+                            execute=self.options.execute, counters=dict(self.stats.counters))
+        readers = [threading.Thread(target=self._read_shard, args=(i, shards[i]), daemon=True,
+                                    name=f"docshift-reader-{i}") for i in open_shards]
+        writers = [threading.Thread(target=self._write_loop, daemon=True, name=f"docshift-writer-{n}")
+                   for n in range(self.options.concurrency)]
+        for thread in readers + writers:
+            thread.start()
+        since_checkpoint, last_checkpoint, last_progress = 0, time.monotonic(), 0.0
+        try:
+            while not all(shards[i].done for i in open_shards) and not self.controls.stop.is_set():
+                with contextlib.suppress(queue.Empty):
+                    since_checkpoint += self._advance(self._done.get(timeout=0.1))
+                self._watch()
+                now = time.monotonic()
+                if since_checkpoint >= self.options.checkpoint_every_docs or (
+                    now - last_checkpoint >= self.options.checkpoint_every_seconds
+                ):
+                    self._save("running")
+                    since_checkpoint, last_checkpoint = 0, now
+                if now - last_progress >= self.options.progress_interval:
+                    self._emit_progress()
+                    last_progress = now
+        finally:
+            self._shutdown(readers, writers)
+        return self._finish()
+
+    def _shutdown(self, readers: list[threading.Thread], writers: list[threading.Thread]) -> None:
+        """Let in-flight commits land, drop unstarted batches (read again on resume), drain."""
+        for _ in writers:
+            while True:
+                try:
+                    self._work.put(None, timeout=0.1)
+                    break
+                except queue.Full:
+                    with contextlib.suppress(queue.Empty):
+                        self._work.get_nowait()
+        for thread in writers:
+            thread.join()
+        for thread in readers:
+            thread.join(timeout=5)
+        while True:
+            try:
+                self._advance(self._done.get_nowait())
+            except queue.Empty:
+                break
+
+    def _watch(self) -> None:
+        """Memory, circuit breaker and failure budget; each can stop the run."""
+        state = self.memory.state()
+        if state == MemoryState.HARD:
+            self.controls.request_stop(
+                f"memory {self.memory.last_rss_mb:.0f} MiB reached the hard limit "
+                f"{self.memory.hard_limit_mb} MiB", MemoryLimitExceeded,
+            )
+        elif state == MemoryState.SOFT:
+            if not self._reading_paused.is_set():
+                self._reading_paused.set()
+                self.sizer.shrink()
+                self.progress.event("warning", message=f"memory {self.memory.last_rss_mb:.0f} MiB above "
+                                    f"the soft limit; reading paused")
+        elif self._reading_paused.is_set():
+            self._reading_paused.clear()
+        lost = self.controls.lease_lost
+        if lost is not None and lost.is_set():
+            self.controls.request_stop("the lease was lost to another run", EmergencyStop)
+        if self.breaker.tripped:
+            self.controls.request_stop(f"circuit breaker: {self.breaker.reason}", EmergencyStop)
+        counters = self.stats.counters
+        processed = sum(counters.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
+        if self.budget.exceeded(counters.get("failed", 0), processed):
+            self.controls.request_stop(
+                f"{counters['failed']} documents failed, more than --max-failures {self.budget.spec}",
+                TooManyFailures,
+            )
+
+    def _emit_progress(self) -> None:
+        self.progress.event(
+            "progress", migration=self.migration.label, **self.stats.snapshot(),
+            batch_size=self.sizer.size, write_limit=self.controls.limiter.limit,
+            memory_mb=self.memory.last_rss_mb, paused=self.controls.paused,
+        )
+
+    def _save(self, state: str) -> None:
+        if self.journal is not None:
+            self.journal.sync()
+        self.dead_letters.sync()
+        self.checkpoint.counters = {name: self.settled.get(name, 0) for name in COUNTERS}
+        self.checkpoint.elapsed_seconds = self.stats.elapsed
+        self.checkpoint.state = state
+        self.checkpoint.save(self.folder / "checkpoint.json")
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.checkpoint)
+        self.progress.event("checkpoint", migration=self.migration.label, state=state,
+                            cursors=[s.cursor for s in self.checkpoint.shards])
+
+    def _finish(self) -> PipelineResult:
+        error: DocshiftError | None = None
+        done = all(s.done for s in self.checkpoint.shards)
+        counters = {name: self.settled.get(name, 0) for name in COUNTERS}
+        processed = sum(counters.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
+        if done and self.budget.exceeded(counters.get("failed", 0), processed, final=True):
+            error = TooManyFailures(
+                f"{counters['failed']} of {processed} documents failed, more than --max-failures "
+                f"{self.budget.spec}", hint=f"see {self.dead_letters.path}",
+            )
+        if not done or self.controls.stop.is_set():
+            error = self._stop_error()
+            done = False
+        self._save("finished" if done and error is None else ("failed" if done else "stopped"))
+        if self.journal is not None:
+            self.journal.close()
+        self.dead_letters.close()
+        snapshot = self.stats.snapshot()
+        kind = "finish" if done else "stop"
+        self.progress.event(kind, migration=self.migration.label, **snapshot,
+                            reason=str(error) if error else None)
+        return PipelineResult(self.migration.id, "finished" if done else "stopped", dict(counters),
+                              self.stats.elapsed, self.folder, error, snapshot)
+
+    def _stop_error(self) -> DocshiftError:
+        fatal = next((e for e in self._fatal if not isinstance(e, BatchAborted)), None)
+        if isinstance(fatal, RunStopped):
+            return fatal
+        if isinstance(fatal, DocshiftError):
+            return EmergencyStop(f"stopped: {fatal.message}", hint=fatal.hint)
+        if fatal is not None:
+            return EmergencyStop(f"stopped by an unexpected {type(fatal).__name__}: {fatal}")
+        cls = self.controls.stop_class or RunStopped
+        return cls(self.controls.stop_reason or "stopped")
+
+
+def new_checkpoint(run_id: str, migration: Migration, shards: list[ShardCursor],
+                   settings: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(run_id=run_id, migration_id=migration.id, checksum=migration.checksum,
+                      shards=shards, started_at=Timestamp.now(), settings=settings)

@@ -1,0 +1,76 @@
+"""Counters, commit latency percentiles and throughput of a running migration (thread-safe)."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any
+
+__all__ = ["COUNTERS", "RunStats"]
+
+COUNTERS = ("read", "updated", "created", "deleted", "unchanged", "failed", "conflicts", "skipped")
+
+
+class RunStats:
+    def __init__(self, initial: dict[str, int] | None = None, elapsed_before: float = 0.0) -> None:
+        self._lock = threading.Lock()
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.counters.update(initial or {})
+        self._latencies: collections.deque[float] = collections.deque(maxlen=4096)
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._started = time.monotonic()
+        self.elapsed_before = elapsed_before
+        self._done_this_session = 0
+        self.commits = 0
+
+    def add(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                self.counters[name] = self.counters.get(name, 0) + delta
+
+    def processed(self, count: int) -> None:
+        """``count`` more documents were fully handled (for throughput)."""
+        now = time.monotonic()
+        with self._lock:
+            self._done_this_session += count
+            self._recent.append((now, count))
+            while self._recent and self._recent[0][0] < now - 5.0:
+                self._recent.popleft()
+
+    def commit_latency(self, seconds: float) -> None:
+        with self._lock:
+            self._latencies.append(seconds)
+            self.commits += 1
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self._started)
+
+    def percentile(self, fraction: float) -> float | None:
+        with self._lock:
+            ordered = sorted(self._latencies)
+        if not ordered:
+            return None
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._lock:
+            counters = dict(self.counters)
+            recent = sum(count for at, count in self._recent if at >= now - 5.0)
+            window = min(5.0, now - self._started) or 1e-9
+            session_seconds = (now - self._started) or 1e-9
+            rate_avg = self._done_this_session / session_seconds
+        return {
+            **counters,
+            "processed": counters["updated"] + counters["created"] + counters["deleted"]
+            + counters["unchanged"] + counters["failed"],
+            "docs_per_second_now": recent / window,
+            "docs_per_second_avg": rate_avg,
+            "commit_p50": self.percentile(0.50),
+            "commit_p95": self.percentile(0.95),
+            "commit_p99": self.percentile(0.99),
+            "commits": self.commits,
+            "elapsed_seconds": self.elapsed,
+        }
