@@ -7,9 +7,10 @@ and broken streams, which restart after the last document already yielded so not
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -22,7 +23,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from docshift.errors import TransientError
+from docshift.errors import StoreError, TransientError
 from docshift.store.base import Document, Query, Store, Write, WriteResult
 
 __all__ = ["FaultInjectingStore", "RetryPolicy", "RetryingStore"]
@@ -54,12 +55,21 @@ class RetryingStore(Store):
         self.retries = 0
 
     def _note_retry(self, state: RetryCallState) -> None:
-        with self._lock:
-            self.retries += 1
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
-        if self._on_retry is not None and isinstance(error, TransientError):
+        self._count_retry(error if isinstance(error, TransientError) else None)
+
+    def _count_retry(self, error: TransientError | None) -> None:
+        with self._lock:
+            self.retries += 1
+        if self._on_retry is not None and error is not None:
             self._on_retry(error)
+
+    def _backoff(self, failures: int) -> float:
+        """The wait before retry number ``failures`` (1-based), as ``_retrying`` waits."""
+        policy = self.policy
+        exponential = policy.initial_wait * 2.0 ** (failures - 1)
+        return min(exponential + random.uniform(0, policy.initial_wait), policy.max_wait)
 
     def _retrying(self) -> Retrying:
         return Retrying(
@@ -76,19 +86,27 @@ class RetryingStore(Store):
         return self._retrying()(func)
 
     def stream(self, query: Query) -> Iterator[Document]:
+        # The attempt budget counts failures in a row: a long stream that keeps making progress
+        # between transient breaks (hours over millions of documents) must not run out of attempts.
         last: str | None = query.start_after
         yielded = 0
-        for attempt in self._retrying():
-            with attempt:
-                remaining = None if query.limit is None else query.limit - yielded
-                resumed = Query(
-                    query.collection, query.group, query.filters, last, query.end_at,
-                    remaining, query.keys_only,
-                )
+        failures = 0
+        while True:
+            remaining = None if query.limit is None else query.limit - yielded
+            resumed = dataclasses.replace(query, start_after=last, limit=remaining)
+            try:
                 for doc in self.inner.stream(resumed):
                     last = doc.path
                     yielded += 1
+                    failures = 0
                     yield doc
+                return
+            except TransientError as error:
+                failures += 1
+                if failures >= self.policy.attempts:
+                    raise
+                self._count_retry(error)
+                time.sleep(self._backoff(failures))
 
     def get_many(self, paths: Sequence[str]) -> list[Document | None]:
         return self._call(lambda: self.inner.get_many(paths))
@@ -120,9 +138,16 @@ class RetryingStore(Store):
             if first_error is not None:
                 raise first_error
 
-        # When retries run out, the last transient results stay in ``results`` for the caller.
-        with contextlib.suppress(TransientError):
+        try:
             self._call(attempt)
+        except StoreError as error:
+            if any(result is None for result in results):
+                raise  # the first request failed as a whole: nothing was applied
+            # A retry of the failed writes failed as a whole (or retries ran out). Writes that were
+            # applied earlier must still be reported as applied, so only the pending ones fail.
+            if not isinstance(error, TransientError):
+                for index in pending:
+                    results[index] = WriteResult(writes[index].path, error=error)
         return [result for result in results if result is not None]
 
     def close(self) -> None:
