@@ -52,9 +52,9 @@ class MigrationStatus(enum.StrEnum):
 def current_user() -> str:
     """``user@host``: who ran something, as written to the history and the lease."""
     try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no passwd entry, e.g. in some containers
-        user = os.environ.get("USER") or f"uid{os.getuid()}"
+        user = getpass.getuser()  # LOGNAME, USER, LNAME, USERNAME, then the password database
+    except (OSError, KeyError):  # none of those, e.g. an unnamed uid in a container
+        user = f"uid{os.getuid()}"
     return f"{user}@{socket.gethostname()}"
 
 

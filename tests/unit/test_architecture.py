@@ -18,11 +18,8 @@ import docshift
 PACKAGE = Path(docshift.__file__).parent
 ADAPTER = "store/firestore.py"
 ENVIRONMENT_READERS = ("config.py", "emulator.py", "cli/")
-KNOWN_ENVIRONMENT_READS = {
-    # Dead code as well as a layering breach: getpass.getuser() already reads USER / LOGNAME first,
-    # so its `os.environ.get("USER")` fallback only runs when USER is unset. Remove the line, then
-    # this entry (the xfail is strict, so the test fails once the module is clean).
-    "history.py": "current_user() falls back to os.environ['USER']",
+KNOWN_ENVIRONMENT_READS: dict[str, str] = {
+    # module -> reason, for a known breach awaiting a fix (strict xfail: fails once it is fixed)
 }
 
 
