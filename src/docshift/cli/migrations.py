@@ -127,7 +127,7 @@ def _next_steps(report: StatusReport) -> list[str]:
                 "(or --allow-drift)"]
     runnable = [s for s in report.states if s.runnable]
     if runnable:
-        return [f"{len(runnable)} to run: docshift run"]
+        return [f"{len(runnable)} to run: preview with `docshift run`, apply with `docshift run --execute`"]
     return ["up to date"] if report.states else []
 
 
