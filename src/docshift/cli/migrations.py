@@ -86,20 +86,24 @@ def _when(stamp: Timestamp | None) -> str:
 
 
 def _counts(state: MigrationState) -> str:
+    """Non-zero counters, the usual ones first: "read 5, updated 5"."""
     if state.record is None:
         return ""
-    return ", ".join(f"{key} {value}" for key, value in state.record.counts.items())
+    counts = state.record.counts
+    order = {key: index for index, key in enumerate(("read", "updated", "created", "deleted", "unchanged"))}
+    keys = sorted((k for k, v in counts.items() if v), key=lambda k: (order.get(k, len(order)), k))
+    return ", ".join(f"{key} {counts[key]}" for key in keys)
 
 
 def _print_report(report: StatusReport) -> None:
-    console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     console.print(f"[bold]{report.where}[/bold], migrations in {describe_file(report.migrations_dir)}")
     if not report.states:
         console.print('no migrations yet; create one with docshift new "what it does" --collection NAME')
     else:
         table = Table(show_edge=False, pad_edge=False)
         for column in ("id", "migration", "state", "when (UTC)", "by", "counts"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=column in ("id", "when (UTC)"))
         for state in report.states:
             record = state.record
             label = state_label(state, report.lease)
