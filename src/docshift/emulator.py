@@ -7,8 +7,8 @@ loopback port, in its own process group, so stopping kills the JVM and anything 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,6 +27,8 @@ from docshift.errors import EmulatorError
 __all__ = ["Emulator", "EmulatorLocation", "clear_project", "find_emulator", "free_port"]
 
 _JAR_IN_SDK = Path("platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
+_SYSTEM_SDK = Path("/usr/lib/google-cloud-sdk")
+_FIREBASE_CACHE = Path(".cache/firebase/emulators")
 _MAIN_CLASS = "com.google.cloud.datastore.emulator.firestore.CloudFirestore"
 _INSTALL_HINT = (
     "install it with `gcloud components install cloud-firestore-emulator` "
@@ -49,8 +51,13 @@ def _sdk_roots(gcloud: str | None) -> list[Path]:
     if gcloud:
         real = Path(gcloud).resolve()
         roots.append(real.parent.parent)  # <sdk>/bin/gcloud
-    roots.append(Path("/usr/lib/google-cloud-sdk"))
+    roots.append(_SYSTEM_SDK)
     return roots
+
+
+def _version_key(jar: Path) -> tuple[int, ...]:
+    """``cloud-firestore-emulator-v1.19.10.jar`` sorts after ``-v1.19.9.jar`` (not as text)."""
+    return tuple(int(number) for number in re.findall(r"\d+", jar.name))
 
 
 def find_emulator(env: Mapping[str, str] | None = None) -> EmulatorLocation:
@@ -69,9 +76,9 @@ def find_emulator(env: Mapping[str, str] | None = None) -> EmulatorLocation:
         if jar.is_file():
             return EmulatorLocation(jar=jar, source=f"Google Cloud SDK at {root}")
     home = env.get("HOME") or str(Path.home())
-    cached = sorted(glob.glob(f"{home}/.cache/firebase/emulators/cloud-firestore-emulator-*.jar"))
+    cached = sorted((Path(home) / _FIREBASE_CACHE).glob("cloud-firestore-emulator-*.jar"), key=_version_key)
     if cached:
-        return EmulatorLocation(jar=Path(cached[-1]), source="Firebase CLI cache")
+        return EmulatorLocation(jar=cached[-1], source="Firebase CLI cache")
     raise EmulatorError("the Cloud Firestore emulator was not found", hint=_INSTALL_HINT)
 
 
@@ -141,26 +148,35 @@ class Emulator:
             java, "-Duser.language=en", "-cp", str(self.location.jar), _MAIN_CLASS,
             "start", "--host=127.0.0.1", f"--port={port}",
         ]
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        try:
+            self.process = subprocess.Popen(
+                command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.stop()
+            raise EmulatorError(
+                f"cannot run Java ({java}): {exc.strerror}",
+                hint="install a Java 11+ runtime, e.g. `apt-get install openjdk-17-jre-headless`",
+            ) from None
         host = f"127.0.0.1:{port}"
         deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                output = self._read_log()
-                self.stop()
-                raise EmulatorError(f"the Firestore emulator exited at start: {output[-400:]}")
-            if _answers(host):
-                self.host = host
-                return host
-            time.sleep(0.1)
-        self.stop()
-        raise EmulatorError(
-            f"the Firestore emulator did not answer within {self.startup_timeout:.0f} s",
-            hint="check that Java works and that the machine is not short of memory",
-        )
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    output = self._read_log()
+                    raise EmulatorError(f"the Firestore emulator exited at start: {output[-400:]}")
+                if _answers(host):
+                    self.host = host
+                    return host
+                time.sleep(0.1)
+            raise EmulatorError(
+                f"the Firestore emulator did not answer within {self.startup_timeout:.0f} s",
+                hint="check that Java works and that the machine is not short of memory",
+            )
+        except BaseException:
+            self.stop()  # also on Ctrl-C while waiting: never leave a half-started JVM behind
+            raise
 
     def _read_log(self) -> str:
         if self._log is None:
@@ -172,17 +188,17 @@ class Emulator:
         """Stop the whole process group (SIGTERM, then SIGKILL). Safe to call twice."""
         process, self.process = self.process, None
         if process is not None:
+            # start_new_session made the JVM the leader of its own group, whose id is its pid; that
+            # still reaches what it spawned after the JVM itself has exited and been reaped.
+            group = process.pid
             try:
-                group = os.getpgid(process.pid)
-            except ProcessLookupError:
-                group = None
-            if group is not None:
                 _signal_group(group, signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout)
+            finally:  # even when interrupted while waiting (a second Ctrl-C)
                 _signal_group(group, signal.SIGKILL)
-            process.wait()
-            self.host = self.location.host
+                process.wait()
+                self.host = self.location.host
         if self._log is not None:
             self._log.close()
             self._log = None
