@@ -18,7 +18,11 @@ __all__ = ["DeadLetterFile"]
 
 
 class DeadLetterFile:
-    """JSON lines: ``{"path", "stage", "error", "rule", "document": {...}, "at"}``; created lazily."""
+    """JSON lines: ``{"path", "stage", "error", "rule", "document": {...}, "at"}``; created lazily.
+
+    A torn last line (the process was killed while writing it) is skipped when reading and cut off
+    before a resumed run appends.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -44,6 +48,7 @@ class DeadLetterFile:
             if self._fd < 0:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                _cut_torn_line(self._fd, self.path)
             os.write(self._fd, line)
             self.count += 1
 
@@ -64,7 +69,21 @@ class DeadLetterFile:
             return
         with self.path.open("rb") as lines:
             for line in lines:
-                if line.strip():
+                if line.strip() and line.endswith(b"\n"):  # a last line without one is torn
                     record = orjson.loads(line)
                     record["document"]["data"] = codec.decode(record["document"]["data"])
                     yield record
+
+
+def _cut_torn_line(fd: int, path: Path) -> None:
+    """A killed run may leave half a line at the end; a resumed run must not append onto it."""
+    size = os.fstat(fd).st_size
+    if not size:
+        return
+    with path.open("rb") as existing:
+        existing.seek(max(0, size - 1))
+        if existing.read(1) == b"\n":
+            return
+        existing.seek(0)
+        raw = existing.read()
+    os.ftruncate(fd, raw.rfind(b"\n") + 1)

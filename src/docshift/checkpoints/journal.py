@@ -60,13 +60,49 @@ class JournalEntry:
         )
 
 
+_FEED = 1 << 16
+
+
+def _members(raw: bytes) -> Iterator[tuple[int, bytes]]:
+    """Each complete gzip member of ``raw`` as (offset just past it, its content); stops at a
+    torn or damaged member. Fed in slices of a memoryview, so a journal of many members is read
+    in linear time (slicing the rest of the file for every member would be quadratic)."""
+    view = memoryview(raw)
+    offset = 0
+    while offset < len(raw):
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        parts: list[bytes] = []
+        position = offset
+        try:
+            while not decompressor.eof and position < len(raw):
+                piece = view[position:position + _FEED]
+                parts.append(decompressor.decompress(piece))
+                position += len(piece)
+        except zlib.error:
+            return
+        if not decompressor.eof:
+            return
+        offset = position - len(decompressor.unused_data)
+        yield offset, b"".join(parts)
+
+
 class JournalWriter:
-    """Thread-safe appender. ``append`` writes through to the OS; ``sync`` makes it durable."""
+    """Thread-safe appender. ``append`` writes through to the OS; ``sync`` makes it durable.
+
+    Opening an existing journal (a resumed run) first cuts off a torn last member left by a killed
+    process: appended after it, the new members would be unreadable.
+    """
 
     def __init__(self, path: Path, *, compress_level: int = 1) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        size = os.fstat(self._fd).st_size
+        if size:
+            valid = max((end for end, _ in _members(path.read_bytes())), default=0)
+            if valid < size:
+                os.ftruncate(self._fd, valid)
+                os.fsync(self._fd)
         self._lock = threading.Lock()
         self._level = compress_level
         self._dirty = False
@@ -107,19 +143,10 @@ class JournalReader:
         if not self.path.exists():
             return
         raw = self.path.read_bytes()
-        offset = 0
-        while offset < len(raw):
-            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            try:
-                block = decompressor.decompress(raw[offset:])
-            except zlib.error:
-                self.torn_tail = True
-                return
-            if not decompressor.eof:
-                self.torn_tail = True
-                return
-            consumed = len(raw) - offset - len(decompressor.unused_data)
-            offset += consumed
+        complete = 0
+        for end, block in _members(raw):
+            complete = end
             for line in block.splitlines():
                 if line:
                     yield JournalEntry.from_json(orjson.loads(line))
+        self.torn_tail = complete < len(raw)
