@@ -7,7 +7,9 @@ emulators (besides the session's) and check the JVM and its whole process group 
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
+import signal
 import threading
 import time
 import uuid
@@ -207,6 +209,16 @@ def real_location() -> EmulatorLocation:
     return location
 
 
+@pytest.fixture
+def leftovers() -> Iterator[list[int]]:
+    """Process groups of JVMs a test started; any still running at the end (a regression) are killed."""
+    groups: list[int] = []
+    yield groups
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+
+
 def answers(host: str) -> bool:
     return emulator_module._answers(host)
 
@@ -230,18 +242,21 @@ def assert_nothing_left(pid: int, pgid: int, host: str | None = None, timeout: f
         assert not answers(host)
 
 
-def started_tree(emulator: Emulator) -> tuple[int, int, list[int]]:
+def started_tree(emulator: Emulator, leftovers: list[int]) -> tuple[int, int, list[int]]:
     assert emulator.process is not None
     pid = emulator.process.pid
+    leftovers.append(pid)
     pgid = os.getpgid(pid)
     children = [child.pid for child in psutil.Process(pid).children(recursive=True)]
     return pid, pgid, children
 
 
-def test_stop_leaves_no_emulator_process_behind(real_location: EmulatorLocation) -> None:
+def test_stop_leaves_no_emulator_process_behind(
+    real_location: EmulatorLocation, leftovers: list[int]
+) -> None:
     emulator = Emulator(real_location)
     host = emulator.start()
-    pid, pgid, children = started_tree(emulator)
+    pid, pgid, children = started_tree(emulator, leftovers)
     assert pgid == pid != os.getpgid(0), "the JVM must run in its own process group"
     assert answers(host)
     assert psutil.Process(pid).name() == "java"
@@ -254,21 +269,25 @@ def test_stop_leaves_no_emulator_process_behind(real_location: EmulatorLocation)
     emulator.stop()  # safe twice
 
 
-def test_an_exception_inside_the_with_block_still_stops_the_emulator(real_location: EmulatorLocation) -> None:
+def test_an_exception_inside_the_with_block_still_stops_the_emulator(
+    real_location: EmulatorLocation, leftovers: list[int]
+) -> None:
     seen: dict[str, int] = {}
     with pytest.raises(RuntimeError, match="boom"), Emulator(real_location) as emulator:
         assert emulator.host is not None
-        seen["pid"], seen["pgid"], _ = started_tree(emulator)
+        seen["pid"], seen["pgid"], _ = started_tree(emulator, leftovers)
         seen_host = emulator.host
         raise RuntimeError("boom")
     assert_nothing_left(seen["pid"], seen["pgid"], seen_host)
 
 
-def test_an_emulator_on_a_chosen_port_works_for_the_store(real_location: EmulatorLocation) -> None:
+def test_an_emulator_on_a_chosen_port_works_for_the_store(
+    real_location: EmulatorLocation, leftovers: list[int]
+) -> None:
     port = free_port()
     with Emulator(real_location, port=port) as emulator:
         assert emulator.host == f"127.0.0.1:{port}"
-        pid, pgid, _ = started_tree(emulator)
+        pid, pgid, _ = started_tree(emulator, leftovers)
         store = FirestoreStore("demo-own-port", emulator_host=emulator.host)
         try:
             [result] = store.commit([Write.set("a/b", {"v": 1})])
@@ -288,7 +307,9 @@ def test_a_jvm_that_exits_at_start_is_reported_with_its_output(tmp_path: Path) -
     assert emulator.process is None and emulator._log is None
 
 
-def test_a_startup_timeout_stops_the_half_started_jvm(real_location: EmulatorLocation) -> None:
+def test_a_startup_timeout_stops_the_half_started_jvm(
+    real_location: EmulatorLocation, leftovers: list[int]
+) -> None:
     emulator = Emulator(real_location, startup_timeout=0.3)
     seen: list[tuple[int, int]] = []
 
@@ -296,6 +317,7 @@ def test_a_startup_timeout_stops_the_half_started_jvm(real_location: EmulatorLoc
         while not seen:
             process = emulator.process
             if process is not None:
+                leftovers.append(process.pid)
                 seen.append((process.pid, os.getpgid(process.pid)))
             time.sleep(0.01)
 
@@ -309,7 +331,9 @@ def test_a_startup_timeout_stops_the_half_started_jvm(real_location: EmulatorLoc
     assert emulator.process is None and emulator.host is None
 
 
-def test_ctrl_c_while_the_emulator_starts_stops_the_jvm(real_location: EmulatorLocation) -> None:
+def test_ctrl_c_while_the_emulator_starts_stops_the_jvm(
+    real_location: EmulatorLocation, leftovers: list[int]
+) -> None:
     emulator = Emulator(real_location)
     seen: list[tuple[int, int]] = []
 
@@ -317,6 +341,7 @@ def test_ctrl_c_while_the_emulator_starts_stops_the_jvm(real_location: EmulatorL
         while emulator.process is None:
             time.sleep(0.005)
         process = emulator.process
+        leftovers.append(process.pid)
         seen.append((process.pid, os.getpgid(process.pid)))
         _thread.interrupt_main()  # the SIGINT a terminal's Ctrl-C delivers
 
@@ -328,18 +353,22 @@ def test_ctrl_c_while_the_emulator_starts_stops_the_jvm(real_location: EmulatorL
     assert emulator.process is None
 
 
-def test_the_emulator_runs_in_its_own_session(real_location: EmulatorLocation) -> None:
+def test_the_emulator_runs_in_its_own_session(
+    real_location: EmulatorLocation, leftovers: list[int]
+) -> None:
     """A terminal's Ctrl-C reaches docshift, not the JVM: docshift stops it (after cleaning up)."""
     with Emulator(real_location) as emulator:
-        pid, pgid, _ = started_tree(emulator)
+        pid, pgid, _ = started_tree(emulator, leftovers)
         assert os.getsid(pid) == pid != os.getsid(0)
     assert_nothing_left(pid, pgid)
 
 
-def test_a_jvm_ignoring_sigterm_is_killed(real_location: EmulatorLocation) -> None:
+def test_a_jvm_ignoring_sigterm_is_killed(
+    real_location: EmulatorLocation, leftovers: list[int]
+) -> None:
     emulator = Emulator(real_location)
     emulator.start()
-    pid, pgid, _ = started_tree(emulator)
+    pid, pgid, _ = started_tree(emulator, leftovers)
     psutil.Process(pid).suspend()  # a stopped JVM cannot act on SIGTERM
     started = time.monotonic()
     emulator.stop(timeout=0.5)

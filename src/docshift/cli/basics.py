@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
+import time
+from types import FrameType
 
 import click
 
 from docshift.cli.context import AppContext, pass_app
 from docshift.commands.doctor import doctor
 from docshift.emulator import Emulator, find_emulator
-from docshift.errors import ExitCode
+from docshift.errors import EmulatorError, ExitCode
 
 __all__ = ["doctor_command", "emulator_command"]
 
@@ -26,15 +27,33 @@ def emulator_command(port: int | None) -> None:
     """
     env = {k: v for k, v in os.environ.items() if k != "FIRESTORE_EMULATOR_HOST"}
     location = find_emulator(env)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Emulator(location, port=port) as emulator:
-        click.echo(f"Firestore emulator ({location.source}) is running.")
-        click.echo(f"export FIRESTORE_EMULATOR_HOST={emulator.host}")
-        click.echo("Press Ctrl-C to stop it.", err=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+    # SIGTERM stops it like Ctrl-C does: as KeyboardInterrupt, so `with Emulator` stops the JVM even
+    # while it is still starting. (Setting an Event from a signal handler can deadlock on its lock.)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with Emulator(location, port=port) as emulator:
+            click.echo(f"Firestore emulator ({location.source}) is running.")
+            click.echo(f"export FIRESTORE_EMULATOR_HOST={emulator.host}")
+            click.echo("Press Ctrl-C to stop it.", err=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                _wait_while_running(emulator)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     click.echo("emulator stopped", err=True)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_while_running(emulator: Emulator) -> None:
+    process = emulator.process
+    while process is not None and process.poll() is None:
+        time.sleep(0.2)
+    raise EmulatorError(
+        "the Firestore emulator stopped by itself",
+        hint="rerun `docshift emulator`; if it keeps stopping, check Java and free memory",
+    )
 
 
 @click.command("doctor")
