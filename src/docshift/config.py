@@ -39,6 +39,7 @@ class EngineConfig:
     concurrency: int = 4
     shards: int = 1
     conflict_retries: int = 5
+    write_mode: str = "auto"
     checkpoint_every_docs: int = 5000
     checkpoint_every_seconds: float = 10.0
     max_failures: str = "1%"
@@ -132,6 +133,9 @@ KEYS: tuple[Key, ...] = (
     Key("shards", "engine", int, "key ranges read concurrently", _positive),
     Key("conflict_retries", "engine", int, "re-reads of a document changed during the run",
         _not_negative),
+    Key("write_mode", "engine", str, "how changed documents are written: auto (full guarded set for "
+        "small documents, masked update of the changed fields for large ones), update, set",
+        _choice("auto", "update", "set")),
     Key("checkpoint_every_docs", "engine", int, "checkpoint after this many documents", _positive),
     Key("checkpoint_every_seconds", "engine", float, "checkpoint at least this often", _positive),
     Key("max_failures", "engine", str, "failed documents tolerated: a count or a percent",

@@ -20,14 +20,13 @@ Transforms must be idempotent: ``up`` on an already-migrated document returns it
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 from docshift.store.base import Document, Filter, Query
-from docshift.values import Timestamp, Value, values_equal
+from docshift.values import Timestamp, Value, copy_data, values_equal
 
 __all__ = [
     "DELETE",
@@ -85,7 +84,8 @@ class DocView:
 
     @property
     def data(self) -> dict[str, Value]:
-        return copy.deepcopy(self._doc.data)
+        data: dict[str, Value] = copy_data(self._doc.data)
+        return data
 
     @property
     def create_time(self) -> Timestamp | None:
@@ -97,7 +97,7 @@ class DocView:
 
     def get(self, field_name: str, default: Value = None) -> Value:
         """A copy of one top-level field (cheaper than copying all of ``data``)."""
-        return copy.deepcopy(self._doc.data.get(field_name, default))
+        return copy_data(self._doc.data.get(field_name, default))
 
     def __contains__(self, field_name: object) -> bool:
         return field_name in self._doc.data

@@ -83,7 +83,8 @@ def pipeline_options(config: Config, options: RunOptions) -> PipelineOptions:
     return PipelineOptions(
         execute=options.execute, batch_size=engine.batch_size, min_batch_size=engine.min_batch_size,
         max_batch_size=engine.max_batch_size, concurrency=engine.concurrency,
-        conflict_retries=engine.conflict_retries, checkpoint_every_docs=engine.checkpoint_every_docs,
+        conflict_retries=engine.conflict_retries, write_mode=engine.write_mode,
+        checkpoint_every_docs=engine.checkpoint_every_docs,
         checkpoint_every_seconds=engine.checkpoint_every_seconds, max_failures=engine.max_failures,
         backup=engine.backup, limit=options.limit, sample_percent=options.sample_percent,
         memory_soft_limit_mb=limits.memory_soft_limit_mb, memory_hard_limit_mb=limits.memory_hard_limit_mb,

@@ -25,16 +25,35 @@ from docshift.engine.stats import RunStats
 from docshift.errors import ConflictError, EmergencyStop, StoreError, TransientError
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Transform
 from docshift.store.base import Document, Store, Write, WriteKind, WriteResult
-from docshift.store.semantics import MAX_REQUEST_BYTES, document_problem, document_size
+from docshift.store.semantics import (
+    MAX_DOCUMENT_BYTES,
+    MAX_REQUEST_BYTES,
+    document_problem,
+    document_size,
+    value_problem,
+    value_size,
+)
 
-__all__ = ["BatchAborted", "BatchProcessor", "Decision", "DocumentCheck"]
+__all__ = ["BatchAborted", "BatchProcessor", "DeadLetter", "Decision", "DocumentCheck"]
 
 DocumentCheck = Callable[[Document, dict[str, Any]], "tuple[str, str] | None"]
 """Inline validation: (source, new data) -> (rule, message) when the new data breaks a rule."""
 
 _REQUEST_BUDGET = int(MAX_REQUEST_BYTES * 0.8)
+_SIZE_MARGIN = 64 * 1024
+_SMALL_DOCUMENT = 4096
 _SHRINK_CODES = {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}
 _APPLIED = {"update": "updated", "set": "updated", "create": "created", "delete": "deleted"}
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A failed document on its way to the dead-letter file."""
+
+    source: Document
+    stage: str
+    error: str
+    rule: str | None = None
 
 
 class BatchAborted(Exception):
@@ -72,6 +91,7 @@ class BatchProcessor:
         sizer: AdaptiveBatch,
         stop: threading.Event,
         conflict_retries: int = 5,
+        write_mode: str = "auto",
         sample_percent: float | None = None,
         sample_above: float = 0.0,
         check: DocumentCheck | None = None,
@@ -90,10 +110,12 @@ class BatchProcessor:
         self.sizer = sizer
         self.stop = stop
         self.conflict_retries = conflict_retries
+        self.write_mode = write_mode
         self.sample_percent = sample_percent
         self.sample_above = sample_above
         self.check = check
         self.on_decision = on_decision
+        self._held = threading.local()
 
     # ------------------------------------------------------------------ deciding
     def decide(self, source: Document, existing: Document | None) -> Decision:
@@ -116,7 +138,14 @@ class BatchProcessor:
                 source, existing, "transform",
                 f"up() returned {type(result).__name__}; return a dict, UNCHANGED or DELETE",
             )
-        problem = document_problem(destination, result)
+        if existing is None:
+            changes: list[FieldChange] = []
+            problem = document_problem(destination, result)
+        else:
+            changes = field_changes(existing.data, result)
+            if not changes:
+                return Decision(source, existing, "unchanged")
+            problem = _update_problem(destination, existing, changes, result)
         if problem:
             return self._failed(source, existing, "invalid", problem)
         if self.check is not None:
@@ -125,14 +154,22 @@ class BatchProcessor:
                 return self._failed(source, existing, "validate", broken[1], rule=broken[0])
         if existing is None:
             return Decision(source, None, "create", Write.create(destination, result), new_data=result)
-        changes = field_changes(existing.data, result)
-        if not changes:
-            return Decision(source, existing, "unchanged")
-        if update_is_cheaper(changes, result):
+        if self._masked_update(existing, changes, result):
             write = Write.update(destination, update_fields(changes), update_time=guard)
             return Decision(source, existing, "update", write, changes, result)
         write = Write.set(destination, result, update_time=guard)
         return Decision(source, existing, "set", write, changes, result)
+
+    def _masked_update(self, existing: Document, changes: list[FieldChange], new: dict[str, Any]) -> bool:
+        """Masked update of exactly the changed paths, or a full set? Both carry the update-time
+        guard, so the stored result is identical; they differ only in cost. ``auto`` sends a full
+        set for small documents (measured on the emulator: ~58 µs of store work per document versus
+        ~116 µs for a masked update, which the store must merge) and a masked update where it
+        saves bytes: large documents with few changed fields."""
+        if self.write_mode != "auto":
+            return self.write_mode == "update"
+        size = existing.size if existing.size is not None else document_size(existing.path, existing.data)
+        return size > _SMALL_DOCUMENT and update_is_cheaper(changes, new)
 
     def _failed(
         self, source: Document, existing: Document | None, stage: str, error: str, rule: str | None = None
@@ -145,14 +182,25 @@ class BatchProcessor:
         return self.store.get_many([self.target.destination(doc.path) for doc in sources])
 
     # ------------------------------------------------------------------ processing
-    def process(self, sources: Sequence[Document]) -> Counter[str]:
+    def process(self, sources: Sequence[Document], hold: list[DeadLetter] | None = None) -> Counter[str]:
         """Handle every document of the batch and return its counts, or raise
-        :class:`BatchAborted` to leave the batch unfinished (it is read again on resume)."""
+        :class:`BatchAborted` to leave the batch unfinished (it is read again on resume).
+
+        With ``hold``, dead letters are appended there instead of written to the file: the pipeline
+        writes them once the batch is settled behind the cursor, so a batch done again after a stop
+        does not leave its failures in the file twice, or failures that a retry then fixed.
+        """
         counts: Counter[str] = Counter()
+        self._held.letters = hold
         try:
             self._process(sources, counts)
         finally:
             self.stats.add(**counts)
+            # The breaker sees a batch's outcomes together: recorded one by one, a batch's failures
+            # (known at once) would come before its writes (known after the commit), and a few
+            # concurrent batches with one bad document each would look like a high failure rate.
+            ok = sum(counts[kind] for kind in ("updated", "created", "deleted", "unchanged"))
+            self.breaker.record(ok, counts["failed"])
         return counts
 
     def _process(self, sources: Sequence[Document], counts: Counter[str]) -> None:
@@ -182,7 +230,6 @@ class BatchProcessor:
     def _settle(self, decisions: list[Decision], counts: Counter[str]) -> list[Decision]:
         """Count the decisions that need no write; return the ones that do."""
         pending: list[Decision] = []
-        ok = 0
         for decision in decisions:
             if self.on_decision is not None:
                 self.on_decision(decision)
@@ -190,23 +237,23 @@ class BatchProcessor:
                 counts["skipped"] += 1
             elif decision.kind == "unchanged":
                 counts["unchanged"] += 1
-                ok += 1
             elif decision.kind == "failed":
                 self._dead_letter(decision, counts, decision.stage, decision.error, decision.rule)
             elif not self.execute:
                 counts[_APPLIED[decision.kind]] += 1
-                ok += 1
             else:
                 pending.append(decision)
-        self.breaker.record(ok, 0)
         return pending
 
     def _dead_letter(
         self, decision: Decision, counts: Counter[str], stage: str, error: str, rule: str | None = None
     ) -> None:
-        self.dead_letters.add(decision.source, stage, error, rule)
+        held: list[DeadLetter] | None = getattr(self._held, "letters", None)
+        if held is not None:
+            held.append(DeadLetter(decision.source, stage, error, rule))
+        else:
+            self.dead_letters.add(decision.source, stage, error, rule)
         counts["failed"] += 1
-        self.breaker.record(0, 1)
 
     def _write(self, decisions: list[Decision], counts: Counter[str]) -> list[Decision]:
         """Journal, then commit; returns the decisions whose guard failed (changed meanwhile)."""
@@ -218,7 +265,6 @@ class BatchProcessor:
             for decision, result in zip(chunk, self._commit(chunk), strict=True):
                 if result.ok:
                     counts[_APPLIED[decision.kind]] += 1
-                    self.breaker.record(1, 0)
                     if decision.kind != "delete" and result.update_time is not None:
                         written.append(JournalEntry("written", result.path, update_time=result.update_time))
                 elif isinstance(result.error, ConflictError):
@@ -230,7 +276,12 @@ class BatchProcessor:
             self.journal.append(written)
         return conflicts
 
-    def _commit(self, chunk: list[Decision]) -> list[WriteResult]:
+    def _commit(self, chunk: list[Decision], *, split: bool = False) -> list[WriteResult]:
+        """Send one request; one refused as a whole is split until the bad write is alone.
+
+        The halves of a split request do not count as more failed commits for the circuit breaker
+        (nor shrink the batch again): one bad document must fail alone, not stop the run.
+        """
         if not self.limiter.acquire(len(chunk), self.stop):
             raise BatchAborted
         writes = [d.write for d in chunk if d.write is not None]
@@ -244,17 +295,42 @@ class BatchProcessor:
                 hint="check the store is reachable, then resume the run",
             ) from None
         except StoreError as exc:
-            self.breaker.commit_failed()
-            if exc.code in _SHRINK_CODES:
-                self.sizer.shrink()
+            if not split:
+                self.breaker.commit_failed()
+                if exc.code in _SHRINK_CODES:
+                    self.sizer.shrink()
             if len(chunk) == 1:
                 return [WriteResult(chunk[0].source.path, error=exc)]
             middle = len(chunk) // 2
-            return self._commit(chunk[:middle]) + self._commit(chunk[middle:])
+            return self._commit(chunk[:middle], split=True) + self._commit(chunk[middle:], split=True)
         self.stats.commit_latency(time.monotonic() - started)
         self.breaker.commit_succeeded()
         self.sizer.healthy()
         return results
+
+
+def _update_problem(
+    path: str, existing: Document, changes: list[FieldChange], new: dict[str, Any]
+) -> str | None:
+    """Firestore's limits, checked on what changed only (the stored document was valid).
+
+    The size is estimated from the stored size plus the change; only a document that may come near
+    the 1 MiB limit pays for an exact measurement.
+    """
+    for change in changes:
+        if not change.removed:
+            if not all(isinstance(segment, str) and segment for segment in change.path):
+                return f"invalid field name in {change.path!r}"
+            problem = value_problem(change.new, len(change.path))
+            if problem:
+                return f"{'.'.join(change.path)}: {problem}"
+    base = existing.size if existing.size is not None else document_size(path, existing.data)
+    delta = sum(
+        (0 if c.removed else value_size(c.new)) - (0 if c.added else value_size(c.old)) for c in changes
+    )
+    if base + delta > MAX_DOCUMENT_BYTES - _SIZE_MARGIN:
+        return document_problem(path, new)
+    return None
 
 
 def _before_image(decision: Decision) -> JournalEntry:
@@ -272,6 +348,14 @@ def _write_bytes(decision: Decision) -> int:
     assert write is not None
     if write.kind == WriteKind.DELETE:
         return len(write.path) + 64
+    if decision.existing is not None and decision.existing.size is not None:
+        # A close estimate (the budget leaves 20% headroom), as long as it counts what the
+        # transform added: a document may grow from a few bytes to nearly 1 MiB.
+        growth = sum(
+            (0 if c.removed else value_size(c.new)) - (0 if c.added else value_size(c.old))
+            for c in decision.changes
+        )
+        return decision.existing.size + max(growth, 0) + 64
     return document_size(write.path, decision.new_data or {}) + 64
 
 

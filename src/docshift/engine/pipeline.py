@@ -24,7 +24,7 @@ from typing import Any
 from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
 from docshift.checkpoints.deadletter import DeadLetterFile
 from docshift.checkpoints.journal import JournalWriter
-from docshift.engine.batch import BatchAborted, BatchProcessor, Decision, DocumentCheck
+from docshift.engine.batch import BatchAborted, BatchProcessor, DeadLetter, Decision, DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, FailureBudget, MemoryGuard, MemoryState
 from docshift.engine.progress import NullProgress, Progress
@@ -51,6 +51,7 @@ class PipelineOptions:
     max_batch_size: int = 500
     concurrency: int = 4
     conflict_retries: int = 5
+    write_mode: str = "auto"
     checkpoint_every_docs: int = 5000
     checkpoint_every_seconds: float = 10.0
     max_failures: str = "1%"
@@ -83,6 +84,7 @@ class _Batch:
     seq: int
     docs: list[Document]
     counts: Counter[str] = field(default_factory=Counter)
+    letters: list[DeadLetter] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +128,10 @@ class MigrationPipeline:
         )
         self.budget = FailureBudget(options.max_failures)
         self.dead_letters = DeadLetterFile(folder / "dead-letters.jsonl")
+        kept = checkpoint.extra.get("dead_letter_bytes")
+        if isinstance(kept, int):
+            # Letters written after the checkpoint belong to batches that are done again now.
+            self.dead_letters.truncate(kept)
         self.journal = (
             JournalWriter(folder / "before-images.jsonl.gz") if options.execute and options.backup else None
         )
@@ -133,7 +139,8 @@ class MigrationPipeline:
             store, migration, self.stats, transform=transform, execute=options.execute,
             journal=self.journal, dead_letters=self.dead_letters, limiter=self.controls.limiter,
             breaker=self.breaker, sizer=self.sizer, stop=self.controls.stop,
-            conflict_retries=options.conflict_retries, sample_percent=options.sample_percent,
+            conflict_retries=options.conflict_retries, write_mode=options.write_mode,
+            sample_percent=options.sample_percent,
             sample_above=options.sample_above, check=check, on_decision=on_decision,
         )
         self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=options.concurrency * 2)
@@ -193,7 +200,7 @@ class MigrationPipeline:
             if self.controls.stop.is_set():
                 continue  # unfinished: read again on resume
             try:
-                item.counts = self.processor.process(item.docs)
+                item.counts = self.processor.process(item.docs, item.letters)
             except BatchAborted:
                 continue
             except BaseException as exc:
@@ -215,6 +222,8 @@ class MigrationPipeline:
         while self._next_seq[shard] in self._finished[shard]:
             batch = self._finished[shard].pop(self._next_seq[shard])
             shards[shard].cursor = batch.docs[-1].path
+            for letter in batch.letters:
+                self.dead_letters.add(letter.source, letter.stage, letter.error, letter.rule)
             self._next_seq[shard] += 1
             handled += len(batch.docs)
             self.settled.update(batch.counts)
@@ -299,7 +308,7 @@ class MigrationPipeline:
             self.controls.request_stop("the lease was lost to another run", EmergencyStop)
         if self.breaker.tripped:
             self.controls.request_stop(f"circuit breaker: {self.breaker.reason}", EmergencyStop)
-        counters = self.stats.counters
+        counters = self.stats.counts()  # not the live dict: a half-added batch would skew the rate
         processed = sum(counters.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
         if self.budget.exceeded(counters.get("failed", 0), processed):
             self.controls.request_stop(
@@ -318,6 +327,7 @@ class MigrationPipeline:
         if self.journal is not None:
             self.journal.sync()
         self.dead_letters.sync()
+        self.checkpoint.extra["dead_letter_bytes"] = self.dead_letters.size()
         self.checkpoint.counters = {name: self.settled.get(name, 0) for name in COUNTERS}
         self.checkpoint.elapsed_seconds = self.stats.elapsed
         self.checkpoint.state = state

@@ -162,6 +162,8 @@ class Document:
     data: dict[str, Value]
     create_time: Timestamp | None = None
     update_time: Timestamp | None = None
+    size: int | None = None
+    """Approximate stored size in bytes when the store knows it cheaply (the wire size)."""
 
     @property
     def id(self) -> str:

@@ -223,6 +223,7 @@ class FirestoreStore(Store):
             data,
             Timestamp(pb.create_time.seconds, pb.create_time.nanos),
             Timestamp(pb.update_time.seconds, pb.update_time.nanos),
+            pb.ByteSize(),
         )
 
     def _encode_value(self, value: Value, out: Any) -> None:
@@ -508,7 +509,18 @@ def _write_problem(write: Write) -> str | None:
     if write.kind in (WriteKind.SET, WriteKind.CREATE):
         return document_problem(write.path, write.data or {})
     if write.kind == WriteKind.UPDATE and write.fields:
-        touched = {".".join(path): value for path, value in write.fields.items() if value is not DELETE_FIELD}
+        # Nest the field paths (not "a.b" keys) so each name is checked as the segment it is.
+        touched: dict[str, Value] = {}
+        for field_path, value in write.fields.items():
+            if value is DELETE_FIELD:
+                continue
+            parent = touched
+            for segment in field_path[:-1]:
+                child = parent.get(segment)
+                if not isinstance(child, dict):
+                    child = parent[segment] = {}
+                parent = child
+            parent[field_path[-1]] = value
         return document_problem(write.path, touched)
     return None
 

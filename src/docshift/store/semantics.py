@@ -8,6 +8,7 @@ sending it, and fail only that document instead of its whole batch.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -18,23 +19,39 @@ from docshift.values import GeoPoint, Reference, Timestamp, Value
 __all__ = [
     "MAX_DEPTH",
     "MAX_DOCUMENT_BYTES",
+    "MAX_FIELD_PATH_BYTES",
     "MAX_REQUEST_BYTES",
     "document_problem",
     "document_size",
     "matches",
     "order_key",
     "server_side",
+    "value_problem",
     "value_size",
 ]
 
 MAX_DOCUMENT_BYTES = 1_048_576
 MAX_REQUEST_BYTES = 10 * 1_048_576
 MAX_DEPTH = 20
+MAX_FIELD_PATH_BYTES = 1500
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31T23:59:59Z
+_RESERVED = re.compile(r"__.+__", re.DOTALL)  # field names and ids; "____" itself is allowed
+_STORABLE = frozenset({type(None), bytes, bytearray, Timestamp, GeoPoint, Reference, list, tuple, dict})
 
 
 def _string_size(text: str) -> int:
-    return len(text.encode("utf-8")) + 1
+    return len(text.encode("utf-8", "surrogatepass")) + 1
+
+
+def _utf8_size(text: str) -> int | None:
+    """Bytes in UTF-8, or ``None`` when the text cannot be stored (a lone surrogate)."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None
 
 
 def value_size(value: Value) -> int:
@@ -67,23 +84,61 @@ def document_size(path: str, data: Mapping[str, Value]) -> int:
     return _name_size(path) + sum(_string_size(k) + value_size(v) for k, v in data.items()) + 32
 
 
-def _value_problem(value: Value, depth: int) -> str | None:
+def _value_problem(value: Value, depth: int, path_bytes: int = 0) -> str | None:
+    """What Firestore refuses in one value; ``path_bytes`` is the UTF-8 length of its field path."""
     kind = type(value)
+    if kind not in _STORABLE and not isinstance(value, int | float | str | datetime):
+        return f"cannot store a value of type {kind.__name__!r} in Firestore"
     if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
         return f"integer {value} does not fit in 64 bits"
+    if kind is str:
+        return None if _utf8_size(value) is not None else "a string is not valid unicode (lone surrogate)"
+    if kind is GeoPoint:
+        if not -90.0 <= value.latitude <= 90.0:  # also refuses NaN
+            return f"geopoint latitude {value.latitude!r} is outside -90 to 90"
+        if not -180.0 <= value.longitude <= 180.0:
+            return f"geopoint longitude {value.longitude!r} is outside -180 to 180"
+        return None
+    if kind is Timestamp and not _MIN_SECONDS <= value.seconds <= _MAX_SECONDS:
+        return f"timestamp {value} is outside the years 1 to 9999"
+    if kind is Reference:
+        parts = value.path.split("/")
+        if len(parts) % 2 or any(
+            part in ("", ".", "..") or _RESERVED.fullmatch(part) or _utf8_size(part) is None for part in parts
+        ):
+            return f"reference {value.path!r} is not a valid document path"
+        return None
     if kind is dict or kind is list or kind is tuple:
         if depth > MAX_DEPTH:
             return f"nesting deeper than {MAX_DEPTH} levels"
-        items = value.items() if kind is dict else enumerate(value)
-        for key, item in items:
-            if kind is dict and (not isinstance(key, str) or key == ""):
+        if kind is not dict:
+            for item in value:
+                if type(item) in (list, tuple):
+                    return "an array cannot directly contain another array"
+                problem = _value_problem(item, depth + 1, path_bytes)  # arrays add no path segment
+                if problem:
+                    return problem
+            return None
+        for key, item in value.items():
+            if not isinstance(key, str) or key == "":
                 return f"invalid field name {key!r}"
-            if kind is not dict and type(item) in (list, tuple):
-                return "an array cannot directly contain another array"
-            problem = _value_problem(item, depth + 1)
+            size = _utf8_size(key)
+            if size is None:
+                return f"field name {key!r} is not valid unicode (lone surrogate)"
+            if _RESERVED.fullmatch(key):
+                return f"field name {key!r} is reserved"
+            below = path_bytes + 1 + size if path_bytes else size
+            if below > MAX_FIELD_PATH_BYTES:
+                return f"field path {key[:40]!r}... is longer than {MAX_FIELD_PATH_BYTES} bytes"
+            problem = _value_problem(item, depth + 1, below)
             if problem:
                 return problem
     return None
+
+
+def value_problem(value: Value, depth: int = 1) -> str | None:
+    """Why Firestore would reject this value at this nesting depth, or ``None``."""
+    return _value_problem(value, depth)
 
 
 def document_problem(path: str, data: Mapping[str, Value]) -> str | None:

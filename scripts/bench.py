@@ -1,0 +1,169 @@
+"""Engine benchmark: docshift against hand-written migrations, on a fresh emulator per case.
+
+Case 1, throughput (20,000 documents of 10 fields, ~550 bytes; add one field, rename one):
+  (a) naive loop: page of 500 by name with a cursor, update each, commit the batch;
+  (b) best hand-written: one streaming reader feeding 4 writer threads committing batches of 500;
+  (c) `docshift run --execute` with update-time preconditions, checkpoints and before-images.
+  Each runs as its own process: docs/s is documents / wall time of that process, peak RSS is the
+  process's maximum resident set. Ratios c/a and c/b are computed within this run.
+Case 2, memory: (c) over 20,000 and 100,000 documents; peak RSS and its growth.
+
+    python scripts/bench.py [--docs 20000] [--large 100000] [--skip-large]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from docshift.config import Config, StoreConfig  # noqa: E402
+from docshift.emulator import Emulator, find_emulator  # noqa: E402
+from docshift.store import Query, Store, Write, open_store  # noqa: E402
+from docshift.values import Timestamp  # noqa: E402
+
+COLLECTION = "bench"
+MIGRATION = textwrap.dedent('''
+    """Benchmark migration: add `migrated`, rename `name` to `full_name`."""
+    from docshift import UNCHANGED, DocView
+
+    description = "add one field, rename one field"
+    collection = "bench"
+
+    def up(doc: DocView):
+        if "name" not in doc:
+            return UNCHANGED
+        data = doc.data
+        data["full_name"] = data.pop("name")
+        data["migrated"] = True
+        return data
+''')
+
+
+def bench_doc(index: int) -> dict[str, object]:
+    return {
+        "name": f"User Number {index:07d}",
+        "email": f"user{index}@example.com",
+        "age": 18 + index % 70,
+        "score": index * 0.37,
+        "active": index % 3 != 0,
+        "created": Timestamp(1_600_000_000 + index, (index * 7919) % 1_000_000 * 1000),
+        "city": ["Oslo", "Lyon", "Kyoto", "Quito"][index % 4],
+        "tags": ["alpha", "beta", "gamma"][: index % 4],
+        "address": {"street": f"{index} Long Street Name", "zip": f"{10000 + index % 89999}"},
+        "bio": ("lorem ipsum dolor sit amet consectetur adipiscing elit " * 5)[: 240 + index % 20],
+    }
+
+
+def seed(store: Store, count: int) -> None:
+    writes: list[Write] = []
+    for index in range(count):
+        writes.append(Write.set(f"{COLLECTION}/d{index:07d}", bench_doc(index)))
+        if len(writes) == 500:
+            store.commit(writes)
+            writes = []
+    if writes:
+        store.commit(writes)
+
+
+@dataclass
+class Measure:
+    name: str
+    docs: int
+    seconds: float
+    peak_rss_mib: float
+
+    @property
+    def rate(self) -> float:
+        return self.docs / self.seconds
+
+
+def run_measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) and stdout of a child process."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if process.returncode != 0:
+        raise SystemExit(f"{command[:3]} failed ({process.returncode}):\n{stdout}\n{stderr[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024, stdout
+
+
+def verify(store: Store, count: int) -> None:
+    migrated = 0
+    for doc in store.stream(Query(COLLECTION)):
+        if doc.data.get("migrated") is True and "full_name" in doc.data and "name" not in doc.data:
+            migrated += 1
+    if migrated != count:
+        raise SystemExit(f"only {migrated} of {count} documents were migrated")
+
+
+def case(kind: str, count: int, workdir: Path) -> Measure:
+    """One measurement on a fresh emulator (the emulator slows down as it accumulates data)."""
+    env_base = {k: v for k, v in os.environ.items() if k != "FIRESTORE_EMULATOR_HOST"}
+    with Emulator(find_emulator(env_base)) as emulator:
+        assert emulator.host is not None
+        project = f"demo-bench-{kind}-{count}"
+        config = Config(store=StoreConfig(project=project, emulator_host=emulator.host))
+        with open_store(config) as store:
+            seed(store, count)
+            env = {**env_base, "FIRESTORE_EMULATOR_HOST": emulator.host, "DOCSHIFT_PROJECT": project}
+            if kind == "c":
+                command = [str(Path(sys.executable).parent / "docshift"), "run", "--execute", "--quiet"]
+            else:
+                kind_name = "naive" if kind == "a" else "threaded"
+                command = [sys.executable, str(ROOT / "scripts" / "bench_baselines.py"),
+                           kind_name, project, COLLECTION]
+            seconds, rss, _ = run_measured(command, env, workdir)
+            verify(store, count)
+    return Measure(kind, count, seconds, rss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="docshift engine benchmark")
+    parser.add_argument("--docs", type=int, default=20_000)
+    parser.add_argument("--large", type=int, default=100_000)
+    parser.add_argument("--skip-large", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "migrations").mkdir()
+        (workdir / "migrations" / "0001_bench.py").write_text(MIGRATION)
+        print(f"case 1: {args.docs:,} documents, fresh emulator per case")
+        results = {}
+        for kind, label in (("a", "naive paged loop"), ("b", "stream + 4 writer threads"),
+                            ("c", "docshift run --execute")):
+            measure = case(kind, args.docs, workdir)
+            results[kind] = measure
+            print(f"  ({kind}) {label:<28} {measure.rate:8,.0f} docs/s  {measure.seconds:6.1f} s  "
+                  f"peak RSS {measure.peak_rss_mib:6.1f} MiB", flush=True)
+        a, b, c = results["a"], results["b"], results["c"]
+        print(f"  ratios: c/a = {c.rate / a.rate:.2f} (target >= 3), c/b = {c.rate / b.rate:.2f} "
+              "(target >= 1.5)")
+        if args.skip_large:
+            return
+        print(f"case 2: docshift peak RSS, {args.docs:,} vs {args.large:,} documents")
+        large = case("c", args.large, workdir)
+        growth = (large.peak_rss_mib - c.peak_rss_mib) / c.peak_rss_mib
+        print(f"  {args.docs:>9,} docs: peak RSS {c.peak_rss_mib:6.1f} MiB ({c.rate:,.0f} docs/s)")
+        print(f"  {args.large:>9,} docs: peak RSS {large.peak_rss_mib:6.1f} MiB ({large.rate:,.0f} docs/s)")
+        print(f"  growth {growth:+.1%} (target < 10%), limit 150 MiB: "
+              f"{'ok' if large.peak_rss_mib < 150 and growth < 0.10 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
