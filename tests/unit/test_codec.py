@@ -234,8 +234,10 @@ def nested_mixed(depth: int, leaf: Any) -> Any:
 @pytest.mark.parametrize("build", [nested_map, nested_mixed])
 def test_values_nested_as_deep_as_firestore_allows_round_trip(build: Any) -> None:
     leaf = {"$t": "map", "t": Timestamp(1, 2), "nan": math.nan, "z": -0.0, "b": b"\x01"}
-    doc = {"deep": build(19, leaf)}  # 20 levels of maps/arrays below the document
+    doc = {"deep": build(18, leaf)}  # the document is level 1, so the leaf map is level 20
     assert values_equal(roundtrip(doc), doc)
+    deeper = {"deep": build(200, leaf)}  # files are not limited by Firestore's depth
+    assert values_equal(roundtrip(deeper), deeper)
 
 
 def test_tuples_are_written_as_arrays() -> None:

@@ -11,6 +11,7 @@ import copy
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 
 from docshift.errors import ConflictError, PermanentError
 from docshift.store.base import (
@@ -26,7 +27,7 @@ from docshift.store.base import (
     split_path,
 )
 from docshift.store.semantics import document_problem, matches
-from docshift.values import Timestamp, Value
+from docshift.values import Reference, Timestamp, Value
 
 __all__ = ["MemoryStore"]
 
@@ -35,7 +36,33 @@ def _name_key(path: str) -> tuple[str, ...]:
     return tuple(path.split("/"))
 
 
-def _apply_fields(data: dict[str, Value], fields: Mapping[FieldPath, Value]) -> None:
+def _stored(value: Value, project: str) -> Value:
+    """A fresh copy of ``value`` as Firestore stores it, so reads give what the emulator gives.
+
+    Timestamp values keep only microseconds (Firestore truncates), datetimes become Timestamps,
+    tuples arrays, bytearrays bytes, subclasses (IntEnum, StrEnum) their plain type, and a reference
+    without project or database gets this store's project and ``(default)``.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {key: _stored(item, project) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [_stored(item, project) for item in value]
+    if kind is Timestamp:
+        return Timestamp(value.seconds, value.nanos - value.nanos % 1000) if value.nanos % 1000 else value
+    if isinstance(value, datetime):
+        return Timestamp.from_datetime(value)
+    if kind is bytearray:
+        return bytes(value)
+    if kind is Reference and not (value.project and value.database):
+        return Reference(value.path, value.project or project, value.database or "(default)")
+    if kind not in (bool, int, float, str) and isinstance(value, bool | int | float | str):
+        base = next(b for b in (bool, int, float, str) if isinstance(value, b))
+        return base(value)
+    return value  # immutable (str, bytes, GeoPoint, ...); other types are refused by document_problem
+
+
+def _apply_fields(data: dict[str, Value], fields: Mapping[FieldPath, Value], project: str) -> None:
     for field_path, value in fields.items():
         parent: dict[str, Value] = data
         for segment in field_path[:-1]:
@@ -50,7 +77,7 @@ def _apply_fields(data: dict[str, Value], fields: Mapping[FieldPath, Value]) -> 
             if value is DELETE_FIELD:
                 parent.pop(field_path[-1], None)
             else:
-                parent[field_path[-1]] = copy.deepcopy(value)
+                parent[field_path[-1]] = _stored(value, project)
 
 
 class MemoryStore(Store):
@@ -138,9 +165,9 @@ class MemoryStore(Store):
             return WriteResult(path, update_time=self._next_time())
         if write.kind == WriteKind.UPDATE:
             data = copy.deepcopy(current.data) if current else {}
-            _apply_fields(data, write.fields or {})
+            _apply_fields(data, write.fields or {}, self.info.project)
         else:
-            data = copy.deepcopy(dict(write.data or {}))
+            data = _stored(dict(write.data or {}), self.info.project)
         problem = document_problem(path, data)
         if problem:
             return WriteResult(path, error=PermanentError(problem, code="INVALID_ARGUMENT", path=path))
