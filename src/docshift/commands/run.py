@@ -27,7 +27,7 @@ from docshift.engine.plan import PlanRecorder
 from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
 from docshift.errors import DriftError, RunStopped, UsageError
-from docshift.history import History, MigrationStatus, check_drift, check_order, plan
+from docshift.history import History, MigrationState, MigrationStatus, check_drift, check_order, plan
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock
 from docshift.migration import Migration
@@ -98,20 +98,23 @@ def rate_limiter(config: Config, store: Store) -> RateLimiter:
     return RateLimiter(config.limits.max_writes_per_second, ramp=ramp)
 
 
-def _select(migrations: list[Migration], history: History, options: RunOptions) -> list[Migration]:
+def _select(
+    migrations: list[Migration], history: History, options: RunOptions
+) -> tuple[list[Migration], list[MigrationState]]:
+    """The migrations to run, and the drifted ones ``--allow-drift`` lets through."""
     states = plan(migrations, history.all())
-    check_drift(states, options.allow_drift)
+    drifted = check_drift(states, options.allow_drift)
     known = {m.id for m in migrations}
     for wanted in (options.to, options.only):
         if wanted is not None and wanted not in known:
             raise UsageError(f"no migration with id {wanted!r}", hint="see `docshift status` for the ids")
     if options.only is not None:
-        return [m for m in migrations if m.id == options.only]
+        return [m for m in migrations if m.id == options.only], drifted
     check_order(states)
     chosen = [s.migration for s in states if s.runnable and s.migration is not None]
     if options.to is not None:
         chosen = [m for m in chosen if int(m.id) <= int(options.to)]
-    return chosen
+    return chosen, drifted
 
 
 def find_run(runs_dir: Path, run_id: str) -> Path:
@@ -150,6 +153,7 @@ def run(
     progress = progress or NullProgress()
     try:
         history = History(store, config.store.state_prefix)
+        drifted: list[MigrationState] = []
         if options.resume:
             folder = find_run(config.runs_dir, options.resume)
             info = read_versioned(folder / "run.json", _RUN_KIND, RUN_FILE_VERSION)
@@ -160,7 +164,7 @@ def run(
             selected = [by_id[i] for i in info["migrations"]]
             run_id, options = info["run_id"], dataclasses.replace(options, execute=bool(info["execute"]))
         else:
-            selected = _select(migrations, history, options)
+            selected, drifted = _select(migrations, history, options)
             run_id = new_run_id()
             if not selected:
                 return RunReport(run_id, config.runs_dir / run_id, options.execute,
@@ -184,6 +188,9 @@ def run(
         lock = LeaseLock(store, config.store.state_prefix, run_id=run_id)
         with lock:
             controls.lease_lost = lock.lost
+            for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
+                if state.migration is not None:
+                    history.accept_drift(state.migration_id, state.migration.checksum, run_id)
             try:
                 _run_all(config, store, selected, options, report, history, progress, controls, checks)
             except RunStopped as stop:

@@ -248,7 +248,7 @@ class MigrationPipeline:
                    for n in range(self.options.concurrency)]
         for thread in readers + writers:
             thread.start()
-        since_checkpoint, last_checkpoint, last_progress = 0, time.monotonic(), 0.0
+        since_checkpoint, last_checkpoint, last_progress = 0, time.monotonic(), time.monotonic()
         try:
             while not all(shards[i].done for i in open_shards) and not self.controls.stop.is_set():
                 with contextlib.suppress(queue.Empty):
