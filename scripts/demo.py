@@ -21,12 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from seed import seed  # noqa: E402
-
 from docshift.config import Config, StoreConfig  # noqa: E402
 from docshift.emulator import Emulator, find_emulator  # noqa: E402
 from docshift.store import Query, Store, open_store  # noqa: E402
 from docshift.values import type_name  # noqa: E402
+from seed import seed  # noqa: E402
 
 DOCSHIFT = str(Path(sys.executable).parent / "docshift")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from docshift.config import Config, StoreConfig  # noqa: E402
-from docshift.store import Store, Write, open_store  # noqa: E402
-from docshift.values import GeoPoint, Reference, Timestamp  # noqa: E402
+from docshift.config import Config, StoreConfig
+from docshift.store import Store, Write, open_store
+from docshift.values import GeoPoint, Reference, Timestamp
 
 FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Frances", "Linus"]
 LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson", "Allen"]
