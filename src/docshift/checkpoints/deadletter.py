@@ -52,6 +52,25 @@ class DeadLetterFile:
             os.write(self._fd, line)
             self.count += 1
 
+    def size(self) -> int:
+        """Bytes in the file (0 when it does not exist)."""
+        with self._lock:
+            if self._fd >= 0:
+                return os.fstat(self._fd).st_size
+            try:
+                return self.path.stat().st_size
+            except FileNotFoundError:
+                return 0
+
+    def truncate(self, size: int) -> None:
+        """Drop everything after the first ``size`` bytes (what a checkpoint accounted for)."""
+        with self._lock:
+            try:
+                if self.path.stat().st_size > size:
+                    os.truncate(self.path, size)
+            except FileNotFoundError:
+                return
+
     def sync(self) -> None:
         with self._lock:
             if self._fd >= 0:

@@ -29,6 +29,11 @@ class RunStats:
             for name, delta in deltas.items():
                 self.counters[name] = self.counters.get(name, 0) + delta
 
+    def counts(self) -> dict[str, int]:
+        """A consistent copy of the counters (a batch's counts are added all at once)."""
+        with self._lock:
+            return dict(self.counters)
+
     def processed(self, count: int) -> None:
         """``count`` more documents were fully handled (for throughput)."""
         now = time.monotonic()

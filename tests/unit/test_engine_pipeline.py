@@ -1,0 +1,384 @@
+"""Whole migrations through the pipeline on the memory store: stops, resumes, limits, shards, samples."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docshift.checkpoints import Checkpoint
+from docshift.engine.controls import Controls
+from docshift.engine.progress import RecordingProgress
+from docshift.engine.sampling import bucket, in_sample
+from docshift.engine.sharding import plan_shards
+from docshift.errors import EmergencyStop, ExitCode, MemoryLimitExceeded, RunStopped, TooManyFailures
+from docshift.migration import UNCHANGED, DocView
+from docshift.store import Document, MemoryStore, Query, Store, Write, WriteResult
+from tests.unit.engine_support import (
+    ScriptedMemory,
+    StoreWrapper,
+    assert_data,
+    build,
+    dead_letters,
+    expected_after,
+    export,
+    journal_kinds,
+    make_migration,
+    options,
+    run_pipeline,
+    seed,
+    split_name,
+)
+from tests.unit.test_engine_batch import Counting
+
+
+def seeded(count: int = 1000) -> tuple[MemoryStore, dict[str, Document]]:
+    store = MemoryStore()
+    seed(store, count)
+    return store, export(store)
+
+
+def finish_by_resuming(store: Store, up: Any, folder: Path, **opts: Any) -> Any:
+    result = run_pipeline(store, make_migration(up), folder, options(**opts))
+    assert result.error is None, result.error
+    assert Checkpoint.load(folder / "checkpoint.json").state == "finished"
+    return result
+
+
+def test_a_second_run_finds_nothing_to_do_and_writes_nothing(tmp_path: Path) -> None:
+    store, before = seeded(300)
+    first = run_pipeline(store, make_migration(), tmp_path / "one")
+    assert first.counters["updated"] == 270 and first.counters["unchanged"] == 30
+    after_first = export(store)
+    calls = store.commit_calls
+    second = run_pipeline(store, make_migration(), tmp_path / "two")
+    assert second.error is None
+    assert second.counters["unchanged"] == 300 and second.counters["updated"] == 0
+    assert store.commit_calls == calls
+    assert export(store) == after_first  # same data and same update times
+    assert_data(store, expected_after(before, split_name))
+
+
+def test_checkpoints_never_claim_a_write_still_in_flight(tmp_path: Path) -> None:
+    """Commits finish out of order; at every checkpoint each document up to a cursor is done."""
+    memory, before = seeded(600)
+    rng = random.Random(3)
+    lock = threading.Lock()
+
+    class Jittery(StoreWrapper):
+        def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+            with lock:
+                delay = rng.random() * 0.03
+            time.sleep(delay)
+            return self.inner.commit(writes)
+
+    problems: list[str] = []
+    checks = {"count": 0}
+
+    def on_checkpoint(checkpoint: Checkpoint) -> None:
+        checks["count"] += 1
+        for shard in checkpoint.shards:
+            if shard.cursor is None:
+                continue
+            upto = memory.stream(Query("users", start_after=shard.start_after, end_at=shard.cursor))
+            problems.extend(doc.path for doc in upto if split_name(DocView(doc)) is not UNCHANGED)
+
+    result = run_pipeline(Jittery(memory), make_migration(), tmp_path,
+                          options(batch_size=20, concurrency=6, checkpoint_every_seconds=0.01),
+                          shards=2, on_checkpoint=on_checkpoint)
+    assert result.error is None
+    assert checks["count"] >= 5
+    assert problems == []
+    assert_data(memory, expected_after(before, split_name))
+
+
+@pytest.mark.parametrize("seed_value", range(6))
+def test_resuming_after_stops_at_random_moments_reaches_the_uninterrupted_result(
+    tmp_path: Path, seed_value: int
+) -> None:
+    store, before = seeded(800)
+    rng = random.Random(seed_value)
+    stops = 0
+    for attempt in range(30):
+        controls = Controls()
+        stop_after = rng.randint(1, 400)
+        seen = {"n": 0}
+        lock = threading.Lock()
+
+        def up(doc: DocView, controls: Controls = controls, stop_after: int = stop_after,
+               seen: dict[str, int] = seen, lock: threading.Lock = lock) -> Any:
+            with lock:
+                seen["n"] += 1
+                if seen["n"] == stop_after:
+                    controls.request_stop("test stop")
+            if doc.get("n") % 37 == 5:
+                raise ValueError("always fails")
+            return split_name(doc)
+
+        result = build(store, make_migration(up), tmp_path, options(batch_size=30, max_failures="100"),
+                       controls=controls, shards=1 + attempt % 3).run()
+        if result.error is None:
+            break
+        assert isinstance(result.error, RunStopped) and result.error.exit_code == ExitCode.INTERRUPTED
+        assert Checkpoint.load(tmp_path / "checkpoint.json").state == "stopped"
+        stops += 1
+    else:
+        pytest.fail("never finished")
+    assert stops >= 1
+    failing = sorted(f"users/u{i:05d}" for i in range(800) if i % 37 == 5)
+    expected = expected_after(before, split_name)
+    expected.update({path: before[path].data for path in failing})
+    assert_data(store, expected)
+    counters = Checkpoint.load(tmp_path / "checkpoint.json").counters
+    assert counters["read"] == 800  # each document counted once across all the sessions
+    assert counters["updated"] + counters["unchanged"] + counters["failed"] == 800
+    assert counters["failed"] == len(failing)
+    # The dead-letter file names each failed document once, however often the run stopped.
+    assert sorted(letter["path"] for letter in dead_letters(tmp_path)) == failing
+
+
+def failing_every(n: int) -> Any:
+    def up(doc: DocView) -> Any:
+        if doc.get("n") % n == 0:
+            raise ValueError(f"bad {doc.id}")
+        return split_name(doc)
+    return up
+
+
+@pytest.mark.parametrize("spec", ["5", "1%"])
+def test_max_failures_stops_with_a_resumable_checkpoint(tmp_path: Path, spec: str) -> None:
+    store, before = seeded(1000)
+    up = failing_every(50)  # 20 failures: 2%
+    result = run_pipeline(store, make_migration(up), tmp_path, options(max_failures=spec))
+    assert isinstance(result.error, TooManyFailures)
+    assert result.error.exit_code == ExitCode.TOO_MANY_FAILURES == 13
+    assert f"--max-failures {spec}" in str(result.error)
+    saved = Checkpoint.load(tmp_path / "checkpoint.json")
+    assert saved.state in ("stopped", "failed")
+    # Resumed with a budget that allows them, the run completes exactly.
+    final = finish_by_resuming(store, up, tmp_path, max_failures="25")
+    failing = {f"users/u{i:05d}" for i in range(0, 1000, 50)}
+    assert final.counters["failed"] == 20
+    assert final.counters["read"] == 1000
+    assert {letter["path"] for letter in dead_letters(tmp_path)} == failing
+    expected = expected_after(before, split_name)
+    for path in failing:
+        expected[path] = before[path].data
+    assert_data(store, expected)
+
+
+def test_failures_within_the_budget_do_not_stop_the_run(tmp_path: Path) -> None:
+    store, _ = seeded(1000)
+    # Batches of exactly 50 with one failure each: always exactly at the 2% budget, never above.
+    opts = options(max_failures="2%", batch_size=50, max_batch_size=50, concurrency=4)
+    result = run_pipeline(store, make_migration(failing_every(50)), tmp_path, opts)
+    assert result.error is None and result.counters["failed"] == 20
+
+
+def test_the_circuit_breaker_stops_the_run_and_it_resumes(tmp_path: Path) -> None:
+    store, before = seeded(1000)
+    broken = {"on": True}
+
+    def up(doc: DocView) -> Any:
+        if broken["on"] and doc.get("n") % 3 == 0:
+            raise RuntimeError("dependency down")
+        return split_name(doc)
+
+    result = run_pipeline(store, make_migration(up), tmp_path, options(max_failures="100%"))
+    assert isinstance(result.error, EmergencyStop) and result.error.exit_code == 12
+    assert "circuit breaker" in str(result.error)
+    assert result.state == "stopped"
+    assert Checkpoint.load(tmp_path / "checkpoint.json").state == "stopped"
+    assert result.counters["read"] < 1000  # it stopped early
+    broken["on"] = False
+    final = finish_by_resuming(store, up, tmp_path, max_failures="100%")
+    letters = [letter["path"] for letter in dead_letters(tmp_path)]
+    assert len(letters) == len(set(letters)) == final.counters["failed"] > 0
+    expected = expected_after(before, split_name)
+    for path in letters:
+        expected[path] = before[path].data
+    assert_data(store, expected)  # documents that failed only in unfinished batches were migrated
+    assert final.counters["read"] == 1000
+
+
+def test_the_memory_hard_limit_stops_with_a_checkpoint(tmp_path: Path) -> None:
+    store, before = seeded(500)
+    memory = ScriptedMemory(soft=100, hard=200)
+    memory.mb = 250
+    result = run_pipeline(store, make_migration(), tmp_path, memory=memory)
+    assert isinstance(result.error, MemoryLimitExceeded) and result.error.exit_code == 11
+    assert "hard limit 200 MiB" in str(result.error)
+    assert Checkpoint.load(tmp_path / "checkpoint.json").state == "stopped"
+    memory.mb = 10
+    finish_by_resuming(store, split_name, tmp_path)
+    assert_data(store, expected_after(before, split_name))
+
+
+def test_the_memory_soft_limit_pauses_reading_until_memory_falls(tmp_path: Path) -> None:
+    store, before = seeded(1500)
+    memory = ScriptedMemory(soft=100, hard=200)
+    memory.mb = 150
+    progress = RecordingProgress()
+    pipeline = build(store, make_migration(), tmp_path, options(batch_size=20, concurrency=2),
+                     memory=memory, progress=progress, controls=Controls(_limiter(800)))
+    runner = threading.Thread(target=pipeline.run)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while "warning" not in progress.kinds() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "warning" in progress.kinds()
+    time.sleep(0.6)  # the writers drain what was read
+    read = pipeline.stats.counters["read"]
+    done = pipeline.stats.counters["updated"] + pipeline.stats.counters["unchanged"]
+    time.sleep(0.4)
+    assert pipeline.stats.counters["read"] == read < 1500  # reading is paused ...
+    assert done == read  # ... while what was read got written
+    assert pipeline.sizer.shrinks >= 1
+    memory.mb = 10
+    runner.join(20)
+    assert not runner.is_alive()
+    assert pipeline.stats.counters["read"] == 1500
+    assert_data(store, expected_after(before, split_name))
+
+
+def _limiter(ops: float) -> Any:
+    from docshift.engine.limits import RateLimiter
+
+    return RateLimiter(ops)
+
+
+def test_a_sharded_run_handles_every_document_exactly_once(tmp_path: Path) -> None:
+    store, before = seeded(1000)
+    shards = plan_shards(store, make_migration().target, 3)
+    assert len(shards) == 3
+    assert shards[0].start_after is None and shards[-1].end_at is None
+    assert [s.start_after for s in shards[1:]] == [s.end_at for s in shards[:-1]]
+    up = Counting()
+    result = run_pipeline(store, make_migration(up), tmp_path, shards=3)
+    assert result.error is None
+    assert set(up.calls) == set(before) and set(up.calls.values()) == {1}
+    saved = Checkpoint.load(tmp_path / "checkpoint.json")
+    assert len(saved.shards) == 3 and all(s.done for s in saved.shards)
+    assert saved.counters["read"] == 1000
+    assert_data(store, expected_after(before, split_name))
+
+
+def test_a_sharded_collection_group_run(tmp_path: Path) -> None:
+    store = MemoryStore()
+    for parent in range(30):
+        seed(store, 10, collection=f"teams/t{parent:02d}/users")
+    seed(store, 5, collection="users")  # the root collection "users" belongs to the group too
+    up = Counting()
+    migration = make_migration(up, group=True)
+    result = run_pipeline(store, migration, tmp_path, shards=4)
+    assert result.error is None
+    assert len(up.calls) == 305 and set(up.calls.values()) == {1}
+    assert result.counters["read"] == 305
+
+
+def dry_run_changes(store: Store, folder: Path, percent: float | None) -> set[str]:
+    changed: set[str] = set()
+    lock = threading.Lock()
+
+    def record(decision: Any) -> None:
+        if decision.kind not in ("skipped", "unchanged"):
+            with lock:
+                changed.add(decision.source.path)
+
+    result = run_pipeline(store, make_migration(lambda doc: {**doc.data, "seen": True}), folder,
+                          options(execute=False, sample_percent=percent), on_decision=record)
+    assert result.error is None
+    assert result.counters["skipped"] == 1000 - len(changed)
+    return changed
+
+
+def test_sample_is_deterministic_by_path_and_nested(tmp_path: Path) -> None:
+    store, before = seeded(1000)
+    ten = dry_run_changes(store, tmp_path / "a", 10)
+    assert ten == dry_run_changes(store, tmp_path / "b", 10)
+    thirty = dry_run_changes(store, tmp_path / "c", 30)
+    assert ten < thirty
+    assert ten == {path for path in before if bucket(path) < 10}
+    assert 60 < len(ten) < 140 and 240 < len(thirty) < 360
+    assert dry_run_changes(store, tmp_path / "d", None) == set(before)
+    assert all(in_sample(path, 30, 10) == (path in thirty - ten) for path in before)
+
+
+def test_sampled_execute_writes_only_the_sample(tmp_path: Path) -> None:
+    store, before = seeded(1000)
+    result = run_pipeline(store, make_migration(), tmp_path, options(sample_percent=5))
+    assert result.error is None
+    changed = {path for path, doc in export(store).items() if doc.update_time != before[path].update_time}
+    assert changed == {p for p in before if bucket(p) < 5 and "full_name" in before[p].data}
+
+
+def test_limit_takes_the_first_documents_in_name_order(tmp_path: Path) -> None:
+    store, before = seeded(200)
+    up = Counting()
+    result = run_pipeline(store, make_migration(up), tmp_path, options(limit=37, batch_size=10))
+    assert result.error is None and result.counters["read"] == 37
+    assert set(up.calls) == set(sorted(before)[:37])
+    after = export(store)
+    untouched = sorted(before)[37:]
+    assert all(after[path] == before[path] for path in untouched)
+
+
+def test_copy_migration_leaves_the_source_and_reruns_as_a_no_op(tmp_path: Path) -> None:
+    store, before = seeded(300)
+    store.commit([Write.set("users_v2/u00001", {"stale": True})])  # an old copy gets replaced
+
+    def up(doc: DocView) -> Any:
+        return {**doc.data, "version": 2}
+
+    migration = make_migration(up, copy_to="users_v2")
+    result = run_pipeline(store, migration, tmp_path / "one")
+    assert result.error is None
+    assert result.counters["created"] == 299 and result.counters["updated"] == 1
+    assert export(store) == before  # data and update times
+    copies = export(store, "users_v2")
+    assert set(copies) == {path.replace("users/", "users_v2/") for path in before}
+    for path, doc in before.items():
+        assert copies[path.replace("users/", "users_v2/")].data == {**doc.data, "version": 2}
+    kinds = journal_kinds(tmp_path / "one")
+    assert sum(1 for kind, _ in kinds if kind == "created") == 299
+    assert ("before", "users_v2/u00001") in kinds
+    calls = store.commit_calls
+    again = run_pipeline(store, migration, tmp_path / "two")
+    assert again.error is None and again.counters["unchanged"] == 300
+    assert store.commit_calls == calls
+    assert export(store, "users_v2") == copies
+
+
+def test_transient_commit_failures_are_retried_and_every_document_migrated_once(tmp_path: Path) -> None:
+    from docshift.store import FaultInjectingStore, RetryingStore, RetryPolicy
+
+    memory, before = seeded(2000)
+    faulty = FaultInjectingStore(memory, write_failure_rate=0.05, request_failure_rate=0.05, seed=11)
+    store = RetryingStore(faulty, RetryPolicy(attempts=8, initial_wait=0.001, max_wait=0.005))
+    result = run_pipeline(store, make_migration(), tmp_path, options(batch_size=40))
+    assert result.error is None
+    assert faulty.injected > 50 and store.retries > 10
+    changed = {path for path, doc in before.items() if "full_name" in doc.data}
+    assert result.counters["updated"] == len(changed)
+    assert result.counters["conflicts"] == 0 and result.counters["failed"] == 0
+    kinds = journal_kinds(tmp_path)
+    assert {path for kind, path in kinds if kind == "before"} == changed
+    assert all(count == 1 for count in kinds.values())
+    assert_data(memory, expected_after(before, split_name))
+
+
+def test_progress_events_tell_the_story(tmp_path: Path) -> None:
+    store, _ = seeded(300)
+    progress = RecordingProgress()
+    result = run_pipeline(store, make_migration(), tmp_path, progress=progress)
+    assert result.error is None
+    kinds = progress.kinds()
+    assert kinds[0] == "start" and kinds[-1] == "finish"
+    assert "checkpoint" in kinds
+    finish = progress.events[-1][1]
+    assert finish["updated"] == 270 and finish["processed"] == 300 and finish["reason"] is None
