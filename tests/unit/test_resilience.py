@@ -7,6 +7,7 @@ itself is always the real one.
 from __future__ import annotations
 
 import threading
+import time
 import types
 from collections.abc import Iterator, Sequence
 
@@ -517,3 +518,37 @@ def test_injected_request_failure_applies_nothing() -> None:
     with pytest.raises(TransientError):
         faults.commit([Write.set("n/1", {})])
     assert memory.commit_calls == 0 and memory.get("n/1") is None
+
+
+# --------------------------------------------------------------------------- backoff
+
+
+def _time_failing_commit(policy: RetryPolicy) -> float:
+    errors: list[StoreError] = [TransientError("down", code="UNAVAILABLE")] * policy.attempts
+    store = RetryingStore(FailRequests(MemoryStore(), errors), policy)
+    started = time.monotonic()
+    with pytest.raises(TransientError):
+        store.commit([Write.set("w/1", {})])
+    return time.monotonic() - started
+
+
+def test_retries_back_off_exponentially() -> None:
+    # Waits of at least 0.04, 0.08 and 0.16 s before the 2nd, 3rd and 4th attempt.
+    elapsed = _time_failing_commit(RetryPolicy(attempts=4, initial_wait=0.04, max_wait=1.0))
+    assert 0.28 <= elapsed < 3.0
+
+
+def test_retry_waits_are_capped_by_max_wait() -> None:
+    # Uncapped, these waits would be 0.3 + 0.6 + 1.2 + 2.4 s; capped, 4 x 0.02 s.
+    elapsed = _time_failing_commit(RetryPolicy(attempts=5, initial_wait=0.3, max_wait=0.02))
+    assert 0.08 <= elapsed < 2.0
+
+
+def test_broken_streams_back_off_too() -> None:
+    memory = MemoryStore()
+    fill(memory, "items", 2)
+    policy = RetryPolicy(attempts=5, initial_wait=0.04, max_wait=1.0)
+    store = RetryingStore(BreakingStream(memory, [0, 0, 0]), policy)
+    started = time.monotonic()
+    assert len(list(store.stream(Query("items")))) == 2
+    assert time.monotonic() - started >= 0.28

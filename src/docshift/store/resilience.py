@@ -20,7 +20,6 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
 from docshift.errors import StoreError, TransientError
@@ -74,9 +73,9 @@ class RetryingStore(Store):
     def _retrying(self) -> Retrying:
         return Retrying(
             retry=retry_if_exception_type(TransientError),
-            wait=wait_exponential_jitter(
-                multiplier=self.policy.initial_wait, jitter=self.policy.initial_wait, max=self.policy.max_wait
-            ),
+            # Our own backoff: wait_exponential_jitter's `multiplier` only exists in recent tenacity
+            # releases (older ones call it `initial`, newer ones deprecate that), and streams use it too.
+            wait=lambda state: self._backoff(state.attempt_number),
             stop=stop_after_attempt(self.policy.attempts),
             before_sleep=self._note_retry,
             reraise=True,
