@@ -8,7 +8,8 @@ while appending) is ignored by the reader: its commit was never sent.
 
 Entry kinds: ``before`` (data and update time as read), ``created`` (a document the run created,
 to be deleted on restore), ``written`` (the update time our write produced, so a restore can tell
-whether anyone changed the document since).
+whether anyone changed the document since) and ``deleted`` (our delete was applied). A ``before``
+with neither ``written`` nor ``deleted`` after it means the process died with that write in flight.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import click
 from docshift.cli.basics import doctor_command, emulator_command
 from docshift.cli.context import AppContext
 from docshift.cli.migrations import init_command, new_command, status_command, unlock_command
+from docshift.cli.rollback import rollback_command
 from docshift.cli.run import run_command
 from docshift.errors import DocshiftError, ExitCode
 
@@ -56,6 +57,7 @@ cli.add_command(new_command)
 cli.add_command(status_command)
 cli.add_command(unlock_command)
 cli.add_command(run_command)
+cli.add_command(rollback_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from docshift.store import open_store
 __all__ = ["run_command"]
 
 
-def _install_signal_handlers(controls: Controls) -> None:
+def install_signal_handlers(controls: Controls) -> None:
     """First Ctrl-C/SIGTERM: stop gracefully. Second: stop at once (safe: the checkpoint never
     claims an unacknowledged write, and before-images precede every write)."""
     hits = {"count": 0}
@@ -122,7 +122,7 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     progress = JsonProgress() if as_json else PlainProgress(quiet=quiet)
     store = open_store(config)
     controls = Controls(rate_limiter(config, store))
-    _install_signal_handlers(controls)
+    install_signal_handlers(controls)
     limit_text = f"{controls.limiter.limit:,.0f} ops/s" if controls.limiter.limit else "none"
     ramp = " with 500/50/5 ramp" if controls.limiter.ramp else ""
     if not as_json:

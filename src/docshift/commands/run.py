@@ -117,8 +117,8 @@ def _select(
     return chosen, drifted
 
 
-def find_run(runs_dir: Path, run_id: str) -> Path:
-    """The folder of ``run_id``, or of the newest unfinished run for ``"latest"``."""
+def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
+    """The folder of ``run_id``, or of the newest unfinished ``kind`` run for ``"latest"``."""
     if run_id != "latest":
         folder = runs_dir / run_id
         if not (folder / "run.json").is_file():
@@ -127,9 +127,9 @@ def find_run(runs_dir: Path, run_id: str) -> Path:
     candidates = sorted((p for p in runs_dir.glob("*/run.json")), reverse=True)
     for path in candidates:
         info = read_versioned(path, _RUN_KIND, RUN_FILE_VERSION)
-        if info.get("execute") and info.get("state") != "finished":
+        if info.get("kind", "run") == kind and info.get("execute") and info.get("state") != "finished":
             return path.parent
-    raise UsageError(f"no unfinished run in {runs_dir} to resume")
+    raise UsageError(f"no unfinished {kind} in {runs_dir} to resume")
 
 
 def _write_run_file(folder: Path, info: dict[str, Any]) -> None:
@@ -171,7 +171,7 @@ def run(
                                  target=store.info.describe())
             folder = config.runs_dir / run_id
             info = {
-                "run_id": run_id, "execute": options.execute, "state": "running",
+                "run_id": run_id, "kind": "run", "execute": options.execute, "state": "running",
                 "migrations": [m.id for m in selected], "created_at": datetime.now(UTC).isoformat(),
                 "user": f"{getpass.getuser()}@{socket.gethostname()}",
                 "target": store.info.describe(), "project": store.info.project,

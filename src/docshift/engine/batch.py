@@ -265,7 +265,9 @@ class BatchProcessor:
             for decision, result in zip(chunk, self._commit(chunk), strict=True):
                 if result.ok:
                     counts[_APPLIED[decision.kind]] += 1
-                    if decision.kind != "delete" and result.update_time is not None:
+                    if decision.kind == "delete":
+                        written.append(JournalEntry("deleted", result.path))
+                    elif result.update_time is not None:
                         written.append(JournalEntry("written", result.path, update_time=result.update_time))
                 elif isinstance(result.error, ConflictError):
                     conflicts.append(decision)

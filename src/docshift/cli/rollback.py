@@ -1,0 +1,98 @@
+"""``docshift rollback``: undo a run (dry run by default)."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from docshift.cli.confirm import confirm_destructive
+from docshift.cli.context import AppContext, pass_app
+from docshift.cli.output import JsonProgress, PlainProgress, console, err_console, print_change
+from docshift.cli.run import install_signal_handlers
+from docshift.commands.rollback import RollbackOptions, RollbackReport, rollback
+from docshift.commands.run import rate_limiter
+from docshift.engine.controls import Controls
+from docshift.errors import RunStopped
+from docshift.store import open_store
+
+__all__ = ["rollback_command"]
+
+_RESTORE_COLUMNS = ("restored", "recreated", "deleted", "unchanged", "conflicts", "verified", "mismatched")
+_DOWN_COLUMNS = ("updated", "deleted", "created", "unchanged", "failed", "conflicts")
+
+
+def _print(report: RollbackReport) -> None:
+    if not report.items:
+        console.print("nothing to roll back")
+        return
+    verb = "would be " if not report.execute else ""
+    for item in report.items:
+        console.print(f"\n[bold]{item.migration.label}[/]: {verb}undone by [bold]{item.strategy}[/] "
+                      f"(applied by run {item.source_run})")
+        samples = item.restore.samples if item.restore else (item.plan.samples if item.plan else [])
+        for sample in samples:
+            if isinstance(sample, tuple):
+                path, kind, changes = sample
+                print_change(path, {"restore": "update", "check": "update", "recreate": "create"}.get(
+                    kind, kind), changes)
+            else:
+                print_change(sample["path"], sample["kind"], sample["changes"], sample.get("data"))
+        columns = _RESTORE_COLUMNS if item.restore else _DOWN_COLUMNS
+        table = Table(show_header=True)
+        for column in columns:
+            table.add_column(column, justify="right")
+        table.add_row(*(f"{item.counters.get(c, 0):,}" for c in columns))
+        console.print(table)
+        conflicts = item.folder / "conflicts.jsonl"
+        if conflicts.exists():
+            console.print(f"  [yellow]conflicts (left alone): {conflicts}[/]")
+    if not report.execute:
+        console.print("\ndry run: nothing was written; add --execute to apply")
+
+
+@click.command("rollback")
+@click.argument("run_id", required=False)
+@click.option("--to", "to", metavar="MIGRATION_ID",
+              help="Undo every migration applied after MIGRATION_ID, newest first.")
+@click.option("--strategy", type=click.Choice(["auto", "down", "restore"]), default="auto", show_default=True,
+              help="down: run the migration's down(); restore: put back the saved before-images; "
+                   "auto: down when the migration has one.")
+@click.option("--execute", is_flag=True, help="Apply (default: dry run, writes nothing).")
+@click.option("--force", is_flag=True,
+              help="Also overwrite documents changed after the migration wrote them (default: leave "
+                   "them and list them as conflicts).")
+@click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[ROLLBACK_ID]",
+              help="Continue a stopped rollback (default: the latest unfinished one).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON-lines events.")
+@click.option("--quiet", is_flag=True, help="Print only the summary.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
+@pass_app
+def rollback_command(app: AppContext, run_id: str | None, to: str | None, strategy: str, execute: bool,
+                     force: bool, resume: str | None, as_json: bool, quiet: bool, yes: bool) -> None:
+    """Undo run RUN_ID, or everything applied after --to MIGRATION_ID.
+
+    Dry run by default: prints what would change, with diffs and conflicts. Restores are guarded:
+    a document the application changed after the migration wrote it is a conflict, left alone and
+    listed in conflicts.jsonl, unless --force. Checkpointed and resumable like any run; the
+    migration is recorded as rolled back in the history, and restored documents are compared with
+    their before-images afterwards.
+    """
+    config = app.config()
+    if execute or resume:
+        confirm_destructive(config, "roll back migrations", yes)
+    options = RollbackOptions(run_id=run_id, to=to, strategy=strategy, execute=execute, force=force,
+                              resume=resume)
+    store = open_store(config)
+    controls = Controls(rate_limiter(config, store))
+    install_signal_handlers(controls)
+    progress = JsonProgress() if as_json else PlainProgress(quiet=quiet)
+    try:
+        report = rollback(config, options, store=store, progress=progress, controls=controls)
+    except RunStopped as stop:
+        if stop.resume_command and not as_json:
+            err_console.print(f"resume with: [bold]{stop.resume_command}[/]")
+        raise
+    finally:
+        store.close()
+    if not as_json:
+        _print(report)

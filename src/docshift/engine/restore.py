@@ -1,0 +1,280 @@
+"""Undo a migration run from its before-image journal.
+
+The state to put back for a document is the last before-image that is not our own earlier output
+(so an application write made before our write is kept), and every restore is guarded by the update
+time our write produced: a document changed since is a conflict, left alone and listed, unless
+forced. Created documents are deleted; deleted ones are created again.
+
+The journal is read twice: once to index which entry restores each path (paths and small tuples
+only, no document data), once to stream the restores in journal order, so the position in that
+order is an exact, resumable cursor.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from docshift import codec
+from docshift.checkpoints.journal import JournalEntry, JournalReader
+from docshift.engine.diff import FieldChange, field_changes
+from docshift.engine.limits import RateLimiter
+from docshift.engine.progress import NullProgress, Progress
+from docshift.errors import ConflictError, RunStopped, TransientError
+from docshift.migration import DocView, Transform
+from docshift.store.base import Document, Store, Write
+from docshift.values import Timestamp, values_equal
+
+__all__ = ["RestoreAction", "RestoreResult", "Restorer", "plan_restore"]
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreAction:
+    """What to do for one document. ``kind``: ``restore`` (set back ``before``), ``recreate``
+    (create ``before`` again), ``delete`` (remove what the run created), ``check`` (the process
+    died with this write in flight: compare with the store to decide)."""
+
+    seq: int
+    kind: str
+    path: str
+    before: JournalEntry | None
+    guard: Timestamp | None
+
+
+@dataclass
+class _PathState:
+    seq: int
+    written: Timestamp | None = None
+    created: bool = False
+    deleted: bool = False
+
+
+def _index(journal: Path) -> dict[str, _PathState]:
+    states: dict[str, _PathState] = {}
+    for seq, entry in enumerate(JournalReader(journal)):
+        state = states.get(entry.path)
+        if entry.kind == "before":
+            own_output = state is not None and state.written is not None and (
+                entry.update_time == state.written
+            )
+            if not own_output:
+                states[entry.path] = _PathState(seq)
+        elif entry.kind == "created":
+            if state is None:
+                states[entry.path] = _PathState(seq, created=True)
+        elif entry.kind == "written" and state is not None:
+            state.written = entry.update_time
+        elif entry.kind == "deleted" and state is not None:
+            state.deleted = True
+    return states
+
+
+def plan_restore(journal: Path, start_after: int = -1) -> Iterator[RestoreAction]:
+    """The restore actions of a journal in journal order, after position ``start_after``."""
+    states = _index(journal)
+    for seq, entry in enumerate(JournalReader(journal)):
+        state = states.get(entry.path)
+        if state is None or state.seq != seq or seq <= start_after:
+            continue
+        if state.created:
+            yield RestoreAction(seq, "delete" if state.written else "check", entry.path, None, state.written)
+        elif state.deleted:
+            yield RestoreAction(seq, "recreate", entry.path, entry, None)
+        elif state.written is not None:
+            yield RestoreAction(seq, "restore", entry.path, entry, state.written)
+        else:
+            yield RestoreAction(seq, "check", entry.path, entry, None)
+
+
+@dataclass
+class RestoreResult:
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("restored", "recreated", "deleted", "unchanged", "conflicts", "verified", "mismatched"), 0))
+    position: int = -1
+    samples: list[tuple[str, str, list[FieldChange]]] = field(default_factory=list)
+    stopped: bool = False
+
+
+class Restorer:
+    """Applies (or, in a dry run, describes) restore actions in batches, guarded, resumable."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        execute: bool,
+        force: bool,
+        conflicts_file: Path,
+        redo: Transform | None = None,
+        limiter: RateLimiter | None = None,
+        stop: threading.Event | None = None,
+        progress: Progress | None = None,
+        on_batch: Callable[[RestoreResult], None] | None = None,
+        batch_size: int = 300,
+        samples: int = 5,
+        own_writes: dict[str, tuple[Timestamp, Timestamp | None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.execute = execute
+        self.force = force
+        self.conflicts_file = conflicts_file
+        self.redo = redo
+        self.limiter = limiter or RateLimiter()
+        self.stop = stop or threading.Event()
+        self.progress = progress or NullProgress()
+        self.on_batch = on_batch
+        self.batch_size = batch_size
+        self.samples_wanted = samples
+        self.own_writes = own_writes if own_writes is not None else {}
+        """Across one rollback: path -> (update time our restore produced, update time of the state
+        it restored). Undoing an older migration after a newer one then sees the newer one's
+        restore as ours, not as an application change."""
+
+    def run(self, actions: Iterator[RestoreAction], result: RestoreResult) -> RestoreResult:
+        batch: list[RestoreAction] = []
+        last_progress = time.monotonic()
+        for action in actions:
+            batch.append(action)
+            if len(batch) >= self.batch_size:
+                if not self._batch(batch, result):
+                    return result
+                batch = []
+                if time.monotonic() - last_progress >= 1.0:
+                    last_progress = time.monotonic()
+                    self.progress.event("progress", migration="rollback", **result.counters)
+        if batch:
+            self._batch(batch, result)
+        return result
+
+    def _batch(self, actions: Sequence[RestoreAction], result: RestoreResult) -> bool:
+        if self.stop.is_set() or not self.limiter.acquire(len(actions), self.stop):
+            result.stopped = True
+            return False
+        current = self.store.get_many([a.path for a in actions])
+        writes: list[tuple[RestoreAction, Write]] = []
+        conflicts: list[tuple[RestoreAction, str]] = []
+        for action, now in zip(actions, current, strict=True):
+            decision = self._decide(action, now)
+            if isinstance(decision, str):
+                if decision == "unchanged":
+                    result.counters["unchanged"] += 1
+                else:
+                    conflicts.append((action, decision))
+            else:
+                writes.append((action, decision))
+                self._sample(action, now, result)
+        if self.execute and writes:
+            try:
+                answers = self.store.commit([write for _, write in writes])
+            except TransientError as exc:
+                raise RunStopped(f"the store kept failing ({exc.code}); resume the rollback") from None
+            for (action, _), answer in zip(writes, answers, strict=True):
+                if answer.ok:
+                    result.counters[_DONE[action.kind]] += 1
+                    if answer.update_time is not None and action.before is not None:
+                        self.own_writes[action.path] = (answer.update_time, action.before.update_time)
+                elif isinstance(answer.error, ConflictError):
+                    conflicts.append((action, "the document changed after the migration wrote it"))
+                else:
+                    conflicts.append((action, f"write failed: {answer.error}"))
+            self._verify([a for a, _ in writes], result)
+        elif writes:
+            now_by_path = {a.path: doc for a, doc in zip(actions, current, strict=True)}
+            for action, _ in writes:
+                result.counters[_DONE[action.kind]] += 1
+                now = now_by_path.get(action.path)
+                if now is not None and now.update_time is not None and action.before is not None:
+                    # As if restored: an older migration's dry run must not see this as a conflict.
+                    self.own_writes[action.path] = (now.update_time, action.before.update_time)
+        result.counters["conflicts"] += len(conflicts)
+        self._record_conflicts(conflicts, current, actions)
+        result.position = actions[-1].seq
+        if self.on_batch is not None:
+            self.on_batch(result)
+        return True
+
+    def _decide(self, action: RestoreAction, now: Document | None) -> Write | str:
+        """The write that undoes ``action``, or why not ("unchanged" or a conflict reason)."""
+        before = action.before
+        if action.guard is not None and not self.force:
+            if now is None:
+                return "the document was deleted after the migration wrote it"
+            own = self.own_writes.get(action.path)
+            if now.update_time != action.guard and not (
+                own is not None and own[0] == now.update_time and own[1] == action.guard
+            ):
+                return "the document changed after the migration wrote it"
+            action = RestoreAction(action.seq, action.kind, action.path, action.before, now.update_time)
+        if action.kind == "delete" or (action.kind == "check" and before is None):
+            if now is None:
+                return "unchanged"
+            guard = action.guard if not self.force else None
+            if action.kind == "check" and not self.force:
+                return "created by the run, but the run died before confirming its write"
+            return Write.delete(action.path, update_time=guard)
+        assert before is not None and before.data is not None
+        if action.kind == "recreate":
+            if now is None:
+                return Write.create(action.path, before.data)
+            if self.force:
+                return Write.set(action.path, before.data)
+            return "deleted by the migration, but a document exists there again"
+        if action.kind == "restore":
+            return Write.set(action.path, before.data, update_time=None if self.force else action.guard)
+        # "check": the run died with this write in flight.
+        if now is None:
+            return Write.create(action.path, before.data)
+        if now.update_time == before.update_time:
+            return "unchanged"  # the write never happened
+        expected = self.redo(DocView(Document(action.path, before.data, before.create_time,
+                                              before.update_time))) if self.redo else None
+        if self.force or (isinstance(expected, dict) and values_equal(expected, now.data)):
+            return Write.set(action.path, before.data, update_time=None if self.force else now.update_time)
+        return "changed since it was read, and not by this migration"
+
+    def _sample(self, action: RestoreAction, now: Document | None, result: RestoreResult) -> None:
+        if len(result.samples) >= self.samples_wanted:
+            return
+        old = now.data if now is not None else {}
+        new = action.before.data if action.before is not None and action.before.data is not None else {}
+        result.samples.append((action.path, action.kind, field_changes(old, new)))
+
+    def _verify(self, actions: Sequence[RestoreAction], result: RestoreResult) -> None:
+        """The post-rollback check: restored documents equal their before-images."""
+        after = self.store.get_many([a.path for a in actions])
+        for action, now in zip(actions, after, strict=True):
+            if action.kind == "delete" or action.before is None:
+                ok = now is None
+            else:
+                ok = now is not None and values_equal(now.data, action.before.data)
+            result.counters["verified" if ok else "mismatched"] += 1
+
+    def _record_conflicts(
+        self, conflicts: list[tuple[RestoreAction, str]], current: Sequence[Document | None],
+        actions: Sequence[RestoreAction],
+    ) -> None:
+        if not conflicts:
+            return
+        now_by_path = {a.path: doc for a, doc in zip(actions, current, strict=True)}
+        lines: list[bytes] = []
+        for action, reason in conflicts:
+            now = now_by_path.get(action.path)
+            record: dict[str, Any] = {
+                "path": action.path, "reason": reason, "action": action.kind,
+                "before": codec.encode(action.before.data) if action.before else None,
+                "current": codec.encode(now.data) if now is not None else None,
+                "current_update_time": codec.encode(now.update_time) if now is not None else None,
+            }
+            lines.append(orjson.dumps(record) + b"\n")
+        self.conflicts_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.conflicts_file.open("ab") as out:
+            out.writelines(lines)
+
+
+_DONE = {"restore": "restored", "check": "restored", "recreate": "recreated", "delete": "deleted"}
