@@ -131,6 +131,10 @@ class Query:
 
     ``start_after`` and ``end_at`` are document paths bounding the name range (exclusive, inclusive),
     which is how resumable cursors and shards are expressed.
+
+    ``descendants`` also streams every document below the collection, in subcollections at any depth
+    (also under documents that do not exist), in name order: ``users/a``, ``users/a/orders/o1``,
+    ``users/b``. One query instead of a listing per document is what makes recursive backups fast.
     """
 
     collection: str
@@ -140,11 +144,14 @@ class Query:
     end_at: str | None = None
     limit: int | None = None
     keys_only: bool = False
+    descendants: bool = False
 
     def __post_init__(self) -> None:
         parts = split_path(self.collection)
         if self.group and len(parts) != 1:
             raise UsageError(f"a collection group is one id, got {self.collection!r}")
+        if self.descendants and (self.group or self.filters):
+            raise UsageError("a query with descendants takes neither a collection group nor filters")
         if not self.group and len(parts) % 2 != 1:
             raise UsageError(
                 f"{self.collection!r} is not a collection path (it has an even number of segments)",

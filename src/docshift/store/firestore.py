@@ -8,6 +8,7 @@ Google errors are translated here, in :func:`translate_error`, and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -75,6 +76,9 @@ _FIELD_OPS = {
 }
 _IS_NAN, _IS_NULL, _IS_NOT_NAN, _IS_NOT_NULL = 2, 3, 4, 5
 _AND, _ASCENDING = 1, 1
+_LT, _GE = _FIELD_OPS[Op.LT], _FIELD_OPS[Op.GE]
+_MIN_ID = "__id-9223372036854775808__"
+"""The smallest document id in Firestore's name order (numeric ids sort first)."""
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 _TRANSIENT = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "RESOURCE_EXHAUSTED", "INTERNAL"}
 _CONFLICT = {"FAILED_PRECONDITION", "NOT_FOUND", "ALREADY_EXISTS"}
@@ -275,10 +279,21 @@ class FirestoreStore(Store):
         parts = split_path(query.collection)
         structured = _StructuredQuery()
         selector = structured.from_.add()
-        selector.collection_id = parts[-1]
-        selector.all_descendants = query.group
+        selector.all_descendants = query.group or query.descendants
         parent = self._root if query.group or len(parts) == 1 else self._full_name("/".join(parts[:-1]))
         pushed = tuple(f for f in query.filters if server_side(f))
+        if query.descendants:
+            # A kindless all-descendants query under the parent, cut to the collection's name range
+            # (how Google's clients do recursive deletes): [parent/id/MIN, parent/id\0/MIN).
+            bounds = structured.where.composite_filter
+            bounds.op = _AND
+            for op, collection_id in ((_GE, parts[-1]), (_LT, parts[-1] + "\0")):
+                bound = bounds.filters.add().field_filter
+                bound.field.field_path = "__name__"
+                bound.op = op
+                bound.value.reference_value = f"{parent}/{collection_id}/{_MIN_ID}"
+        else:
+            selector.collection_id = parts[-1]
         if pushed:
             self._encode_filters(pushed, structured.where)
         order = structured.order_by.add()
@@ -363,9 +378,7 @@ class FirestoreStore(Store):
     def count(self, query: Query) -> int:
         if not all(server_side(f) for f in query.filters):
             return sum(1 for _ in self.stream(query))
-        parent, structured = self._structured_query(Query(
-            query.collection, query.group, query.filters, query.start_after, query.end_at, query.limit,
-        ))
+        parent, structured = self._structured_query(dataclasses.replace(query, keys_only=False))
         request = _pb["AggRequest"](parent=parent)
         request.structured_aggregation_query.structured_query.CopyFrom(structured)
         aggregation = request.structured_aggregation_query.aggregations.add()

@@ -101,6 +101,9 @@ class MemoryStore(Store):
             docs = list(self._docs.values())
         if query.group:
             chosen = [d for d in docs if d.path.split("/")[-2] == parts[0]]
+        elif query.descendants:
+            prefix = tuple(parts)
+            chosen = [d for d in docs if _name_key(d.path)[: len(prefix)] == prefix]
         else:
             chosen = [d for d in docs if d.collection == query.collection]
         chosen = [d for d in chosen if all(matches(d.data, f) for f in query.filters)]
