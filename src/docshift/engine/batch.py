@@ -200,7 +200,7 @@ class BatchProcessor:
             # (known at once) would come before its writes (known after the commit), and a few
             # concurrent batches with one bad document each would look like a high failure rate.
             ok = sum(counts[kind] for kind in ("updated", "created", "deleted", "unchanged"))
-            self.breaker.record(ok, counts["failed"])
+            self.breaker.record(ok, counts["failed"] - counts["rejected"])  # rules: the integrity gate
         return counts
 
     def _process(self, sources: Sequence[Document], counts: Counter[str]) -> None:
@@ -254,6 +254,8 @@ class BatchProcessor:
         else:
             self.dead_letters.add(decision.source, stage, error, rule)
         counts["failed"] += 1
+        if stage == "validate":
+            counts["rejected"] += 1
 
     def _write(self, decisions: list[Decision], counts: Counter[str]) -> list[Decision]:
         """Journal, then commit; returns the decisions whose guard failed (changed meanwhile)."""

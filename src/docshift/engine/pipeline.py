@@ -310,9 +310,10 @@ class MigrationPipeline:
             self.controls.request_stop(f"circuit breaker: {self.breaker.reason}", EmergencyStop)
         counters = self.stats.counts()  # not the live dict: a half-added batch would skew the rate
         processed = sum(counters.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
-        if self.budget.exceeded(counters.get("failed", 0), processed):
+        failed = counters.get("failed", 0) - counters.get("rejected", 0)  # rules: the integrity gate
+        if self.budget.exceeded(failed, processed):
             self.controls.request_stop(
-                f"{counters['failed']} documents failed, more than --max-failures {self.budget.spec}",
+                f"{failed} documents failed, more than --max-failures {self.budget.spec}",
                 TooManyFailures,
             )
 
@@ -342,9 +343,10 @@ class MigrationPipeline:
         done = all(s.done for s in self.checkpoint.shards)
         counters = {name: self.settled.get(name, 0) for name in COUNTERS}
         processed = sum(counters.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
-        if done and self.budget.exceeded(counters.get("failed", 0), processed, final=True):
+        failed = counters.get("failed", 0) - counters.get("rejected", 0)
+        if done and self.budget.exceeded(failed, processed, final=True):
             error = TooManyFailures(
-                f"{counters['failed']} of {processed} documents failed, more than --max-failures "
+                f"{failed} of {processed} documents failed, more than --max-failures "
                 f"{self.budget.spec}", hint=f"see {self.dead_letters.path}",
             )
         if not done or self.controls.stop.is_set():

@@ -9,7 +9,11 @@ from typing import Any
 
 __all__ = ["COUNTERS", "RunStats"]
 
-COUNTERS = ("read", "updated", "created", "deleted", "unchanged", "failed", "conflicts", "skipped")
+COUNTERS = (
+    "read", "updated", "created", "deleted", "unchanged", "failed", "conflicts", "skipped", "rejected",
+)
+"""``rejected``: documents a validation rule refused (also counted in ``failed``); the integrity gate
+judges those, so ``--max-failures`` and the circuit breaker leave them out."""
 
 
 class RunStats:
