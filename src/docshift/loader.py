@@ -33,6 +33,7 @@ from typing import Any
 from docshift.errors import DocshiftError, MigrationFileError, UsageError
 from docshift.migration import Migration, Target
 from docshift.store.base import Filter
+from docshift.validators.rules import Rule
 
 __all__ = [
     "FILE_PATTERN",
@@ -308,6 +309,10 @@ class _Settings:
             return ()
         if not isinstance(value, list | tuple):
             raise self.fail("rules", "rules must be a list")
+        for index, item in enumerate(value):
+            if not isinstance(item, Rule):
+                raise self.fail("rules", f"rules[{index}] is a {type(item).__name__}, not a rule",
+                                hint="build rules with docshift.validators, e.g. required(\"email\")")
         return tuple(value)
 
 

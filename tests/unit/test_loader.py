@@ -183,6 +183,7 @@ def test_bad_filters_are_refused(folder: Path, where: str, expected: str) -> Non
         ("limit = True", "limit must be a whole number above 0"),
         ("description = 42", "description must be a non-empty string"),
         ("rules = 'not a list'", "rules must be a list"),
+        ("rules = [print]", "rules[0] is a builtin_function_or_method, not a rule"),
     ],
 )
 def test_bad_options_are_refused(folder: Path, setting: str, expected: str) -> None:
@@ -200,20 +201,15 @@ def test_one_bad_file_stops_the_whole_folder(folder: Path) -> None:
 
 def test_every_option_is_carried_into_the_migration(folder: Path) -> None:
     write(folder, "0003_full.py", """
-        from dataclasses import dataclass
-
         from docshift import DELETE, DocView
-
-        @dataclass
-        class Rule:
-            field: str
+        from docshift.validators import required
 
         description = "  all options  "
         collection_group = "orders"
         where = [("status", "==", "open"), ("meta.total", ">=", 10)]
         limit = 500
         copy_to = "orders_v2"
-        rules = [Rule("total")]
+        rules = [required("total")]
 
         def up(doc: DocView) -> object:
             return DELETE
@@ -230,7 +226,7 @@ def test_every_option_is_carried_into_the_migration(folder: Path) -> None:
         (("status",), Op.EQ, "open"), (("meta", "total"), Op.GE, 10),
     ]
     assert migration.reversible and migration.down is not None
-    assert len(migration.rules) == 1 and migration.rules[0].field == "total"
+    assert [rule.name for rule in migration.rules] == ["required(total)"]
     assert migration.up(DocView(Document("orders/o", {}))) is DELETE
 
 

@@ -1,0 +1,258 @@
+"""Validation during a run: rules on every document before it is written, the integrity gate,
+before/after scans, and the run's health.
+
+Pass one :class:`RunValidation` to :func:`docshift.commands.run.run` both as ``progress`` (it
+forwards every event, and notes warnings and each migration's final counters) and as ``checks`` (it
+builds each migration's document check), then call :meth:`RunValidation.finish`::
+
+    validation = RunValidation(config, store, progress=progress, controls=controls, execute=True)
+    report = run(config, options, store=store, progress=validation, controls=controls, checks=validation)
+    outcome = validation.finish(report.folder)
+
+A document that breaks a rule is not written; it goes to the dead-letter file with the rule. When
+the integrity score of the documents checked so far (from ``min_sample`` on) drops below
+``integrity_critical``, the gate stops the run with :class:`~docshift.errors.EmergencyStop`
+(checkpoint kept). Dry runs are never stopped by the gate: they write nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docshift.checkpoints.atomic import write_versioned
+from docshift.config import Config
+from docshift.engine.batch import DocumentCheck
+from docshift.engine.controls import Controls
+from docshift.engine.progress import NullProgress, Progress
+from docshift.errors import DocshiftError, EmergencyStop, RunStopped
+from docshift.migration import Migration
+from docshift.store.base import Document, Store
+from docshift.validators.rules import RuleContext
+from docshift.validators.scan import (
+    Baseline,
+    RuleResult,
+    ValidationReport,
+    load_report,
+    rule_names,
+    save_report,
+    scan,
+)
+from docshift.validators.score import Health, Issue, Level, Severity
+
+__all__ = ["GATE_MIN_SAMPLE", "RunOutcome", "RunValidation"]
+
+GATE_MIN_SAMPLE = 50
+"""Documents checked before the gate may judge: a few early failures must not stop a run."""
+
+_FILE_KIND = "docshift-run-validation"
+
+
+@dataclass
+class _MigrationState:
+    migration: Migration
+    inline: ValidationReport
+    before: ValidationReport | None = None
+    after: ValidationReport | None = None
+    before_total: int | None = None
+    gate: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class RunOutcome:
+    """What validation made of a run: its health, and the reports behind it."""
+
+    health: Health
+    reports: list[ValidationReport]
+    path: Path | None = None
+
+    @property
+    def after_failed(self) -> list[ValidationReport]:
+        """After-scans below the critical threshold (or with a count expectation missed)."""
+        return [r for r in self.reports if r.phase == "after" and not r.passed]
+
+
+class RunValidation:
+    """Progress wrapper and checks factory for one run (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        progress: Progress | None = None,
+        controls: Controls | None = None,
+        execute: bool = True,
+        scans: bool = False,
+        previous: Path | None = None,
+        min_sample: int = GATE_MIN_SAMPLE,
+    ) -> None:
+        self.store = store
+        self.inner = progress or NullProgress()
+        self.controls = controls
+        self.execute = execute
+        self.scans = scans
+        self.previous = previous
+        """The folder of the run being resumed: its before-scans stand; none is taken again."""
+        self.min_sample = min_sample
+        self.warning = config.limits.integrity_warning
+        self.critical = config.limits.integrity_critical
+        self.states: dict[str, _MigrationState] = {}
+        self.engine_warnings: list[str] = []
+        self.counters: dict[str, dict[str, Any]] = {}
+        self.gate: str | None = None
+        """Why the integrity gate stopped the run, when it did."""
+
+    # ------------------------------------------------------------------ Progress
+    def event(self, kind: str, **fields: Any) -> None:
+        if kind == "warning":
+            self.engine_warnings.append(str(fields.get("message")))
+        elif kind in ("finish", "stop"):
+            self.counters[str(fields.get("migration"))] = {**fields, "state": kind}
+        self.inner.event(kind, **fields)
+
+    # ------------------------------------------------------------------ checks factory
+    def __call__(self, migration: Migration) -> DocumentCheck | None:
+        """Called by the run just before each migration starts (so the one before it finished)."""
+        self._scan_after_pending()
+        target = migration.target.describe()
+        names = rule_names(migration.rules)
+        inline = ValidationReport(migration.id, migration.label, "inline", target, None, 0, 0,
+                                  [RuleResult(name) for name in names], self.warning, self.critical)
+        state = _MigrationState(migration, inline)
+        self.states[migration.label] = state
+        if self.scans and migration.rules:
+            kept = self.previous / migration.label / "validation-before.json" if self.previous else None
+            if kept is not None and kept.is_file():
+                state.before_total = load_report(kept).get("total")
+            else:
+                state.before = self._scan(migration, "before")
+                state.before_total = state.before.total
+        context = RuleContext(store=self.store, phase="inline")
+        checked = [(name, rule.session(context)) for name, rule in zip(names, migration.rules, strict=True)
+                   if rule.inline]
+        if not checked:
+            return None
+        tallies = {result.name: result for result in inline.rules}
+
+        def check(source: Document, new_data: dict[str, Any]) -> tuple[str, str] | None:
+            doc = Document(migration.target.destination(source.path), new_data)
+            failure = None
+            for name, session in checked:
+                message = session.check_batch([doc])[0]
+                if message is not None:
+                    failure = (name, message)
+                    break
+            self._record(state, tallies, doc.path, failure)
+            return failure
+
+        return check
+
+    def _record(self, state: _MigrationState, tallies: dict[str, RuleResult], path: str,
+                failure: tuple[str, str] | None) -> None:
+        report = state.inline
+        with state.lock:
+            report.checked += 1
+            if failure is not None:
+                report.failed += 1
+                tallies[failure[0]].add(path, failure[1])
+            trip = (self.execute and state.gate is None and report.checked >= self.min_sample
+                    and report.score < self.critical)
+            if trip:
+                state.gate = (f"integrity gate: {report.score:.1f}% of the {report.checked:,} documents "
+                              f"{state.migration.label} checked so far pass its rules, below "
+                              f"integrity_critical {self.critical:g}%")
+        if trip and self.controls is not None:
+            self.gate = state.gate
+            self.controls.request_stop(str(state.gate), EmergencyStop)
+
+    # ------------------------------------------------------------------ scans
+    def _scan(self, migration: Migration, phase: str, baseline: Baseline | None = None) -> ValidationReport:
+        self.inner.event("validation_scan", migration=migration.label, phase=phase)
+        return scan(self.store, migration, phase=phase, baseline=baseline,
+                    warning=self.warning, critical=self.critical)
+
+    def _scan_after_pending(self) -> None:
+        """After-scan every migration that finished (executed, with rules) and has none yet."""
+        if not (self.scans and self.execute):
+            return
+        for label, state in self.states.items():
+            counters = self.counters.get(label, {})
+            if state.after is not None or not state.migration.rules or counters.get("state") != "finish":
+                continue
+            baseline = Baseline(state.before_total, counters.get("deleted"), counters.get("created"))
+            state.after = self._scan(state.migration, "after", baseline)
+
+    # ------------------------------------------------------------------ the end
+    def finish(self, folder: Path | None, error: BaseException | None = None) -> RunOutcome:
+        """After the run (finished or stopped): after-scan, issues, health; reports saved in
+        ``folder`` (the run folder) when given; every issue also goes out as a warning event."""
+        if error is None:
+            self._scan_after_pending()
+        issues = self._issues(folder, error)
+        reports: list[ValidationReport] = []
+        for label, state in self.states.items():
+            for report in (state.before, state.inline, state.after):
+                if report is None or (report.phase == "inline" and not report.rules):
+                    continue
+                if folder is not None and folder.is_dir():
+                    save_report(report, folder / label / f"validation-{report.phase}.json")
+                reports.append(report)
+        health = Health.of(issues)
+        path = None
+        if folder is not None and folder.is_dir() and self.states:
+            path = folder / "validation.json"
+            write_versioned(path, _FILE_KIND, 1, {
+                "health": health.to_json(), "gate": self.gate,
+                "reports": [{**r.to_json(), "file": str(r.path) if r.path else None} for r in reports],
+            })
+        for issue in issues:
+            if issue.message not in self.engine_warnings:
+                prefix = "" if issue.severity == Severity.WARNING else f"{issue.severity.value}: "
+                self.inner.event("warning", message=prefix + issue.message)
+        if self.states:
+            self.inner.event("validation", **health.to_json(), file=str(path) if path else None)
+        return RunOutcome(health, reports, path)
+
+    def _issues(self, folder: Path | None, error: BaseException | None) -> list[Issue]:
+        issues = [Issue(Severity.WARNING, message) for message in self.engine_warnings]
+        for label, state in self.states.items():
+            letters = f"see {folder / label / 'dead-letters.jsonl'}" if folder else "see the dead letters"
+            issues.extend(_inline_issues(state, letters))
+            counters = self.counters.get(label, {})
+            other = int(counters.get("failed", 0)) - int(counters.get("rejected", 0))
+            if other > 0:
+                issues.append(Issue(Severity.ERROR, f"{label}: {other:,} documents failed (transform or "
+                                                    f"write) and were not migrated; {letters}", label))
+            if state.after is not None and state.after.failed + len(_collection_failures(state.after)):
+                severity = Severity.CRITICAL if state.after.level == Level.CRITICAL else Severity.WARNING
+                issues.append(Issue(severity, f"after-scan {state.after.summary()}", label))
+        if isinstance(error, DocshiftError) and not (isinstance(error, EmergencyStop) and self.gate):
+            if isinstance(error, EmergencyStop):
+                severity = Severity.CRITICAL
+            elif type(error) is RunStopped:
+                severity = Severity.WARNING  # stopped on request: resumable, nothing wrong with the data
+            else:
+                severity = Severity.ERROR
+            issues.append(Issue(severity, f"the run stopped: {error.message}"))
+        return issues
+
+
+def _collection_failures(report: ValidationReport) -> list[str]:
+    return [failure for rule in report.rules for failure in rule.collection_failures]
+
+
+def _inline_issues(state: _MigrationState, letters: str) -> list[Issue]:
+    report, label = state.inline, state.migration.label
+    if state.gate is not None:
+        return [Issue(Severity.CRITICAL, state.gate, label)]
+    if not report.failed:
+        return []
+    severity = Severity.CRITICAL if report.level == Level.CRITICAL else Severity.WARNING
+    worst = max(report.rules, key=lambda rule: rule.failures)
+    return [Issue(severity, f"{label}: {report.failed:,} of {report.checked:,} documents checked broke a "
+                            f"rule and were not written (integrity {report.score:.1f}%; most: "
+                            f"{worst.name}, {worst.failures:,}); {letters}", label)]
