@@ -218,6 +218,8 @@ def _run_all(
         if checkpoint_path.exists():
             checkpoint = Checkpoint.load(checkpoint_path)
             if checkpoint.finished:
+                if options.execute:
+                    _finish_history(history, migration, report.run_id, checkpoint)
                 continue
             if checkpoint.checksum != migration.checksum and not options.force:
                 raise DriftError(
@@ -225,7 +227,9 @@ def _run_all(
                     hint="restore the file, or resume with --force to continue with the new code",
                 )
         else:
-            shards = plan_shards(store, migration.target, options.shards or config.engine.shards)
+            # --limit means the first N documents in name order: one reader, one shard.
+            count = 1 if options.limit is not None else options.shards or config.engine.shards
+            shards = plan_shards(store, migration.target, count)
             checkpoint = new_checkpoint(report.run_id, migration, shards, _settings(config, options))
         recorder = None if options.execute else PlanRecorder(folder / "plan.jsonl.gz", migration.up)
         on_checkpoint = None
@@ -253,6 +257,14 @@ def _run_all(
             history.finish(migration.id, status, result.counters, error)
         if result.error is not None:
             raise result.error
+
+
+def _finish_history(history: History, migration: Migration, run_id: str, checkpoint: Checkpoint) -> None:
+    """A resumed run whose migration had already finished: if the process died before recording
+    that in the history, record it now (otherwise the history says running for ever)."""
+    record = history.get(migration.id)
+    if record is not None and record.run_id == run_id and record.status is MigrationStatus.RUNNING:
+        history.finish(migration.id, MigrationStatus.APPLIED, checkpoint.counters)
 
 
 def _settings(config: Config, options: RunOptions) -> dict[str, Any]:

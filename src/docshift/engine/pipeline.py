@@ -157,6 +157,7 @@ class MigrationPipeline:
         seq, batch = 0, []
         try:
             if remaining is not None and remaining <= 0:
+                self._done.put(_ShardDone(index, 0))  # nothing left to read: the shard is done
                 return
             query = self.migration.target.query(start_after=shard.resume_after, end_at=shard.end_at)
             for doc in self.store.stream(query):

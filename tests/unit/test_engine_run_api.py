@@ -1,0 +1,120 @@
+"""The ``run()`` Python API on the memory store: run folders, resume, history, limits across shards."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from docshift.checkpoints import Checkpoint, read_versioned, write_versioned
+from docshift.commands.run import RunOptions, load_run_info, run
+from docshift.config import Config, EngineConfig, StoreConfig
+from docshift.engine.controls import Controls
+from docshift.engine.progress import RecordingProgress
+from docshift.errors import RunStopped, UsageError
+from docshift.history import History, MigrationStatus
+from docshift.loader import load_migrations
+from docshift.lock import read_lease
+from docshift.store import MemoryStore
+from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "migrations"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    shutil.copy(EXAMPLES / "0001_split_full_name.py", migrations)
+    return Config(store=StoreConfig(project="memory"), engine=EngineConfig(batch_size=50, min_batch_size=10),
+                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+
+
+def test_a_dry_run_then_a_run_then_nothing_pending(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 200)
+    before = export(store)
+    dry = run(config, RunOptions(), store=store)
+    assert not dry.execute and [o.result.counters["updated"] for o in dry.outcomes] == [180]
+    assert export(store) == before
+    assert store.list_collections() == ["users"]  # no history, no lease in a dry run
+    assert load_run_info(dry.folder)["state"] == "finished"
+    report = run(config, RunOptions(execute=True), store=store)
+    assert [o.result.counters["updated"] for o in report.outcomes] == [180]
+    assert_data(store, expected_after(before, split_name))
+    record = History(store, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.APPLIED
+    assert record.counts["updated"] == 180 and record.run_id == report.run_id
+    assert read_lease(store, "_docshift") is None  # released
+    assert run(config, RunOptions(execute=True), store=store).outcomes == []
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 400)
+    before = export(store)
+    controls = Controls()
+    progress = RecordingProgress()
+
+    class StopAtFirstCheckpoint(RecordingProgress):
+        def event(self, kind: str, **fields: object) -> None:
+            progress.event(kind, **fields)
+            if kind == "progress" and int(fields.get("processed", 0)) > 0:  # type: ignore[call-overload]
+                controls.request_stop("test stop")
+
+    slow = Config(store=config.store, engine=EngineConfig(batch_size=10, min_batch_size=10, concurrency=1),
+                  migrations_dir=config.migrations_dir, runs_dir=config.runs_dir)
+    from docshift.engine.limits import RateLimiter
+
+    controls.limiter = RateLimiter(150)  # about 2.5 s: the progress event after 1 s stops it
+    with pytest.raises(RunStopped) as stopped:
+        run(slow, RunOptions(execute=True), store=store, controls=controls, progress=StopAtFirstCheckpoint())
+    run_id = stopped.value.resume_command.split()[-1] if stopped.value.resume_command else ""
+    assert stopped.value.resume_command == f"docshift run --execute --resume {run_id}"
+    folder = config.runs_dir / run_id
+    assert load_run_info(folder)["state"] == "stopped"
+    saved = Checkpoint.load(folder / "0001_split_full_name" / "checkpoint.json")
+    assert saved.state == "stopped" and 0 < saved.counters["read"] < 400
+    record = History(store, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.FAILED
+    assert f"--resume {run_id}" in (record.error or "")
+    assert read_lease(store, "_docshift") is None
+    report = run(config, RunOptions(execute=True, resume="latest"), store=store)
+    assert report.run_id == run_id
+    assert_data(store, expected_after(before, split_name))
+    assert report.outcomes[0].result.counters["read"] == 400
+    record = History(store, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.APPLIED
+    assert load_run_info(folder)["state"] == "finished"
+    with pytest.raises(UsageError, match="no unfinished run"):
+        run(config, RunOptions(execute=True, resume="latest"), store=store)
+
+
+def test_resume_after_a_kill_between_the_last_checkpoint_and_the_history_marks_it_applied(
+    config: Config,
+) -> None:
+    """Killed after the final checkpoint but before the history was updated: resuming finishes it."""
+    store = MemoryStore()
+    seed(store, 50)
+    report = run(config, RunOptions(execute=True), store=store)
+    [migration] = load_migrations(config.migrations_dir)
+    history = History(store, "_docshift")
+    history.start(migration, report.run_id)  # as the killed process left it: running
+    info = read_versioned(report.folder / "run.json", "docshift-run", 1)
+    write_versioned(report.folder / "run.json", "docshift-run", 1, {**info, "state": "running"})
+    resumed = run(config, RunOptions(execute=True, resume=report.run_id), store=store)
+    assert resumed.run_id == report.run_id
+    record = history.get("0001")
+    assert record is not None and record.status is MigrationStatus.APPLIED
+    assert record.counts["updated"] == 45
+
+
+def test_limit_counts_documents_across_all_shards(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 300)
+    before = export(store)
+    report = run(config, RunOptions(execute=True, limit=37, shards=3), store=store)
+    assert report.outcomes[0].result.counters["read"] == 37
+    changed = [p for p, doc in export(store).items() if doc.update_time != before[p].update_time]
+    assert changed == [p for p in sorted(before)[:37] if "full_name" in before[p].data]
