@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from docshift.cli.backup import backup_command, restore_command
 from docshift.cli.basics import doctor_command, emulator_command
 from docshift.cli.context import AppContext
 from docshift.cli.migrations import init_command, new_command, status_command, unlock_command
@@ -57,6 +58,8 @@ cli.add_command(new_command)
 cli.add_command(status_command)
 cli.add_command(unlock_command)
 cli.add_command(run_command)
+cli.add_command(backup_command)
+cli.add_command(restore_command)
 cli.add_command(rollback_command)
 
 

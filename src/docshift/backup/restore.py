@@ -1,0 +1,239 @@
+"""Putting backed-up documents back, and reading them again to prove it worked.
+
+Writes are full-document ``set`` writes without preconditions, so a restore can be run again after
+any failure and ends in the same state. They go out in batches (bounded in documents and bytes) with
+a few requests in flight, through the store's retry layer and a rate limiter; reading the backup
+blocks while they are busy, so memory holds at most ``concurrency`` batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from docshift.backup.manifest import BackupManifest
+from docshift.backup.reader import BackupRecord, read_records
+from docshift.engine.limits import RateLimiter
+from docshift.engine.progress import NullProgress, Progress
+from docshift.errors import DataError, UsageError
+from docshift.store import Document, Query, Store, Write, WriteResult
+from docshift.values import values_equal
+
+__all__ = ["MAX_REQUEST_BYTES", "PathMap", "RestoreReport", "VerifyReport", "verify_documents",
+           "write_documents"]
+
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+"""Bytes of JSON lines per commit: Firestore refuses requests over 10 MiB, and a line is never
+smaller than what it encodes on the wire (bytes grow by a third in base64)."""
+SAMPLES = 20
+"""Failures and mismatches kept with their paths; the rest are only counted."""
+
+Pair = tuple[str, BackupRecord]
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class PathMap:
+    """Where each backed-up collection goes: back where it was, or where ``--into`` says.
+
+    A document keeps the shape of its path below the collection: with ``users`` into ``people``,
+    ``users/a/orders/o1`` becomes ``people/a/orders/o1``.
+    """
+
+    group: bool
+    targets: Mapping[str, str]
+
+    @classmethod
+    def build(cls, manifest: BackupManifest, into: str | Mapping[str, str] | None) -> PathMap:
+        sources = manifest.collections
+        if into is None or into == {}:
+            return cls(manifest.group, {name: name for name in sources})
+        if manifest.group:
+            raise UsageError("a collection group backup cannot be restored --into another collection",
+                             hint="restore it where it was, into another project or database")
+        if isinstance(into, str):
+            if len(sources) != 1:
+                raise UsageError(
+                    f"the backup holds {len(sources)} collections ({', '.join(sources)}); "
+                    "--into must say which goes where",
+                    hint=f"repeat --into OLD=NEW, e.g. --into {sources[0]}={sources[0]}_restored"
+                    if sources else "this backup holds no collections")
+            into = {sources[0]: into}
+        unknown = sorted(set(into) - set(sources))
+        if unknown:
+            raise UsageError(f"the backup holds no collection {unknown[0]!r}",
+                             hint=f"it holds: {', '.join(sources)}")
+        targets = {name: into.get(name, name) for name in sources}
+        for target in targets.values():
+            Query(target)  # refuses a document path or an empty name, with a hint
+        if len(set(targets.values())) != len(targets):
+            raise UsageError("two backed-up collections would be restored into the same collection")
+        return cls(False, targets)
+
+    def target(self, source: str) -> str:
+        return self.targets[source]
+
+    def __call__(self, source: str, path: str) -> str:
+        if self.group:
+            if path.split("/")[-2:-1] != [source]:
+                raise DataError(f"{path} is not in collection group {source}")
+            return path
+        if not path.startswith(source + "/"):
+            raise DataError(f"{path} is not below the backed-up collection {source}")
+        return self.targets[source] + path[len(source):]
+
+
+@dataclass
+class VerifyReport:
+    """Every backed-up document read back from the store and compared value by value."""
+
+    checked: int = 0
+    missing: int = 0
+    different: int = 0
+    samples: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == 0 and self.different == 0
+
+    def note(self, path: str, problem: str) -> None:
+        if len(self.samples) < SAMPLES:
+            self.samples.append((path, problem))
+
+
+@dataclass
+class RestoreReport:
+    folder: Path
+    target: str
+    documents: int
+    written: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    verification: VerifyReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and (self.verification is None or self.verification.ok)
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+def records(folder: Path, manifest: BackupManifest, paths: PathMap) -> Iterator[Pair]:
+    """(target path, record) for every backed-up document, lazily, file after file."""
+    for entry in manifest.files:
+        for record in read_records(folder, entry):
+            yield paths(entry.collection, record.path), record
+
+
+def _batches(pairs: Iterable[Pair], size: int, max_bytes: int) -> Iterator[list[Pair]]:
+    batch: list[Pair] = []
+    used = 0
+    seen: set[str] = set()
+    for target, record in pairs:
+        if batch and (len(batch) >= size or used + record.size > max_bytes or target in seen):
+            yield batch
+            batch, used, seen = [], 0, set()
+        batch.append((target, record))
+        used += record.size
+        seen.add(target)
+    if batch:
+        yield batch
+
+
+def _pipelined(batches: Iterable[list[Pair]], work: Callable[[list[Pair]], R], concurrency: int,
+               handle: Callable[[list[Pair], R], None], before: Callable[[int], Any]) -> None:
+    """Run ``work`` on up to ``concurrency`` batches at once; ``handle`` results in order."""
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="docshift-restore") as pool:
+        pending: deque[tuple[list[Pair], Future[R]]] = deque()
+        try:
+            for batch in batches:
+                before(len(batch))
+                pending.append((batch, pool.submit(work, batch)))
+                if len(pending) >= concurrency:
+                    done, future = pending.popleft()
+                    handle(done, future.result())
+            while pending:
+                done, future = pending.popleft()
+                handle(done, future.result())
+        except BaseException:
+            for _, future in pending:
+                future.cancel()
+            raise
+
+
+def write_documents(store: Store, pairs: Iterable[Pair], report: RestoreReport, *, batch_size: int,
+                    concurrency: int, limiter: RateLimiter | None = None,
+                    progress: Progress | None = None) -> None:
+    """Set every document at its target path; per-document failures are counted in ``report``."""
+    progress = progress or NullProgress()
+    started = time.monotonic()
+
+    def commit(batch: list[Pair]) -> list[WriteResult]:
+        return store.commit([Write.set(target, record.data) for target, record in batch])
+
+    def handle(batch: list[Pair], results: list[WriteResult]) -> None:
+        for result in results:
+            if result.ok:
+                report.written += 1
+            else:
+                report.failed += 1
+                if len(report.failures) < SAMPLES and result.error is not None:
+                    report.failures.append((result.path, f"{result.error.code}: {result.error.message}"))
+        elapsed = time.monotonic() - started
+        progress.event("progress", phase="restore", done=report.written + report.failed,
+                       total=report.documents, written=report.written, failed=report.failed,
+                       docs_per_second=report.written / elapsed if elapsed > 0 else 0.0)
+
+    def wait(count: int) -> None:
+        if limiter is not None:
+            limiter.acquire(count)
+
+    _pipelined(_batches(pairs, batch_size, MAX_REQUEST_BYTES), commit, concurrency, handle, wait)
+    report.seconds = time.monotonic() - started
+
+
+def _difference(expected: dict[str, Any], actual: dict[str, Any]) -> str:
+    for key in sorted(expected.keys() | actual.keys()):
+        if key not in actual:
+            return f"field {key!r} is missing"
+        if key not in expected:
+            return f"field {key!r} is not in the backup"
+        if not values_equal(expected[key], actual[key]):
+            return f"field {key!r} differs"
+    return "differs"
+
+
+def verify_documents(store: Store, pairs: Iterable[Pair], total: int, *, batch_size: int,
+                     concurrency: int, progress: Progress | None = None) -> VerifyReport:
+    """Read every target path back (in batches) and compare it with the backup, value by value."""
+    progress = progress or NullProgress()
+    report = VerifyReport()
+    started = time.monotonic()
+
+    def read(batch: list[Pair]) -> list[Document | None]:
+        return store.get_many([target for target, _ in batch])
+
+    def handle(batch: list[Pair], found: list[Document | None]) -> None:
+        for (target, record), doc in zip(batch, found, strict=True):
+            report.checked += 1
+            if doc is None:
+                report.missing += 1
+                report.note(target, "missing")
+            elif not values_equal(record.data, doc.data):
+                report.different += 1
+                report.note(target, _difference(record.data, doc.data))
+        progress.event("progress", phase="verify", done=report.checked, total=total,
+                       missing=report.missing, different=report.different)
+
+    _pipelined(_batches(pairs, batch_size, MAX_REQUEST_BYTES), read, concurrency, handle, lambda _: None)
+    report.seconds = time.monotonic() - started
+    return report

@@ -1,0 +1,193 @@
+"""``docshift backup`` and ``docshift restore``: the command line over :mod:`docshift.commands.backup`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from docshift.backup import DEFAULT_DOCS_PER_FILE, PathMap, RestoreReport, VerifyReport, read_manifest
+from docshift.cli.confirm import confirm_destructive
+from docshift.cli.context import AppContext, pass_app
+from docshift.cli.output import console, err_console
+from docshift.commands.backup import backup, restore, verify
+from docshift.errors import DataError, StoreError, UsageError
+
+__all__ = ["backup_command", "restore_command"]
+
+
+def _say(text: str) -> None:
+    """A result line on stdout: never wrapped, and paths are never read as rich markup."""
+    console.print(text, soft_wrap=True, markup=False)
+
+
+def _note(text: str) -> None:
+    """A progress line on stderr."""
+    err_console.print(text, soft_wrap=True, markup=False)
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} GiB"
+
+
+class _Progress:
+    """Plain lines on stderr: when a phase starts, then at most one every few seconds."""
+
+    def __init__(self, quiet: bool, every: float = 3.0) -> None:
+        self.quiet = quiet
+        self.every = every
+        self._last = time.monotonic()
+
+    def event(self, kind: str, **fields: Any) -> None:
+        if self.quiet:
+            return
+        phase = fields.get("phase")
+        if kind == "start":
+            self._last = time.monotonic()
+            if phase == "backup":
+                _note(f"backup: {fields['collection']}")
+            elif phase == "check":
+                _note(f"check: {fields['files']} file(s), {fields['documents']:,} documents")
+            else:
+                _note(f"{phase}: {fields['documents']:,} documents")
+            return
+        if kind != "progress" or time.monotonic() - self._last < self.every:
+            return
+        self._last = time.monotonic()
+        done = fields.get("done", 0)
+        if phase == "backup":
+            _note(f"backup: {done:,} documents ({fields['collection']}), "
+                              f"{fields['files']} file(s) done, {fields['docs_per_second']:,.0f} docs/s")
+        elif phase == "check":
+            _note(f"check: {fields['file']} intact ({fields['documents']:,} documents)")
+        elif phase == "restore":
+            _note(f"restore: {done:,}/{fields['total']:,} ({fields['failed']:,} failed), "
+                              f"{fields['docs_per_second']:,.0f} docs/s")
+        elif phase == "verify":
+            _note(f"verify: {done:,}/{fields['total']:,} checked, {fields['missing']:,} "
+                              f"missing, {fields['different']:,} different")
+
+
+@click.command("backup")
+@click.argument("collections", nargs=-1)
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="New (or empty) folder for the backup; never overwritten.")
+@click.option("--recursive", is_flag=True, help="Also back up every subcollection, at any depth.")
+@click.option("--group", is_flag=True, help="COLLECTIONS are collection group ids (every depth).")
+@click.option("--all", "all_collections", is_flag=True,
+              help="Every root collection (except docshift's own), recursively.")
+@click.option("--docs-per-file", type=click.IntRange(min=1), default=DEFAULT_DOCS_PER_FILE,
+              show_default=True, help="Start a new data file after this many documents.")
+@click.option("--quiet", is_flag=True, help="Print only the summary.")
+@pass_app
+def backup_command(app: AppContext, collections: tuple[str, ...], out: Path, recursive: bool, group: bool,
+                   all_collections: bool, docs_per_file: int, quiet: bool) -> None:
+    """Back up COLLECTIONS (paths such as users or users/alice/orders) into files in --out.
+
+    Documents stream into gzip JSON-lines files (exact values: timestamps with nanoseconds, bytes,
+    references, NaN...) with a manifest holding counts and a sha256 per file, written last. Memory
+    stays flat at any size. Reads only; use --project and --database to choose the source.
+    """
+    config = app.config()
+    if not quiet:
+        where = f"project {config.store.project}, database {config.store.database}"
+        _note(f"source: {where}")
+    manifest = backup(config, list(collections), out, recursive=recursive, group=group,
+                      all_collections=all_collections, docs_per_file=docs_per_file,
+                      progress=_Progress(quiet))
+    seconds = (manifest.finished_at.seconds - manifest.started_at.seconds
+               + (manifest.finished_at.nanos - manifest.started_at.nanos) / 1e9)
+    rate = manifest.documents / seconds if seconds > 0 else 0.0
+    _say(f"backed up {manifest.documents:,} documents from {manifest.describe_source()} into "
+                  f"{len(manifest.files)} file(s), {_size(manifest.bytes)}, in {seconds:.1f}s "
+                  f"({rate:,.0f} docs/s): {out}")
+
+
+def _parse_into(values: tuple[str, ...]) -> str | Mapping[str, str] | None:
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return values[0]
+    pairs = [value.partition("=") for value in values]
+    if any(not old or not sep or not new for old, sep, new in pairs):
+        raise UsageError("with several --into values each must be OLD=NEW",
+                         hint="e.g. --into users=users_restored --into orders=orders_restored")
+    return {old: new for old, _, new in pairs}
+
+
+def _print_verification(verification: VerifyReport) -> None:
+    _say(f"verified {verification.checked:,} documents: {verification.missing:,} missing, "
+                  f"{verification.different:,} different ({verification.seconds:.1f}s)")
+    for path, problem in verification.samples:
+        _say(f"  {problem}: {path}")
+    if not verification.ok:
+        first_path, first_problem = verification.samples[0]
+        raise DataError(
+            f"the store does not match the backup: {verification.missing:,} missing and "
+            f"{verification.different:,} different documents (first: {first_path}: {first_problem})",
+            hint="something else wrote to them, or a restore did not finish; running the restore "
+            "again is safe",
+        )
+
+
+def _print_restore(report: RestoreReport) -> None:
+    _say(f"restored {report.written:,} of {report.documents:,} documents into {report.target} "
+                  f"in {report.seconds:.1f}s ({report.docs_per_second:,.0f} docs/s); "
+                  f"{report.failed:,} failed")
+    for path, error in report.failures:
+        _say(f"  failed {path}: {error}")
+    if report.failed:
+        path, error = report.failures[0]
+        raise StoreError(f"{report.failed:,} documents could not be restored (first: {path}: {error})",
+                         hint="fix the cause and run the same restore again; it is safe to repeat")
+
+
+@click.command("restore")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--into", multiple=True, metavar="[OLD=]NEW",
+              help="Restore the backed-up collection into NEW instead (repeat OLD=NEW for several).")
+@click.option("--verify", "verify_after", is_flag=True,
+              help="Read every restored document back and compare it with the backup.")
+@click.option("--verify-only", is_flag=True, help="Only compare the store with the backup; write nothing.")
+@click.option("--batch-size", type=int, help="Documents per commit (at most 500).")
+@click.option("--concurrency", type=int, help="Commits in flight.")
+@click.option("--max-writes-per-second", type=float, help="Cap on write operations per second.")
+@click.option("--quiet", is_flag=True, help="Print only the summary.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
+@pass_app
+def restore_command(app: AppContext, folder: Path, into: tuple[str, ...], verify_after: bool,
+                    verify_only: bool, batch_size: int | None, concurrency: int | None,
+                    max_writes_per_second: float | None, quiet: bool, yes: bool) -> None:
+    """Restore the backup in FOLDER into --project / --database (default: the configured ones).
+
+    Every file is checked against the manifest (sha256, count) before anything is written; a
+    changed or damaged backup is refused (exit 3). Documents are set whole: existing documents at
+    the same paths are overwritten, others are left alone, and running it again is safe.
+    """
+    config = app.config(batch_size=batch_size, concurrency=concurrency,
+                        max_writes_per_second=max_writes_per_second)
+    targets = _parse_into(into)
+    manifest = read_manifest(folder)
+    path_map = PathMap.build(manifest, targets)
+    progress = _Progress(quiet)
+    if not quiet:
+        _note(f"backup: {manifest.documents:,} documents, {manifest.describe_source()}")
+    if verify_only:
+        _print_verification(verify(config, folder, into=targets, progress=progress))
+        return
+    where = ", ".join(sorted(set(path_map.targets.values()))) or "(nothing)"
+    confirm_destructive(
+        config, f"restore {manifest.documents:,} documents into {where}, overwriting documents at the "
+        "same paths", yes)
+    report = restore(config, folder, into=targets, verify=verify_after, progress=progress)
+    _print_restore(report)
+    if report.verification is not None:
+        _print_verification(report.verification)

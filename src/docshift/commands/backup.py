@@ -1,0 +1,227 @@
+"""``docshift backup`` and ``docshift restore``: full copies of collections in files, and back.
+
+A backup streams each collection (with ``recursive``, in one query that also covers every
+subcollection below it) into gzip JSON-lines files, hashing as it writes, and writes the manifest
+last. A restore refuses a backup whose manifest or files do not match before it writes anything,
+then sets every document (safe to repeat), and can read everything back to compare.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from docshift import __version__
+from docshift.backup.manifest import BackupFile, BackupManifest, read_manifest, write_manifest
+from docshift.backup.reader import check_files
+from docshift.backup.restore import (
+    PathMap,
+    RestoreReport,
+    VerifyReport,
+    records,
+    verify_documents,
+    write_documents,
+)
+from docshift.backup.writer import DEFAULT_DOCS_PER_FILE, CollectionWriter
+from docshift.config import Config
+from docshift.engine.limits import RateLimiter
+from docshift.engine.progress import NullProgress, Progress
+from docshift.errors import UsageError
+from docshift.store import Query, Store, open_store
+from docshift.values import Timestamp
+
+__all__ = ["BackupManifest", "RestoreReport", "VerifyReport", "backup", "restore", "verify"]
+
+_MAX_BATCH = 500  # Firestore's BatchWrite limit
+_PROGRESS_EVERY = 1000
+
+
+def _sources(collections: Sequence[str], *, recursive: bool, group: bool) -> list[str]:
+    """The collections to back up, checked: valid paths, no repeats, no overlap under recursion."""
+    if recursive and group:
+        raise UsageError("--recursive cannot be combined with --group",
+                         hint="a collection group already spans every depth; back up its parents "
+                         "with --recursive instead")
+    names = [name.strip("/") for name in collections]
+    for name in names:
+        Query(name, group=group)  # refuses a document path, or a group id with a slash, with a hint
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"collection {repeated[0]!r} is named twice")
+    if recursive:
+        for outer in names:
+            for inner in names:
+                if inner.startswith(outer + "/"):
+                    raise UsageError(f"{inner} is inside {outer}, which --recursive already backs up",
+                                     hint=f"drop {inner} from the command")
+    return names
+
+
+def _prepare(out: Path) -> bool:
+    """Create ``out`` (True if it was created); an existing non-empty folder is refused."""
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"{out} exists and is not a folder", hint="pass a new folder to --out")
+        if any(out.iterdir()):
+            raise UsageError(f"{out} is not empty",
+                             hint="back up into a new folder; docshift never overwrites a backup")
+        return False
+    out.mkdir(parents=True)
+    return True
+
+
+def _seconds(start: Timestamp, end: Timestamp) -> float:
+    return (end.seconds - start.seconds) + (end.nanos - start.nanos) / 1e9
+
+
+def backup(
+    config: Config,
+    collections: Sequence[str],
+    out: Path,
+    *,
+    recursive: bool = False,
+    group: bool = False,
+    all_collections: bool = False,
+    docs_per_file: int = DEFAULT_DOCS_PER_FILE,
+    store: Store | None = None,
+    progress: Progress | None = None,
+) -> BackupManifest:
+    """Back up ``collections`` (collection paths, or group ids with ``group``) into the new folder
+    ``out``; ``all_collections`` takes every root collection except docshift's own, recursively.
+
+    Memory stays flat: documents stream from one query per collection into the current file.
+    A failure removes the files written so far, so an unfinished backup never looks usable.
+    """
+    progress = progress or NullProgress()
+    if docs_per_file < 1:
+        raise UsageError("docs_per_file must be at least 1")
+    if all_collections and (collections or group):
+        raise UsageError("--all backs up every collection: name none, and no --group")
+    if not all_collections and not collections:
+        raise UsageError("name at least one collection to back up",
+                         hint="e.g. docshift backup users orders --out backups/today, or --all")
+    owned = store is None
+    store = store if store is not None else open_store(config)
+    writers: list[CollectionWriter] = []
+    created = False
+    try:
+        if all_collections:
+            state = config.store.state_prefix + "_"
+            collections = [name for name in store.list_collections() if not name.startswith(state)]
+            recursive = True
+        names = _sources(collections, recursive=recursive, group=group)
+        created = _prepare(out)
+        started, clock = Timestamp.now(), time.monotonic()
+        total = 0
+        for index, name in enumerate(names, start=1):
+            writer = CollectionWriter(out, index, name, docs_per_file)
+            writers.append(writer)
+            progress.event("start", phase="backup", collection=name, group=group, recursive=recursive)
+            for doc in store.stream(Query(name, group=group, descendants=recursive)):
+                writer.add(doc)
+                total += 1
+                if total % _PROGRESS_EVERY == 0:
+                    elapsed = time.monotonic() - clock
+                    progress.event("progress", phase="backup", collection=name, done=total,
+                                   files=sum(len(w.files) for w in writers),
+                                   docs_per_second=total / elapsed if elapsed > 0 else 0.0)
+            writer.close()
+        files: list[BackupFile] = [entry for writer in writers for entry in writer.files]
+        manifest = BackupManifest(
+            project=store.info.project, database=store.info.database, emulator=store.info.is_emulator,
+            collections=tuple(names), group=group, recursive=recursive, docshift_version=__version__,
+            started_at=started, finished_at=Timestamp.now(), files=tuple(files),
+        )
+        write_manifest(out, manifest)
+    except BaseException:
+        for writer in writers:
+            writer.discard()
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    finally:
+        if owned:
+            store.close()
+    progress.event("finish", phase="backup", documents=manifest.documents, files=len(manifest.files),
+                   bytes=manifest.bytes, seconds=_seconds(manifest.started_at, manifest.finished_at))
+    return manifest
+
+
+def _checked(folder: Path, into: str | Mapping[str, str] | None,
+             progress: Progress) -> tuple[BackupManifest, PathMap]:
+    """The manifest and path map, after every file was proven intact: nothing is written before."""
+    manifest = read_manifest(folder)
+    paths = PathMap.build(manifest, into)
+    progress.event("start", phase="check", files=len(manifest.files), documents=manifest.documents)
+    check_files(folder, manifest, lambda entry: progress.event(
+        "progress", phase="check", file=entry.name, documents=entry.documents))
+    return manifest, paths
+
+
+def _batch_size(config: Config) -> int:
+    return min(config.engine.batch_size, _MAX_BATCH)
+
+
+def restore(
+    config: Config,
+    folder: Path,
+    *,
+    into: str | Mapping[str, str] | None = None,
+    verify: bool = False,
+    store: Store | None = None,
+    progress: Progress | None = None,
+) -> RestoreReport:
+    """Write a backup into the store the config points at (its project and database).
+
+    ``into`` renames the backed-up collection (one name) or collections (``{old: new}``); paths
+    below keep their shape. References inside documents are written as they were backed up.
+    Every write is a full set, so running the same restore again is safe. The caller confirms
+    first (the CLI does, through ``confirm_destructive``).
+    """
+    progress = progress or NullProgress()
+    manifest, paths = _checked(folder, into, progress)
+    owned = store is None
+    store = store if store is not None else open_store(config)
+    try:
+        report = RestoreReport(folder, store.info.describe(), manifest.documents)
+        ramp = config.limits.ramp == "on" or (config.limits.ramp == "auto" and not store.info.is_emulator)
+        limiter = RateLimiter(config.limits.max_writes_per_second, ramp=ramp)
+        progress.event("start", phase="restore", documents=manifest.documents, target=report.target,
+                       write_limit=limiter.limit, ramp=ramp)
+        write_documents(store, records(folder, manifest, paths), report, batch_size=_batch_size(config),
+                        concurrency=config.engine.concurrency, limiter=limiter, progress=progress)
+        if verify:
+            progress.event("start", phase="verify", documents=manifest.documents)
+            report.verification = verify_documents(
+                store, records(folder, manifest, paths), manifest.documents,
+                batch_size=_batch_size(config), concurrency=config.engine.concurrency, progress=progress)
+    finally:
+        if owned:
+            store.close()
+    progress.event("finish", phase="restore", written=report.written, failed=report.failed,
+                   seconds=report.seconds)
+    return report
+
+
+def verify(
+    config: Config,
+    folder: Path,
+    *,
+    into: str | Mapping[str, str] | None = None,
+    store: Store | None = None,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    """Compare the store with a backup, document by document, without writing anything."""
+    progress = progress or NullProgress()
+    manifest, paths = _checked(folder, into, progress)
+    owned = store is None
+    store = store if store is not None else open_store(config)
+    try:
+        progress.event("start", phase="verify", documents=manifest.documents)
+        return verify_documents(store, records(folder, manifest, paths), manifest.documents,
+                                batch_size=_batch_size(config), concurrency=config.engine.concurrency,
+                                progress=progress)
+    finally:
+        if owned:
+            store.close()
