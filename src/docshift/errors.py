@@ -18,6 +18,8 @@
     ├── DriftError                    7  an applied migration's file was edited afterwards
     ├── ConfirmationRequired          8  a destructive action needs --yes or a TTY
     ├── EmulatorError                 15 the Firestore emulator (or Java) is missing or did not start
+    ├── ValidationFailed              14 integrity below the critical threshold, a count missed, or a
+    │                                    copy that differs from its source (validate, verify, run --validate)
     └── RunStopped                    10 a run stopped before the end; its checkpoint is kept
         ├── MemoryLimitExceeded       11 the hard memory limit was reached
         ├── EmergencyStop             12 the circuit breaker or an integrity gate tripped
@@ -52,6 +54,7 @@ __all__ = [
     "TooManyFailures",
     "TransientError",
     "UsageError",
+    "ValidationFailed",
 ]
 
 
@@ -180,3 +183,7 @@ class EmergencyStop(RunStopped):
 
 class TooManyFailures(RunStopped):
     exit_code = ExitCode.TOO_MANY_FAILURES
+
+
+class ValidationFailed(DocshiftError):
+    exit_code = ExitCode.VALIDATION_FAILED

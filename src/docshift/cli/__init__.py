@@ -17,6 +17,7 @@ from docshift.cli.context import AppContext
 from docshift.cli.migrations import init_command, new_command, status_command, unlock_command
 from docshift.cli.rollback import rollback_command
 from docshift.cli.run import run_command
+from docshift.cli.validate import validate_command, verify_command
 from docshift.errors import DocshiftError, ExitCode
 
 __all__ = ["cli", "main"]
@@ -58,6 +59,8 @@ cli.add_command(new_command)
 cli.add_command(status_command)
 cli.add_command(unlock_command)
 cli.add_command(run_command)
+cli.add_command(validate_command)
+cli.add_command(verify_command)
 cli.add_command(backup_command)
 cli.add_command(restore_command)
 cli.add_command(rollback_command)

@@ -14,6 +14,13 @@ import click
 from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, pass_app
 from docshift.cli.output import JsonProgress, PlainProgress, console, err_console, print_change, summary_table
+from docshift.cli.validate import (
+    check_run_validation,
+    finish_run_validation,
+    print_run_validation,
+    start_run_validation,
+    stop_run_validation,
+)
 from docshift.commands.run import RunOptions, RunReport, rate_limiter, run
 from docshift.engine.controls import Controls
 from docshift.errors import ExitCode, RunStopped
@@ -90,6 +97,10 @@ def _print_summary(report: RunReport) -> None:
 @click.option("--shards", type=int, help="Key ranges read concurrently.")
 @click.option("--max-writes-per-second", type=float, help="Cap on write operations per second.")
 @click.option("--max-failures", help="Failed documents tolerated: a count or a percent (e.g. 0.5%).")
+@click.option("--validate", "scans", is_flag=True,
+              help="Scan each migration's target against its rules before and after it runs.")
+@click.option("--auto-rollback", is_flag=True,
+              help="Roll the run back when the integrity gate stops it.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON-lines events instead of text.")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
@@ -97,8 +108,8 @@ def _print_summary(report: RunReport) -> None:
 def run_command(app: AppContext, execute: bool, to: str | None, only: str | None, limit: int | None,
                 sample: float | None, resume: str | None, allow_drift: bool, force: bool, no_backup: bool,
                 batch_size: int | None, concurrency: int | None, shards: int | None,
-                max_writes_per_second: float | None, max_failures: str | None, as_json: bool, quiet: bool,
-                yes: bool) -> None:
+                max_writes_per_second: float | None, max_failures: str | None, scans: bool,
+                auto_rollback: bool, as_json: bool, quiet: bool, yes: bool) -> None:
     """Dry-run or execute the pending migrations, in order.
 
     Without --execute nothing is written: docshift reads and transforms the targets and prints what
@@ -127,18 +138,25 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     ramp = " with 500/50/5 ramp" if controls.limiter.ramp else ""
     if not as_json:
         err_console.print(f"target: {store.info.describe()}; write limit: {limit_text}{ramp}")
+    validation = start_run_validation(config, store, progress, controls, execute=execute, scans=scans,
+                                      resume=resume)
     try:
-        report = run(config, options, store=store, progress=progress, controls=controls)
+        report = run(config, options, store=store, progress=validation, controls=controls, checks=validation)
+        checked = finish_run_validation(validation, report.folder)
     except RunStopped as stop:
+        stop_run_validation(validation, stop, config, store, auto_rollback=auto_rollback, quiet=as_json)
         if stop.resume_command and not as_json:
             err_console.print(f"resume with: [bold]{stop.resume_command}[/]")
         raise
     finally:
         store.close()
     if as_json:
+        check_run_validation(checked)
         return
     if not execute and not quiet:
         _print_dry_run(report)
     _print_summary(report)
+    print_run_validation(checked)
     if not report.execute and report.outcomes:
         console.print(f"dry run: nothing was written. Run folder: {Path(report.folder)}")
+    check_run_validation(checked)

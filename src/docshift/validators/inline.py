@@ -68,6 +68,8 @@ class RunOutcome:
     health: Health
     reports: list[ValidationReport]
     path: Path | None = None
+    migrations: list[str] = field(default_factory=list)
+    """Labels of the migrations this run worked on (none: nothing ran, no health to show)."""
 
     @property
     def after_failed(self) -> list[ValidationReport]:
@@ -215,7 +217,7 @@ class RunValidation:
                 self.inner.event("warning", message=prefix + issue.message)
         if self.states:
             self.inner.event("validation", **health.to_json(), file=str(path) if path else None)
-        return RunOutcome(health, reports, path)
+        return RunOutcome(health, reports, path, list(self.states))
 
     def _issues(self, folder: Path | None, error: BaseException | None) -> list[Issue]:
         issues = [Issue(Severity.WARNING, message) for message in self.engine_warnings]

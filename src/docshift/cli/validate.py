@@ -1,0 +1,189 @@
+"""``docshift validate`` and ``docshift verify``, and the validation a ``docshift run`` carries:
+inline checks, the integrity gate, ``--validate`` scans, ``--auto-rollback`` and the health line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from docshift.cli.context import AppContext, pass_app
+from docshift.cli.output import console, err_console
+from docshift.commands.rollback import RollbackOptions, rollback
+from docshift.commands.run import find_run
+from docshift.commands.validate import validate
+from docshift.commands.verify import VerifyReport, verify
+from docshift.config import Config
+from docshift.engine.controls import Controls
+from docshift.engine.progress import Progress
+from docshift.errors import DocshiftError, RunStopped, ValidationFailed
+from docshift.store import Store
+from docshift.validators import HealthStatus, Level, RunOutcome, RunValidation, ValidationReport
+
+__all__ = [
+    "check_run_validation",
+    "finish_run_validation",
+    "print_run_validation",
+    "start_run_validation",
+    "stop_run_validation",
+    "validate_command",
+    "verify_command",
+]
+
+_STATUS_STYLE = {HealthStatus.HEALTHY: "green", HealthStatus.DEGRADED: "yellow", HealthStatus.CRITICAL: "red"}
+
+
+def _rule_table(report: ValidationReport) -> Table:
+    table = Table(title=f"{report.label}: {report.phase}-scan of {report.target}", title_justify="left")
+    for name, justify in (("rule", "left"), ("failed", "right"), ("examples", "left"),
+                          ("first failure", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for rule in report.rules:
+        ids = ", ".join(path.rsplit("/", 1)[-1] for path, _ in rule.examples[:3])
+        first = rule.examples[0][1] if rule.examples else ""
+        if rule.collection_failures:
+            first = "; ".join(rule.collection_failures)
+        elif rule.note:
+            first = f"[dim]{rule.note}[/]"
+        style = "red" if rule.failures or rule.collection_failures else "green"
+        table.add_row(rule.name, f"[{style}]{rule.failures:,}[/]", ids, first)
+    return table
+
+
+@click.command("validate")
+@click.argument("migration_id")
+@click.option("--before", "phase", flag_value="before",
+              help="Scan what the migration reads (before it runs).")
+@click.option("--after", "phase", flag_value="after", default=True,
+              help="Scan what it produced (the default; the copy_to collection of a copy).")
+@click.option("--sample", type=click.IntRange(min=1), metavar="N",
+              help="Check N documents spread over the key space instead of all.")
+@click.option("--full", is_flag=True, help="Check every document (the default).")
+@click.option("--strict", is_flag=True, help="Exit 14 below integrity_warning too (not only critical).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_app
+def validate_command(app: AppContext, migration_id: str, phase: str, sample: int | None, full: bool,
+                     strict: bool, as_json: bool) -> None:
+    """Check MIGRATION_ID's rules on its target and save a report.
+
+    Streams the target in constant memory, prints a table of failures per rule with example
+    document ids, and exits 14 when the integrity score is below integrity_critical (or below
+    integrity_warning with --strict) or a count expectation is missed.
+    """
+    report = validate(app.config(), migration_id, phase=phase, sample=sample, full=full)
+    if as_json:
+        click.echo(json.dumps({**report.to_json(), "file": str(report.path)}, indent=2))
+    else:
+        console.print(_rule_table(report))
+        colour = {Level.OK: "green", Level.WARNING: "yellow", Level.CRITICAL: "red"}[report.level]
+        console.print(f"[{colour}]{report.summary()}[/]")
+        console.print(f"report: {report.path}")
+    failing = not report.passed or (strict and report.level == Level.WARNING)
+    if failing:
+        kind = "critical" if report.level == Level.CRITICAL else "warning"
+        raise ValidationFailed(f"{report.summary()} (below integrity_{kind})",
+                               hint=f"the failing documents are listed in {report.path}")
+    if report.level == Level.WARNING and not as_json:
+        err_console.print(f"[yellow]warning:[/] integrity is below integrity_warning {report.warning:g}%")
+
+
+def _print_verify(report: VerifyReport) -> None:
+    table = Table(title=f"{report.label}: {report.source} -> {report.target}", title_justify="left")
+    for name in ("problem", "target document", "source", "detail (target -> expected)"):
+        table.add_column(name)
+    for difference in report.examples:
+        table.add_row(difference.kind, difference.path, difference.source or "", difference.detail)
+    if report.examples:
+        console.print(table)
+    colour = "green" if report.passed else "red"
+    console.print(f"[{colour}]{report.summary()}[/]")
+    console.print(f"report: {report.path}")
+
+
+@click.command("verify")
+@click.argument("migration_id")
+@click.option("--examples", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Examples kept per kind of problem.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@pass_app
+def verify_command(app: AppContext, migration_id: str, examples: int, as_json: bool) -> None:
+    """Compare a copy migration's source and target document by document.
+
+    Counts both sides and checks that each target document equals up(source): reports missing,
+    extra and different documents with field diffs; exits 14 when any is found.
+    """
+    report = verify(app.config(), migration_id, examples=examples)
+    if as_json:
+        click.echo(json.dumps({**report.to_json(), "file": str(report.path)}, indent=2))
+    else:
+        _print_verify(report)
+    if not report.passed:
+        raise ValidationFailed(report.summary(), hint=f"the differences are listed in {report.path}")
+
+
+# --------------------------------------------------------------------------- docshift run
+
+
+def start_run_validation(config: Config, store: Store, progress: Progress, controls: Controls, *,
+                         execute: bool, scans: bool, resume: str | None) -> RunValidation:
+    """Inline checks and the gate for every run; ``--validate`` adds before/after scans."""
+    previous = None
+    if resume:
+        try:
+            previous = find_run(config.runs_dir, resume)
+        except DocshiftError:
+            previous = None  # the run itself says what is wrong with --resume
+    return RunValidation(config, store, progress=progress, controls=controls, execute=execute or bool(resume),
+                         scans=scans, previous=previous)
+
+
+def finish_run_validation(validation: RunValidation, folder: Path) -> RunOutcome:
+    return validation.finish(folder if folder.is_dir() else None)
+
+
+def stop_run_validation(validation: RunValidation, stop: RunStopped, config: Config, store: Store, *,
+                        auto_rollback: bool, quiet: bool) -> RunOutcome:
+    """A stopped run: save the validation report; after an integrity-gate stop with
+    ``--auto-rollback``, roll the run back (the run is then not resumable)."""
+    run_id = (stop.resume_command or "").rpartition(" ")[2]
+    folder = config.runs_dir / run_id if run_id else None
+    outcome = validation.finish(folder if folder and folder.is_dir() else None, stop)
+    if auto_rollback and validation.gate and run_id:
+        # Restoring the before-images undoes exactly what the run wrote (a down() may not be an exact
+        # inverse, and would also visit the documents the run never reached).
+        strategy = "restore" if config.engine.backup else "auto"
+        err_console.print(f"integrity gate: rolling back run {run_id} ({strategy}, --auto-rollback)")
+        try:
+            rollback(config, RollbackOptions(run_id=run_id, strategy=strategy, execute=True), store=store,
+                     progress=validation.inner)
+        except DocshiftError as exc:
+            err_console.print(f"[red]auto-rollback failed:[/] {exc.message}")
+            stop.hint = f"roll back by hand: docshift rollback {run_id} --strategy {strategy} --execute"
+        else:
+            stop.resume_command = None
+            stop.hint = f"run {run_id} was rolled back; fix the data or the migration, then run again"
+    if not quiet:
+        print_run_validation(outcome, to_stderr=True)
+    return outcome
+
+
+def print_run_validation(outcome: RunOutcome, *, to_stderr: bool = False) -> None:
+    """Scan summaries and the health line, after the run's summary table."""
+    out = err_console if to_stderr else console
+    for report in outcome.reports:
+        if report.phase != "inline":
+            out.print(f"{report.phase}-scan {report.summary()} (report: {report.path})")
+    health = outcome.health
+    if outcome.migrations:
+        out.print(f"[{_STATUS_STYLE[health.status]}]{health.describe()}[/]"
+                  + (f"; report: {outcome.path}" if outcome.path else ""))
+
+
+def check_run_validation(outcome: RunOutcome) -> None:
+    """Exit 14 when an after-scan (``--validate``) found the data below integrity_critical."""
+    failed = outcome.after_failed
+    if failed:
+        raise ValidationFailed(f"after-scan {failed[0].summary()}",
+                               hint=f"the failing documents are listed in {failed[0].path}")

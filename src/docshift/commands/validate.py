@@ -1,0 +1,122 @@
+"""``docshift validate``: scan a migration's target against its rules and save the report.
+
+``--before`` reads what the migration reads; ``--after`` (the default) reads what it produced (the
+``copy_to`` collection of a copy). An after-scan compares count expectations with the before-scan
+of the migration's latest run (or the newest ``validate --before`` taken before that run), and with
+what that run deleted and created, as recorded in the history.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from docshift.config import Config
+from docshift.errors import DocshiftError, UsageError
+from docshift.history import History, MigrationStatus
+from docshift.loader import load_migrations
+from docshift.migration import Migration
+from docshift.store import Store, open_store
+from docshift.validators.scan import Baseline, ValidationReport, load_report, save_report, scan
+
+__all__ = ["PHASES", "find_migration", "report_folder", "validate"]
+
+PHASES = ("before", "after")
+
+
+def find_migration(config: Config, migration_id: str) -> Migration:
+    """The migration with this id (``7``, ``0007`` and ``0007_slug`` all name it)."""
+    wanted = migration_id.split("_", 1)[0]
+    migrations = load_migrations(config.migrations_dir)
+    for migration in migrations:
+        if wanted.isdigit() and int(wanted) == int(migration.id):
+            return migration
+    known = ", ".join(m.id for m in migrations) or "none"
+    raise UsageError(f"no migration with id {migration_id!r} in {config.migrations_dir}",
+                     hint=f"known ids: {known} (see `docshift status`)")
+
+
+def report_folder(config: Config, kind: str, migration: Migration) -> Path:
+    """``runs_dir/<kind>-<id>-<UTC time>``: one folder per report, sorted by time."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    return config.runs_dir / f"{kind}-{migration.id}-{stamp}"
+
+
+def validate(
+    config: Config,
+    migration_id: str,
+    *,
+    phase: str = "after",
+    sample: int | None = None,
+    full: bool = False,
+    store: Store | None = None,
+) -> ValidationReport:
+    """Scan every document (or ``sample`` of them, spread over the key space) and save the report
+    as ``runs_dir/validate-<id>-<time>/report.json``. The caller decides what a failing report
+    means (the CLI exits 14 below the critical threshold)."""
+    if phase not in PHASES:
+        raise UsageError(f"unknown phase {phase!r}", hint="use before or after")
+    if sample is not None and full:
+        raise UsageError("give --sample N or --full, not both")
+    if sample is not None and sample <= 0:
+        raise UsageError(f"--sample must be above 0, got {sample}")
+    migration = find_migration(config, migration_id)
+    if not migration.rules:
+        raise UsageError(
+            f"migration {migration.label} declares no rules",
+            hint='add rules = [required("email"), ...] from docshift.validators (see docs/validation.md)',
+        )
+    owned = store is None
+    store = store or open_store(config)
+    try:
+        baseline = _baseline(config, store, migration) if phase == "after" else None
+        report = scan(store, migration, phase=phase, sample=sample, baseline=baseline,
+                      warning=config.limits.integrity_warning, critical=config.limits.integrity_critical)
+    finally:
+        if owned:
+            store.close()
+    save_report(report, report_folder(config, "validate", migration) / "report.json")
+    return report
+
+
+def _baseline(config: Config, store: Store, migration: Migration) -> Baseline:
+    """What the latest applied run of ``migration`` started from, and what it deleted and created."""
+    record = History(store, config.store.state_prefix).get(migration.id)
+    applied = record is not None and record.status == MigrationStatus.APPLIED
+    deleted = created = None
+    before: int | None = None
+    if record is not None and applied:
+        deleted, created = record.counts.get("deleted"), record.counts.get("created")
+        kept = config.runs_dir / record.run_id / migration.label / "validation-before.json"
+        before = _total(kept)
+    if before is None:
+        latest = record.started_at.isoformat() if record is not None and applied else None
+        before = _latest_before(config.runs_dir, migration, latest)
+    return Baseline(before, deleted, created)
+
+
+def _total(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    try:
+        total = load_report(path).get("total")
+    except DocshiftError:
+        return None
+    return total if isinstance(total, int) else None
+
+
+def _latest_before(runs_dir: Path, migration: Migration, not_after: str | None) -> int | None:
+    """The count of the newest ``validate --before`` report, taken no later than ``not_after``."""
+    for path in sorted(runs_dir.glob(f"validate-{migration.id}-*/report.json"), reverse=True):
+        try:
+            report = load_report(path)
+        except DocshiftError:
+            continue
+        if report.get("phase") != "before":
+            continue
+        if not_after is not None and str(report.get("at", "")) > not_after:
+            continue
+        total = report.get("total")
+        if isinstance(total, int):
+            return total
+    return None
