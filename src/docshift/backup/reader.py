@@ -25,7 +25,7 @@ from docshift.values import Timestamp, Value
 
 __all__ = ["BackupRecord", "check_file", "check_files", "decode_record", "read_records"]
 
-_CHUNK = 1024 * 1024
+_CHUNK = 256 * 1024
 _HINT = "the backup was changed or damaged after it was written; restore from an intact copy"
 
 
