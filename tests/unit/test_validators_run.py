@@ -1,0 +1,140 @@
+"""Inline checks, the integrity gate, scans and health in ``run()`` on the memory store."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from docshift.checkpoints import Checkpoint, DeadLetterFile, read_versioned
+from docshift.commands.run import RunOptions, run
+from docshift.config import Config, EngineConfig, StoreConfig
+from docshift.engine.controls import Controls
+from docshift.engine.progress import RecordingProgress
+from docshift.errors import EmergencyStop
+from docshift.store import MemoryStore, Query, Write
+from docshift.validators import HealthStatus, RunValidation
+
+MIGRATION = '''
+from docshift import UNCHANGED
+from docshift.validators import count, in_range, required
+
+collection = "users"
+rules = [required("first_name"), in_range("age", 0, 150), count("equal")]
+
+def up(doc):
+    data = doc.data
+    if "full_name" not in data:
+        return UNCHANGED
+    first, _, last = data.pop("full_name").partition(" ")
+    return {**data, "first_name": first, "last_name": last}
+'''
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "0001_split.py").write_text(textwrap.dedent(MIGRATION), encoding="utf-8")
+    return Config(store=StoreConfig(project="memory"),
+                  engine=EngineConfig(batch_size=20, min_batch_size=10, concurrency=2),
+                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+
+
+def seed(store: MemoryStore, total: int, bad_per_100: int) -> set[str]:
+    """``total`` users; ``bad_per_100`` of every 100 get an age the rules refuse."""
+    bad = set()
+    writes = []
+    for i in range(total):
+        path = f"users/u{i:04d}"
+        age = -1 if i % 100 < bad_per_100 else 30
+        if age < 0:
+            bad.add(path)
+        writes.append(Write.set(path, {"full_name": f"First{i} Last{i}", "age": age}))
+    for start in range(0, total, 400):
+        store.commit(writes[start:start + 400])
+    return bad
+
+
+def test_three_percent_bad_finishes_with_dead_letters_and_a_warning(config: Config) -> None:
+    store = MemoryStore()
+    bad = seed(store, 500, bad_per_100=3)
+    progress = RecordingProgress()
+    controls = Controls()
+    validation = RunValidation(config, store, progress=progress, controls=controls, execute=True)
+    report = run(config, RunOptions(execute=True), store=store, progress=validation, controls=controls,
+                 checks=validation)
+    outcome = validation.finish(report.folder)
+    [result] = [o.result for o in report.outcomes]
+    assert result.error is None and result.state == "finished"
+    assert result.counters["rejected"] == result.counters["failed"] == 15
+    assert result.counters["updated"] == 485
+    letters = list(DeadLetterFile(report.folder / "0001_split" / "dead-letters.jsonl"))
+    assert {letter["path"] for letter in letters} == bad
+    rules = {(letter["stage"], letter["rule"]) for letter in letters}
+    assert rules == {("validate", "in_range(age, 0..150)")}
+    assert letters[0]["error"] == "age is -1, below the minimum 0"
+    for doc in store.stream(Query("users")):
+        assert ("full_name" in doc.data) == (doc.path in bad)  # refused documents were not written
+    warnings = [fields["message"] for kind, fields in progress.events if kind == "warning"]
+    assert len(warnings) == 1 and "15 of 500 documents checked broke a rule" in warnings[0]
+    assert "integrity 97.0%" in warnings[0] and "dead-letters.jsonl" in warnings[0]
+    assert outcome.health.score == 95 and outcome.health.status is HealthStatus.HEALTHY
+    saved = read_versioned(report.folder / "validation.json", "docshift-run-validation", 1)
+    assert saved["health"]["score"] == 95 and saved["gate"] is None
+    inline = read_versioned(report.folder / "0001_split" / "validation-inline.json", "docshift-validation", 1)
+    assert inline["checked"] == 500 and inline["failed"] == 15 and inline["rules"][1]["failures"] == 15
+    assert [kind for kind, _ in progress.events].count("validation") == 1
+
+
+def test_fifteen_percent_bad_stops_at_the_gate_with_the_checkpoint_kept(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 1000, bad_per_100=15)
+    controls = Controls()
+    validation = RunValidation(config, store, controls=controls, execute=True)
+    with pytest.raises(EmergencyStop, match="integrity gate") as stopped:
+        run(config, RunOptions(execute=True), store=store, progress=validation, controls=controls,
+            checks=validation)
+    assert validation.gate is not None and "below integrity_critical 90%" in validation.gate
+    run_id = (stopped.value.resume_command or "").split()[-1]
+    checkpoint = Checkpoint.load(config.runs_dir / run_id / "0001_split" / "checkpoint.json")
+    assert checkpoint.state == "stopped" and checkpoint.counters["read"] < 1000
+    outcome = validation.finish(config.runs_dir / run_id, stopped.value)
+    assert outcome.health.status is HealthStatus.CRITICAL
+    assert [issue.severity.value for issue in outcome.health.issues] == ["critical"]
+
+
+def test_the_gate_needs_a_minimum_sample_and_never_stops_a_dry_run(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 300, bad_per_100=15)
+    validation = RunValidation(config, store, controls=Controls(), execute=False)
+    report = run(config, RunOptions(), store=store, progress=validation, checks=validation)
+    assert report.outcomes[0].result.error is None and report.outcomes[0].result.counters["rejected"] == 45
+    outcome = validation.finish(report.folder)
+    assert validation.gate is None and outcome.health.issues[0].severity.value == "critical"
+    few = MemoryStore()
+    seed(few, 40, bad_per_100=50)  # 50% bad, but only 40 documents: below the gate's sample
+    controls = Controls()
+    validation = RunValidation(config, few, controls=controls, execute=True)
+    run(config, RunOptions(execute=True), store=few, progress=validation, controls=controls,
+        checks=validation)
+    assert validation.gate is None
+
+
+def test_validate_scans_before_and_after_and_compares_counts(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 120, bad_per_100=0)
+    controls = Controls()
+    validation = RunValidation(config, store, controls=controls, execute=True, scans=True)
+    report = run(config, RunOptions(execute=True), store=store, progress=validation, controls=controls,
+                 checks=validation)
+    outcome = validation.finish(report.folder)
+    phases = {r.phase: r for r in outcome.reports}
+    assert set(phases) == {"before", "inline", "after"}
+    assert phases["before"].failed == 120  # nothing had first_name yet
+    assert phases["after"].failed == 0 and phases["after"].passed and outcome.after_failed == []
+    assert phases["after"].rules[2].note is None and phases["after"].rules[2].collection_failures == []
+    assert (report.folder / "0001_split" / "validation-before.json").is_file()
+    assert (report.folder / "0001_split" / "validation-after.json").is_file()
+    assert outcome.health.score == 100
