@@ -192,9 +192,7 @@ class RecordingRequests(StoreWrapper):
         self.requests: list[tuple[int, int]] = []
 
     def _sized(self, doc: Document) -> Document:
-        if "size" in {f.name for f in dataclasses.fields(Document)}:
-            return dataclasses.replace(doc, size=document_size(doc.path, doc.data))  # type: ignore[call-arg]
-        return doc
+        return dataclasses.replace(doc, size=document_size(doc.path, doc.data))
 
     def stream(self, query: Query) -> Iterator[Document]:
         return (self._sized(doc) for doc in self.inner.stream(query))

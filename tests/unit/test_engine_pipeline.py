@@ -156,7 +156,8 @@ def test_max_failures_stops_with_a_resumable_checkpoint(tmp_path: Path, spec: st
     up = failing_every(50)  # 20 failures: 2%
     result = run_pipeline(store, make_migration(up), tmp_path, options(max_failures=spec))
     assert isinstance(result.error, TooManyFailures)
-    assert result.error.exit_code == ExitCode.TOO_MANY_FAILURES == 13
+    assert result.error.exit_code == ExitCode.TOO_MANY_FAILURES
+    assert int(result.error.exit_code) == 13
     assert f"--max-failures {spec}" in str(result.error)
     saved = Checkpoint.load(tmp_path / "checkpoint.json")
     assert saved.state in ("stopped", "failed")

@@ -1,0 +1,298 @@
+"""Reliability against the real emulator, with real processes: kill -9 and resume, SIGTERM, injected
+store failures, an application writing during the run, and a dry run that writes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from docshift.checkpoints import Checkpoint, JournalReader
+from docshift.commands.run import RunOptions, run
+from docshift.config import Config
+from docshift.history import History, MigrationStatus
+from docshift.loader import load_migrations
+from docshift.lock import read_lease
+from docshift.migration import UNCHANGED, DocView
+from docshift.store import FaultInjectingStore, Query, RetryingStore, RetryPolicy, Write
+from tests.integration.run_support import (
+    DOCSHIFT,
+    PREFIX,
+    apply_migrations,
+    data_differences,
+    differences,
+    docshift,
+    export,
+    export_all,
+    project_folder,
+    seed_bystanders,
+    seed_users,
+)
+
+SUBCOLLECTIONS = ["users/u000001/orders"]
+
+
+def _watch_for_start(process: subprocess.Popen[bytes], migrating: threading.Event) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if b'"event":"start"' in line:
+            migrating.set()
+
+
+def checkpoints(folder: Path) -> list[Checkpoint]:
+    return [Checkpoint.load(path) for path in sorted(folder.glob(".docshift/runs/*/*/checkpoint.json"))]
+
+
+def assert_history_applied(store: RetryingStore, *ids: str) -> None:
+    records = History(store, PREFIX).all()
+    assert {i: records[i].status for i in ids} == dict.fromkeys(ids, MigrationStatus.APPLIED)
+    assert read_lease(store, PREFIX) is None
+
+
+def test_kill_9_at_random_moments_then_resume_reaches_the_uninterrupted_result(
+    firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    seed_users(firestore_store, 5000)
+    bystanders = seed_bystanders(firestore_store)
+    before = export_all(firestore_store, SUBCOLLECTIONS)
+    folder = project_folder(tmp_path / "project", "checkpoint_every_seconds = 0.2\nbatch_size = 100\n")
+    migrations = load_migrations(folder / "migrations")
+    users = {path: doc for path, doc in before.items() if path.count("/") == 1 and path.startswith("users/")}
+    expected = apply_migrations(users, migrations)
+
+    seed_value = int(time.time())
+    rng = random.Random(seed_value)
+    flags = ["--json", "--max-writes-per-second", "1000"]
+    kills, mid_run, started = 0, 0, time.monotonic()
+    while kills < 12:
+        resuming = any(folder.glob(".docshift/runs/*/run.json"))
+        args = ["run", "--execute", *(["--resume"] if resuming else []), *flags]
+        process = subprocess.Popen([DOCSHIFT, *args], cwd=folder, env=cli_env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        migrating = threading.Event()
+        threading.Thread(target=_watch_for_start, args=(process, migrating), daemon=True).start()
+        if rng.random() < 0.2:
+            time.sleep(rng.uniform(0.0, 0.6))  # during start-up: loading, lease, history, planning
+        else:
+            migrating.wait(30)
+            time.sleep(rng.uniform(0.0, 0.8))  # while migrating
+        assert process.poll() is None, f"the run ended before kill {kills + 1} (seed {seed_value})"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        kills += 1
+        saved = checkpoints(folder)
+        if saved and not all(c.finished for c in saved):
+            mid_run += 1
+    assert mid_run >= 8, f"only {mid_run} of {kills} kills landed mid-run (seed {seed_value})"
+
+    final = docshift(folder, cli_env, "run", "--execute", "--resume", *flags)
+    if final.returncode == 6:  # locked: the killed run's lease has not expired; remove it
+        assert docshift(folder, cli_env, "unlock", "--force", "--yes").returncode == 0
+        final = docshift(folder, cli_env, "run", "--execute", "--resume", *flags)
+    assert final.returncode == 0, final.stderr
+    events = [json.loads(line) for line in final.stdout.splitlines()]
+    assert [e["event"] for e in events if e["event"] in ("finish", "stop")][-1] == "finish"
+
+    after = export_all(firestore_store, SUBCOLLECTIONS)
+    assert data_differences({p: d for p, d in after.items() if p in users}, expected) == []
+    untouched = {path: before[path] for path in before if path not in users}
+    assert set(untouched) >= set(bystanders)
+    assert differences({p: after[p] for p in untouched}, untouched) == []  # nothing else touched
+    assert set(after) - set(before) == {f"{PREFIX}_history/0001", f"{PREFIX}_history/0002"}
+    assert_history_applied(firestore_store, "0001", "0002")
+    # Every before-image the first migration journalled, through all the kills, is the seeded document.
+    [run_folder] = folder.glob(".docshift/runs/*/")
+    journal = list(JournalReader(run_folder / "0001_split_full_name" / "before-images.jsonl.gz"))
+    befores = [entry for entry in journal if entry.kind == "before"]
+    changed = {path for path in users if "full_name" in users[path].data}
+    assert {entry.path for entry in befores} == changed
+    assert all(entry.data == users[entry.path].data and entry.update_time == users[entry.path].update_time
+               for entry in befores)
+    assert time.monotonic() - started < 100
+
+
+def test_sigterm_drains_checkpoints_exits_10_and_the_printed_command_resumes(
+    firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    seed_users(firestore_store, 3000)
+    before = export_all(firestore_store)
+    folder = project_folder(tmp_path / "project", "checkpoint_every_seconds = 0.2\nbatch_size = 100\n")
+    migrations = load_migrations(folder / "migrations")
+    users = {path: doc for path, doc in before.items() if path.startswith("users/")}
+    process = subprocess.Popen([DOCSHIFT, "run", "--execute", "--max-writes-per-second", "1000"], cwd=folder,
+                               env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(c.counters.get("updated", 0) for c in checkpoints(folder)):
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    os.kill(process.pid, signal.SIGTERM)
+    signalled = time.monotonic()
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - signalled < 5  # drained quickly, no waiting for the whole run
+    assert process.returncode == 10, err
+    assert "SIGTERM: stopping after in-flight commits" in err
+    [run_folder] = folder.glob(".docshift/runs/*/")
+    resume = f"docshift run --execute --resume {run_folder.name}"
+    assert f"resume with: {resume}" in " ".join(err.split())
+    [saved] = checkpoints(folder)
+    assert saved.state == "stopped" and 0 < saved.counters["read"] < 3000
+    assert read_lease(firestore_store, PREFIX) is None  # released on the way out
+    record = History(firestore_store, PREFIX).get("0001")
+    assert record is not None and record.status is MigrationStatus.FAILED and resume in (record.error or "")
+    # The checkpoint claims only what is written: everything up to its cursor is migrated.
+    [shard] = saved.shards
+    upto = export(firestore_store, ["users"])
+    assert shard.cursor is not None
+    claimed = [p for p in upto if tuple(p.split("/")) <= tuple(shard.cursor.split("/"))]
+    assert len(claimed) == saved.counters["read"]
+    assert all(migrations[0].up(DocView(upto[p])) is UNCHANGED for p in claimed)
+
+    resumed = docshift(folder, cli_env, *resume.split()[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    after = export(firestore_store, ["users", "teams"])
+    expected = apply_migrations(users, migrations)
+    assert data_differences({p: d for p, d in after.items() if p in users}, expected) == []
+    assert_history_applied(firestore_store, "0001", "0002")
+
+
+def test_injected_transient_failures_migrate_every_document_exactly_once(
+    firestore_store: RetryingStore, emulator_config: Config, tmp_path: Path
+) -> None:
+    seed_users(firestore_store, 2000)
+    before = export_all(firestore_store)
+    project_folder(tmp_path)  # emulator_config reads tmp_path / "migrations"
+    migrations = load_migrations(emulator_config.migrations_dir)
+    users = {path: doc for path, doc in before.items() if path.startswith("users/")}
+    faulty = FaultInjectingStore(firestore_store.inner, write_failure_rate=0.05, request_failure_rate=0.05,
+                                 seed=5)
+    store = RetryingStore(faulty, RetryPolicy(attempts=8, initial_wait=0.01, max_wait=0.05))
+    report = run(emulator_config, RunOptions(execute=True), store=store)
+    assert faulty.injected > 20 and store.retries > 10
+    counters = {o.migration.id: o.result.counters for o in report.outcomes}
+    changed_first = {p for p, d in users.items() if "full_name" in d.data}
+    changed_second = {p for p, d in users.items() if isinstance(d.data.get("age"), str)}
+    assert counters["0001"]["updated"] == len(changed_first) and counters["0001"]["failed"] == 0
+    assert counters["0002"]["updated"] == len(changed_second) and counters["0002"]["failed"] == 0
+    assert counters["0001"]["conflicts"] == counters["0002"]["conflicts"] == 0
+    for label, changed in (("0001_split_full_name", changed_first), ("0002_normalise_age", changed_second)):
+        journal = JournalReader(report.folder / label / "before-images.jsonl.gz")
+        kinds = Counter((e.kind, e.path) for e in journal)
+        assert {path for kind, path in kinds if kind == "before"} == changed
+        assert {path for kind, path in kinds if kind == "written"} == changed
+        assert set(kinds.values()) == {1}, "a document was written more than once"
+    after = export(firestore_store, ["users"])
+    assert data_differences(after, apply_migrations(users, migrations)) == []
+    # Each changed document was written exactly once: its update time is the one the journal recorded.
+    journal = JournalReader(report.folder / "0002_normalise_age" / "before-images.jsonl.gz")
+    written = {e.path: e.update_time for e in journal if e.kind == "written"}
+    assert all(after[path].update_time == stamp for path, stamp in written.items())
+    assert_history_applied(firestore_store, "0001", "0002")
+
+
+FOLD = '''
+"""Fold f0..f9 into one list (the application keeps writing `token`)."""
+
+from docshift import UNCHANGED
+
+description = "fold the f fields into a list"
+collection = "items"
+
+
+def up(doc):
+    data = doc.data
+    if "fs" in data:
+        return UNCHANGED
+    return {"token": data.get("token"), "fs": [data.pop(f"f{i}") for i in range(10)], "v": 2}
+'''
+
+APP = '''
+import json, random, sys, time
+from pathlib import Path
+from docshift.config import Config, StoreConfig
+from docshift.store import Write, open_store
+
+project, host, count, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+store = open_store(Config(store=StoreConfig(project=project, emulator_host=host)))
+rng = random.Random()
+last, failures, seq = {}, 0, 0
+stop = out.with_suffix(".stop")
+while not stop.exists():
+    seq += 1
+    path = f"items/i{rng.randrange(count):05d}"
+    token = f"app-{seq}"
+    [result] = store.commit([Write.update(path, {("token",): token})])
+    if result.ok:
+        last[path] = token
+    else:
+        failures += 1
+    if seq == 20:
+        out.with_suffix(".ready").touch()
+out.write_text(json.dumps({"last": last, "writes": seq, "failures": failures}))
+'''
+
+
+def test_application_writes_during_the_run_are_never_lost(
+    firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    count = 800
+    rows = [Write.set(f"items/i{i:05d}", {"token": None, **{f"f{k}": i * 10 + k for k in range(10)}})
+            for i in range(count)]
+    for start in range(0, count, 400):
+        assert all(r.ok for r in firestore_store.commit(rows[start:start + 400]))
+    folder = project_folder(tmp_path / "project", "batch_size = 50\n", files=(),
+                            extra={"0001_fold.py": FOLD})
+    record = tmp_path / "app.json"
+    app = subprocess.Popen([sys.executable, "-c", APP, cli_env["DOCSHIFT_PROJECT"],
+                            cli_env["FIRESTORE_EMULATOR_HOST"], str(count), str(record)],
+                           env=cli_env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        ready = record.with_suffix(".ready")
+        while not ready.exists() and time.monotonic() < deadline and app.poll() is None:
+            time.sleep(0.02)
+        assert app.poll() is None, "the application process died"
+        result = docshift(folder, cli_env, "run", "--execute", "--json", "--max-writes-per-second", "400")
+        time.sleep(0.3)  # the application keeps writing after the run, too
+        record.with_suffix(".stop").touch()
+        assert app.wait(30) == 0
+    finally:
+        if app.poll() is None:
+            os.killpg(app.pid, signal.SIGKILL)
+    assert result.returncode == 0, result.stderr
+    [finish] = [e for e in map(json.loads, result.stdout.splitlines()) if e["event"] == "finish"]
+    app_log = json.loads(record.read_text())
+    assert app_log["failures"] == 0 and app_log["writes"] > 500
+    assert finish["conflicts"] > 0, "the application never raced the run: the test proved nothing"
+    assert finish["failed"] == 0 and finish["updated"] == count
+    docs = {doc.path: doc.data for doc in firestore_store.stream(Query("items"))}
+    lost = [p for p, token in app_log["last"].items() if docs[p]["token"] != token]
+    assert lost == [], f"{len(lost)} application writes lost, e.g. {lost[:3]}"
+    for path, data in docs.items():
+        i = int(path.rsplit("i", 1)[1])
+        assert data == {"token": app_log["last"].get(path), "fs": [i * 10 + k for k in range(10)], "v": 2}
+
+
+def test_a_dry_run_writes_nothing(
+    firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    seed_users(firestore_store, 1500)
+    seed_bystanders(firestore_store)
+    before = export_all(firestore_store, SUBCOLLECTIONS)
+    folder = project_folder(tmp_path / "project")
+    result = docshift(folder, cli_env, "run")
+    assert result.returncode == 0, result.stderr
+    assert "dry run: nothing was written" in result.stdout
+    after = export_all(firestore_store, SUBCOLLECTIONS)
+    assert differences(after, before) == []  # same documents, values and update times
+    assert firestore_store.list_collections() == ["audit", "teams", "users"]  # no history, no lease
+    json_run = docshift(folder, cli_env, "run", "--json", "--sample", "50", "--limit", "300")
+    assert json_run.returncode == 0, json_run.stderr
+    assert differences(export_all(firestore_store, SUBCOLLECTIONS), before) == []

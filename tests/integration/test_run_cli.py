@@ -1,0 +1,176 @@
+"""``docshift run`` as a real subprocess against the emulator: dry-run output, --json events, exit codes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docshift.history import History, MigrationStatus
+from docshift.store import Document, RetryingStore
+from tests.integration.run_support import (
+    PREFIX,
+    differences,
+    docshift,
+    export,
+    export_all,
+    project_folder,
+    seed_users,
+    where,
+)
+
+COLUMNS = ("updated", "deleted", "created", "unchanged", "failed", "conflicts", "skipped", "state")
+
+
+def summary(stdout: str) -> dict[str, dict[str, Any]]:
+    """The summary table's rows: migration label -> counts and state."""
+    rows: dict[str, dict[str, Any]] = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if len(cells) == 9 and re.fullmatch(r"\d{4,}_\w+", cells[0]):
+            values = [int(c.replace(",", "")) for c in cells[1:8]] + [cells[8]]
+            rows[cells[0]] = dict(zip(COLUMNS, values, strict=True))
+    return rows
+
+
+def shown_changes(stdout: str) -> dict[str, list[str]]:
+    """The sample diffs printed by a dry run: path -> its change lines."""
+    shown: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in stdout.splitlines():
+        match = re.fullmatch(r"  (update|delete|create) (\S+)", line)
+        if match:
+            current = shown.setdefault(match.group(2), [])
+        elif re.match(r"      [-+~] ", line):
+            current.append(line.strip())
+    return shown
+
+
+@pytest.fixture
+def seeded(firestore_store: RetryingStore) -> dict[str, Document]:
+    seed_users(firestore_store, 600)
+    return export(firestore_store, ["users"])
+
+
+def test_dry_run_prints_field_diffs_and_counts(
+    seeded: dict[str, Document], firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = project_folder(tmp_path)
+    before = export_all(firestore_store)
+    result = docshift(folder, cli_env, "run")
+    assert result.returncode == 0, result.stderr
+    has_name = where(seeded, lambda d: "full_name" in d)
+    text_age = where(seeded, lambda d: isinstance(d.get("age"), str))
+    rows = summary(result.stdout)
+    assert rows["0001_split_full_name"] == {
+        "updated": len(has_name), "deleted": 0, "created": 0, "unchanged": 600 - len(has_name),
+        "failed": 0, "conflicts": 0, "skipped": 0, "state": "finished",
+    }
+    assert rows["0002_normalise_age"]["updated"] == len(text_age)
+    assert rows["0002_normalise_age"]["unchanged"] == 600 - len(text_age)
+    assert "would update" in result.stdout and "dry run: nothing was written" in result.stdout
+    shown = shown_changes(result.stdout)
+    assert len(shown) == 10  # five samples per migration
+    for path, lines in shown.items():
+        data = seeded[path].data
+        if path in has_name and not lines[0].startswith("~ age"):
+            first, _, last = data["full_name"].partition(" ")
+            assert lines == [f"- full_name: {data['full_name']!r}", f"+ first_name: {first!r}",
+                             f"+ last_name: {(last or None)!r}"]
+        else:
+            assert lines == [f"~ age: {data['age']!r} -> {int(data['age'])!r}"]
+    # The whole plan is saved: one line per change.
+    [run_folder] = (folder / ".docshift" / "runs").iterdir()
+    with gzip.open(run_folder / "0001_split_full_name" / "plan.jsonl.gz") as plan:
+        records = [json.loads(line) for line in plan]
+    assert {r["path"] for r in records} == has_name
+    assert differences(export_all(firestore_store), before) == []
+
+
+def test_dry_run_limit_and_sample(
+    seeded: dict[str, Document], cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = project_folder(tmp_path)
+    limited = docshift(folder, cli_env, "run", "--only", "0001", "--limit", "40", "--quiet")
+    assert limited.returncode == 0, limited.stderr
+    [row] = summary(limited.stdout).values()
+    first40 = dict(sorted(seeded.items())[:40])
+    assert row["updated"] == len(where(first40, lambda d: "full_name" in d))
+    assert row["updated"] + row["unchanged"] == 40
+    sampled = docshift(folder, cli_env, "run", "--only", "0001", "--sample", "25", "--quiet")
+    assert sampled.returncode == 0, sampled.stderr
+    [row] = summary(sampled.stdout).values()
+    assert 100 < row["skipped"] < 500 and row["updated"] + row["unchanged"] + row["skipped"] == 600
+    again = docshift(folder, cli_env, "run", "--only", "0001", "--sample", "25", "--quiet")
+    assert summary(again.stdout) == summary(sampled.stdout)  # the same documents every time
+
+
+def test_execute_json_events_parse_and_match_the_store(
+    seeded: dict[str, Document], firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = project_folder(tmp_path, "checkpoint_every_seconds = 0.1\n")
+    result = docshift(folder, cli_env, "run", "--execute", "--json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]  # every line is JSON
+    assert all(isinstance(e["event"], str) and isinstance(e["at"], float) for e in events)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("start") == kinds.count("finish") == 2 and "stop" not in kinds
+    assert kinds[0] == "start" and "checkpoint" in kinds
+    finish = {e["migration"]: e for e in events if e["event"] == "finish"}
+    after = export(firestore_store, ["users"])
+    changed_time = {p for p in after if after[p].update_time != seeded[p].update_time}
+    split = where(after, lambda d: "first_name" in d and "full_name" not in d)
+    had_name = where(seeded, lambda d: "full_name" in d)
+    assert finish["0001_split_full_name"]["updated"] == len(split) == len(had_name)
+    fixed = {p for p in seeded if isinstance(seeded[p].data.get("age"), str)}
+    assert all(not isinstance(after[p].data.get("age"), str) for p in after)
+    assert finish["0002_normalise_age"]["updated"] == len(fixed)
+    assert changed_time == split | fixed
+    for event in finish.values():
+        assert event["read"] == 600 and event["failed"] == 0 and event["reason"] is None
+        assert event["processed"] == event["updated"] + event["unchanged"]
+    # The history records the same counts.
+    records = History(firestore_store, PREFIX).all()
+    assert records["0001"].status is MigrationStatus.APPLIED
+    assert records["0001"].counts["updated"] == finish["0001_split_full_name"]["updated"]
+    # Checkpoint events name the cursor; the last one is the last document.
+    last_checkpoint = [e for e in events if e["event"] == "checkpoint"][-1]
+    assert last_checkpoint["state"] == "finished" and last_checkpoint["cursors"] == [max(seeded)]
+    # Nothing left to do: a second run says so and writes nothing.
+    again = docshift(folder, cli_env, "run", "--execute")
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert differences(export(firestore_store, ["users"]), after) == []
+
+
+def test_a_failing_migration_reports_dead_letters_and_exit_13(
+    seeded: dict[str, Document], firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    source = (
+        '"""Fails on every 33rd user."""\n\n'
+        'description = "fails sometimes"\ncollection = "users"\n\n\n'
+        "def up(doc):\n"
+        "    if int(doc.id[1:]) % 33 == 0:\n"
+        '        raise ValueError("no good")\n'
+        '    return {**doc.data, "checked": True}\n'
+    )
+    folder = project_folder(tmp_path, files=(), extra={"0001_check.py": source})
+    result = docshift(folder, cli_env, "run", "--execute", "--max-failures", "10")
+    assert result.returncode == 13, result.stderr
+    assert "more than --max-failures 10" in result.stderr
+    assert "docshift run --execute --resume" in result.stderr
+    [run_folder] = (folder / ".docshift" / "runs").iterdir()
+    dead = run_folder / "0001_check" / "dead-letters.jsonl"
+    letters = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert letters and all(int(r["path"].split("/u")[1]) % 33 == 0 for r in letters)
+    assert {r["error"] for r in letters} == {"ValueError: no good"}
+    resumed = docshift(folder, cli_env, "run", "--execute", "--resume", "--max-failures", "100%")
+    assert resumed.returncode == 0, resumed.stderr
+    after = export(firestore_store, ["users"])
+    failing = {p for p in seeded if int(p.split("/u")[1]) % 33 == 0}  # 19 of 600
+    assert {p for p in after if after[p].data.get("checked")} == set(seeded) - failing
+    lines = dead.read_text().splitlines()
+    assert sorted(json.loads(line)["path"] for line in lines) == sorted(failing)
