@@ -237,6 +237,10 @@ def test_references_by_reference_id_or_array_with_batched_cached_lookups() -> No
     ("plus_created", RuleContext(phase="after", total=15, before_total=10, created=5), None),
     ("plus_created", RuleContext(phase="after", total=14, before_total=10, created=5),
      "expected 15 documents (10 before + 5 created), found 14"),
+    ("plus_created", RuleContext(phase="after", total=15, before_total=99, target_before=10, created=5),
+     None),
+    ("equal", RuleContext(phase="after", total=15, before_total=99, target_before=10),
+     "expected 99 documents (99 before), found 15"),  # a copy: equal compares with the source
     ("equal", RuleContext(phase="after", total=9, before_total=None), None),  # nothing to compare with
     ("equal", RuleContext(phase="before", total=9, before_total=10), None),
 ])

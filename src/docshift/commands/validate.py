@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from docshift.config import Config
 from docshift.errors import DocshiftError, UsageError
@@ -84,39 +85,38 @@ def _baseline(config: Config, store: Store, migration: Migration) -> Baseline:
     record = History(store, config.store.state_prefix).get(migration.id)
     applied = record is not None and record.status == MigrationStatus.APPLIED
     deleted = created = None
-    before: int | None = None
+    before: dict[str, Any] | None = None
     if record is not None and applied:
         deleted, created = record.counts.get("deleted"), record.counts.get("created")
-        kept = config.runs_dir / record.run_id / migration.label / "validation-before.json"
-        before = _total(kept)
+        before = _read(config.runs_dir / record.run_id / migration.label / "validation-before.json")
     if before is None:
         latest = record.started_at.isoformat() if record is not None and applied else None
         before = _latest_before(config.runs_dir, migration, latest)
-    return Baseline(before, deleted, created)
+    if before is None:
+        return Baseline(deleted=deleted, created=created)
+    return Baseline(_int(before.get("total")), deleted, created, _int(before.get("target_total")))
 
 
-def _total(path: Path) -> int | None:
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _read(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        total = load_report(path).get("total")
+        return load_report(path)
     except DocshiftError:
         return None
-    return total if isinstance(total, int) else None
 
 
-def _latest_before(runs_dir: Path, migration: Migration, not_after: str | None) -> int | None:
-    """The count of the newest ``validate --before`` report, taken no later than ``not_after``."""
+def _latest_before(runs_dir: Path, migration: Migration, not_after: str | None) -> dict[str, Any] | None:
+    """The newest ``validate --before`` report, taken no later than ``not_after``."""
     for path in sorted(runs_dir.glob(f"validate-{migration.id}-*/report.json"), reverse=True):
-        try:
-            report = load_report(path)
-        except DocshiftError:
-            continue
-        if report.get("phase") != "before":
+        report = _read(path)
+        if report is None or report.get("phase") != "before":
             continue
         if not_after is not None and str(report.get("at", "")) > not_after:
             continue
-        total = report.get("total")
-        if isinstance(total, int):
-            return total
+        return report
     return None

@@ -227,6 +227,8 @@ class _CountSession(RuleSession):
         if context.before_total is None or context.total is None:
             return []  # nothing to compare with: the report says the rule was not checked
         expected, how = context.before_total, f"{context.before_total} before"
+        if rule.expect != "equal" and context.target_before is not None:
+            expected, how = context.target_before, f"{context.target_before} in the target before"
         if rule.expect == "minus_deleted":
             if context.deleted is None:
                 return []
@@ -268,7 +270,8 @@ class CountRule(Rule):
 
 
 def count(expect: str = "equal", *, tolerance: int = 0, name: str | None = None) -> Rule:
-    """After a run, the target holds as many documents as before (``equal``), before minus the
-    documents the run deleted (``minus_deleted``), or before plus those it created (``plus_created``),
-    within ``tolerance``. Checked by an after-scan, against the before-scan's count."""
+    """After a run, within ``tolerance``, the target holds as many documents as the source had before
+    (``equal``; for a copy: every source document has its copy), or as many as it had itself before,
+    minus the documents the run deleted (``minus_deleted``) or plus those it created
+    (``plus_created``). Checked by an after-scan, against the before-scan's counts."""
     return CountRule(expect, tolerance, name)

@@ -17,6 +17,7 @@ the integrity score of the documents checked so far (from ``min_sample`` on) dro
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,7 @@ class _MigrationState:
     inline: ValidationReport
     before: ValidationReport | None = None
     after: ValidationReport | None = None
-    before_total: int | None = None
+    baseline: Baseline = field(default_factory=Baseline)
     gate: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -129,10 +130,11 @@ class RunValidation:
         if self.scans and migration.rules:
             kept = self.previous / migration.label / "validation-before.json" if self.previous else None
             if kept is not None and kept.is_file():
-                state.before_total = load_report(kept).get("total")
+                saved = load_report(kept)
+                state.baseline = Baseline(saved.get("total"), target_before=saved.get("target_total"))
             else:
                 state.before = self._scan(migration, "before")
-                state.before_total = state.before.total
+                state.baseline = Baseline(state.before.total, target_before=state.before.target_total)
         context = RuleContext(store=self.store, phase="inline")
         checked = [(name, rule.session(context)) for name, rule in zip(names, migration.rules, strict=True)
                    if rule.inline]
@@ -185,7 +187,8 @@ class RunValidation:
             counters = self.counters.get(label, {})
             if state.after is not None or not state.migration.rules or counters.get("state") != "finish":
                 continue
-            baseline = Baseline(state.before_total, counters.get("deleted"), counters.get("created"))
+            baseline = dataclasses.replace(state.baseline, deleted=counters.get("deleted"),
+                                           created=counters.get("created"))
             state.after = self._scan(state.migration, "after", baseline)
 
     # ------------------------------------------------------------------ the end

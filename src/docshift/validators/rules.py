@@ -75,6 +75,8 @@ class RuleContext:
     phase: str = "inline"  # inline, before, after
     total: int | None = None
     before_total: int | None = None
+    target_before: int | None = None
+    """A copy's target collection before the run (``None`` in place: ``before_total`` is that)."""
     deleted: int | None = None
     created: int | None = None
 

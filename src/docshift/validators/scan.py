@@ -48,6 +48,8 @@ class Baseline:
     before_total: int | None = None
     deleted: int | None = None
     created: int | None = None
+    target_before: int | None = None
+    """A copy's target collection before the run."""
 
 
 @dataclass
@@ -89,6 +91,8 @@ class ValidationReport:
     elapsed_seconds: float = 0.0
     at: str = ""
     path: Path | None = None
+    target_total: int | None = None
+    """A before-scan of a copy also counts the copy's target collection (for ``count``)."""
 
     @property
     def score(self) -> float:
@@ -114,7 +118,8 @@ class ValidationReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "migration_id": self.migration_id, "label": self.label, "phase": self.phase,
-            "target": self.target, "total": self.total, "checked": self.checked, "failed": self.failed,
+            "target": self.target, "total": self.total, "target_total": self.target_total,
+            "checked": self.checked, "failed": self.failed,
             "score": round(self.score, 3), "level": self.level.value, "passed": self.passed,
             "thresholds": {"warning": self.warning, "critical": self.critical},
             "sample": self.sample, "elapsed_seconds": round(self.elapsed_seconds, 3), "at": self.at,
@@ -193,7 +198,7 @@ def scan(
     total = store.count(query)
     base = baseline or Baseline()
     context = RuleContext(store=store, phase=phase, total=total, before_total=base.before_total,
-                          deleted=base.deleted, created=base.created)
+                          target_before=base.target_before, deleted=base.deleted, created=base.created)
     rules = list(migration.rules)
     results = [RuleResult(name) for name in rule_names(rules)]
     sessions = [rule.session(context) for rule in rules]
@@ -214,9 +219,11 @@ def scan(
             result.note = ("not checked: a count is compared after a run, with a before-scan's count"
                            if phase == "after" else "counted only: compared by the after-scan")
     shown = sample if sample is not None and sample < total else None
+    copy_to = migration.target.copy_to
     return ValidationReport(
         migration.id, migration.label, phase, _describe(query), total, checked, failed, results,
         warning, critical, shown, time.monotonic() - started, Timestamp.now().isoformat(),
+        target_total=store.count(Query(copy_to)) if phase == "before" and copy_to else None,
     )
 
 

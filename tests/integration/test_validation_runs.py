@@ -1,0 +1,178 @@
+"""``docshift run`` with rules, against the emulator, as a user runs it (subprocess):
+
+* 3% of documents break a rule: the run finishes (exit 0) with exactly those in the dead-letter
+  file, each with its rule, and a warning;
+* 15% break it: the integrity gate stops the run (exit 12, checkpoint kept), and with
+  ``--auto-rollback`` the data ends equal to its pre-run export;
+* ``--validate`` scans before and after, and a failing after-scan exits 14.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docshift.checkpoints import Checkpoint, DeadLetterFile, read_versioned
+from docshift.history import History, MigrationStatus
+from docshift.store import Query, Store, Write
+from docshift.values import Value, values_equal
+
+DOCSHIFT = str(Path(sys.executable).parent / "docshift")
+LABEL = "0001_split_name"
+
+MIGRATION = '''
+"""Split full_name; every user must keep a sane age and get a first name."""
+from docshift import UNCHANGED
+from docshift.validators import in_range, not_null
+
+collection = "users"
+rules = [not_null("first_name"), in_range("age", 0, 150)]
+
+def up(doc):
+    data = doc.data
+    if "full_name" not in data:
+        return UNCHANGED
+    first, _, last = data.pop("full_name").partition(" ")
+    return {**data, "first_name": first, "last_name": last}
+'''
+
+
+def docshift(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DOCSHIFT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / f"{LABEL}.py").write_text(textwrap.dedent(MIGRATION))
+    (tmp_path / "docshift.toml").write_text('runs_dir = "runs"\nbatch_size = 50\nmin_batch_size = 10\n')
+    return tmp_path
+
+
+def seed(store: Store, total: int, bad: set[int]) -> set[str]:
+    """Users ``u0000``…; those in ``bad`` get an age the rules refuse. Returns their paths."""
+    writes = [Write.set(f"users/u{i:04d}", {"full_name": f"First{i} Last{i}", "age": -1 if i in bad else 30,
+                                            "tags": ["a", i]}) for i in range(total)]
+    writes.append(Write.set("teams/t1", {"name": "bystander"}))
+    for start in range(0, len(writes), 400):
+        assert all(result.ok for result in store.commit(writes[start:start + 400]))
+    return {f"users/u{i:04d}" for i in bad}
+
+
+def export(store: Store) -> dict[str, dict[str, Value]]:
+    return {doc.path: doc.data for name in ("users", "teams") for doc in store.stream(Query(name))}
+
+
+def run_folder(project: Path) -> Path:
+    [folder] = [p.parent for p in (project / "runs").glob("*/run.json")
+                if read_versioned(p, "docshift-run", 1).get("kind", "run") == "run"]
+    return folder
+
+
+def test_three_percent_bad_documents_finish_in_the_dead_letters_with_a_warning(
+    project: Path, cli_env: dict[str, str], firestore_store: Store
+) -> None:
+    bad = seed(firestore_store, 600, set(range(16, 600, 33)))  # 3%
+    assert len(bad) == 18
+    result = docshift(project, cli_env, "run", "--execute")
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "18 of 600 documents checked broke a rule" in result.stderr
+    assert "health 95/100 HEALTHY (1 warning)" in result.stdout
+    folder = run_folder(project)
+    letters = list(DeadLetterFile(folder / LABEL / "dead-letters.jsonl"))
+    assert {letter["path"] for letter in letters} == bad
+    assert {letter["rule"] for letter in letters} == {"in_range(age, 0..150)"}
+    assert all(letter["stage"] == "validate" for letter in letters)
+    assert all("below the minimum 0" in letter["error"] for letter in letters)
+    migrated = {doc.path: doc.data for doc in firestore_store.stream(Query("users"))}
+    assert all(("full_name" in data) == (path in bad) for path, data in migrated.items())
+    record = History(firestore_store, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.APPLIED
+    assert record.counts["rejected"] == 18 and record.counts["updated"] == 582
+    saved = read_versioned(folder / "validation.json", "docshift-run-validation", 1)
+    assert saved["health"]["status"] == "HEALTHY" and saved["health"]["score"] == 95
+
+
+def gate_data(store: Store) -> set[str]:
+    """15% bad overall, all in the later part, so the run writes before the gate stops it."""
+    return seed(store, 1000, {i for i in range(400, 1000) if i % 4 == 0})
+
+
+def test_fifteen_percent_bad_documents_stop_the_run_at_the_gate(
+    project: Path, cli_env: dict[str, str], firestore_store: Store
+) -> None:
+    bad = gate_data(firestore_store)
+    assert len(bad) == 150
+    result = docshift(project, cli_env, "run", "--execute")
+    assert result.returncode == 12, result.stderr
+    assert "error: integrity gate:" in result.stderr and "below integrity_critical 90%" in result.stderr
+    assert "resume with: docshift run --execute --resume" in result.stderr
+    assert "health 70/100 CRITICAL" in result.stderr
+    folder = run_folder(project)
+    checkpoint = Checkpoint.load(folder / LABEL / "checkpoint.json")
+    assert checkpoint.state == "stopped" and 400 <= checkpoint.counters["read"] < 1000
+    assert checkpoint.counters["updated"] >= 400  # it wrote before the gate closed
+    letters = {letter["path"] for letter in DeadLetterFile(folder / LABEL / "dead-letters.jsonl")}
+    assert letters and letters <= bad
+    untouched = [doc for doc in firestore_store.stream(Query("users")) if "full_name" in doc.data]
+    assert len(untouched) > 150  # stopped early: the rest was never written
+
+
+def test_auto_rollback_after_the_gate_restores_the_pre_run_data(
+    project: Path, cli_env: dict[str, str], firestore_store: Store
+) -> None:
+    gate_data(firestore_store)
+    before = export(firestore_store)
+    result = docshift(project, cli_env, "run", "--execute", "--auto-rollback")
+    assert result.returncode == 12, result.stderr
+    assert "rolling back run" in result.stderr and "was rolled back" in result.stderr
+    assert "resume with" not in result.stderr
+    after = export(firestore_store)
+    assert after.keys() == before.keys()
+    differ = [path for path in before if not values_equal(after[path], before[path])]
+    assert differ == []
+    record = History(firestore_store, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.ROLLED_BACK
+
+
+def test_validate_flag_scans_before_and_after_and_exits_14_when_the_after_scan_fails(
+    project: Path, cli_env: dict[str, str], firestore_store: Store
+) -> None:
+    seed(firestore_store, 200, set())
+    firestore_store.commit([Write.set("users/zz", {"age": 30})])  # no full_name: up leaves it alone
+    result = docshift(project, cli_env, "run", "--execute", "--validate", "--json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    scans = [(e["migration"], e["phase"]) for e in events if e["event"] == "validation_scan"]
+    assert scans == [(LABEL, "before"), (LABEL, "after")]
+    [health] = [e for e in events if e["event"] == "validation"]
+    assert health["status"] == "HEALTHY" and health["score"] == 95  # zz fails the after-scan: 1 warning
+    folder = run_folder(project)
+    after: dict[str, Any] = read_versioned(folder / LABEL / "validation-after.json", "docshift-validation", 1)
+    assert after["checked"] == 201 and after["failed"] == 1
+    assert after["rules"][0]["examples"][0]["path"] == "users/zz"
+    before = read_versioned(folder / LABEL / "validation-before.json", "docshift-validation", 1)
+    assert before["failed"] == 201  # before the run nobody had a first name
+
+    second = textwrap.dedent('''
+        from docshift import UNCHANGED
+        from docshift.validators import required
+
+        collection = "teams"
+        rules = [required("members")]
+
+        def up(doc):
+            return UNCHANGED
+        ''')
+    (project / "migrations" / "0002_check_teams.py").write_text(second)
+    failed = docshift(project, cli_env, "run", "--execute", "--validate")
+    assert failed.returncode == 14, failed.stderr
+    assert "error: after-scan 0002_check_teams after: integrity 0.0%" in failed.stderr
+    assert "after-scan 0002_check_teams after" in failed.stdout and "CRITICAL" in failed.stdout
