@@ -53,7 +53,7 @@ class PlainProgress:
             return
         if kind == "start":
             err_console.print(f"[bold]{fields['migration']}[/]: started ({fields['shards']} shard(s))")
-        elif kind == "progress" and time.monotonic() - self._last >= self.every:
+        elif kind == "progress" and fields.get("processed") and time.monotonic() - self._last >= self.every:
             self._last = time.monotonic()
             err_console.print(progress_line(fields))
         elif kind == "stop":
