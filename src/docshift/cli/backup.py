@@ -184,9 +184,9 @@ def restore_command(app: AppContext, folder: Path, into: tuple[str, ...], verify
         _print_verification(verify(config, folder, into=targets, progress=progress))
         return
     where = ", ".join(sorted(set(path_map.targets.values()))) or "(nothing)"
-    confirm_destructive(
-        config, f"restore {manifest.documents:,} documents into {where}, overwriting documents at the "
-        "same paths", yes)
+    count = f"{manifest.documents:,} document{'' if manifest.documents == 1 else 's'}"
+    confirm_destructive(config, f"restore {count} into {where}, overwriting documents at the same paths",
+                        yes)
     report = restore(config, folder, into=targets, verify=verify_after, progress=progress)
     _print_restore(report)
     if report.verification is not None:
