@@ -25,7 +25,7 @@ from docshift.commands.validate import find_migration, report_folder
 from docshift.config import Config
 from docshift.engine.diff import FieldChange, field_changes
 from docshift.errors import UsageError
-from docshift.migration import DELETE, UNCHANGED, DocView, Migration
+from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Target
 from docshift.store import Query, Store, open_store
 from docshift.store.base import Document
 from docshift.validators.collection import DigestSet, digest
@@ -118,7 +118,8 @@ def compare(store: Store, migration: Migration, *, examples: int = 20) -> Verify
     started = time.monotonic()
     target = migration.target
     assert target.copy_to is not None
-    report = VerifyReport(migration.id, migration.label, target.describe(), target.copy_to)
+    source = Target(target.collection, target.group, target.filters, target.limit).describe()
+    report = VerifyReport(migration.id, migration.label, source, target.copy_to)
     produced = DigestSet()
     for batch in _batches(store.stream(target.query())):
         report.source_count += len(batch)

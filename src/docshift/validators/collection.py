@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 import threading
 from array import array
 from collections import OrderedDict
@@ -77,7 +78,7 @@ class DigestSet:
         run = array("Q", sorted(self._recent))
         self._recent.clear()
         while self._runs and len(self._runs[-1]) <= len(run):
-            run = array("Q", sorted(self._runs.pop() + run))
+            run = array("Q", heapq.merge(self._runs.pop(), run))  # streamed: no list of Python ints
         self._runs.append(run)
 
 

@@ -215,7 +215,7 @@ class RunValidation:
                 "reports": [{**r.to_json(), "file": str(r.path) if r.path else None} for r in reports],
             })
         for issue in issues:
-            if issue.message not in self.engine_warnings:
+            if issue.message not in self.engine_warnings and issue.message != self.gate:  # already told
                 prefix = "" if issue.severity == Severity.WARNING else f"{issue.severity.value}: "
                 self.inner.event("warning", message=prefix + issue.message)
         if self.states:
@@ -226,7 +226,7 @@ class RunValidation:
         issues = [Issue(Severity.WARNING, message) for message in self.engine_warnings]
         for label, state in self.states.items():
             letters = f"see {folder / label / 'dead-letters.jsonl'}" if folder else "see the dead letters"
-            issues.extend(_inline_issues(state, letters))
+            issues.extend(_inline_issues(state, letters, self.execute))
             counters = self.counters.get(label, {})
             other = int(counters.get("failed", 0)) - int(counters.get("rejected", 0))
             if other > 0:
@@ -250,7 +250,7 @@ def _collection_failures(report: ValidationReport) -> list[str]:
     return [failure for rule in report.rules for failure in rule.collection_failures]
 
 
-def _inline_issues(state: _MigrationState, letters: str) -> list[Issue]:
+def _inline_issues(state: _MigrationState, letters: str, execute: bool) -> list[Issue]:
     report, label = state.inline, state.migration.label
     if state.gate is not None:
         return [Issue(Severity.CRITICAL, state.gate, label)]
@@ -258,6 +258,7 @@ def _inline_issues(state: _MigrationState, letters: str) -> list[Issue]:
         return []
     severity = Severity.CRITICAL if report.level == Level.CRITICAL else Severity.WARNING
     worst = max(report.rules, key=lambda rule: rule.failures)
+    written = "were not written" if execute else "would not be written"
     return [Issue(severity, f"{label}: {report.failed:,} of {report.checked:,} documents checked broke a "
-                            f"rule and were not written (integrity {report.score:.1f}%; most: "
+                            f"rule and {written} (integrity {report.score:.1f}%; most: "
                             f"{worst.name}, {worst.failures:,}); {letters}", label)]
