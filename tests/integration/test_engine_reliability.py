@@ -163,6 +163,53 @@ def test_sigterm_drains_checkpoints_exits_10_and_the_printed_command_resumes(
     assert_history_applied(firestore_store, "0001", "0002")
 
 
+def test_a_second_signal_exits_at_once_and_the_run_still_resumes_exactly(
+    firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    seed_users(firestore_store, 3000)
+    users = export(firestore_store, ["users"])
+    folder = project_folder(tmp_path / "project", "checkpoint_every_seconds = 0.2\nbatch_size = 100\n")
+    process = subprocess.Popen([DOCSHIFT, "run", "--execute", "--json", "--max-writes-per-second", "1000"],
+                               cwd=folder, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(c.counters.get("updated", 0) for c in checkpoints(folder)):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGINT)
+    time.sleep(0.01)
+    os.kill(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 10, err
+    assert "stopping at once" in err
+    assert all(json.loads(line) for line in out.splitlines())  # --json output stays parseable
+    resumed = docshift(folder, cli_env, "run", "--execute", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    migrations = load_migrations(folder / "migrations")
+    assert data_differences(export(firestore_store, ["users"]), apply_migrations(users, migrations)) == []
+    assert_history_applied(firestore_store, "0001", "0002")
+
+
+def test_sigterm_with_json_prints_the_resume_command_on_stderr(
+    firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    seed_users(firestore_store, 2000)
+    folder = project_folder(tmp_path / "project", "checkpoint_every_seconds = 0.2\n")
+    process = subprocess.Popen([DOCSHIFT, "run", "--execute", "--json", "--max-writes-per-second", "500"],
+                               cwd=folder, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(c.counters.get("updated", 0) for c in checkpoints(folder)):
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 10, err
+    events = [json.loads(line) for line in out.splitlines()]
+    [stop] = [e for e in events if e["event"] == "stop"]
+    assert "SIGTERM" in stop["reason"]
+    [run_folder] = folder.glob(".docshift/runs/*/")
+    assert f"resume with: docshift run --execute --resume {run_folder.name}" in " ".join(err.split())
+
+
 def test_injected_transient_failures_migrate_every_document_exactly_once(
     firestore_store: RetryingStore, emulator_config: Config, tmp_path: Path
 ) -> None:
