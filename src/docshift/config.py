@@ -57,6 +57,8 @@ class LimitsConfig:
     breaker_consecutive_failures: int = 5
     integrity_warning: float = 95.0
     integrity_critical: float = 90.0
+    stage_max_failure_rate: float = 0.01
+    stage_max_p95_ms: float = 10_000.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,10 @@ KEYS: tuple[Key, ...] = (
         _percent),
     Key("integrity_critical", "limits", float, "integrity score (%) below which a run stops",
         _percent),
+    Key("stage_max_failure_rate", "limits", float, "canary stages: failed documents (fraction) a stage "
+        "may have and pass its gate", _fraction),
+    Key("stage_max_p95_ms", "limits", float, "canary stages: commit latency p95 (ms) above which a "
+        "stage stops and everything is rolled back; 0 = no limit", _not_negative),
 )
 _BY_NAME = {key.name: key for key in KEYS}
 

@@ -22,8 +22,9 @@ from docshift.cli.validate import (
     stop_run_validation,
 )
 from docshift.commands.run import RunOptions, RunReport, rate_limiter, run
+from docshift.commands.stages import parse_stages
 from docshift.engine.controls import Controls
-from docshift.errors import ExitCode, RunStopped
+from docshift.errors import ExitCode, RunStopped, UsageError
 from docshift.store import open_store
 
 __all__ = ["run_command"]
@@ -86,6 +87,11 @@ def _print_summary(report: RunReport) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Dry run: only the first N documents.")
 @click.option("--sample", type=click.FloatRange(0, 100, min_open=True), metavar="PERCENT",
               help="Only a deterministic sample of documents (by path hash).")
+@click.option("--stages", metavar="1%,10%,50%,100%",
+              help="Canary rollout: apply to growing deterministic subsets, checking a gate after each; "
+                   "a failed gate or trigger rolls every stage back.")
+@click.option("--pause-between-stages", is_flag=True,
+              help="After each passed stage, wait for `docshift resume RUN_ID` (or deleting RUN/pause).")
 @click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_ID]",
               help="Continue a stopped run (default: the latest unfinished one).")
 @click.option("--allow-drift", is_flag=True, help="Run even though an applied migration file changed.")
@@ -106,7 +112,8 @@ def _print_summary(report: RunReport) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
 @pass_app
 def run_command(app: AppContext, execute: bool, to: str | None, only: str | None, limit: int | None,
-                sample: float | None, resume: str | None, allow_drift: bool, force: bool, no_backup: bool,
+                sample: float | None, stages: str | None, pause_between_stages: bool, resume: str | None,
+                allow_drift: bool, force: bool, no_backup: bool,
                 batch_size: int | None, concurrency: int | None, shards: int | None,
                 max_writes_per_second: float | None, max_failures: str | None, scans: bool,
                 auto_rollback: bool, as_json: bool, quiet: bool, yes: bool) -> None:
@@ -128,8 +135,12 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     if no_backup and execute:
         err_console.print("[yellow]warning: --no-backup: no before-images; this run cannot be rolled "
                           "back by restore[/]")
+    if stages and (limit is not None or sample is not None):
+        raise UsageError("--stages chooses its own documents; drop --limit and --sample")
     options = RunOptions(execute=execute, to=to, only=only, limit=limit, sample_percent=sample,
-                         resume=resume, allow_drift=allow_drift, force=force, shards=shards)
+                         resume=resume, allow_drift=allow_drift, force=force, shards=shards,
+                         stages=parse_stages(stages) if stages else None,
+                         pause_between_stages=pause_between_stages)
     progress = JsonProgress() if as_json else PlainProgress(quiet=quiet)
     store = open_store(config)
     controls = Controls(rate_limiter(config, store))

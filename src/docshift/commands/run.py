@@ -18,6 +18,7 @@ from typing import Any
 
 from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.checkpoints.checkpoint import Checkpoint
+from docshift.commands.stages import StageFailed, StagePlan, run_stages
 from docshift.config import Config
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
@@ -52,6 +53,9 @@ class RunOptions:
     force: bool = False
     """Resume even though a migration file changed since its checkpoint."""
     shards: int | None = None
+    stages: tuple[float, ...] | None = None
+    """Canary stages in percent (e.g. 1, 10, 50, 100); see ``commands/stages.py``."""
+    pause_between_stages: bool = False
 
 
 @dataclass
@@ -194,8 +198,9 @@ def run(
             try:
                 _run_all(config, store, selected, options, report, history, progress, controls, checks)
             except RunStopped as stop:
-                stop.resume_command = report.resume_command
-                info["state"] = "stopped"
+                rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
+                stop.resume_command = None if rolled_back else report.resume_command
+                info["state"] = "rolled_back" if rolled_back else "stopped"
                 _write_run_file(folder, info)
                 raise
         info["state"] = "finished"
@@ -217,7 +222,12 @@ def _run_all(
         checkpoint_path = folder / "checkpoint.json"
         if checkpoint_path.exists():
             checkpoint = Checkpoint.load(checkpoint_path)
-            if checkpoint.finished:
+            if checkpoint.extra.get("rolled_back"):
+                raise UsageError(f"{migration.label} was rolled back by its canary stage gate in run "
+                                 f"{report.run_id}", hint="fix the migration and start a new run")
+            stages_left = options.stages is not None and int(checkpoint.extra.get("stage", 0)) < len(
+                options.stages) - 1
+            if checkpoint.finished and not stages_left:
                 if options.execute:
                     _finish_history(history, migration, report.run_id, checkpoint)
                 continue
@@ -246,7 +256,11 @@ def _run_all(
             check=checks(migration) if checks else None, on_decision=recorder, on_checkpoint=on_checkpoint,
         )
         try:
-            result = pipeline.run()
+            if options.execute and options.stages:
+                result = _staged(config, store, migration, base, folder, checkpoint, options, controls,
+                                 progress, checks, report.run_id)
+            else:
+                result = pipeline.run()
         finally:
             if recorder is not None:
                 recorder.close()
@@ -254,9 +268,27 @@ def _run_all(
         if options.execute:
             status = MigrationStatus.APPLIED if result.error is None else MigrationStatus.FAILED
             error = None if result.error is None else f"{result.error} (resume: {report.resume_command})"
+            if isinstance(result.error, StageFailed):
+                error = str(result.error)
             history.finish(migration.id, status, result.counters, error)
+            if isinstance(result.error, StageFailed):
+                history.mark_rolled_back(migration.id, report.run_id, result.counters)
         if result.error is not None:
             raise result.error
+
+
+def _staged(
+    config: Config, store: Store, migration: Migration, base: PipelineOptions, folder: Path,
+    checkpoint: Checkpoint, options: RunOptions, controls: Controls, progress: Progress,
+    checks: Callable[[Migration], DocumentCheck | None] | None, run_id: str,
+) -> PipelineResult:
+    assert options.stages is not None
+    plan = StagePlan(options.stages, options.pause_between_stages)
+    try:
+        return run_stages(config, store, migration, base, folder, checkpoint, plan, controls=controls,
+                          progress=progress, check=checks(migration) if checks else None, run_id=run_id)
+    except RunStopped as error:
+        return PipelineResult(migration.id, "stopped", dict(checkpoint.counters), 0.0, folder, error)
 
 
 def _finish_history(history: History, migration: Migration, run_id: str, checkpoint: Checkpoint) -> None:

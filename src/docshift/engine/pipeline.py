@@ -65,6 +65,8 @@ class PipelineOptions:
     breaker_window: int = 200
     breaker_consecutive_failures: int = 5
     progress_interval: float = 1.0
+    max_commit_p95: float | None = None
+    """Seconds; a canary trigger: commits slower than this at the 95th percentile stop the run."""
 
 
 @dataclass
@@ -146,6 +148,9 @@ class MigrationPipeline:
         self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=options.concurrency * 2)
         self._done: queue.Queue[_Batch | _ShardDone] = queue.Queue()
         self._reading_paused = threading.Event()
+        self._in_flight = 0
+        """Batches read and not yet back from a writer (guarded by ``_flight_lock``)."""
+        self._flight_lock = threading.Lock()
         self._fatal: list[BaseException] = []
 
     # ------------------------------------------------------------------ threads
@@ -161,7 +166,7 @@ class MigrationPipeline:
                 return
             query = self.migration.target.query(start_after=shard.resume_after, end_at=shard.end_at)
             for doc in self.store.stream(query):
-                while (self._reading_paused.is_set() or self.controls.paused) and not stop.is_set():
+                while self._hold_reading() and not stop.is_set():
                     time.sleep(0.05)
                 if stop.is_set():
                     return
@@ -183,8 +188,19 @@ class MigrationPipeline:
             self._fatal.append(exc)
             self.controls.request_stop(f"reading failed: {exc}")
 
+    def _hold_reading(self) -> bool:
+        """Paused by the user; or above the soft memory limit while batches are still in flight.
+        With nothing in flight, reading goes on one batch at a time: the resident size of a Python
+        process seldom falls back, and waiting for it would stall the run for ever."""
+        if self.controls.paused:
+            return True
+        with self._flight_lock:
+            return self._reading_paused.is_set() and self._in_flight > 0
+
     def _put(self, item: _Batch) -> bool:
         self.stats.add(read=len(item.docs))
+        with self._flight_lock:
+            self._in_flight += 1
         while not self.controls.stop.is_set():
             try:
                 self._work.put(item, timeout=0.2)
@@ -218,6 +234,8 @@ class MigrationPipeline:
             self._expected[item.shard] = item.batches
         else:
             self._finished[item.shard][item.seq] = item
+            with self._flight_lock:
+                self._in_flight -= 1
         handled = 0
         shard = item.shard
         while self._next_seq[shard] in self._finished[shard]:
@@ -307,6 +325,13 @@ class MigrationPipeline:
         lost = self.controls.lease_lost
         if lost is not None and lost.is_set():
             self.controls.request_stop("the lease was lost to another run", EmergencyStop)
+        if self.options.max_commit_p95 is not None and self.stats.commits >= 20:
+            p95 = self.stats.percentile(0.95)
+            limit = self.options.max_commit_p95
+            if p95 is not None and p95 > limit:
+                self.controls.request_stop(
+                    f"commit latency p95 {p95 * 1000:.0f} ms is above {limit * 1000:.0f} ms", EmergencyStop
+                )
         if self.breaker.tripped:
             self.controls.request_stop(f"circuit breaker: {self.breaker.reason}", EmergencyStop)
         counters = self.stats.counts()  # not the live dict: a half-added batch would skew the rate

@@ -1,0 +1,208 @@
+"""Canary stages: apply a migration to 1%, then 10%, 50%, 100% of its documents, checking between.
+
+A stage is the set of documents whose path bucket (a stable hash, see ``engine/sampling.py``) lies
+in ``[previous %, this %)``, so every stage includes the ones before it and reruns choose the same
+documents. After each stage a gate checks the stage's failure rate, commit latency (p95) and the
+integrity of the documents it wrote against the migration's rules. When a gate fails, or a
+trigger fires during a stage (circuit breaker, integrity gate, p95 latency, memory), every stage
+done so far is rolled back from the before-images and the run stops saying why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+from docshift.checkpoints.checkpoint import Checkpoint
+from docshift.config import Config
+from docshift.engine.batch import DocumentCheck
+from docshift.engine.controls import Controls
+from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
+from docshift.engine.progress import Progress
+from docshift.engine.restore import Restorer, RestoreResult, plan_restore
+from docshift.engine.sampling import in_sample
+from docshift.engine.sharding import plan_shards
+from docshift.errors import EmergencyStop, MemoryLimitExceeded, RunStopped, TooManyFailures, UsageError
+from docshift.migration import Migration
+from docshift.store.base import Document, Query, Store
+from docshift.validators.rules import RuleContext
+
+__all__ = ["StageFailed", "StagePlan", "parse_stages", "run_stages"]
+
+_TRIGGERS = (EmergencyStop, MemoryLimitExceeded, TooManyFailures)
+
+
+class StageFailed(EmergencyStop):
+    """A canary stage failed its gate or a trigger fired; every stage was rolled back."""
+
+
+def parse_stages(text: str) -> tuple[float, ...]:
+    """``"1%,10%,50%,100%"`` -> (1.0, 10.0, 50.0, 100.0): increasing, ending at 100."""
+    example = "write e.g. --stages 1%,10%,50%,100%"
+    stages: list[float] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%?\s*", part)
+        if not match:
+            raise UsageError(f"bad stage {part.strip()!r} in --stages", hint=example)
+        stages.append(float(match.group(1)))
+    increasing = all(a < b for a, b in itertools.pairwise(stages))
+    if not increasing or stages[0] <= 0 or stages[-1] != 100:
+        raise UsageError(f"--stages {text} must increase and end at 100%", hint=example)
+    return tuple(stages)
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+    stages: tuple[float, ...]
+    pause_between: bool = False
+
+
+def run_stages(
+    config: Config, store: Store, migration: Migration, base: PipelineOptions, folder: Path,
+    checkpoint: Checkpoint, plan: StagePlan, *, controls: Controls, progress: Progress,
+    check: DocumentCheck | None, run_id: str,
+) -> PipelineResult:
+    """Run every remaining stage of ``migration``; returns the combined result of the stages."""
+    first = int(checkpoint.extra.get("stage", 0))
+    if checkpoint.finished:
+        first += 1  # that stage finished (and passed its gate) before the run stopped
+    totals: Counter[str] = Counter(checkpoint.extra.get("earlier", {}))
+    limit_ms = config.limits.stage_max_p95_ms
+    result: PipelineResult | None = None
+    for index in range(first, len(plan.stages)):
+        above = plan.stages[index - 1] if index else 0.0
+        percent = plan.stages[index]
+        if index != int(checkpoint.extra.get("stage", 0)) or checkpoint.finished:
+            checkpoint = new_checkpoint(run_id, migration, plan_shards(store, migration.target, 1),
+                                        checkpoint.settings)
+        checkpoint.extra.update(stage=index, stages=list(plan.stages), earlier=dict(totals))
+        options = dataclasses.replace(
+            base, sample_percent=percent, sample_above=above,
+            max_commit_p95=limit_ms / 1000 if limit_ms > 0 else None,
+        )
+        progress.event("warning", message=f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
+                       f"documents in ({above:g}%, {percent:g}%]")
+        result = MigrationPipeline(store, migration, options, folder, checkpoint, controls=controls,
+                                   progress=progress, check=check).run()
+        if result.error is not None:
+            if isinstance(result.error, _TRIGGERS):
+                _roll_back(store, migration, folder, checkpoint, controls, progress, config)
+                raise StageFailed(
+                    f"stage {index + 1} ({percent:g}%) stopped: {result.error.message}; every stage "
+                    "so far was rolled back from the before-images",
+                    hint=f"see {folder}/dead-letters.jsonl",
+                )
+            raise result.error
+        stage_counts = Counter({k: v for k, v in result.counters.items() if k not in ("read", "skipped")})
+        gate = _gate(config, store, migration, stage_counts, result, above, percent)
+        if gate is not None:
+            _roll_back(store, migration, folder, checkpoint, controls, progress, config)
+            raise StageFailed(
+                f"stage {index + 1} ({percent:g}%) failed its gate: {gate}; every stage so far was "
+                "rolled back from the before-images",
+            )
+        totals.update(stage_counts)
+        checkpoint.extra.update(earlier=dict(totals))
+        checkpoint.save(folder / "checkpoint.json")
+        if plan.pause_between and index < len(plan.stages) - 1:
+            _wait_for_operator(folder.parent, controls, progress, migration, index, run_id)
+    assert result is not None
+    totals["read"] = result.counters.get("read", 0)
+    result.counters = dict(totals)
+    return result
+
+
+def _gate(
+    config: Config, store: Store, migration: Migration, counts: Counter[str], result: PipelineResult,
+    above: float, percent: float,
+) -> str | None:
+    """Why the stage may not be followed by the next one, or ``None``."""
+    handled = sum(counts[k] for k in ("updated", "created", "deleted", "unchanged", "failed"))
+    if handled and counts["failed"] / handled > config.limits.stage_max_failure_rate:
+        return (f"{counts['failed']} of {handled} documents failed, above "
+                f"{config.limits.stage_max_failure_rate:.1%}")
+    limit_ms = config.limits.stage_max_p95_ms
+    p95 = result.snapshot.get("commit_p95")
+    if limit_ms > 0 and p95 is not None and p95 * 1000 > limit_ms:
+        return f"commit latency p95 {p95 * 1000:.0f} ms is above {limit_ms:.0f} ms"
+    checked, failing = _integrity(store, migration, above, percent)
+    if checked:
+        score = 100.0 * (checked - failing) / checked
+        if score < config.limits.integrity_critical:
+            return (f"integrity {score:.1f}% of the stage's {checked} documents is below "
+                    f"{config.limits.integrity_critical:g}%")
+    return None
+
+
+def _integrity(store: Store, migration: Migration, above: float, percent: float) -> tuple[int, int]:
+    """Check the migration's per-document rules on the documents this stage wrote."""
+    rules = [rule for rule in migration.rules if getattr(rule, "inline", False)]
+    if not rules:
+        return 0, 0
+    target = migration.target
+    query = Query(target.copy_to) if target.copy_to else target.query()
+    sessions = [rule.session(RuleContext(store=store, phase="after")) for rule in rules]
+    checked = failing = 0
+    batch: list[Document] = []
+
+    def flush() -> int:
+        bad: set[int] = set()
+        for session in sessions:
+            bad.update(i for i, message in enumerate(session.check_batch(batch)) if message is not None)
+        return len(bad)
+
+    for doc in store.stream(query):
+        source_path = f"{target.collection}/{doc.id}" if target.copy_to else doc.path
+        if in_sample(source_path, percent, above):
+            batch.append(doc)
+            if len(batch) >= 300:
+                failing += flush()
+                checked += len(batch)
+                batch = []
+    if batch:
+        failing += flush()
+        checked += len(batch)
+    return checked, failing
+
+
+def _roll_back(
+    store: Store, migration: Migration, folder: Path, checkpoint: Checkpoint, controls: Controls,
+    progress: Progress, config: Config,
+) -> RestoreResult:
+    """Undo every stage of this migration from its before-images (the run still holds the lease)."""
+    controls.stop.clear()
+    controls.resume()
+    progress.event("warning", message=f"{migration.label}: rolling back every stage from the before-images")
+    restorer = Restorer(store, execute=True, force=False, conflicts_file=folder / "rollback-conflicts.jsonl",
+                        redo=migration.up, limiter=controls.limiter, stop=controls.stop, progress=progress,
+                        batch_size=config.engine.batch_size)
+    result = restorer.run(plan_restore(folder / "before-images.jsonl.gz"), RestoreResult())
+    progress.event("warning", message=f"{migration.label}: rolled back: " + ", ".join(
+        f"{k} {v}" for k, v in result.counters.items() if v))
+    checkpoint.state = "failed"
+    checkpoint.extra.update(rolled_back=True, rollback=result.counters)
+    checkpoint.save(folder / "checkpoint.json")  # a resume must not continue a rolled-back canary
+    return result
+
+
+def _wait_for_operator(
+    run_folder: Path, controls: Controls, progress: Progress, migration: Migration, index: int, run_id: str,
+) -> None:
+    """Pause until ``docshift resume RUN_ID`` (or the ``pause`` file in the run folder is removed)."""
+    marker = run_folder / "pause"
+    marker.touch()
+    controls.pause()
+    progress.event("warning", message=f"{migration.label}: stage {index + 1} passed its gate; paused. "
+                   f"Continue with `docshift resume {run_id}` or by deleting {marker}")
+    try:
+        while controls.paused and marker.exists():
+            if controls.stop.is_set():
+                raise RunStopped(controls.stop_reason or "stopped while paused between stages")
+            time.sleep(0.2)
+    finally:
+        controls.resume()
+        marker.unlink(missing_ok=True)

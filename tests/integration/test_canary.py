@@ -1,0 +1,143 @@
+"""Canary stages against the emulator: growing subsets, gates between them, and rollback of every
+stage when a gate fails or a trigger fires."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from docshift.config import Config
+from docshift.engine.sampling import bucket
+from docshift.errors import ExitCode
+from docshift.history import History, MigrationStatus
+from docshift.store import Query, Store, Write
+from docshift.values import values_equal
+
+DOCSHIFT = str(Path(sys.executable).parent / "docshift")
+COUNT = 1200
+
+MIGRATION = '''
+"""Give every user a tier."""
+from typing import Any
+from docshift import DocView, UNCHANGED
+from docshift.engine.sampling import bucket
+from docshift.validators import not_null
+
+description = "add tier"
+collection = "users"
+rules = [not_null("tier")]
+BROKEN_FROM = {broken_from}
+
+def up(doc: DocView) -> Any:
+    if "tier" in doc:
+        return UNCHANGED
+    data = doc.data
+    # A bug that only shows past the first stage: documents in buckets [BROKEN_FROM, 100) get None.
+    data["tier"] = None if bucket(doc.path) >= BROKEN_FROM else "silver"
+    return data
+'''
+
+
+def seed(store: Store) -> dict[str, dict[str, object]]:
+    writes = [Write.set(f"users/u{i:05d}", {"n": i, "name": f"user {i}"}) for i in range(COUNT)]
+    for start in range(0, COUNT, 400):
+        assert all(r.ok for r in store.commit(writes[start:start + 400]))
+    return export(store)
+
+
+def export(store: Store) -> dict[str, dict[str, object]]:
+    return {doc.path: doc.data for doc in store.stream(Query("users"))}
+
+
+def assert_same(actual: dict[str, dict[str, object]], expected: dict[str, dict[str, object]]) -> None:
+    assert actual.keys() == expected.keys()
+    wrong = [p for p in expected if not values_equal(actual[p], expected[p])]
+    assert not wrong, f"{len(wrong)} documents differ from the pre-run export, e.g. {wrong[:3]}"
+
+
+def workdir(tmp_path: Path, broken_from: float) -> Path:
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "0001_tier.py").write_text(MIGRATION.format(broken_from=broken_from))
+    return tmp_path
+
+
+def docshift(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DOCSHIFT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=240)
+
+
+def test_all_stages_pass_and_migrate_every_document(
+    firestore_store: Store, emulator_config: Config, cli_env: dict[str, str], tmp_path: Path,
+) -> None:
+    before = seed(firestore_store)
+    cwd = workdir(tmp_path, broken_from=101)  # no bug
+    done = docshift(["run", "--execute", "--stages", "1%,10%,50%,100%"], cli_env, cwd)
+    assert done.returncode == 0, done.stderr
+    after = export(firestore_store)
+    assert after.keys() == before.keys()
+    assert all(after[p] == {**before[p], "tier": "silver"} for p in before)
+    record = History(firestore_store, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.APPLIED
+    assert record.counts["updated"] == COUNT
+    for stage in ("stage 1 of 4", "stage 2 of 4", "stage 3 of 4", "stage 4 of 4"):
+        assert stage in done.stderr
+
+
+def test_a_second_stage_breaking_a_rule_rolls_every_stage_back(
+    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+) -> None:
+    before = seed(firestore_store)
+    in_first = [p for p in before if bucket(p) < 1]
+    assert in_first, "the 1% stage must hold some documents for this test to mean anything"
+    cwd = workdir(tmp_path, broken_from=5)  # stage 1 (0-1%) is clean, stage 2 (1-10%) is not
+    stopped = docshift(["run", "--execute", "--stages", "1%,10%,50%,100%"], cli_env, cwd)
+    assert stopped.returncode == ExitCode.EMERGENCY_STOP, stopped.stderr
+    assert "stage 2 (10%)" in stopped.stderr and "rolled back" in stopped.stderr
+    assert "resume with" not in stopped.stderr
+    assert_same(export(firestore_store), before)  # stage 1's writes were undone too
+    record = History(firestore_store, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.ROLLED_BACK
+    again = docshift(["run", "--execute", "--resume"], cli_env, cwd)
+    assert again.returncode != 0
+
+
+def test_the_latency_trigger_rolls_back(firestore_store: Store, cli_env: dict[str, str], tmp_path: Path) -> None:
+    before = seed(firestore_store)
+    cwd = workdir(tmp_path, broken_from=101)
+    env = {**cli_env, "DOCSHIFT_STAGE_MAX_P95_MS": "0.001", "DOCSHIFT_BATCH_SIZE": "20",
+           "DOCSHIFT_MIN_BATCH_SIZE": "20"}
+    stopped = docshift(["run", "--execute", "--stages", "50%,100%"], env, cwd)
+    assert stopped.returncode == ExitCode.EMERGENCY_STOP, stopped.stderr
+    assert "p95" in stopped.stderr
+    assert_same(export(firestore_store), before)
+
+
+def test_pause_between_stages_waits_for_the_operator(
+    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+) -> None:
+    seed(firestore_store)
+    cwd = workdir(tmp_path, broken_from=101)
+    process = subprocess.Popen([DOCSHIFT, "run", "--execute", "--stages", "10%,100%", "--pause-between-stages"],
+                               env=cli_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        markers: list[Path] = []
+        while time.monotonic() < deadline and not markers:
+            markers = list((cwd / ".docshift" / "runs").glob("*/pause"))
+            time.sleep(0.2)
+        assert markers, "the run never paused after its first stage"
+        tiers = sum(1 for d in export(firestore_store).values() if "tier" in d)
+        assert 0 < tiers < COUNT
+        time.sleep(1.5)
+        assert sum(1 for d in export(firestore_store).values() if "tier" in d) == tiers  # paused
+        assert process.poll() is None
+        markers[0].unlink()  # the operator says go on
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert all(d.get("tier") == "silver" for d in export(firestore_store).values())
+
