@@ -12,7 +12,7 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding=
 
 
 def test_every_config_key_is_in_the_readme_table() -> None:
-    documented = set(re.findall(r"^\| `([a-z_]+)` \|", README, flags=re.MULTILINE))
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", README, flags=re.MULTILINE))
     assert {key.name for key in KEYS} == documented
 
 
