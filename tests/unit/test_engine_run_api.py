@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from docshift.checkpoints import Checkpoint, read_versioned, write_versioned
+from docshift.checkpoints import Checkpoint, JournalReader, read_versioned, write_versioned
 from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
@@ -16,7 +17,7 @@ from docshift.errors import RunStopped, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.lock import read_lease
-from docshift.store import MemoryStore
+from docshift.store import FaultInjectingStore, MemoryStore, RetryingStore, RetryPolicy
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "migrations"
@@ -118,3 +119,23 @@ def test_limit_counts_documents_across_all_shards(config: Config) -> None:
     assert report.outcomes[0].result.counters["read"] == 37
     changed = [p for p, doc in export(store).items() if doc.update_time != before[p].update_time]
     assert changed == [p for p in sorted(before)[:37] if "full_name" in before[p].data]
+
+
+def test_transient_failures_through_the_run_api_migrate_every_document_once(config: Config) -> None:
+    memory = MemoryStore()
+    seed(memory, 1500)
+    before = export(memory)
+    faulty = FaultInjectingStore(memory, write_failure_rate=0.05, request_failure_rate=0.05, seed=2)
+    store = RetryingStore(faulty, RetryPolicy(attempts=8, initial_wait=0.001, max_wait=0.005))
+    report = run(config, RunOptions(execute=True), store=store)
+    assert faulty.injected > 20 and store.retries > 10
+    [outcome] = report.outcomes
+    changed = {path for path, doc in before.items() if "full_name" in doc.data}
+    assert outcome.result.counters["updated"] == len(changed)
+    assert outcome.result.counters["failed"] == outcome.result.counters["conflicts"] == 0
+    journal = report.folder / "0001_split_full_name" / "before-images.jsonl.gz"
+    befores = Counter(entry.path for entry in JournalReader(journal) if entry.kind == "before")
+    assert set(befores) == changed and set(befores.values()) == {1}
+    assert_data(memory, expected_after(before, split_name))
+    record = History(memory, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.APPLIED
