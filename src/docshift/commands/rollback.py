@@ -31,12 +31,12 @@ from docshift.engine.plan import PlanRecorder
 from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.restore import Restorer, RestoreResult, plan_restore
 from docshift.engine.sharding import plan_shards
-from docshift.errors import DocshiftError, RunStopped, UsageError
+from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock
 from docshift.migration import Migration
-from docshift.store import Store, open_store
+from docshift.store import Document, Store, open_store
 from docshift.values import Timestamp
 
 __all__ = ["RollbackItem", "RollbackOptions", "RollbackReport", "rollback"]
@@ -109,7 +109,10 @@ def _targets(config: Config, options: RollbackOptions, history: History,
             raise UsageError(f"run {options.run_id} was not an executed migration run; nothing to roll back")
         chosen = []
         for migration_id in reversed(info["migrations"]):
-            if not any(run_folder.glob(f"{migration_id}_*/checkpoint.json")):
+            # A run killed before its first checkpoint has written (and journalled) already.
+            if not any(run_folder.glob(f"{migration_id}_*/checkpoint.json")) and not any(
+                run_folder.glob(f"{migration_id}_*/before-images.jsonl.gz")
+            ):
                 continue  # the run stopped before this migration started
             if migration_id not in migrations:
                 raise UsageError(f"migration {migration_id} of run {options.run_id} has no file here",
@@ -179,7 +182,9 @@ def rollback(
         if not options.execute:
             _undo_all(config, store, plan, options, report, history, progress, controls)
         else:
-            with LeaseLock(store, config.store.state_prefix, run_id=run_id) as _:
+            lock = LeaseLock(store, config.store.state_prefix, run_id=run_id)
+            with lock:
+                controls.lease_lost = lock.lost
                 try:
                     _undo_all(config, store, plan, options, report, history, progress, controls)
                 except RunStopped as stop:
@@ -205,6 +210,7 @@ def _undo_all(
     report: RollbackReport, history: History, progress: Progress, controls: Controls,
 ) -> None:
     own_writes: dict[str, tuple[Timestamp, Timestamp | None]] = {}
+    planned: dict[str, Document | None] = {}
     for migration, source_run, strategy in plan:
         folder = report.folder / migration.label
         item = RollbackItem(migration, strategy, source_run, folder)
@@ -212,9 +218,10 @@ def _undo_all(
                        execute=options.execute, counters={})
         if strategy == "restore":
             item.restore = _restore(config, store, migration, source_run, folder, options, progress, controls,
-                                    own_writes)
+                                    own_writes, planned)
             if item.restore.stopped:
-                raise RunStopped(controls.stop_reason or "stopped", resume_command=report.resume_command)
+                stopped = controls.stop_class or RunStopped
+                raise stopped(controls.stop_reason or "stopped", resume_command=report.resume_command)
         else:
             item.pipeline, item.plan = _down(config, store, migration, folder, options, report.run_id,
                                              progress, controls)
@@ -229,7 +236,7 @@ def _undo_all(
 def _restore(
     config: Config, store: Store, migration: Migration, source_run: str, folder: Path,
     options: RollbackOptions, progress: Progress, controls: Controls,
-    own_writes: dict[str, tuple[Timestamp, Timestamp | None]],
+    own_writes: dict[str, tuple[Timestamp, Timestamp | None]], planned: dict[str, Document | None],
 ) -> RestoreResult:
     checkpoint_path = folder / "checkpoint.json"
     result = RestoreResult()
@@ -244,6 +251,9 @@ def _restore(
                             shards=[ShardCursor()], extra={"kind": "restore", "of_run": source_run})
 
     def save(current: RestoreResult, state: str = "running") -> None:
+        lost = controls.lease_lost
+        if lost is not None and lost.is_set():
+            controls.request_stop("the lease was lost to another run", EmergencyStop)
         if not options.execute:
             return
         checkpoint.counters = dict(current.counters)
@@ -252,10 +262,13 @@ def _restore(
         checkpoint.save(checkpoint_path)
 
     journal = config.runs_dir / source_run / migration.label / "before-images.jsonl.gz"
+    # redo recognises our own writes by value; a copy's before-images are of its targets, which
+    # up() does not take.
+    redo = None if migration.target.copy_to else migration.up
     restorer = Restorer(store, execute=options.execute, force=options.force,
-                        conflicts_file=folder / "conflicts.jsonl", redo=migration.up,
+                        conflicts_file=folder / "conflicts.jsonl", redo=redo,
                         limiter=controls.limiter, stop=controls.stop, progress=progress, on_batch=save,
-                        batch_size=config.engine.batch_size, own_writes=own_writes)
+                        batch_size=config.engine.batch_size, own_writes=own_writes, planned=planned)
     restorer.run(plan_restore(journal, result.position), result)
     save(result, "stopped" if result.stopped else "finished")
     return result

@@ -26,9 +26,9 @@ from docshift.checkpoints.journal import JournalEntry, JournalReader
 from docshift.engine.diff import FieldChange, field_changes
 from docshift.engine.limits import RateLimiter
 from docshift.engine.progress import NullProgress, Progress
-from docshift.errors import ConflictError, RunStopped, TransientError
+from docshift.errors import ConflictError, EmergencyStop, TransientError
 from docshift.migration import DocView, Transform
-from docshift.store.base import Document, Store, Write
+from docshift.store.base import Document, Store, Write, WriteKind
 from docshift.values import Timestamp, values_equal
 
 __all__ = ["RestoreAction", "RestoreResult", "Restorer", "plan_restore"]
@@ -119,6 +119,7 @@ class Restorer:
         batch_size: int = 300,
         samples: int = 5,
         own_writes: dict[str, tuple[Timestamp, Timestamp | None]] | None = None,
+        planned: dict[str, Document | None] | None = None,
     ) -> None:
         self.store = store
         self.execute = execute
@@ -135,6 +136,10 @@ class Restorer:
         """Across one rollback: path -> (update time our restore produced, update time of the state
         it restored). Undoing an older migration after a newer one then sees the newer one's
         restore as ours, not as an application change."""
+        self._planned: dict[str, Document | None] = planned if planned is not None else {}
+        """Dry run only, shared across one rollback like ``own_writes``: documents the dry run
+        would recreate (as they would be) or delete (None), so an older migration's dry run sees
+        them as the execute would. Holds data only for documents a newer migration deleted."""
 
     def run(self, actions: Iterator[RestoreAction], result: RestoreResult) -> RestoreResult:
         batch: list[RestoreAction] = []
@@ -157,6 +162,10 @@ class Restorer:
             result.stopped = True
             return False
         current = self.store.get_many([a.path for a in actions])
+        if not self.execute and self._planned:
+            # A dry run of several migrations: what the newer ones' restores would have left.
+            current = [self._planned.get(a.path, doc) if a.path in self._planned else doc
+                       for a, doc in zip(actions, current, strict=True)]
         writes: list[tuple[RestoreAction, Write]] = []
         conflicts: list[tuple[RestoreAction, str]] = []
         for action, now in zip(actions, current, strict=True):
@@ -173,25 +182,34 @@ class Restorer:
             try:
                 answers = self.store.commit([write for _, write in writes])
             except TransientError as exc:
-                raise RunStopped(f"the store kept failing ({exc.code}); resume the rollback") from None
-            for (action, _), answer in zip(writes, answers, strict=True):
+                raise EmergencyStop(f"the store kept failing ({exc.code}); resume the rollback") from None
+            applied: list[RestoreAction] = []
+            for (action, write), answer in zip(writes, answers, strict=True):
                 if answer.ok:
-                    result.counters[_DONE[action.kind]] += 1
+                    applied.append(action)
+                    result.counters[_done(action, write)] += 1
                     if answer.update_time is not None and action.before is not None:
                         self.own_writes[action.path] = (answer.update_time, action.before.update_time)
                 elif isinstance(answer.error, ConflictError):
                     conflicts.append((action, "the document changed after the migration wrote it"))
                 else:
                     conflicts.append((action, f"write failed: {answer.error}"))
-            self._verify([a for a, _ in writes], result)
+            self._verify(applied, result)  # refused writes are conflicts, not mismatches
         elif writes:
             now_by_path = {a.path: doc for a, doc in zip(actions, current, strict=True)}
-            for action, _ in writes:
-                result.counters[_DONE[action.kind]] += 1
+            for action, write in writes:
+                result.counters[_done(action, write)] += 1
                 now = now_by_path.get(action.path)
-                if now is not None and now.update_time is not None and action.before is not None:
+                before = action.before
+                if write.kind == WriteKind.DELETE:
+                    self._planned[action.path] = None
+                elif now is None and before is not None and before.data is not None:
+                    # As if recreated, with the update time the older migration's write produced.
+                    self._planned[action.path] = Document(action.path, before.data, before.create_time,
+                                                          before.update_time)
+                elif now is not None and now.update_time is not None and before is not None:
                     # As if restored: an older migration's dry run must not see this as a conflict.
-                    self.own_writes[action.path] = (now.update_time, action.before.update_time)
+                    self.own_writes[action.path] = (now.update_time, before.update_time)
         result.counters["conflicts"] += len(conflicts)
         self._record_conflicts(conflicts, current, actions)
         result.position = actions[-1].seq
@@ -202,18 +220,26 @@ class Restorer:
     def _decide(self, action: RestoreAction, now: Document | None) -> Write | str:
         """The write that undoes ``action``, or why not ("unchanged" or a conflict reason)."""
         before = action.before
+        removes = action.kind == "delete" or (action.kind == "check" and before is None)
+        if removes and now is None:
+            return "unchanged"  # already gone: nothing to undo
+        if not removes and now is not None and before is not None and before.data is not None and (
+            values_equal(now.data, before.data)
+        ):
+            # Already back (a rollback done again after a crash, or the application put it back).
+            if now.update_time is not None:
+                self.own_writes[action.path] = (now.update_time, before.update_time)
+            return "unchanged"
         if action.guard is not None and not self.force:
             if now is None:
                 return "the document was deleted after the migration wrote it"
             own = self.own_writes.get(action.path)
             if now.update_time != action.guard and not (
                 own is not None and own[0] == now.update_time and own[1] == action.guard
-            ):
+            ) and not self._redone(before, now):
                 return "the document changed after the migration wrote it"
             action = RestoreAction(action.seq, action.kind, action.path, action.before, now.update_time)
-        if action.kind == "delete" or (action.kind == "check" and before is None):
-            if now is None:
-                return "unchanged"
+        if removes:
             guard = action.guard if not self.force else None
             if action.kind == "check" and not self.force:
                 return "created by the run, but the run died before confirming its write"
@@ -232,11 +258,22 @@ class Restorer:
             return Write.create(action.path, before.data)
         if now.update_time == before.update_time:
             return "unchanged"  # the write never happened
-        expected = self.redo(DocView(Document(action.path, before.data, before.create_time,
-                                              before.update_time))) if self.redo else None
-        if self.force or (isinstance(expected, dict) and values_equal(expected, now.data)):
+        if self.force or self._redone(before, now):
             return Write.set(action.path, before.data, update_time=None if self.force else now.update_time)
         return "changed since it was read, and not by this migration"
+
+    def _redone(self, before: JournalEntry | None, now: Document) -> bool:
+        """Whether ``now`` holds exactly what the migration makes of ``before``: our own write,
+        even when its update time is unknown (not journalled before a crash) or was replaced by
+        an earlier restore of this rollback that a resumed rollback no longer remembers."""
+        if self.redo is None or before is None or before.data is None:
+            return False
+        try:
+            expected = self.redo(DocView(Document(before.path, before.data, before.create_time,
+                                                  before.update_time)))
+        except Exception:
+            return False
+        return isinstance(expected, dict) and values_equal(expected, now.data)
 
     def _sample(self, action: RestoreAction, now: Document | None, result: RestoreResult) -> None:
         if len(result.samples) >= self.samples_wanted:
@@ -277,4 +314,8 @@ class Restorer:
             out.writelines(lines)
 
 
-_DONE = {"restore": "restored", "check": "restored", "recreate": "recreated", "delete": "deleted"}
+def _done(action: RestoreAction, write: Write) -> str:
+    """The counter a successful undo write adds to."""
+    if write.kind == WriteKind.DELETE:
+        return "deleted"
+    return "recreated" if action.kind == "recreate" or write.kind == WriteKind.CREATE else "restored"
