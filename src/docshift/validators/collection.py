@@ -20,7 +20,7 @@ import orjson
 
 from docshift import codec
 from docshift.errors import UsageError
-from docshift.store.base import Document, parse_field_path, split_path
+from docshift.store.base import Document, Store, parse_field_path, split_path
 from docshift.validators.rules import MISSING, Rule, RuleContext, RuleSession, field_value, show_value
 from docshift.values import Reference, Value, type_name
 
@@ -125,7 +125,7 @@ def unique(field: str, *, name: str | None = None) -> Rule:
 class _ReferenceSession(RuleSession):
     """Looks referenced documents up in batches, remembering the answers (bounded, thread-safe)."""
 
-    def __init__(self, rule: _References, store: object, cache_size: int = 100_000) -> None:
+    def __init__(self, rule: _References, store: Store | None, cache_size: int = 100_000) -> None:
         super().__init__(rule)
         self.references = rule
         self.store = store
@@ -145,7 +145,8 @@ class _ReferenceSession(RuleSession):
             raise UsageError(f"rule {self.rule.name} needs a store to look documents up")
         for start in range(0, len(wanted), 300):
             chunk = wanted[start:start + 300]
-            found = self.store.get_many(chunk)  # type: ignore[attr-defined]
+            assert self.store is not None
+            found = self.store.get_many(chunk)
             with self.lock:
                 for path, doc in zip(chunk, found, strict=True):
                     known[path] = doc is not None

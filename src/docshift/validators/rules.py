@@ -20,7 +20,7 @@ from typing import Any
 
 from docshift.errors import UsageError
 from docshift.migration import DocView
-from docshift.store.base import Document, FieldPath, parse_field_path
+from docshift.store.base import Document, FieldPath, Store, parse_field_path
 from docshift.values import Value, type_name, values_equal
 
 __all__ = [
@@ -71,7 +71,7 @@ class RuleContext:
     """What a session may need beyond the documents: the store (lookups), the scan phase, and the
     counts a count expectation compares (``None`` when unknown)."""
 
-    store: Any = None
+    store: Store | None = None
     phase: str = "inline"  # inline, before, after
     total: int | None = None
     before_total: int | None = None
