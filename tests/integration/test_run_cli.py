@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ import pytest
 from docshift.history import History, MigrationStatus
 from docshift.store import Document, RetryingStore
 from tests.integration.run_support import (
+    DOCSHIFT,
     PREFIX,
     differences,
     docshift,
@@ -174,3 +179,28 @@ def test_a_failing_migration_reports_dead_letters_and_exit_13(
     assert {p for p in after if after[p].data.get("checked")} == set(seeded) - failing
     lines = dead.read_text().splitlines()
     assert sorted(json.loads(line)["path"] for line in lines) == sorted(failing)
+
+
+def test_resume_refuses_while_the_run_is_still_going(
+    seeded: dict[str, Document], firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = project_folder(tmp_path, "checkpoint_every_seconds = 0.2\n", files=("0001_split_full_name.py",))
+    first = subprocess.Popen([DOCSHIFT, "run", "--execute", "--max-writes-per-second", "300"], cwd=folder,
+                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list(folder.glob(".docshift/runs/*/*/checkpoint.json")):
+            time.sleep(0.05)
+        second = docshift(folder, cli_env, "run", "--execute", "--resume")
+        assert first.poll() is None, "the first run ended too soon for this test"
+        assert second.returncode == 6, second.stderr
+        assert "is still running" in second.stderr
+        out, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 0, err
+    after = export(firestore_store, ["users"])
+    assert len(where(after, lambda d: "first_name" in d)) == len(where(seeded, lambda d: "full_name" in d))
+    assert summary(out)["0001_split_full_name"]["conflicts"] == 0  # nobody else wrote meanwhile

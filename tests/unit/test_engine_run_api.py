@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,11 +15,12 @@ from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
 from docshift.engine.progress import RecordingProgress
-from docshift.errors import RunStopped, UsageError
-from docshift.history import History, MigrationStatus
+from docshift.errors import LockedError, RunStopped, UsageError
+from docshift.history import History, MigrationStatus, current_user
 from docshift.loader import load_migrations
-from docshift.lock import read_lease
-from docshift.store import FaultInjectingStore, MemoryStore, RetryingStore, RetryPolicy
+from docshift.lock import Lease, lease_path, read_lease
+from docshift.store import FaultInjectingStore, MemoryStore, RetryingStore, RetryPolicy, Write
+from docshift.values import Timestamp
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "migrations"
@@ -139,3 +142,41 @@ def test_transient_failures_through_the_run_api_migrate_every_document_once(conf
     assert_data(memory, expected_after(before, split_name))
     record = History(memory, "_docshift").get("0001")
     assert record is not None and record.status is MigrationStatus.APPLIED
+
+
+def _stopped_run(config: Config, store: MemoryStore) -> str:
+    """A run stopped after its first migration checkpointed; its run id."""
+    controls = Controls()
+    controls.request_stop("stopped before it began")
+    with pytest.raises(RunStopped) as stopped:
+        run(config, RunOptions(execute=True), store=store, controls=controls)
+    assert stopped.value.resume_command is not None
+    return stopped.value.resume_command.split()[-1]
+
+
+def _plant_lease(store: MemoryStore, run_id: str, pid: int, owner: str | None = None) -> None:
+    now = Timestamp.now()
+    lease = Lease(owner or current_user(), pid, run_id, now, Timestamp(now.seconds + 60, now.nanos))
+    assert store.commit([Write.set(lease_path("_docshift"), lease.to_data())])[0].ok
+
+
+def test_resume_refuses_while_the_process_of_that_run_is_alive(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 50)
+    run_id = _stopped_run(config, store)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _plant_lease(store, run_id, alive.pid)
+        with pytest.raises(LockedError, match=f"run {run_id} is still running"):
+            run(config, RunOptions(execute=True, resume=run_id), store=store)
+        _plant_lease(store, run_id, 4242, owner="someone@another-host")
+        with pytest.raises(LockedError, match="still running"):
+            run(config, RunOptions(execute=True, resume=run_id), store=store)
+    finally:
+        alive.kill()
+        alive.wait()
+    # Its process is gone (killed): resuming takes the run's lease over at once.
+    _plant_lease(store, run_id, alive.pid)
+    report = run(config, RunOptions(execute=True, resume=run_id), store=store)
+    assert report.outcomes[0].result.counters["updated"] == 45
+    assert read_lease(store, "_docshift") is None

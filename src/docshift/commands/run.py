@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
+import os
 import secrets
 import socket
 from collections.abc import Callable, Sequence
@@ -27,10 +28,18 @@ from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, Pipelin
 from docshift.engine.plan import PlanRecorder
 from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
-from docshift.errors import DriftError, RunStopped, UsageError
-from docshift.history import History, MigrationState, MigrationStatus, check_drift, check_order, plan
+from docshift.errors import DriftError, LockedError, RunStopped, UsageError
+from docshift.history import (
+    History,
+    MigrationState,
+    MigrationStatus,
+    check_drift,
+    check_order,
+    current_user,
+    plan,
+)
 from docshift.loader import load_migrations
-from docshift.lock import LeaseLock
+from docshift.lock import LeaseLock, read_lease
 from docshift.migration import Migration
 from docshift.store import Store, open_store
 
@@ -189,6 +198,8 @@ def run(
             info["state"] = "finished"
             _write_run_file(folder, info)
             return report
+        if options.resume:
+            _refuse_if_still_running(store, config.store.state_prefix, run_id)
         lock = LeaseLock(store, config.store.state_prefix, run_id=run_id)
         with lock:
             controls.lease_lost = lock.lost
@@ -289,6 +300,33 @@ def _staged(
                           progress=progress, check=checks(migration) if checks else None, run_id=run_id)
     except RunStopped as error:
         return PipelineResult(migration.id, "stopped", dict(checkpoint.counters), 0.0, folder, error)
+
+
+def _refuse_if_still_running(store: Store, prefix: str, run_id: str) -> None:
+    """Resuming takes over the lease of the run being resumed (its process was killed, say), but
+    not while that process is alive: two processes would run the same migration side by side.
+    Alive means: the lease has not expired and its process exists on this machine (a lease from
+    another machine counts as alive until it expires)."""
+    lease = read_lease(store, prefix)
+    if lease is None or lease.run_id != run_id or lease.expired():
+        return
+    if lease.owner == current_user() and (lease.pid == os.getpid() or not _process_exists(lease.pid)):
+        return
+    raise LockedError(
+        f"run {run_id} is still running: {lease.describe()}",
+        hint="stop that process first (Ctrl-C); if it is gone, wait for its lease to expire or "
+        "remove it with `docshift unlock --force`",
+    )
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _finish_history(history: History, migration: Migration, run_id: str, checkpoint: Checkpoint) -> None:
