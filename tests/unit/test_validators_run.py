@@ -138,3 +138,21 @@ def test_validate_scans_before_and_after_and_compares_counts(config: Config) -> 
     assert (report.folder / "0001_split" / "validation-before.json").is_file()
     assert (report.folder / "0001_split" / "validation-after.json").is_file()
     assert outcome.health.score == 100
+
+
+def test_a_resumed_run_keeps_the_first_before_scan(config: Config, tmp_path: Path) -> None:
+    from docshift.loader import load_migrations
+    from docshift.validators.scan import save_report, scan
+
+    store = MemoryStore()
+    seed(store, 30, bad_per_100=0)
+    [migration] = load_migrations(config.migrations_dir)
+    previous = tmp_path / "runs" / "earlier"
+    first = scan(store, migration, phase="before")
+    first.total = 29  # what the first session counted, before the data moved on
+    save_report(first, previous / migration.label / "validation-before.json")
+    progress = RecordingProgress()
+    validation = RunValidation(config, store, progress=progress, execute=True, scans=True, previous=previous)
+    assert validation(migration) is not None
+    assert progress.events == []  # no second before-scan
+    assert validation.states[migration.label].baseline.before_total == 29
