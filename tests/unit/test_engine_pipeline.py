@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import random
 import threading
 import time
@@ -415,3 +416,23 @@ def test_progress_events_tell_the_story(tmp_path: Path) -> None:
     assert "checkpoint" in kinds
     finish = progress.events[-1][1]
     assert finish["updated"] == 270 and finish["processed"] == 300 and finish["reason"] is None
+
+
+def test_a_dry_run_plan_records_every_change_and_flags_a_non_idempotent_up(tmp_path: Path) -> None:
+    from docshift.engine.plan import PlanRecorder
+
+    store, before = seeded(200)
+
+    def appends(doc: DocView) -> Any:  # not idempotent: every run changes it again
+        return {**doc.data, "n": doc.get("n") + 1000}
+
+    for up, offenders in ((split_name, False), (appends, True)):
+        folder = tmp_path / up.__name__
+        recorder = PlanRecorder(folder / "plan.jsonl.gz", up)
+        result = run_pipeline(store, make_migration(up), folder, options(execute=False), on_decision=recorder)
+        recorder.close()
+        assert result.error is None
+        lines = gzip.decompress((folder / "plan.jsonl.gz").read_bytes()).splitlines()
+        assert len(lines) == result.counters["updated"] and len(recorder.samples) == 5
+        assert bool(recorder.not_idempotent) is offenders
+    assert export(store) == before
