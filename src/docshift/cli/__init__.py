@@ -15,6 +15,16 @@ from docshift.cli.backup import backup_command, restore_command
 from docshift.cli.basics import doctor_command, emulator_command
 from docshift.cli.context import AppContext
 from docshift.cli.migrations import init_command, new_command, status_command, unlock_command
+from docshift.cli.operate import (
+    monitor_command,
+    pause_command,
+    report_command,
+    resume_command,
+    runs_command,
+    show_command,
+    stop_command,
+    throttle_command,
+)
 from docshift.cli.rollback import rollback_command
 from docshift.cli.run import run_command
 from docshift.cli.validate import validate_command, verify_command
@@ -64,6 +74,14 @@ cli.add_command(verify_command)
 cli.add_command(backup_command)
 cli.add_command(restore_command)
 cli.add_command(rollback_command)
+cli.add_command(runs_command)
+cli.add_command(show_command)
+cli.add_command(report_command)
+cli.add_command(monitor_command)
+cli.add_command(pause_command)
+cli.add_command(resume_command)
+cli.add_command(throttle_command)
+cli.add_command(stop_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 from rich.table import Table
 
 from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, pass_app
-from docshift.cli.output import JsonProgress, PlainProgress, console, err_console, print_change
+from docshift.cli.observe import StatusFlags, display_progress, observe_run, status_options
+from docshift.cli.output import console, err_console, print_change
 from docshift.cli.run import install_signal_handlers
 from docshift.commands.rollback import RollbackOptions, RollbackReport, rollback
 from docshift.commands.run import rate_limiter
@@ -66,9 +69,11 @@ def _print(report: RollbackReport) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON-lines events.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
+@status_options
 @pass_app
 def rollback_command(app: AppContext, run_id: str | None, to: str | None, strategy: str, execute: bool,
-                     force: bool, resume: str | None, as_json: bool, quiet: bool, yes: bool) -> None:
+                     force: bool, resume: str | None, as_json: bool, quiet: bool, yes: bool,
+                     status: StatusFlags) -> None:
     """Undo run RUN_ID, or everything applied after --to MIGRATION_ID.
 
     Dry run by default: prints what would change, with diffs and conflicts. Restores are guarded:
@@ -85,9 +90,12 @@ def rollback_command(app: AppContext, run_id: str | None, to: str | None, strate
     store = open_store(config)
     controls = Controls(rate_limiter(config, store))
     install_signal_handlers(controls)
-    progress = JsonProgress() if as_json else PlainProgress(quiet=quiet)
+    progress = display_progress(as_json, quiet, controls)
     try:
-        report = rollback(config, options, store=store, progress=progress, controls=controls)
+        with observe_run(config, store, controls, progress, status, kind="rollback", resume=resume,
+                         as_json=as_json) as seen:
+            options = dataclasses.replace(options, rollback_id=seen.run_id)
+            report = rollback(config, options, store=store, progress=seen.progress, controls=controls)
     except RunStopped as stop:
         if stop.resume_command and not as_json:
             err_console.print(f"resume with: [bold]{stop.resume_command}[/]")

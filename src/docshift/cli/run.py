@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -13,7 +14,8 @@ import click
 
 from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, pass_app
-from docshift.cli.output import JsonProgress, PlainProgress, console, err_console, print_change, summary_table
+from docshift.cli.observe import StatusFlags, display_progress, observe_run, status_options
+from docshift.cli.output import console, err_console, print_change, summary_table
 from docshift.cli.validate import (
     check_run_validation,
     finish_run_validation,
@@ -110,13 +112,14 @@ def _print_summary(report: RunReport) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON-lines events instead of text.")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
+@status_options
 @pass_app
 def run_command(app: AppContext, execute: bool, to: str | None, only: str | None, limit: int | None,
                 sample: float | None, stages: str | None, pause_between_stages: bool, resume: str | None,
                 allow_drift: bool, force: bool, no_backup: bool,
                 batch_size: int | None, concurrency: int | None, shards: int | None,
                 max_writes_per_second: float | None, max_failures: str | None, scans: bool,
-                auto_rollback: bool, as_json: bool, quiet: bool, yes: bool) -> None:
+                auto_rollback: bool, as_json: bool, quiet: bool, yes: bool, status: StatusFlags) -> None:
     """Dry-run or execute the pending migrations, in order.
 
     Without --execute nothing is written: docshift reads and transforms the targets and prints what
@@ -141,24 +144,30 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
                          resume=resume, allow_drift=allow_drift, force=force, shards=shards,
                          stages=parse_stages(stages) if stages else None,
                          pause_between_stages=pause_between_stages)
-    progress = JsonProgress() if as_json else PlainProgress(quiet=quiet)
     store = open_store(config)
     controls = Controls(rate_limiter(config, store))
+    progress = display_progress(as_json, quiet, controls)
     install_signal_handlers(controls)
     limit_text = f"{controls.limiter.limit:,.0f} ops/s" if controls.limiter.limit else "none"
     ramp = " with 500/50/5 ramp" if controls.limiter.ramp else ""
     if not as_json:
         err_console.print(f"target: {store.info.describe()}; write limit: {limit_text}{ramp}")
-    validation = start_run_validation(config, store, progress, controls, execute=execute, scans=scans,
-                                      resume=resume)
     try:
-        report = run(config, options, store=store, progress=validation, controls=controls, checks=validation)
-        checked = finish_run_validation(validation, report.folder)
-    except RunStopped as stop:
-        stop_run_validation(validation, stop, config, store, auto_rollback=auto_rollback, quiet=as_json)
-        if stop.resume_command:  # on stderr, so --json output on stdout stays pure JSON lines
-            err_console.print(f"resume with: [bold]{stop.resume_command}[/]")
-        raise
+        with observe_run(config, store, controls, progress, status, resume=resume, as_json=as_json,
+                         limit=limit) as seen:
+            options = dataclasses.replace(options, run_id=seen.run_id)
+            validation = start_run_validation(config, store, seen.progress, controls, execute=execute,
+                                              scans=scans, resume=resume)
+            try:
+                report = run(config, options, store=store, progress=validation, controls=controls,
+                             checks=validation)
+                checked = finish_run_validation(validation, report.folder)
+            except RunStopped as stop:
+                stop_run_validation(validation, stop, config, store, auto_rollback=auto_rollback,
+                                    quiet=as_json)
+                if stop.resume_command:  # on stderr, so --json output on stdout stays pure JSON lines
+                    err_console.print(f"resume with: [bold]{stop.resume_command}[/]")
+                raise
     finally:
         store.close()
     if as_json:

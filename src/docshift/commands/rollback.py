@@ -54,6 +54,9 @@ class RollbackOptions:
     execute: bool = False
     force: bool = False
     resume: str | None = None
+    rollback_id: str | None = None
+    """The id of a new rollback run (default: generated); lets a caller know its folder beforehand.
+    (``run_id`` is the run to roll back.)"""
 
 
 @dataclass
@@ -170,7 +173,7 @@ def rollback(
         else:
             targets = _targets(config, options, history, migrations)
             plan = [(m, run, _strategy(config, m, run, options.strategy)) for m, run in targets]
-            run_id = new_run_id()
+            run_id = options.rollback_id or new_run_id()
             folder = config.runs_dir / run_id
             info = {"run_id": run_id, "kind": "rollback", "execute": options.execute, "force": options.force,
                     "state": "running", "migrations": [m.id for m, _, _ in plan],

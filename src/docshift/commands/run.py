@@ -65,6 +65,8 @@ class RunOptions:
     stages: tuple[float, ...] | None = None
     """Canary stages in percent (e.g. 1, 10, 50, 100); see ``commands/stages.py``."""
     pause_between_stages: bool = False
+    run_id: str | None = None
+    """The id of a new run (default: generated); lets a caller know the run folder beforehand."""
 
 
 @dataclass
@@ -178,7 +180,7 @@ def run(
             run_id, options = info["run_id"], dataclasses.replace(options, execute=bool(info["execute"]))
         else:
             selected, drifted = _select(migrations, history, options)
-            run_id = new_run_id()
+            run_id = options.run_id or new_run_id()
             if not selected:
                 return RunReport(run_id, config.runs_dir / run_id, options.execute,
                                  target=store.info.describe())

@@ -1,0 +1,101 @@
+"""Wiring for ``docshift run`` and ``docshift rollback``: the status-endpoint flags, the display
+(live view on a terminal, plain lines otherwise, JSON lines with --json), and what is printed when
+the run ends (the report's path; on a stop, the summary table too)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from docshift.cli.live import LiveProgress
+from docshift.cli.output import JsonProgress, PlainProgress, err_console, summary_table
+from docshift.commands.observe import Observation, migration_totals
+from docshift.config import Config
+from docshift.engine.controls import Controls
+from docshift.engine.progress import Progress
+from docshift.store import Store
+
+__all__ = ["StatusFlags", "display_progress", "observe_run", "status_options"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class StatusFlags:
+    port: int | None = None
+    host: str = "127.0.0.1"
+    token: str | None = None
+
+
+def status_options(func: F) -> F:
+    """Adds --status-port/--status-host/--status-token; the command receives ``status: StatusFlags``."""
+
+    @click.option("--status-port", type=click.IntRange(0, 65535), metavar="PORT",
+                  help="Serve GET /status, GET /health and POST /pause|/resume|/throttle|/stop on this "
+                       "port while running (0: any free port; see status.json in the run folder).")
+    @click.option("--status-host", default="127.0.0.1", show_default=True, metavar="HOST",
+                  help="Address to bind the status endpoint to; anything but loopback needs a token.")
+    @click.option("--status-token", envvar="DOCSHIFT_STATUS_TOKEN", metavar="TOKEN",
+                  help="Require 'Authorization: Bearer TOKEN' on every request (default: "
+                       "$DOCSHIFT_STATUS_TOKEN). Never printed or written to the run folder.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, status_port: int | None, status_host: str, status_token: str | None,
+                **kwargs: Any) -> Any:
+        return func(*args, status=StatusFlags(status_port, status_host, status_token), **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def display_progress(as_json: bool, quiet: bool, controls: Controls) -> Progress:
+    """JSON lines with --json; the live view on a terminal; otherwise a plain line every few seconds."""
+    if as_json:
+        return JsonProgress()
+    if err_console.is_terminal and not quiet:
+        return LiveProgress(err_console, controls)
+    return PlainProgress(quiet=quiet)
+
+
+@contextmanager
+def observe_run(config: Config, store: Store, controls: Controls, display: Progress, status: StatusFlags, *,
+                kind: str = "run", resume: str | None = None, as_json: bool = False,
+                limit: int | None = None) -> Iterator[Observation]:
+    """Observe a run (events, status endpoint, control files, report) for the ``with`` block."""
+    totals = migration_totals(config, store, limit=limit) if kind == "run" else None
+    observation = Observation(config, store, controls, kind=kind, resume=resume, display=display,
+                              status_port=status.port, status_host=status.host, status_token=status.token,
+                              totals=totals)
+    try:
+        with observation:
+            if isinstance(display, LiveProgress):
+                display.set_run_id(observation.status.run_id)
+            if observation.url and not as_json:
+                auth = " (token required)" if status.token else ""
+                err_console.print(f"status endpoint: {observation.url}/status{auth}")
+            try:
+                yield observation
+            finally:
+                if isinstance(display, LiveProgress):
+                    display.close()
+    finally:
+        _print_end(observation, as_json)
+
+
+def _print_end(observation: Observation, as_json: bool) -> None:
+    if observation.report_error is not None:
+        err_console.print(f"[yellow]warning:[/] the run report could not be written: "
+                          f"{observation.report_error}")
+    report = observation.report
+    if report is None:
+        return
+    state = report.body.get("outcome", {}).get("state")
+    rows = [(m["migration"], m.get("counters", {}), str(m.get("state")))
+            for m in report.body.get("migrations", [])]
+    if state not in (None, "finished") and rows and not as_json:
+        title = f"{observation.kind} {report.body.get('run_id')} {state}"
+        err_console.print(summary_table(title, rows, dry_run=not report.body.get("execute")))
+    err_console.print(f"report: {report.html}")

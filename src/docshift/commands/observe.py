@@ -1,0 +1,184 @@
+"""Everything that watches one run from inside its process: the event log, the live status, the
+status endpoint, control files, the presence file, and the report written when the run ends.
+
+One context manager, so ``docshift run`` and ``docshift rollback`` (or a Python caller) get the
+same behaviour with a few lines::
+
+    with Observation(config, store, controls, display=progress, status_port=8765) as seen:
+        report = run(config, RunOptions(execute=True, run_id=seen.run_id), store=store,
+                     progress=seen.progress, controls=controls)
+    print(seen.report.html)
+
+The report is written however the block ends (success, stop, error); a failure to write it is
+kept in ``report_error`` and never hides the run's own outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from docshift.commands.run import find_run, new_run_id
+from docshift.config import Config
+from docshift.control.files import ControlFiles, remove_presence, write_presence
+from docshift.control.server import StatusServer
+from docshift.engine.controls import Controls
+from docshift.engine.progress import NullProgress, Progress
+from docshift.errors import DocshiftError, ExitCode, RunStopped
+from docshift.loader import load_migrations
+from docshift.migration import Migration
+from docshift.reports.events import EVENTS_FILE, EventLog, TeeProgress
+from docshift.reports.report import ReportPaths, build_report
+from docshift.reports.status import ProgressExtras, RunStatus
+from docshift.store import Store
+
+__all__ = ["Observation", "migration_totals", "outcome_of"]
+
+
+def migration_totals(config: Config, store: Store, *, limit: int | None = None,
+                     sample: float | None = None) -> Callable[[str], int | None]:
+    """How many documents each migration (by label) will handle: a count query of its target,
+    capped by ``--limit``, scaled by ``--sample``. For the progress bar and the ETA."""
+    by_label: dict[str, Migration] = {}
+
+    def total(label: str) -> int | None:
+        if not by_label:  # loaded on first use, in the counting thread: the run reports bad files
+            by_label.update({m.label: m for m in load_migrations(config.migrations_dir)})
+        migration = by_label.get(label)
+        if migration is None:
+            return None
+        count = store.count(migration.target.query())
+        if limit is not None:
+            count = min(count, limit)
+        return count
+
+    del sample  # sampled documents are counted as skipped, so the full count is still the total
+    return total
+
+
+def outcome_of(error: BaseException | None, state: str | None = None) -> dict[str, Any]:
+    """How a run ended, for the event log and the report: state, exit code, error, hint."""
+    if error is None:
+        return {"state": state or "finished", "exit_code": 0, "error": None, "hint": None}
+    if isinstance(error, RunStopped):
+        return {"state": "stopped", "exit_code": int(error.exit_code), "error": error.message,
+                "hint": error.hint, "resume_command": error.resume_command}
+    if isinstance(error, DocshiftError):
+        return {"state": "failed", "exit_code": int(error.exit_code), "error": error.message,
+                "hint": error.hint}
+    if isinstance(error, KeyboardInterrupt):
+        return {"state": "stopped", "exit_code": int(ExitCode.INTERRUPTED), "error": "interrupted",
+                "hint": None}
+    return {"state": "failed", "exit_code": int(ExitCode.FAILED),
+            "error": f"unexpected {type(error).__name__}: {error}", "hint": None}
+
+
+class Observation:
+    """See the module docstring. ``resume`` is the run id (or ``latest``) being resumed, if any."""
+
+    def __init__(self, config: Config, store: Store, controls: Controls, *, kind: str = "run",
+                 resume: str | None = None, display: Progress | None = None,
+                 status_port: int | None = None, status_host: str = "127.0.0.1",
+                 status_token: str | None = None, totals: Callable[[str], int | None] | None = None,
+                 control_files: bool = True, report: bool = True) -> None:
+        self.config = config
+        self.store = store
+        self.controls = controls
+        self.kind = kind
+        self.resume = resume
+        self.display = display or NullProgress()
+        self.status_port = status_port
+        self.status_host = status_host
+        self.status_token = status_token or None
+        self.totals = totals
+        self.use_control_files = control_files
+        self.write_report = report
+        self.run_id: str | None = None
+        """The new run's id (pass it as ``RunOptions.run_id``); None when resuming."""
+        self.folder: Path | None = None
+        self.status = RunStatus("", kind=kind, controls=controls)
+        self.server: StatusServer | None = None
+        self.files: ControlFiles | None = None
+        self.log: EventLog | None = None
+        self.report: ReportPaths | None = None
+        self.report_error: BaseException | None = None
+        self.progress: Progress = self.display
+
+    def __enter__(self) -> Observation:
+        if self.resume:
+            try:
+                self.folder = find_run(self.config.runs_dir, self.resume, kind=self.kind)
+            except DocshiftError:
+                self.folder = None  # the run itself reports what is wrong with --resume
+        else:
+            self.run_id = new_run_id()
+            self.folder = self.config.runs_dir / self.run_id
+        if self.status_port is not None and not self.status_host:
+            self.status_host = "127.0.0.1"
+        if self.folder is None:
+            return self
+        self.status.run_id = self.folder.name
+        self.log = EventLog(self.folder / EVENTS_FILE)
+        retries = getattr(self.store, "retries", None)
+        self.progress = ProgressExtras(
+            TeeProgress(self.log, self.status, self.display),
+            retries=(lambda: int(getattr(self.store, "retries", 0))) if isinstance(retries, int) else None,
+            totals=self.totals,
+        )
+        if self.status_port is not None:
+            self.server = StatusServer(self.status, self.controls, host=self.status_host,
+                                       port=self.status_port, token=self.status_token,
+                                       on_control=self._note_control)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_presence(self.folder, self.url, self.status_token is not None)
+            if self.use_control_files:
+                self.files = ControlFiles(self.folder, self.controls, progress=self.progress)
+                self.files.start()
+        except BaseException:
+            self._close_watchers()
+            raise
+        return self
+
+    def _note_control(self, action: str, **fields: Any) -> None:
+        self.progress.event("control", action=action, source="http", **fields)
+
+    @property
+    def url(self) -> str | None:
+        return self.server.url if self.server is not None else None
+
+    def _close_watchers(self) -> None:
+        if self.files is not None:
+            self.files.close()
+        if self.server is not None:
+            self.server.close()
+        if self.folder is not None:
+            remove_presence(self.folder)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        folder = self.folder
+        if folder is None:
+            return
+        outcome = outcome_of(exc)
+        ran = (folder / "run.json").is_file()
+        if ran and self.log is not None:
+            end = {k: v for k, v in outcome.items() if k != "resume_command"}
+            self.log.event("end", **end)
+            self.status.event("end", **end)
+        self._close_watchers()
+        if self.log is not None:
+            self.log.close()
+        if not ran:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # nothing ran: leave no empty run folder behind
+            return
+        if self.write_report:
+            try:
+                self.report = build_report(folder, outcome=outcome,
+                                           secrets=(self.status_token,) if self.status_token else ())
+            except Exception as error:  # the run's outcome matters more than its report
+                self.report_error = error

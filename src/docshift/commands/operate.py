@@ -1,0 +1,191 @@
+"""Operating runs: list them, show one, (re)build its report, follow it, and steer it.
+
+``docshift runs``, ``show``, ``report``, ``monitor``, ``pause``, ``resume``, ``throttle`` and
+``stop`` are thin layers over these functions; everything is read from the run folders (and a
+running run's status endpoint), never from the database, so they work offline too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docshift.checkpoints.checkpoint import Checkpoint
+from docshift.commands.run import load_run_info
+from docshift.config import Config
+from docshift.control.client import ControlResult, fetch_status, send_control
+from docshift.control.files import read_presence
+from docshift.errors import DataError, UsageError
+from docshift.reports.events import EVENTS_FILE, EventFollower
+from docshift.reports.report import ReportPaths, build_report, collect_report
+from docshift.reports.status import RunStatus
+
+__all__ = [
+    "RunSummary",
+    "StatusSource",
+    "control_run",
+    "list_runs",
+    "rebuild_report",
+    "resolve_run",
+    "show_run",
+]
+
+_COUNTS = ("updated", "created", "deleted", "unchanged", "failed", "conflicts", "skipped")
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    kind: str
+    execute: bool
+    migrations: list[str]
+    state: str
+    created_at: str | None
+    duration_seconds: float
+    counts: dict[str, int] = field(default_factory=dict)
+    folder: Path = Path()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "kind": self.kind, "execute": self.execute,
+                "migrations": self.migrations, "state": self.state, "created_at": self.created_at,
+                "duration_seconds": round(self.duration_seconds, 3), "counts": self.counts,
+                "folder": str(self.folder)}
+
+
+def _run_folders(runs_dir: Path) -> list[Path]:
+    """Run folders, newest first (run ids start with their UTC start time)."""
+    return sorted((p.parent for p in runs_dir.glob("*/run.json")), key=lambda p: p.name, reverse=True)
+
+
+def live_state(folder: Path, recorded: str) -> str:
+    """The state to show: ``running`` only while a process runs it; a run recorded as running whose
+    process is gone was killed (``interrupted``: resumable)."""
+    presence = read_presence(folder)
+    if presence is not None and presence.alive:
+        return "running"
+    return "interrupted" if recorded == "running" else recorded
+
+
+def resolve_run(config: Config, run_id: str | None, *, running: bool = False) -> Path:
+    """The folder of ``run_id``; without one (or ``latest``), the newest run, preferring one that is
+    running when ``running``."""
+    if run_id and run_id != "latest":
+        folder = config.runs_dir / run_id
+        if not (folder / "run.json").is_file():
+            raise UsageError(f"no run {run_id!r} in {config.runs_dir}",
+                             hint="see `docshift runs` for run ids")
+        return folder
+    folders = _run_folders(config.runs_dir)
+    if not folders:
+        raise UsageError(f"no runs in {config.runs_dir}", hint="start one with `docshift run`")
+    if running:
+        for folder in folders:
+            presence = read_presence(folder)
+            if presence is not None and presence.alive:
+                return folder
+    return folders[0]
+
+
+def _summary(folder: Path) -> RunSummary:
+    info = load_run_info(folder)
+    counts = dict.fromkeys(_COUNTS, 0)
+    duration = 0.0
+    for path in sorted(folder.glob("*/checkpoint.json")):
+        try:
+            checkpoint = Checkpoint.load(path)
+        except DataError:
+            continue
+        duration += checkpoint.elapsed_seconds
+        for name, value in checkpoint.counters.items():
+            if isinstance(value, int):
+                counts[name] = counts.get(name, 0) + value
+    return RunSummary(str(info.get("run_id", folder.name)), str(info.get("kind", "run")),
+                      bool(info.get("execute")), [str(m) for m in info.get("migrations", [])],
+                      live_state(folder, str(info.get("state", "unknown"))), info.get("created_at"),
+                      duration, counts, folder)
+
+
+def list_runs(config: Config, *, limit: int | None = None) -> list[RunSummary]:
+    """Every run in ``runs_dir``, newest first (a damaged run.json is listed as such)."""
+    runs = []
+    for folder in _run_folders(config.runs_dir)[:limit]:
+        try:
+            runs.append(_summary(folder))
+        except DataError:
+            runs.append(RunSummary(folder.name, "?", False, [], "damaged", None, 0.0, {}, folder))
+    return runs
+
+
+def show_run(config: Config, run_id: str | None) -> dict[str, Any]:
+    """One run in detail: what its report holds (without the chart series), its live state and
+    where its files are."""
+    folder = resolve_run(config, run_id)
+    body = collect_report(folder)
+    body.pop("timeline", None)
+    presence = read_presence(folder)
+    if presence is not None and presence.alive:
+        body["state"] = "running"
+        body["process"] = {"pid": presence.pid, "hostname": presence.hostname, "status_url": presence.url}
+    body["report_files"] = {name: str(folder / name) for name in ("report.html", "report.json")
+                            if (folder / name).is_file()}
+    return body
+
+
+def rebuild_report(config: Config, run_id: str | None) -> ReportPaths:
+    """(Re)build ``report.json`` and ``report.html`` of a run from its folder."""
+    return build_report(resolve_run(config, run_id))
+
+
+def control_run(config: Config, run_id: str, action: str, *, value: float | None = None,
+                token: str | None = None) -> ControlResult:
+    """Pause, resume, throttle or stop a running run (endpoint first, control files otherwise)."""
+    return send_control(resolve_run(config, run_id, running=True), action, value=value, token=token)
+
+
+class StatusSource:
+    """A run's status for ``docshift monitor``: from its status endpoint while it has one, otherwise
+    from its event log (followed incrementally) and checkpoint files."""
+
+    def __init__(self, folder: Path, *, token: str | None = None) -> None:
+        self.folder = folder
+        self.token = token
+        self.via = "files"
+        self._status = RunStatus(folder.name)
+        self._follower = EventFollower(folder / EVENTS_FILE)
+
+    def poll(self) -> dict[str, Any]:
+        answer = fetch_status(self.folder, token=self.token)
+        if answer is not None:
+            self.via = "endpoint"
+            return answer
+        self.via = "files"
+        for event in self._follower.new_events():
+            self._status.replay(event)
+        snapshot = self._status.snapshot()
+        info: dict[str, Any] = {}
+        with contextlib.suppress(DataError):
+            info = load_run_info(self.folder)
+        self._status.kind = str(info.get("kind", "run"))
+        snapshot["kind"] = self._status.kind
+        presence = read_presence(self.folder)
+        alive = presence is not None and presence.alive
+        if not alive and snapshot.get("ended") is None:
+            snapshot["state"] = live_state(self.folder, str(info.get("state", "unknown")))
+        elif snapshot.get("ended") is not None and not alive:
+            snapshot["state"] = snapshot["ended"].get("state", snapshot["state"])
+        known = {m["migration"] for m in snapshot["migrations"]}
+        for path in sorted(self.folder.glob("*/checkpoint.json")):
+            if path.parent.name in known:
+                continue
+            try:
+                checkpoint = Checkpoint.load(path)
+            except DataError:
+                continue
+            counters = dict(checkpoint.counters)
+            done = sum(counters.get(k, 0) for k in _COUNTS if k != "conflicts")
+            snapshot["migrations"].append({"migration": path.parent.name, "state": checkpoint.state,
+                                           "total": None, "fraction": 1.0 if checkpoint.finished else None,
+                                           "eta_seconds": None, **counters, "done": done})
+        return snapshot

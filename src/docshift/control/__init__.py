@@ -1,0 +1,22 @@
+"""Steering a run from outside its process: the status endpoint, control files, and their client.
+
+Every way in acts through the run's one :class:`~docshift.engine.controls.Controls`, so pausing
+by HTTP, by a ``pause`` file or by ``docshift pause`` has exactly the same effect.
+"""
+
+from __future__ import annotations
+
+from docshift.control.client import ControlResult, fetch_status, send_control
+from docshift.control.files import ControlFiles, RunPresence, read_presence
+from docshift.control.server import StatusServer, is_loopback
+
+__all__ = [
+    "ControlFiles",
+    "ControlResult",
+    "RunPresence",
+    "StatusServer",
+    "fetch_status",
+    "is_loopback",
+    "read_presence",
+    "send_control",
+]

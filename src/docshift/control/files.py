@@ -1,0 +1,148 @@
+"""Steering without networking: control files in the run folder, and the run's presence file.
+
+* ``RUN_FOLDER/pause`` — while it exists the run is paused; remove it to resume.
+* ``RUN_FOLDER/stop`` — stop gracefully (checkpoint kept, exit 10); the file is removed once honoured,
+  so ``--resume`` is not stopped again.
+* ``RUN_FOLDER/throttle`` — a number: the new write limit in ops/s (0 = no cap).
+
+``RUN_FOLDER/status.json`` says which process runs the run and where its status endpoint is (never
+its token), so ``docshift monitor`` and ``docshift pause|resume|throttle|stop`` can find it; it is
+removed when the process ends (a killed process leaves it behind, so readers check the pid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from docshift.checkpoints.atomic import read_versioned, write_versioned
+from docshift.engine.controls import Controls
+from docshift.engine.progress import NullProgress, Progress
+from docshift.errors import DataError
+
+__all__ = [
+    "PRESENCE_FILE", "ControlFiles", "RunPresence", "read_presence", "remove_presence", "write_presence",
+]
+
+PRESENCE_FILE = "status.json"
+_KIND = "docshift-status"
+
+
+class ControlFiles:
+    """Polls the run folder for control files about once a second, in a daemon thread."""
+
+    def __init__(self, folder: Path, controls: Controls, *, progress: Progress | None = None,
+                 interval: float = 0.5) -> None:
+        self.folder = folder
+        self.controls = controls
+        self.progress = progress or NullProgress()
+        self.interval = interval
+        self._paused_by_file = False
+        self._throttle_seen: tuple[int, int] | None = None
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="docshift-control-files")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._closing.wait(self.interval):
+            with contextlib.suppress(OSError):
+                self.check()
+
+    def check(self) -> None:
+        """One look at the folder (acts on changes only, so HTTP control keeps working alongside)."""
+        pause = (self.folder / "pause").exists()
+        if pause and not self._paused_by_file:
+            self.controls.pause()
+            self.progress.event("control", action="pause", source="file")
+        elif not pause and self._paused_by_file:
+            self.controls.resume()
+            self.progress.event("control", action="resume", source="file")
+        self._paused_by_file = pause
+        stop = self.folder / "stop"
+        if stop.exists():
+            self.controls.request_stop(f"stopped by the control file {stop}")
+            self.progress.event("control", action="stop", source="file")
+            stop.unlink(missing_ok=True)
+        self._check_throttle(self.folder / "throttle")
+
+    def _check_throttle(self, path: Path) -> None:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            self._throttle_seen = None
+            return
+        seen = (info.st_mtime_ns, info.st_size)
+        if seen == self._throttle_seen:
+            return
+        self._throttle_seen = seen
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value < float("inf"):
+            self.progress.event("warning", message=f"ignored {path}: {text[:40]!r} is not a write limit "
+                                                   "in ops/s (a number >= 0)")
+            return
+        self.controls.throttle(value)
+        self.progress.event("control", action="throttle", source="file", ops_per_second=value)
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+@dataclass(frozen=True)
+class RunPresence:
+    """Who runs a run, and where its status endpoint is (``url`` is None without one)."""
+
+    pid: int
+    hostname: str
+    url: str | None
+    token_required: bool
+    started_at: float
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process is still there (assumed when it runs on another machine)."""
+        if self.hostname != socket.gethostname():
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def write_presence(folder: Path, url: str | None, token_required: bool) -> None:
+    body: dict[str, Any] = {"pid": os.getpid(), "hostname": socket.gethostname(), "url": url,
+                            "token_required": token_required, "started_at": time.time()}
+    write_versioned(folder / PRESENCE_FILE, _KIND, 1, body)
+
+
+def read_presence(folder: Path) -> RunPresence | None:
+    path = folder / PRESENCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = read_versioned(path, _KIND, 1)
+    except DataError:
+        return None
+    return RunPresence(int(info.get("pid", 0)), str(info.get("hostname", "")), info.get("url"),
+                       bool(info.get("token_required")), float(info.get("started_at", 0.0)))
+
+
+def remove_presence(folder: Path) -> None:
+    (folder / PRESENCE_FILE).unlink(missing_ok=True)

@@ -1,0 +1,24 @@
+"""Seeing a run: its event log, its live status and health, and its report (JSON and HTML).
+
+Nothing here prints or imports rich: the CLI renders what these modules compute, and the same
+code serves ``docshift run``, ``docshift monitor``, the status endpoint and ``docshift report``.
+"""
+
+from __future__ import annotations
+
+from docshift.reports.events import EVENTS_FILE, EventLog, TeeProgress, read_events
+from docshift.reports.report import HTML_FILE, REPORT_FILE, ReportPaths, build_report
+from docshift.reports.status import ProgressExtras, RunStatus
+
+__all__ = [
+    "EVENTS_FILE",
+    "HTML_FILE",
+    "REPORT_FILE",
+    "EventLog",
+    "ProgressExtras",
+    "ReportPaths",
+    "RunStatus",
+    "TeeProgress",
+    "build_report",
+    "read_events",
+]

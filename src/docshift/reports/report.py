@@ -1,0 +1,248 @@
+"""A run's report: ``report.json`` and a self-contained ``report.html`` in its run folder.
+
+Built only from the run folder (run.json, events.jsonl, each migration's checkpoint and dead
+letters, validation.json), so ``docshift report RUN_ID`` rebuilds the same report at any time, on
+any machine that has the folder. Secrets never reach it: settings whose name looks like a secret
+are redacted, and any secret the caller names (a status token) is scrubbed from both files.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docshift.checkpoints.atomic import read_versioned, write_atomic, write_versioned
+from docshift.checkpoints.checkpoint import Checkpoint
+from docshift.errors import DataError
+from docshift.reports.charts import downsample
+from docshift.reports.events import EVENTS_FILE, read_events
+from docshift.reports.status import RunStatus
+
+__all__ = ["HTML_FILE", "REPORT_FILE", "ReportPaths", "build_report", "collect_report", "redact"]
+
+REPORT_FILE = "report.json"
+HTML_FILE = "report.html"
+_KIND = "docshift-report"
+_VERSION = 1
+_SECRET_NAME = re.compile(r"token|secret|password|passwd|credential|authorization|api_?key|private",
+                          re.IGNORECASE)
+REDACTED = "[redacted]"
+_GAP_SECONDS = 15.0
+"""Progress events come every second; a longer silence is a stop (and a later resume): break the line."""
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    json: Path
+    html: Path
+    body: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """What was written (the report's content), for a caller that prints a summary."""
+
+
+def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
+    """``value`` with secret-looking keys masked and every given secret string scrubbed."""
+    if isinstance(value, dict):
+        return {key: REDACTED if _SECRET_NAME.search(str(key)) and item not in (None, "", False)
+                else redact(item, secrets) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(item, secrets) for item in value]
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret:
+                value = value.replace(secret, REDACTED)
+    return value
+
+
+def build_report(folder: Path, *, outcome: dict[str, Any] | None = None,
+                 secrets: tuple[str, ...] = ()) -> ReportPaths:
+    """(Re)build both report files of the run in ``folder``; returns their paths."""
+    from docshift.reports.html import render_html
+
+    body = redact(collect_report(folder, outcome=outcome), tuple(s for s in secrets if s))
+    json_path, html_path = folder / REPORT_FILE, folder / HTML_FILE
+    write_versioned(json_path, _KIND, _VERSION, body)
+    page = render_html(body)
+    for secret in secrets:
+        if secret:
+            page = page.replace(secret, REDACTED)
+    write_atomic(html_path, page.encode("utf-8"))
+    return ReportPaths(json_path, html_path, body)
+
+
+def _read(path: Path, kind: str) -> dict[str, Any] | None:
+    try:
+        return read_versioned(path, kind, 99) if path.is_file() else None
+    except DataError:
+        return None
+
+
+class _Timeline:
+    """Chart series accumulated while streaming the event log (memory bounded by downsampling)."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+        self.last_at: float | None = None
+        self.throughput: dict[str, list[tuple[float, float | None]]] = {}
+        self.latency: dict[str, list[tuple[float, float | None]]] = {"p50": [], "p95": [], "p99": []}
+        self.failures: dict[str, list[tuple[float, float | None]]] = {"failed": [], "conflicts": [],
+                                                                       "retries": []}
+        self.markers: list[dict[str, Any]] = []
+        self._per_migration: dict[str, dict[str, int]] = {}
+
+    def add(self, event: dict[str, Any]) -> None:
+        at = event.get("at")
+        if not isinstance(at, float | int):
+            return
+        if self.t0 is None:
+            self.t0 = float(at)
+        t = float(at) - self.t0
+        kind = event.get("event")
+        if kind in ("stop", "warning", "control"):
+            text = event.get("reason") or event.get("message") or event.get("action")
+            self.markers.append({"t": round(t, 3), "kind": kind, "text": str(text)[:300]})
+        if kind not in ("progress", "finish", "stop") or not isinstance(event.get("migration"), str):
+            return
+        if self.last_at is not None and at - self.last_at > _GAP_SECONDS:
+            for series in (*self.throughput.values(), *self.latency.values(), *self.failures.values()):
+                series.append((t, None))
+        self.last_at = float(at)
+        label = event["migration"]
+        if kind == "progress":
+            self.throughput.setdefault(label, []).append((t, float(event.get("docs_per_second_now") or 0.0)))
+            for name in ("p50", "p95", "p99"):
+                value = event.get(f"commit_{name}")
+                if isinstance(value, float | int):
+                    self.latency[name].append((t, value * 1000.0))
+        self._per_migration[label] = {"failed": int(event.get("failed") or 0),
+                                      "conflicts": int(event.get("conflicts") or 0)}
+        for name in ("failed", "conflicts"):
+            self.failures[name].append((t, float(sum(m[name] for m in self._per_migration.values()))))
+        if isinstance(event.get("retries"), int):
+            self.failures["retries"].append((t, float(event["retries"])))
+        if sum(len(s) for s in self.throughput.values()) > 20000:
+            self._compact()
+
+    def _compact(self) -> None:
+        for group in (self.throughput, self.latency, self.failures):
+            for name, points in group.items():
+                group[name] = downsample(points, 2000)
+
+    def to_json(self) -> dict[str, Any]:
+        def pack(group: dict[str, list[tuple[float, float | None]]]) -> dict[str, list[list[Any]]]:
+            return {name: [[round(x, 3), None if y is None else round(y, 3)] for x, y in downsample(points)]
+                    for name, points in group.items() if any(y is not None for _, y in points)}
+
+        return {"t0": self.t0, "throughput": pack(self.throughput), "latency_ms": pack(self.latency),
+                "failures": pack(self.failures), "markers": self.markers[-200:]}
+
+
+def _count_lines(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def _migrations(folder: Path, order: list[str],
+                status: RunStatus) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    found = sorted(p.parent for p in folder.glob("*/checkpoint.json"))
+    rank = {migration_id: index for index, migration_id in enumerate(order)}
+    found.sort(key=lambda p: (rank.get(p.name.split("_", 1)[0], len(rank)), p.name))
+    rows: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {}
+    for path in found:
+        try:
+            checkpoint = Checkpoint.load(path / "checkpoint.json")
+        except DataError as exc:
+            rows.append({"migration": path.name, "state": "unreadable", "error": exc.message, "counters": {}})
+            continue
+        settings = settings or dict(checkpoint.settings)
+        live = status.migrations.get(path.name) or status.migrations.get(f"rollback {path.name}") or {}
+        rows.append({
+            "migration": path.name, "state": checkpoint.state, "counters": dict(checkpoint.counters),
+            "elapsed_seconds": round(checkpoint.elapsed_seconds, 3),
+            "shards": len(checkpoint.shards), "cursors": [s.cursor for s in checkpoint.shards],
+            "dead_letters": _count_lines(path / "dead-letters.jsonl"),
+            "docs_per_second_avg": live.get("docs_per_second_avg"),
+            "commit_p50": live.get("commit_p50"), "commit_p95": live.get("commit_p95"),
+            "commit_p99": live.get("commit_p99"), "commits": live.get("commits"),
+            "files": sorted(p.name for p in path.iterdir() if p.is_file()),
+        })
+    return rows, settings
+
+
+def _outcome(folder: Path, info: dict[str, Any], status: RunStatus,
+             given: dict[str, Any] | None) -> dict[str, Any]:
+    if given is not None:
+        return dict(given)
+    if status.ended is not None:
+        return {k: v for k, v in status.ended.items() if k != "at"}
+    previous = _read(folder / REPORT_FILE, _KIND)
+    if previous is not None and isinstance(previous.get("outcome"), dict):
+        return dict(previous["outcome"])
+    state = str(info.get("state", "unknown"))
+    if state == "running":
+        state = "interrupted"  # no end was recorded: the process died or is still going
+    return {"state": state, "exit_code": 0 if state == "finished" else None, "error": status.stop_reason}
+
+
+def _commands(run_id: str, info: dict[str, Any], state: str) -> dict[str, str]:
+    kind, execute = info.get("kind", "run"), bool(info.get("execute"))
+    commands: dict[str, str] = {}
+    if kind == "rollback":
+        if execute and state != "finished":
+            commands["resume"] = f"docshift rollback --execute --resume {run_id}"
+    elif execute:
+        if state != "finished":
+            commands["resume"] = f"docshift run --execute --resume {run_id}"
+        commands["rollback (preview)"] = f"docshift rollback {run_id}"
+        commands["rollback"] = f"docshift rollback {run_id} --execute"
+    else:
+        commands["apply"] = "docshift run --execute"
+    commands["show"] = f"docshift show {run_id}"
+    commands["rebuild this report"] = f"docshift report {run_id}"
+    return commands
+
+
+def collect_report(folder: Path, *, outcome: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report's content as plain JSON (what report.json holds and report.html shows)."""
+    info = read_versioned(folder / "run.json", "docshift-run", 1)
+    run_id = str(info.get("run_id", folder.name))
+    status = RunStatus(run_id, kind=str(info.get("kind", "run")))
+    timeline = _Timeline()
+    first_at = last_at = None
+    for event in read_events(folder / EVENTS_FILE):
+        status.replay(event)
+        timeline.add(event)
+        at = event.get("at")
+        if isinstance(at, float | int):
+            first_at = at if first_at is None else first_at
+            last_at = at
+    migrations, settings = _migrations(folder, [str(m) for m in info.get("migrations", [])], status)
+    ended = _outcome(folder, info, status, outcome)
+    validation = _read(folder / "validation.json", "docshift-run-validation")
+    health = validation.get("health") if validation else None
+    if not isinstance(health, dict):
+        computed = status.health()
+        health = {"score": computed.score, "status": computed.status.value,
+                  "issues": [issue.to_json() for issue in computed.issues]}
+    totals: dict[str, int] = {}
+    for row in migrations:
+        for name, value in row["counters"].items():
+            if isinstance(value, int):
+                totals[name] = totals.get(name, 0) + value
+    run = {k: v for k, v in info.items() if k not in ("format", "version", "codec")}
+    return {
+        "run_id": run_id, "kind": run.get("kind", "run"), "execute": bool(run.get("execute")),
+        "run": run, "outcome": ended, "state": ended.get("state", run.get("state")),
+        "first_event_at": first_at, "last_event_at": last_at,
+        "duration_seconds": round(sum(float(r.get("elapsed_seconds") or 0) for r in migrations), 3),
+        "totals": totals, "migrations": migrations, "health": health,
+        "warnings": list(status.warnings), "stop_reason": status.stop_reason,
+        "validation": {"gate": validation.get("gate"), "reports": validation.get("reports", [])}
+        if validation else None,
+        "settings": settings, "commands": _commands(run_id, info, str(ended.get("state"))),
+        "timeline": timeline.to_json(), "folder": str(folder),
+    }
