@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,43 @@ def test_cli_restore_to_cloud_firestore_needs_confirmation(
     assert "refusing to restore 1 document into teams" in refused.stderr
     assert "project my-prod, database (default)" in refused.stderr
     assert "--yes" in refused.stderr
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_cli_sigterm_stops_backup_and_restore_safely(
+    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+) -> None:
+    seed(firestore_store, ((f"c/d{i:05d}", {"i": i, "text": "x" * 100}) for i in range(20_000)))
+    assert docshift(tmp_path, cli_env, "backup", "c", "--out", "full").returncode == 0
+
+    partial = tmp_path / "partial"
+    process = subprocess.Popen([DOCSHIFT, "backup", "c", "--out", "partial", "--docs-per-file", "500"],
+                               cwd=tmp_path, env=cli_env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: partial.is_dir() and any(partial.iterdir()))
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 10, err
+    assert not partial.exists()  # nothing left that could pass for a backup
+
+    other = new_project()
+    where = StoreConfig(project=other, emulator_host=cli_env["FIRESTORE_EMULATOR_HOST"])
+    with open_store(Config(store=where)) as target:
+        process = subprocess.Popen([DOCSHIFT, "--project", other, "restore", "full"], cwd=tmp_path,
+                                   env=cli_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: target.count(Query("c")) > 0)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 10, err
+        assert target.count(Query("c")) < 20_000
+        again = docshift(tmp_path, cli_env, "--project", other, "restore", "full", "--verify")
+        assert again.returncode == 0, again.stderr
+        assert "verified 20,000 documents: 0 missing, 0 different" in again.stdout
+        assert target.count(Query("c")) == 20_000

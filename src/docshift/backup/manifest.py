@@ -17,7 +17,7 @@ import orjson
 
 from docshift import codec
 from docshift.checkpoints.atomic import read_versioned, write_versioned
-from docshift.errors import DataError
+from docshift.errors import DataError, UsageError
 from docshift.values import Timestamp
 
 __all__ = ["FORMAT", "MANIFEST_NAME", "VERSION", "BackupFile", "BackupManifest", "read_manifest",
@@ -113,7 +113,7 @@ def read_manifest(folder: Path) -> BackupManifest:
     """Read and check a manifest; anything edited, missing or malformed is a :class:`DataError`."""
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
-        raise DataError(f"backup folder {folder} does not exist", hint="pass the folder given to --out")
+        raise UsageError(f"backup folder {folder} does not exist", hint="pass the folder given to --out")
     if not path.is_file():
         raise DataError(
             f"{folder} has no {MANIFEST_NAME}: not a docshift backup, or the backup did not finish",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -36,6 +40,24 @@ def _size(count: int) -> str:
             return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
         value /= 1024
     return f"{value:,.1f} GiB"
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops a backup or restore like Ctrl-C: a backup removes its files, a restore lets the
+    commits in flight finish; both exit with code 10, and running them again is safe."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Progress:
@@ -100,9 +122,10 @@ def backup_command(app: AppContext, collections: tuple[str, ...], out: Path, rec
     if not quiet:
         where = f"project {config.store.project}, database {config.store.database}"
         _note(f"source: {where}")
-    manifest = backup(config, list(collections), out, recursive=recursive, group=group,
-                      all_collections=all_collections, docs_per_file=docs_per_file,
-                      progress=_Progress(quiet))
+    with _sigterm_interrupts():
+        manifest = backup(config, list(collections), out, recursive=recursive, group=group,
+                          all_collections=all_collections, docs_per_file=docs_per_file,
+                          progress=_Progress(quiet))
     seconds = (manifest.finished_at.seconds - manifest.started_at.seconds
                + (manifest.finished_at.nanos - manifest.started_at.nanos) / 1e9)
     rate = manifest.documents / seconds if seconds > 0 else 0.0
@@ -187,7 +210,8 @@ def restore_command(app: AppContext, folder: Path, into: tuple[str, ...], verify
     count = f"{manifest.documents:,} document{'' if manifest.documents == 1 else 's'}"
     confirm_destructive(config, f"restore {count} into {where}, overwriting documents at the same paths",
                         yes)
-    report = restore(config, folder, into=targets, verify=verify_after, progress=progress)
+    with _sigterm_interrupts():
+        report = restore(config, folder, into=targets, verify=verify_after, progress=progress)
     _print_restore(report)
     if report.verification is not None:
         _print_verification(report.verification)
