@@ -66,15 +66,18 @@ def runs_command(app: AppContext, limit: int | None, as_json: bool) -> None:
         console.print(f"no runs in {app.config().runs_dir}")
         return
     table = Table(title=f"runs in {app.config().runs_dir}", title_justify="left")
-    for name in ("run", "kind", "migrations", "mode", "state", "started", "duration"):
-        table.add_column(name)
+    table.add_column("run", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("migrations", min_width=10)
+    table.add_column("state", no_wrap=True)
+    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
     for name in ("updated", "deleted", "created", "unchanged", "failed"):
         table.add_column(name, justify="right")
     for run in runs:
-        mode = "execute" if run.execute else "dry run"
-        table.add_row(run.run_id, run.kind, ", ".join(run.migrations), mode,
-                      _state(run.state), (run.created_at or "")[:19].replace("T", " "),
-                      _duration(run.duration_seconds),
+        kind = run.kind if run.execute else f"dry {run.kind}"
+        table.add_row(run.run_id, kind, ", ".join(run.migrations), _state(run.state),
+                      (run.created_at or "")[:19].replace("T", " "), _duration(run.duration_seconds),
                       *(f"{run.counts.get(k, 0):,}" for k in ("updated", "deleted", "created", "unchanged",
                                                                "failed")))
     console.print(table)
