@@ -18,11 +18,11 @@ import pytest
 from docshift import codec
 from docshift.checkpoints.journal import JournalEntry, JournalReader, JournalWriter, _members
 from docshift.commands.rollback import RollbackConflicts, RollbackOptions, rollback
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
 from docshift.engine.restore import Restorer, RestoreResult, plan_restore
-from docshift.errors import RunStopped
+from docshift.errors import RunStopped, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.lock import read_lease
 from docshift.migration import DELETE, UNCHANGED, DocView
@@ -599,3 +599,53 @@ def test_rollback_with_conflicts_raises_and_does_not_mark_rolled_back(api_config
     assert forced.items[0].counters["restored"] == 1 and forced.items[0].counters["unchanged"] == 39
     record = History(store, "_docshift").get("0001")
     assert record is not None and record.status is MigrationStatus.ROLLED_BACK
+
+
+COPY_WITH_DOWN = '''"""Copy users into users_v2 (its down() is for in-place use only)."""
+description = "copy"
+collection = "users"
+copy_to = "users_v2"
+
+
+def up(doc):
+    return {**doc.data, "version": 2}
+
+
+def down(doc):
+    data = doc.data
+    data.pop("version", None)
+    return data
+'''
+
+
+def test_a_copy_is_undone_by_restore_never_by_down(tmp_path: Path) -> None:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    (migrations / "0001_copy.py").write_text(COPY_WITH_DOWN, encoding="utf-8")
+    config = Config(store=StoreConfig(project="memory"), migrations_dir=migrations,
+                    runs_dir=tmp_path / "runs")
+    store = MemoryStore()
+    seed(store, 30)
+    before = export(store)
+    report = run(config, RunOptions(execute=True), store=store)
+    with pytest.raises(UsageError, match="down\\(\\) cannot undo a copy"):
+        rollback(config, RollbackOptions(run_id=report.run_id, strategy="down"), store=store)
+    done = rollback(config, RollbackOptions(run_id=report.run_id, execute=True), store=store)
+    assert [(i.strategy, i.counters["deleted"]) for i in done.items] == [("restore", 30)]
+    assert export(store, "users_v2") == {} and export(store) == before
+
+
+def test_a_stopped_rollback_is_marked_stopped_and_the_latest_is_resumed(api_config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 100)
+    before = export(store)
+    report = run(api_config, RunOptions(execute=True), store=store)
+    controls = Controls()
+    with pytest.raises(RunStopped):
+        rollback(api_config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
+                 store=StopAfterCommits(store, controls, 1), controls=controls)
+    [folder] = [p for p in api_config.runs_dir.iterdir() if p.name != report.run_id]
+    assert load_run_info(folder)["state"] == "stopped"
+    resumed = rollback(api_config, RollbackOptions(resume="latest"), store=store)
+    assert resumed.folder == folder and load_run_info(folder)["state"] == "finished"
+    assert same_data(export(store), before) == []

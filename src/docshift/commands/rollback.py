@@ -136,10 +136,15 @@ def _targets(config: Config, options: RollbackOptions, history: History,
 
 def _strategy(config: Config, migration: Migration, source_run: str, wanted: str) -> str:
     journal = config.runs_dir / source_run / migration.label / "before-images.jsonl.gz"
+    copy_to = migration.target.copy_to
     if wanted == "auto":
-        wanted = "down" if migration.down is not None else "restore"
+        wanted = "down" if migration.down is not None and not copy_to else "restore"
     if wanted == "down" and migration.down is None:
         raise UsageError(f"{migration.label} has no down(); use --strategy restore")
+    if wanted == "down" and copy_to:
+        # down() would read the source and write its result into the copy: that undoes nothing.
+        raise UsageError(f"{migration.label} copies into {copy_to}: down() cannot undo a copy",
+                         hint="use --strategy restore (deletes the documents the copy created)")
     if wanted == "restore" and not journal.exists():
         raise UsageError(
             f"no before-images for {migration.label} in run {source_run} ({journal})",
@@ -192,15 +197,20 @@ def rollback(
                     _undo_all(config, store, plan, options, report, history, progress, controls)
                 except RunStopped as stop:
                     stop.resume_command = report.resume_command
+                    info["state"] = "stopped"
+                    write_versioned(folder / "run.json", "docshift-run", 1, info)
                     raise
         info["state"] = "finished"
         write_versioned(folder / "run.json", "docshift-run", 1, info)
         dirty = [item for item in report.items if not item.clean]
         if options.execute and dirty:
             conflicts = sum(item.counters.get("conflicts", 0) for item in dirty)
+            other = sum(item.counters.get("mismatched", 0) + item.counters.get("failed", 0) for item in dirty)
+            message = f"{conflicts} document(s) changed after the migration wrote them and were left alone"
+            if other:  # restored but not equal to the before-image, or down() failed on them
+                message += f"; {other} document(s) not undone cleanly (mismatched or failed)"
             raise RollbackConflicts(
-                f"{conflicts} document(s) changed after the migration wrote them and were left alone",
-                hint=f"see conflicts.jsonl in {folder}; rerun with --force to overwrite them",
+                message, hint=f"see conflicts.jsonl in {folder}; rerun with --force to overwrite them",
             )
         return report
     finally:
