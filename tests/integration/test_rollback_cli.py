@@ -184,6 +184,7 @@ def test_conflicts_exit_1_and_force_overwrites_and_a_held_lease_exits_6(
     assert refused.returncode == 1
     assert "error: 1 document(s) changed after the migration wrote them and were left alone" in refused.stderr
     assert "hint:" in refused.stderr and "--force" in refused.stderr and "Traceback" not in refused.stderr
+    assert "conflicts (left alone):" in refused.stdout  # the summary is still printed
     assert values_equal(export(firestore_store, ["users"])[edited].data, app_data)
     listed = [json.loads(line) for path in (folder / ".docshift" / "runs").glob("*/0001_*/conflicts.jsonl")
               for line in path.read_text().splitlines()]

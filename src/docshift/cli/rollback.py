@@ -12,7 +12,7 @@ from docshift.cli.context import AppContext, pass_app
 from docshift.cli.observe import StatusFlags, display_progress, observe_run, status_options
 from docshift.cli.output import console, err_console, print_change
 from docshift.cli.run import install_signal_handlers
-from docshift.commands.rollback import RollbackOptions, RollbackReport, rollback
+from docshift.commands.rollback import RollbackConflicts, RollbackOptions, RollbackReport, rollback
 from docshift.commands.run import rate_limiter
 from docshift.engine.controls import Controls
 from docshift.errors import RunStopped
@@ -99,6 +99,10 @@ def rollback_command(app: AppContext, run_id: str | None, to: str | None, strate
     except RunStopped as stop:
         if stop.resume_command and not as_json:
             err_console.print(f"resume with: [bold]{stop.resume_command}[/]")
+        raise
+    except RollbackConflicts as conflicts:
+        if conflicts.report is not None and not as_json:
+            _print(conflicts.report)  # what was undone, and where the conflicts are listed
         raise
     finally:
         store.close()

@@ -97,7 +97,10 @@ class RollbackReport:
 
 
 class RollbackConflicts(DocshiftError):
-    """Some documents were changed after the migration wrote them; they were left alone."""
+    """Some documents were changed after the migration wrote them; they were left alone.
+    ``report`` is the rollback's report (everything else was undone)."""
+
+    report: RollbackReport | None = None
 
 
 def _targets(config: Config, options: RollbackOptions, history: History,
@@ -209,9 +212,11 @@ def rollback(
             message = f"{conflicts} document(s) changed after the migration wrote them and were left alone"
             if other:  # restored but not equal to the before-image, or down() failed on them
                 message += f"; {other} document(s) not undone cleanly (mismatched or failed)"
-            raise RollbackConflicts(
+            error = RollbackConflicts(
                 message, hint=f"see conflicts.jsonl in {folder}; rerun with --force to overwrite them",
             )
+            error.report = report
+            raise error
         return report
     finally:
         if owned:
