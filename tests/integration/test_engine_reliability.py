@@ -144,7 +144,7 @@ def test_sigterm_drains_checkpoints_exits_10_and_the_printed_command_resumes(
     os.kill(process.pid, signal.SIGTERM)
     signalled = time.monotonic()
     _, err = process.communicate(timeout=30)
-    assert time.monotonic() - signalled < 5  # drained quickly, no waiting for the whole run
+    assert time.monotonic() - signalled < 10  # drained, without finishing the run (checked below)
     assert process.returncode == 10, err
     assert "SIGTERM: stopping after in-flight commits" in err
     [run_folder] = folder.glob(".docshift/runs/*/")
