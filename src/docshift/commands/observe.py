@@ -23,7 +23,7 @@ from typing import Any
 
 from docshift.commands.run import find_run, new_run_id
 from docshift.config import Config
-from docshift.control.files import ControlFiles, remove_presence, write_presence
+from docshift.control.files import ControlFiles, read_presence, remove_presence, write_presence
 from docshift.control.server import StatusServer
 from docshift.engine.controls import Controls
 from docshift.engine.progress import NullProgress, Progress
@@ -113,6 +113,9 @@ class Observation:
                 self.folder = find_run(self.config.runs_dir, self.resume, kind=self.kind)
             except DocshiftError:
                 self.folder = None  # the run itself reports what is wrong with --resume
+            presence = read_presence(self.folder) if self.folder is not None else None
+            if presence is not None and presence.alive:
+                self.folder = None  # another process still runs it (the run refuses): leave its files be
         else:
             self.run_id = new_run_id()
             self.folder = self.config.runs_dir / self.run_id
@@ -165,6 +168,8 @@ class Observation:
             return
         outcome = outcome_of(exc)
         ran = (folder / "run.json").is_file()
+        if self.resume and self.log is not None and not self.log.written:
+            ran = False  # a resume refused before it started: the run's report stands as it was
         if ran and self.log is not None:
             end = {k: v for k, v in outcome.items() if k != "resume_command"}
             self.log.event("end", **end)
@@ -173,8 +178,9 @@ class Observation:
         if self.log is not None:
             self.log.close()
         if not ran:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # nothing ran: leave no empty run folder behind
+            if not self.resume:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # nothing ran: leave no empty run folder behind
             return
         if self.write_report:
             try:

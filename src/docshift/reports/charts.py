@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
-__all__ = ["PALETTE", "Series", "downsample", "line_chart", "nice_ticks"]
+__all__ = ["PALETTE", "Mark", "Series", "downsample", "line_chart", "nice_ticks"]
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
 
@@ -21,6 +21,16 @@ class Series:
     name: str
     points: Sequence[Point]
     colour: str = PALETTE[0]
+    dash: str | None = None
+    """An SVG stroke-dasharray, so lines that coincide stay distinguishable."""
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A moment worth seeing on the time axis (a pause, a resume, a stop): a dashed vertical line."""
+
+    x: float
+    label: str
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -33,11 +43,9 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     start = math.floor(low / step) * step
-    ticks = []
-    value = start
-    while value < high + step * 0.5:
-        ticks.append(round(value, 10))
-        value += step
+    ticks = [round(start, 10)]
+    while ticks[-1] < high - step * 1e-9:  # the last tick is at or above ``high``: nothing overflows
+        ticks.append(round(start + len(ticks) * step, 10))
     return ticks if len(ticks) >= 2 else [start, start + step]
 
 
@@ -77,7 +85,8 @@ def _fmt_time(seconds: float, span: float) -> str:
 
 
 def line_chart(title: str, series: Sequence[Series], *, y_label: str, width: int = 900,
-               height: int = 260, x_is_time: bool = True, x_range: tuple[float, float] | None = None) -> str:
+               height: int = 260, x_is_time: bool = True, x_range: tuple[float, float] | None = None,
+               marks: Sequence[Mark] = ()) -> str:
     """An SVG line chart; each series is a polyline (split at breaks) with a legend entry.
     ``x_range`` lets several charts share one time axis."""
     left, right, top, bottom = 64, 16, 34, 42
@@ -116,6 +125,15 @@ def line_chart(title: str, series: Sequence[Series], *, y_label: str, width: int
         parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" class="tick">'
                      f"{label}</text>")
     parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>')
+    last_x, lift = -1e9, 0
+    for mark in sorted(marks, key=lambda m: m.x):
+        if x_low <= mark.x <= x_high:
+            x = sx(mark.x)
+            lift = lift + 12 if x - last_x < 60 else 0  # labels of close marks are stacked, not overlaid
+            last_x = x
+            parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" class="mark"/>'
+                         f'<text x="{x + 3:.1f}" y="{top + plot_h - 4 - lift}" class="mark-label">'
+                         f"{escape(mark.label)}</text>")
     parts.append(f'<text x="14" y="{top + plot_h / 2:.1f}" class="axis" transform="rotate(-90 14 '
                  f'{top + plot_h / 2:.1f})" text-anchor="middle">{escape(y_label)}</text>')
     x_name = "time since the run started" if x_is_time else ""
@@ -135,7 +153,8 @@ def line_chart(title: str, series: Sequence[Series], *, y_label: str, width: int
                 parts.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{item.colour}" '
                              f'data-series="{escape(item.name)}"/>')
             elif segment:
-                parts.append(f'<polyline fill="none" stroke="{item.colour}" stroke-width="1.8" '
+                dash = f' stroke-dasharray="{item.dash}"' if item.dash else ""
+                parts.append(f'<polyline fill="none" stroke="{item.colour}" stroke-width="1.8"{dash} '
                              f'data-series="{escape(item.name)}" points="{" ".join(segment)}"/>')
         parts.append(f'<rect x="{legend_x}" y="{top + 6}" width="10" height="10" fill="{item.colour}"/>'
                      f'<text x="{legend_x + 14}" y="{top + 15}" class="legend">{escape(item.name)}</text>')

@@ -40,6 +40,8 @@ class EventLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.error: OSError | None = None
+        self.written = 0
+        """Events written by this log (this process): none means the run never started here."""
         self._out: IO[bytes] | None = None
         self._lock = threading.Lock()
 
@@ -54,6 +56,7 @@ class EventLog:
                     self._out = self.path.open("ab")
                 self._out.write(line + b"\n")
                 self._out.flush()
+                self.written += 1
             except OSError as exc:
                 self.error = exc
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from docshift.reports.charts import PALETTE, Series, line_chart
+from docshift.reports.charts import PALETTE, Mark, Series, line_chart
 
 __all__ = ["render_html"]
 
@@ -27,6 +27,8 @@ font-size:13px}pre{background:#f3f4f6;padding:8px 10px;border-radius:4px;margin:
 .chart .grid{stroke:#e5e7eb;stroke-width:1}.chart .frame{fill:none;stroke:#9ca3af}
 .chart .tick,.chart .legend{font-size:11px;fill:#374151}.chart .axis{font-size:12px;fill:#374151}
 .chart .chart-title{font-size:14px;font-weight:600;fill:#111827}.chart .no-data{font-size:13px;fill:#6b7280}
+.chart .mark{stroke:#6b7280;stroke-width:1;stroke-dasharray:4 3}
+.chart .mark-label{font-size:10px;fill:#6b7280}
 ul{margin:4px 0;padding-left:20px;font-size:13px}
 """
 
@@ -71,20 +73,26 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int] | None =
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _series(group: dict[str, list[list[Any]]]) -> list[Series]:
+def _series(group: dict[str, list[list[Any]]], dashes: tuple[str | None, ...] = (None,)) -> list[Series]:
     return [Series(name, [(float(x), None if y is None else float(y)) for x, y in points],
-                   PALETTE[index % len(PALETTE)]) for index, (name, points) in enumerate(group.items())]
+                   PALETTE[index % len(PALETTE)], dashes[index % len(dashes)])
+            for index, (name, points) in enumerate(group.items())]
 
 
 def _charts(timeline: dict[str, Any]) -> str:
     groups = [timeline.get(name) or {} for name in ("throughput", "latency_ms", "failures")]
     ends = [float(x) for group in groups for points in group.values() for x, _ in points]
     span = (0.0, max(ends)) if ends and max(ends) > 0 else None
+    marks = [Mark(float(m["t"]), str(m["text"]).split(":")[0][:24]) for m in timeline.get("markers", [])
+             if m.get("kind") in ("control", "stop")]
+    dashes = (None, "7 4", "2 3")
     return "".join([
-        line_chart("Throughput (documents per second)", _series(groups[0]), y_label="docs/s", x_range=span),
-        line_chart("Commit latency percentiles", _series(groups[1]), y_label="ms", x_range=span),
-        line_chart("Failures, conflicts and retries (cumulative)", _series(groups[2]), y_label="count",
-                   x_range=span),
+        line_chart("Throughput (documents per second)", _series(groups[0]), y_label="docs/s", x_range=span,
+                   marks=marks),
+        line_chart("Commit latency percentiles", _series(groups[1], dashes), y_label="ms", x_range=span,
+                   marks=marks),
+        line_chart("Failures, conflicts and retries (cumulative)", _series(groups[2], dashes),
+                   y_label="count", x_range=span, marks=marks),
     ])
 
 

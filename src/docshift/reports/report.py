@@ -90,6 +90,19 @@ class _Timeline:
                                                                        "retries": []}
         self.markers: list[dict[str, Any]] = []
         self._per_migration: dict[str, dict[str, int]] = {}
+        self._last_done: dict[str, tuple[float, int]] = {}
+
+    def _rate(self, label: str, t: float, event: dict[str, Any]) -> float:
+        """Documents per second since the previous progress event: drops to zero at once when the
+        run pauses (the engine's own "now" rate is a 5-second average, which lags)."""
+        processed = event.get("processed")
+        previous = self._last_done.get(label)
+        if not isinstance(processed, int):
+            return float(event.get("docs_per_second_now") or 0.0)
+        self._last_done[label] = (t, processed)
+        if previous is None or t <= previous[0]:
+            return float(event.get("docs_per_second_now") or 0.0)
+        return max(0.0, (processed - previous[1]) / (t - previous[0]))
 
     def add(self, event: dict[str, Any]) -> None:
         at = event.get("at")
@@ -107,10 +120,11 @@ class _Timeline:
         if self.last_at is not None and at - self.last_at > _GAP_SECONDS:
             for series in (*self.throughput.values(), *self.latency.values(), *self.failures.values()):
                 series.append((t, None))
+            self._last_done.clear()
         self.last_at = float(at)
         label = event["migration"]
         if kind == "progress":
-            self.throughput.setdefault(label, []).append((t, float(event.get("docs_per_second_now") or 0.0)))
+            self.throughput.setdefault(label, []).append((t, self._rate(label, t, event)))
             for name in ("p50", "p95", "p99"):
                 value = event.get(f"commit_{name}")
                 if isinstance(value, float | int):
