@@ -3,6 +3,7 @@ files (structure, self-containment, redaction), the live view, and ``Observation
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import shutil
@@ -21,9 +22,11 @@ from docshift.commands.observe import Observation, migration_totals, outcome_of
 from docshift.commands.operate import StatusSource, list_runs, show_run
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
+from docshift.control.files import remove_presence, write_presence
 from docshift.engine.controls import Controls
 from docshift.engine.progress import RecordingProgress
-from docshift.errors import EmergencyStop, RunStopped, TooManyFailures
+from docshift.errors import EmergencyStop, LockedError, RunStopped, TooManyFailures
+from docshift.lock import LeaseLock
 from docshift.reports import EventLog, ProgressExtras, RunStatus, TeeProgress, build_report, read_events
 from docshift.reports.charts import Series, downsample, line_chart, nice_ticks
 from docshift.reports.events import EventFollower
@@ -307,3 +310,49 @@ def test_an_observed_run_logs_events_writes_its_report_and_cleans_up(config: Con
     with Observation(config, store, Controls()) as again:
         assert run(config, RunOptions(execute=True, run_id=again.run_id), store=store).outcomes == []
     assert again.folder is not None and not again.folder.exists()
+
+
+class StopAtFirstCheckpoint(RecordingProgress):
+    def __init__(self, controls: Controls) -> None:
+        super().__init__()
+        self.controls = controls
+
+    def event(self, kind: str, **fields: Any) -> None:
+        super().event(kind, **fields)
+        if kind == "checkpoint":
+            self.controls.request_stop("stopped by request (POST /stop)")
+
+
+def test_a_stopped_observed_run_reports_how_it_stopped_and_a_refused_resume_changes_nothing(
+    config: Config
+) -> None:
+    config = dataclasses.replace(config, engine=dataclasses.replace(config.engine, checkpoint_every_docs=50))
+    store = MemoryStore()
+    seed(store, 400)
+    controls = Controls()
+    with pytest.raises(RunStopped), Observation(config, store, controls,
+                                                display=StopAtFirstCheckpoint(controls)) as seen:
+        run(config, RunOptions(execute=True, run_id=seen.run_id), store=store, progress=seen.progress,
+            controls=controls)
+    assert seen.folder is not None and seen.report is not None
+    body = read_versioned(seen.report.json, "docshift-report", 1)
+    assert body["outcome"]["state"] == "stopped" and body["outcome"]["exit_code"] == 10
+    assert body["commands"]["resume"] == f"docshift run --execute --resume {seen.run_id}"
+    assert body["health"]["status"] == "HEALTHY" and body["health"]["score"] == 95  # a requested stop
+    events = (seen.folder / "events.jsonl").read_bytes()
+    report = seen.report.json.read_bytes()
+
+    # Another process (here: this one) still runs it: a resume attempt leaves its files alone.
+    write_presence(seen.folder, None, token_required=False)
+    with Observation(config, store, Controls(), resume=seen.run_id) as busy:
+        assert busy.folder is None and busy.progress is busy.display
+    assert (seen.folder / "status.json").is_file()
+    remove_presence(seen.folder)
+
+    # A resume refused before it starts (here: the lease is held) does not rewrite the report.
+    holder = LeaseLock(store, config.store.state_prefix, run_id="someone-else")
+    with (pytest.raises(LockedError), holder,
+          Observation(config, store, Controls(), resume=seen.run_id) as refused):
+        run(config, RunOptions(resume=seen.run_id), store=store, progress=refused.progress)
+    assert (seen.folder / "events.jsonl").read_bytes() == events
+    assert seen.report.json.read_bytes() == report and not (seen.folder / "status.json").exists()

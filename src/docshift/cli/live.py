@@ -144,7 +144,10 @@ class LiveProgress:
     def _render(self) -> RenderableType:
         return render_status(self.status.snapshot())
 
-    def close(self) -> None:
+    def close(self, outcome: dict[str, Any] | None = None) -> None:
+        """Draw the last frame (with how the run ended, when known) and leave it on screen."""
+        if outcome is not None:
+            self.status.event("end", **outcome)
         if self._live is not None:
             self._live.refresh()
             self._live.stop()

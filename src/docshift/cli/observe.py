@@ -14,7 +14,7 @@ import click
 
 from docshift.cli.live import LiveProgress
 from docshift.cli.output import JsonProgress, PlainProgress, err_console, summary_table
-from docshift.commands.observe import Observation, migration_totals
+from docshift.commands.observe import Observation, migration_totals, outcome_of
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.progress import Progress
@@ -78,9 +78,12 @@ def observe_run(config: Config, store: Store, controls: Controls, display: Progr
                 err_console.print(f"status endpoint: {observation.url}/status{auth}")
             try:
                 yield observation
-            finally:
+            except BaseException as error:
                 if isinstance(display, LiveProgress):
-                    display.close()
+                    display.close(outcome_of(error))
+                raise
+            if isinstance(display, LiveProgress):
+                display.close(outcome_of(None))
     finally:
         _print_end(observation, as_json)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -47,8 +48,6 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], owner: StatusServer) -> None:
         self.owner = owner
         if ":" in address[0]:
-            import socket
-
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
