@@ -39,7 +39,7 @@ def up(doc):
 
 @pytest.fixture
 def copied(emulator_config: Config, firestore_store: Store) -> Config:
-    """A copy migration, run: 300 users copied, 2 skipped (UNCHANGED), 2 not copied (DELETE)."""
+    """A copy migration, run: 300 users transformed, 2 copied as they are (UNCHANGED), 2 left out (DELETE)."""
     emulator_config.migrations_dir.mkdir(parents=True)
     (emulator_config.migrations_dir / "0001_copy_users.py").write_text(textwrap.dedent(COPY))
     writes = [Write.set(f"users/u{i:03d}", {"full_name": f"First{i} Last{i}", "n": i,
@@ -48,15 +48,15 @@ def copied(emulator_config: Config, firestore_store: Store) -> Config:
     writes += [Write.set(f"users/g{i}", {"gone": True}) for i in range(2)]
     assert all(result.ok for result in firestore_store.commit(writes))
     report = run(emulator_config, RunOptions(execute=True), store=firestore_store)
-    assert report.outcomes[0].result.counters["created"] == 300
+    assert report.outcomes[0].result.counters["created"] == 302
     return emulator_config
 
 
 def test_a_clean_copy_verifies(copied: Config, firestore_store: Store) -> None:
     report = verify(copied, "0001", store=firestore_store)
     assert report.passed, report.examples
-    assert (report.source_count, report.target_count, report.expected, report.matched) == (304, 300, 300, 300)
-    assert report.counts == {"missing": 0, "extra": 0, "different": 0, "failed": 0, "skipped": 2}
+    assert (report.source_count, report.target_count, report.expected, report.matched) == (304, 302, 302, 302)
+    assert report.counts == {"missing": 0, "extra": 0, "different": 0, "failed": 0, "skipped": 0}
     assert report.path is not None and report.path.is_file()
 
 
@@ -72,8 +72,8 @@ def test_verify_finds_a_planted_missing_extra_and_altered_document(
     ])
     report = verify(copied, "0001", store=firestore_store)
     assert not report.passed
-    assert report.counts == {"missing": 1, "extra": 2, "different": 1, "failed": 0, "skipped": 2}
-    assert (report.source_count, report.target_count, report.matched) == (304, 301, 298)
+    assert report.counts == {"missing": 1, "extra": 2, "different": 1, "failed": 0, "skipped": 0}
+    assert (report.source_count, report.target_count, report.matched) == (304, 303, 300)
     found = {(d.kind, d.path, d.source) for d in report.examples}
     assert found == {("missing", "users_v2/u017", "users/u017"), ("extra", "users_v2/g0", None),
                      ("extra", "users_v2/intruder", None), ("different", "users_v2/u123", "users/u123")}
@@ -96,7 +96,7 @@ def test_the_verify_command_exits_14_on_differences_and_refuses_in_place_migrati
 
     clean = docshift("verify", "0001")
     assert clean.returncode == 0, clean.stderr
-    assert "300 of 300 expected copies match; 0 missing, 0 extra, 0 different, 0 failed" in clean.stdout
+    assert "302 of 302 expected copies match; 0 missing, 0 extra, 0 different, 0 failed" in clean.stdout
     firestore_store.commit([Write.set("users_v2/u005", {"n": 5})])
     different = docshift("verify", "0001", "--json")
     assert different.returncode == 14
@@ -104,7 +104,7 @@ def test_the_verify_command_exits_14_on_differences_and_refuses_in_place_migrati
     assert report["different"] == 1 and report["examples"][0]["path"] == "users_v2/u005"
     fields = {change["field"] for change in report["examples"][0]["changes"]}
     assert fields == {"name", "seen"}
-    assert "error: 0001_copy_users: 304 source and 300 target documents" in different.stderr
+    assert "error: 0001_copy_users: 304 source and 302 target documents" in different.stderr
     (copied.migrations_dir / "0002_in_place.py").write_text("collection = 'users'\n\ndef up(doc):\n"
                                                             "    return doc.data\n")
     with pytest.raises(UsageError, match="changes documents in place"):

@@ -7,8 +7,8 @@ Two streaming passes in constant memory (plus 8 bytes per copied document):
    *different* (with field diffs) when not equal;
 2. the target's keys: a document no source produced is *extra*.
 
-A source for which ``up`` returns ``UNCHANGED`` is not copied by a run, so it is only counted
-(``skipped``); one for which ``up`` raises is counted as ``failed``.
+A source for which ``up`` returns ``UNCHANGED`` is copied as it is, so the target must equal the
+source; one for which ``up`` raises is counted as ``failed``.
 """
 
 from __future__ import annotations
@@ -143,9 +143,9 @@ def _compare_batch(store: Store, migration: Migration, batch: list[Document], pr
             report.add(Difference("failed", destination, source.path, f"up() raised "
                                   f"{type(exc).__name__}: {exc}"), examples)
             continue
-        if result is UNCHANGED:
-            report.counts["skipped"] += 1
-            produced.add(digest(destination))  # not copied by a run; a document there is not extra
+        if result is UNCHANGED:  # copied as it is
+            produced.add(digest(destination))
+            expected.append((source, destination, source.data))
         elif result is DELETE:
             continue  # a document there would be extra
         elif not isinstance(result, dict):

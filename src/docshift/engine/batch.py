@@ -33,6 +33,7 @@ from docshift.store.semantics import (
     value_problem,
     value_size,
 )
+from docshift.values import copy_data
 
 __all__ = ["BatchAborted", "BatchProcessor", "DeadLetter", "Decision", "DocumentCheck"]
 
@@ -127,7 +128,9 @@ class BatchProcessor:
         except Exception as exc:
             return self._failed(source, existing, "transform", f"{type(exc).__name__}: {exc}")
         if result is UNCHANGED:
-            return Decision(source, existing, "unchanged")
+            if not self.target.copy_to:
+                return Decision(source, existing, "unchanged")
+            result = copy_data(source.data)  # a copy holds up(source), and that is the source itself
         guard = existing.update_time if existing else None
         if result is DELETE:
             if existing is None:

@@ -41,7 +41,7 @@ def field_changes(
     """The smallest set of field paths that turns ``old`` into ``new``.
 
     Maps present on both sides are compared key by key (nested paths); any other change replaces
-    the value at its path. An empty map that becomes non-empty is also diffed by key.
+    the value at its path (an empty map that becomes non-empty is replaced whole).
     """
     changes: list[FieldChange] = []
     for key, old_value in old.items():
