@@ -173,9 +173,11 @@ class LeaseLock:
             existing = read_lease(self.store, self.prefix)
             if existing is None:
                 write = Write.create(self.path, wanted.to_data())
-            elif existing.run_id == self.run_id:
+            elif existing.run_id == self.run_id and existing.pid == os.getpid() and (
+                existing.owner == current_user()
+            ):
                 return self._won(existing)  # our own create, answered late and retried
-            elif not existing.expired(now):
+            elif not existing.expired(now) and not self._abandoned(existing):
                 raise LockedError(
                     existing.describe(),
                     hint="wait for that run to finish; if it died, its lease expires by itself, "
@@ -193,6 +195,11 @@ class LeaseLock:
         current = read_lease(self.store, self.prefix)
         raise LockedError(current.describe() if current else "the lease keeps changing hands",
                           hint="another run is starting at the same time; try again shortly")
+
+    def _abandoned(self, lease: Lease) -> bool:
+        """A lease of this same run whose process is gone from this machine (killed, say): a resume
+        may take it over at once, with the same guarded write as an expired one."""
+        return lease.run_id == self.run_id and lease.owner == current_user() and not process_exists(lease.pid)
 
     def _won(self, lease: Lease) -> Lease:
         self.lease = lease
@@ -265,6 +272,17 @@ class LeaseLock:
             if self._restore_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._restore_sigterm)
                 self._restore_sigterm = None
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -39,7 +39,7 @@ from docshift.history import (
     plan,
 )
 from docshift.loader import load_migrations
-from docshift.lock import LeaseLock, read_lease
+from docshift.lock import LeaseLock, process_exists, read_lease
 from docshift.migration import Migration
 from docshift.store import Store, open_store
 
@@ -312,23 +312,13 @@ def _refuse_if_still_running(store: Store, prefix: str, run_id: str) -> None:
     lease = read_lease(store, prefix)
     if lease is None or lease.run_id != run_id or lease.expired():
         return
-    if lease.owner == current_user() and (lease.pid == os.getpid() or not _process_exists(lease.pid)):
+    if lease.owner == current_user() and (lease.pid == os.getpid() or not process_exists(lease.pid)):
         return
     raise LockedError(
         f"run {run_id} is still running: {lease.describe()}",
         hint="stop that process first (Ctrl-C); if it is gone, wait for its lease to expire or "
         "remove it with `docshift unlock --force`",
     )
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _finish_history(history: History, migration: Migration, run_id: str, checkpoint: Checkpoint) -> None:
