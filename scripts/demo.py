@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from docshift.config import Config, StoreConfig  # noqa: E402
 from docshift.emulator import Emulator, find_emulator  # noqa: E402
 from docshift.store import Query, Store, open_store  # noqa: E402
-from docshift.values import type_name  # noqa: E402
+from docshift.values import type_name, values_equal  # noqa: E402
 from seed import seed  # noqa: E402
 
 DOCSHIFT = str(Path(sys.executable).parent / "docshift")
@@ -53,6 +53,16 @@ def describe(store: Store) -> None:
           f"{one_word} with a one-word name")
 
 
+def export(store: Store) -> dict[str, dict[str, object]]:
+    return {doc.path: doc.data for doc in store.stream(Query("users"))}
+
+
+def latest_run(work: Path) -> str:
+    runs = sorted(p.parent.name for p in (work / ".docshift" / "runs").glob("*/run.json")
+                  if '"kind": "rollback"' not in p.read_text())
+    return runs[-1]
+
+
 def main() -> None:
     started = time.monotonic()
     project = f"demo-docshift-{uuid.uuid4().hex[:6]}"
@@ -71,16 +81,31 @@ def main() -> None:
                 banner("seeding a sample dataset")
                 print(f"seeded {seed(store, 3000):,} users into project {project}")
                 describe(store)
+                original = export(store)
             banner("what docshift knows: status")
             cli(["status"], env, work)
             banner("dry run: what would change, with field-level diffs (nothing is written)")
             cli(["run"], env, work)
-            banner("execute: guarded writes, before-images, checkpoints")
-            code = cli(["run", "--execute"], env, work)
+            banner("canary execute: 10% first, gate checked, then the rest; rules checked on every write")
+            if cli(["run", "--execute", "--stages", "10%,100%", "--validate"], env, work) != 0:
+                raise SystemExit("the canary run failed")
+            run_id = latest_run(work)
+            banner("validation: scan the result against the migration's rules")
+            cli(["validate", "0002", "--after"], env, work)
             banner("status after the run")
             cli(["status"], env, work)
-            if code != 0:
-                raise SystemExit(code)
+            banner(f"rollback of run {run_id}: down() where there is one, before-images otherwise")
+            if cli(["rollback", run_id, "--execute", "--quiet"], env, work) != 0:
+                raise SystemExit("the rollback failed")
+            with open_store(config) as store:
+                after = export(store)
+            same = after.keys() == original.keys() and all(
+                values_equal(after[path], original[path]) for path in original)
+            banner("is the data back as it was?")
+            print(f"{len(after):,} documents compared value by value with the seeded data: "
+                  f"{'identical' if same else 'DIFFERENT'}")
+            if not same:
+                raise SystemExit(1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; emulator stopped, temp files removed")

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from docshift import UNCHANGED, DocView
+from docshift.validators import not_null, of_type
 
 description = "split full_name into first_name and last_name"
 collection = "users"
+# Checked on every document written, and by `docshift validate 0001`.
+rules = [of_type("first_name", "string", "null"), not_null("email")]
 
 
 def up(doc: DocView) -> Any:

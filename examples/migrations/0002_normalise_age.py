@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from docshift import UNCHANGED, DocView
+from docshift.validators import in_range, of_type
 
 description = "store age as an integer"
 collection = "users"
+rules = [of_type("age", "int", "null"), in_range("age", 0, 150)]
 
 
 def up(doc: DocView) -> Any:

@@ -51,7 +51,9 @@ class PlainProgress:
             err_console.print(f"[yellow]warning:[/] {fields.get('message')}")
         if self.quiet:
             return
-        if kind == "start":
+        if kind == "stage":
+            err_console.print(f"[cyan]{fields.get('message')}[/]")
+        elif kind == "start":
             err_console.print(f"[bold]{fields['migration']}[/]: started ({fields['shards']} shard(s))")
         elif kind == "progress" and fields.get("processed") and time.monotonic() - self._last >= self.every:
             self._last = time.monotonic()

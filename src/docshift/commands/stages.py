@@ -84,7 +84,8 @@ def run_stages(
             base, sample_percent=percent, sample_above=above,
             max_commit_p95=limit_ms / 1000 if limit_ms > 0 else None,
         )
-        progress.event("warning", message=f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
+        progress.event("stage", migration=migration.label, stage=index + 1, stages=len(plan.stages),
+                       message=f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
                        f"documents in ({above:g}%, {percent:g}%]")
         result = MigrationPipeline(store, migration, options, folder, checkpoint, controls=controls,
                                    progress=progress, check=check).run()
@@ -196,7 +197,8 @@ def _wait_for_operator(
     marker = run_folder / "pause"
     marker.touch()
     controls.pause()
-    progress.event("warning", message=f"{migration.label}: stage {index + 1} passed its gate; paused. "
+    progress.event("stage", migration=migration.label, stage=index + 1, paused=True,
+                   message=f"{migration.label}: stage {index + 1} passed its gate; paused. "
                    f"Continue with `docshift resume {run_id}` or by deleting {marker}")
     try:
         while controls.paused and marker.exists():

@@ -1,8 +1,8 @@
 """How the engine tells the world what it is doing, without knowing who listens.
 
 The engine calls ``progress.event(kind, **fields)`` with kinds ``start``, ``progress``,
-``checkpoint``, ``warning``, ``stop`` and ``finish``. The default does nothing; the CLI supplies a
-live view, plain lines or JSON events.
+``checkpoint``, ``warning``, ``stage`` (canary stages), ``stop`` and ``finish``. The default does
+nothing; the CLI supplies a live view, plain lines or JSON events.
 """
 
 from __future__ import annotations
