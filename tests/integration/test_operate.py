@@ -176,6 +176,8 @@ def test_the_status_endpoint_answers_and_pause_throttle_resume_stop_take_effect(
     assert stopped.returncode == 0, stopped.stderr
     stderr = finish(process, err, 10)
     assert f"resume with: docshift run --execute --resume {run.name}" in " ".join(stderr.split())
+    said = " ".join(stderr.split())
+    assert "paused (by POST /pause)" in said and "write limit set to 150 ops/s (by POST /throttle)" in said
     checkpoint = Checkpoint.load(run / "0001_touch" / "checkpoint.json")
     assert checkpoint.state == "stopped" and 0 < checkpoint.counters["updated"] < 3000
     assert checkpoint.counters["updated"] <= touched(firestore_store)
@@ -247,7 +249,8 @@ def test_control_files_runs_show_report_and_monitor_without_an_endpoint(
     assert resumed.returncode == 0 and "via control file" in resumed.stderr and not (run / "pause").exists()
     wait_for(lambda: progress()[-1]["processed"] > last["processed"], what="writing again")
     assert docshift(folder, cli_env, "stop", run.name).returncode == 0
-    finish(process, err, 10)
+    stderr = finish(process, err, 10)
+    assert "paused (by the control file)" in stderr and "stopping (by the control file)" in stderr
     assert not (run / "stop").exists()  # honoured and removed: a resume is not stopped again
 
     listed = docshift(folder, cli_env, "runs")

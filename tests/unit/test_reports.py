@@ -216,11 +216,11 @@ def test_the_report_is_self_contained_with_three_charts_and_no_secrets(tmp_path:
     assert body["commands"]["resume"] == f"docshift run --execute --resume {folder.name}"
     assert body["commands"]["rollback"] == f"docshift rollback {folder.name} --execute"
     assert body["settings"]["status_token"] == REDACTED
-    assert len(body["timeline"]["throughput"]["0001_x"]) == 30
+    assert len(body["timeline"]["throughput"]["0001_x"]) == 30 + 1  # progress events, then the stop
     page = paths.html.read_text(encoding="utf-8")
     assert page.count("<svg") == 3 and page.count("<polyline") >= 3 + 2  # p50/p95/p99, failed/retries...
     points = re.findall(r'<polyline[^>]*data-series="0001_x"[^>]*points="([^"]+)"', page)
-    assert points and len(points[0].split()) == 30
+    assert points and len(points[0].split()) == 31
     assert not URL.search(page), URL.search(page)
     for text in (page, paths.json.read_text(encoding="utf-8")):
         assert "hunter2" not in text

@@ -6,6 +6,7 @@ Both render the same status snapshot (:meth:`docshift.reports.RunStatus.snapshot
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -121,16 +122,23 @@ class LiveProgress:
     above the view so they stay on screen after it ends.
     """
 
-    def __init__(self, console: Console, controls: Controls | None = None, *, quiet: bool = False) -> None:
+    def __init__(self, console: Console, controls: Controls | None = None, *, quiet: bool = False,
+                 notes: Callable[[dict[str, Any]], str] | None = None) -> None:
         self.console = console
         self.status = RunStatus("", controls=controls)
         self.quiet = quiet
+        self.notes = notes
+        """Turns a ``control`` event into a line printed above the view."""
         self._live: Live | None = None
 
     def event(self, kind: str, **fields: Any) -> None:
         self.status.event(kind, **fields)
-        if kind == "warning":
+        if kind == "control" and self.notes is not None:
+            self.console.print(f"[yellow]{self.notes(fields)}[/]")
+        elif kind == "warning":
             self.console.print(f"[yellow]warning:[/] {fields.get('message')}")
+        elif kind == "stage":
+            self.console.print(f"[cyan]{fields.get('message')}[/]")
         elif kind == "stop" and not self.quiet:
             self.console.print(f"[red]{fields.get('migration')}: stopped[/]: {fields.get('reason')}")
         if kind == "start" and self._live is None and not self.quiet:

@@ -51,13 +51,32 @@ def status_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def control_note(fields: dict[str, Any]) -> str:
+    """One line saying who steered the run (a pause is otherwise invisible in a log)."""
+    action, source = str(fields.get("action")), fields.get("source")
+    how = "the control file" if source == "file" else f"POST /{action}" if source == "http" else str(source)
+    if action == "throttle":
+        value = float(fields.get("ops_per_second") or 0)
+        action = f"write limit set to {value:g} ops/s" if value else "write limit removed"
+    else:
+        action = {"pause": "paused", "resume": "resumed", "stop": "stopping"}.get(action, action)
+    return f"{action} (by {how})"
+
+
+class _PlainWithControl(PlainProgress):
+    def event(self, kind: str, **fields: Any) -> None:
+        if kind == "control":
+            err_console.print(f"[yellow]{control_note(fields)}[/]")
+        super().event(kind, **fields)
+
+
 def display_progress(as_json: bool, quiet: bool, controls: Controls) -> Progress:
     """JSON lines with --json; the live view on a terminal; otherwise a plain line every few seconds."""
     if as_json:
         return JsonProgress()
     if err_console.is_terminal and not quiet:
-        return LiveProgress(err_console, controls)
-    return PlainProgress(quiet=quiet)
+        return LiveProgress(err_console, controls, notes=control_note)
+    return _PlainWithControl(quiet=quiet)
 
 
 @contextmanager

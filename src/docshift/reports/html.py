@@ -96,6 +96,13 @@ def _charts(timeline: dict[str, Any]) -> str:
     ])
 
 
+def _count_columns(migrations: list[dict[str, Any]]) -> list[str]:
+    """The usual counters, plus any other a run kept (a restore's ``restored``, ``verified``…)."""
+    extra = sorted({name for m in migrations for name, value in (m.get("counters") or {}).items()
+                    if value and name not in _COUNTS and name not in ("read", "rejected")})
+    return [*_COUNTS, *extra]
+
+
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(value, dict):
         items: list[tuple[str, Any]] = []
@@ -143,16 +150,17 @@ def render_html(body: dict[str, Any]) -> str:
         facts.append(("stopped because", _e(outcome.get("error"))))
     if outcome.get("hint"):
         facts.append(("hint", _e(outcome.get("hint"))))
+    counts = _count_columns(body.get("migrations", []))
     rows = []
     for m in body.get("migrations", []):
         counters = m.get("counters", {})
         rows.append([_e(m.get("migration")), f'<span class="badge {_e(m.get("state"))}">{_e(m.get("state"))}'
-                     "</span>", *(_n(counters.get(k, 0)) for k in _COUNTS), _n(m.get("dead_letters")),
+                     "</span>", *(_n(counters.get(k, 0)) for k in counts), _n(m.get("dead_letters")),
                      _duration(m.get("elapsed_seconds")), _n(m.get("docs_per_second_avg")),
                      _ms(m.get("commit_p50")), _ms(m.get("commit_p95")), _ms(m.get("commit_p99"))])
     verb = "" if body.get("execute") else "would "
     headers = ["migration", "state", *(f"{verb}{k}" if k in ("updated", "created", "deleted") else k
-                                       for k in _COUNTS),
+                                       for k in counts),
                "dead letters", "time", "docs/s", "p50", "p95", "p99"]
     issues = health.get("issues") or []
     markers = [m for m in body.get("timeline", {}).get("markers", []) if m.get("kind") in ("stop", "control")]

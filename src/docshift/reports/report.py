@@ -97,11 +97,12 @@ class _Timeline:
         run pauses (the engine's own "now" rate is a 5-second average, which lags)."""
         processed = event.get("processed")
         previous = self._last_done.get(label)
+        fallback = "docs_per_second_now" if event.get("event") == "progress" else "docs_per_second_avg"
         if not isinstance(processed, int):
-            return float(event.get("docs_per_second_now") or 0.0)
+            return float(event.get(fallback) or 0.0)
         self._last_done[label] = (t, processed)
         if previous is None or t <= previous[0]:
-            return float(event.get("docs_per_second_now") or 0.0)
+            return float(event.get(fallback) or 0.0)
         return max(0.0, (processed - previous[1]) / (t - previous[0]))
 
     def add(self, event: dict[str, Any]) -> None:
@@ -123,12 +124,11 @@ class _Timeline:
             self._last_done.clear()
         self.last_at = float(at)
         label = event["migration"]
-        if kind == "progress":
-            self.throughput.setdefault(label, []).append((t, self._rate(label, t, event)))
-            for name in ("p50", "p95", "p99"):
-                value = event.get(f"commit_{name}")
-                if isinstance(value, float | int):
-                    self.latency[name].append((t, value * 1000.0))
+        self.throughput.setdefault(label, []).append((t, self._rate(label, t, event)))
+        for name in ("p50", "p95", "p99"):
+            value = event.get(f"commit_{name}")
+            if isinstance(value, float | int):
+                self.latency[name].append((t, value * 1000.0))
         self._per_migration[label] = {"failed": int(event.get("failed") or 0),
                                       "conflicts": int(event.get("conflicts") or 0)}
         for name in ("failed", "conflicts"):
