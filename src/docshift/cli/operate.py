@@ -57,7 +57,7 @@ def _state(state: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 @pass_app
 def runs_command(app: AppContext, limit: int | None, as_json: bool) -> None:
-    """List runs, newest first: id, migrations, state, start, duration and counts."""
+    """List runs, newest first: id, migrations, state, start, duration and counts (--json: all)."""
     runs = list_runs(app.config(), limit=limit)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in runs], indent=2))
@@ -72,14 +72,13 @@ def runs_command(app: AppContext, limit: int | None, as_json: bool) -> None:
     table.add_column("state", no_wrap=True)
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
-    for name in ("updated", "deleted", "created", "unchanged", "failed"):
+    for name in ("updated", "deleted", "unchanged", "failed"):
         table.add_column(name, justify="right")
     for run in runs:
         kind = run.kind if run.execute else f"dry {run.kind}"
         table.add_row(run.run_id, kind, ", ".join(run.migrations), _state(run.state),
                       (run.created_at or "")[:19].replace("T", " "), _duration(run.duration_seconds),
-                      *(f"{run.counts.get(k, 0):,}" for k in ("updated", "deleted", "created", "unchanged",
-                                                               "failed")))
+                      *(f"{run.counts.get(k, 0):,}" for k in ("updated", "deleted", "unchanged", "failed")))
     console.print(table)
 
 

@@ -83,8 +83,8 @@ def _charts(timeline: dict[str, Any]) -> str:
     groups = [timeline.get(name) or {} for name in ("throughput", "latency_ms", "failures")]
     ends = [float(x) for group in groups for points in group.values() for x, _ in points]
     span = (0.0, max(ends)) if ends and max(ends) > 0 else None
-    marks = [Mark(float(m["t"]), str(m["text"]).split(":")[0][:24]) for m in timeline.get("markers", [])
-             if m.get("kind") in ("control", "stop")]
+    marks = [Mark(float(m["t"]), "stopped" if m["kind"] == "stop" else str(m["text"])[:16])
+             for m in timeline.get("markers", []) if m.get("kind") in ("control", "stop")]
     dashes = (None, "7 4", "2 3")
     return "".join([
         line_chart("Throughput (documents per second)", _series(groups[0]), y_label="docs/s", x_range=span,
