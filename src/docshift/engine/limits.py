@@ -48,6 +48,9 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._paused = False
+        self._next_ticket = 0
+        self._serving = 0
+        self._abandoned: set[int] = set()
 
     @property
     def limit(self) -> float:
@@ -77,24 +80,39 @@ class RateLimiter:
             self._cond.notify_all()
 
     def acquire(self, count: int, stop: threading.Event | None = None) -> bool:
-        """Wait until ``count`` operations may be sent; ``False`` if ``stop`` was set meanwhile."""
+        """Wait until ``count`` operations may be sent; ``False`` if ``stop`` was set meanwhile.
+
+        First come, first served: callers get their turn in arrival order. Without that, a writer
+        holding an early batch can lose the race for tokens again and again, and the checkpoint,
+        which only advances over batches finished in order, stands still while others write.
+        """
         with self._cond:
-            while True:
-                if stop is not None and stop.is_set():
-                    return False
-                if self._paused:
-                    self._cond.wait(0.2)
-                    continue
-                limit = self.limit
-                if limit <= 0:
-                    return True
-                now = self._clock()
-                self._tokens = min(self._tokens + (now - self._last) * limit, max(limit, count))
-                self._last = now
-                if self._tokens >= count:
-                    self._tokens -= count
-                    return True
-                self._cond.wait(min((count - self._tokens) / limit, 0.2))
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            try:
+                while True:
+                    while self._serving in self._abandoned:
+                        self._abandoned.discard(self._serving)
+                        self._serving += 1
+                    if stop is not None and stop.is_set():
+                        self._abandoned.add(ticket)
+                        return False
+                    if self._paused or ticket != self._serving:
+                        self._cond.wait(0.2)
+                        continue
+                    limit = self.limit
+                    now = self._clock()
+                    if limit > 0:
+                        self._tokens = min(self._tokens + (now - self._last) * limit, max(limit, count))
+                    self._last = now
+                    if limit <= 0 or self._tokens >= count:
+                        if limit > 0:
+                            self._tokens -= count
+                        self._serving += 1
+                        return True
+                    self._cond.wait(min((count - self._tokens) / limit, 0.2))
+            finally:
+                self._cond.notify_all()
 
 
 class MemoryState:
