@@ -145,7 +145,7 @@ class MigrationPipeline:
             sample_percent=options.sample_percent,
             sample_above=options.sample_above, check=check, on_decision=on_decision,
         )
-        self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=options.concurrency * 2)
+        self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=options.concurrency)
         self._done: queue.Queue[_Batch | _ShardDone] = queue.Queue()
         self._reading_paused = threading.Event()
         self._in_flight = 0
