@@ -84,7 +84,9 @@ def observe_run(config: Config, store: Store, controls: Controls, display: Progr
                 kind: str = "run", resume: str | None = None, as_json: bool = False,
                 limit: int | None = None) -> Iterator[Observation]:
     """Observe a run (events, status endpoint, control files, report) for the ``with`` block."""
-    totals = migration_totals(config, store, limit=limit) if kind == "run" else None
+    # The count query behind the ETA costs a scan of the target; only pay for it where an ETA is shown.
+    shows_eta = as_json or status.port is not None or isinstance(display, LiveProgress)
+    totals = migration_totals(config, store, limit=limit) if kind == "run" and shows_eta else None
     observation = Observation(config, store, controls, kind=kind, resume=resume, display=display,
                               status_port=status.port, status_host=status.host, status_token=status.token,
                               totals=totals)
