@@ -92,6 +92,11 @@ def main() -> None:
             run_id = latest_run(work)
             banner("validation: scan the result against the migration's rules")
             cli(["validate", "0002", "--after"], env, work)
+            banner("the run's report: report.json and a self-contained report.html with charts")
+            cli(["report", run_id], env, work)
+            kept = Path(tempfile.gettempdir()) / "docshift-demo-report.html"
+            shutil.copy(work / ".docshift" / "runs" / run_id / "report.html", kept)
+            print(f"a copy that outlives the demo: file://{kept}")
             banner("status after the run")
             cli(["status"], env, work)
             banner(f"rollback of run {run_id}: down() where there is one, before-images otherwise")
