@@ -114,6 +114,13 @@ def run_stages(
     assert result is not None
     totals["read"] = result.counters.get("read", 0)
     result.counters = dict(totals)
+    checkpoint.counters = dict(totals)  # the finished migration's checkpoint speaks for all stages
+    checkpoint.save(folder / "checkpoint.json")
+    combined = {**result.snapshot, **totals, "skipped": 0,
+                "processed": sum(totals[k] for k in ("updated", "created", "deleted", "unchanged", "failed"))}
+    combined["elapsed_seconds"] = result.elapsed_seconds
+    # The per-stage finish events each counted one stage; this one speaks for the whole migration.
+    progress.event("finish", **{**combined, "migration": migration.label, "stages": len(plan.stages)})
     return result
 
 
