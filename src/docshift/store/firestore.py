@@ -3,7 +3,9 @@
 It speaks raw gRPC with the protobuf messages instead of the high-level client: building snapshot
 objects costs more than the wire (measured: ~3,500 docs/s through ``collection.stream()`` versus
 ~13,700 docs/s for raw RunQuery), and the engine needs neither snapshots nor proto-plus wrappers.
-Google errors are translated here, in :func:`translate_error`, and nowhere else.
+Google errors are translated here, in :func:`translate_error`, and nowhere else. The module is
+longer than docshift's others on purpose: being the only one that may import Google code, it holds
+value conversion, queries, writes and error translation together.
 """
 
 from __future__ import annotations
