@@ -19,7 +19,15 @@ from docshift.backup import MANIFEST_NAME
 from docshift.commands.backup import backup, restore, verify
 from docshift.config import Config, StoreConfig
 from docshift.errors import DataError
-from docshift.store import Document, Query, RetryingStore, Store, Write, WriteResult, open_store
+from docshift.store import (
+    DelegatingStore,
+    Query,
+    RetryingStore,
+    Store,
+    Write,
+    WriteResult,
+    open_store,
+)
 from docshift.values import Timestamp
 from tests.backup_support import assert_same_documents, every_type, export, seed
 from tests.conftest import FAST_RETRY
@@ -136,27 +144,16 @@ def test_restore_into_another_collection(
     assert firestore_store.get("people/u00000/orders/o1/items/i1") is not None
 
 
-class Corrupting(Store):
+class Corrupting(DelegatingStore):
     """Delegates to a real store, but one document is silently written with other data."""
 
     def __init__(self, inner: Store, path: str) -> None:
-        self.inner, self.path, self.info = inner, path, inner.info
+        super().__init__(inner)
+        self.path = path
 
     def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
         return self.inner.commit([Write.set(w.path, {"tampered": True}) if w.path == self.path else w
                                   for w in writes])
-
-    def stream(self, query: Query) -> Iterator[Document]:
-        return self.inner.stream(query)
-
-    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
-        return self.inner.get_many(paths)
-
-    def count(self, query: Query) -> int:
-        return self.inner.count(query)
-
-    def list_collections(self, document_path: str | None = None) -> list[str]:
-        return self.inner.list_collections(document_path)
 
 
 def test_verify_catches_a_difference(small_backup: Path, other_config: Config, other_store: Store) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from docshift.engine.progress import RecordingProgress
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import RunStats
 from docshift.migration import UNCHANGED, DocView, Migration, Target
-from docshift.store import Document, Query, Store, Write, WriteResult
+from docshift.store import DelegatingStore, Document, Query, Store, Write
 from docshift.values import Value, values_equal
 
 COLLECTION = "users"
@@ -137,27 +137,8 @@ def dead_letters(folder: Path) -> list[dict[str, Any]]:
     return list(DeadLetterFile(folder / "dead-letters.jsonl"))
 
 
-class StoreWrapper(Store):
+class StoreWrapper(DelegatingStore):
     """Delegates everything; subclasses override what they watch or disturb."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.info = inner.info
-
-    def stream(self, query: Query) -> Iterator[Document]:
-        return self.inner.stream(query)
-
-    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
-        return self.inner.get_many(paths)
-
-    def count(self, query: Query) -> int:
-        return self.inner.count(query)
-
-    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
-        return self.inner.commit(writes)
-
-    def list_collections(self, document_path: str | None = None) -> list[str]:
-        return self.inner.list_collections(document_path)
 
 
 class ScriptedMemory(MemoryGuard):

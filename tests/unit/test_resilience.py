@@ -15,6 +15,7 @@ import pytest
 
 from docshift.errors import ConflictError, CredentialsError, PermanentError, StoreError, TransientError
 from docshift.store import (
+    DelegatingStore,
     Document,
     FaultInjectingStore,
     MemoryStore,
@@ -30,30 +31,8 @@ from docshift.store.base import Filter
 QUICK = RetryPolicy(attempts=5, initial_wait=0.001, max_wait=0.002)
 
 
-class Passthrough(Store):
+class Passthrough(DelegatingStore):
     """Delegates everything to ``inner``; subclasses break one thing."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.info = inner.info
-
-    def stream(self, query: Query) -> Iterator[Document]:
-        return self.inner.stream(query)
-
-    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
-        return self.inner.get_many(paths)
-
-    def count(self, query: Query) -> int:
-        return self.inner.count(query)
-
-    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
-        return self.inner.commit(writes)
-
-    def list_collections(self, document_path: str | None = None) -> list[str]:
-        return self.inner.list_collections(document_path)
-
-    def partition(self, query: Query, count: int) -> list[str] | None:
-        return self.inner.partition(query, count)
 
 
 class Recording(Passthrough):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from docshift.config import Config
 from docshift.store.base import (
     DELETE_FIELD,
+    DelegatingStore,
     Document,
     FieldPath,
     Filter,
@@ -22,6 +23,7 @@ from docshift.store.resilience import FaultInjectingStore, RetryingStore, RetryP
 
 __all__ = [
     "DELETE_FIELD",
+    "DelegatingStore",
     "Document",
     "FaultInjectingStore",
     "FieldPath",

@@ -19,6 +19,7 @@ from docshift.values import Timestamp, Value
 
 __all__ = [
     "DELETE_FIELD",
+    "DelegatingStore",
     "Document",
     "FieldPath",
     "Filter",
@@ -310,3 +311,33 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DelegatingStore(Store):
+    """Passes every call to ``inner``. Wrappers that watch or disturb a store (failure injection,
+    tests) extend this and override only the calls they change."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.info = inner.info
+
+    def stream(self, query: Query) -> Iterator[Document]:
+        return self.inner.stream(query)
+
+    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+        return self.inner.get_many(paths)
+
+    def count(self, query: Query) -> int:
+        return self.inner.count(query)
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        return self.inner.commit(writes)
+
+    def list_collections(self, document_path: str | None = None) -> list[str]:
+        return self.inner.list_collections(document_path)
+
+    def partition(self, query: Query, count: int) -> list[str] | None:
+        return self.inner.partition(query, count)
+
+    def close(self) -> None:
+        self.inner.close()

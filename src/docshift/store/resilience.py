@@ -23,7 +23,7 @@ from tenacity import (
 )
 
 from docshift.errors import StoreError, TransientError
-from docshift.store.base import Document, Query, Store, Write, WriteResult
+from docshift.store.base import DelegatingStore, Document, Query, Store, Write, WriteResult
 
 __all__ = ["FaultInjectingStore", "RetryPolicy", "RetryingStore"]
 
@@ -153,7 +153,7 @@ class RetryingStore(Store):
         self.inner.close()
 
 
-class FaultInjectingStore(Store):
+class FaultInjectingStore(DelegatingStore):
     """Makes a fraction of commits fail transiently, for resilience tests against any store.
 
     ``write_failure_rate`` fails single writes (not applied, transient result);
@@ -169,8 +169,7 @@ class FaultInjectingStore(Store):
         request_failure_rate: float = 0.0,
         seed: int | None = None,
     ) -> None:
-        self.inner = inner
-        self.info = inner.info
+        super().__init__(inner)
         self.write_failure_rate = write_failure_rate
         self.request_failure_rate = request_failure_rate
         self.enabled = True
@@ -197,21 +196,3 @@ class FaultInjectingStore(Store):
             else next(applied)
             for w, fail in zip(writes, failed, strict=True)
         ]
-
-    def stream(self, query: Query) -> Iterator[Document]:
-        return self.inner.stream(query)
-
-    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
-        return self.inner.get_many(paths)
-
-    def count(self, query: Query) -> int:
-        return self.inner.count(query)
-
-    def list_collections(self, document_path: str | None = None) -> list[str]:
-        return self.inner.list_collections(document_path)
-
-    def partition(self, query: Query, count: int) -> list[str] | None:
-        return self.inner.partition(query, count)
-
-    def close(self) -> None:
-        self.inner.close()
