@@ -28,7 +28,7 @@ from docshift.config import Config
 from docshift.engine.limits import RateLimiter
 from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import UsageError
-from docshift.store import Query, Store, open_store
+from docshift.store import Query, Store, store_for
 from docshift.values import Timestamp
 
 __all__ = ["BackupManifest", "RestoreReport", "VerifyReport", "backup", "restore", "verify"]
@@ -101,48 +101,44 @@ def backup(
     if not all_collections and not collections:
         raise UsageError("name at least one collection to back up",
                          hint="e.g. docshift backup users orders --out backups/today, or --all")
-    owned = store is None
-    store = store if store is not None else open_store(config)
-    writers: list[CollectionWriter] = []
-    created = False
-    try:
-        if all_collections:
-            state = config.store.state_prefix + "_"
-            collections = [name for name in store.list_collections() if not name.startswith(state)]
-            recursive = True
-        names = _sources(collections, recursive=recursive, group=group)
-        created = _prepare(out)
-        started, clock = Timestamp.now(), time.monotonic()
-        total = 0
-        for index, name in enumerate(names, start=1):
-            writer = CollectionWriter(out, index, name, docs_per_file)
-            writers.append(writer)
-            progress.event("start", phase="backup", collection=name, group=group, recursive=recursive)
-            for doc in store.stream(Query(name, group=group, descendants=recursive)):
-                writer.add(doc)
-                total += 1
-                if total % _PROGRESS_EVERY == 0:
-                    elapsed = time.monotonic() - clock
-                    progress.event("progress", phase="backup", collection=name, done=total,
-                                   files=sum(len(w.files) for w in writers),
-                                   docs_per_second=total / elapsed if elapsed > 0 else 0.0)
-            writer.close()
-        files: list[BackupFile] = [entry for writer in writers for entry in writer.files]
-        manifest = BackupManifest(
-            project=store.info.project, database=store.info.database, emulator=store.info.is_emulator,
-            collections=tuple(names), group=group, recursive=recursive, docshift_version=__version__,
-            started_at=started, finished_at=Timestamp.now(), files=tuple(files),
-        )
-        write_manifest(out, manifest)
-    except BaseException:
-        for writer in writers:
-            writer.discard()
-        if created and not any(out.iterdir()):
-            out.rmdir()
-        raise
-    finally:
-        if owned:
-            store.close()
+    with store_for(config, store) as active:
+        writers: list[CollectionWriter] = []
+        created = False
+        try:
+            if all_collections:
+                state = config.store.state_prefix + "_"
+                collections = [name for name in active.list_collections() if not name.startswith(state)]
+                recursive = True
+            names = _sources(collections, recursive=recursive, group=group)
+            created = _prepare(out)
+            started, clock = Timestamp.now(), time.monotonic()
+            total = 0
+            for index, name in enumerate(names, start=1):
+                writer = CollectionWriter(out, index, name, docs_per_file)
+                writers.append(writer)
+                progress.event("start", phase="backup", collection=name, group=group, recursive=recursive)
+                for doc in active.stream(Query(name, group=group, descendants=recursive)):
+                    writer.add(doc)
+                    total += 1
+                    if total % _PROGRESS_EVERY == 0:
+                        elapsed = time.monotonic() - clock
+                        progress.event("progress", phase="backup", collection=name, done=total,
+                                       files=sum(len(w.files) for w in writers),
+                                       docs_per_second=total / elapsed if elapsed > 0 else 0.0)
+                writer.close()
+            files: list[BackupFile] = [entry for writer in writers for entry in writer.files]
+            manifest = BackupManifest(
+                project=active.info.project, database=active.info.database, emulator=active.info.is_emulator,
+                collections=tuple(names), group=group, recursive=recursive, docshift_version=__version__,
+                started_at=started, finished_at=Timestamp.now(), files=tuple(files),
+            )
+            write_manifest(out, manifest)
+        except BaseException:
+            for writer in writers:
+                writer.discard()
+            if created and not any(out.iterdir()):
+                out.rmdir()
+            raise
     progress.event("finish", phase="backup", documents=manifest.documents, files=len(manifest.files),
                    bytes=manifest.bytes, seconds=_seconds(manifest.started_at, manifest.finished_at))
     return manifest
@@ -181,24 +177,19 @@ def restore(
     """
     progress = progress or NullProgress()
     manifest, paths = _checked(folder, into, progress)
-    owned = store is None
-    store = store if store is not None else open_store(config)
-    try:
-        report = RestoreReport(folder, store.info.describe(), manifest.documents)
-        ramp = config.limits.ramp == "on" or (config.limits.ramp == "auto" and not store.info.is_emulator)
+    with store_for(config, store) as active:
+        report = RestoreReport(folder, active.info.describe(), manifest.documents)
+        ramp = config.limits.ramp == "on" or (config.limits.ramp == "auto" and not active.info.is_emulator)
         limiter = RateLimiter(config.limits.max_writes_per_second, ramp=ramp)
         progress.event("start", phase="restore", documents=manifest.documents, target=report.target,
                        write_limit=limiter.limit, ramp=ramp)
-        write_documents(store, records(folder, manifest, paths), report, batch_size=_batch_size(config),
+        write_documents(active, records(folder, manifest, paths), report, batch_size=_batch_size(config),
                         concurrency=config.engine.concurrency, limiter=limiter, progress=progress)
         if verify:
             progress.event("start", phase="verify", documents=manifest.documents)
             report.verification = verify_documents(
-                store, records(folder, manifest, paths), manifest.documents,
+                active, records(folder, manifest, paths), manifest.documents,
                 batch_size=_batch_size(config), concurrency=config.engine.concurrency, progress=progress)
-    finally:
-        if owned:
-            store.close()
     progress.event("finish", phase="restore", written=report.written, failed=report.failed,
                    seconds=report.seconds)
     return report
@@ -215,13 +206,8 @@ def verify(
     """Compare the store with a backup, document by document, without writing anything."""
     progress = progress or NullProgress()
     manifest, paths = _checked(folder, into, progress)
-    owned = store is None
-    store = store if store is not None else open_store(config)
-    try:
+    with store_for(config, store) as active:
         progress.event("start", phase="verify", documents=manifest.documents)
-        return verify_documents(store, records(folder, manifest, paths), manifest.documents,
+        return verify_documents(active, records(folder, manifest, paths), manifest.documents,
                                 batch_size=_batch_size(config), concurrency=config.engine.concurrency,
                                 progress=progress)
-    finally:
-        if owned:
-            store.close()

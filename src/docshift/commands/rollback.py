@@ -36,7 +36,7 @@ from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock
 from docshift.migration import Migration
-from docshift.store import Document, Store, open_store
+from docshift.store import Document, Store, store_for
 from docshift.values import Timestamp
 
 __all__ = ["RollbackItem", "RollbackOptions", "RollbackReport", "rollback"]
@@ -167,11 +167,9 @@ def rollback(
     """Dry-run (default) or execute a rollback; raises :class:`RollbackConflicts` when documents
     changed since the migration wrote them were left alone (use ``force`` to overwrite them)."""
     migrations = {m.id: m for m in load_migrations(config.migrations_dir)}
-    owned = store is None
-    store = store or open_store(config)
-    progress = progress or NullProgress()
-    try:
-        history = History(store, config.store.state_prefix)
+    with store_for(config, store) as active:
+        progress = progress or NullProgress()
+        history = History(active, config.store.state_prefix)
         if options.resume:
             folder = find_run(config.runs_dir, options.resume, kind="rollback")
             info = read_versioned(folder / "run.json", "docshift-run", 1)
@@ -186,18 +184,18 @@ def rollback(
             info = {"run_id": run_id, "kind": "rollback", "execute": options.execute, "force": options.force,
                     "state": "running", "migrations": [m.id for m, _, _ in plan],
                     "plan": [[m.id, run, strategy] for m, run, strategy in plan],
-                    "created_at": datetime.now(UTC).isoformat(), "target": store.info.describe()}
+                    "created_at": datetime.now(UTC).isoformat(), "target": active.info.describe()}
             write_versioned(folder / "run.json", "docshift-run", 1, info)
-        report = RollbackReport(run_id, folder, options.execute, store.info.describe())
-        controls = controls or Controls(rate_limiter(config, store))
+        report = RollbackReport(run_id, folder, options.execute, active.info.describe())
+        controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
-            _undo_all(config, store, plan, options, report, history, progress, controls)
+            _undo_all(config, active, plan, options, report, history, progress, controls)
         else:
-            lock = LeaseLock(store, config.store.state_prefix, run_id=run_id)
+            lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
             with lock:
                 controls.lease_lost = lock.lost
                 try:
-                    _undo_all(config, store, plan, options, report, history, progress, controls)
+                    _undo_all(config, active, plan, options, report, history, progress, controls)
                 except RunStopped as stop:
                     stop.resume_command = report.resume_command
                     info["state"] = "stopped"
@@ -218,9 +216,6 @@ def rollback(
             error.report = report
             raise error
         return report
-    finally:
-        if owned:
-            store.close()
 
 
 def _undo_all(

@@ -41,7 +41,7 @@ from docshift.history import (
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock, process_exists, read_lease
 from docshift.migration import Migration
-from docshift.store import Store, open_store
+from docshift.store import Store, store_for
 
 __all__ = ["RunOptions", "RunReport", "find_run", "load_run_info", "run"]
 
@@ -163,11 +163,9 @@ def run(
     """Dry-run (default) or execute the pending migrations. Raises :class:`RunStopped` subclasses
     when a run stops early; its checkpoint is kept and ``resume_command`` continues it."""
     migrations = load_migrations(config.migrations_dir)
-    owned = store is None
-    store = store or open_store(config)
-    progress = progress or NullProgress()
-    try:
-        history = History(store, config.store.state_prefix)
+    with store_for(config, store) as active:
+        progress = progress or NullProgress()
+        history = History(active, config.store.state_prefix)
         drifted: list[MigrationState] = []
         if options.resume:
             folder = find_run(config.runs_dir, options.resume)
@@ -183,33 +181,33 @@ def run(
             run_id = options.run_id or new_run_id()
             if not selected:
                 return RunReport(run_id, config.runs_dir / run_id, options.execute,
-                                 target=store.info.describe())
+                                 target=active.info.describe())
             folder = config.runs_dir / run_id
             info = {
                 "run_id": run_id, "kind": "run", "execute": options.execute, "state": "running",
                 "migrations": [m.id for m in selected], "created_at": datetime.now(UTC).isoformat(),
                 "user": f"{getpass.getuser()}@{socket.gethostname()}",
-                "target": store.info.describe(), "project": store.info.project,
-                "database": store.info.database, "limit": options.limit, "sample": options.sample_percent,
+                "target": active.info.describe(), "project": active.info.project,
+                "database": active.info.database, "limit": options.limit, "sample": options.sample_percent,
             }
             _write_run_file(folder, info)
-        report = RunReport(run_id, folder, options.execute, target=store.info.describe())
-        controls = controls or Controls(rate_limiter(config, store))
+        report = RunReport(run_id, folder, options.execute, target=active.info.describe())
+        controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
-            _run_all(config, store, selected, options, report, history, progress, controls, checks)
+            _run_all(config, active, selected, options, report, history, progress, controls, checks)
             info["state"] = "finished"
             _write_run_file(folder, info)
             return report
         if options.resume:
-            _refuse_if_still_running(store, config.store.state_prefix, run_id)
-        lock = LeaseLock(store, config.store.state_prefix, run_id=run_id)
+            _refuse_if_still_running(active, config.store.state_prefix, run_id)
+        lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
         with lock:
             controls.lease_lost = lock.lost
             for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
                 if state.migration is not None:
                     history.accept_drift(state.migration_id, state.migration.checksum, run_id)
             try:
-                _run_all(config, store, selected, options, report, history, progress, controls, checks)
+                _run_all(config, active, selected, options, report, history, progress, controls, checks)
             except RunStopped as stop:
                 rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
                 stop.resume_command = None if rolled_back else report.resume_command
@@ -219,9 +217,6 @@ def run(
         info["state"] = "finished"
         _write_run_file(folder, info)
         return report
-    finally:
-        if owned:
-            store.close()
 
 
 def _run_all(

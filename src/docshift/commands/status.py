@@ -11,7 +11,7 @@ from docshift.errors import ExitCode
 from docshift.history import History, MigrationState, StateKind, plan
 from docshift.loader import describe_file, load_migrations
 from docshift.lock import Lease, read_lease
-from docshift.store import Store, open_store
+from docshift.store import Store, store_for
 from docshift.values import Timestamp
 
 __all__ = ["StatusReport", "state_label", "status", "status_exit_code"]
@@ -109,12 +109,7 @@ def _state_json(state: MigrationState, lease: Lease | None) -> dict[str, Any]:
 def status(config: Config, store: Store | None = None) -> StatusReport:
     """Load the folder strictly (a bad file fails the command), read history and lease, compare."""
     migrations = load_migrations(config.migrations_dir)
-    owned = store is None
-    active = store if store is not None else open_store(config)
-    try:
+    with store_for(config, store) as active:
         records = History(active, config.store.state_prefix).all()
         lease = read_lease(active, config.store.state_prefix)
         return StatusReport(active.info.describe(), config.migrations_dir, plan(migrations, records), lease)
-    finally:
-        if owned:
-            active.close()

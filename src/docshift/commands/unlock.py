@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from docshift.config import Config
 from docshift.lock import Lease, force_unlock, read_lease
-from docshift.store import Store, open_store
+from docshift.store import Store, store_for
 
 __all__ = ["UnlockResult", "unlock"]
 
@@ -24,9 +24,7 @@ class UnlockResult:
 
 def unlock(config: Config, confirm: Callable[[Lease], bool], store: Store | None = None) -> UnlockResult:
     """Show the lease to ``confirm``; if it agrees, delete exactly that run's lease."""
-    owned = store is None
-    active = store if store is not None else open_store(config)
-    try:
+    with store_for(config, store) as active:
         prefix = config.store.state_prefix
         lease = read_lease(active, prefix)
         if lease is None:
@@ -35,6 +33,3 @@ def unlock(config: Config, confirm: Callable[[Lease], bool], store: Store | None
             return UnlockResult(lease, False, False)
         removed = force_unlock(active, prefix, expected=lease)
         return UnlockResult(lease, True, removed is not None)
-    finally:
-        if owned:
-            active.close()

@@ -17,7 +17,7 @@ from docshift.errors import DocshiftError, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.migration import Migration
-from docshift.store import Store, open_store
+from docshift.store import Store, store_for
 from docshift.validators.scan import Baseline, ValidationReport, load_report, save_report, scan
 
 __all__ = ["PHASES", "find_migration", "report_folder", "validate"]
@@ -67,15 +67,10 @@ def validate(
             f"migration {migration.label} declares no rules",
             hint='add rules = [required("email"), ...] from docshift.validators (see docs/validation.md)',
         )
-    owned = store is None
-    store = store or open_store(config)
-    try:
-        baseline = _baseline(config, store, migration) if phase == "after" else None
-        report = scan(store, migration, phase=phase, sample=sample, baseline=baseline,
+    with store_for(config, store) as active:
+        baseline = _baseline(config, active, migration) if phase == "after" else None
+        report = scan(active, migration, phase=phase, sample=sample, baseline=baseline,
                       warning=config.limits.integrity_warning, critical=config.limits.integrity_critical)
-    finally:
-        if owned:
-            store.close()
     save_report(report, report_folder(config, "validate", migration) / "report.json")
     return report
 

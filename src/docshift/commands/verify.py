@@ -26,7 +26,7 @@ from docshift.config import Config
 from docshift.engine.diff import FieldChange, field_changes
 from docshift.errors import UsageError
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Target
-from docshift.store import Query, Store, open_store
+from docshift.store import Query, Store, store_for
 from docshift.store.base import Document
 from docshift.validators.collection import DigestSet, digest
 from docshift.values import Timestamp, values_equal
@@ -101,13 +101,8 @@ def verify(
             f"migration {migration.label} changes documents in place (no copy_to): nothing to compare",
             hint="verify compares a copy migration's source and target; check rules with docshift validate",
         )
-    owned = store is None
-    store = store or open_store(config)
-    try:
-        report = compare(store, migration, examples=examples)
-    finally:
-        if owned:
-            store.close()
+    with store_for(config, store) as active:
+        report = compare(active, migration, examples=examples)
     path = report_folder(config, "verify", migration) / "report.json"
     write_versioned(path, _KIND, 1, report.to_json())
     report.path = path

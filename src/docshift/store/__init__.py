@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from docshift.config import Config
 from docshift.store.base import (
     DELETE_FIELD,
@@ -40,6 +43,7 @@ __all__ = [
     "WriteKind",
     "WriteResult",
     "open_store",
+    "store_for",
 ]
 
 
@@ -55,3 +59,17 @@ def open_store(config: Config, *, retry: RetryPolicy | None = None) -> RetryingS
         timeout=settings.timeout_seconds,
     )
     return RetryingStore(inner, retry)
+
+
+@contextmanager
+def store_for(config: Config, store: Store | None = None) -> Iterator[Store]:
+    """The store a command was given, or one opened from ``config`` and closed afterwards: only a
+    store the command opened itself is its to close."""
+    if store is not None:
+        yield store
+        return
+    opened = open_store(config)
+    try:
+        yield opened
+    finally:
+        opened.close()
