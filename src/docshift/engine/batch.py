@@ -156,11 +156,12 @@ class BatchProcessor:
             if broken is not None:
                 return self._failed(source, existing, "validate", broken[1], rule=broken[0])
         if existing is None:
-            return Decision(source, None, "create", Write.create(destination, result), new_data=result)
+            return Decision(source, None, "create", Write.create(destination, result, checked=True),
+                            new_data=result)
         if self._masked_update(existing, changes, result):
-            write = Write.update(destination, update_fields(changes), update_time=guard)
+            write = Write.update(destination, update_fields(changes), update_time=guard, checked=True)
             return Decision(source, existing, "update", write, changes, result)
-        write = Write.set(destination, result, update_time=guard)
+        write = Write.set(destination, result, update_time=guard, checked=True)
         return Decision(source, existing, "set", write, changes, result)
 
     def _masked_update(self, existing: Document, changes: list[FieldChange], new: dict[str, Any]) -> bool:

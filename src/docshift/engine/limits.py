@@ -11,7 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -129,9 +129,15 @@ class MemoryGuard:
     hard_limit_mb: int
     reader: Callable[[], int] | None = None
     last_rss_mb: float = 0.0
+    _process: psutil.Process | None = field(default=None, init=False, repr=False)
 
     def rss_mb(self) -> float:
-        rss = self.reader() if self.reader else psutil.Process().memory_info().rss
+        if self.reader is not None:
+            rss = self.reader()
+        else:
+            if self._process is None:  # one handle: building one reads /proc for the start time
+                self._process = psutil.Process()
+            rss = self._process.memory_info().rss
         self.last_rss_mb = rss / 1_048_576
         return self.last_rss_mb
 

@@ -106,9 +106,7 @@ class Filter:
             operator = Op(op)
         except ValueError:
             allowed = ", ".join(o.value for o in Op)
-            raise UsageError(
-                f"unsupported filter operator {op!r}", hint=f"use one of {allowed}"
-            ) from None
+            raise UsageError(f"unsupported filter operator {op!r}", hint=f"use one of {allowed}") from None
         if operator in (Op.IN, Op.NOT_IN, Op.ARRAY_CONTAINS_ANY) and not isinstance(value, list):
             raise UsageError(f"filter {field_path} {op} needs a list value, got {value!r}")
         return cls(parse_field_path(field_path), operator, value)
@@ -206,17 +204,30 @@ class Write:
     data: Mapping[str, Value] | None = None
     fields: Mapping[FieldPath, Value] | None = None
     precondition: Precondition | None = None
+    checked: bool = False
+    """The caller already checked Firestore's limits on this write (the engine checks every
+    transformed document), so a store may skip its own check before sending. The store itself
+    still refuses what breaks them; only the duplicate work on the client is saved."""
 
     @classmethod
-    def set(cls, path: str, data: Mapping[str, Value], *, update_time: Timestamp | None = None) -> Write:
+    def set(
+        cls,
+        path: str,
+        data: Mapping[str, Value],
+        *,
+        update_time: Timestamp | None = None,
+        checked: bool = False,
+    ) -> Write:
         """Replace the whole document (creating it if missing, unless guarded by update time)."""
         guard = Precondition(update_time=update_time) if update_time else None
-        return cls(WriteKind.SET, path, data=data, precondition=guard)
+        return cls(WriteKind.SET, path, data=data, precondition=guard, checked=checked)
 
     @classmethod
-    def create(cls, path: str, data: Mapping[str, Value]) -> Write:
+    def create(cls, path: str, data: Mapping[str, Value], *, checked: bool = False) -> Write:
         """Create; fails with a conflict when the document already exists."""
-        return cls(WriteKind.CREATE, path, data=data, precondition=Precondition(exists=False))
+        return cls(
+            WriteKind.CREATE, path, data=data, precondition=Precondition(exists=False), checked=checked
+        )
 
     @classmethod
     def update(
@@ -225,10 +236,11 @@ class Write:
         fields: Mapping[FieldPath, Value],
         *,
         update_time: Timestamp | None = None,
+        checked: bool = False,
     ) -> Write:
         """Change only these field paths (``DELETE_FIELD`` removes one); the document must exist."""
         guard = Precondition(update_time=update_time) if update_time else Precondition(exists=True)
-        return cls(WriteKind.UPDATE, path, fields=fields, precondition=guard)
+        return cls(WriteKind.UPDATE, path, fields=fields, precondition=guard, checked=checked)
 
     @classmethod
     def delete(cls, path: str, *, update_time: Timestamp | None = None) -> Write:

@@ -10,22 +10,17 @@ value conversion, queries, writes and error translation together.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import grpc
-from google.auth import default as google_auth_default
-from google.auth import exceptions as auth_exceptions
-from google.auth.transport import grpc as auth_grpc
-from google.auth.transport.requests import Request as AuthRequest
-from google.cloud.firestore_v1.types import document as document_types
-from google.cloud.firestore_v1.types import firestore as firestore_types
-from google.cloud.firestore_v1.types import query as query_types
-from google.cloud.firestore_v1.types import write as write_types
+import grpc.experimental
+from google.protobuf import descriptor_pool, message_factory
 
 from docshift.errors import (
     CodecError,
@@ -35,6 +30,7 @@ from docshift.errors import (
     StoreError,
     TransientError,
 )
+from docshift.store._firestore_schema import FILES
 from docshift.store.base import (
     DELETE_FIELD,
     Document,
@@ -54,27 +50,51 @@ from docshift.values import GeoPoint, Reference, Timestamp, Value
 
 __all__ = ["FirestoreStore", "translate_error"]
 
-_pb = {
-    "RunQueryRequest": firestore_types.RunQueryRequest.pb(),
-    "RunQueryResponse": firestore_types.RunQueryResponse.pb(),
-    "BatchGetRequest": firestore_types.BatchGetDocumentsRequest.pb(),
-    "BatchGetResponse": firestore_types.BatchGetDocumentsResponse.pb(),
-    "AggRequest": firestore_types.RunAggregationQueryRequest.pb(),
-    "AggResponse": firestore_types.RunAggregationQueryResponse.pb(),
-    "BatchWriteRequest": firestore_types.BatchWriteRequest.pb(),
-    "BatchWriteResponse": firestore_types.BatchWriteResponse.pb(),
-    "ListCollectionIdsRequest": firestore_types.ListCollectionIdsRequest.pb(),
-    "ListCollectionIdsResponse": firestore_types.ListCollectionIdsResponse.pb(),
-    "PartitionRequest": firestore_types.PartitionQueryRequest.pb(),
-    "PartitionResponse": firestore_types.PartitionQueryResponse.pb(),
-}
-_StructuredQuery: Any = query_types.StructuredQuery.pb()
-_ValuePb: Any = document_types.Value.pb()
-_WritePb: Any = write_types.Write.pb()
+
+def _message_classes() -> dict[str, Any]:
+    """Firestore's protocol messages, built from the descriptors in ``_firestore_schema`` in a
+    private pool (no clash with google-cloud-firestore's own if both are loaded): the client
+    package's ``__init__`` would cost ~0.3 s at every start for classes this module never uses."""
+    pool = descriptor_pool.DescriptorPool()
+    for _name, encoded in FILES:
+        pool.AddSerializedFile(base64.b64decode(encoded))
+
+    def message(name: str) -> Any:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"google.firestore.v1.{name}"))
+
+    return {
+        "RunQueryRequest": message("RunQueryRequest"),
+        "RunQueryResponse": message("RunQueryResponse"),
+        "BatchGetRequest": message("BatchGetDocumentsRequest"),
+        "BatchGetResponse": message("BatchGetDocumentsResponse"),
+        "AggRequest": message("RunAggregationQueryRequest"),
+        "AggResponse": message("RunAggregationQueryResponse"),
+        "BatchWriteRequest": message("BatchWriteRequest"),
+        "BatchWriteResponse": message("BatchWriteResponse"),
+        "ListCollectionIdsRequest": message("ListCollectionIdsRequest"),
+        "ListCollectionIdsResponse": message("ListCollectionIdsResponse"),
+        "PartitionRequest": message("PartitionQueryRequest"),
+        "PartitionResponse": message("PartitionQueryResponse"),
+        "StructuredQuery": message("StructuredQuery"),
+        "Value": message("Value"),
+        "Write": message("Write"),
+    }
+
+
+_pb = _message_classes()
+_StructuredQuery: Any = _pb["StructuredQuery"]
 
 _FIELD_OPS = {
-    Op.LT: 1, Op.LE: 2, Op.GT: 3, Op.GE: 4, Op.EQ: 5, Op.NE: 6,
-    Op.ARRAY_CONTAINS: 7, Op.IN: 8, Op.ARRAY_CONTAINS_ANY: 9, Op.NOT_IN: 10,
+    Op.LT: 1,
+    Op.LE: 2,
+    Op.GT: 3,
+    Op.GE: 4,
+    Op.EQ: 5,
+    Op.NE: 6,
+    Op.ARRAY_CONTAINS: 7,
+    Op.IN: 8,
+    Op.ARRAY_CONTAINS_ANY: 9,
+    Op.NOT_IN: 10,
 }
 _IS_NAN, _IS_NULL, _IS_NOT_NAN, _IS_NOT_NULL = 2, 3, 4, 5
 _AND, _ASCENDING = 1, 1
@@ -89,9 +109,7 @@ _SCOPES = ("https://www.googleapis.com/auth/datastore",)
 _FIRESTORE_HOST = "firestore.googleapis.com:443"
 
 
-def translate_error(
-    code: str, message: str, *, path: str | None = None, guarded: bool = False
-) -> StoreError:
+def translate_error(code: str, message: str, *, path: str | None = None, guarded: bool = False) -> StoreError:
     """Turn a gRPC status into docshift's error tree. ``guarded``: the write had a precondition."""
     if code in _TRANSIENT:
         return TransientError(message, code=code, path=path)
@@ -99,7 +117,9 @@ def translate_error(
         return ConflictError(message, code=code, path=path)
     if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
         return CredentialsError(
-            message, code=code, path=path,
+            message,
+            code=code,
+            path=path,
             hint="check the account has Cloud Datastore User access to this project and database",
         )
     return PermanentError(message, code=code, path=path)
@@ -113,10 +133,48 @@ def _rpc_error(exc: grpc.RpcError) -> StoreError:
 
 def _quote_field(field_path: FieldPath) -> str:
     return ".".join(
-        part if _SIMPLE_FIELD.match(part)
-        else "`" + part.replace("\\", "\\\\").replace("`", "\\`") + "`"
+        part if _SIMPLE_FIELD.match(part) else "`" + part.replace("\\", "\\\\").replace("`", "\\`") + "`"
         for part in field_path
     )
+
+
+def _decode(value: Any) -> Value:
+    """A protobuf Value as a docshift value (one table lookup per value: this runs for every field read)."""
+    return _DECODERS.get(value.WhichOneof("value_type"), _unsupported)(value)
+
+
+def _decode_map(value: Any) -> dict[str, Value]:
+    fields = value.map_value.fields
+    return {key: _decode(fields[key]) for key in fields}
+
+
+def _decode_timestamp(value: Any) -> Timestamp:
+    stamp = value.timestamp_value
+    return Timestamp(stamp.seconds, stamp.nanos)
+
+
+def _decode_geo_point(value: Any) -> GeoPoint:
+    point = value.geo_point_value
+    return GeoPoint(point.latitude, point.longitude)
+
+
+def _unsupported(value: Any) -> Value:
+    raise CodecError(f"unsupported Firestore value kind {value.WhichOneof('value_type')!r}")
+
+
+_DECODERS: dict[str | None, Callable[[Any], Value]] = {
+    "string_value": lambda value: value.string_value,
+    "integer_value": lambda value: value.integer_value,
+    "double_value": lambda value: value.double_value,
+    "boolean_value": lambda value: value.boolean_value,
+    "null_value": lambda value: None,
+    "map_value": _decode_map,
+    "array_value": lambda value: [_decode(item) for item in value.array_value.values],
+    "timestamp_value": _decode_timestamp,
+    "bytes_value": lambda value: bytes(value.bytes_value),
+    "reference_value": lambda value: _parse_reference(value.reference_value),
+    "geo_point_value": _decode_geo_point,
+}
 
 
 class FirestoreStore(Store):
@@ -153,6 +211,12 @@ class FirestoreStore(Store):
         self._partition = self._unary_method("PartitionQuery", "PartitionRequest", "PartitionResponse")
 
     def _open_real(self, project: str | None) -> str:
+        # Imported here: credentials pull in requests and cryptography (~0.1 s) the emulator never needs.
+        from google.auth import default as google_auth_default
+        from google.auth import exceptions as auth_exceptions
+        from google.auth.transport import grpc as auth_grpc
+        from google.auth.transport.requests import Request as AuthRequest
+
         try:
             credentials, default_project = google_auth_default(scopes=_SCOPES)
         except auth_exceptions.DefaultCredentialsError:
@@ -191,44 +255,16 @@ class FirestoreStore(Store):
     def _relative(self, name: str) -> str:
         return name[len(self._root) + 1 :]
 
-    def _decode_value(self, value: Any) -> Value:
-        kind = value.WhichOneof("value_type")
-        if kind == "string_value":
-            return value.string_value
-        if kind == "integer_value":
-            return value.integer_value
-        if kind == "double_value":
-            return value.double_value
-        if kind == "boolean_value":
-            return value.boolean_value
-        if kind == "map_value":
-            decode = self._decode_value
-            return {key: decode(item) for key, item in value.map_value.fields.items()}
-        if kind == "array_value":
-            decode = self._decode_value
-            return [decode(item) for item in value.array_value.values]
-        if kind == "timestamp_value":
-            stamp = value.timestamp_value
-            return Timestamp(stamp.seconds, stamp.nanos)
-        if kind == "null_value":
-            return None
-        if kind == "bytes_value":
-            return bytes(value.bytes_value)
-        if kind == "reference_value":
-            return _parse_reference(value.reference_value)
-        if kind == "geo_point_value":
-            point = value.geo_point_value
-            return GeoPoint(point.latitude, point.longitude)
-        raise CodecError(f"unsupported Firestore value kind {kind!r}")
-
     def _decode_document(self, pb: Any) -> Document:
-        decode = self._decode_value
-        data = {key: decode(item) for key, item in pb.fields.items()}
+        fields = pb.fields
+        # Keys then lookups: a protobuf map's items() goes through a Python-level ItemsView.
+        data = {key: _decode(fields[key]) for key in fields}
+        created, updated = pb.create_time, pb.update_time
         return Document(
             self._relative(pb.name),
             data,
-            Timestamp(pb.create_time.seconds, pb.create_time.nanos),
-            Timestamp(pb.update_time.seconds, pb.update_time.nanos),
+            Timestamp(created.seconds, created.nanos),
+            Timestamp(updated.seconds, updated.nanos),
             pb.ByteSize(),
         )
 
@@ -342,8 +378,10 @@ class FirestoreStore(Store):
         remaining = query.limit
         if remaining == 0:
             return
+        call = None
         try:
-            for response in self._run_query(request, metadata=self._metadata):
+            call = self._run_query(request, metadata=self._metadata)
+            for response in call:
                 if not response.HasField("document"):
                     continue
                 pb = response.document
@@ -360,6 +398,9 @@ class FirestoreStore(Store):
                         return
         except grpc.RpcError as exc:
             raise _rpc_error(exc) from None
+        finally:
+            if call is not None:
+                call.cancel()  # a stream left early (limit reached, consumer stopped) ends here, not at GC
 
     def get_many(self, paths: Sequence[str]) -> list[Document | None]:
         if not paths:
@@ -461,7 +502,7 @@ class FirestoreStore(Store):
         results: list[WriteResult | None] = [None] * len(writes)
         sendable: list[int] = []
         for index, write in enumerate(writes):
-            problem = _write_problem(write)
+            problem = None if write.checked else _write_problem(write)
             if problem:
                 invalid = PermanentError(problem, code="INVALID_ARGUMENT", path=write.path)
                 results[index] = WriteResult(write.path, error=invalid)
@@ -510,8 +551,10 @@ class FirestoreStore(Store):
             else:
                 code = _CODE_NAMES.get(status.code, "UNKNOWN")
                 error = translate_error(
-                    code, status.message.split("\n")[0] or code,
-                    path=write.path, guarded=write.precondition is not None,
+                    code,
+                    status.message.split("\n")[0] or code,
+                    path=write.path,
+                    guarded=write.precondition is not None,
                 )
                 results[index] = WriteResult(write.path, error=error)
 
@@ -541,7 +584,13 @@ def _write_problem(write: Write) -> str | None:
 
 
 def _channel_options() -> list[tuple[str, int]]:
-    return [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    # Streams read on the consuming thread instead of handing every message over from gRPC's
+    # polling thread: measured on a 20,000-document stream, half the wall time and ~55% less CPU.
+    return [
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_receive_message_length", -1),
+        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
+    ]
 
 
 def _parse_reference(name: str) -> Reference:
@@ -549,4 +598,3 @@ def _parse_reference(name: str) -> Reference:
     if len(parts) < 6 or parts[0] != "projects" or parts[2] != "databases":
         raise CodecError(f"malformed document reference {name!r}")
     return Reference(path=parts[5], project=parts[1], database=parts[3])
-
