@@ -142,6 +142,8 @@ def _float_equal(a: float, b: float) -> bool:
 
 def values_equal(a: Value, b: Value) -> bool:
     """Exact, type-strict equality: what Firestore would store is identical."""
+    if a is b:  # the common case in a diff: a transform keeps most values as they were
+        return True
     ta, tb = type(a), type(b)
     if ta is tb and ta in _PLAIN:
         return bool(a == b)

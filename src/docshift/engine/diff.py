@@ -50,6 +50,8 @@ def field_changes(
             changes.append(FieldChange(path, old=old_value, removed=True))
             continue
         new_value = new[key]
+        if new_value is old_value:
+            continue
         if type(old_value) is dict and type(new_value) is dict and old_value and new_value:
             changes.extend(field_changes(old_value, new_value, path))
         elif not values_equal(old_value, new_value):
