@@ -87,6 +87,13 @@ class _Batch:
     docs: list[Document]
     counts: Counter[str] = field(default_factory=Counter)
     letters: list[DeadLetter] = field(default_factory=list)
+    size: int = field(init=False)
+    last_path: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        # What the cursor tracker needs once the documents are let go (see MigrationPipeline._write_loop).
+        self.size = len(self.docs)
+        self.last_path = self.docs[-1].path
 
 
 @dataclass
@@ -198,7 +205,7 @@ class MigrationPipeline:
             return self._reading_paused.is_set() and self._in_flight > 0
 
     def _put(self, item: _Batch) -> bool:
-        self.stats.add(read=len(item.docs))
+        self.stats.add(read=item.size)
         with self._flight_lock:
             self._in_flight += 1
         while not self.controls.stop.is_set():
@@ -218,6 +225,7 @@ class MigrationPipeline:
                 continue  # unfinished: read again on resume
             try:
                 item.counts = self.processor.process(item.docs, item.letters)
+                item.docs = []  # a batch done out of order waits for earlier ones: without its documents
             except BatchAborted:
                 continue
             except BaseException as exc:
@@ -240,13 +248,13 @@ class MigrationPipeline:
         shard = item.shard
         while self._next_seq[shard] in self._finished[shard]:
             batch = self._finished[shard].pop(self._next_seq[shard])
-            shards[shard].cursor = batch.docs[-1].path
+            shards[shard].cursor = batch.last_path
             for letter in batch.letters:
                 self.dead_letters.add(letter.source, letter.stage, letter.error, letter.rule)
             self._next_seq[shard] += 1
-            handled += len(batch.docs)
+            handled += batch.size
             self.settled.update(batch.counts)
-            self.settled["read"] += len(batch.docs)
+            self.settled["read"] += batch.size
         if self._expected[shard] == self._next_seq[shard]:
             shards[shard].done = True
         if handled:
