@@ -3,6 +3,9 @@
 It speaks raw gRPC with the protobuf messages instead of the high-level client: building snapshot
 objects costs more than the wire (measured: ~3,500 docs/s through ``collection.stream()`` versus
 ~13,700 docs/s for raw RunQuery), and the engine needs neither snapshots nor proto-plus wrappers.
+The message classes come from docshift's own copy of the protocol schema (``_firestore_schema``,
+generated from google-cloud-firestore), so starting the CLI never imports the client package, and
+streams are read on the consuming thread (gRPC's single-threaded unary-stream mode).
 Google errors are translated here, in :func:`translate_error`, and nowhere else. The module is
 longer than docshift's others on purpose: being the only one that may import Google code, it holds
 value conversion, queries, writes and error translation together.
@@ -85,16 +88,8 @@ _pb = _message_classes()
 _StructuredQuery: Any = _pb["StructuredQuery"]
 
 _FIELD_OPS = {
-    Op.LT: 1,
-    Op.LE: 2,
-    Op.GT: 3,
-    Op.GE: 4,
-    Op.EQ: 5,
-    Op.NE: 6,
-    Op.ARRAY_CONTAINS: 7,
-    Op.IN: 8,
-    Op.ARRAY_CONTAINS_ANY: 9,
-    Op.NOT_IN: 10,
+    Op.LT: 1, Op.LE: 2, Op.GT: 3, Op.GE: 4, Op.EQ: 5, Op.NE: 6,
+    Op.ARRAY_CONTAINS: 7, Op.IN: 8, Op.ARRAY_CONTAINS_ANY: 9, Op.NOT_IN: 10,
 }
 _IS_NAN, _IS_NULL, _IS_NOT_NAN, _IS_NOT_NULL = 2, 3, 4, 5
 _AND, _ASCENDING = 1, 1
@@ -109,7 +104,9 @@ _SCOPES = ("https://www.googleapis.com/auth/datastore",)
 _FIRESTORE_HOST = "firestore.googleapis.com:443"
 
 
-def translate_error(code: str, message: str, *, path: str | None = None, guarded: bool = False) -> StoreError:
+def translate_error(
+    code: str, message: str, *, path: str | None = None, guarded: bool = False
+) -> StoreError:
     """Turn a gRPC status into docshift's error tree. ``guarded``: the write had a precondition."""
     if code in _TRANSIENT:
         return TransientError(message, code=code, path=path)
@@ -117,9 +114,7 @@ def translate_error(code: str, message: str, *, path: str | None = None, guarded
         return ConflictError(message, code=code, path=path)
     if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
         return CredentialsError(
-            message,
-            code=code,
-            path=path,
+            message, code=code, path=path,
             hint="check the account has Cloud Datastore User access to this project and database",
         )
     return PermanentError(message, code=code, path=path)
@@ -133,7 +128,8 @@ def _rpc_error(exc: grpc.RpcError) -> StoreError:
 
 def _quote_field(field_path: FieldPath) -> str:
     return ".".join(
-        part if _SIMPLE_FIELD.match(part) else "`" + part.replace("\\", "\\\\").replace("`", "\\`") + "`"
+        part if _SIMPLE_FIELD.match(part)
+        else "`" + part.replace("\\", "\\\\").replace("`", "\\`") + "`"
         for part in field_path
     )
 
@@ -551,10 +547,8 @@ class FirestoreStore(Store):
             else:
                 code = _CODE_NAMES.get(status.code, "UNKNOWN")
                 error = translate_error(
-                    code,
-                    status.message.split("\n")[0] or code,
-                    path=write.path,
-                    guarded=write.precondition is not None,
+                    code, status.message.split("\n")[0] or code,
+                    path=write.path, guarded=write.precondition is not None,
                 )
                 results[index] = WriteResult(write.path, error=error)
 
