@@ -131,10 +131,13 @@ def test_update_touches_only_the_named_field_paths(any_store: Store) -> None:
     }
 
 
-def test_one_bad_write_does_not_fail_its_batch(any_store: Store) -> None:
+@pytest.mark.parametrize("checked", [False, True], ids=["unchecked", "marked-checked"])
+def test_one_bad_write_does_not_fail_its_batch(any_store: Store, checked: bool) -> None:
+    """Marked ``checked`` (the caller vouches for it), the store skips only its own check before
+    sending: the store itself still refuses the oversized document, alone."""
     huge = {"blob": "x" * 1_100_000}
     results = any_store.commit([
-        Write.set("b/1", {"v": 1}), Write.set("b/2", huge), Write.set("b/3", {"v": 3}),
+        Write.set("b/1", {"v": 1}), Write.set("b/2", huge, checked=checked), Write.set("b/3", {"v": 3}),
     ])
     assert [r.ok for r in results] == [True, False, True]
     assert isinstance(results[1].error, PermanentError)
