@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from docshift.checkpoints import Checkpoint, DeadLetterFile, JournalReader
+from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.batch import BatchProcessor
 from docshift.engine.controls import Controls
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, MemoryGuard, RateLimiter
@@ -85,10 +87,15 @@ def assert_data(store: Store, expected: dict[str, dict[str, Value]], collection:
 
 
 def options(**changes: Any) -> PipelineOptions:
-    base: dict[str, Any] = {"execute": True, "batch_size": 50, "min_batch_size": 5, "max_batch_size": 100,
+    """Pipeline options for tests; engine and limits settings are given by their plain names."""
+    flat: dict[str, Any] = {"execute": True, "batch_size": 50, "min_batch_size": 5, "max_batch_size": 100,
                             "concurrency": 3, "checkpoint_every_seconds": 0.05, "progress_interval": 0.05}
-    base.update(changes)
-    return PipelineOptions(**base)
+    flat.update(changes)
+    engine_keys = {f.name for f in dataclasses.fields(EngineConfig)}
+    limits_keys = {f.name for f in dataclasses.fields(LimitsConfig)}
+    engine = EngineConfig(**{k: flat.pop(k) for k in list(flat) if k in engine_keys})
+    limits = LimitsConfig(**{k: flat.pop(k) for k in list(flat) if k in limits_keys})
+    return PipelineOptions(engine=engine, limits=limits, **flat)
 
 
 def build(

@@ -94,17 +94,9 @@ def new_run_id() -> str:
 
 
 def pipeline_options(config: Config, options: RunOptions) -> PipelineOptions:
-    engine, limits = config.engine, config.limits
     return PipelineOptions(
-        execute=options.execute, batch_size=engine.batch_size, min_batch_size=engine.min_batch_size,
-        max_batch_size=engine.max_batch_size, concurrency=engine.concurrency,
-        conflict_retries=engine.conflict_retries, write_mode=engine.write_mode,
-        checkpoint_every_docs=engine.checkpoint_every_docs,
-        checkpoint_every_seconds=engine.checkpoint_every_seconds, max_failures=engine.max_failures,
-        backup=engine.backup, limit=options.limit, sample_percent=options.sample_percent,
-        memory_soft_limit_mb=limits.memory_soft_limit_mb, memory_hard_limit_mb=limits.memory_hard_limit_mb,
-        breaker_failure_rate=limits.breaker_failure_rate, breaker_window=limits.breaker_window,
-        breaker_consecutive_failures=limits.breaker_consecutive_failures,
+        execute=options.execute, engine=config.engine, limits=config.limits, limit=options.limit,
+        sample_percent=options.sample_percent,
     )
 
 

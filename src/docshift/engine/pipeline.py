@@ -24,6 +24,7 @@ from typing import Any
 from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
 from docshift.checkpoints.deadletter import DeadLetterFile
 from docshift.checkpoints.journal import JournalWriter
+from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.batch import BatchAborted, BatchProcessor, DeadLetter, Decision, DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, FailureBudget, MemoryGuard, MemoryState
@@ -45,25 +46,14 @@ __all__ = ["MigrationPipeline", "PipelineOptions", "PipelineResult"]
 
 @dataclass(frozen=True)
 class PipelineOptions:
+    """One migration's run: the engine and limits settings as configured, and what this run adds."""
+
     execute: bool = False
-    batch_size: int = 300
-    min_batch_size: int = 20
-    max_batch_size: int = 500
-    concurrency: int = 4
-    conflict_retries: int = 5
-    write_mode: str = "auto"
-    checkpoint_every_docs: int = 5000
-    checkpoint_every_seconds: float = 10.0
-    max_failures: str = "1%"
-    backup: bool = True
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     limit: int | None = None
     sample_percent: float | None = None
     sample_above: float = 0.0
-    memory_soft_limit_mb: int = 512
-    memory_hard_limit_mb: int = 1024
-    breaker_failure_rate: float = 0.10
-    breaker_window: int = 200
-    breaker_consecutive_failures: int = 5
     progress_interval: float = 1.0
     max_commit_p95: float | None = None
     """Seconds; a canary trigger: commits slower than this at the 95th percentile stop the run."""
@@ -127,32 +117,33 @@ class MigrationPipeline:
         self.controls = controls or Controls()
         self.progress = progress or NullProgress()
         self.on_checkpoint = on_checkpoint
-        self.memory = memory or MemoryGuard(options.memory_soft_limit_mb, options.memory_hard_limit_mb)
+        engine, limits = options.engine, options.limits
+        self.memory = memory or MemoryGuard(limits.memory_soft_limit_mb, limits.memory_hard_limit_mb)
         self.stats = RunStats(dict(checkpoint.counters), checkpoint.elapsed_seconds)
         self.settled: Counter[str] = Counter(checkpoint.counters)
         """Counts of the documents behind the cursors only: what a checkpoint may claim."""
-        self.sizer = AdaptiveBatch(options.batch_size, options.min_batch_size, options.max_batch_size)
+        self.sizer = AdaptiveBatch(engine.batch_size, engine.min_batch_size, engine.max_batch_size)
         self.breaker = CircuitBreaker(
-            options.breaker_failure_rate, options.breaker_window, options.breaker_consecutive_failures
+            limits.breaker_failure_rate, limits.breaker_window, limits.breaker_consecutive_failures
         )
-        self.budget = FailureBudget(options.max_failures)
+        self.budget = FailureBudget(engine.max_failures)
         self.dead_letters = DeadLetterFile(folder / "dead-letters.jsonl")
         kept = checkpoint.extra.get("dead_letter_bytes")
         if isinstance(kept, int):
             # Letters written after the checkpoint belong to batches that are done again now.
             self.dead_letters.truncate(kept)
         self.journal = (
-            JournalWriter(folder / "before-images.jsonl.gz") if options.execute and options.backup else None
+            JournalWriter(folder / "before-images.jsonl.gz") if options.execute and engine.backup else None
         )
         self.processor = BatchProcessor(
             store, migration, self.stats, transform=transform, execute=options.execute,
             journal=self.journal, dead_letters=self.dead_letters, limiter=self.controls.limiter,
             breaker=self.breaker, sizer=self.sizer, stop=self.controls.stop,
-            conflict_retries=options.conflict_retries, write_mode=options.write_mode,
+            conflict_retries=engine.conflict_retries, write_mode=engine.write_mode,
             sample_percent=options.sample_percent,
             sample_above=options.sample_above, check=check, on_decision=on_decision,
         )
-        self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=options.concurrency)
+        self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=engine.concurrency)
         self._done: queue.Queue[_Batch | _ShardDone] = queue.Queue()
         self._reading_paused = threading.Event()
         self._in_flight = 0
@@ -272,7 +263,7 @@ class MigrationPipeline:
         readers = [threading.Thread(target=self._read_shard, args=(i, shards[i]), daemon=True,
                                     name=f"docshift-reader-{i}") for i in open_shards]
         writers = [threading.Thread(target=self._write_loop, daemon=True, name=f"docshift-writer-{n}")
-                   for n in range(self.options.concurrency)]
+                   for n in range(self.options.engine.concurrency)]
         for thread in readers + writers:
             thread.start()
         since_checkpoint, last_checkpoint, last_progress = 0, time.monotonic(), time.monotonic()
@@ -282,8 +273,8 @@ class MigrationPipeline:
                     since_checkpoint += self._advance(self._done.get(timeout=0.1))
                 self._watch()
                 now = time.monotonic()
-                if since_checkpoint >= self.options.checkpoint_every_docs or (
-                    now - last_checkpoint >= self.options.checkpoint_every_seconds
+                if since_checkpoint >= self.options.engine.checkpoint_every_docs or (
+                    now - last_checkpoint >= self.options.engine.checkpoint_every_seconds
                 ):
                     self._save("running")
                     since_checkpoint, last_checkpoint = 0, now
