@@ -103,7 +103,7 @@ def backup(
                          hint="e.g. docshift backup users orders --out backups/today, or --all")
     with store_for(config, store) as active:
         writers: list[CollectionWriter] = []
-        created = False
+        created = prepared = False
         try:
             if all_collections:
                 state = config.store.state_prefix + "_"
@@ -111,6 +111,7 @@ def backup(
                 recursive = True
             names = _sources(collections, recursive=recursive, group=group)
             created = _prepare(out)
+            prepared = True
             started, clock = Timestamp.now(), time.monotonic()
             total = 0
             for index, name in enumerate(names, start=1):
@@ -136,6 +137,12 @@ def backup(
         except BaseException:
             for writer in writers:
                 writer.discard()
+            if prepared:
+                # The folder was new or empty, so all in it is this backup's: also a part file that an
+                # interrupt (Ctrl-C, SIGTERM) left between its creation and its writer taking note of it.
+                for leftover in out.iterdir():
+                    if leftover.is_file():
+                        leftover.unlink(missing_ok=True)
             if created and not any(out.iterdir()):
                 out.rmdir()
             raise
