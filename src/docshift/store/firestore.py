@@ -139,9 +139,13 @@ def _decode(value: Any) -> Value:
     return _DECODERS.get(value.WhichOneof("value_type"), _unsupported)(value)
 
 
-def _decode_map(value: Any) -> dict[str, Value]:
-    fields = value.map_value.fields
+def _decode_fields(fields: Any) -> dict[str, Value]:
+    # Keys then lookups: a protobuf map's items() goes through a Python-level ItemsView.
     return {key: _decode(fields[key]) for key in fields}
+
+
+def _decode_map(value: Any) -> dict[str, Value]:
+    return _decode_fields(value.map_value.fields)
 
 
 def _decode_timestamp(value: Any) -> Timestamp:
@@ -252,13 +256,10 @@ class FirestoreStore(Store):
         return name[len(self._root) + 1 :]
 
     def _decode_document(self, pb: Any) -> Document:
-        fields = pb.fields
-        # Keys then lookups: a protobuf map's items() goes through a Python-level ItemsView.
-        data = {key: _decode(fields[key]) for key in fields}
         created, updated = pb.create_time, pb.update_time
         return Document(
             self._relative(pb.name),
-            data,
+            _decode_fields(pb.fields),
             Timestamp(created.seconds, created.nanos),
             Timestamp(updated.seconds, updated.nanos),
             pb.ByteSize(),
