@@ -19,7 +19,7 @@ from docshift.config import Config
 from docshift.errors import UsageError
 from docshift.store.base import Store
 
-__all__ = ["check_store", "recorded_target", "target_config"]
+__all__ = ["check_store", "recorded_target", "refuse_other_target", "target_config"]
 
 _KEYS = ("project", "database")
 
@@ -57,6 +57,13 @@ def target_config(config: Config, folder: Path) -> Config:
             )
         changes[key] = value
     return config.with_store(**changes) if changes else config
+
+
+def refuse_other_target(config: Config, folder: Path) -> None:
+    """For commands that only read a run's folder (show, report): an explicitly given project or
+    database that is not the run's is a mistake worth saying, not something to ignore."""
+    if any(_explicit(config, key) for key in _KEYS):
+        target_config(config, folder)
 
 
 def check_store(store: Store, info: Mapping[str, Any], run_id: str) -> None:
