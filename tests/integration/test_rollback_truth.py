@@ -208,7 +208,8 @@ def test_a_dry_run_of_several_migrations_counts_what_the_execute_does(
     run(emulator_config, RunOptions(execute=True), store=firestore_store)
     dry = rollback(emulator_config, RollbackOptions(to="0"), store=firestore_store)
     done = rollback(emulator_config, RollbackOptions(to="0", execute=True), store=firestore_store)
-    assert [(i.migration.id, i.strategy) for i in dry.items] == [(i.migration.id, i.strategy) for i in done.items]
+    planned = [(i.migration.id, i.strategy) for i in dry.items]
+    assert planned == [(i.migration.id, i.strategy) for i in done.items]
     assert [i.counters for i in dry.items] == [i.counters for i in done.items]
     assert all(i.counters["conflicts"] == i.counters["mismatched"] == 0 for i in done.items)
     assert same_data(export(firestore_store, ["users"]), before) == []
@@ -245,7 +246,8 @@ def test_rollback_resume_show_and_report_work_on_the_database_of_the_run(
         before, untouched = export(mydb, ["users"]), export(default, ["users"])
         controls = Controls()
         with pytest.raises(RunStopped) as stopped:  # stopped midway on mydb, resumed from the CLI
-            run(config, RunOptions(execute=True), store=StopAfterCommits(mydb, controls, 2), controls=controls)
+            run(config, RunOptions(execute=True), store=StopAfterCommits(mydb, controls, 2),
+                controls=controls)
         run_id = (stopped.value.resume_command or "").split()[-1]
 
         wrong = docshift(folder, cli_env, "--database", "other", "run", "--execute", "--resume", run_id)

@@ -5,6 +5,7 @@ migrations predicts exactly what the execute does, and it works on the database 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,12 @@ from docshift.commands.project import new_migration
 from docshift.commands.rollback import RollbackConflicts, RollbackOptions, RollbackReport, rollback
 from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.config import Config, EngineConfig, StoreConfig, load_config
-from docshift.errors import UsageError
+from docshift.errors import TransientError, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
-from docshift.store import Document, MemoryStore, Store, Write
+from docshift.store import Document, MemoryStore, RetryingStore, RetryPolicy, Store, Write, WriteResult
 from docshift.values import values_equal
-from tests.unit.engine_support import export, seed
+from tests.unit.engine_support import StoreWrapper, export, seed
 
 PREFIX = "_docshift"
 
@@ -212,7 +213,8 @@ def test_a_no_op_down_is_mismatched_listed_and_not_recorded_as_rolled_back(tmp_p
     assert item.folder.parent == raised.value.report.folder
     assert status_of(store, "0001") is MigrationStatus.APPLIED  # not rolled back: it was not undone
     # restore then undoes it for real
-    done = rollback(config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True), store=store)
+    done = rollback(config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
+                    store=store)
     assert done.items[0].counters["restored"] == 40 and done.items[0].counters["mismatched"] == 0
     assert status_of(store, "0001") is MigrationStatus.ROLLED_BACK
 
@@ -355,7 +357,8 @@ def test_a_dry_run_of_several_migrations_counts_what_the_execute_does(chain: str
     run(config, RunOptions(execute=True), store=store)
     dry = rollback(config, RollbackOptions(to="0"), store=store)
     done = rollback(config, RollbackOptions(to="0", execute=True), store=store)
-    assert [(i.migration.id, i.strategy) for i in dry.items] == [(i.migration.id, i.strategy) for i in done.items]
+    planned = [(i.migration.id, i.strategy) for i in dry.items]
+    assert planned == [(i.migration.id, i.strategy) for i in done.items]
     assert [i.counters for i in dry.items] == [i.counters for i in done.items]
     assert all(i.counters["mismatched"] == i.counters["conflicts"] == 0 for i in done.items)
     assert same_data(export(store), before) == []
@@ -406,3 +409,55 @@ def test_a_rollback_works_on_the_database_its_run_was_on(tmp_path: Path) -> None
     done = rollback(plain, RollbackOptions(run_id=report.run_id, execute=True), store=mydb)
     assert done.items[0].counters["restored"] == 20
     assert same_data(export(mydb), before) == []
+
+
+def test_a_dry_run_through_a_run_without_before_images_sees_the_newer_undo(tmp_path: Path) -> None:
+    """0001 ran with --no-backup (down() over the target is its only way back), 0002 with
+    before-images: the dry run's down() over 0001's target streams what undoing 0002 would leave."""
+    config = project(tmp_path, **{"0001_a_to_b": rename("a", "b"), "0002_b_to_c": rename("b", "c")})
+    store = MemoryStore()
+    seed(store, 80, make=lettered)
+    before = export(store)
+    run(config.with_engine(backup=False), RunOptions(execute=True, only="0001"), store=store)
+    run(config, RunOptions(execute=True), store=store)
+    dry = rollback(config, RollbackOptions(to="0"), store=store)
+    done = rollback(config, RollbackOptions(to="0", execute=True), store=store)
+    assert [i.pipeline is not None for i in done.items] == [False, True]
+    assert [i.counters for i in dry.items] == [i.counters for i in done.items]
+    assert done.items[1].counters["updated"] == 68
+    assert same_data(export(store), before) == []
+
+
+class LosesReplies(StoreWrapper):
+    """Applies the first ``count`` commits of user documents, then raises UNAVAILABLE as if the
+    connection reset before the reply: the retry layer sends them again."""
+
+    def __init__(self, inner: Store, count: int) -> None:
+        super().__init__(inner)
+        self.left = count
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        results = self.inner.commit(writes)
+        if self.left > 0 and any(w.path.startswith("users/") for w in writes):
+            self.left -= 1
+            raise TransientError("injected: connection reset after the commit", code="UNAVAILABLE")
+        return results
+
+
+@pytest.mark.parametrize("chain", ["0001_tier", "0001_prune"])
+def test_a_rollback_write_whose_reply_was_lost_is_counted_as_done_not_as_a_conflict(
+    chain: str, tmp_path: Path
+) -> None:
+    config = project(tmp_path, **{chain: TIER if chain == "0001_tier" else PRUNE})
+    memory = MemoryStore()
+    seed(memory, 60)
+    before = export(memory)
+    report = run(config, RunOptions(execute=True), store=memory)
+    lossy = RetryingStore(LosesReplies(memory, 2), RetryPolicy(attempts=3, initial_wait=0.001, max_wait=0.01))
+    done = rollback(config, RollbackOptions(run_id=report.run_id, execute=True), store=lossy)
+    [item] = done.items
+    changed = 60 if chain == "0001_tier" else 12
+    assert item.counters["conflicts"] == item.counters["mismatched"] == 0
+    assert item.counters["restored"] + item.counters["recreated"] == item.counters["verified"] == changed
+    assert same_data(export(memory), before) == []
+    assert status_of(memory, "0001") is MigrationStatus.ROLLED_BACK
