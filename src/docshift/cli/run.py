@@ -97,7 +97,8 @@ def _print_summary(report: RunReport) -> None:
 @click.option("--pause-between-stages", is_flag=True,
               help="After each passed stage, wait for `docshift resume RUN_ID` (or deleting RUN/pause).")
 @click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_ID]",
-              help="Continue a stopped run (default: the latest unfinished one).")
+              help="Continue a stopped run (default: the latest unfinished one), on the project and "
+                   "database it was made on.")
 @click.option("--allow-drift", is_flag=True, help="Run even though an applied migration file changed.")
 @click.option("--force", is_flag=True,
               help="Resume even though a migration file changed since its checkpoint.")
