@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -23,8 +24,9 @@ from docshift.cli.validate import (
     start_run_validation,
     stop_run_validation,
 )
-from docshift.commands.run import RunOptions, RunReport, rate_limiter, run
+from docshift.commands.run import RunOptions, RunReport, find_run, rate_limiter, run
 from docshift.commands.stages import parse_stages
+from docshift.commands.target import target_config
 from docshift.engine.controls import Controls
 from docshift.errors import ExitCode, RunStopped, UsageError
 from docshift.store import open_store
@@ -95,7 +97,8 @@ def _print_summary(report: RunReport) -> None:
 @click.option("--pause-between-stages", is_flag=True,
               help="After each passed stage, wait for `docshift resume RUN_ID` (or deleting RUN/pause).")
 @click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_ID]",
-              help="Continue a stopped run (default: the latest unfinished one).")
+              help="Continue a stopped run (default: the latest unfinished one), on the project and "
+                   "database it was made on.")
 @click.option("--allow-drift", is_flag=True, help="Run even though an applied migration file changed.")
 @click.option("--force", is_flag=True,
               help="Resume even though a migration file changed since its checkpoint.")
@@ -133,6 +136,9 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     if no_backup:
         flags["backup"] = False
     config = app.config(**flags)
+    if resume:  # the project and database the run was made on
+        with contextlib.suppress(UsageError):  # no such run: run() says so
+            config = target_config(config, find_run(config.runs_dir, resume))
     if execute or resume:
         confirm_destructive(config, "migrate data", yes)
     if no_backup and execute:

@@ -14,6 +14,7 @@ from typing import Any
 
 from docshift.checkpoints.checkpoint import Checkpoint
 from docshift.commands.run import load_run_info
+from docshift.commands.target import refuse_other_target
 from docshift.config import Config
 from docshift.control.client import ControlResult, fetch_status, send_control
 from docshift.control.files import read_presence
@@ -122,6 +123,7 @@ def show_run(config: Config, run_id: str | None) -> dict[str, Any]:
     """One run in detail: what its report holds (without the chart series), its live state and
     where its files are."""
     folder = resolve_run(config, run_id)
+    refuse_other_target(config, folder)
     body = collect_report(folder)
     body.pop("timeline", None)
     presence = read_presence(folder)
@@ -135,7 +137,9 @@ def show_run(config: Config, run_id: str | None) -> dict[str, Any]:
 
 def rebuild_report(config: Config, run_id: str | None) -> ReportPaths:
     """(Re)build ``report.json`` and ``report.html`` of a run from its folder."""
-    return build_report(resolve_run(config, run_id))
+    folder = resolve_run(config, run_id)
+    refuse_other_target(config, folder)
+    return build_report(folder)
 
 
 def control_run(config: Config, run_id: str, action: str, *, value: float | None = None,

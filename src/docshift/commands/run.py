@@ -20,6 +20,7 @@ from typing import Any
 from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.checkpoints.checkpoint import Checkpoint
 from docshift.commands.stages import StageFailed, StagePlan, run_stages
+from docshift.commands.target import check_store, target_config
 from docshift.config import Config
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
@@ -155,6 +156,8 @@ def run(
     """Dry-run (default) or execute the pending migrations. Raises :class:`RunStopped` subclasses
     when a run stops early; its checkpoint is kept and ``resume_command`` continues it."""
     migrations = load_migrations(config.migrations_dir)
+    if options.resume:  # where the run was made, not where the defaults point today
+        config = target_config(config, find_run(config.runs_dir, options.resume))
     with store_for(config, store) as active:
         progress = progress or NullProgress()
         history = History(active, config.store.state_prefix)
@@ -162,6 +165,7 @@ def run(
         if options.resume:
             folder = find_run(config.runs_dir, options.resume)
             info = read_versioned(folder / "run.json", _RUN_KIND, RUN_FILE_VERSION)
+            check_store(active, info, str(info["run_id"]))
             by_id = {m.id: m for m in migrations}
             missing = [i for i in info["migrations"] if i not in by_id]
             if missing:
