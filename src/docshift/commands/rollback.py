@@ -9,6 +9,7 @@ A rollback is a run like any other: dry run by default, locked, checkpointed, re
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
+from docshift.checkpoints.record import force_command
 from docshift.commands.run import (
     RunOptions,
     find_run,
@@ -32,7 +34,7 @@ from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.restore import Restorer, RestoreResult, plan_restore
 from docshift.engine.sharding import plan_shards
 from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
-from docshift.history import History, MigrationStatus
+from docshift.history import History, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock
 from docshift.migration import Migration
@@ -100,6 +102,7 @@ class RollbackConflicts(DocshiftError):
     """Some documents were changed after the migration wrote them; they were left alone.
     ``report`` is the rollback's report (everything else was undone)."""
 
+    run_state = "conflicts"
     report: RollbackReport | None = None
 
 
@@ -184,7 +187,10 @@ def rollback(
             info = {"run_id": run_id, "kind": "rollback", "execute": options.execute, "force": options.force,
                     "state": "running", "migrations": [m.id for m, _, _ in plan],
                     "plan": [[m.id, run, strategy] for m, run, strategy in plan],
-                    "created_at": datetime.now(UTC).isoformat(), "target": active.info.describe()}
+                    "of_run": plan[0][1] if options.run_id and plan else options.run_id, "to": options.to,
+                    "strategy": options.strategy,
+                    "created_at": datetime.now(UTC).isoformat(), "user": current_user(),
+                    "target": active.info.describe()}
             write_versioned(folder / "run.json", "docshift-run", 1, info)
         report = RollbackReport(run_id, folder, options.execute, active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
@@ -198,21 +204,27 @@ def rollback(
                     _undo_all(config, active, plan, options, report, history, progress, controls)
                 except RunStopped as stop:
                     stop.resume_command = report.resume_command
-                    info["state"] = "stopped"
+                    info["state"] = stop.run_state
                     write_versioned(folder / "run.json", "docshift-run", 1, info)
                     raise
-        info["state"] = "finished"
+        dirty = [item for item in report.items if not item.clean] if options.execute else []
+        info["state"] = RollbackConflicts.run_state if dirty else "finished"
         write_versioned(folder / "run.json", "docshift-run", 1, info)
-        dirty = [item for item in report.items if not item.clean]
-        if options.execute and dirty:
+        if dirty:
             conflicts = sum(item.counters.get("conflicts", 0) for item in dirty)
             other = sum(item.counters.get("mismatched", 0) + item.counters.get("failed", 0) for item in dirty)
             message = f"{conflicts} document(s) changed after the migration wrote them and were left alone"
             if other:  # restored but not equal to the before-image, or down() failed on them
                 message += f"; {other} document(s) not undone cleanly (mismatched or failed)"
-            error = RollbackConflicts(
-                message, hint=f"see conflicts.jsonl in {folder}; rerun with --force to overwrite them",
-            )
+            files = [str(item.folder / name) for item in dirty
+                     for name in ("conflicts.jsonl", "dead-letters.jsonl") if (item.folder / name).is_file()]
+            hint = f"they are listed in {', '.join(files)}" if files else "see the rollback's report"
+            if any(item.restore is not None and item.counters.get("conflicts", 0) for item in dirty):
+                command = force_command(info)
+                again = f"run `{command}`" if command else "rerun the rollback with --force"
+                hint += "; to put the before-images back over those later changes too (they are lost), "
+                hint += again
+            error = RollbackConflicts(message, hint=hint)
             error.report = report
             raise error
         return report
@@ -253,6 +265,7 @@ def _restore(
 ) -> RestoreResult:
     checkpoint_path = folder / "checkpoint.json"
     result = RestoreResult()
+    started, elapsed_before = time.monotonic(), 0.0
     if checkpoint_path.exists():
         saved = Checkpoint.load(checkpoint_path)
         if saved.finished:
@@ -260,6 +273,7 @@ def _restore(
             return result
         result.position = int(saved.extra.get("position", -1))
         result.counters.update(saved.counters)
+        elapsed_before = saved.elapsed_seconds
     checkpoint = Checkpoint(run_id=folder.parent.name, migration_id=migration.id, checksum=migration.checksum,
                             shards=[ShardCursor()], extra={"kind": "restore", "of_run": source_run})
 
@@ -270,6 +284,7 @@ def _restore(
         if not options.execute:
             return
         checkpoint.counters = dict(current.counters)
+        checkpoint.elapsed_seconds = elapsed_before + time.monotonic() - started  # the report's working time
         checkpoint.extra["position"] = current.position
         checkpoint.state = state
         checkpoint.save(checkpoint_path)

@@ -101,6 +101,10 @@ class RunStatus:
             for name in ("write_limit", "memory_mb", "paused", "batch_size", "retries"):
                 if name in fields:
                     self.latest[name] = fields[name]
+        elif kind == "rolled_back" and isinstance(label, str):  # a canary's stages were undone
+            entry = self._entry(label)
+            entry.update({k: v for k, v in fields.items() if k not in ("migration", "at")})
+            entry["state"] = "rolled_back"
         elif kind == "total" and isinstance(label, str):
             self._entry(label)["total"] = fields.get("total")
         elif kind == "warning":
