@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from docshift.checkpoints import Checkpoint, DeadLetterFile, read_versioned
 from docshift.history import History, MigrationStatus
 from docshift.store import Query, Store, Write
 from docshift.values import Value, values_equal
+from tests.gate_message import gate_numbers
 
 DOCSHIFT = str(Path(sys.executable).parent / "docshift")
 LABEL = "0001_split_name"
@@ -126,7 +126,8 @@ def test_fifteen_percent_bad_documents_stop_the_run_at_the_gate(
     assert len(untouched) > 150  # stopped early: the rest was never written
     # One record of what happened: the error, validation-inline.json, the checkpoint, the report, the
     # history and the dead letters count the same documents checked and refused.
-    checked, refused = gate_numbers(result.stderr)
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    checked, refused = gate_numbers(error)
     inline = read_versioned(folder / LABEL / "validation-inline.json", "docshift-validation", 1)
     report = read_versioned(folder / "report.json", "docshift-report", 1)
     [row] = report["migrations"]
@@ -139,14 +140,6 @@ def test_fifteen_percent_bad_documents_stop_the_run_at_the_gate(
     assert row["dead_letters"] == len(letters) == refused
     assert sum(rule["failures"] for rule in inline["rules"]) == refused
     assert report["state"] == report["outcome"]["state"] == "stopped"
-
-
-def gate_numbers(stderr: str) -> tuple[int, int]:
-    """(documents checked, documents refused) as the integrity gate's error message gives them."""
-    [line] = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    found = re.search(r"of the ([\d,]+) documents \S+ checked pass its rules \(([\d,]+) broke", line)
-    assert found is not None, line
-    return int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))
 
 
 def test_auto_rollback_after_the_gate_restores_the_pre_run_data(
