@@ -151,7 +151,9 @@ class RunStatus:
         reason = self.stop_reason or (controls.stop_reason if controls is not None else None)
         if reason:
             error = controls.stop_class if controls is not None and controls.stop_reason else None
-            issues.append(Issue(stop_severity(reason, error), f"the run stopped: {reason}"))
+            ended = str((self.ended or {}).get("state", "stopped"))
+            verb = "stopped" if ended in ("stopped", "rolled_back", "interrupted") else "ended"
+            issues.append(Issue(stop_severity(reason, error), f"the run {verb}: {reason}"))
         return Health.of(issues)
 
     def snapshot(self) -> dict[str, Any]:
