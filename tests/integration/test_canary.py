@@ -3,17 +3,22 @@ stage when a gate fails or a trigger fires."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from docshift.checkpoints import DeadLetterFile
 from docshift.config import Config
 from docshift.engine.sampling import bucket
 from docshift.errors import ExitCode
 from docshift.history import History, MigrationStatus
 from docshift.store import Query, Store, Write
 from docshift.values import values_equal
+from tests.gate_message import gate_numbers
 
 DOCSHIFT = str(Path(sys.executable).parent / "docshift")
 COUNT = 1200
@@ -83,6 +88,58 @@ def test_all_stages_pass_and_migrate_every_document(
     assert record.counts["updated"] == COUNT
     for stage in ("stage 1 of 4", "stage 2 of 4", "stage 3 of 4", "stage 4 of 4"):
         assert stage in done.stderr
+    # The report's working time is every stage's, not the last one's.
+    [folder] = run_folders(cwd)
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    stage_seconds = [e["elapsed_seconds"] for e in events if e["event"] == "finish" and "stages" not in e]
+    assert len(stage_seconds) == 4
+    report = json.loads((folder / "report.json").read_text())
+    assert report["duration_seconds"] == pytest.approx(sum(stage_seconds), abs=0.01)
+    assert report["duration_seconds"] > max(stage_seconds)
+    [listed] = json.loads(docshift(["runs", "--json"], cli_env, cwd).stdout)
+    assert listed["duration_seconds"] == pytest.approx(report["duration_seconds"], abs=0.01)
+    assert listed["counts"]["updated"] == COUNT and report["totals"]["updated"] == COUNT
+
+
+def run_folders(cwd: Path) -> list[Path]:
+    return sorted(p.parent for p in (cwd / ".docshift" / "runs").glob("*/run.json"))
+
+
+def test_a_stage_stopped_by_a_rule_tells_the_same_story_everywhere(
+    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+) -> None:
+    """The integrity gate stops stage 2: the rejected documents are in the dead letters the hint
+    names, and the error, validation-inline.json, the report, the history, `runs` and `show` all
+    count the same documents (every stage's), and all say rolled_back."""
+    seed(firestore_store)
+    cwd = workdir(tmp_path, broken_from=5)
+    stopped = docshift(["run", "--execute", "--stages", "1%,10%,50%,100%"], cli_env, cwd)
+    assert stopped.returncode == ExitCode.EMERGENCY_STOP, stopped.stderr
+    [folder] = run_folders(cwd)
+    letters_file = folder / "0001_tier" / "dead-letters.jsonl"
+    letters = list(DeadLetterFile(letters_file))
+    assert letters and all(letter["stage"] == "validate" for letter in letters)
+    assert str(letters_file) in stopped.stderr  # the hint names the file, which exists
+    [error] = [line for line in stopped.stderr.splitlines() if line.startswith("error: ")]
+    checked, refused = gate_numbers(error)
+    inline = json.loads((folder / "0001_tier" / "validation-inline.json").read_text())
+    report = json.loads((folder / "report.json").read_text())
+    [row] = report["migrations"]
+    record = History(firestore_store, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.ROLLED_BACK
+    assert (inline["checked"], inline["failed"]) == (checked, refused) == (
+        row["counters"]["checked"], row["counters"]["rejected"])
+    assert len(letters) == refused == row["dead_letters"]
+    assert {k: record.counts.get(k, 0) for k in row["counters"]} == row["counters"]
+    first_stage = sum(1 for path in export(firestore_store) if bucket(path) < 1)
+    assert row["counters"]["updated"] >= first_stage  # stage 1's updates count too
+    assert row["rollback"]["restored"] == row["counters"]["updated"]
+    states = {json.loads((folder / "run.json").read_text())["state"], report["state"],
+              report["outcome"]["state"], row["state"],
+              json.loads(docshift(["show", "--json"], cli_env, cwd).stdout)["state"],
+              json.loads(docshift(["runs", "--json"], cli_env, cwd).stdout)[0]["state"]}
+    assert states == {"rolled_back"}
+    assert "resume" not in report["commands"]
 
 
 def test_a_second_stage_breaking_a_rule_rolls_every_stage_back(
@@ -108,11 +165,12 @@ def test_the_latency_trigger_rolls_back(
 ) -> None:
     before = seed(firestore_store)
     cwd = workdir(tmp_path, broken_from=101)
-    env = {**cli_env, "DOCSHIFT_STAGE_MAX_P95_MS": "0.001", "DOCSHIFT_BATCH_SIZE": "20",
+    env = {**cli_env, "DOCSHIFT_STAGE_MAX_P95_MS": "0.5", "DOCSHIFT_BATCH_SIZE": "20",
            "DOCSHIFT_MIN_BATCH_SIZE": "20"}
     stopped = docshift(["run", "--execute", "--stages", "50%,100%"], env, cwd)
     assert stopped.returncode == ExitCode.EMERGENCY_STOP, stopped.stderr
     assert "p95" in stopped.stderr
+    assert "is above 0.5 ms" in stopped.stderr  # the limit as given, not rounded to "0 ms"
     assert_same(export(firestore_store), before)
 
 

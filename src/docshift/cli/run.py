@@ -169,8 +169,8 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
                              checks=validation)
                 checked = finish_run_validation(validation, report.folder)
             except RunStopped as stop:
-                stop_run_validation(validation, stop, config, store, auto_rollback=auto_rollback,
-                                    quiet=as_json)
+                stop_run_validation(validation, stop, config, store, folder=seen.folder,
+                                    auto_rollback=auto_rollback, quiet=as_json)
                 if stop.resume_command:  # on stderr, so --json output on stdout stays pure JSON lines
                     err_console.print(f"resume with: [bold]{stop.resume_command}[/]")
                 raise

@@ -16,6 +16,7 @@ simulated copy of the database (newest migration first), so it predicts what the
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
+from docshift.checkpoints.record import force_command
 from docshift.commands.run import (
     RunOptions,
     find_run,
@@ -40,7 +42,7 @@ from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.restore import Restorer, RestoreResult, plan_restore
 from docshift.engine.sharding import plan_shards
 from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
-from docshift.history import History, MigrationStatus
+from docshift.history import History, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock
 from docshift.migration import Migration
@@ -113,6 +115,7 @@ class RollbackConflicts(DocshiftError):
     """Some documents were changed after the migration wrote them; they were left alone.
     ``report`` is the rollback's report (everything else was undone)."""
 
+    run_state = "conflicts"
     report: RollbackReport | None = None
 
 
@@ -217,7 +220,10 @@ def rollback(
             info = {"run_id": run_id, "kind": "rollback", "execute": options.execute, "force": options.force,
                     "state": "running", "migrations": [m.id for m, _, _ in plan],
                     "plan": [[m.id, run, strategy] for m, run, strategy in plan],
-                    "created_at": datetime.now(UTC).isoformat(), "target": active.info.describe(),
+                    "of_run": plan[0][1] if options.run_id and plan else options.run_id, "to": options.to,
+                    "strategy": options.strategy,
+                    "created_at": datetime.now(UTC).isoformat(), "user": current_user(),
+                    "target": active.info.describe(),
                     "project": active.info.project, "database": active.info.database}
             write_versioned(folder / "run.json", "docshift-run", 1, info)
         report = RollbackReport(run_id, folder, options.execute, active.info.describe())
@@ -232,36 +238,44 @@ def rollback(
                     _undo_all(config, active, plan, options, report, history, progress, controls)
                 except RunStopped as stop:
                     stop.resume_command = report.resume_command
-                    info["state"] = "stopped"
+                    info["state"] = stop.run_state
                     write_versioned(folder / "run.json", "docshift-run", 1, info)
                     raise
-        info["state"] = "finished"
+        dirty = [item for item in report.items if not item.clean] if options.execute else []
+        info["state"] = RollbackConflicts.run_state if dirty else "finished"
         write_versioned(folder / "run.json", "docshift-run", 1, info)
-        dirty = [item for item in report.items if not item.clean]
-        if options.execute and dirty:
-            message, hint = _not_undone(dirty, folder)
+        if dirty:
+            message, hint = _not_undone(dirty, info)
             error = RollbackConflicts(message, hint=hint)
             error.report = report
             raise error
         return report
 
 
-def _not_undone(dirty: list[RollbackItem], folder: Path) -> tuple[str, str]:
+def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, str]:
     """The error (and its hint) of a rollback that left documents unlike their before-images."""
     conflicts = sum(item.counters.get("conflicts", 0) for item in dirty)
     mismatched = sum(item.counters.get("mismatched", 0) for item in dirty)
     failed = sum(item.counters.get("failed", 0) for item in dirty)
+
+    def listed(name: str) -> str:
+        files = [str(item.folder / name) for item in dirty if (item.folder / name).is_file()]
+        return f"they are listed in {', '.join(files)}" if files else "see the rollback's report"
+
     parts, hints = [], []
     if conflicts:
         parts.append(f"{conflicts} document(s) changed after the migration wrote them and were left alone")
-        hints.append(f"see conflicts.jsonl in {folder}; rerun with --force to overwrite them")
+        command = force_command(info)
+        again = f"run `{command}`" if command else "rerun the rollback with --force"
+        hints.append(f"{listed('conflicts.jsonl')}; to undo them over those later changes too (the "
+                     f"changes are lost), {again}")
     if mismatched:
         parts.append(f"{mismatched} document(s) do not equal their before-image after the rollback")
-        hints.append(f"see mismatches.jsonl in {folder}; if down() does not undo up(), fix it or roll back "
+        hints.append(f"{listed('mismatches.jsonl')}; if down() does not undo up(), fix it or roll back "
                      "with --strategy restore")
     if failed:
         parts.append(f"{failed} document(s) failed in down()")
-        hints.append(f"see dead-letters.jsonl in {folder}")
+        hints.append(listed("dead-letters.jsonl"))
     return "; ".join(parts), "; ".join(hints)
 
 
@@ -310,6 +324,7 @@ def _from_journal(
     """Undo the documents of the run's journal, by their before-images or by down()."""
     checkpoint_path = folder / "checkpoint.json"
     result = RestoreResult()
+    started, elapsed_before = time.monotonic(), 0.0
     if checkpoint_path.exists():
         saved = Checkpoint.load(checkpoint_path)
         if saved.extra.get("kind") not in ("restore", "down"):
@@ -320,6 +335,7 @@ def _from_journal(
             return result
         result.position = int(saved.extra.get("position", -1))
         result.counters.update(saved.counters)
+        elapsed_before = saved.elapsed_seconds
     checkpoint = Checkpoint(run_id=folder.parent.name, migration_id=migration.id, checksum=migration.checksum,
                             shards=[ShardCursor()],
                             extra={"kind": strategy, "of_run": journal.parent.parent.name})
@@ -331,6 +347,7 @@ def _from_journal(
         if not options.execute:
             return
         checkpoint.counters = dict(current.counters)
+        checkpoint.elapsed_seconds = elapsed_before + time.monotonic() - started  # the report's working time
         checkpoint.extra["position"] = current.position
         checkpoint.state = state
         checkpoint.save(checkpoint_path)

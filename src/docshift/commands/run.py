@@ -19,6 +19,7 @@ from typing import Any
 
 from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.checkpoints.checkpoint import Checkpoint
+from docshift.checkpoints.record import CLOSED_STATES, read_migration
 from docshift.commands.stages import StageFailed, StagePlan, run_stages
 from docshift.commands.target import check_store, target_config
 from docshift.config import Config
@@ -135,7 +136,7 @@ def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
     candidates = sorted((p for p in runs_dir.glob("*/run.json")), reverse=True)
     for path in candidates:
         info = read_versioned(path, _RUN_KIND, RUN_FILE_VERSION)
-        if info.get("kind", "run") == kind and info.get("execute") and info.get("state") != "finished":
+        if info.get("kind", "run") == kind and info.get("execute") and info.get("state") not in CLOSED_STATES:
             return path.parent
     raise UsageError(f"no unfinished {kind} in {runs_dir} to resume")
 
@@ -207,7 +208,7 @@ def run(
             except RunStopped as stop:
                 rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
                 stop.resume_command = None if rolled_back else report.resume_command
-                info["state"] = "rolled_back" if rolled_back else "stopped"
+                info["state"] = stop.run_state
                 _write_run_file(folder, info)
                 raise
         info["state"] = "finished"
@@ -292,7 +293,10 @@ def _staged(
         return run_stages(config, store, migration, base, folder, checkpoint, plan, controls=controls,
                           progress=progress, check=checks(migration) if checks else None, run_id=run_id)
     except RunStopped as error:
-        return PipelineResult(migration.id, "stopped", dict(checkpoint.counters), 0.0, folder, error)
+        # The stages' checkpoint speaks for the whole migration (every stage so far), as it does
+        # for the report and `docshift runs`.
+        record = read_migration(folder)
+        return PipelineResult(migration.id, "stopped", record.counters, record.elapsed_seconds, folder, error)
 
 
 def _refuse_if_still_running(store: Store, prefix: str, run_id: str) -> None:

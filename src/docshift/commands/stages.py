@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from docshift.checkpoints.checkpoint import Checkpoint
+from docshift.checkpoints.record import ROLLED_BACK, read_migration
 from docshift.config import Config
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
@@ -26,6 +27,7 @@ from docshift.engine.progress import Progress
 from docshift.engine.restore import Restorer, RestoreResult, plan_restore
 from docshift.engine.sampling import in_sample
 from docshift.engine.sharding import plan_shards
+from docshift.engine.stats import format_ms
 from docshift.errors import EmergencyStop, MemoryLimitExceeded, RunStopped, TooManyFailures, UsageError
 from docshift.migration import Migration
 from docshift.store.base import Document, Query, Store
@@ -38,6 +40,8 @@ _TRIGGERS = (EmergencyStop, MemoryLimitExceeded, TooManyFailures)
 
 class StageFailed(EmergencyStop):
     """A canary stage failed its gate or a trigger fired; every stage was rolled back."""
+
+    run_state = "rolled_back"
 
 
 def parse_stages(text: str) -> tuple[float, ...]:
@@ -71,6 +75,8 @@ def run_stages(
     if checkpoint.finished:
         first += 1  # that stage finished (and passed its gate) before the run stopped
     totals: Counter[str] = Counter(checkpoint.extra.get("earlier", {}))
+    seconds = float(checkpoint.extra.get("earlier_seconds", 0.0))
+    """Working time of the stages that passed (the report's and history's, with the current one)."""
     limit_ms = config.limits.stage_max_p95_ms
     result: PipelineResult | None = None
     for index in range(first, len(plan.stages)):
@@ -79,7 +85,8 @@ def run_stages(
         if index != int(checkpoint.extra.get("stage", 0)) or checkpoint.finished:
             checkpoint = new_checkpoint(run_id, migration, plan_shards(store, migration.target, 1),
                                         checkpoint.settings)
-        checkpoint.extra.update(stage=index, stages=list(plan.stages), earlier=dict(totals))
+        checkpoint.extra.update(stage=index, stages=list(plan.stages), earlier=dict(totals),
+                                earlier_seconds=seconds)
         options = dataclasses.replace(
             base, sample_percent=percent, sample_above=above,
             max_commit_p95=limit_ms / 1000 if limit_ms > 0 else None,
@@ -94,8 +101,7 @@ def run_stages(
                 _roll_back(store, migration, folder, checkpoint, controls, progress, config)
                 raise StageFailed(
                     f"stage {index + 1} ({percent:g}%) stopped: {result.error.message}; every stage "
-                    "so far was rolled back from the before-images",
-                    hint=f"see {folder}/dead-letters.jsonl",
+                    "so far was rolled back from the before-images", hint=_stage_hint(folder),
                 )
             raise result.error
         stage_counts = Counter({k: v for k, v in result.counters.items() if k not in ("read", "skipped")})
@@ -104,21 +110,24 @@ def run_stages(
             _roll_back(store, migration, folder, checkpoint, controls, progress, config)
             raise StageFailed(
                 f"stage {index + 1} ({percent:g}%) failed its gate: {gate}; every stage so far was "
-                "rolled back from the before-images",
+                "rolled back from the before-images", hint=_stage_hint(folder),
             )
         totals.update(stage_counts)
-        checkpoint.extra.update(earlier=dict(totals))
+        seconds += result.elapsed_seconds
+        checkpoint.extra.update(earlier=dict(totals), earlier_seconds=seconds)
         checkpoint.save(folder / "checkpoint.json")
         if plan.pause_between and index < len(plan.stages) - 1:
             _wait_for_operator(folder.parent, controls, progress, migration, index, run_id)
     assert result is not None
     totals["read"] = result.counters.get("read", 0)
     result.counters = dict(totals)
+    result.elapsed_seconds = seconds
     checkpoint.counters = dict(totals)  # the finished migration's checkpoint speaks for all stages
+    checkpoint.elapsed_seconds = seconds
     checkpoint.save(folder / "checkpoint.json")
     combined = {**result.snapshot, **totals, "skipped": 0,
                 "processed": sum(totals[k] for k in ("updated", "created", "deleted", "unchanged", "failed"))}
-    combined["elapsed_seconds"] = result.elapsed_seconds
+    combined["elapsed_seconds"] = seconds
     # The per-stage finish events each counted one stage; this one speaks for the whole migration.
     progress.event("finish", **{**combined, "migration": migration.label, "stages": len(plan.stages)})
     return result
@@ -136,7 +145,7 @@ def _gate(
     limit_ms = config.limits.stage_max_p95_ms
     p95 = result.snapshot.get("commit_p95")
     if limit_ms > 0 and p95 is not None and p95 * 1000 > limit_ms:
-        return f"commit latency p95 {p95 * 1000:.0f} ms is above {limit_ms:.0f} ms"
+        return f"commit latency p95 {format_ms(p95)} ms is above {format_ms(limit_ms / 1000)} ms"
     checked, failing = _integrity(store, migration, above, percent)
     if checked:
         score = 100.0 * (checked - failing) / checked
@@ -194,7 +203,20 @@ def _roll_back(
     checkpoint.state = "failed"
     checkpoint.extra.update(rolled_back=True, rollback=result.counters)
     checkpoint.save(folder / "checkpoint.json")  # a resume must not continue a rolled-back canary
+    # The stage's own stop event counted that stage; this one speaks for the migration, as its
+    # record (report, history, `docshift runs`) does.
+    record = read_migration(folder)
+    progress.event(ROLLED_BACK, migration=migration.label, **record.counters, rollback=result.counters,
+                   elapsed_seconds=record.elapsed_seconds)
     return result
+
+
+def _stage_hint(folder: Path) -> str:
+    """What to do after a stage was rolled back, and where its failed documents are (if any)."""
+    letters = read_migration(folder).dead_letters
+    listed = (f"the {letters:,} document(s) that failed or broke a rule are listed in "
+              f"{folder / 'dead-letters.jsonl'}; " if letters else "")
+    return f"{listed}fix the migration (or the data), then start a new run"
 
 
 def _wait_for_operator(

@@ -12,9 +12,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from docshift.checkpoints.deadletter import DeadLetterFile
 from docshift.checkpoints.journal import JournalEntry, JournalWriter
@@ -35,10 +35,21 @@ from docshift.store.semantics import (
 )
 from docshift.values import copy_data
 
-__all__ = ["BatchAborted", "BatchProcessor", "DeadLetter", "Decision", "DocumentCheck"]
+__all__ = ["BatchAborted", "BatchProcessor", "DeadLetter", "Decision", "DocumentCheck", "SettlingCheck"]
 
 DocumentCheck = Callable[[Document, dict[str, Any]], "tuple[str, str] | None"]
 """Inline validation: (source, new data) -> (rule, message) when the new data breaks a rule."""
+
+
+@runtime_checkable
+class SettlingCheck(Protocol):
+    """A :data:`DocumentCheck` that also hears of each batch once it is settled behind the cursor
+    (its counts and dead letters are then what the checkpoint records), so what it counts and
+    judges (the integrity gate) is exactly what the run's record says happened."""
+
+    def __call__(self, source: Document, new_data: dict[str, Any]) -> tuple[str, str] | None: ...
+
+    def settled(self, counts: Mapping[str, int], letters: Sequence[DeadLetter]) -> None: ...
 
 _REQUEST_BUDGET = int(MAX_REQUEST_BYTES * 0.8)
 _SIZE_MARGIN = 64 * 1024
@@ -74,6 +85,8 @@ class Decision:
     stage: str = ""
     error: str = ""
     rule: str | None = None
+    checked: bool = False
+    """The inline rules were checked on the new data."""
 
 
 class BatchProcessor:
@@ -151,18 +164,20 @@ class BatchProcessor:
             problem = _update_problem(destination, existing, changes, result)
         if problem:
             return self._failed(source, existing, "invalid", problem)
+        checked = self.check is not None
         if self.check is not None:
             broken = self.check(source, result)
             if broken is not None:
-                return self._failed(source, existing, "validate", broken[1], rule=broken[0])
+                return Decision(source, existing, "failed", stage="validate", error=broken[1], rule=broken[0],
+                                checked=True)
         if existing is None:
             return Decision(source, None, "create", Write.create(destination, result, checked=True),
-                            new_data=result)
+                            new_data=result, checked=checked)
         if self._masked_update(existing, changes, result):
             write = Write.update(destination, update_fields(changes), update_time=guard, checked=True)
-            return Decision(source, existing, "update", write, changes, result)
+            return Decision(source, existing, "update", write, changes, result, checked=checked)
         write = Write.set(destination, result, update_time=guard, checked=True)
-        return Decision(source, existing, "set", write, changes, result)
+        return Decision(source, existing, "set", write, changes, result, checked=checked)
 
     def _masked_update(self, existing: Document, changes: list[FieldChange], new: dict[str, Any]) -> bool:
         """Masked update of exactly the changed paths, or a full set? Both carry the update-time
@@ -209,6 +224,10 @@ class BatchProcessor:
 
     def _process(self, sources: Sequence[Document], counts: Counter[str]) -> None:
         decisions = [self.decide(s, e) for s, e in zip(sources, self._existing(sources), strict=True)]
+        # A document re-read after a conflict is checked again, but it was checked: count it once.
+        checked = sum(1 for decision in decisions if decision.checked)
+        if checked:
+            counts["checked"] += checked
         attempt = 0
         while True:
             pending = self._settle(decisions, counts)
