@@ -154,7 +154,11 @@ def test_sigterm_drains_checkpoints_exits_10_and_the_printed_command_resumes(
     assert saved.state == "stopped" and 0 < saved.counters["read"] < 3000
     assert read_lease(firestore_store, PREFIX) is None  # released on the way out
     record = History(firestore_store, PREFIX).get("0001")
-    assert record is not None and record.status is MigrationStatus.FAILED and resume in (record.error or "")
+    assert record is not None and record.status is MigrationStatus.INTERRUPTED and resume in (record.error or "")
+    shown = docshift(folder, cli_env, "status")  # as the docs say: interrupted, and pending (exit 9)
+    assert shown.returncode == 9, shown.stdout
+    [row] = [line for line in shown.stdout.splitlines() if line.strip().startswith("0001")]
+    assert "interrupted" in row and "failed" not in row
     # The checkpoint claims only what is written: everything up to its cursor is migrated.
     [shard] = saved.shards
     upto = export(firestore_store, ["users"])

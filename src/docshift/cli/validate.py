@@ -12,7 +12,8 @@ from rich.table import Table
 from docshift.cli.context import AppContext, pass_app
 from docshift.cli.output import console, err_console
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import find_run
+from docshift.commands.run import find_run, mark_rolled_back
+from docshift.commands.stages import StageFailed
 from docshift.commands.validate import validate
 from docshift.commands.verify import VerifyReport, verify
 from docshift.config import Config
@@ -144,13 +145,15 @@ def finish_run_validation(validation: RunValidation, folder: Path) -> RunOutcome
 
 
 def stop_run_validation(validation: RunValidation, stop: RunStopped, config: Config, store: Store, *,
-                        auto_rollback: bool, quiet: bool) -> RunOutcome:
-    """A stopped run: save the validation report; after an integrity-gate stop with
-    ``--auto-rollback``, roll the run back (the run is then not resumable)."""
-    run_id = (stop.resume_command or "").rpartition(" ")[2]
+                        run_id: str | None, auto_rollback: bool, quiet: bool) -> RunOutcome:
+    """A stopped run (``run_id``: None when it stopped before it had a folder): save the validation
+    report; after an integrity-gate stop with ``--auto-rollback``, roll the run back (the run is
+    then closed: its ``run.json`` says rolled back and a resume is refused). A canary run's gate
+    stop has rolled its stages back already."""
     folder = config.runs_dir / run_id if run_id else None
     outcome = validation.finish(folder if folder and folder.is_dir() else None, stop)
-    if auto_rollback and validation.gate and run_id:
+    ran = run_id is not None and folder is not None and (folder / "run.json").is_file()
+    if auto_rollback and validation.gate and run_id is not None and ran and not isinstance(stop, StageFailed):
         # Restoring the before-images undoes exactly what the run wrote (a down() may not be an exact
         # inverse, and would also visit the documents the run never reached).
         strategy = "restore" if config.engine.backup else "auto"
@@ -162,8 +165,10 @@ def stop_run_validation(validation: RunValidation, stop: RunStopped, config: Con
             err_console.print(f"[red]auto-rollback failed:[/] {exc.message}")
             stop.hint = f"roll back by hand: docshift rollback {run_id} --strategy {strategy} --execute"
         else:
+            mark_rolled_back(config.runs_dir, run_id)
             stop.resume_command = None
-            stop.hint = f"run {run_id} was rolled back; fix the data or the migration, then run again"
+            stop.hint = (f"run {run_id} was rolled back and is closed; fix the data or the migration, then "
+                         "start a new run: docshift run --execute")
     if not quiet:
         print_run_validation(outcome, to_stderr=True)
     return outcome

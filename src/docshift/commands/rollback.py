@@ -43,7 +43,8 @@ __all__ = ["RollbackItem", "RollbackOptions", "RollbackReport", "rollback"]
 
 _KIND = "docshift-rollback"
 _VERSION = 1
-_UNDONE = (MigrationStatus.APPLIED, MigrationStatus.FAILED, MigrationStatus.RUNNING)
+_UNDONE = (MigrationStatus.APPLIED, MigrationStatus.PARTIAL, MigrationStatus.INTERRUPTED,
+           MigrationStatus.FAILED, MigrationStatus.RUNNING)
 
 
 @dataclass(frozen=True)

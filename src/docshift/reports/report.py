@@ -235,6 +235,8 @@ def collect_report(folder: Path, *, outcome: dict[str, Any] | None = None) -> di
             first_at = at if first_at is None else first_at
             last_at = at
     migrations, settings = _migrations(folder, [str(m) for m in info.get("migrations", [])], status)
+    if isinstance(info.get("settings"), dict):  # the run's own, as its last resume continued with them
+        settings = {**settings, "run": info["settings"], "overridden on resume": info.get("overrides") or {}}
     ended = _outcome(folder, info, status, outcome)
     validation = _read(folder / "validation.json", "docshift-run-validation")
     health = validation.get("health") if validation else None
