@@ -111,6 +111,25 @@ def test_a_second_stage_breaking_a_rule_rolls_every_stage_back(
     assert again.returncode != 0
 
 
+def test_auto_rollback_leaves_a_canary_run_to_its_own_stage_rollback(
+    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+) -> None:
+    """The integrity gate stops stage 2 and the stages are rolled back; --auto-rollback must not roll
+    the run back a second time, and the run is closed all the same."""
+    before = seed(firestore_store)
+    cwd = workdir(tmp_path, broken_from=5)
+    stopped = docshift(["run", "--execute", "--stages", "1%,10%,50%,100%", "--auto-rollback"], cli_env, cwd)
+    assert stopped.returncode == ExitCode.EMERGENCY_STOP, stopped.stderr
+    assert "every stage so far was rolled back" in stopped.stderr
+    assert "rolling back run" not in stopped.stderr and "auto-rollback failed" not in stopped.stderr
+    assert_same(export(firestore_store), before)
+    [run_json] = cwd.glob(".docshift/runs/*/run.json")
+    assert json.loads(run_json.read_text())["state"] == "rolled_back"
+    assert len(list(cwd.glob(".docshift/runs/*/run.json"))) == 1  # no rollback run of its own
+    record = History(firestore_store, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.ROLLED_BACK
+
+
 def test_the_latency_trigger_rolls_back(
     firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
 ) -> None:

@@ -73,9 +73,12 @@ def _print_dry_run(report: RunReport) -> None:
         console.print(f"  full plan: {recorder.path}")
 
 
-def _print_summary(report: RunReport) -> None:
+def _print_summary(report: RunReport, resumed: bool) -> None:
     if not report.outcomes:
-        console.print("nothing to do: no pending migrations (see `docshift status`)")
+        if resumed:  # its migrations had all finished what the run was asked to do
+            console.print(f"run {report.run_id} has nothing left to do (see `docshift status`)")
+        else:
+            console.print("nothing to do: no pending migrations (see `docshift status`)")
         return
     rows = [(o.migration.label, o.result.counters, o.state) for o in report.outcomes]
     title = f"{'dry run' if not report.execute else 'run'} {report.run_id} on {report.target}"
@@ -192,7 +195,7 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
         return
     if not execute and not quiet:
         _print_dry_run(report)
-    _print_summary(report)
+    _print_summary(report, resumed=bool(resume))
     print_run_validation(checked)
     if not report.execute and report.outcomes:
         console.print(f"dry run: nothing was written. Run folder: {Path(report.folder)}")

@@ -73,7 +73,9 @@ class RunOptions:
     limit: int | None = None
     sample_percent: float | None = None
     resume: str | None = None
-    """A run id, or ``"latest"`` for the newest unfinished run."""
+    """A run id, or ``"latest"`` for the newest unfinished run. It continues with the run's own
+    settings; a config key given as a flag (``Config.sources`` says ``--…``) overrides one (see
+    :func:`resume_run`)."""
     allow_drift: bool = False
     force: bool = False
     """Resume even though a migration file changed since its checkpoint."""
