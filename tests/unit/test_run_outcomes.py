@@ -444,3 +444,32 @@ def test_a_stage_done_but_not_yet_gated_when_killed_gets_its_gate_on_resume(tmp_
     assert not [f for k, f in progress.events if k == "stage" and f.get("stage") == 4]
     assert {p: d.data for p, d in export(store).items()} == before
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
+
+
+def test_a_stage_rollback_stopped_by_a_signal_is_not_rolled_back_until_the_resume_finishes_it(
+    tmp_path: Path,
+) -> None:
+    config = tier_config(tmp_path, fail_from=5)
+    store = MemoryStore()
+    seed(store, 2000)
+    before = {p: d.data for p, d in export(store).items()}
+    controls = Controls()
+
+    class StopTheRollback(RecordingProgress):
+        def event(self, kind: str, **fields: Any) -> None:
+            super().event(kind, **fields)
+            if kind == "warning" and "rolling back" in str(fields.get("message")):
+                controls.request_stop("interrupted by SIGTERM")
+
+    with pytest.raises(RunStopped) as stopped:
+        run(config, RunOptions(execute=True, stages=STAGES), store=store, controls=controls,
+            progress=StopTheRollback())
+    assert not isinstance(stopped.value, StageFailed)
+    assert stopped.value.exit_code is ExitCode.INTERRUPTED and stopped.value.resume_command is not None
+    assert _tier_done(store), "nothing was written before the gate failed"
+    assert record_of(store).status is MigrationStatus.INTERRUPTED  # not rolled back: it is not
+    run_id = stopped.value.resume_command.split()[-1]
+    with pytest.raises(StageFailed, match="finished by this resume"):
+        run(config, RunOptions(execute=True, resume=run_id), store=store)
+    assert {p: d.data for p, d in export(store).items()} == before
+    assert record_of(store).status is MigrationStatus.ROLLED_BACK
