@@ -19,7 +19,9 @@ from typing import Any
 
 from docshift.errors import ConfigError
 
-__all__ = ["KEYS", "Config", "EngineConfig", "Key", "LimitsConfig", "StoreConfig", "load_config"]
+__all__ = [
+    "KEYS", "Config", "EngineConfig", "Key", "LimitsConfig", "StoreConfig", "load_config", "with_values",
+]
 
 
 @dataclass(frozen=True)
@@ -341,3 +343,20 @@ def defaults() -> Mapping[str, Any]:
         holder: Any = config if not key.section else getattr(config, key.section)
         result[key.name] = getattr(holder, key.name)
     return result
+
+
+def with_values(config: Config, values: Mapping[str, Any], origin: str) -> Config:
+    """``config`` with the keys in ``values`` taken from ``origin`` (e.g. ``run RUN_ID``, the run a
+    resume continues), converted and cross-checked like the value of any other source."""
+    current: dict[str, Any] = {}
+    for key in KEYS:
+        holder: Any = config if not key.section else getattr(config, key.section)
+        current[key.name] = getattr(holder, key.name)
+    sources = dict(config.sources)
+    for name, raw in values.items():
+        known = _BY_NAME.get(name)
+        if known is None:
+            raise ConfigError(f"unknown setting {name!r} from {origin}")
+        current[name] = _convert(known, raw, origin, from_text=False)
+        sources[name] = origin
+    return _build(current, sources, Path(), config.config_file)

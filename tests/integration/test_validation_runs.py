@@ -167,6 +167,18 @@ def test_auto_rollback_after_the_gate_restores_the_pre_run_data(
     assert {r["run_id"]: r["state"] for r in runs}[folder.name] == "rolled_back"
     shown = json.loads(docshift(project, cli_env, "show", folder.name, "--json").stdout)
     assert shown["state"] == "rolled_back"
+    # The rolled-back run is closed: no resume continues it from its old position, not even forced
+    # (after fixing the migration), which would leave the documents before it undone as "applied".
+    for extra in ((), ("--force",)):
+        resumed = docshift(project, cli_env, "run", "--execute", "--resume", folder.name, *extra)
+        assert resumed.returncode == 2, resumed.stderr
+        assert f"run {folder.name} was rolled back" in resumed.stderr
+        assert "hint:" in resumed.stderr and "start a new run" in resumed.stderr
+    assert export(firestore_store) == after
+    record = History(firestore_store, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.ROLLED_BACK
+    assert docshift(project, cli_env, "status").returncode == 9  # rolled back: it would run again
+    assert read_versioned(folder / "run.json", "docshift-run", 1)["state"] == "rolled_back"
 
 
 def test_validate_flag_scans_before_and_after_and_exits_14_when_the_after_scan_fails(

@@ -146,8 +146,9 @@ def finish_run_validation(validation: RunValidation, folder: Path) -> RunOutcome
 def stop_run_validation(validation: RunValidation, stop: RunStopped, config: Config, store: Store, *,
                         folder: Path | None, auto_rollback: bool, quiet: bool) -> RunOutcome:
     """A stopped run (its folder, when it has one): save the validation report; after an
-    integrity-gate stop with ``--auto-rollback``, roll the run back (the run is then not resumable,
-    and is recorded as ``rolled_back``)."""
+    integrity-gate stop with ``--auto-rollback``, roll the run back (the run is then closed: it is
+    recorded as ``rolled_back`` and a resume is refused). A canary run's gate stop has rolled its
+    stages back already."""
     run_id = folder.name if folder is not None and (folder / "run.json").is_file() else ""
     outcome = validation.finish(folder if run_id else None, stop)
     if auto_rollback and validation.gate and run_id and stop.run_state != "rolled_back":
@@ -164,7 +165,8 @@ def stop_run_validation(validation: RunValidation, stop: RunStopped, config: Con
         else:
             stop.resume_command = None
             stop.run_state = "rolled_back"  # what run.json, the report, `runs` and `show` then say
-            stop.hint = f"run {run_id} was rolled back; fix the data or the migration, then run again"
+            stop.hint = (f"run {run_id} was rolled back and is closed; fix the data or the migration, then "
+                         "start a new run: docshift run --execute")
     if not quiet:
         print_run_validation(outcome, to_stderr=True)
     return outcome

@@ -56,7 +56,8 @@ _JOURNAL = "before-images.jsonl.gz"
 
 _KIND = "docshift-rollback"
 _VERSION = 1
-_UNDONE = (MigrationStatus.APPLIED, MigrationStatus.FAILED, MigrationStatus.RUNNING)
+_UNDONE = (MigrationStatus.APPLIED, MigrationStatus.PARTIAL, MigrationStatus.INTERRUPTED,
+           MigrationStatus.FAILED, MigrationStatus.RUNNING)
 
 
 @dataclass(frozen=True)

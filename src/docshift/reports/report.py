@@ -243,6 +243,9 @@ def collect_report(folder: Path, *, outcome: dict[str, Any] | None = None) -> di
             first_at = at if first_at is None else first_at
             last_at = at
     migrations, settings = _migrations(record, status)
+    info = record.info
+    if isinstance(info.get("settings"), dict):  # the run's own, as its last resume continued with them
+        settings = {**settings, "run": info["settings"], "overridden on resume": info.get("overrides") or {}}
     ended = _outcome(folder, record, status, outcome)
     state = str(ended.get("state"))
     validation = _read(folder / "validation.json", "docshift-run-validation")
