@@ -330,7 +330,10 @@ def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
         info = read_versioned(path, _RUN_KIND, RUN_FILE_VERSION)
         if info.get("kind", "run") == kind and info.get("execute") and info.get("state") not in CLOSED_STATES:
             return path.parent
-    raise UsageError(f"no unfinished {kind} in {runs_dir} to resume")
+    command = "docshift run --execute" if kind == "run" else "docshift rollback RUN_ID --execute"
+    raise UsageError(f"no unfinished {kind} in {runs_dir} to resume",
+                     hint=f"finished and rolled-back runs are closed (see `docshift runs`); start a new run: "
+                     f"{command}")
 
 
 def _write_run_file(folder: Path, info: dict[str, Any]) -> None:
