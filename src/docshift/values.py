@@ -14,6 +14,7 @@ Firestore will store it in (timestamps truncated to the microsecond), noting wha
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -162,25 +163,32 @@ def as_stored(data: dict[str, Any]) -> tuple[dict[str, Any], StoredForm | None]:
     noted (it is stored as UTC) and left as it is. The result shares every unchanged part with
     ``data`` (which is not modified), and is ``data`` itself when nothing changed.
     """
-    form = StoredForm()
-    stored = _as_stored(data, (), form)
-    return stored, form if form.truncated or form.naive else None
+    found: set[str] = set()
+    stored = _as_stored(data, found)
+    if not found:
+        return stored, None
+    return stored, StoredForm(
+        truncated=_first_path(data, _is_fine) if "truncated" in found else None,
+        naive=_first_path(data, _is_naive) if "naive" in found else None,
+    )
 
 
-def _as_stored(value: Any, path: tuple[str | int, ...], form: StoredForm) -> Any:
+_LEAVES = frozenset({str, int, float, bool, bytes, type(None), Reference, GeoPoint})
+
+
+def _as_stored(value: Any, found: set[str]) -> Any:
     kind = type(value)
     if kind is Timestamp:
         if value.nanos % 1000:
-            form.truncated = form.truncated or _dotted(path)
+            found.add("truncated")
             return value.stored
         return value
     if kind is dict or kind is list or kind is tuple:
-        items = value.items() if kind is dict else enumerate(value)
         changed: dict[Any, Any] | None = None
-        for key, item in items:
+        for key, item in value.items() if kind is dict else enumerate(value):
             if type(item) in _LEAVES:
                 continue
-            stored = _as_stored(item, (*path, key), form)
+            stored = _as_stored(item, found)
             if stored is not item:
                 changed = changed if changed is not None else {}
                 changed[key] = stored
@@ -190,11 +198,29 @@ def _as_stored(value: Any, path: tuple[str | int, ...], form: StoredForm) -> Any
             return {**value, **changed}
         return [changed.get(index, item) for index, item in enumerate(value)]
     if isinstance(value, datetime) and value.tzinfo is None:
-        form.naive = form.naive or _dotted(path)
+        found.add("naive")
     return value
 
 
-_LEAVES = frozenset({str, int, float, bool, bytes, type(None), Reference, GeoPoint})
+def _is_fine(value: Any) -> bool:
+    return type(value) is Timestamp and value.nanos % 1000 != 0
+
+
+def _is_naive(value: Any) -> bool:
+    return isinstance(value, datetime) and value.tzinfo is None
+
+
+def _first_path(value: Any, wanted: Callable[[Any], bool], path: tuple[str | int, ...] = ()) -> str | None:
+    """The dotted path of the first value ``wanted`` holds for (only walked to name it)."""
+    if wanted(value):
+        return _dotted(path)
+    kind = type(value)
+    if kind is dict or kind is list or kind is tuple:
+        for key, item in value.items() if kind is dict else enumerate(value):
+            found = _first_path(item, wanted, (*path, key))
+            if found is not None:
+                return found
+    return None
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:

@@ -5,6 +5,7 @@ If the in-memory store ever drifts from Firestore's behaviour, its half of these
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import pytest
@@ -379,3 +380,13 @@ def test_a_commit_split_into_requests_reports_what_landed_when_a_later_request_f
     assert sent == [["0", "1", "2", "3"], ["4", "5", "6", "7"], ["4", "5", "6", "7"], ["8"]]
     stored = firestore_store.get_many([f"big/{i}" for i in range(9)])
     assert [doc.update_time if doc else None for doc in stored] == [r.update_time for r in results]
+
+
+def test_timestamps_are_kept_at_the_microsecond_and_a_naive_datetime_as_utc(any_store: Store) -> None:
+    """What docshift's as_stored and values_equal assume of the store (both stores alike)."""
+    put(any_store, "t/1", {"fine": Timestamp(1_700_000_000, 123_456_789),
+                           "naive": datetime(2024, 5, 1, 12, 0), "list": [Timestamp(5, 999)]})
+    doc = any_store.get("t/1")
+    assert doc is not None
+    assert doc.data == {"fine": Timestamp(1_700_000_000, 123_456_000), "list": [Timestamp(5, 0)],
+                        "naive": Timestamp.from_datetime(datetime(2024, 5, 1, 12, 0, tzinfo=UTC))}

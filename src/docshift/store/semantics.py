@@ -62,6 +62,7 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31T23:59:59Z
 _RESERVED = re.compile(r"__.+__", re.DOTALL)  # field names and ids; "____" itself is allowed
 _STORABLE = frozenset({type(None), bytes, bytearray, Timestamp, GeoPoint, Reference, list, tuple, dict})
+_ALWAYS_STORABLE = frozenset({type(None), bool, float})
 
 
 def _string_size(text: str) -> int:
@@ -120,9 +121,9 @@ def _value_problem(value: Value, depth: int, path_bytes: int = 0) -> str | None:
         size = _utf8_size(value)
         if size is None:
             return "a string is not valid unicode (lone surrogate)"
-        return _too_long("string", size)
+        return _too_long("string", size) if size > MAX_VALUE_BYTES else None
     if kind is bytes or kind is bytearray:
-        return _too_long("bytes value", len(value))
+        return _too_long("bytes value", len(value)) if len(value) > MAX_VALUE_BYTES else None
     if kind is GeoPoint:
         if not -90.0 <= value.latitude <= 90.0:  # also refuses NaN
             return f"geopoint latitude {value.latitude!r} is outside -90 to 90"
@@ -150,13 +151,18 @@ def _value_problem(value: Value, depth: int, path_bytes: int = 0) -> str | None:
                     return problem
             return None
         for key, item in value.items():
-            problem = _name_problem_of_field(key)
-            if problem:
-                return problem
-            size = _utf8_size(key) or 0  # valid unicode: checked just above
+            if type(key) is str and key and key.isascii() and not key.startswith("__"):
+                size = len(key)  # the common case, without the checks below
+            else:
+                problem = _name_problem_of_field(key)
+                if problem:
+                    return problem
+                size = _utf8_size(key) or 0  # valid unicode: checked just above
             below = path_bytes + 1 + size if path_bytes else size
             if below > MAX_FIELD_PATH_BYTES:
                 return f"field path {key[:40]!r}... is longer than {MAX_FIELD_PATH_BYTES} bytes"
+            if type(item) in _ALWAYS_STORABLE:
+                continue
             problem = _value_problem(item, depth + 1, below)
             if problem:
                 return problem
@@ -173,10 +179,8 @@ def _name_problem_of_field(key: Any) -> str | None:
     return None
 
 
-def _too_long(what: str, size: int) -> str | None:
-    if size > MAX_VALUE_BYTES:
-        return f"a {what} of {size:,} bytes is longer than Firestore's {MAX_VALUE_BYTES:,} per value"
-    return None
+def _too_long(what: str, size: int) -> str:
+    return f"a {what} of {size:,} bytes is longer than Firestore's {MAX_VALUE_BYTES:,} per value"
 
 
 def value_problem(value: Value, depth: int = 1) -> str | None:
