@@ -120,7 +120,8 @@ def backup_command(app: AppContext, collections: tuple[str, ...], out: Path, rec
 
     Documents stream into gzip JSON-lines files (exact values: timestamps with nanoseconds, bytes,
     references, NaN...) with a manifest holding counts and a sha256 per file, written last. Memory
-    stays flat at any size. Reads only; use --project and --database to choose the source.
+    stays flat at any size. Reads only; use --project and --database to choose the source. A
+    collection with no documents is backed up empty, with a warning naming it.
     """
     config = app.config()
     if not quiet:
