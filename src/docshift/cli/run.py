@@ -116,7 +116,8 @@ def _print_summary(report: RunReport, resumed: bool) -> None:
 @click.option("--concurrency", type=int, help="Commits in flight.")
 @click.option("--shards", type=int, help="Key ranges read concurrently.")
 @click.option("--max-writes-per-second", type=float, help="Cap on write operations per second.")
-@click.option("--max-failures", help="Failed documents tolerated: a count or a percent (e.g. 0.5%).")
+@click.option("--max-failures",
+              help="Failed documents tolerated: a count (e.g. 100) or a percentage up to 100% (e.g. 0.5%).")
 @click.option("--validate", "scans", is_flag=True,
               help="Scan each migration's target against its rules before and after it runs.")
 @click.option("--auto-rollback", is_flag=True,

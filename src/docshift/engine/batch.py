@@ -30,10 +30,10 @@ from docshift.store.semantics import (
     MAX_REQUEST_BYTES,
     document_problem,
     document_size,
-    value_problem,
+    field_problem,
     value_size,
 )
-from docshift.values import copy_data
+from docshift.values import StoredForm, as_stored, copy_data
 
 __all__ = ["BatchAborted", "BatchProcessor", "DeadLetter", "Decision", "DocumentCheck", "SettlingCheck"]
 
@@ -130,6 +130,32 @@ class BatchProcessor:
         self.check = check
         self.on_decision = on_decision
         self._held = threading.local()
+        self._noted: set[str] = set()
+        self._notes: list[str] = []
+        self._notes_lock = threading.Lock()
+
+    def take_notes(self) -> list[str]:
+        """Warnings about the transform's values not given yet (each kind once per run), for the
+        caller to pass on as ``warning`` events from its own thread."""
+        with self._notes_lock:
+            notes, self._notes = self._notes, []
+        return notes
+
+    def _note(self, source: Document, form: StoredForm) -> None:
+        name = f"{getattr(self.transform, '__name__', 'the transform')}()"
+        found = [("truncated", form.truncated,
+                  "returned a timestamp with nanoseconds below a microsecond ({where}); Firestore keeps "
+                  "microseconds, so such timestamps are written truncated to the microsecond"),
+                 ("naive", form.naive,
+                  "returned a datetime without a time zone ({where}); it is stored as UTC: return an "
+                  "aware datetime if it meant another zone")]
+        with self._notes_lock:
+            for kind, field_path, text in found:
+                if field_path and kind not in self._noted:
+                    self._noted.add(kind)
+                    where = f"{source.path}, field {field_path}"
+                    self._notes.append(f"{self.migration.label}: {name} {text.format(where=where)} "
+                                       "(said once per run)")
 
     # ------------------------------------------------------------------ deciding
     def decide(self, source: Document, existing: Document | None) -> Decision:
@@ -154,6 +180,9 @@ class BatchProcessor:
                 source, existing, "transform",
                 f"up() returned {type(result).__name__}; return a dict, UNCHANGED or DELETE",
             )
+        result, form = as_stored(result)  # what is written, journalled and compared: what is stored
+        if form is not None:
+            self._note(source, form)
         if existing is None:
             changes: list[FieldChange] = []
             problem = document_problem(destination, result)
@@ -346,9 +375,7 @@ def _update_problem(
     """
     for change in changes:
         if not change.removed:
-            if not all(isinstance(segment, str) and segment for segment in change.path):
-                return f"invalid field name in {change.path!r}"
-            problem = value_problem(change.new, len(change.path))
+            problem = field_problem(change.path, change.new)
             if problem:
                 return f"{'.'.join(change.path)}: {problem}"
     base = existing.size if existing.size is not None else document_size(path, existing.data)

@@ -314,9 +314,15 @@ class MigrationPipeline:
                 self._advance(self._done.get_nowait())
             except queue.Empty:
                 break
+        self._pass_on_notes()
+
+    def _pass_on_notes(self) -> None:
+        for message in self.processor.take_notes():
+            self.progress.event("warning", message=message)
 
     def _watch(self) -> None:
         """Memory, circuit breaker and failure budget; each can stop the run."""
+        self._pass_on_notes()
         state = self.memory.state()
         if state == MemoryState.HARD:
             self.controls.request_stop(

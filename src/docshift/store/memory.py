@@ -49,7 +49,7 @@ def _stored(value: Value, project: str) -> Value:
     if kind is list or kind is tuple:
         return [_stored(item, project) for item in value]
     if kind is Timestamp:
-        return Timestamp(value.seconds, value.nanos - value.nanos % 1000) if value.nanos % 1000 else value
+        return value.stored
     if isinstance(value, datetime):
         return Timestamp.from_datetime(value)
     if kind is bytearray:
