@@ -28,7 +28,7 @@ from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, Pipelin
 from docshift.engine.plan import PlanRecorder
 from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
-from docshift.errors import DriftError, LockedError, RunStopped, UsageError
+from docshift.errors import DriftError, LockedError, RunFileError, RunStopped, UsageError
 from docshift.history import (
     History,
     MigrationState,
@@ -143,6 +143,19 @@ def _write_run_file(folder: Path, info: dict[str, Any]) -> None:
     write_versioned(folder / "run.json", _RUN_KIND, RUN_FILE_VERSION, info)
 
 
+_FIX_FOLDER = "free space or fix the runs folder (permissions, mount)"
+
+
+def _record_state(folder: Path, info: dict[str, Any], state: str) -> RunFileError | None:
+    """Write ``state`` into run.json; a failure is returned for the caller to say what it means."""
+    info["state"] = state
+    try:
+        _write_run_file(folder, info)
+    except RunFileError as error:
+        return error
+    return None
+
+
 def run(
     config: Config,
     options: RunOptions,
@@ -182,13 +195,18 @@ def run(
                 "target": active.info.describe(), "project": active.info.project,
                 "database": active.info.database, "limit": options.limit, "sample": options.sample_percent,
             }
-            _write_run_file(folder, info)
+            unwritten = _record_state(folder, info, "running")
+            if unwritten is not None:
+                raise RunFileError(f"{unwritten.message}; run {run_id} did not start: nothing was written "
+                                   "to the store", path=unwritten.path, hint=_FIX_FOLDER + ", then run again")
         report = RunReport(run_id, folder, options.execute, target=active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
             _run_all(config, active, selected, options, report, history, progress, controls, checks)
-            info["state"] = "finished"
-            _write_run_file(folder, info)
+            unwritten = _record_state(folder, info, "finished")
+            if unwritten is not None:
+                raise RunFileError(f"{unwritten.message}; the dry run {run_id} finished (nothing was "
+                                   "written to the store)", path=unwritten.path, hint=_FIX_FOLDER)
             return report
         if options.resume:
             _refuse_if_still_running(active, config.store.state_prefix, run_id)
@@ -203,11 +221,25 @@ def run(
             except RunStopped as stop:
                 rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
                 stop.resume_command = None if rolled_back else report.resume_command
-                info["state"] = "rolled_back" if rolled_back else "stopped"
-                _write_run_file(folder, info)
+                unwritten = _record_state(folder, info, "rolled_back" if rolled_back else "stopped")
+                if isinstance(stop, RunFileError):
+                    stop.hint = (f"{_FIX_FOLDER}, then resume with `{report.resume_command}`, or undo "
+                                 f"what was written with `docshift rollback {run_id} --execute`")
+                elif unwritten is not None:  # a folder that cannot be written must not hide the stop
+                    stop.message += f"; {unwritten.message}"
                 raise
-        info["state"] = "finished"
-        _write_run_file(folder, info)
+        unwritten = _record_state(folder, info, "finished")
+        if unwritten is not None:
+            done = "; ".join(f"{o.migration.label}: " + ", ".join(
+                f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted"))
+                for o in report.outcomes)
+            raise RunFileError(
+                f"{unwritten.message}; run {run_id} finished, every migration applied and recorded in the "
+                f"history ({done}); only its run.json still says running", path=unwritten.path,
+                hint=f"{_FIX_FOLDER}, then `{report.resume_command}` records it as finished (it migrates "
+                f"nothing again); `docshift rollback {run_id} --execute` undoes it",
+                resume_command=report.resume_command,
+            )
         return report
 
 

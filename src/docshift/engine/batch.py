@@ -3,7 +3,8 @@
 Rules this module keeps:
 - every update and delete carries the update time that was read, so an application write made
   since is never overwritten: such a document is read again and transformed again;
-- a document's before-image reaches the journal (and the OS) before its write is sent;
+- a document's before-image is in the journal, on disk (fsynced), before its write is sent; a
+  journal that cannot be written raises, and nothing more is sent;
 - one bad document fails alone (dead-letter file), never its batch.
 """
 
@@ -262,9 +263,10 @@ class BatchProcessor:
             counts["rejected"] += 1
 
     def _write(self, decisions: list[Decision], counts: Counter[str]) -> list[Decision]:
-        """Journal, then commit; returns the decisions whose guard failed (changed meanwhile)."""
+        """Journal (durably: write-ahead), then commit; returns the decisions whose guard failed
+        (changed meanwhile)."""
         if self.journal is not None:
-            self.journal.append([_before_image(d) for d in decisions])
+            self.journal.append([_before_image(d) for d in decisions], durable=True)
         conflicts: list[Decision] = []
         written: list[JournalEntry] = []
         for chunk in _chunks(decisions):
