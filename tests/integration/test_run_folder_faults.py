@@ -32,7 +32,7 @@ from tests.mounts import resize, small_tmpfs
 FIRST = ("0001_split_full_name.py",)
 
 
-def test_a_full_runs_disk_stops_the_run_with_exit_12_saying_what_was_written_and_resume_and_rollback_are_exact(
+def test_a_full_runs_disk_stops_the_run_with_exit_12_saying_what_it_wrote_and_resume_and_rollback_are_exact(
     tmp_path: Path, cli_env: dict[str, str], firestore_store: RetryingStore,
 ) -> None:
     seed_users(firestore_store, 3000)
@@ -75,7 +75,8 @@ def test_a_full_runs_disk_stops_the_run_with_exit_12_saying_what_was_written_and
         assert [p for p in original if not values_equal(restored[p].data, original[p].data)] == []
 
 
-def _signal_from_the_summary_until_exit(folder: Path, env: dict[str, str], signum: int) -> tuple[int, int, str]:
+def _signal_from_the_summary_until_exit(folder: Path, env: dict[str, str], signum: int
+                                        ) -> tuple[int, int, str]:
     """Run to the end; from the moment the summary table is printed, send ``signum`` every
     millisecond until the process has exited. Returns (exit code, signals sent, stderr)."""
     process = subprocess.Popen([DOCSHIFT, "run", "--execute", "--yes"], cwd=folder, env=env,

@@ -15,8 +15,8 @@ from tests.mounts import read_only_folder
 
 DOCSHIFT = str(Path(sys.executable).parent / "docshift")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "migrations" / "0001_split_full_name.py"
-WRITING = [("run",), ("run", "--execute", "--yes"), ("rollback", "20250101T000000-abcdef", "--execute", "--yes"),
-           ("verify", "0001")]
+WRITING = [("run",), ("run", "--execute", "--yes"),
+           ("rollback", "20250101T000000-abcdef", "--execute", "--yes"), ("verify", "0001")]
 READING = [("runs",), ("monitor", "--once")]
 
 

@@ -237,33 +237,42 @@ def calls_of_a_clean_run(config: Config) -> int:
 def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int) -> None:
     store, original = seeded()
     faults = Faults(config.runs_dir, fail_at, stays_full=stays_full, code=code)
-    with faults.installed(), pytest.raises(RunFileError) as raised:
-        run(config, RunOptions(execute=True), store=store)
-    error = raised.value
     where = f"fault at call {fail_at} ({errno.errorcode[code]}, {'stays' if stays_full else 'once'}): "
-    message = error.message
-    assert error.exit_code == ExitCode.EMERGENCY_STOP, where + message
-    assert "could not write" in message and "no data was changed" not in message, where + message
-    now = current(store)
-    # What the message says was written is what the store holds.
-    assert written_counts(message) == changed(original, now), where + message
-    runs = [p for p in config.runs_dir.iterdir() if (p / "run.json").exists()] if config.runs_dir.exists() else []
-    if changed(original, now):
-        # Write-ahead: every document the run changed has its before-image, on disk, in the journal.
-        assert len(runs) == 1, where + message
-        images = journalled(runs[0])
-        for path in {p for p in original if p not in now or not values_equal(now[p], original[p].data)}:
-            assert path in images, where + f"{path} changed without a before-image"
-            assert values_equal(images[path].data or {}, original[path].data), where + path
-    # The disk is fixed: the resume finishes, exactly, with each failure in the dead letters once.
-    if error.resume_command:
-        run_id = error.resume_command.split()[-1]
-        assert f"run {run_id}" in message and f"docshift rollback {run_id} --execute" in (error.hint or "")
-        run(config, RunOptions(execute=True, resume=run_id), store=store)
+    try:
+        with faults.installed():
+            finished = run(config, RunOptions(execute=True), store=store)
+    except RunFileError as raised:
+        error: RunFileError | None = raised
     else:
-        assert not changed(original, now), where + message
-        assert "nothing was written to the store" in message or "no document was written" in message
-        run_id = run(config, RunOptions(execute=True), store=store).run_id
+        # Checkpoints follow the batches as they come back, so a run may write a file or two fewer.
+        assert not faults.failed, where + "a write failed and the run did not say so"
+        error = None
+    if error is None:
+        run_id = finished.run_id
+    else:
+        message = error.message
+        assert error.exit_code == ExitCode.EMERGENCY_STOP, where + message
+        assert "could not write" in message and "no data was changed" not in message, where + message
+        now = current(store)
+        # What the message says was written is what the store holds.
+        assert written_counts(message) == changed(original, now), where + message
+        runs = [p for p in config.runs_dir.glob("*") if (p / "run.json").exists()]
+        if changed(original, now):
+            # Write-ahead: every document the run changed has its before-image in the journal.
+            assert len(runs) == 1, where + message
+            images = journalled(runs[0])
+            for path in {p for p in original if p not in now or not values_equal(now[p], original[p].data)}:
+                assert path in images, where + f"{path} changed without a before-image"
+                assert values_equal(images[path].data or {}, original[path].data), where + path
+        # The disk is fixed: the resume finishes, exactly, with each failure in the dead letters once.
+        if error.resume_command:
+            run_id = error.resume_command.split()[-1]
+            assert f"run {run_id}" in message and f"docshift rollback {run_id} --execute" in (error.hint or "")
+            run(config, RunOptions(execute=True, resume=run_id), store=store)
+        else:
+            assert not changed(original, now), where + message
+            assert "nothing was written to the store" in message or "no document was written" in message
+            run_id = run(config, RunOptions(execute=True), store=store).run_id
     after = current(store)
     expected = expected_after(original)
     assert after.keys() == expected.keys(), where
@@ -282,7 +291,7 @@ def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int) -
 def test_a_file_write_failing_at_any_point_stops_the_run_truthfully_and_resume_and_rollback_are_exact(
     config: Config,
 ) -> None:
-    total = calls_of_a_clean_run(config)
+    total = calls_of_a_clean_run(config) + 3  # and a few more: their number varies a little
     assert total > 20  # the injector sees the run's file writes
     codes = (errno.ENOSPC, errno.EIO, errno.EROFS, errno.EACCES)
     for fail_at in range(1, total + 1):
@@ -356,6 +365,6 @@ def test_a_journal_removed_while_the_run_writes_it_stops_the_run(tmp_path: Path)
     writer = JournalWriter(folder / "journal.jsonl.gz")
     writer.append([JournalEntry("before", "c/a", {"n": 1})], durable=True)
     shutil.rmtree(tmp_path / "run")
-    with pytest.raises(RunFileError, match="removed or replaced|No such file"):
+    with pytest.raises(RunFileError, match=r"removed or replaced|No such file"):
         writer.append([JournalEntry("before", "c/b", {"n": 2})], durable=True)
     writer.close()

@@ -36,8 +36,9 @@ def run_file(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        if exc.errno in errno.errorcode:
-            reason += f" ({errno.errorcode[exc.errno]})"
+        code = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+        if code:
+            reason += f" ({code})"
         raise RunFileError(f"could not write {path}: {reason}", path=str(path)) from exc
 
 

@@ -123,6 +123,8 @@ class JournalWriter:
         self._synced = 0
         self._broken: RunFileError | None = None
         self.entries = 0
+        self.fsyncs = 0
+        """fsyncs done (the group commit shares them: the benchmark reports how many)."""
 
     def append(self, entries: Sequence[JournalEntry], *, durable: bool = False) -> None:
         """Append one member; with ``durable``, return only once it is on disk (fsync)."""
@@ -171,6 +173,7 @@ class JournalWriter:
                     self._break(error)
                 raise
             self._synced = covered
+            self.fsyncs += 1
 
     def _usable(self) -> None:
         if self._broken is not None:

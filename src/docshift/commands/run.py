@@ -143,9 +143,6 @@ def _write_run_file(folder: Path, info: dict[str, Any]) -> None:
     write_versioned(folder / "run.json", _RUN_KIND, RUN_FILE_VERSION, info)
 
 
-_FIX_FOLDER = "free space or fix the runs folder (permissions, mount)"
-
-
 def _record_state(folder: Path, info: dict[str, Any], state: str) -> RunFileError | None:
     """Write ``state`` into run.json; a failure is returned for the caller to say what it means."""
     info["state"] = state
@@ -154,6 +151,12 @@ def _record_state(folder: Path, info: dict[str, Any], state: str) -> RunFileErro
     except RunFileError as error:
         return error
     return None
+
+
+def _unrecorded(error: RunFileError, done: str, then: str, resume: str | None = None) -> RunFileError:
+    """``error`` (run.json could not be written) with what the run had done and what to do next."""
+    return RunFileError(f"{error.message}; {done}", path=error.path, resume_command=resume,
+                        hint=f"free space or fix the runs folder (permissions, mount), then {then}")
 
 
 def run(
@@ -195,18 +198,15 @@ def run(
                 "target": active.info.describe(), "project": active.info.project,
                 "database": active.info.database, "limit": options.limit, "sample": options.sample_percent,
             }
-            unwritten = _record_state(folder, info, "running")
-            if unwritten is not None:
-                raise RunFileError(f"{unwritten.message}; run {run_id} did not start: nothing was written "
-                                   "to the store", path=unwritten.path, hint=_FIX_FOLDER + ", then run again")
+            if (unwritten := _record_state(folder, info, "running")) is not None:
+                raise _unrecorded(unwritten, f"run {run_id} did not start: nothing was written to the store",
+                                  "run again")
         report = RunReport(run_id, folder, options.execute, target=active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
             _run_all(config, active, selected, options, report, history, progress, controls, checks)
-            unwritten = _record_state(folder, info, "finished")
-            if unwritten is not None:
-                raise RunFileError(f"{unwritten.message}; the dry run {run_id} finished (nothing was "
-                                   "written to the store)", path=unwritten.path, hint=_FIX_FOLDER)
+            info["state"] = "finished"
+            _write_run_file(folder, info)
             return report
         if options.resume:
             _refuse_if_still_running(active, config.store.state_prefix, run_id)
@@ -223,23 +223,19 @@ def run(
                 stop.resume_command = None if rolled_back else report.resume_command
                 unwritten = _record_state(folder, info, "rolled_back" if rolled_back else "stopped")
                 if isinstance(stop, RunFileError):
-                    stop.hint = (f"{_FIX_FOLDER}, then resume with `{report.resume_command}`, or undo "
-                                 f"what was written with `docshift rollback {run_id} --execute`")
+                    stop.hint = _unrecorded(stop, "", f"resume with `{report.resume_command}`, or undo what "
+                                            f"was written with `docshift rollback {run_id} --execute`").hint
                 elif unwritten is not None:  # a folder that cannot be written must not hide the stop
                     stop.message += f"; {unwritten.message}"
                 raise
-        unwritten = _record_state(folder, info, "finished")
-        if unwritten is not None:
+        if (unwritten := _record_state(folder, info, "finished")) is not None:
             done = "; ".join(f"{o.migration.label}: " + ", ".join(
                 f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted"))
                 for o in report.outcomes)
-            raise RunFileError(
-                f"{unwritten.message}; run {run_id} finished, every migration applied and recorded in the "
-                f"history ({done}); only its run.json still says running", path=unwritten.path,
-                hint=f"{_FIX_FOLDER}, then `{report.resume_command}` records it as finished (it migrates "
-                f"nothing again); `docshift rollback {run_id} --execute` undoes it",
-                resume_command=report.resume_command,
-            )
+            raise _unrecorded(unwritten, f"run {run_id} finished ({done}); only its run.json still says "
+                              "running", f"`{report.resume_command}` records it as finished (it migrates "
+                              f"nothing again); `docshift rollback {run_id} --execute` undoes it",
+                              report.resume_command)
         return report
 
 

@@ -141,9 +141,8 @@ class MigrationPipeline:
             if isinstance(kept, int):
                 # Letters written after the checkpoint belong to batches that are done again now.
                 self.dead_letters.truncate(kept)
-            self.journal = (
-                JournalWriter(folder / "before-images.jsonl.gz") if options.execute and engine.backup else None
-            )
+            if options.execute and engine.backup:
+                self.journal = JournalWriter(folder / "before-images.jsonl.gz")
         except RunFileError as error:
             raise self._file_failure(error, saved=None) from error
         self.processor = BatchProcessor(
@@ -251,7 +250,7 @@ class MigrationPipeline:
         while self._next_seq[shard] in self._finished[shard]:
             batch = self._finished[shard][self._next_seq[shard]]
             # First: a cursor past a letter that was not written would lose it.
-            self.dead_letters.add_many([(ltr.source, ltr.stage, ltr.error, ltr.rule) for ltr in batch.letters])
+            self.dead_letters.add_many([(x.source, x.stage, x.error, x.rule) for x in batch.letters])
             del self._finished[shard][self._next_seq[shard]]
             shards[shard].cursor = batch.last_path
             self._next_seq[shard] += 1

@@ -199,7 +199,7 @@ class RunValidation:
             self._scan_after_pending()
         issues = self._issues(folder, error)
         reports: list[ValidationReport] = []
-        for label, state in self.states.items():
+        for state in self.states.values():
             for report in (state.before, state.inline, state.after):
                 if report is None or (report.phase == "inline" and not report.rules):
                     continue
@@ -218,7 +218,7 @@ class RunValidation:
                 })
         except RunFileError as unwritten:
             path = None
-            issues.append(Issue(Severity.WARNING, f"the validation report was not saved: {unwritten.message}"))
+            issues.append(Issue(Severity.WARNING, f"validation report not saved: {unwritten.message}"))
         for issue in issues:
             if issue.message not in self.engine_warnings and issue.message != self.gate:  # already told
                 prefix = "" if issue.severity == Severity.WARNING else f"{issue.severity.value}: "
