@@ -1,6 +1,6 @@
 """Run files that cannot be written: the journal is a write-ahead log, and any failure to write a
 file of the run folder stops the run at once (exit 12) saying exactly what it wrote; resume and
-rollback afterwards are exact.
+rollback afterwards are exact, for a migration in place (updates, deletes) and for a copy (creates).
 
 The fault injector fails the k-th call, for every k, of the primitives that write files in the
 runs folder (``os.open`` for writing, ``os.write``, ``os.fsync``, ``os.replace``, ``os.mkdir``,
@@ -98,7 +98,8 @@ def seeded() -> tuple[MemoryStore, dict[str, Document]]:
 
 
 def current(store: MemoryStore) -> dict[str, dict[str, Any]]:
-    return {doc.path: doc.data for doc in store.stream(Query("people"))}
+    """Both collections: the source, and the copy a copy migration creates."""
+    return {doc.path: doc.data for name in ("people", "copies") for doc in store.stream(Query(name))}
 
 
 class Faults:
@@ -192,28 +193,28 @@ def written_counts(message: str) -> Counter[str]:
 
 
 def changed(original: dict[str, Document], now: dict[str, dict[str, Any]]) -> Counter[str]:
-    """What the store says was written: updated (present, different) and deleted (gone)."""
-    counts: Counter[str] = Counter()
+    """What the store says was written: updated (present, different), deleted (gone), created (new)."""
+    counts: Counter[str] = Counter(created=len(now.keys() - original.keys()))
     for path, doc in original.items():
         if path not in now:
             counts["deleted"] += 1
         elif not values_equal(now[path], doc.data):
             counts["updated"] += 1
-    return counts
+    return +counts
 
 
 def journalled(folder: Path) -> dict[str, JournalEntry]:
-    """The first before-image of each path in the run's journals."""
+    """The first before-image (or ``created`` entry) of each path in the run's journals."""
     images: dict[str, JournalEntry] = {}
     for path in folder.glob("*/before-images.jsonl.gz"):
         for entry in JournalReader(path):
-            if entry.kind == "before":
+            if entry.kind in ("before", "created"):
                 images.setdefault(entry.path, entry)
     return images
 
 
-def expected_after(original: dict[str, Document]) -> dict[str, dict[str, Any]]:
-    result = {}
+def expected_after(original: dict[str, Document], copy: bool) -> dict[str, dict[str, Any]]:
+    result = {path: doc.data for path, doc in original.items()} if copy else {}
     for path, doc in original.items():
         data = dict(doc.data)
         if data.get("retired"):
@@ -221,7 +222,9 @@ def expected_after(original: dict[str, Document]) -> dict[str, dict[str, Any]]:
         if not data.get("broken"):
             first, _, last = data.pop("name").partition(" ")
             data["first"], data["last"] = first, last
-        result[path] = data
+        elif copy:
+            continue
+        result[path.replace("people/", "copies/") if copy else path] = data
     return result
 
 
@@ -234,7 +237,7 @@ def calls_of_a_clean_run(config: Config) -> int:
     return faults.calls
 
 
-def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int) -> None:
+def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int, copy: bool) -> None:
     store, original = seeded()
     faults = Faults(config.runs_dir, fail_at, stays_full=stays_full, code=code)
     where = f"fault at call {fail_at} ({errno.errorcode[code]}, {'stays' if stays_full else 'once'}): "
@@ -258,23 +261,26 @@ def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int) -
         assert written_counts(message) == changed(original, now), where + message
         runs = [p for p in config.runs_dir.glob("*") if (p / "run.json").exists()]
         if changed(original, now):
-            # Write-ahead: every document the run changed has its before-image in the journal.
+            # Write-ahead: every document the run changed or created is in the journal from before.
             assert len(runs) == 1, where + message
             images = journalled(runs[0])
             for path in {p for p in original if p not in now or not values_equal(now[p], original[p].data)}:
                 assert path in images, where + f"{path} changed without a before-image"
                 assert values_equal(images[path].data or {}, original[path].data), where + path
+            for path in now.keys() - original.keys():
+                assert path in images and images[path].kind == "created", where + f"{path} not journalled"
         # The disk is fixed: the resume finishes, exactly, with each failure in the dead letters once.
         if error.resume_command:
             run_id = error.resume_command.split()[-1]
-            assert f"run {run_id}" in message and f"docshift rollback {run_id} --execute" in (error.hint or "")
+            assert f"run {run_id}" in message
+            assert f"docshift rollback {run_id} --execute" in (error.hint or "")
             run(config, RunOptions(execute=True, resume=run_id), store=store)
         else:
             assert not changed(original, now), where + message
             assert "nothing was written to the store" in message or "no document was written" in message
             run_id = run(config, RunOptions(execute=True), store=store).run_id
     after = current(store)
-    expected = expected_after(original)
+    expected = expected_after(original, copy)
     assert after.keys() == expected.keys(), where
     assert all(values_equal(after[p], expected[p]) for p in expected), where
     letters = Counter(letter["path"] for letter in DeadLetterFile(
@@ -283,7 +289,7 @@ def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int) -
     # And the rollback puts back exactly the original data.
     rollback(config, RollbackOptions(run_id=run_id, strategy="restore", execute=True), store=store)
     restored = current(store)
-    assert restored.keys() == original.keys(), where
+    assert restored.keys() == original.keys(), where  # the copies deleted again
     assert all(values_equal(restored[p], original[p].data) for p in original), where
     shutil.rmtree(config.runs_dir)
 
@@ -296,7 +302,19 @@ def test_a_file_write_failing_at_any_point_stops_the_run_truthfully_and_resume_a
     codes = (errno.ENOSPC, errno.EIO, errno.EROFS, errno.EACCES)
     for fail_at in range(1, total + 1):
         for stays_full in (True, False):
-            check_one_fault(config, fail_at, stays_full, codes[fail_at % len(codes)])
+            check_one_fault(config, fail_at, stays_full, codes[fail_at % len(codes)], copy=False)
+
+
+def test_the_same_for_a_copy_whose_creates_are_confirmed_by_the_resume(config: Config) -> None:
+    """A copy's creates whose outcome the stopped process could not journal are recognised by the
+    resume (the copy holds exactly up(source)) and journalled, so the rollback deletes them."""
+    migration = config.migrations_dir / "0001_split.py"
+    copying = MIGRATION.replace('collection = "people"', 'collection = "people"\ncopy_to = "copies"')
+    migration.write_text(copying, encoding="utf-8")
+    total = calls_of_a_clean_run(config) + 3
+    codes = (errno.EIO, errno.ENOSPC)
+    for fail_at in range(1, total + 1):  # one kind of fault per call, alternating, to keep it short
+        check_one_fault(config, fail_at, fail_at % 2 == 0, codes[fail_at % 2], copy=True)
 
 
 def test_journal_short_writes_are_completed(tmp_path: Path) -> None:

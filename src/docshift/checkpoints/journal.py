@@ -99,17 +99,21 @@ class JournalWriter:
     durable); ``sync`` makes everything appended so far durable.
 
     Opening an existing journal (a resumed run) first cuts off a torn last member left by a killed
-    process: appended after it, the new members would be unreadable.
+    process: appended after it, the new members would be unreadable. It also notes the writes that
+    process sent without journalling their outcome (:meth:`unconfirmed`).
     """
 
     def __init__(self, path: Path, *, compress_level: int = 1) -> None:
         self.path = path
+        self._unconfirmed: set[str] = set()
         with run_file(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             size = os.fstat(self._fd).st_size
             if size:
-                valid = max((end for end, _ in _members(path.read_bytes())), default=0)
+                valid = 0
+                for valid, block in _members(path.read_bytes()):  # noqa: B007 - the last end counts
+                    _note_outcomes(block, self._unconfirmed)
                 if valid < size:
                     os.ftruncate(self._fd, valid)
                     os.fsync(self._fd)
@@ -125,6 +129,14 @@ class JournalWriter:
         self.entries = 0
         self.fsyncs = 0
         """fsyncs done (the group commit shares them: the benchmark reports how many)."""
+
+    def unconfirmed(self, path: str) -> bool:
+        """Whether an earlier process of this run sent a write of ``path`` and stopped before it
+        journalled the outcome (asked once per path: the caller journals what it finds)."""
+        if path not in self._unconfirmed:
+            return False
+        self._unconfirmed.discard(path)
+        return True
 
     def append(self, entries: Sequence[JournalEntry], *, durable: bool = False) -> None:
         """Append one member; with ``durable``, return only once it is on disk (fsync)."""
@@ -203,6 +215,17 @@ class JournalWriter:
             finally:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def _note_outcomes(block: bytes, unconfirmed: set[str]) -> None:
+    """Paths whose last entry is a write sent (``before``, ``created``) without its outcome."""
+    for line in block.splitlines():
+        if line:
+            record = orjson.loads(line)
+            if record["k"] in ("before", "created"):
+                unconfirmed.add(record["p"])
+            else:
+                unconfirmed.discard(record["p"])
 
 
 class JournalReader:
