@@ -58,8 +58,9 @@ def cli(
     \b
     Exit codes: 0 ok, 1 failed, 2 usage or config, 3 bad data, 4 bad migration file,
     5 store error, 6 locked, 7 drift, 8 confirmation required, 9 pending migrations,
-    10 interrupted (resumable), 11 memory limit, 12 emergency stop, 13 too many failures,
-    14 validation below threshold, 15 emulator missing.
+    10 interrupted (resumable), 11 memory limit, 12 emergency stop (circuit breaker, lost lease,
+    store failing, run folder not writable), 13 too many failures, 14 validation below threshold,
+    15 emulator missing.
     """
     flags = {"project": project, "database": database, "emulator_host": emulator_host}
     ctx.obj = AppContext(flags=flags, config_file=config_file, debug=debug,

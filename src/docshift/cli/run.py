@@ -145,8 +145,9 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     Without --execute nothing is written: docshift reads and transforms the targets and prints what
     would change, with field-level diffs, and saves the full plan in the run folder. With --execute
     every update is guarded by the document's update time (application writes are never lost),
-    before-images are saved for rollback, and progress is checkpointed: stop at any time (Ctrl-C)
-    and continue with --resume.
+    before-images are on disk before each write is sent (for rollback), and progress is
+    checkpointed: stop at any time (Ctrl-C) and continue with --resume. If the run folder cannot be
+    written (disk full, read-only), the run stops at once with exit 12, saying what it wrote.
     """
     flags: dict[str, Any] = {"batch_size": batch_size, "concurrency": concurrency, "shards": shards,
                              "max_writes_per_second": max_writes_per_second, "max_failures": max_failures}
