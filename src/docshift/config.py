@@ -8,6 +8,7 @@ bounds and help text; the README's table and the error messages come from the sa
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
@@ -19,7 +20,9 @@ from typing import Any
 
 from docshift.errors import ConfigError
 
-__all__ = ["KEYS", "Config", "EngineConfig", "Key", "LimitsConfig", "StoreConfig", "load_config"]
+__all__ = [
+    "KEYS", "Config", "EngineConfig", "Key", "LimitsConfig", "StoreConfig", "load_config", "with_values",
+]
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,21 @@ def _choice(*allowed: str) -> Callable[[Any], str | None]:
 
 
 def _failures(value: Any) -> str | None:
-    ok = re.fullmatch(r"\d+(\.\d+)?%|\d+", str(value))
-    return None if ok else "must be a count (e.g. 100) or a percentage (e.g. 0.5%)"
+    text = str(value)
+    if not re.fullmatch(r"\d+(\.\d+)?%|\d+", text):
+        return "must be a count (e.g. 100) or a percentage (e.g. 0.5%)"
+    if text.endswith("%") and float(text[:-1]) > 100:
+        return "is a percentage above 100% (100% tolerates every document failing)"
+    return None
+
+
+def _one_request(value: Any) -> str | None:
+    # Deferred: the store package imports this module.
+    from docshift.store.semantics import MAX_WRITES_PER_REQUEST
+
+    if value > MAX_WRITES_PER_REQUEST:
+        return f"must be at most {MAX_WRITES_PER_REQUEST}, the writes one Firestore request may carry"
+    return _positive(value)
 
 
 def _identifier(value: Any) -> str | None:
@@ -130,7 +146,7 @@ KEYS: tuple[Key, ...] = (
     Key("runs_dir", "", Path, "folder for run state: checkpoints, before-images, reports"),
     Key("batch_size", "engine", int, "documents per commit to start with", _positive),
     Key("min_batch_size", "engine", int, "smallest adaptive batch", _positive),
-    Key("max_batch_size", "engine", int, "largest adaptive batch", _positive),
+    Key("max_batch_size", "engine", int, "largest adaptive batch (at most 500: one request)", _one_request),
     Key("concurrency", "engine", int, "commits in flight at once", _positive),
     Key("shards", "engine", int, "key ranges read concurrently", _positive),
     Key("conflict_retries", "engine", int, "re-reads of a document changed during the run",
@@ -140,7 +156,8 @@ KEYS: tuple[Key, ...] = (
         _choice("auto", "update", "set")),
     Key("checkpoint_every_docs", "engine", int, "checkpoint after this many documents", _positive),
     Key("checkpoint_every_seconds", "engine", float, "checkpoint at least this often", _positive),
-    Key("max_failures", "engine", str, "failed documents tolerated: a count or a percent",
+    Key("max_failures", "engine", str, "failed documents tolerated: a count (e.g. 100) or a percentage "
+        "from 0% to 100% (e.g. 0.5%)",
         _failures),
     Key("backup", "engine", bool, "save before-images of every changed document"),
     Key("max_writes_per_second", "limits", float, "write-rate cap in ops/s; 0 = no cap",
@@ -165,6 +182,9 @@ KEYS: tuple[Key, ...] = (
         "stage stops and everything is rolled back; 0 = no limit", _not_negative),
 )
 _BY_NAME = {key.name: key for key in KEYS}
+OTHER_VARIABLES = ("DOCSHIFT_ASSUME_YES", "DOCSHIFT_EMULATOR_JAR", "DOCSHIFT_STATUS_TOKEN")
+"""``DOCSHIFT_*`` variables that are not config keys: the CLI's confirmation and status token, and
+the emulator harness's jar. Any other ``DOCSHIFT_*`` variable is refused (a misspelled key)."""
 
 
 def _convert(key: Key, raw: Any, origin: str, from_text: bool) -> Any:
@@ -275,7 +295,9 @@ def load_config(
         name = env_name[len("DOCSHIFT_"):].lower()
         key = _BY_NAME.get(name)
         if key is None:
-            continue  # other DOCSHIFT_* variables (e.g. DOCSHIFT_ASSUME_YES) belong to the CLI
+            if env_name in OTHER_VARIABLES:
+                continue  # read by the CLI and the emulator harness
+            raise _unknown_variable(env_name)
         values[name] = _relative_to(cwd, _convert(key, raw, env_name, from_text=True))
         sources[name] = env_name
     for name, raw in (flags or {}).items():
@@ -288,6 +310,17 @@ def load_config(
         values[name] = _relative_to(cwd, converted)
         sources[name] = f"--{name.replace('_', '-')}"
     return _build(values, sources, base, path)
+
+
+def _unknown_variable(env_name: str) -> ConfigError:
+    """A ``DOCSHIFT_*`` variable docshift does not know: most likely a misspelled key."""
+    known = [key.name.upper() for key in KEYS] + [name[len("DOCSHIFT_"):] for name in OTHER_VARIABLES]
+    close = difflib.get_close_matches(env_name[len("DOCSHIFT_"):], known, n=1, cutoff=0.6)
+    hint = (f"did you mean DOCSHIFT_{close[0]}? Rename it, or unset {env_name}" if close
+            else "unset it: docshift reads DOCSHIFT_ and a config key in capitals (e.g. "
+                 "DOCSHIFT_BATCH_SIZE; the keys are in the README's Configuration table), and "
+                 f"{', '.join(OTHER_VARIABLES)}")
+    return ConfigError(f"unknown environment variable {env_name}", hint=hint)
 
 
 def _relative_to(cwd: Path, value: Any) -> Any:
@@ -318,7 +351,8 @@ def _build(values: dict[str, Any], sources: dict[str, str], base: Path, path: Pa
         raise ConfigError(
             f"batch_size {engine.batch_size} must lie between min_batch_size {engine.min_batch_size} "
             f"and max_batch_size {engine.max_batch_size} "
-            f"({origins('batch_size', 'min_batch_size', 'max_batch_size')})"
+            f"({origins('batch_size', 'min_batch_size', 'max_batch_size')})",
+            hint="max_batch_size is at most 500 (one request); set the three so that min <= batch <= max",
         )
     if limits.memory_soft_limit_mb >= limits.memory_hard_limit_mb:
         raise ConfigError(
@@ -341,3 +375,20 @@ def defaults() -> Mapping[str, Any]:
         holder: Any = config if not key.section else getattr(config, key.section)
         result[key.name] = getattr(holder, key.name)
     return result
+
+
+def with_values(config: Config, values: Mapping[str, Any], origin: str) -> Config:
+    """``config`` with the keys in ``values`` taken from ``origin`` (e.g. ``run RUN_ID``, the run a
+    resume continues), converted and cross-checked like the value of any other source."""
+    current: dict[str, Any] = {}
+    for key in KEYS:
+        holder: Any = config if not key.section else getattr(config, key.section)
+        current[key.name] = getattr(holder, key.name)
+    sources = dict(config.sources)
+    for name, raw in values.items():
+        known = _BY_NAME.get(name)
+        if known is None:
+            raise ConfigError(f"unknown setting {name!r} from {origin}")
+        current[name] = _convert(known, raw, origin, from_text=False)
+        sources[name] = origin
+    return _build(current, sources, Path(), config.config_file)

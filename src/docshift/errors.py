@@ -84,6 +84,9 @@ class DocshiftError(Exception):
     """Base of every docshift error. ``hint`` says what to do next."""
 
     exit_code: ExitCode = ExitCode.FAILED
+    run_state: str = "failed"
+    """The state a run ended by this error is recorded in (run.json, ``runs``, ``show``, the report;
+    see ``docshift.checkpoints.record``)."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -168,6 +171,7 @@ class RunStopped(DocshiftError):
     """A run ended early but safely; ``resume_command`` continues it."""
 
     exit_code = ExitCode.INTERRUPTED
+    run_state = "stopped"
 
     def __init__(
         self, message: str, *, hint: str | None = None, resume_command: str | None = None

@@ -41,10 +41,15 @@ _WRITE_ATTEMPTS = 5
 
 
 class MigrationStatus(enum.StrEnum):
-    """What the history says about a migration."""
+    """What the history says about a migration. ``applied`` only when a run processed every document
+    of its target; ``partial`` when a run finished what it was asked (``--limit``, ``--sample``) and
+    that left documents out; ``interrupted`` when a run was stopped (signal, ``docshift stop``) and
+    can be resumed; ``failed`` when it stopped on a problem (breaker, gate, failures, memory)."""
 
     RUNNING = "running"
     APPLIED = "applied"
+    PARTIAL = "partial"
+    INTERRUPTED = "interrupted"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
 
@@ -95,10 +100,21 @@ class HistoryRecord:
     file: str = ""
     checkpoint: Mapping[str, Any] | None = None
     events: tuple[HistoryEvent, ...] = ()
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    """Settings a resume of this run changed from the run's own: name -> {"was": …, "now": …}."""
 
     @property
     def label(self) -> str:
         return f"{self.migration_id}_{self.name}" if self.name else self.migration_id
+
+    def rolled_back_after(self, run_id: str) -> bool:
+        """Whether this migration was rolled back after run ``run_id`` last started it: the writes
+        that run made are undone, so continuing it from its checkpoint would leave them undone."""
+        started = [i for i, e in enumerate(self.events)
+                   if e.run_id == run_id and e.status is MigrationStatus.RUNNING]
+        if not started:
+            return False
+        return any(e.status is MigrationStatus.ROLLED_BACK for e in self.events[started[-1] + 1:])
 
     def to_data(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -106,6 +122,7 @@ class HistoryRecord:
             status=self.status.value, counts=dict(self.counts),
             previous_checksums=list(self.previous_checksums),
             checkpoint=dict(self.checkpoint) if self.checkpoint is not None else None,
+            overrides=dict(self.overrides),
             events=[{**vars(e), "status": e.status.value} for e in self.events],
         )
         return data
@@ -121,6 +138,7 @@ class HistoryRecord:
                 "status": MigrationStatus(data["status"]),
                 "counts": {str(k): int(v) for k, v in (data.get("counts") or {}).items()},
                 "previous_checksums": tuple(data.get("previous_checksums") or ()),
+                "overrides": dict(data.get("overrides") or {}),
                 "events": tuple(
                     HistoryEvent(**{**e, "status": MigrationStatus(e["status"])})
                     for e in data.get("events") or ()
@@ -183,9 +201,12 @@ class History:
             hint="another process is writing the history; check `docshift status` for a running lease",
         )
 
-    def start(self, migration: Migration, run_id: str) -> HistoryRecord:
+    def start(
+        self, migration: Migration, run_id: str, overrides: Mapping[str, Any] | None = None
+    ) -> HistoryRecord:
         """Mark ``migration`` running in this run; the last applied checksum moves to
-        ``previous_checksums`` when the file changed since."""
+        ``previous_checksums`` when the file changed since. ``overrides``: the settings resumes of
+        this run changed (see :attr:`HistoryRecord.overrides`)."""
         now, user = Timestamp.now(), current_user()
         event = HistoryEvent(MigrationStatus.RUNNING, now, run_id, user, migration.checksum)
 
@@ -196,7 +217,7 @@ class History:
                 docshift_version=_docshift_version(), counts={},
                 previous_checksums=_with_checksum(old, migration.checksum), name=migration.name,
                 file=describe_file(migration.path) if migration.path else "",
-                events=_append(old, event),
+                events=_append(old, event), overrides=dict(overrides or {}),
             )
 
         return self._change(migration.id, change)
@@ -216,7 +237,8 @@ class History:
     def finish(
         self, migration_id: str, status: MigrationStatus, counts: Mapping[str, int], error: str | None = None
     ) -> HistoryRecord:
-        """Close the current run of a migration as applied or failed (``error`` says why)."""
+        """Close the current run of a migration (``error`` says why it did not apply); the caller
+        derives ``status`` from what the run processed (``commands/run.py``)."""
         status = MigrationStatus(status)
         if status is MigrationStatus.RUNNING:
             raise ValueError("finish() needs a final status, not running")
@@ -282,6 +304,8 @@ class StateKind(enum.StrEnum):
     APPLIED = "applied"
     PENDING = "pending"
     RUNNING = "running"
+    PARTIAL = "partial"
+    INTERRUPTED = "interrupted"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
     DRIFTED = "drifted"
@@ -317,9 +341,11 @@ class MigrationState:
 
     @property
     def runnable(self) -> bool:
-        """Whether ``docshift run`` would (re)run it: pending, failed, interrupted or rolled back."""
+        """Whether ``docshift run`` would (re)run it: pending, partial, failed, interrupted or rolled
+        back."""
         return self.migration is not None and self.kind in (
-            StateKind.PENDING, StateKind.FAILED, StateKind.RUNNING, StateKind.ROLLED_BACK,
+            StateKind.PENDING, StateKind.PARTIAL, StateKind.FAILED, StateKind.RUNNING,
+            StateKind.INTERRUPTED, StateKind.ROLLED_BACK,
         )
 
     @property
@@ -338,6 +364,8 @@ class MigrationState:
 _KIND_OF = {
     MigrationStatus.APPLIED: StateKind.APPLIED,
     MigrationStatus.RUNNING: StateKind.RUNNING,
+    MigrationStatus.PARTIAL: StateKind.PARTIAL,
+    MigrationStatus.INTERRUPTED: StateKind.INTERRUPTED,
     MigrationStatus.FAILED: StateKind.FAILED,
     MigrationStatus.ROLLED_BACK: StateKind.ROLLED_BACK,
 }

@@ -6,12 +6,15 @@ the Firestore adapter ever handles a Google object. A document's data is a ``dic
 :class:`Reference`, ``list`` of values, or ``dict`` (a map) of values.
 
 Python's ``==`` is not good enough to decide "unchanged": ``True == 1``, ``0.0 == -0.0`` and
-``nan != nan``. :func:`values_equal` compares the way Firestore stores values.
+``nan != nan``. :func:`values_equal` compares the way Firestore stores values: timestamps at the
+microsecond, the precision Firestore keeps. :func:`as_stored` gives a transform's result the form
+Firestore will store it in (timestamps truncated to the microsecond), noting what it changed.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,8 +22,10 @@ from typing import Any
 __all__ = [
     "GeoPoint",
     "Reference",
+    "StoredForm",
     "Timestamp",
     "Value",
+    "as_stored",
     "copy_data",
     "type_name",
     "values_equal",
@@ -57,6 +62,12 @@ class Timestamp:
     @classmethod
     def now(cls) -> Timestamp:
         return cls.from_datetime(datetime.now(UTC))
+
+    @property
+    def stored(self) -> Timestamp:
+        """This timestamp as Firestore stores it: truncated to the microsecond."""
+        rest = self.nanos % 1000
+        return Timestamp(self.seconds, self.nanos - rest) if rest else self
 
     def to_datetime(self) -> datetime:
         """A UTC datetime (nanoseconds below a microsecond are dropped)."""
@@ -131,7 +142,92 @@ def copy_data(value: Any) -> Any:
     return value
 
 
-_PLAIN = frozenset({str, int, bool, bytes, type(None), Timestamp, Reference})
+_PLAIN = frozenset({str, int, bool, bytes, type(None), Reference})
+
+
+@dataclass
+class StoredForm:
+    """What :func:`as_stored` changed in one document: the first field path of each kind."""
+
+    truncated: str | None = None
+    """A timestamp with nanoseconds below a microsecond (Firestore keeps microseconds)."""
+    naive: str | None = None
+    """A ``datetime`` without a time zone (stored as UTC)."""
+
+
+def as_stored(data: dict[str, Any]) -> tuple[dict[str, Any], StoredForm | None]:
+    """``data`` as Firestore will store it, and what that changed (``None``: nothing to note).
+
+    Timestamps lose their nanoseconds below a microsecond here, once, where the write is built, so
+    that what is written, journalled and compared is what the store keeps. A naive ``datetime`` is
+    noted (it is stored as UTC) and left as it is. The result shares every unchanged part with
+    ``data`` (which is not modified), and is ``data`` itself when nothing changed.
+    """
+    found: set[str] = set()
+    stored = _as_stored(data, found)
+    if not found:
+        return stored, None
+    return stored, StoredForm(
+        truncated=_first_path(data, _is_fine) if "truncated" in found else None,
+        naive=_first_path(data, _is_naive) if "naive" in found else None,
+    )
+
+
+_LEAVES = frozenset({str, int, float, bool, bytes, type(None), Reference, GeoPoint})
+
+
+def _as_stored(value: Any, found: set[str]) -> Any:
+    kind = type(value)
+    if kind is Timestamp:
+        if value.nanos % 1000:
+            found.add("truncated")
+            return value.stored
+        return value
+    if kind is dict or kind is list or kind is tuple:
+        changed: dict[Any, Any] | None = None
+        for key, item in value.items() if kind is dict else enumerate(value):
+            if type(item) in _LEAVES:
+                continue
+            stored = _as_stored(item, found)
+            if stored is not item:
+                changed = changed if changed is not None else {}
+                changed[key] = stored
+        if changed is None:
+            return value
+        if kind is dict:
+            return {**value, **changed}
+        return [changed.get(index, item) for index, item in enumerate(value)]
+    if isinstance(value, datetime) and value.tzinfo is None:
+        found.add("naive")
+    return value
+
+
+def _is_fine(value: Any) -> bool:
+    return type(value) is Timestamp and value.nanos % 1000 != 0
+
+
+def _is_naive(value: Any) -> bool:
+    return isinstance(value, datetime) and value.tzinfo is None
+
+
+def _first_path(value: Any, wanted: Callable[[Any], bool], path: tuple[str | int, ...] = ()) -> str | None:
+    """The dotted path of the first value ``wanted`` holds for (only walked to name it)."""
+    if wanted(value):
+        return _dotted(path)
+    kind = type(value)
+    if kind is dict or kind is list or kind is tuple:
+        for key, item in value.items() if kind is dict else enumerate(value):
+            found = _first_path(item, wanted, (*path, key))
+            if found is not None:
+                return found
+    return None
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
 
 
 def _float_equal(a: float, b: float) -> bool:
@@ -141,12 +237,15 @@ def _float_equal(a: float, b: float) -> bool:
 
 
 def values_equal(a: Value, b: Value) -> bool:
-    """Exact, type-strict equality: what Firestore would store is identical."""
+    """Exact, type-strict equality: what Firestore would store is identical (timestamps at the
+    microsecond: two that differ only below it are stored as the same value)."""
     if a is b:  # the common case in a diff: a transform keeps most values as they were
         return True
     ta, tb = type(a), type(b)
     if ta is tb and ta in _PLAIN:
         return bool(a == b)
+    if ta is Timestamp and tb is Timestamp:
+        return bool(a.seconds == b.seconds and a.nanos // 1000 == b.nanos // 1000)
     if ta is dict and tb is dict:
         if a.keys() != b.keys():
             return False
@@ -159,6 +258,8 @@ def values_equal(a: Value, b: Value) -> bool:
         a = Timestamp.from_datetime(a)
     if isinstance(b, datetime):
         b = Timestamp.from_datetime(b)
+    if type(a) is Timestamp and type(b) is Timestamp:
+        return values_equal(a, b)
     if type_name(a) != type_name(b):
         return False
     if isinstance(a, GeoPoint):

@@ -208,6 +208,19 @@ def docshift(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Completed
                           timeout=180, stdin=subprocess.DEVNULL, check=False)
 
 
+def test_cli_backup_of_a_collection_with_no_documents_warns(
+    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+) -> None:
+    seed(firestore_store, iter([("users/u1", {"n": 1})]))
+    for quiet in ((), ("--quiet",)):
+        out = f"b{len(quiet)}"
+        made = docshift(tmp_path, cli_env, "backup", "usres", "users", "--out", out, *quiet)
+        assert made.returncode == 0, made.stderr
+        assert "warning: no documents found in collection 'usres'" in made.stderr
+        assert "the backup holds none of it" in made.stderr and "users'" not in made.stderr
+        assert made.stdout.startswith("backed up 1 documents")
+
+
 def test_cli_backup_restore_verify_and_exit_codes(
     firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
 ) -> None:

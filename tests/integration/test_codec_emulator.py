@@ -303,15 +303,18 @@ def nest(depth: int, leaf: Any) -> Any:
 
 def test_values_nested_as_deep_as_firestore_allows_round_trip(any_store: Store) -> None:
     leaf = {"$t": "ts", "t": Timestamp(7, 8000), "nan": math.nan, "b": b"\x00", "r": Reference("a/b", "p")}
-    data = {"deep": nest(18, leaf)}  # the document is level 1, so the leaf map is level 20
+    # The field's own value is level 1 (the document's field map is not a level; measured in
+    # test_store_contract.py), so the leaf map is level 20, and an empty array below it adds none.
+    data = {"deep": nest(19, leaf), "empty": nest(19, {"e": []})}
     stored = through(any_store, data)
     assert values_equal(stored, data)
     assert values_equal(through(any_store, codec.loads(codec.dumps(stored))), data)
 
 
 def test_one_level_deeper_is_refused(any_store: Store) -> None:
-    assert "deeper" in refused(any_store, {"deep": nest(19, {"x": 1})}).message
-    assert "deeper" in refused(any_store, {"deep": nest(19, [1])}).message
+    assert "deeper" in refused(any_store, {"deep": nest(20, {"x": 1})}).message
+    assert "deeper" in refused(any_store, {"deep": nest(20, [1])}).message
+    assert "deeper" in refused(any_store, {"deep": nest(19, {"e": [1]})}).message
 
 
 # --------------------------------------------------------------------------- strings, bytes, odd types

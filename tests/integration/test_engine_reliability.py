@@ -101,10 +101,12 @@ def test_kill_9_at_random_moments_then_resume_reaches_the_uninterrupted_result(
     assert progress == sorted(progress), f"a checkpoint went backwards: {progress} (seed {seed_value})"
     assert len(set(progress)) >= 4, f"resumes made little progress: {progress} (seed {seed_value})"
 
-    final = docshift(folder, cli_env, "run", "--execute", "--resume", "--json")  # at full speed
+    # At full speed: the run's own write limit (500) would otherwise hold for the resume too.
+    unlimited = ("--max-writes-per-second", "0")
+    final = docshift(folder, cli_env, "run", "--execute", "--resume", "--json", *unlimited)
     if final.returncode == 6:  # locked: the killed run's lease has not expired; remove it
         assert docshift(folder, cli_env, "unlock", "--force", "--yes").returncode == 0
-        final = docshift(folder, cli_env, "run", "--execute", "--resume", "--json")
+        final = docshift(folder, cli_env, "run", "--execute", "--resume", "--json", *unlimited)
     assert final.returncode == 0, final.stderr
     events = [json.loads(line) for line in final.stdout.splitlines()]
     assert [e["event"] for e in events if e["event"] in ("finish", "stop")][-1] == "finish"
@@ -154,7 +156,12 @@ def test_sigterm_drains_checkpoints_exits_10_and_the_printed_command_resumes(
     assert saved.state == "stopped" and 0 < saved.counters["read"] < 3000
     assert read_lease(firestore_store, PREFIX) is None  # released on the way out
     record = History(firestore_store, PREFIX).get("0001")
-    assert record is not None and record.status is MigrationStatus.FAILED and resume in (record.error or "")
+    assert record is not None and record.status is MigrationStatus.INTERRUPTED
+    assert resume in (record.error or "")
+    shown = docshift(folder, cli_env, "status")  # as the docs say: interrupted, and pending (exit 9)
+    assert shown.returncode == 9, shown.stdout
+    [row] = [line for line in shown.stdout.splitlines() if line.strip().startswith("0001")]
+    assert "interrupted" in row and "failed" not in row
     # The checkpoint claims only what is written: everything up to its cursor is migrated.
     [shard] = saved.shards
     upto = export(firestore_store, ["users"])

@@ -239,3 +239,64 @@ def test_the_confirmation_gate_refuses_cloud_firestore_without_yes_before_any_ne
          "--execute", "--yes"], cwd=folder, env={**cloud, "GCE_METADATA_HOST": "127.0.0.1:9"},
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
     assert confirmed.returncode == 99 and "NETWORK ACCESS" in confirmed.stderr, confirmed.stderr
+
+
+DROP_MIGRATION = '''
+"""Drop the even users, mark the odd ones seen (no down(): rolled back by restore)."""
+from docshift import DELETE
+
+description = "drop even users"
+collection = "users"
+
+def up(doc):
+    if doc.get("n", 0) % 2 == 0:
+        return DELETE
+    return {**doc.data, "seen": True}
+'''
+
+
+def test_a_rollback_with_conflicts_tells_one_state_and_the_same_counts_everywhere(
+    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Restore strategy: 100 deleted, 100 updated; the application then re-creates 10 of the deleted
+    and edits 5 of the updated. The rollback re-creates 90 and restores 95, leaves 15 conflicts: its
+    summary table, `runs`, `show`, run.json and the report all say so (state ``conflicts``), and the
+    next step offered is the --force command (which then finishes the job), not a resume."""
+    writes = [Write.set(f"users/u{i:03d}", {"n": i}) for i in range(200)]
+    assert all(result.ok for result in firestore_store.commit(writes))
+    before = export(firestore_store, ["users"])
+    folder = project_folder(tmp_path / "project", files=(), extra={"0001_drop.py": DROP_MIGRATION})
+    assert docshift(folder, cli_env, "run", "--execute", "--quiet").returncode == 0
+    [source] = (folder / ".docshift" / "runs").iterdir()
+    app = [Write.set(f"users/u{i:03d}", {"n": i, "app": True}) for i in range(0, 20, 2)]  # re-created
+    app += [Write.set(f"users/u{i:03d}", {"n": i, "app": True}) for i in range(1, 11, 2)]  # edited
+    assert all(result.ok for result in firestore_store.commit(app))
+
+    refused = docshift(folder, cli_env, "rollback", source.name, "--execute")
+    assert refused.returncode == 1, refused.stderr
+    force = f"docshift rollback {source.name} --execute --force"
+    assert force in refused.stderr and "Traceback" not in refused.stderr
+    [rollback] = [p for p in (folder / ".docshift" / "runs").iterdir() if p != source]
+    counters = Checkpoint.load(rollback / "0001_drop" / "checkpoint.json").counters
+    assert (counters["recreated"], counters["restored"], counters["conflicts"]) == (90, 95, 15)
+    # The summary table printed at the end shows the restore's counts in its columns.
+    row = next(line for line in refused.stderr.splitlines() if "0001_drop" in line and "│" in line)
+    assert [cell.strip() for cell in row.split("│")[1:9]] == [
+        "0001_drop", "95", "0", "90", "0", "0", "15", "0"]
+    runs = {r["run_id"]: r for r in json.loads(docshift(folder, cli_env, "runs", "--json").stdout)}
+    listed = runs[rollback.name]
+    assert listed["state"] == "conflicts"
+    assert (listed["counts"]["updated"], listed["counts"]["created"], listed["counts"]["conflicts"]) == (
+        95, 90, 15)
+    shown = json.loads(docshift(folder, cli_env, "show", rollback.name, "--json").stdout)
+    report = json.loads((rollback / "report.json").read_text())
+    run_file = json.loads((rollback / "run.json").read_text())
+    assert shown["state"] == report["state"] == report["outcome"]["state"] == run_file["state"] == "conflicts"
+    assert report["totals"]["created"] == 90 and report["migrations"][0]["counts"]["created"] == 90
+    for commands in (shown["commands"], report["commands"]):
+        assert "resume" not in commands
+        assert force in commands.values()
+
+    forced = docshift(folder, cli_env, *force.split()[1:])
+    assert forced.returncode == 0, forced.stderr
+    assert same_data(export(firestore_store, ["users"]), before) == []

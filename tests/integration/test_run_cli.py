@@ -204,3 +204,113 @@ def test_resume_refuses_while_the_run_is_still_going(
     after = export(firestore_store, ["users"])
     assert len(where(after, lambda d: "first_name" in d)) == len(where(seeded, lambda d: "full_name" in d))
     assert summary(out)["0001_split_full_name"]["conflicts"] == 0  # nobody else wrote meanwhile
+
+
+def test_execute_with_limit_is_partial_pending_and_the_next_run_processes_the_rest(
+    seeded: dict[str, Document], firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = project_folder(tmp_path, files=("0001_split_full_name.py",))
+    limited = docshift(folder, cli_env, "run", "--execute", "--limit", "40")
+    assert limited.returncode == 0, limited.stderr
+    row = summary(limited.stdout)["0001_split_full_name"]
+    assert row["state"] == "partial" and row["updated"] + row["unchanged"] == 40
+    assert "recorded as partial, not applied" in " ".join(limited.stdout.split())
+    record = History(firestore_store, PREFIX).get("0001")
+    assert record is not None and record.status is MigrationStatus.PARTIAL and record.counts["read"] == 40
+    pending = docshift(folder, cli_env, "status")
+    assert pending.returncode == 9, pending.stdout
+    assert "partial" in pending.stdout and "up to date" not in pending.stdout
+    now = export(firestore_store, ["users"])
+    changed = [p for p, doc in now.items() if doc.update_time != seeded[p].update_time]
+    assert set(changed) <= set(sorted(seeded)[:40])
+
+    rest = docshift(folder, cli_env, "run", "--execute")
+    assert rest.returncode == 0, rest.stderr
+    row = summary(rest.stdout)["0001_split_full_name"]
+    assert row["state"] == "applied" and row["updated"] + row["unchanged"] == 600
+    after = export(firestore_store, ["users"])
+    assert where(after, lambda d: "full_name" in d) == set()
+    record = History(firestore_store, PREFIX).get("0001")
+    assert record is not None and record.status is MigrationStatus.APPLIED
+    done = docshift(folder, cli_env, "status")
+    assert done.returncode == 0 and "up to date" in done.stdout
+
+
+def _interrupt(folder: Path, env: dict[str, str], *args: str, after: float = 0.0) -> str:
+    """Start ``docshift run ARGS``, SIGTERM it ``after`` seconds after it checkpointed progress;
+    its stderr."""
+    before = {p: p.stat().st_mtime_ns for p in folder.glob(".docshift/runs/*/*/checkpoint.json")}
+    process = subprocess.Popen([DOCSHIFT, "run", *args], cwd=folder, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None and not any(
+            before.get(p) != p.stat().st_mtime_ns for p in folder.glob(".docshift/runs/*/*/checkpoint.json")
+        ):
+            time.sleep(0.05)
+        time.sleep(after)
+        assert process.poll() is None, process.communicate()
+        os.kill(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 10, err
+    return " ".join(err.split())
+
+
+def test_a_resume_keeps_the_run_s_settings_and_a_flag_given_on_it_overrides_them(
+    seeded: dict[str, Document], firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = project_folder(tmp_path, "checkpoint_every_seconds = 0.2\n", files=("0001_split_full_name.py",))
+    first = _interrupt(folder, cli_env, "--execute", "--max-writes-per-second", "40", "--batch-size", "20",
+                       "--concurrency", "2", "--max-failures", "3%")
+    assert "write limit: 40 ops/s" in first
+    [run_folder] = folder.glob(".docshift/runs/*/")
+    second = _interrupt(folder, cli_env, "--execute", "--resume", after=2.5)  # none of the flags again
+    assert "write limit: 40 ops/s" in second
+    assert (f"resuming run {run_folder.name} with its own settings: write limit 40 ops/s, batch size 20, "
+            "concurrency 2, shards 1, max failures 3%, backup on") in second
+    assert "overrides" not in second
+    events = [json.loads(line) for line in (run_folder / "events.jsonl").read_text().splitlines()]
+    resumed_at = [i for i, e in enumerate(events) if e["event"] == "resume"]
+    assert len(resumed_at) == 1
+    limits = {e["write_limit"] for e in events[resumed_at[0]:] if e["event"] == "progress"}
+    assert limits == {40}
+
+    third = docshift(folder, cli_env, "run", "--execute", "--resume", "--max-writes-per-second", "5000")
+    assert third.returncode == 0, third.stderr
+    err = " ".join(third.stderr.split())
+    assert "write limit: 5,000 ops/s" in err
+    assert "--max-writes-per-second 5000 overrides the run's max writes per second 40" in err
+    change = {"max_writes_per_second": {"was": 40.0, "now": 5000.0}}
+    info = json.loads((run_folder / "run.json").read_text())
+    assert info["settings"]["config"]["max_writes_per_second"] == 5000.0
+    assert info["settings"]["config"]["batch_size"] == 20 and info["overrides"] == change
+    assert [r["overrides"] for r in info["resumes"]] == [{}, change]
+    report = json.loads((run_folder / "report.json").read_text())
+    assert report["settings"]["overridden on resume"] == change
+    assert report["settings"]["run"]["config"]["max_failures"] == "3%"
+    record = History(firestore_store, PREFIX).get("0001")
+    assert record is not None and record.status is MigrationStatus.APPLIED and record.overrides == change
+    shown = json.loads(docshift(folder, cli_env, "status", "--json").stdout)
+    assert shown["migrations"][0]["overrides"] == change
+    after = export(firestore_store, ["users"])
+    assert where(after, lambda d: "full_name" in d) == set()
+
+
+def test_a_resume_cannot_change_what_the_run_processes(
+    seeded: dict[str, Document], firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    folder = project_folder(tmp_path, "checkpoint_every_seconds = 0.2\n", files=("0001_split_full_name.py",))
+    _interrupt(folder, cli_env, "--execute", "--max-writes-per-second", "40", "--limit", "300")
+    refused = docshift(folder, cli_env, "run", "--execute", "--resume", "--limit", "500")
+    assert refused.returncode == 2, refused.stderr
+    assert "cannot change --limit" in refused.stderr and "hint:" in refused.stderr
+    staged = docshift(folder, cli_env, "run", "--execute", "--resume", "--stages", "50%,100%")
+    assert staged.returncode == 2 and "cannot change --stages" in staged.stderr
+    done = docshift(folder, cli_env, "run", "--execute", "--resume", "--max-writes-per-second", "0")
+    assert done.returncode == 0, done.stderr
+    assert "--limit 300" in done.stderr
+    record = History(firestore_store, PREFIX).get("0001")
+    assert record is not None and record.status is MigrationStatus.PARTIAL and record.counts["read"] == 300

@@ -5,10 +5,24 @@ If the in-memory store ever drifts from Firestore's behaviour, its half of these
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
 import pytest
 
-from docshift.errors import ConflictError, PermanentError, UsageError
-from docshift.store import DELETE_FIELD, Filter, Query, Store, Write
+from docshift.errors import ConflictError, PermanentError, TransientError, UsageError
+from docshift.store import DELETE_FIELD, Filter, Query, RetryingStore, Store, Write
+from docshift.store.firestore import FirestoreStore
+from docshift.store.firestore import _pb as firestore_schema
+from docshift.store.semantics import (
+    EMULATOR_MAX_REQUEST_BYTES,
+    MAX_DOCUMENT_BYTES,
+    MAX_VALUE_BYTES,
+    MAX_WRITES_PER_REQUEST,
+    document_problem,
+    document_size,
+    field_problem,
+)
 from docshift.values import GeoPoint, Reference, Timestamp
 
 
@@ -164,3 +178,215 @@ def test_bad_paths_are_usage_errors() -> None:
         Query("")
     with pytest.raises(UsageError):
         Query("a/b/c", group=True)
+
+
+# ---------------------------------------------------------------------------- limits, at the boundary
+# Measured on the Cloud Firestore emulator 1.19.9 (Cloud SDK 528.0.0) with scripts/store_limits.py:
+# for each limit the largest value accepted, and that one more is refused. docshift's checks
+# (document_problem, value_problem) refuse exactly what the store refuses: never less (a write would
+# fail in the store instead of before it), never more (a document the store holds could then not be
+# restored or rolled back). Cloud Firestore documents the same numbers: 1 MiB per document, 1 MiB -
+# 89 bytes per value, 1,500 bytes per field name, field path and id, 20 levels of maps and arrays.
+
+
+def nested(levels: int, inner: dict[str, object] | None = None) -> dict[str, object]:
+    """``levels`` maps nested in each other (the innermost holds ``inner``, or one number)."""
+    value: dict[str, object] = {"v": 1} if inner is None else inner
+    for _ in range(levels - 1):
+        value = {"m": value}
+    return value
+
+
+def sized(path: str, extra: int) -> dict[str, object]:
+    """A document ``extra`` bytes over 1 MiB by Firestore's storage-size rules (values of at most
+    1 MiB - 89 bytes each; one of them inside a map)."""
+    base = {"a": "", "nested": {"b": ""}}
+    room = MAX_DOCUMENT_BYTES - document_size(path, base) + extra
+    return {"a": "x" * (room // 2), "nested": {"b": "y" * (room - room // 2)}}
+
+
+class Limit(NamedTuple):
+    accepted_path: str
+    accepted: dict[str, object]
+    refused_path: str
+    refused: dict[str, object]
+    per_field: bool = True
+    """The limit is one field's (its name, path or value): the engine checks it on a changed field."""
+
+
+LIMITS: dict[str, Limit] = {
+    # A field holding 20 maps nested in each other is taken; 21 are refused ("contains an invalid
+    # nested entity"). The document's own field map is not a level.
+    "20 nested maps": Limit("l/a", {"f": nested(20)}, "l/b", {"f": nested(21)}),
+    # An array is a level too: an array of 19 nested maps is taken, of 20 refused.
+    "array of 19 nested maps": Limit("l/a", {"f": [nested(19)]}, "l/b", {"f": [nested(20)]}),
+    # ... but an empty array adds none: [] below 20 maps is taken, [1] there is refused.
+    "empty array below 20 maps": Limit("l/a", {"f": nested(20, {"e": []})},
+                                       "l/b", {"f": nested(20, {"e": [1]})}),
+    # One string value: 1,048,487 bytes of UTF-8 are taken, 1,048,488 refused, in a map or an array
+    # too ("The value of property ... is longer than 1048487 bytes").
+    "string of 1,048,487 bytes": Limit("l/a", {"s": "x" * (MAX_VALUE_BYTES - 2) + "é"},
+                                       "l/b", {"s": ["x" * (MAX_VALUE_BYTES - 1) + "é"]}),
+    "bytes of 1,048,487": Limit("l/a", {"b": b"\0" * MAX_VALUE_BYTES},
+                                "l/b", {"b": {"in": b"\0" * (MAX_VALUE_BYTES + 1)}}),
+    # The whole document: exactly 1,048,576 bytes by the storage-size rules are taken, one more is
+    # refused ("maximum entity size is 1048576 bytes"), whatever the path and field names.
+    "document of 1 MiB": Limit("l/a", sized("l/a", 0), "l/b", sized("l/b", 1), per_field=False),
+    # A field name, and a field path: 1,500 bytes of UTF-8 are taken, 1,501 refused.
+    "field name of 1,500 bytes": Limit("l/a", {"é" * 750: 1}, "l/b", {"é" * 750 + "x": 1}),
+    "field path of 1,500 bytes": Limit("l/a", {"p" * 10: {"q" * 1489: 1}},
+                                       "l/b", {"p" * 10: {"q" * 1490: 1}}),
+    # Each document id and collection id of the path, and of a reference value: 1,500 bytes taken,
+    # 1,501 refused ("The key path element name is longer than 1500 bytes").
+    "document id of 1,500 bytes": Limit("l/" + "é" * 750, {"v": 1}, "l/" + "é" * 750 + "x", {"v": 1},
+                                        per_field=False),
+    "collection id of 1,500 bytes": Limit("c" * 1500 + "/x", {"v": 1}, "c" * 1501 + "/x", {"v": 1},
+                                          per_field=False),
+    "reference id of 1,500 bytes": Limit("l/a", {"r": Reference("c/" + "i" * 1500)},
+                                         "l/b", {"r": Reference("c/" + "i" * 1501)}),
+    "parent id of 1,500 bytes": Limit("l/" + "p" * 1500 + "/s/x", {"v": 1}, "l/" + "p" * 1501 + "/s/x",
+                                      {"v": 1}, per_field=False),
+}
+
+
+def field_verdict(data: dict[str, object]) -> str | None:
+    """docshift's check of each field as the engine makes it on the fields an update changes."""
+    return next((problem for key, value in data.items() if (problem := field_problem((key,), value))), None)
+
+
+@pytest.mark.parametrize("limit", list(LIMITS))
+def test_at_each_limit_the_store_and_docshift_agree(any_store: Store, limit: str) -> None:
+    case = LIMITS[limit]
+    assert document_problem(case.accepted_path, case.accepted) is None
+    problem = document_problem(case.refused_path, case.refused)
+    assert problem is not None
+    if case.per_field:
+        assert field_verdict(case.accepted) is None
+        assert field_verdict(case.refused) == problem
+    # The store itself (the writes are marked checked: only the store decides).
+    [taken] = any_store.commit([Write.set(case.accepted_path, case.accepted, checked=True)])
+    [turned_down] = any_store.commit([Write.set(case.refused_path, case.refused, checked=True)])
+    assert taken.ok, taken.error
+    assert isinstance(turned_down.error, PermanentError), turned_down
+    assert any_store.get(case.refused_path) is None
+    # Unchecked, docshift refuses it before sending, with its own message.
+    [before] = any_store.commit([Write.set(case.refused_path, case.refused)])
+    assert isinstance(before.error, PermanentError) and before.error.message == problem
+
+
+def test_a_document_name_over_cloud_firestores_6_kib_is_taken_by_the_emulator_and_docshift(
+    any_store: Store,
+) -> None:
+    """Cloud Firestore documents 6 KiB per document name; the emulator takes longer names (7,514
+    bytes here: five ids of 1,500 bytes). docshift does not check it: refusing would leave documents
+    the emulator holds that could not be restored; on Cloud Firestore no such document can exist,
+    and a write that would make one is refused by the store, alone in its request."""
+    path = "/".join(["c", "i" * 1500] * 5)
+    assert len(path.encode()) > 6 * 1024
+    assert document_problem(path, {"v": 1}) is None
+    [result] = any_store.commit([Write.set(path, {"v": 1})])
+    assert result.ok, result.error
+    assert any_store.get(path) is not None
+
+
+@pytest.fixture
+def sent_requests(firestore_store: RetryingStore,
+                  monkeypatch: pytest.MonkeyPatch) -> tuple[FirestoreStore, list[tuple[int, int]]]:
+    """The adapter under the retry layer, and (writes, bytes) of every BatchWrite it sends."""
+    adapter = firestore_store.inner
+    assert isinstance(adapter, FirestoreStore)
+    sent: list[tuple[int, int]] = []
+    send = adapter._batch_write
+
+    def watched(request: Any, **options: Any) -> Any:
+        sent.append((len(request.writes), request.ByteSize()))
+        return send(request, **options)
+
+    monkeypatch.setattr(adapter, "_batch_write", watched)
+    return adapter, sent
+
+
+def test_one_request_carries_at_most_500_writes(
+    sent_requests: tuple[FirestoreStore, list[tuple[int, int]]],
+) -> None:
+    """Measured: the emulator takes 40,000 writes in one BatchWrite (only its 4 MiB bound them);
+    Cloud Firestore documents 500. docshift follows Cloud Firestore (more requests cost little; a
+    refused one would fail a run), so what works on the emulator works there too: a commit of more
+    is sent as several requests."""
+    adapter, sent = sent_requests
+    writes = [Write.set(f"w/{i:04d}", {"v": i}) for i in range(MAX_WRITES_PER_REQUEST * 2 + 1)]
+    results = adapter.commit(writes)
+    assert all(result.ok for result in results) and len(results) == 1001
+    assert [writes for writes, _ in sent] == [500, 500, 1]
+    assert [doc.path for doc in adapter.stream(Query("w"))][-1] == "w/1000"
+
+
+def test_the_emulator_takes_requests_of_4_mib_and_docshift_sends_no_larger(
+    sent_requests: tuple[FirestoreStore, list[tuple[int, int]]],
+) -> None:
+    """Measured: a BatchWrite request of 4,194,304 bytes is taken by the emulator, one of 4,194,305
+    refused with RESOURCE_EXHAUSTED (its gRPC server's inbound limit; Cloud Firestore takes 10 MiB).
+    The adapter packs each request to the store's limit, so nine documents of 1 MB go as three."""
+    adapter, sent = sent_requests
+    assert adapter.max_request_bytes == EMULATOR_MAX_REQUEST_BYTES
+
+    def request(total: int) -> Any:
+        writes = [Write.set(f"raw/{name}", {"s": "x" * 1_000_000}) for name in "abcd"]
+        writes.append(Write.set("raw/e", {"s": ""}))
+        built = firestore_schema["BatchWriteRequest"](database=adapter._database_name)
+        for write in writes:
+            adapter._encode_write(write, built.writes.add())
+        last = built.writes[-1].update.fields["s"]
+        while built.ByteSize() != total:  # the lengths' varints grow with the string
+            last.string_value = "x" * (len(last.string_value) + total - built.ByteSize())
+        assert built.ByteSize() == total
+        return built
+
+    adapter._batch_write(request(EMULATOR_MAX_REQUEST_BYTES), metadata=adapter._metadata, timeout=60)
+    with pytest.raises(Exception) as refused:  # a grpc.RpcError (grpc stays in the adapter)
+        adapter._batch_write(request(EMULATOR_MAX_REQUEST_BYTES + 1), metadata=adapter._metadata, timeout=60)
+    assert refused.value.code().name == "RESOURCE_EXHAUSTED"  # type: ignore[attr-defined]
+
+    sent.clear()
+    results = adapter.commit([Write.set(f"big/{i}", {"s": "x" * 1_000_000}) for i in range(9)])
+    assert all(result.ok for result in results)
+    assert [writes for writes, _ in sent] == [4, 4, 1]
+    assert max(size for _, size in sent) <= EMULATOR_MAX_REQUEST_BYTES
+
+
+def test_a_commit_split_into_requests_reports_what_landed_when_a_later_request_fails(
+    firestore_store: RetryingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nine documents of 1 MB go as three requests; the second fails as a whole (unreachable).
+    The first one's writes were applied and are reported so, with their update times: the retry
+    layer sends only the others again (a full retry would send applied guarded writes twice)."""
+    adapter = firestore_store.inner
+    assert isinstance(adapter, FirestoreStore)
+    seen = [Write.set(f"big/{i}", {"s": str(i)}) for i in range(9)]
+    old = {r.path: r.update_time for r in firestore_store.commit(seen)}
+    sent: list[list[str]] = []
+    send = adapter._batch_write
+
+    def second_fails(request: Any, **options: Any) -> Any:
+        sent.append([write.update.name.rsplit("/", 1)[-1] for write in request.writes])
+        if len(sent) == 2:
+            raise TransientError("injected: the service is unavailable", code="UNAVAILABLE")
+        return send(request, **options)
+
+    monkeypatch.setattr(adapter, "_batch_write", second_fails)
+    guarded = [Write.set(f"big/{i}", {"s": "x" * 1_000_000}, update_time=old[f"big/{i}"]) for i in range(9)]
+    results = firestore_store.commit(guarded)
+    assert [r.ok for r in results] == [True] * 9, [r.error for r in results if not r.ok]
+    assert sent == [["0", "1", "2", "3"], ["4", "5", "6", "7"], ["4", "5", "6", "7"], ["8"]]
+    stored = firestore_store.get_many([f"big/{i}" for i in range(9)])
+    assert [doc.update_time if doc else None for doc in stored] == [r.update_time for r in results]
+
+
+def test_timestamps_are_kept_at_the_microsecond_and_a_naive_datetime_as_utc(any_store: Store) -> None:
+    """What docshift's as_stored and values_equal assume of the store (both stores alike)."""
+    put(any_store, "t/1", {"fine": Timestamp(1_700_000_000, 123_456_789),
+                           "naive": datetime(2024, 5, 1, 12, 0), "list": [Timestamp(5, 999)]})
+    doc = any_store.get("t/1")
+    assert doc is not None
+    assert doc.data == {"fine": Timestamp(1_700_000_000, 123_456_000), "list": [Timestamp(5, 0)],
+                        "naive": Timestamp.from_datetime(datetime(2024, 5, 1, 12, 0, tzinfo=UTC))}

@@ -22,6 +22,7 @@ from docshift.checkpoints import Checkpoint, DeadLetterFile, read_versioned
 from docshift.history import History, MigrationStatus
 from docshift.store import Query, Store, Write
 from docshift.values import Value, values_equal
+from tests.gate_message import gate_numbers
 
 DOCSHIFT = str(Path(sys.executable).parent / "docshift")
 LABEL = "0001_split_name"
@@ -123,6 +124,22 @@ def test_fifteen_percent_bad_documents_stop_the_run_at_the_gate(
     assert letters and letters <= bad
     untouched = [doc for doc in firestore_store.stream(Query("users")) if "full_name" in doc.data]
     assert len(untouched) > 150  # stopped early: the rest was never written
+    # One record of what happened: the error, validation-inline.json, the checkpoint, the report, the
+    # history and the dead letters count the same documents checked and refused.
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    checked, refused = gate_numbers(error)
+    inline = read_versioned(folder / LABEL / "validation-inline.json", "docshift-validation", 1)
+    report = read_versioned(folder / "report.json", "docshift-report", 1)
+    [row] = report["migrations"]
+    history = History(firestore_store, "_docshift").get("0001")
+    assert history is not None
+    assert (inline["checked"], inline["failed"]) == (checked, refused)
+    assert (checkpoint.counters["checked"], checkpoint.counters["rejected"]) == (checked, refused)
+    assert (row["counters"]["checked"], row["counters"]["rejected"]) == (checked, refused)
+    assert (history.counts["checked"], history.counts["rejected"]) == (checked, refused)
+    assert row["dead_letters"] == len(letters) == refused
+    assert sum(rule["failures"] for rule in inline["rules"]) == refused
+    assert report["state"] == report["outcome"]["state"] == "stopped"
 
 
 def test_auto_rollback_after_the_gate_restores_the_pre_run_data(
@@ -140,6 +157,28 @@ def test_auto_rollback_after_the_gate_restores_the_pre_run_data(
     assert differ == []
     record = History(firestore_store, "_docshift").get("0001")
     assert record is not None and record.status is MigrationStatus.ROLLED_BACK
+    # The run was rolled back, and every view of it says so (as for a canary stage's rollback).
+    folder = run_folder(project)
+    assert read_versioned(folder / "run.json", "docshift-run", 1)["state"] == "rolled_back"
+    report = read_versioned(folder / "report.json", "docshift-report", 1)
+    assert report["state"] == report["outcome"]["state"] == "rolled_back"
+    assert "resume" not in report["commands"]
+    runs = json.loads(docshift(project, cli_env, "runs", "--json").stdout)
+    assert {r["run_id"]: r["state"] for r in runs}[folder.name] == "rolled_back"
+    shown = json.loads(docshift(project, cli_env, "show", folder.name, "--json").stdout)
+    assert shown["state"] == "rolled_back"
+    # The rolled-back run is closed: no resume continues it from its old position, not even forced
+    # (after fixing the migration), which would leave the documents before it undone as "applied".
+    for extra in ((), ("--force",)):
+        resumed = docshift(project, cli_env, "run", "--execute", "--resume", folder.name, *extra)
+        assert resumed.returncode == 2, resumed.stderr
+        assert f"run {folder.name} was rolled back" in resumed.stderr
+        assert "hint:" in resumed.stderr and "start a new run" in resumed.stderr
+    assert export(firestore_store) == after
+    record = History(firestore_store, "_docshift").get("0001")
+    assert record is not None and record.status is MigrationStatus.ROLLED_BACK
+    assert docshift(project, cli_env, "status").returncode == 9  # rolled back: it would run again
+    assert read_versioned(folder / "run.json", "docshift-run", 1)["state"] == "rolled_back"
 
 
 def test_validate_flag_scans_before_and_after_and_exits_14_when_the_after_scan_fails(

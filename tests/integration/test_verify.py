@@ -14,6 +14,7 @@ import pytest
 from docshift.commands.run import RunOptions, run
 from docshift.commands.verify import verify
 from docshift.config import Config
+from docshift.engine.progress import RecordingProgress
 from docshift.errors import UsageError
 from docshift.store import Store, Write
 from docshift.values import Timestamp
@@ -109,3 +110,36 @@ def test_the_verify_command_exits_14_on_differences_and_refuses_in_place_migrati
                                                             "    return doc.data\n")
     with pytest.raises(UsageError, match="changes documents in place"):
         verify(copied, "0002", store=firestore_store)
+
+
+STAMP = '''
+from docshift import Timestamp
+
+collection = "users"
+copy_to = "stamped"
+
+def up(doc):
+    return {**doc.data, "at": Timestamp(1_700_000_000, 123_456_789), "log": [{"at": Timestamp(7, 999)}]}
+'''
+
+
+def test_a_copy_with_nanosecond_timestamps_verifies_at_the_microsecond_the_store_keeps(
+    emulator_config: Config, firestore_store: Store
+) -> None:
+    """The emulator stores 123,456,789 ns as 123,456,000: the run writes them so, says so once, and
+    verify compares at that precision (before, it found every document different)."""
+    emulator_config.migrations_dir.mkdir(parents=True)
+    (emulator_config.migrations_dir / "0001_stamp.py").write_text(textwrap.dedent(STAMP))
+    writes = [Write.set(f"users/u{i:03d}", {"n": i}) for i in range(120)]
+    assert all(result.ok for result in firestore_store.commit(writes))
+    progress = RecordingProgress()
+    report = run(emulator_config, RunOptions(execute=True), store=firestore_store, progress=progress)
+    assert report.outcomes[0].result.counters["created"] == 120
+    [message] = [fields["message"] for kind, fields in progress.events if kind == "warning"]
+    assert "nanoseconds below a microsecond" in message
+    stored = firestore_store.get("stamped/u007")
+    assert stored is not None and stored.data["at"] == Timestamp(1_700_000_000, 123_456_000)
+    assert stored.data["log"] == [{"at": Timestamp(7, 0)}]
+    verified = verify(emulator_config, "0001", store=firestore_store)
+    assert verified.passed, verified.examples[:2]
+    assert verified.matched == 120

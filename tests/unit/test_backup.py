@@ -19,6 +19,7 @@ from docshift.backup.writer import encode_record
 from docshift.checkpoints.atomic import write_versioned
 from docshift.commands.backup import backup, restore, verify
 from docshift.config import Config
+from docshift.engine.progress import RecordingProgress
 from docshift.errors import DataError, PermanentError, UsageError
 from docshift.store import Document, MemoryStore, Query, Store, StoreInfo, Write, WriteResult
 from docshift.values import Timestamp
@@ -369,3 +370,25 @@ def test_manifest_version_from_the_future_is_refused(tmp_path: Path) -> None:
     write_versioned(tmp_path / "b" / MANIFEST_NAME, "docshift-backup", 2, {})
     with pytest.raises(DataError, match="upgrade docshift"):
         read_manifest(tmp_path / "b")
+
+
+def test_a_collection_with_no_documents_is_backed_up_with_a_warning(tmp_path: Path) -> None:
+    """A misspelled name or the wrong project gives an empty backup: said, not silent."""
+    source = populated()
+    progress = RecordingProgress()
+    manifest = backup(CONFIG, ["teams", "usres"], tmp_path / "b", store=source, progress=progress)
+    assert manifest.documents == 1 and manifest.collections == ("teams", "usres")
+    [fields] = [f for k, f in progress.events if k == "warning"]
+    assert fields["collection"] == "usres"
+    message = str(fields["message"])
+    assert message.startswith("no documents found in collection 'usres' in project memory")
+    assert "the backup holds none of it" in message and "--recursive" in message
+
+    # Documents only below missing parents: a plain backup finds none, and the warning says why.
+    quiet = RecordingProgress()
+    backup(CONFIG, ["users/ghost/notes"], tmp_path / "c", store=source, progress=quiet)
+    assert [k for k, _ in quiet.events].count("warning") == 0
+    deep = RecordingProgress()
+    backup(CONFIG, ["users/u00001/orders"], tmp_path / "d", store=source, progress=deep, recursive=True)
+    [warned] = [f for k, f in deep.events if k == "warning"]
+    assert "--recursive" not in str(warned["message"])

@@ -327,7 +327,7 @@ def test_loads_accepts_text_as_well_as_bytes() -> None:
         (True, 1), (False, 0), (1, 1.0), (0.0, -0.0), (0, 0.0), (None, False), ("1", 1), (b"a", "a"),
         ({"a": 1}, {"a": 1, "b": 2}), ([1, 2], [2, 1]), ([1], [1, 1]), ({"a": True}, {"a": 1}),
         (GeoPoint(0.0, 0.0), GeoPoint(-0.0, 0.0)), (Reference("u/a", "p"), Reference("u/a", "q")),
-        (Reference("u/a", "p", "d1"), Reference("u/a", "p", "d2")), (Timestamp(1, 1), Timestamp(1, 2)),
+        (Reference("u/a", "p", "d1"), Reference("u/a", "p", "d2")), (Timestamp(1, 1000), Timestamp(1, 2000)),
         ({}, []), ({}, None), (math.nan, None), ([math.nan], [0.0]),
     ],
 )

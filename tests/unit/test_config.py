@@ -129,8 +129,30 @@ def test_boolean_environment_values(root: Path, text: str, expected: bool) -> No
 
 
 def test_other_docshift_variables_are_left_to_the_cli(root: Path) -> None:
-    config = load(root, env={"DOCSHIFT_ASSUME_YES": "1", "DOCSHIFT_EMULATOR_JAR": "/x.jar", "OTHER": "x"})
+    config = load(root, env={"DOCSHIFT_ASSUME_YES": "1", "DOCSHIFT_EMULATOR_JAR": "/x.jar",
+                             "DOCSHIFT_STATUS_TOKEN": "t", "OTHER": "x"})
     assert set(config.sources.values()) == {"default"}
+
+
+@pytest.mark.parametrize(("name", "meant"), [
+    ("DOCSHIFT_BACTH_SIZE", "DOCSHIFT_BATCH_SIZE"),
+    ("DOCSHIFT_MAX_WRITES_PER_SEC", "DOCSHIFT_MAX_WRITES_PER_SECOND"),
+    ("DOCSHIFT_PROJET", "DOCSHIFT_PROJECT"),
+    ("DOCSHIFT_ASSUME_YESS", "DOCSHIFT_ASSUME_YES"),
+])
+def test_a_misspelled_docshift_variable_is_refused_with_the_close_match(
+    root: Path, name: str, meant: str
+) -> None:
+    """Silently ignored, a misspelled variable would leave its setting at the default."""
+    error = config_error(root, env={name: "200"})
+    assert error.message == f"unknown environment variable {name}"
+    assert error.hint is not None and f"did you mean {meant}?" in error.hint
+
+
+def test_an_unknown_docshift_variable_without_a_close_match_names_the_rule(root: Path) -> None:
+    error = config_error(root, env={"DOCSHIFT_WHATEVER_ELSE_ENTIRELY": "1"})
+    assert error.hint is not None and "did you mean" not in error.hint
+    assert "DOCSHIFT_BATCH_SIZE" in error.hint and "DOCSHIFT_ASSUME_YES" in error.hint
 
 
 # --------------------------------------------------------------------------- where the file is found
@@ -361,9 +383,28 @@ def test_max_failures_accepts_a_count_or_a_percentage(root: Path, value: Any) ->
     assert load(root).engine.max_failures == str(value)
 
 
+@pytest.mark.parametrize("value", ["150%", "100.5%", "1000%"])
+def test_max_failures_above_100_percent_is_refused(root: Path, value: str) -> None:
+    error = config_error(root, flags={"max_failures": value})
+    assert "max_failures" in error.message and "--max-failures" in error.message
+    assert "above 100%" in error.message and error.hint
+    assert load(root, flags={"max_failures": "100%"}).engine.max_failures == "100%"
+
+
+def test_max_batch_size_is_at_most_what_one_request_may_carry(root: Path) -> None:
+    error = config_error(root, env={"DOCSHIFT_MAX_BATCH_SIZE": "501"})
+    assert "max_batch_size" in error.message and "DOCSHIFT_MAX_BATCH_SIZE" in error.message
+    assert "at most 500" in error.message and error.hint
+    write(root / "docshift.toml", "max_batch_size = 800\n")
+    assert "at most 500" in config_error(root).message
+    (root / "docshift.toml").unlink()
+    assert load(root, env={"DOCSHIFT_MAX_BATCH_SIZE": "500"}).engine.max_batch_size == 500
+
+
 def test_batch_size_outside_its_bounds_says_where_it_came_from(root: Path) -> None:
     error = config_error(root, env={"DOCSHIFT_BATCH_SIZE": "600"})
     assert "batch_size 600" in error.message and "DOCSHIFT_BATCH_SIZE" in error.message
+    assert error.hint is not None and "at most 500" in error.hint
     write(root / "docshift.toml", "min_batch_size = 400\n")
     error = config_error(root)
     assert "min_batch_size 400" in error.message and "docshift.toml" in error.message

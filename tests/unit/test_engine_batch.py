@@ -140,7 +140,8 @@ def test_bad_transform_results_fail_alone_into_dead_letters(tmp_path: Path) -> N
         if number == 2:
             return ["not", "a", "dict"]
         if number == 4:
-            return {**doc.data, "blob": "x" * MAX_DOCUMENT_BYTES}
+            half = MAX_DOCUMENT_BYTES // 2  # two values: one may hold at most 1 MiB - 89 bytes
+            return {**doc.data, "blob": "x" * half, "more": "y" * half}
         if number == 5:
             return {**doc.data, "nested": [[1, 2]]}
         if number == 6:

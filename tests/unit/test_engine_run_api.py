@@ -81,7 +81,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint(config: Config) -> None:
     saved = Checkpoint.load(folder / "0001_split_full_name" / "checkpoint.json")
     assert saved.state == "stopped" and 0 < saved.counters["read"] < 400
     record = History(store, "_docshift").get("0001")
-    assert record is not None and record.status is MigrationStatus.FAILED
+    assert record is not None and record.status is MigrationStatus.INTERRUPTED  # stopped, not failed
     assert f"--resume {run_id}" in (record.error or "")
     assert read_lease(store, "_docshift") is None
     report = run(config, RunOptions(execute=True, resume="latest"), store=store)

@@ -26,6 +26,7 @@ from docshift.control.files import remove_presence, write_presence
 from docshift.engine.controls import Controls
 from docshift.engine.progress import RecordingProgress
 from docshift.errors import EmergencyStop, LockedError, RunStopped, TooManyFailures
+from docshift.history import History, MigrationStatus
 from docshift.lock import LeaseLock
 from docshift.reports import EventLog, ProgressExtras, RunStatus, TeeProgress, build_report, read_events
 from docshift.reports.charts import Series, downsample, line_chart, nice_ticks
@@ -356,3 +357,48 @@ def test_a_stopped_observed_run_reports_how_it_stopped_and_a_refused_resume_chan
         run(config, RunOptions(resume=seen.run_id), store=store, progress=refused.progress)
     assert (seen.folder / "events.jsonl").read_bytes() == events
     assert seen.report.json.read_bytes() == report and not (seen.folder / "status.json").exists()
+
+
+FAILING_STAGE = '''
+"""Give every person a tier; person 7's document cannot be migrated."""
+collection = "users"
+
+def up(doc):
+    if doc.get("n") == 7:
+        raise ValueError("person 7 is broken")
+    return {**doc.data, "tier": "gold"}
+'''
+
+
+def test_a_canary_rolled_back_by_its_gate_is_rolled_back_in_every_view(config: Config) -> None:
+    """run.json, the report, `runs`, `show`, the status endpoint's snapshot and the history all say
+    rolled_back with the same counts (every stage's) and the working time of every stage."""
+    (config.migrations_dir / "0001_split_full_name.py").unlink()
+    (config.migrations_dir / "0001_tier.py").write_text(FAILING_STAGE, encoding="utf-8")
+    limits = dataclasses.replace(config.limits, stage_max_failure_rate=0.0)
+    config = dataclasses.replace(config, limits=limits)
+    store = MemoryStore()
+    seed(store, 400, make=lambda n: {"n": n})
+    controls = Controls()
+    with pytest.raises(EmergencyStop, match="failed its gate"), Observation(config, store, controls) as seen:
+        run(config, RunOptions(execute=True, run_id=seen.run_id, stages=(50.0, 100.0)), store=store,
+            progress=seen.progress, controls=controls)
+    assert seen.folder is not None and seen.report is not None
+    body = read_versioned(seen.report.json, "docshift-report", 1)
+    [row] = body["migrations"]
+    [summary] = list_runs(config)
+    snapshot = seen.status.snapshot()
+    [live] = snapshot["migrations"]
+    states = {read_versioned(seen.folder / "run.json", "docshift-run", 1)["state"], body["state"],
+              body["outcome"]["state"], row["state"], summary.state, show_run(config, None)["state"],
+              snapshot["state"], live["state"], StatusSource(seen.folder).poll()["state"]}
+    assert states == {"rolled_back"}
+    assert row["counters"]["failed"] == 1 and row["counters"]["updated"] >= 1
+    assert {k: live[k] for k in ("updated", "failed", "unchanged")} == {
+        k: row["counters"][k] for k in ("updated", "failed", "unchanged")}
+    assert summary.counts["updated"] == body["totals"]["updated"] == row["counters"]["updated"]
+    record = History(store, config.store.state_prefix).get("0001")
+    assert record is not None and record.status is MigrationStatus.ROLLED_BACK
+    assert {k: record.counts.get(k, 0) for k in row["counters"]} == row["counters"]
+    assert row["rollback"]["restored"] == row["counters"]["updated"]
+    assert "resume" not in body["commands"] and "rollback" not in body["commands"]

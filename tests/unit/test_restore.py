@@ -137,14 +137,13 @@ def test_a_dry_run_writes_nothing_and_counts_what_execute_then_does(tmp_path: Pa
     journal = tmp_path / "run" / JOURNAL
     dry = undo(store, journal, tmp_path / "dry", execute=False, samples=3)
     assert export(store) == after  # same documents, same update times
-    assert dry.counters["restored"] == 90 and dry.counters["verified"] == 0
+    assert dry.counters["restored"] == dry.counters["verified"] == 90  # the check is predicted too
     assert len(dry.samples) == 3
     _, kind, changes = dry.samples[0]
     assert kind == "restore" and {".".join(map(str, c.path)) for c in changes} == {
         "full_name", "first_name", "last_name"}
     done = undo(store, journal, tmp_path / "exec")
-    assert {k: done.counters[k] for k in ("restored", "conflicts")} == {
-        k: dry.counters[k] for k in ("restored", "conflicts")}
+    assert done.counters == dry.counters
     assert same_data(export(store), before) == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from docshift.engine.progress import RecordingProgress
 from docshift.errors import EmergencyStop
 from docshift.store import MemoryStore, Query, Write
 from docshift.validators import HealthStatus, RunValidation
+from tests.gate_message import gate_numbers
 
 MIGRATION = '''
 from docshift import UNCHANGED
@@ -103,6 +105,35 @@ def test_fifteen_percent_bad_stops_at_the_gate_with_the_checkpoint_kept(config: 
     outcome = validation.finish(config.runs_dir / run_id, stopped.value)
     assert outcome.health.status is HealthStatus.CRITICAL
     assert [issue.severity.value for issue in outcome.health.issues] == ["critical"]
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 4])
+def test_a_gate_stop_counts_the_same_documents_in_its_message_files_and_record(
+    config: Config, concurrency: int
+) -> None:
+    """The gate judges the batches settled behind the cursor, so its message, validation-inline.json,
+    the checkpoint's counters and the dead letters hold the same documents checked and refused
+    (batches a stop left unfinished are done again on resume, and counted then)."""
+    config = dataclasses.replace(config, engine=dataclasses.replace(config.engine, concurrency=concurrency))
+    store = MemoryStore()
+    seed(store, 2000, bad_per_100=15)
+    controls = Controls()
+    validation = RunValidation(config, store, controls=controls, execute=True)
+    with pytest.raises(EmergencyStop) as stopped:
+        run(config, RunOptions(execute=True), store=store, progress=validation, controls=controls,
+            checks=validation)
+    run_id = (stopped.value.resume_command or "").split()[-1]
+    folder = config.runs_dir / run_id / "0001_split"
+    validation.finish(folder.parent, stopped.value)
+    checked, refused = gate_numbers(stopped.value.message)
+    counters = Checkpoint.load(folder / "checkpoint.json").counters
+    inline = read_versioned(folder / "validation-inline.json", "docshift-validation", 1)
+    letters = list(DeadLetterFile(folder / "dead-letters.jsonl"))
+    assert checked >= 50 and refused > 0
+    assert (inline["checked"], inline["failed"]) == (checked, refused)
+    assert len(letters) == refused == inline["rules"][1]["failures"]
+    assert (counters.get("checked"), counters["rejected"]) == (checked, refused)
+    assert validation.gate is not None and validation.gate in stopped.value.message
 
 
 def test_the_gate_needs_a_minimum_sample_and_never_stops_a_dry_run(config: Config) -> None:

@@ -1,4 +1,5 @@
-"""Run state on disk: checkpoints, before-image journals, dead letters. Versioned, atomic files."""
+"""Run state on disk: checkpoints, before-image journals, dead letters, and the run record every
+view reads (``record.py``). Versioned, atomic files."""
 
 from __future__ import annotations
 

@@ -60,6 +60,23 @@ class Checkpoint:
     def finished(self) -> bool:
         return self.state == "finished"
 
+    @property
+    def covers_target(self) -> bool:
+        """Whether the documents behind this checkpoint are every document of the migration's
+        target: every shard read to its end, and nothing left out by the run's scope. The scope is
+        recorded in ``extra`` by the run: ``limit_reached`` (``--limit`` stopped reading before the
+        target's end), ``sample_percent`` (``--sample``), and for canary stages ``stages`` with
+        ``passed``, the index of the last stage whose gate passed. What "applied" is derived from."""
+        if not self.finished or not all(shard.done for shard in self.shards):
+            return False
+        stages = self.extra.get("stages")
+        if stages:
+            return self.extra.get("passed") == len(stages) - 1 and float(stages[-1]) >= 100
+        if self.extra.get("limit_reached", False) is not False:
+            return False  # True: documents remain past the limit; None: not known yet
+        sample = self.extra.get("sample_percent")
+        return sample is None or float(sample) >= 100
+
     def save(self, path: Path) -> None:
         self.saved_at = Timestamp.now()
         write_versioned(path, _KIND, CHECKPOINT_VERSION, {

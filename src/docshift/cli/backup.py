@@ -12,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from docshift.backup import DEFAULT_DOCS_PER_FILE, PathMap, RestoreReport, VerifyReport, read_manifest
 from docshift.cli.confirm import confirm_destructive
@@ -69,6 +70,9 @@ class _Progress:
         self._last = time.monotonic()
 
     def event(self, kind: str, **fields: Any) -> None:
+        if kind == "warning":  # said even with --quiet
+            err_console.print(f"[yellow]warning:[/] {escape(str(fields.get('message')))}", soft_wrap=True)
+            return
         if self.quiet:
             return
         phase = fields.get("phase")
@@ -116,7 +120,8 @@ def backup_command(app: AppContext, collections: tuple[str, ...], out: Path, rec
 
     Documents stream into gzip JSON-lines files (exact values: timestamps with nanoseconds, bytes,
     references, NaN...) with a manifest holding counts and a sha256 per file, written last. Memory
-    stays flat at any size. Reads only; use --project and --database to choose the source.
+    stays flat at any size. Reads only; use --project and --database to choose the source. A
+    collection with no documents is backed up empty, with a warning naming it.
     """
     config = app.config()
     if not quiet:

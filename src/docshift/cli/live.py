@@ -22,7 +22,8 @@ __all__ = ["LiveProgress", "plain_status_line", "render_status"]
 
 _HEALTH_STYLE = {"HEALTHY": "green", "DEGRADED": "yellow", "CRITICAL": "red"}
 _STATE_STYLE = {"running": "cyan", "paused": "yellow", "stopping": "yellow", "finished": "green",
-                "stopped": "yellow", "failed": "red", "interrupted": "yellow"}
+                "stopped": "yellow", "failed": "red", "interrupted": "yellow", "conflicts": "yellow",
+                "rolled_back": "red"}
 
 
 def _ms(value: Any) -> str:

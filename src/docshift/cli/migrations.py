@@ -24,7 +24,8 @@ __all__ = ["init_command", "new_command", "status_command", "unlock_command"]
 
 _STYLES = {
     StateKind.APPLIED: "green", StateKind.PENDING: "yellow", StateKind.RUNNING: "cyan",
-    StateKind.FAILED: "red", StateKind.ROLLED_BACK: "magenta", StateKind.DRIFTED: "bold red",
+    StateKind.FAILED: "red", StateKind.PARTIAL: "yellow", StateKind.INTERRUPTED: "cyan",
+    StateKind.ROLLED_BACK: "magenta", StateKind.DRIFTED: "bold red",
     StateKind.MISSING_FILE: "bold red",
 }
 

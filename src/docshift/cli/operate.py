@@ -12,6 +12,7 @@ import click
 from rich.live import Live
 from rich.table import Table
 
+from docshift.checkpoints.record import ENDED_STATES
 from docshift.cli.context import AppContext, pass_app
 from docshift.cli.live import plain_status_line, render_status
 from docshift.cli.output import console, err_console, summary_table
@@ -35,7 +36,7 @@ __all__ = [
     "throttle_command",
 ]
 
-_ENDED = ("finished", "stopped", "failed", "interrupted", "damaged")
+_ENDED = (*ENDED_STATES, "damaged")
 _token_option = click.option("--token", envvar="DOCSHIFT_STATUS_TOKEN", metavar="TOKEN",
                              help="The run's --status-token (default: $DOCSHIFT_STATUS_TOKEN).")
 
@@ -48,7 +49,8 @@ def _duration(seconds: float) -> str:
 
 def _state(state: str) -> str:
     colour = {"finished": "green", "running": "cyan", "stopped": "yellow", "interrupted": "yellow",
-              "failed": "red", "damaged": "red"}.get(state, "white")
+              "conflicts": "yellow", "failed": "red", "rolled_back": "red",
+              "damaged": "red"}.get(state, "white")
     return f"[{colour}]{state}[/]"
 
 
@@ -72,13 +74,14 @@ def runs_command(app: AppContext, limit: int | None, as_json: bool) -> None:
     table.add_column("state", no_wrap=True)
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
-    for name in ("updated", "deleted", "unchanged", "failed"):
+    columns = ("updated", "created", "deleted", "unchanged", "failed", "conflicts")
+    for name in columns:
         table.add_column(name, justify="right")
     for run in runs:
         kind = run.kind if run.execute else f"dry {run.kind}"
         table.add_row(run.run_id, kind, ", ".join(run.migrations), _state(run.state),
                       (run.created_at or "")[:19].replace("T", " "), _duration(run.duration_seconds),
-                      *(f"{run.counts.get(k, 0):,}" for k in ("updated", "deleted", "unchanged", "failed")))
+                      *(f"{run.counts.get(k, 0):,}" for k in columns))
     console.print(table)
 
 
@@ -101,7 +104,10 @@ def show_command(app: AppContext, run_id: str | None, as_json: bool) -> None:
     if outcome.get("exit_code") is not None:
         console.print(f"  exit code: {outcome.get('exit_code')}")
     if outcome.get("error"):
-        console.print(f"  stopped because: {outcome['error']}")
+        why = "stopped because" if body.get("state") in ("stopped", "rolled_back", "interrupted") else "error"
+        console.print(f"  {why}: {outcome['error']}")
+    if outcome.get("hint"):
+        console.print(f"  hint: {outcome['hint']}", soft_wrap=True)
     rows = [(m["migration"], m.get("counters", {}), str(m.get("state"))) for m in body.get("migrations", [])]
     if rows:
         console.print(summary_table(f"{len(rows)} migration(s)", rows, dry_run=not body.get("execute")))
@@ -109,6 +115,10 @@ def show_command(app: AppContext, run_id: str | None, as_json: bool) -> None:
     for issue in health.get("issues") or []:
         console.print(f"    {issue.get('severity')}: {issue.get('message')}", soft_wrap=True)
     for migration in body.get("migrations", []):
+        if migration.get("rollback"):
+            undone = ", ".join(f"{k} {v:,}" for k, v in migration["rollback"].items() if v)
+            undone = undone or "nothing to undo"
+            console.print(f"  {migration['migration']}: every stage was rolled back ({undone})")
         if migration.get("dead_letters"):
             console.print(f"  {migration['migration']}: {migration['dead_letters']:,} dead letter(s) in "
                           f"{body['folder']}/{migration['migration']}/dead-letters.jsonl")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from docshift import codec
+from docshift.checkpoints.record import display_counts
 from docshift.engine.diff import FieldChange
 
 __all__ = ["JsonProgress", "PlainProgress", "console", "err_console", "print_change", "summary_table"]
@@ -91,6 +92,7 @@ def print_change(path: str, kind: str, changes: list[FieldChange], data: Any = N
 
 
 def summary_table(title: str, rows: list[tuple[str, dict[str, int], str]], dry_run: bool) -> Table:
+    """One row per migration: its counters (see ``docshift.checkpoints.record``) and state."""
     verb = "would " if dry_run else ""
     table = Table(title=title, title_justify="left")
     table.add_column("migration")
@@ -100,6 +102,7 @@ def summary_table(title: str, rows: list[tuple[str, dict[str, int], str]], dry_r
         table.add_column(name, justify="right")
     table.add_column("state")
     for label, counters, state in rows:
-        table.add_row(label, *(f"{counters.get(k, 0):,}" for k in (
+        counts = display_counts(counters)  # a restore's counters too, under the same columns
+        table.add_row(label, *(f"{counts.get(k, 0):,}" for k in (
             "updated", "deleted", "created", "unchanged", "failed", "conflicts", "skipped")), state)
     return table

@@ -12,7 +12,13 @@ from docshift.cli.context import AppContext, pass_app
 from docshift.cli.observe import StatusFlags, display_progress, observe_run, status_options
 from docshift.cli.output import console, err_console, print_change
 from docshift.cli.run import install_signal_handlers
-from docshift.commands.rollback import RollbackConflicts, RollbackOptions, RollbackReport, rollback
+from docshift.commands.rollback import (
+    RollbackConflicts,
+    RollbackOptions,
+    RollbackReport,
+    rollback,
+    rollback_target,
+)
 from docshift.commands.run import rate_limiter
 from docshift.engine.controls import Controls
 from docshift.errors import RunStopped
@@ -49,6 +55,12 @@ def _print(report: RollbackReport) -> None:
         conflicts = item.folder / "conflicts.jsonl"
         if conflicts.exists():
             console.print(f"  [yellow]conflicts (left alone): {conflicts}[/]")
+        mismatches = item.folder / "mismatches.jsonl"
+        if mismatches.exists():
+            console.print(f"  [red]not equal to their before-images{' after it' if report.execute else ''}: "
+                          f"{mismatches}[/]")
+        if item.note:
+            console.print(f"  [yellow]{item.note}[/]")
     if not report.execute:
         console.print("\ndry run: nothing was written; add --execute to apply")
 
@@ -58,8 +70,9 @@ def _print(report: RollbackReport) -> None:
 @click.option("--to", "to", metavar="MIGRATION_ID",
               help="Undo every migration applied after MIGRATION_ID, newest first.")
 @click.option("--strategy", type=click.Choice(["auto", "down", "restore"]), default="auto", show_default=True,
-              help="down: run the migration's down(); restore: put back the saved before-images; "
-                   "auto: down when the migration has one.")
+              help="restore: put back the saved before-images; down: apply the migration's down() to "
+                   "each document the run changed; auto: down when the migration has one. Either way "
+                   "the result is checked against the before-images.")
 @click.option("--execute", is_flag=True, help="Apply (default: dry run, writes nothing).")
 @click.option("--force", is_flag=True,
               help="Also overwrite documents changed after the migration wrote them (default: leave "
@@ -76,18 +89,24 @@ def rollback_command(app: AppContext, run_id: str | None, to: str | None, strate
                      status: StatusFlags) -> None:
     """Undo run RUN_ID, or everything applied after --to MIGRATION_ID.
 
-    Dry run by default: prints what would change, with diffs and conflicts. Restores are guarded:
-    a document the application changed after the migration wrote it is a conflict, left alone and
-    listed in conflicts.jsonl, unless --force. Checkpointed and resumable like any run; the
-    migration is recorded as rolled back in the history, and restored documents are compared with
-    their before-images afterwards.
+    Works on the project and database the run was made on (a different --project/--database is
+    refused). Only the documents the run changed are touched, each only while it still holds what
+    the run wrote: a document the application changed since is a conflict, left alone and listed
+    in conflicts.jsonl, unless --force. Afterwards every undone document is compared with its
+    before-image; one that differs (a down() that does not undo up()) is listed in
+    mismatches.jsonl and the command exits 1. Only a migration undone without conflicts or
+    mismatches is recorded as rolled back. Dry run by default: it simulates the whole rollback,
+    newest migration first, and prints the counts, conflicts and mismatches the execute would
+    have. Checkpointed and resumable like any run.
     """
-    config = app.config()
-    if execute or resume:
-        confirm_destructive(config, "roll back migrations", yes)
     options = RollbackOptions(run_id=run_id, to=to, strategy=strategy, execute=execute, force=force,
                               resume=resume)
+    config = rollback_target(app.config(), options)  # the project and database the run was made on
+    if execute or resume:
+        confirm_destructive(config, "roll back migrations", yes)
     store = open_store(config)
+    if not as_json:
+        err_console.print(f"target: {store.info.describe()}")
     controls = Controls(rate_limiter(config, store))
     signals = install_signal_handlers(controls)
     progress = display_progress(as_json, quiet, controls)

@@ -23,7 +23,7 @@ from docshift.cli.validate import (
     start_run_validation,
     stop_run_validation,
 )
-from docshift.commands.run import RunOptions, RunReport, rate_limiter, run
+from docshift.commands.run import RunOptions, RunReport, rate_limiter, resume_run, run
 from docshift.commands.stages import parse_stages
 from docshift.engine.controls import Controls
 from docshift.errors import ExitCode, RunStopped, UsageError
@@ -93,29 +93,41 @@ def _print_dry_run(report: RunReport) -> None:
         console.print(f"  full plan: {recorder.path}")
 
 
-def _print_summary(report: RunReport) -> None:
+def _print_summary(report: RunReport, resumed: bool) -> None:
     if not report.outcomes:
-        console.print("nothing to do: no pending migrations (see `docshift status`)")
+        if resumed:  # its migrations had all finished what the run was asked to do
+            console.print(f"run {report.run_id} has nothing left to do (see `docshift status`)")
+        else:
+            console.print("nothing to do: no pending migrations (see `docshift status`)")
         return
-    rows = [(o.migration.label, o.result.counters, o.result.state) for o in report.outcomes]
+    rows = [(o.migration.label, o.result.counters, o.state) for o in report.outcomes]
     title = f"{'dry run' if not report.execute else 'run'} {report.run_id} on {report.target}"
     console.print(summary_table(title, rows, dry_run=not report.execute))
+    for outcome in report.outcomes:
+        if outcome.note:
+            console.print(f"[yellow]{outcome.note}[/]")
 
 
 @click.command("run")
 @click.option("--execute", is_flag=True, help="Apply the changes (default: dry run, writes nothing).")
 @click.option("--to", "to", metavar="ID", help="Run pending migrations up to and including ID.")
 @click.option("--only", metavar="ID", help="Run only migration ID.")
-@click.option("--limit", type=click.IntRange(min=1), help="Dry run: only the first N documents.")
+@click.option("--limit", type=click.IntRange(min=1),
+              help="Only the first N documents. With --execute the migration is recorded as partial "
+                   "(pending) and the next `run --execute` processes the rest.")
 @click.option("--sample", type=click.FloatRange(0, 100, min_open=True), metavar="PERCENT",
-              help="Only a deterministic sample of documents (by path hash).")
+              help="Only a deterministic sample of documents (by path hash); with --execute recorded as "
+                   "partial, like --limit. To apply a percentage safely use --stages.")
 @click.option("--stages", metavar="1%,10%,50%,100%",
               help="Canary rollout: apply to growing deterministic subsets, checking a gate after each; "
                    "a failed gate or trigger rolls every stage back.")
 @click.option("--pause-between-stages", is_flag=True,
               help="After each passed stage, wait for `docshift resume RUN_ID` (or deleting RUN/pause).")
 @click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_ID]",
-              help="Continue a stopped run (default: the latest unfinished one).")
+              help="Continue a stopped run (default: the latest unfinished one) on the project and "
+                   "database it was made on, with its own settings (write limit, batch size, concurrency, "
+                   "shards, max failures, backup, stages, --validate, --limit/--sample); a flag given "
+                   "here overrides one, and is recorded.")
 @click.option("--allow-drift", is_flag=True, help="Run even though an applied migration file changed.")
 @click.option("--force", is_flag=True,
               help="Resume even though a migration file changed since its checkpoint.")
@@ -124,7 +136,8 @@ def _print_summary(report: RunReport) -> None:
 @click.option("--concurrency", type=int, help="Commits in flight.")
 @click.option("--shards", type=int, help="Key ranges read concurrently.")
 @click.option("--max-writes-per-second", type=float, help="Cap on write operations per second.")
-@click.option("--max-failures", help="Failed documents tolerated: a count or a percent (e.g. 0.5%).")
+@click.option("--max-failures",
+              help="Failed documents tolerated: a count (e.g. 100) or a percentage up to 100% (e.g. 0.5%).")
 @click.option("--validate", "scans", is_flag=True,
               help="Scan each migration's target against its rules before and after it runs.")
 @click.option("--auto-rollback", is_flag=True,
@@ -154,17 +167,26 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     if no_backup:
         flags["backup"] = False
     config = app.config(**flags)
-    if execute or resume:
-        confirm_destructive(config, "migrate data", yes)
-    if no_backup and execute:
-        err_console.print("[yellow]warning: --no-backup: no before-images; this run cannot be rolled "
-                          "back by restore[/]")
     if stages and (limit is not None or sample is not None):
         raise UsageError("--stages chooses its own documents; drop --limit and --sample")
     options = RunOptions(execute=execute, to=to, only=only, limit=limit, sample_percent=sample,
                          resume=resume, allow_drift=allow_drift, force=force, shards=shards,
                          stages=parse_stages(stages) if stages else None,
-                         pause_between_stages=pause_between_stages)
+                         pause_between_stages=pause_between_stages, scans=scans, auto_rollback=auto_rollback)
+    if resume:
+        # The run's own project, database and settings, before anything uses them (the confirmation,
+        # the write limit, the scans).
+        resumed = resume_run(config, options)
+        config, options = resumed.config, resumed.options
+        execute, scans, auto_rollback = options.execute, options.scans, options.auto_rollback
+        if not as_json:
+            for line in resumed.describe():
+                err_console.print(line)
+    if execute or resume:
+        confirm_destructive(config, "migrate data", yes)
+    if no_backup and execute:
+        err_console.print("[yellow]warning: --no-backup: no before-images; this run cannot be rolled "
+                          "back by restore[/]")
     store = open_store(config)
     controls = Controls(rate_limiter(config, store))
     progress = display_progress(as_json, quiet, controls)
@@ -175,8 +197,9 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
         err_console.print(f"target: {store.info.describe()}; write limit: {limit_text}{ramp}")
     try:
         with observe_run(config, store, controls, progress, status, resume=resume, as_json=as_json,
-                         limit=limit) as seen:
-            options = dataclasses.replace(options, run_id=seen.run_id)
+                         limit=options.limit) as seen:
+            if not resume:
+                options = dataclasses.replace(options, run_id=seen.run_id)
             validation = start_run_validation(config, store, seen.progress, controls, execute=execute,
                                               scans=scans, resume=resume)
             try:
@@ -185,8 +208,8 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
                 checked = finish_run_validation(validation, report.folder)
                 signals.finished()  # from here on, only the report and the summary are left to write
             except RunStopped as stop:
-                stop_run_validation(validation, stop, config, store, auto_rollback=auto_rollback,
-                                    quiet=as_json)
+                stop_run_validation(validation, stop, config, store, folder=seen.folder,
+                                    auto_rollback=auto_rollback, quiet=as_json)
                 if stop.resume_command:  # on stderr, so --json output on stdout stays pure JSON lines
                     err_console.print(f"resume with: [bold]{stop.resume_command}[/]")
                 raise
@@ -197,7 +220,7 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
         return
     if not execute and not quiet:
         _print_dry_run(report)
-    _print_summary(report)
+    _print_summary(report, resumed=bool(resume))
     print_run_validation(checked)
     if not report.execute and report.outcomes:
         console.print(f"dry run: nothing was written. Run folder: {Path(report.folder)}")

@@ -144,13 +144,14 @@ def finish_run_validation(validation: RunValidation, folder: Path) -> RunOutcome
 
 
 def stop_run_validation(validation: RunValidation, stop: RunStopped, config: Config, store: Store, *,
-                        auto_rollback: bool, quiet: bool) -> RunOutcome:
-    """A stopped run: save the validation report; after an integrity-gate stop with
-    ``--auto-rollback``, roll the run back (the run is then not resumable)."""
-    run_id = (stop.resume_command or "").rpartition(" ")[2]
-    folder = config.runs_dir / run_id if run_id else None
-    outcome = validation.finish(folder if folder and folder.is_dir() else None, stop)
-    if auto_rollback and validation.gate and run_id:
+                        folder: Path | None, auto_rollback: bool, quiet: bool) -> RunOutcome:
+    """A stopped run (its folder, when it has one): save the validation report; after an
+    integrity-gate stop with ``--auto-rollback``, roll the run back (the run is then closed: it is
+    recorded as ``rolled_back`` and a resume is refused). A canary run's gate stop has rolled its
+    stages back already."""
+    run_id = folder.name if folder is not None and (folder / "run.json").is_file() else ""
+    outcome = validation.finish(folder if run_id else None, stop)
+    if auto_rollback and validation.gate and run_id and stop.run_state != "rolled_back":
         # Restoring the before-images undoes exactly what the run wrote (a down() may not be an exact
         # inverse, and would also visit the documents the run never reached).
         strategy = "restore" if config.engine.backup else "auto"
@@ -163,7 +164,9 @@ def stop_run_validation(validation: RunValidation, stop: RunStopped, config: Con
             stop.hint = f"roll back by hand: docshift rollback {run_id} --strategy {strategy} --execute"
         else:
             stop.resume_command = None
-            stop.hint = f"run {run_id} was rolled back; fix the data or the migration, then run again"
+            stop.run_state = "rolled_back"  # what run.json, the report, `runs` and `show` then say
+            stop.hint = (f"run {run_id} was rolled back and is closed; fix the data or the migration, then "
+                         "start a new run: docshift run --execute")
     if not quiet:
         print_run_validation(outcome, to_stderr=True)
     return outcome

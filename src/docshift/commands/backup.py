@@ -29,11 +29,11 @@ from docshift.engine.limits import RateLimiter
 from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import UsageError
 from docshift.store import Query, Store, store_for
+from docshift.store.semantics import MAX_WRITES_PER_REQUEST
 from docshift.values import Timestamp
 
 __all__ = ["BackupManifest", "RestoreReport", "VerifyReport", "backup", "restore", "verify"]
 
-_MAX_BATCH = 500  # Firestore's BatchWrite limit
 _PROGRESS_EVERY = 1000
 
 
@@ -118,15 +118,20 @@ def backup(
                 writer = CollectionWriter(out, index, name, docs_per_file)
                 writers.append(writer)
                 progress.event("start", phase="backup", collection=name, group=group, recursive=recursive)
+                found = 0
                 for doc in active.stream(Query(name, group=group, descendants=recursive)):
                     writer.add(doc)
                     total += 1
+                    found += 1
                     if total % _PROGRESS_EVERY == 0:
                         elapsed = time.monotonic() - clock
                         progress.event("progress", phase="backup", collection=name, done=total,
                                        files=sum(len(w.files) for w in writers),
                                        docs_per_second=total / elapsed if elapsed > 0 else 0.0)
                 writer.close()
+                if not found:
+                    progress.event("warning", phase="backup", collection=name,
+                                   message=_nothing_found(name, active, group=group, recursive=recursive))
             files: list[BackupFile] = [entry for writer in writers for entry in writer.files]
             manifest = BackupManifest(
                 project=active.info.project, database=active.info.database, emulator=active.info.is_emulator,
@@ -151,6 +156,16 @@ def backup(
     return manifest
 
 
+def _nothing_found(name: str, store: Store, *, group: bool, recursive: bool) -> str:
+    """The warning for a collection with no documents: most often a misspelled name or the wrong
+    project; the backup itself is still made (an empty collection is a valid backup)."""
+    what = f"collection group {name!r}" if group else f"collection {name!r}"
+    where = store.info.describe()
+    deeper = "" if recursive or group else "; documents only in its subcollections need --recursive"
+    return (f"no documents found in {what} in {where}: the backup holds none of it (check the name, "
+            f"--project and --database{deeper})")
+
+
 def _checked(folder: Path, into: str | Mapping[str, str] | None,
              progress: Progress) -> tuple[BackupManifest, PathMap]:
     """The manifest and path map, after every file was proven intact: nothing is written before."""
@@ -163,7 +178,7 @@ def _checked(folder: Path, into: str | Mapping[str, str] | None,
 
 
 def _batch_size(config: Config) -> int:
-    return min(config.engine.batch_size, _MAX_BATCH)
+    return min(config.engine.batch_size, MAX_WRITES_PER_REQUEST)
 
 
 def restore(

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from docshift.checkpoints.record import record_outcome
 from docshift.commands.run import find_run, new_run_id
 from docshift.config import Config
 from docshift.control.files import ControlFiles, read_presence, remove_presence, write_presence
@@ -60,14 +61,15 @@ def migration_totals(config: Config, store: Store, *, limit: int | None = None,
 
 
 def outcome_of(error: BaseException | None, state: str | None = None) -> dict[str, Any]:
-    """How a run ended, for the event log and the report: state, exit code, error, hint."""
+    """How a run ended, for run.json, the event log and the report: state (the error's
+    ``run_state``), exit code, error, hint."""
     if error is None:
         return {"state": state or "finished", "exit_code": 0, "error": None, "hint": None}
     if isinstance(error, RunStopped):
-        return {"state": "stopped", "exit_code": int(error.exit_code), "error": error.message,
+        return {"state": error.run_state, "exit_code": int(error.exit_code), "error": error.message,
                 "hint": error.hint, "resume_command": error.resume_command}
     if isinstance(error, DocshiftError):
-        return {"state": "failed", "exit_code": int(error.exit_code), "error": error.message,
+        return {"state": error.run_state, "exit_code": int(error.exit_code), "error": error.message,
                 "hint": error.hint}
     if isinstance(error, KeyboardInterrupt):
         return {"state": "stopped", "exit_code": int(ExitCode.INTERRUPTED), "error": "interrupted",
@@ -183,6 +185,10 @@ class Observation:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # nothing ran: leave no empty run folder behind
             return
+        try:  # the run's one record of how it ended: every view reads it
+            record_outcome(folder, outcome)
+        except (OSError, DocshiftError) as error:
+            self.report_error = error
         if self.write_report:
             try:
                 self.report = build_report(folder, outcome=outcome,

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.checkpoint import Checkpoint
+from docshift.checkpoints.record import COUNT_COLUMNS, live_state, read_migrations, read_run
 from docshift.commands.run import load_run_info
+from docshift.commands.target import refuse_other_target
 from docshift.config import Config
 from docshift.control.client import ControlResult, fetch_status, send_control
 from docshift.control.files import read_presence
@@ -27,12 +28,13 @@ __all__ = [
     "StatusSource",
     "control_run",
     "list_runs",
+    "live_state",
     "rebuild_report",
     "resolve_run",
     "show_run",
 ]
 
-_COUNTS = ("updated", "created", "deleted", "unchanged", "failed", "conflicts", "skipped")
+_COUNTS = COUNT_COLUMNS
 
 
 @dataclass
@@ -59,15 +61,6 @@ def _run_folders(runs_dir: Path) -> list[Path]:
     return sorted((p.parent for p in runs_dir.glob("*/run.json")), key=lambda p: p.name, reverse=True)
 
 
-def live_state(folder: Path, recorded: str) -> str:
-    """The state to show: ``running`` only while a process runs it; a run recorded as running whose
-    process is gone was killed (``interrupted``: resumable)."""
-    presence = read_presence(folder)
-    if presence is not None and presence.alive:
-        return "running"
-    return "interrupted" if recorded == "running" else recorded
-
-
 def resolve_run(config: Config, run_id: str | None, *, running: bool = False) -> Path:
     """The folder of ``run_id``; without one (or ``latest``), the newest run, preferring one that is
     running when ``running``."""
@@ -89,22 +82,11 @@ def resolve_run(config: Config, run_id: str | None, *, running: bool = False) ->
 
 
 def _summary(folder: Path) -> RunSummary:
-    info = load_run_info(folder)
-    counts = dict.fromkeys(_COUNTS, 0)
-    duration = 0.0
-    for path in sorted(folder.glob("*/checkpoint.json")):
-        try:
-            checkpoint = Checkpoint.load(path)
-        except DataError:
-            continue
-        duration += checkpoint.elapsed_seconds
-        for name, value in checkpoint.counters.items():
-            if isinstance(value, int):
-                counts[name] = counts.get(name, 0) + value
-    return RunSummary(str(info.get("run_id", folder.name)), str(info.get("kind", "run")),
-                      bool(info.get("execute")), [str(m) for m in info.get("migrations", [])],
-                      live_state(folder, str(info.get("state", "unknown"))), info.get("created_at"),
-                      duration, counts, folder)
+    record = read_run(folder)
+    migrations = [str(m) for m in record.info.get("migrations", [])]
+    return RunSummary(record.run_id, record.kind, record.execute, migrations, record.state,
+                      record.info.get("created_at"), record.duration_seconds,
+                      {**dict.fromkeys(_COUNTS, 0), **record.totals}, folder)
 
 
 def list_runs(config: Config, *, limit: int | None = None) -> list[RunSummary]:
@@ -122,6 +104,7 @@ def show_run(config: Config, run_id: str | None) -> dict[str, Any]:
     """One run in detail: what its report holds (without the chart series), its live state and
     where its files are."""
     folder = resolve_run(config, run_id)
+    refuse_other_target(config, folder)
     body = collect_report(folder)
     body.pop("timeline", None)
     presence = read_presence(folder)
@@ -135,7 +118,9 @@ def show_run(config: Config, run_id: str | None) -> dict[str, Any]:
 
 def rebuild_report(config: Config, run_id: str | None) -> ReportPaths:
     """(Re)build ``report.json`` and ``report.html`` of a run from its folder."""
-    return build_report(resolve_run(config, run_id))
+    folder = resolve_run(config, run_id)
+    refuse_other_target(config, folder)
+    return build_report(folder)
 
 
 def control_run(config: Config, run_id: str, action: str, *, value: float | None = None,
@@ -176,16 +161,12 @@ class StatusSource:
         elif snapshot.get("ended") is not None and not alive:
             snapshot["state"] = snapshot["ended"].get("state", snapshot["state"])
         known = {m["migration"] for m in snapshot["migrations"]}
-        for path in sorted(self.folder.glob("*/checkpoint.json")):
-            if path.parent.name in known:
+        for migration in read_migrations(self.folder, [str(m) for m in info.get("migrations", [])]):
+            if migration.label in known or migration.checkpoint is None:
                 continue
-            try:
-                checkpoint = Checkpoint.load(path)
-            except DataError:
-                continue
-            counters = dict(checkpoint.counters)
-            done = sum(counters.get(k, 0) for k in _COUNTS if k != "conflicts")
-            snapshot["migrations"].append({"migration": path.parent.name, "state": checkpoint.state,
-                                           "total": None, "fraction": 1.0 if checkpoint.finished else None,
-                                           "eta_seconds": None, **counters, "done": done})
+            counts = migration.counts
+            done = sum(counts.get(k, 0) for k in _COUNTS if k != "conflicts")
+            snapshot["migrations"].append({"migration": migration.label, "state": migration.state,
+                                           "total": None, "fraction": 1.0 if migration.state == "finished"
+                                           else None, "eta_seconds": None, **counts, "done": done})
         return snapshot

@@ -2,6 +2,11 @@
 
 Each migration gets its own folder in the run folder (checkpoint, before-images, dead letters,
 plan), so a run of several migrations resumes exactly where it stopped, migration by migration.
+A resume continues with the run's own settings (``run.json``), a flag given on it overriding one.
+
+What the history records for a migration is derived in one place, :func:`outcome_status`, from
+what was processed: ``applied`` only when every document of its target was (every shard to its
+end, no ``--limit`` cut, no ``--sample``, every canary stage passed), otherwise ``partial``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from typing import Any
 
 from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.checkpoints.checkpoint import Checkpoint
+from docshift.checkpoints.record import CLOSED_STATES, read_migration
 from docshift.commands.stages import StageFailed, StagePlan, run_stages
-from docshift.config import Config
+from docshift.commands.target import check_store, target_config
+from docshift.config import Config, with_values
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.limits import RateLimiter
@@ -28,7 +35,15 @@ from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, Pipelin
 from docshift.engine.plan import PlanRecorder
 from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
-from docshift.errors import DriftError, LockedError, RunFileError, RunStopped, UsageError
+from docshift.errors import (
+    DocshiftError,
+    DriftError,
+    ExitCode,
+    LockedError,
+    RunFileError,
+    RunStopped,
+    UsageError,
+)
 from docshift.history import (
     History,
     MigrationState,
@@ -43,7 +58,17 @@ from docshift.lock import LeaseLock, process_exists, read_lease
 from docshift.migration import Migration
 from docshift.store import Store, store_for
 
-__all__ = ["RunOptions", "RunReport", "find_run", "load_run_info", "run"]
+__all__ = [
+    "ResumedRun",
+    "RunOptions",
+    "RunReport",
+    "find_run",
+    "load_run_info",
+    "outcome_status",
+    "resume_run",
+    "run",
+    "run_settings",
+]
 
 RUN_FILE_VERSION = 1
 _RUN_KIND = "docshift-run"
@@ -57,7 +82,9 @@ class RunOptions:
     limit: int | None = None
     sample_percent: float | None = None
     resume: str | None = None
-    """A run id, or ``"latest"`` for the newest unfinished run."""
+    """A run id, or ``"latest"`` for the newest unfinished run. It continues with the run's own
+    settings; a config key given as a flag (``Config.sources`` says ``--…``) overrides one (see
+    :func:`resume_run`)."""
     allow_drift: bool = False
     force: bool = False
     """Resume even though a migration file changed since its checkpoint."""
@@ -67,6 +94,10 @@ class RunOptions:
     pause_between_stages: bool = False
     run_id: str | None = None
     """The id of a new run (default: generated); lets a caller know the run folder beforehand."""
+    scans: bool = False
+    """``--validate``; recorded with the run so that a resume scans too (the CLI runs the scans)."""
+    auto_rollback: bool = False
+    """``--auto-rollback``; recorded with the run so that a resume keeps it (the CLI rolls back)."""
 
 
 @dataclass
@@ -74,6 +105,14 @@ class MigrationOutcome:
     migration: Migration
     result: PipelineResult
     plan: PlanRecorder | None = None
+    status: MigrationStatus | None = None
+    """What the history recorded (None in a dry run): see :func:`outcome_status`."""
+    note: str | None = None
+    """Why it is not applied although it finished (a partial run), for the output."""
+
+    @property
+    def state(self) -> str:
+        return self.status.value if self.status is not None else self.result.state
 
 
 @dataclass
@@ -124,6 +163,169 @@ def _select(
     return chosen, drifted
 
 
+_RUN_KEYS = ("max_writes_per_second", "batch_size", "concurrency", "shards", "max_failures", "backup")
+"""The config keys ``docshift run`` takes as flags: a run's own settings, which a resume keeps."""
+_SCOPE = ("limit", "sample_percent", "stages")
+"""Which documents a run processes; a resume cannot change them (that would be another run)."""
+_SWITCHES = ("pause_between_stages", "scans", "auto_rollback")
+_FLAGS = {"limit": "--limit", "sample_percent": "--sample", "stages": "--stages",
+          "pause_between_stages": "--pause-between-stages", "scans": "--validate",
+          "auto_rollback": "--auto-rollback", "backup": "--no-backup"}
+
+
+def _config_value(config: Config, name: str) -> Any:
+    return getattr(config.limits if hasattr(config.limits, name) else config.engine, name)
+
+
+def run_settings(config: Config, options: RunOptions) -> dict[str, Any]:
+    """What a run continues with when it is resumed (``settings`` in ``run.json``)."""
+    return {
+        "config": {name: _config_value(config, name) for name in _RUN_KEYS},
+        "options": {"limit": options.limit, "sample_percent": options.sample_percent,
+                    "stages": list(options.stages) if options.stages else None,
+                    "pause_between_stages": options.pause_between_stages, "scans": options.scans,
+                    "auto_rollback": options.auto_rollback},
+    }
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _flag_text(name: str, value: Any) -> str:
+    if name in _SWITCHES or name == "backup":
+        return _FLAGS[name]
+    return f"--{name.replace('_', '-')} {_shown(value)}"
+
+
+@dataclass(frozen=True)
+class ResumedRun:
+    """A run being resumed: its folder and ``run.json``, and the config and options it continues
+    with (its own settings, with the flags given on the resume over them)."""
+
+    run_id: str
+    folder: Path
+    info: dict[str, Any]
+    config: Config
+    options: RunOptions
+    overrides: dict[str, dict[str, Any]]
+    """Settings a flag of this resume changed: name -> {"was": the run's, "now": the flag's}."""
+
+    def describe(self) -> list[str]:
+        """What the resume continues with, and each override, one line each."""
+        settings = run_settings(self.config, self.options)
+        values, options = settings["config"], settings["options"]
+        rate = values["max_writes_per_second"]
+        parts = [f"write limit {_shown(rate) + ' ops/s' if rate else 'none'}",
+                 f"batch size {values['batch_size']}", f"concurrency {values['concurrency']}",
+                 f"shards {values['shards']}", f"max failures {values['max_failures']}",
+                 f"backup {_shown(values['backup'])}"]
+        if options["limit"] is not None:
+            parts.append(f"--limit {options['limit']}")
+        if options["sample_percent"] is not None:
+            parts.append(f"--sample {_shown(float(options['sample_percent']))}%")
+        if options["stages"]:
+            parts.append("--stages " + ",".join(f"{_shown(float(s))}%" for s in options["stages"]))
+        parts += [_FLAGS[name] for name in _SWITCHES if options[name]]
+        lines = [f"resuming run {self.run_id} with its own settings: " + ", ".join(parts)]
+        for name, change in self.overrides.items():
+            lines.append(f"{_flag_text(name, change['now'])} overrides the run's {name.replace('_', ' ')} "
+                         f"{_shown(change['was'])} (recorded in run.json, the report and the history)")
+        return lines
+
+
+def _recorded_settings(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings; for a run folder from before they were kept in ``run.json``, those of
+    its first checkpoint."""
+    saved = info.get("settings")
+    if isinstance(saved, dict):
+        return saved
+    for path in sorted(folder.glob("*/checkpoint.json")):
+        settings = Checkpoint.load(path).settings
+        flat = {**settings.get("engine", {}), **settings.get("limits", {})}
+        options = settings.get("options", {})
+        return {"config": {k: flat[k] for k in _RUN_KEYS if k in flat},
+                "options": {k: options.get(k) for k in (*_SCOPE, *_SWITCHES)}}
+    return {"config": {}, "options": {"limit": info.get("limit"), "sample_percent": info.get("sample")}}
+
+
+def resume_run(config: Config, options: RunOptions) -> ResumedRun:
+    """The run ``options.resume`` names, with what it continues with: its own settings (as it
+    started, or as an earlier resume changed them), except where this command was given a flag
+    (``config.sources`` says ``--…``), which overrides the run's. Its scope (``--limit``,
+    ``--sample``, ``--stages``) stays as it was: a different one is refused."""
+    assert options.resume is not None
+    folder = find_run(config.runs_dir, options.resume)
+    config = target_config(config, folder)  # where the run was made, not where the defaults point today
+    info = load_run_info(folder)
+    run_id = str(info["run_id"])
+    recorded = _recorded_settings(folder, info)
+    values: dict[str, Any] = {}
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, was in recorded.get("config", {}).items():
+        if name not in _RUN_KEYS:
+            continue
+        now = _config_value(config, name)
+        if str(config.sources.get(name, "default")).startswith("--"):
+            if now != was:
+                overrides[name] = {"was": was, "now": now}
+        else:
+            values[name] = was
+    if values:
+        config = with_values(config, values, f"run {run_id}")
+    given = recorded.get("options", {})
+    stages = tuple(float(s) for s in given["stages"]) if given.get("stages") else None
+    theirs = {"limit": given.get("limit"), "sample_percent": given.get("sample_percent"), "stages": stages}
+    for name in _SCOPE:
+        mine = getattr(options, name)
+        if mine is not None and mine != theirs[name]:
+            was = "without it" if theirs[name] is None else f"with {_FLAGS[name]} {_scope_text(theirs[name])}"
+            raise UsageError(
+                f"run {run_id} was started {was}; a resume continues it as it started and cannot "
+                f"change {_FLAGS[name]}",
+                hint=f"drop {_FLAGS[name]} to resume it, or start a new run with it (docshift run --execute "
+                f"{_FLAGS[name]} …); the migration stays pending until a run processes all of it",
+            )
+    switches: dict[str, bool] = {}
+    for name in _SWITCHES:
+        was_on, now_on = bool(given.get(name)), bool(getattr(options, name))
+        if now_on and not was_on:
+            overrides[name] = {"was": False, "now": True}
+        switches[name] = was_on or now_on
+    options = dataclasses.replace(
+        options, execute=bool(info["execute"]), resume=run_id, run_id=run_id, limit=theirs["limit"],
+        sample_percent=theirs["sample_percent"], stages=stages,
+        pause_between_stages=switches["pause_between_stages"], scans=switches["scans"],
+        auto_rollback=switches["auto_rollback"],
+    )
+    return ResumedRun(run_id, folder, info, config, options, overrides)
+
+
+def _scope_text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{_shown(float(s))}%" for s in value)
+    return f"{_shown(value)}%" if isinstance(value, float) else str(value)
+
+
+def _record_resume(resumed: ResumedRun, progress: Progress) -> None:
+    """Write into ``run.json`` the settings the resume continues with, the resume and what it
+    overrode, and ``overrides``: every setting the run's resumes changed, from the run's first
+    value to the latest (what the report and the history show)."""
+    info = resumed.info
+    info["settings"] = run_settings(resumed.config, resumed.options)
+    info.setdefault("resumes", []).append(
+        {"at": datetime.now(UTC).isoformat(), "user": current_user(), "overrides": resumed.overrides})
+    merged: dict[str, dict[str, Any]] = dict(info.get("overrides") or {})
+    for name, change in resumed.overrides.items():
+        was = merged[name]["was"] if name in merged else change["was"]
+        merged[name] = {"was": was, "now": change["now"]}
+    info["overrides"] = merged
+    _write_run_file(resumed.folder, info)
+    progress.event("resume", run_id=resumed.run_id, settings=info["settings"], overrides=resumed.overrides)
+
+
 def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
     """The folder of ``run_id``, or of the newest unfinished ``kind`` run for ``"latest"``."""
     if run_id != "latest":
@@ -134,9 +336,12 @@ def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
     candidates = sorted((p for p in runs_dir.glob("*/run.json")), reverse=True)
     for path in candidates:
         info = read_versioned(path, _RUN_KIND, RUN_FILE_VERSION)
-        if info.get("kind", "run") == kind and info.get("execute") and info.get("state") != "finished":
+        if info.get("kind", "run") == kind and info.get("execute") and info.get("state") not in CLOSED_STATES:
             return path.parent
-    raise UsageError(f"no unfinished {kind} in {runs_dir} to resume")
+    command = "docshift run --execute" if kind == "run" else "docshift rollback RUN_ID --execute"
+    raise UsageError(f"no unfinished {kind} in {runs_dir} to resume",
+                     hint=f"finished and rolled-back runs are closed (see `docshift runs`); start a new run: "
+                     f"{command}")
 
 
 def _write_run_file(folder: Path, info: dict[str, Any]) -> None:
@@ -171,19 +376,21 @@ def run(
     """Dry-run (default) or execute the pending migrations. Raises :class:`RunStopped` subclasses
     when a run stops early; its checkpoint is kept and ``resume_command`` continues it."""
     migrations = load_migrations(config.migrations_dir)
+    resumed = resume_run(config, options) if options.resume else None
+    if resumed is not None:
+        config, options = resumed.config, resumed.options
     with store_for(config, store) as active:
         progress = progress or NullProgress()
         history = History(active, config.store.state_prefix)
         drifted: list[MigrationState] = []
-        if options.resume:
-            folder = find_run(config.runs_dir, options.resume)
-            info = read_versioned(folder / "run.json", _RUN_KIND, RUN_FILE_VERSION)
+        if resumed is not None:
+            folder, info, run_id = resumed.folder, resumed.info, resumed.run_id
+            check_store(active, info, run_id)
             by_id = {m.id: m for m in migrations}
             missing = [i for i in info["migrations"] if i not in by_id]
             if missing:
-                raise DriftError(f"run {info['run_id']} needs migration {missing[0]}, whose file is gone")
+                raise DriftError(f"run {run_id} needs migration {missing[0]}, whose file is gone")
             selected = [by_id[i] for i in info["migrations"]]
-            run_id, options = info["run_id"], dataclasses.replace(options, execute=bool(info["execute"]))
         else:
             selected, drifted = _select(migrations, history, options)
             run_id = options.run_id or new_run_id()
@@ -197,6 +404,7 @@ def run(
                 "user": f"{getpass.getuser()}@{socket.gethostname()}",
                 "target": active.info.describe(), "project": active.info.project,
                 "database": active.info.database, "limit": options.limit, "sample": options.sample_percent,
+                "settings": run_settings(config, options),
             }
             if (unwritten := _record_state(folder, info, "running")) is not None:
                 raise _unrecorded(unwritten, f"run {run_id} did not start: nothing was written to the store",
@@ -204,24 +412,30 @@ def run(
         report = RunReport(run_id, folder, options.execute, target=active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
+            if resumed is not None:
+                _record_resume(resumed, progress)
             _run_all(config, active, selected, options, report, history, progress, controls, checks)
             info["state"] = "finished"
             _write_run_file(folder, info)
             return report
-        if options.resume:
+        if resumed is not None:
             _refuse_if_still_running(active, config.store.state_prefix, run_id)
         lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
         with lock:
             controls.lease_lost = lock.lost
+            if resumed is not None:
+                _refuse_if_rolled_back(history, run_id, info["migrations"])
+                _record_resume(resumed, progress)
             for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
                 if state.migration is not None:
                     history.accept_drift(state.migration_id, state.migration.checksum, run_id)
             try:
-                _run_all(config, active, selected, options, report, history, progress, controls, checks)
+                _run_all(config, active, selected, options, report, history, progress, controls, checks,
+                         overrides=dict(info.get("overrides") or {}))
             except RunStopped as stop:
                 rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
                 stop.resume_command = None if rolled_back else report.resume_command
-                unwritten = _record_state(folder, info, "rolled_back" if rolled_back else "stopped")
+                unwritten = _record_state(folder, info, stop.run_state)
                 if isinstance(stop, RunFileError):
                     stop.hint = _unrecorded(stop, "", f"resume with `{report.resume_command}`, or undo what "
                                             f"was written with `docshift rollback {run_id} --execute`").hint
@@ -239,12 +453,41 @@ def run(
         return report
 
 
+def _refuse_if_rolled_back(history: History, run_id: str, migration_ids: Sequence[str]) -> None:
+    """A run whose writes were rolled back is closed: continuing it from its checkpoint would leave
+    the documents before that checkpoint undone while the rest gets migrated (and, at the end,
+    recorded as applied). ``--force`` does not change that."""
+    for migration_id in migration_ids:
+        record = history.get(migration_id)
+        if record is not None and record.rolled_back_after(run_id):
+            raise UsageError(
+                f"run {run_id} was rolled back ({record.label} is rolled back since then); a rolled-back "
+                "run is closed and cannot be resumed",
+                hint="fix the data or the migration, then start a new run: docshift run --execute",
+            )
+
+
+def outcome_status(checkpoint: Checkpoint | None, error: DocshiftError | None) -> MigrationStatus:
+    """What the history records for a migration after a run of it: the one place that decides.
+    ``applied`` only when the run's checkpoint covers every document of the target (see
+    :attr:`Checkpoint.covers_target`); a run that finished a smaller scope is ``partial``; a run
+    stopped by a signal or ``docshift stop`` is ``interrupted``; any other stop ``failed``."""
+    if error is not None:
+        stopped = error.exit_code is ExitCode.INTERRUPTED
+        return MigrationStatus.INTERRUPTED if stopped else MigrationStatus.FAILED
+    if checkpoint is None or not checkpoint.finished:
+        return MigrationStatus.INTERRUPTED
+    return MigrationStatus.APPLIED if checkpoint.covers_target else MigrationStatus.PARTIAL
+
+
 def _run_all(
     config: Config, store: Store, selected: Sequence[Migration], options: RunOptions, report: RunReport,
     history: History, progress: Progress, controls: Controls,
     checks: Callable[[Migration], DocumentCheck | None] | None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     base = pipeline_options(config, options)
+    settings = _settings(config, options)
     for migration in selected:
         folder = report.folder / migration.label
         checkpoint_path = folder / "checkpoint.json"
@@ -253,26 +496,30 @@ def _run_all(
             if checkpoint.extra.get("rolled_back"):
                 raise UsageError(f"{migration.label} was rolled back by its canary stage gate in run "
                                  f"{report.run_id}", hint="fix the migration and start a new run")
-            stages_left = options.stages is not None and int(checkpoint.extra.get("stage", 0)) < len(
-                options.stages) - 1
-            if checkpoint.finished and not stages_left:
+            stages_left = bool(options.stages) and not checkpoint.covers_target
+            if checkpoint.finished and not stages_left and not checkpoint.extra.get("rolling_back"):
                 if options.execute:
-                    _finish_history(history, migration, report.run_id, checkpoint)
+                    _finish_history(store, history, migration, report.run_id, checkpoint, checkpoint_path)
                 continue
             if checkpoint.checksum != migration.checksum and not options.force:
                 raise DriftError(
                     f"{migration.label}.py changed since run {report.run_id} checkpointed it",
                     hint="restore the file, or resume with --force to continue with the new code",
                 )
+            checkpoint.settings = settings  # a resume may have overridden some
         else:
             # --limit means the first N documents in name order: one reader, one shard.
             count = 1 if options.limit is not None else options.shards or config.engine.shards
             shards = plan_shards(store, migration.target, count)
-            checkpoint = new_checkpoint(report.run_id, migration, shards, _settings(config, options))
+            checkpoint = new_checkpoint(report.run_id, migration, shards, settings)
+            if options.limit is not None:
+                checkpoint.extra["limit_reached"] = None  # known once the run has read up to the limit
+            if options.sample_percent is not None:
+                checkpoint.extra["sample_percent"] = options.sample_percent
         recorder = None if options.execute else PlanRecorder(folder / "plan.jsonl.gz", migration.up)
         on_checkpoint = None
         if options.execute:
-            history.start(migration, report.run_id)
+            history.start(migration, report.run_id, overrides)
 
             def on_checkpoint(saved: Checkpoint, migration_id: str = migration.id) -> None:
                 summary = {"run_id": saved.run_id, "state": saved.state,
@@ -292,17 +539,52 @@ def _run_all(
         finally:
             if recorder is not None:
                 recorder.close()
-        report.outcomes.append(MigrationOutcome(migration, result, recorder))
+        outcome = MigrationOutcome(migration, result, recorder)
+        report.outcomes.append(outcome)
         if options.execute:
-            status = MigrationStatus.APPLIED if result.error is None else MigrationStatus.FAILED
+            final = None
+            if result.error is None:
+                final = Checkpoint.load(checkpoint_path)  # what the run saved: the stages' last one
+                _note_limit(store, migration, final, checkpoint_path)
+            outcome.status = status = outcome_status(final, result.error)
             error = None if result.error is None else f"{result.error} (resume: {report.resume_command})"
             if isinstance(result.error, StageFailed):
                 error = str(result.error)
             history.finish(migration.id, status, result.counters, error)
             if isinstance(result.error, StageFailed):
                 history.mark_rolled_back(migration.id, report.run_id, result.counters)
+            if status is MigrationStatus.PARTIAL:
+                outcome.note = _partial_note(migration, options, result.counters)
+                progress.event("warning", message=outcome.note)
         if result.error is not None:
             raise result.error
+
+
+def _note_limit(store: Store, migration: Migration, checkpoint: Checkpoint, path: Path) -> None:
+    """After a ``--limit`` run read up to its limit: whether the target has documents past it.
+    A limit the target does not exceed processed everything; one it does leaves the run partial."""
+    if "limit_reached" not in checkpoint.extra or checkpoint.extra["limit_reached"] is not None:
+        return
+    target = migration.target
+    remaining = False
+    if target.limit is None or checkpoint.counters.get("read", 0) < target.limit:
+        for shard in checkpoint.shards:
+            query = dataclasses.replace(target.query(start_after=shard.resume_after, end_at=shard.end_at),
+                                        limit=1)
+            if any(True for _ in store.stream(query)):
+                remaining = True
+                break
+    checkpoint.extra["limit_reached"] = remaining
+    checkpoint.save(path)
+
+
+def _partial_note(migration: Migration, options: RunOptions, counters: dict[str, int]) -> str:
+    scope = (f"--limit {options.limit}" if options.limit is not None
+             else f"--sample {_shown(float(options.sample_percent or 0))}%")
+    handled = sum(counters.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
+    return (f"{migration.label}: partial: {scope} processed {handled:,} document(s) and left the rest of "
+            f"{migration.target.describe()} untouched; it is recorded as partial, not applied (pending in "
+            "`docshift status`), and the next `docshift run --execute` processes the rest")
 
 
 def _staged(
@@ -316,7 +598,10 @@ def _staged(
         return run_stages(config, store, migration, base, folder, checkpoint, plan, controls=controls,
                           progress=progress, check=checks(migration) if checks else None, run_id=run_id)
     except RunStopped as error:
-        return PipelineResult(migration.id, "stopped", dict(checkpoint.counters), 0.0, folder, error)
+        # The stages' checkpoint speaks for the whole migration (every stage so far), as it does
+        # for the report and `docshift runs`.
+        record = read_migration(folder)
+        return PipelineResult(migration.id, "stopped", record.counters, record.elapsed_seconds, folder, error)
 
 
 def _refuse_if_still_running(store: Store, prefix: str, run_id: str) -> None:
@@ -336,12 +621,14 @@ def _refuse_if_still_running(store: Store, prefix: str, run_id: str) -> None:
     )
 
 
-def _finish_history(history: History, migration: Migration, run_id: str, checkpoint: Checkpoint) -> None:
+def _finish_history(store: Store, history: History, migration: Migration, run_id: str,
+                    checkpoint: Checkpoint, path: Path) -> None:
     """A resumed run whose migration had already finished: if the process died before recording
     that in the history, record it now (otherwise the history says running for ever)."""
     record = history.get(migration.id)
     if record is not None and record.run_id == run_id and record.status is MigrationStatus.RUNNING:
-        history.finish(migration.id, MigrationStatus.APPLIED, checkpoint.counters)
+        _note_limit(store, migration, checkpoint, path)
+        history.finish(migration.id, outcome_status(checkpoint, None), checkpoint.counters)
 
 
 def _settings(config: Config, options: RunOptions) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from docshift.checkpoints.checkpoint import Checkpoint
+from docshift.checkpoints.record import ROLLED_BACK, read_migration
 from docshift.config import Config
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
@@ -26,6 +27,7 @@ from docshift.engine.progress import Progress
 from docshift.engine.restore import Restorer, RestoreResult, plan_restore
 from docshift.engine.sampling import in_sample
 from docshift.engine.sharding import plan_shards
+from docshift.engine.stats import format_ms
 from docshift.errors import EmergencyStop, MemoryLimitExceeded, RunStopped, TooManyFailures, UsageError
 from docshift.migration import Migration
 from docshift.store.base import Document, Query, Store
@@ -38,6 +40,8 @@ _TRIGGERS = (EmergencyStop, MemoryLimitExceeded, TooManyFailures)
 
 class StageFailed(EmergencyStop):
     """A canary stage failed its gate or a trigger fired; every stage was rolled back."""
+
+    run_state = "rolled_back"
 
 
 def parse_stages(text: str) -> tuple[float, ...]:
@@ -66,20 +70,34 @@ def run_stages(
     checkpoint: Checkpoint, plan: StagePlan, *, controls: Controls, progress: Progress,
     check: DocumentCheck | None, run_id: str,
 ) -> PipelineResult:
-    """Run every remaining stage of ``migration``; returns the combined result of the stages."""
-    first = int(checkpoint.extra.get("stage", 0))
-    if checkpoint.finished:
-        first += 1  # that stage finished (and passed its gate) before the run stopped
+    """Run every remaining stage of ``migration``; returns the combined result of the stages.
+
+    Resumable wherever the run stopped: the checkpoint says which stage ran (``stage``), the last
+    one whose gate passed (``passed``), and whether a rollback of the stages was under way
+    (``rolling_back``, which a resume finishes before it reports the stage that failed).
+    """
+    path = folder / "checkpoint.json"
+    undoing = checkpoint.extra.get("rolling_back")
+    if isinstance(undoing, dict):
+        _roll_back(store, migration, folder, checkpoint, controls, progress, config)
+        raise StageFailed(f"{undoing.get('message')} (that rollback, cut short when the run stopped, was "
+                          "finished by this resume)", hint=undoing.get("hint"))
+    current = int(checkpoint.extra.get("stage", 0))
     totals: Counter[str] = Counter(checkpoint.extra.get("earlier", {}))
+    seconds = float(checkpoint.extra.get("earlier_seconds", 0.0))
+    """Working time of the stages that passed (the report's and history's, with the current one)."""
     limit_ms = config.limits.stage_max_p95_ms
     result: PipelineResult | None = None
-    for index in range(first, len(plan.stages)):
+    for index in range(current, len(plan.stages)):
         above = plan.stages[index - 1] if index else 0.0
         percent = plan.stages[index]
-        if index != int(checkpoint.extra.get("stage", 0)) or checkpoint.finished:
+        if index != current:
             checkpoint = new_checkpoint(run_id, migration, plan_shards(store, migration.target, 1),
                                         checkpoint.settings)
-        checkpoint.extra.update(stage=index, stages=list(plan.stages), earlier=dict(totals))
+        elif checkpoint.extra.get("passed") == index:
+            continue  # that stage passed its gate before the run stopped
+        checkpoint.extra.update(stage=index, stages=list(plan.stages), earlier=dict(totals),
+                                earlier_seconds=seconds)
         options = dataclasses.replace(
             base, sample_percent=percent, sample_above=above,
             max_commit_p95=limit_ms / 1000 if limit_ms > 0 else None,
@@ -87,41 +105,59 @@ def run_stages(
         progress.event("stage", migration=migration.label, stage=index + 1, stages=len(plan.stages),
                        message=f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
                        f"documents in ({above:g}%, {percent:g}%]")
-        result = MigrationPipeline(store, migration, options, folder, checkpoint, controls=controls,
-                                   progress=progress, check=check).run()
+        if checkpoint.finished:
+            # Every document of the stage was handled when the run stopped, before its gate ran.
+            result = PipelineResult(migration.id, "finished", dict(checkpoint.counters),
+                                    checkpoint.elapsed_seconds, folder)
+        else:
+            result = MigrationPipeline(store, migration, options, folder, checkpoint, controls=controls,
+                                       progress=progress, check=check).run()
         if result.error is not None:
             if isinstance(result.error, _TRIGGERS):
+                message = (f"stage {index + 1} ({percent:g}%) stopped: {result.error.message}; every stage "
+                           "so far was rolled back from the before-images")
+                hint = _stage_hint(folder)
+                _start_rollback(checkpoint, path, message, hint)
                 _roll_back(store, migration, folder, checkpoint, controls, progress, config)
-                raise StageFailed(
-                    f"stage {index + 1} ({percent:g}%) stopped: {result.error.message}; every stage "
-                    "so far was rolled back from the before-images",
-                    hint=f"see {folder}/dead-letters.jsonl",
-                )
+                raise StageFailed(message, hint=hint)
             raise result.error
         stage_counts = Counter({k: v for k, v in result.counters.items() if k not in ("read", "skipped")})
         gate = _gate(config, store, migration, stage_counts, result, above, percent)
         if gate is not None:
+            message = (f"stage {index + 1} ({percent:g}%) failed its gate: {gate}; every stage so far was "
+                       "rolled back from the before-images")
+            hint = _stage_hint(folder)
+            _start_rollback(checkpoint, path, message, hint)
             _roll_back(store, migration, folder, checkpoint, controls, progress, config)
-            raise StageFailed(
-                f"stage {index + 1} ({percent:g}%) failed its gate: {gate}; every stage so far was "
-                "rolled back from the before-images",
-            )
+            raise StageFailed(message, hint=hint)
         totals.update(stage_counts)
-        checkpoint.extra.update(earlier=dict(totals))
-        checkpoint.save(folder / "checkpoint.json")
+        seconds += result.elapsed_seconds
+        checkpoint.extra.update(earlier=dict(totals), earlier_seconds=seconds, passed=index)
+        if index == len(plan.stages) - 1:
+            # The finished migration's checkpoint speaks for all stages, saved with its last gate.
+            checkpoint.counters = {**totals, "read": result.counters.get("read", 0)}
+            checkpoint.elapsed_seconds = seconds
+        checkpoint.save(path)
         if plan.pause_between and index < len(plan.stages) - 1:
             _wait_for_operator(folder.parent, controls, progress, migration, index, run_id)
-    assert result is not None
+    if result is None:  # every stage had passed when the run stopped
+        return PipelineResult(migration.id, "finished", dict(checkpoint.counters), seconds, folder)
     totals["read"] = result.counters.get("read", 0)
     result.counters = dict(totals)
-    checkpoint.counters = dict(totals)  # the finished migration's checkpoint speaks for all stages
-    checkpoint.save(folder / "checkpoint.json")
+    result.elapsed_seconds = seconds
     combined = {**result.snapshot, **totals, "skipped": 0,
                 "processed": sum(totals[k] for k in ("updated", "created", "deleted", "unchanged", "failed"))}
-    combined["elapsed_seconds"] = result.elapsed_seconds
+    combined["elapsed_seconds"] = seconds
     # The per-stage finish events each counted one stage; this one speaks for the whole migration.
     progress.event("finish", **{**combined, "migration": migration.label, "stages": len(plan.stages)})
     return result
+
+
+def _start_rollback(checkpoint: Checkpoint, path: Path, message: str, hint: str | None) -> None:
+    """Note in the checkpoint, before the first restore, that the stages are being rolled back and
+    why: a run killed during the rollback is then finished by its resume, not continued."""
+    checkpoint.extra["rolling_back"] = {"message": message, "hint": hint}
+    checkpoint.save(path)
 
 
 def _gate(
@@ -136,7 +172,7 @@ def _gate(
     limit_ms = config.limits.stage_max_p95_ms
     p95 = result.snapshot.get("commit_p95")
     if limit_ms > 0 and p95 is not None and p95 * 1000 > limit_ms:
-        return f"commit latency p95 {p95 * 1000:.0f} ms is above {limit_ms:.0f} ms"
+        return f"commit latency p95 {format_ms(p95)} ms is above {format_ms(limit_ms / 1000)} ms"
     checked, failing = _integrity(store, migration, above, percent)
     if checked:
         score = 100.0 * (checked - failing) / checked
@@ -189,12 +225,28 @@ def _roll_back(
                         redo=migration.up, limiter=controls.limiter, stop=controls.stop, progress=progress,
                         batch_size=config.engine.batch_size)
     result = restorer.run(plan_restore(folder / "before-images.jsonl.gz"), RestoreResult())
+    if result.stopped:  # a signal or `docshift stop` during the rollback: the resume finishes it
+        raise RunStopped(f"{migration.label}: stopped while rolling back its stages",
+                         hint="resume the run to finish the rollback")
     progress.event("warning", message=f"{migration.label}: rolled back: " + ", ".join(
         f"{k} {v}" for k, v in result.counters.items() if v))
     checkpoint.state = "failed"
     checkpoint.extra.update(rolled_back=True, rollback=result.counters)
     checkpoint.save(folder / "checkpoint.json")  # a resume must not continue a rolled-back canary
+    # The stage's own stop event counted that stage; this one speaks for the migration, as its
+    # record (report, history, `docshift runs`) does.
+    record = read_migration(folder)
+    progress.event(ROLLED_BACK, migration=migration.label, **record.counters, rollback=result.counters,
+                   elapsed_seconds=record.elapsed_seconds)
     return result
+
+
+def _stage_hint(folder: Path) -> str:
+    """What to do after a stage was rolled back, and where its failed documents are (if any)."""
+    letters = read_migration(folder).dead_letters
+    listed = (f"the {letters:,} document(s) that failed or broke a rule are listed in "
+              f"{folder / 'dead-letters.jsonl'}; " if letters else "")
+    return f"{listed}fix the migration (or the data), then start a new run"
 
 
 def _wait_for_operator(

@@ -19,7 +19,7 @@ __all__ = ["StatusReport", "state_label", "status", "status_exit_code"]
 
 def status_exit_code(states: list[MigrationState]) -> ExitCode:
     """7 (DRIFT) if any applied file was edited or is gone; else 9 (PENDING) if ``docshift run``
-    would run anything (pending, failed, interrupted, rolled back); else 0."""
+    would run anything (pending, partial, failed, interrupted, rolled back); else 0."""
     if any(state.drift for state in states):
         return ExitCode.DRIFT
     if any(state.runnable for state in states):
@@ -28,7 +28,8 @@ def status_exit_code(states: list[MigrationState]) -> ExitCode:
 
 
 def state_label(state: MigrationState, lease: Lease | None) -> str:
-    """The state as shown: a "running" record whose run no longer holds the lease was interrupted."""
+    """The state as shown: a "running" record whose run no longer holds the lease was interrupted
+    (killed); a run stopped by a signal or ``docshift stop`` recorded ``interrupted`` itself."""
     if state.kind is StateKind.RUNNING:
         run_id = state.record.run_id if state.record else None
         if lease is None or lease.expired() or lease.run_id != run_id:
@@ -103,6 +104,7 @@ def _state_json(state: MigrationState, lease: Lease | None) -> dict[str, Any]:
         "docshift_version": record.docshift_version if record else None,
         "counts": dict(record.counts) if record else {},
         "error": record.error if record else None,
+        "overrides": dict(record.overrides) if record else {},
     }
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from docshift.checkpoints.deadletter import DeadLetterFile
 from docshift.checkpoints.journal import JournalEntry, JournalWriter
@@ -31,15 +31,26 @@ from docshift.store.semantics import (
     MAX_REQUEST_BYTES,
     document_problem,
     document_size,
-    value_problem,
+    field_problem,
     value_size,
 )
-from docshift.values import copy_data
+from docshift.values import StoredForm, as_stored, copy_data
 
-__all__ = ["BatchAborted", "BatchProcessor", "DeadLetter", "Decision", "DocumentCheck"]
+__all__ = ["BatchAborted", "BatchProcessor", "DeadLetter", "Decision", "DocumentCheck", "SettlingCheck"]
 
 DocumentCheck = Callable[[Document, dict[str, Any]], "tuple[str, str] | None"]
 """Inline validation: (source, new data) -> (rule, message) when the new data breaks a rule."""
+
+
+@runtime_checkable
+class SettlingCheck(Protocol):
+    """A :data:`DocumentCheck` that also hears of each batch once it is settled behind the cursor
+    (its counts and dead letters are then what the checkpoint records), so what it counts and
+    judges (the integrity gate) is exactly what the run's record says happened."""
+
+    def __call__(self, source: Document, new_data: dict[str, Any]) -> tuple[str, str] | None: ...
+
+    def settled(self, counts: Mapping[str, int], letters: Sequence[DeadLetter]) -> None: ...
 
 _REQUEST_BUDGET = int(MAX_REQUEST_BYTES * 0.8)
 _SIZE_MARGIN = 64 * 1024
@@ -75,6 +86,8 @@ class Decision:
     stage: str = ""
     error: str = ""
     rule: str | None = None
+    checked: bool = False
+    """The inline rules were checked on the new data."""
 
 
 class BatchProcessor:
@@ -118,6 +131,32 @@ class BatchProcessor:
         self.check = check
         self.on_decision = on_decision
         self._held = threading.local()
+        self._noted: set[str] = set()
+        self._notes: list[str] = []
+        self._notes_lock = threading.Lock()
+
+    def take_notes(self) -> list[str]:
+        """Warnings about the transform's values not given yet (each kind once per run), for the
+        caller to pass on as ``warning`` events from its own thread."""
+        with self._notes_lock:
+            notes, self._notes = self._notes, []
+        return notes
+
+    def _note(self, source: Document, form: StoredForm) -> None:
+        name = f"{getattr(self.transform, '__name__', 'the transform')}()"
+        found = [("truncated", form.truncated,
+                  "returned a timestamp with nanoseconds below a microsecond ({where}); Firestore keeps "
+                  "microseconds, so such timestamps are written truncated to the microsecond"),
+                 ("naive", form.naive,
+                  "returned a datetime without a time zone ({where}); it is stored as UTC: return an "
+                  "aware datetime if it meant another zone")]
+        with self._notes_lock:
+            for kind, field_path, text in found:
+                if field_path and kind not in self._noted:
+                    self._noted.add(kind)
+                    where = f"{source.path}, field {field_path}"
+                    self._notes.append(f"{self.migration.label}: {name} {text.format(where=where)} "
+                                       "(said once per run)")
 
     # ------------------------------------------------------------------ deciding
     def decide(self, source: Document, existing: Document | None) -> Decision:
@@ -142,6 +181,9 @@ class BatchProcessor:
                 source, existing, "transform",
                 f"up() returned {type(result).__name__}; return a dict, UNCHANGED or DELETE",
             )
+        result, form = as_stored(result)  # what is written, journalled and compared: what is stored
+        if form is not None:
+            self._note(source, form)
         if existing is None:
             changes: list[FieldChange] = []
             problem = document_problem(destination, result)
@@ -152,18 +194,20 @@ class BatchProcessor:
             problem = _update_problem(destination, existing, changes, result)
         if problem:
             return self._failed(source, existing, "invalid", problem)
+        checked = self.check is not None
         if self.check is not None:
             broken = self.check(source, result)
             if broken is not None:
-                return self._failed(source, existing, "validate", broken[1], rule=broken[0])
+                return Decision(source, existing, "failed", stage="validate", error=broken[1], rule=broken[0],
+                                checked=True)
         if existing is None:
             return Decision(source, None, "create", Write.create(destination, result, checked=True),
-                            new_data=result)
+                            new_data=result, checked=checked)
         if self._masked_update(existing, changes, result):
             write = Write.update(destination, update_fields(changes), update_time=guard, checked=True)
-            return Decision(source, existing, "update", write, changes, result)
+            return Decision(source, existing, "update", write, changes, result, checked=checked)
         write = Write.set(destination, result, update_time=guard, checked=True)
-        return Decision(source, existing, "set", write, changes, result)
+        return Decision(source, existing, "set", write, changes, result, checked=checked)
 
     def _masked_update(self, existing: Document, changes: list[FieldChange], new: dict[str, Any]) -> bool:
         """Masked update of exactly the changed paths, or a full set? Both carry the update-time
@@ -210,6 +254,10 @@ class BatchProcessor:
 
     def _process(self, sources: Sequence[Document], counts: Counter[str]) -> None:
         decisions = [self.decide(s, e) for s, e in zip(sources, self._existing(sources), strict=True)]
+        # A document re-read after a conflict is checked again, but it was checked: count it once.
+        checked = sum(1 for decision in decisions if decision.checked)
+        if checked:
+            counts["checked"] += checked
         attempt = 0
         while True:
             pending = self._settle(decisions, counts)
@@ -344,9 +392,7 @@ def _update_problem(
     """
     for change in changes:
         if not change.removed:
-            if not all(isinstance(segment, str) and segment for segment in change.path):
-                return f"invalid field name in {change.path!r}"
-            problem = value_problem(change.new, len(change.path))
+            problem = field_problem(change.path, change.new)
             if problem:
                 return f"{'.'.join(change.path)}: {problem}"
     base = existing.size if existing.size is not None else document_size(path, existing.data)

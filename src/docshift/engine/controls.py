@@ -36,6 +36,13 @@ class Controls:
             self.stop.set()
         self.limiter.resume()  # a paused run must wake up to stop
 
+    def refine_stop_reason(self, reason: str, refined: str) -> None:
+        """Replace the stop reason ``reason`` with ``refined`` (the same cause, told with what
+        became known since, e.g. the final counts), if it is still the reason in force."""
+        with self._lock:
+            if self.stop_reason == reason:
+                self.stop_reason = refined
+
     @property
     def paused(self) -> bool:
         return self.limiter.paused

@@ -29,11 +29,18 @@ from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
 from docshift.checkpoints.deadletter import DeadLetterFile
 from docshift.checkpoints.journal import JournalWriter
 from docshift.config import EngineConfig, LimitsConfig
-from docshift.engine.batch import BatchAborted, BatchProcessor, DeadLetter, Decision, DocumentCheck
+from docshift.engine.batch import (
+    BatchAborted,
+    BatchProcessor,
+    DeadLetter,
+    Decision,
+    DocumentCheck,
+    SettlingCheck,
+)
 from docshift.engine.controls import Controls
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, FailureBudget, MemoryGuard, MemoryState
 from docshift.engine.progress import NullProgress, Progress
-from docshift.engine.stats import COUNTERS, RunStats
+from docshift.engine.stats import COUNTERS, RunStats, format_ms
 from docshift.errors import (
     DocshiftError,
     EmergencyStop,
@@ -153,6 +160,7 @@ class MigrationPipeline:
             sample_percent=options.sample_percent,
             sample_above=options.sample_above, check=check, on_decision=on_decision,
         )
+        self._on_settled = check.settled if isinstance(check, SettlingCheck) else None
         self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=engine.concurrency)
         self._done: queue.Queue[_Batch | _ShardDone] = queue.Queue()
         self._reading_paused = threading.Event()
@@ -257,6 +265,8 @@ class MigrationPipeline:
             handled += batch.size
             self.settled.update(batch.counts)
             self.settled["read"] += batch.size
+            if self._on_settled is not None:
+                self._on_settled(batch.counts, batch.letters)
         if self._expected[shard] == self._next_seq[shard]:
             shards[shard].done = True
         if handled:
@@ -331,9 +341,15 @@ class MigrationPipeline:
                 break
             except RunFileError as error:
                 self._file_failed(error)
+        self._pass_on_notes()
+
+    def _pass_on_notes(self) -> None:
+        for message in self.processor.take_notes():
+            self.progress.event("warning", message=message)
 
     def _watch(self) -> None:
         """Memory, circuit breaker and failure budget; each can stop the run."""
+        self._pass_on_notes()
         state = self.memory.state()
         if state == MemoryState.HARD:
             self.controls.request_stop(
@@ -356,7 +372,7 @@ class MigrationPipeline:
             limit = self.options.max_commit_p95
             if p95 is not None and p95 > limit:
                 self.controls.request_stop(
-                    f"commit latency p95 {p95 * 1000:.0f} ms is above {limit * 1000:.0f} ms", EmergencyStop
+                    f"commit latency p95 {format_ms(p95)} ms is above {format_ms(limit)} ms", EmergencyStop
                 )
         if self.breaker.tripped:
             self.controls.request_stop(f"circuit breaker: {self.breaker.reason}", EmergencyStop)
@@ -426,7 +442,9 @@ class MigrationPipeline:
                 self.dead_letters.close()
         if isinstance(error, RunFileError):
             error = self._file_failure(error, saved)
-        snapshot = self.stats.snapshot()
+        # The counts of the end are the checkpoint's (what is settled behind the cursors): the live
+        # ones also hold batches that a stop left unfinished, which a resume does again.
+        snapshot = {**self.stats.snapshot(), **counters, "processed": processed}
         kind = "finish" if done else "stop"
         self.progress.event(kind, migration=self.migration.label, **snapshot,
                             reason=str(error) if error else None)

@@ -1,9 +1,15 @@
 """Undo a migration run from its before-image journal.
 
+The journal names exactly the documents the run changed, so it drives every rollback that has one:
+by restore (put the before-image back) and by down() (apply the migration's ``down`` to what the
+run wrote). Documents the run never touched are never read or written.
+
 The state to put back for a document is the last before-image that is not our own earlier output
-(so an application write made before our write is kept), and every restore is guarded by the update
+(so an application write made before our write is kept), and every undo is guarded by the update
 time our write produced: a document changed since is a conflict, left alone and listed, unless
-forced. Created documents are deleted; deleted ones are created again.
+forced. Created documents are deleted; deleted ones are created again (from the before-image, also
+with down(), which cannot see a deleted document). Afterwards every undone document is compared
+with its before-image: whatever down() does, a rollback that did not give the data back says so.
 
 The journal is read twice: once to index which entry restores each path (paths and small tuples
 only, no document data), once to stream the restores in journal order, so the position in that
@@ -27,8 +33,9 @@ from docshift.engine.diff import FieldChange, field_changes
 from docshift.engine.limits import RateLimiter
 from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import ConflictError, EmergencyStop, TransientError
-from docshift.migration import DocView, Transform
-from docshift.store.base import Document, Store, Write, WriteKind
+from docshift.migration import DELETE, UNCHANGED, DocView, Transform
+from docshift.store.base import Document, Store, Write, WriteKind, WriteResult
+from docshift.store.simulated import SimulatedStore
 from docshift.values import Timestamp, values_equal
 
 __all__ = ["RestoreAction", "RestoreResult", "Restorer", "plan_restore"]
@@ -101,8 +108,26 @@ class RestoreResult:
     stopped: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Missed:
+    """No write undoes this document (down() left it, or failed): it stays unlike its before-image."""
+
+    reason: str
+
+
 class Restorer:
-    """Applies (or, in a dry run, describes) restore actions in batches, guarded, resumable."""
+    """Undoes journal actions in batches, guarded, resumable, and checks every document it was
+    to undo against its before-image afterwards.
+
+    Two ways to compute what to write for a document that still holds the run's output: its
+    before-image (restore), or ``undo`` (the migration's ``down()``) applied to it. Either way the
+    same documents are visited (the journal's), the same guard decides whether the run's output is
+    still there, and the same check compares the result with the before-image: a document that
+    does not equal it is ``mismatched`` and listed in ``mismatches_file``.
+
+    With ``execute`` off, writes go to a :class:`SimulatedStore` over ``store`` (pass one to share
+    it between several restorers: a dry run of several migrations).
+    """
 
     def __init__(
         self,
@@ -112,6 +137,7 @@ class Restorer:
         force: bool,
         conflicts_file: Path,
         redo: Transform | None = None,
+        undo: Transform | None = None,
         limiter: RateLimiter | None = None,
         stop: threading.Event | None = None,
         progress: Progress | None = None,
@@ -119,13 +145,17 @@ class Restorer:
         batch_size: int = 300,
         samples: int = 5,
         own_writes: dict[str, tuple[Timestamp, Timestamp | None]] | None = None,
-        planned: dict[str, Document | None] | None = None,
+        mismatches_file: Path | None = None,
     ) -> None:
-        self.store = store
+        self.store = store if execute or isinstance(store, SimulatedStore) else SimulatedStore(
+            store, retain_writes=False)
         self.execute = execute
         self.force = force
         self.conflicts_file = conflicts_file
+        self.mismatches_file = mismatches_file or conflicts_file.with_name(
+            conflicts_file.name.replace("conflicts", "mismatches"))
         self.redo = redo
+        self.undo = undo
         self.limiter = limiter or RateLimiter()
         self.stop = stop or threading.Event()
         self.progress = progress or NullProgress()
@@ -133,13 +163,9 @@ class Restorer:
         self.batch_size = batch_size
         self.samples_wanted = samples
         self.own_writes = own_writes if own_writes is not None else {}
-        """Across one rollback: path -> (update time our restore produced, update time of the state
-        it restored). Undoing an older migration after a newer one then sees the newer one's
-        restore as ours, not as an application change."""
-        self._planned: dict[str, Document | None] = planned if planned is not None else {}
-        """Dry run only, shared across one rollback like ``own_writes``: documents the dry run
-        would recreate (as they would be) or delete (None), so an older migration's dry run sees
-        them as the execute would. Holds data only for documents a newer migration deleted."""
+        """Across one rollback: path -> (update time our write produced, update time of the state
+        it undid). Undoing an older migration after a newer one then sees the newer one's write as
+        ours, not as an application change."""
 
     def run(self, actions: Iterator[RestoreAction], result: RestoreResult) -> RestoreResult:
         batch: list[RestoreAction] = []
@@ -162,27 +188,28 @@ class Restorer:
             result.stopped = True
             return False
         current = self.store.get_many([a.path for a in actions])
-        if not self.execute and self._planned:
-            # A dry run of several migrations: what the newer ones' restores would have left.
-            current = [self._planned.get(a.path, doc) if a.path in self._planned else doc
-                       for a, doc in zip(actions, current, strict=True)]
         writes: list[tuple[RestoreAction, Write]] = []
         conflicts: list[tuple[RestoreAction, str]] = []
+        missed: list[tuple[RestoreAction, str, Document | None]] = []
         for action, now in zip(actions, current, strict=True):
             decision = self._decide(action, now)
-            if isinstance(decision, str):
+            if isinstance(decision, _Missed):
+                result.counters["unchanged"] += 1
+                missed.append((action, decision.reason, now))
+            elif isinstance(decision, str):
                 if decision == "unchanged":
                     result.counters["unchanged"] += 1
                 else:
                     conflicts.append((action, decision))
             else:
                 writes.append((action, decision))
-                self._sample(action, now, result)
-        if self.execute and writes:
+                self._sample(action, now, decision, result)
+        if writes:
             try:
                 answers = self.store.commit([write for _, write in writes])
             except TransientError as exc:
                 raise EmergencyStop(f"the store kept failing ({exc.code}); resume the rollback") from None
+            answers = self._recognise_landed(writes, answers)
             applied: list[RestoreAction] = []
             for (action, write), answer in zip(writes, answers, strict=True):
                 if answer.ok:
@@ -194,31 +221,42 @@ class Restorer:
                     conflicts.append((action, "the document changed after the migration wrote it"))
                 else:
                     conflicts.append((action, f"write failed: {answer.error}"))
-            self._verify(applied, result)  # refused writes are conflicts, not mismatches
-        elif writes:
-            now_by_path = {a.path: doc for a, doc in zip(actions, current, strict=True)}
-            for action, write in writes:
-                result.counters[_done(action, write)] += 1
-                now = now_by_path.get(action.path)
-                before = action.before
-                if write.kind == WriteKind.DELETE:
-                    self._planned[action.path] = None
-                elif now is None and before is not None and before.data is not None:
-                    # As if recreated, with the update time the older migration's write produced.
-                    self._planned[action.path] = Document(action.path, before.data, before.create_time,
-                                                          before.update_time)
-                elif now is not None and now.update_time is not None and before is not None:
-                    # As if restored: an older migration's dry run must not see this as a conflict.
-                    self.own_writes[action.path] = (now.update_time, before.update_time)
+            missed += self._verify(applied, result)  # refused writes are conflicts, not mismatches
+        result.counters["mismatched"] += len(missed)
         result.counters["conflicts"] += len(conflicts)
         self._record_conflicts(conflicts, current, actions)
+        self._record_mismatches(missed)
         result.position = actions[-1].seq
         if self.on_batch is not None:
             self.on_batch(result)
         return True
 
-    def _decide(self, action: RestoreAction, now: Document | None) -> Write | str:
-        """The write that undoes ``action``, or why not ("unchanged" or a conflict reason)."""
+
+    def _recognise_landed(
+        self, writes: list[tuple[RestoreAction, Write]], answers: list[WriteResult]
+    ) -> list[WriteResult]:
+        """A guard refused by our own write: the commit landed, its reply was lost, and the retry
+        found the document changed, by us. Read such documents again; one that holds exactly what
+        was sent (or is gone, for a delete) was written by this rollback, not by the application."""
+        refused = [i for i, answer in enumerate(answers) if isinstance(answer.error, ConflictError)]
+        if not refused:
+            return answers
+        found = self.store.get_many([writes[i][1].path for i in refused])
+        answers = list(answers)
+        for i, now in zip(refused, found, strict=True):
+            write = writes[i][1]
+            if write.kind == WriteKind.DELETE:
+                landed = now is None
+            else:
+                landed = now is not None and values_equal(now.data, dict(write.data or {}))
+            if landed:
+                answers[i] = WriteResult(write.path, update_time=now.update_time if now is not None else None)
+        return answers
+
+    def _decide(self, action: RestoreAction, now: Document | None) -> Write | str | _Missed:
+        """The write that undoes ``action``; or "unchanged"; or a conflict reason (the document no
+        longer holds what the run wrote: left alone); or :class:`_Missed` (down() gives no write
+        that undoes it)."""
         before = action.before
         removes = action.kind == "delete" or (action.kind == "check" and before is None)
         if removes and now is None:
@@ -246,21 +284,44 @@ class Restorer:
             return Write.delete(action.path, update_time=guard)
         assert before is not None and before.data is not None
         if action.kind == "recreate":
+            # down() cannot see a document the run deleted: only its before-image brings it back.
             if now is None:
                 return Write.create(action.path, before.data)
             if self.force:
                 return Write.set(action.path, before.data)
             return "deleted by the migration, but a document exists there again"
         if action.kind == "restore":
-            return Write.set(action.path, before.data, update_time=None if self.force else action.guard)
+            return self._undo_write(action, now, None if self.force else action.guard)
         # "check": the run died with this write in flight.
         if now is None:
             return Write.create(action.path, before.data)
         if now.update_time == before.update_time:
             return "unchanged"  # the write never happened
         if self.force or self._redone(before, now):
-            return Write.set(action.path, before.data, update_time=None if self.force else now.update_time)
+            return self._undo_write(action, now, None if self.force else now.update_time)
         return "changed since it was read, and not by this migration"
+
+    def _undo_write(
+        self, action: RestoreAction, now: Document | None, guard: Timestamp | None
+    ) -> Write | _Missed:
+        """The write that turns ``now`` (the run's output) back: the before-image, or down()'s
+        result. A document gone since (and forced back) has nothing for down() to see: its
+        before-image brings it back."""
+        before = action.before
+        assert before is not None and before.data is not None
+        if self.undo is None or now is None:
+            return Write.set(action.path, before.data, update_time=guard)
+        try:
+            undone = self.undo(DocView(now))
+        except Exception as exc:
+            return _Missed(f"down() raised {type(exc).__name__}: {exc}")
+        if undone is DELETE:
+            return Write.delete(action.path, update_time=guard)
+        if undone is UNCHANGED or (isinstance(undone, dict) and values_equal(undone, now.data)):
+            return _Missed("down() left it unchanged: it still holds what the run wrote")
+        if not isinstance(undone, dict):
+            return _Missed(f"down() returned {type(undone).__name__}; return a dict, UNCHANGED or DELETE")
+        return Write.set(action.path, undone, update_time=guard)
 
     def _redone(self, before: JournalEntry | None, now: Document) -> bool:
         """Whether ``now`` holds exactly what the migration makes of ``before``: our own write,
@@ -275,22 +336,40 @@ class Restorer:
             return False
         return isinstance(expected, dict) and values_equal(expected, now.data)
 
-    def _sample(self, action: RestoreAction, now: Document | None, result: RestoreResult) -> None:
+    def _sample(
+        self, action: RestoreAction, now: Document | None, write: Write, result: RestoreResult
+    ) -> None:
         if len(result.samples) >= self.samples_wanted:
             return
         old = now.data if now is not None else {}
-        new = action.before.data if action.before is not None and action.before.data is not None else {}
+        new = dict(write.data or {}) if write.kind != WriteKind.DELETE else {}
         result.samples.append((action.path, action.kind, field_changes(old, new)))
 
-    def _verify(self, actions: Sequence[RestoreAction], result: RestoreResult) -> None:
-        """The post-rollback check: restored documents equal their before-images."""
+    def _verify(
+        self, actions: Sequence[RestoreAction], result: RestoreResult
+    ) -> list[tuple[RestoreAction, str, Document | None]]:
+        """The post-rollback check: each written document equals its before-image (data, and
+        existence). Returns the ones that do not, with why."""
         after = self.store.get_many([a.path for a in actions])
+        missed: list[tuple[RestoreAction, str, Document | None]] = []
         for action, now in zip(actions, after, strict=True):
-            if action.kind == "delete" or action.before is None:
-                ok = now is None
+            problem = self._difference(action, now)
+            if problem is None:
+                result.counters["verified"] += 1
             else:
-                ok = now is not None and values_equal(now.data, action.before.data)
-            result.counters["verified" if ok else "mismatched"] += 1
+                missed.append((action, problem, now))
+        return missed
+
+    def _difference(self, action: RestoreAction, now: Document | None) -> str | None:
+        by = "down()" if self.undo is not None else "the restore"
+        before = action.before
+        if before is None or before.data is None:  # the run created it
+            return None if now is None else f"it still exists after {by}, but the run created it"
+        if now is None:
+            return f"{by} deleted it, but it existed before the run"
+        if not values_equal(now.data, before.data):
+            return f"after {by} it differs from its before-image"
+        return None
 
     def _record_conflicts(
         self, conflicts: list[tuple[RestoreAction, str]], current: Sequence[Document | None],
@@ -309,9 +388,27 @@ class Restorer:
                 "current_update_time": codec.encode(now.update_time) if now is not None else None,
             }
             lines.append(orjson.dumps(record) + b"\n")
-        self.conflicts_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.conflicts_file.open("ab") as out:
-            out.writelines(lines)
+        _append_lines(self.conflicts_file, lines)
+
+    def _record_mismatches(self, missed: list[tuple[RestoreAction, str, Document | None]]) -> None:
+        """``mismatches.jsonl``: documents that do not equal their before-image after the rollback,
+        with what they hold instead (``after``, null when there is no document)."""
+        if not missed:
+            return
+        lines = [orjson.dumps({
+            "path": action.path, "reason": reason, "action": action.kind,
+            "strategy": "down" if self.undo is not None else "restore",
+            "before": codec.encode(action.before.data) if action.before and action.before.data is not None
+            else None,
+            "after": codec.encode(now.data) if now is not None else None,
+        }) + b"\n" for action, reason, now in missed]
+        _append_lines(self.mismatches_file, lines)
+
+
+def _append_lines(path: Path, lines: list[bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as out:
+        out.writelines(lines)
 
 
 def _done(action: RestoreAction, write: Write) -> str:

@@ -7,13 +7,25 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["COUNTERS", "RunStats"]
+__all__ = ["COUNTERS", "RunStats", "format_ms"]
 
 COUNTERS = (
     "read", "updated", "created", "deleted", "unchanged", "failed", "conflicts", "skipped", "rejected",
+    "checked",
 )
 """``rejected``: documents a validation rule refused (also counted in ``failed``); the integrity gate
-judges those, so ``--max-failures`` and the circuit breaker leave them out."""
+judges those, so ``--max-failures`` and the circuit breaker leave them out. ``checked``: documents
+the migration's inline rules were checked on (each once, however often a conflict re-read it)."""
+
+
+def format_ms(seconds: float) -> str:
+    """Milliseconds for a message, precise enough for small limits: 0.0005 s is "0.5", not "0"."""
+    value = seconds * 1000
+    if value >= 100 or value == 0:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}".removesuffix(".0")
+    return f"{value:.3g}"
 
 
 class RunStats:

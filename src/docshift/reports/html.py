@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
+from docshift.checkpoints.record import COUNT_COLUMNS
 from docshift.reports.charts import PALETTE, Mark, Series, line_chart
 
 __all__ = ["render_html"]
@@ -20,7 +21,7 @@ table{border-collapse:collapse;font-size:13px;margin:6px 0}th,td{padding:4px 8px
 #e5e7eb;text-align:left;vertical-align:top}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 th{background:#f9fafb;font-weight:600}.badge{display:inline-block;border-radius:4px;padding:2px 8px;
 font-size:13px;font-weight:600;margin-right:6px;color:#fff}.HEALTHY,.finished{background:#16a34a}
-.DEGRADED,.stopped,.interrupted{background:#d97706}.CRITICAL,.failed{background:#dc2626}
+.DEGRADED,.stopped,.interrupted,.conflicts{background:#d97706}.CRITICAL,.failed,.rolled_back{background:#dc2626}
 .running,.dry-run{background:#2563eb}code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;
 font-size:13px}pre{background:#f3f4f6;padding:8px 10px;border-radius:4px;margin:4px 0;white-space:pre-wrap}
 .muted{color:#6b7280;font-size:13px}svg.chart{display:block;margin:8px 0;max-width:100%;height:auto}
@@ -32,7 +33,7 @@ font-size:13px}pre{background:#f3f4f6;padding:8px 10px;border-radius:4px;margin:
 ul{margin:4px 0;padding-left:20px;font-size:13px}
 """
 
-_COUNTS = ("updated", "created", "deleted", "unchanged", "failed", "conflicts", "skipped")
+_COUNTS = COUNT_COLUMNS
 
 
 def _e(value: Any) -> str:
@@ -96,10 +97,16 @@ def _charts(timeline: dict[str, Any]) -> str:
     ])
 
 
+def _counts(migration: dict[str, Any]) -> dict[str, Any]:
+    """A migration's counts under the table's column names (a restore's too; see checkpoints/record.py)."""
+    counts = migration.get("counts")
+    return counts if isinstance(counts, dict) else dict(migration.get("counters") or {})
+
+
 def _count_columns(migrations: list[dict[str, Any]]) -> list[str]:
     """The usual counters, plus any other a run kept (a restore's ``restored``, ``verified``…)."""
-    extra = sorted({name for m in migrations for name, value in (m.get("counters") or {}).items()
-                    if value and name not in _COUNTS and name not in ("read", "rejected")})
+    extra = sorted({name for m in migrations for name, value in _counts(m).items()
+                    if value and name not in _COUNTS and name not in ("read", "rejected", "checked")})
     return [*_COUNTS, *extra]
 
 
@@ -152,8 +159,13 @@ def render_html(body: dict[str, Any]) -> str:
         facts.append(("hint", _e(outcome.get("hint"))))
     counts = _count_columns(body.get("migrations", []))
     rows = []
+    rolled_back = []
     for m in body.get("migrations", []):
-        counters = m.get("counters", {})
+        counters = _counts(m)
+        if m.get("rollback"):
+            undone = ", ".join(f"{k} {_n(v)}" for k, v in m["rollback"].items() if v) or "nothing to undo"
+            rolled_back.append(f"<p><strong>{_e(m.get('migration'))}</strong>: every stage was rolled back "
+                               f"from the before-images ({undone}).</p>")
         rows.append([_e(m.get("migration")), f'<span class="badge {_e(m.get("state"))}">{_e(m.get("state"))}'
                      "</span>", *(_n(counters.get(k, 0)) for k in counts), _n(m.get("dead_letters")),
                      _duration(m.get("elapsed_seconds")), _n(m.get("docs_per_second_avg")),
@@ -179,7 +191,7 @@ def render_html(body: dict[str, Any]) -> str:
         _table(["", ""], [[f"<strong>{_e(k)}</strong>", v] for k, v in facts]),
         "<h2>Next steps</h2>", commands,
         "<h2>Migrations</h2>", _table(headers, rows, set(range(2, len(headers)))) if rows else
-        '<p class="muted">No migration started.</p>',
+        '<p class="muted">No migration started.</p>', *rolled_back,
         "<h2>Over time</h2>", _charts(body.get("timeline") or {}),
         "<h2>Health</h2>",
         f"<p>Score {_e(health.get('score'))}/100, {_e(health.get('status'))}: 100 - 5 per warning "

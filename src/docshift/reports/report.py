@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from docshift.checkpoints.atomic import read_versioned, write_atomic, write_versioned
-from docshift.checkpoints.checkpoint import Checkpoint
+from docshift.checkpoints.record import (
+    CLOSED_STATES,
+    CONFLICTS,
+    FINISHED,
+    ROLLED_BACK,
+    RunRecord,
+    force_command,
+    read_run,
+)
 from docshift.errors import DataError
 from docshift.reports.charts import downsample
 from docshift.reports.events import EVENTS_FILE, read_events
@@ -152,67 +160,68 @@ class _Timeline:
                 "failures": pack(self.failures), "markers": self.markers[-200:]}
 
 
-def _count_lines(path: Path) -> int:
-    if not path.is_file():
-        return 0
-    with path.open("rb") as handle:
-        return sum(1 for line in handle if line.strip())
-
-
-def _migrations(folder: Path, order: list[str],
-                status: RunStatus) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    found = sorted(p.parent for p in folder.glob("*/checkpoint.json"))
-    rank = {migration_id: index for index, migration_id in enumerate(order)}
-    found.sort(key=lambda p: (rank.get(p.name.split("_", 1)[0], len(rank)), p.name))
+def _migrations(record: RunRecord, status: RunStatus) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
-    for path in found:
-        try:
-            checkpoint = Checkpoint.load(path / "checkpoint.json")
-        except DataError as exc:
-            rows.append({"migration": path.name, "state": "unreadable", "error": exc.message, "counters": {}})
+    for migration in record.migrations:
+        checkpoint = migration.checkpoint
+        if checkpoint is None:
+            rows.append({"migration": migration.label, "state": migration.state, "error": migration.error,
+                         "counters": {}, "counts": {}})
             continue
         settings = settings or dict(checkpoint.settings)
-        live = status.migrations.get(path.name) or status.migrations.get(f"rollback {path.name}") or {}
+        label = migration.label
+        live = status.migrations.get(label) or status.migrations.get(f"rollback {label}") or {}
         rows.append({
-            "migration": path.name, "state": checkpoint.state, "counters": dict(checkpoint.counters),
-            "elapsed_seconds": round(checkpoint.elapsed_seconds, 3),
+            **migration.to_json(),
             "shards": len(checkpoint.shards), "cursors": [s.cursor for s in checkpoint.shards],
-            "dead_letters": _count_lines(path / "dead-letters.jsonl"),
             "docs_per_second_avg": live.get("docs_per_second_avg"),
             "commit_p50": live.get("commit_p50"), "commit_p95": live.get("commit_p95"),
             "commit_p99": live.get("commit_p99"), "commits": live.get("commits"),
-            "files": sorted(p.name for p in path.iterdir() if p.is_file()),
+            "files": sorted(p.name for p in migration.folder.iterdir() if p.is_file()),
         })
     return rows, settings
 
 
-def _outcome(folder: Path, info: dict[str, Any], status: RunStatus,
+def _outcome(folder: Path, record: RunRecord, status: RunStatus,
              given: dict[str, Any] | None) -> dict[str, Any]:
     if given is not None:
         return dict(given)
-    if status.ended is not None:
-        return {k: v for k, v in status.ended.items() if k != "at"}
-    previous = _read(folder / REPORT_FILE, _KIND)
-    if previous is not None and isinstance(previous.get("outcome"), dict):
-        return dict(previous["outcome"])
-    state = str(info.get("state", "unknown"))
-    if state == "running":
-        state = "interrupted"  # no end was recorded: the process died or is still going
-    return {"state": state, "exit_code": 0 if state == "finished" else None, "error": status.stop_reason}
+    if record.outcome is not None:
+        ended = dict(record.outcome)
+    elif status.ended is not None:
+        ended = {k: v for k, v in status.ended.items() if k != "at"}
+    else:
+        previous = _read(folder / REPORT_FILE, _KIND)
+        ended = dict(previous["outcome"]) if previous is not None and isinstance(
+            previous.get("outcome"), dict) else {"exit_code": None, "error": status.stop_reason}
+    ended["state"] = record.state  # what run.json records (or that a process runs it now)
+    if record.state == FINISHED and ended.get("exit_code") is None:
+        ended["exit_code"] = 0
+    return ended
 
 
-def _commands(run_id: str, info: dict[str, Any], state: str) -> dict[str, str]:
-    kind, execute = info.get("kind", "run"), bool(info.get("execute"))
+def _commands(record: RunRecord, state: str) -> dict[str, str]:
+    """The next steps for a run in ``state``: only those that apply to it."""
+    run_id, info, execute = record.run_id, record.info, record.execute
     commands: dict[str, str] = {}
-    if kind == "rollback":
-        if execute and state != "finished":
+    if record.kind == "rollback":
+        if execute and state not in CLOSED_STATES:
             commands["resume"] = f"docshift rollback --execute --resume {run_id}"
+        conflicts = any(m.counters.get("conflicts", 0) and "restored" in m.counters  # a restore's
+                        for m in record.migrations)
+        force = force_command(info)
+        if state == CONFLICTS and conflicts and force:
+            # --force puts the before-images back over what the application wrote since.
+            commands["overwrite the conflicts (the later changes are lost)"] = force
     elif execute:
-        if state != "finished":
+        if state not in CLOSED_STATES:
             commands["resume"] = f"docshift run --execute --resume {run_id}"
-        commands["rollback (preview)"] = f"docshift rollback {run_id}"
-        commands["rollback"] = f"docshift rollback {run_id} --execute"
+        if state == ROLLED_BACK:
+            commands["start a new run (after fixing the migration)"] = "docshift run --execute"
+        else:
+            commands["rollback (preview)"] = f"docshift rollback {run_id}"
+            commands["rollback"] = f"docshift rollback {run_id} --execute"
     else:
         commands["apply"] = "docshift run --execute"
     commands["show"] = f"docshift show {run_id}"
@@ -222,9 +231,8 @@ def _commands(run_id: str, info: dict[str, Any], state: str) -> dict[str, str]:
 
 def collect_report(folder: Path, *, outcome: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report's content as plain JSON (what report.json holds and report.html shows)."""
-    info = read_versioned(folder / "run.json", "docshift-run", 1)
-    run_id = str(info.get("run_id", folder.name))
-    status = RunStatus(run_id, kind=str(info.get("kind", "run")))
+    record = read_run(folder)
+    status = RunStatus(record.run_id, kind=record.kind)
     timeline = _Timeline()
     first_at = last_at = None
     for event in read_events(folder / EVENTS_FILE):
@@ -234,29 +242,28 @@ def collect_report(folder: Path, *, outcome: dict[str, Any] | None = None) -> di
         if isinstance(at, float | int):
             first_at = at if first_at is None else first_at
             last_at = at
-    migrations, settings = _migrations(folder, [str(m) for m in info.get("migrations", [])], status)
-    ended = _outcome(folder, info, status, outcome)
+    migrations, settings = _migrations(record, status)
+    info = record.info
+    if isinstance(info.get("settings"), dict):  # the run's own, as its last resume continued with them
+        settings = {**settings, "run": info["settings"], "overridden on resume": info.get("overrides") or {}}
+    ended = _outcome(folder, record, status, outcome)
+    state = str(ended.get("state"))
     validation = _read(folder / "validation.json", "docshift-run-validation")
     health = validation.get("health") if validation else None
     if not isinstance(health, dict):
         computed = status.health()
         health = {"score": computed.score, "status": computed.status.value,
                   "issues": [issue.to_json() for issue in computed.issues]}
-    totals: dict[str, int] = {}
-    for row in migrations:
-        for name, value in row["counters"].items():
-            if isinstance(value, int):
-                totals[name] = totals.get(name, 0) + value
-    run = {k: v for k, v in info.items() if k not in ("format", "version", "codec")}
+    run = {k: v for k, v in record.info.items() if k not in ("format", "version", "codec", "outcome")}
     return {
-        "run_id": run_id, "kind": run.get("kind", "run"), "execute": bool(run.get("execute")),
-        "run": run, "outcome": ended, "state": ended.get("state", run.get("state")),
+        "run_id": record.run_id, "kind": record.kind, "execute": record.execute,
+        "run": run, "outcome": ended, "state": state,
         "first_event_at": first_at, "last_event_at": last_at,
-        "duration_seconds": round(sum(float(r.get("elapsed_seconds") or 0) for r in migrations), 3),
-        "totals": totals, "migrations": migrations, "health": health,
+        "duration_seconds": round(record.duration_seconds, 3),
+        "totals": record.totals, "migrations": migrations, "health": health,
         "warnings": list(status.warnings), "stop_reason": status.stop_reason,
         "validation": {"gate": validation.get("gate"), "reports": validation.get("reports", [])}
         if validation else None,
-        "settings": settings, "commands": _commands(run_id, info, str(ended.get("state"))),
+        "settings": settings, "commands": _commands(record, state),
         "timeline": timeline.to_json(), "folder": str(folder),
     }

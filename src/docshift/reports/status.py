@@ -101,6 +101,10 @@ class RunStatus:
             for name in ("write_limit", "memory_mb", "paused", "batch_size", "retries"):
                 if name in fields:
                     self.latest[name] = fields[name]
+        elif kind == "rolled_back" and isinstance(label, str):  # a canary's stages were undone
+            entry = self._entry(label)
+            entry.update({k: v for k, v in fields.items() if k not in ("migration", "at")})
+            entry["state"] = "rolled_back"
         elif kind == "total" and isinstance(label, str):
             self._entry(label)["total"] = fields.get("total")
         elif kind == "warning":
@@ -147,7 +151,9 @@ class RunStatus:
         reason = self.stop_reason or (controls.stop_reason if controls is not None else None)
         if reason:
             error = controls.stop_class if controls is not None and controls.stop_reason else None
-            issues.append(Issue(stop_severity(reason, error), f"the run stopped: {reason}"))
+            ended = str((self.ended or {}).get("state", "stopped"))
+            verb = "stopped" if ended in ("stopped", "rolled_back", "interrupted") else "ended"
+            issues.append(Issue(stop_severity(reason, error), f"the run {verb}: {reason}"))
         return Health.of(issues)
 
     def snapshot(self) -> dict[str, Any]:

@@ -48,7 +48,14 @@ from docshift.store.base import (
     WriteResult,
     split_path,
 )
-from docshift.store.semantics import document_problem, matches, server_side
+from docshift.store.semantics import (
+    EMULATOR_MAX_REQUEST_BYTES,
+    MAX_REQUEST_BYTES,
+    MAX_WRITES_PER_REQUEST,
+    document_problem,
+    matches,
+    server_side,
+)
 from docshift.values import GeoPoint, Reference, Timestamp, Value
 
 __all__ = ["FirestoreStore", "translate_error"]
@@ -198,6 +205,8 @@ class FirestoreStore(Store):
             project = self._open_real(project)
         assert project is not None
         self.info = StoreInfo(project=project, database=database, emulator_host=emulator_host)
+        self.max_request_bytes = EMULATOR_MAX_REQUEST_BYTES if emulator_host else MAX_REQUEST_BYTES
+        """The largest BatchWrite request the store takes, in wire bytes; larger ones are split."""
         self._database_name = f"projects/{project}/databases/{database}"
         self._root = f"{self._database_name}/documents"
         self._metadata = (*self._auth, ("x-goog-request-params", f"database={self._database_name}"))
@@ -508,24 +517,65 @@ class FirestoreStore(Store):
         self._send(writes, sendable, results)
         return [result for result in results if result is not None]
 
-    def _send(self, writes: Sequence[Write], indices: list[int], results: list[WriteResult | None]) -> None:
-        """One BatchWrite; a request refused as a whole is split until the bad write is alone."""
-        if not indices:
-            return
+    def _send(self, writes: Sequence[Write], indices: list[int], results: list[WriteResult | None],
+              answered: list[bool] | None = None) -> None:
+        """The writes in as few BatchWrite requests as the store's limits allow (writes per request,
+        wire bytes per request); a request refused as a whole is split until the bad write is alone.
+
+        A request that fails as a whole (unreachable, say) raises only while no earlier request of
+        the same commit was answered; after one was, its writes and the ones not sent yet get that
+        error each, so that the writes the store applied are still reported as applied (and only the
+        others are retried).
+        """
+        answered = [False] if answered is None else answered
+        groups = self._pack(writes, indices, results)
+        for number, (sent, request) in enumerate(groups):
+            try:
+                self._request(writes, sent, request, results, answered)
+            except StoreError as error:
+                if not answered[0]:
+                    raise
+                for rest, _ in groups[number:]:
+                    for index in rest:
+                        if results[index] is None:
+                            results[index] = WriteResult(writes[index].path, error=error)
+                return
+
+    def _pack(self, writes: Sequence[Write], indices: list[int],
+              results: list[WriteResult | None]) -> list[tuple[list[int], Any]]:
+        """Encode the writes into requests within the limits; a write that cannot be encoded gets
+        its error in ``results`` and is left out."""
+        groups: list[tuple[list[int], Any]] = []
         request = _pb["BatchWriteRequest"](database=self._database_name)
+        base = request.ByteSize()
+        size = base
         sent: list[int] = []
         for index in indices:
             write = writes[index]
+            encoded = request.writes.add()
             try:
-                self._encode_write(write, request.writes.add())
+                self._encode_write(write, encoded)
             except CodecError as exc:
                 del request.writes[-1]
                 invalid = PermanentError(str(exc), code="INVALID_ARGUMENT", path=write.path)
                 results[index] = WriteResult(write.path, error=invalid)
                 continue
+            length = encoded.ByteSize()
+            weight = 1 + _varint_size(length) + length  # the field's tag, its length, the write
+            if sent and (len(sent) >= MAX_WRITES_PER_REQUEST or size + weight > self.max_request_bytes):
+                del request.writes[-1]
+                groups.append((sent, request))
+                request = _pb["BatchWriteRequest"](database=self._database_name)
+                self._encode_write(write, request.writes.add())
+                size, sent = base, []
+            size += weight
             sent.append(index)
-        if not sent:
-            return
+        if sent:
+            groups.append((sent, request))
+        return groups
+
+    def _request(self, writes: Sequence[Write], sent: list[int], request: Any,
+                 results: list[WriteResult | None], answered: list[bool]) -> None:
         try:
             response = self._batch_write(request, metadata=self._metadata, timeout=self.timeout)
         except grpc.RpcError as exc:
@@ -537,9 +587,10 @@ class FirestoreStore(Store):
                 results[sent[0]] = WriteResult(error.path, error=error)
                 return
             middle = len(sent) // 2
-            self._send(writes, sent[:middle], results)
-            self._send(writes, sent[middle:], results)
+            self._send(writes, sent[:middle], results, answered)
+            self._send(writes, sent[middle:], results, answered)
             return
+        answered[0] = True
         for index, result, status in zip(sent, response.write_results, response.status, strict=True):
             write = writes[index]
             if status.code == 0:
@@ -555,6 +606,10 @@ class FirestoreStore(Store):
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def _write_problem(write: Write) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 
 from docshift.errors import ConflictError, PermanentError
@@ -49,7 +49,7 @@ def _stored(value: Value, project: str) -> Value:
     if kind is list or kind is tuple:
         return [_stored(item, project) for item in value]
     if kind is Timestamp:
-        return Timestamp(value.seconds, value.nanos - value.nanos % 1000) if value.nanos % 1000 else value
+        return value.stored
     if isinstance(value, datetime):
         return Timestamp.from_datetime(value)
     if kind is bytearray:
@@ -192,6 +192,13 @@ class MemoryStore(Store):
             message = "the document changed since it was read"
             return ConflictError(message, code="FAILED_PRECONDITION", path=path)
         return None
+
+    def load(self, documents: Iterable[Document]) -> None:
+        """Put documents exactly as given, server times included: a copy of another store's."""
+        copies = [Document(d.path, copy.deepcopy(d.data), d.create_time, d.update_time, d.size)
+                  for d in documents]
+        with self._lock:
+            self._docs.update((d.path, d) for d in copies)
 
     def clear(self) -> None:
         with self._lock:

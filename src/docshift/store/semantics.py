@@ -2,7 +2,10 @@
 and the adapter (which applies range filters itself to keep streams in name order).
 
 Sizes follow Google's storage-size rules so the engine can refuse an oversized document *before*
-sending it, and fail only that document instead of its whole batch.
+sending it, and fail only that document instead of its whole batch. Every limit here was measured on
+the emulator at its boundary (n accepted, n + 1 refused: ``scripts/store_limits.py``, and the
+boundary tests in ``tests/integration/test_store_contract.py``): docshift refuses exactly what the
+store refuses, so that whatever the store holds can also be backed up, restored and rolled back.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ from docshift.store.base import FieldPath, Filter, Op
 from docshift.values import GeoPoint, Reference, Timestamp, Value
 
 __all__ = [
+    "EMULATOR_MAX_REQUEST_BYTES",
     "MAX_DEPTH",
     "MAX_DOCUMENT_BYTES",
     "MAX_FIELD_PATH_BYTES",
+    "MAX_ID_BYTES",
     "MAX_REQUEST_BYTES",
+    "MAX_VALUE_BYTES",
+    "MAX_WRITES_PER_REQUEST",
     "document_problem",
     "document_size",
+    "field_problem",
     "matches",
     "order_key",
     "server_side",
@@ -31,13 +39,30 @@ __all__ = [
 ]
 
 MAX_DOCUMENT_BYTES = 1_048_576
-MAX_REQUEST_BYTES = 10 * 1_048_576
+"""A document's size by the storage-size rules (name, field names, values, + 32)."""
+MAX_VALUE_BYTES = 1_048_487
+"""One string (UTF-8 bytes) or bytes value, anywhere in a document: 1 MiB - 89 bytes."""
 MAX_DEPTH = 20
+"""Maps and arrays nested in a field: a field's own map or array is level 1. An empty array adds no
+level (the emulator takes one below 20 maps, and refuses ``[1]`` there)."""
 MAX_FIELD_PATH_BYTES = 1500
+"""A field name, and a field's whole path (segments joined by dots), in UTF-8 bytes."""
+MAX_ID_BYTES = 1500
+"""Each collection id and document id of a document's path (and of a reference value), in UTF-8
+bytes."""
+MAX_WRITES_PER_REQUEST = 500
+"""Writes in one BatchWrite, as Cloud Firestore documents it (the emulator took 40,000 in one request:
+only its bytes bound it); docshift never sends more, so what works on the emulator works on Firestore."""
+MAX_REQUEST_BYTES = 10 * 1_048_576
+"""A request to Cloud Firestore."""
+EMULATOR_MAX_REQUEST_BYTES = 4 * 1_048_576
+"""A request to the emulator (its gRPC server's inbound limit: 4,194,304 bytes accepted, one more
+refused with RESOURCE_EXHAUSTED)."""
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31T23:59:59Z
 _RESERVED = re.compile(r"__.+__", re.DOTALL)  # field names and ids; "____" itself is allowed
 _STORABLE = frozenset({type(None), bytes, bytearray, Timestamp, GeoPoint, Reference, list, tuple, dict})
+_ALWAYS_STORABLE = frozenset({type(None), bool, float})
 
 
 def _string_size(text: str) -> int:
@@ -85,14 +110,20 @@ def document_size(path: str, data: Mapping[str, Value]) -> int:
 
 
 def _value_problem(value: Value, depth: int, path_bytes: int = 0) -> str | None:
-    """What Firestore refuses in one value; ``path_bytes`` is the UTF-8 length of its field path."""
+    """What Firestore refuses in one value at this nesting ``depth`` (a field's own value is at 1);
+    ``path_bytes`` is the UTF-8 length of its field path."""
     kind = type(value)
     if kind not in _STORABLE and not isinstance(value, int | float | str | datetime):
         return f"cannot store a value of type {kind.__name__!r} in Firestore"
     if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
         return f"integer {value} does not fit in 64 bits"
     if kind is str:
-        return None if _utf8_size(value) is not None else "a string is not valid unicode (lone surrogate)"
+        size = _utf8_size(value)
+        if size is None:
+            return "a string is not valid unicode (lone surrogate)"
+        return _too_long("string", size) if size > MAX_VALUE_BYTES else None
+    if kind is bytes or kind is bytearray:
+        return _too_long("bytes value", len(value)) if len(value) > MAX_VALUE_BYTES else None
     if kind is GeoPoint:
         if not -90.0 <= value.latitude <= 90.0:  # also refuses NaN
             return f"geopoint latitude {value.latitude!r} is outside -90 to 90"
@@ -107,10 +138,10 @@ def _value_problem(value: Value, depth: int, path_bytes: int = 0) -> str | None:
             part in ("", ".", "..") or _RESERVED.fullmatch(part) or _utf8_size(part) is None for part in parts
         ):
             return f"reference {value.path!r} is not a valid document path"
-        return None
+        return _name_problem(value.path, "reference")
     if kind is dict or kind is list or kind is tuple:
-        if depth > MAX_DEPTH:
-            return f"nesting deeper than {MAX_DEPTH} levels"
+        if depth > MAX_DEPTH and (value or kind is dict):
+            return f"nesting deeper than {MAX_DEPTH} levels of maps and arrays"
         if kind is not dict:
             for item in value:
                 if type(item) in (list, tuple):
@@ -120,33 +151,76 @@ def _value_problem(value: Value, depth: int, path_bytes: int = 0) -> str | None:
                     return problem
             return None
         for key, item in value.items():
-            if not isinstance(key, str) or key == "":
-                return f"invalid field name {key!r}"
-            size = _utf8_size(key)
-            if size is None:
-                return f"field name {key!r} is not valid unicode (lone surrogate)"
-            if _RESERVED.fullmatch(key):
-                return f"field name {key!r} is reserved"
+            if type(key) is str and key and key.isascii() and not key.startswith("__"):
+                size = len(key)  # the common case, without the checks below
+            else:
+                problem = _name_problem_of_field(key)
+                if problem:
+                    return problem
+                size = _utf8_size(key) or 0  # valid unicode: checked just above
             below = path_bytes + 1 + size if path_bytes else size
             if below > MAX_FIELD_PATH_BYTES:
                 return f"field path {key[:40]!r}... is longer than {MAX_FIELD_PATH_BYTES} bytes"
+            if type(item) in _ALWAYS_STORABLE:
+                continue
             problem = _value_problem(item, depth + 1, below)
             if problem:
                 return problem
     return None
 
 
+def _name_problem_of_field(key: Any) -> str | None:
+    if not isinstance(key, str) or key == "":
+        return f"invalid field name {key!r}"
+    if _utf8_size(key) is None:
+        return f"field name {key!r} is not valid unicode (lone surrogate)"
+    if _RESERVED.fullmatch(key):
+        return f"field name {key!r} is reserved"
+    return None
+
+
+def _too_long(what: str, size: int) -> str:
+    return f"a {what} of {size:,} bytes is longer than Firestore's {MAX_VALUE_BYTES:,} per value"
+
+
 def value_problem(value: Value, depth: int = 1) -> str | None:
-    """Why Firestore would reject this value at this nesting depth, or ``None``."""
+    """Why Firestore would reject this value as a field's value ``depth`` levels down (1: a
+    top-level field), or ``None``."""
     return _value_problem(value, depth)
 
 
+def field_problem(field_path: FieldPath, value: Value) -> str | None:
+    """Why Firestore would reject ``value`` at ``field_path`` in a document (its names, the path's
+    length, the value at that depth), or ``None``: the check of one changed field of an update."""
+    path_bytes = 0
+    for segment in field_path:
+        problem = _name_problem_of_field(segment)
+        if problem:
+            return problem
+        size = _utf8_size(segment) or 0
+        path_bytes = path_bytes + 1 + size if path_bytes else size
+        if path_bytes > MAX_FIELD_PATH_BYTES:
+            return f"field path {segment[:40]!r}... is longer than {MAX_FIELD_PATH_BYTES} bytes"
+    return _value_problem(value, len(field_path), path_bytes)
+
+
+def _name_problem(path: str, what: str = "document's path") -> str | None:
+    for segment in path.split("/"):
+        size = _utf8_size(segment)
+        if size is not None and size > MAX_ID_BYTES:
+            return f"the id {segment[:40]!r}... in the {what} is longer than {MAX_ID_BYTES} bytes"
+    return None
+
+
 def document_problem(path: str, data: Mapping[str, Value]) -> str | None:
-    """Why Firestore would reject this document, or ``None`` if it would accept it."""
+    """Why Firestore would reject this document, or ``None`` if it would accept it.
+
+    The document's own field map is level 0 of the nesting: a field's map is level 1.
+    """
     size = document_size(path, data)
     if size > MAX_DOCUMENT_BYTES:
         return f"document is {size} bytes, over Firestore's limit of {MAX_DOCUMENT_BYTES}"
-    return _value_problem(dict(data), 1)
+    return _name_problem(path) or _value_problem(dict(data), 0)
 
 
 _TYPE_RANK = {

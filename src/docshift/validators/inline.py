@@ -19,19 +19,22 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from docshift.checkpoints.atomic import write_versioned
+from docshift.checkpoints.deadletter import DeadLetterFile
+from docshift.checkpoints.record import read_migration
 from docshift.config import Config
-from docshift.engine.batch import DocumentCheck
+from docshift.engine.batch import DeadLetter, DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import DocshiftError, EmergencyStop, RunFileError, RunStopped
 from docshift.migration import Migration
 from docshift.store.base import Document, Store
-from docshift.validators.rules import RuleContext
+from docshift.validators.rules import RuleContext, RuleSession
 from docshift.validators.scan import (
     Baseline,
     RuleResult,
@@ -59,7 +62,43 @@ class _MigrationState:
     after: ValidationReport | None = None
     baseline: Baseline = field(default_factory=Baseline)
     gate: str | None = None
+    gate_score: float = 100.0
+    """The integrity the gate stopped the run at."""
+    seeded: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _InlineCheck:
+    """One migration's inline rules (a :class:`~docshift.engine.batch.SettlingCheck`): checks each
+    document before it is written; counts and judges only what is settled."""
+
+    def __init__(self, validation: RunValidation, state: _MigrationState,
+                 sessions: list[tuple[str, RuleSession]]) -> None:
+        self.validation = validation
+        self.state = state
+        self.sessions = sessions
+
+    def __call__(self, source: Document, new_data: dict[str, Any]) -> tuple[str, str] | None:
+        doc = Document(self.state.migration.target.destination(source.path), new_data)
+        for name, session in self.sessions:
+            message = session.check_batch([doc])[0]
+            if message is not None:
+                return name, message
+        return None
+
+    def settled(self, counts: Mapping[str, int], letters: Sequence[DeadLetter]) -> None:
+        self.validation._settled(self.state, counts, letters)
+
+
+def _gate_message(state: _MigrationState, critical: float) -> str:
+    report, label = state.inline, state.migration.label
+    refused = f"{report.failed:,} of the {report.checked:,} documents {label} checked broke its rules"
+    if report.score < critical:
+        return (f"integrity gate: {report.score:.1f}% of the {report.checked:,} documents {label} checked "
+                f"pass its rules ({report.failed:,} broke one and were not written), below "
+                f"integrity_critical {critical:g}%")
+    return (f"integrity gate: {refused} and were not written; the gate stopped the run at integrity "
+            f"{state.gate_score:.1f}%, below integrity_critical {critical:g}%")
 
 
 @dataclass
@@ -115,7 +154,19 @@ class RunValidation:
             self.engine_warnings.append(str(fields.get("message")))
         elif kind in ("finish", "stop"):
             self.counters[str(fields.get("migration"))] = {**fields, "state": kind}
+        elif kind == "start":
+            self._seed(str(fields.get("migration")), fields.get("counters") or {})
         self.inner.event(kind, **fields)
+
+    def _seed(self, label: str, counters: Mapping[str, Any]) -> None:
+        """A resumed migration starts from its checkpoint's counts: the gate judges them too."""
+        state = self.states.get(label)
+        if state is None or state.seeded:
+            return
+        with state.lock:
+            state.seeded = True
+            state.inline.checked += int(counters.get("checked") or 0)
+            state.inline.failed += int(counters.get("rejected") or 0)
 
     # ------------------------------------------------------------------ checks factory
     def __call__(self, migration: Migration) -> DocumentCheck | None:
@@ -140,38 +191,40 @@ class RunValidation:
                    if rule.inline]
         if not checked:
             return None
-        tallies = {result.name: result for result in inline.rules}
+        return _InlineCheck(self, state, checked)
 
-        def check(source: Document, new_data: dict[str, Any]) -> tuple[str, str] | None:
-            doc = Document(migration.target.destination(source.path), new_data)
-            failure = None
-            for name, session in checked:
-                message = session.check_batch([doc])[0]
-                if message is not None:
-                    failure = (name, message)
-                    break
-            self._record(state, tallies, doc.path, failure)
-            return failure
-
-        return check
-
-    def _record(self, state: _MigrationState, tallies: dict[str, RuleResult], path: str,
-                failure: tuple[str, str] | None) -> None:
+    def _settled(self, state: _MigrationState, counts: Mapping[str, int],
+                 letters: Sequence[DeadLetter]) -> None:
+        """A batch of ``state``'s migration is settled behind the cursor: count what it checked and
+        refused, and judge the gate on that (what the checkpoint and dead letters record)."""
         report = state.inline
+        tallies = {result.name: result for result in report.rules}
+        destination = state.migration.target.destination
         with state.lock:
-            report.checked += 1
-            if failure is not None:
-                report.failed += 1
-                tallies[failure[0]].add(path, failure[1])
-            trip = (self.execute and state.gate is None and report.checked >= self.min_sample
-                    and report.score < self.critical)
+            report.checked += int(counts.get("checked", 0))
+            for letter in letters:
+                if letter.stage == "validate" and letter.rule in tallies:
+                    report.failed += 1
+                    tallies[letter.rule].add(destination(letter.source.path), letter.error)
+            if state.gate is not None:
+                self._refine_gate(state)
+                return
+            trip = (self.execute and report.checked >= self.min_sample and report.score < self.critical)
             if trip:
-                state.gate = (f"integrity gate: {report.score:.1f}% of the {report.checked:,} documents "
-                              f"{state.migration.label} checked so far pass its rules, below "
-                              f"integrity_critical {self.critical:g}%")
+                state.gate_score = report.score
+                state.gate = _gate_message(state, self.critical)
         if trip and self.controls is not None:
             self.gate = state.gate
             self.controls.request_stop(str(state.gate), EmergencyStop)
+
+    def _refine_gate(self, state: _MigrationState) -> None:
+        """Batches settled after the gate tripped (their commits were in flight): the reason the run
+        stops with says how many were checked and refused in all, as the record does."""
+        before, state.gate = state.gate, _gate_message(state, self.critical)
+        if self.gate == before:
+            self.gate = state.gate
+        if self.controls is not None and before is not None:
+            self.controls.refine_stop_reason(before, state.gate)
 
     # ------------------------------------------------------------------ scans
     def _scan(self, migration: Migration, phase: str, baseline: Baseline | None = None) -> ValidationReport:
@@ -197,6 +250,10 @@ class RunValidation:
         ``folder`` (the run folder) when given; every issue also goes out as a warning event."""
         if error is None:
             self._scan_after_pending()
+        if folder is not None:
+            for label, state in self.states.items():
+                if (folder / label / "checkpoint.json").is_file():
+                    self._from_record(state, folder / label)
         issues = self._issues(folder, error)
         reports: list[ValidationReport] = []
         for state in self.states.values():
@@ -226,6 +283,28 @@ class RunValidation:
         if self.states:
             self.inner.event("validation", **health.to_json(), file=str(path) if path else None)
         return RunOutcome(health, reports, path, list(self.states))
+
+    def _from_record(self, state: _MigrationState, folder: Path) -> None:
+        """The inline report and counts as the migration's record has them (every session and
+        stage of the run): its checkpoint's counters and its dead letters, so the validation
+        files, the report, the history and the dead letters agree."""
+        record = read_migration(folder)
+        if record.checkpoint is None:
+            return
+        label = state.migration.label
+        self.counters[label] = {**self.counters.get(label, {}), **record.counters}
+        report = state.inline
+        rules = [RuleResult(rule.name) for rule in report.rules]
+        tallies = {rule.name: rule for rule in rules}
+        destination = state.migration.target.destination
+        for letter in DeadLetterFile(folder / "dead-letters.jsonl"):
+            rule = letter.get("rule")
+            if letter.get("stage") == "validate" and rule in tallies:
+                tallies[rule].add(destination(str(letter["path"])), str(letter.get("error")))
+        with state.lock:
+            report.checked = record.counters.get("checked", 0)
+            report.failed = record.counters.get("rejected", 0)
+            report.rules = rules
 
     def _issues(self, folder: Path | None, error: BaseException | None) -> list[Issue]:
         issues = [Issue(Severity.WARNING, message) for message in self.engine_warnings]

@@ -1,0 +1,475 @@
+"""What a run records as its outcome, on the memory store: ``applied`` only when every target document
+was processed (no --limit cut, no --sample, every canary stage passed), ``partial`` and
+``interrupted`` otherwise; a resume keeps the run's own settings; a rolled-back run is closed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docshift.checkpoints import Checkpoint, read_versioned, write_versioned
+from docshift.commands.rollback import RollbackOptions, rollback
+from docshift.commands.run import RunOptions, load_run_info, rate_limiter, resume_run, run
+from docshift.commands.stages import StageFailed
+from docshift.commands.status import state_label, status
+from docshift.config import Config, EngineConfig, LimitsConfig, StoreConfig, load_config
+from docshift.engine.controls import Controls
+from docshift.engine.progress import RecordingProgress
+from docshift.engine.sampling import bucket
+from docshift.errors import EmergencyStop, ExitCode, RunStopped, UsageError
+from docshift.history import History, MigrationStatus, StateKind
+from docshift.loader import load_migrations
+from docshift.store import DelegatingStore, MemoryStore, Store
+from docshift.store.base import WriteResult
+from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "migrations"
+PREFIX = "_docshift"
+
+TIER = '''
+"""Give every user a tier; documents in buckets from FAIL_FROM on cannot be migrated."""
+from typing import Any
+from docshift import DocView, UNCHANGED
+from docshift.engine.sampling import bucket
+
+description = "add tier"
+collection = "users"
+FAIL_FROM = {fail_from}
+
+
+def up(doc: DocView) -> Any:
+    if "tier" in doc:
+        return UNCHANGED
+    if bucket(doc.path) >= FAIL_FROM:
+        raise ValueError("this one cannot be migrated")
+    return {{**doc.data, "tier": "silver"}}
+'''
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    migrations = tmp_path / "migrations"
+    migrations.mkdir()
+    shutil.copy(EXAMPLES / "0001_split_full_name.py", migrations)
+    return Config(store=StoreConfig(project="memory"), engine=EngineConfig(batch_size=50, min_batch_size=10),
+                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+
+
+def tier_config(tmp_path: Path, fail_from: float = 101) -> Config:
+    migrations = tmp_path / "tier-migrations"
+    migrations.mkdir()
+    (migrations / "0001_tier.py").write_text(TIER.format(fail_from=fail_from), encoding="utf-8")
+    return Config(store=StoreConfig(project="memory"),
+                  engine=EngineConfig(batch_size=10, min_batch_size=10, concurrency=2,
+                                      checkpoint_every_docs=10, max_failures="100%"),
+                  limits=LimitsConfig(breaker_failure_rate=1.0),  # the stage gates decide, not the breaker
+                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+
+
+def record_of(store: Store, migration_id: str = "0001") -> Any:
+    record = History(store, PREFIX).get(migration_id)
+    assert record is not None
+    return record
+
+
+def test_a_limited_run_is_partial_pending_and_the_next_run_processes_the_rest(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 100)
+    before = export(store)
+    progress = RecordingProgress()
+    limited = run(config, RunOptions(execute=True, limit=10), store=store, progress=progress)
+    [outcome] = limited.outcomes
+    assert outcome.status is MigrationStatus.PARTIAL
+    record = record_of(store)
+    assert record.status is MigrationStatus.PARTIAL
+    assert record.counts["read"] == 10 and record.counts["updated"] == 9
+    warnings = [f["message"] for kind, f in progress.events if kind == "warning"]
+    assert any("partial" in w and "--limit 10" in w and "docshift run --execute" in w for w in warnings)
+    report = status(config, store)
+    [state] = report.states
+    assert state.kind is StateKind.PARTIAL and state.runnable
+    assert state_label(state, report.lease) == "partial"
+    assert report.exit_code is ExitCode.PENDING
+    assert report.to_json()["migrations"][0]["status"] == "partial"
+
+    rest = run(config, RunOptions(execute=True), store=store)
+    assert [o.migration.id for o in rest.outcomes] == ["0001"]
+    assert rest.outcomes[0].result.counters["read"] == 100
+    assert rest.outcomes[0].result.counters["updated"] == 81  # the first ten were done already
+    assert_data(store, expected_after(before, split_name))
+    assert record_of(store).status is MigrationStatus.APPLIED
+    assert status(config, store).exit_code is ExitCode.OK
+
+
+def test_a_sampled_run_is_partial_until_a_full_run(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 200)
+    before = export(store)
+    sampled = run(config, RunOptions(execute=True, sample_percent=30), store=store)
+    assert sampled.outcomes[0].status is MigrationStatus.PARTIAL
+    assert record_of(store).status is MigrationStatus.PARTIAL
+    assert status(config, store).exit_code is ExitCode.PENDING
+    run(config, RunOptions(execute=True), store=store)
+    assert_data(store, expected_after(before, split_name))
+    assert record_of(store).status is MigrationStatus.APPLIED
+
+
+@pytest.mark.parametrize("limit", [60, 61, 500])
+def test_a_limit_that_reaches_every_document_is_applied(config: Config, limit: int) -> None:
+    """Derived from what was processed: a limit the collection does not exceed leaves nothing out."""
+    store = MemoryStore()
+    seed(store, 60)
+    report = run(config, RunOptions(execute=True, limit=limit), store=store)
+    assert report.outcomes[0].status is MigrationStatus.APPLIED
+    assert record_of(store).status is MigrationStatus.APPLIED
+
+
+def test_a_limit_one_short_of_the_collection_is_partial(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 60)
+    run(config, RunOptions(execute=True, limit=59), store=store)
+    assert record_of(store).status is MigrationStatus.PARTIAL
+
+
+def test_a_resumed_limited_run_killed_before_its_history_was_written_is_partial(config: Config) -> None:
+    """Killed after the final checkpoint of a --limit run, before the history said so."""
+    store = MemoryStore()
+    seed(store, 100)
+    report = run(config, RunOptions(execute=True, limit=10), store=store)
+    [migration] = load_migrations(config.migrations_dir)
+    history = History(store, PREFIX)
+    history.start(migration, report.run_id)  # as the killed process left it: running
+    info = read_versioned(report.folder / "run.json", "docshift-run", 1)
+    write_versioned(report.folder / "run.json", "docshift-run", 1, {**info, "state": "running"})
+    run(config, RunOptions(execute=True, resume=report.run_id), store=store)
+    record = history.get("0001")
+    assert record is not None and record.status is MigrationStatus.PARTIAL
+    assert record.counts["read"] == 10
+
+
+def _stop_after_first_checkpoint(controls: Controls, stop_class: type[RunStopped] = RunStopped,
+                                 ) -> RecordingProgress:
+    class StopAtFirstCheckpoint(RecordingProgress):
+        def event(self, kind: str, **fields: Any) -> None:
+            super().event(kind, **fields)
+            if kind == "checkpoint":
+                controls.request_stop("interrupted by SIGINT", stop_class)
+
+    return StopAtFirstCheckpoint()
+
+
+def _slow(config: Config) -> Config:
+    return Config(store=config.store, engine=EngineConfig(batch_size=10, min_batch_size=10, concurrency=1,
+                                                          checkpoint_every_docs=10),
+                  migrations_dir=config.migrations_dir, runs_dir=config.runs_dir)
+
+
+def test_a_run_stopped_by_a_signal_is_interrupted_not_failed(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 400)
+    before = export(store)
+    controls = Controls()
+    with pytest.raises(RunStopped) as stopped:
+        run(_slow(config), RunOptions(execute=True), store=store, controls=controls,
+            progress=_stop_after_first_checkpoint(controls))
+    assert stopped.value.exit_code is ExitCode.INTERRUPTED
+    record = record_of(store)
+    assert record.status is MigrationStatus.INTERRUPTED
+    assert stopped.value.resume_command is not None and stopped.value.resume_command in (record.error or "")
+    report = status(config, store)
+    [state] = report.states
+    assert state.kind is StateKind.INTERRUPTED and state.runnable
+    assert state_label(state, report.lease) == "interrupted"
+    assert report.exit_code is ExitCode.PENDING
+    run(config, RunOptions(execute=True, resume="latest"), store=store)
+    assert_data(store, expected_after(before, split_name))
+    assert record_of(store).status is MigrationStatus.APPLIED
+
+
+def test_an_emergency_stop_is_failed(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 400)
+    controls = Controls()
+    with pytest.raises(EmergencyStop):
+        run(_slow(config), RunOptions(execute=True), store=store, controls=controls,
+            progress=_stop_after_first_checkpoint(controls, EmergencyStop))
+    assert record_of(store).status is MigrationStatus.FAILED
+
+
+def _stopped_with(tmp_path: Path, store: Store, flags: dict[str, Any], **options: Any) -> str:
+    """A run started with ``flags`` (as given on the command line), stopped at its first checkpoint."""
+    config = _cli_config(tmp_path, flags)
+    controls = Controls(rate_limiter(config, store))
+    with pytest.raises(RunStopped) as stopped:
+        run(config, RunOptions(execute=True, **options), store=store, controls=controls,
+            progress=_stop_after_first_checkpoint(controls))
+    assert stopped.value.resume_command is not None
+    return stopped.value.resume_command.split()[-1]
+
+
+def _cli_config(tmp_path: Path, flags: dict[str, Any]) -> Config:
+    """Resolved as the CLI resolves it: flags over docshift.toml over defaults."""
+    (tmp_path / "docshift.toml").write_text(
+        'migrations_dir = "migrations"\nruns_dir = "runs"\nproject = "memory"\n'
+        "min_batch_size = 10\ncheckpoint_every_docs = 10\n", encoding="utf-8")
+    return load_config(flags, env={}, cwd=tmp_path)
+
+
+def test_a_resume_continues_with_the_run_s_own_settings(config: Config, tmp_path: Path) -> None:
+    store = MemoryStore()
+    seed(store, 300)
+    before = export(store)
+    flags = {"max_writes_per_second": 5000.0, "batch_size": 10, "concurrency": 1, "shards": 2,
+             "max_failures": "7%", "backup": False}
+    run_id = _stopped_with(tmp_path, store, flags)
+    plain = _cli_config(tmp_path, {})  # the resume is given none of those flags
+    resumed = resume_run(plain, RunOptions(execute=True, resume=run_id))
+    assert resumed.run_id == run_id and resumed.overrides == {}
+    engine, limits = resumed.config.engine, resumed.config.limits
+    assert (limits.max_writes_per_second, engine.batch_size, engine.concurrency, engine.shards,
+            engine.max_failures, engine.backup) == (5000.0, 10, 1, 2, "7%", False)
+    assert rate_limiter(resumed.config, store).limit == 5000.0
+    assert resumed.config.sources["max_writes_per_second"] == f"run {run_id}"
+    progress = RecordingProgress()
+    run(plain, RunOptions(execute=True, resume=run_id), store=store, progress=progress)
+    assert_data(store, expected_after(before, split_name))
+    [(_, event)] = [(k, f) for k, f in progress.events if k == "resume"]
+    assert event["run_id"] == run_id and event["overrides"] == {}
+    assert event["settings"]["config"]["max_writes_per_second"] == 5000.0
+    folder = plain.runs_dir / run_id
+    assert not (folder / "0001_split_full_name" / "before-images.jsonl.gz").exists()  # backup stayed off
+    info = load_run_info(folder)
+    assert info["settings"]["config"]["max_failures"] == "7%"
+    assert [r["overrides"] for r in info["resumes"]] == [{}]
+
+
+def test_a_flag_given_on_the_resume_overrides_it_and_is_recorded(config: Config, tmp_path: Path) -> None:
+    store = MemoryStore()
+    seed(store, 300)
+    run_id = _stopped_with(tmp_path, store, {"max_writes_per_second": 5000.0, "batch_size": 10})
+    faster = _cli_config(tmp_path, {"max_writes_per_second": 8000.0})
+    resumed = resume_run(faster, RunOptions(execute=True, resume=run_id))
+    assert resumed.overrides == {"max_writes_per_second": {"was": 5000.0, "now": 8000.0}}
+    assert resumed.config.limits.max_writes_per_second == 8000.0
+    assert resumed.config.engine.batch_size == 10  # not given: the run's own
+    assert any("--max-writes-per-second 8000" in line and "5000" in line for line in resumed.describe())
+    run(faster, RunOptions(execute=True, resume=run_id), store=store)
+    info = load_run_info(plain_folder := faster.runs_dir / run_id)
+    assert info["resumes"][-1]["overrides"] == {"max_writes_per_second": {"was": 5000.0, "now": 8000.0}}
+    assert info["settings"]["config"]["max_writes_per_second"] == 8000.0
+    record = record_of(store)
+    assert record.status is MigrationStatus.APPLIED
+    assert record.overrides == {"max_writes_per_second": {"was": 5000.0, "now": 8000.0}}
+    # A later resume without the flag keeps the overridden value: it is the run's setting now.
+    assert resume_run(_cli_config(tmp_path, {}), RunOptions(execute=True, resume=run_id)
+                      ).config.limits.max_writes_per_second == 8000.0
+    assert plain_folder.is_dir()
+
+
+def test_a_resume_keeps_the_run_s_limit_and_refuses_another_scope(config: Config, tmp_path: Path) -> None:
+    store = MemoryStore()
+    seed(store, 300)
+    run_id = _stopped_with(tmp_path, store, {"batch_size": 10}, limit=50)
+    plain = _cli_config(tmp_path, {})
+    assert resume_run(plain, RunOptions(execute=True, resume=run_id)).options.limit == 50
+    with pytest.raises(UsageError, match="--limit") as refused:
+        resume_run(plain, RunOptions(execute=True, resume=run_id, limit=80))
+    assert refused.value.hint and "new run" in refused.value.hint
+    with pytest.raises(UsageError, match="--stages"):
+        resume_run(plain, RunOptions(execute=True, resume=run_id, stages=(50.0, 100.0)))
+    report = run(plain, RunOptions(execute=True, resume=run_id), store=store)
+    assert report.outcomes[0].result.counters["read"] == 50
+    assert record_of(store).status is MigrationStatus.PARTIAL
+
+
+def test_a_rolled_back_run_cannot_be_resumed_even_with_force(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 400)
+    before = export(store)
+    controls = Controls()
+    with pytest.raises(RunStopped) as stopped:
+        run(_slow(config), RunOptions(execute=True), store=store, controls=controls,
+            progress=_stop_after_first_checkpoint(controls, EmergencyStop))
+    assert stopped.value.resume_command is not None
+    run_id = stopped.value.resume_command.split()[-1]
+    rollback(config, RollbackOptions(run_id=run_id, strategy="restore", execute=True), store=store)
+    assert record_of(store).status is MigrationStatus.ROLLED_BACK
+    for force in (False, True):
+        with pytest.raises(UsageError, match=f"run {run_id} was rolled back") as refused:
+            run(config, RunOptions(execute=True, resume=run_id, force=force), store=store)
+        assert refused.value.exit_code is ExitCode.USAGE
+        assert refused.value.hint and "docshift run --execute" in refused.value.hint
+    assert {p: d.data for p, d in export(store).items()} == {p: d.data for p, d in before.items()}
+    assert record_of(store).status is MigrationStatus.ROLLED_BACK
+    run(config, RunOptions(execute=True), store=store)  # a new run applies it, all of it
+    assert_data(store, expected_after(before, split_name))
+    assert record_of(store).status is MigrationStatus.APPLIED
+
+
+# --------------------------------------------------------------------------- canary stages
+
+STAGES = (1.0, 10.0, 50.0, 100.0)
+
+
+def _tier_done(store: Store) -> set[str]:
+    return {path for path, doc in export(store).items() if doc.data.get("tier") == "silver"}
+
+
+def _stop_in_stage(controls: Controls, stage: int) -> RecordingProgress:
+    """Stops the run at the first checkpoint of ``stage`` (1-based) that has handled documents."""
+
+    class StopInStage(RecordingProgress):
+        current = 0
+
+        def event(self, kind: str, **fields: Any) -> None:
+            super().event(kind, **fields)
+            if kind == "stage" and "stage" in fields and not fields.get("paused"):
+                self.current = int(fields["stage"])
+            if kind == "checkpoint" and self.current == stage and any(fields.get("cursors") or ()):
+                controls.request_stop("interrupted by SIGTERM")
+
+    return StopInStage()
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_a_staged_run_stopped_in_a_stage_resumes_its_stages_and_applies_only_at_the_end(
+    tmp_path: Path, stage: int,
+) -> None:
+    config = tier_config(tmp_path)
+    store = MemoryStore()
+    seed(store, 2000)
+    controls = Controls()
+    with pytest.raises(RunStopped) as stopped:
+        run(config, RunOptions(execute=True, stages=STAGES), store=store, controls=controls,
+            progress=_stop_in_stage(controls, stage))
+    assert stopped.value.resume_command is not None
+    run_id = stopped.value.resume_command.split()[-1]
+    saved = Checkpoint.load(config.runs_dir / run_id / "0001_tier" / "checkpoint.json")
+    assert saved.extra["stage"] == stage - 1 and not saved.covers_target
+    assert record_of(store).status is MigrationStatus.INTERRUPTED
+    done = _tier_done(store)
+    assert all(bucket(p) < STAGES[stage - 1] for p in done) and (done or stage == 1)
+    # The resume is given no --stages: the stages are the run's.
+    progress = RecordingProgress()
+    report = run(config, RunOptions(execute=True, resume=run_id), store=store, progress=progress)
+    stages_run = [f["stage"] for k, f in progress.events if k == "stage" and "stage" in f]
+    assert stages_run == list(range(stage, len(STAGES) + 1))
+    assert _tier_done(store) == set(export(store))
+    record = record_of(store)
+    assert record.status is MigrationStatus.APPLIED
+    assert record.counts["updated"] + record.counts["unchanged"] == 2000
+    assert report.outcomes[0].status is MigrationStatus.APPLIED
+    assert status(config, store).exit_code is ExitCode.OK
+
+
+class _DiesOnRestore(DelegatingStore):
+    """The process dies (an exception nothing catches) at the ``after``-th commit of the rollback."""
+
+    def __init__(self, inner: Store, after: int) -> None:
+        super().__init__(inner)
+        self.rolling_back = False
+        self.after = after
+
+    def commit(self, writes: Any) -> list[WriteResult]:
+        if self.rolling_back:
+            self.after -= 1
+            if self.after < 0:
+                raise _Killed
+        return self.inner.commit(writes)
+
+
+class _Killed(BaseException):
+    pass
+
+
+def test_a_stage_rollback_cut_short_is_finished_by_the_resume(tmp_path: Path) -> None:
+    config = tier_config(tmp_path, fail_from=5)  # stage 2 (1-10%) fails half its documents
+    memory = MemoryStore()
+    seed(memory, 2000)
+    before = {p: d.data for p, d in export(memory).items()}
+    store = _DiesOnRestore(memory, after=1)
+
+    class Watch(RecordingProgress):
+        def event(self, kind: str, **fields: Any) -> None:
+            super().event(kind, **fields)
+            if kind == "warning" and "rolling back" in str(fields.get("message")):
+                store.rolling_back = True
+
+    engine = EngineConfig(batch_size=10, min_batch_size=10, concurrency=1, checkpoint_every_docs=10,
+                          max_failures="100%")
+    config = Config(store=config.store, engine=engine, migrations_dir=config.migrations_dir,
+                    runs_dir=config.runs_dir)
+    with pytest.raises(_Killed):
+        run(config, RunOptions(execute=True, stages=STAGES), store=store, progress=Watch())
+    [folder] = config.runs_dir.glob("*/0001_tier")
+    assert _tier_done(memory), "the rollback was cut short before it restored everything"
+    assert record_of(memory).status is MigrationStatus.RUNNING  # as a killed process leaves it
+    with pytest.raises(StageFailed, match="rolled back"):
+        run(config, RunOptions(execute=True, resume=folder.parent.name), store=memory)
+    assert {p: d.data for p, d in export(memory).items()} == before
+    assert record_of(memory).status is MigrationStatus.ROLLED_BACK
+    with pytest.raises(UsageError, match="rolled back"):
+        run(config, RunOptions(execute=True, resume=folder.parent.name), store=memory)
+
+
+def test_a_stage_done_but_not_yet_gated_when_killed_gets_its_gate_on_resume(tmp_path: Path) -> None:
+    """Killed after stage 3's documents were all handled, before its gate ran: the resume runs that
+    gate (here it fails: half of stage 3 cannot be migrated) instead of going on to stage 4."""
+    config = tier_config(tmp_path, fail_from=30)
+    store = MemoryStore()
+    seed(store, 1000)
+    before = {p: d.data for p, d in export(store).items()}
+
+    class DieAfterStage3(RecordingProgress):
+        current = 0
+
+        def event(self, kind: str, **fields: Any) -> None:
+            super().event(kind, **fields)
+            if kind == "stage" and "stage" in fields:
+                self.current = int(fields["stage"])
+            if kind == "finish" and self.current == 3 and "stages" not in fields:
+                raise _Killed
+
+    with pytest.raises(_Killed):
+        run(config, RunOptions(execute=True, stages=STAGES), store=store, progress=DieAfterStage3())
+    [path] = config.runs_dir.glob("*/0001_tier/checkpoint.json")
+    saved = Checkpoint.load(path)
+    assert saved.finished and saved.extra["stage"] == 2 and not saved.covers_target
+    progress = RecordingProgress()
+    with pytest.raises(StageFailed, match=r"stage 3 .*failed its gate"):
+        run(config, RunOptions(execute=True, resume=path.parent.parent.name), store=store, progress=progress)
+    assert not [f for k, f in progress.events if k == "stage" and f.get("stage") == 4]
+    assert {p: d.data for p, d in export(store).items()} == before
+    assert record_of(store).status is MigrationStatus.ROLLED_BACK
+
+
+def test_a_stage_rollback_stopped_by_a_signal_is_not_rolled_back_until_the_resume_finishes_it(
+    tmp_path: Path,
+) -> None:
+    config = tier_config(tmp_path, fail_from=5)
+    store = MemoryStore()
+    seed(store, 2000)
+    before = {p: d.data for p, d in export(store).items()}
+    controls = Controls()
+
+    class StopTheRollback(RecordingProgress):
+        def event(self, kind: str, **fields: Any) -> None:
+            super().event(kind, **fields)
+            if kind == "warning" and "rolling back" in str(fields.get("message")):
+                controls.request_stop("interrupted by SIGTERM")
+
+    with pytest.raises(RunStopped) as stopped:
+        run(config, RunOptions(execute=True, stages=STAGES), store=store, controls=controls,
+            progress=StopTheRollback())
+    assert not isinstance(stopped.value, StageFailed)
+    assert stopped.value.exit_code is ExitCode.INTERRUPTED and stopped.value.resume_command is not None
+    assert _tier_done(store), "nothing was written before the gate failed"
+    assert record_of(store).status is MigrationStatus.INTERRUPTED  # not rolled back: it is not
+    run_id = stopped.value.resume_command.split()[-1]
+    with pytest.raises(StageFailed, match="finished by this resume"):
+        run(config, RunOptions(execute=True, resume=run_id), store=store)
+    assert {p: d.data for p, d in export(store).items()} == before
+    assert record_of(store).status is MigrationStatus.ROLLED_BACK
