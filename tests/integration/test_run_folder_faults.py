@@ -84,7 +84,7 @@ def _signal_from_the_summary_until_exit(folder: Path, env: dict[str, str], signu
                                stdin=subprocess.DEVNULL)
     assert process.stdout is not None
     for line in process.stdout:
-        if "│ 0001_split_full_name" in line and "finished" in line:
+        if "│ 0001_split_full_name" in line and "applied" in line:
             break
     sent = 0
     while process.poll() is None:
