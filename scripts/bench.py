@@ -7,8 +7,13 @@ Case 1, throughput (20,000 documents of 10 fields, ~550 bytes; add one field, re
   Each runs as its own process: docs/s is documents / wall time of that process, peak RSS is the
   process's maximum resident set. Ratios c/a and c/b are computed within this run.
 Case 2, memory: (c) over 20,000 and 100,000 documents; peak RSS and its growth.
+Case 3, the write-ahead journal: each batch's before-images are fsynced before its commit is sent
+  (group commit: concurrent batches share an fsync). (i) The journal alone, in this process, on the
+  disk of the run folder: 4 threads appending batches of 300 before-images, fsync before each
+  send versus one fsync per checkpoint (not write-ahead); (ii) end to end, (c) versus
+  `docshift run --execute --no-backup` (d), which writes no journal at all.
 
-    python scripts/bench.py [--docs 20000] [--large 100000] [--skip-large]
+    python scripts/bench.py [--docs 20000] [--large 100000] [--skip-large] [--skip-journal]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from docshift.checkpoints import JournalEntry, JournalWriter  # noqa: E402
 from docshift.config import Config, StoreConfig  # noqa: E402
 from docshift.emulator import Emulator, find_emulator  # noqa: E402
 from docshift.store import Query, Store, Write, open_store  # noqa: E402
@@ -123,8 +130,9 @@ def case(kind: str, count: int, workdir: Path) -> Measure:
         with open_store(config) as store:
             seed(store, count)
             env = {**env_base, "FIRESTORE_EMULATOR_HOST": emulator.host, "DOCSHIFT_PROJECT": project}
-            if kind == "c":
+            if kind in ("c", "d"):
                 command = [str(Path(sys.executable).parent / "docshift"), "run", "--execute", "--quiet"]
+                command += ["--no-backup"] if kind == "d" else []
             else:
                 kind_name = "naive" if kind == "a" else "threaded"
                 command = [sys.executable, str(ROOT / "scripts" / "bench_baselines.py"),
@@ -134,11 +142,58 @@ def case(kind: str, count: int, workdir: Path) -> Measure:
     return Measure(kind, count, seconds, rss)
 
 
+def journal_cost(folder: Path, count: int, *, batch: int = 300, threads: int = 4) -> None:
+    """Case 3 (i): seconds per document of the journal alone, write-ahead versus per checkpoint
+    (the best of 5 alternating rounds each: the machine is shared, the noise only adds)."""
+    now = Timestamp.now()
+    images = [JournalEntry("before", f"{COLLECTION}/d{i:07d}", bench_doc(i), now, now) for i in range(count)]
+    batches = [images[start:start + batch] for start in range(0, count, batch)]
+
+    def measure(durable: bool) -> tuple[float, int]:
+        path = folder / f"journal-{'ahead' if durable else 'checkpoint'}.jsonl.gz"
+        writer = JournalWriter(path)
+        pending = list(batches)
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    entries = pending.pop()
+                writer.append(entries, durable=durable)
+
+        started = time.perf_counter()
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        writer.sync()
+        seconds = time.perf_counter() - started
+        fsyncs = writer.fsyncs
+        writer.close()
+        path.unlink()
+        return seconds, fsyncs
+
+    measure(True)  # warm up the page cache and the file system
+    rounds = [(measure(True), measure(False)) for _ in range(5)]  # alternating; the best of each
+    (ahead, ahead_syncs), (later, later_syncs) = min(r[0] for r in rounds), min(r[1] for r in rounds)
+    print(f"case 3: write-ahead journal, {count:,} before-images, batches of {batch} from {threads} threads, "
+          f"in {folder}")
+    print(f"  (i)  fsync before each send (group commit) {ahead / count * 1e6:7.1f} us/doc  "
+          f"{ahead_syncs} fsyncs for {len(batches)} batches")
+    print(f"       one fsync per checkpoint              {later / count * 1e6:7.1f} us/doc  "
+          f"{later_syncs} fsync")
+    print(f"       ratio write-ahead / per checkpoint = {ahead / later:.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="docshift engine benchmark")
     parser.add_argument("--docs", type=int, default=20_000)
     parser.add_argument("--large", type=int, default=100_000)
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-journal", action="store_true")
     args = parser.parse_args()
     # An installed package has its bytecode compiled (pip does it); an editable install run with
     # PYTHONDONTWRITEBYTECODE (as on these machines) has none, which would add ~0.2 s of compiling
@@ -159,6 +214,11 @@ def main() -> None:
         a, b, c = results["a"], results["b"], results["c"]
         print(f"  ratios: c/a = {c.rate / a.rate:.2f} (target >= 3), c/b = {c.rate / b.rate:.2f} "
               "(target >= 1.5)")
+        if not args.skip_journal:
+            journal_cost(workdir, args.docs)
+            d = case("d", args.docs, workdir)
+            print(f"  (ii) (c) with the journal {c.rate:8,.0f} docs/s, (d) --no-backup {d.rate:8,.0f} "
+                  f"docs/s: ratio c/d = {c.rate / d.rate:.2f}", flush=True)
         if args.skip_large:
             return
         print(f"case 2: docshift peak RSS, {args.docs:,} vs {args.large:,} documents")

@@ -23,6 +23,8 @@
     └── RunStopped                    10 a run stopped before the end; its checkpoint is kept
         ├── MemoryLimitExceeded       11 the hard memory limit was reached
         ├── EmergencyStop             12 the circuit breaker or an integrity gate tripped
+        ├── RunFileError              12 a file of the run folder could not be written (disk full,
+        │                                I/O error, read-only, permissions, folder removed)
         └── TooManyFailures           13 --max-failures was exceeded
 
 Exit code 9 is used by ``docshift status`` for "pending migrations" and 14 by ``docshift validate``
@@ -49,6 +51,7 @@ __all__ = [
     "MemoryLimitExceeded",
     "MigrationFileError",
     "PermanentError",
+    "RunFileError",
     "RunStopped",
     "StoreError",
     "TooManyFailures",
@@ -183,6 +186,24 @@ class MemoryLimitExceeded(RunStopped):
 
 class EmergencyStop(RunStopped):
     exit_code = ExitCode.EMERGENCY_STOP
+
+
+class RunFileError(RunStopped):
+    """Writing a run file (journal, dead letters, checkpoint, run.json) failed; ``path`` is the file.
+
+    Raised where the write failed (see ``checkpoints/atomic.py``), with what the file layer knows;
+    the run stops at once and adds what it had written. Not an :class:`EmergencyStop`: nothing is
+    wrong with the data or the migration, so a canary stage is not rolled back for it.
+    """
+
+    exit_code = ExitCode.EMERGENCY_STOP
+
+    def __init__(
+        self, message: str, *, path: str | None = None, hint: str | None = None,
+        resume_command: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, resume_command=resume_command)
+        self.path = path
 
 
 class TooManyFailures(RunStopped):

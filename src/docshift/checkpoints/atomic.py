@@ -1,42 +1,85 @@
-"""Atomic, versioned JSON files: temp file in the same folder, fsync, ``os.replace``, fsync folder.
+"""Run files: atomic, versioned JSON files, and the one place their write errors are translated.
 
-A reader sees either the old file or the new one, never half of one, whatever kills the process.
-Each file says what it is (``format``) and which version wrote it, and a reader refuses versions
-it does not know instead of guessing.
+Atomic: temp file in the same folder, fsync, ``os.replace``, fsync folder. A reader sees either the
+old file or the new one, never half of one, whatever kills the process. Each file says what it is
+(``format``) and which version wrote it, and a reader refuses versions it does not know instead of
+guessing.
+
+Every write to a run file (these, the journal, the dead letters, a dry run's plan) goes through
+:func:`run_file`, which turns an ``OSError`` (disk full, I/O error, read-only, permissions, folder
+removed) into :class:`~docshift.errors.RunFileError`, and :func:`write_fully`, which never leaves a
+short write unnoticed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from docshift import codec
-from docshift.errors import DataError
+from docshift.errors import DataError, RunFileError
 
-__all__ = ["read_versioned", "write_atomic", "write_versioned"]
+__all__ = ["check_in_place", "read_versioned", "run_file", "write_atomic", "write_fully", "write_versioned"]
+
+
+@contextlib.contextmanager
+def run_file(path: Path) -> Iterator[None]:
+    """Run the block; an ``OSError`` in it becomes :class:`RunFileError` naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        code = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+        if code:
+            reason += f" ({code})"
+        raise RunFileError(f"could not write {path}: {reason}", path=str(path)) from exc
+
+
+def write_fully(fd: int, data: bytes) -> None:
+    """``os.write`` may write only a part (a disk filling up); write the rest, or raise."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+
+
+def check_in_place(fd: int, path: Path) -> None:
+    """Raise when the file open as ``fd`` is no longer the one at ``path`` (it, or its folder, was
+    removed or replaced): whatever is written to it from now on would be lost."""
+    opened, there = os.fstat(fd), os.stat(path)
+    if opened.st_nlink == 0 or (opened.st_dev, opened.st_ino) != (there.st_dev, there.st_ino):
+        raise OSError(errno.ENOENT, "the file was removed or replaced while the run was writing it")
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    with run_file(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            try:
+                write_fully(handle, payload)
+                os.fsync(handle)
+            finally:
+                os.close(handle)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                Path(temp).unlink(missing_ok=True)
+            raise
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def write_versioned(path: Path, kind: str, version: int, body: dict[str, Any]) -> None:

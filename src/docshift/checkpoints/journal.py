@@ -1,10 +1,14 @@
-"""The before-image journal: every document's state before docshift changed it.
+"""The before-image journal: every document's state before docshift changed it. A write-ahead log.
 
 Appended in gzip members (one per batch; a gzip file may hold many), each a block of JSON lines
-through the exact codec. A batch's before-images are handed to the OS *before* its commit is sent,
-so a killed process never leaves a committed write without its before-image; :meth:`sync` fsyncs
-them no later than the checkpoint that counts those writes. A torn last member (the process died
-while appending) is ignored by the reader: its commit was never sent.
+through the exact codec. A batch's before-images are written in full and fsynced **before** its
+commit is sent (``append(..., durable=True)``), so neither a killed process nor a crashed machine
+leaves a committed write without its before-image. The fsync is a group commit: batches appending
+concurrently share one fsync (``scripts/bench.py`` measures its cost). Any failure to write (disk
+full, I/O error, read-only, the file or its folder removed) raises
+:class:`~docshift.errors.RunFileError` and breaks the writer: every later append raises too, so
+nothing more is sent, and a member written in part is cut off again where possible. A torn last
+member (the process died while appending) is ignored by the reader: its commit was never sent.
 
 Entry kinds: ``before`` (data and update time as read), ``created`` (a document the run created,
 to be deleted on restore), ``written`` (the update time our write produced, so a restore can tell
@@ -14,6 +18,7 @@ with neither ``written`` nor ``deleted`` after it means the process died with th
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import threading
@@ -26,6 +31,8 @@ from typing import Any
 import orjson
 
 from docshift import codec
+from docshift.checkpoints.atomic import check_in_place, run_file, write_fully
+from docshift.errors import RunFileError
 from docshift.values import Timestamp, Value
 
 __all__ = ["JournalEntry", "JournalReader", "JournalWriter"]
@@ -88,49 +95,137 @@ def _members(raw: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 class JournalWriter:
-    """Thread-safe appender. ``append`` writes through to the OS; ``sync`` makes it durable.
+    """Thread-safe appender. ``append`` writes through to the OS (and with ``durable`` makes it
+    durable); ``sync`` makes everything appended so far durable.
 
     Opening an existing journal (a resumed run) first cuts off a torn last member left by a killed
-    process: appended after it, the new members would be unreadable.
+    process: appended after it, the new members would be unreadable. It also notes the writes that
+    process sent without journalling their outcome (:meth:`unconfirmed`).
     """
 
     def __init__(self, path: Path, *, compress_level: int = 1) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        size = os.fstat(self._fd).st_size
-        if size:
-            valid = max((end for end, _ in _members(path.read_bytes())), default=0)
-            if valid < size:
-                os.ftruncate(self._fd, valid)
-                os.fsync(self._fd)
+        self._unconfirmed: set[str] = set()
+        with run_file(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            size = os.fstat(self._fd).st_size
+            if size:
+                valid = 0
+                for valid, block in _members(path.read_bytes()):  # noqa: B007 - the last end counts
+                    _note_outcomes(block, self._unconfirmed)
+                if valid < size:
+                    os.ftruncate(self._fd, valid)
+                    os.fsync(self._fd)
+                    size = valid
+        self._size = size
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._level = compress_level
-        self._dirty = False
+        self._appended = 0
+        """Members appended by this writer; ``_synced`` of them are known durable."""
+        self._synced = 0
+        self._broken: RunFileError | None = None
         self.entries = 0
+        self.fsyncs = 0
+        """fsyncs done (the group commit shares them: the benchmark reports how many)."""
 
-    def append(self, entries: Sequence[JournalEntry]) -> None:
+    def unconfirmed(self, path: str) -> bool:
+        """Whether an earlier process of this run sent a write of ``path`` and stopped before it
+        journalled the outcome (asked once per path: the caller journals what it finds)."""
+        if path not in self._unconfirmed:
+            return False
+        self._unconfirmed.discard(path)
+        return True
+
+    def append(self, entries: Sequence[JournalEntry], *, durable: bool = False) -> None:
+        """Append one member; with ``durable``, return only once it is on disk (fsync)."""
         if not entries:
             return
         block = b"".join(orjson.dumps(entry.to_json()) + b"\n" for entry in entries)
         member = gzip.compress(block, compresslevel=self._level, mtime=0)
         with self._lock:
-            os.write(self._fd, member)
-            self._dirty = True
+            self._usable()
+            try:
+                with run_file(self.path):
+                    write_fully(self._fd, member)
+            except RunFileError as error:
+                self._break(error, cut_to=self._size)
+                raise
+            self._size += len(member)
+            self._appended += 1
             self.entries += len(entries)
+            appended = self._appended
+        if durable:
+            self._sync_to(appended)
 
     def sync(self) -> None:
+        """Make every member appended so far durable (a no-op once broken: that was raised)."""
         with self._lock:
-            if self._dirty:
-                os.fsync(self._fd)
-                self._dirty = False
+            if self._broken is not None or self._fd < 0:
+                return
+            appended = self._appended
+        self._sync_to(appended)
+
+    def _sync_to(self, member: int) -> None:
+        """Group commit: one fsync covers every member appended when it starts, so a thread whose
+        member another thread's fsync already covered returns at once."""
+        with self._sync_lock:
+            if self._synced >= member:
+                return
+            with self._lock:
+                self._usable()
+                covered = self._appended
+            try:
+                with run_file(self.path):
+                    os.fsync(self._fd)
+                    check_in_place(self._fd, self.path)
+            except RunFileError as error:
+                with self._lock:
+                    self._break(error)
+                raise
+            self._synced = covered
+            self.fsyncs += 1
+
+    def _usable(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if self._fd < 0:
+            raise RunFileError(f"{self.path} is closed", path=str(self.path))
+
+    def _break(self, error: RunFileError, cut_to: int | None = None) -> None:
+        """No more appends after a failed write: a member written in part would make every member
+        after it unreadable. Cut the part off if the file still allows it (a resume does it too)."""
+        self._broken = error
+        if cut_to is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, cut_to)
 
     def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
+        """fsync and close; raises :class:`RunFileError` if that fails (not again once broken)."""
+        with self._sync_lock, self._lock:
+            if self._fd < 0:
+                return
+            fd, self._fd = self._fd, -1
+            try:
+                if self._broken is None:
+                    with run_file(self.path):
+                        os.fsync(fd)
+                        check_in_place(fd, self.path)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _note_outcomes(block: bytes, unconfirmed: set[str]) -> None:
+    """Paths whose last entry is a write sent (``before``, ``created``) without its outcome."""
+    for line in block.splitlines():
+        if line:
+            record = orjson.loads(line)
+            if record["k"] in ("before", "created"):
+                unconfirmed.add(record["p"])
+            else:
+                unconfirmed.discard(record["p"])
 
 
 class JournalReader:

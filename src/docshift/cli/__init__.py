@@ -6,8 +6,11 @@ its documented exit code; tracebacks only with ``--debug``.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -55,11 +58,21 @@ def cli(
     \b
     Exit codes: 0 ok, 1 failed, 2 usage or config, 3 bad data, 4 bad migration file,
     5 store error, 6 locked, 7 drift, 8 confirmation required, 9 pending migrations,
-    10 interrupted (resumable), 11 memory limit, 12 emergency stop, 13 too many failures,
-    14 validation below threshold, 15 emulator missing.
+    10 interrupted (resumable), 11 memory limit, 12 emergency stop (circuit breaker, lost lease,
+    store failing, run folder not writable), 13 too many failures, 14 validation below threshold,
+    15 emulator missing.
     """
     flags = {"project": project, "database": database, "emulator_host": emulator_host}
-    ctx.obj = AppContext(flags=flags, config_file=config_file, debug=debug)
+    ctx.obj = AppContext(flags=flags, config_file=config_file, debug=debug,
+                         runs_dir_use=_RUNS_DIR_USE.get(ctx.invoked_subcommand or ""))
+
+
+_RUNS_DIR_USE = {
+    "run": "write", "rollback": "write", "validate": "write", "verify": "write", "report": "write",
+    "runs": "read", "show": "read", "monitor": "read", "pause": "read", "resume": "read",
+    "throttle": "read", "stop": "read",
+}
+"""How each command uses runs_dir; checked before it reads or writes anything (exit 2 with a hint)."""
 
 
 cli.add_command(emulator_command)
@@ -90,15 +103,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         returned = cli.main(args=argv, prog_name="docshift", standalone_mode=False)
         if isinstance(returned, int):  # click returns ctx.exit(code) instead of raising
-            sys.exit(returned)
+            _exit(returned)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
+        _exit(ExitCode.INTERRUPTED)
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        _exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(ExitCode.USAGE)
+        _exit(ExitCode.USAGE)
     except DocshiftError as exc:
         if debug:
             raise
@@ -106,17 +119,28 @@ def main(argv: list[str] | None = None) -> None:
         if exc.hint:
             message += f"\n  hint: {exc.hint}"
         click.echo(message, err=True)
-        sys.exit(exc.exit_code)
+        _exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(ExitCode.INTERRUPTED)
+        _exit(ExitCode.INTERRUPTED)
     except Exception as exc:
         if debug:
             raise
         click.echo(
             f"error: unexpected {type(exc).__name__}: {exc}\n"
-            "  hint: rerun with --debug for the traceback and report it; no data was changed by this error",
+            "  hint: rerun with --debug for the traceback and report it; `docshift runs` shows whether a "
+            "run was left unfinished (it can be resumed or rolled back)",
             err=True,
         )
-        sys.exit(ExitCode.FAILED)
-    sys.exit(ExitCode.OK)
+        _exit(ExitCode.FAILED)
+    _exit(ExitCode.OK)
+
+
+def _exit(code: int) -> NoReturn:
+    """Exit with ``code``, whatever signal arrives from now on. The command is over and its exit
+    code decided; while the interpreter shuts down Python restores the default handlers, and a
+    SIGTERM or SIGINT would then kill the process with the signal instead of that exit code."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,9 @@ from typing import Any
 import click
 
 from docshift.config import Config, load_config
+from docshift.errors import UsageError
 
-__all__ = ["AppContext", "pass_app"]
+__all__ = ["AppContext", "check_runs_dir", "pass_app"]
 
 
 @dataclass
@@ -18,6 +20,9 @@ class AppContext:
     flags: dict[str, Any]
     config_file: Path | None = None
     debug: bool = False
+    runs_dir_use: str | None = None
+    """How the command uses ``runs_dir`` (``read`` or ``write``): checked with the config, before
+    the command reads or writes anything."""
     _config: Config | None = field(default=None, repr=False)
 
     def config(self, **command_flags: Any) -> Config:
@@ -25,10 +30,34 @@ class AppContext:
         if self._config is None or command_flags:
             merged = {**self.flags, **{k: v for k, v in command_flags.items() if v is not None}}
             resolved = load_config(merged, config_file=self.config_file)
+            if self.runs_dir_use is not None:
+                check_runs_dir(resolved, write=self.runs_dir_use == "write")
             if command_flags:
                 return resolved
             self._config = resolved
         return self._config
+
+
+def check_runs_dir(config: Config, *, write: bool) -> None:
+    """``runs_dir`` must be a folder (or one to create inside a folder) that docshift can read and,
+    with ``write``, write: otherwise the first run file would fail halfway through a command."""
+    runs_dir = config.runs_dir
+    named = f"runs_dir {runs_dir} (from {config.sources.get('runs_dir', 'default')})"
+    choose = "set runs_dir in docshift.toml (or DOCSHIFT_RUNS_DIR) to a folder docshift can write"
+    existing = runs_dir
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        blocked = "is a file" if existing == runs_dir else f"is inside {existing}, which is a file"
+        raise UsageError(f"{named} is not a folder: it {blocked}",
+                         hint=f"move {existing} away, or {choose}")
+    if existing == runs_dir and not os.access(runs_dir, os.R_OK | os.X_OK):
+        raise UsageError(f"{named} cannot be read (permissions)",
+                         hint=f"give this user read access to it, or {choose}")
+    if write and not os.access(existing, os.W_OK | os.X_OK):
+        where = "is read-only" if existing == runs_dir else f"cannot be created: {existing} is read-only"
+        raise UsageError(f"{named} {where}; docshift keeps each run's checkpoint, before-images and "
+                         "report there", hint=f"make it writable (permissions, mount), or {choose}")
 
 
 pass_app = click.make_pass_decorator(AppContext)

@@ -108,13 +108,14 @@ def rollback_command(app: AppContext, run_id: str | None, to: str | None, strate
     if not as_json:
         err_console.print(f"target: {store.info.describe()}")
     controls = Controls(rate_limiter(config, store))
-    install_signal_handlers(controls)
+    signals = install_signal_handlers(controls)
     progress = display_progress(as_json, quiet, controls)
     try:
         with observe_run(config, store, controls, progress, status, kind="rollback", resume=resume,
                          as_json=as_json) as seen:
             options = dataclasses.replace(options, rollback_id=seen.run_id)
             report = rollback(config, options, store=store, progress=seen.progress, controls=controls)
+            signals.finished()
     except RunStopped as stop:
         if stop.resume_command and not as_json:
             err_console.print(f"resume with: [bold]{stop.resume_command}[/]")

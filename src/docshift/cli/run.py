@@ -32,26 +32,46 @@ from docshift.store import open_store
 __all__ = ["run_command"]
 
 
-def install_signal_handlers(controls: Controls) -> None:
+class SignalHandlers:
     """First Ctrl-C/SIGTERM: stop gracefully. Second: stop at once (safe: the checkpoint never
-    claims an unacknowledged write, and before-images precede every write)."""
-    hits = {"count": 0}
+    claims an unacknowledged write, and before-images precede every write).
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        hits["count"] += 1
+    Once the run has finished (:meth:`finished`), a signal changes nothing any more: the data is
+    migrated and recorded, so it is noted and ignored, and the process exits with the run's result
+    (:func:`docshift.cli.main` keeps them ignored while the interpreter shuts down)."""
+
+    def __init__(self, controls: Controls) -> None:
+        self.controls = controls
+        self.hits = 0
+        self.done = False
+
+    def finished(self) -> None:
+        self.done = True
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        if hits["count"] == 1:
+        self.hits += 1
+        if self.done:
+            if self.hits == 1:
+                err_console.print(f"[dim]{name}: the run has already finished; exiting with its result[/]")
+            return
+        if self.hits == 1:
             err_console.print(
                 f"[yellow]{name}: stopping after in-flight commits; Ctrl-C again to stop at once[/]"
             )
-            controls.request_stop(f"interrupted by {name}")
+            self.controls.request_stop(f"interrupted by {name}")
         else:
             err_console.print("[red]stopping at once[/]; resume with docshift run --execute --resume")
             os._exit(int(ExitCode.INTERRUPTED))
 
+
+def install_signal_handlers(controls: Controls) -> SignalHandlers:
+    """Route SIGINT and SIGTERM to a :class:`SignalHandlers` (from the main thread only)."""
+    handlers = SignalHandlers(controls)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handlers)
+        signal.signal(signal.SIGTERM, handlers)
+    return handlers
 
 
 def _print_dry_run(report: RunReport) -> None:
@@ -138,8 +158,9 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     Without --execute nothing is written: docshift reads and transforms the targets and prints what
     would change, with field-level diffs, and saves the full plan in the run folder. With --execute
     every update is guarded by the document's update time (application writes are never lost),
-    before-images are saved for rollback, and progress is checkpointed: stop at any time (Ctrl-C)
-    and continue with --resume.
+    before-images are on disk before each write is sent (for rollback), and progress is
+    checkpointed: stop at any time (Ctrl-C) and continue with --resume. If the run folder cannot be
+    written (disk full, read-only), the run stops at once with exit 12, saying what it wrote.
     """
     flags: dict[str, Any] = {"batch_size": batch_size, "concurrency": concurrency, "shards": shards,
                              "max_writes_per_second": max_writes_per_second, "max_failures": max_failures}
@@ -169,7 +190,7 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     store = open_store(config)
     controls = Controls(rate_limiter(config, store))
     progress = display_progress(as_json, quiet, controls)
-    install_signal_handlers(controls)
+    signals = install_signal_handlers(controls)
     limit_text = f"{controls.limiter.limit:,.0f} ops/s" if controls.limiter.limit else "none"
     ramp = " with 500/50/5 ramp" if controls.limiter.ramp else ""
     if not as_json:
@@ -185,6 +206,7 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
                 report = run(config, options, store=store, progress=validation, controls=controls,
                              checks=validation)
                 checked = finish_run_validation(validation, report.folder)
+                signals.finished()  # from here on, only the report and the summary are left to write
             except RunStopped as stop:
                 stop_run_validation(validation, stop, config, store, folder=seen.folder,
                                     auto_rollback=auto_rollback, quiet=as_json)

@@ -161,7 +161,8 @@ class Observation:
         if self.server is not None:
             self.server.close()
         if self.folder is not None:
-            remove_presence(self.folder)
+            with contextlib.suppress(OSError):  # a folder gone or read-only: how the run ended matters more
+                remove_presence(self.folder)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

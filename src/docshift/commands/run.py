@@ -35,7 +35,15 @@ from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, Pipelin
 from docshift.engine.plan import PlanRecorder
 from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
-from docshift.errors import DocshiftError, DriftError, ExitCode, LockedError, RunStopped, UsageError
+from docshift.errors import (
+    DocshiftError,
+    DriftError,
+    ExitCode,
+    LockedError,
+    RunFileError,
+    RunStopped,
+    UsageError,
+)
 from docshift.history import (
     History,
     MigrationState,
@@ -340,6 +348,22 @@ def _write_run_file(folder: Path, info: dict[str, Any]) -> None:
     write_versioned(folder / "run.json", _RUN_KIND, RUN_FILE_VERSION, info)
 
 
+def _record_state(folder: Path, info: dict[str, Any], state: str) -> RunFileError | None:
+    """Write ``state`` into run.json; a failure is returned for the caller to say what it means."""
+    info["state"] = state
+    try:
+        _write_run_file(folder, info)
+    except RunFileError as error:
+        return error
+    return None
+
+
+def _unrecorded(error: RunFileError, done: str, then: str, resume: str | None = None) -> RunFileError:
+    """``error`` (run.json could not be written) with what the run had done and what to do next."""
+    return RunFileError(f"{error.message}; {done}", path=error.path, resume_command=resume,
+                        hint=f"free space or fix the runs folder (permissions, mount), then {then}")
+
+
 def run(
     config: Config,
     options: RunOptions,
@@ -382,7 +406,9 @@ def run(
                 "database": active.info.database, "limit": options.limit, "sample": options.sample_percent,
                 "settings": run_settings(config, options),
             }
-            _write_run_file(folder, info)
+            if (unwritten := _record_state(folder, info, "running")) is not None:
+                raise _unrecorded(unwritten, f"run {run_id} did not start: nothing was written to the store",
+                                  "run again")
         report = RunReport(run_id, folder, options.execute, target=active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
@@ -409,11 +435,21 @@ def run(
             except RunStopped as stop:
                 rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
                 stop.resume_command = None if rolled_back else report.resume_command
-                info["state"] = stop.run_state
-                _write_run_file(folder, info)
+                unwritten = _record_state(folder, info, stop.run_state)
+                if isinstance(stop, RunFileError):
+                    stop.hint = _unrecorded(stop, "", f"resume with `{report.resume_command}`, or undo what "
+                                            f"was written with `docshift rollback {run_id} --execute`").hint
+                elif unwritten is not None:  # a folder that cannot be written must not hide the stop
+                    stop.message += f"; {unwritten.message}"
                 raise
-        info["state"] = "finished"
-        _write_run_file(folder, info)
+        if (unwritten := _record_state(folder, info, "finished")) is not None:
+            done = "; ".join(f"{o.migration.label}: " + ", ".join(
+                f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted"))
+                for o in report.outcomes)
+            raise _unrecorded(unwritten, f"run {run_id} finished ({done}); only its run.json still says "
+                              "running", f"`{report.resume_command}` records it as finished (it migrates "
+                              f"nothing again); `docshift rollback {run_id} --execute` undoes it",
+                              report.resume_command)
         return report
 
 

@@ -3,7 +3,8 @@
 Rules this module keeps:
 - every update and delete carries the update time that was read, so an application write made
   since is never overwritten: such a document is read again and transformed again;
-- a document's before-image reaches the journal (and the OS) before its write is sent;
+- a document's before-image is in the journal, on disk (fsynced), before its write is sent; a
+  journal that cannot be written raises, and nothing more is sent;
 - one bad document fails alone (dead-letter file), never its batch.
 """
 
@@ -282,6 +283,7 @@ class BatchProcessor:
     def _settle(self, decisions: list[Decision], counts: Counter[str]) -> list[Decision]:
         """Count the decisions that need no write; return the ones that do."""
         pending: list[Decision] = []
+        landed: list[JournalEntry] = []
         for decision in decisions:
             if self.on_decision is not None:
                 self.on_decision(decision)
@@ -289,13 +291,27 @@ class BatchProcessor:
                 counts["skipped"] += 1
             elif decision.kind == "unchanged":
                 counts["unchanged"] += 1
+                landed += self._landed_copy(decision)
             elif decision.kind == "failed":
                 self._dead_letter(decision, counts, decision.stage, decision.error, decision.rule)
             elif not self.execute:
                 counts[_APPLIED[decision.kind]] += 1
             else:
                 pending.append(decision)
+        if landed and self.journal is not None:
+            self.journal.append(landed)
         return pending
+
+    def _landed_copy(self, decision: Decision) -> list[JournalEntry]:
+        """A copy's destination that holds exactly up(source) now, written by an earlier process of
+        this run that stopped before journalling the update time the write produced: journal it
+        now, so a rollback deletes (or restores) it, guarded, as if that process had."""
+        existing = decision.existing
+        if self.journal is None or not self.target.copy_to or existing is None:
+            return []
+        if existing.update_time is None or not self.journal.unconfirmed(existing.path):
+            return []
+        return [JournalEntry("written", existing.path, update_time=existing.update_time)]
 
     def _dead_letter(
         self, decision: Decision, counts: Counter[str], stage: str, error: str, rule: str | None = None
@@ -310,9 +326,10 @@ class BatchProcessor:
             counts["rejected"] += 1
 
     def _write(self, decisions: list[Decision], counts: Counter[str]) -> list[Decision]:
-        """Journal, then commit; returns the decisions whose guard failed (changed meanwhile)."""
+        """Journal (durably: write-ahead), then commit; returns the decisions whose guard failed
+        (changed meanwhile)."""
         if self.journal is not None:
-            self.journal.append([_before_image(d) for d in decisions])
+            self.journal.append([_before_image(d) for d in decisions], durable=True)
         conflicts: list[Decision] = []
         written: list[JournalEntry] = []
         for chunk in _chunks(decisions):

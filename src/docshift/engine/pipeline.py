@@ -7,6 +7,9 @@ reader down, which keeps memory flat whatever the collection size.
 
 The tracker advances a shard's cursor only over batches that are completely handled, in order, so
 a checkpoint never claims a document whose write is still in flight.
+
+A run file that cannot be written (journal, dead letters, checkpoint: :class:`RunFileError`) stops
+the run at once, wherever it happens; the error then says what the run had written.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from docshift.checkpoints.atomic import run_file
 from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
 from docshift.checkpoints.deadletter import DeadLetterFile
 from docshift.checkpoints.journal import JournalWriter
@@ -41,6 +45,7 @@ from docshift.errors import (
     DocshiftError,
     EmergencyStop,
     MemoryLimitExceeded,
+    RunFileError,
     RunStopped,
     TooManyFailures,
 )
@@ -135,13 +140,18 @@ class MigrationPipeline:
         )
         self.budget = FailureBudget(engine.max_failures)
         self.dead_letters = DeadLetterFile(folder / "dead-letters.jsonl")
-        kept = checkpoint.extra.get("dead_letter_bytes")
-        if isinstance(kept, int):
-            # Letters written after the checkpoint belong to batches that are done again now.
-            self.dead_letters.truncate(kept)
-        self.journal = (
-            JournalWriter(folder / "before-images.jsonl.gz") if options.execute and engine.backup else None
-        )
+        self.journal: JournalWriter | None = None
+        try:
+            with run_file(folder):
+                folder.mkdir(parents=True, exist_ok=True)
+            kept = checkpoint.extra.get("dead_letter_bytes")
+            if isinstance(kept, int):
+                # Letters written after the checkpoint belong to batches that are done again now.
+                self.dead_letters.truncate(kept)
+            if options.execute and engine.backup:
+                self.journal = JournalWriter(folder / "before-images.jsonl.gz")
+        except RunFileError as error:
+            raise self._file_failure(error, saved=None) from error
         self.processor = BatchProcessor(
             store, migration, self.stats, transform=transform, execute=options.execute,
             journal=self.journal, dead_letters=self.dead_letters, limiter=self.controls.limiter,
@@ -246,10 +256,11 @@ class MigrationPipeline:
         handled = 0
         shard = item.shard
         while self._next_seq[shard] in self._finished[shard]:
-            batch = self._finished[shard].pop(self._next_seq[shard])
+            batch = self._finished[shard][self._next_seq[shard]]
+            # First: a cursor past a letter that was not written would lose it.
+            self.dead_letters.add_many([(x.source, x.stage, x.error, x.rule) for x in batch.letters])
+            del self._finished[shard][self._next_seq[shard]]
             shards[shard].cursor = batch.last_path
-            for letter in batch.letters:
-                self.dead_letters.add(letter.source, letter.stage, letter.error, letter.rule)
             self._next_seq[shard] += 1
             handled += batch.size
             self.settled.update(batch.counts)
@@ -274,26 +285,40 @@ class MigrationPipeline:
                                     name=f"docshift-reader-{i}") for i in open_shards]
         writers = [threading.Thread(target=self._write_loop, daemon=True, name=f"docshift-writer-{n}")
                    for n in range(self.options.engine.concurrency)]
+        try:  # before any write: where a resume starts, and which dead letters it keeps
+            self._save("running")
+        except RunFileError as error:
+            self._file_failed(error)
         for thread in readers + writers:
             thread.start()
         since_checkpoint, last_checkpoint, last_progress = 0, time.monotonic(), time.monotonic()
         try:
             while not all(shards[i].done for i in open_shards) and not self.controls.stop.is_set():
-                with contextlib.suppress(queue.Empty):
-                    since_checkpoint += self._advance(self._done.get(timeout=0.1))
-                self._watch()
-                now = time.monotonic()
-                if since_checkpoint >= self.options.engine.checkpoint_every_docs or (
-                    now - last_checkpoint >= self.options.engine.checkpoint_every_seconds
-                ):
-                    self._save("running")
-                    since_checkpoint, last_checkpoint = 0, now
+                try:
+                    with contextlib.suppress(queue.Empty):
+                        since_checkpoint += self._advance(self._done.get(timeout=0.1))
+                    self._watch()
+                    now = time.monotonic()
+                    if since_checkpoint >= self.options.engine.checkpoint_every_docs or (
+                        now - last_checkpoint >= self.options.engine.checkpoint_every_seconds
+                    ):
+                        self._save("running")
+                        since_checkpoint, last_checkpoint = 0, now
+                except RunFileError as error:
+                    self._file_failed(error)
+                    break
                 if now - last_progress >= self.options.progress_interval:
                     self._emit_progress()
                     last_progress = now
         finally:
             self._shutdown(readers, writers)
         return self._finish()
+
+    def _file_failed(self, error: RunFileError) -> None:
+        """Stop at once: no new batch starts, and a batch whose before-images can no longer be
+        journalled sends nothing (the journal raises for it)."""
+        self._fatal.append(error)
+        self.controls.request_stop(error.message, RunFileError)
 
     def _shutdown(self, readers: list[threading.Thread], writers: list[threading.Thread]) -> None:
         """Let in-flight commits land, drop unstarted batches (read again on resume), drain."""
@@ -314,6 +339,8 @@ class MigrationPipeline:
                 self._advance(self._done.get_nowait())
             except queue.Empty:
                 break
+            except RunFileError as error:
+                self._file_failed(error)
         self._pass_on_notes()
 
     def _pass_on_notes(self) -> None:
@@ -366,9 +393,13 @@ class MigrationPipeline:
         )
 
     def _save(self, state: str) -> None:
+        """Checkpoint what is behind the cursors; the journal and dead letters it counts first."""
         if self.journal is not None:
             self.journal.sync()
         self.dead_letters.sync()
+        if not self.folder.is_dir():  # removed: a checkpoint written into a new one would be alone
+            raise RunFileError(f"{self.folder} was removed while the run was writing it",
+                               path=str(self.folder))
         self.checkpoint.extra["dead_letter_bytes"] = self.dead_letters.size()
         self.checkpoint.counters = {name: self.settled.get(name, 0) for name in COUNTERS}
         self.checkpoint.elapsed_seconds = self.stats.elapsed
@@ -393,10 +424,24 @@ class MigrationPipeline:
         if not done or self.controls.stop.is_set():
             error = self._stop_error()
             done = False
-        self._save("finished" if done and error is None else ("failed" if done else "stopped"))
-        if self.journal is not None:
-            self.journal.close()
-        self.dead_letters.close()
+        saved = True
+        try:
+            self._save("finished" if done and error is None else ("failed" if done else "stopped"))
+            if self.journal is not None:
+                self.journal.close()
+            self.dead_letters.close()
+        except RunFileError as unwritten:
+            saved = False
+            if not isinstance(error, RunFileError):
+                error = unwritten
+            done = False
+        finally:
+            with contextlib.suppress(RunFileError):  # closed quietly after a failure (reported)
+                if self.journal is not None:
+                    self.journal.close()
+                self.dead_letters.close()
+        if isinstance(error, RunFileError):
+            error = self._file_failure(error, saved)
         # The counts of the end are the checkpoint's (what is settled behind the cursors): the live
         # ones also hold batches that a stop left unfinished, which a resume does again.
         snapshot = {**self.stats.snapshot(), **counters, "processed": processed}
@@ -405,6 +450,35 @@ class MigrationPipeline:
                             reason=str(error) if error else None)
         return PipelineResult(self.migration.id, "finished" if done else "stopped", dict(counters),
                               self.stats.elapsed, self.folder, error, snapshot)
+
+    def _file_failure(self, error: RunFileError, saved: bool | None) -> RunFileError:
+        """``error`` with what the run had written when it stopped: the counts, that each write's
+        before-image was on disk before it was sent, and what the checkpoint holds. ``saved`` is
+        None when the pipeline could not even start."""
+        counts = self.stats.counts()
+        kinds = [f"{counts.get(kind, 0):,} {kind}" for kind in ("updated", "created", "deleted")
+                 if counts.get(kind, 0)]
+        total = sum(counts.get(kind, 0) for kind in ("updated", "created", "deleted"))
+        label = self.migration.label
+        if not self.options.execute:
+            written = "a dry run: nothing was written to the store"
+        elif not total:
+            written = f"{label}: no document was written"
+        else:
+            written = f"{label}: {total:,} documents written ({', '.join(kinds)})"
+            if self.journal is not None:
+                written += ", each one's before-image on disk before it was sent"
+        if saved is None:
+            kept = ""
+        elif saved:
+            kept = "; the checkpoint is saved"
+        else:
+            kept = ("; the checkpoint could not be saved: a resume does again what came after the last "
+                    "one saved (documents already migrated are found unchanged)")
+        return RunFileError(
+            f"{error.message}; run {self.checkpoint.run_id} stopped at once: {written}{kept}",
+            path=error.path, hint="free space or fix the folder (permissions, mount), then resume the run",
+        )
 
     def _stop_error(self) -> DocshiftError:
         fatal = next((e for e in self._fatal if not isinstance(e, BatchAborted)), None)

@@ -6,6 +6,7 @@ migrated document again would rewrite data on every resume, so the dry run warns
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import threading
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 import orjson
 
 from docshift import codec
+from docshift.checkpoints.atomic import run_file
 from docshift.engine.batch import Decision
+from docshift.errors import RunFileError
 from docshift.migration import Transform, check_idempotent
 
 __all__ = ["PlanRecorder"]
@@ -28,10 +31,12 @@ class PlanRecorder:
     def __init__(
         self, path: Path, transform: Transform, *, samples: int = 5, idempotency_checks: int = 25
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._out = gzip.open(path, "wb", compresslevel=1)  # noqa: SIM115 - closed by close()
+        with run_file(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._out = gzip.open(path, "wb", compresslevel=1)  # noqa: SIM115 - closed by close()
         self._lock = threading.Lock()
+        self._broken = False
         self._transform = transform
         self._samples_wanted = samples
         self._checks_left = idempotency_checks
@@ -46,7 +51,7 @@ class PlanRecorder:
             with self._lock:
                 if len(self.failures) < self._samples_wanted:
                     self.failures.append(failure)
-                self._out.write(orjson.dumps(failure) + b"\n")
+                self._write(orjson.dumps(failure) + b"\n")
             return
         if decision.kind not in _CHANGING:
             return
@@ -64,7 +69,7 @@ class PlanRecorder:
             record["data"] = codec.encode(decision.new_data)
         check = False
         with self._lock:
-            self._out.write(orjson.dumps(record) + b"\n")
+            self._write(orjson.dumps(record) + b"\n")
             if len(self.samples) < self._samples_wanted:
                 self.samples.append({**record, "changes": decision.changes, "data": decision.new_data})
             if self._checks_left > 0 and decision.kind != "delete":
@@ -79,6 +84,19 @@ class PlanRecorder:
                 with self._lock:
                     self.not_idempotent.extend(offenders)
 
+    def _write(self, line: bytes) -> None:
+        try:
+            with run_file(self.path):
+                self._out.write(line)
+        except RunFileError:
+            self._broken = True  # closed quietly: the failure was raised here already
+            raise
+
     def close(self) -> None:
         with self._lock:
-            self._out.close()
+            if self._broken:
+                with contextlib.suppress(OSError):
+                    self._out.close()
+                return
+            with run_file(self.path):
+                self._out.close()

@@ -31,7 +31,7 @@ from docshift.config import Config
 from docshift.engine.batch import DeadLetter, DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.progress import NullProgress, Progress
-from docshift.errors import DocshiftError, EmergencyStop, RunStopped
+from docshift.errors import DocshiftError, EmergencyStop, RunFileError, RunStopped
 from docshift.migration import Migration
 from docshift.store.base import Document, Store
 from docshift.validators.rules import RuleContext, RuleSession
@@ -256,21 +256,26 @@ class RunValidation:
                     self._from_record(state, folder / label)
         issues = self._issues(folder, error)
         reports: list[ValidationReport] = []
-        for label, state in self.states.items():
+        for state in self.states.values():
             for report in (state.before, state.inline, state.after):
                 if report is None or (report.phase == "inline" and not report.rules):
                     continue
-                if folder is not None and folder.is_dir():
-                    save_report(report, folder / label / f"validation-{report.phase}.json")
                 reports.append(report)
         health = Health.of(issues)
         path = None
-        if folder is not None and folder.is_dir() and self.states:
-            path = folder / "validation.json"
-            write_versioned(path, _FILE_KIND, 1, {
-                "health": health.to_json(), "gate": self.gate,
-                "reports": [{**r.to_json(), "file": str(r.path) if r.path else None} for r in reports],
-            })
+        try:  # a run folder that cannot be written must not hide how the run ended
+            for report in reports:
+                if folder is not None and folder.is_dir():
+                    save_report(report, folder / report.label / f"validation-{report.phase}.json")
+            if folder is not None and folder.is_dir() and self.states:
+                path = folder / "validation.json"
+                write_versioned(path, _FILE_KIND, 1, {
+                    "health": health.to_json(), "gate": self.gate,
+                    "reports": [{**r.to_json(), "file": str(r.path) if r.path else None} for r in reports],
+                })
+        except RunFileError as unwritten:
+            path = None
+            issues.append(Issue(Severity.WARNING, f"validation report not saved: {unwritten.message}"))
         for issue in issues:
             if issue.message not in self.engine_warnings and issue.message != self.gate:  # already told
                 prefix = "" if issue.severity == Severity.WARNING else f"{issue.severity.value}: "
