@@ -28,7 +28,7 @@ from docshift.engine.limits import RateLimiter
 from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import ConflictError, EmergencyStop, TransientError
 from docshift.migration import DocView, Transform
-from docshift.store.base import Document, Store, Write, WriteKind
+from docshift.store.base import Document, Store, Write, WriteKind, WriteResult, write_landed
 from docshift.values import Timestamp, values_equal
 
 __all__ = ["RestoreAction", "RestoreResult", "Restorer", "plan_restore"]
@@ -184,7 +184,9 @@ class Restorer:
             except TransientError as exc:
                 raise EmergencyStop(f"the store kept failing ({exc.code}); resume the rollback") from None
             applied: list[RestoreAction] = []
-            for (action, write), answer in zip(writes, answers, strict=True):
+            landed = self._resent_landed(writes, answers)
+            for (action, write), sent in zip(writes, answers, strict=True):
+                answer = landed.get(action.path, sent)
                 if answer.ok:
                     applied.append(action)
                     result.counters[_done(action, write)] += 1
@@ -216,6 +218,18 @@ class Restorer:
         if self.on_batch is not None:
             self.on_batch(result)
         return True
+
+    def _resent_landed(self, writes: Sequence[tuple[RestoreAction, Write]],
+                       answers: Sequence[WriteResult]) -> dict[str, WriteResult]:
+        """Resent writes refused by their guard whose first send landed (its reply was lost):
+        path -> the result that send had, as read back from the store."""
+        resent = [write for (_, write), answer in zip(writes, answers, strict=True)
+                  if answer.resent and isinstance(answer.error, ConflictError)]
+        if not resent:
+            return {}
+        now = self.store.get_many([write.path for write in resent])
+        return {write.path: WriteResult(write.path, update_time=doc.update_time if doc else None)
+                for write, doc in zip(resent, now, strict=True) if write_landed(write, doc)}
 
     def _decide(self, action: RestoreAction, now: Document | None) -> Write | str:
         """The write that undoes ``action``, or why not ("unchanged" or a conflict reason)."""
