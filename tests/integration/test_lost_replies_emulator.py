@@ -15,7 +15,7 @@ from docshift.store import RetryingStore, Write, write_landed
 from tests.conftest import FAST_RETRY
 from tests.integration.test_rollback import every_type
 from tests.unit.engine_support import LostReplies
-from tests.unit.test_lost_replies import check_lossy_run, write_migrations
+from tests.unit.test_lost_replies import check_lease_heartbeat, check_lossy_run, write_migrations
 
 
 def test_the_emulator_refuses_resent_writes_and_the_store_shows_they_landed(
@@ -55,3 +55,7 @@ def test_a_run_whose_replies_are_lost_is_counted_truthfully_and_rolls_back_exact
     config = dataclasses.replace(emulator_config, engine=dataclasses.replace(
         emulator_config.engine, batch_size=20, min_batch_size=10))
     check_lossy_run(config, inner, 150)
+
+
+def test_a_lease_heartbeat_whose_reply_was_lost_keeps_the_lease(firestore_store: RetryingStore) -> None:
+    check_lease_heartbeat(firestore_store.inner)

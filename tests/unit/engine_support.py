@@ -152,22 +152,25 @@ class StoreWrapper(DelegatingStore):
 class LostReplies(DelegatingStore):
     """Applies a commit and then raises UNAVAILABLE, as a connection reset after the store wrote
     does: the writes landed, their reply was lost. That happens to the first commit and every
-    ``every``-th after it (a resend included). Commits of docshift's own state (paths under
-    ``_docshift``: history, lease) pass untouched. ``meanwhile(writes)`` runs between the write and
-    the lost reply: an application writing in that moment."""
+    ``every``-th after it (a resend included). Only commits whose first path passes ``touches``
+    count; by default docshift's own state (paths under ``_docshift``: history, lease) passes
+    untouched. ``meanwhile(writes)`` runs between the write and the lost reply: an application
+    writing in that moment."""
 
     def __init__(self, inner: Store, every: int = 2,
-                 meanwhile: Callable[[Sequence[Write]], None] | None = None) -> None:
+                 meanwhile: Callable[[Sequence[Write]], None] | None = None,
+                 touches: Callable[[str], bool] = lambda path: not path.startswith("_docshift")) -> None:
         super().__init__(inner)
         self.every = every
         self.meanwhile = meanwhile
+        self.touches = touches
         self.commits = 0
         self.lost = 0
         self._lock = threading.Lock()
 
     def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
         results = self.inner.commit(writes)
-        if not writes or writes[0].path.startswith("_docshift"):
+        if not writes or not self.touches(writes[0].path):
             return results
         with self._lock:
             self.commits += 1

@@ -18,6 +18,7 @@ from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.history import History, MigrationStatus
+from docshift.lock import LeaseLock, lease_path, read_lease
 from docshift.migration import DocView
 from docshift.reports.report import collect_report
 from docshift.store import MemoryStore, Query, RetryingStore, RetryPolicy, Store, Write
@@ -179,3 +180,34 @@ def test_an_application_write_racing_a_lost_reply_is_still_a_conflict(tmp_path: 
     after = export(memory)
     assert all(doc.data.get("flag") is True for doc in after.values())
     assert all(after[path].data.get("app") is True for path in raced)  # the application's write kept
+
+
+def test_a_lease_heartbeat_whose_reply_was_lost_keeps_the_lease() -> None:
+    check_lease_heartbeat(MemoryStore())
+
+
+def check_lease_heartbeat(memory: Store) -> None:
+    """The extension landed, its reply was lost, the resend was refused: the lease is still this
+    run's (a false "lease lost" would stop the run). A lease another run took meanwhile is lost."""
+    path = lease_path("_docshift")
+    taken: list[bool] = []
+
+    def takeover(writes: Sequence[Write]) -> None:
+        if len(taken) == 2:  # the third lost reply: another run takes the lease in that moment
+            [doc] = memory.get_many([path])
+            assert doc is not None
+            memory.commit([Write.set(path, {**doc.data, "run_id": "another"})])
+        taken.append(True)
+
+    lossy = LostReplies(memory, every=2, touches=lambda p: p == path, meanwhile=takeover)
+    lock = LeaseLock(RetryingStore(lossy, FAST), "_docshift", run_id="run-1", heartbeat_seconds=50)
+    lease = lock.acquire()  # its create's reply is lost too: found as our own
+    try:
+        assert lock.extend() and not lock.lost.is_set()  # reply of the extension lost: still ours
+        held = read_lease(memory, "_docshift")
+        assert held is not None and lock.lease is not None
+        assert held.expires_at > lease.expires_at and lock.lease.update_time == held.update_time
+        assert not lock.extend() and lock.lost.is_set()  # lost reply, and another run took it
+    finally:
+        lock.release()
+    assert lossy.lost == 3
