@@ -164,7 +164,8 @@ KEYS: tuple[Key, ...] = (
         _not_negative),
     Key("ramp", "limits", str, "500/50/5 ramp-up: auto (on for Cloud Firestore, off for the "
         "emulator), on, off", _choice("auto", "on", "off")),
-    Key("memory_soft_limit_mb", "limits", int, "RSS above which reading pauses", _positive),
+    Key("memory_soft_limit_mb", "limits", int, "RSS above which reading pauses; documents held at once "
+        "are bounded in bytes by the room below it", _positive),
     Key("memory_hard_limit_mb", "limits", int, "RSS at which the run checkpoints and stops",
         _positive),
     Key("breaker_failure_rate", "limits", float, "failure rate over the window that stops a run",

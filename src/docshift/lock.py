@@ -31,7 +31,7 @@ from typing import Any
 
 from docshift.errors import ConflictError, LockedError, StoreError
 from docshift.history import current_user
-from docshift.store.base import Document, Store, Write
+from docshift.store.base import Document, Store, Write, WriteResult, write_landed
 from docshift.values import Timestamp
 
 __all__ = ["Lease", "LeaseLock", "force_unlock", "lease_path", "read_lease"]
@@ -223,10 +223,15 @@ class LeaseLock:
                 return False
             now = Timestamp.now()
             expires = _later(now, self.ttl_seconds)
+            write = Write.update(self.path, {("expires_at",): expires}, update_time=lease.update_time)
             try:
-                [result] = self.store.commit([
-                    Write.update(self.path, {("expires_at",): expires}, update_time=lease.update_time)
-                ])
+                [result] = self.store.commit([write])
+                if result.resent and isinstance(result.error, ConflictError):
+                    # Refused when resent after a lost reply: the first send may be what moved it.
+                    [held] = self.store.get_many([self.path])
+                    expected = dataclasses.replace(lease, expires_at=expires).to_data()
+                    if held is not None and write_landed(write, held, expected):
+                        result = WriteResult(self.path, update_time=held.update_time)
             except StoreError:
                 result = None
             if result is not None and result.ok:

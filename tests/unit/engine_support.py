@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,9 @@ from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, Pipelin
 from docshift.engine.progress import RecordingProgress
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import RunStats
+from docshift.errors import TransientError
 from docshift.migration import UNCHANGED, DocView, Migration, Target
-from docshift.store import DelegatingStore, Document, Query, Store, Write
+from docshift.store import DelegatingStore, Document, Query, Store, Write, WriteResult
 from docshift.values import Value, values_equal
 
 COLLECTION = "users"
@@ -146,6 +147,40 @@ def dead_letters(folder: Path) -> list[dict[str, Any]]:
 
 class StoreWrapper(DelegatingStore):
     """Delegates everything; subclasses override what they watch or disturb."""
+
+
+class LostReplies(DelegatingStore):
+    """Applies a commit and then raises UNAVAILABLE, as a connection reset after the store wrote
+    does: the writes landed, their reply was lost. That happens to the first commit and every
+    ``every``-th after it (a resend included). Only commits whose first path passes ``touches``
+    count; by default docshift's own state (paths under ``_docshift``: history, lease) passes
+    untouched. ``meanwhile(writes)`` runs between the write and the lost reply: an application
+    writing in that moment."""
+
+    def __init__(self, inner: Store, every: int = 2,
+                 meanwhile: Callable[[Sequence[Write]], None] | None = None,
+                 touches: Callable[[str], bool] = lambda path: not path.startswith("_docshift")) -> None:
+        super().__init__(inner)
+        self.every = every
+        self.meanwhile = meanwhile
+        self.touches = touches
+        self.commits = 0
+        self.lost = 0
+        self._lock = threading.Lock()
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        results = self.inner.commit(writes)
+        if not writes or not self.touches(writes[0].path):
+            return results
+        with self._lock:
+            self.commits += 1
+            lose = (self.commits - 1) % self.every == 0
+            self.lost += lose
+        if not lose:
+            return results
+        if self.meanwhile is not None:
+            self.meanwhile(writes)
+        raise TransientError("connection reset by peer (the write was applied)", code="UNAVAILABLE")
 
 
 class ScriptedMemory(MemoryGuard):

@@ -11,12 +11,15 @@ from docshift.engine.controls import Controls
 from docshift.engine.limits import (
     AdaptiveBatch,
     CircuitBreaker,
+    DocumentCost,
     FailureBudget,
+    MemoryBudget,
     MemoryGuard,
     MemoryState,
     RateLimiter,
 )
 from docshift.errors import EmergencyStop
+from docshift.store import Document
 
 
 class Clock:
@@ -233,6 +236,68 @@ def test_memory_guard_states() -> None:
     assert guard.state() == MemoryState.HARD
     real = MemoryGuard(10**6, 2 * 10**6)
     assert real.state() == MemoryState.OK and 5 < real.last_rss_mb < 10**6
+
+
+def test_memory_guard_gives_freed_memory_back_before_calling_it_soft() -> None:
+    rss = {"mb": 600}
+    trims: list[int] = []
+
+    def trim() -> None:
+        trims.append(1)
+        rss["mb"] = 400  # what the process had freed, handed back to the OS
+
+    guard = MemoryGuard(512, 1024, reader=lambda: rss["mb"] * 1_048_576, trim=trim, trim_every=3600)
+    assert guard.state() == MemoryState.OK and trims == [1]
+    rss["mb"] = 600
+    assert guard.state() == MemoryState.SOFT and trims == [1]  # at most once per trim_every
+    assert MemoryGuard(512, 1024).trim is not None  # glibc (this platform) has malloc_trim
+
+
+def test_memory_budget_counts_bytes_and_always_lets_one_document_in() -> None:
+    stop = threading.Event()
+    budget = MemoryBudget(1000, parts=4)
+    assert budget.batch_bytes == 250
+    assert budget.acquire(5000, stop)  # larger than the whole budget, but nothing else is held
+    assert not budget.try_acquire(1, 5000)
+    budget.release(5000)
+    assert budget.acquire(200, stop) and budget.try_acquire(50, 200)
+    assert not budget.try_acquire(1, 250)  # the open batch is full: the reader cuts it here
+    assert budget.acquire(250, stop) and budget.acquire(250, stop) and budget.acquire(250, stop)
+    assert budget.held == 1000 and budget.peak == 5000
+    stop.set()
+    assert not budget.acquire(1, stop)  # full: waits, until the run stops
+    waiter = threading.Thread(target=lambda: budget.acquire(100, threading.Event()))
+    waiter.start()
+    budget.release(250)
+    waiter.join(5)
+    assert not waiter.is_alive() and budget.held == 850
+
+
+def test_a_paused_memory_budget_finishes_the_open_batch_and_starts_none_while_anything_is_held() -> None:
+    stop = threading.Event()
+    budget = MemoryBudget(1000, parts=4)
+    assert budget.acquire(100, stop)
+    budget.pause()
+    assert budget.try_acquire(100, 100)  # the batch being read may grow up to batch_bytes
+    assert not budget.try_acquire(100, 200)
+    stop.set()
+    assert not budget.acquire(10, stop)  # a new batch waits while one is held
+    budget.release(200)
+    assert budget.acquire(10, stop)  # nothing held: one batch at a time goes on
+    budget.resume()
+    assert budget.acquire(300, stop)
+
+
+def test_document_cost_follows_the_decoded_size_of_what_is_read() -> None:
+    text = Document("c/text", {"blob": "x" * 100_000}, size=100_040)
+    numbers = Document("c/numbers", {"values": list(range(10**6, 10**6 + 15_000))}, size=100_000)
+    text_cost, numbers_cost = DocumentCost(), DocumentCost()
+    assert 3 * 100_000 < text_cost(text) < 7 * 100_000
+    assert 1.0 <= text_cost.ratio < 1.2  # a string costs about its stored size
+    assert numbers_cost(numbers) > 2 * text_cost(text)  # each number is an object and a pointer
+    assert numbers_cost.ratio > 4
+    sized = DocumentCost()(Document("c/unsized", {"blob": "x" * 100_000}))  # the store gave no size
+    assert 3 * 100_000 < sized < 7 * 100_000
 
 
 def test_limiter_acquire_is_thread_safe() -> None:

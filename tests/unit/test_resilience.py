@@ -26,7 +26,8 @@ from docshift.store import (
     Write,
     WriteResult,
 )
-from docshift.store.base import Filter
+from docshift.store.base import Filter, write_landed
+from tests.unit.engine_support import LostReplies
 
 QUICK = RetryPolicy(attempts=5, initial_wait=0.001, max_wait=0.002)
 
@@ -313,6 +314,32 @@ def test_a_whole_request_failure_while_retrying_keeps_the_writes_that_already_su
     assert results[0].ok and results[2].ok
     assert isinstance(results[1].error, type(error))
     assert memory.get("k/1") is not None and memory.get("k/2") is None
+
+
+def test_a_refusal_after_a_lost_reply_is_marked_resent_and_tells_our_own_write_apart() -> None:
+    """The first request was applied but its reply lost; the resend is refused by every guard.
+    The results say the writes were resent, and the store's data show which of them landed."""
+    memory = MemoryStore()
+    fill(memory, "k", 3)
+    one, two, three = memory.get_many(["k/000", "k/001", "k/002"])
+    assert one is not None and two is not None and three is not None
+    writes = [Write.set(one.path, {"i": 10}, update_time=one.update_time),
+              Write.update(two.path, {("j",): 1}, update_time=two.update_time),
+              Write.delete(three.path, update_time=three.update_time),
+              Write.create("k/new", {"i": 4})]
+    store = RetryingStore(LostReplies(memory, every=2), QUICK)
+    results = store.commit(writes)
+    assert all(isinstance(r.error, ConflictError) and r.resent for r in results), results
+    now = memory.get_many([w.path for w in writes])
+    assert write_landed(writes[0], now[0])
+    assert write_landed(writes[1], now[1], {"i": 1, "j": 1})  # an update: the whole new document
+    assert not write_landed(writes[1], now[1], {"i": 1, "j": 2})
+    assert write_landed(writes[2], now[2]) and now[2] is None
+    assert write_landed(writes[3], now[3])
+    # A refusal without a lost reply before it is not marked: someone else changed the document.
+    stale = Write.set(one.path, {"i": 11}, update_time=one.update_time)
+    [plain] = RetryingStore(memory, QUICK).commit([stale])
+    assert isinstance(plain.error, ConflictError) and not plain.resent
 
 
 def test_empty_commit_returns_no_results() -> None:

@@ -25,7 +25,7 @@ from docshift.engine.sampling import in_sample
 from docshift.engine.stats import RunStats
 from docshift.errors import ConflictError, EmergencyStop, StoreError, TransientError
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Transform
-from docshift.store.base import Document, Store, Write, WriteKind, WriteResult
+from docshift.store.base import Document, Store, Write, WriteKind, WriteResult, write_landed
 from docshift.store.semantics import (
     MAX_DOCUMENT_BYTES,
     MAX_REQUEST_BYTES,
@@ -34,7 +34,7 @@ from docshift.store.semantics import (
     field_problem,
     value_size,
 )
-from docshift.values import StoredForm, as_stored, copy_data
+from docshift.values import StoredForm, Timestamp, as_stored, copy_data
 
 __all__ = ["BatchAborted", "BatchProcessor", "DeadLetter", "Decision", "DocumentCheck", "SettlingCheck"]
 
@@ -333,20 +333,46 @@ class BatchProcessor:
         conflicts: list[Decision] = []
         written: list[JournalEntry] = []
         for chunk in _chunks(decisions):
+            resent: list[Decision] = []
             for decision, result in zip(chunk, self._commit(chunk), strict=True):
                 if result.ok:
-                    counts[_APPLIED[decision.kind]] += 1
-                    if decision.kind == "delete":
-                        written.append(JournalEntry("deleted", result.path))
-                    elif result.update_time is not None:
-                        written.append(JournalEntry("written", result.path, update_time=result.update_time))
+                    self._applied(decision, result.path, result.update_time, counts, written)
+                elif isinstance(result.error, ConflictError) and result.resent:
+                    resent.append(decision)
                 elif isinstance(result.error, ConflictError):
                     conflicts.append(decision)
                 else:
                     message = str(result.error) if result.error else "unknown write error"
                     self._dead_letter(decision, counts, "write", message)
+            conflicts += self._own_landed(resent, counts, written)
         if self.journal is not None:
             self.journal.append(written)
+        return conflicts
+
+    def _applied(self, decision: Decision, path: str, update_time: Timestamp | None,
+                 counts: Counter[str], written: list[JournalEntry]) -> None:
+        counts[_APPLIED[decision.kind]] += 1
+        if decision.kind == "delete":
+            written.append(JournalEntry("deleted", path))
+        elif update_time is not None:
+            written.append(JournalEntry("written", path, update_time=update_time))
+
+    def _own_landed(self, resent: list[Decision], counts: Counter[str],
+                    written: list[JournalEntry]) -> list[Decision]:
+        """Resent writes refused by their guard: the first send may have landed, its reply lost.
+        Where the store now holds exactly what was sent, that refusal was our own write, applied
+        (journalled with the update time it has); the others are real conflicts, returned."""
+        if not resent:
+            return []
+        conflicts: list[Decision] = []
+        paths = [d.write.path for d in resent if d.write is not None]
+        for decision, now in zip(resent, self.store.get_many(paths), strict=True):
+            assert decision.write is not None
+            if write_landed(decision.write, now, decision.new_data):
+                self._applied(decision, decision.write.path, now.update_time if now else None,
+                              counts, written)
+            else:
+                conflicts.append(decision)
         return conflicts
 
     def _commit(self, chunk: list[Decision], *, split: bool = False) -> list[WriteResult]:

@@ -3,7 +3,8 @@
 Why this shape: the emulator (and Firestore's billing) favour one long streaming query per shard
 over paged queries; the Python process is bound to about one core, so transforms and encoding run
 in a few writer threads whose gRPC waits overlap; the bounded queue makes a slow store slow the
-reader down, which keeps memory flat whatever the collection size.
+reader down, and a budget in bytes (:class:`~docshift.engine.limits.MemoryBudget`) bounds the
+documents held at once, so memory stays flat whatever the collection size and document size.
 
 The tracker advances a shard's cursor only over batches that are completely handled, in order, so
 a checkpoint never claims a document whose write is still in flight.
@@ -38,7 +39,15 @@ from docshift.engine.batch import (
     SettlingCheck,
 )
 from docshift.engine.controls import Controls
-from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, FailureBudget, MemoryGuard, MemoryState
+from docshift.engine.limits import (
+    AdaptiveBatch,
+    CircuitBreaker,
+    DocumentCost,
+    FailureBudget,
+    MemoryBudget,
+    MemoryGuard,
+    MemoryState,
+)
 from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.stats import COUNTERS, RunStats, format_ms
 from docshift.errors import (
@@ -87,6 +96,8 @@ class _Batch:
     shard: int
     seq: int
     docs: list[Document]
+    cost: int = 0
+    """Its documents' share of the memory budget, given back once a writer is done with them."""
     counts: Counter[str] = field(default_factory=Counter)
     letters: list[DeadLetter] = field(default_factory=list)
     size: int = field(init=False)
@@ -163,10 +174,13 @@ class MigrationPipeline:
         self._on_settled = check.settled if isinstance(check, SettlingCheck) else None
         self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=engine.concurrency)
         self._done: queue.Queue[_Batch | _ShardDone] = queue.Queue()
-        self._reading_paused = threading.Event()
-        self._in_flight = 0
-        """Batches read and not yet back from a writer (guarded by ``_flight_lock``)."""
-        self._flight_lock = threading.Lock()
+        self.cost = DocumentCost()
+        self.idle_mb = self.memory.idle_mb()
+        """The resident size before any document is read; documents may use what is left below
+        the soft limit (see :class:`~docshift.engine.limits.MemoryBudget`)."""
+        room = max(self.memory.soft_limit_mb - self.idle_mb, 0.0)
+        open_batches = engine.concurrency + sum(1 for s in checkpoint.shards if not s.done)
+        self.memory_budget = MemoryBudget(int(room * 1_048_576), open_batches)
         self._fatal: list[BaseException] = []
 
     # ------------------------------------------------------------------ threads
@@ -175,48 +189,54 @@ class MigrationPipeline:
         remaining = self.options.limit
         if remaining is not None:
             remaining -= self.stats.counters.get("read", 0)
-        seq, batch = 0, []
+        budget = self.memory_budget
+        seq, cost = 0, 0
+        batch: list[Document] = []
         try:
             if remaining is not None and remaining <= 0:
                 self._done.put(_ShardDone(index, 0))  # nothing left to read: the shard is done
                 return
             query = self.migration.target.query(start_after=shard.resume_after, end_at=shard.end_at)
             for doc in self.store.stream(query):
-                while self._hold_reading() and not stop.is_set():
+                while self.controls.paused and not stop.is_set():
                     time.sleep(0.05)
                 if stop.is_set():
                     return
-                batch.append(doc)
-                if len(batch) >= self.sizer.size:
-                    if not self._put(_Batch(index, seq, batch)):
+                # The document is held from here: its cost joins the open batch if the budget has
+                # room; otherwise the batch goes to the writers and this one waits to start the next.
+                doc_cost = self.cost(doc)
+                admitted = bool(batch) and budget.try_acquire(doc_cost, cost)
+                if batch and not admitted:
+                    if not self._put(_Batch(index, seq, batch, cost)):
                         return
-                    seq, batch = seq + 1, []
+                    seq, batch, cost = seq + 1, [], 0
+                if not admitted and not budget.acquire(doc_cost, stop):
+                    return
+                batch.append(doc)
+                cost += doc_cost
+                if len(batch) >= self.sizer.size:
+                    if not self._put(_Batch(index, seq, batch, cost)):
+                        return
+                    seq, batch, cost = seq + 1, [], 0
                 if remaining is not None:
                     remaining -= 1
                     if remaining <= 0:
                         break
             if batch:
-                if not self._put(_Batch(index, seq, batch)):
+                if not self._put(_Batch(index, seq, batch, cost)):
                     return
-                seq += 1
+                seq, batch, cost = seq + 1, [], 0
             self._done.put(_ShardDone(index, seq))
         except BaseException as exc:
             self._fatal.append(exc)
             self.controls.request_stop(f"reading failed: {exc}")
-
-    def _hold_reading(self) -> bool:
-        """Paused by the user; or above the soft memory limit while batches are still in flight.
-        With nothing in flight, reading goes on one batch at a time: the resident size of a Python
-        process seldom falls back, and waiting for it would stall the run for ever."""
-        if self.controls.paused:
-            return True
-        with self._flight_lock:
-            return self._reading_paused.is_set() and self._in_flight > 0
+        finally:
+            budget.release(cost)  # a batch left unsent: the run is stopping
 
     def _put(self, item: _Batch) -> bool:
+        """Hand a batch to the writers; ``False`` if the run stops first (the reader then gives
+        its cost back)."""
         self.stats.add(read=item.size)
-        with self._flight_lock:
-            self._in_flight += 1
         while not self.controls.stop.is_set():
             try:
                 self._work.put(item, timeout=0.2)
@@ -230,17 +250,19 @@ class MigrationPipeline:
             item = self._work.get()
             if item is None:
                 return
-            if self.controls.stop.is_set():
-                continue  # unfinished: read again on resume
             try:
+                if self.controls.stop.is_set():
+                    continue  # unfinished: read again on resume
                 item.counts = self.processor.process(item.docs, item.letters)
-                item.docs = []  # a batch done out of order waits for earlier ones: without its documents
             except BatchAborted:
                 continue
             except BaseException as exc:
                 self._fatal.append(exc)
                 self.controls.request_stop(str(exc))
                 continue
+            finally:
+                item.docs = []  # a batch done out of order waits for earlier ones: without its documents
+                self.memory_budget.release(item.cost)
             self._done.put(item)
 
     # ------------------------------------------------------------------ tracking
@@ -251,8 +273,6 @@ class MigrationPipeline:
             self._expected[item.shard] = item.batches
         else:
             self._finished[item.shard][item.seq] = item
-            with self._flight_lock:
-                self._in_flight -= 1
         handled = 0
         shard = item.shard
         while self._next_seq[shard] in self._finished[shard]:
@@ -281,6 +301,11 @@ class MigrationPipeline:
         self._finished: dict[int, dict[int, _Batch]] = {i: {} for i in open_shards}
         self.progress.event("start", migration=self.migration.label, shards=len(shards),
                             execute=self.options.execute, counters=dict(self.stats.counters))
+        if not self.memory_budget.capacity:
+            self.progress.event("warning", message=(
+                f"memory {self.idle_mb:.0f} MiB before reading is above the soft limit "
+                f"{self.memory.soft_limit_mb} MiB: documents are read one at a time; raise "
+                "memory_soft_limit_mb"))
         readers = [threading.Thread(target=self._read_shard, args=(i, shards[i]), daemon=True,
                                     name=f"docshift-reader-{i}") for i in open_shards]
         writers = [threading.Thread(target=self._write_loop, daemon=True, name=f"docshift-writer-{n}")
@@ -329,7 +354,9 @@ class MigrationPipeline:
                     break
                 except queue.Full:
                     with contextlib.suppress(queue.Empty):
-                        self._work.get_nowait()
+                        dropped = self._work.get_nowait()  # unstarted: read again on resume
+                        if dropped is not None:
+                            self.memory_budget.release(dropped.cost)
         for thread in writers:
             thread.join()
         for thread in readers:
@@ -357,13 +384,12 @@ class MigrationPipeline:
                 f"{self.memory.hard_limit_mb} MiB", MemoryLimitExceeded,
             )
         elif state == MemoryState.SOFT:
-            if not self._reading_paused.is_set():
-                self._reading_paused.set()
-                self.sizer.shrink()
+            if not self.memory_budget.paused:
+                self.memory_budget.pause()
                 self.progress.event("warning", message=f"memory {self.memory.last_rss_mb:.0f} MiB above "
                                     f"the soft limit; reading paused")
-        elif self._reading_paused.is_set():
-            self._reading_paused.clear()
+        elif self.memory_budget.paused:
+            self.memory_budget.resume()
         lost = self.controls.lease_lost
         if lost is not None and lost.is_set():
             self.controls.request_stop("the lease was lost to another run", EmergencyStop)

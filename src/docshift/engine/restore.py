@@ -34,7 +34,7 @@ from docshift.engine.limits import RateLimiter
 from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import ConflictError, EmergencyStop, TransientError
 from docshift.migration import DELETE, UNCHANGED, DocView, Transform
-from docshift.store.base import Document, Store, Write, WriteKind, WriteResult
+from docshift.store.base import Document, Store, Write, WriteKind, WriteResult, write_landed
 from docshift.store.simulated import SimulatedStore
 from docshift.values import Timestamp, values_equal
 
@@ -209,9 +209,10 @@ class Restorer:
                 answers = self.store.commit([write for _, write in writes])
             except TransientError as exc:
                 raise EmergencyStop(f"the store kept failing ({exc.code}); resume the rollback") from None
-            answers = self._recognise_landed(writes, answers)
             applied: list[RestoreAction] = []
-            for (action, write), answer in zip(writes, answers, strict=True):
+            landed = self._resent_landed(writes, answers)
+            for (action, write), sent in zip(writes, answers, strict=True):
+                answer = landed.get(action.path, sent)
                 if answer.ok:
                     applied.append(action)
                     result.counters[_done(action, write)] += 1
@@ -231,27 +232,17 @@ class Restorer:
             self.on_batch(result)
         return True
 
-
-    def _recognise_landed(
-        self, writes: list[tuple[RestoreAction, Write]], answers: list[WriteResult]
-    ) -> list[WriteResult]:
-        """A guard refused by our own write: the commit landed, its reply was lost, and the retry
-        found the document changed, by us. Read such documents again; one that holds exactly what
-        was sent (or is gone, for a delete) was written by this rollback, not by the application."""
-        refused = [i for i, answer in enumerate(answers) if isinstance(answer.error, ConflictError)]
-        if not refused:
-            return answers
-        found = self.store.get_many([writes[i][1].path for i in refused])
-        answers = list(answers)
-        for i, now in zip(refused, found, strict=True):
-            write = writes[i][1]
-            if write.kind == WriteKind.DELETE:
-                landed = now is None
-            else:
-                landed = now is not None and values_equal(now.data, dict(write.data or {}))
-            if landed:
-                answers[i] = WriteResult(write.path, update_time=now.update_time if now is not None else None)
-        return answers
+    def _resent_landed(self, writes: Sequence[tuple[RestoreAction, Write]],
+                       answers: Sequence[WriteResult]) -> dict[str, WriteResult]:
+        """Resent writes refused by their guard whose first send landed (its reply was lost):
+        path -> the result that send had, as read back from the store."""
+        resent = [write for (_, write), answer in zip(writes, answers, strict=True)
+                  if answer.resent and isinstance(answer.error, ConflictError)]
+        if not resent:
+            return {}
+        now = self.store.get_many([write.path for write in resent])
+        return {write.path: WriteResult(write.path, update_time=doc.update_time if doc else None)
+                for write, doc in zip(resent, now, strict=True) if write_landed(write, doc)}
 
     def _decide(self, action: RestoreAction, now: Document | None) -> Write | str | _Missed:
         """The write that undoes ``action``; or "unchanged"; or a conflict reason (the document no

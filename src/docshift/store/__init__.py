@@ -20,6 +20,7 @@ from docshift.store.base import (
     Write,
     WriteKind,
     WriteResult,
+    write_landed,
 )
 from docshift.store.memory import MemoryStore
 from docshift.store.resilience import FaultInjectingStore, RetryingStore, RetryPolicy
@@ -44,6 +45,7 @@ __all__ = [
     "WriteResult",
     "open_store",
     "store_for",
+    "write_landed",
 ]
 
 

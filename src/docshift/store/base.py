@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from docshift.errors import StoreError, UsageError
-from docshift.values import Timestamp, Value
+from docshift.values import Timestamp, Value, values_equal
 
 __all__ = [
     "DELETE_FIELD",
@@ -33,6 +33,7 @@ __all__ = [
     "collection_of",
     "parse_field_path",
     "split_path",
+    "write_landed",
 ]
 
 FieldPath = tuple[str, ...]
@@ -257,10 +258,29 @@ class WriteResult:
     path: str
     update_time: Timestamp | None = None
     error: StoreError | None = None
+    resent: bool = False
+    """The write was sent again after a request whose reply was lost (a reset connection, a
+    deadline): that request may have applied it, so a precondition refusal of the resent write
+    can be the write's own earlier success. :func:`write_landed` tells the two apart."""
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def write_landed(write: Write, now: Document | None, data: Mapping[str, Value] | None = None) -> bool:
+    """Whether ``now``, read after ``write`` was refused, is exactly what ``write`` leaves behind.
+
+    For a resent write (:attr:`WriteResult.resent`) that means its first send was applied: the
+    stored data equal what was sent (a delete: the document is gone). ``data`` is the whole
+    document the write leaves, needed for an update, which names only the fields it changes.
+    """
+    if write.kind == WriteKind.DELETE:
+        return now is None
+    expected = data if data is not None else write.data
+    if now is None or expected is None:
+        return False
+    return values_equal(now.data, dict(expected))
 
 
 @dataclass

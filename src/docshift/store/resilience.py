@@ -3,6 +3,11 @@
 Only :class:`~docshift.errors.TransientError` is retried, with exponential backoff and jitter:
 whole requests, the transient writes of a partly failed commit (never the writes that succeeded),
 and broken streams, which restart after the last document already yielded so nothing is repeated.
+
+A request that failed as a whole may still have been applied (the connection broke after the store
+wrote, before the reply came back). Its writes' results say so (``resent``), so that the caller can
+recognise a precondition refusal of the resent write as its own earlier write
+(:func:`~docshift.store.base.write_landed`) rather than as someone else's change.
 """
 
 from __future__ import annotations
@@ -122,13 +127,19 @@ class RetryingStore(Store):
     def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
         results: list[WriteResult | None] = [None] * len(writes)
         pending = list(range(len(writes)))
+        unsure: set[int] = set()  # sent in a request that failed as a whole: maybe only its reply was lost
 
         def attempt() -> None:
             nonlocal pending
-            answers = self.inner.commit([writes[i] for i in pending])
+            try:
+                answers = self.inner.commit([writes[i] for i in pending])
+            except TransientError:
+                unsure.update(pending)
+                raise
             still: list[int] = []
             first_error: TransientError | None = None
-            for index, answer in zip(pending, answers, strict=True):
+            for index, reply in zip(pending, answers, strict=True):
+                answer = dataclasses.replace(reply, resent=True) if index in unsure else reply
                 results[index] = answer
                 if isinstance(answer.error, TransientError):
                     still.append(index)
@@ -141,12 +152,12 @@ class RetryingStore(Store):
             self._call(attempt)
         except StoreError as error:
             if any(result is None for result in results):
-                raise  # the first request failed as a whole: nothing was applied
+                raise  # every request failed as a whole: no write has an answer to report
             # A retry of the failed writes failed as a whole (or retries ran out). Writes that were
             # applied earlier must still be reported as applied, so only the pending ones fail.
             if not isinstance(error, TransientError):
                 for index in pending:
-                    results[index] = WriteResult(writes[index].path, error=error)
+                    results[index] = WriteResult(writes[index].path, error=error, resent=index in unsure)
         return [result for result in results if result is not None]
 
     def close(self) -> None:
