@@ -53,7 +53,8 @@ def docshift(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Completed
 def project(tmp_path: Path) -> Path:
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / f"{LABEL}.py").write_text(textwrap.dedent(MIGRATION))
-    (tmp_path / "docshift.toml").write_text('runs_dir = "runs"\nbatch_size = 50\nmin_batch_size = 10\n')
+    (tmp_path / "docshift.toml").write_text('runs_dir = "runs"\nbatch_size = 50\nmin_batch_size = 10\n'
+                                            'max_batch_size = 50\n')
     return tmp_path
 
 
@@ -102,15 +103,17 @@ def test_three_percent_bad_documents_finish_in_the_dead_letters_with_a_warning(
 
 
 def gate_data(store: Store) -> set[str]:
-    """15% bad overall, all in the later part, so the run writes before the gate stops it."""
-    return seed(store, 1000, {i for i in range(400, 1000) if i % 4 == 0})
+    """15% bad overall, all in the later part, so the run writes before the gate stops it. The gate
+    judges settled batches, so it closes about 1,333 documents in (below 90%), plus at most the
+    batches in flight (8 of 50): well before the end."""
+    return seed(store, 2000, {i for i in range(800, 2000) if i % 4 == 0})
 
 
 def test_fifteen_percent_bad_documents_stop_the_run_at_the_gate(
     project: Path, cli_env: dict[str, str], firestore_store: Store
 ) -> None:
     bad = gate_data(firestore_store)
-    assert len(bad) == 150
+    assert len(bad) == 300
     result = docshift(project, cli_env, "run", "--execute")
     assert result.returncode == 12, result.stderr
     assert "error: integrity gate:" in result.stderr and "below integrity_critical 90%" in result.stderr
@@ -118,8 +121,8 @@ def test_fifteen_percent_bad_documents_stop_the_run_at_the_gate(
     assert "health 70/100 CRITICAL" in result.stderr
     folder = run_folder(project)
     checkpoint = Checkpoint.load(folder / LABEL / "checkpoint.json")
-    assert checkpoint.state == "stopped" and 400 <= checkpoint.counters["read"] < 1000
-    assert checkpoint.counters["updated"] >= 400  # it wrote before the gate closed
+    assert checkpoint.state == "stopped" and 800 <= checkpoint.counters["read"] < 2000
+    assert checkpoint.counters["updated"] >= 800  # it wrote before the gate closed
     letters = {letter["path"] for letter in DeadLetterFile(folder / LABEL / "dead-letters.jsonl")}
     assert letters and letters <= bad
     untouched = [doc for doc in firestore_store.stream(Query("users")) if "full_name" in doc.data]
