@@ -212,3 +212,4 @@ class TooManyFailures(RunStopped):
 
 class ValidationFailed(DocshiftError):
     exit_code = ExitCode.VALIDATION_FAILED
+    run_state = "finished"  # raised after a run did all it set out to do (its after-scan failed)

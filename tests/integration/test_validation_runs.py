@@ -218,3 +218,10 @@ def test_validate_flag_scans_before_and_after_and_exits_14_when_the_after_scan_f
     assert failed.returncode == 14, failed.stderr
     assert "error: after-scan 0002_check_teams after: integrity 0.0%" in failed.stderr
     assert "after-scan 0002_check_teams after" in failed.stdout and "CRITICAL" in failed.stdout
+    # The run's record says how it ended: finished, with the after-scan's exit 14 and error.
+    ended = max(p.parent for p in (project / "runs").glob("*/run.json"))  # the newest run
+    report = read_versioned(ended / "report.json", "docshift-report", 1)
+    assert report["outcome"]["exit_code"] == 14 and report["state"] == "finished"
+    assert "after-scan 0002_check_teams after" in report["outcome"]["error"]
+    shown = json.loads(docshift(project, cli_env, "show", ended.name, "--json").stdout)
+    assert shown["outcome"]["exit_code"] == 14

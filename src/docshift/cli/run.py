@@ -17,9 +17,9 @@ from docshift.cli.context import AppContext, pass_app
 from docshift.cli.observe import StatusFlags, display_progress, observe_run, status_options
 from docshift.cli.output import console, err_console, print_change, summary_table
 from docshift.cli.validate import (
-    check_run_validation,
     finish_run_validation,
     print_run_validation,
+    run_validation_failure,
     start_run_validation,
     stop_run_validation,
 )
@@ -206,6 +206,7 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
                 report = run(config, options, store=store, progress=validation, controls=controls,
                              checks=validation)
                 checked = finish_run_validation(validation, report.folder)
+                failure = seen.ended_by = run_validation_failure(checked)
                 signals.finished()  # from here on, only the report and the summary are left to write
             except RunStopped as stop:
                 stop_run_validation(validation, stop, config, store, folder=seen.folder,
@@ -216,7 +217,8 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     finally:
         store.close()
     if as_json:
-        check_run_validation(checked)
+        if failure is not None:
+            raise failure
         return
     if not execute and not quiet:
         _print_dry_run(report)
@@ -224,4 +226,5 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     print_run_validation(checked)
     if not report.execute and report.outcomes:
         console.print(f"dry run: nothing was written. Run folder: {Path(report.folder)}")
-    check_run_validation(checked)
+    if failure is not None:
+        raise failure

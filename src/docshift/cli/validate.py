@@ -23,9 +23,9 @@ from docshift.store import Store
 from docshift.validators import HealthStatus, Level, RunOutcome, RunValidation, ValidationReport
 
 __all__ = [
-    "check_run_validation",
     "finish_run_validation",
     "print_run_validation",
+    "run_validation_failure",
     "start_run_validation",
     "stop_run_validation",
     "validate_command",
@@ -184,9 +184,11 @@ def print_run_validation(outcome: RunOutcome, *, to_stderr: bool = False) -> Non
                   + (f"; report: {outcome.path}" if outcome.path else ""))
 
 
-def check_run_validation(outcome: RunOutcome) -> None:
-    """Exit 14 when an after-scan (``--validate``) found the data below integrity_critical."""
+def run_validation_failure(outcome: RunOutcome) -> ValidationFailed | None:
+    """Exit 14 when an after-scan (``--validate``) found the data below integrity_critical: the
+    run's outcome (recorded as such before the command raises it)."""
     failed = outcome.after_failed
-    if failed:
-        raise ValidationFailed(f"after-scan {failed[0].summary()}",
-                               hint=f"the failing documents are listed in {failed[0].path}")
+    if not failed:
+        return None
+    return ValidationFailed(f"after-scan {failed[0].summary()}",
+                            hint=f"the failing documents are listed in {failed[0].path}")

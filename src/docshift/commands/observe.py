@@ -107,6 +107,9 @@ class Observation:
         self.log: EventLog | None = None
         self.report: ReportPaths | None = None
         self.report_error: BaseException | None = None
+        self.ended_by: DocshiftError | None = None
+        """An error the command raises once the block is done (an after-scan below the threshold):
+        the run's outcome, recorded as such although the block itself ended without it."""
         self.progress: Progress = self.display
 
     def __enter__(self) -> Observation:
@@ -169,7 +172,7 @@ class Observation:
         folder = self.folder
         if folder is None:
             return
-        outcome = outcome_of(exc)
+        outcome = outcome_of(exc if exc is not None else self.ended_by)
         ran = (folder / "run.json").is_file()
         if self.resume and self.log is not None and not self.log.written:
             ran = False  # a resume refused before it started: the run's report stands as it was
