@@ -20,7 +20,7 @@ from typing import Any
 from docshift.errors import ConflictError, DataError, DriftError, MigrationFileError
 from docshift.loader import describe_file
 from docshift.migration import Migration
-from docshift.store.base import Document, Query, Store, Write
+from docshift.store.base import Document, Query, Store, Write, write_landed
 from docshift.values import Timestamp
 
 __all__ = [
@@ -192,6 +192,10 @@ class History:
             [result] = self.store.commit([write])
             if result.ok:
                 return record
+            if result.resent and isinstance(result.error, ConflictError) and write_landed(
+                write, self.store.get(path)
+            ):
+                return record  # our first send landed and its reply was lost: changing again would repeat it
             if not isinstance(result.error, ConflictError):
                 assert result.error is not None
                 raise result.error

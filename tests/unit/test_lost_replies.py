@@ -211,3 +211,18 @@ def check_lease_heartbeat(memory: Store) -> None:
     finally:
         lock.release()
     assert lossy.lost == 3
+
+
+def test_a_history_change_whose_reply_was_lost_is_recorded_once() -> None:
+    """The history's read-change-write: a resent write refused by its own guard must not make the
+    change again (each event once, however many replies are lost)."""
+    memory = MemoryStore()
+    lossy = LostReplies(memory, every=2, touches=lambda p: p.startswith("_docshift_history"))
+    history = History(RetryingStore(lossy, FAST), "_docshift")
+    migration = make_migration()
+    history.start(migration, "run-1")
+    history.finish(migration.id, MigrationStatus.APPLIED, {"updated": 3})
+    record = History(memory, "_docshift").get(migration.id)
+    assert record is not None and lossy.lost >= 2
+    assert [e.status for e in record.events] == [MigrationStatus.RUNNING, MigrationStatus.APPLIED]
+    assert record.status is MigrationStatus.APPLIED and record.counts == {"updated": 3}
