@@ -26,7 +26,10 @@ import orjson
 from docshift import codec
 from docshift.errors import DataError, RunFileError
 
-__all__ = ["check_in_place", "read_versioned", "run_file", "write_atomic", "write_fully", "write_versioned"]
+__all__ = [
+    "check_in_place", "close_durably", "read_versioned", "run_file", "write_atomic", "write_fully",
+    "write_versioned",
+]
 
 
 @contextlib.contextmanager
@@ -58,6 +61,19 @@ def check_in_place(fd: int, path: Path) -> None:
     opened, there = os.fstat(fd), os.stat(path)
     if opened.st_nlink == 0 or (opened.st_dev, opened.st_ino) != (there.st_dev, there.st_ino):
         raise OSError(errno.ENOENT, "the file was removed or replaced while the run was writing it")
+
+
+def close_durably(fd: int, path: Path, *, sync: bool = True) -> None:
+    """Close an appended run file: fsync it first (unless ``sync`` is false: a file broken by a
+    failure already raised), still in place; the descriptor is closed whatever happens."""
+    try:
+        if sync:
+            with run_file(path):
+                os.fsync(fd)
+                check_in_place(fd, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def write_atomic(path: Path, payload: bytes) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from docshift import codec
-from docshift.checkpoints.atomic import check_in_place, run_file, write_fully
+from docshift.checkpoints.atomic import check_in_place, close_durably, run_file, write_fully
 from docshift.errors import RunFileError
 from docshift.store.base import Document
 from docshift.values import Timestamp
@@ -96,13 +96,7 @@ class DeadLetterFile:
             if self._fd < 0:
                 return
             fd, self._fd = self._fd, -1
-            try:
-                if self._broken is None:
-                    with run_file(self.path):
-                        os.fsync(fd)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            close_durably(fd, self.path, sync=self._broken is None)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if not self.path.exists():

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from docshift import codec
-from docshift.checkpoints.atomic import check_in_place, run_file, write_fully
+from docshift.checkpoints.atomic import check_in_place, close_durably, run_file, write_fully
 from docshift.errors import RunFileError
 from docshift.values import Timestamp, Value
 
@@ -207,14 +207,7 @@ class JournalWriter:
             if self._fd < 0:
                 return
             fd, self._fd = self._fd, -1
-            try:
-                if self._broken is None:
-                    with run_file(self.path):
-                        os.fsync(fd)
-                        check_in_place(fd, self.path)
-            finally:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            close_durably(fd, self.path, sync=self._broken is None)
 
 
 def _note_outcomes(block: bytes, unconfirmed: set[str]) -> None:
