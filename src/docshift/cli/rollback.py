@@ -36,8 +36,14 @@ def _print(report: RollbackReport) -> None:
         return
     verb = "would be " if not report.execute else ""
     for item in report.items:
+        runs = item.source_runs
+        if len(runs) > 1:  # a migration applied over several runs: all of them are undone
+            every = "both" if len(runs) == 2 else f"all {len(runs)}"
+            applied = f"applied by runs {', '.join(reversed(runs))}: undoing {every}, newest first"
+        else:
+            applied = f"applied by run {runs[0]}" if runs else "applied by runs its history no longer names"
         console.print(f"\n[bold]{item.migration.label}[/]: {verb}undone by [bold]{item.strategy}[/] "
-                      f"(applied by run {item.source_run})")
+                      f"({applied})")
         samples = item.restore.samples if item.restore else (item.plan.samples if item.plan else [])
         for sample in samples:
             if isinstance(sample, tuple):
@@ -48,9 +54,14 @@ def _print(report: RollbackReport) -> None:
                 print_change(sample["path"], sample["kind"], sample["changes"], sample.get("data"))
         columns = _RESTORE_COLUMNS if item.restore else _DOWN_COLUMNS
         table = Table(show_header=True)
+        by_run = item.by_run if len(item.by_run) > 1 else []
+        if by_run:
+            table.add_column("run")
         for column in columns:
             table.add_column(column, justify="right")
-        table.add_row(*(f"{item.counters.get(c, 0):,}" for c in columns))
+        for run, counters in by_run:
+            table.add_row(run, *(f"{counters.get(c, 0):,}" for c in columns))
+        table.add_row(*(["total"] if by_run else []), *(f"{item.counters.get(c, 0):,}" for c in columns))
         console.print(table)
         conflicts = item.folder / "conflicts.jsonl"
         if conflicts.exists():
