@@ -270,16 +270,32 @@ class History:
             events=_append(old, HistoryEvent(status, now, old.run_id, old.user, old.checksum)),
         ))
 
-    def mark_rolled_back(self, migration_id: str, run_id: str, counts: Mapping[str, int]) -> HistoryRecord:
-        """Record that run ``run_id`` undid the migration (every run of its application): run, user,
-        times and counts become the rollback's; the earlier runs stay in ``events``, and the next
-        run starts a new application (``runs``)."""
+    def mark_rolled_back(self, migration_id: str, run_id: str, counts: Mapping[str, int],
+                         undone: Sequence[str] | None = None) -> HistoryRecord:
+        """Record that run ``run_id`` undid the migration: run, user, times and counts become the
+        rollback's; the earlier runs stay in ``events``, and the next run starts a new application
+        (``runs``). ``undone``: the runs whose writes were undone, when not every run of the
+        application (a canary run's stage rollback undoes its own stages): if others are left, or
+        may be (the record cannot name them), the migration is not rolled back; it keeps its
+        status, and ``runs`` names the runs whose writes remain."""
         now, user, status = Timestamp.now(), current_user(), MigrationStatus.ROLLED_BACK
-        return self._update(migration_id, lambda old: dataclasses.replace(
-            old, status=status, started_at=now, finished_at=now, run_id=run_id, user=user,
-            counts=dict(counts), error=None, docshift_version=_docshift_version(),
-            events=_append(old, HistoryEvent(status, now, run_id, user, old.checksum)), runs=(),
-        ))
+
+        def change(old: HistoryRecord) -> HistoryRecord:
+            runs = old.application_runs()
+            if undone is not None and (runs is None or set(runs) - set(undone)):
+                left = None if runs is None else tuple(r for r in runs if r not in undone)
+                remain = (f"those of run(s) {', '.join(left)} remain" if left
+                          else "earlier runs' writes may remain")
+                return dataclasses.replace(old, runs=left, error=(
+                    f"{old.error + '; ' if old.error else ''}the writes of run(s) {', '.join(undone)} were "
+                    f"rolled back; {remain}"))
+            return dataclasses.replace(
+                old, status=status, started_at=now, finished_at=now, run_id=run_id, user=user,
+                counts=dict(counts), error=None, docshift_version=_docshift_version(),
+                events=_append(old, HistoryEvent(status, now, run_id, user, old.checksum)), runs=(),
+            )
+
+        return self._update(migration_id, change)
 
     def accept_drift(self, migration_id: str, checksum: str, run_id: str) -> HistoryRecord:
         """After ``--allow-drift``: adopt the file's new checksum, keeping the applied one in

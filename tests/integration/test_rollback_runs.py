@@ -178,7 +178,8 @@ def killing_visits(marker: Path, n: int) -> str:
 ''')
 
 
-@pytest.mark.parametrize(("where", "n"), [("in the newer run's journal", 60), ("in the older run's journal", 3)])
+@pytest.mark.parametrize(("where", "n"), [("in the newer run's journal", 60),
+                                          ("in the older run's journal", 3)])
 def test_a_rollback_of_two_runs_killed_midway_is_finished_by_its_resume(
     where: str, n: int, firestore_store: Store, cli_env: dict[str, str], tmp_path: Path
 ) -> None:

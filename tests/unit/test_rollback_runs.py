@@ -17,16 +17,25 @@ import pytest
 
 from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.checkpoints.checkpoint import Checkpoint
-from docshift.commands.rollback import RollbackItem, RollbackOptions, RollbackReport, rollback
+from docshift.commands.rollback import (
+    RollbackConflicts,
+    RollbackItem,
+    RollbackOptions,
+    RollbackReport,
+    rollback,
+)
 from docshift.commands.run import RunOptions, load_run_info, run
+from docshift.commands.stages import StageFailed
 from docshift.config import Config
 from docshift.engine.controls import Controls
+from docshift.engine.progress import RecordingProgress
 from docshift.errors import EmergencyStop, RunStopped, UsageError
 from docshift.history import History, HistoryEvent, HistoryRecord, MigrationStatus
 from docshift.store import MemoryStore, Store, Write, WriteResult
 from docshift.values import Timestamp
 from tests.unit.engine_support import StoreWrapper, export, seed
-from tests.unit.test_rollback_truth import PREFIX, TIER, project, same_data, status_of
+from tests.unit.test_rollback_truth import PREFIX, TIER, lines, project, same_data, status_of
+from tests.unit.test_run_outcomes import STAGES, tier_config
 
 VISITS = '''"""Count a visit (not idempotent: a second run counts again); down() takes one away."""
 description = "visits"
@@ -118,7 +127,7 @@ def test_a_migration_finished_by_a_second_run_is_rolled_back_whole(how: str, str
     assert record_of(store).runs == (again.run_id,)
 
 
-# ---------------------------------------------------------------------------- interrupted / failed, then a new run
+# ---------------------------------------------------------------------------- stopped, then a new run
 def _slow(config: Config) -> Config:
     return config.with_engine(batch_size=10, min_batch_size=10, concurrency=1, checkpoint_every_docs=10)
 
@@ -212,6 +221,38 @@ def test_several_migrations_each_applied_over_several_runs(tmp_path: Path) -> No
     assert counters(dry) == counters(done)
     assert all(i.counters["conflicts"] == i.counters["mismatched"] == 0 for i in done.items)
     assert [len(i.source_runs) for i in done.items] == [3, 2]
+
+
+def test_a_conflict_then_the_rollback_again_reports_only_the_application_s_change(tmp_path: Path) -> None:
+    """The application changed one document after both runs: the rollback leaves it (conflict) and
+    undoes the rest. Run again, the documents both runs changed are back at their oldest
+    before-image already: the newer run's journal leaves them to the older run's (which finds them
+    back), and only the application's change is a conflict; --force then finishes it."""
+    config = project(tmp_path, **{"0001_visits": VISITS})
+    store = MemoryStore()
+    seed(store, 40)
+    before = export(store)
+    limited_then_full(config, store)
+    [edited] = store.get_many(["users/u00030"])
+    assert edited is not None and store.commit([Write.set(edited.path, {**edited.data, "app": 1})])[0].ok
+    for _ in range(2):
+        dry = rollback(config, RollbackOptions(to="0", strategy="restore"), store=store)
+        with pytest.raises(RollbackConflicts) as raised:
+            rollback(config, RollbackOptions(to="0", strategy="restore", execute=True), store=store)
+        report = raised.value.report
+        assert report is not None and counters(dry) == counters(report)
+        [item] = report.items
+        assert item.counters["conflicts"] == 1 and "1 document(s) changed" in raised.value.message
+        assert [c["path"] for c in lines(item.folder / "conflicts.jsonl")] == ["users/u00030"]
+        assert same_data({p: d for p, d in export(store).items() if p != edited.path},
+                         {p: d for p, d in before.items() if p != edited.path}) == []
+        assert status_of(store, "0001") is MigrationStatus.APPLIED
+    assert [part["unchanged"] for _, part in item.by_run] == [39, 10]  # the second time: all back
+    forced = RollbackOptions(to="0", strategy="restore", execute=True, force=True)
+    done = rollback(config, forced, store=store)
+    assert done.items[0].counters["conflicts"] == done.items[0].counters["mismatched"] == 0
+    assert same_data(export(store), before) == []
+    assert status_of(store, "0001") is MigrationStatus.ROLLED_BACK
 
 
 # ---------------------------------------------------------------------------- resume midway
@@ -312,6 +353,35 @@ def test_a_rollback_recorded_by_an_older_docshift_resumes_from_its_plan(tmp_path
     assert same_data(export(store), before) == []
 
 
+def test_a_canary_run_s_stage_rollback_after_a_limited_run_is_not_a_rolled_back_migration(
+    tmp_path: Path,
+) -> None:
+    """A canary run's failed gate undoes its own stages; the limited run's documents stay migrated,
+    so the migration is not recorded rolled back: it stays failed, its runs name the limited run,
+    and a rollback then undoes that one."""
+    config = tier_config(tmp_path, fail_from=5)  # stage 2 (1-10%) fails half its documents
+    store = MemoryStore()
+    seed(store, 600)
+    before = export(store)
+    limited = run(config, RunOptions(execute=True, limit=30), store=store)
+    migrated_first = {p for p, d in export(store).items() if d.data.get("tier")}
+    assert migrated_first and record_of(store).status is MigrationStatus.PARTIAL
+    progress = RecordingProgress()
+    with pytest.raises(StageFailed):
+        run(config, RunOptions(execute=True, stages=STAGES), store=store, progress=progress)
+    assert {p for p, d in export(store).items() if d.data.get("tier")} == migrated_first  # stages undone
+    record = record_of(store)
+    assert record.status is MigrationStatus.FAILED  # not rolled back: the limited run's writes remain
+    assert record.runs == (limited.run_id,)
+    warnings = [str(f["message"]) for kind, f in progress.events if kind == "warning"]
+    command = f"docshift rollback {limited.run_id} --execute"
+    assert any("not rolled back" in w and command in w for w in warnings)
+    done = rollback(config, RollbackOptions(to="0", execute=True), store=store)
+    assert done.items[0].source_runs == (limited.run_id,)
+    assert same_data(export(store), before) == []
+    assert status_of(store, "0001") is MigrationStatus.ROLLED_BACK
+
+
 # ---------------------------------------------------------------------------- no run missed, or said so
 def test_a_contributing_run_whose_folder_is_missing_is_refused_with_a_hint(tmp_path: Path) -> None:
     config = project(tmp_path, **{"0001_tier": TIER})
@@ -396,7 +466,7 @@ def test_an_older_record_whose_events_were_cut_is_refused_not_half_undone(tmp_pa
     store = MemoryStore()
     seed(store, 40)
     before = export(store)
-    first, second = limited_then_full(config, store)
+    limited_then_full(config, store)
     _as_older_docshift_wrote_it(store, 50)
     assert record_of(store).application_runs() is None
     migrated = export(store)

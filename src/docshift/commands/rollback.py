@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
+from docshift.checkpoints.journal import JournalReader
 from docshift.checkpoints.record import force_command
 from docshift.commands.run import (
     RunOptions,
@@ -45,7 +47,7 @@ from docshift.engine.controls import Controls
 from docshift.engine.pipeline import MigrationPipeline, PipelineResult, new_checkpoint
 from docshift.engine.plan import PlanRecorder
 from docshift.engine.progress import NullProgress, Progress
-from docshift.engine.restore import Restorer, RestoreResult, plan_restore
+from docshift.engine.restore import RestoreAction, Restorer, RestoreResult, plan_restore
 from docshift.engine.sharding import plan_shards
 from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
 from docshift.history import History, HistoryRecord, MigrationStatus, current_user
@@ -593,9 +595,8 @@ class _JournalUndo:
                             undo=migration.down if self.step.strategy == "down" else None,
                             limiter=self.controls.limiter, stop=self.controls.stop, progress=progress,
                             on_batch=self.save, batch_size=self.config.engine.batch_size,
-                            own_writes=self.own_writes)
-        journal = self.config.runs_dir / run / migration.label / _JOURNAL
-        restorer.run(plan_restore(journal, part.position), part)
+                            own_writes=self.own_writes, left_to_older=self._older_outputs(run))
+        restorer.run(plan_restore(self._journal(run), part.position), part)
         if part.stopped:
             self.save(state="stopped")
             return True
@@ -605,6 +606,35 @@ class _JournalUndo:
 
     def finish(self) -> None:
         self.save(state="finished")
+
+    def _journal(self, run: str) -> Path:
+        return self.config.runs_dir / run / self.step.migration.label / _JOURNAL
+
+    def _older_outputs(self, run: str) -> Callable[[RestoreAction], bool] | None:
+        """Whether a document of ``run``'s journal held what an older run of the migration wrote
+        when ``run`` changed it (the update time that run's write produced; for a document ``run``
+        created, that an older run deleted it): the older run's undo takes it further back."""
+        older = list(self.step.runs[self.step.runs.index(run) + 1:])
+        if not older:
+            return None
+        outputs: dict[str, set[Timestamp | None]] = {}
+        for other in older:
+            for entry in JournalReader(self._journal(other)):
+                if entry.kind == "written" and entry.update_time is not None:
+                    outputs.setdefault(entry.path, set()).add(entry.update_time)
+                elif entry.kind == "deleted":
+                    outputs.setdefault(entry.path, set()).add(None)
+
+        def chained(action: RestoreAction) -> bool:
+            found = outputs.get(action.path)
+            if not found:
+                return False
+            before = action.before
+            if before is None or before.data is None:  # created by this run: gone after the older one
+                return None in found
+            return before.update_time in found
+
+        return chained
 
     def total(self) -> RestoreResult:
         """Every run's counters added up (and the first samples)."""
