@@ -31,6 +31,7 @@ from docshift.engine.controls import Controls
 from docshift.engine.progress import RecordingProgress
 from docshift.errors import EmergencyStop, RunStopped, UsageError
 from docshift.history import History, HistoryEvent, HistoryRecord, MigrationStatus
+from docshift.loader import load_migrations
 from docshift.store import MemoryStore, Store, Write, WriteResult
 from docshift.values import Timestamp
 from tests.unit.engine_support import StoreWrapper, export, seed
@@ -493,3 +494,20 @@ def test_an_older_record_with_all_its_events_names_its_runs_from_them(tmp_path: 
     assert restored(done.items[0]) == 40
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
     assert done.items[0].source_runs == (second.run_id, first.run_id)  # derived, then kept
+
+
+def test_a_run_that_started_a_migration_but_wrote_none_of_it_has_nothing_to_undo(tmp_path: Path) -> None:
+    """Killed after the history said running, before its journal existed (the journal is opened
+    before any write): nothing of that run is left, and nothing is run over the target for it."""
+    config = project(tmp_path, **{"0001_tier": TIER, "0002_b_to_c": TIER.replace('"tier"', '"plan"')})
+    store = MemoryStore()
+    seed(store, 30)
+    before = export(store)
+    applied = run(config, RunOptions(execute=True, only="0001"), store=store)
+    second = {m.id: m for m in load_migrations(config.migrations_dir)}["0002"]
+    History(store, PREFIX).start(second, applied.run_id)  # as the killed process left it
+    done = rollback(config, RollbackOptions(to="0", execute=True), store=store)
+    assert [(i.migration.id, i.pipeline is None, restored(i)) for i in done.items] == [
+        ("0002", True, 0), ("0001", True, 30)]
+    assert same_data(export(store), before) == []
+    assert {status_of(store, m) for m in ("0001", "0002")} == {MigrationStatus.ROLLED_BACK}

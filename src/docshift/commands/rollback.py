@@ -214,8 +214,8 @@ def _with_run(record: HistoryRecord | None, runs: tuple[str, ...] | None,
     if run_id not in runs:
         assert record is not None
         raise UsageError(
-            f"run {run_id}'s changes to {record.label} were rolled back already; run(s) {', '.join(runs)} "
-            "applied it again since",
+            f"run {run_id}'s changes to {record.label} were rolled back already; what is applied now was "
+            f"written by run(s) {', '.join(runs)}",
             hint=f"to undo that: docshift rollback {runs[-1]} (it undoes every run of it)",
         )
     return tuple(reversed(runs))
@@ -487,7 +487,7 @@ def _undo_all(
                             runs_known=step.known)
         items[step.migration.id] = item
         report.items.append(item)
-        if step.by == "journal":
+        if step.by == "journal" and step.runs:
             undos[step.migration.id] = _JournalUndo(config, step, item.folder, options, controls, own_writes)
     last_of = {step.migration.id: index for index, (step, _) in enumerate(order)}
     for step in plan:
@@ -558,7 +558,11 @@ class _JournalUndo:
         self.path = folder / "checkpoint.json"
         self.parts = {run: RestoreResult() for run in step.runs}
         self.finished: set[str] = set()
-        self.started, self.elapsed_before = time.monotonic(), 0.0
+        self.current = step.runs[0]
+        """The run whose journal is being undone (``position`` in the checkpoint is in it)."""
+        self.working_seconds = 0.0
+        """Time spent undoing this migration (other migrations' runs may come in between)."""
+        self.started: float | None = None
         if self.path.exists():
             saved = Checkpoint.load(self.path)
             if saved.extra.get("kind") not in ("restore", "down"):
@@ -576,17 +580,17 @@ class _JournalUndo:
                 part.position = int(entry.get("position", -1))
                 if entry.get("finished"):
                     self.finished.add(str(entry["run"]))
-            self.elapsed_before = saved.elapsed_seconds
+            self.working_seconds = saved.elapsed_seconds
         self.checkpoint = Checkpoint(run_id=folder.parent.name, migration_id=step.migration.id,
                                      checksum=step.migration.checksum, shards=[ShardCursor()],
-                                     extra={"kind": step.strategy, "of_run": step.runs[0],
-                                            "runs": list(step.runs)})
+                                     extra={"kind": step.strategy, "runs": list(step.runs)})
 
     def run(self, run: str, store: Store, progress: Progress) -> bool:
         """Undo run ``run``'s journal (from where it stopped); whether the rollback was stopped."""
         if run in self.finished:
             return False
         migration, part = self.step.migration, self.parts[run]
+        self.current, self.started = run, time.monotonic()
         # redo recognises our own writes by value; a copy's before-images are of its targets,
         # which up() does not take.
         redo = None if migration.target.copy_to else migration.up
@@ -597,12 +601,12 @@ class _JournalUndo:
                             on_batch=self.save, batch_size=self.config.engine.batch_size,
                             own_writes=self.own_writes, left_to_older=self._older_outputs(run))
         restorer.run(plan_restore(self._journal(run), part.position), part)
-        if part.stopped:
-            self.save(state="stopped")
-            return True
-        self.finished.add(run)
-        self.save()
-        return False
+        if not part.stopped:
+            self.finished.add(run)
+        self.save(state="stopped" if part.stopped else "running")
+        self.working_seconds += time.monotonic() - self.started
+        self.started = None
+        return part.stopped
 
     def finish(self) -> None:
         self.save(state="finished")
@@ -657,9 +661,11 @@ class _JournalUndo:
             return
         checkpoint = self.checkpoint
         checkpoint.counters = dict(self.total().counters)
-        checkpoint.elapsed_seconds = self.elapsed_before + time.monotonic() - self.started  # working time
+        running = time.monotonic() - self.started if self.started is not None else 0.0
+        checkpoint.elapsed_seconds = self.working_seconds + running  # the report's working time
         checkpoint.extra["steps"] = [{"run": run, "counters": dict(part.counters), "position": part.position,
                                       "finished": run in self.finished} for run, part in self.parts.items()]
+        checkpoint.extra.update(of_run=self.current, position=self.parts[self.current].position)
         checkpoint.state = state
         checkpoint.save(self.path)
 
