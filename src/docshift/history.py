@@ -102,6 +102,12 @@ class HistoryRecord:
     events: tuple[HistoryEvent, ...] = ()
     overrides: Mapping[str, Any] = field(default_factory=dict)
     """Settings a resume of this run changed from the run's own: name -> {"was": …, "now": …}."""
+    runs: tuple[str, ...] | None = None
+    """Every run that wrote this migration since it was last rolled back, in the order they first
+    started: a migration can be applied over several runs (a ``--limit`` run, then a full one; an
+    interrupted or failed run, then a new one), and undoing it means undoing all of them. Kept apart
+    from ``events``, which are capped, so no run can drop out. ``None``: a record written by an
+    older docshift, whose runs :meth:`application_runs` derives from the events."""
 
     @property
     def label(self) -> str:
@@ -116,6 +122,20 @@ class HistoryRecord:
             return False
         return any(e.status is MigrationStatus.ROLLED_BACK for e in self.events[started[-1] + 1:])
 
+    def application_runs(self) -> tuple[str, ...] | None:
+        """The runs whose writes make up the migration's current application, oldest first (empty
+        once it is rolled back); ``None`` when the record cannot tell: an older docshift's record
+        whose event list reached its cap with no rollback in it, so runs may have dropped out."""
+        if self.status is MigrationStatus.ROLLED_BACK:
+            return ()
+        if self.runs is not None:
+            return self.runs
+        rollbacks = [i for i, e in enumerate(self.events) if e.status is MigrationStatus.ROLLED_BACK]
+        if not rollbacks and len(self.events) >= _MAX_EVENTS:
+            return None
+        since = self.events[rollbacks[-1] + 1:] if rollbacks else self.events
+        return tuple(dict.fromkeys(e.run_id for e in since if e.status is MigrationStatus.RUNNING))
+
     def to_data(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data.update(
@@ -124,6 +144,7 @@ class HistoryRecord:
             checkpoint=dict(self.checkpoint) if self.checkpoint is not None else None,
             overrides=dict(self.overrides),
             events=[{**vars(e), "status": e.status.value} for e in self.events],
+            runs=list(self.runs) if self.runs is not None else None,
         )
         return data
 
@@ -139,6 +160,7 @@ class HistoryRecord:
                 "counts": {str(k): int(v) for k, v in (data.get("counts") or {}).items()},
                 "previous_checksums": tuple(data.get("previous_checksums") or ()),
                 "overrides": dict(data.get("overrides") or {}),
+                "runs": tuple(str(r) for r in data["runs"]) if data.get("runs") is not None else None,
                 "events": tuple(
                     HistoryEvent(**{**e, "status": MigrationStatus(e["status"])})
                     for e in data.get("events") or ()
@@ -221,7 +243,7 @@ class History:
                 docshift_version=_docshift_version(), counts={},
                 previous_checksums=_with_checksum(old, migration.checksum), name=migration.name,
                 file=describe_file(migration.path) if migration.path else "",
-                events=_append(old, event), overrides=dict(overrides or {}),
+                events=_append(old, event), overrides=dict(overrides or {}), runs=_with_run(old, run_id),
             )
 
         return self._change(migration.id, change)
@@ -252,15 +274,32 @@ class History:
             events=_append(old, HistoryEvent(status, now, old.run_id, old.user, old.checksum)),
         ))
 
-    def mark_rolled_back(self, migration_id: str, run_id: str, counts: Mapping[str, int]) -> HistoryRecord:
+    def mark_rolled_back(self, migration_id: str, run_id: str, counts: Mapping[str, int],
+                         undone: Sequence[str] | None = None) -> HistoryRecord:
         """Record that run ``run_id`` undid the migration: run, user, times and counts become the
-        rollback's; the earlier runs stay in ``events``."""
+        rollback's; the earlier runs stay in ``events``, and the next run starts a new application
+        (``runs``). ``undone``: the runs whose writes were undone, when not every run of the
+        application (a canary run's stage rollback undoes its own stages): if others are left, or
+        may be (the record cannot name them), the migration is not rolled back; it keeps its
+        status, and ``runs`` names the runs whose writes remain."""
         now, user, status = Timestamp.now(), current_user(), MigrationStatus.ROLLED_BACK
-        return self._update(migration_id, lambda old: dataclasses.replace(
-            old, status=status, started_at=now, finished_at=now, run_id=run_id, user=user,
-            counts=dict(counts), error=None, docshift_version=_docshift_version(),
-            events=_append(old, HistoryEvent(status, now, run_id, user, old.checksum)),
-        ))
+
+        def change(old: HistoryRecord) -> HistoryRecord:
+            runs = old.application_runs()
+            if undone is not None and (runs is None or set(runs) - set(undone)):
+                left = None if runs is None else tuple(r for r in runs if r not in undone)
+                remain = (f"those of run(s) {', '.join(left)} remain" if left
+                          else "earlier runs' writes may remain")
+                return dataclasses.replace(old, runs=left, error=(
+                    f"{old.error + '; ' if old.error else ''}the writes of run(s) {', '.join(undone)} were "
+                    f"rolled back; {remain}"))
+            return dataclasses.replace(
+                old, status=status, started_at=now, finished_at=now, run_id=run_id, user=user,
+                counts=dict(counts), error=None, docshift_version=_docshift_version(),
+                events=_append(old, HistoryEvent(status, now, run_id, user, old.checksum)), runs=(),
+            )
+
+        return self._update(migration_id, change)
 
     def accept_drift(self, migration_id: str, checksum: str, run_id: str) -> HistoryRecord:
         """After ``--allow-drift``: adopt the file's new checksum, keeping the applied one in
@@ -292,6 +331,18 @@ def _with_checksum(old: HistoryRecord | None, new_checksum: str) -> tuple[str, .
     if old.checksum != new_checksum and old.checksum not in previous:
         previous.append(old.checksum)
     return tuple(previous)
+
+
+def _with_run(old: HistoryRecord | None, run_id: str) -> tuple[str, ...] | None:
+    """``runs`` once ``run_id`` starts the migration: added to the current application's runs (a
+    resume is already there), or the first of a new one. ``None`` stays unknown (see
+    :meth:`HistoryRecord.application_runs`): a rollback then refuses rather than miss a run."""
+    if old is None:
+        return (run_id,)
+    runs = old.application_runs()
+    if runs is None:
+        return None
+    return runs if run_id in runs else (*runs, run_id)
 
 
 def _append(old: HistoryRecord | None, event: HistoryEvent) -> tuple[HistoryEvent, ...]:

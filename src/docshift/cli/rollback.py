@@ -36,8 +36,16 @@ def _print(report: RollbackReport) -> None:
         return
     verb = "would be " if not report.execute else ""
     for item in report.items:
+        runs = item.source_runs
+        if len(runs) > 1:  # a migration applied over several runs: all of them are undone
+            every = "both" if len(runs) == 2 else f"all {len(runs)}"
+            applied = f"applied by runs {', '.join(reversed(runs))}: undoing {every}, newest first"
+        else:
+            applied = f"applied by run {runs[0]}"
+        if not item.runs_known:
+            applied += " and earlier runs its history no longer names"
         console.print(f"\n[bold]{item.migration.label}[/]: {verb}undone by [bold]{item.strategy}[/] "
-                      f"(applied by run {item.source_run})")
+                      f"({applied})")
         samples = item.restore.samples if item.restore else (item.plan.samples if item.plan else [])
         for sample in samples:
             if isinstance(sample, tuple):
@@ -48,9 +56,14 @@ def _print(report: RollbackReport) -> None:
                 print_change(sample["path"], sample["kind"], sample["changes"], sample.get("data"))
         columns = _RESTORE_COLUMNS if item.restore else _DOWN_COLUMNS
         table = Table(show_header=True)
+        by_run = item.by_run if len(item.by_run) > 1 else []
+        if by_run:
+            table.add_column("run")
         for column in columns:
             table.add_column(column, justify="right")
-        table.add_row(*(f"{item.counters.get(c, 0):,}" for c in columns))
+        for run, counters in by_run:
+            table.add_row(run, *(f"{counters.get(c, 0):,}" for c in columns))
+        table.add_row(*(["total"] if by_run else []), *(f"{item.counters.get(c, 0):,}" for c in columns))
         console.print(table)
         conflicts = item.folder / "conflicts.jsonl"
         if conflicts.exists():
@@ -68,7 +81,8 @@ def _print(report: RollbackReport) -> None:
 @click.command("rollback")
 @click.argument("run_id", required=False)
 @click.option("--to", "to", metavar="MIGRATION_ID",
-              help="Undo every migration applied after MIGRATION_ID, newest first.")
+              help="Undo every migration applied after MIGRATION_ID, newest first, each from every "
+                   "run that applied it.")
 @click.option("--strategy", type=click.Choice(["auto", "down", "restore"]), default="auto", show_default=True,
               help="restore: put back the saved before-images; down: apply the migration's down() to "
                    "each document the run changed; auto: down when the migration has one. Either way "
@@ -90,13 +104,15 @@ def rollback_command(app: AppContext, run_id: str | None, to: str | None, strate
     """Undo run RUN_ID, or everything applied after --to MIGRATION_ID.
 
     Works on the project and database the run was made on (a different --project/--database is
-    refused). Only the documents the run changed are touched, each only while it still holds what
-    the run wrote: a document the application changed since is a conflict, left alone and listed
-    in conflicts.jsonl, unless --force. Afterwards every undone document is compared with its
-    before-image; one that differs (a down() that does not undo up()) is listed in
-    mismatches.jsonl and the command exits 1. Only a migration undone without conflicts or
-    mismatches is recorded as rolled back. Dry run by default: it simulates the whole rollback,
-    newest migration first, and prints the counts, conflicts and mismatches the execute would
+    refused). A migration applied over several runs since it was last rolled back (a --limit run,
+    then a full one; an interrupted or failed run, then a new one) is undone from every one of
+    them, newest first, whichever is named. Only the documents the runs changed are touched, each
+    only while it still holds what the run wrote: a document the application changed since is a
+    conflict, left alone and listed in conflicts.jsonl, unless --force. Afterwards every undone
+    document is compared with its before-image; one that differs (a down() that does not undo
+    up()) is listed in mismatches.jsonl and the command exits 1. Only a migration undone without
+    conflicts or mismatches is recorded as rolled back. Dry run by default: it simulates the whole
+    rollback, newest first, and prints the counts, conflicts and mismatches the execute would
     have. Checkpointed and resumable like any run.
     """
     options = RollbackOptions(run_id=run_id, to=to, strategy=strategy, execute=execute, force=force,

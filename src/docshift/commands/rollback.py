@@ -8,15 +8,22 @@ before-image is ``mismatched``, listed, and keeps the migration from being recor
 ``auto`` uses ``down`` when the migration has one. Only a run made without before-images
 (``--no-backup``) is undone by ``down`` over its whole target, through the engine, unverified.
 
+A migration can be applied over several runs (a ``--limit`` run and then a full one; an
+interrupted or failed run and then a new one): the history names them all (``runs``), and undoing
+the migration undoes every one of their journals, newest run first, in one rollback, whichever of
+them was named. Recorded ``rolled_back`` only then, since otherwise the documents of the runs not
+undone would stay migrated under a history that says they are not.
+
 A rollback is a run like any other: dry run by default, locked, checkpointed, resumable, recorded,
 on the project and database its run was made on. Its dry run executes the same code against a
-simulated copy of the database (newest migration first), so it predicts what the execute will do.
+simulated copy of the database (newest first), so it predicts what the execute will do.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +31,7 @@ from typing import Any
 
 from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
+from docshift.checkpoints.journal import JournalReader
 from docshift.checkpoints.record import force_command
 from docshift.commands.run import (
     RunOptions,
@@ -39,10 +47,10 @@ from docshift.engine.controls import Controls
 from docshift.engine.pipeline import MigrationPipeline, PipelineResult, new_checkpoint
 from docshift.engine.plan import PlanRecorder
 from docshift.engine.progress import NullProgress, Progress
-from docshift.engine.restore import Restorer, RestoreResult, plan_restore
+from docshift.engine.restore import RestoreAction, Restorer, RestoreResult, plan_restore
 from docshift.engine.sharding import plan_shards
 from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
-from docshift.history import History, MigrationStatus, current_user
+from docshift.history import History, HistoryRecord, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock
 from docshift.migration import Migration
@@ -73,17 +81,46 @@ class RollbackOptions:
     (``run_id`` is the run to roll back.)"""
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One migration of a rollback's plan: the runs whose writes make up its application (newest
+    first), the strategy, and whether it is undone from those runs' journals (``journal``) or by
+    down() over the whole target (``target``: some run kept no before-images)."""
+
+    migration: Migration
+    runs: tuple[str, ...]
+    strategy: str
+    by: str
+    known: bool = True
+    """False: the history no longer names every run (only ``runs``, the latest); undone by target."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"migration": self.migration.id, "runs": list(self.runs), "strategy": self.strategy,
+                "by": self.by, "known": self.known}
+
+
 @dataclass
 class RollbackItem:
     migration: Migration
     strategy: str
-    source_run: str
+    source_runs: tuple[str, ...]
+    """The runs whose writes this undoes, newest first (a migration applied over several runs)."""
     folder: Path
+    runs_known: bool = True
+    """False: its history no longer names every run that applied it (see ``note``)."""
     restore: RestoreResult | None = None
+    """From the journals: the counters of every run's, added up (``by_run`` has each)."""
     pipeline: PipelineResult | None = None
     plan: PlanRecorder | None = None
     note: str | None = None
     """Said with the summary: a rollback that could not be verified, and why."""
+    by_run: list[tuple[str, dict[str, int]]] = field(default_factory=list)
+    """Each run's journal undone, newest first, with its counters."""
+
+    @property
+    def source_run(self) -> str:
+        """The newest of ``source_runs``: the run that last applied the migration."""
+        return self.source_runs[0] if self.source_runs else ""
 
     @property
     def counters(self) -> dict[str, int]:
@@ -121,8 +158,10 @@ class RollbackConflicts(DocshiftError):
 
 
 def _targets(config: Config, options: RollbackOptions, history: History,
-             migrations: dict[str, Migration]) -> list[tuple[Migration, str]]:
-    """(migration, run that applied it), newest first."""
+             migrations: dict[str, Migration]) -> list[tuple[Migration, tuple[str, ...], bool]]:
+    """(migration, the runs of its application newest first, whether those are all of them), newest
+    migration first. Not all: the history cannot name them (see
+    :meth:`HistoryRecord.application_runs`); the runs are then the latest one alone."""
     if (options.run_id is None) == (options.to is None):
         raise UsageError("name a RUN_ID or --to MIGRATION_ID (one of them)")
     if options.run_id is not None:
@@ -130,17 +169,21 @@ def _targets(config: Config, options: RollbackOptions, history: History,
         info = load_run_info(run_folder)
         if info.get("kind", "run") != "run" or not info.get("execute"):
             raise UsageError(f"run {options.run_id} was not an executed migration run; nothing to roll back")
-        chosen = []
+        run_id = str(info["run_id"])
+        chosen: list[tuple[Migration, tuple[str, ...], bool]] = []
         for migration_id in reversed(info["migrations"]):
+            record = history.get(migration_id)
+            runs = record.application_runs() if record is not None else ()
             # A run killed before its first checkpoint has written (and journalled) already.
             if not any(run_folder.glob(f"{migration_id}_*/checkpoint.json")) and not any(
                 run_folder.glob(f"{migration_id}_*/before-images.jsonl.gz")
-            ):
+            ) and run_id not in (runs or ()):
                 continue  # the run stopped before this migration started
             if migration_id not in migrations:
                 raise UsageError(f"migration {migration_id} of run {options.run_id} has no file here",
                                  hint="restore the migration file from version control")
-            chosen.append((migrations[migration_id], str(info["run_id"])))
+            undone = _with_run(record, runs, run_id)
+            chosen.append((migrations[migration_id], undone or (run_id,), undone is not None))
         return chosen
     assert options.to is not None
     records = history.all()
@@ -151,12 +194,38 @@ def _targets(config: Config, options: RollbackOptions, history: History,
     if missing:
         raise UsageError(f"migration {missing[0]} ran here but its file is gone",
                          hint="restore the migration file from version control")
-    return [(migrations[r.migration_id], r.run_id) for r in later]
+    chosen = []
+    for record in later:
+        runs = record.application_runs()
+        chosen.append((migrations[record.migration_id],
+                       tuple(reversed(runs or ())) or (record.run_id,), runs is not None))
+    return chosen
 
 
-def _strategy(config: Config, migration: Migration, source_run: str, wanted: str) -> str:
-    journal = config.runs_dir / source_run / migration.label / _JOURNAL
+def _with_run(record: HistoryRecord | None, runs: tuple[str, ...] | None,
+              run_id: str) -> tuple[str, ...] | None:
+    """The runs to undo when run ``run_id`` is named: every run of the application it is part of,
+    newest first. Undoing it alone would leave the others' documents migrated while the history
+    says rolled back."""
+    if runs is None:
+        return None
+    if not runs:  # rolled back already (or no record): its journal again, found undone
+        return (run_id,)
+    if run_id not in runs:
+        assert record is not None
+        raise UsageError(
+            f"run {run_id}'s changes to {record.label} were rolled back already; what is applied now was "
+            f"written by run(s) {', '.join(runs)}",
+            hint=f"to undo that: docshift rollback {runs[-1]} (it undoes every run of it)",
+        )
+    return tuple(reversed(runs))
+
+
+def _strategy(config: Config, migration: Migration, runs: tuple[str, ...], known: bool, wanted: str) -> _Step:
+    """How to undo ``migration``, whose application is the writes of ``runs`` (newest first; with
+    ``known`` off, of those and of earlier runs the history no longer names)."""
     copy_to = migration.target.copy_to
+    explicit_down = wanted == "down"
     if wanted == "auto":
         wanted = "down" if migration.down is not None and not copy_to else "restore"
     if wanted == "down" and migration.down is None:
@@ -165,12 +234,127 @@ def _strategy(config: Config, migration: Migration, source_run: str, wanted: str
         # down() would read the source and write its result into the copy: that undoes nothing.
         raise UsageError(f"{migration.label} copies into {copy_to}: down() cannot undo a copy",
                          hint="use --strategy restore (deletes the documents the copy created)")
-    if wanted == "restore" and not journal.exists():
+    over_target = ("use --strategy down (down() over the whole target, unverified)" if migration.down
+                   else "restore the data from a backup")
+    if not known:
+        if explicit_down:
+            return _Step(migration, runs, "down", "target", known=False)
         raise UsageError(
-            f"no before-images for {migration.label} in run {source_run} ({journal})",
-            hint="copy that run's folder into runs_dir, or use --strategy down if the migration has one",
+            f"the history of {migration.label} no longer names every run that applied it (it was written "
+            "by an older docshift, which kept only its latest events): their before-images cannot all "
+            "be found",
+            hint=f"to undo it anyway, {over_target}",
         )
-    return wanted
+    journalled, without = [], []
+    for run in runs:
+        folder = config.runs_dir / run
+        if (folder / migration.label / _JOURNAL).exists():
+            journalled.append(run)
+        elif not (folder / "run.json").is_file():
+            if not explicit_down:
+                more = f" (one of the {len(runs)} runs that applied it)" if len(runs) > 1 else ""
+                raise UsageError(
+                    f"run {run} applied {migration.label}{more}, but its folder is not in {config.runs_dir}",
+                    hint=f"copy that run's folder ({run}) into {config.runs_dir} from the machine that ran "
+                    f"it, or {over_target}",
+                )
+            without.append(run)
+        elif _wrote_without_journal(folder, migration):
+            without.append(run)
+        # else: the run stopped before it started this migration: nothing of it to undo
+    if without:
+        if wanted == "restore":
+            journal = config.runs_dir / without[0] / migration.label / _JOURNAL
+            raise UsageError(
+                f"no before-images for {migration.label} in run {without[0]} ({journal})",
+                hint="copy that run's folder into runs_dir, or use --strategy down if the migration has one",
+            )
+        return _Step(migration, tuple(r for r in runs if r in journalled or r in without), "down", "target")
+    return _Step(migration, tuple(journalled), wanted, "journal")
+
+
+def _wrote_without_journal(run_folder: Path, migration: Migration) -> bool:
+    """Whether a run with no journal for ``migration`` may have written it: it checkpointed it, or
+    it ran without before-images (and may have written before its first checkpoint)."""
+    if (run_folder / migration.label / "checkpoint.json").exists():
+        return True
+    settings = load_run_info(run_folder).get("settings") or {}
+    return (settings.get("config") or {}).get("backup") is False
+
+
+def _planned(config: Config, migrations: dict[str, Migration], entry: Any) -> _Step:
+    """A step of a recorded plan (``run.json``); an older docshift's ``[id, run, strategy]``
+    undid one run, from its journal when it had one."""
+    if isinstance(entry, dict):
+        migration_id, runs = str(entry["migration"]), tuple(str(r) for r in entry["runs"])
+        strategy, by, known = str(entry["strategy"]), str(entry["by"]), bool(entry.get("known", True))
+    else:
+        migration_id, run, strategy = (str(part) for part in entry)
+        runs, by, known = (run,), "", True
+    if migration_id not in migrations:
+        raise UsageError(f"migration {migration_id} of this rollback has no file here",
+                         hint="restore the migration file from version control")
+    migration = migrations[migration_id]
+    if not by:
+        journal = config.runs_dir / runs[0] / migration.label / _JOURNAL
+        by = "journal" if strategy == "restore" or journal.exists() else "target"
+    return _Step(migration, runs, strategy, by, known)
+
+
+_Order = list[tuple[_Step, str | None]]
+"""The order a rollback undoes things in: (step, the run whose journal) or (step, None): down()
+over the step's whole target."""
+
+
+def _order(config: Config, plan: list[_Step]) -> _Order:
+    """Newest writes first: the runs' journals, newest run first, and within one run its
+    migrations newest first (a run applies them oldest first). Going migration by migration instead
+    would undo a run's write to a document before a later run's write to it by another migration
+    (a ``--limit`` run of two migrations, then a full one), and meet that one as a conflict. A
+    down() over the target goes at the place of its newest run."""
+    entries: _Order = []
+    for step in plan:
+        if step.by == "journal":
+            entries += [(step, run) for run in step.runs]
+        else:
+            entries.append((step, None))
+
+    def newest_first(entry: tuple[_Step, str | None]) -> tuple[datetime, str, tuple[int, str]]:
+        step, run = entry
+        run = run if run is not None else (step.runs[0] if step.runs else "")
+        migration_id = step.migration.id
+        return (_started_at(config, run), run,
+                (int(migration_id), migration_id) if migration_id.isdigit() else (1 << 62, migration_id))
+
+    return sorted(entries, key=newest_first, reverse=True)
+
+
+def _recorded_order(plan: list[_Step], info: dict[str, Any]) -> _Order:
+    """The order a rollback recorded in its ``run.json``; an older docshift's went migration by
+    migration, each run's journal (or the target) in turn."""
+    if "order" not in info:
+        return [(step, run if step.by == "journal" else None) for step in plan
+                for run in (step.runs if step.by == "journal" else step.runs[:1])]
+    steps = {step.migration.id: step for step in plan}
+    return [(steps[str(migration_id)], None if run is None else str(run))
+            for migration_id, run in info["order"]]
+
+
+def _started_at(config: Config, run: str) -> datetime:
+    """When ``run`` started: its ``run.json``'s ``created_at`` (to the microsecond), or the time its
+    id begins with (a run whose folder is not here)."""
+    folder = config.runs_dir / run
+    if (folder / "run.json").is_file():
+        created = load_run_info(folder).get("created_at")
+        if isinstance(created, str):
+            try:
+                return datetime.fromisoformat(created)
+            except ValueError:
+                pass
+    try:
+        return datetime.strptime(run[:15], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def rollback_target(config: Config, options: RollbackOptions) -> Config:
@@ -207,21 +391,27 @@ def rollback(
             folder = find_run(config.runs_dir, options.resume, kind="rollback")
             info = read_versioned(folder / "run.json", "docshift-run", 1)
             check_store(active, info, str(info["run_id"]))
-            plan = [(migrations[i], run, strategy) for i, run, strategy in info["plan"]]
+            plan = [_planned(config, migrations, entry) for entry in info["plan"]]
+            order = _recorded_order(plan, info)
             options = dataclasses.replace(options, execute=bool(info["execute"]), force=bool(info["force"]))
             run_id = str(info["run_id"])
         else:
             targets = _targets(config, options, history, migrations)
-            for source_run in dict.fromkeys(run for _, run in targets):
+            for source_run in dict.fromkeys(run for _, runs, _ in targets for run in runs):
                 if (config.runs_dir / source_run / "run.json").is_file():
                     check_store(active, load_run_info(config.runs_dir / source_run), source_run)
-            plan = [(m, run, _strategy(config, m, run, options.strategy)) for m, run in targets]
+            plan = [_strategy(config, m, runs, known, options.strategy) for m, runs, known in targets]
+            order = _order(config, plan)
             run_id = options.rollback_id or new_run_id()
             folder = config.runs_dir / run_id
+            of_run = None
+            if options.run_id is not None:
+                of_run = str(load_run_info(find_run(config.runs_dir, options.run_id))["run_id"])
             info = {"run_id": run_id, "kind": "rollback", "execute": options.execute, "force": options.force,
-                    "state": "running", "migrations": [m.id for m, _, _ in plan],
-                    "plan": [[m.id, run, strategy] for m, run, strategy in plan],
-                    "of_run": plan[0][1] if options.run_id and plan else options.run_id, "to": options.to,
+                    "state": "running", "migrations": [step.migration.id for step in plan],
+                    "plan": [step.to_json() for step in plan],
+                    "order": [[step.migration.id, run] for step, run in order],
+                    "of_run": of_run, "to": options.to,
                     "strategy": options.strategy,
                     "created_at": datetime.now(UTC).isoformat(), "user": current_user(),
                     "target": active.info.describe(),
@@ -230,13 +420,13 @@ def rollback(
         report = RollbackReport(run_id, folder, options.execute, active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
-            _undo_all(config, active, plan, options, report, history, progress, controls)
+            _undo_all(config, active, plan, order, options, report, history, progress, controls)
         else:
             lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
             with lock:
                 controls.lease_lost = lock.lost
                 try:
-                    _undo_all(config, active, plan, options, report, history, progress, controls)
+                    _undo_all(config, active, plan, order, options, report, history, progress, controls)
                 except RunStopped as stop:
                     stop.resume_command = report.resume_command
                     info["state"] = stop.run_state
@@ -281,89 +471,203 @@ def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, s
 
 
 def _undo_all(
-    config: Config, store: Store, plan: list[tuple[Migration, str, str]], options: RollbackOptions,
+    config: Config, store: Store, plan: list[_Step], order: _Order, options: RollbackOptions,
     report: RollbackReport, history: History, progress: Progress, controls: Controls,
 ) -> None:
-    """Undo each migration of the plan, newest first. A dry run does the same against a simulated
-    copy of the store, so an older migration sees what undoing the newer ones would leave."""
+    """Undo the plan in ``order`` (newest writes first): each run's journal of each migration, or
+    down() over a migration's target. A migration is recorded rolled back once the last of its runs
+    is undone, cleanly. A dry run does the same against a simulated copy of the store, so each undo
+    sees what undoing the newer writes would leave."""
     own_writes: dict[str, tuple[Timestamp, Timestamp | None]] = {}
     view = store if options.execute else SimulatedStore(store)
-    for index, (migration, source_run, strategy) in enumerate(plan):
-        if isinstance(view, SimulatedStore) and index == len(plan) - 1:
+    items: dict[str, RollbackItem] = {}
+    undos: dict[str, _JournalUndo] = {}
+    for step in plan:
+        item = RollbackItem(step.migration, step.strategy, step.runs, report.folder / step.migration.label,
+                            runs_known=step.known)
+        items[step.migration.id] = item
+        report.items.append(item)
+        if step.by == "journal" and step.runs:
+            undos[step.migration.id] = _JournalUndo(config, step, item.folder, options, controls, own_writes)
+    last_of = {step.migration.id: index for index, (step, _) in enumerate(order)}
+    for step in plan:
+        if step.migration.id not in last_of:  # none of its runs got to write it: nothing to undo
+            items[step.migration.id].restore = RestoreResult()
+            if options.execute:
+                history.mark_rolled_back(step.migration.id, report.run_id, {})
+    for index, (step, run) in enumerate(order):
+        migration = step.migration
+        item = items[migration.id]
+        if isinstance(view, SimulatedStore) and index == len(order) - 1:
             view.retain_writes = False  # the oldest: nothing reads what its undo would leave
-        folder = report.folder / migration.label
-        item = RollbackItem(migration, strategy, source_run, folder)
-        progress.event("start", migration=f"rollback {migration.label}", strategy=strategy, shards=1,
-                       execute=options.execute, counters={})
-        journal = config.runs_dir / source_run / migration.label / _JOURNAL
-        if strategy == "restore" or journal.exists():
-            item.restore = _from_journal(config, view, migration, strategy, journal, folder, options,
-                                         progress, controls, own_writes)
-            if item.restore.stopped:
-                stopped = controls.stop_class or RunStopped
-                raise stopped(controls.stop_reason or "stopped", resume_command=report.resume_command)
+        progress.event("start", migration=f"rollback {migration.label}", strategy=step.strategy, shards=1,
+                       execute=options.execute, counters=dict(item.counters),
+                       runs=list(step.runs) if run is None else [run])
+        if run is not None:
+            undo = undos[migration.id]
+            stopped = undo.run(run, view, progress)
+            item.restore, item.by_run = undo.total(), undo.by_run()
+            if stopped:
+                stop = controls.stop_class or RunStopped
+                raise stop(controls.stop_reason or "stopped", resume_command=report.resume_command)
         else:
-            item.note = (f"run {source_run} kept no before-images (--no-backup): down() "
+            item.note = (f"{_without_journal(config, step)}: down() "
                          f"{'ran' if options.execute else 'would run'} over every document of the target, "
-                         "also those the run did not change, and the result cannot be verified")
+                         "also those the runs did not change, and the result cannot be verified")
             progress.event("warning", message=f"{migration.label}: {item.note}")
-            item.pipeline, item.plan = _down_over_target(config, view, migration, folder, options,
+            item.pipeline, item.plan = _down_over_target(config, view, migration, item.folder, options,
                                                          report.run_id, progress, controls)
             if item.pipeline.error is not None:
                 raise item.pipeline.error
-        report.items.append(item)
-        if options.execute and item.clean:
-            history.mark_rolled_back(migration.id, report.run_id, item.counters)
+        if last_of[migration.id] == index:
+            if migration.id in undos:
+                undos[migration.id].finish()
+            if options.execute and item.clean:
+                history.mark_rolled_back(migration.id, report.run_id, item.counters)
         progress.event("finish", migration=f"rollback {migration.label}", **item.counters)
 
 
-def _from_journal(
-    config: Config, store: Store, migration: Migration, strategy: str, journal: Path, folder: Path,
-    options: RollbackOptions, progress: Progress, controls: Controls,
-    own_writes: dict[str, tuple[Timestamp, Timestamp | None]],
-) -> RestoreResult:
-    """Undo the documents of the run's journal, by their before-images or by down()."""
-    checkpoint_path = folder / "checkpoint.json"
-    result = RestoreResult()
-    started, elapsed_before = time.monotonic(), 0.0
-    if checkpoint_path.exists():
-        saved = Checkpoint.load(checkpoint_path)
-        if saved.extra.get("kind") not in ("restore", "down"):
-            raise UsageError(f"the checkpoint {checkpoint_path} is not one of a rollback from before-images",
-                             hint="it was written by an older docshift; start a new rollback")
-        if saved.finished:
-            result.counters.update(saved.counters)
-            return result
-        result.position = int(saved.extra.get("position", -1))
-        result.counters.update(saved.counters)
-        elapsed_before = saved.elapsed_seconds
-    checkpoint = Checkpoint(run_id=folder.parent.name, migration_id=migration.id, checksum=migration.checksum,
-                            shards=[ShardCursor()],
-                            extra={"kind": strategy, "of_run": journal.parent.parent.name})
+def _without_journal(config: Config, step: _Step) -> str:
+    """Why ``step`` has no journal to go by, for its note."""
+    if not step.known:
+        return "its history no longer names every run that applied it"
+    missing = [r for r in step.runs if not (config.runs_dir / r / "run.json").is_file()]
+    without = [r for r in step.runs if r not in missing
+               and not (config.runs_dir / r / step.migration.label / _JOURNAL).exists()]
+    parts = []
+    if without:
+        parts.append(f"run {', '.join(without)} kept no before-images (--no-backup)")
+    if missing:
+        parts.append(f"the folder of run {', '.join(missing)} is not in runs_dir")
+    return "; ".join(parts) or "no before-images"
 
-    def save(current: RestoreResult, state: str = "running") -> None:
-        lost = controls.lease_lost
+
+class _JournalUndo:
+    """Undoes one migration from the journals of the runs that applied it, run by run (in the
+    rollback's order, newest first), by their before-images or by down(). One checkpoint, in the
+    migration's folder of the rollback, holds where each run's journal stands and its counters.
+
+    ``own_writes`` is shared by every run and migration of the rollback: an older run's journal
+    meets what undoing a newer run's just wrote to a document both changed as the rollback's own
+    write (not an application change), and puts back its own, older, before-image."""
+
+    def __init__(self, config: Config, step: _Step, folder: Path, options: RollbackOptions,
+                 controls: Controls, own_writes: dict[str, tuple[Timestamp, Timestamp | None]]) -> None:
+        self.config, self.step, self.folder, self.options = config, step, folder, options
+        self.controls, self.own_writes = controls, own_writes
+        self.path = folder / "checkpoint.json"
+        self.parts = {run: RestoreResult() for run in step.runs}
+        self.finished: set[str] = set()
+        self.current = step.runs[0]
+        """The run whose journal is being undone (``position`` in the checkpoint is in it)."""
+        self.working_seconds = 0.0
+        """Time spent undoing this migration (other migrations' runs may come in between)."""
+        self.started: float | None = None
+        if self.path.exists():
+            saved = Checkpoint.load(self.path)
+            if saved.extra.get("kind") not in ("restore", "down"):
+                raise UsageError(f"the checkpoint {self.path} is not one of a rollback from before-images",
+                                 hint="it was written by an older docshift; start a new rollback")
+            recorded = saved.extra.get("steps")
+            if not isinstance(recorded, list):  # an older docshift's: one run
+                recorded = [{"run": saved.extra.get("of_run", step.runs[0]), "counters": saved.counters,
+                             "position": saved.extra.get("position", -1), "finished": saved.finished}]
+            for entry in recorded:
+                part = self.parts.get(str(entry["run"]))
+                if part is None:
+                    continue
+                part.counters.update({str(k): int(v) for k, v in dict(entry["counters"]).items()})
+                part.position = int(entry.get("position", -1))
+                if entry.get("finished"):
+                    self.finished.add(str(entry["run"]))
+            self.working_seconds = saved.elapsed_seconds
+        self.checkpoint = Checkpoint(run_id=folder.parent.name, migration_id=step.migration.id,
+                                     checksum=step.migration.checksum, shards=[ShardCursor()],
+                                     extra={"kind": step.strategy, "runs": list(step.runs)})
+
+    def run(self, run: str, store: Store, progress: Progress) -> bool:
+        """Undo run ``run``'s journal (from where it stopped); whether the rollback was stopped."""
+        if run in self.finished:
+            return False
+        migration, part = self.step.migration, self.parts[run]
+        self.current, self.started = run, time.monotonic()
+        # redo recognises our own writes by value; a copy's before-images are of its targets,
+        # which up() does not take.
+        redo = None if migration.target.copy_to else migration.up
+        restorer = Restorer(store, execute=self.options.execute, force=self.options.force,
+                            conflicts_file=self.folder / "conflicts.jsonl", redo=redo,
+                            undo=migration.down if self.step.strategy == "down" else None,
+                            limiter=self.controls.limiter, stop=self.controls.stop, progress=progress,
+                            on_batch=self.save, batch_size=self.config.engine.batch_size,
+                            own_writes=self.own_writes, left_to_older=self._older_outputs(run))
+        restorer.run(plan_restore(self._journal(run), part.position), part)
+        if not part.stopped:
+            self.finished.add(run)
+        self.save(state="stopped" if part.stopped else "running")
+        self.working_seconds += time.monotonic() - self.started
+        self.started = None
+        return part.stopped
+
+    def finish(self) -> None:
+        self.save(state="finished")
+
+    def _journal(self, run: str) -> Path:
+        return self.config.runs_dir / run / self.step.migration.label / _JOURNAL
+
+    def _older_outputs(self, run: str) -> Callable[[RestoreAction], bool] | None:
+        """Whether a document of ``run``'s journal held what an older run of the migration wrote
+        when ``run`` changed it (the update time that run's write produced; for a document ``run``
+        created, that an older run deleted it): the older run's undo takes it further back."""
+        older = list(self.step.runs[self.step.runs.index(run) + 1:])
+        if not older:
+            return None
+        outputs: dict[str, set[Timestamp | None]] = {}
+        for other in older:
+            for entry in JournalReader(self._journal(other)):
+                if entry.kind == "written" and entry.update_time is not None:
+                    outputs.setdefault(entry.path, set()).add(entry.update_time)
+                elif entry.kind == "deleted":
+                    outputs.setdefault(entry.path, set()).add(None)
+
+        def chained(action: RestoreAction) -> bool:
+            found = outputs.get(action.path)
+            if not found:
+                return False
+            before = action.before
+            if before is None or before.data is None:  # created by this run: gone after the older one
+                return None in found
+            return before.update_time in found
+
+        return chained
+
+    def total(self) -> RestoreResult:
+        """Every run's counters added up (and the first samples)."""
+        combined = RestoreResult()
+        for part in self.parts.values():
+            for name, value in part.counters.items():
+                combined.counters[name] = combined.counters.get(name, 0) + value
+            combined.samples += part.samples[:max(0, 5 - len(combined.samples))]
+            combined.stopped = combined.stopped or part.stopped
+        return combined
+
+    def by_run(self) -> list[tuple[str, dict[str, int]]]:
+        return [(run, dict(part.counters)) for run, part in self.parts.items()]
+
+    def save(self, _: RestoreResult | None = None, state: str = "running") -> None:
+        lost = self.controls.lease_lost
         if lost is not None and lost.is_set():
-            controls.request_stop("the lease was lost to another run", EmergencyStop)
-        if not options.execute:
+            self.controls.request_stop("the lease was lost to another run", EmergencyStop)
+        if not self.options.execute:
             return
-        checkpoint.counters = dict(current.counters)
-        checkpoint.elapsed_seconds = elapsed_before + time.monotonic() - started  # the report's working time
-        checkpoint.extra["position"] = current.position
+        checkpoint = self.checkpoint
+        checkpoint.counters = dict(self.total().counters)
+        running = time.monotonic() - self.started if self.started is not None else 0.0
+        checkpoint.elapsed_seconds = self.working_seconds + running  # the report's working time
+        checkpoint.extra["steps"] = [{"run": run, "counters": dict(part.counters), "position": part.position,
+                                      "finished": run in self.finished} for run, part in self.parts.items()]
+        checkpoint.extra.update(of_run=self.current, position=self.parts[self.current].position)
         checkpoint.state = state
-        checkpoint.save(checkpoint_path)
-
-    # redo recognises our own writes by value; a copy's before-images are of its targets, which
-    # up() does not take.
-    redo = None if migration.target.copy_to else migration.up
-    restorer = Restorer(store, execute=options.execute, force=options.force,
-                        conflicts_file=folder / "conflicts.jsonl", redo=redo,
-                        undo=migration.down if strategy == "down" else None,
-                        limiter=controls.limiter, stop=controls.stop, progress=progress, on_batch=save,
-                        batch_size=config.engine.batch_size, own_writes=own_writes)
-    restorer.run(plan_restore(journal, result.position), result)
-    save(result, "stopped" if result.stopped else "finished")
-    return result
+        checkpoint.save(self.path)
 
 
 def _down_over_target(

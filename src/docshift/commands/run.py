@@ -551,8 +551,16 @@ def _run_all(
             if isinstance(result.error, StageFailed):
                 error = str(result.error)
             history.finish(migration.id, status, result.counters, error)
-            if isinstance(result.error, StageFailed):
-                history.mark_rolled_back(migration.id, report.run_id, result.counters)
+            if isinstance(result.error, StageFailed):  # its own stages: earlier runs' writes may remain
+                record = history.mark_rolled_back(migration.id, report.run_id, result.counters,
+                                                  undone=(report.run_id,))
+                if record.status is not MigrationStatus.ROLLED_BACK:
+                    earlier = ", ".join(record.runs) if record.runs else "earlier runs"
+                    command = f"docshift rollback {record.runs[-1] if record.runs else 'RUN_ID'} --execute"
+                    progress.event("warning", message=(
+                        f"{migration.label}: the stages of this run were rolled back, but what {earlier} "
+                        f"migrated before stays migrated: it is recorded {record.status.value}, not rolled "
+                        f"back; to undo that too: {command}"))
             if status is MigrationStatus.PARTIAL:
                 outcome.note = _partial_note(migration, options, result.counters)
                 progress.event("warning", message=outcome.note)
