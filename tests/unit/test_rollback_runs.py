@@ -138,7 +138,8 @@ class StopAtFirstCheckpoint:
         self.controls, self.stop_class = controls, stop_class
 
     def event(self, kind: str, **fields: Any) -> None:
-        if kind == "checkpoint":
+        # The first checkpoint that holds progress (one is saved before the first write, too).
+        if kind == "checkpoint" and any(cursor is not None for cursor in fields.get("cursors", ())):
             self.controls.request_stop("interrupted by the test", self.stop_class)
 
 
