@@ -19,15 +19,16 @@ from docshift.checkpoints import Checkpoint, JournalReader
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
+from docshift.engine.pipeline import PipelineResult
 from docshift.engine.restore import Restorer, RestoreResult, plan_restore
 from docshift.engine.stats import COUNTERS
 from docshift.errors import EmergencyStop, ExitCode, TransientError
 from docshift.history import History, MigrationStatus
-from docshift.migration import DELETE, UNCHANGED, DocView, Migration
+from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Target
 from docshift.reports.report import collect_report
-from docshift.store import DelegatingStore, MemoryStore, Query, Store, Write, WriteResult
+from docshift.store import DelegatingStore, Document, Filter, MemoryStore, Query, Store, Write, WriteResult
 from docshift.values import Value, values_equal
-from tests.unit.engine_support import build, make_migration, options, seed
+from tests.unit.engine_support import build, dead_letters, options, seed
 
 COUNT = 300
 
@@ -50,9 +51,34 @@ def versioned(doc: DocView) -> Any:
     return {**doc.data, "version": 2}
 
 
+def retire(doc: DocView) -> Any:
+    """Over the ``state == "old"`` documents: deletes every fifth, makes the others new (so the
+    resume's reader does not come to a document the stopped process wrote)."""
+    if doc.get("n") % 5 == 0:
+        return DELETE
+    return {**doc.data, "state": "new"}
+
+
+CASES = {
+    "in-place": (prune, Target("users")),
+    "copy": (versioned, Target("users", copy_to="users_v2")),
+    "filtered": (retire, Target("users", filters=(Filter.parse("state", "==", "old"),))),
+}
+
+
+def rules(source: Document, new_data: dict[str, Any]) -> tuple[str, str] | None:
+    """An inline rule every eleventh document breaks (rejected, dead-lettered, not written)."""
+    return ("eleventh", "n is 4 modulo 11") if source.data["n"] % 11 == 4 else None
+
+
+def migration_of(case: str) -> Migration:
+    up, target = CASES[case]
+    return Migration("0001", "test", "a test migration", target, up, checksum="sum-0001")
+
+
 def seeded() -> MemoryStore:
     store = MemoryStore()
-    seed(store, COUNT, make=lambda i: {"n": i, "name": f"user {i}"})
+    seed(store, COUNT, make=lambda i: {"n": i, "name": f"user {i}", "state": "old"})
     return store
 
 
@@ -98,7 +124,7 @@ def kill_at(store: Store, migration: Migration, folder: Path, at: int, shards: i
     killed in that moment leaves it (the checkpoint first: the journal is never older than it)."""
     killer = Killed(store, at)
     opts = options(batch_size=20, concurrency=3, checkpoint_every_docs=1)  # a checkpoint per batch
-    pipeline = build(killer, migration, folder, opts, shards=shards)
+    pipeline = build(killer, migration, folder, opts, shards=shards, check=rules)
     thread = threading.Thread(target=pipeline.run)
     thread.start()
     assert killer.landed.wait(30), "the run ended before the commit the test kills it after"
@@ -113,31 +139,35 @@ def kill_at(store: Store, migration: Migration, folder: Path, at: int, shards: i
     kept.rename(folder)
 
 
-def uninterrupted(up: Any, copy_to: str | None, tmp_path: Path) -> tuple[dict[str, int], dict[str, Any]]:
+def uninterrupted(migration: Migration, tmp_path: Path) -> tuple[dict[str, int], dict[str, Any]]:
     store = seeded()
-    result = build(store, make_migration(up, copy_to=copy_to), tmp_path / "clean",
-                   options(batch_size=20, concurrency=3)).run()
+    result = build(store, migration, tmp_path / "clean", options(batch_size=20, concurrency=3),
+                   check=rules).run()
     assert result.error is None
     return counted(result.counters), contents(store)
 
 
-@pytest.mark.parametrize(("up", "copy_to"), [(prune, None), (versioned, "users_v2")],
-                         ids=["in-place", "copy"])
+def resume(store: Store, migration: Migration, folder: Path) -> PipelineResult:
+    return build(store, migration, folder, options(batch_size=20, concurrency=3), check=rules).run()
+
+
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("kills", [(1,), (2,), (5,), (9,), (4, 1), (7, 2, 1)])
 def test_a_resume_after_kill_9_counts_what_the_killed_process_wrote(
-    tmp_path: Path, up: Any, copy_to: str | None, kills: tuple[int, ...]
+    tmp_path: Path, case: str, kills: tuple[int, ...]
 ) -> None:
-    truth, migrated = uninterrupted(up, copy_to, tmp_path)
-    assert truth["unchanged"] and (truth["created"] if copy_to else truth["updated"] and truth["deleted"])
+    migration = migration_of(case)
+    truth, migrated = uninterrupted(migration, tmp_path)
+    assert truth["rejected"] and truth["checked"] and truth["read"] == COUNT
+    assert truth["created"] if case == "copy" else truth["updated"] and truth["deleted"]
     store = seeded()
     original = contents(store)
-    migration = make_migration(up, copy_to=copy_to)
     folder = tmp_path / "run"
     for index, at in enumerate(kills):  # killed again while resuming, before the resume reached them
         kill_at(store, migration, folder, at, shards=1 + index % 2)
     assert not same(contents(store), original) and not same(contents(store), migrated)
 
-    result = build(store, migration, folder, options(batch_size=20, concurrency=3)).run()
+    result = resume(store, migration, folder)
 
     assert result.error is None
     assert same(contents(store), migrated)
@@ -145,6 +175,8 @@ def test_a_resume_after_kill_9_counts_what_the_killed_process_wrote(
     assert counted(Checkpoint.load(folder / "checkpoint.json").counters) == truth
     handled = sum(truth[k] for k in ("updated", "created", "deleted", "unchanged", "failed", "skipped"))
     assert handled == COUNT
+    letters = [letter["path"] for letter in dead_letters(folder)]
+    assert len(letters) == len(set(letters)) == truth["rejected"]
     # Every write's outcome is journalled (none is left to be guessed), and the rollback is exact.
     journal = folder / "before-images.jsonl.gz"
     assert {action.kind for action in plan_restore(journal)} <= {"restore", "recreate", "delete"}
@@ -154,6 +186,59 @@ def test_a_resume_after_kill_9_counts_what_the_killed_process_wrote(
     undone = restorer.run(plan_restore(journal), RestoreResult())
     assert undone.counters["conflicts"] == 0 and undone.counters["mismatched"] == 0
     assert same(contents(store), original)
+
+
+class Unavailable(DelegatingStore):
+    """A store that answers no read."""
+
+    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+        raise TransientError("the store is unavailable", code="UNAVAILABLE")
+
+
+def test_a_store_failing_while_the_resume_settles_stops_it_and_the_next_resume_counts_right(
+    tmp_path: Path,
+) -> None:
+    migration = migration_of("in-place")
+    truth, migrated = uninterrupted(migration, tmp_path)
+    store = seeded()
+    folder = tmp_path / "run"
+    kill_at(store, migration, folder, 5, shards=1)
+    killed = Checkpoint.load(folder / "checkpoint.json")
+    journal = folder / "before-images.jsonl.gz"
+    assert killed.extra["journal_unsettled"] or journal.stat().st_size > killed.extra["journal_bytes"]
+
+    stopped = resume(Unavailable(store), migration, folder)
+
+    assert isinstance(stopped.error, EmergencyStop) and stopped.error.exit_code == ExitCode.EMERGENCY_STOP
+    assert "unavailable" in stopped.error.message
+    kept = Checkpoint.load(folder / "checkpoint.json")
+    assert kept.counters == killed.counters  # nothing counted, nothing read or written
+    assert {k: kept.extra.get(k) for k in ("journal_bytes", "journal_unsettled", "landed")} == {
+        k: killed.extra.get(k) for k in ("journal_bytes", "journal_unsettled", "landed")}
+    result = resume(store, migration, folder)
+    assert result.error is None
+    assert counted(result.counters) == truth
+    assert same(contents(store), migrated)
+
+
+def test_a_checkpoint_without_journal_offsets_resumes_without_settling(tmp_path: Path) -> None:
+    """A checkpoint written before the offsets were recorded still resumes (as it did then: the
+    writes past it are found unchanged), and the checkpoints it writes have them."""
+    migration = migration_of("in-place")
+    _, migrated = uninterrupted(migration, tmp_path)
+    store = seeded()
+    folder = tmp_path / "run"
+    kill_at(store, migration, folder, 5, shards=1)
+    old = Checkpoint.load(folder / "checkpoint.json")
+    for key in ("journal_bytes", "journal_unsettled", "landed"):
+        old.extra.pop(key, None)
+    old.save(folder / "checkpoint.json")
+
+    result = resume(store, migration, folder)
+
+    assert result.error is None
+    assert same(contents(store), migrated)
+    assert isinstance(Checkpoint.load(folder / "checkpoint.json").extra["journal_bytes"], int)
 
 
 # ---------------------------------------------------------------- the whole command
