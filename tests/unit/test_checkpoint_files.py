@@ -26,6 +26,7 @@ from docshift.checkpoints import (
     write_versioned,
 )
 from docshift.checkpoints.checkpoint import CHECKPOINT_VERSION
+from docshift.checkpoints.journal import read_members
 from docshift.errors import DataError
 from docshift.store import Document
 from docshift.values import GeoPoint, Reference, Timestamp, values_equal
@@ -111,7 +112,7 @@ def test_versioned_files_keep_exact_values(tmp_path: Path) -> None:
 def entries_sample() -> list[JournalEntry]:
     return [
         JournalEntry("before", "users/a", RICH, Timestamp(1, 2), Timestamp(0, 1)),
-        JournalEntry("created", "users_v2/a"),
+        JournalEntry("created", "users_v2/a", source="users/a"),
         JournalEntry("written", "users/a", update_time=Timestamp(5, 999_999_999)),
         JournalEntry("before", "users/b", {}, Timestamp(3, 0), None),
     ]
@@ -120,7 +121,7 @@ def entries_sample() -> list[JournalEntry]:
 def assert_same_entries(got: list[JournalEntry], expected: list[JournalEntry]) -> None:
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
-        assert (a.kind, a.path) == (b.kind, b.path)
+        assert (a.kind, a.path, a.source) == (b.kind, b.path, b.source)
         assert (a.update_time, a.create_time) == (b.update_time, b.create_time)
         assert (a.data is None) == (b.data is None)
         if a.data is not None:
@@ -143,6 +144,30 @@ def test_journal_round_trips_entries_across_members(tmp_path: Path) -> None:
     # It is an ordinary multi-member gzip file: standard tools read it too.
     lines = gzip.decompress(path.read_bytes()).splitlines()
     assert [orjson.loads(line)["p"] for line in lines] == [e.path for e in sample]
+
+
+def test_journal_spans_name_the_members_a_checkpoint_does_not_count(tmp_path: Path) -> None:
+    """Each append notes its member's byte span; read_members reads exactly those members and every
+    one from an offset on (a torn member, as a kill leaves it, reads as nothing)."""
+    path = tmp_path / "before-images.jsonl.gz"
+    writer = JournalWriter(path)
+    sample = entries_sample()
+    first: list[tuple[int, int]] = []
+    second: list[tuple[int, int]] = []
+    writer.append(sample[:1], spans=first)
+    writer.append(sample[1:2], spans=second)
+    writer.append(sample[2:3], spans=first)
+    middle = writer.size()
+    writer.append(sample[3:], spans=second)
+    writer.close()
+    assert first[0][0] == 0 and first[0][1] == second[0][0] and second[0][1] == first[1][0]
+    assert second[1] == (middle, path.stat().st_size)
+    assert_same_entries(list(read_members(path, first, middle)), [sample[0], sample[2], sample[3]])
+    assert_same_entries(list(read_members(path, [], middle)), sample[3:])
+    with path.open("r+b") as file:  # the last member torn, as a kill while appending leaves it
+        file.truncate(middle + 5)
+    assert_same_entries(list(read_members(path, first, middle)), [sample[0], sample[2]])
+    assert list(read_members(tmp_path / "missing.gz", first, 0)) == []
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)

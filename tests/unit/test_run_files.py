@@ -1,6 +1,7 @@
 """Run files that cannot be written: the journal is a write-ahead log, and any failure to write a
 file of the run folder stops the run at once (exit 12) saying exactly what it wrote; resume and
-rollback afterwards are exact, for a migration in place (updates, deletes) and for a copy (creates).
+rollback afterwards are exact, for a migration in place (updates, deletes) and for a copy (creates),
+and the resumed run's counts (checkpoint, history, report) are those of a run that never stopped.
 
 The fault injector fails the k-th call, for every k, of the primitives that write files in the
 runs folder (``os.open`` for writing, ``os.write``, ``os.fsync``, ``os.replace``, ``os.mkdir``,
@@ -24,11 +25,14 @@ from unittest import mock
 
 import pytest
 
-from docshift.checkpoints import DeadLetterFile, JournalEntry, JournalReader, JournalWriter
+from docshift.checkpoints import Checkpoint, DeadLetterFile, JournalEntry, JournalReader, JournalWriter
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, LimitsConfig, StoreConfig
+from docshift.engine.stats import COUNTERS
 from docshift.errors import ExitCode, RunFileError
+from docshift.history import History
+from docshift.reports.report import collect_report
 from docshift.store import Document, MemoryStore, Query, Write
 from docshift.values import values_equal
 
@@ -228,16 +232,29 @@ def expected_after(original: dict[str, Document], copy: bool) -> dict[str, dict[
     return result
 
 
-def calls_of_a_clean_run(config: Config) -> int:
+def told_counts(config: Config, store: MemoryStore, run_id: str) -> dict[str, dict[str, int]]:
+    """The migration's counts as its checkpoint, its history record and the report tell them."""
+    folder = config.runs_dir / run_id
+    [row] = collect_report(folder)["migrations"]
+    record = History(store, config.store.state_prefix).all()["0001"]
+    told = {"checkpoint": Checkpoint.load(folder / "0001_split" / "checkpoint.json").counters,
+            "history": dict(record.counts), "report": row["counters"]}
+    return {view: {name: int(counts.get(name, 0)) for name in COUNTERS} for view, counts in told.items()}
+
+
+def calls_of_a_clean_run(config: Config) -> tuple[int, dict[str, dict[str, int]]]:
+    """How many file writes a run that never stops makes, and the counts it tells."""
     store, _ = seeded()
     faults = Faults(config.runs_dir)
     with faults.installed():
-        run(config, RunOptions(execute=True), store=store)
+        run_id = run(config, RunOptions(execute=True), store=store).run_id
+    counts = told_counts(config, store, run_id)
     shutil.rmtree(config.runs_dir)
-    return faults.calls
+    return faults.calls, counts
 
 
-def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int, copy: bool) -> None:
+def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int, copy: bool,
+                    truth: dict[str, dict[str, int]]) -> None:
     store, original = seeded()
     faults = Faults(config.runs_dir, fail_at, stays_full=stays_full, code=code)
     where = f"fault at call {fail_at} ({errno.errorcode[code]}, {'stays' if stays_full else 'once'}): "
@@ -286,6 +303,9 @@ def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int, c
     letters = Counter(letter["path"] for letter in DeadLetterFile(
         config.runs_dir / run_id / "0001_split" / "dead-letters.jsonl"))
     assert letters == Counter(p for p, d in original.items() if d.data.get("broken")), where
+    # Counted as a run that never stopped counts: a write that landed after the last checkpoint
+    # saved is updated, created or deleted, never unchanged (nor left out, for a delete).
+    assert told_counts(config, store, run_id) == truth, where
     # And the rollback puts back exactly the original data.
     rollback(config, RollbackOptions(run_id=run_id, strategy="restore", execute=True), store=store)
     restored = current(store)
@@ -297,12 +317,14 @@ def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int, c
 def test_a_file_write_failing_at_any_point_stops_the_run_truthfully_and_resume_and_rollback_are_exact(
     config: Config,
 ) -> None:
-    total = calls_of_a_clean_run(config) + 3  # and a few more: their number varies a little
+    calls, truth = calls_of_a_clean_run(config)
+    total = calls + 3  # and a few more: their number varies a little
     assert total > 20  # the injector sees the run's file writes
+    assert truth["history"]["deleted"] and truth["history"]["updated"] and truth["history"]["failed"]
     codes = (errno.ENOSPC, errno.EIO, errno.EROFS, errno.EACCES)
     for fail_at in range(1, total + 1):
         for stays_full in (True, False):
-            check_one_fault(config, fail_at, stays_full, codes[fail_at % len(codes)], copy=False)
+            check_one_fault(config, fail_at, stays_full, codes[fail_at % len(codes)], copy=False, truth=truth)
 
 
 def test_the_same_for_a_copy_whose_creates_are_confirmed_by_the_resume(config: Config) -> None:
@@ -311,10 +333,12 @@ def test_the_same_for_a_copy_whose_creates_are_confirmed_by_the_resume(config: C
     migration = config.migrations_dir / "0001_split.py"
     copying = MIGRATION.replace('collection = "people"', 'collection = "people"\ncopy_to = "copies"')
     migration.write_text(copying, encoding="utf-8")
-    total = calls_of_a_clean_run(config) + 3
+    calls, truth = calls_of_a_clean_run(config)
+    total = calls + 3
+    assert truth["history"]["created"]
     codes = (errno.EIO, errno.ENOSPC)
     for fail_at in range(1, total + 1):  # one kind of fault per call, alternating, to keep it short
-        check_one_fault(config, fail_at, fail_at % 2 == 0, codes[fail_at % 2], copy=True)
+        check_one_fault(config, fail_at, fail_at % 2 == 0, codes[fail_at % 2], copy=True, truth=truth)
 
 
 def test_journal_short_writes_are_completed(tmp_path: Path) -> None:

@@ -3,6 +3,22 @@
 A shard's ``cursor`` is a document path such that every document up to it (in name order) has been
 fully handled: written and acknowledged, failed to the dead-letter file, or found unchanged. So a
 resume that starts after the cursor reaches exactly the state an uninterrupted run would have.
+
+``extra`` holds what the engine needs to continue exactly (each key optional: a checkpoint without
+one resumes as before it was recorded):
+
+``dead_letter_bytes``
+    the size of the dead-letter file the counters account for; a resume cuts off what follows
+    (those batches are done again).
+``journal_bytes``, ``journal_unsettled``
+    which members of the before-image journal hold batches the counters do not count: every member
+    from byte ``journal_bytes`` on, and the members at the ``[start, end]`` byte spans of
+    ``journal_unsettled`` (batches in flight when it was saved, or done and waiting for an earlier
+    one). A run stopped at once (kill -9, a run file it could not write, the store failing for good)
+    may have landed their writes; a resume counts those first (``docshift.engine.landed``).
+``landed``
+    path -> the counters a resume added for a write that had landed there (e.g. ``["updated"]``)
+    before its reader came to the document: found unchanged then, it is not counted again.
 """
 
 from __future__ import annotations

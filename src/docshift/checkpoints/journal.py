@@ -14,6 +14,11 @@ Entry kinds: ``before`` (data and update time as read), ``created`` (a document 
 to be deleted on restore), ``written`` (the update time our write produced, so a restore can tell
 whether anyone changed the document since) and ``deleted`` (our delete was applied). A ``before``
 with neither ``written`` nor ``deleted`` after it means the process died with that write in flight.
+A copy's ``before`` and ``created`` also name the ``source`` document the write was made from.
+
+Members are only ever appended, so a byte offset names a member for good: a checkpoint records
+which members hold batches its counters do not count (``append(..., spans=...)``,
+:func:`read_members`), and a resume reads just those again.
 """
 
 from __future__ import annotations
@@ -35,16 +40,18 @@ from docshift.checkpoints.atomic import check_in_place, close_durably, run_file,
 from docshift.errors import RunFileError
 from docshift.values import Timestamp, Value
 
-__all__ = ["JournalEntry", "JournalReader", "JournalWriter"]
+__all__ = ["JournalEntry", "JournalReader", "JournalWriter", "read_members"]
 
 
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
-    kind: str  # "before", "created", "written"
+    kind: str  # "before", "created", "written", "deleted"
     path: str
     data: dict[str, Value] | None = None
     update_time: Timestamp | None = None
     create_time: Timestamp | None = None
+    source: str | None = None
+    """For a copy: the source document whose transform was written at ``path``."""
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"k": self.kind, "p": self.path}
@@ -54,6 +61,8 @@ class JournalEntry:
             record["u"] = [self.update_time.seconds, self.update_time.nanos]
         if self.create_time is not None:
             record["c"] = [self.create_time.seconds, self.create_time.nanos]
+        if self.source is not None:
+            record["s"] = self.source
         return record
 
     @classmethod
@@ -65,6 +74,7 @@ class JournalEntry:
             data=codec.decode(record["d"]) if "d" in record else None,
             update_time=Timestamp(update[0], update[1]) if update else None,
             create_time=Timestamp(create[0], create[1]) if create else None,
+            source=record.get("s"),
         )
 
 
@@ -130,6 +140,15 @@ class JournalWriter:
         self.fsyncs = 0
         """fsyncs done (the group commit shares them: the benchmark reports how many)."""
 
+    def size(self) -> int:
+        """Bytes appended so far: the offset at which the next member starts."""
+        with self._lock:
+            return self._size
+
+    def confirmed(self, paths: Sequence[str]) -> None:
+        """The outcome of these paths' writes is journalled now (see :meth:`unconfirmed`)."""
+        self._unconfirmed.difference_update(paths)
+
     def unconfirmed(self, path: str) -> bool:
         """Whether an earlier process of this run sent a write of ``path`` and stopped before it
         journalled the outcome (asked once per path: the caller journals what it finds)."""
@@ -138,8 +157,11 @@ class JournalWriter:
         self._unconfirmed.discard(path)
         return True
 
-    def append(self, entries: Sequence[JournalEntry], *, durable: bool = False) -> None:
-        """Append one member; with ``durable``, return only once it is on disk (fsync)."""
+    def append(self, entries: Sequence[JournalEntry], *, durable: bool = False,
+               spans: list[tuple[int, int]] | None = None) -> None:
+        """Append one member; with ``durable``, return only once it is on disk (fsync). Its byte
+        span (start, end) is added to ``spans`` at once: whoever reads :meth:`size` after this
+        append finds it there."""
         if not entries:
             return
         block = b"".join(orjson.dumps(entry.to_json()) + b"\n" for entry in entries)
@@ -152,6 +174,8 @@ class JournalWriter:
             except RunFileError as error:
                 self._break(error, cut_to=self._size)
                 raise
+            if spans is not None:
+                spans.append((self._size, self._size + len(member)))
             self._size += len(member)
             self._appended += 1
             self.entries += len(entries)
@@ -239,3 +263,24 @@ class JournalReader:
                 if line:
                     yield JournalEntry.from_json(orjson.loads(line))
         self.torn_tail = complete < len(raw)
+
+
+def read_members(path: Path, spans: Sequence[tuple[int, int]], after: int) -> Iterator[JournalEntry]:
+    """The entries of the members at these byte ``spans`` (each one member, in journal order) and
+    of every member from offset ``after`` on: what a checkpoint did not count. A span or tail that
+    is not there (a journal cut short where a killed process left a torn member) yields nothing."""
+    if not path.exists():
+        return
+    with run_file(path), path.open("rb") as file:
+        parts: list[bytes] = []
+        for start, end in spans:
+            if start < after:
+                file.seek(start)
+                parts.append(file.read(end - start))
+        file.seek(after)
+        parts.append(file.read())
+    for part in parts:
+        for _end, block in _members(part):
+            for line in block.splitlines():
+                if line:
+                    yield JournalEntry.from_json(orjson.loads(line))

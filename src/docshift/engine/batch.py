@@ -5,7 +5,9 @@ Rules this module keeps:
   since is never overwritten: such a document is read again and transformed again;
 - a document's before-image is in the journal, on disk (fsynced), before its write is sent; a
   journal that cannot be written raises, and nothing more is sent;
-- one bad document fails alone (dead-letter file), never its batch.
+- one bad document fails alone (dead-letter file), never its batch;
+- a document whose write an earlier process of the run landed, counted when the resume began
+  (:mod:`docshift.engine.landed`), is not counted again when it is found unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 from docshift.checkpoints.deadletter import DeadLetterFile
 from docshift.checkpoints.journal import JournalEntry, JournalWriter
 from docshift.engine.diff import FieldChange, field_changes, update_fields, update_is_cheaper
+from docshift.engine.landed import LandedWrites
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, RateLimiter
 from docshift.engine.sampling import in_sample
 from docshift.engine.stats import RunStats
@@ -111,6 +114,7 @@ class BatchProcessor:
         sample_above: float = 0.0,
         check: DocumentCheck | None = None,
         on_decision: Callable[[Decision], None] | None = None,
+        landed: LandedWrites | None = None,
     ) -> None:
         self.store = store
         self.migration = migration
@@ -130,6 +134,7 @@ class BatchProcessor:
         self.sample_above = sample_above
         self.check = check
         self.on_decision = on_decision
+        self.landed = landed
         self._held = threading.local()
         self._noted: set[str] = set()
         self._notes: list[str] = []
@@ -231,16 +236,20 @@ class BatchProcessor:
         return self.store.get_many([self.target.destination(doc.path) for doc in sources])
 
     # ------------------------------------------------------------------ processing
-    def process(self, sources: Sequence[Document], hold: list[DeadLetter] | None = None) -> Counter[str]:
+    def process(self, sources: Sequence[Document], hold: list[DeadLetter] | None = None,
+                spans: list[tuple[int, int]] | None = None) -> Counter[str]:
         """Handle every document of the batch and return its counts, or raise
         :class:`BatchAborted` to leave the batch unfinished (it is read again on resume).
 
         With ``hold``, dead letters are appended there instead of written to the file: the pipeline
         writes them once the batch is settled behind the cursor, so a batch done again after a stop
         does not leave its failures in the file twice, or failures that a retry then fixed.
+        ``spans`` receives the byte span of each journal member the batch appends: until the batch
+        is settled, a checkpoint records them as members whose outcome it does not count.
         """
         counts: Counter[str] = Counter()
         self._held.letters = hold
+        self._held.spans = spans
         try:
             self._process(sources, counts)
         finally:
@@ -287,6 +296,11 @@ class BatchProcessor:
         for decision in decisions:
             if self.on_decision is not None:
                 self.on_decision(decision)
+            counted = self._claim(decision)
+            if counted is not None:
+                if decision.kind == "unchanged":
+                    continue  # its write landed before the run stopped; the resume counted it then
+                counts.subtract(counted)  # changed since: it counts as what is done with it now
             if decision.kind == "skipped":
                 counts["skipped"] += 1
             elif decision.kind == "unchanged":
@@ -298,9 +312,20 @@ class BatchProcessor:
                 counts[_APPLIED[decision.kind]] += 1
             else:
                 pending.append(decision)
-        if landed and self.journal is not None:
-            self.journal.append(landed)
+        if landed:
+            self._journal(landed)
         return pending
+
+    def _claim(self, decision: Decision) -> tuple[str, ...] | None:
+        """What the resume counted for this document's landed write, if it did."""
+        if self.landed is None or not self.execute:
+            return None
+        return self.landed.claim(self.target.destination(decision.source.path))
+
+    def _journal(self, entries: list[JournalEntry], durable: bool = False) -> None:
+        """Append to the journal, noting the member's span for the batch being processed."""
+        if self.journal is not None:
+            self.journal.append(entries, durable=durable, spans=getattr(self._held, "spans", None))
 
     def _landed_copy(self, decision: Decision) -> list[JournalEntry]:
         """A copy's destination that holds exactly up(source) now, written by an earlier process of
@@ -328,8 +353,7 @@ class BatchProcessor:
     def _write(self, decisions: list[Decision], counts: Counter[str]) -> list[Decision]:
         """Journal (durably: write-ahead), then commit; returns the decisions whose guard failed
         (changed meanwhile)."""
-        if self.journal is not None:
-            self.journal.append([_before_image(d) for d in decisions], durable=True)
+        self._journal([_before_image(d) for d in decisions], durable=True)
         conflicts: list[Decision] = []
         written: list[JournalEntry] = []
         for chunk in _chunks(decisions):
@@ -345,8 +369,7 @@ class BatchProcessor:
                     message = str(result.error) if result.error else "unknown write error"
                     self._dead_letter(decision, counts, "write", message)
             conflicts += self._own_landed(resent, counts, written)
-        if self.journal is not None:
-            self.journal.append(written)
+        self._journal(written)
         return conflicts
 
     def _applied(self, decision: Decision, path: str, update_time: Timestamp | None,
@@ -431,12 +454,13 @@ def _update_problem(
 
 
 def _before_image(decision: Decision) -> JournalEntry:
-    if decision.existing is None:
+    existing, source = decision.existing, decision.source.path
+    if existing is None:
         assert decision.write is not None
-        return JournalEntry("created", decision.write.path)
-    existing = decision.existing
+        return JournalEntry("created", decision.write.path, source=source)
     return JournalEntry(
-        "before", existing.path, existing.data, existing.update_time, existing.create_time
+        "before", existing.path, existing.data, existing.update_time, existing.create_time,
+        source=source if source != existing.path else None,
     )
 
 

@@ -11,6 +11,10 @@ a checkpoint never claims a document whose write is still in flight.
 
 A run file that cannot be written (journal, dead letters, checkpoint: :class:`RunFileError`) stops
 the run at once, wherever it happens; the error then says what the run had written.
+
+A run stopped at once can leave writes past its checkpoint; each checkpoint records which journal
+members they are in, and a resume counts the ones that landed before it reads anything
+(:mod:`docshift.engine.landed`), so its counts are those of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 from docshift.checkpoints.atomic import run_file
 from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
 from docshift.checkpoints.deadletter import DeadLetterFile
-from docshift.checkpoints.journal import JournalWriter
+from docshift.checkpoints.journal import JournalWriter, read_members
 from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.batch import (
     BatchAborted,
@@ -39,6 +43,7 @@ from docshift.engine.batch import (
     SettlingCheck,
 )
 from docshift.engine.controls import Controls
+from docshift.engine.landed import LandedWrites, settle
 from docshift.engine.limits import (
     AdaptiveBatch,
     CircuitBreaker,
@@ -100,6 +105,8 @@ class _Batch:
     """Its documents' share of the memory budget, given back once a writer is done with them."""
     counts: Counter[str] = field(default_factory=Counter)
     letters: list[DeadLetter] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    """The byte spans of the journal members it appended (see :meth:`MigrationPipeline._save`)."""
     size: int = field(init=False)
     last_path: str = field(init=False)
 
@@ -163,13 +170,19 @@ class MigrationPipeline:
                 self.journal = JournalWriter(folder / "before-images.jsonl.gz")
         except RunFileError as error:
             raise self._file_failure(error, saved=None) from error
+        self.landed = LandedWrites(checkpoint.extra.get("landed"))
+        self._uncounted = _uncounted(checkpoint.extra) if self.journal is not None else None
+        """The journal members the checkpoint does not count, until the resume settled them."""
+        self._open: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        """Journal spans of the batches begun and not yet settled behind the cursor."""
+        self._open_lock = threading.Lock()
         self.processor = BatchProcessor(
             store, migration, self.stats, transform=transform, execute=options.execute,
             journal=self.journal, dead_letters=self.dead_letters, limiter=self.controls.limiter,
             breaker=self.breaker, sizer=self.sizer, stop=self.controls.stop,
             conflict_retries=engine.conflict_retries, write_mode=engine.write_mode,
             sample_percent=options.sample_percent,
-            sample_above=options.sample_above, check=check, on_decision=on_decision,
+            sample_above=options.sample_above, check=check, on_decision=on_decision, landed=self.landed,
         )
         self._on_settled = check.settled if isinstance(check, SettlingCheck) else None
         self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=engine.concurrency)
@@ -253,7 +266,9 @@ class MigrationPipeline:
             try:
                 if self.controls.stop.is_set():
                     continue  # unfinished: read again on resume
-                item.counts = self.processor.process(item.docs, item.letters)
+                with self._open_lock:
+                    self._open[(item.shard, item.seq)] = item.spans
+                item.counts = self.processor.process(item.docs, item.letters, item.spans)
             except BatchAborted:
                 continue
             except BaseException as exc:
@@ -280,6 +295,8 @@ class MigrationPipeline:
             # First: a cursor past a letter that was not written would lose it.
             self.dead_letters.add_many([(x.source, x.stage, x.error, x.rule) for x in batch.letters])
             del self._finished[shard][self._next_seq[shard]]
+            with self._open_lock:
+                self._open.pop((shard, self._next_seq[shard]), None)
             shards[shard].cursor = batch.last_path
             self._next_seq[shard] += 1
             handled += batch.size
@@ -299,8 +316,16 @@ class MigrationPipeline:
         self._expected: dict[int, int | None] = dict.fromkeys(open_shards)
         self._next_seq = dict.fromkeys(open_shards, 0)
         self._finished: dict[int, dict[int, _Batch]] = {i: {} for i in open_shards}
+        unsettled = self._settle_landed()
         self.progress.event("start", migration=self.migration.label, shards=len(shards),
                             execute=self.options.execute, counters=dict(self.stats.counters))
+        if unsettled is not None:  # nothing is read or written before the landed writes are counted
+            if isinstance(unsettled, RunFileError):
+                self._file_failed(unsettled)
+            else:
+                self._fatal.append(unsettled)
+                self.controls.request_stop(str(unsettled))
+            return self._finish()
         if not self.memory_budget.capacity:
             self.progress.event("warning", message=(
                 f"memory {self.idle_mb:.0f} MiB before reading is above the soft limit "
@@ -338,6 +363,32 @@ class MigrationPipeline:
         finally:
             self._shutdown(readers, writers)
         return self._finish()
+
+    def _settle_landed(self) -> Exception | None:
+        """Count the writes an earlier process of this run landed past the checkpoint (and journal
+        the outcomes it could not); returns why that failed, if it did (nothing is counted then,
+        and the checkpoint keeps saying which members to settle)."""
+        if self._uncounted is None or self.journal is None:
+            return None
+        after, spans = self._uncounted
+        try:
+            found = settle(self.store, self.migration.target, self.processor.transform,
+                           read_members(self.journal.path, spans, after),
+                           checked=self.processor.check is not None)
+            outcomes = [landed.outcome for landed in found if landed.outcome is not None]
+            if outcomes:
+                self.journal.append(outcomes, durable=True)
+                self.journal.confirmed([entry.path for entry in outcomes])
+        except Exception as error:
+            return error
+        counts: Counter[str] = Counter()
+        for landed in found:
+            counts.update(self.landed.note(landed.path, landed.counters))
+        changes = {name: value for name, value in counts.items() if value}
+        self.settled.update(changes)
+        self.stats.add(**changes)
+        self._uncounted = None
+        return None
 
     def _file_failed(self, error: RunFileError) -> None:
         """Stop at once: no new batch starts, and a batch whose before-images can no longer be
@@ -427,6 +478,8 @@ class MigrationPipeline:
             raise RunFileError(f"{self.folder} was removed while the run was writing it",
                                path=str(self.folder))
         self.checkpoint.extra["dead_letter_bytes"] = self.dead_letters.size()
+        if self._uncounted is None:
+            self._note_uncounted(state)
         self.checkpoint.counters = {name: self.settled.get(name, 0) for name in COUNTERS}
         self.checkpoint.elapsed_seconds = self.stats.elapsed
         self.checkpoint.state = state
@@ -435,6 +488,27 @@ class MigrationPipeline:
             self.on_checkpoint(self.checkpoint)
         self.progress.event("checkpoint", migration=self.migration.label, state=state,
                             cursors=[s.cursor for s in self.checkpoint.shards])
+
+    def _note_uncounted(self, state: str) -> None:
+        """Record in the checkpoint which journal members hold batches its counters do not count:
+        every one from ``journal_bytes`` on, and those before it at ``journal_unsettled`` (batches
+        in flight, or done and waiting for an earlier one); and ``landed``, the writes a resume
+        counted before its reader came to them. A resume settles them (docshift.engine.landed)."""
+        extra = self.checkpoint.extra
+        if self.journal is None:  # no journal (--no-backup): nothing a resume could settle from
+            for key in ("journal_bytes", "journal_unsettled"):
+                extra.pop(key, None)
+        else:
+            size = self.journal.size()  # a member appended after this has its span after it
+            with self._open_lock:
+                spans = [span for batch in self._open.values() for span in list(batch)]
+            extra["journal_bytes"] = size
+            extra["journal_unsettled"] = sorted([start, end] for start, end in spans if end <= size)
+        landed = self.landed.record()
+        if landed and state != "finished":
+            extra["landed"] = landed
+        else:
+            extra.pop("landed", None)
 
     def _finish(self) -> PipelineResult:
         error: DocshiftError | None = None
@@ -500,7 +574,7 @@ class MigrationPipeline:
             kept = "; the checkpoint is saved"
         else:
             kept = ("; the checkpoint could not be saved: a resume does again what came after the last "
-                    "one saved (documents already migrated are found unchanged)")
+                    "one saved, counting the writes that landed after it from the before-image journal")
         return RunFileError(
             f"{error.message}; run {self.checkpoint.run_id} stopped at once: {written}{kept}",
             path=error.path, hint="free space or fix the folder (permissions, mount), then resume the run",
@@ -516,6 +590,16 @@ class MigrationPipeline:
             return EmergencyStop(f"stopped by an unexpected {type(fatal).__name__}: {fatal}")
         cls = self.controls.stop_class or RunStopped
         return cls(self.controls.stop_reason or "stopped")
+
+
+def _uncounted(extra: dict[str, Any]) -> tuple[int, list[tuple[int, int]]] | None:
+    """Which journal members a checkpoint does not count: every one from ``journal_bytes`` on,
+    and those at ``journal_unsettled``; None for a checkpoint from before these were recorded."""
+    after = extra.get("journal_bytes")
+    if not isinstance(after, int) or isinstance(after, bool):
+        return None
+    spans = [(int(span[0]), int(span[1])) for span in extra.get("journal_unsettled") or []]
+    return after, spans
 
 
 def new_checkpoint(run_id: str, migration: Migration, shards: list[ShardCursor],
