@@ -473,3 +473,13 @@ def test_a_stage_rollback_stopped_by_a_signal_is_not_rolled_back_until_the_resum
         run(config, RunOptions(execute=True, resume=run_id), store=store)
     assert {p: d.data for p, d in export(store).items()} == before
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
+
+
+def test_a_resume_cannot_turn_the_before_images_off(config: Config, tmp_path: Path) -> None:
+    """Its rollback would undo what the first process wrote and leave what the resume wrote."""
+    store = MemoryStore()
+    seed(store, 300)
+    run_id = _stopped_with(tmp_path, store, {"batch_size": 10})
+    with pytest.raises(UsageError, match="cannot stop saving them") as refused:
+        resume_run(_cli_config(tmp_path, {"backup": False}), RunOptions(execute=True, resume=run_id))
+    assert refused.value.hint and "without --no-backup" in refused.value.hint

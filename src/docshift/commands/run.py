@@ -269,6 +269,13 @@ def resume_run(config: Config, options: RunOptions) -> ResumedRun:
             continue
         now = _config_value(config, name)
         if str(config.sources.get(name, "default")).startswith("--"):
+            if name == "backup" and was and not now:
+                raise UsageError(
+                    f"run {run_id} saves before-images; a resume cannot stop saving them: a rollback of the "
+                    "run would then leave what the resume writes migrated",
+                    hint=f"resume without --no-backup, or start a new run with it (docshift run --execute "
+                    "--no-backup)",
+                )
             if now != was:
                 overrides[name] = {"was": was, "now": now}
         else:
