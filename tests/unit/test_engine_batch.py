@@ -329,3 +329,32 @@ def test_unchanged_marker_and_missing_delete_write_nothing(tmp_path: Path) -> No
     proc = processor(memory, make_migration(lambda doc: UNCHANGED), tmp_path)
     assert proc.process(list(export(memory).values())) == {"unchanged": 10}
     assert memory.commit_calls == calls
+
+
+def test_a_store_failure_in_a_later_request_still_journals_the_outcomes_of_the_earlier_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch sent in several requests: when the second fails for good, the first one's writes
+    landed, and their update times must be in the journal (a rollback's guard needs them)."""
+    import docshift.engine.batch as batch_module
+
+    monkeypatch.setattr(batch_module, "_REQUEST_BUDGET", 2_000)  # a few documents per request
+    memory = MemoryStore()
+    seed(memory, 40)
+
+    class SecondRequestFails(StoreWrapper):
+        sent = 0
+
+        def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+            self.sent += 1
+            if self.sent == 2:
+                raise TransientError("the store kept failing", code="UNAVAILABLE")
+            return self.inner.commit(writes)
+
+    result = run_pipeline(SecondRequestFails(memory), make_migration(), tmp_path,
+                          options(batch_size=40, min_batch_size=40, concurrency=1))
+    assert isinstance(result.error, EmergencyStop)
+    kinds = journal_kinds(tmp_path)
+    landed = [path for path, doc in export(memory).items() if "first_name" in doc.data]
+    assert landed, "the first request landed"
+    assert all(kinds[("written", path)] == 1 for path in landed)

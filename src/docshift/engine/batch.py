@@ -356,20 +356,22 @@ class BatchProcessor:
         self._journal([_before_image(d) for d in decisions], durable=True)
         conflicts: list[Decision] = []
         written: list[JournalEntry] = []
-        for chunk in _chunks(decisions):
-            resent: list[Decision] = []
-            for decision, result in zip(chunk, self._commit(chunk), strict=True):
-                if result.ok:
-                    self._applied(decision, result.path, result.update_time, counts, written)
-                elif isinstance(result.error, ConflictError) and result.resent:
-                    resent.append(decision)
-                elif isinstance(result.error, ConflictError):
-                    conflicts.append(decision)
-                else:
-                    message = str(result.error) if result.error else "unknown write error"
-                    self._dead_letter(decision, counts, "write", message)
-            conflicts += self._own_landed(resent, counts, written)
-        self._journal(written)
+        try:
+            for chunk in _chunks(decisions):
+                resent: list[Decision] = []
+                for decision, result in zip(chunk, self._commit(chunk), strict=True):
+                    if result.ok:
+                        self._applied(decision, result.path, result.update_time, counts, written)
+                    elif isinstance(result.error, ConflictError) and result.resent:
+                        resent.append(decision)
+                    elif isinstance(result.error, ConflictError):
+                        conflicts.append(decision)
+                    else:
+                        message = str(result.error) if result.error else "unknown write error"
+                        self._dead_letter(decision, counts, "write", message)
+                conflicts += self._own_landed(resent, counts, written)
+        finally:  # also when a later request fails: the earlier ones landed, and a rollback needs their times
+            self._journal(written)
         return conflicts
 
     def _applied(self, decision: Decision, path: str, update_time: Timestamp | None,
