@@ -273,7 +273,7 @@ def resume_run(config: Config, options: RunOptions) -> ResumedRun:
                 raise UsageError(
                     f"run {run_id} saves before-images; a resume cannot stop saving them: a rollback of the "
                     "run would then leave what the resume writes migrated",
-                    hint=f"resume without --no-backup, or start a new run with it (docshift run --execute "
+                    hint="resume without --no-backup, or start a new run with it (docshift run --execute "
                     "--no-backup)",
                 )
             if now != was:
