@@ -382,6 +382,36 @@ def test_a_commit_split_into_requests_reports_what_landed_when_a_later_request_f
     assert [doc.update_time if doc else None for doc in stored] == [r.update_time for r in results]
 
 
+def test_a_later_request_applied_whose_reply_was_lost_is_resent_and_marked_so(
+    firestore_store: RetryingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the second request is applied and only its reply is lost: its resent writes
+    are refused by their own guards, and are marked ``resent`` so that the engine can recognise
+    them as its own landed writes (not application conflicts)."""
+    adapter = firestore_store.inner
+    assert isinstance(adapter, FirestoreStore)
+    old = {r.path: r.update_time for r in firestore_store.commit(
+        [Write.set(f"big/{i}", {"s": str(i)}) for i in range(9)])}
+    calls: list[int] = []
+    send = adapter._batch_write
+
+    def second_reply_lost(request: Any, **options: Any) -> Any:
+        calls.append(len(request.writes))
+        answer = send(request, **options)
+        if len(calls) == 2:
+            raise TransientError("injected: connection reset after the write", code="UNAVAILABLE")
+        return answer
+
+    monkeypatch.setattr(adapter, "_batch_write", second_reply_lost)
+    guarded = [Write.set(f"big/{i}", {"s": "x" * 1_000_000}, update_time=old[f"big/{i}"]) for i in range(9)]
+    results = firestore_store.commit(guarded)
+    assert [r.ok for r in results] == [True] * 4 + [False] * 4 + [True]
+    assert all(isinstance(r.error, ConflictError) and r.resent for r in results[4:8])
+    assert not any(r.resent for r in results[:4] + results[8:])
+    stored = firestore_store.get_many([f"big/{i}" for i in range(9)])
+    assert all(doc is not None and doc.data == guarded[i].data for i, doc in enumerate(stored))
+
+
 def test_timestamps_are_kept_at_the_microsecond_and_a_naive_datetime_as_utc(any_store: Store) -> None:
     """What docshift's as_stored and values_equal assume of the store (both stores alike)."""
     put(any_store, "t/1", {"fine": Timestamp(1_700_000_000, 123_456_789),

@@ -8,7 +8,7 @@ update time), never as an application conflict. Real application writes stay con
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,11 +17,13 @@ from docshift.checkpoints import Checkpoint, JournalReader
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
+from docshift.errors import TransientError
 from docshift.history import History, MigrationStatus
 from docshift.lock import LeaseLock, lease_path, read_lease
 from docshift.migration import DocView
 from docshift.reports.report import collect_report
-from docshift.store import MemoryStore, Query, RetryingStore, RetryPolicy, Store, Write
+from docshift.store import MemoryStore, Query, RetryingStore, RetryPolicy, Store, Write, WriteResult
+from docshift.store.base import DelegatingStore
 from docshift.values import Value, values_equal
 from tests.unit.engine_support import LostReplies, export, make_migration, options, run_pipeline, seed
 
@@ -95,7 +97,8 @@ def write_migrations(folder: Path) -> None:
         (folder / name).write_text(source, encoding="utf-8")
 
 
-def check_lossy_run(config: Config, inner: Store, count: int) -> None:
+def check_lossy_run(config: Config, inner: Store, count: int,
+                    lossy_store: Callable[[Store], LostReplies | LostSecondRequest] | None = None) -> None:
     """Run FLAG, PRUNE and COPY over ``count`` users (with ``n`` = 0..count-1) in ``inner``, with
     the reply of every other commit lost; then roll all three back through the same lossy store.
     Every view of the run tells the truth and the rollback gives back the exact pre-run data."""
@@ -105,7 +108,7 @@ def check_lossy_run(config: Config, inner: Store, count: int) -> None:
     truth_of = {"0001_flag": {"updated": count},
                 "0002_prune": {"updated": kept, "deleted": count // 5},
                 "0003_copy": {"created": kept}}
-    lossy = LostReplies(inner, every=2)
+    lossy = lossy_store(inner) if lossy_store is not None else LostReplies(inner, every=2)
     store = RetryingStore(lossy, FAST)
 
     report = run(config, RunOptions(execute=True), store=store)
@@ -149,6 +152,37 @@ def test_a_run_whose_replies_are_lost_counts_its_own_writes_and_rolls_back_exact
     memory = MemoryStore()
     seed(memory, 100, make=lambda i: {"n": i, "name": f"user {i}"})
     check_lossy_run(config, memory, 100)
+
+
+class LostSecondRequest(DelegatingStore):
+    """A commit the adapter sent as two requests, both applied, the second one's reply lost: as
+    the Firestore adapter reports it, the first half applied and the second half failed
+    transiently, maybe applied. Every other commit of the users' collections."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.commits = self.lost = 0
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        results = self.inner.commit(writes)
+        if len(writes) < 2 or writes[0].path.startswith("_docshift"):
+            return results
+        self.commits += 1
+        if self.commits % 2 == 0:
+            return results
+        self.lost += 1
+        half = len(writes) // 2
+        reset = TransientError("connection reset by peer", code="UNAVAILABLE")
+        lost = [WriteResult(w.path, error=reset, maybe_applied=True) for w in writes[half:]]
+        return [*results[:half], *lost]
+
+
+def test_a_commit_sent_in_requests_whose_later_reply_was_lost_counts_its_own_writes(config: Config) -> None:
+    """Writes of a request whose reply was lost, after an earlier request of the same commit was
+    answered: their resends are refused by their own guards, and that is still docshift's write."""
+    memory = MemoryStore()
+    memory.commit([Write.set(f"users/u{i:03d}", {"n": i}) for i in range(100)])
+    check_lossy_run(config, memory, 100, LostSecondRequest)
 
 
 def test_an_application_write_racing_a_lost_reply_is_still_a_conflict(tmp_path: Path) -> None:

@@ -262,6 +262,9 @@ class WriteResult:
     """The write was sent again after a request whose reply was lost (a reset connection, a
     deadline): that request may have applied it, so a precondition refusal of the resent write
     can be the write's own earlier success. :func:`write_landed` tells the two apart."""
+    maybe_applied: bool = False
+    """With a transient ``error``: the write was in a request that failed as a whole (its reply
+    lost), so the store may have applied it; the retry layer then marks its resend ``resent``."""
 
     @property
     def ok(self) -> bool:

@@ -535,10 +535,13 @@ class FirestoreStore(Store):
             except StoreError as error:
                 if not answered[0]:
                     raise
-                for rest, _ in groups[number:]:
+                for later, (rest, _) in enumerate(groups[number:]):
+                    # The failed request's writes may have been applied (a reply lost); later ones
+                    # were never sent.
+                    maybe = later == 0 and isinstance(error, TransientError)
                     for index in rest:
                         if results[index] is None:
-                            results[index] = WriteResult(writes[index].path, error=error)
+                            results[index] = WriteResult(writes[index].path, error=error, maybe_applied=maybe)
                 return
 
     def _pack(self, writes: Sequence[Write], indices: list[int],

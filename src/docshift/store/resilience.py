@@ -144,6 +144,8 @@ class RetryingStore(Store):
                 if isinstance(answer.error, TransientError):
                     still.append(index)
                     first_error = first_error or answer.error
+                    if answer.maybe_applied:  # its request's reply was lost: it may have landed
+                        unsure.add(index)
             pending = still
             if first_error is not None:
                 raise first_error
