@@ -461,3 +461,22 @@ def test_a_rollback_write_whose_reply_was_lost_is_counted_as_done_not_as_a_confl
     assert item.counters["restored"] + item.counters["recreated"] == item.counters["verified"] == changed
     assert same_data(export(memory), before) == []
     assert status_of(memory, "0001") is MigrationStatus.ROLLED_BACK
+
+
+def test_a_conflicts_file_that_cannot_be_written_stops_the_rollback_as_a_run_file_error(
+    tmp_path: Path,
+) -> None:
+    """Like every file of a run folder: exit 12 naming the file, not an unexpected OSError."""
+    from docshift.errors import ExitCode, RunFileError
+
+    config = project(tmp_path, **{"0001_tier": TIER})
+    store = MemoryStore()
+    seed(store, 20)
+    report = run(config, RunOptions(execute=True), store=store)
+    [doc] = store.get_many(["users/u00004"])
+    assert doc is not None and store.commit([Write.set(doc.path, {**doc.data, "app": "edited"})])[0].ok
+    (config.runs_dir / "rb-1" / "0001_tier" / "conflicts.jsonl").mkdir(parents=True)  # cannot be appended to
+    with pytest.raises(RunFileError) as raised:
+        rollback(config, RollbackOptions(run_id=report.run_id, execute=True, rollback_id="rb-1"), store=store)
+    assert raised.value.exit_code is ExitCode.EMERGENCY_STOP
+    assert "conflicts.jsonl" in raised.value.message

@@ -18,6 +18,7 @@ order is an exact, resumable cursor.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,7 @@ from typing import Any
 import orjson
 
 from docshift import codec
+from docshift.checkpoints.atomic import run_file, write_fully
 from docshift.checkpoints.journal import JournalEntry, JournalReader
 from docshift.engine.diff import FieldChange, field_changes
 from docshift.engine.limits import RateLimiter
@@ -405,9 +407,15 @@ class Restorer:
 
 
 def _append_lines(path: Path, lines: list[bytes]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as out:
-        out.writelines(lines)
+    """Append to one of the rollback's own files; a failure to is a run-file error (exit 12), like
+    every file of a run folder."""
+    with run_file(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            write_fully(fd, b"".join(lines))
+        finally:
+            os.close(fd)
 
 
 def _done(action: RestoreAction, write: Write) -> str:
