@@ -152,10 +152,10 @@ class StoreWrapper(DelegatingStore):
 class LostReplies(DelegatingStore):
     """Applies a commit and then raises UNAVAILABLE, as a connection reset after the store wrote
     does: the writes landed, their reply was lost. That happens to the first commit and every
-    ``every``-th after it (a resend included). Only commits whose first path passes ``touches``
-    count; by default docshift's own state (paths under ``_docshift``: history, lease) passes
-    untouched. ``meanwhile(writes)`` runs between the write and the lost reply: an application
-    writing in that moment."""
+    ``every``-th after it (a resend included, but never the resend of a commit whose reply was just
+    lost). Only commits whose first path passes ``touches`` count; by default docshift's own state
+    (paths under ``_docshift``: history, lease) passes untouched. ``meanwhile(writes)`` runs between
+    the write and the lost reply: an application writing in that moment."""
 
     def __init__(self, inner: Store, every: int = 2,
                  meanwhile: Callable[[Sequence[Write]], None] | None = None,
@@ -166,15 +166,22 @@ class LostReplies(DelegatingStore):
         self.touches = touches
         self.commits = 0
         self.lost = 0
+        self._just_lost: set[tuple[str, ...]] = set()
         self._lock = threading.Lock()
 
     def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
         results = self.inner.commit(writes)
         if not writes or not self.touches(writes[0].path):
             return results
+        key = tuple(write.path for write in writes)
         with self._lock:
             self.commits += 1
-            lose = (self.commits - 1) % self.every == 0
+            # The resend of a commit just lost gets its reply: with writers sharing the count, one
+            # writer could otherwise draw every lost number and run out of retries.
+            lose = (self.commits - 1) % self.every == 0 and key not in self._just_lost
+            self._just_lost.discard(key)
+            if lose:
+                self._just_lost.add(key)
             self.lost += lose
         if not lose:
             return results
