@@ -10,6 +10,7 @@ plain JSON, so files stay readable. ``decode(encode(x))`` is exact for every val
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from datetime import datetime
 from typing import Any
@@ -19,7 +20,7 @@ import orjson
 from docshift.errors import CodecError
 from docshift.values import GeoPoint, Reference, Timestamp, Value
 
-__all__ = ["FORMAT_VERSION", "decode", "dumps", "encode", "loads"]
+__all__ = ["FORMAT_VERSION", "decode", "digest", "dumps", "encode", "loads"]
 
 FORMAT_VERSION = 1
 """Version of the tagged encoding; stored in every file format built on it."""
@@ -111,6 +112,17 @@ def dumps(value: Value) -> bytes:
         return orjson.dumps(encode(value))
     except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate in a string, a non-string map key
         raise CodecError(f"cannot write value as JSON: {exc}") from None
+
+
+def digest(value: Value) -> str:
+    """A stable digest of ``value`` (blake2b, 16 bytes, hex) over its exact encoding with sorted
+    keys, so the order a map was built in does not change it (timestamps count to the nanosecond:
+    give it stored values, see ``values.as_stored``). Raises :class:`CodecError` like :func:`dumps`."""
+    try:
+        raw = orjson.dumps(encode(value), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise CodecError(f"cannot write value as JSON: {exc}") from None
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def loads(raw: bytes | str) -> Value:

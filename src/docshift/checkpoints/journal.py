@@ -15,6 +15,10 @@ to be deleted on restore), ``written`` (the update time our write produced, so a
 whether anyone changed the document since) and ``deleted`` (our delete was applied). A ``before``
 with neither ``written`` nor ``deleted`` after it means the process died with that write in flight.
 A copy's ``before`` and ``created`` also name the ``source`` document the write was made from.
+Both also hold ``leaves``: a digest (:func:`~docshift.codec.digest`) of the whole document the
+write leaves stored (empty for a delete), so that whether a write whose outcome was never journalled
+landed is told from the store exactly, never by running ``up()`` again (whose result may differ:
+the source changed, a timestamp, an edited migration). Journals written before it have none.
 
 Members are only ever appended, so a byte offset names a member for good: a checkpoint records
 which members hold batches its counters do not count (``append(..., spans=...)``,
@@ -37,10 +41,10 @@ import orjson
 
 from docshift import codec
 from docshift.checkpoints.atomic import check_in_place, close_durably, run_file, write_fully
-from docshift.errors import RunFileError
+from docshift.errors import CodecError, RunFileError
 from docshift.values import Timestamp, Value
 
-__all__ = ["JournalEntry", "JournalReader", "JournalWriter", "read_members"]
+__all__ = ["JournalEntry", "JournalReader", "JournalWriter", "digest_of", "read_members"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,9 @@ class JournalEntry:
     create_time: Timestamp | None = None
     source: str | None = None
     """For a copy: the source document whose transform was written at ``path``."""
+    leaves: str | None = None
+    """For ``before`` and ``created``: :func:`digest_of` the document the write leaves stored
+    ("" for a delete; None: not known, a journal written before it was recorded)."""
 
     def to_json(self) -> dict[str, Any]:
         record: dict[str, Any] = {"k": self.kind, "p": self.path}
@@ -63,6 +70,8 @@ class JournalEntry:
             record["c"] = [self.create_time.seconds, self.create_time.nanos]
         if self.source is not None:
             record["s"] = self.source
+        if self.leaves is not None:
+            record["h"] = self.leaves
         return record
 
     @classmethod
@@ -75,7 +84,19 @@ class JournalEntry:
             update_time=Timestamp(update[0], update[1]) if update else None,
             create_time=Timestamp(create[0], create[1]) if create else None,
             source=record.get("s"),
+            leaves=record.get("h"),
         )
+
+
+def digest_of(data: dict[str, Value] | None) -> str | None:
+    """The digest a write's ``leaves`` is compared with: of a stored document's data ("" for no
+    document); None when the data cannot be encoded (then nothing is told by digest)."""
+    if data is None:
+        return ""
+    try:
+        return codec.digest(data)
+    except CodecError:
+        return None
 
 
 _FEED = 1 << 16

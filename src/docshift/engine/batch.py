@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from docshift.checkpoints.deadletter import DeadLetterFile
-from docshift.checkpoints.journal import JournalEntry, JournalWriter
+from docshift.checkpoints.journal import JournalEntry, JournalWriter, digest_of
 from docshift.engine.diff import FieldChange, field_changes, update_fields, update_is_cheaper
 from docshift.engine.landed import LandedWrites
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, RateLimiter
@@ -456,13 +456,17 @@ def _update_problem(
 
 
 def _before_image(decision: Decision) -> JournalEntry:
+    """The write-ahead entry: the state before, and a digest of the whole document the write
+    leaves stored (for a masked update too: ``new_data``), by which a resume and a rollback tell
+    that it landed without running ``up()`` again."""
     existing, source = decision.existing, decision.source.path
+    leaves = digest_of(None if decision.kind == "delete" else decision.new_data)
     if existing is None:
         assert decision.write is not None
-        return JournalEntry("created", decision.write.path, source=source)
+        return JournalEntry("created", decision.write.path, source=source, leaves=leaves)
     return JournalEntry(
         "before", existing.path, existing.data, existing.update_time, existing.create_time,
-        source=source if source != existing.path else None,
+        source=source if source != existing.path else None, leaves=leaves,
     )
 
 

@@ -6,12 +6,12 @@ writes landed; read again on resume, their documents are found already migrated,
 deleted is not read again at all. So the checkpoint also records which journal members hold the
 batches it does not count (``journal_bytes``, ``journal_unsettled``: see
 :mod:`docshift.checkpoints.checkpoint`), and the resume settles those first (:func:`settle`): a
-document that holds what the run wrote (the update time its write produced, or data equal to what
-was sent; after a delete: gone) is counted as updated, created or deleted, its missing outcome is
-journalled (so a rollback's guard is exact), and it is noted in :class:`LandedWrites`, kept in the
-checkpoint (``landed``), so that the reader, finding it unchanged, does not count it again. A write
-that did not land is left to the pipeline, which does it again as before. Bounded by the batches
-that were in flight or waiting for an earlier one, so small.
+document that holds what the run wrote (the update time its write produced, or data whose digest is
+the one journalled before the write was sent; after a delete: gone) is counted as updated, created
+or deleted, its missing outcome is journalled (so a rollback's guard is exact), and it is noted in
+:class:`LandedWrites`, kept in the checkpoint (``landed``), so that the reader, finding it
+unchanged, does not count it again. A write that did not land is left to the pipeline, which does it
+again as before. Bounded by the batches that were in flight or waiting for an earlier one, so small.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from docshift.checkpoints.journal import JournalEntry
+from docshift.checkpoints.journal import JournalEntry, digest_of
 from docshift.migration import DELETE, UNCHANGED, DocView, Target, Transform
 from docshift.store.base import Document, Store
 from docshift.store.semantics import matches
@@ -84,8 +84,9 @@ def settle(store: Store, target: Target, transform: Transform, entries: Iterable
     """The writes of ``entries`` (the journal members a checkpoint does not count) that landed.
 
     For each path its last write sent counts, with the outcome journalled after it if any. Without
-    one, the document is read: it holds what was sent (the transform of the before-image, or for a
-    copy of its source) or, for a delete, is gone. ``checked``: the migration's inline rules were
+    one, the document is read: it holds what was sent (its digest is the entry's ``leaves``; in a
+    journal from before those, the transform of the before-image, or for a copy of its source) or,
+    for a delete, is gone. ``checked``: the migration's inline rules were
     checked on each document it updated or created, so those count as checked as well.
     """
     sent: dict[str, JournalEntry] = {}
@@ -100,7 +101,8 @@ def settle(store: Store, target: Target, transform: Transform, entries: Iterable
     found: list[Landed] = []
     for start in range(0, len(paths), _READ_BATCH):
         chunk = paths[start:start + _READ_BATCH]
-        sources = {path: _source_path(target, sent[path]) for path in chunk if target.copy_to}
+        sources = {path: _source_path(target, sent[path]) for path in chunk
+                   if target.copy_to and sent[path].leaves is None}
         wanted = sorted({source for source in sources.values() if source is not None})
         origins = dict(zip(wanted, store.get_many(wanted), strict=True))
         for path, now in zip(chunk, store.get_many(chunk), strict=True):
@@ -137,7 +139,13 @@ def _landed(target: Target, transform: Transform, sent: JournalEntry, outcome: J
         if outcome.kind == "deleted":
             return "deleted"
         return "created" if sent.kind == "created" else "updated"
-    if target.copy_to:
+    if sent.leaves is not None:  # what the write leaves stored: told exactly, up() not run again
+        if sent.leaves == "":
+            return "deleted" if now is None and sent.kind == "before" else None
+        if now is None or digest_of(now.data) != sent.leaves:
+            return None
+        return "created" if sent.kind == "created" else "updated"
+    if target.copy_to:  # a journal from before ``leaves``: what up() makes of it now
         if origin is None:
             return None  # its source is gone: what was sent cannot be told
     elif sent.kind == "before" and sent.data is not None:

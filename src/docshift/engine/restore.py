@@ -18,6 +18,7 @@ order is an exact, resumable cursor.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -30,7 +31,7 @@ import orjson
 
 from docshift import codec
 from docshift.checkpoints.atomic import run_file, write_fully
-from docshift.checkpoints.journal import JournalEntry, JournalReader
+from docshift.checkpoints.journal import JournalEntry, JournalReader, digest_of
 from docshift.engine.diff import FieldChange, field_changes
 from docshift.engine.limits import RateLimiter
 from docshift.engine.progress import NullProgress, Progress
@@ -54,6 +55,9 @@ class RestoreAction:
     path: str
     before: JournalEntry | None
     guard: Timestamp | None
+    leaves: str | None = None
+    """The digest of what the run's last write of ``path`` left stored (see
+    :class:`~docshift.checkpoints.journal.JournalEntry`); None in a journal from before it."""
 
 
 @dataclass
@@ -62,6 +66,8 @@ class _PathState:
     written: Timestamp | None = None
     created: bool = False
     deleted: bool = False
+    leaves: str | None = None
+    """Digest of what the last write sent for the path leaves stored."""
 
 
 def _index(journal: Path) -> dict[str, _PathState]:
@@ -69,14 +75,23 @@ def _index(journal: Path) -> dict[str, _PathState]:
     for seq, entry in enumerate(JournalReader(journal)):
         state = states.get(entry.path)
         if entry.kind == "before":
-            own_output = state is not None and state.written is not None and (
-                entry.update_time == state.written
+            # A before-image that is the run's own earlier output (its write produced that update
+            # time, or it holds exactly what that write left: its outcome was never journalled)
+            # is not the state to put back.
+            own_output = state is not None and (
+                (state.written is not None and entry.update_time == state.written)
+                or (bool(state.leaves) and digest_of(entry.data) == state.leaves)
             )
-            if not own_output:
-                states[entry.path] = _PathState(seq)
+            if own_output:
+                assert state is not None
+                state.leaves = entry.leaves
+            else:
+                states[entry.path] = _PathState(seq, leaves=entry.leaves)
         elif entry.kind == "created":
             if state is None:
-                states[entry.path] = _PathState(seq, created=True)
+                states[entry.path] = _PathState(seq, created=True, leaves=entry.leaves)
+            else:
+                state.leaves = entry.leaves
         elif entry.kind == "written" and state is not None:
             state.written = entry.update_time
         elif entry.kind == "deleted" and state is not None:
@@ -92,13 +107,14 @@ def plan_restore(journal: Path, start_after: int = -1) -> Iterator[RestoreAction
         if state is None or state.seq != seq or seq <= start_after:
             continue
         if state.created:
-            yield RestoreAction(seq, "delete" if state.written else "check", entry.path, None, state.written)
+            yield RestoreAction(seq, "delete" if state.written else "check", entry.path, None, state.written,
+                                state.leaves)
         elif state.deleted:
-            yield RestoreAction(seq, "recreate", entry.path, entry, None)
+            yield RestoreAction(seq, "recreate", entry.path, entry, None, state.leaves)
         elif state.written is not None:
-            yield RestoreAction(seq, "restore", entry.path, entry, state.written)
+            yield RestoreAction(seq, "restore", entry.path, entry, state.written, state.leaves)
         else:
-            yield RestoreAction(seq, "check", entry.path, entry, None)
+            yield RestoreAction(seq, "check", entry.path, entry, None, state.leaves)
 
 
 @dataclass
@@ -275,12 +291,14 @@ class Restorer:
             own = self.own_writes.get(action.path)
             if now.update_time != action.guard and not (
                 own is not None and own[0] == now.update_time and own[1] == action.guard
-            ) and not self._redone(before, now):
+            ) and not self._redone(action, now):
                 return "the document changed after the migration wrote it"
-            action = RestoreAction(action.seq, action.kind, action.path, action.before, now.update_time)
+            action = dataclasses.replace(action, guard=now.update_time)
         if removes:
             guard = action.guard if not self.force else None
             if action.kind == "check" and not self.force:
+                if now is not None and action.leaves and self._redone(action, now):
+                    return Write.delete(action.path, update_time=now.update_time)  # its write landed
                 return "created by the run, but the run died before confirming its write"
             return Write.delete(action.path, update_time=guard)
         assert before is not None and before.data is not None
@@ -298,7 +316,7 @@ class Restorer:
             return Write.create(action.path, before.data)
         if now.update_time == before.update_time:
             return "unchanged"  # the write never happened
-        if self.force or self._redone(before, now):
+        if self.force or self._redone(action, now):
             return self._undo_write(action, now, None if self.force else now.update_time)
         return "changed since it was read, and not by this migration"
 
@@ -324,10 +342,15 @@ class Restorer:
             return _Missed(f"down() returned {type(undone).__name__}; return a dict, UNCHANGED or DELETE")
         return Write.set(action.path, undone, update_time=guard)
 
-    def _redone(self, before: JournalEntry | None, now: Document) -> bool:
-        """Whether ``now`` holds exactly what the migration makes of ``before``: our own write,
-        even when its update time is unknown (not journalled before a crash) or was replaced by
-        an earlier restore of this rollback that a resumed rollback no longer remembers."""
+    def _redone(self, action: RestoreAction, now: Document) -> bool:
+        """Whether ``now`` holds exactly what the run's write left: our own write, even when its
+        update time is unknown (not journalled before a crash) or was replaced by an earlier
+        restore of this rollback that a resumed rollback no longer remembers. Told by the digest
+        journalled before the write was sent; in a journal from before it, by what the migration
+        makes of the before-image."""
+        if action.leaves is not None:
+            return action.leaves != "" and digest_of(now.data) == action.leaves
+        before = action.before
         if self.redo is None or before is None or before.data is None:
             return False
         try:
