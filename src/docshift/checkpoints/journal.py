@@ -168,15 +168,17 @@ class JournalWriter:
 
     def confirmed(self, paths: Sequence[str]) -> None:
         """The outcome of these paths' writes is journalled now (see :meth:`unconfirmed`)."""
-        self._unconfirmed.difference_update(paths)
+        with self._lock:
+            self._unconfirmed.difference_update(paths)
 
     def unconfirmed(self, path: str) -> bool:
         """Whether an earlier process of this run sent a write of ``path`` and stopped before it
         journalled the outcome (asked once per path: the caller journals what it finds)."""
-        if path not in self._unconfirmed:
-            return False
-        self._unconfirmed.discard(path)
-        return True
+        with self._lock:  # asked from the writer threads: one of them gets the answer
+            if path not in self._unconfirmed:
+                return False
+            self._unconfirmed.discard(path)
+            return True
 
     def append(self, entries: Sequence[JournalEntry], *, durable: bool = False,
                spans: list[tuple[int, int]] | None = None) -> None:
