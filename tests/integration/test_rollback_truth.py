@@ -21,77 +21,7 @@ from docshift.store import Document, Store, Write, WriteResult, open_store
 from docshift.values import values_equal
 from tests.integration.run_support import PREFIX, docshift, export, project_folder
 from tests.unit.engine_support import StoreWrapper
-
-TIER = '''"""Set a tier (and take it away again)."""
-from docshift import UNCHANGED
-
-description = "tier"
-collection = "users"
-
-
-def up(doc):
-    data = doc.data
-    if "tier" in data:
-        return UNCHANGED
-    data["tier"] = "free"
-    return data
-
-
-def down(doc):
-    data = doc.data
-    if "tier" not in data:
-        return UNCHANGED
-    del data["tier"]
-    return data
-'''
-
-NO_OP_DOWN = '''"""Set a flag; its down() does nothing (as the old template's did)."""
-from docshift import UNCHANGED
-
-description = "flag"
-collection = "users"
-
-
-def up(doc):
-    data = doc.data
-    if data.get("flag"):
-        return UNCHANGED
-    data["flag"] = True
-    return data
-
-
-def down(doc):
-    return UNCHANGED
-'''
-
-
-def rename(old: str, new: str, *, with_down: bool = True) -> str:
-    source = f'''"""Rename {old} to {new}."""
-from docshift import UNCHANGED
-
-description = "rename {old} to {new}"
-collection = "users"
-
-
-def up(doc):
-    data = doc.data
-    if "{old}" not in data:
-        return UNCHANGED
-    data["{new}"] = data.pop("{old}")
-    return data
-'''
-    if with_down:
-        source += f'''
-
-def down(doc):
-    data = doc.data
-    if "{new}" not in data:
-        return UNCHANGED
-    data["{old}"] = data.pop("{new}")
-    return data
-'''
-    return source
-
+from tests.unit.test_rollback_truth import NO_OP_DOWN, TIER, rename  # the same migrations as the unit tests
 
 PRUNE = '''"""Delete every fifth user."""
 from docshift import DELETE, UNCHANGED
