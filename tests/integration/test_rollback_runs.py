@@ -6,7 +6,6 @@ rollback of several runs killed midway (SIGKILL, in either run's journal) is fin
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +17,12 @@ from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.errors import RunStopped
 from docshift.history import History, MigrationStatus
-from docshift.store import Store, Write, WriteResult
+from docshift.store import Store
 from tests.integration.run_support import PREFIX, docshift, export, project_folder
-from tests.integration.test_rollback_truth import TIER, same_data, seed, write_migrations
-from tests.unit.engine_support import StoreWrapper
-
-VISITS = '''"""Count a visit (not idempotent: a second run counts again); down() takes one away."""
-description = "visits"
-collection = "users"
-
-
-def up(doc):
-    data = doc.data
-    data["visits"] = data.get("visits", 0) + 1
-    return data
-
-
-def down(doc):
-    data = doc.data
-    visits = data.get("visits", 0) - 1
-    if visits > 0:
-        data["visits"] = visits
-    else:
-        data.pop("visits", None)
-    return data
-'''
+from tests.integration.test_rollback import StopAfterCommits
+from tests.integration.test_rollback_truth import same_data, seed, write_migrations
+from tests.unit.test_rollback_runs import VISITS
+from tests.unit.test_rollback_truth import TIER
 
 
 def status_of(store: Store) -> MigrationStatus:
@@ -97,20 +77,6 @@ def test_a_limited_run_and_a_full_run_are_rolled_back_together_from_the_cli(
     assert f"applied by runs {first}, {second}: undoing both, newest first" in dry.stdout
     assert f"applied by runs {first}, {second}: undoing both" in undone.stdout
     assert "total" in undone.stdout  # each run's counts, and the migration's
-
-
-class StopAfterCommits(StoreWrapper):
-    def __init__(self, inner: Store, controls: Controls, commits: int) -> None:
-        super().__init__(inner)
-        self.controls, self.left = controls, commits
-
-    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
-        results = self.inner.commit(writes)
-        if any(w.path.startswith("users/") for w in writes):
-            self.left -= 1
-            if self.left == 0:
-                self.controls.request_stop("interrupted by the test")
-        return results
 
 
 def test_an_interrupted_run_and_a_new_run_are_rolled_back_together(

@@ -6,7 +6,6 @@ recorded as rolled back), its dry run of several migrations counts what the exec
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,10 @@ from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.errors import RunStopped
 from docshift.history import History, MigrationStatus
-from docshift.store import Document, Store, Write, WriteResult, open_store
+from docshift.store import Document, Store, Write, open_store
 from docshift.values import values_equal
 from tests.integration.run_support import PREFIX, docshift, export, project_folder
-from tests.unit.engine_support import StoreWrapper
+from tests.integration.test_rollback import StopAfterCommits
 from tests.unit.test_rollback_truth import NO_OP_DOWN, TIER, rename  # the same migrations as the unit tests
 
 PRUNE = '''"""Delete every fifth user."""
@@ -146,20 +145,6 @@ def test_a_dry_run_of_several_migrations_counts_what_the_execute_does(
 
 
 # ---------------------------------------------------------------------------- item 17
-class StopAfterCommits(StoreWrapper):
-    def __init__(self, inner: Store, controls: Controls, commits: int) -> None:
-        super().__init__(inner)
-        self.controls, self.left = controls, commits
-
-    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
-        results = self.inner.commit(writes)
-        if any(w.path.startswith("users/") for w in writes):
-            self.left -= 1
-            if self.left == 0:
-                self.controls.request_stop("stopped by the test")
-        return results
-
-
 def test_rollback_resume_show_and_report_work_on_the_database_of_the_run(
     emulator_config: Config, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
