@@ -26,40 +26,9 @@ from docshift.store import MemoryStore, Query, RetryingStore, RetryPolicy, Store
 from docshift.store.base import DelegatingStore
 from docshift.values import Value, values_equal
 from tests.unit.engine_support import LostReplies, export, make_migration, options, run_pipeline, seed
+from tests.unit.test_restore import FLAG, PRUNE  # the same migrations as the restore tests
 
 FAST = RetryPolicy(attempts=6, initial_wait=0.001, max_wait=0.002)
-
-FLAG = '''"""Add a flag."""
-from docshift import UNCHANGED
-
-description = "add a flag"
-collection = "users"
-
-
-def up(doc):
-    data = doc.data
-    if data.get("flag"):
-        return UNCHANGED
-    data["flag"] = True
-    return data
-'''
-
-PRUNE = '''"""Delete every fifth user, mark the others."""
-from docshift import DELETE, UNCHANGED
-
-description = "prune"
-collection = "users"
-
-
-def up(doc):
-    data = doc.data
-    if data["n"] % 5 == 0:
-        return DELETE
-    if data.get("pruned"):
-        return UNCHANGED
-    data["pruned"] = True
-    return data
-'''
 
 COPY = '''"""Copy users into users_v2."""
 description = "copy"
