@@ -12,10 +12,8 @@ end, no ``--limit`` cut, no ``--sample``, every canary stage passed), otherwise 
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import os
 import secrets
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -225,9 +223,9 @@ class ResumedRun:
         if options["limit"] is not None:
             parts.append(f"--limit {options['limit']}")
         if options["sample_percent"] is not None:
-            parts.append(f"--sample {_shown(float(options['sample_percent']))}%")
+            parts.append(f"--sample {_scope_text(float(options['sample_percent']))}")
         if options["stages"]:
-            parts.append("--stages " + ",".join(f"{_shown(float(s))}%" for s in options["stages"]))
+            parts.append(f"--stages {_scope_text(tuple(options['stages']))}")
         parts += [_FLAGS[name] for name in _SWITCHES if options[name]]
         lines = [f"resuming run {self.run_id} with its own settings: " + ", ".join(parts)]
         for name, change in self.overrides.items():
@@ -408,7 +406,7 @@ def run(
             info = {
                 "run_id": run_id, "kind": "run", "execute": options.execute, "state": "running",
                 "migrations": [m.id for m in selected], "created_at": datetime.now(UTC).isoformat(),
-                "user": f"{getpass.getuser()}@{socket.gethostname()}",
+                "user": current_user(),
                 "target": active.info.describe(), "project": active.info.project,
                 "database": active.info.database, "limit": options.limit, "sample": options.sample_percent,
                 "settings": run_settings(config, options),
