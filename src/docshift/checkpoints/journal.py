@@ -130,11 +130,11 @@ class JournalWriter:
     durable); ``sync`` makes everything appended so far durable.
 
     Opening an existing journal (a resumed run) first cuts off a torn last member left by a killed
-    process: appended after it, the new members would be unreadable. It also notes the writes that
-    process sent without journalling their outcome (:meth:`unconfirmed`).
+    process: appended after it, the new members would be unreadable. With ``note_unconfirmed`` it
+    also notes the writes that process sent without journalling their outcome (:meth:`unconfirmed`).
     """
 
-    def __init__(self, path: Path, *, compress_level: int = 1) -> None:
+    def __init__(self, path: Path, *, compress_level: int = 1, note_unconfirmed: bool = True) -> None:
         self.path = path
         self._unconfirmed: set[str] = set()
         with run_file(path):
@@ -144,7 +144,8 @@ class JournalWriter:
             if size:
                 valid = 0
                 for valid, block in _members(path.read_bytes()):  # noqa: B007 - the last end counts
-                    _note_outcomes(block, self._unconfirmed)
+                    if note_unconfirmed:
+                        _note_outcomes(block, self._unconfirmed)
                 if valid < size:
                     os.ftruncate(self._fd, valid)
                     os.fsync(self._fd)

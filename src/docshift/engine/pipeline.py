@@ -166,12 +166,17 @@ class MigrationPipeline:
             if isinstance(kept, int):
                 # Letters written after the checkpoint belong to batches that are done again now.
                 self.dead_letters.truncate(kept)
+            uncounted = _uncounted(checkpoint.extra)
             if options.execute and engine.backup:
-                self.journal = JournalWriter(folder / "before-images.jsonl.gz")
+                # A checkpoint that says which journal members it does not count is settled from
+                # those (settle, below); only one from before that needs the journal's unconfirmed
+                # writes, read from all of it (the batch processor's copies then use them).
+                self.journal = JournalWriter(folder / "before-images.jsonl.gz",
+                                             note_unconfirmed=uncounted is None)
         except RunFileError as error:
             raise self._file_failure(error, saved=None) from error
         self.landed = LandedWrites(checkpoint.extra.get("landed"))
-        self._uncounted = _uncounted(checkpoint.extra) if self.journal is not None else None
+        self._uncounted = uncounted if self.journal is not None else None
         """The journal members the checkpoint does not count, until the resume settled them."""
         self._open: dict[tuple[int, int], list[tuple[int, int]]] = {}
         """Journal spans of the batches begun and not yet settled behind the cursor."""
