@@ -40,9 +40,11 @@ __all__ = [
     "force_command",
     "live_state",
     "migration_counters",
+    "read_info",
     "read_migration",
     "read_run",
     "record_outcome",
+    "write_info",
 ]
 
 RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
@@ -193,7 +195,13 @@ class RunRecord:
 
 
 def read_info(folder: Path) -> dict[str, Any]:
+    """The ``run.json`` of a run folder (what ran, where, and in which state it ended)."""
     return read_versioned(folder / "run.json", _RUN_KIND, _RUN_VERSION)
+
+
+def write_info(folder: Path, info: dict[str, Any]) -> None:
+    """Write a run folder's ``run.json`` (atomically, versioned)."""
+    write_versioned(folder / "run.json", _RUN_KIND, _RUN_VERSION, info)
 
 
 def read_run(folder: Path) -> RunRecord:
@@ -224,4 +232,4 @@ def record_outcome(folder: Path, outcome: Mapping[str, Any]) -> None:
     info = read_info(folder)
     info["state"] = str(outcome.get("state"))
     info["outcome"] = {k: outcome.get(k) for k in ("state", "exit_code", "error", "hint")}
-    write_versioned(folder / "run.json", _RUN_KIND, _RUN_VERSION, info)
+    write_info(folder, info)

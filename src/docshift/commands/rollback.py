@@ -29,10 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
 from docshift.checkpoints.journal import JournalReader
-from docshift.checkpoints.record import force_command
+from docshift.checkpoints.record import force_command, read_info, write_info
 from docshift.commands.run import (
     RunOptions,
     find_run,
@@ -389,7 +388,7 @@ def rollback(
         history = History(active, config.store.state_prefix)
         if options.resume:
             folder = find_run(config.runs_dir, options.resume, kind="rollback")
-            info = read_versioned(folder / "run.json", "docshift-run", 1)
+            info = read_info(folder)
             check_store(active, info, str(info["run_id"]))
             plan = [_planned(config, migrations, entry) for entry in info["plan"]]
             order = _recorded_order(plan, info)
@@ -416,7 +415,7 @@ def rollback(
                     "created_at": datetime.now(UTC).isoformat(), "user": current_user(),
                     "target": active.info.describe(),
                     "project": active.info.project, "database": active.info.database}
-            write_versioned(folder / "run.json", "docshift-run", 1, info)
+            write_info(folder, info)
         report = RollbackReport(run_id, folder, options.execute, active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
@@ -430,11 +429,11 @@ def rollback(
                 except RunStopped as stop:
                     stop.resume_command = report.resume_command
                     info["state"] = stop.run_state
-                    write_versioned(folder / "run.json", "docshift-run", 1, info)
+                    write_info(folder, info)
                     raise
         dirty = [item for item in report.items if not item.clean] if options.execute else []
         info["state"] = RollbackConflicts.run_state if dirty else "finished"
-        write_versioned(folder / "run.json", "docshift-run", 1, info)
+        write_info(folder, info)
         if dirty:
             message, hint = _not_undone(dirty, info)
             error = RollbackConflicts(message, hint=hint)

@@ -20,9 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.checkpoints.checkpoint import Checkpoint
-from docshift.checkpoints.record import CLOSED_STATES, read_migration
+from docshift.checkpoints.record import CLOSED_STATES, read_info, read_migration, write_info
 from docshift.commands.stages import StageFailed, StagePlan, run_stages
 from docshift.commands.target import check_store, target_config
 from docshift.config import Config, with_values
@@ -67,9 +66,6 @@ __all__ = [
     "run",
     "run_settings",
 ]
-
-RUN_FILE_VERSION = 1
-_RUN_KIND = "docshift-run"
 
 
 @dataclass(frozen=True)
@@ -340,7 +336,7 @@ def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
         return folder
     candidates = sorted((p for p in runs_dir.glob("*/run.json")), reverse=True)
     for path in candidates:
-        info = read_versioned(path, _RUN_KIND, RUN_FILE_VERSION)
+        info = read_info(path.parent)
         if info.get("kind", "run") == kind and info.get("execute") and info.get("state") not in CLOSED_STATES:
             return path.parent
     command = "docshift run --execute" if kind == "run" else "docshift rollback RUN_ID --execute"
@@ -350,7 +346,7 @@ def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
 
 
 def _write_run_file(folder: Path, info: dict[str, Any]) -> None:
-    write_versioned(folder / "run.json", _RUN_KIND, RUN_FILE_VERSION, info)
+    write_info(folder, info)
 
 
 def _record_state(folder: Path, info: dict[str, Any], state: str) -> RunFileError | None:
@@ -657,4 +653,4 @@ def _settings(config: Config, options: RunOptions) -> dict[str, Any]:
 
 def load_run_info(folder: Path) -> dict[str, Any]:
     """The ``run.json`` of a run folder (what ran, where, and in which state it ended)."""
-    return read_versioned(folder / "run.json", _RUN_KIND, RUN_FILE_VERSION)
+    return read_info(folder)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.atomic import read_versioned
+from docshift.checkpoints.record import read_info
 from docshift.config import Config
 from docshift.errors import UsageError
 from docshift.store.base import Store
@@ -41,7 +41,7 @@ def _explicit(config: Config, key: str) -> str | None:
 
 def target_config(config: Config, folder: Path) -> Config:
     """``config`` pointed at the project and database run ``folder`` was made on."""
-    info = read_versioned(folder / "run.json", "docshift-run", 1)
+    info = read_info(folder)
     recorded = recorded_target(info)
     changes: dict[str, str] = {}
     for key, value in recorded.items():
