@@ -137,8 +137,13 @@ def verify(store: Store, count: int) -> None:
         raise SystemExit(f"only {migrated} of {count} documents were migrated")
 
 
-def case(kind: str, count: int, workdir: Path, make: Callable[[int], dict[str, object]] = bench_doc,
-         settings: dict[str, str] | None = None) -> Measure:
+def case(
+    kind: str,
+    count: int,
+    workdir: Path,
+    make: Callable[[int], dict[str, object]] = bench_doc,
+    settings: dict[str, str] | None = None,
+) -> Measure:
     """One measurement on a fresh emulator (the emulator slows down as it accumulates data)."""
     env_base = {k: v for k, v in os.environ.items() if k != "FIRESTORE_EMULATOR_HOST"}
     with Emulator(find_emulator(env_base)) as emulator:
@@ -147,15 +152,24 @@ def case(kind: str, count: int, workdir: Path, make: Callable[[int], dict[str, o
         config = Config(store=StoreConfig(project=project, emulator_host=emulator.host))
         with open_store(config) as store:
             seed(store, count, make)
-            env = {**env_base, "FIRESTORE_EMULATOR_HOST": emulator.host, "DOCSHIFT_PROJECT": project,
-                   **(settings or {})}
+            env = {
+                **env_base,
+                "FIRESTORE_EMULATOR_HOST": emulator.host,
+                "DOCSHIFT_PROJECT": project,
+                **(settings or {}),
+            }
             if kind in ("c", "d"):
                 command = [str(Path(sys.executable).parent / "docshift"), "run", "--execute", "--quiet"]
                 command += ["--no-backup"] if kind == "d" else []
             else:
                 kind_name = "naive" if kind == "a" else "threaded"
-                command = [sys.executable, str(ROOT / "scripts" / "bench_baselines.py"),
-                           kind_name, project, COLLECTION]
+                command = [
+                    sys.executable,
+                    str(ROOT / "scripts" / "bench_baselines.py"),
+                    kind_name,
+                    project,
+                    COLLECTION,
+                ]
             seconds, rss, _ = run_measured(command, env, workdir)
             verify(store, count)
     return Measure(kind, count, seconds, rss)
@@ -166,7 +180,7 @@ def journal_cost(folder: Path, count: int, *, batch: int = 300, threads: int = 4
     (the best of 5 alternating rounds each: the machine is shared, the noise only adds)."""
     now = Timestamp.now()
     images = [JournalEntry("before", f"{COLLECTION}/d{i:07d}", bench_doc(i), now, now) for i in range(count)]
-    batches = [images[start:start + batch] for start in range(0, count, batch)]
+    batches = [images[start : start + batch] for start in range(0, count, batch)]
 
     def measure(durable: bool) -> tuple[float, int]:
         path = folder / f"journal-{'ahead' if durable else 'checkpoint'}.jsonl.gz"
@@ -198,12 +212,17 @@ def journal_cost(folder: Path, count: int, *, batch: int = 300, threads: int = 4
     measure(True)  # warm up the page cache and the file system
     rounds = [(measure(True), measure(False)) for _ in range(5)]  # alternating; the best of each
     (ahead, ahead_syncs), (later, later_syncs) = min(r[0] for r in rounds), min(r[1] for r in rounds)
-    print(f"case 4: write-ahead journal, {count:,} before-images, batches of {batch} from {threads} threads, "
-          f"in {folder}")
-    print(f"  (i)  fsync before each send (group commit) {ahead / count * 1e6:7.1f} us/doc  "
-          f"{ahead_syncs} fsyncs for {len(batches)} batches")
-    print(f"       one fsync per checkpoint              {later / count * 1e6:7.1f} us/doc  "
-          f"{later_syncs} fsync")
+    print(
+        f"case 4: write-ahead journal, {count:,} before-images, batches of {batch} from {threads} threads, "
+        f"in {folder}"
+    )
+    print(
+        f"  (i)  fsync before each send (group commit) {ahead / count * 1e6:7.1f} us/doc  "
+        f"{ahead_syncs} fsyncs for {len(batches)} batches"
+    )
+    print(
+        f"       one fsync per checkpoint              {later / count * 1e6:7.1f} us/doc  {later_syncs} fsync"
+    )
     print(f"       ratio write-ahead / per checkpoint = {ahead / later:.2f}", flush=True)
 
 
@@ -226,42 +245,62 @@ def main() -> None:
         (workdir / "migrations" / "0001_bench.py").write_text(MIGRATION)
         print(f"case 1: {args.docs:,} documents, fresh emulator per case")
         results = {}
-        for kind, label in (("a", "naive paged loop"), ("b", "stream + 4 writer threads"),
-                            ("c", "docshift run --execute")):
+        for kind, label in (
+            ("a", "naive paged loop"),
+            ("b", "stream + 4 writer threads"),
+            ("c", "docshift run --execute"),
+        ):
             measure = case(kind, args.docs, workdir)
             results[kind] = measure
-            print(f"  ({kind}) {label:<28} {measure.rate:8,.0f} docs/s  {measure.seconds:6.1f} s  "
-                  f"peak RSS {measure.peak_rss_mib:6.1f} MiB", flush=True)
+            print(
+                f"  ({kind}) {label:<28} {measure.rate:8,.0f} docs/s  {measure.seconds:6.1f} s  "
+                f"peak RSS {measure.peak_rss_mib:6.1f} MiB",
+                flush=True,
+            )
         a, b, c = results["a"], results["b"], results["c"]
-        print(f"  ratios: c/a = {c.rate / a.rate:.2f} (target >= 3), c/b = {c.rate / b.rate:.2f} "
-              "(target >= 1.5)")
+        print(
+            f"  ratios: c/a = {c.rate / a.rate:.2f} (target >= 3), c/b = {c.rate / b.rate:.2f} "
+            "(target >= 1.5)"
+        )
         if not args.skip_large:
             print(f"case 2: docshift peak RSS, {args.docs:,} vs {args.large:,} documents")
             large = case("c", args.large, workdir)
             growth = (large.peak_rss_mib - c.peak_rss_mib) / c.peak_rss_mib
             print(f"  {args.docs:>9,} docs: peak RSS {c.peak_rss_mib:6.1f} MiB ({c.rate:,.0f} docs/s)")
-            print(f"  {args.large:>9,} docs: peak RSS {large.peak_rss_mib:6.1f} MiB "
-                  f"({large.rate:,.0f} docs/s)")
-            print(f"  growth {growth:+.1%} (target < 10%), limit 150 MiB: "
-                  f"{'ok' if large.peak_rss_mib < 150 and growth < 0.10 else 'MISSED'}")
+            print(
+                f"  {args.large:>9,} docs: peak RSS {large.peak_rss_mib:6.1f} MiB ({large.rate:,.0f} docs/s)"
+            )
+            print(
+                f"  growth {growth:+.1%} (target < 10%), limit 150 MiB: "
+                f"{'ok' if large.peak_rss_mib < 150 and growth < 0.10 else 'MISSED'}"
+            )
         if not args.skip_large_docs:
             large_documents(args.large_docs, workdir)
         if not args.skip_journal:
             journal_cost(workdir, args.docs)
             d = case("d", args.docs, workdir)
-            print(f"  (ii) (c) with the journal {c.rate:8,.0f} docs/s, (d) --no-backup {d.rate:8,.0f} "
-                  f"docs/s: ratio c/d = {c.rate / d.rate:.2f}", flush=True)
+            print(
+                f"  (ii) (c) with the journal {c.rate:8,.0f} docs/s, (d) --no-backup {d.rate:8,.0f} "
+                f"docs/s: ratio c/d = {c.rate / d.rate:.2f}",
+                flush=True,
+            )
 
 
 def large_documents(count: int, workdir: Path) -> None:
-    print(f"case 3: {count:,} documents of ~200 KiB, memory_soft_limit_mb = {LARGE_SOFT_MB}, "
-          f"memory_hard_limit_mb = {LARGE_HARD_MB}")
-    limits = {"DOCSHIFT_MEMORY_SOFT_LIMIT_MB": str(LARGE_SOFT_MB),
-              "DOCSHIFT_MEMORY_HARD_LIMIT_MB": str(LARGE_HARD_MB)}
+    print(
+        f"case 3: {count:,} documents of ~200 KiB, memory_soft_limit_mb = {LARGE_SOFT_MB}, "
+        f"memory_hard_limit_mb = {LARGE_HARD_MB}"
+    )
+    limits = {
+        "DOCSHIFT_MEMORY_SOFT_LIMIT_MB": str(LARGE_SOFT_MB),
+        "DOCSHIFT_MEMORY_HARD_LIMIT_MB": str(LARGE_HARD_MB),
+    }
     measure = case("c", count, workdir, large_doc, limits)  # fails unless the run finished (exit 0)
-    print(f"  docshift run --execute: {measure.rate:,.0f} docs/s, peak RSS {measure.peak_rss_mib:6.1f} MiB "
-          f"= {measure.peak_rss_mib / LARGE_HARD_MB:.0%} of the hard limit: "
-          f"{'ok' if measure.peak_rss_mib < LARGE_HARD_MB else 'MISSED'}")
+    print(
+        f"  docshift run --execute: {measure.rate:,.0f} docs/s, peak RSS {measure.peak_rss_mib:6.1f} MiB "
+        f"= {measure.peak_rss_mib / LARGE_HARD_MB:.0%} of the hard limit: "
+        f"{'ok' if measure.peak_rss_mib < LARGE_HARD_MB else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,10 @@ def describe(store: Store) -> None:
     age_types = Counter(type_name(d.data.get("age")) for d in docs)
     missing_name = sum(1 for d in docs if "full_name" not in d.data)
     one_word = sum(1 for d in docs if " " not in str(d.data.get("full_name", " ")))
-    print(f"messy data: age stored as {dict(age_types)}; {missing_name} without full_name; "
-          f"{one_word} with a one-word name")
+    print(
+        f"messy data: age stored as {dict(age_types)}; {missing_name} without full_name; "
+        f"{one_word} with a one-word name"
+    )
 
 
 def export(store: Store) -> dict[str, dict[str, object]]:
@@ -58,8 +60,11 @@ def export(store: Store) -> dict[str, dict[str, object]]:
 
 
 def latest_run(work: Path) -> str:
-    runs = sorted(p.parent.name for p in (work / ".docshift" / "runs").glob("*/run.json")
-                  if '"kind": "rollback"' not in p.read_text())
+    runs = sorted(
+        p.parent.name
+        for p in (work / ".docshift" / "runs").glob("*/run.json")
+        if '"kind": "rollback"' not in p.read_text()
+    )
     return runs[-1]
 
 
@@ -105,10 +110,13 @@ def main() -> None:
             with open_store(config) as store:
                 after = export(store)
             same = after.keys() == original.keys() and all(
-                values_equal(after[path], original[path]) for path in original)
+                values_equal(after[path], original[path]) for path in original
+            )
             banner("is the data back as it was?")
-            print(f"{len(after):,} documents compared value by value with the seeded data: "
-                  f"{'identical' if same else 'DIFFERENT'}")
+            print(
+                f"{len(after):,} documents compared value by value with the seeded data: "
+                f"{'identical' if same else 'DIFFERENT'}"
+            )
             if not same:
                 raise SystemExit(1)
     finally:

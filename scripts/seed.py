@@ -51,8 +51,7 @@ def user(index: int, rng: random.Random, project: str) -> dict[str, object]:
     return data
 
 
-def seed(store: Store, count: int, collection: str = "users", seed_value: int = 7,
-         batch: int = 400) -> int:
+def seed(store: Store, count: int, collection: str = "users", seed_value: int = 7, batch: int = 400) -> int:
     rng = random.Random(seed_value)
     project = store.info.project
     writes: list[Write] = []

@@ -70,8 +70,9 @@ def measure(host: str) -> None:
         boundary("maps around an empty array", lambda n: ("l/d", {"f": nested(n, {"e": []})}), 1, 40)
         boundary("maps around [1]", lambda n: ("l/d", {"f": nested(n, {"e": [1]})}), 1, 40)
         boundary("bytes of one string", lambda n: ("l/d", {"s": "x" * n}), 1000, 1_100_000)
-        boundary("bytes of one bytes value in a map", lambda n: ("l/d", {"m": {"b": b"\0" * n}}),
-                 1000, 1_100_000)
+        boundary(
+            "bytes of one bytes value in a map", lambda n: ("l/d", {"m": {"b": b"\0" * n}}), 1000, 1_100_000
+        )
 
         def sized(n: int) -> tuple[str, dict[str, Any]]:
             """A document of n bytes by the storage-size rules (two strings, one in a map)."""
@@ -86,8 +87,10 @@ def measure(host: str) -> None:
         boundary("bytes of a collection id", lambda n: ("c" * n + "/x", {"v": 1}), 1, 20_000)
         boundary("bytes of a reference's id", lambda n: ("l/d", {"r": Reference("c/" + "i" * n)}), 1, 20_000)
         name = "/".join(["c", "i" * 1500] * 5)
-        print(f"a document name of {len(name):,} bytes (Cloud Firestore: at most 6 KiB): "
-              f"{'accepted' if accepted(name, {'v': 1}) else 'refused'}")
+        print(
+            f"a document name of {len(name):,} bytes (Cloud Firestore: at most 6 KiB): "
+            f"{'accepted' if accepted(name, {'v': 1}) else 'refused'}"
+        )
 
         def raw(request: Any) -> bool:
             try:
@@ -101,8 +104,10 @@ def measure(host: str) -> None:
             prefix = f"batch{uuid.uuid4().hex[:6]}"
             for i in range(writes):
                 store._encode_write(Write.set(f"{prefix}/{i}", {"v": i}), request.writes.add())
-            print(f"{writes:,} writes in one BatchWrite request of {request.ByteSize():,} bytes: "
-                  f"{'accepted' if raw(request) else 'refused'}")
+            print(
+                f"{writes:,} writes in one BatchWrite request of {request.ByteSize():,} bytes: "
+                f"{'accepted' if raw(request) else 'refused'}"
+            )
 
         def request_of(total: int) -> bool:
             """One raw BatchWrite request of exactly ``total`` bytes (five writes)."""

@@ -38,16 +38,20 @@ def every_type(index: int, project: str) -> dict[str, object]:
         "foreign_ref": Reference("teams/t1", "demo-some-other-project", "other-db"),
         "empty_map": {},
         "empty_list": [],
-        "nested": {"list": [1, "a", None, True, {"deep": [1.5, b"x", Timestamp(5, 6000)]}],
-                   "map": {"a": {"b": {"c": index}}}},
+        "nested": {
+            "list": [1, "a", None, True, {"deep": [1.5, b"x", Timestamp(5, 6000)]}],
+            "map": {"a": {"b": {"c": index}}},
+        },
         "$t": "a user's field named like the codec's tag",
         "dots.and spaces": {"`back`": 1},
     }
 
 
-def seed(store: Store, documents: Iterator[tuple[str, dict[str, object]]], batch: int = 400,
-         threads: int = 4) -> int:
+def seed(
+    store: Store, documents: Iterator[tuple[str, dict[str, object]]], batch: int = 400, threads: int = 4
+) -> int:
     """Write documents in concurrent batches; every write must succeed."""
+
     def commit(writes: list[Write]) -> int:
         results = store.commit(writes)
         failed = [result for result in results if not result.ok]
@@ -73,13 +77,14 @@ def export(store: Store, collection: str) -> Iterator[Document]:
     return store.stream(Query(collection, descendants=True))
 
 
-def assert_same_documents(expected: Iterator[Document], actual: Iterator[Document],
-                          rename: tuple[str, str] | None = None) -> int:
+def assert_same_documents(
+    expected: Iterator[Document], actual: Iterator[Document], rename: tuple[str, str] | None = None
+) -> int:
     """Paths and data equal value by value (NaN, -0.0, types); returns how many were compared."""
     count = 0
     for want, got in zip_longest(expected, actual):
         assert want is not None and got is not None, (want and want.path, got and got.path)
-        path = want.path if rename is None else rename[1] + want.path[len(rename[0]):]
+        path = want.path if rename is None else rename[1] + want.path[len(rename[0]) :]
         assert got.path == path
         assert values_equal(want.data, got.data), (path, want.data, got.data)
         count += 1

@@ -38,8 +38,10 @@ def small_tmpfs(folder: Path, size: str, *, read_only: bool = False) -> Iterator
     options = f"size={size}" + (",ro" if read_only else "")
     done = _mount("-t", "tmpfs", "-o", options, "tmpfs", str(folder))
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); "
-                    "these tests need root or CAP_SYS_ADMIN")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); "
+            "these tests need root or CAP_SYS_ADMIN"
+        )
     try:
         yield folder
     finally:

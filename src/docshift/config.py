@@ -21,7 +21,14 @@ from typing import Any
 from docshift.errors import ConfigError
 
 __all__ = [
-    "KEYS", "Config", "EngineConfig", "Key", "LimitsConfig", "StoreConfig", "load_config", "with_values",
+    "KEYS",
+    "Config",
+    "EngineConfig",
+    "Key",
+    "LimitsConfig",
+    "StoreConfig",
+    "load_config",
+    "with_values",
 ]
 
 
@@ -138,8 +145,13 @@ def _identifier(value: Any) -> str | None:
 KEYS: tuple[Key, ...] = (
     Key("project", "store", str, "Google Cloud project id", optional=True),
     Key("database", "store", str, "Firestore database id; each database has its own history"),
-    Key("emulator_host", "store", str, "host:port of a Firestore emulator (also read from "
-        "FIRESTORE_EMULATOR_HOST)", optional=True),
+    Key(
+        "emulator_host",
+        "store",
+        str,
+        "host:port of a Firestore emulator (also read from FIRESTORE_EMULATOR_HOST)",
+        optional=True,
+    ),
     Key("state_prefix", "store", str, "collection holding docshift's history and lock", _identifier),
     Key("timeout_seconds", "store", float, "deadline for one store request", _positive),
     Key("migrations_dir", "", Path, "folder of migration files"),
@@ -149,38 +161,61 @@ KEYS: tuple[Key, ...] = (
     Key("max_batch_size", "engine", int, "largest adaptive batch (at most 500: one request)", _one_request),
     Key("concurrency", "engine", int, "commits in flight at once", _positive),
     Key("shards", "engine", int, "key ranges read concurrently", _positive),
-    Key("conflict_retries", "engine", int, "re-reads of a document changed during the run",
-        _not_negative),
-    Key("write_mode", "engine", str, "how changed documents are written: auto (full guarded set for "
+    Key("conflict_retries", "engine", int, "re-reads of a document changed during the run", _not_negative),
+    Key(
+        "write_mode",
+        "engine",
+        str,
+        "how changed documents are written: auto (full guarded set for "
         "small documents, masked update of the changed fields for large ones), update, set",
-        _choice("auto", "update", "set")),
+        _choice("auto", "update", "set"),
+    ),
     Key("checkpoint_every_docs", "engine", int, "checkpoint after this many documents", _positive),
     Key("checkpoint_every_seconds", "engine", float, "checkpoint at least this often", _positive),
-    Key("max_failures", "engine", str, "failed documents tolerated: a count (e.g. 100) or a percentage "
-        "from 0% to 100% (e.g. 0.5%)",
-        _failures),
+    Key(
+        "max_failures",
+        "engine",
+        str,
+        "failed documents tolerated: a count (e.g. 100) or a percentage from 0% to 100% (e.g. 0.5%)",
+        _failures,
+    ),
     Key("backup", "engine", bool, "save before-images of every changed document"),
-    Key("max_writes_per_second", "limits", float, "write-rate cap in ops/s; 0 = no cap",
-        _not_negative),
-    Key("ramp", "limits", str, "500/50/5 ramp-up: auto (on for Cloud Firestore, off for the "
-        "emulator), on, off", _choice("auto", "on", "off")),
-    Key("memory_soft_limit_mb", "limits", int, "RSS above which reading pauses; documents held at once "
-        "are bounded in bytes by the room below it", _positive),
-    Key("memory_hard_limit_mb", "limits", int, "RSS at which the run checkpoints and stops",
-        _positive),
-    Key("breaker_failure_rate", "limits", float, "failure rate over the window that stops a run",
-        _fraction),
+    Key("max_writes_per_second", "limits", float, "write-rate cap in ops/s; 0 = no cap", _not_negative),
+    Key(
+        "ramp",
+        "limits",
+        str,
+        "500/50/5 ramp-up: auto (on for Cloud Firestore, off for the emulator), on, off",
+        _choice("auto", "on", "off"),
+    ),
+    Key(
+        "memory_soft_limit_mb",
+        "limits",
+        int,
+        "RSS above which reading pauses; documents held at once are bounded in bytes by the room below it",
+        _positive,
+    ),
+    Key("memory_hard_limit_mb", "limits", int, "RSS at which the run checkpoints and stops", _positive),
+    Key("breaker_failure_rate", "limits", float, "failure rate over the window that stops a run", _fraction),
     Key("breaker_window", "limits", int, "documents in the circuit breaker's window", _positive),
-    Key("breaker_consecutive_failures", "limits", int, "failed commits in a row that stop a run",
-        _positive),
-    Key("integrity_warning", "limits", float, "integrity score (%) below which a warning is given",
-        _percent),
-    Key("integrity_critical", "limits", float, "integrity score (%) below which a run stops",
-        _percent),
-    Key("stage_max_failure_rate", "limits", float, "canary stages: failed documents (fraction) a stage "
-        "may have and pass its gate", _fraction),
-    Key("stage_max_p95_ms", "limits", float, "canary stages: commit latency p95 (ms) above which a "
-        "stage stops and everything is rolled back; 0 = no limit", _not_negative),
+    Key("breaker_consecutive_failures", "limits", int, "failed commits in a row that stop a run", _positive),
+    Key("integrity_warning", "limits", float, "integrity score (%) below which a warning is given", _percent),
+    Key("integrity_critical", "limits", float, "integrity score (%) below which a run stops", _percent),
+    Key(
+        "stage_max_failure_rate",
+        "limits",
+        float,
+        "canary stages: failed documents (fraction) a stage may have and pass its gate",
+        _fraction,
+    ),
+    Key(
+        "stage_max_p95_ms",
+        "limits",
+        float,
+        "canary stages: commit latency p95 (ms) above which a "
+        "stage stops and everything is rolled back; 0 = no limit",
+        _not_negative,
+    ),
 )
 _BY_NAME = {key.name: key for key in KEYS}
 OTHER_VARIABLES = ("DOCSHIFT_ASSUME_YES", "DOCSHIFT_EMULATOR_JAR", "DOCSHIFT_STATUS_TOKEN")
@@ -293,7 +328,7 @@ def load_config(
     for env_name, raw in env.items():
         if not env_name.startswith("DOCSHIFT_"):
             continue
-        name = env_name[len("DOCSHIFT_"):].lower()
+        name = env_name[len("DOCSHIFT_") :].lower()
         key = _BY_NAME.get(name)
         if key is None:
             if env_name in OTHER_VARIABLES:
@@ -315,12 +350,15 @@ def load_config(
 
 def _unknown_variable(env_name: str) -> ConfigError:
     """A ``DOCSHIFT_*`` variable docshift does not know: most likely a misspelled key."""
-    known = [key.name.upper() for key in KEYS] + [name[len("DOCSHIFT_"):] for name in OTHER_VARIABLES]
-    close = difflib.get_close_matches(env_name[len("DOCSHIFT_"):], known, n=1, cutoff=0.6)
-    hint = (f"did you mean DOCSHIFT_{close[0]}? Rename it, or unset {env_name}" if close
-            else "unset it: docshift reads DOCSHIFT_ and a config key in capitals (e.g. "
-                 "DOCSHIFT_BATCH_SIZE; the keys are in the README's Configuration table), and "
-                 f"{', '.join(OTHER_VARIABLES)}")
+    known = [key.name.upper() for key in KEYS] + [name[len("DOCSHIFT_") :] for name in OTHER_VARIABLES]
+    close = difflib.get_close_matches(env_name[len("DOCSHIFT_") :], known, n=1, cutoff=0.6)
+    hint = (
+        f"did you mean DOCSHIFT_{close[0]}? Rename it, or unset {env_name}"
+        if close
+        else "unset it: docshift reads DOCSHIFT_ and a config key in capitals (e.g. "
+        "DOCSHIFT_BATCH_SIZE; the keys are in the README's Configuration table), and "
+        f"{', '.join(OTHER_VARIABLES)}"
+    )
     return ConfigError(f"unknown environment variable {env_name}", hint=hint)
 
 

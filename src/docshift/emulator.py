@@ -145,12 +145,21 @@ class Emulator:
             prefix="docshift-emulator-", suffix=".log"
         )
         command = [
-            java, "-Duser.language=en", "-cp", str(self.location.jar), _MAIN_CLASS,
-            "start", "--host=127.0.0.1", f"--port={port}",
+            java,
+            "-Duser.language=en",
+            "-cp",
+            str(self.location.jar),
+            _MAIN_CLASS,
+            "start",
+            "--host=127.0.0.1",
+            f"--port={port}",
         ]
         try:
             self.process = subprocess.Popen(
-                command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                command,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
         except OSError as exc:

@@ -173,9 +173,7 @@ class RunStopped(DocshiftError):
     exit_code = ExitCode.INTERRUPTED
     run_state = "stopped"
 
-    def __init__(
-        self, message: str, *, hint: str | None = None, resume_command: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, resume_command: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.resume_command = resume_command
 
@@ -199,7 +197,11 @@ class RunFileError(RunStopped):
     exit_code = ExitCode.EMERGENCY_STOP
 
     def __init__(
-        self, message: str, *, path: str | None = None, hint: str | None = None,
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        hint: str | None = None,
         resume_command: str | None = None,
     ) -> None:
         super().__init__(message, hint=hint, resume_command=resume_command)

@@ -116,11 +116,12 @@ class HistoryRecord:
     def rolled_back_after(self, run_id: str) -> bool:
         """Whether this migration was rolled back after run ``run_id`` last started it: the writes
         that run made are undone, so continuing it from its checkpoint would leave them undone."""
-        started = [i for i, e in enumerate(self.events)
-                   if e.run_id == run_id and e.status is MigrationStatus.RUNNING]
+        started = [
+            i for i, e in enumerate(self.events) if e.run_id == run_id and e.status is MigrationStatus.RUNNING
+        ]
         if not started:
             return False
-        return any(e.status is MigrationStatus.ROLLED_BACK for e in self.events[started[-1] + 1:])
+        return any(e.status is MigrationStatus.ROLLED_BACK for e in self.events[started[-1] + 1 :])
 
     def application_runs(self) -> tuple[str, ...] | None:
         """The runs whose writes make up the migration's current application, oldest first (empty
@@ -133,13 +134,14 @@ class HistoryRecord:
         rollbacks = [i for i, e in enumerate(self.events) if e.status is MigrationStatus.ROLLED_BACK]
         if not rollbacks and len(self.events) >= _MAX_EVENTS:
             return None
-        since = self.events[rollbacks[-1] + 1:] if rollbacks else self.events
+        since = self.events[rollbacks[-1] + 1 :] if rollbacks else self.events
         return tuple(dict.fromkeys(e.run_id for e in since if e.status is MigrationStatus.RUNNING))
 
     def to_data(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data.update(
-            status=self.status.value, counts=dict(self.counts),
+            status=self.status.value,
+            counts=dict(self.counts),
             previous_checksums=list(self.previous_checksums),
             checkpoint=dict(self.checkpoint) if self.checkpoint is not None else None,
             overrides=dict(self.overrides),
@@ -154,18 +156,20 @@ class HistoryRecord:
         known = {f.name for f in dataclasses.fields(cls)}
         data = {key: value for key, value in doc.data.items() if key in known}
         try:
-            record = cls(**{
-                **data,
-                "status": MigrationStatus(data["status"]),
-                "counts": {str(k): int(v) for k, v in (data.get("counts") or {}).items()},
-                "previous_checksums": tuple(data.get("previous_checksums") or ()),
-                "overrides": dict(data.get("overrides") or {}),
-                "runs": tuple(str(r) for r in data["runs"]) if data.get("runs") is not None else None,
-                "events": tuple(
-                    HistoryEvent(**{**e, "status": MigrationStatus(e["status"])})
-                    for e in data.get("events") or ()
-                ),
-            })
+            record = cls(
+                **{
+                    **data,
+                    "status": MigrationStatus(data["status"]),
+                    "counts": {str(k): int(v) for k, v in (data.get("counts") or {}).items()},
+                    "previous_checksums": tuple(data.get("previous_checksums") or ()),
+                    "overrides": dict(data.get("overrides") or {}),
+                    "runs": tuple(str(r) for r in data["runs"]) if data.get("runs") is not None else None,
+                    "events": tuple(
+                        HistoryEvent(**{**e, "status": MigrationStatus(e["status"])})
+                        for e in data.get("events") or ()
+                    ),
+                }
+            )
             stamps = [record.started_at, *(e.at for e in record.events)]
             if not all(isinstance(t, Timestamp) for t in stamps) or not isinstance(
                 record.finished_at, Timestamp | None
@@ -214,8 +218,10 @@ class History:
             [result] = self.store.commit([write])
             if result.ok:
                 return record
-            if result.resent and isinstance(result.error, ConflictError) and write_landed(
-                write, self.store.get(path)
+            if (
+                result.resent
+                and isinstance(result.error, ConflictError)
+                and write_landed(write, self.store.get(path))
             ):
                 return record  # our first send landed and its reply was lost: changing again would repeat it
             if not isinstance(result.error, ConflictError):
@@ -223,7 +229,8 @@ class History:
                 raise result.error
         raise ConflictError(
             f"the history of migration {migration_id} keeps changing under this run",
-            code="ABORTED", path=path,
+            code="ABORTED",
+            path=path,
             hint="another process is writing the history; check `docshift status` for a running lease",
         )
 
@@ -238,12 +245,22 @@ class History:
 
         def change(old: HistoryRecord | None) -> HistoryRecord:
             return HistoryRecord(
-                migration_id=migration.id, description=migration.description, checksum=migration.checksum,
-                status=MigrationStatus.RUNNING, started_at=now, finished_at=None, run_id=run_id, user=user,
-                docshift_version=_docshift_version(), counts={},
-                previous_checksums=_with_checksum(old, migration.checksum), name=migration.name,
+                migration_id=migration.id,
+                description=migration.description,
+                checksum=migration.checksum,
+                status=MigrationStatus.RUNNING,
+                started_at=now,
+                finished_at=None,
+                run_id=run_id,
+                user=user,
+                docshift_version=_docshift_version(),
+                counts={},
+                previous_checksums=_with_checksum(old, migration.checksum),
+                name=migration.name,
                 file=describe_file(migration.path) if migration.path else "",
-                events=_append(old, event), overrides=dict(overrides or {}), runs=_with_run(old, run_id),
+                events=_append(old, event),
+                overrides=dict(overrides or {}),
+                runs=_with_run(old, run_id),
             )
 
         return self._change(migration.id, change)
@@ -255,10 +272,14 @@ class History:
         checkpoint_summary: Mapping[str, Any] | None = None,
     ) -> HistoryRecord:
         """Record a running migration's counts (and where its checkpoint stands) so far."""
-        return self._update(migration_id, lambda old: dataclasses.replace(
-            old, counts=dict(counts),
-            checkpoint=dict(checkpoint_summary) if checkpoint_summary is not None else old.checkpoint,
-        ))
+        return self._update(
+            migration_id,
+            lambda old: dataclasses.replace(
+                old,
+                counts=dict(counts),
+                checkpoint=dict(checkpoint_summary) if checkpoint_summary is not None else old.checkpoint,
+            ),
+        )
 
     def finish(
         self, migration_id: str, status: MigrationStatus, counts: Mapping[str, int], error: str | None = None
@@ -269,13 +290,21 @@ class History:
         if status is MigrationStatus.RUNNING:
             raise ValueError("finish() needs a final status, not running")
         now = Timestamp.now()
-        return self._update(migration_id, lambda old: dataclasses.replace(
-            old, status=status, finished_at=now, counts=dict(counts), error=error,
-            events=_append(old, HistoryEvent(status, now, old.run_id, old.user, old.checksum)),
-        ))
+        return self._update(
+            migration_id,
+            lambda old: dataclasses.replace(
+                old,
+                status=status,
+                finished_at=now,
+                counts=dict(counts),
+                error=error,
+                events=_append(old, HistoryEvent(status, now, old.run_id, old.user, old.checksum)),
+            ),
+        )
 
-    def mark_rolled_back(self, migration_id: str, run_id: str, counts: Mapping[str, int],
-                         undone: Sequence[str] | None = None) -> HistoryRecord:
+    def mark_rolled_back(
+        self, migration_id: str, run_id: str, counts: Mapping[str, int], undone: Sequence[str] | None = None
+    ) -> HistoryRecord:
         """Record that run ``run_id`` undid the migration: run, user, times and counts become the
         rollback's; the earlier runs stay in ``events``, and the next run starts a new application
         (``runs``). ``undone``: the runs whose writes were undone, when not every run of the
@@ -288,15 +317,29 @@ class History:
             runs = old.application_runs()
             if undone is not None and (runs is None or set(runs) - set(undone)):
                 left = None if runs is None else tuple(r for r in runs if r not in undone)
-                remain = (f"those of run(s) {', '.join(left)} remain" if left
-                          else "earlier runs' writes may remain")
-                return dataclasses.replace(old, runs=left, error=(
-                    f"{old.error + '; ' if old.error else ''}the writes of run(s) {', '.join(undone)} were "
-                    f"rolled back; {remain}"))
+                remain = (
+                    f"those of run(s) {', '.join(left)} remain" if left else "earlier runs' writes may remain"
+                )
+                return dataclasses.replace(
+                    old,
+                    runs=left,
+                    error=(
+                        f"{old.error + '; ' if old.error else ''}the writes of run(s) {', '.join(undone)} "
+                        f"were rolled back; {remain}"
+                    ),
+                )
             return dataclasses.replace(
-                old, status=status, started_at=now, finished_at=now, run_id=run_id, user=user,
-                counts=dict(counts), error=None, docshift_version=_docshift_version(),
-                events=_append(old, HistoryEvent(status, now, run_id, user, old.checksum)), runs=(),
+                old,
+                status=status,
+                started_at=now,
+                finished_at=now,
+                run_id=run_id,
+                user=user,
+                counts=dict(counts),
+                error=None,
+                docshift_version=_docshift_version(),
+                events=_append(old, HistoryEvent(status, now, run_id, user, old.checksum)),
+                runs=(),
             )
 
         return self._update(migration_id, change)
@@ -305,10 +348,15 @@ class History:
         """After ``--allow-drift``: adopt the file's new checksum, keeping the applied one in
         ``previous_checksums`` so the history shows both."""
         now, user = Timestamp.now(), current_user()
-        return self._update(migration_id, lambda old: dataclasses.replace(
-            old, checksum=checksum, previous_checksums=_with_checksum(old, checksum),
-            events=_append(old, HistoryEvent(old.status, now, run_id, user, checksum)),
-        ))
+        return self._update(
+            migration_id,
+            lambda old: dataclasses.replace(
+                old,
+                checksum=checksum,
+                previous_checksums=_with_checksum(old, checksum),
+                events=_append(old, HistoryEvent(old.status, now, run_id, user, checksum)),
+            ),
+        )
 
     def _update(self, migration_id: str, change: Callable[[HistoryRecord], HistoryRecord]) -> HistoryRecord:
         """Change a record that must already exist (History.start creates it)."""
@@ -399,8 +447,12 @@ class MigrationState:
         """Whether ``docshift run`` would (re)run it: pending, partial, failed, interrupted or rolled
         back."""
         return self.migration is not None and self.kind in (
-            StateKind.PENDING, StateKind.PARTIAL, StateKind.FAILED, StateKind.RUNNING,
-            StateKind.INTERRUPTED, StateKind.ROLLED_BACK,
+            StateKind.PENDING,
+            StateKind.PARTIAL,
+            StateKind.FAILED,
+            StateKind.RUNNING,
+            StateKind.INTERRUPTED,
+            StateKind.ROLLED_BACK,
         )
 
     @property
@@ -435,7 +487,8 @@ def plan(
     or running): running it now would apply changes in a different order than elsewhere.
     """
     records = (
-        dict(history_records) if isinstance(history_records, Mapping)
+        dict(history_records)
+        if isinstance(history_records, Mapping)
         else {r.migration_id: r for r in history_records}
     )
     files = {m.id: m for m in migrations}

@@ -99,7 +99,8 @@ def migration_files(folder: Path) -> list[Path]:
         number, _ = _parse_name(path)
         if number in by_number:
             raise _fail(
-                path, f"has the same id {number:04d} as {by_number[number].name}",
+                path,
+                f"has the same id {number:04d} as {by_number[number].name}",
                 hint="give each migration its own id; renumber the newer file to the next free one",
             )
         by_number[number] = path
@@ -213,7 +214,8 @@ class _Settings:
         if value is None:
             if required:
                 raise self.fail(
-                    name, "has no up(doc) function",
+                    name,
+                    "has no up(doc) function",
                     hint="define `def up(doc: DocView) -> Result:` returning the new data",
                 )
             return None
@@ -236,7 +238,8 @@ class _Settings:
             raise self.fail("collection_group", "set either collection or collection_group, not both")
         if collection is None and group is None:
             raise self.fail(
-                "collection", "declares no target",
+                "collection",
+                "declares no target",
                 hint='set collection = "users" (a collection path) or collection_group = "orders"',
             )
         setting = "collection" if collection is not None else "collection_group"
@@ -245,12 +248,16 @@ class _Settings:
             raise self.fail(setting, f"{setting} must be a non-empty string, got {value!r}")
         if group is not None and "/" in value.strip("/"):
             raise self.fail(
-                setting, f"collection_group must be one collection id, got {value!r}",
+                setting,
+                f"collection_group must be one collection id, got {value!r}",
                 hint='a group is a collection id such as "orders", found at any depth',
             )
         target = Target(
-            value.strip("/"), group=group is not None, filters=self.filters(),
-            limit=self.limit(), copy_to=self.copy_to(value.strip("/")),
+            value.strip("/"),
+            group=group is not None,
+            filters=self.filters(),
+            limit=self.limit(),
+            copy_to=self.copy_to(value.strip("/")),
         )
         try:
             target.query()
@@ -268,7 +275,8 @@ class _Settings:
         for item in raw:
             if not isinstance(item, list | tuple) or len(item) != 3 or not isinstance(item[0], str):
                 raise self.fail(
-                    "where", f"where entry {item!r} is not a (field, op, value) tuple",
+                    "where",
+                    f"where entry {item!r} is not a (field, op, value) tuple",
                     hint='write where = [("status", "==", "active")]',
                 )
             field_path, op, value = item
@@ -296,7 +304,8 @@ class _Settings:
         parts = value.split("/")
         if any(not part for part in parts) or len(parts) % 2 != 1:
             raise self.fail(
-                "copy_to", f"copy_to {value!r} is not a collection path",
+                "copy_to",
+                f"copy_to {value!r} is not a collection path",
                 hint="a collection path has an odd number of segments: users_v2 or users/alice/orders",
             )
         if value == source:
@@ -311,8 +320,11 @@ class _Settings:
             raise self.fail("rules", "rules must be a list")
         for index, item in enumerate(value):
             if not isinstance(item, Rule):
-                raise self.fail("rules", f"rules[{index}] is a {type(item).__name__}, not a rule",
-                                hint="build rules with docshift.validators, e.g. required(\"email\")")
+                raise self.fail(
+                    "rules",
+                    f"rules[{index}] is a {type(item).__name__}, not a rule",
+                    hint='build rules with docshift.validators, e.g. required("email")',
+                )
         return tuple(value)
 
 

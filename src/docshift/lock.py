@@ -67,8 +67,11 @@ class Lease:
 
     def to_data(self) -> dict[str, Any]:
         return {
-            "owner": self.owner, "pid": self.pid, "run_id": self.run_id,
-            "acquired_at": self.acquired_at, "expires_at": self.expires_at,
+            "owner": self.owner,
+            "pid": self.pid,
+            "run_id": self.run_id,
+            "acquired_at": self.acquired_at,
+            "expires_at": self.expires_at,
         }
 
     @classmethod
@@ -76,14 +79,24 @@ class Lease:
         data = doc.data
         try:
             return cls(
-                str(data["owner"]), int(data["pid"]), str(data["run_id"]),
-                _stamp(data["acquired_at"]), _stamp(data["expires_at"]), doc.update_time,
+                str(data["owner"]),
+                int(data["pid"]),
+                str(data["run_id"]),
+                _stamp(data["acquired_at"]),
+                _stamp(data["expires_at"]),
+                doc.update_time,
             )
         except (KeyError, TypeError, ValueError):
             # Unreadable: treat as expired so it can be taken over (guarded, so still safely).
             epoch = Timestamp(0)
-            return cls(str(data.get("owner", "unknown")), 0, str(data.get("run_id", "?")), epoch, epoch,
-                       doc.update_time)
+            return cls(
+                str(data.get("owner", "unknown")),
+                0,
+                str(data.get("run_id", "?")),
+                epoch,
+                epoch,
+                doc.update_time,
+            )
 
 
 def _stamp(value: Any) -> Timestamp:
@@ -173,8 +186,10 @@ class LeaseLock:
             existing = read_lease(self.store, self.prefix)
             if existing is None:
                 write = Write.create(self.path, wanted.to_data())
-            elif existing.run_id == self.run_id and existing.pid == os.getpid() and (
-                existing.owner == current_user()
+            elif (
+                existing.run_id == self.run_id
+                and existing.pid == os.getpid()
+                and (existing.owner == current_user())
             ):
                 return self._won(existing)  # our own create, answered late and retried
             elif not existing.expired(now) and not self._abandoned(existing):
@@ -193,8 +208,10 @@ class LeaseLock:
                 raise result.error
             # Someone else created or took it between our read and write: look again.
         current = read_lease(self.store, self.prefix)
-        raise LockedError(current.describe() if current else "the lease keeps changing hands",
-                          hint="another run is starting at the same time; try again shortly")
+        raise LockedError(
+            current.describe() if current else "the lease keeps changing hands",
+            hint="another run is starting at the same time; try again shortly",
+        )
 
     def _abandoned(self, lease: Lease) -> bool:
         """A lease of this same run whose process is gone from this machine (killed, say): a resume

@@ -44,8 +44,9 @@ def seed_bystanders(store: Store) -> list[str]:
     return [w.path for w in writes]
 
 
-def project_folder(path: Path, config: str = "", files: Iterable[str] = EXAMPLE_FILES,
-                   extra: dict[str, str] | None = None) -> Path:
+def project_folder(
+    path: Path, config: str = "", files: Iterable[str] = EXAMPLE_FILES, extra: dict[str, str] | None = None
+) -> Path:
     """A folder with ``migrations/`` and a ``docshift.toml`` (the emulator and project come from
     the environment, see the ``cli_env`` fixture)."""
     migrations = path / "migrations"
@@ -63,8 +64,16 @@ def project_folder(path: Path, config: str = "", files: Iterable[str] = EXAMPLE_
 def docshift(
     cwd: Path, env: dict[str, str], *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DOCSHIFT, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [DOCSHIFT, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def export(store: Store, collections: Iterable[str]) -> dict[str, Document]:
@@ -89,8 +98,9 @@ def differences(
         if not values_equal(a.data, b.data):
             problems.append(f"{path}: {a.data} != {b.data}")
         elif times and (a.update_time, a.create_time) != (b.update_time, b.create_time):
-            problems.append(f"{path}: times {a.update_time}/{a.create_time} "
-                            f"!= {b.update_time}/{b.create_time}")
+            problems.append(
+                f"{path}: times {a.update_time}/{a.create_time} != {b.update_time}/{b.create_time}"
+            )
     return problems
 
 
@@ -111,8 +121,11 @@ def apply_migrations(
 
 def data_differences(actual: dict[str, Document], expected: dict[str, dict[str, Value]]) -> list[str]:
     problems = sorted(set(actual) ^ set(expected))
-    problems += [f"{p}: {actual[p].data} != {expected[p]}" for p in set(actual) & set(expected)
-                 if not values_equal(actual[p].data, expected[p])]
+    problems += [
+        f"{p}: {actual[p].data} != {expected[p]}"
+        for p in set(actual) & set(expected)
+        if not values_equal(actual[p].data, expected[p])
+    ]
     return problems
 
 

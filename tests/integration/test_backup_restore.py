@@ -59,8 +59,16 @@ def users(count: int, project: str, rich_every: int = 1) -> Iterator[tuple[str, 
         if i % rich_every == 0:
             yield f"users/u{i:05d}", every_type(i, project)
         else:
-            yield f"users/u{i:05d}", {"i": i, "name": f"user {i}", "score": i / 3, "active": i % 3 == 0,
-                                      "at": Timestamp(1_700_000_000 + i, i % 1000 * 1000)}
+            yield (
+                f"users/u{i:05d}",
+                {
+                    "i": i,
+                    "name": f"user {i}",
+                    "score": i / 3,
+                    "active": i % 3 == 0,
+                    "at": Timestamp(1_700_000_000 + i, i % 1000 * 1000),
+                },
+            )
         if i % 10 == 0:
             yield f"users/u{i:05d}/orders/o1", {"total": i, "at": Timestamp(i, 1000)}
             yield f"users/u{i:05d}/orders/o2", {"total": -i, "tags": ["a", {"b": None}]}
@@ -70,18 +78,30 @@ def users(count: int, project: str, rich_every: int = 1) -> Iterator[tuple[str, 
 
 
 def test_round_trip_of_20000_documents_with_subcollections(
-    emulator_config: Config, firestore_store: Store, other_config: Config, other_store: Store,
+    emulator_config: Config,
+    firestore_store: Store,
+    other_config: Config,
+    other_store: Store,
     tmp_path: Path,
 ) -> None:
     project = firestore_store.info.project
     seeded = seed(firestore_store, users(20_000, project, rich_every=5))
-    seed(firestore_store, iter([("teams/t1", {"name": "one"}), ("teams/t1/members/m1", {"n": 1}),
-                                ("elsewhere/x", {"not": "backed up"})]))
+    seed(
+        firestore_store,
+        iter(
+            [
+                ("teams/t1", {"name": "one"}),
+                ("teams/t1/members/m1", {"n": 1}),
+                ("elsewhere/x", {"not": "backed up"}),
+            ]
+        ),
+    )
     assert seeded == 20_000 + 4_000 + 20 + 1
 
     started = time.monotonic()
-    manifest = backup(emulator_config, ["users", "teams"], tmp_path / "b", recursive=True,
-                      docs_per_file=5_000)
+    manifest = backup(
+        emulator_config, ["users", "teams"], tmp_path / "b", recursive=True, docs_per_file=5_000
+    )
     backup_seconds = time.monotonic() - started
     assert manifest.documents == seeded + 2
     assert manifest.documents_in("users") == seeded and len(manifest.files) == 6
@@ -98,9 +118,11 @@ def test_round_trip_of_20000_documents_with_subcollections(
     assert restored.data["at"] == Timestamp(1_700_000_005, 39_000)  # as stored: 39,595 ns -> µs
     assert restored.data["ref"].project == project  # references keep the project they pointed at
     assert restored.data["foreign_ref"].database == "other-db"
-    print(f"\n20k round trip: {manifest.documents:,} documents, backup {backup_seconds:.1f}s "
-          f"({manifest.documents / backup_seconds:,.0f} docs/s), restore {report.seconds:.1f}s "
-          f"({report.docs_per_second:,.0f} docs/s), {manifest.bytes / 1e6:.1f} MB")
+    print(
+        f"\n20k round trip: {manifest.documents:,} documents, backup {backup_seconds:.1f}s "
+        f"({manifest.documents / backup_seconds:,.0f} docs/s), restore {report.seconds:.1f}s "
+        f"({report.docs_per_second:,.0f} docs/s), {manifest.bytes / 1e6:.1f} MB"
+    )
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -117,7 +139,9 @@ def small_backup(emulator_config: Config, firestore_store: Store, tmp_path: Path
 
 
 def test_a_tampered_backup_is_refused_before_anything_is_written(
-    small_backup: Path, other_config: Config, other_store: Store,
+    small_backup: Path,
+    other_config: Config,
+    other_store: Store,
 ) -> None:
     manifest = json.loads((small_backup / MANIFEST_NAME).read_text())
     last = manifest["files"][-1]["name"]
@@ -135,12 +159,15 @@ def test_a_tampered_backup_is_refused_before_anything_is_written(
 
 
 def test_restore_into_another_collection(
-    emulator_config: Config, firestore_store: Store, small_backup: Path,
+    emulator_config: Config,
+    firestore_store: Store,
+    small_backup: Path,
 ) -> None:
     report = restore(emulator_config, small_backup, into="people", verify=True)
     assert report.ok and report.written == 300 + 60 + 1 + 1
-    assert_same_documents(export(firestore_store, "users"), export(firestore_store, "people"),
-                          rename=("users", "people"))
+    assert_same_documents(
+        export(firestore_store, "users"), export(firestore_store, "people"), rename=("users", "people")
+    )
     assert firestore_store.get("people/u00000/orders/o1/items/i1") is not None
 
 
@@ -152,40 +179,53 @@ class Corrupting(DelegatingStore):
         self.path = path
 
     def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
-        return self.inner.commit([Write.set(w.path, {"tampered": True}) if w.path == self.path else w
-                                  for w in writes])
+        return self.inner.commit(
+            [Write.set(w.path, {"tampered": True}) if w.path == self.path else w for w in writes]
+        )
 
 
 def test_verify_catches_a_difference(small_backup: Path, other_config: Config, other_store: Store) -> None:
-    report = restore(other_config, small_backup, verify=True,
-                     store=Corrupting(other_store, "users/u00042"))
+    report = restore(other_config, small_backup, verify=True, store=Corrupting(other_store, "users/u00042"))
     assert report.failed == 0 and report.verification is not None and not report.ok
     assert (report.verification.missing, report.verification.different) == (0, 1)
     assert report.verification.samples == [("users/u00042", "field '$t' is missing")]
 
     restore(other_config, small_backup)  # a plain second restore repairs it
     assert verify(other_config, small_backup).ok
-    other_store.commit([Write.delete("users/u00010/orders/o2"),
-                        Write.set("users/u00011", {**every_type(11, "x"), "i": 12})])
+    other_store.commit(
+        [Write.delete("users/u00010/orders/o2"), Write.set("users/u00011", {**every_type(11, "x"), "i": 12})]
+    )
     found = verify(other_config, small_backup)
     assert (found.checked, found.missing, found.different) == (362, 1, 1)
-    assert found.samples == [("users/u00010/orders/o2", "missing"),
-                             ("users/u00011", "field 'i' differs")]
+    assert found.samples == [("users/u00010/orders/o2", "missing"), ("users/u00011", "field 'i' differs")]
 
 
 def test_collection_group_backup(
-    emulator_config: Config, firestore_store: Store, other_config: Config, other_store: Store,
+    emulator_config: Config,
+    firestore_store: Store,
+    other_config: Config,
+    other_store: Store,
     tmp_path: Path,
 ) -> None:
-    seed(firestore_store, iter([
-        ("users/a/orders/o1", {"n": 1}), ("users/b/orders/o2", {"n": 2}), ("shops/s/orders/o3", {"n": 3}),
-        ("users/a", {"name": "a"}), ("orders/top", {"n": 0}), ("users/a/orders/o1/lines/l1", {"n": 9}),
-    ]))
+    seed(
+        firestore_store,
+        iter(
+            [
+                ("users/a/orders/o1", {"n": 1}),
+                ("users/b/orders/o2", {"n": 2}),
+                ("shops/s/orders/o3", {"n": 3}),
+                ("users/a", {"name": "a"}),
+                ("orders/top", {"n": 0}),
+                ("users/a/orders/o1/lines/l1", {"n": 9}),
+            ]
+        ),
+    )
     manifest = backup(emulator_config, ["orders"], tmp_path / "g", group=True)
     assert manifest.group and manifest.documents == 4
     restore(other_config, tmp_path / "g", verify=True)
-    assert_same_documents(firestore_store.stream(Query("orders", group=True)),
-                          other_store.stream(Query("orders", group=True)))
+    assert_same_documents(
+        firestore_store.stream(Query("orders", group=True)), other_store.stream(Query("orders", group=True))
+    )
     assert other_store.get("users/a") is None and other_store.get("users/a/orders/o1/lines/l1") is None
 
 
@@ -204,12 +244,22 @@ def test_named_databases(emulator_config: Config, firestore_store: Store, tmp_pa
 
 # ----------------------------------------------------------------------------------------- the CLI
 def docshift(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DOCSHIFT, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=180, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [DOCSHIFT, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def test_cli_backup_of_a_collection_with_no_documents_warns(
-    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     seed(firestore_store, iter([("users/u1", {"n": 1})]))
     for quiet in ((), ("--quiet",)):
@@ -222,11 +272,14 @@ def test_cli_backup_of_a_collection_with_no_documents_warns(
 
 
 def test_cli_backup_restore_verify_and_exit_codes(
-    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     seed(firestore_store, users(200, firestore_store.info.project))
-    made = docshift(tmp_path, cli_env, "backup", "users", "--recursive", "--out", "b",
-                    "--docs-per-file", "100")
+    made = docshift(
+        tmp_path, cli_env, "backup", "users", "--recursive", "--out", "b", "--docs-per-file", "100"
+    )
     assert made.returncode == 0, made.stderr
     assert "backed up 242 documents from collection users with subcollections" in made.stdout
     assert "into 3 file(s)" in made.stdout
@@ -262,12 +315,17 @@ def test_cli_backup_restore_verify_and_exit_codes(
 
 
 def test_cli_restore_to_cloud_firestore_needs_confirmation(
-    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     seed(firestore_store, iter([("teams/t1", {"n": 1})]))
     assert docshift(tmp_path, cli_env, "backup", "teams", "--out", "b").returncode == 0
-    cloud = {k: v for k, v in os.environ.items()
-             if k != "FIRESTORE_EMULATOR_HOST" and not k.startswith("DOCSHIFT_")}
+    cloud = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "FIRESTORE_EMULATOR_HOST" and not k.startswith("DOCSHIFT_")
+    }
     refused = docshift(tmp_path, cloud, "--project", "my-prod", "restore", "b")
     assert refused.returncode == 8
     assert "refusing to restore 1 document into teams" in refused.stderr
@@ -283,15 +341,23 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
 
 
 def test_cli_sigterm_stops_backup_and_restore_safely(
-    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     seed(firestore_store, ((f"c/d{i:05d}", {"i": i, "text": "x" * 100}) for i in range(20_000)))
     assert docshift(tmp_path, cli_env, "backup", "c", "--out", "full").returncode == 0
 
     partial = tmp_path / "partial"
-    process = subprocess.Popen([DOCSHIFT, "backup", "c", "--out", "partial", "--docs-per-file", "500"],
-                               cwd=tmp_path, env=cli_env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [DOCSHIFT, "backup", "c", "--out", "partial", "--docs-per-file", "500"],
+        cwd=tmp_path,
+        env=cli_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_until(lambda: partial.is_dir() and any(partial.iterdir()))
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
@@ -301,9 +367,15 @@ def test_cli_sigterm_stops_backup_and_restore_safely(
     other = new_project()
     where = StoreConfig(project=other, emulator_host=cli_env["FIRESTORE_EMULATOR_HOST"])
     with open_store(Config(store=where)) as target:
-        process = subprocess.Popen([DOCSHIFT, "--project", other, "restore", "full"], cwd=tmp_path,
-                                   env=cli_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [DOCSHIFT, "--project", other, "restore", "full"],
+            cwd=tmp_path,
+            env=cli_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         wait_until(lambda: target.count(Query("c")) > 0)
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)

@@ -54,7 +54,7 @@ def up(doc: DocView) -> Any:
 def seed(store: Store) -> dict[str, dict[str, object]]:
     writes = [Write.set(f"users/u{i:05d}", {"n": i, "name": f"user {i}"}) for i in range(COUNT)]
     for start in range(0, COUNT, 400):
-        assert all(r.ok for r in store.commit(writes[start:start + 400]))
+        assert all(r.ok for r in store.commit(writes[start : start + 400]))
     return export(store)
 
 
@@ -75,12 +75,16 @@ def workdir(tmp_path: Path, broken_from: float) -> Path:
 
 
 def docshift(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DOCSHIFT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=240,
-                          check=False)
+    return subprocess.run(
+        [DOCSHIFT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=240, check=False
+    )
 
 
 def test_all_stages_pass_and_migrate_every_document(
-    firestore_store: Store, emulator_config: Config, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    emulator_config: Config,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     before = seed(firestore_store)
     cwd = workdir(tmp_path, broken_from=101)  # no bug
@@ -112,7 +116,9 @@ def run_folders(cwd: Path) -> list[Path]:
 
 
 def test_a_stage_stopped_by_a_rule_tells_the_same_story_everywhere(
-    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     """The integrity gate stops stage 2: the rejected documents are in the dead letters the hint
     names, and the error, validation-inline.json, the report, the history, `runs` and `show` all
@@ -133,23 +139,32 @@ def test_a_stage_stopped_by_a_rule_tells_the_same_story_everywhere(
     [row] = report["migrations"]
     record = History(firestore_store, "_docshift").get("0001")
     assert record is not None and record.status is MigrationStatus.ROLLED_BACK
-    assert (inline["checked"], inline["failed"]) == (checked, refused) == (
-        row["counters"]["checked"], row["counters"]["rejected"])
+    assert (
+        (inline["checked"], inline["failed"])
+        == (checked, refused)
+        == (row["counters"]["checked"], row["counters"]["rejected"])
+    )
     assert len(letters) == refused == row["dead_letters"]
     assert {k: record.counts.get(k, 0) for k in row["counters"]} == row["counters"]
     first_stage = sum(1 for path in export(firestore_store) if bucket(path) < 1)
     assert row["counters"]["updated"] >= first_stage  # stage 1's updates count too
     assert row["rollback"]["restored"] == row["counters"]["updated"]
-    states = {json.loads((folder / "run.json").read_text())["state"], report["state"],
-              report["outcome"]["state"], row["state"],
-              json.loads(docshift(["show", "--json"], cli_env, cwd).stdout)["state"],
-              json.loads(docshift(["runs", "--json"], cli_env, cwd).stdout)[0]["state"]}
+    states = {
+        json.loads((folder / "run.json").read_text())["state"],
+        report["state"],
+        report["outcome"]["state"],
+        row["state"],
+        json.loads(docshift(["show", "--json"], cli_env, cwd).stdout)["state"],
+        json.loads(docshift(["runs", "--json"], cli_env, cwd).stdout)[0]["state"],
+    }
     assert states == {"rolled_back"}
     assert "resume" not in report["commands"]
 
 
 def test_a_second_stage_breaking_a_rule_rolls_every_stage_back(
-    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     before = seed(firestore_store)
     in_first = [p for p in before if bucket(p) < 1]
@@ -167,7 +182,9 @@ def test_a_second_stage_breaking_a_rule_rolls_every_stage_back(
 
 
 def test_auto_rollback_leaves_a_canary_run_to_its_own_stage_rollback(
-    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     """The integrity gate stops stage 2 and the stages are rolled back; --auto-rollback must not roll
     the run back a second time, and the run is closed all the same."""
@@ -186,12 +203,18 @@ def test_auto_rollback_leaves_a_canary_run_to_its_own_stage_rollback(
 
 
 def test_the_latency_trigger_rolls_back(
-    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     before = seed(firestore_store)
     cwd = workdir(tmp_path, broken_from=101)
-    env = {**cli_env, "DOCSHIFT_STAGE_MAX_P95_MS": "0.5", "DOCSHIFT_BATCH_SIZE": "20",
-           "DOCSHIFT_MIN_BATCH_SIZE": "20"}
+    env = {
+        **cli_env,
+        "DOCSHIFT_STAGE_MAX_P95_MS": "0.5",
+        "DOCSHIFT_BATCH_SIZE": "20",
+        "DOCSHIFT_MIN_BATCH_SIZE": "20",
+    }
     stopped = docshift(["run", "--execute", "--stages", "50%,100%"], env, cwd)
     assert stopped.returncode == ExitCode.EMERGENCY_STOP, stopped.stderr
     assert "p95" in stopped.stderr
@@ -200,13 +223,16 @@ def test_the_latency_trigger_rolls_back(
 
 
 def test_pause_between_stages_waits_for_the_operator(
-    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     seed(firestore_store)
     cwd = workdir(tmp_path, broken_from=101)
     command = [DOCSHIFT, "run", "--execute", "--stages", "10%,100%", "--pause-between-stages"]
-    process = subprocess.Popen(command, env=cli_env, cwd=cwd, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, env=cli_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         markers: list[Path] = []
@@ -229,7 +255,6 @@ def test_pause_between_stages_waits_for_the_operator(
     assert all(d.get("tier") == "silver" for d in export(firestore_store).values())
 
 
-
 # --------------------------------------------------------------------------- kill -9 and resume
 
 KILL_COUNT = 2000
@@ -239,7 +264,7 @@ STAGES = "1%,10%,50%,100%"
 def seed_many(store: Store, count: int) -> dict[str, dict[str, object]]:
     writes = [Write.set(f"users/u{i:05d}", {"n": i, "name": f"user {i}"}) for i in range(count)]
     for start in range(0, count, 400):
-        assert all(r.ok for r in store.commit(writes[start:start + 400]))
+        assert all(r.ok for r in store.commit(writes[start : start + 400]))
     return export(store)
 
 
@@ -249,8 +274,14 @@ class Watched:
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
         self.log = log
         with log.open("w") as errors:
-            self.process = subprocess.Popen([DOCSHIFT, *args, "--json"], env=env, cwd=cwd,
-                                            stdout=subprocess.PIPE, stderr=errors, start_new_session=True)
+            self.process = subprocess.Popen(
+                [DOCSHIFT, *args, "--json"],
+                env=env,
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                start_new_session=True,
+            )
         self.events: queue.Queue[dict[str, object] | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -268,8 +299,10 @@ class Watched:
                 event = self.events.get(timeout=1)
                 if event is None:
                     self.process.wait(10)
-                    raise AssertionError(f"the run ended (exit {self.process.returncode}) before {what}: "
-                                         f"{self.log.read_text()}")
+                    raise AssertionError(
+                        f"the run ended (exit {self.process.returncode}) before {what}: "
+                        f"{self.log.read_text()}"
+                    )
                 if wanted(event):
                     return event
         raise AssertionError(f"no {what} within 180 s: {self.log.read_text()}")
@@ -286,12 +319,18 @@ def stage_checkpoint(cwd: Path) -> Checkpoint:
 
 
 def kill_env(cli_env: dict[str, str]) -> dict[str, str]:
-    return {**cli_env, "DOCSHIFT_BATCH_SIZE": "10", "DOCSHIFT_MIN_BATCH_SIZE": "5",
-            "DOCSHIFT_CHECKPOINT_EVERY_SECONDS": "0.2"}
+    return {
+        **cli_env,
+        "DOCSHIFT_BATCH_SIZE": "10",
+        "DOCSHIFT_MIN_BATCH_SIZE": "5",
+        "DOCSHIFT_CHECKPOINT_EVERY_SECONDS": "0.2",
+    }
 
 
 def test_kill_9_during_every_stage_then_resume_continues_the_stages_to_applied(
-    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     """Killed during stage 1, its resume killed during stage 2, that one's during stage 3, and during
     stage 4; each resume is given no --stages (they are the run's), only a faster write limit so the
@@ -306,10 +345,13 @@ def test_kill_9_during_every_stage_then_resume_continues_the_stages_to_applied(
         args += ["--stages", STAGES] if stage == 1 else ["--resume"]
         watched = Watched(args, env, cwd, tmp_path / f"stderr-{stage}.txt")
         try:
-            watched.wait_for(lambda e, s=stage: e.get("event") == "stage" and e.get("stage") == s,
-                             f"stage {stage}")
-            watched.wait_for(lambda e: e.get("event") == "checkpoint" and any(e.get("cursors") or ()),
-                             f"a checkpoint in stage {stage}")
+            watched.wait_for(
+                lambda e, s=stage: e.get("event") == "stage" and e.get("stage") == s, f"stage {stage}"
+            )
+            watched.wait_for(
+                lambda e: e.get("event") == "checkpoint" and any(e.get("cursors") or ()),
+                f"a checkpoint in stage {stage}",
+            )
         finally:
             watched.kill()
         saved = stage_checkpoint(cwd)
@@ -330,16 +372,24 @@ def test_kill_9_during_every_stage_then_resume_continues_the_stages_to_applied(
 
 
 def test_kill_9_during_the_rollback_of_a_failed_stage_then_resume_finishes_the_rollback(
-    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path,
+    firestore_store: Store,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     before = seed_many(firestore_store, KILL_COUNT)
     cwd = workdir(tmp_path, broken_from=5)  # stage 2 (1-10%) breaks the rule: everything is rolled back
     env = kill_env(cli_env)
-    watched = Watched(["run", "--execute", "--stages", STAGES, "--max-writes-per-second", "20"], env, cwd,
-                      tmp_path / "stderr-run.txt")
+    watched = Watched(
+        ["run", "--execute", "--stages", STAGES, "--max-writes-per-second", "20"],
+        env,
+        cwd,
+        tmp_path / "stderr-run.txt",
+    )
     try:
-        watched.wait_for(lambda e: e.get("event") == "warning" and "rolling back" in str(e.get("message")),
-                         "the rollback of the stages")
+        watched.wait_for(
+            lambda e: e.get("event") == "warning" and "rolling back" in str(e.get("message")),
+            "the rollback of the stages",
+        )
         time.sleep(1.0)  # a few restore batches at 20 writes/s, of the ~100 documents written
     finally:
         watched.kill()

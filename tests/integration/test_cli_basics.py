@@ -32,16 +32,21 @@ DOCSHIFT = str(Path(sys.executable).parent / "docshift")
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The test run's environment without any docshift or emulator settings."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("DOCSHIFT_") and k != "FIRESTORE_EMULATOR_HOST"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DOCSHIFT_") and k != "FIRESTORE_EMULATOR_HOST"
+    }
     env.update(extra)
     return env
 
 
-def docshift_cli(*args: str, env: dict[str, str], cwd: Path | None = None,
-                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DOCSHIFT, *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+def docshift_cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DOCSHIFT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
@@ -144,7 +149,10 @@ def test_doctor_against_the_emulator_prints_ok_lines_and_exits_0(
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[:2] for line in lines] == [
-        ["ok", "config"], ["ok", "migrations"], ["ok", "credentials"], ["ok", "reachable"],
+        ["ok", "config"],
+        ["ok", "migrations"],
+        ["ok", "credentials"],
+        ["ok", "reachable"],
         ["ok", "permissions"],
     ]
     assert "FAIL" not in result.stdout
@@ -226,8 +234,12 @@ def run_emulator_cli(tmp_path: Path) -> Iterator[StartCli]:
 
     def start(*args: str, env: dict[str, str] | None = None) -> RunningCli:
         process = subprocess.Popen(
-            [DOCSHIFT, "emulator", *args], env=env or clean_env(), cwd=tmp_path,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [DOCSHIFT, "emulator", *args],
+            env=env or clean_env(),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         running = RunningCli(process)
 
@@ -334,4 +346,3 @@ def test_an_emulator_that_dies_by_itself_is_an_error(run_emulator_cli: StartCli)
     assert "error: the Firestore emulator stopped by itself" in stderr
     assert "Traceback" not in stderr
     assert_gone(jvm)
-

@@ -22,8 +22,14 @@ PREFIX = "_docshift"
 
 def docshift(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [DOCSHIFT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-        stdin=subprocess.DEVNULL, check=False,
+        [DOCSHIFT, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
     )
 
 
@@ -78,7 +84,8 @@ def test_new_then_status_pending_then_applied(
     assert code == 9
     assert report["exit_code"] == 9 and report["summary"] == {"pending": 2} and report["lease"] is None
     assert [(m["id"], m["state"], m["description"]) for m in report["migrations"]] == [
-        ("0001", "pending", "split full name"), ("0002", "pending", "Tag orders"),
+        ("0001", "pending", "split full name"),
+        ("0002", "pending", "Tag orders"),
     ]
     assert report["migrations"][0]["file"] == "migrations/0001_split_full_name.py"
 
@@ -109,7 +116,8 @@ def test_failed_and_interrupted_migrations_count_as_pending(
     code, report = status_json(project, cli_env)
     assert code == 9
     assert [(m["state"], m["label"]) for m in report["migrations"]] == [
-        ("failed", "failed"), ("running", "interrupted"),
+        ("failed", "failed"),
+        ("running", "interrupted"),
     ]
     assert report["migrations"][0]["error"] == "boom"
 
@@ -176,8 +184,13 @@ def test_unlock_needs_force_and_confirmation(
     nothing = docshift(project, cli_env, "unlock", "--force")
     assert nothing.returncode == 0 and "no lease is held" in nothing.stdout
 
-    data = {"owner": "ghost@box", "pid": 4242, "run_id": "stuck-run",
-            "acquired_at": Timestamp(1_700_000_000), "expires_at": Timestamp(4_000_000_000)}
+    data = {
+        "owner": "ghost@box",
+        "pid": 4242,
+        "run_id": "stuck-run",
+        "acquired_at": Timestamp(1_700_000_000),
+        "expires_at": Timestamp(4_000_000_000),
+    }
     assert firestore_store.commit([Write.set(lease_path(PREFIX), data)])[0].ok
     refused = docshift(project, cli_env, "unlock", "--force")
     assert refused.returncode == 8

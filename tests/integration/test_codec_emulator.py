@@ -36,7 +36,9 @@ from docshift.values import GeoPoint, Reference, Timestamp, values_equal
 from tests.strategies import documents
 
 EMULATOR_SETTINGS = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 CANONICAL_NAN = 0x7FF8_0000_0000_0000
 
@@ -119,9 +121,17 @@ def test_the_memory_store_stores_exactly_what_the_emulator_stores(
 
 
 def test_special_floats_are_stored_exactly(any_store: Store) -> None:
-    data = {"neg_zero": -0.0, "zero": 0.0, "nan": math.nan, "inf": math.inf, "neg_inf": -math.inf,
-            "tiny": 5e-324, "max": 1.7976931348623157e308, "list": [-0.0, math.nan],
-            "map": {"z": -0.0}}
+    data = {
+        "neg_zero": -0.0,
+        "zero": 0.0,
+        "nan": math.nan,
+        "inf": math.inf,
+        "neg_inf": -math.inf,
+        "tiny": 5e-324,
+        "max": 1.7976931348623157e308,
+        "list": [-0.0, math.nan],
+        "map": {"z": -0.0},
+    }
     stored = through(any_store, data)
     assert values_equal(stored, data)
     assert math.copysign(1.0, stored["neg_zero"]) == -1.0
@@ -150,12 +160,21 @@ def test_ints_and_floats_stay_distinct_types(any_store: Store) -> None:
 
 
 def test_timestamp_values_are_truncated_to_microseconds(any_store: Store) -> None:
-    data = {"a": Timestamp(1, 999_999_999), "b": Timestamp(-1, 1), "c": Timestamp(1_700_000_000, 123_456_789),
-            "d": Timestamp(5, 1_000), "nested": [{"t": Timestamp(0, 999)}]}
+    data = {
+        "a": Timestamp(1, 999_999_999),
+        "b": Timestamp(-1, 1),
+        "c": Timestamp(1_700_000_000, 123_456_789),
+        "d": Timestamp(5, 1_000),
+        "nested": [{"t": Timestamp(0, 999)}],
+    }
     stored = through(any_store, data)
-    assert stored == {"a": Timestamp(1, 999_999_000), "b": Timestamp(-1, 0),
-                      "c": Timestamp(1_700_000_000, 123_456_000), "d": Timestamp(5, 1_000),
-                      "nested": [{"t": Timestamp(0, 0)}]}
+    assert stored == {
+        "a": Timestamp(1, 999_999_000),
+        "b": Timestamp(-1, 0),
+        "c": Timestamp(1_700_000_000, 123_456_000),
+        "d": Timestamp(5, 1_000),
+        "nested": [{"t": Timestamp(0, 0)}],
+    }
     # Files keep whatever they are given: the codec itself never truncates.
     assert codec.loads(codec.dumps(data))["a"] == Timestamp(1, 999_999_999)
 
@@ -195,9 +214,18 @@ def test_geopoints_at_the_limits_and_negative_zero(any_store: Store) -> None:
     assert math.copysign(1.0, stored["origin"].latitude) == -1.0
 
 
-@pytest.mark.parametrize("point", [GeoPoint(math.nan, 0.0), GeoPoint(0.0, math.nan), GeoPoint(90.5, 0.0),
-                                   GeoPoint(-91.0, 0.0), GeoPoint(0.0, 180.5), GeoPoint(0.0, -math.inf),
-                                   GeoPoint(math.inf, 0.0)])
+@pytest.mark.parametrize(
+    "point",
+    [
+        GeoPoint(math.nan, 0.0),
+        GeoPoint(0.0, math.nan),
+        GeoPoint(90.5, 0.0),
+        GeoPoint(-91.0, 0.0),
+        GeoPoint(0.0, 180.5),
+        GeoPoint(0.0, -math.inf),
+        GeoPoint(math.inf, 0.0),
+    ],
+)
 def test_geopoints_out_of_range_are_refused(any_store: Store, point: GeoPoint) -> None:
     message = refused(any_store, {"where": {"deep": [point]}}).message
     assert "atitude" in message or "ongitude" in message
@@ -205,10 +233,12 @@ def test_geopoints_out_of_range_are_refused(any_store: Store, point: GeoPoint) -
 
 def test_references_keep_project_database_and_path(any_store: Store) -> None:
     project = any_store.info.project
-    data = {"same": Reference("users/a", project, "(default)"),
-            "other_project": Reference("users/b", "elsewhere", "(default)"),
-            "other_database": Reference("users/c/orders/o1", project, "db-2"),
-            "unicode": Reference("a b/ü id", project, "(default)")}
+    data = {
+        "same": Reference("users/a", project, "(default)"),
+        "other_project": Reference("users/b", "elsewhere", "(default)"),
+        "other_database": Reference("users/c/orders/o1", project, "db-2"),
+        "unicode": Reference("a b/ü id", project, "(default)"),
+    }
     stored = through(any_store, data)
     assert values_equal(stored, data)
     assert values_equal(codec.loads(codec.dumps(stored)), data)
@@ -229,8 +259,12 @@ def test_references_that_are_not_document_paths_are_refused(any_store: Store, pa
 
 
 def test_maps_with_the_codecs_tag_key_round_trip_through_the_store(any_store: Store) -> None:
-    data = {"$t": "ts", "v": [1, 2], "m": {"$t": "map", "v": {"$t": None}},
-            "l": [{"$t": "bytes", "v": "AA=="}]}
+    data = {
+        "$t": "ts",
+        "v": [1, 2],
+        "m": {"$t": "map", "v": {"$t": None}},
+        "l": [{"$t": "bytes", "v": "AA=="}],
+    }
     stored = through(any_store, data)
     assert values_equal(stored, data)
     decoded = codec.loads(codec.dumps(stored))
@@ -246,8 +280,25 @@ def test_empty_map_empty_array_null_and_missing_stay_distinct(any_store: Store) 
     assert values_equal(codec.loads(codec.dumps(stored)), data)
 
 
-AWKWARD_NAMES = ["a.b", "with space", "`tick`", "back\\slash", "ü", "日本", "\U0001f600", "$t", "____",
-                 "__x", "x__", "___", "1", "-", "\x00", ".", "a`b.c`d"]
+AWKWARD_NAMES = [
+    "a.b",
+    "with space",
+    "`tick`",
+    "back\\slash",
+    "ü",
+    "日本",
+    "\U0001f600",
+    "$t",
+    "____",
+    "__x",
+    "x__",
+    "___",
+    "1",
+    "-",
+    "\x00",
+    ".",
+    "a`b.c`d",
+]
 
 
 def test_awkward_field_names_round_trip(any_store: Store) -> None:
@@ -259,16 +310,30 @@ def test_awkward_field_names_round_trip(any_store: Store) -> None:
 
 def test_updating_awkward_field_paths(any_store: Store) -> None:
     path = put(any_store, {"a.b": {"`c`": 1}, "__x": {"y__": 1}, "drop me": 1})
-    [result] = any_store.commit([Write.update(path, {
-        ("a.b", "`c`"): 2, ("__x", "y__"): {"$t": "map"}, ("drop me",): DELETE_FIELD, ("new field",): [],
-    })])
+    [result] = any_store.commit(
+        [
+            Write.update(
+                path,
+                {
+                    ("a.b", "`c`"): 2,
+                    ("__x", "y__"): {"$t": "map"},
+                    ("drop me",): DELETE_FIELD,
+                    ("new field",): [],
+                },
+            )
+        ]
+    )
     assert result.ok, result.error
-    assert values_equal(read(any_store, path),
-                        {"a.b": {"`c`": 2}, "__x": {"y__": {"$t": "map"}}, "new field": []})
+    assert values_equal(
+        read(any_store, path), {"a.b": {"`c`": 2}, "__x": {"y__": {"$t": "map"}}, "new field": []}
+    )
 
 
-@pytest.mark.parametrize("data", [{"__x__": 1}, {"m": {"__name__": 1}}, {"a": [{"__a b__": 1}]},
-                                  {"_____": 1}], ids=["top", "nested", "in-array", "five-underscores"])
+@pytest.mark.parametrize(
+    "data",
+    [{"__x__": 1}, {"m": {"__name__": 1}}, {"a": [{"__a b__": 1}]}, {"_____": 1}],
+    ids=["top", "nested", "in-array", "five-underscores"],
+)
 def test_reserved_field_names_are_refused(any_store: Store, data: dict[str, Any]) -> None:
     assert "reserved" in refused(any_store, data).message
 
@@ -286,9 +351,11 @@ def test_field_paths_up_to_1500_bytes(any_store: Store) -> None:
     assert values_equal(through(any_store, {"x" * 1500: 1}), {"x" * 1500: 1})
 
 
-@pytest.mark.parametrize("data", [{"x" * 1501: 1}, {"é" * 750 + "x": 1}, {"x" * 700: {"y" * 800: 1}},
-                                  {"x" * 800: [{"y" * 800: 1}]}],
-                         ids=["one-name", "multibyte", "nested", "through-array"])
+@pytest.mark.parametrize(
+    "data",
+    [{"x" * 1501: 1}, {"é" * 750 + "x": 1}, {"x" * 700: {"y" * 800: 1}}, {"x" * 800: [{"y" * 800: 1}]}],
+    ids=["one-name", "multibyte", "nested", "through-array"],
+)
 def test_field_paths_over_1500_bytes_are_refused(any_store: Store, data: dict[str, Any]) -> None:
     refused(any_store, data)
 
@@ -321,21 +388,32 @@ def test_one_level_deeper_is_refused(any_store: Store) -> None:
 
 
 def test_strings_and_bytes_round_trip(any_store: Store) -> None:
-    data = {"nul": "\x00", "max": "\U0010ffff", "mixed": "a\u2028b\tc\"d\\", "empty": "",
-            "bytes": bytes(range(256)), "no_bytes": b"", "big": "x" * 100_000}
+    data = {
+        "nul": "\x00",
+        "max": "\U0010ffff",
+        "mixed": 'a\u2028b\tc"d\\',
+        "empty": "",
+        "bytes": bytes(range(256)),
+        "no_bytes": b"",
+        "big": "x" * 100_000,
+    }
     stored = through(any_store, data)
     assert values_equal(stored, data)
     assert values_equal(codec.loads(codec.dumps(stored)), data)
 
 
-@pytest.mark.parametrize("data", [{"s": "bad \ud800"}, {"bad \udc00 name": 1}, {"l": ["ok", "\udfff"]}],
-                         ids=["value", "field-name", "in-array"])
+@pytest.mark.parametrize(
+    "data",
+    [{"s": "bad \ud800"}, {"bad \udc00 name": 1}, {"l": ["ok", "\udfff"]}],
+    ids=["value", "field-name", "in-array"],
+)
 def test_strings_with_a_lone_surrogate_fail_only_their_write(any_store: Store, data: dict[str, Any]) -> None:
     assert "unicode" in refused(any_store, data).message
 
 
-@pytest.mark.parametrize("value", [{1, 2}, object(), frozenset(), complex(1, 1)],
-                         ids=lambda v: type(v).__name__)
+@pytest.mark.parametrize(
+    "value", [{1, 2}, object(), frozenset(), complex(1, 1)], ids=lambda v: type(v).__name__
+)
 def test_values_of_unsupported_types_fail_only_their_write(any_store: Store, value: Any) -> None:
     assert "cannot store" in refused(any_store, {"x": value}).message
 

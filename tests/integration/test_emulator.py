@@ -163,8 +163,12 @@ def test_nothing_found_is_a_clear_error_saying_what_to_install(
     assert error.exit_code == ExitCode.EMULATOR
     assert int(error.exit_code) == 15
     assert error.hint is not None
-    for advice in ["gcloud components install cloud-firestore-emulator", "firebase setup:emulators:firestore",
-                   "DOCSHIFT_EMULATOR_JAR", "FIRESTORE_EMULATOR_HOST"]:
+    for advice in [
+        "gcloud components install cloud-firestore-emulator",
+        "firebase setup:emulators:firestore",
+        "DOCSHIFT_EMULATOR_JAR",
+        "FIRESTORE_EMULATOR_HOST",
+    ]:
         assert advice in error.hint
 
 
@@ -353,9 +357,7 @@ def test_ctrl_c_while_the_emulator_starts_stops_the_jvm(
     assert emulator.process is None
 
 
-def test_the_emulator_runs_in_its_own_session(
-    real_location: EmulatorLocation, leftovers: list[int]
-) -> None:
+def test_the_emulator_runs_in_its_own_session(real_location: EmulatorLocation, leftovers: list[int]) -> None:
     """A terminal's Ctrl-C reaches docshift, not the JVM: docshift stops it (after cleaning up)."""
     with Emulator(real_location) as emulator:
         pid, pgid, _ = started_tree(emulator, leftovers)
@@ -363,9 +365,7 @@ def test_the_emulator_runs_in_its_own_session(
     assert_nothing_left(pid, pgid)
 
 
-def test_a_jvm_ignoring_sigterm_is_killed(
-    real_location: EmulatorLocation, leftovers: list[int]
-) -> None:
+def test_a_jvm_ignoring_sigterm_is_killed(real_location: EmulatorLocation, leftovers: list[int]) -> None:
     emulator = Emulator(real_location)
     emulator.start()
     pid, pgid, _ = started_tree(emulator, leftovers)

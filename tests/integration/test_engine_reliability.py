@@ -83,8 +83,14 @@ def test_kill_9_at_random_moments_then_resume_reaches_the_uninterrupted_result(
         resuming = any(folder.glob(".docshift/runs/*/run.json"))
         args = ["run", "--execute", *(["--resume"] if resuming else []), *flags]
         errors = (tmp_path / f"stderr-{kills}.txt").open("w")
-        process = subprocess.Popen([DOCSHIFT, *args], cwd=folder, env=cli_env, stdout=subprocess.PIPE,
-                                   stderr=errors, start_new_session=True)
+        process = subprocess.Popen(
+            [DOCSHIFT, *args],
+            cwd=folder,
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            start_new_session=True,
+        )
         errors.close()
         migrating = threading.Event()
         threading.Thread(target=_watch_for_start, args=(process, migrating), daemon=True).start()
@@ -126,8 +132,10 @@ def test_kill_9_at_random_moments_then_resume_reaches_the_uninterrupted_result(
     befores = [entry for entry in journal if entry.kind == "before"]
     changed = {path for path in users if "full_name" in users[path].data}
     assert {entry.path for entry in befores} == changed
-    assert all(entry.data == users[entry.path].data and entry.update_time == users[entry.path].update_time
-               for entry in befores)
+    assert all(
+        entry.data == users[entry.path].data and entry.update_time == users[entry.path].update_time
+        for entry in befores
+    )
 
 
 def test_sigterm_drains_checkpoints_exits_10_and_the_printed_command_resumes(
@@ -138,9 +146,15 @@ def test_sigterm_drains_checkpoints_exits_10_and_the_printed_command_resumes(
     folder = project_folder(tmp_path / "project", "checkpoint_every_seconds = 0.2\nbatch_size = 100\n")
     migrations = load_migrations(folder / "migrations")
     users = {path: doc for path, doc in before.items() if path.startswith("users/")}
-    process = subprocess.Popen([DOCSHIFT, "run", "--execute", "--max-writes-per-second", "1000"], cwd=folder,
-                               env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [DOCSHIFT, "run", "--execute", "--max-writes-per-second", "1000"],
+        cwd=folder,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(c.counters.get("updated", 0) for c in checkpoints(folder)):
         time.sleep(0.05)
@@ -212,14 +226,24 @@ def test_a_second_signal_exits_at_once_and_the_run_still_resumes_exactly(
 ) -> None:
     seed_users(firestore_store, 2000)
     users = export(firestore_store, ["users"])
-    folder = project_folder(tmp_path / "project", "checkpoint_every_seconds = 0.2\nbatch_size = 50\n",
-                            files=(), extra={"0001_slow_split.py": SLOW_SPLIT})
+    folder = project_folder(
+        tmp_path / "project",
+        "checkpoint_every_seconds = 0.2\nbatch_size = 50\n",
+        files=(),
+        extra={"0001_slow_split.py": SLOW_SPLIT},
+    )
     marker = tmp_path / "slow"
     marker.touch()
     env = {**cli_env, "SLOW_MARKER": str(marker)}
-    process = subprocess.Popen([DOCSHIFT, "run", "--execute", "--json"], cwd=folder, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [DOCSHIFT, "run", "--execute", "--json"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert process.stderr is not None and process.stdout is not None
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr or []), daemon=True)
@@ -253,9 +277,15 @@ def test_sigterm_with_json_prints_the_resume_command_on_stderr(
 ) -> None:
     seed_users(firestore_store, 2000)
     folder = project_folder(tmp_path / "project", "checkpoint_every_seconds = 0.2\n")
-    process = subprocess.Popen([DOCSHIFT, "run", "--execute", "--json", "--max-writes-per-second", "500"],
-                               cwd=folder, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [DOCSHIFT, "run", "--execute", "--json", "--max-writes-per-second", "500"],
+        cwd=folder,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(c.counters.get("updated", 0) for c in checkpoints(folder)):
         time.sleep(0.05)
@@ -277,8 +307,9 @@ def test_injected_transient_failures_migrate_every_document_exactly_once(
     project_folder(tmp_path)  # emulator_config reads tmp_path / "migrations"
     migrations = load_migrations(emulator_config.migrations_dir)
     users = {path: doc for path, doc in before.items() if path.startswith("users/")}
-    faulty = FaultInjectingStore(firestore_store.inner, write_failure_rate=0.05, request_failure_rate=0.05,
-                                 seed=5)
+    faulty = FaultInjectingStore(
+        firestore_store.inner, write_failure_rate=0.05, request_failure_rate=0.05, seed=5
+    )
     store = RetryingStore(faulty, RetryPolicy(attempts=8, initial_wait=0.01, max_wait=0.05))
     report = run(emulator_config, RunOptions(execute=True), store=store)
     assert faulty.injected > 20 and store.retries > 10
@@ -319,7 +350,7 @@ def up(doc):
     return {"token": data.get("token"), "fs": [data.pop(f"f{i}") for i in range(10)], "v": 2}
 '''
 
-APP = '''
+APP = """
 import json, random, sys, time
 from pathlib import Path
 from docshift.config import Config, StoreConfig
@@ -342,27 +373,43 @@ while not stop.exists():
     if seq == 20:
         out.with_suffix(".ready").touch()
 out.write_text(json.dumps({"last": last, "writes": seq, "failures": failures}))
-'''
+"""
 
 
 def test_application_writes_during_the_run_are_never_lost(
     firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     count = 800
-    rows = [Write.set(f"items/i{i:05d}", {"token": None, **{f"f{k}": i * 10 + k for k in range(10)}})
-            for i in range(count)]
+    rows = [
+        Write.set(f"items/i{i:05d}", {"token": None, **{f"f{k}": i * 10 + k for k in range(10)}})
+        for i in range(count)
+    ]
     for start in range(0, count, 400):
-        assert all(r.ok for r in firestore_store.commit(rows[start:start + 400]))
+        assert all(r.ok for r in firestore_store.commit(rows[start : start + 400]))
     # The application rewrites each of the 800 documents every ~2 s while a write limit makes a
     # retry wait its turn; with the default 5 re-reads a document now and then (seen once in ~10
     # suite runs) keeps changing through all of them and is dead-lettered by design. More re-reads
     # keep this test about losing nothing, not about that bound (tested in tests/unit).
-    folder = project_folder(tmp_path / "project", "batch_size = 50\nconflict_retries = 30\n", files=(),
-                            extra={"0001_fold.py": FOLD})
+    folder = project_folder(
+        tmp_path / "project",
+        "batch_size = 50\nconflict_retries = 30\n",
+        files=(),
+        extra={"0001_fold.py": FOLD},
+    )
     record = tmp_path / "app.json"
-    app = subprocess.Popen([sys.executable, "-c", APP, cli_env["DOCSHIFT_PROJECT"],
-                            cli_env["FIRESTORE_EMULATOR_HOST"], str(count), str(record)],
-                           env=cli_env, start_new_session=True)
+    app = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            APP,
+            cli_env["DOCSHIFT_PROJECT"],
+            cli_env["FIRESTORE_EMULATOR_HOST"],
+            str(count),
+            str(record),
+        ],
+        env=cli_env,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         ready = record.with_suffix(".ready")
@@ -429,11 +476,23 @@ def up(doc):
 def _run_until_killed(folder: Path, env: dict[str, str], moment: float, log: Path) -> None:
     """Start (or resume) the run, and kill -9 it ``moment`` seconds after it started migrating."""
     resuming = any(folder.glob(".docshift/runs/*/run.json"))
-    args = ["run", "--execute", *(["--resume"] if resuming else []), "--json",
-            "--max-writes-per-second", "800"]
+    args = [
+        "run",
+        "--execute",
+        *(["--resume"] if resuming else []),
+        "--json",
+        "--max-writes-per-second",
+        "800",
+    ]
     with log.open("w") as errors:
-        process = subprocess.Popen([DOCSHIFT, *args], cwd=folder, env=env, stdout=subprocess.PIPE,
-                                   stderr=errors, start_new_session=True)
+        process = subprocess.Popen(
+            [DOCSHIFT, *args],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            start_new_session=True,
+        )
     migrating = threading.Event()
     threading.Thread(target=_watch_for_start, args=(process, migrating), daemon=True).start()
     assert migrating.wait(60), log.read_text()
@@ -497,5 +556,10 @@ def test_a_resume_after_kill_9_counts_what_the_killed_process_wrote(
     after = {doc.path: doc.data for doc in firestore_store.stream(Query("users"))}
     assert after.keys() == expected.keys()
     # A reference names its own project: compare everything else.
-    assert all(values_equal({k: v for k, v in after[path].items() if k != "team"},
-                            {k: v for k, v in expected[path].items() if k != "team"}) for path in after)
+    assert all(
+        values_equal(
+            {k: v for k, v in after[path].items() if k != "team"},
+            {k: v for k, v in expected[path].items() if k != "team"},
+        )
+        for path in after
+    )

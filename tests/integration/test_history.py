@@ -30,13 +30,15 @@ def write_migration(
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    path.write_text(textwrap.dedent(f"""\
-        description = "{name[5:-3].replace('_', ' ')}"
+    path.write_text(
+        textwrap.dedent(f"""\
+        description = "{name[5:-3].replace("_", " ")}"
         collection = "{collection}"
 
         def up(doc):
             {body}
-        """))
+        """)
+    )
     return path
 
 
@@ -85,7 +87,8 @@ def test_records_for_applied_failed_and_rolled_back_migrations(
     assert rolled.status is MigrationStatus.ROLLED_BACK and rolled.run_id == "run-b"
     assert rolled.counts == {"reverted": 7} and rolled.error is None
     assert [(e.status, e.run_id) for e in rolled.events] == [
-        (MigrationStatus.RUNNING, "run-a"), (MigrationStatus.APPLIED, "run-a"),
+        (MigrationStatus.RUNNING, "run-a"),
+        (MigrationStatus.APPLIED, "run-a"),
         (MigrationStatus.ROLLED_BACK, "run-b"),
     ]
     assert history.get("0001") == rolled

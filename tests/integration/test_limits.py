@@ -118,8 +118,11 @@ def test_documents_at_the_limits_migrate_and_roll_back_exactly(
     migrated = export(firestore_store, ["limits"])
     assert all(doc.data["n"] == 1 for doc in migrated.values())
 
-    undone = rollback(emulator_config, RollbackOptions(run_id=report.run_id, strategy=strategy, execute=True),
-                      store=firestore_store)
+    undone = rollback(
+        emulator_config,
+        RollbackOptions(run_id=report.run_id, strategy=strategy, execute=True),
+        store=firestore_store,
+    )
     [item] = undone.items
     # Either strategy undoes the journalled documents, and each is verified against its before-image.
     assert item.counters["restored"] == item.counters["verified"] == len(docs)

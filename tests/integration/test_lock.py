@@ -45,8 +45,13 @@ def _seconds_ago(seconds: float) -> Timestamp:
 
 
 def _plant_expired_lease(store: Store, run_id: str = "dead-run") -> None:
-    data = {"owner": "ghost@nowhere", "pid": 999999, "run_id": run_id,
-            "acquired_at": _seconds_ago(120), "expires_at": _seconds_ago(60)}
+    data = {
+        "owner": "ghost@nowhere",
+        "pid": 999999,
+        "run_id": run_id,
+        "acquired_at": _seconds_ago(120),
+        "expires_at": _seconds_ago(60),
+    }
     [result] = store.commit([Write.set(lease_path(PREFIX), data)])
     assert result.ok, result.error
 
@@ -137,11 +142,13 @@ def test_a_held_lease_fails_fast_with_owner_since_and_expiry(firestore_store: St
     assert read_lease(firestore_store, PREFIX) is None
 
 
-def test_an_expired_lease_of_a_killed_process_is_taken_over(emulator_host: str, project_id: str,
-                                                             firestore_store: Store) -> None:
+def test_an_expired_lease_of_a_killed_process_is_taken_over(
+    emulator_host: str, project_id: str, firestore_store: Store
+) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, emulator_host, project_id, "2"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "acquired"
@@ -182,7 +189,9 @@ def test_the_lease_is_released_when_the_holder_is_terminated(
 ) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, emulator_host, project_id, "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "acquired"

@@ -30,10 +30,12 @@ def test_the_emulator_refuses_resent_writes_and_the_store_shows_they_landed(
     one, two, three = inner.get_many(["users/u0", "users/u1", "users/u2"])
     assert one is not None and two is not None and three is not None
     changed = {**two.data, "extra": {"deep": [1, 2]}}
-    writes = [Write.set(one.path, {**one.data, "flag": True}, update_time=one.update_time),
-              Write.update(two.path, {("extra",): {"deep": [1, 2]}}, update_time=two.update_time),
-              Write.delete(three.path, update_time=three.update_time),
-              Write.create("users/new", every_type(9, project))]
+    writes = [
+        Write.set(one.path, {**one.data, "flag": True}, update_time=one.update_time),
+        Write.update(two.path, {("extra",): {"deep": [1, 2]}}, update_time=two.update_time),
+        Write.delete(three.path, update_time=three.update_time),
+        Write.create("users/new", every_type(9, project)),
+    ]
     results = RetryingStore(LostReplies(inner, every=2), FAST_RETRY).commit(writes)
     assert all(isinstance(r.error, ConflictError) and r.resent for r in results), results
     now = inner.get_many([w.path for w in writes])
@@ -44,16 +46,18 @@ def test_the_emulator_refuses_resent_writes_and_the_store_shows_they_landed(
 
 
 def test_a_run_whose_replies_are_lost_is_counted_truthfully_and_rolls_back_exactly(
-    emulator_config: Config, firestore_store: RetryingStore,
+    emulator_config: Config,
+    firestore_store: RetryingStore,
 ) -> None:
     inner = firestore_store.inner
     project = inner.info.project
     writes = [Write.set(f"users/u{i:04d}", every_type(i, project)) for i in range(150)]
     for start in range(0, len(writes), 50):
-        assert all(r.ok for r in inner.commit(writes[start:start + 50]))
+        assert all(r.ok for r in inner.commit(writes[start : start + 50]))
     write_migrations(emulator_config.migrations_dir)
-    config = dataclasses.replace(emulator_config, engine=dataclasses.replace(
-        emulator_config.engine, batch_size=20, min_batch_size=10))
+    config = dataclasses.replace(
+        emulator_config, engine=dataclasses.replace(emulator_config.engine, batch_size=20, min_batch_size=10)
+    )
     check_lossy_run(config, inner, 150)
 
 

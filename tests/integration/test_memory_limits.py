@@ -32,8 +32,14 @@ MIB = 1024 * KIB
 
 def peak_rss_run(cwd: Path, env: dict[str, str], *args: str) -> tuple[int, float, str]:
     """Exit code, peak resident size (MiB) and output of one docshift command."""
-    process = subprocess.Popen([DOCSHIFT, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [DOCSHIFT, *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     assert process.stdout is not None
     output = process.stdout.read().decode()
     _, status, usage = os.wait4(process.pid, 0)
@@ -46,7 +52,9 @@ def large(index: int) -> dict[str, object]:
 
 
 def test_large_documents_stay_within_the_memory_limits(
-    tmp_path: Path, cli_env: dict[str, str], firestore_store: RetryingStore,
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    firestore_store: RetryingStore,
 ) -> None:
     folder = project_folder(tmp_path, files=(), extra={"0001_mark.py": LARGE})
     assert all(r.ok for r in firestore_store.commit([Write.set("big/d0000", {"n": 0})]))

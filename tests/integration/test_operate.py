@@ -54,16 +54,27 @@ def touched(store: RetryingStore) -> int:
 
 
 def project(tmp_path: Path, config: str = "") -> Path:
-    return project_folder(tmp_path / "project", "checkpoint_every_seconds = 0.5\nbatch_size = 100\n" + config,
-                          files=(), extra={"0001_touch.py": TOUCH})
+    return project_folder(
+        tmp_path / "project",
+        "checkpoint_every_seconds = 0.5\nbatch_size = 100\n" + config,
+        files=(),
+        extra={"0001_touch.py": TOUCH},
+    )
 
 
 def start(folder: Path, env: dict[str, str], *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """``docshift ARGS`` in the background; output goes to files (a full pipe would stall the run)."""
     out, err = folder / "run.out", folder / "run.err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen([DOCSHIFT, *args], cwd=folder, env=env, stdout=stdout, stderr=stderr,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            [DOCSHIFT, *args],
+            cwd=folder,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     return process, out, err
 
 
@@ -79,12 +90,14 @@ def wait_for(check: Callable[[], T | None], timeout: float = 30, what: str = "a 
 
 def presence_of(folder: Path) -> tuple[Path, Any]:
     """The run folder of the run starting in ``folder`` and its presence file, once written."""
+
     def found() -> tuple[Path, Any] | None:
         for run in (folder / ".docshift" / "runs").glob("*/"):
             presence = read_presence(run)
             if presence is not None:
                 return run, presence
         return None
+
     return wait_for(found, what="the run's status.json")
 
 
@@ -137,11 +150,13 @@ def test_the_status_endpoint_answers_and_pause_throttle_resume_stop_take_effect(
 ) -> None:
     seed_items(firestore_store, 3000)
     folder = project(tmp_path)
-    process, _, err = start(folder, cli_env, "run", "--execute", "--max-writes-per-second", "500",
-                            "--status-port", "0")
+    process, _, err = start(
+        folder, cli_env, "run", "--execute", "--max-writes-per-second", "500", "--status-port", "0"
+    )
     run, presence = presence_of(folder)
     url = presence.url
     assert url and url.startswith("http://127.0.0.1:") and not presence.token_required
+
     def started() -> dict[str, Any] | None:
         status = get(url + "/status")
         return status if status["migrations"] and done(status) and status["migrations"][0]["total"] else None
@@ -165,8 +180,9 @@ def test_the_status_endpoint_answers_and_pause_throttle_resume_stop_take_effect(
     assert throttled.returncode == 0 and f"via {url}" in throttled.stderr
     assert get(url + "/status")["write_limit"] == 150
     assert request(url + "/resume", "POST")[0] == 200
-    resumed = wait_for(lambda: next((s for s in [get(url + "/status")] if done(s) > done(second)), None),
-                       what="writing")
+    resumed = wait_for(
+        lambda: next((s for s in [get(url + "/status")] if done(s) > done(second)), None), what="writing"
+    )
     before, began = touched(firestore_store), time.monotonic()
     time.sleep(2)
     rate = (touched(firestore_store) - before) / (time.monotonic() - began)
@@ -202,8 +218,18 @@ def test_off_loopback_a_token_is_required_and_never_written(
     assert touched(firestore_store) == 0 and not list((folder / ".docshift" / "runs").glob("*/"))
 
     env = {**cli_env, "DOCSHIFT_STATUS_TOKEN": secret}
-    process, out, err = start(folder, env, "run", "--execute", "--max-writes-per-second", "300",
-                              "--status-host", "0.0.0.0", "--status-port", "0")
+    process, out, err = start(
+        folder,
+        env,
+        "run",
+        "--execute",
+        "--max-writes-per-second",
+        "300",
+        "--status-host",
+        "0.0.0.0",
+        "--status-port",
+        "0",
+    )
     run, presence = presence_of(folder)
     assert presence.token_required and presence.url
     for token in (None, "wrong", secret + "x"):
@@ -217,8 +243,11 @@ def test_off_loopback_a_token_is_required_and_never_written(
     assert docshift(folder, env, "stop", run.name).returncode == 0
     finish(process, err, 10)
     outputs = [out.read_text(), err.read_text()]
-    files = [p.read_bytes().decode("utf-8", "replace") for p in run.rglob("*") if p.is_file()
-             and not p.name.endswith(".gz")]
+    files = [
+        p.read_bytes().decode("utf-8", "replace")
+        for p in run.rglob("*")
+        if p.is_file() and not p.name.endswith(".gz")
+    ]
     assert (run / "report.html").is_file() and all(secret not in text for text in outputs + files)
 
 
@@ -270,8 +299,10 @@ def test_control_files_runs_show_report_and_monitor_without_an_endpoint(
     assert missing.returncode == 2 and "is not running" in missing.stderr
 
 
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)
+CHROMIUM = next(
+    (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)),
+    None,
+)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (scripts/screenshot_report.sh installs it)")
@@ -283,9 +314,14 @@ def test_the_html_report_renders_in_headless_chromium(
     assert docshift(folder, cli_env, "run", "--execute", "--max-writes-per-second", "300").returncode == 0
     [run] = (folder / ".docshift" / "runs").glob("*/")
     shot = tmp_path / "report.png"
-    result = subprocess.run([str(ROOT / "scripts" / "screenshot_report.sh"), str(run), str(shot)],
-                            capture_output=True, text=True, timeout=120, check=False,
-                            env={**os.environ, "HOME": str(tmp_path)})
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "screenshot_report.sh"), str(run), str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000

@@ -76,9 +76,7 @@ def test_guarded_writes_survive_retries_without_conflicting_with_themselves(
     assert all(r.ok for r in seeded)
     faults = FaultInjectingStore(firestore, write_failure_rate=0.5, seed=7)
     store = RetryingStore(faults, PATIENT)
-    guarded = [
-        Write.update(r.path, {("v",): 1}, update_time=r.update_time) for r in seeded
-    ]
+    guarded = [Write.update(r.path, {("v",): 1}, update_time=r.update_time) for r in seeded]
 
     results = store.commit(guarded)
 

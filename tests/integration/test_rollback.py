@@ -58,19 +58,36 @@ def every_type(i: int, project: str) -> dict[str, Value]:
     when = Timestamp(1_700_000_000 + i * 37, (i * 7919 % 1_000_000) * 1000)
     return {
         "n": i,
-        "null": None, "yes": True, "no": False,
-        "int_max": 2**63 - 1, "int_min": -(2**63), "int": i - 2500, "zero": 0,
-        "nan": math.nan, "inf": math.inf, "ninf": -math.inf, "negzero": -0.0, "ratio": i / 7,
-        "tiny": 5e-324, "huge": 1.7976931348623157e308,
-        "text": f"ünïcødé ✓ 日本語 🚀 {i}", "empty_text": "", "nul_char": "a\x00b",
-        "bytes": bytes([i % 256, 0, 255, 10]), "empty_bytes": b"",
-        "when": when, "ts_min": Timestamp(-62135596800, 0), "ts_max": Timestamp(253402300799, 999_999_000),
+        "null": None,
+        "yes": True,
+        "no": False,
+        "int_max": 2**63 - 1,
+        "int_min": -(2**63),
+        "int": i - 2500,
+        "zero": 0,
+        "nan": math.nan,
+        "inf": math.inf,
+        "ninf": -math.inf,
+        "negzero": -0.0,
+        "ratio": i / 7,
+        "tiny": 5e-324,
+        "huge": 1.7976931348623157e308,
+        "text": f"ünïcødé ✓ 日本語 🚀 {i}",
+        "empty_text": "",
+        "nul_char": "a\x00b",
+        "bytes": bytes([i % 256, 0, 255, 10]),
+        "empty_bytes": b"",
+        "when": when,
+        "ts_min": Timestamp(-62135596800, 0),
+        "ts_max": Timestamp(253402300799, 999_999_000),
         "geo": GeoPoint(-90.0 + (i % 181), -180.0 + (i % 361) * 0.5),
         "ref": team,
         "nested": {"a": {"b": [1, "two", {"c": None, "d": [when, team]}]}, "e": []},
         "empty_map": {},
         "array": [None, True, -1, 2.5, math.nan, "s", b"\x00", when, GeoPoint(1.5, -2.5), team, {"m": {}}],
-        "dotted.name": 1, "space name": "x", "`tick`": "y",
+        "dotted.name": 1,
+        "space name": "x",
+        "`tick`": "y",
     }
 
 
@@ -78,7 +95,7 @@ def seed_things(store: Store, count: int) -> None:
     project = store.info.project
     writes = [Write.set(f"things/t{i:05d}", every_type(i, project)) for i in range(count)]
     for start in range(0, count, 250):
-        assert all(r.ok for r in store.commit(writes[start:start + 250]))
+        assert all(r.ok for r in store.commit(writes[start : start + 250]))
 
 
 def write_migrations(config: Config, **files: str) -> None:
@@ -91,8 +108,9 @@ def same_data(actual: dict[str, Document], expected: dict[str, Document]) -> lis
     """Missing or extra documents, and documents whose data differ in any field (value by value,
     type-strict: NaN equals NaN, -0.0 is not 0.0)."""
     problems = sorted(set(actual) ^ set(expected))
-    problems += sorted(p for p in set(actual) & set(expected)
-                       if not values_equal(actual[p].data, expected[p].data))
+    problems += sorted(
+        p for p in set(actual) & set(expected) if not values_equal(actual[p].data, expected[p].data)
+    )
     return problems
 
 
@@ -112,8 +130,11 @@ def test_every_value_type_goes_back_to_the_pre_run_export(
     after_run = export(firestore_store, ["things"])
     assert sum(1 for d in after_run.values() if "v2" in d.data) == migrated
 
-    undone = rollback(emulator_config, RollbackOptions(run_id=report.run_id, strategy=strategy, execute=True),
-                      store=firestore_store)
+    undone = rollback(
+        emulator_config,
+        RollbackOptions(run_id=report.run_id, strategy=strategy, execute=True),
+        store=firestore_store,
+    )
     [item] = undone.items
     assert item.strategy == strategy
     # Either way exactly the migrated documents are undone (by their before-images, or by down()
@@ -175,23 +196,32 @@ def test_an_application_edit_is_a_conflict_in_dry_run_and_execute_and_force_over
     assert values_equal(codec.decode(listed["before"]), before[edited].data)
 
     with pytest.raises(RollbackConflicts) as raised:
-        rollback(emulator_config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
-                 store=firestore_store)
+        rollback(
+            emulator_config,
+            RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
+            store=firestore_store,
+        )
     assert raised.value.exit_code == 1 and "conflicts.jsonl" in (raised.value.hint or "")
     now = export(firestore_store, ["users"])
     assert values_equal(now[edited].data, app_data)  # left alone
     others = {p: d for p, d in now.items() if p != edited}
     assert same_data(others, {p: d for p, d in before.items() if p != edited}) == []
-    [execute_folder] = [p for p in emulator_config.runs_dir.iterdir()
-                        if p.name not in (report.run_id, dry.run_id)]
-    [listed] = [orjson.loads(line) for line in
-                (execute_folder / "0001_flag" / "conflicts.jsonl").read_bytes().splitlines()]
+    [execute_folder] = [
+        p for p in emulator_config.runs_dir.iterdir() if p.name not in (report.run_id, dry.run_id)
+    ]
+    [listed] = [
+        orjson.loads(line)
+        for line in (execute_folder / "0001_flag" / "conflicts.jsonl").read_bytes().splitlines()
+    ]
     assert listed["path"] == edited
     record = History(firestore_store, PREFIX).get("0001")
     assert record is not None and record.status is MigrationStatus.APPLIED  # not clean: not rolled back
 
-    forced = rollback(emulator_config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True,
-                                                       force=True), store=firestore_store)
+    forced = rollback(
+        emulator_config,
+        RollbackOptions(run_id=report.run_id, strategy="restore", execute=True, force=True),
+        store=firestore_store,
+    )
     assert forced.items[0].counters["restored"] == 1 and forced.items[0].counters["unchanged"] == 299
     assert same_data(export(firestore_store, ["users"]), before) == []
     record = History(firestore_store, PREFIX).get("0001")
@@ -237,11 +267,15 @@ def test_rollback_to_undoes_several_migrations_newest_first(
     --to 0001 undoes 0004, 0003, 0002 in that order: each older restore meets documents the newer
     ones just restored, which must not be conflicts; 0004 deleted documents the others wrote."""
     seed_users(firestore_store, 800)
-    write_migrations(emulator_config, **{
-        "0001_split_full_name": (EXAMPLES / "0001_split_full_name.py").read_text(),
-        "0002_normalise_age": (EXAMPLES / "0002_normalise_age.py").read_text(),
-        "0003_tier": TIER, "0004_archive": ARCHIVE,
-    })
+    write_migrations(
+        emulator_config,
+        **{
+            "0001_split_full_name": (EXAMPLES / "0001_split_full_name.py").read_text(),
+            "0002_normalise_age": (EXAMPLES / "0002_normalise_age.py").read_text(),
+            "0003_tier": TIER,
+            "0004_archive": ARCHIVE,
+        },
+    )
     run(emulator_config, RunOptions(execute=True, only="0001"), store=firestore_store)
     after_first = export(firestore_store, ["users"])
     later = run(emulator_config, RunOptions(execute=True), store=firestore_store)
@@ -252,7 +286,10 @@ def test_rollback_to_undoes_several_migrations_newest_first(
     migrated = export(firestore_store, ["users"])
     dry = rollback(emulator_config, RollbackOptions(to="0001"), store=firestore_store)
     assert [(i.migration.id, i.strategy) for i in dry.items] == [
-        ("0004", "restore"), ("0003", "restore"), ("0002", "restore")]
+        ("0004", "restore"),
+        ("0003", "restore"),
+        ("0002", "restore"),
+    ]
     assert [i.counters["conflicts"] for i in dry.items] == [0, 0, 0]
     assert dry.items[0].counters["recreated"] == deleted
     assert differences(export(firestore_store, ["users"]), migrated) == []  # the dry run wrote nothing
@@ -295,8 +332,9 @@ def test_restore_of_a_copy_deletes_the_created_targets_and_leaves_the_source(
     assert counters["created"] == 399 and counters["updated"] == 1
     assert len(export(firestore_store, ["users_v2"])) == 400
 
-    done = rollback(emulator_config, RollbackOptions(run_id=report.run_id, execute=True),
-                    store=firestore_store)
+    done = rollback(
+        emulator_config, RollbackOptions(run_id=report.run_id, execute=True), store=firestore_store
+    )
     [item] = done.items
     assert item.strategy == "restore"  # auto: the copy has no down()
     assert item.counters["deleted"] == 399 and item.counters["restored"] == 1
@@ -318,8 +356,9 @@ def test_restore_recreates_the_documents_a_migration_deleted(
     report = run(emulator_config, RunOptions(execute=True), store=firestore_store)
     assert report.outcomes[0].result.counters["deleted"] == len(inactive) > 50
     assert set(export(firestore_store, ["users"])) == set(before) - inactive
-    done = rollback(emulator_config, RollbackOptions(run_id=report.run_id, execute=True),
-                    store=firestore_store)
+    done = rollback(
+        emulator_config, RollbackOptions(run_id=report.run_id, execute=True), store=firestore_store
+    )
     assert done.items[0].counters["recreated"] == len(inactive)
     after = export(firestore_store, ["users"])
     assert same_data(after, before) == []
@@ -346,10 +385,13 @@ class StopAfterCommits(StoreWrapper):
 
 def run_examples(firestore_store: Store, config: Config, count: int) -> tuple[dict[str, Document], RunReport]:
     seed_users(firestore_store, count)
-    write_migrations(config, **{
-        "0001_split_full_name": (EXAMPLES / "0001_split_full_name.py").read_text(),
-        "0002_normalise_age": (EXAMPLES / "0002_normalise_age.py").read_text(),
-    })
+    write_migrations(
+        config,
+        **{
+            "0001_split_full_name": (EXAMPLES / "0001_split_full_name.py").read_text(),
+            "0002_normalise_age": (EXAMPLES / "0002_normalise_age.py").read_text(),
+        },
+    )
     before = export(firestore_store, ["users", "teams"])
     return before, run(config, RunOptions(execute=True), store=firestore_store)
 
@@ -359,19 +401,28 @@ def test_rollback_dry_run_writes_nothing_and_execute_needs_the_lease(
 ) -> None:
     _, report = run_examples(firestore_store, emulator_config, 300)
     everything = export(firestore_store, [*firestore_store.list_collections()])
-    dry = rollback(emulator_config, RollbackOptions(run_id=report.run_id, strategy="restore"),
-                   store=firestore_store)
+    dry = rollback(
+        emulator_config, RollbackOptions(run_id=report.run_id, strategy="restore"), store=firestore_store
+    )
     assert sum(i.counters["restored"] for i in dry.items) > 250
     assert differences(export(firestore_store, [*firestore_store.list_collections()]), everything) == []
     assert not any(dry.folder.glob("*/checkpoint.json"))  # a dry run keeps no checkpoint
 
     holder = LeaseLock(firestore_store, PREFIX, run_id="someone-else")
     with holder, pytest.raises(LockedError) as locked:
-        rollback(emulator_config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
-                 store=firestore_store)
+        rollback(
+            emulator_config,
+            RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
+            store=firestore_store,
+        )
     assert locked.value.exit_code == 6 and "someone-else" in locked.value.message
-    assert differences(export(firestore_store, ["users"]), {p: d for p, d in everything.items()
-                                                           if p.startswith("users/")}) == []
+    assert (
+        differences(
+            export(firestore_store, ["users"]),
+            {p: d for p, d in everything.items() if p.startswith("users/")},
+        )
+        == []
+    )
 
 
 def test_rollback_stopped_midway_resumes_and_is_recorded(
@@ -382,8 +433,12 @@ def test_rollback_stopped_midway_resumes_and_is_recorded(
     stopping = StopAfterCommits(firestore_store, controls, 3)  # batches of 300: inside 0002 or 0001
     started = time.monotonic()
     with pytest.raises(RunStopped) as stopped:
-        rollback(emulator_config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
-                 store=stopping, controls=controls)
+        rollback(
+            emulator_config,
+            RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
+            store=stopping,
+            controls=controls,
+        )
     assert stopped.value.exit_code == 10 and "stopped by the test" in stopped.value.message
     rollback_id = (stopped.value.resume_command or "").split()[-1]
     assert stopped.value.resume_command == f"docshift rollback --execute --resume {rollback_id}"

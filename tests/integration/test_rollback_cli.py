@@ -34,8 +34,9 @@ JOURNAL = "before-images.jsonl.gz"
 
 def same_data(actual: dict[str, Document], expected: dict[str, Document]) -> list[str]:
     problems = sorted(set(actual) ^ set(expected))
-    problems += sorted(p for p in set(actual) & set(expected)
-                       if not values_equal(actual[p].data, expected[p].data))
+    problems += sorted(
+        p for p in set(actual) & set(expected) if not values_equal(actual[p].data, expected[p].data)
+    )
     return problems
 
 
@@ -61,8 +62,14 @@ def test_a_run_killed_midway_is_rolled_back_to_the_pre_run_export(
     before = export(firestore_store, ["users", "teams"])
     folder = project_folder(tmp_path / "project", "checkpoint_every_seconds = 60\nbatch_size = 100\n")
     process = subprocess.Popen(
-        [DOCSHIFT, "run", "--execute", "--json", "--max-writes-per-second", "1500"], cwd=folder, env=cli_env,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+        [DOCSHIFT, "run", "--execute", "--json", "--max-writes-per-second", "1500"],
+        cwd=folder,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     started = threading.Event()
     threading.Thread(target=_watch, args=(process, started), daemon=True).start()
     assert started.wait(60), "the run never started migrating"
@@ -94,8 +101,13 @@ def test_a_run_killed_midway_is_rolled_back_to_the_pre_run_export(
     assert "0001_split_full_name" in undone.stdout and "restore" in undone.stdout
     after = export(firestore_store, ["users", "teams"])
     assert same_data(after, before) == []
-    assert differences({p: d for p, d in after.items() if p.startswith("teams/")},
-                       {p: d for p, d in before.items() if p.startswith("teams/")}) == []
+    assert (
+        differences(
+            {p: d for p, d in after.items() if p.startswith("teams/")},
+            {p: d for p, d in before.items() if p.startswith("teams/")},
+        )
+        == []
+    )
     code, migrations = status_json(folder, cli_env)
     assert code == 9 and migrations["0001"]["state"] == "rolled_back"
     assert migrations["0002"]["state"] == "pending"  # the kill came before it started
@@ -114,13 +126,20 @@ def test_sigterm_stops_a_rollback_with_exit_10_and_resume_finishes_it(
 
     slow = {**cli_env, "DOCSHIFT_MAX_WRITES_PER_SECOND": "400"}
     process = subprocess.Popen(
-        [DOCSHIFT, "rollback", run_folder.name, "--execute", "--strategy", "restore"], cwd=folder, env=slow,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-        start_new_session=True)
+        [DOCSHIFT, "rollback", run_folder.name, "--execute", "--strategy", "restore"],
+        cwd=folder,
+        env=slow,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     runs = folder / ".docshift" / "runs"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(
-        Checkpoint.load(p).extra.get("position", -1) >= 0 for p in runs.glob("*/0001_*/checkpoint.json")
+        Checkpoint.load(p).extra.get("position", -1) >= 0
+        for p in runs.glob("*/0001_*/checkpoint.json")
         if p.parent.parent != run_folder
     ):
         time.sleep(0.05)
@@ -134,8 +153,12 @@ def test_sigterm_stops_a_rollback_with_exit_10_and_resume_finishes_it(
     saved = Checkpoint.load(rollback_folder / "0001_split_full_name" / "checkpoint.json")
     assert saved.state == "stopped" and 0 < saved.counters["restored"] < 1800
     assert read_lease(firestore_store, PREFIX) is None
-    assert same_data(export(firestore_store, ["users"]),
-                     {p: d for p, d in before.items() if p.startswith("users/")}) != []
+    assert (
+        same_data(
+            export(firestore_store, ["users"]), {p: d for p, d in before.items() if p.startswith("users/")}
+        )
+        != []
+    )
 
     resumed = docshift(folder, cli_env, *resume.split()[1:])
     assert resumed.returncode == 0, resumed.stderr
@@ -165,8 +188,11 @@ def test_conflicts_exit_1_and_force_overwrites_and_a_held_lease_exits_6(
     assert docshift(folder, cli_env, "run", "--execute", "--quiet").returncode == 0
     [run_folder] = (folder / ".docshift" / "runs").iterdir()
     # A document only 0001 changed (0002 fixes text ages); the application edits it afterwards.
-    edited = next(p for p, d in sorted(before.items())
-                  if "full_name" in d.data and not isinstance(d.data.get("age"), str))
+    edited = next(
+        p
+        for p, d in sorted(before.items())
+        if "full_name" in d.data and not isinstance(d.data.get("age"), str)
+    )
     [doc] = firestore_store.get_many([edited])
     assert doc is not None and "first_name" in doc.data
     app_data = {**doc.data, "first_name": "Edited"}
@@ -188,8 +214,11 @@ def test_conflicts_exit_1_and_force_overwrites_and_a_held_lease_exits_6(
     assert "hint:" in refused.stderr and "--force" in refused.stderr and "Traceback" not in refused.stderr
     assert "conflicts (left alone):" in refused.stdout  # the summary is still printed
     assert values_equal(export(firestore_store, ["users"])[edited].data, app_data)
-    listed = [json.loads(line) for path in (folder / ".docshift" / "runs").glob("*/0001_*/conflicts.jsonl")
-              for line in path.read_text().splitlines()]
+    listed = [
+        json.loads(line)
+        for path in (folder / ".docshift" / "runs").glob("*/0001_*/conflicts.jsonl")
+        for line in path.read_text().splitlines()
+    ]
     assert {r["path"] for r in listed} == {edited} and len(listed) == 2  # the dry run's and the execute's
 
     forced = docshift(folder, cli_env, "rollback", run_folder.name, "--execute", "--force", *restore)
@@ -221,23 +250,52 @@ finally:
 def test_the_confirmation_gate_refuses_cloud_firestore_without_yes_before_any_network_access(
     tmp_path: Path,
 ) -> None:
-    cloud = {k: v for k, v in os.environ.items()
-             if k != "FIRESTORE_EMULATOR_HOST" and not k.startswith("DOCSHIFT_")}
+    cloud = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "FIRESTORE_EMULATOR_HOST" and not k.startswith("DOCSHIFT_")
+    }
     folder = project_folder(tmp_path / "project")
-    for args in (["rollback", "20250101T000000-abcdef", "--execute"], ["rollback", "--execute", "--resume"],
-                 ["rollback", "--to", "0001", "--execute", "--strategy", "restore"]):
-        refused = subprocess.run([sys.executable, "-c", GATED, "--project", "my-prod", *args], cwd=folder,
-                                 env=cloud, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                 timeout=60, check=False)
+    for args in (
+        ["rollback", "20250101T000000-abcdef", "--execute"],
+        ["rollback", "--execute", "--resume"],
+        ["rollback", "--to", "0001", "--execute", "--strategy", "restore"],
+    ):
+        refused = subprocess.run(
+            [sys.executable, "-c", GATED, "--project", "my-prod", *args],
+            cwd=folder,
+            env=cloud,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
         assert refused.returncode == 8, refused.stderr
         assert "error: refusing to roll back migrations on Cloud Firestore (project my-prod" in refused.stderr
         assert "--yes" in refused.stderr
         assert "NETWORK ACCESS" not in refused.stderr and "LOADED: []" in refused.stderr
     # The hook does see network access: confirmed with --yes, the same command trips it.
     confirmed = subprocess.run(
-        [sys.executable, "-c", GATED, "--project", "my-prod", "rollback", "20250101T000000-abcdef",
-         "--execute", "--yes"], cwd=folder, env={**cloud, "GCE_METADATA_HOST": "127.0.0.1:9"},
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
+        [
+            sys.executable,
+            "-c",
+            GATED,
+            "--project",
+            "my-prod",
+            "rollback",
+            "20250101T000000-abcdef",
+            "--execute",
+            "--yes",
+        ],
+        cwd=folder,
+        env={**cloud, "GCE_METADATA_HOST": "127.0.0.1:9"},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
     assert confirmed.returncode == 99 and "NETWORK ACCESS" in confirmed.stderr, confirmed.stderr
 
 
@@ -282,12 +340,23 @@ def test_a_rollback_with_conflicts_tells_one_state_and_the_same_counts_everywher
     # The summary table printed at the end shows the restore's counts in its columns.
     row = next(line for line in refused.stderr.splitlines() if "0001_drop" in line and "│" in line)
     assert [cell.strip() for cell in row.split("│")[1:9]] == [
-        "0001_drop", "95", "0", "90", "0", "0", "15", "0"]
+        "0001_drop",
+        "95",
+        "0",
+        "90",
+        "0",
+        "0",
+        "15",
+        "0",
+    ]
     runs = {r["run_id"]: r for r in json.loads(docshift(folder, cli_env, "runs", "--json").stdout)}
     listed = runs[rollback.name]
     assert listed["state"] == "conflicts"
     assert (listed["counts"]["updated"], listed["counts"]["created"], listed["counts"]["conflicts"]) == (
-        95, 90, 15)
+        95,
+        90,
+        15,
+    )
     shown = json.loads(docshift(folder, cli_env, "show", rollback.name, "--json").stdout)
     report = json.loads((rollback / "report.json").read_text())
     run_file = json.loads((rollback / "run.json").read_text())

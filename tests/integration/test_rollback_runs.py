@@ -85,12 +85,17 @@ def test_an_interrupted_run_and_a_new_run_are_rolled_back_together(
     seed(firestore_store, 300)
     before = export(firestore_store, ["users"])
     write_migrations(emulator_config, **{"0001_tier": TIER})
-    config = emulator_config.with_engine(batch_size=50, min_batch_size=10, concurrency=1,
-                                         checkpoint_every_docs=50)
+    config = emulator_config.with_engine(
+        batch_size=50, min_batch_size=10, concurrency=1, checkpoint_every_docs=50
+    )
     controls = Controls()
     with pytest.raises(RunStopped) as stopped:
-        run(config, RunOptions(execute=True), store=StopAfterCommits(firestore_store, controls, 2),
-            controls=controls)
+        run(
+            config,
+            RunOptions(execute=True),
+            store=StopAfterCommits(firestore_store, controls, 2),
+            controls=controls,
+        )
     assert status_of(firestore_store) is MigrationStatus.INTERRUPTED
     interrupted = (stopped.value.resume_command or "").split()[-1]
     finished = run(config, RunOptions(execute=True), store=firestore_store)  # a new run, not a resume
@@ -118,8 +123,9 @@ def test_a_document_both_runs_changed_gets_its_original_back_on_the_emulator(
     assert sum(1 for d in export(firestore_store, ["users"]).values() if d.data["visits"] == 2) == 20
 
     dry = rollback(emulator_config, RollbackOptions(to="0", strategy=strategy), store=firestore_store)
-    done = rollback(emulator_config, RollbackOptions(to="0", strategy=strategy, execute=True),
-                    store=firestore_store)
+    done = rollback(
+        emulator_config, RollbackOptions(to="0", strategy=strategy, execute=True), store=firestore_store
+    )
     assert same_data(export(firestore_store, ["users"]), before) == []
     assert status_of(firestore_store) is MigrationStatus.ROLLED_BACK
     [item] = done.items
@@ -132,28 +138,36 @@ def killing_visits(marker: Path, n: int) -> str:
     """VISITS whose down() SIGKILLs its own process once (while ``marker`` exists), at the
     document ``n`` holding one visit: in the newer run's journal for a document only it changed,
     in the older run's for one both changed (the newer run's undo left it one visit)."""
-    return VISITS.replace('''def down(doc):
+    return VISITS.replace(
+        """def down(doc):
     data = doc.data
-''', f'''def down(doc):
+""",
+        f"""def down(doc):
     import os, signal
     data = doc.data
     marker = {str(marker)!r}
     if data["n"] == {n} and data.get("visits") == 1 and os.path.exists(marker):
         os.remove(marker)
         os.kill(os.getpid(), signal.SIGKILL)
-''')
+""",
+    )
 
 
-@pytest.mark.parametrize(("where", "n"), [("in the newer run's journal", 60),
-                                          ("in the older run's journal", 3)])
+@pytest.mark.parametrize(
+    ("where", "n"), [("in the newer run's journal", 60), ("in the older run's journal", 3)]
+)
 def test_a_rollback_of_two_runs_killed_midway_is_finished_by_its_resume(
     where: str, n: int, firestore_store: Store, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     seed(firestore_store, 100)
     before = export(firestore_store, ["users"])
     marker = tmp_path / "kill-once"
-    folder = project_folder(tmp_path / "project", "batch_size = 20\n", files=(),
-                            extra={"0001_visits.py": killing_visits(marker, n)})
+    folder = project_folder(
+        tmp_path / "project",
+        "batch_size = 20\n",
+        files=(),
+        extra={"0001_visits.py": killing_visits(marker, n)},
+    )
     assert docshift(folder, cli_env, "run", "--execute", "--limit", "10", "--quiet").returncode in (0, 9)
     assert docshift(folder, cli_env, "run", "--execute", "--quiet").returncode == 0
     first, second = runs_in_order(folder / ".docshift" / "runs")

@@ -35,10 +35,11 @@ def up(doc):
 
 
 def seed(store: Store, count: int) -> None:
-    writes = [Write.set(f"users/u{n:05d}", {"n": n, "a": f"value {n}"} if n % 7 else {"n": n})
-              for n in range(count)]
+    writes = [
+        Write.set(f"users/u{n:05d}", {"n": n, "a": f"value {n}"} if n % 7 else {"n": n}) for n in range(count)
+    ]
     for start in range(0, count, 250):
-        assert all(r.ok for r in store.commit(writes[start:start + 250]))
+        assert all(r.ok for r in store.commit(writes[start : start + 250]))
 
 
 def same_data(actual: dict[str, Document], expected: dict[str, Document]) -> list[str]:
@@ -66,8 +67,12 @@ def test_down_undoes_only_the_documents_the_run_changed(
     assert applied.returncode in (0, 9), applied.stderr  # 9: the rest is still pending
     [run_folder] = (folder / ".docshift" / "runs").iterdir()
     by_app = [f"users/u{n:05d}" for n in range(50, 60)]
-    assert all(r.ok for r in firestore_store.commit(
-        [Write.set(p, {**before[p].data, "tier": "set by the app"}) for p in by_app]))
+    assert all(
+        r.ok
+        for r in firestore_store.commit(
+            [Write.set(p, {**before[p].data, "tier": "set by the app"}) for p in by_app]
+        )
+    )
     app_state = export(firestore_store, ["users"])
 
     dry = docshift(folder, cli_env, "rollback", run_folder.name)
@@ -105,8 +110,11 @@ def test_a_no_op_down_is_reported_with_exit_1_and_not_recorded_as_rolled_back(
     assert "error: 60 document(s) do not equal their before-image after the rollback" in refused.stderr
     assert "mismatches.jsonl" in refused.stderr and "--strategy restore" in refused.stderr
     runs = folder / ".docshift" / "runs"
-    listed = [json.loads(line) for path in runs.glob("*/0001_flag/mismatches.jsonl")
-              for line in path.read_text().splitlines()]
+    listed = [
+        json.loads(line)
+        for path in runs.glob("*/0001_flag/mismatches.jsonl")
+        for line in path.read_text().splitlines()
+    ]
     assert len(listed) == 120  # the dry run's prediction and the execute's check
     status = json.loads(docshift(folder, cli_env, "status", "--json").stdout)
     assert status["migrations"][0]["state"] == "applied"
@@ -122,8 +130,11 @@ def test_a_no_op_down_is_reported_with_exit_1_and_not_recorded_as_rolled_back(
 CHAINS = {
     "two chained renames": {"0001_a_to_b": rename("a", "b"), "0002_b_to_c": rename("b", "c")},
     "restore then down then restore": {
-        "0001_a_to_b": rename("a", "b", with_down=False), "0002_b_to_c": rename("b", "c"),
-        "0003_prune": PRUNE, "0004_c_to_d": rename("c", "d", with_down=False)},
+        "0001_a_to_b": rename("a", "b", with_down=False),
+        "0002_b_to_c": rename("b", "c"),
+        "0003_prune": PRUNE,
+        "0004_c_to_d": rename("c", "d", with_down=False),
+    },
 }
 
 
@@ -148,11 +159,17 @@ def test_a_dry_run_of_several_migrations_counts_what_the_execute_does(
 def test_rollback_resume_show_and_report_work_on_the_database_of_the_run(
     emulator_config: Config, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    folder = project_folder(tmp_path / "project", "batch_size = 50\n", files=(),
-                            extra={"0001_tier.py": TIER})
-    config = Config(store=emulator_config.store, migrations_dir=folder / "migrations",
-                    runs_dir=folder / ".docshift" / "runs", engine=emulator_config.engine).with_store(
-                        database="mydb").with_engine(batch_size=50, min_batch_size=10)
+    folder = project_folder(tmp_path / "project", "batch_size = 50\n", files=(), extra={"0001_tier.py": TIER})
+    config = (
+        Config(
+            store=emulator_config.store,
+            migrations_dir=folder / "migrations",
+            runs_dir=folder / ".docshift" / "runs",
+            engine=emulator_config.engine,
+        )
+        .with_store(database="mydb")
+        .with_engine(batch_size=50, min_batch_size=10)
+    )
     mydb = open_store(config)
     default = open_store(emulator_config)
     try:
@@ -161,8 +178,9 @@ def test_rollback_resume_show_and_report_work_on_the_database_of_the_run(
         before, untouched = export(mydb, ["users"]), export(default, ["users"])
         controls = Controls()
         with pytest.raises(RunStopped) as stopped:  # stopped midway on mydb, resumed from the CLI
-            run(config, RunOptions(execute=True), store=StopAfterCommits(mydb, controls, 2),
-                controls=controls)
+            run(
+                config, RunOptions(execute=True), store=StopAfterCommits(mydb, controls, 2), controls=controls
+            )
         run_id = (stopped.value.resume_command or "").split()[-1]
 
         wrong = docshift(folder, cli_env, "--database", "other", "run", "--execute", "--resume", run_id)

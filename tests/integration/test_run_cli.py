@@ -72,8 +72,14 @@ def test_dry_run_prints_field_diffs_and_counts(
     text_age = where(seeded, lambda d: isinstance(d.get("age"), str))
     rows = summary(result.stdout)
     assert rows["0001_split_full_name"] == {
-        "updated": len(has_name), "deleted": 0, "created": 0, "unchanged": 600 - len(has_name),
-        "failed": 0, "conflicts": 0, "skipped": 0, "state": "finished",
+        "updated": len(has_name),
+        "deleted": 0,
+        "created": 0,
+        "unchanged": 600 - len(has_name),
+        "failed": 0,
+        "conflicts": 0,
+        "skipped": 0,
+        "state": "finished",
     }
     assert rows["0002_normalise_age"]["updated"] == len(text_age)
     assert rows["0002_normalise_age"]["unchanged"] == 600 - len(text_age)
@@ -84,8 +90,11 @@ def test_dry_run_prints_field_diffs_and_counts(
         data = seeded[path].data
         if path in has_name and not lines[0].startswith("~ age"):
             first, _, last = data["full_name"].partition(" ")
-            assert lines == [f"- full_name: {data['full_name']!r}", f"+ first_name: {first!r}",
-                             f"+ last_name: {(last or None)!r}"]
+            assert lines == [
+                f"- full_name: {data['full_name']!r}",
+                f"+ first_name: {first!r}",
+                f"+ last_name: {(last or None)!r}",
+            ]
         else:
             assert lines == [f"~ age: {data['age']!r} -> {int(data['age'])!r}"]
     # The whole plan is saved: one line per change.
@@ -185,9 +194,15 @@ def test_resume_refuses_while_the_run_is_still_going(
     seeded: dict[str, Document], firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     folder = project_folder(tmp_path, "checkpoint_every_seconds = 0.2\n", files=("0001_split_full_name.py",))
-    first = subprocess.Popen([DOCSHIFT, "run", "--execute", "--max-writes-per-second", "300"], cwd=folder,
-                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    first = subprocess.Popen(
+        [DOCSHIFT, "run", "--execute", "--max-writes-per-second", "300"],
+        cwd=folder,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not list(folder.glob(".docshift/runs/*/*/checkpoint.json")):
@@ -240,12 +255,24 @@ def _interrupt(folder: Path, env: dict[str, str], *args: str, after: float = 0.0
     """Start ``docshift run ARGS``, SIGTERM it ``after`` seconds after it checkpointed progress;
     its stderr."""
     before = {p: p.stat().st_mtime_ns for p in folder.glob(".docshift/runs/*/*/checkpoint.json")}
-    process = subprocess.Popen([DOCSHIFT, "run", *args], cwd=folder, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [DOCSHIFT, "run", *args],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None and not any(
-            before.get(p) != p.stat().st_mtime_ns for p in folder.glob(".docshift/runs/*/*/checkpoint.json")
+        while (
+            time.monotonic() < deadline
+            and process.poll() is None
+            and not any(
+                before.get(p) != p.stat().st_mtime_ns
+                for p in folder.glob(".docshift/runs/*/*/checkpoint.json")
+            )
         ):
             time.sleep(0.05)
         time.sleep(after)
@@ -263,19 +290,32 @@ def test_a_resume_keeps_the_run_s_settings_and_a_flag_given_on_it_overrides_them
     seeded: dict[str, Document], firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     folder = project_folder(tmp_path, "checkpoint_every_seconds = 0.2\n", files=("0001_split_full_name.py",))
-    first = _interrupt(folder, cli_env, "--execute", "--max-writes-per-second", "40", "--batch-size", "20",
-                       "--concurrency", "2", "--max-failures", "3%")
+    first = _interrupt(
+        folder,
+        cli_env,
+        "--execute",
+        "--max-writes-per-second",
+        "40",
+        "--batch-size",
+        "20",
+        "--concurrency",
+        "2",
+        "--max-failures",
+        "3%",
+    )
     assert "write limit: 40 ops/s" in first
     [run_folder] = folder.glob(".docshift/runs/*/")
     second = _interrupt(folder, cli_env, "--execute", "--resume", after=2.5)  # none of the flags again
     assert "write limit: 40 ops/s" in second
-    assert (f"resuming run {run_folder.name} with its own settings: write limit 40 ops/s, batch size 20, "
-            "concurrency 2, shards 1, max failures 3%, backup on") in second
+    assert (
+        f"resuming run {run_folder.name} with its own settings: write limit 40 ops/s, batch size 20, "
+        "concurrency 2, shards 1, max failures 3%, backup on"
+    ) in second
     assert "overrides" not in second
     events = [json.loads(line) for line in (run_folder / "events.jsonl").read_text().splitlines()]
     resumed_at = [i for i, e in enumerate(events) if e["event"] == "resume"]
     assert len(resumed_at) == 1
-    limits = {e["write_limit"] for e in events[resumed_at[0]:] if e["event"] == "progress"}
+    limits = {e["write_limit"] for e in events[resumed_at[0] :] if e["event"] == "progress"}
     assert limits == {40}
 
     third = docshift(folder, cli_env, "run", "--execute", "--resume", "--max-writes-per-second", "5000")

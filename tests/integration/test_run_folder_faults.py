@@ -33,20 +33,26 @@ FIRST = ("0001_split_full_name.py",)
 
 
 def test_a_full_runs_disk_stops_the_run_with_exit_12_saying_what_it_wrote_and_resume_and_rollback_are_exact(
-    tmp_path: Path, cli_env: dict[str, str], firestore_store: RetryingStore,
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    firestore_store: RetryingStore,
 ) -> None:
     seed_users(firestore_store, 3000)
     original = export(firestore_store, ["users"])
     folder = project_folder(tmp_path / "project", files=FIRST)
-    (folder / "docshift.toml").write_text('migrations_dir = "migrations"\nruns_dir = "disk/runs"\n',
-                                          encoding="utf-8")
+    (folder / "docshift.toml").write_text(
+        'migrations_dir = "migrations"\nruns_dir = "disk/runs"\n', encoding="utf-8"
+    )
     with small_tmpfs(folder / "disk", "128k"):
         full = docshift(folder, cli_env, "run", "--execute", "--yes", timeout=300)
         assert full.returncode == 12, full.stderr
-        error = full.stderr[full.stderr.rindex("error: "):]
+        error = full.stderr[full.stderr.rindex("error: ") :]
         assert "No space left on device (ENOSPC)" in error and "no data was changed" not in full.stderr
-        match = re.search(r"run (\S+) stopped at once: 0001_split_full_name: ([\d,]+) documents written "
-                          r"\(([\d,]+) updated\), each one's before-image on disk before it was sent", error)
+        match = re.search(
+            r"run (\S+) stopped at once: 0001_split_full_name: ([\d,]+) documents written "
+            r"\(([\d,]+) updated\), each one's before-image on disk before it was sent",
+            error,
+        )
         assert match, error
         run_id, written = match.group(1), int(match.group(2).replace(",", ""))
         assert f"docshift run --execute --resume {run_id}" in error
@@ -67,21 +73,29 @@ def test_a_full_runs_disk_stops_the_run_with_exit_12_saying_what_it_wrote_and_re
         expected = apply_migrations(original, examples()[:1])
         assert data_differences(export(firestore_store, ["users"]), expected) == []
 
-        undone = docshift(folder, cli_env, "rollback", run_id, "--execute", "--strategy", "restore", "--yes",
-                          timeout=300)
+        undone = docshift(
+            folder, cli_env, "rollback", run_id, "--execute", "--strategy", "restore", "--yes", timeout=300
+        )
         assert undone.returncode == 0, undone.stderr
         restored = export(firestore_store, ["users"])
         assert restored.keys() == original.keys()
         assert [p for p in original if not values_equal(restored[p].data, original[p].data)] == []
 
 
-def _signal_from_the_summary_until_exit(folder: Path, env: dict[str, str], signum: int
-                                        ) -> tuple[int, int, str]:
+def _signal_from_the_summary_until_exit(
+    folder: Path, env: dict[str, str], signum: int
+) -> tuple[int, int, str]:
     """Run to the end; from the moment the summary table is printed, send ``signum`` every
     millisecond until the process has exited. Returns (exit code, signals sent, stderr)."""
-    process = subprocess.Popen([DOCSHIFT, "run", "--execute", "--yes"], cwd=folder, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [DOCSHIFT, "run", "--execute", "--yes"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     assert process.stdout is not None
     for line in process.stdout:
         if "│ 0001_split_full_name" in line and "applied" in line:
@@ -100,7 +114,10 @@ def _signal_from_the_summary_until_exit(folder: Path, env: dict[str, str], signu
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_the_teardown_of_a_finished_run_does_not_change_its_exit_code(
-    tmp_path: Path, cli_env: dict[str, str], firestore_store: RetryingStore, signum: int,
+    tmp_path: Path,
+    cli_env: dict[str, str],
+    firestore_store: RetryingStore,
+    signum: int,
 ) -> None:
     seed_users(firestore_store, 200)
     original: dict[str, Document] = export(firestore_store, ["users"])

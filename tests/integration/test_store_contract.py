@@ -38,10 +38,18 @@ def paths(store: Store, query: Query) -> list[str]:
 
 
 def test_set_then_read_back_keeps_values_and_times(any_store: Store) -> None:
-    data = {"name": "Ada", "n": 2**63 - 1, "ok": True, "none": None, "tags": ["a", 1],
-            "nested": {"empty": {}, "list": []}, "at": Timestamp(1_700_000_000, 123_456_000),
-            "geo": GeoPoint(1.5, -2.25), "raw": b"\x00\xff",
-            "ref": Reference("users/bob", any_store.info.project, "(default)")}
+    data = {
+        "name": "Ada",
+        "n": 2**63 - 1,
+        "ok": True,
+        "none": None,
+        "tags": ["a", 1],
+        "nested": {"empty": {}, "list": []},
+        "at": Timestamp(1_700_000_000, 123_456_000),
+        "geo": GeoPoint(1.5, -2.25),
+        "raw": b"\x00\xff",
+        "ref": Reference("users/bob", any_store.info.project, "(default)"),
+    }
     stamp = put(any_store, "users/ada", data)
     doc = any_store.get("users/ada")
     assert doc is not None
@@ -72,7 +80,9 @@ def test_collection_group_and_subcollections(any_store: Store) -> None:
     put(any_store, "users/u1", {"name": "x"})
     assert paths(any_store, Query("users/u1/orders")) == ["users/u1/orders/o2"]
     assert paths(any_store, Query("orders", group=True)) == [
-        "shops/s1/orders/o3", "users/u1/orders/o2", "users/u2/orders/o1",
+        "shops/s1/orders/o3",
+        "users/u1/orders/o2",
+        "users/u2/orders/o1",
     ]
     assert paths(any_store, Query("orders", group=True, start_after="users/u1/orders/o2")) == [
         "users/u2/orders/o1",
@@ -106,9 +116,11 @@ def test_filters(any_store: Store) -> None:
 def test_update_time_precondition_guards_every_kind_of_write(any_store: Store) -> None:
     first = put(any_store, "g/doc", {"v": 1})
     second = put(any_store, "g/doc", {"v": 2})  # the "application" changed it
-    stale = [Write.update("g/doc", {("v",): 3}, update_time=first),
-             Write.set("g/doc", {"v": 4}, update_time=first),
-             Write.delete("g/doc", update_time=first)]
+    stale = [
+        Write.update("g/doc", {("v",): 3}, update_time=first),
+        Write.set("g/doc", {"v": 4}, update_time=first),
+        Write.delete("g/doc", update_time=first),
+    ]
     for write in stale:
         [result] = any_store.commit([write])
         assert isinstance(result.error, ConflictError), write.kind
@@ -121,11 +133,13 @@ def test_update_time_precondition_guards_every_kind_of_write(any_store: Store) -
 
 def test_create_and_update_existence_preconditions(any_store: Store) -> None:
     put(any_store, "h/exists", {"v": 1})
-    created, duplicate, missing = any_store.commit([
-        Write.create("h/new", {"v": 1}),
-        Write.create("h/exists", {"v": 2}),
-        Write.update("h/missing", {("v",): 1}),
-    ])
+    created, duplicate, missing = any_store.commit(
+        [
+            Write.create("h/new", {"v": 1}),
+            Write.create("h/exists", {"v": 2}),
+            Write.update("h/missing", {("v",): 1}),
+        ]
+    )
     assert created.ok
     assert isinstance(duplicate.error, ConflictError)
     assert isinstance(missing.error, ConflictError)
@@ -135,13 +149,26 @@ def test_create_and_update_existence_preconditions(any_store: Store) -> None:
 
 def test_update_touches_only_the_named_field_paths(any_store: Store) -> None:
     put(any_store, "u/1", {"keep": 1, "drop": 2, "a": {"b": 1, "c": 2}, "x.y": {"`q`": 0}})
-    [result] = any_store.commit([Write.update("u/1", {
-        ("drop",): DELETE_FIELD, ("a", "b"): 10, ("a", "new"): {"deep": []},
-        ("x.y", "`q`"): "quoted", ("added",): None,
-    })])
+    [result] = any_store.commit(
+        [
+            Write.update(
+                "u/1",
+                {
+                    ("drop",): DELETE_FIELD,
+                    ("a", "b"): 10,
+                    ("a", "new"): {"deep": []},
+                    ("x.y", "`q`"): "quoted",
+                    ("added",): None,
+                },
+            )
+        ]
+    )
     assert result.ok, result.error
     assert any_store.get("u/1").data == {  # type: ignore[union-attr]
-        "keep": 1, "a": {"b": 10, "c": 2, "new": {"deep": []}}, "x.y": {"`q`": "quoted"}, "added": None,
+        "keep": 1,
+        "a": {"b": 10, "c": 2, "new": {"deep": []}},
+        "x.y": {"`q`": "quoted"},
+        "added": None,
     }
 
 
@@ -150,9 +177,13 @@ def test_one_bad_write_does_not_fail_its_batch(any_store: Store, checked: bool) 
     """Marked ``checked`` (the caller vouches for it), the store skips only its own check before
     sending: the store itself still refuses the oversized document, alone."""
     huge = {"blob": "x" * 1_100_000}
-    results = any_store.commit([
-        Write.set("b/1", {"v": 1}), Write.set("b/2", huge, checked=checked), Write.set("b/3", {"v": 3}),
-    ])
+    results = any_store.commit(
+        [
+            Write.set("b/1", {"v": 1}),
+            Write.set("b/2", huge, checked=checked),
+            Write.set("b/3", {"v": 3}),
+        ]
+    )
     assert [r.ok for r in results] == [True, False, True]
     assert isinstance(results[1].error, PermanentError)
     assert results[1].error.path == "b/2"
@@ -221,31 +252,39 @@ LIMITS: dict[str, Limit] = {
     # An array is a level too: an array of 19 nested maps is taken, of 20 refused.
     "array of 19 nested maps": Limit("l/a", {"f": [nested(19)]}, "l/b", {"f": [nested(20)]}),
     # ... but an empty array adds none: [] below 20 maps is taken, [1] there is refused.
-    "empty array below 20 maps": Limit("l/a", {"f": nested(20, {"e": []})},
-                                       "l/b", {"f": nested(20, {"e": [1]})}),
+    "empty array below 20 maps": Limit(
+        "l/a", {"f": nested(20, {"e": []})}, "l/b", {"f": nested(20, {"e": [1]})}
+    ),
     # One string value: 1,048,487 bytes of UTF-8 are taken, 1,048,488 refused, in a map or an array
     # too ("The value of property ... is longer than 1048487 bytes").
-    "string of 1,048,487 bytes": Limit("l/a", {"s": "x" * (MAX_VALUE_BYTES - 2) + "é"},
-                                       "l/b", {"s": ["x" * (MAX_VALUE_BYTES - 1) + "é"]}),
-    "bytes of 1,048,487": Limit("l/a", {"b": b"\0" * MAX_VALUE_BYTES},
-                                "l/b", {"b": {"in": b"\0" * (MAX_VALUE_BYTES + 1)}}),
+    "string of 1,048,487 bytes": Limit(
+        "l/a", {"s": "x" * (MAX_VALUE_BYTES - 2) + "é"}, "l/b", {"s": ["x" * (MAX_VALUE_BYTES - 1) + "é"]}
+    ),
+    "bytes of 1,048,487": Limit(
+        "l/a", {"b": b"\0" * MAX_VALUE_BYTES}, "l/b", {"b": {"in": b"\0" * (MAX_VALUE_BYTES + 1)}}
+    ),
     # The whole document: exactly 1,048,576 bytes by the storage-size rules are taken, one more is
     # refused ("maximum entity size is 1048576 bytes"), whatever the path and field names.
     "document of 1 MiB": Limit("l/a", sized("l/a", 0), "l/b", sized("l/b", 1), per_field=False),
     # A field name, and a field path: 1,500 bytes of UTF-8 are taken, 1,501 refused.
     "field name of 1,500 bytes": Limit("l/a", {"é" * 750: 1}, "l/b", {"é" * 750 + "x": 1}),
-    "field path of 1,500 bytes": Limit("l/a", {"p" * 10: {"q" * 1489: 1}},
-                                       "l/b", {"p" * 10: {"q" * 1490: 1}}),
+    "field path of 1,500 bytes": Limit(
+        "l/a", {"p" * 10: {"q" * 1489: 1}}, "l/b", {"p" * 10: {"q" * 1490: 1}}
+    ),
     # Each document id and collection id of the path, and of a reference value: 1,500 bytes taken,
     # 1,501 refused ("The key path element name is longer than 1500 bytes").
-    "document id of 1,500 bytes": Limit("l/" + "é" * 750, {"v": 1}, "l/" + "é" * 750 + "x", {"v": 1},
-                                        per_field=False),
-    "collection id of 1,500 bytes": Limit("c" * 1500 + "/x", {"v": 1}, "c" * 1501 + "/x", {"v": 1},
-                                          per_field=False),
-    "reference id of 1,500 bytes": Limit("l/a", {"r": Reference("c/" + "i" * 1500)},
-                                         "l/b", {"r": Reference("c/" + "i" * 1501)}),
-    "parent id of 1,500 bytes": Limit("l/" + "p" * 1500 + "/s/x", {"v": 1}, "l/" + "p" * 1501 + "/s/x",
-                                      {"v": 1}, per_field=False),
+    "document id of 1,500 bytes": Limit(
+        "l/" + "é" * 750, {"v": 1}, "l/" + "é" * 750 + "x", {"v": 1}, per_field=False
+    ),
+    "collection id of 1,500 bytes": Limit(
+        "c" * 1500 + "/x", {"v": 1}, "c" * 1501 + "/x", {"v": 1}, per_field=False
+    ),
+    "reference id of 1,500 bytes": Limit(
+        "l/a", {"r": Reference("c/" + "i" * 1500)}, "l/b", {"r": Reference("c/" + "i" * 1501)}
+    ),
+    "parent id of 1,500 bytes": Limit(
+        "l/" + "p" * 1500 + "/s/x", {"v": 1}, "l/" + "p" * 1501 + "/s/x", {"v": 1}, per_field=False
+    ),
 }
 
 
@@ -290,8 +329,9 @@ def test_a_document_name_over_cloud_firestores_6_kib_is_taken_by_the_emulator_an
 
 
 @pytest.fixture
-def sent_requests(firestore_store: RetryingStore,
-                  monkeypatch: pytest.MonkeyPatch) -> tuple[FirestoreStore, list[tuple[int, int]]]:
+def sent_requests(
+    firestore_store: RetryingStore, monkeypatch: pytest.MonkeyPatch
+) -> tuple[FirestoreStore, list[tuple[int, int]]]:
     """The adapter under the retry layer, and (writes, bytes) of every BatchWrite it sends."""
     adapter = firestore_store.inner
     assert isinstance(adapter, FirestoreStore)
@@ -390,8 +430,10 @@ def test_a_later_request_applied_whose_reply_was_lost_is_resent_and_marked_so(
     them as its own landed writes (not application conflicts)."""
     adapter = firestore_store.inner
     assert isinstance(adapter, FirestoreStore)
-    old = {r.path: r.update_time for r in firestore_store.commit(
-        [Write.set(f"big/{i}", {"s": str(i)}) for i in range(9)])}
+    old = {
+        r.path: r.update_time
+        for r in firestore_store.commit([Write.set(f"big/{i}", {"s": str(i)}) for i in range(9)])
+    }
     calls: list[int] = []
     send = adapter._batch_write
 
@@ -414,9 +456,19 @@ def test_a_later_request_applied_whose_reply_was_lost_is_resent_and_marked_so(
 
 def test_timestamps_are_kept_at_the_microsecond_and_a_naive_datetime_as_utc(any_store: Store) -> None:
     """What docshift's as_stored and values_equal assume of the store (both stores alike)."""
-    put(any_store, "t/1", {"fine": Timestamp(1_700_000_000, 123_456_789),
-                           "naive": datetime(2024, 5, 1, 12, 0), "list": [Timestamp(5, 999)]})
+    put(
+        any_store,
+        "t/1",
+        {
+            "fine": Timestamp(1_700_000_000, 123_456_789),
+            "naive": datetime(2024, 5, 1, 12, 0),
+            "list": [Timestamp(5, 999)],
+        },
+    )
     doc = any_store.get("t/1")
     assert doc is not None
-    assert doc.data == {"fine": Timestamp(1_700_000_000, 123_456_000), "list": [Timestamp(5, 0)],
-                        "naive": Timestamp.from_datetime(datetime(2024, 5, 1, 12, 0, tzinfo=UTC))}
+    assert doc.data == {
+        "fine": Timestamp(1_700_000_000, 123_456_000),
+        "list": [Timestamp(5, 0)],
+        "naive": Timestamp.from_datetime(datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
+    }

@@ -21,22 +21,39 @@ def paths(store: Store, query: Query) -> list[str]:
 
 
 def test_descendants_stream_in_pre_order_including_under_missing_documents(any_store: Store) -> None:
-    put_all(any_store, [
-        "users/b", "users/a", "users/a/orders/o2", "users/a/orders/o1", "users/a/orders/o1/items/i1",
-        "users/ghost/notes/n1",  # users/ghost itself does not exist
-        "users0/x", "usersz/x", "user/x", "teams/t1/users/u1",  # neighbours and a same-named group
-    ])
+    put_all(
+        any_store,
+        [
+            "users/b",
+            "users/a",
+            "users/a/orders/o2",
+            "users/a/orders/o1",
+            "users/a/orders/o1/items/i1",
+            "users/ghost/notes/n1",  # users/ghost itself does not exist
+            "users0/x",
+            "usersz/x",
+            "user/x",
+            "teams/t1/users/u1",  # neighbours and a same-named group
+        ],
+    )
     assert paths(any_store, Query("users", descendants=True)) == [
-        "users/a", "users/a/orders/o1", "users/a/orders/o1/items/i1", "users/a/orders/o2",
-        "users/b", "users/ghost/notes/n1",
+        "users/a",
+        "users/a/orders/o1",
+        "users/a/orders/o1/items/i1",
+        "users/a/orders/o2",
+        "users/b",
+        "users/ghost/notes/n1",
     ]
     assert paths(any_store, Query("users/a/orders", descendants=True)) == [
-        "users/a/orders/o1", "users/a/orders/o1/items/i1", "users/a/orders/o2",
+        "users/a/orders/o1",
+        "users/a/orders/o1/items/i1",
+        "users/a/orders/o2",
     ]
     assert paths(any_store, Query("teams/t1/users", descendants=True)) == ["teams/t1/users/u1"]
     # cursors, limits, keys-only and counts work on the whole tree
     assert paths(any_store, Query("users", descendants=True, start_after="users/a/orders/o1", limit=2)) == [
-        "users/a/orders/o1/items/i1", "users/a/orders/o2",
+        "users/a/orders/o1/items/i1",
+        "users/a/orders/o2",
     ]
     keys = list(any_store.stream(Query("users", descendants=True, keys_only=True, limit=1)))
     assert [(doc.path, doc.data) for doc in keys] == [("users/a", {})]

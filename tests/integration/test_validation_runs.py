@@ -45,26 +45,40 @@ def up(doc):
 
 
 def docshift(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DOCSHIFT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [DOCSHIFT, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / f"{LABEL}.py").write_text(textwrap.dedent(MIGRATION))
-    (tmp_path / "docshift.toml").write_text('runs_dir = "runs"\nbatch_size = 50\nmin_batch_size = 10\n'
-                                            'max_batch_size = 50\n')
+    (tmp_path / "docshift.toml").write_text(
+        'runs_dir = "runs"\nbatch_size = 50\nmin_batch_size = 10\nmax_batch_size = 50\n'
+    )
     return tmp_path
 
 
 def seed(store: Store, total: int, bad: set[int]) -> set[str]:
     """Users ``u0000``…; those in ``bad`` get an age the rules refuse. Returns their paths."""
-    writes = [Write.set(f"users/u{i:04d}", {"full_name": f"First{i} Last{i}", "age": -1 if i in bad else 30,
-                                            "tags": ["a", i]}) for i in range(total)]
+    writes = [
+        Write.set(
+            f"users/u{i:04d}",
+            {"full_name": f"First{i} Last{i}", "age": -1 if i in bad else 30, "tags": ["a", i]},
+        )
+        for i in range(total)
+    ]
     writes.append(Write.set("teams/t1", {"name": "bystander"}))
     for start in range(0, len(writes), 400):
-        assert all(result.ok for result in store.commit(writes[start:start + 400]))
+        assert all(result.ok for result in store.commit(writes[start : start + 400]))
     return {f"users/u{i:04d}" for i in bad}
 
 
@@ -73,8 +87,11 @@ def export(store: Store) -> dict[str, dict[str, Value]]:
 
 
 def run_folder(project: Path) -> Path:
-    [folder] = [p.parent for p in (project / "runs").glob("*/run.json")
-                if read_versioned(p, "docshift-run", 1).get("kind", "run") == "run"]
+    [folder] = [
+        p.parent
+        for p in (project / "runs").glob("*/run.json")
+        if read_versioned(p, "docshift-run", 1).get("kind", "run") == "run"
+    ]
     return folder
 
 
@@ -203,7 +220,7 @@ def test_validate_flag_scans_before_and_after_and_exits_14_when_the_after_scan_f
     before = read_versioned(folder / LABEL / "validation-before.json", "docshift-validation", 1)
     assert before["failed"] == 201  # before the run nobody had a first name
 
-    second = textwrap.dedent('''
+    second = textwrap.dedent("""
         from docshift import UNCHANGED
         from docshift.validators import required
 
@@ -212,7 +229,7 @@ def test_validate_flag_scans_before_and_after_and_exits_14_when_the_after_scan_f
 
         def up(doc):
             return UNCHANGED
-        ''')
+        """)
     (project / "migrations" / "0002_check_teams.py").write_text(second)
     failed = docshift(project, cli_env, "run", "--execute", "--validate")
     assert failed.returncode == 14, failed.stderr

@@ -40,42 +40,78 @@ STAMP = Timestamp(1_700_000_000, 123_000)
 
 # rule, data that passes, data that fails, the failure message
 CASES: list[tuple[Rule, dict[str, Any], dict[str, Any], str]] = [
-    (required("name", "address.city"), {"name": None, "address": {"city": "Oslo"}}, {"name": "x"},
-     "address.city is missing"),
+    (
+        required("name", "address.city"),
+        {"name": None, "address": {"city": "Oslo"}},
+        {"name": "x"},
+        "address.city is missing",
+    ),
     (not_null("name"), {"name": ""}, {"name": None}, "name is null"),
     (of_type("v", "string"), {"v": "s"}, {"v": b"s"}, "v is bytes, expected string"),
     (of_type("v", "int"), {"v": 7}, {"v": 7.0}, "v is float, expected int"),
     (of_type("v", "float"), {"v": 7.5}, {"v": 7}, "v is int, expected float"),
     (of_type("v", "bool"), {"v": True}, {"v": 1}, "v is int, expected bool"),
     (of_type("v", "timestamp"), {"v": STAMP}, {"v": "2024-01-01"}, "v is string, expected timestamp"),
-    (of_type("v", "timestamp"), {"v": datetime(2024, 1, 1, tzinfo=UTC)}, {"v": 1},
-     "v is int, expected timestamp"),
+    (
+        of_type("v", "timestamp"),
+        {"v": datetime(2024, 1, 1, tzinfo=UTC)},
+        {"v": 1},
+        "v is int, expected timestamp",
+    ),
     (of_type("v", "map"), {"v": {"a": 1}}, {"v": [1]}, "v is array, expected map"),
     (of_type("v", "array"), {"v": [1, "a"]}, {"v": {}}, "v is map, expected array"),
-    (of_type("v", "reference"), {"v": Reference("users/u1")}, {"v": "users/u1"},
-     "v is string, expected reference"),
-    (of_type("v", "geopoint"), {"v": GeoPoint(59.9, 10.7)}, {"v": [59.9, 10.7]},
-     "v is array, expected geopoint"),
+    (
+        of_type("v", "reference"),
+        {"v": Reference("users/u1")},
+        {"v": "users/u1"},
+        "v is string, expected reference",
+    ),
+    (
+        of_type("v", "geopoint"),
+        {"v": GeoPoint(59.9, 10.7)},
+        {"v": [59.9, 10.7]},
+        "v is array, expected geopoint",
+    ),
     (of_type("v", "bytes"), {"v": b"\x00\x01"}, {"v": "\x00"}, "v is string, expected bytes"),
-    (one_of("status", ["active", "closed"]), {"status": "closed"}, {"status": "Active"},
-     "status is 'Active', not one of ['active', 'closed']"),
-    (matches("email", r"[^@\s]+@[^@\s]+"), {"email": "a@b"}, {"email": "a b"},
-     r"email 'a b' does not match [^@\s]+@[^@\s]+"),
+    (
+        one_of("status", ["active", "closed"]),
+        {"status": "closed"},
+        {"status": "Active"},
+        "status is 'Active', not one of ['active', 'closed']",
+    ),
+    (
+        matches("email", r"[^@\s]+@[^@\s]+"),
+        {"email": "a@b"},
+        {"email": "a b"},
+        r"email 'a b' does not match [^@\s]+@[^@\s]+",
+    ),
     (in_range("age", 0, 150), {"age": 150}, {"age": 150.5}, "age is 150.5, above the maximum 150"),
     (length("code", 3, 3), {"code": "NOR"}, {"code": "NO"}, "code has 2 characters, fewer than 3"),
-    (predicate(lambda doc: doc.get("total", 0) >= sum(doc.get("items", [])), "total below the items' sum"),
-     {"total": 10, "items": [4, 6]}, {"total": 9, "items": [4, 6]}, "total below the items' sum"),
-    (references("company", "companies"), {"company": Reference("companies/c1")}, {"company": "c2"},
-     "company points to companies/c2, which does not exist"),
-    (references("companies", "companies"), {"companies": ["c1"]}, {"companies": ["c1", "gone"]},
-     "companies points to companies/gone, which does not exist"),
+    (
+        predicate(lambda doc: doc.get("total", 0) >= sum(doc.get("items", [])), "total below the items' sum"),
+        {"total": 10, "items": [4, 6]},
+        {"total": 9, "items": [4, 6]},
+        "total below the items' sum",
+    ),
+    (
+        references("company", "companies"),
+        {"company": Reference("companies/c1")},
+        {"company": "c2"},
+        "company points to companies/c2, which does not exist",
+    ),
+    (
+        references("companies", "companies"),
+        {"companies": ["c1"]},
+        {"companies": ["c1", "gone"]},
+        "companies points to companies/gone, which does not exist",
+    ),
 ]
 
 
 def commit(store: Store, docs: dict[str, dict[str, Any]]) -> None:
     writes = [Write.set(path, data) for path, data in docs.items()]
     for start in range(0, len(writes), 400):
-        assert all(result.ok for result in store.commit(writes[start:start + 400]))
+        assert all(result.ok for result in store.commit(writes[start : start + 400]))
 
 
 def checking(*rules: Rule, collection: str = "things") -> Migration:
@@ -94,8 +130,11 @@ def test_each_rule_passes_and_fails_on_the_emulator(
 
 
 def test_unique_across_the_collection_on_the_emulator(firestore_store: Store) -> None:
-    commit(firestore_store, {f"things/t{i:03d}": {"email": f"e{i % 40}", "n": i} for i in range(50)}
-           | {"things/z1": {"email": None}, "things/z2": {"n": 1}, "things/z3": {"email": None}})
+    commit(
+        firestore_store,
+        {f"things/t{i:03d}": {"email": f"e{i % 40}", "n": i} for i in range(50)}
+        | {"things/z1": {"email": None}, "things/z2": {"n": 1}, "things/z3": {"email": None}},
+    )
     report = scan(firestore_store, checking(unique("email"), unique("n")), batch_size=16)
     email, number = report.rules
     assert email.failures == 10 and number.failures == 1
@@ -104,7 +143,7 @@ def test_unique_across_the_collection_on_the_emulator(firestore_store: Store) ->
     assert report.failed == 11
 
 
-MIGRATION = '''
+MIGRATION = """
 from docshift import UNCHANGED
 from docshift.validators import count, in_range, required
 
@@ -113,7 +152,7 @@ rules = [required("name"), in_range("age", 0, 150), count("equal")]
 
 def up(doc):
     return UNCHANGED
-'''
+"""
 
 
 @pytest.fixture
@@ -147,8 +186,16 @@ def test_validate_saves_reports_and_compares_the_count_with_the_before_scan(
 
 
 def docshift(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DOCSHIFT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [DOCSHIFT, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def test_the_validate_command_prints_a_table_and_exits_14_below_the_threshold(
@@ -186,7 +233,7 @@ def test_count_expectations_minus_deleted_and_plus_created_use_the_history(
 ) -> None:
     from docshift.commands.run import RunOptions, run
 
-    source = textwrap.dedent('''
+    source = textwrap.dedent("""
         from docshift import DELETE, UNCHANGED
         from docshift.validators import count
 
@@ -195,7 +242,7 @@ def test_count_expectations_minus_deleted_and_plus_created_use_the_history(
 
         def up(doc):
             return DELETE if doc.get("spam") else UNCHANGED
-        ''')
+        """)
     (project.migrations_dir / "0001_check_users.py").write_text(source)
     commit(firestore_store, {f"users/u{i:03d}": {"spam": i % 4 == 0} for i in range(40)})
     assert validate(project, "0001", phase="before", store=firestore_store).total == 40
@@ -211,7 +258,8 @@ def test_count_equal_and_plus_created_for_a_copy_into_a_collection_that_had_docu
 ) -> None:
     from docshift.commands.run import RunOptions, run
 
-    (project.migrations_dir / "0001_check_users.py").write_text(textwrap.dedent('''
+    (project.migrations_dir / "0001_check_users.py").write_text(
+        textwrap.dedent("""
         from docshift.validators import count
 
         collection = "users"
@@ -220,9 +268,12 @@ def test_count_equal_and_plus_created_for_a_copy_into_a_collection_that_had_docu
 
         def up(doc):
             return {**doc.data, "archived": True}
-        '''))
-    commit(firestore_store, {f"users/u{i:03d}": {"n": i} for i in range(30)}
-           | {f"archive/old{i}": {"n": -i} for i in range(5)})
+        """)
+    )
+    commit(
+        firestore_store,
+        {f"users/u{i:03d}": {"n": i} for i in range(30)} | {f"archive/old{i}": {"n": -i} for i in range(5)},
+    )
     before = validate(project, "0001", phase="before", store=firestore_store)
     assert (before.total, before.target_total) == (30, 5)
     run(project, RunOptions(execute=True), store=firestore_store)
@@ -233,4 +284,5 @@ def test_count_equal_and_plus_created_for_a_copy_into_a_collection_that_had_docu
     commit(firestore_store, {"archive/stray": {"n": 0}})
     again = validate(project, "0001", store=firestore_store).rules[0]
     assert again.collection_failures == [
-        "expected 35 documents (5 in the target before + 30 created), found 36"]
+        "expected 35 documents (5 in the target before + 30 created), found 36"
+    ]

@@ -21,7 +21,7 @@ from docshift.values import Timestamp
 
 DOCSHIFT = str(Path(sys.executable).parent / "docshift")
 
-COPY = '''
+COPY = """
 from docshift import DELETE, UNCHANGED
 
 collection = "users"
@@ -35,7 +35,7 @@ def up(doc):
         return DELETE
     first, _, last = data.pop("full_name").partition(" ")
     return {**data, "name": {"first": first, "last": last}}
-'''
+"""
 
 
 @pytest.fixture
@@ -43,8 +43,13 @@ def copied(emulator_config: Config, firestore_store: Store) -> Config:
     """A copy migration, run: 300 users transformed, 2 copied as they are (UNCHANGED), 2 left out (DELETE)."""
     emulator_config.migrations_dir.mkdir(parents=True)
     (emulator_config.migrations_dir / "0001_copy_users.py").write_text(textwrap.dedent(COPY))
-    writes = [Write.set(f"users/u{i:03d}", {"full_name": f"First{i} Last{i}", "n": i,
-                                              "seen": Timestamp(1_700_000_000 + i, 0)}) for i in range(300)]
+    writes = [
+        Write.set(
+            f"users/u{i:03d}",
+            {"full_name": f"First{i} Last{i}", "n": i, "seen": Timestamp(1_700_000_000 + i, 0)},
+        )
+        for i in range(300)
+    ]
     writes += [Write.set(f"users/s{i}", {"skip": True}) for i in range(2)]
     writes += [Write.set(f"users/g{i}", {"gone": True}) for i in range(2)]
     assert all(result.ok for result in firestore_store.commit(writes))
@@ -64,23 +69,32 @@ def test_a_clean_copy_verifies(copied: Config, firestore_store: Store) -> None:
 def test_verify_finds_a_planted_missing_extra_and_altered_document(
     copied: Config, firestore_store: Store
 ) -> None:
-    firestore_store.commit([
-        Write.delete("users_v2/u017"),
-        Write.set("users_v2/intruder", {"n": -1}),
-        Write.set("users_v2/u123", {"full_name": "First123 Last123", "n": 124,
-                                    "seen": Timestamp(1_700_000_123, 0)}),
-        Write.set("users_v2/g0", {"gone": True}),  # up() deletes it: should not be in the copy
-    ])
+    firestore_store.commit(
+        [
+            Write.delete("users_v2/u017"),
+            Write.set("users_v2/intruder", {"n": -1}),
+            Write.set(
+                "users_v2/u123",
+                {"full_name": "First123 Last123", "n": 124, "seen": Timestamp(1_700_000_123, 0)},
+            ),
+            Write.set("users_v2/g0", {"gone": True}),  # up() deletes it: should not be in the copy
+        ]
+    )
     report = verify(copied, "0001", store=firestore_store)
     assert not report.passed
     assert report.counts == {"missing": 1, "extra": 2, "different": 1, "failed": 0, "skipped": 0}
     assert (report.source_count, report.target_count, report.matched) == (304, 303, 300)
     found = {(d.kind, d.path, d.source) for d in report.examples}
-    assert found == {("missing", "users_v2/u017", "users/u017"), ("extra", "users_v2/g0", None),
-                     ("extra", "users_v2/intruder", None), ("different", "users_v2/u123", "users/u123")}
+    assert found == {
+        ("missing", "users_v2/u017", "users/u017"),
+        ("extra", "users_v2/g0", None),
+        ("extra", "users_v2/intruder", None),
+        ("different", "users_v2/u123", "users/u123"),
+    }
     [altered] = [d for d in report.examples if d.kind == "different"]
     assert {c.describe() for c in altered.changes} == {
-        "- full_name: 'First123 Last123'", "~ n: 124 -> 123",
+        "- full_name: 'First123 Last123'",
+        "~ n: 124 -> 123",
         "+ name: {'first': 'First123', 'last': 'Last123'}",
     }
 
@@ -92,8 +106,16 @@ def test_the_verify_command_exits_14_on_differences_and_refuses_in_place_migrati
     (project / "docshift.toml").write_text(f'runs_dir = "{copied.runs_dir}"\n')
 
     def docshift(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([DOCSHIFT, *args], cwd=project, env=cli_env, capture_output=True, text=True,
-                              timeout=120, stdin=subprocess.DEVNULL, check=False)
+        return subprocess.run(
+            [DOCSHIFT, *args],
+            cwd=project,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
 
     clean = docshift("verify", "0001")
     assert clean.returncode == 0, clean.stderr
@@ -106,13 +128,14 @@ def test_the_verify_command_exits_14_on_differences_and_refuses_in_place_migrati
     fields = {change["field"] for change in report["examples"][0]["changes"]}
     assert fields == {"name", "seen"}
     assert "error: 0001_copy_users: 304 source and 302 target documents" in different.stderr
-    (copied.migrations_dir / "0002_in_place.py").write_text("collection = 'users'\n\ndef up(doc):\n"
-                                                            "    return doc.data\n")
+    (copied.migrations_dir / "0002_in_place.py").write_text(
+        "collection = 'users'\n\ndef up(doc):\n    return doc.data\n"
+    )
     with pytest.raises(UsageError, match="changes documents in place"):
         verify(copied, "0002", store=firestore_store)
 
 
-STAMP = '''
+STAMP = """
 from docshift import Timestamp
 
 collection = "users"
@@ -120,7 +143,7 @@ copy_to = "stamped"
 
 def up(doc):
     return {**doc.data, "at": Timestamp(1_700_000_000, 123_456_789), "log": [{"at": Timestamp(7, 999)}]}
-'''
+"""
 
 
 def test_a_copy_with_nanosecond_timestamps_verifies_at_the_microsecond_the_store_keeps(

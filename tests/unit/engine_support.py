@@ -50,8 +50,11 @@ def make_migration(
 
 
 def person(index: int) -> dict[str, Value]:
-    data: dict[str, Value] = {"full_name": f"First{index} Last{index}", "n": index,
-                              "address": {"city": "Oslo", "zip": f"{index:05d}"}}
+    data: dict[str, Value] = {
+        "full_name": f"First{index} Last{index}",
+        "n": index,
+        "address": {"city": "Oslo", "zip": f"{index:05d}"},
+    }
     if index % 10 == 3:
         data["full_name"] = f"Solo{index}"
     if index % 10 == 7:
@@ -59,11 +62,12 @@ def person(index: int) -> dict[str, Value]:
     return data
 
 
-def seed(store: Store, count: int, collection: str = COLLECTION,
-         make: Callable[[int], dict[str, Value]] = person) -> None:
+def seed(
+    store: Store, count: int, collection: str = COLLECTION, make: Callable[[int], dict[str, Value]] = person
+) -> None:
     writes = [Write.set(f"{collection}/u{index:05d}", make(index)) for index in range(count)]
     for start in range(0, len(writes), 400):
-        assert all(r.ok for r in store.commit(writes[start:start + 400]))
+        assert all(r.ok for r in store.commit(writes[start : start + 400]))
 
 
 def export(store: Store, collection: str = COLLECTION) -> dict[str, Document]:
@@ -89,8 +93,15 @@ def assert_data(store: Store, expected: dict[str, dict[str, Value]], collection:
 
 def options(**changes: Any) -> PipelineOptions:
     """Pipeline options for tests; engine and limits settings are given by their plain names."""
-    flat: dict[str, Any] = {"execute": True, "batch_size": 50, "min_batch_size": 5, "max_batch_size": 100,
-                            "concurrency": 3, "checkpoint_every_seconds": 0.05, "progress_interval": 0.05}
+    flat: dict[str, Any] = {
+        "execute": True,
+        "batch_size": 50,
+        "min_batch_size": 5,
+        "max_batch_size": 100,
+        "concurrency": 3,
+        "checkpoint_every_seconds": 0.05,
+        "progress_interval": 0.05,
+    }
     flat.update(changes)
     engine_keys = {f.name for f in dataclasses.fields(EngineConfig)}
     limits_keys = {f.name for f in dataclasses.fields(LimitsConfig)}
@@ -121,17 +132,26 @@ def build(
     return MigrationPipeline(store, migration, opts, folder, checkpoint, **kwargs)
 
 
-def run_pipeline(store: Store, migration: Migration, folder: Path, opts: PipelineOptions | None = None,
-                 **kwargs: Any) -> PipelineResult:
+def run_pipeline(
+    store: Store, migration: Migration, folder: Path, opts: PipelineOptions | None = None, **kwargs: Any
+) -> PipelineResult:
     return build(store, migration, folder, opts, **kwargs).run()
 
 
-def processor(store: Store, migration: Migration, folder: Path, *, execute: bool = True,
-              **kwargs: Any) -> BatchProcessor:
+def processor(
+    store: Store, migration: Migration, folder: Path, *, execute: bool = True, **kwargs: Any
+) -> BatchProcessor:
     return BatchProcessor(
-        store, migration, RunStats(), execute=execute, journal=None,
-        dead_letters=DeadLetterFile(folder / "dead-letters.jsonl"), limiter=RateLimiter(),
-        breaker=CircuitBreaker(0.5, 200, 5), sizer=AdaptiveBatch(50, 5, 100), stop=threading.Event(),
+        store,
+        migration,
+        RunStats(),
+        execute=execute,
+        journal=None,
+        dead_letters=DeadLetterFile(folder / "dead-letters.jsonl"),
+        limiter=RateLimiter(),
+        breaker=CircuitBreaker(0.5, 200, 5),
+        sizer=AdaptiveBatch(50, 5, 100),
+        stop=threading.Event(),
         **kwargs,
     )
 
@@ -157,9 +177,13 @@ class LostReplies(DelegatingStore):
     (paths under ``_docshift``: history, lease) passes untouched. ``meanwhile(writes)`` runs between
     the write and the lost reply: an application writing in that moment."""
 
-    def __init__(self, inner: Store, every: int = 2,
-                 meanwhile: Callable[[Sequence[Write]], None] | None = None,
-                 touches: Callable[[str], bool] = lambda path: not path.startswith("_docshift")) -> None:
+    def __init__(
+        self,
+        inner: Store,
+        every: int = 2,
+        meanwhile: Callable[[Sequence[Write]], None] | None = None,
+        touches: Callable[[str], bool] = lambda path: not path.startswith("_docshift"),
+    ) -> None:
         super().__init__(inner)
         self.every = every
         self.meanwhile = meanwhile

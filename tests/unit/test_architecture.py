@@ -47,8 +47,12 @@ def environment_reads(tree: ast.Module) -> Iterator[tuple[int, str]]:
     """``os.environ``, ``os.getenv``, ``os.environb``, ``from os import environ`` and the like."""
     names = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and node.attr in names
-                and isinstance(node.value, ast.Name) and node.value.id == "os"):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in names
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+        ):
             yield node.lineno, f"os.{node.attr}"
         elif isinstance(node, ast.ImportFrom) and node.module == "os":
             for alias in node.names:
@@ -57,10 +61,13 @@ def environment_reads(tree: ast.Module) -> Iterator[tuple[int, str]]:
 
 
 def uses(tree: ast.Module, *prefixes: str) -> list[str]:
-    return sorted({
-        f"line {line}: {name}" for line, name in imported_modules(tree)
-        if any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
-    })
+    return sorted(
+        {
+            f"line {line}: {name}"
+            for line, name in imported_modules(tree)
+            if any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+        }
+    )
 
 
 ALL_MODULES = modules()
@@ -83,19 +90,24 @@ def test_the_detectors_find_violations_in_any_form() -> None:
         "from os import environ\n"
     )
     assert uses(sample, "google", "grpc") == [
-        "line 1: google.cloud.firestore", "line 2: google.auth", "line 2: google.auth.default",
+        "line 1: google.cloud.firestore",
+        "line 2: google.auth",
+        "line 2: google.auth.default",
         "line 3: grpc",
     ]
     assert uses(sample, "rich") == ["line 5: rich.console", "line 5: rich.console.Console"]
     assert sorted(environment_reads(sample)) == [
-        (7, "os.environ"), (7, "os.getenv"), (8, "from os import environ"),
+        (7, "os.environ"),
+        (7, "os.getenv"),
+        (8, "from os import environ"),
     ]
     assert uses(ast.parse("import googlemaps\nimport richtext\n"), "google", "rich") == []
 
 
 def test_only_the_firestore_adapter_imports_google_libraries() -> None:
     offenders = {
-        name: found for name, tree in ALL_MODULES
+        name: found
+        for name, tree in ALL_MODULES
         if name != ADAPTER and (found := uses(tree, "google", "grpc"))
     }
     assert offenders == {}
@@ -105,17 +117,22 @@ def test_only_the_firestore_adapter_imports_google_libraries() -> None:
 
 def test_only_the_command_line_imports_rich() -> None:
     offenders = {
-        name: found for name, tree in ALL_MODULES
+        name: found
+        for name, tree in ALL_MODULES
         if not name.startswith("cli/") and (found := uses(tree, "rich"))
     }
     assert offenders == {}
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_ENVIRONMENT_READS[name]))
-    if name in KNOWN_ENVIRONMENT_READS else name
-    for name, _ in ALL_MODULES
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_ENVIRONMENT_READS[name]))
+        if name in KNOWN_ENVIRONMENT_READS
+        else name
+        for name, _ in ALL_MODULES
+    ],
+)
 def test_only_config_emulator_and_cli_read_the_environment(name: str) -> None:
     tree = dict(ALL_MODULES)[name]
     reads = sorted(environment_reads(tree))

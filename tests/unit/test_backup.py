@@ -31,10 +31,17 @@ CONFIG = Config()
 def populated(project: str = "memory") -> MemoryStore:
     store = MemoryStore(project)
     docs = [(f"users/u{i:05d}", every_type(i, project)) for i in range(50)]
-    docs += [(f"users/u{i:05d}/orders/o{j}", {"j": j, "at": Timestamp(9, 123_456_789)})
-             for i in range(0, 50, 5) for j in range(2)]
-    docs += [("users/u00000/orders/o0/items/i0", {"deep": True}), ("users/ghost/notes/n1", {"x": 1}),
-             ("teams/t1", {"name": "t"}), ("shops/s1/orders/o9", {"j": 9})]
+    docs += [
+        (f"users/u{i:05d}/orders/o{j}", {"j": j, "at": Timestamp(9, 123_456_789)})
+        for i in range(0, 50, 5)
+        for j in range(2)
+    ]
+    docs += [
+        ("users/u00000/orders/o0/items/i0", {"deep": True}),
+        ("users/ghost/notes/n1", {"x": 1}),
+        ("teams/t1", {"name": "t"}),
+        ("shops/s1/orders/o9", {"j": 9}),
+    ]
     seed(store, iter(docs), threads=1)
     return store
 
@@ -62,15 +69,29 @@ def test_file_format_lines_and_manifest(tmp_path: Path) -> None:
     folder = tmp_path / "b"
     manifest = backup(CONFIG, ["users"], folder, recursive=True, docs_per_file=30, store=source)
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["01-users-00001.jsonl.gz", "01-users-00002.jsonl.gz", "01-users-00003.jsonl.gz",
-                     MANIFEST_NAME]
+    assert names == [
+        "01-users-00001.jsonl.gz",
+        "01-users-00002.jsonl.gz",
+        "01-users-00003.jsonl.gz",
+        MANIFEST_NAME,
+    ]
     assert [entry.documents for entry in manifest.files] == [30, 30, 12]
     raw = json.loads((folder / MANIFEST_NAME).read_text())
     assert raw["format"] == "docshift-backup" and raw["version"] == 1 and raw["codec"] == 1
-    assert raw["source"] == {"project": "memory", "database": "(default)", "emulator": True,
-                             "collections": ["users"], "group": False, "recursive": True}
-    assert raw["totals"] == {"documents": 72, "files": 3, "bytes": manifest.bytes,
-                             "by_collection": {"users": 72}}
+    assert raw["source"] == {
+        "project": "memory",
+        "database": "(default)",
+        "emulator": True,
+        "collections": ["users"],
+        "group": False,
+        "recursive": True,
+    }
+    assert raw["totals"] == {
+        "documents": 72,
+        "files": 3,
+        "bytes": manifest.bytes,
+        "by_collection": {"users": 72},
+    }
     assert len(raw["digest"]) == 64 and raw["docshift_version"]
     for entry in raw["files"]:
         content = (folder / entry["name"]).read_bytes()
@@ -91,8 +112,13 @@ def test_file_format_lines_and_manifest(tmp_path: Path) -> None:
     assert data["empty_map"] == {} and data["neg_zero"] == 0.0 and str(data["neg_zero"]) == "-0.0"
     # pre-order: a document, then its subcollections, then the next document
     paths = [json.loads(line)["path"] for line in lines[1:6]]
-    assert paths == ["users/u00000", "users/u00000/orders/o0", "users/u00000/orders/o0/items/i0",
-                     "users/u00000/orders/o1", "users/u00001"]
+    assert paths == [
+        "users/u00000",
+        "users/u00000/orders/o0",
+        "users/u00000/orders/o0/items/i0",
+        "users/u00000/orders/o1",
+        "users/u00001",
+    ]
 
 
 def test_encode_record_round_trips_through_the_reader() -> None:
@@ -119,27 +145,47 @@ def rewrite_manifest(folder: Path, change: object, *, recompute_digest: bool = F
     (folder / MANIFEST_NAME).write_text(json.dumps(raw))
 
 
-@pytest.mark.parametrize(("damage", "message"), [
-    (lambda f, m: flip_byte(f / m.files[0].name, 40), "does not match its manifest checksum"),
-    (lambda f, m: (f / m.files[1].name).unlink(), "is missing"),
-    (lambda f, m: (f / m.files[0].name).write_bytes(b""), "does not match its manifest checksum"),
-    (lambda f, m: rewrite_manifest(f, lambda r: r["files"][0].update(documents=29)), "was edited"),
-    (lambda f, m: rewrite_manifest(f, lambda r: r["files"][0].update(sha256="0" * 64)), "was edited"),
-    (lambda f, m: rewrite_manifest(f, lambda r: r["source"].update(project="x")), "was edited"),
-    # an edit that also recomputes the digest is still caught by the files themselves
-    (lambda f, m: rewrite_manifest(f, lambda r: r["files"][0].update(documents=29), recompute_digest=True),
-     "totals do not add up"),
-    (lambda f, m: rewrite_manifest(
-        f, lambda r: (r["files"][0].update(documents=29), r["totals"].update(documents=71),
-                      r["totals"]["by_collection"].update(users=71)), recompute_digest=True),
-     "holds 30 documents, its manifest says 29"),
-    (lambda f, m: rewrite_manifest(f, lambda r: r["files"][0].update(name="../../x.jsonl.gz"),
-                                   recompute_digest=True), "bad or repeated data file name"),
-    (lambda f, m: (f / MANIFEST_NAME).write_text("{"), "is damaged"),
-    (lambda f, m: (f / MANIFEST_NAME).unlink(), "has no manifest.json"),
-])
-def test_a_changed_backup_is_refused_before_anything_is_written(tmp_path: Path, damage: object,
-                                                                message: str) -> None:
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f, m: flip_byte(f / m.files[0].name, 40), "does not match its manifest checksum"),
+        (lambda f, m: (f / m.files[1].name).unlink(), "is missing"),
+        (lambda f, m: (f / m.files[0].name).write_bytes(b""), "does not match its manifest checksum"),
+        (lambda f, m: rewrite_manifest(f, lambda r: r["files"][0].update(documents=29)), "was edited"),
+        (lambda f, m: rewrite_manifest(f, lambda r: r["files"][0].update(sha256="0" * 64)), "was edited"),
+        (lambda f, m: rewrite_manifest(f, lambda r: r["source"].update(project="x")), "was edited"),
+        # an edit that also recomputes the digest is still caught by the files themselves
+        (
+            lambda f, m: rewrite_manifest(
+                f, lambda r: r["files"][0].update(documents=29), recompute_digest=True
+            ),
+            "totals do not add up",
+        ),
+        (
+            lambda f, m: rewrite_manifest(
+                f,
+                lambda r: (
+                    r["files"][0].update(documents=29),
+                    r["totals"].update(documents=71),
+                    r["totals"]["by_collection"].update(users=71),
+                ),
+                recompute_digest=True,
+            ),
+            "holds 30 documents, its manifest says 29",
+        ),
+        (
+            lambda f, m: rewrite_manifest(
+                f, lambda r: r["files"][0].update(name="../../x.jsonl.gz"), recompute_digest=True
+            ),
+            "bad or repeated data file name",
+        ),
+        (lambda f, m: (f / MANIFEST_NAME).write_text("{"), "is damaged"),
+        (lambda f, m: (f / MANIFEST_NAME).unlink(), "has no manifest.json"),
+    ],
+)
+def test_a_changed_backup_is_refused_before_anything_is_written(
+    tmp_path: Path, damage: object, message: str
+) -> None:
     folder = tmp_path / "b"
     manifest = backup(CONFIG, ["users"], folder, recursive=True, docs_per_file=30, store=populated())
     damage(folder, manifest)  # type: ignore[operator]
@@ -161,8 +207,11 @@ def test_a_file_swapped_during_the_restore_is_caught(tmp_path: Path) -> None:
 def test_reader_is_lazy(tmp_path: Path) -> None:
     folder = tmp_path / "b"
     store = MemoryStore()
-    seed(store, ((f"c/d{i:06d}", {"payload": hashlib.sha256(b"%d" % i).hexdigest()})
-                 for i in range(20_000)), threads=1)
+    seed(
+        store,
+        ((f"c/d{i:06d}", {"payload": hashlib.sha256(b"%d" % i).hexdigest()}) for i in range(20_000)),
+        threads=1,
+    )
     manifest = backup(CONFIG, ["c"], folder, store=store)
     entry = manifest.files[0]
     records = read_records(folder, entry)
@@ -185,9 +234,12 @@ class SyntheticStore(Store):
 
     def stream(self, query: Query) -> Iterator[Document]:
         for index in range(self.documents):
-            yield Document(f"{query.collection}/d{index:08d}", {"i": index, "text": "x" * 200,
-                                                                  "at": Timestamp(index, 0)},
-                           Timestamp(1, 0), Timestamp(2, 0))
+            yield Document(
+                f"{query.collection}/d{index:08d}",
+                {"i": index, "text": "x" * 200, "at": Timestamp(index, 0)},
+                Timestamp(1, 0),
+                Timestamp(2, 0),
+            )
 
     def get_many(self, paths: Sequence[str]) -> list[Document | None]:
         return [Document(path, {}) for path in paths]
@@ -271,22 +323,27 @@ def test_collection_group_backup(tmp_path: Path) -> None:
     assert manifest.group and manifest.documents == 21
     target = MemoryStore()
     restore(CONFIG, tmp_path / "g", store=target)
-    assert_same_documents(source.stream(Query("orders", group=True)),
-                          target.stream(Query("orders", group=True)))
+    assert_same_documents(
+        source.stream(Query("orders", group=True)), target.stream(Query("orders", group=True))
+    )
     assert target.get("shops/s1/orders/o9") is not None and target.get("users/u00000") is None
 
 
-@pytest.mark.parametrize(("args", "kwargs", "message"), [
-    ([], {}, "name at least one collection"),
-    (["users/u1"], {}, "even number of segments"),
-    (["users", "users"], {}, "named twice"),
-    (["users", "users/u1/orders"], {"recursive": True}, "inside users"),
-    (["orders"], {"recursive": True, "group": True}, "cannot be combined"),
-    (["users/u1/orders"], {"group": True}, "one id"),
-    (["users"], {"all_collections": True}, "--all"),
-])
-def test_bad_backup_requests_are_refused(tmp_path: Path, args: list[str], kwargs: dict[str, bool],
-                                         message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ([], {}, "name at least one collection"),
+        (["users/u1"], {}, "even number of segments"),
+        (["users", "users"], {}, "named twice"),
+        (["users", "users/u1/orders"], {"recursive": True}, "inside users"),
+        (["orders"], {"recursive": True, "group": True}, "cannot be combined"),
+        (["users/u1/orders"], {"group": True}, "one id"),
+        (["users"], {"all_collections": True}, "--all"),
+    ],
+)
+def test_bad_backup_requests_are_refused(
+    tmp_path: Path, args: list[str], kwargs: dict[str, bool], message: str
+) -> None:
     with pytest.raises(UsageError, match=message):
         backup(CONFIG, args, tmp_path / "b", store=populated(), **kwargs)
     assert not (tmp_path / "b").exists()
@@ -339,8 +396,9 @@ class Refusing(MemoryStore):
 
     def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
         kept = [w for w in writes if w.path != self.refuse]
-        changed = [Write.set(w.path, {**(w.data or {}), "i": -1}) if w.path == self.corrupt else w
-                   for w in kept]
+        changed = [
+            Write.set(w.path, {**(w.data or {}), "i": -1}) if w.path == self.corrupt else w for w in kept
+        ]
         results = {r.path: r for r in super().commit(changed)}
         refused = PermanentError("refused", code="INVALID_ARGUMENT", path=self.refuse)
         return [results.get(w.path) or WriteResult(w.path, error=refused) for w in writes]
@@ -354,8 +412,7 @@ def test_failed_writes_are_counted_and_verification_reports_differences(tmp_path
     assert report.failures == [("users/u00007", "INVALID_ARGUMENT: refused")]
     assert report.verification is not None and not report.ok
     assert (report.verification.missing, report.verification.different) == (1, 1)
-    assert report.verification.samples == [("users/u00007", "missing"),
-                                           ("users/u00011", "field 'i' differs")]
+    assert report.verification.samples == [("users/u00007", "missing"), ("users/u00011", "field 'i' differs")]
 
 
 def test_a_backup_of_nothing_restores_nothing(tmp_path: Path) -> None:

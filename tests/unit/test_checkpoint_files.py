@@ -33,20 +33,35 @@ from docshift.values import GeoPoint, Reference, Timestamp, values_equal
 from tests.strategies import documents
 
 RICH = {
-    "name": "Ada", "big": 2**63 - 1, "neg": -(2**63), "f": -0.0, "nan": math.nan, "inf": -math.inf,
-    "raw": b"\x00\xff", "at": Timestamp(1_700_000_000, 123_456_789), "geo": GeoPoint(1.5, -2.25),
-    "ref": Reference("users/bob", "demo-p", "(default)"), "nested": {"a.b": [1, "x", None], "e": {}},
-    "flag": True, "one": 1, "onef": 1.0,
+    "name": "Ada",
+    "big": 2**63 - 1,
+    "neg": -(2**63),
+    "f": -0.0,
+    "nan": math.nan,
+    "inf": -math.inf,
+    "raw": b"\x00\xff",
+    "at": Timestamp(1_700_000_000, 123_456_789),
+    "geo": GeoPoint(1.5, -2.25),
+    "ref": Reference("users/bob", "demo-p", "(default)"),
+    "nested": {"a.b": [1, "x", None], "e": {}},
+    "flag": True,
+    "one": 1,
+    "onef": 1.0,
 }
 
 
 # ---------------------------------------------------------------------------------------- checkpoint
 def sample_checkpoint() -> Checkpoint:
     return Checkpoint(
-        run_id="20240101T000000-abcdef", migration_id="0001", checksum="c" * 64,
+        run_id="20240101T000000-abcdef",
+        migration_id="0001",
+        checksum="c" * 64,
         shards=[ShardCursor(None, "users/m", "users/k", False), ShardCursor("users/m", None, None, True)],
-        counters={"read": 12, "updated": 7, "failed": 1}, started_at=Timestamp(1_700_000_000, 5),
-        elapsed_seconds=3.25, state="stopped", settings={"engine": {"batch_size": 300}, "x": [1, 2.5]},
+        counters={"read": 12, "updated": 7, "failed": 1},
+        started_at=Timestamp(1_700_000_000, 5),
+        elapsed_seconds=3.25,
+        state="stopped",
+        settings={"engine": {"batch_size": 300}, "x": [1, 2.5]},
         extra={"note": "é"},
     )
 

@@ -15,24 +15,40 @@ from tests.mounts import read_only_folder
 
 DOCSHIFT = str(Path(sys.executable).parent / "docshift")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "migrations" / "0001_split_full_name.py"
-WRITING = [("run",), ("run", "--execute", "--yes"),
-           ("rollback", "20250101T000000-abcdef", "--execute", "--yes"), ("verify", "0001")]
+WRITING = [
+    ("run",),
+    ("run", "--execute", "--yes"),
+    ("rollback", "20250101T000000-abcdef", "--execute", "--yes"),
+    ("verify", "0001"),
+]
 READING = [("runs",), ("monitor", "--once")]
 
 
 def project(folder: Path, runs_dir: str) -> Path:
     (folder / "migrations").mkdir(parents=True)
     shutil.copy(EXAMPLE, folder / "migrations")
-    (folder / "docshift.toml").write_text(f'migrations_dir = "migrations"\nruns_dir = "{runs_dir}"\n',
-                                          encoding="utf-8")
+    (folder / "docshift.toml").write_text(
+        f'migrations_dir = "migrations"\nruns_dir = "{runs_dir}"\n', encoding="utf-8"
+    )
     return folder
 
 
 def docshift(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "DOCSHIFT_PROJECT": "demo-runs-dir",
-           "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9"}  # never reached: the check comes first
-    return subprocess.run([DOCSHIFT, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL, check=False)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DOCSHIFT_PROJECT": "demo-runs-dir",
+        "FIRESTORE_EMULATOR_HOST": "127.0.0.1:9",
+    }  # never reached: the check comes first
+    return subprocess.run(
+        [DOCSHIFT, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def assert_refused(done: subprocess.CompletedProcess[str], *wanted: str) -> None:
@@ -49,8 +65,12 @@ def test_a_runs_dir_that_is_a_file_is_refused_with_exit_2(tmp_path: Path, args: 
     folder = project(tmp_path, ".docshift/runs")
     (folder / ".docshift").mkdir()
     (folder / ".docshift" / "runs").write_text("not a folder", encoding="utf-8")
-    assert_refused(docshift(folder, *args), "is not a folder: it is a file", "(from docshift.toml)",
-                   "set runs_dir in docshift.toml")
+    assert_refused(
+        docshift(folder, *args),
+        "is not a folder: it is a file",
+        "(from docshift.toml)",
+        "set runs_dir in docshift.toml",
+    )
 
 
 def test_a_runs_dir_inside_a_file_is_refused_with_exit_2(tmp_path: Path) -> None:

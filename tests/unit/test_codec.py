@@ -79,8 +79,24 @@ def test_integers_outside_int64_are_refused_with_a_codec_error(number: int) -> N
 
 @pytest.mark.parametrize(
     "number",
-    [0.0, -0.0, 1.0, -1.5, 5e-324, -5e-324, 2.2250738585072014e-308, 1.7976931348623157e308,
-     -1.7976931348623157e308, 0.1, 1e16, 2.0**53, math.pi, math.inf, -math.inf, math.nan],
+    [
+        0.0,
+        -0.0,
+        1.0,
+        -1.5,
+        5e-324,
+        -5e-324,
+        2.2250738585072014e-308,
+        1.7976931348623157e308,
+        -1.7976931348623157e308,
+        0.1,
+        1e16,
+        2.0**53,
+        math.pi,
+        math.inf,
+        -math.inf,
+        math.nan,
+    ],
 )
 def test_floats_round_trip_exactly_including_specials(number: float) -> None:
     back = roundtrip(number)
@@ -107,12 +123,30 @@ def test_nan_with_a_non_canonical_payload_decodes_as_nan() -> None:
 def test_whole_floats_stay_floats_and_ints_stay_ints() -> None:
     back = roundtrip({"f": 3.0, "i": 3, "b": True, "zero_f": 0.0, "zero_i": 0, "false": False})
     assert {k: type(v) for k, v in back.items()} == {
-        "f": float, "i": int, "b": bool, "zero_f": float, "zero_i": int, "false": bool,
+        "f": float,
+        "i": int,
+        "b": bool,
+        "zero_f": float,
+        "zero_i": int,
+        "false": bool,
     }
 
 
-@pytest.mark.parametrize("text", ["", "plain", "\x00nul", "line\nbreak", "emoji \U0001f600", "\U0010ffff",
-                                  "ünï©ødé", "{\"$t\": \"ts\"}", "tab\tquote\"back\\slash", "\u2028\u2029"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "plain",
+        "\x00nul",
+        "line\nbreak",
+        "emoji \U0001f600",
+        "\U0010ffff",
+        "ünï©ødé",
+        '{"$t": "ts"}',
+        'tab\tquote"back\\slash',
+        "\u2028\u2029",
+    ],
+)
 def test_strings_round_trip(text: str) -> None:
     assert roundtrip(text) == text
     assert roundtrip({text or "k": text}) == {text or "k": text}
@@ -144,8 +178,14 @@ def test_bytes_and_strings_with_equal_content_stay_distinct() -> None:
 
 @pytest.mark.parametrize(
     "stamp",
-    [Timestamp(0, 0), Timestamp(0, 1), Timestamp(1_700_000_000, 123_456_789), Timestamp(-1, 999_999_999),
-     Timestamp(-62135596800, 0), Timestamp(253402300799, 999_999_999)],
+    [
+        Timestamp(0, 0),
+        Timestamp(0, 1),
+        Timestamp(1_700_000_000, 123_456_789),
+        Timestamp(-1, 999_999_999),
+        Timestamp(-62135596800, 0),
+        Timestamp(253402300799, 999_999_999),
+    ],
 )
 def test_timestamps_keep_nanoseconds(stamp: Timestamp) -> None:
     back = roundtrip({"t": stamp})["t"]
@@ -162,8 +202,12 @@ def test_datetimes_are_stored_as_timestamps_with_their_microseconds() -> None:
 
 
 def test_geopoints_round_trip_including_extremes() -> None:
-    points = [GeoPoint(90.0, 180.0), GeoPoint(-90.0, -180.0), GeoPoint(0.1, -0.1),
-              GeoPoint(math.nan, math.inf)]
+    points = [
+        GeoPoint(90.0, 180.0),
+        GeoPoint(-90.0, -180.0),
+        GeoPoint(0.1, -0.1),
+        GeoPoint(math.nan, math.inf),
+    ]
     back = roundtrip({"p": points})["p"]
     assert all(type(p) is GeoPoint for p in back)
     assert values_equal(back, points)
@@ -171,8 +215,12 @@ def test_geopoints_round_trip_including_extremes() -> None:
 
 @pytest.mark.parametrize(
     "ref",
-    [Reference("users/alice"), Reference("users/alice", "other-project", "(default)"),
-     Reference("a b/ü/c.d/`e`", "p", "named-db"), Reference("users/x", "", "")],
+    [
+        Reference("users/alice"),
+        Reference("users/alice", "other-project", "(default)"),
+        Reference("a b/ü/c.d/`e`", "p", "named-db"),
+        Reference("users/x", "", ""),
+    ],
 )
 def test_references_keep_project_database_and_path(ref: Reference) -> None:
     back = roundtrip({"r": ref})["r"]
@@ -196,8 +244,26 @@ def test_empty_map_empty_list_null_and_missing_fields_are_all_distinct() -> None
 
 @pytest.mark.parametrize(
     "name",
-    ["a.b", "with space", "`back`ticks`", "ü", "日本語", "\U0001f600", "a.b.c", ".", "`", " ", "$t", "v",
-     "__name", "\x00", "\\", "\"", "a/b", "[0]"],
+    [
+        "a.b",
+        "with space",
+        "`back`ticks`",
+        "ü",
+        "日本語",
+        "\U0001f600",
+        "a.b.c",
+        ".",
+        "`",
+        " ",
+        "$t",
+        "v",
+        "__name",
+        "\x00",
+        "\\",
+        '"',
+        "a/b",
+        "[0]",
+    ],
 )
 def test_awkward_field_names_round_trip(name: str) -> None:
     doc: dict[str, Any] = {name: {name: [{name: name}]}}
@@ -279,10 +345,19 @@ def test_plain_values_stay_plain_readable_json() -> None:
 
 
 def test_special_values_are_tagged_objects() -> None:
-    raw = orjson.loads(codec.dumps({
-        "b": b"\x00", "t": Timestamp(5, 6), "n": math.nan, "i": -math.inf,
-        "g": GeoPoint(1.0, 2.0), "r": Reference("u/a", "p", "d"), "m": {"$t": 1},
-    }))
+    raw = orjson.loads(
+        codec.dumps(
+            {
+                "b": b"\x00",
+                "t": Timestamp(5, 6),
+                "n": math.nan,
+                "i": -math.inf,
+                "g": GeoPoint(1.0, 2.0),
+                "r": Reference("u/a", "p", "d"),
+                "m": {"$t": 1},
+            }
+        )
+    )
     assert raw == {
         "b": {"$t": "bytes", "v": "AA=="},
         "t": {"$t": "ts", "v": [5, 6]},
@@ -324,11 +399,26 @@ def test_loads_accepts_text_as_well_as_bytes() -> None:
 @pytest.mark.parametrize(
     ("a", "b"),
     [
-        (True, 1), (False, 0), (1, 1.0), (0.0, -0.0), (0, 0.0), (None, False), ("1", 1), (b"a", "a"),
-        ({"a": 1}, {"a": 1, "b": 2}), ([1, 2], [2, 1]), ([1], [1, 1]), ({"a": True}, {"a": 1}),
-        (GeoPoint(0.0, 0.0), GeoPoint(-0.0, 0.0)), (Reference("u/a", "p"), Reference("u/a", "q")),
-        (Reference("u/a", "p", "d1"), Reference("u/a", "p", "d2")), (Timestamp(1, 1000), Timestamp(1, 2000)),
-        ({}, []), ({}, None), (math.nan, None), ([math.nan], [0.0]),
+        (True, 1),
+        (False, 0),
+        (1, 1.0),
+        (0.0, -0.0),
+        (0, 0.0),
+        (None, False),
+        ("1", 1),
+        (b"a", "a"),
+        ({"a": 1}, {"a": 1, "b": 2}),
+        ([1, 2], [2, 1]),
+        ([1], [1, 1]),
+        ({"a": True}, {"a": 1}),
+        (GeoPoint(0.0, 0.0), GeoPoint(-0.0, 0.0)),
+        (Reference("u/a", "p"), Reference("u/a", "q")),
+        (Reference("u/a", "p", "d1"), Reference("u/a", "p", "d2")),
+        (Timestamp(1, 1000), Timestamp(1, 2000)),
+        ({}, []),
+        ({}, None),
+        (math.nan, None),
+        ([math.nan], [0.0]),
     ],
 )
 def test_values_equal_is_type_strict(a: Any, b: Any) -> None:
@@ -339,7 +429,10 @@ def test_values_equal_is_type_strict(a: Any, b: Any) -> None:
 @pytest.mark.parametrize(
     ("a", "b"),
     [
-        (math.nan, math.nan), (-0.0, -0.0), ([1, (2, 3)], (1, [2, 3])), (b"x", bytearray(b"x")),
+        (math.nan, math.nan),
+        (-0.0, -0.0),
+        ([1, (2, 3)], (1, [2, 3])),
+        (b"x", bytearray(b"x")),
         (datetime(2020, 1, 1, tzinfo=UTC), Timestamp.from_datetime(datetime(2020, 1, 1, tzinfo=UTC))),
         ({"a": {"b": [math.nan]}}, {"a": {"b": [math.nan]}}),
         (GeoPoint(math.nan, -0.0), GeoPoint(math.nan, -0.0)),
@@ -363,5 +456,14 @@ def test_type_name_of_decoded_values_matches(name: str) -> None:
     }
     back = roundtrip(doc)[name]
     assert [type_name(v) for v in back] == [
-        "null", "bool", "int", "float", "string", "bytes", "timestamp", "geopoint", "reference", "map",
+        "null",
+        "bool",
+        "int",
+        "float",
+        "string",
+        "bytes",
+        "timestamp",
+        "geopoint",
+        "reference",
+        "map",
     ]

@@ -34,8 +34,12 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def load(root: Path, env: dict[str, str] | None = None, flags: dict[str, Any] | None = None,
-         config_file: Path | None = None) -> Config:
+def load(
+    root: Path,
+    env: dict[str, str] | None = None,
+    flags: dict[str, Any] | None = None,
+    config_file: Path | None = None,
+) -> Config:
     return load_config(flags, env=env or {}, cwd=root, config_file=config_file)
 
 
@@ -120,26 +124,46 @@ def test_flags_given_as_text_are_converted(root: Path) -> None:
     assert config.limits.max_writes_per_second == 50.0
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("1", True), ("true", True), ("TRUE", True), ("yes", True), ("On", True),
-    ("0", False), ("false", False), ("no", False), ("OFF", False),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("yes", True),
+        ("On", True),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("OFF", False),
+    ],
+)
 def test_boolean_environment_values(root: Path, text: str, expected: bool) -> None:
     assert load(root, env={"DOCSHIFT_BACKUP": text}).engine.backup is expected
 
 
 def test_other_docshift_variables_are_left_to_the_cli(root: Path) -> None:
-    config = load(root, env={"DOCSHIFT_ASSUME_YES": "1", "DOCSHIFT_EMULATOR_JAR": "/x.jar",
-                             "DOCSHIFT_STATUS_TOKEN": "t", "OTHER": "x"})
+    config = load(
+        root,
+        env={
+            "DOCSHIFT_ASSUME_YES": "1",
+            "DOCSHIFT_EMULATOR_JAR": "/x.jar",
+            "DOCSHIFT_STATUS_TOKEN": "t",
+            "OTHER": "x",
+        },
+    )
     assert set(config.sources.values()) == {"default"}
 
 
-@pytest.mark.parametrize(("name", "meant"), [
-    ("DOCSHIFT_BACTH_SIZE", "DOCSHIFT_BATCH_SIZE"),
-    ("DOCSHIFT_MAX_WRITES_PER_SEC", "DOCSHIFT_MAX_WRITES_PER_SECOND"),
-    ("DOCSHIFT_PROJET", "DOCSHIFT_PROJECT"),
-    ("DOCSHIFT_ASSUME_YESS", "DOCSHIFT_ASSUME_YES"),
-])
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("DOCSHIFT_BACTH_SIZE", "DOCSHIFT_BATCH_SIZE"),
+        ("DOCSHIFT_MAX_WRITES_PER_SEC", "DOCSHIFT_MAX_WRITES_PER_SECOND"),
+        ("DOCSHIFT_PROJET", "DOCSHIFT_PROJECT"),
+        ("DOCSHIFT_ASSUME_YESS", "DOCSHIFT_ASSUME_YES"),
+    ],
+)
 def test_a_misspelled_docshift_variable_is_refused_with_the_close_match(
     root: Path, name: str, meant: str
 ) -> None:
@@ -159,8 +183,10 @@ def test_an_unknown_docshift_variable_without_a_close_match_names_the_rule(root:
 
 
 def test_pyproject_tool_docshift_section_is_used(root: Path) -> None:
-    write(root / "pyproject.toml", '[project]\nname = "app"\n\n[tool.docshift]\nbatch_size = 50\n'
-                                   'min_batch_size = 10\nramp = "off"\n')
+    write(
+        root / "pyproject.toml",
+        '[project]\nname = "app"\n\n[tool.docshift]\nbatch_size = 50\nmin_batch_size = 10\nramp = "off"\n',
+    )
     config = load(root)
     assert config.engine.batch_size == 50
     assert config.limits.ramp == "off"

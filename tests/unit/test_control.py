@@ -32,8 +32,13 @@ def served() -> Iterator[tuple[StatusServer, Controls]]:
     server.close()
 
 
-def call(url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None,
-         raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+def call(
+    url: str,
+    method: str = "GET",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, Any]]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     if method == "POST" and data is None:
         data = b""
@@ -80,8 +85,12 @@ def test_a_token_is_checked_on_every_request() -> None:
     server = StatusServer(RunStatus("r", controls=controls), controls, host="0.0.0.0", port=0, token="s3cret")
     try:
         assert server.url.startswith("http://127.0.0.1:")
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"},
-                        {"Authorization": "Bearer s3cret-and-more"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Basic s3cret"},
+            {"Authorization": "Bearer s3cret-and-more"},
+        ):
             assert call(server.url + "/status", headers=headers)[0] == 401
             assert call(server.url + "/stop", "POST", headers=headers)[0] == 401
         assert not controls.stop.is_set()
@@ -132,7 +141,11 @@ def test_control_files_pause_resume_stop_and_throttle(tmp_path: Path) -> None:
     files.check()
     assert controls.stop.is_set() and not (tmp_path / "stop").exists()  # honoured, then removed
     assert [f.get("action") for k, f in events.events if k == "control"] == [
-        "pause", "resume", "throttle", "stop"]
+        "pause",
+        "resume",
+        "throttle",
+        "stop",
+    ]
 
 
 def test_control_files_watch_in_the_background(tmp_path: Path) -> None:
@@ -146,8 +159,9 @@ def test_control_files_watch_in_the_background(tmp_path: Path) -> None:
         files.close()
 
 
-def test_the_client_uses_the_endpoint_and_falls_back_to_files(tmp_path: Path,
-                                                              served: tuple[StatusServer, Controls]) -> None:
+def test_the_client_uses_the_endpoint_and_falls_back_to_files(
+    tmp_path: Path, served: tuple[StatusServer, Controls]
+) -> None:
     server, controls = served
     folder = tmp_path / "run-1"
     folder.mkdir()

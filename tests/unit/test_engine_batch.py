@@ -156,16 +156,24 @@ def test_bad_transform_results_fail_alone_into_dead_letters(tmp_path: Path) -> N
         solo = new.get("last_name") is None and "first_name" in new
         return ("no_solo", "last name missing") if solo else None
 
-    result = run_pipeline(memory, make_migration(up), tmp_path,
-                          options(max_failures="100", breaker_failure_rate=0.5), check=check)
+    result = run_pipeline(
+        memory,
+        make_migration(up),
+        tmp_path,
+        options(max_failures="100", breaker_failure_rate=0.5),
+        check=check,
+    )
     assert result.error is None and result.state == "finished"
     letters = {letter["path"]: letter for letter in dead_letters(tmp_path)}
     stages = {path: (letter["stage"], letter.get("rule")) for path, letter in letters.items()}
     solos = {f"users/u{i:05d}" for i in range(40) if i % 10 == 3}
     assert stages == {
-        "users/u00001": ("transform", None), "users/u00002": ("transform", None),
-        "users/u00004": ("invalid", None), "users/u00005": ("invalid", None),
-        "users/u00006": ("invalid", None), "users/u00008": ("invalid", None),
+        "users/u00001": ("transform", None),
+        "users/u00002": ("transform", None),
+        "users/u00004": ("invalid", None),
+        "users/u00005": ("invalid", None),
+        "users/u00006": ("invalid", None),
+        "users/u00008": ("invalid", None),
     } | dict.fromkeys(solos, ("validate", "no_solo"))
     assert "ValueError: cannot parse" in letters["users/u00001"]["error"]
     assert "returned list" in letters["users/u00002"]["error"]
@@ -251,8 +259,9 @@ def test_a_request_refused_as_a_whole_is_split_until_the_bad_write_is_alone(
     seed(memory, 100)
     before = export(memory)
     store = RefusesPoison(memory, poison)
-    result = run_pipeline(store, make_migration(), tmp_path,
-                          options(batch_size=100, max_batch_size=100, max_failures="5"))
+    result = run_pipeline(
+        store, make_migration(), tmp_path, options(batch_size=100, max_batch_size=100, max_failures="5")
+    )
     assert result.error is None, result.error  # one bad document must not stop the run
     assert {letter["path"] for letter in dead_letters(tmp_path)} == poison
     assert {letter["stage"] for letter in dead_letters(tmp_path)} == {"write"}
@@ -351,8 +360,12 @@ def test_a_store_failure_in_a_later_request_still_journals_the_outcomes_of_the_e
                 raise TransientError("the store kept failing", code="UNAVAILABLE")
             return self.inner.commit(writes)
 
-    result = run_pipeline(SecondRequestFails(memory), make_migration(), tmp_path,
-                          options(batch_size=40, min_batch_size=40, concurrency=1))
+    result = run_pipeline(
+        SecondRequestFails(memory),
+        make_migration(),
+        tmp_path,
+        options(batch_size=40, min_batch_size=40, concurrency=1),
+    )
     assert isinstance(result.error, EmergencyStop)
     kinds = journal_kinds(tmp_path)
     landed = [path for path, doc in export(memory).items() if "first_name" in doc.data]

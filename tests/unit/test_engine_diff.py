@@ -68,11 +68,24 @@ def test_field_names_with_dots_and_backticks_stay_one_segment() -> None:
     assert apply_update(old, new) == new  # a.b did not become a nested a -> b
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    (1, "1"), (1, 1.0), (True, 1), (0, False), (0.0, -0.0), ({"k": 1}, [1]), ({"k": 1}, "k"),
-    ([1, 2], [2, 1]), ([1], [1, 1]), (None, 0), (b"a", "a"), (Timestamp(1, 0), 1),
-    (GeoPoint(1.0, 2.0), GeoPoint(1.0, 2.5)),
-])
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (1, "1"),
+        (1, 1.0),
+        (True, 1),
+        (0, False),
+        (0.0, -0.0),
+        ({"k": 1}, [1]),
+        ({"k": 1}, "k"),
+        ([1, 2], [2, 1]),
+        ([1], [1, 1]),
+        (None, 0),
+        (b"a", "a"),
+        (Timestamp(1, 0), 1),
+        (GeoPoint(1.0, 2.0), GeoPoint(1.0, 2.5)),
+    ],
+)
 def test_type_changes_are_changes(old: Any, new: Any) -> None:
     [change] = field_changes({"v": old}, {"v": new})
     assert change.path == ("v",) and change.old == old and type(change.new) is type(new)
@@ -85,10 +98,13 @@ def test_a_map_emptied_or_filled_is_replaced_as_a_whole() -> None:
     assert values_equal(apply_update({"m": {}}, {"m": {"a": 1}}), {"m": {"a": 1}})
 
 
-@pytest.mark.parametrize("data", [
-    {"nan": math.nan, "list": [math.nan, 1.0], "m": {"nan": math.nan}},
-    {"a": {"b": {"c": []}}, "t": Timestamp(5, 6), "e": {}},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"nan": math.nan, "list": [math.nan, 1.0], "m": {"nan": math.nan}},
+        {"a": {"b": {"c": []}}, "t": Timestamp(5, 6), "e": {}},
+    ],
+)
 def test_equal_data_has_no_changes(data: dict[str, Any]) -> None:
     assert field_changes(data, dict(data)) == []
 

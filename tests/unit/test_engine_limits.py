@@ -183,19 +183,22 @@ def test_breaker_trips_on_consecutive_commit_failures() -> None:
 
 
 # ------------------------------------------------------------------------------ failure budget
-@pytest.mark.parametrize(("spec", "failed", "processed", "final", "exceeded"), [
-    ("3", 3, 10, False, False),
-    ("3", 4, 10_000, False, True),
-    ("0", 1, 1, False, True),
-    ("1%", 1, 100, False, False),
-    ("1%", 2, 100, False, True),
-    ("1%", 5, 99, False, False),  # a percentage is judged from 100 documents on ...
-    ("1%", 5, 99, True, True),  # ... and at the end
-    ("1%", 0, 10, True, False),
-    ("0.5%", 5, 1000, False, False),
-    ("0.5%", 6, 1000, False, True),
-    (" 10 ", 11, 20, False, True),
-])
+@pytest.mark.parametrize(
+    ("spec", "failed", "processed", "final", "exceeded"),
+    [
+        ("3", 3, 10, False, False),
+        ("3", 4, 10_000, False, True),
+        ("0", 1, 1, False, True),
+        ("1%", 1, 100, False, False),
+        ("1%", 2, 100, False, True),
+        ("1%", 5, 99, False, False),  # a percentage is judged from 100 documents on ...
+        ("1%", 5, 99, True, True),  # ... and at the end
+        ("1%", 0, 10, True, False),
+        ("0.5%", 5, 1000, False, False),
+        ("0.5%", 6, 1000, False, True),
+        (" 10 ", 11, 20, False, True),
+    ],
+)
 def test_failure_budget(spec: str, failed: int, processed: int, final: bool, exceeded: bool) -> None:
     assert FailureBudget(spec).exceeded(failed, processed, final=final) is exceeded
 

@@ -89,9 +89,14 @@ def test_checkpoints_never_claim_a_write_still_in_flight(tmp_path: Path) -> None
             upto = memory.stream(Query("users", start_after=shard.start_after, end_at=shard.cursor))
             problems.extend(doc.path for doc in upto if split_name(DocView(doc)) is not UNCHANGED)
 
-    result = run_pipeline(Jittery(memory), make_migration(), tmp_path,
-                          options(batch_size=20, concurrency=6, checkpoint_every_seconds=0.01),
-                          shards=2, on_checkpoint=on_checkpoint)
+    result = run_pipeline(
+        Jittery(memory),
+        make_migration(),
+        tmp_path,
+        options(batch_size=20, concurrency=6, checkpoint_every_seconds=0.01),
+        shards=2,
+        on_checkpoint=on_checkpoint,
+    )
     assert result.error is None
     assert checks["count"] >= 5
     assert problems == []
@@ -111,8 +116,13 @@ def test_resuming_after_stops_at_random_moments_reaches_the_uninterrupted_result
         seen = {"n": 0}
         lock = threading.Lock()
 
-        def up(doc: DocView, controls: Controls = controls, stop_after: int = stop_after,
-               seen: dict[str, int] = seen, lock: threading.Lock = lock) -> Any:
+        def up(
+            doc: DocView,
+            controls: Controls = controls,
+            stop_after: int = stop_after,
+            seen: dict[str, int] = seen,
+            lock: threading.Lock = lock,
+        ) -> Any:
             with lock:
                 seen["n"] += 1
                 if seen["n"] == stop_after:
@@ -121,8 +131,14 @@ def test_resuming_after_stops_at_random_moments_reaches_the_uninterrupted_result
                 raise ValueError("always fails")
             return split_name(doc)
 
-        result = build(store, make_migration(up), tmp_path, options(batch_size=30, max_failures="100"),
-                       controls=controls, shards=1 + attempt % 3).run()
+        result = build(
+            store,
+            make_migration(up),
+            tmp_path,
+            options(batch_size=30, max_failures="100"),
+            controls=controls,
+            shards=1 + attempt % 3,
+        ).run()
         if result.error is None:
             break
         assert isinstance(result.error, RunStopped) and result.error.exit_code == ExitCode.INTERRUPTED
@@ -148,6 +164,7 @@ def failing_every(n: int) -> Any:
         if doc.get("n") % n == 0:
             raise ValueError(f"bad {doc.id}")
         return split_name(doc)
+
     return up
 
 
@@ -226,8 +243,15 @@ def test_the_memory_soft_limit_holds_reading_back_until_memory_falls(tmp_path: P
     store, before = seeded(1500)
     memory = ScriptedMemory(soft=100, hard=200)
     progress = RecordingProgress()
-    pipeline = build(store, make_migration(), tmp_path, options(batch_size=20, concurrency=2),
-                     memory=memory, progress=progress, controls=Controls(_limiter(800)))
+    pipeline = build(
+        store,
+        make_migration(),
+        tmp_path,
+        options(batch_size=20, concurrency=2),
+        memory=memory,
+        progress=progress,
+        controls=Controls(_limiter(800)),
+    )
 
     def in_flight() -> int:
         counters = pipeline.stats.counts()
@@ -265,8 +289,14 @@ def test_memory_that_stays_above_the_soft_limit_slows_the_run_but_does_not_stall
     memory = ScriptedMemory(soft=100, hard=200)
     memory.mb = 150  # and it stays there
     controls = Controls()
-    pipeline = build(store, make_migration(), tmp_path, options(batch_size=40, concurrency=3),
-                     memory=memory, controls=controls)
+    pipeline = build(
+        store,
+        make_migration(),
+        tmp_path,
+        options(batch_size=40, concurrency=3),
+        memory=memory,
+        controls=controls,
+    )
     outcome: list[Any] = []
     runner = threading.Thread(target=lambda: outcome.append(pipeline.run()))
     runner.start()
@@ -297,9 +327,13 @@ def test_large_documents_are_held_by_bytes_not_by_batch_counts(tmp_path: Path) -
             return self.inner.commit(writes)
 
     memory = ScriptedMemory(soft=40, hard=400)  # resident 10 MiB throughout: 30 MiB of room
-    pipeline = build(SlowCommits(store), make_migration(lambda doc: {**doc.data, "flag": True}), tmp_path,
-                     options(batch_size=50, min_batch_size=5, max_batch_size=50, concurrency=3),
-                     memory=memory)
+    pipeline = build(
+        SlowCommits(store),
+        make_migration(lambda doc: {**doc.data, "flag": True}),
+        tmp_path,
+        options(batch_size=50, min_batch_size=5, max_batch_size=50, concurrency=3),
+        memory=memory,
+    )
     samples: list[int] = []
     runner = threading.Thread(target=pipeline.run)
     runner.start()
@@ -357,8 +391,13 @@ def dry_run_changes(store: Store, folder: Path, percent: float | None) -> set[st
             with lock:
                 changed.add(decision.source.path)
 
-    result = run_pipeline(store, make_migration(lambda doc: {**doc.data, "seen": True}), folder,
-                          options(execute=False, sample_percent=percent), on_decision=record)
+    result = run_pipeline(
+        store,
+        make_migration(lambda doc: {**doc.data, "seen": True}),
+        folder,
+        options(execute=False, sample_percent=percent),
+        on_decision=record,
+    )
     assert result.error is None
     assert result.counters["skipped"] == 1000 - len(changed)
     return changed

@@ -31,8 +31,12 @@ def config(tmp_path: Path) -> Config:
     migrations = tmp_path / "migrations"
     migrations.mkdir()
     shutil.copy(EXAMPLES / "0001_split_full_name.py", migrations)
-    return Config(store=StoreConfig(project="memory"), engine=EngineConfig(batch_size=50, min_batch_size=10),
-                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+    return Config(
+        store=StoreConfig(project="memory"),
+        engine=EngineConfig(batch_size=50, min_batch_size=10),
+        migrations_dir=migrations,
+        runs_dir=tmp_path / "runs",
+    )
 
 
 def test_a_dry_run_then_a_run_then_nothing_pending(config: Config) -> None:
@@ -67,8 +71,12 @@ def test_a_stopped_run_resumes_from_its_checkpoint(config: Config) -> None:
             if kind == "progress" and int(fields.get("processed", 0)) > 0:  # type: ignore[call-overload]
                 controls.request_stop("test stop")
 
-    slow = Config(store=config.store, engine=EngineConfig(batch_size=10, min_batch_size=10, concurrency=1),
-                  migrations_dir=config.migrations_dir, runs_dir=config.runs_dir)
+    slow = Config(
+        store=config.store,
+        engine=EngineConfig(batch_size=10, min_batch_size=10, concurrency=1),
+        migrations_dir=config.migrations_dir,
+        runs_dir=config.runs_dir,
+    )
     from docshift.engine.limits import RateLimiter
 
     controls.limiter = RateLimiter(150)  # about 2.5 s: the progress event after 1 s stops it

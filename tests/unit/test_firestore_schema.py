@@ -74,8 +74,10 @@ def test_a_write_request_built_by_the_adapter_reads_back_identically_with_the_li
     assert parsed.writes[0].update.fields["n"].integer_value == 7
     assert parsed.writes[0].update.fields["m"].map_value.fields["x"].string_value == "é"
     assert list(parsed.writes[0].update_mask.field_paths) == ["n"]
-    assert (parsed.writes[0].current_document.update_time.seconds,
-            parsed.writes[0].current_document.update_time.nanos) == (12, 345)
+    assert (
+        parsed.writes[0].current_document.update_time.seconds,
+        parsed.writes[0].current_document.update_time.nanos,
+    ) == (12, 345)
     # deterministic: map entries in key order (otherwise their order may differ between encoders)
     assert parsed.SerializeToString(deterministic=True) == request.SerializeToString(deterministic=True)
 

@@ -65,8 +65,9 @@ def resume(store: Store, migration: Migration, folder: Path) -> PipelineResult:
 
 
 def rollback(store: Store, migration: Migration, folder: Path) -> RestoreResult:
-    restorer = Restorer(store, execute=True, force=False, conflicts_file=folder / "conflicts.jsonl",
-                        redo=migration.up)
+    restorer = Restorer(
+        store, execute=True, force=False, conflicts_file=folder / "conflicts.jsonl", redo=migration.up
+    )
     return restorer.run(plan_restore(folder / "before-images.jsonl.gz"), RestoreResult())
 
 
@@ -95,8 +96,9 @@ def versioned(doc: DocView) -> Any:
 def test_a_landed_copy_whose_source_changed_before_the_resume_is_deleted_by_the_rollback(
     tmp_path: Path,
 ) -> None:
-    migration = Migration("0001", "test", "copy", Target("users", copy_to="users_v2"), versioned,
-                          checksum="sum-0001")
+    migration = Migration(
+        "0001", "test", "copy", Target("users", copy_to="users_v2"), versioned, checksum="sum-0001"
+    )
     store = seeded()
     folder = tmp_path / "run"
     killed_run(store, migration, folder, at=2)  # the second batch's creates landed, unconfirmed
@@ -110,8 +112,10 @@ def test_a_landed_copy_whose_source_changed_before_the_resume_is_deleted_by_the_
     result = resume(store, migration, folder)
 
     assert result.counters["created"] + result.counters["updated"] == COUNT
-    assert values_equal(contents(store, "users_v2")["users_v2/u00025"],
-                        {"n": 25, "name": "renamed by the application", "version": 2})
+    assert values_equal(
+        contents(store, "users_v2")["users_v2/u00025"],
+        {"n": 25, "name": "renamed by the application", "version": 2},
+    )
     undone = rollback(store, migration, folder)
     assert undone.counters["conflicts"] == 0 and undone.counters["mismatched"] == 0
     assert undone.counters["deleted"] == COUNT and undone.counters["restored"] == 0
@@ -156,8 +160,9 @@ def test_a_journal_without_digests_still_resumes_and_rolls_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Journals written before the digest was recorded: up() of the before-image tells it."""
-    migration = Migration("0001", "test", "copy", Target("users", copy_to="users_v2"), versioned,
-                          checksum="sum-0001")
+    migration = Migration(
+        "0001", "test", "copy", Target("users", copy_to="users_v2"), versioned, checksum="sum-0001"
+    )
     store = seeded()
     folder = tmp_path / "run"
     with monkeypatch.context() as older:  # the killed process wrote no digests
@@ -175,8 +180,9 @@ def test_a_journal_without_digests_still_resumes_and_rolls_back(
 
 
 def copying() -> Migration:
-    return Migration("0001", "test", "copy", Target("users", copy_to="users_v2"), versioned,
-                     checksum="sum-0001")
+    return Migration(
+        "0001", "test", "copy", Target("users", copy_to="users_v2"), versioned, checksum="sum-0001"
+    )
 
 
 def test_a_rollback_straight_after_the_kill_undoes_the_writes_it_never_confirmed(tmp_path: Path) -> None:
@@ -212,7 +218,10 @@ def test_a_rewrite_of_an_unconfirmed_copy_is_known_as_the_runs_own_output(tmp_pa
 
     journal = folder / "before-images.jsonl.gz"
     assert [e.kind for e in JournalReader(journal) if e.path == "users_v2/u00025"] == [
-        "created", "before", "written"]
+        "created",
+        "before",
+        "written",
+    ]
     undone = rollback(store, migration, folder)
     assert undone.counters["conflicts"] == 0 and undone.counters["mismatched"] == 0
     assert contents(store, "users_v2") == {}

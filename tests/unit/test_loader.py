@@ -50,6 +50,7 @@ def load_error(folder: Path) -> str:
 
 # --- ordering and naming -------------------------------------------------------------------------
 
+
 def test_files_load_in_numeric_id_order_with_gaps_and_helpers_ignored(folder: Path) -> None:
     for name in ["0010_ten.py", "0002_two.py", "0001_one.py", "12345_big.py"]:
         write(folder, name)
@@ -87,8 +88,10 @@ def test_an_id_lower_than_an_applied_one_is_out_of_order(folder: Path) -> None:
     write(folder, "0002_late.py")
     write(folder, "0003_three.py")
     migrations = load_migrations(folder)
-    records = {i: _record(i, MigrationStatus.APPLIED, m.checksum)
-               for i, m in (("0001", migrations[0]), ("0003", migrations[2]))}
+    records = {
+        i: _record(i, MigrationStatus.APPLIED, m.checksum)
+        for i, m in (("0001", migrations[0]), ("0003", migrations[2]))
+    }
     states = plan(migrations, records)
     assert [s.out_of_order for s in states] == [False, True, False]
     with pytest.raises(MigrationFileError, match=r"0002_late\.py: id 0002 is out of order: migration 0003"):
@@ -109,6 +112,7 @@ def test_missing_folder_is_a_usage_error_pointing_at_init(tmp_path: Path) -> Non
 
 
 # --- one test per bad file ----------------------------------------------------------------------
+
 
 def test_syntax_error_names_file_and_line(folder: Path) -> None:
     write(folder, "0001_bad.py", "collection = 'users'\n\ndef up(doc)\n    return doc.data\n")
@@ -199,8 +203,12 @@ def test_one_bad_file_stops_the_whole_folder(folder: Path) -> None:
 
 # --- what a good file gives ---------------------------------------------------------------------
 
+
 def test_every_option_is_carried_into_the_migration(folder: Path) -> None:
-    write(folder, "0003_full.py", """
+    write(
+        folder,
+        "0003_full.py",
+        """
         from docshift import DELETE, DocView
         from docshift.validators import required
 
@@ -216,14 +224,16 @@ def test_every_option_is_carried_into_the_migration(folder: Path) -> None:
 
         def down(doc: DocView) -> object:
             return doc.data
-        """)
+        """,
+    )
     [migration] = load_migrations(folder)
     assert migration.id == "0003" and migration.name == "full" and migration.description == "all options"
     target = migration.target
     assert target.group and target.collection == "orders" and target.limit == 500
     assert target.copy_to == "orders_v2" and target.destination("shops/s/orders/o1") == "orders_v2/o1"
     assert [(f.field, f.op, f.value) for f in target.filters] == [
-        (("status",), Op.EQ, "open"), (("meta", "total"), Op.GE, 10),
+        (("status",), Op.EQ, "open"),
+        (("meta", "total"), Op.GE, 10),
     ]
     assert migration.reversible and migration.down is not None
     assert [rule.name for rule in migration.rules] == ["required(total)"]
@@ -241,6 +251,7 @@ def test_description_defaults_to_the_slug_and_loading_leaves_sys_modules_alone(f
 
 
 # --- checksums ----------------------------------------------------------------------------------
+
 
 def test_checksum_ignores_line_endings_trailing_spaces_and_trailing_blank_lines() -> None:
     source = "collection = 'users'\n\ndef up(doc):\n    return doc.data\n"
@@ -264,6 +275,7 @@ def test_loaded_checksum_is_the_checksum_of_the_file(folder: Path) -> None:
 
 
 # --- init, new and the template -----------------------------------------------------------------
+
 
 def test_next_migration_path_counts_up_from_the_highest_id(folder: Path) -> None:
     assert next_migration_path(folder, "Split full name!") == folder / "0001_split_full_name.py"
@@ -291,8 +303,20 @@ def test_new_writes_a_template_that_loads_and_shows_every_option(folder: Path) -
     path = new_migration(folder, "split full name", collection="users")
     assert path.name == "0001_split_full_name.py"
     source = path.read_text()
-    for option in ("description =", "collection =", "collection_group", "where:", "limit:", "copy_to:",
-                   "rules:", "def up(", "# def down(", "idempotent", "DELETE", "UNCHANGED"):
+    for option in (
+        "description =",
+        "collection =",
+        "collection_group",
+        "where:",
+        "limit:",
+        "copy_to:",
+        "rules:",
+        "def up(",
+        "# def down(",
+        "idempotent",
+        "DELETE",
+        "UNCHANGED",
+    ):
         assert option in source, option
     [migration] = load_migrations(folder)
     assert migration.description == "split full name" and migration.target.collection == "users"
@@ -320,11 +344,17 @@ def test_rendered_template_passes_ruff_and_strict_mypy(tmp_path: Path) -> None:
     path.write_text(render_migration("0001", 'quotes " and \\ backslash', collection="users"))
     load_migrations(tmp_path)
     bin_dir = Path(sys.executable).parent
-    ruff = subprocess.run([str(bin_dir / "ruff"), "check", "--isolated", str(path)],
-                          capture_output=True, text=True, check=False)
+    ruff = subprocess.run(
+        [str(bin_dir / "ruff"), "check", "--isolated", str(path)], capture_output=True, text=True, check=False
+    )
     assert ruff.returncode == 0, ruff.stdout
-    mypy = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(path)],
-                          capture_output=True, text=True, check=False, cwd=tmp_path)
+    mypy = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
     assert mypy.returncode == 0, mypy.stdout
 
 

@@ -40,12 +40,17 @@ def up(doc):
     return {**doc.data, "version": 2}
 '''
 
+
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     migrations = tmp_path / "migrations"
     write_migrations(migrations)
-    return Config(store=StoreConfig(project="memory"), engine=EngineConfig(batch_size=20, min_batch_size=10),
-                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+    return Config(
+        store=StoreConfig(project="memory"),
+        engine=EngineConfig(batch_size=20, min_batch_size=10),
+        migrations_dir=migrations,
+        runs_dir=tmp_path / "runs",
+    )
 
 
 def data_of(store: Store, collection: str) -> dict[str, dict[str, Value]]:
@@ -66,17 +71,23 @@ def write_migrations(folder: Path) -> None:
         (folder / name).write_text(source, encoding="utf-8")
 
 
-def check_lossy_run(config: Config, inner: Store, count: int,
-                    lossy_store: Callable[[Store], LostReplies | LostSecondRequest] | None = None) -> None:
+def check_lossy_run(
+    config: Config,
+    inner: Store,
+    count: int,
+    lossy_store: Callable[[Store], LostReplies | LostSecondRequest] | None = None,
+) -> None:
     """Run FLAG, PRUNE and COPY over ``count`` users (with ``n`` = 0..count-1) in ``inner``, with
     the reply of every commit lost once; then roll all three back through the same lossy store.
     Every view of the run tells the truth and the rollback gives back the exact pre-run data."""
     before = data_of(inner, "users")
     assert len(before) == count and count % 5 == 0
     kept = count - count // 5
-    truth_of = {"0001_flag": {"updated": count},
-                "0002_prune": {"updated": kept, "deleted": count // 5},
-                "0003_copy": {"created": kept}}
+    truth_of = {
+        "0001_flag": {"updated": count},
+        "0002_prune": {"updated": kept, "deleted": count // 5},
+        "0003_copy": {"created": kept},
+    }
     # Every commit's first reply is lost (its resend gets through).
     lossy = lossy_store(inner) if lossy_store is not None else LostReplies(inner, every=1)
     store = RetryingStore(lossy, FAST)
@@ -87,8 +98,15 @@ def check_lossy_run(config: Config, inner: Store, count: int,
     history = History(inner, config.store.state_prefix).all()
     for outcome in report.outcomes:
         label = outcome.migration.label
-        truth = {"updated": 0, "created": 0, "deleted": 0, "unchanged": 0, "conflicts": 0, "failed": 0,
-                 **truth_of[label]}
+        truth = {
+            "updated": 0,
+            "created": 0,
+            "deleted": 0,
+            "unchanged": 0,
+            "conflicts": 0,
+            "failed": 0,
+            **truth_of[label],
+        }
         counted = {name: outcome.result.counters.get(name, 0) for name in truth}
         assert counted == truth, label  # the summary
         saved = Checkpoint.load(report.folder / label / "checkpoint.json")
@@ -107,7 +125,10 @@ def check_lossy_run(config: Config, inner: Store, count: int,
     undone = rollback(config, RollbackOptions(to="0", execute=True), store=store)
 
     assert [(i.migration.id, i.counters["conflicts"], i.counters["mismatched"]) for i in undone.items] == [
-        ("0003", 0, 0), ("0002", 0, 0), ("0001", 0, 0)]
+        ("0003", 0, 0),
+        ("0002", 0, 0),
+        ("0001", 0, 0),
+    ]
     assert [i.counters["deleted"] for i in undone.items] == [kept, 0, 0]
     assert [i.counters["recreated"] + i.counters["restored"] for i in undone.items] == [0, count, count]
     after = data_of(inner, "users")
@@ -175,8 +196,9 @@ def test_an_application_write_racing_a_lost_reply_is_still_a_conflict(tmp_path: 
         return {**doc.data, "flag": True}
 
     store = RetryingStore(LostReplies(memory, every=2, meanwhile=application), FAST)
-    result = run_pipeline(store, make_migration(add_flag), tmp_path / "run",
-                          options(batch_size=10, concurrency=1))
+    result = run_pipeline(
+        store, make_migration(add_flag), tmp_path / "run", options(batch_size=10, concurrency=1)
+    )
 
     assert result.error is None
     assert len(raced) >= 2  # each raced document once: its write landed, then the application's

@@ -80,12 +80,30 @@ def test_tee_sends_every_event_to_every_sink_in_order() -> None:
 
 # --------------------------------------------------------------------------- status and health
 def progress_fields(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {"migration": "0001_x", "read": 500, "updated": 400, "unchanged": 100,
-                              "created": 0, "deleted": 0, "failed": 0, "conflicts": 0, "skipped": 0,
-                              "rejected": 0, "processed": 500, "docs_per_second_now": 100.0,
-                              "docs_per_second_avg": 50.0, "commit_p50": 0.01, "commit_p95": 0.02,
-                              "commit_p99": 0.03, "commits": 5, "elapsed_seconds": 5.0, "batch_size": 100,
-                              "write_limit": 300.0, "memory_mb": 80.0, "paused": False}
+    fields: dict[str, Any] = {
+        "migration": "0001_x",
+        "read": 500,
+        "updated": 400,
+        "unchanged": 100,
+        "created": 0,
+        "deleted": 0,
+        "failed": 0,
+        "conflicts": 0,
+        "skipped": 0,
+        "rejected": 0,
+        "processed": 500,
+        "docs_per_second_now": 100.0,
+        "docs_per_second_avg": 50.0,
+        "commit_p50": 0.01,
+        "commit_p95": 0.02,
+        "commit_p99": 0.03,
+        "commits": 5,
+        "elapsed_seconds": 5.0,
+        "batch_size": 100,
+        "write_limit": 300.0,
+        "memory_mb": 80.0,
+        "paused": False,
+    }
     fields.update(overrides)
     return fields
 
@@ -129,8 +147,12 @@ def test_health_weighs_warnings_errors_and_stops_like_the_validators() -> None:
     assert (status.health().score, status.health().status.value) == (80, "DEGRADED")
     status.event("stop", **progress_fields(failed=3), reason="interrupted by SIGTERM")
     assert status.health().score == 75 and status.snapshot()["stop_reason"] == "interrupted by SIGTERM"
-    status.event("validation", score=55, status="DEGRADED", issues=[
-        {"severity": "error", "message": "x", "migration": None}])
+    status.event(
+        "validation",
+        score=55,
+        status="DEGRADED",
+        issues=[{"severity": "error", "message": "x", "migration": None}],
+    )
     assert status.health().score == 55  # the validators' final word wins
 
 
@@ -176,8 +198,11 @@ def test_ticks_and_downsampling() -> None:
 
 
 def test_a_line_chart_is_inline_svg_with_one_polyline_per_segment() -> None:
-    svg = line_chart("Throughput", [Series("a", [(0, 1), (1, 2), (2, None), (3, 4), (4, 5)]),
-                                    Series("b", [(0, 3)])], y_label="docs/s")
+    svg = line_chart(
+        "Throughput",
+        [Series("a", [(0, 1), (1, 2), (2, None), (3, 4), (4, 5)]), Series("b", [(0, 3)])],
+        y_label="docs/s",
+    )
     assert svg.startswith("<svg") and svg.endswith("</svg>") and "<script" not in svg
     assert svg.count("<polyline") == 2 and svg.count("<circle") == 1  # a lone point is a dot
     assert "no data" in line_chart("Empty", [Series("a", [])], y_label="x")
@@ -186,23 +211,54 @@ def test_a_line_chart_is_inline_svg_with_one_polyline_per_segment() -> None:
 # --------------------------------------------------------------------------- report files
 def fake_run(folder: Path, *, events: int = 30) -> None:
     """A run folder as a stopped run leaves it: run.json, a checkpoint, an event log."""
-    write_versioned(folder / "run.json", "docshift-run", 1, {
-        "run_id": folder.name, "kind": "run", "execute": True, "state": "stopped", "migrations": ["0001"],
-        "created_at": "2026-01-01T00:00:00+00:00", "user": "me@host", "target": "project p (emulator)"})
-    checkpoint = Checkpoint(run_id=folder.name, migration_id="0001", checksum="c", shards=[ShardCursor()],
-                            counters={"updated": 900, "unchanged": 100, "failed": 2}, state="stopped",
-                            elapsed_seconds=31.0, settings={"engine": {"batch_size": 100},
-                                                            "status_token": "hunter2"})
+    write_versioned(
+        folder / "run.json",
+        "docshift-run",
+        1,
+        {
+            "run_id": folder.name,
+            "kind": "run",
+            "execute": True,
+            "state": "stopped",
+            "migrations": ["0001"],
+            "created_at": "2026-01-01T00:00:00+00:00",
+            "user": "me@host",
+            "target": "project p (emulator)",
+        },
+    )
+    checkpoint = Checkpoint(
+        run_id=folder.name,
+        migration_id="0001",
+        checksum="c",
+        shards=[ShardCursor()],
+        counters={"updated": 900, "unchanged": 100, "failed": 2},
+        state="stopped",
+        elapsed_seconds=31.0,
+        settings={"engine": {"batch_size": 100}, "status_token": "hunter2"},
+    )
     checkpoint.save(folder / "0001_x" / "checkpoint.json")
     (folder / "0001_x" / "dead-letters.jsonl").write_text('{"path": "a"}\n{"path": "b"}\n')
     lines = [{"event": "start", "at": 1000.0, "migration": "0001_x", "shards": 1, "counters": {}}]
     for i in range(events):
-        lines.append({"event": "progress", "at": 1001.0 + i, **progress_fields(
-            processed=30 * i, failed=i // 10, docs_per_second_now=float(20 + i), retries=i // 5)})
+        lines.append(
+            {
+                "event": "progress",
+                "at": 1001.0 + i,
+                **progress_fields(
+                    processed=30 * i, failed=i // 10, docs_per_second_now=float(20 + i), retries=i // 5
+                ),
+            }
+        )
     lines.append({"event": "control", "at": 1001.0 + events, "action": "pause", "source": "http"})
     lines.append({"event": "warning", "at": 1002.0 + events, "message": "token hunter2 leaked?"})
-    lines.append({"event": "stop", "at": 1003.0 + events, **progress_fields(processed=1000, failed=2),
-                  "reason": "stopped by request (POST /stop)"})
+    lines.append(
+        {
+            "event": "stop",
+            "at": 1003.0 + events,
+            **progress_fields(processed=1000, failed=2),
+            "reason": "stopped by request (POST /stop)",
+        }
+    )
     (folder / "events.jsonl").write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
 
 
@@ -233,16 +289,31 @@ def test_rebuilding_keeps_the_recorded_outcome(tmp_path: Path) -> None:
     folder = tmp_path / "r"
     fake_run(folder, events=3)
     with (folder / "events.jsonl").open("ab") as handle:
-        handle.write(orjson.dumps({"event": "end", "at": 2000.0, "state": "stopped", "exit_code": 10,
-                                   "error": "stopped by request", "hint": None}) + b"\n")
+        handle.write(
+            orjson.dumps(
+                {
+                    "event": "end",
+                    "at": 2000.0,
+                    "state": "stopped",
+                    "exit_code": 10,
+                    "error": "stopped by request",
+                    "hint": None,
+                }
+            )
+            + b"\n"
+        )
     body = read_versioned(build_report(folder).json, "docshift-report", 1)
     assert body["outcome"]["exit_code"] == 10 and body["state"] == "stopped"
 
 
 def test_redact_masks_secret_names_and_given_strings() -> None:
     data = {"password": "p", "api_key": "k", "nested": [{"Authorization": "Bearer x"}], "note": "say s3"}
-    assert redact(data, ("s3",)) == {"password": REDACTED, "api_key": REDACTED,
-                                     "nested": [{"Authorization": REDACTED}], "note": f"say {REDACTED}"}
+    assert redact(data, ("s3",)) == {
+        "password": REDACTED,
+        "api_key": REDACTED,
+        "nested": [{"Authorization": REDACTED}],
+        "note": f"say {REDACTED}",
+    }
     assert redact({"token": None}) == {"token": None}  # nothing to hide
 
 
@@ -256,9 +327,22 @@ def test_the_live_view_renders_bars_rates_latency_counts_and_health() -> None:
     console = Console(file=out, force_terminal=True, width=130, color_system=None)
     console.print(render_status(status.snapshot()))
     text = out.getvalue()
-    for expected in ("0001_x", "25.0%", "500/2,000", "ETA 0:15", "100 docs/s now", "p95 20ms",
-                     "updated 400", "unchanged 100", "failed 0", "conflicts 0", "retries 3", "write limit",
-                     "memory 80 MiB", "health 100/100 HEALTHY"):
+    for expected in (
+        "0001_x",
+        "25.0%",
+        "500/2,000",
+        "ETA 0:15",
+        "100 docs/s now",
+        "p95 20ms",
+        "updated 400",
+        "unchanged 100",
+        "failed 0",
+        "conflicts 0",
+        "retries 3",
+        "write limit",
+        "memory 80 MiB",
+        "health 100/100 HEALTHY",
+    ):
         assert expected in text, expected
     line = plain_status_line(status.snapshot())
     assert "500/2,000" in line and "ETA 0:15" in line and "\n" not in line
@@ -280,8 +364,12 @@ def config(tmp_path: Path) -> Config:
     migrations = tmp_path / "migrations"
     migrations.mkdir()
     shutil.copy(EXAMPLES / "0001_split_full_name.py", migrations)
-    return Config(store=StoreConfig(project="memory"), engine=EngineConfig(batch_size=50, min_batch_size=10),
-                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+    return Config(
+        store=StoreConfig(project="memory"),
+        engine=EngineConfig(batch_size=50, min_batch_size=10),
+        migrations_dir=migrations,
+        runs_dir=tmp_path / "runs",
+    )
 
 
 def test_an_observed_run_logs_events_writes_its_report_and_cleans_up(config: Config) -> None:
@@ -289,11 +377,17 @@ def test_an_observed_run_logs_events_writes_its_report_and_cleans_up(config: Con
     seed(store, 300)
     controls = Controls()
     shown = RecordingProgress()
-    with Observation(config, store, controls, display=shown, status_port=0,
-                     totals=migration_totals(config, store)) as seen:
+    with Observation(
+        config, store, controls, display=shown, status_port=0, totals=migration_totals(config, store)
+    ) as seen:
         assert seen.run_id and seen.url and (seen.folder and (seen.folder / "status.json").is_file())
-        report = run(config, RunOptions(execute=True, run_id=seen.run_id), store=store,
-                     progress=seen.progress, controls=controls)
+        report = run(
+            config,
+            RunOptions(execute=True, run_id=seen.run_id),
+            store=store,
+            progress=seen.progress,
+            controls=controls,
+        )
     assert report.folder == seen.folder and not (report.folder / "status.json").exists()
     kinds = [e["event"] for e in read_events(report.folder / "events.jsonl")]
     assert kinds[0] == "start" and kinds[-1] == "end" and "finish" in kinds
@@ -325,16 +419,23 @@ class StopAtFirstCheckpoint(RecordingProgress):
 
 
 def test_a_stopped_observed_run_reports_how_it_stopped_and_a_refused_resume_changes_nothing(
-    config: Config
+    config: Config,
 ) -> None:
     config = dataclasses.replace(config, engine=dataclasses.replace(config.engine, checkpoint_every_docs=50))
     store = MemoryStore()
     seed(store, 400)
     controls = Controls()
-    with pytest.raises(RunStopped), Observation(config, store, controls,
-                                                display=StopAtFirstCheckpoint(controls)) as seen:
-        run(config, RunOptions(execute=True, run_id=seen.run_id), store=store, progress=seen.progress,
-            controls=controls)
+    with (
+        pytest.raises(RunStopped),
+        Observation(config, store, controls, display=StopAtFirstCheckpoint(controls)) as seen,
+    ):
+        run(
+            config,
+            RunOptions(execute=True, run_id=seen.run_id),
+            store=store,
+            progress=seen.progress,
+            controls=controls,
+        )
     assert seen.folder is not None and seen.report is not None
     body = read_versioned(seen.report.json, "docshift-report", 1)
     assert body["outcome"]["state"] == "stopped" and body["outcome"]["exit_code"] == 10
@@ -352,8 +453,11 @@ def test_a_stopped_observed_run_reports_how_it_stopped_and_a_refused_resume_chan
 
     # A resume refused before it starts (here: the lease is held) does not rewrite the report.
     holder = LeaseLock(store, config.store.state_prefix, run_id="someone-else")
-    with (pytest.raises(LockedError), holder,
-          Observation(config, store, Controls(), resume=seen.run_id) as refused):
+    with (
+        pytest.raises(LockedError),
+        holder,
+        Observation(config, store, Controls(), resume=seen.run_id) as refused,
+    ):
         run(config, RunOptions(resume=seen.run_id), store=store, progress=refused.progress)
     assert (seen.folder / "events.jsonl").read_bytes() == events
     assert seen.report.json.read_bytes() == report and not (seen.folder / "status.json").exists()
@@ -381,21 +485,35 @@ def test_a_canary_rolled_back_by_its_gate_is_rolled_back_in_every_view(config: C
     seed(store, 400, make=lambda n: {"n": n})
     controls = Controls()
     with pytest.raises(EmergencyStop, match="failed its gate"), Observation(config, store, controls) as seen:
-        run(config, RunOptions(execute=True, run_id=seen.run_id, stages=(50.0, 100.0)), store=store,
-            progress=seen.progress, controls=controls)
+        run(
+            config,
+            RunOptions(execute=True, run_id=seen.run_id, stages=(50.0, 100.0)),
+            store=store,
+            progress=seen.progress,
+            controls=controls,
+        )
     assert seen.folder is not None and seen.report is not None
     body = read_versioned(seen.report.json, "docshift-report", 1)
     [row] = body["migrations"]
     [summary] = list_runs(config)
     snapshot = seen.status.snapshot()
     [live] = snapshot["migrations"]
-    states = {read_versioned(seen.folder / "run.json", "docshift-run", 1)["state"], body["state"],
-              body["outcome"]["state"], row["state"], summary.state, show_run(config, None)["state"],
-              snapshot["state"], live["state"], StatusSource(seen.folder).poll()["state"]}
+    states = {
+        read_versioned(seen.folder / "run.json", "docshift-run", 1)["state"],
+        body["state"],
+        body["outcome"]["state"],
+        row["state"],
+        summary.state,
+        show_run(config, None)["state"],
+        snapshot["state"],
+        live["state"],
+        StatusSource(seen.folder).poll()["state"],
+    }
     assert states == {"rolled_back"}
     assert row["counters"]["failed"] == 1 and row["counters"]["updated"] >= 1
     assert {k: live[k] for k in ("updated", "failed", "unchanged")} == {
-        k: row["counters"][k] for k in ("updated", "failed", "unchanged")}
+        k: row["counters"][k] for k in ("updated", "failed", "unchanged")
+    }
     assert summary.counts["updated"] == body["totals"]["updated"] == row["counters"]["updated"]
     record = History(store, config.store.state_prefix).get("0001")
     assert record is not None and record.status is MigrationStatus.ROLLED_BACK

@@ -66,7 +66,8 @@ class FailWrites(Passthrough):
         passed = iter(self.inner.commit([w for w in writes if w.path not in failing]))
         return [
             WriteResult(w.path, error=self.error("aborted", code="ABORTED", path=w.path))
-            if w.path in failing else next(passed)
+            if w.path in failing
+            else next(passed)
             for w in writes
         ]
 
@@ -187,12 +188,14 @@ def test_permanent_and_conflict_results_are_returned_without_retrying() -> None:
     fill(memory, "p", 1)
     recording = Recording(FailWrites(memory, {"p/flaky": 1}))
     store = RetryingStore(recording, QUICK)
-    results = store.commit([
-        Write.set("p/ok", {"v": 1}),
-        Write.set("p/huge", {"blob": "x" * 1_100_000}),
-        Write.create("p/000", {"v": 2}),
-        Write.set("p/flaky", {"v": 3}),
-    ])
+    results = store.commit(
+        [
+            Write.set("p/ok", {"v": 1}),
+            Write.set("p/huge", {"blob": "x" * 1_100_000}),
+            Write.create("p/000", {"v": 2}),
+            Write.set("p/flaky", {"v": 3}),
+        ]
+    )
     assert [r.path for r in results] == ["p/ok", "p/huge", "p/000", "p/flaky"]
     assert results[0].ok and results[3].ok
     assert isinstance(results[1].error, PermanentError)
@@ -227,8 +230,10 @@ def test_a_permanent_per_write_error_is_not_retried() -> None:
 
 def test_whole_request_transient_failures_are_retried() -> None:
     memory = MemoryStore()
-    errors: list[StoreError] = [TransientError("unavailable", code="UNAVAILABLE"),
-                                TransientError("deadline", code="DEADLINE_EXCEEDED")]
+    errors: list[StoreError] = [
+        TransientError("unavailable", code="UNAVAILABLE"),
+        TransientError("deadline", code="DEADLINE_EXCEEDED"),
+    ]
     recording = Recording(FailRequests(memory, errors))
     seen: list[TransientError] = []
     store = RetryingStore(recording, QUICK, on_retry=seen.append)
@@ -299,8 +304,13 @@ class TransientThenRefused(Passthrough):
         return FailWrites(self.inner, {self.flaky: 1}).commit(writes)
 
 
-@pytest.mark.parametrize("error", [PermanentError("permission revoked", code="PERMISSION_DENIED"),
-                                   TransientError("unavailable", code="UNAVAILABLE")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermanentError("permission revoked", code="PERMISSION_DENIED"),
+        TransientError("unavailable", code="UNAVAILABLE"),
+    ],
+)
 def test_a_whole_request_failure_while_retrying_keeps_the_writes_that_already_succeeded(
     error: StoreError,
 ) -> None:
@@ -323,10 +333,12 @@ def test_a_refusal_after_a_lost_reply_is_marked_resent_and_tells_our_own_write_a
     fill(memory, "k", 3)
     one, two, three = memory.get_many(["k/000", "k/001", "k/002"])
     assert one is not None and two is not None and three is not None
-    writes = [Write.set(one.path, {"i": 10}, update_time=one.update_time),
-              Write.update(two.path, {("j",): 1}, update_time=two.update_time),
-              Write.delete(three.path, update_time=three.update_time),
-              Write.create("k/new", {"i": 4})]
+    writes = [
+        Write.set(one.path, {"i": 10}, update_time=one.update_time),
+        Write.update(two.path, {("j",): 1}, update_time=two.update_time),
+        Write.delete(three.path, update_time=three.update_time),
+        Write.create("k/new", {"i": 4}),
+    ]
     store = RetryingStore(LostReplies(memory, every=2), QUICK)
     results = store.commit(writes)
     assert all(isinstance(r.error, ConflictError) and r.resent for r in results), results
@@ -370,8 +382,14 @@ def test_a_resumed_stream_keeps_the_querys_filters_bounds_and_limit() -> None:
     paths = fill(memory, "items", 20)
     breaking = BreakingStream(memory, [3, 2])
     store = RetryingStore(breaking, QUICK)
-    query = Query("items", filters=(Filter.parse("i", ">=", 2),), start_after=paths[3], end_at=paths[15],
-                  limit=8, keys_only=True)
+    query = Query(
+        "items",
+        filters=(Filter.parse("i", ">=", 2),),
+        start_after=paths[3],
+        end_at=paths[15],
+        limit=8,
+        keys_only=True,
+    )
 
     docs = list(store.stream(query))
 

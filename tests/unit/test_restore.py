@@ -141,7 +141,10 @@ def test_a_dry_run_writes_nothing_and_counts_what_execute_then_does(tmp_path: Pa
     assert len(dry.samples) == 3
     _, kind, changes = dry.samples[0]
     assert kind == "restore" and {".".join(map(str, c.path)) for c in changes} == {
-        "full_name", "first_name", "last_name"}
+        "full_name",
+        "first_name",
+        "last_name",
+    }
     done = undo(store, journal, tmp_path / "exec")
     assert done.counters == dry.counters
     assert same_data(export(store), before) == []
@@ -182,8 +185,9 @@ def test_a_document_written_twice_by_one_run_restores_the_state_before_the_first
     journal = JournalWriter(journal_path)
     [original] = store.get_many(["users/u00002"])
     assert original is not None
-    journal.append([JournalEntry("before", original.path, original.data, original.update_time,
-                                 original.create_time)])
+    journal.append(
+        [JournalEntry("before", original.path, original.data, original.update_time, original.create_time)]
+    )
     [first] = store.commit([Write.set(original.path, {"v": 1}, update_time=original.update_time)])
     journal.append([JournalEntry("written", original.path, update_time=first.update_time)])
     [ours] = store.get_many([original.path])
@@ -211,8 +215,11 @@ def killed_mid_write(tmp_path: Path, *, landed: bool) -> tuple[MemoryStore, Path
     journal.append([JournalEntry("before", d.path, d.data, d.update_time, d.create_time) for d in docs])
     journal.close()
     if landed:
-        writes = [Write.set(d.path, split_name(DocView(d)), update_time=d.update_time)
-                  for d in docs if split_name(DocView(d)) is not UNCHANGED]
+        writes = [
+            Write.set(d.path, split_name(DocView(d)), update_time=d.update_time)
+            for d in docs
+            if split_name(DocView(d)) is not UNCHANGED
+        ]
         assert all(r.ok for r in store.commit(writes))
     return store, path, before
 
@@ -231,8 +238,13 @@ def test_check_actions_when_the_commit_landed_but_written_is_missing(tmp_path: P
     assert "not by this migration" in conflict["reason"]
     now = export(store)
     assert values_equal(now["users/u00001"].data, {**split_name(DocView(before["users/u00001"])), "app": 1})
-    assert same_data({p: d for p, d in now.items() if p != "users/u00001"},
-                     {p: d for p, d in before.items() if p != "users/u00001"}) == []
+    assert (
+        same_data(
+            {p: d for p, d in now.items() if p != "users/u00001"},
+            {p: d for p, d in before.items() if p != "users/u00001"},
+        )
+        == []
+    )
     forced = undo(store, journal, tmp_path / "forced", redo=split_name, force=True)
     assert forced.counters["conflicts"] == 0
     assert same_data(export(store), before) == []
@@ -259,8 +271,7 @@ def test_a_torn_last_member_is_ignored_and_its_writes_are_checked(tmp_path: Path
     store = MemoryStore()
     seed(store, 20)
     before = export(store)
-    run_pipeline(store, make_migration(split_name), tmp_path / "run",
-                 options(batch_size=10, concurrency=1))
+    run_pipeline(store, make_migration(split_name), tmp_path / "run", options(batch_size=10, concurrency=1))
     journal = tmp_path / "run" / JOURNAL
     whole = journal.read_bytes()
     entries = list(JournalReader(journal))
@@ -269,7 +280,7 @@ def test_a_torn_last_member_is_ignored_and_its_writes_are_checked(tmp_path: Path
     assert last and set(last) == {"written"}  # the last batch's written entries, one member
     # Cut the file in the middle of its last member.
     end_before_last = members[-2][0]
-    journal.write_bytes(whole[:end_before_last + (len(whole) - end_before_last) // 2])
+    journal.write_bytes(whole[: end_before_last + (len(whole) - end_before_last) // 2])
     reader = JournalReader(journal)
     kept = list(reader)
     assert reader.torn_tail and len(kept) == len(entries) - len(last)
@@ -294,7 +305,7 @@ def test_a_torn_before_member_means_the_commit_was_never_sent(tmp_path: Path) ->
     journal = JournalWriter(path)
     journal.append([JournalEntry("before", other.path, other.data, other.update_time, other.create_time)])
     journal.close()
-    path.write_bytes(path.read_bytes()[:len(intact) + 12])
+    path.write_bytes(path.read_bytes()[: len(intact) + 12])
     assert actions(path) == [("check", "users/u00000")]
     assert undo(store, path, tmp_path / "rb", redo=split_name).counters["unchanged"] == 1
 
@@ -435,7 +446,8 @@ def test_resume_from_a_position_does_only_the_rest(tmp_path: Path) -> None:
             stop.set()
 
     partial = restorer(store, tmp_path / "rb", stop=stop, on_batch=after_batch, batch_size=30).run(
-        plan_restore(journal), RestoreResult())
+        plan_restore(journal), RestoreResult()
+    )
     assert partial.stopped and partial.counters["restored"] == 30
     rest = RestoreResult(position=partial.position)
     rest.counters.update(partial.counters)
@@ -516,8 +528,12 @@ def api_config(tmp_path: Path) -> Config:
     migrations.mkdir()
     (migrations / "0001_flag.py").write_text(FLAG, encoding="utf-8")
     (migrations / "0002_prune.py").write_text(PRUNE, encoding="utf-8")
-    return Config(store=StoreConfig(project="memory"), engine=EngineConfig(batch_size=20, min_batch_size=10),
-                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+    return Config(
+        store=StoreConfig(project="memory"),
+        engine=EngineConfig(batch_size=20, min_batch_size=10),
+        migrations_dir=migrations,
+        runs_dir=tmp_path / "runs",
+    )
 
 
 class StopAfterCommits(StoreWrapper):
@@ -563,8 +579,12 @@ def test_rollback_stopped_midway_resumes_to_the_pre_run_data(api_config: Config)
     controls = Controls()
     # 0002 writes 200 documents in batches of 20: stop inside 0001's restore (after 13 commits).
     with pytest.raises(RunStopped) as stopped:
-        rollback(api_config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
-                 store=StopAfterCommits(store, controls, 13), controls=controls)
+        rollback(
+            api_config,
+            RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
+            store=StopAfterCommits(store, controls, 13),
+            controls=controls,
+        )
     assert stopped.value.exit_code == 10
     assert (stopped.value.resume_command or "").startswith("docshift rollback --execute --resume ")
     assert read_lease(store, "_docshift") is None
@@ -587,13 +607,17 @@ def test_rollback_with_conflicts_raises_and_does_not_mark_rolled_back(api_config
     assert doc is not None
     store.commit([Write.set(doc.path, {**doc.data, "app": True})])
     with pytest.raises(RollbackConflicts) as raised:
-        rollback(api_config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
-                 store=store)
+        rollback(
+            api_config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True), store=store
+        )
     assert raised.value.exit_code == 1 and "1 document(s)" in raised.value.message
     record = History(store, "_docshift").get("0001")
     assert record is not None and record.status is MigrationStatus.APPLIED
-    forced = rollback(api_config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True,
-                                                  force=True), store=store)
+    forced = rollback(
+        api_config,
+        RollbackOptions(run_id=report.run_id, strategy="restore", execute=True, force=True),
+        store=store,
+    )
     # The first rollback restored the other 39; they are found already back.
     assert forced.items[0].counters["restored"] == 1 and forced.items[0].counters["unchanged"] == 39
     record = History(store, "_docshift").get("0001")
@@ -621,8 +645,9 @@ def test_a_copy_is_undone_by_restore_never_by_down(tmp_path: Path) -> None:
     migrations = tmp_path / "migrations"
     migrations.mkdir()
     (migrations / "0001_copy.py").write_text(COPY_WITH_DOWN, encoding="utf-8")
-    config = Config(store=StoreConfig(project="memory"), migrations_dir=migrations,
-                    runs_dir=tmp_path / "runs")
+    config = Config(
+        store=StoreConfig(project="memory"), migrations_dir=migrations, runs_dir=tmp_path / "runs"
+    )
     store = MemoryStore()
     seed(store, 30)
     before = export(store)
@@ -641,8 +666,12 @@ def test_a_stopped_rollback_is_marked_stopped_and_the_latest_is_resumed(api_conf
     report = run(api_config, RunOptions(execute=True), store=store)
     controls = Controls()
     with pytest.raises(RunStopped):
-        rollback(api_config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
-                 store=StopAfterCommits(store, controls, 1), controls=controls)
+        rollback(
+            api_config,
+            RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
+            store=StopAfterCommits(store, controls, 1),
+            controls=controls,
+        )
     [folder] = [p for p in api_config.runs_dir.iterdir() if p.name != report.run_id]
     assert load_run_info(folder)["state"] == "stopped"
     resumed = rollback(api_config, RollbackOptions(resume="latest"), store=store)

@@ -141,8 +141,9 @@ def kill_at(store: Store, migration: Migration, folder: Path, at: int, shards: i
 
 def uninterrupted(migration: Migration, tmp_path: Path) -> tuple[dict[str, int], dict[str, Any]]:
     store = seeded()
-    result = build(store, migration, tmp_path / "clean", options(batch_size=20, concurrency=3),
-                   check=rules).run()
+    result = build(
+        store, migration, tmp_path / "clean", options(batch_size=20, concurrency=3), check=rules
+    ).run()
     assert result.error is None
     return counted(result.counters), contents(store)
 
@@ -214,7 +215,8 @@ def test_a_store_failing_while_the_resume_settles_stops_it_and_the_next_resume_c
     kept = Checkpoint.load(folder / "checkpoint.json")
     assert kept.counters == killed.counters  # nothing counted, nothing read or written
     assert {k: kept.extra.get(k) for k in ("journal_bytes", "journal_unsettled", "landed")} == {
-        k: killed.extra.get(k) for k in ("journal_bytes", "journal_unsettled", "landed")}
+        k: killed.extra.get(k) for k in ("journal_bytes", "journal_unsettled", "landed")
+    }
     result = resume(store, migration, folder)
     assert result.error is None
     assert counted(result.counters) == truth
@@ -276,10 +278,20 @@ def config(tmp_path: Path) -> Config:
     migrations.mkdir()
     (migrations / "0001_prune.py").write_text(PRUNE, encoding="utf-8")
     (migrations / "0002_copy.py").write_text(COPY, encoding="utf-8")
-    engine = EngineConfig(batch_size=20, min_batch_size=5, max_batch_size=20, concurrency=3,
-                          checkpoint_every_docs=40, checkpoint_every_seconds=3600.0)
-    return Config(store=StoreConfig(project="memory"), engine=engine, migrations_dir=migrations,
-                  runs_dir=tmp_path / "runs")
+    engine = EngineConfig(
+        batch_size=20,
+        min_batch_size=5,
+        max_batch_size=20,
+        concurrency=3,
+        checkpoint_every_docs=40,
+        checkpoint_every_seconds=3600.0,
+    )
+    return Config(
+        store=StoreConfig(project="memory"),
+        engine=engine,
+        migrations_dir=migrations,
+        runs_dir=tmp_path / "runs",
+    )
 
 
 class FailsForGood(DelegatingStore):
@@ -314,9 +326,11 @@ def views(config: Config, store: Store, run_id: str) -> dict[str, dict[str, dict
     told: dict[str, dict[str, dict[str, int]]] = {}
     for migration_id, label in (("0001", "0001_prune"), ("0002", "0002_copy")):
         assert history[migration_id].status is MigrationStatus.APPLIED
-        told[label] = {"checkpoint": counted(Checkpoint.load(folder / label / "checkpoint.json").counters),
-                       "history": counted(dict(history[migration_id].counts)),
-                       "report": counted(report[label])}
+        told[label] = {
+            "checkpoint": counted(Checkpoint.load(folder / label / "checkpoint.json").counters),
+            "history": counted(dict(history[migration_id].counts)),
+            "report": counted(report[label]),
+        }
     return told
 
 
@@ -341,7 +355,8 @@ def test_a_resume_after_the_store_failed_for_good_counts_what_was_written(config
         summary = {o.migration.label: counted(o.result.counters) for o in resumed.outcomes}
         assert all(summary[label] == truth[label]["checkpoint"] for label in summary), after
         undone = rollback(config, RollbackOptions(to="0", execute=True), store=store)
-        assert all(item.counters["conflicts"] == 0 and item.counters["mismatched"] == 0
-                   for item in undone.items), after
+        assert all(
+            item.counters["conflicts"] == 0 and item.counters["mismatched"] == 0 for item in undone.items
+        ), after
         assert same(contents(store), original), after
         shutil.rmtree(config.runs_dir)

@@ -93,8 +93,9 @@ def restored(item: RollbackItem) -> int:
 # ---------------------------------------------------------------------------- a limited run, then a full one
 @pytest.mark.parametrize("strategy", ["auto", "restore"])
 @pytest.mark.parametrize("how", ["--to", "newest run", "oldest run"])
-def test_a_migration_finished_by_a_second_run_is_rolled_back_whole(how: str, strategy: str,
-                                                                  tmp_path: Path) -> None:
+def test_a_migration_finished_by_a_second_run_is_rolled_back_whole(
+    how: str, strategy: str, tmp_path: Path
+) -> None:
     config = project(tmp_path, **{"0001_tier": TIER})
     store = MemoryStore()
     seed(store, 100)
@@ -117,8 +118,15 @@ def test_a_migration_finished_by_a_second_run_is_rolled_back_whole(how: str, str
     assert [(run, part["restored"]) for run, part in item.by_run] == [(second, 90), (first, 10)]
     assert record.runs == ()
     plan = load_run_info(done.folder)["plan"]
-    assert plan == [{"migration": "0001", "runs": [second, first], "strategy": item.strategy,
-                     "by": "journal", "known": True}]
+    assert plan == [
+        {
+            "migration": "0001",
+            "runs": [second, first],
+            "strategy": item.strategy,
+            "by": "journal",
+            "known": True,
+        }
+    ]
     assert load_run_info(done.folder)["order"] == [["0001", second], ["0001", first]]
     checkpoint = Checkpoint.load(item.folder / "checkpoint.json")
     assert checkpoint.finished and checkpoint.counters["restored"] == 100
@@ -144,16 +152,22 @@ class StopAtFirstCheckpoint:
 
 
 @pytest.mark.parametrize("stop_class", [RunStopped, EmergencyStop], ids=["interrupted", "failed"])
-def test_a_stopped_run_finished_by_a_new_run_is_rolled_back_whole(stop_class: type[RunStopped],
-                                                                   tmp_path: Path) -> None:
+def test_a_stopped_run_finished_by_a_new_run_is_rolled_back_whole(
+    stop_class: type[RunStopped], tmp_path: Path
+) -> None:
     config = project(tmp_path, **{"0001_tier": TIER})
     store = MemoryStore()
     seed(store, 200)
     before = export(store)
     controls = Controls()
     with pytest.raises(stop_class):
-        run(_slow(config), RunOptions(execute=True), store=store, controls=controls,
-            progress=StopAtFirstCheckpoint(controls, stop_class))
+        run(
+            _slow(config),
+            RunOptions(execute=True),
+            store=store,
+            controls=controls,
+            progress=StopAtFirstCheckpoint(controls, stop_class),
+        )
     stopped = record_of(store)
     assert stopped.status in (MigrationStatus.INTERRUPTED, MigrationStatus.FAILED)
     changed_first = sum(1 for d in export(store).values() if d.data.get("tier") == "free")
@@ -175,8 +189,9 @@ def test_a_stopped_run_finished_by_a_new_run_is_rolled_back_whole(stop_class: ty
 
 # ---------------------------------------------------------------------------- a document both runs changed
 @pytest.mark.parametrize("strategy", ["restore", "down"])
-def test_a_document_both_runs_changed_gets_its_oldest_before_image_back(strategy: str,
-                                                                       tmp_path: Path) -> None:
+def test_a_document_both_runs_changed_gets_its_oldest_before_image_back(
+    strategy: str, tmp_path: Path
+) -> None:
     """up() counts a visit: the limited run counts one on 10 documents, the full run one more on
     every document. Undoing the full run gives those 10 the limited run's output, which undoing
     the limited run (the rollback's own write, not an application change) takes back further."""
@@ -200,14 +215,17 @@ def test_a_document_both_runs_changed_gets_its_oldest_before_image_back(strategy
     # each run's journal, each verified against that run's before-images: the full run's 60 (10 of
     # them back to the limited run's output), then the limited run's 10 (back to the original)
     assert [(run, part["restored"], part["verified"]) for run, part in item.by_run] == [
-        (second, 60, 60), (first, 10, 10)]
+        (second, 60, 60),
+        (first, 10, 10),
+    ]
 
 
 def test_several_migrations_each_applied_over_several_runs(tmp_path: Path) -> None:
     """Two migrations over a limited and a full run, the second once more over 5 documents: the
     second's runs are undone first (newest first), then the first's, on what those left."""
-    visits_two = VISITS.replace('"visits"', '"visits2"').replace('description = "visits2"',
-                                                                  'description = "more visits"')
+    visits_two = VISITS.replace('"visits"', '"visits2"').replace(
+        'description = "visits2"', 'description = "more visits"'
+    )
     config = project(tmp_path, **{"0001_visits": VISITS, "0002_more": visits_two})
     store = MemoryStore()
     seed(store, 50)
@@ -246,8 +264,13 @@ def test_a_conflict_then_the_rollback_again_reports_only_the_application_s_chang
         [item] = report.items
         assert item.counters["conflicts"] == 1 and "1 document(s) changed" in raised.value.message
         assert [c["path"] for c in lines(item.folder / "conflicts.jsonl")] == ["users/u00030"]
-        assert same_data({p: d for p, d in export(store).items() if p != edited.path},
-                         {p: d for p, d in before.items() if p != edited.path}) == []
+        assert (
+            same_data(
+                {p: d for p, d in export(store).items() if p != edited.path},
+                {p: d for p, d in before.items() if p != edited.path},
+            )
+            == []
+        )
         assert status_of(store, "0001") is MigrationStatus.APPLIED
     assert [part["unchanged"] for _, part in item.by_run] == [39, 10]  # the second time: all back
     forced = RollbackOptions(to="0", strategy="restore", execute=True, force=True)
@@ -293,8 +316,18 @@ class KillAfterCommits(StoreWrapper):
 # 60 documents in batches of 20: the full run's journal is undone in commits 1-3 (the 10 documents
 # both runs changed are in commit 1), the limited run's in commit 4. Stopped after commit 3: between
 # the two runs' journals; killed in commit 3: the full run's journal done, not yet checkpointed.
-@pytest.mark.parametrize(("way", "commits"), [("stopped", 1), ("stopped", 2), ("stopped", 3), ("killed", 1),
-                                              ("killed", 2), ("killed", 3), ("killed", 4)])
+@pytest.mark.parametrize(
+    ("way", "commits"),
+    [
+        ("stopped", 1),
+        ("stopped", 2),
+        ("stopped", 3),
+        ("killed", 1),
+        ("killed", 2),
+        ("killed", 3),
+        ("killed", 4),
+    ],
+)
 def test_a_rollback_of_several_runs_resumed_midway_ends_as_an_uninterrupted_one(
     way: str, commits: int, tmp_path: Path
 ) -> None:
@@ -323,8 +356,10 @@ def test_a_rollback_of_several_runs_resumed_midway_ends_as_an_uninterrupted_one(
     assert info["plan"][0]["runs"] == [second, first]
     by_run = dict(item.by_run)
     if way == "stopped":  # stopped between batches: the counts are those of an uninterrupted rollback
-        assert by_run == {second: {**by_run[second], "restored": 60, "verified": 60, "unchanged": 0},
-                          first: {**by_run[first], "restored": 10, "verified": 10, "unchanged": 0}}
+        assert by_run == {
+            second: {**by_run[second], "restored": 60, "verified": 60, "unchanged": 0},
+            first: {**by_run[first], "restored": 10, "verified": 10, "unchanged": 0},
+        }
     else:  # the batch in flight is redone and found undone already
         assert by_run[second]["restored"] + by_run[second]["unchanged"] == 60
         assert by_run[first]["restored"] + by_run[first]["unchanged"] == 10
@@ -339,12 +374,17 @@ def test_a_rollback_recorded_by_an_older_docshift_resumes_from_its_plan(tmp_path
     applied = run(config, RunOptions(execute=True), store=store)
     controls = Controls()
     with pytest.raises(RunStopped):
-        rollback(config, RollbackOptions(run_id=applied.run_id, execute=True, rollback_id="old"),
-                 store=StopAfterCommits(store, controls, 1), controls=controls)
+        rollback(
+            config,
+            RollbackOptions(run_id=applied.run_id, execute=True, rollback_id="old"),
+            store=StopAfterCommits(store, controls, 1),
+            controls=controls,
+        )
     folder = config.runs_dir / "old"
     info = read_versioned(folder / "run.json", "docshift-run", 1)
-    write_versioned(folder / "run.json", "docshift-run", 1,
-                    {**info, "plan": [["0001", applied.run_id, "down"]]})
+    write_versioned(
+        folder / "run.json", "docshift-run", 1, {**info, "plan": [["0001", applied.run_id, "down"]]}
+    )
     checkpoint = Checkpoint.load(folder / "0001_tier" / "checkpoint.json")
     [step] = checkpoint.extra.pop("steps")
     checkpoint.extra.pop("runs")
@@ -453,9 +493,16 @@ def _as_older_docshift_wrote_it(store: Store, events: int) -> None:
     """The record without ``runs``, with ``events`` events (the last ones of its runs)."""
     history = History(store, PREFIX)
     record = record_of(store)
-    kept = [HistoryEvent(MigrationStatus.RUNNING if i % 2 == 0 else MigrationStatus.PARTIAL,
-                         Timestamp(1_700_000_000 + i), f"older-{i // 2}", "u@h", record.checksum)
-            for i in range(events - len(record.events))]
+    kept = [
+        HistoryEvent(
+            MigrationStatus.RUNNING if i % 2 == 0 else MigrationStatus.PARTIAL,
+            Timestamp(1_700_000_000 + i),
+            f"older-{i // 2}",
+            "u@h",
+            record.checksum,
+        )
+        for i in range(events - len(record.events))
+    ]
     old = dataclasses.replace(record, runs=None, events=(*kept, *record.events))
     data = old.to_data()
     del data["runs"]
@@ -509,6 +556,8 @@ def test_a_run_that_started_a_migration_but_wrote_none_of_it_has_nothing_to_undo
     History(store, PREFIX).start(second, applied.run_id)  # as the killed process left it
     done = rollback(config, RollbackOptions(to="0", execute=True), store=store)
     assert [(i.migration.id, i.pipeline is None, restored(i)) for i in done.items] == [
-        ("0002", True, 0), ("0001", True, 30)]
+        ("0002", True, 0),
+        ("0001", True, 30),
+    ]
     assert same_data(export(store), before) == []
     assert {status_of(store, m) for m in ("0001", "0002")} == {MigrationStatus.ROLLED_BACK}

@@ -144,8 +144,12 @@ def project(tmp_path: Path, **files: str) -> Config:
     migrations.mkdir(exist_ok=True)
     for name, source in files.items():
         (migrations / f"{name}.py").write_text(source, encoding="utf-8")
-    return Config(store=StoreConfig(project="memory"), engine=EngineConfig(batch_size=20, min_batch_size=10),
-                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+    return Config(
+        store=StoreConfig(project="memory"),
+        engine=EngineConfig(batch_size=20, min_batch_size=10),
+        migrations_dir=migrations,
+        runs_dir=tmp_path / "runs",
+    )
 
 
 def same_data(actual: dict[str, Document], expected: dict[str, Document]) -> list[str]:
@@ -213,8 +217,9 @@ def test_a_no_op_down_is_mismatched_listed_and_not_recorded_as_rolled_back(tmp_p
     assert item.folder.parent == raised.value.report.folder
     assert status_of(store, "0001") is MigrationStatus.APPLIED  # not rolled back: it was not undone
     # restore then undoes it for real
-    done = rollback(config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
-                    store=store)
+    done = rollback(
+        config, RollbackOptions(run_id=report.run_id, strategy="restore", execute=True), store=store
+    )
     assert done.items[0].counters["restored"] == 40 and done.items[0].counters["mismatched"] == 0
     assert status_of(store, "0001") is MigrationStatus.ROLLED_BACK
 
@@ -242,8 +247,12 @@ def test_every_way_down_can_miss_is_a_mismatch_and_the_dry_run_predicts_each(tmp
     assert "unchanged" in reasons["users/u00005"]
     now = export(store)
     assert "users/u00001" not in now  # what down() did is what happened, and it is reported
-    assert same_data({p: d for p, d in now.items() if p not in odd},
-                     {p: d for p, d in before.items() if p not in odd}) == []
+    assert (
+        same_data(
+            {p: d for p, d in now.items() if p not in odd}, {p: d for p, d in before.items() if p not in odd}
+        )
+        == []
+    )
 
 
 # ---------------------------------------------------------------------------- item 3: only the journal
@@ -274,8 +283,13 @@ def test_down_touches_only_the_documents_the_run_changed(tmp_path: Path) -> None
         assert now[path].update_time == by_app[path].update_time and now[path].data["tier"] != "free"
     untouched = [p for p in before if p not in app_paths and int(p[-5:]) >= 10]
     assert all(now[p].update_time == before[p].update_time for p in untouched)
-    assert same_data({p: now[p] for p in before if p not in app_paths},
-                     {p: before[p] for p in before if p not in app_paths}) == []
+    assert (
+        same_data(
+            {p: now[p] for p in before if p not in app_paths},
+            {p: before[p] for p in before if p not in app_paths},
+        )
+        == []
+    )
     assert status_of(store, "0001") is MigrationStatus.ROLLED_BACK
 
 
@@ -335,12 +349,18 @@ def test_without_before_images_down_runs_over_the_target_and_says_it_is_unverifi
 # ---------------------------------------------------------------------------- item 4: dry run == execute
 CHAINS: dict[str, dict[str, str]] = {
     "two chained renames": {"0001_a_to_b": rename("a", "b"), "0002_b_to_c": rename("b", "c")},
-    "three chained renames": {"0001_a_to_b": rename("a", "b"), "0002_b_to_c": rename("b", "c"),
-                              "0003_c_to_d": rename("c", "d")},
+    "three chained renames": {
+        "0001_a_to_b": rename("a", "b"),
+        "0002_b_to_c": rename("b", "c"),
+        "0003_c_to_d": rename("c", "d"),
+    },
     "down after restore": {"0001_a_to_b": rename("a", "b"), "0002_b_to_c": rename("b", "c", with_down=False)},
     "restore after down": {"0001_a_to_b": rename("a", "b", with_down=False), "0002_b_to_c": rename("b", "c")},
-    "down over a delete": {"0001_a_to_b": rename("a", "b"), "0002_prune": PRUNE,
-                           "0003_b_to_c": rename("b", "c")},
+    "down over a delete": {
+        "0001_a_to_b": rename("a", "b"),
+        "0002_prune": PRUNE,
+        "0003_b_to_c": rename("b", "c"),
+    },
 }
 
 
@@ -365,8 +385,10 @@ def test_a_dry_run_of_several_migrations_counts_what_the_execute_does(chain: str
 
 
 def test_a_dry_run_of_several_migrations_predicts_the_conflicts_and_mismatches(tmp_path: Path) -> None:
-    config = project(tmp_path, **{"0001_a_to_b": rename("a", "b"), "0002_flag": NO_OP_DOWN,
-                                  "0003_b_to_c": rename("b", "c")})
+    config = project(
+        tmp_path,
+        **{"0001_a_to_b": rename("a", "b"), "0002_flag": NO_OP_DOWN, "0003_b_to_c": rename("b", "c")},
+    )
     store = MemoryStore()
     seed(store, 60, make=lettered)
     run(config, RunOptions(execute=True), store=store)
@@ -397,8 +419,11 @@ def test_a_rollback_works_on_the_database_its_run_was_on(tmp_path: Path) -> None
         rollback(plain, RollbackOptions(run_id=report.run_id, execute=True), store=MemoryStore())
     assert wrong_store.value.exit_code == 2
     # So is an explicit --database that is not the run's.
-    flagged = dataclasses.replace(load_config({"database": "other"}, env={}, cwd=tmp_path),
-                                  migrations_dir=plain.migrations_dir, runs_dir=plain.runs_dir)
+    flagged = dataclasses.replace(
+        load_config({"database": "other"}, env={}, cwd=tmp_path),
+        migrations_dir=plain.migrations_dir,
+        runs_dir=plain.runs_dir,
+    )
     with pytest.raises(UsageError, match="--database other") as refused:
         rollback(flagged, RollbackOptions(run_id=report.run_id, execute=True), store=mydb)
     assert refused.value.exit_code == 2 and refused.value.hint and "mydb" in refused.value.hint

@@ -88,11 +88,22 @@ def config(fast_folder: Path) -> Config:
     migrations = tmp_path / "migrations"
     migrations.mkdir()
     (migrations / "0001_split.py").write_text(MIGRATION, encoding="utf-8")
-    engine = EngineConfig(batch_size=8, min_batch_size=2, max_batch_size=8, concurrency=2,
-                          checkpoint_every_docs=16, checkpoint_every_seconds=3600.0, max_failures="100%")
-    return Config(store=StoreConfig(project="memory"), engine=engine,
-                  limits=LimitsConfig(breaker_failure_rate=0.5), migrations_dir=migrations,
-                  runs_dir=tmp_path / "runs")
+    engine = EngineConfig(
+        batch_size=8,
+        min_batch_size=2,
+        max_batch_size=8,
+        concurrency=2,
+        checkpoint_every_docs=16,
+        checkpoint_every_seconds=3600.0,
+        max_failures="100%",
+    )
+    return Config(
+        store=StoreConfig(project="memory"),
+        engine=engine,
+        limits=LimitsConfig(breaker_failure_rate=0.5),
+        migrations_dir=migrations,
+        runs_dir=tmp_path / "runs",
+    )
 
 
 def seeded() -> tuple[MemoryStore, dict[str, Document]]:
@@ -111,8 +122,9 @@ class Faults:
     the ``fail_at``-th one fails: with ``stays_full`` as a disk that fills up (a short write, then
     every later call fails), otherwise once (an I/O error that goes away)."""
 
-    def __init__(self, root: Path, fail_at: int | None = None, *, stays_full: bool = True,
-                 code: int = errno.ENOSPC) -> None:
+    def __init__(
+        self, root: Path, fail_at: int | None = None, *, stays_full: bool = True, code: int = errno.ENOSPC
+    ) -> None:
         self.root = str(root)
         self.fail_at = fail_at
         self.stays_full = stays_full
@@ -136,8 +148,10 @@ class Faults:
 
     @contextmanager
     def installed(self) -> Iterator[Faults]:
-        real: dict[str, Callable[..., Any]] = {name: getattr(os, name) for name in (
-            "open", "close", "write", "fsync", "replace", "mkdir", "ftruncate")}
+        real: dict[str, Callable[..., Any]] = {
+            name: getattr(os, name)
+            for name in ("open", "close", "write", "fsync", "replace", "mkdir", "ftruncate")
+        }
 
         def mine(path: Any) -> bool:
             return os.fspath(path).startswith(self.root)
@@ -160,6 +174,7 @@ class Faults:
                 if mine(path) and not exists and self._fault():
                     raise self._error()
                 return real[name](path, *args, **kwargs)
+
             return call
 
         def write(fd: int, data: Any) -> int:
@@ -174,12 +189,18 @@ class Faults:
                 if fd in self.fds and self._fault():
                     raise self._error()
                 return real[name](fd, *args)
+
             return call
 
-        patches = [mock.patch("os.open", open_), mock.patch("os.close", close),
-                   mock.patch("os.replace", on_path("replace")), mock.patch("os.mkdir", on_path("mkdir")),
-                   mock.patch("os.write", write), mock.patch("os.fsync", on_fd("fsync")),
-                   mock.patch("os.ftruncate", on_fd("ftruncate"))]
+        patches = [
+            mock.patch("os.open", open_),
+            mock.patch("os.close", close),
+            mock.patch("os.replace", on_path("replace")),
+            mock.patch("os.mkdir", on_path("mkdir")),
+            mock.patch("os.write", write),
+            mock.patch("os.fsync", on_fd("fsync")),
+            mock.patch("os.ftruncate", on_fd("ftruncate")),
+        ]
         for patch in patches:
             patch.start()
         try:
@@ -237,8 +258,11 @@ def told_counts(config: Config, store: MemoryStore, run_id: str) -> dict[str, di
     folder = config.runs_dir / run_id
     [row] = collect_report(folder)["migrations"]
     record = History(store, config.store.state_prefix).all()["0001"]
-    told = {"checkpoint": Checkpoint.load(folder / "0001_split" / "checkpoint.json").counters,
-            "history": dict(record.counts), "report": row["counters"]}
+    told = {
+        "checkpoint": Checkpoint.load(folder / "0001_split" / "checkpoint.json").counters,
+        "history": dict(record.counts),
+        "report": row["counters"],
+    }
     return {view: {name: int(counts.get(name, 0)) for name in COUNTERS} for view, counts in told.items()}
 
 
@@ -253,8 +277,9 @@ def calls_of_a_clean_run(config: Config) -> tuple[int, dict[str, dict[str, int]]
     return faults.calls, counts
 
 
-def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int, copy: bool,
-                    truth: dict[str, dict[str, int]]) -> None:
+def check_one_fault(
+    config: Config, fail_at: int, stays_full: bool, code: int, copy: bool, truth: dict[str, dict[str, int]]
+) -> None:
     store, original = seeded()
     faults = Faults(config.runs_dir, fail_at, stays_full=stays_full, code=code)
     where = f"fault at call {fail_at} ({errno.errorcode[code]}, {'stays' if stays_full else 'once'}): "
@@ -300,8 +325,10 @@ def check_one_fault(config: Config, fail_at: int, stays_full: bool, code: int, c
     expected = expected_after(original, copy)
     assert after.keys() == expected.keys(), where
     assert all(values_equal(after[p], expected[p]) for p in expected), where
-    letters = Counter(letter["path"] for letter in DeadLetterFile(
-        config.runs_dir / run_id / "0001_split" / "dead-letters.jsonl"))
+    letters = Counter(
+        letter["path"]
+        for letter in DeadLetterFile(config.runs_dir / run_id / "0001_split" / "dead-letters.jsonl")
+    )
     assert letters == Counter(p for p, d in original.items() if d.data.get("broken")), where
     # Counted as a run that never stopped counts: a write that landed after the last checkpoint
     # saved is updated, created or deleted, never unchanged (nor left out, for a delete).

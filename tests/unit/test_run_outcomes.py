@@ -54,19 +54,27 @@ def config(tmp_path: Path) -> Config:
     migrations = tmp_path / "migrations"
     migrations.mkdir()
     shutil.copy(EXAMPLES / "0001_split_full_name.py", migrations)
-    return Config(store=StoreConfig(project="memory"), engine=EngineConfig(batch_size=50, min_batch_size=10),
-                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+    return Config(
+        store=StoreConfig(project="memory"),
+        engine=EngineConfig(batch_size=50, min_batch_size=10),
+        migrations_dir=migrations,
+        runs_dir=tmp_path / "runs",
+    )
 
 
 def tier_config(tmp_path: Path, fail_from: float = 101) -> Config:
     migrations = tmp_path / "tier-migrations"
     migrations.mkdir()
     (migrations / "0001_tier.py").write_text(TIER.format(fail_from=fail_from), encoding="utf-8")
-    return Config(store=StoreConfig(project="memory"),
-                  engine=EngineConfig(batch_size=10, min_batch_size=10, concurrency=2,
-                                      checkpoint_every_docs=10, max_failures="100%"),
-                  limits=LimitsConfig(breaker_failure_rate=1.0),  # the stage gates decide, not the breaker
-                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+    return Config(
+        store=StoreConfig(project="memory"),
+        engine=EngineConfig(
+            batch_size=10, min_batch_size=10, concurrency=2, checkpoint_every_docs=10, max_failures="100%"
+        ),
+        limits=LimitsConfig(breaker_failure_rate=1.0),  # the stage gates decide, not the breaker
+        migrations_dir=migrations,
+        runs_dir=tmp_path / "runs",
+    )
 
 
 def record_of(store: Store, migration_id: str = "0001") -> Any:
@@ -150,8 +158,10 @@ def test_a_resumed_limited_run_killed_before_its_history_was_written_is_partial(
     assert record.counts["read"] == 10
 
 
-def _stop_after_first_checkpoint(controls: Controls, stop_class: type[RunStopped] = RunStopped,
-                                 ) -> RecordingProgress:
+def _stop_after_first_checkpoint(
+    controls: Controls,
+    stop_class: type[RunStopped] = RunStopped,
+) -> RecordingProgress:
     class StopAtFirstCheckpoint(RecordingProgress):
         def event(self, kind: str, **fields: Any) -> None:
             super().event(kind, **fields)
@@ -162,9 +172,12 @@ def _stop_after_first_checkpoint(controls: Controls, stop_class: type[RunStopped
 
 
 def _slow(config: Config) -> Config:
-    return Config(store=config.store, engine=EngineConfig(batch_size=10, min_batch_size=10, concurrency=1,
-                                                          checkpoint_every_docs=10),
-                  migrations_dir=config.migrations_dir, runs_dir=config.runs_dir)
+    return Config(
+        store=config.store,
+        engine=EngineConfig(batch_size=10, min_batch_size=10, concurrency=1, checkpoint_every_docs=10),
+        migrations_dir=config.migrations_dir,
+        runs_dir=config.runs_dir,
+    )
 
 
 def test_a_run_stopped_by_a_signal_is_interrupted_not_failed(config: Config) -> None:
@@ -173,8 +186,13 @@ def test_a_run_stopped_by_a_signal_is_interrupted_not_failed(config: Config) -> 
     before = export(store)
     controls = Controls()
     with pytest.raises(RunStopped) as stopped:
-        run(_slow(config), RunOptions(execute=True), store=store, controls=controls,
-            progress=_stop_after_first_checkpoint(controls))
+        run(
+            _slow(config),
+            RunOptions(execute=True),
+            store=store,
+            controls=controls,
+            progress=_stop_after_first_checkpoint(controls),
+        )
     assert stopped.value.exit_code is ExitCode.INTERRUPTED
     record = record_of(store)
     assert record.status is MigrationStatus.INTERRUPTED
@@ -194,8 +212,13 @@ def test_an_emergency_stop_is_failed(config: Config) -> None:
     seed(store, 400)
     controls = Controls()
     with pytest.raises(EmergencyStop):
-        run(_slow(config), RunOptions(execute=True), store=store, controls=controls,
-            progress=_stop_after_first_checkpoint(controls, EmergencyStop))
+        run(
+            _slow(config),
+            RunOptions(execute=True),
+            store=store,
+            controls=controls,
+            progress=_stop_after_first_checkpoint(controls, EmergencyStop),
+        )
     assert record_of(store).status is MigrationStatus.FAILED
 
 
@@ -204,8 +227,13 @@ def _stopped_with(tmp_path: Path, store: Store, flags: dict[str, Any], **options
     config = _cli_config(tmp_path, flags)
     controls = Controls(rate_limiter(config, store))
     with pytest.raises(RunStopped) as stopped:
-        run(config, RunOptions(execute=True, **options), store=store, controls=controls,
-            progress=_stop_after_first_checkpoint(controls))
+        run(
+            config,
+            RunOptions(execute=True, **options),
+            store=store,
+            controls=controls,
+            progress=_stop_after_first_checkpoint(controls),
+        )
     assert stopped.value.resume_command is not None
     return stopped.value.resume_command.split()[-1]
 
@@ -214,7 +242,9 @@ def _cli_config(tmp_path: Path, flags: dict[str, Any]) -> Config:
     """Resolved as the CLI resolves it: flags over docshift.toml over defaults."""
     (tmp_path / "docshift.toml").write_text(
         'migrations_dir = "migrations"\nruns_dir = "runs"\nproject = "memory"\n'
-        "min_batch_size = 10\ncheckpoint_every_docs = 10\n", encoding="utf-8")
+        "min_batch_size = 10\ncheckpoint_every_docs = 10\n",
+        encoding="utf-8",
+    )
     return load_config(flags, env={}, cwd=tmp_path)
 
 
@@ -222,15 +252,27 @@ def test_a_resume_continues_with_the_run_s_own_settings(config: Config, tmp_path
     store = MemoryStore()
     seed(store, 300)
     before = export(store)
-    flags = {"max_writes_per_second": 5000.0, "batch_size": 10, "concurrency": 1, "shards": 2,
-             "max_failures": "7%", "backup": False}
+    flags = {
+        "max_writes_per_second": 5000.0,
+        "batch_size": 10,
+        "concurrency": 1,
+        "shards": 2,
+        "max_failures": "7%",
+        "backup": False,
+    }
     run_id = _stopped_with(tmp_path, store, flags)
     plain = _cli_config(tmp_path, {})  # the resume is given none of those flags
     resumed = resume_run(plain, RunOptions(execute=True, resume=run_id))
     assert resumed.run_id == run_id and resumed.overrides == {}
     engine, limits = resumed.config.engine, resumed.config.limits
-    assert (limits.max_writes_per_second, engine.batch_size, engine.concurrency, engine.shards,
-            engine.max_failures, engine.backup) == (5000.0, 10, 1, 2, "7%", False)
+    assert (
+        limits.max_writes_per_second,
+        engine.batch_size,
+        engine.concurrency,
+        engine.shards,
+        engine.max_failures,
+        engine.backup,
+    ) == (5000.0, 10, 1, 2, "7%", False)
     assert rate_limiter(resumed.config, store).limit == 5000.0
     assert resumed.config.sources["max_writes_per_second"] == f"run {run_id}"
     progress = RecordingProgress()
@@ -264,8 +306,12 @@ def test_a_flag_given_on_the_resume_overrides_it_and_is_recorded(config: Config,
     assert record.status is MigrationStatus.APPLIED
     assert record.overrides == {"max_writes_per_second": {"was": 5000.0, "now": 8000.0}}
     # A later resume without the flag keeps the overridden value: it is the run's setting now.
-    assert resume_run(_cli_config(tmp_path, {}), RunOptions(execute=True, resume=run_id)
-                      ).config.limits.max_writes_per_second == 8000.0
+    assert (
+        resume_run(
+            _cli_config(tmp_path, {}), RunOptions(execute=True, resume=run_id)
+        ).config.limits.max_writes_per_second
+        == 8000.0
+    )
     assert plain_folder.is_dir()
 
 
@@ -291,8 +337,13 @@ def test_a_rolled_back_run_cannot_be_resumed_even_with_force(config: Config) -> 
     before = export(store)
     controls = Controls()
     with pytest.raises(RunStopped) as stopped:
-        run(_slow(config), RunOptions(execute=True), store=store, controls=controls,
-            progress=_stop_after_first_checkpoint(controls, EmergencyStop))
+        run(
+            _slow(config),
+            RunOptions(execute=True),
+            store=store,
+            controls=controls,
+            progress=_stop_after_first_checkpoint(controls, EmergencyStop),
+        )
     assert stopped.value.resume_command is not None
     run_id = stopped.value.resume_command.split()[-1]
     rollback(config, RollbackOptions(run_id=run_id, strategy="restore", execute=True), store=store)
@@ -336,15 +387,21 @@ def _stop_in_stage(controls: Controls, stage: int) -> RecordingProgress:
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4])
 def test_a_staged_run_stopped_in_a_stage_resumes_its_stages_and_applies_only_at_the_end(
-    tmp_path: Path, stage: int,
+    tmp_path: Path,
+    stage: int,
 ) -> None:
     config = tier_config(tmp_path)
     store = MemoryStore()
     seed(store, 2000)
     controls = Controls()
     with pytest.raises(RunStopped) as stopped:
-        run(config, RunOptions(execute=True, stages=STAGES), store=store, controls=controls,
-            progress=_stop_in_stage(controls, stage))
+        run(
+            config,
+            RunOptions(execute=True, stages=STAGES),
+            store=store,
+            controls=controls,
+            progress=_stop_in_stage(controls, stage),
+        )
     assert stopped.value.resume_command is not None
     run_id = stopped.value.resume_command.split()[-1]
     saved = Checkpoint.load(config.runs_dir / run_id / "0001_tier" / "checkpoint.json")
@@ -398,10 +455,12 @@ def test_a_stage_rollback_cut_short_is_finished_by_the_resume(tmp_path: Path) ->
             if kind == "warning" and "rolling back" in str(fields.get("message")):
                 store.rolling_back = True
 
-    engine = EngineConfig(batch_size=10, min_batch_size=10, concurrency=1, checkpoint_every_docs=10,
-                          max_failures="100%")
-    config = Config(store=config.store, engine=engine, migrations_dir=config.migrations_dir,
-                    runs_dir=config.runs_dir)
+    engine = EngineConfig(
+        batch_size=10, min_batch_size=10, concurrency=1, checkpoint_every_docs=10, max_failures="100%"
+    )
+    config = Config(
+        store=config.store, engine=engine, migrations_dir=config.migrations_dir, runs_dir=config.runs_dir
+    )
     with pytest.raises(_Killed):
         run(config, RunOptions(execute=True, stages=STAGES), store=store, progress=Watch())
     [folder] = config.runs_dir.glob("*/0001_tier")
@@ -462,8 +521,13 @@ def test_a_stage_rollback_stopped_by_a_signal_is_not_rolled_back_until_the_resum
                 controls.request_stop("interrupted by SIGTERM")
 
     with pytest.raises(RunStopped) as stopped:
-        run(config, RunOptions(execute=True, stages=STAGES), store=store, controls=controls,
-            progress=StopTheRollback())
+        run(
+            config,
+            RunOptions(execute=True, stages=STAGES),
+            store=store,
+            controls=controls,
+            progress=StopTheRollback(),
+        )
     assert not isinstance(stopped.value, StageFailed)
     assert stopped.value.exit_code is ExitCode.INTERRUPTED and stopped.value.resume_command is not None
     assert _tier_done(store), "nothing was written before the gate failed"

@@ -19,12 +19,14 @@ def test_writes_change_only_the_view_with_the_stores_semantics() -> None:
     view = SimulatedStore(store)
     [stale] = store.get_many(["users/u2"])
     assert stale is not None
-    results = view.commit([
-        Write.set("users/u2", {"n": 20}, update_time=stale.update_time),
-        Write.delete("users/u3"),
-        Write.create("users/u0", {"n": 0}),
-        Write.create("users/u4", {"n": 40}),  # exists: refused, as by the store
-    ])
+    results = view.commit(
+        [
+            Write.set("users/u2", {"n": 20}, update_time=stale.update_time),
+            Write.delete("users/u3"),
+            Write.create("users/u0", {"n": 0}),
+            Write.create("users/u4", {"n": 40}),  # exists: refused, as by the store
+        ]
+    )
     assert [r.ok for r in results] == [True, True, True, False]
     assert isinstance(results[3].error, ConflictError)
     again = view.commit([Write.set("users/u2", {"n": 21}, update_time=stale.update_time)])
@@ -35,12 +37,25 @@ def test_writes_change_only_the_view_with_the_stores_semantics() -> None:
     assert u2 is not None and u2.data == {"n": 20} and u2.update_time == results[0].update_time
     assert u3 is None and u5 == real["users/u5"]
     streamed = [(d.path, d.data["n"]) for d in view.stream(Query("users"))]
-    assert streamed == [("users/u0", 0), ("users/u1", 1), ("users/u2", 20), ("users/u4", 4),
-                        ("users/u5", 5), ("users/u6", 6), ("users/u7", 7)]
+    assert streamed == [
+        ("users/u0", 0),
+        ("users/u1", 1),
+        ("users/u2", 20),
+        ("users/u4", 4),
+        ("users/u5", 5),
+        ("users/u6", 6),
+        ("users/u7", 7),
+    ]
     assert [d.path for d in view.stream(Query("users", limit=3, start_after="users/u0"))] == [
-        "users/u1", "users/u2", "users/u4"]
+        "users/u1",
+        "users/u2",
+        "users/u4",
+    ]
     assert [d.path for d in view.stream(Query("users", filters=(Filter.parse("n", ">", 5),)))] == [
-        "users/u2", "users/u6", "users/u7"]
+        "users/u2",
+        "users/u6",
+        "users/u7",
+    ]
     assert view.count(Query("users")) == 7 and store.count(Query("users")) == 7
 
 

@@ -65,8 +65,9 @@ def test_a_run_writes_timestamps_at_the_microsecond_says_so_once_and_is_then_don
     first = run_pipeline(store, make_migration(stamp_everyone), tmp_path / "a", progress=progress)
     assert first.counters["updated"] == 200
     stored = export(store)
-    assert all(doc.data["at"] == KEPT and doc.data["history"] == [{"at": Timestamp(5, 0)}]
-               for doc in stored.values())
+    assert all(
+        doc.data["at"] == KEPT and doc.data["history"] == [{"at": Timestamp(5, 0)}] for doc in stored.values()
+    )
     [message] = warnings(progress)
     assert "nanoseconds below a microsecond" in message and "field at" in message
     assert "truncated to the microsecond" in message
@@ -97,8 +98,10 @@ def test_a_naive_datetime_is_stored_as_utc_with_one_warning(tmp_path: Path) -> N
     progress = RecordingProgress()
     result = run_pipeline(store, make_migration(naive), tmp_path / "a", progress=progress)
     assert result.counters["updated"] == 50
-    assert all(doc.data["when"] == Timestamp.from_datetime(noon.replace(tzinfo=UTC))
-               for doc in export(store).values())
+    assert all(
+        doc.data["when"] == Timestamp.from_datetime(noon.replace(tzinfo=UTC))
+        for doc in export(store).values()
+    )
     [message] = warnings(progress)
     assert "datetime without a time zone" in message and "stored as UTC" in message
 

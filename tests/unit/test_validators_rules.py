@@ -42,6 +42,7 @@ def run_session(rule: Rule, docs: Sequence[dict[str, Any]]) -> list[str | None]:
 
 # --- presence -------------------------------------------------------------------------------------
 
+
 def test_required_accepts_null_but_not_a_missing_field_and_reaches_nested_fields() -> None:
     rule = required("first_name", "address.city")
     assert rule.name == "required(first_name, address.city)"
@@ -68,21 +69,25 @@ def test_backticks_quote_field_names_with_dots() -> None:
 
 # --- types and values -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("type_name", "good", "bad"), [
-    ("string", "x", b"x"),
-    ("int", 3, 3.0),
-    ("float", 3.0, 3),
-    ("bool", False, 0),
-    ("timestamp", Timestamp(1, 5), "2024-01-01"),
-    ("timestamp", datetime(2024, 1, 1, tzinfo=UTC), 1_700_000_000),
-    ("map", {"a": 1}, [("a", 1)]),
-    ("array", [1, "a"], {"0": 1}),
-    ("reference", Reference("users/u2"), "users/u2"),
-    ("geopoint", GeoPoint(59.9, 10.7), {"latitude": 59.9, "longitude": 10.7}),
-    ("bytes", b"\x00", "\x00"),
-    ("null", None, 0),
-    ("number", 1.5, "1.5"),
-])
+
+@pytest.mark.parametrize(
+    ("type_name", "good", "bad"),
+    [
+        ("string", "x", b"x"),
+        ("int", 3, 3.0),
+        ("float", 3.0, 3),
+        ("bool", False, 0),
+        ("timestamp", Timestamp(1, 5), "2024-01-01"),
+        ("timestamp", datetime(2024, 1, 1, tzinfo=UTC), 1_700_000_000),
+        ("map", {"a": 1}, [("a", 1)]),
+        ("array", [1, "a"], {"0": 1}),
+        ("reference", Reference("users/u2"), "users/u2"),
+        ("geopoint", GeoPoint(59.9, 10.7), {"latitude": 59.9, "longitude": 10.7}),
+        ("bytes", b"\x00", "\x00"),
+        ("null", None, 0),
+        ("number", 1.5, "1.5"),
+    ],
+)
 def test_of_type_each_firestore_type(type_name: str, good: Any, bad: Any) -> None:
     rule = of_type("value", type_name)
     assert check(rule, {"value": good}) is None
@@ -172,6 +177,7 @@ def test_predicate_gets_a_read_only_view_and_fails_when_it_raises() -> None:
 
 # --- collection rules -----------------------------------------------------------------------------
 
+
 def test_digest_set_stays_exact_across_flushes_and_merges() -> None:
     digests = DigestSet(buffer=16)
     values = random.Random(7).sample(range(1 << 62), 2000)
@@ -185,8 +191,20 @@ def test_digest_set_stays_exact_across_flushes_and_merges() -> None:
 def test_unique_flags_every_repeat_and_is_type_strict() -> None:
     rule = unique("email")
     assert not rule.inline
-    results = run_session(rule, [{"email": "a"}, {"email": "b"}, {"email": "a"}, {}, {"email": None},
-                                 {"email": None}, {"email": 1}, {"email": 1.0}, {"email": "a"}])
+    results = run_session(
+        rule,
+        [
+            {"email": "a"},
+            {"email": "b"},
+            {"email": "a"},
+            {},
+            {"email": None},
+            {"email": None},
+            {"email": 1},
+            {"email": 1.0},
+            {"email": "a"},
+        ],
+    )
     assert [r is None for r in results] == [True, True, False, True, True, True, True, True, False]
     assert results[2] == "email 'a' is not unique (an earlier document has it)"
     assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1})
@@ -210,9 +228,17 @@ def test_references_by_reference_id_or_array_with_batched_cached_lookups() -> No
     store.commit([Write.set(f"companies/c{i}", {"n": i}) for i in range(3)])
     rule = references("company", "companies")
     assert rule.name == "references(company -> companies)"
-    docs = [{"company": "c0"}, {"company": Reference("companies/c1")}, {"company": ["c1", "c2"]},
-            {}, {"company": None}, {"company": "c9"}, {"company": Reference("teams/c1")},
-            {"company": 7}, {"company": "a/b"}]
+    docs = [
+        {"company": "c0"},
+        {"company": Reference("companies/c1")},
+        {"company": ["c1", "c2"]},
+        {},
+        {"company": None},
+        {"company": "c9"},
+        {"company": Reference("teams/c1")},
+        {"company": 7},
+        {"company": "a/b"},
+    ]
     session = rule.session(RuleContext(store=store))
     results = session.check_batch([Document(f"users/u{i}", d) for i, d in enumerate(docs)])
     assert results[:5] == [None] * 5
@@ -227,23 +253,41 @@ def test_references_by_reference_id_or_array_with_batched_cached_lookups() -> No
         references("company", "companies/c1")
 
 
-@pytest.mark.parametrize(("expect", "context", "failure"), [
-    ("equal", RuleContext(phase="after", total=10, before_total=10), None),
-    ("equal", RuleContext(phase="after", total=9, before_total=10),
-     "expected 10 documents (10 before), found 9"),
-    ("minus_deleted", RuleContext(phase="after", total=7, before_total=10, deleted=3), None),
-    ("minus_deleted", RuleContext(phase="after", total=10, before_total=10, deleted=3),
-     "expected 7 documents (10 before - 3 deleted), found 10"),
-    ("plus_created", RuleContext(phase="after", total=15, before_total=10, created=5), None),
-    ("plus_created", RuleContext(phase="after", total=14, before_total=10, created=5),
-     "expected 15 documents (10 before + 5 created), found 14"),
-    ("plus_created", RuleContext(phase="after", total=15, before_total=99, target_before=10, created=5),
-     None),
-    ("equal", RuleContext(phase="after", total=15, before_total=99, target_before=10),
-     "expected 99 documents (99 before), found 15"),  # a copy: equal compares with the source
-    ("equal", RuleContext(phase="after", total=9, before_total=None), None),  # nothing to compare with
-    ("equal", RuleContext(phase="before", total=9, before_total=10), None),
-])
+@pytest.mark.parametrize(
+    ("expect", "context", "failure"),
+    [
+        ("equal", RuleContext(phase="after", total=10, before_total=10), None),
+        (
+            "equal",
+            RuleContext(phase="after", total=9, before_total=10),
+            "expected 10 documents (10 before), found 9",
+        ),
+        ("minus_deleted", RuleContext(phase="after", total=7, before_total=10, deleted=3), None),
+        (
+            "minus_deleted",
+            RuleContext(phase="after", total=10, before_total=10, deleted=3),
+            "expected 7 documents (10 before - 3 deleted), found 10",
+        ),
+        ("plus_created", RuleContext(phase="after", total=15, before_total=10, created=5), None),
+        (
+            "plus_created",
+            RuleContext(phase="after", total=14, before_total=10, created=5),
+            "expected 15 documents (10 before + 5 created), found 14",
+        ),
+        (
+            "plus_created",
+            RuleContext(phase="after", total=15, before_total=99, target_before=10, created=5),
+            None,
+        ),
+        (
+            "equal",
+            RuleContext(phase="after", total=15, before_total=99, target_before=10),
+            "expected 99 documents (99 before), found 15",
+        ),  # a copy: equal compares with the source
+        ("equal", RuleContext(phase="after", total=9, before_total=None), None),  # nothing to compare with
+        ("equal", RuleContext(phase="before", total=9, before_total=10), None),
+    ],
+)
 def test_count_expectations(expect: str, context: RuleContext, failure: str | None) -> None:
     session = count(expect).session(context)
     assert session.check_batch([Document("users/u", {})]) == [None]

@@ -18,7 +18,7 @@ from docshift.store import MemoryStore, Query, Write
 from docshift.validators import HealthStatus, RunValidation
 from tests.gate_message import gate_numbers
 
-MIGRATION = '''
+MIGRATION = """
 from docshift import UNCHANGED
 from docshift.validators import count, in_range, required
 
@@ -31,7 +31,7 @@ def up(doc):
         return UNCHANGED
     first, _, last = data.pop("full_name").partition(" ")
     return {**data, "first_name": first, "last_name": last}
-'''
+"""
 
 
 @pytest.fixture
@@ -39,9 +39,12 @@ def config(tmp_path: Path) -> Config:
     migrations = tmp_path / "migrations"
     migrations.mkdir()
     (migrations / "0001_split.py").write_text(textwrap.dedent(MIGRATION), encoding="utf-8")
-    return Config(store=StoreConfig(project="memory"),
-                  engine=EngineConfig(batch_size=20, min_batch_size=10, concurrency=2),
-                  migrations_dir=migrations, runs_dir=tmp_path / "runs")
+    return Config(
+        store=StoreConfig(project="memory"),
+        engine=EngineConfig(batch_size=20, min_batch_size=10, concurrency=2),
+        migrations_dir=migrations,
+        runs_dir=tmp_path / "runs",
+    )
 
 
 def seed(store: MemoryStore, total: int, bad_per_100: int) -> set[str]:
@@ -55,7 +58,7 @@ def seed(store: MemoryStore, total: int, bad_per_100: int) -> set[str]:
             bad.add(path)
         writes.append(Write.set(path, {"full_name": f"First{i} Last{i}", "age": age}))
     for start in range(0, total, 400):
-        store.commit(writes[start:start + 400])
+        store.commit(writes[start : start + 400])
     return bad
 
 
@@ -65,8 +68,14 @@ def test_three_percent_bad_finishes_with_dead_letters_and_a_warning(config: Conf
     progress = RecordingProgress()
     controls = Controls()
     validation = RunValidation(config, store, progress=progress, controls=controls, execute=True)
-    report = run(config, RunOptions(execute=True), store=store, progress=validation, controls=controls,
-                 checks=validation)
+    report = run(
+        config,
+        RunOptions(execute=True),
+        store=store,
+        progress=validation,
+        controls=controls,
+        checks=validation,
+    )
     outcome = validation.finish(report.folder)
     [result] = [o.result for o in report.outcomes]
     assert result.error is None and result.state == "finished"
@@ -96,8 +105,14 @@ def test_fifteen_percent_bad_stops_at_the_gate_with_the_checkpoint_kept(config: 
     controls = Controls()
     validation = RunValidation(config, store, controls=controls, execute=True)
     with pytest.raises(EmergencyStop, match="integrity gate") as stopped:
-        run(config, RunOptions(execute=True), store=store, progress=validation, controls=controls,
-            checks=validation)
+        run(
+            config,
+            RunOptions(execute=True),
+            store=store,
+            progress=validation,
+            controls=controls,
+            checks=validation,
+        )
     assert validation.gate is not None and "below integrity_critical 90%" in validation.gate
     run_id = (stopped.value.resume_command or "").split()[-1]
     checkpoint = Checkpoint.load(config.runs_dir / run_id / "0001_split" / "checkpoint.json")
@@ -120,8 +135,14 @@ def test_a_gate_stop_counts_the_same_documents_in_its_message_files_and_record(
     controls = Controls()
     validation = RunValidation(config, store, controls=controls, execute=True)
     with pytest.raises(EmergencyStop) as stopped:
-        run(config, RunOptions(execute=True), store=store, progress=validation, controls=controls,
-            checks=validation)
+        run(
+            config,
+            RunOptions(execute=True),
+            store=store,
+            progress=validation,
+            controls=controls,
+            checks=validation,
+        )
     run_id = (stopped.value.resume_command or "").split()[-1]
     folder = config.runs_dir / run_id / "0001_split"
     validation.finish(folder.parent, stopped.value)
@@ -148,8 +169,9 @@ def test_the_gate_needs_a_minimum_sample_and_never_stops_a_dry_run(config: Confi
     seed(few, 40, bad_per_100=50)  # 50% bad, but only 40 documents: below the gate's sample
     controls = Controls()
     validation = RunValidation(config, few, controls=controls, execute=True)
-    run(config, RunOptions(execute=True), store=few, progress=validation, controls=controls,
-        checks=validation)
+    run(
+        config, RunOptions(execute=True), store=few, progress=validation, controls=controls, checks=validation
+    )
     assert validation.gate is None
 
 
@@ -158,8 +180,14 @@ def test_validate_scans_before_and_after_and_compares_counts(config: Config) -> 
     seed(store, 120, bad_per_100=0)
     controls = Controls()
     validation = RunValidation(config, store, controls=controls, execute=True, scans=True)
-    report = run(config, RunOptions(execute=True), store=store, progress=validation, controls=controls,
-                 checks=validation)
+    report = run(
+        config,
+        RunOptions(execute=True),
+        store=store,
+        progress=validation,
+        controls=controls,
+        checks=validation,
+    )
     outcome = validation.finish(report.folder)
     phases = {r.phase: r for r in outcome.reports}
     assert set(phases) == {"before", "inline", "after"}

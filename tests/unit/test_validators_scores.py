@@ -39,6 +39,7 @@ def test_health_score_weights_floor_and_status() -> None:
     assert health_score(0, 0, 0) == 100
     assert health_score(1, 1, 1) == 50
     assert health_score(2, 3, 4) == 0  # floored
+
     def health(*severities: Severity) -> Health:
         return Health.of(Issue(s, "x") for s in severities)
 
@@ -60,30 +61,36 @@ def people(store: MemoryStore, count_: int, bad_every: int = 0, collection: str 
         age = -1 if bad_every and i % bad_every == 0 else 20 + i % 50
         writes.append(Write.set(f"{collection}/u{i:04d}", {"name": f"n{i}", "age": age, "email": f"e{i}"}))
     for start in range(0, len(writes), 400):
-        store.commit(writes[start:start + 400])
+        store.commit(writes[start : start + 400])
 
 
 def migration(*rules: object, copy_to: str | None = None) -> Migration:
-    return Migration("0001", "check", "check", Target("users", copy_to=copy_to), lambda doc: UNCHANGED,
-                     rules=tuple(rules))
+    return Migration(
+        "0001", "check", "check", Target("users", copy_to=copy_to), lambda doc: UNCHANGED, rules=tuple(rules)
+    )
 
 
 def test_a_scan_counts_failing_documents_once_and_keeps_five_examples_per_rule(tmp_path: Path) -> None:
     store = MemoryStore()
     people(store, 200, bad_every=10)  # 20 bad ages
     store.commit([Write.set("users/u0001", {"name": "dup", "age": -5, "email": "e0"})])  # also a dup
-    report = scan(store, migration(required("name"), in_range("age", 0, 150), unique("email")),
-                  batch_size=7)
+    report = scan(store, migration(required("name"), in_range("age", 0, 150), unique("email")), batch_size=7)
     assert (report.total, report.checked, report.failed) == (200, 200, 21)
     assert report.score == pytest.approx(89.5) and report.level is Level.CRITICAL and not report.passed
     by_rule = {rule.name: rule for rule in report.rules}
     assert by_rule["required(name)"].failures == 0
     assert by_rule["in_range(age, 0..150)"].failures == 21
     assert [path for path, _ in by_rule["in_range(age, 0..150)"].examples] == [
-        "users/u0000", "users/u0001", "users/u0010", "users/u0020", "users/u0030"]
+        "users/u0000",
+        "users/u0001",
+        "users/u0010",
+        "users/u0020",
+        "users/u0030",
+    ]
     assert by_rule["unique(email)"].failures == 1
     assert by_rule["unique(email)"].examples == [
-        ("users/u0001", "email 'e0' is not unique (an earlier document has it)")]
+        ("users/u0001", "email 'e0' is not unique (an earlier document has it)")
+    ]
     path = save_report(report, tmp_path / "r" / "report.json")
     saved = load_report(path)
     assert saved["failed"] == 21 and saved["level"] == "critical" and saved["rules"][1]["failures"] == 21
@@ -114,8 +121,12 @@ def test_after_a_copy_the_scan_reads_the_copy_and_compares_counts() -> None:
     before = scan(store, migration(*rules, copy_to="users_v2"), phase="before")
     assert before.total == 30 and before.level is Level.OK
     assert before.rules[1].note == "counted only: compared by the after-scan"
-    after = scan(store, migration(*rules, copy_to="users_v2"), phase="after",
-                 baseline=Baseline(before_total=30, created=None))
+    after = scan(
+        store,
+        migration(*rules, copy_to="users_v2"),
+        phase="after",
+        baseline=Baseline(before_total=30, created=None),
+    )
     assert after.total == 28 and after.failed == 0 and after.score == 100.0
     assert after.rules[1].collection_failures == ["expected 30 documents (30 before), found 28"]
     assert after.rules[2].note is not None and after.rules[2].collection_failures == []

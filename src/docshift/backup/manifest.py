@@ -20,8 +20,15 @@ from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.errors import DataError, UsageError
 from docshift.values import Timestamp
 
-__all__ = ["FORMAT", "MANIFEST_NAME", "VERSION", "BackupFile", "BackupManifest", "read_manifest",
-           "write_manifest"]
+__all__ = [
+    "FORMAT",
+    "MANIFEST_NAME",
+    "VERSION",
+    "BackupFile",
+    "BackupManifest",
+    "read_manifest",
+    "write_manifest",
+]
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "docshift-backup"
@@ -43,8 +50,13 @@ class BackupFile:
     sha256: str
 
     def to_body(self) -> dict[str, Any]:
-        return {"name": self.name, "collection": self.collection, "documents": self.documents,
-                "bytes": self.bytes, "sha256": self.sha256}
+        return {
+            "name": self.name,
+            "collection": self.collection,
+            "documents": self.documents,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
 
 
 @dataclass(frozen=True)
@@ -82,15 +94,24 @@ class BackupManifest:
 
     def to_body(self) -> dict[str, Any]:
         return {
-            "source": {"project": self.project, "database": self.database, "emulator": self.emulator,
-                       "collections": list(self.collections), "group": self.group,
-                       "recursive": self.recursive},
+            "source": {
+                "project": self.project,
+                "database": self.database,
+                "emulator": self.emulator,
+                "collections": list(self.collections),
+                "group": self.group,
+                "recursive": self.recursive,
+            },
             "docshift_version": self.docshift_version,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "files": [entry.to_body() for entry in self.files],
-            "totals": {"documents": self.documents, "files": len(self.files), "bytes": self.bytes,
-                       "by_collection": {name: self.documents_in(name) for name in self.collections}},
+            "totals": {
+                "documents": self.documents,
+                "files": len(self.files),
+                "bytes": self.bytes,
+                "by_collection": {name: self.documents_in(name) for name in self.collections},
+            },
         }
 
 
@@ -141,13 +162,15 @@ def _parse(document: dict[str, Any]) -> BackupManifest:
     files = []
     for raw in _typed(document["files"], list, "files"):
         entry = _typed(raw, dict, "a file entry")
-        files.append(BackupFile(
-            name=_typed(entry["name"], str, "file name"),
-            collection=_typed(entry["collection"], str, "file collection"),
-            documents=_typed(entry["documents"], int, "file documents"),
-            bytes=_typed(entry["bytes"], int, "file bytes"),
-            sha256=_typed(entry["sha256"], str, "file sha256"),
-        ))
+        files.append(
+            BackupFile(
+                name=_typed(entry["name"], str, "file name"),
+                collection=_typed(entry["collection"], str, "file collection"),
+                documents=_typed(entry["documents"], int, "file documents"),
+                bytes=_typed(entry["bytes"], int, "file bytes"),
+                sha256=_typed(entry["sha256"], str, "file sha256"),
+            )
+        )
     collections = _typed(source["collections"], list, "source collections")
     return BackupManifest(
         project=_typed(source["project"], str, "source project"),

@@ -70,7 +70,9 @@ def check_file(folder: Path, entry: BackupFile) -> None:
     if sha.hexdigest() != entry.sha256 or size != entry.bytes:
         raise DataError(
             f"backup file {entry.name} does not match its manifest checksum "
-            f"(sha256 {sha.hexdigest()[:12]}..., expected {entry.sha256[:12]}...)", hint=_HINT)
+            f"(sha256 {sha.hexdigest()[:12]}..., expected {entry.sha256[:12]}...)",
+            hint=_HINT,
+        )
     if damage is None and (not inflater.eof or inflater.unused_data):
         damage = "its gzip stream is truncated or has trailing data"
     if damage is not None:
@@ -78,11 +80,13 @@ def check_file(folder: Path, entry: BackupFile) -> None:
     if lines != entry.documents:
         raise DataError(
             f"backup file {entry.name} holds {lines} documents, its manifest says {entry.documents}",
-            hint=_HINT)
+            hint=_HINT,
+        )
 
 
-def check_files(folder: Path, manifest: BackupManifest,
-                on_file: Callable[[BackupFile], None] | None = None) -> None:
+def check_files(
+    folder: Path, manifest: BackupManifest, on_file: Callable[[BackupFile], None] | None = None
+) -> None:
     """:func:`check_file` for every file, in manifest order."""
     for entry in manifest.files:
         check_file(folder, entry)

@@ -24,8 +24,14 @@ from docshift.errors import DataError, UsageError
 from docshift.store import Document, Query, Store, Write, WriteResult
 from docshift.values import values_equal
 
-__all__ = ["MAX_REQUEST_BYTES", "PathMap", "RestoreReport", "VerifyReport", "verify_documents",
-           "write_documents"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "PathMap",
+    "RestoreReport",
+    "VerifyReport",
+    "verify_documents",
+    "write_documents",
+]
 
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
 """Bytes of JSON lines per commit: Firestore refuses requests over 10 MiB, and a line is never
@@ -54,20 +60,25 @@ class PathMap:
         if into is None or into == {}:
             return cls(manifest.group, {name: name for name in sources})
         if manifest.group:
-            raise UsageError("a collection group backup cannot be restored --into another collection",
-                             hint="restore it where it was, into another project or database")
+            raise UsageError(
+                "a collection group backup cannot be restored --into another collection",
+                hint="restore it where it was, into another project or database",
+            )
         if isinstance(into, str):
             if len(sources) != 1:
                 raise UsageError(
                     f"the backup holds {len(sources)} collections ({', '.join(sources)}); "
                     "--into must say which goes where",
                     hint=f"repeat --into OLD=NEW, e.g. --into {sources[0]}={sources[0]}_restored"
-                    if sources else "this backup holds no collections")
+                    if sources
+                    else "this backup holds no collections",
+                )
             into = {sources[0]: into}
         unknown = sorted(set(into) - set(sources))
         if unknown:
-            raise UsageError(f"the backup holds no collection {unknown[0]!r}",
-                             hint=f"it holds: {', '.join(sources)}")
+            raise UsageError(
+                f"the backup holds no collection {unknown[0]!r}", hint=f"it holds: {', '.join(sources)}"
+            )
         targets = {name: into.get(name, name) for name in sources}
         for target in targets.values():
             Query(target)  # refuses a document path or an empty name, with a hint
@@ -85,7 +96,7 @@ class PathMap:
             return path
         if not path.startswith(source + "/"):
             raise DataError(f"{path} is not below the backed-up collection {source}")
-        return self.targets[source] + path[len(source):]
+        return self.targets[source] + path[len(source) :]
 
 
 @dataclass
@@ -149,8 +160,13 @@ def _batches(pairs: Iterable[Pair], size: int, max_bytes: int) -> Iterator[list[
         yield batch
 
 
-def _pipelined(batches: Iterable[list[Pair]], work: Callable[[list[Pair]], R], concurrency: int,
-               handle: Callable[[list[Pair], R], None], before: Callable[[int], Any]) -> None:
+def _pipelined(
+    batches: Iterable[list[Pair]],
+    work: Callable[[list[Pair]], R],
+    concurrency: int,
+    handle: Callable[[list[Pair], R], None],
+    before: Callable[[int], Any],
+) -> None:
     """Run ``work`` on up to ``concurrency`` batches at once; ``handle`` results in order."""
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="docshift-restore") as pool:
         pending: deque[tuple[list[Pair], Future[R]]] = deque()
@@ -170,9 +186,16 @@ def _pipelined(batches: Iterable[list[Pair]], work: Callable[[list[Pair]], R], c
             raise
 
 
-def write_documents(store: Store, pairs: Iterable[Pair], report: RestoreReport, *, batch_size: int,
-                    concurrency: int, limiter: RateLimiter | None = None,
-                    progress: Progress | None = None) -> None:
+def write_documents(
+    store: Store,
+    pairs: Iterable[Pair],
+    report: RestoreReport,
+    *,
+    batch_size: int,
+    concurrency: int,
+    limiter: RateLimiter | None = None,
+    progress: Progress | None = None,
+) -> None:
     """Set every document at its target path; per-document failures are counted in ``report``."""
     progress = progress or NullProgress()
     started = time.monotonic()
@@ -189,9 +212,15 @@ def write_documents(store: Store, pairs: Iterable[Pair], report: RestoreReport, 
                 if len(report.failures) < SAMPLES and result.error is not None:
                     report.failures.append((result.path, f"{result.error.code}: {result.error.message}"))
         elapsed = time.monotonic() - started
-        progress.event("progress", phase="restore", done=report.written + report.failed,
-                       total=report.documents, written=report.written, failed=report.failed,
-                       docs_per_second=report.written / elapsed if elapsed > 0 else 0.0)
+        progress.event(
+            "progress",
+            phase="restore",
+            done=report.written + report.failed,
+            total=report.documents,
+            written=report.written,
+            failed=report.failed,
+            docs_per_second=report.written / elapsed if elapsed > 0 else 0.0,
+        )
 
     def wait(count: int) -> None:
         if limiter is not None:
@@ -212,8 +241,15 @@ def _difference(expected: dict[str, Any], actual: dict[str, Any]) -> str:
     return "differs"
 
 
-def verify_documents(store: Store, pairs: Iterable[Pair], total: int, *, batch_size: int,
-                     concurrency: int, progress: Progress | None = None) -> VerifyReport:
+def verify_documents(
+    store: Store,
+    pairs: Iterable[Pair],
+    total: int,
+    *,
+    batch_size: int,
+    concurrency: int,
+    progress: Progress | None = None,
+) -> VerifyReport:
     """Read every target path back (in batches) and compare it with the backup, value by value."""
     progress = progress or NullProgress()
     report = VerifyReport()
@@ -231,8 +267,14 @@ def verify_documents(store: Store, pairs: Iterable[Pair], total: int, *, batch_s
             elif not values_equal(record.data, doc.data):
                 report.different += 1
                 report.note(target, _difference(record.data, doc.data))
-        progress.event("progress", phase="verify", done=report.checked, total=total,
-                       missing=report.missing, different=report.different)
+        progress.event(
+            "progress",
+            phase="verify",
+            done=report.checked,
+            total=total,
+            missing=report.missing,
+            different=report.different,
+        )
 
     _pipelined(_batches(pairs, batch_size, MAX_REQUEST_BYTES), read, concurrency, handle, lambda _: None)
     report.seconds = time.monotonic() - started

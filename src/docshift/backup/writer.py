@@ -32,12 +32,17 @@ _FLUSH_BYTES = 256 * 1024  # gzip compresses per write call: hand it large chunk
 def encode_record(doc: Document) -> bytes:
     """One document as one JSON line (with its newline)."""
     try:
-        return orjson.dumps({
-            "path": doc.path,
-            "create_time": codec.encode(doc.create_time),
-            "update_time": codec.encode(doc.update_time),
-            "data": codec.encode(doc.data),
-        }) + b"\n"
+        return (
+            orjson.dumps(
+                {
+                    "path": doc.path,
+                    "create_time": codec.encode(doc.create_time),
+                    "update_time": codec.encode(doc.update_time),
+                    "data": codec.encode(doc.data),
+                }
+            )
+            + b"\n"
+        )
     except (CodecError, orjson.JSONEncodeError) as exc:
         raise CodecError(f"cannot back up {doc.path}: {exc}") from None
 
@@ -68,8 +73,9 @@ class PartWriter:
         self.documents = 0
         self._raw = path.open("xb")  # never overwrite anything
         self._sink = _HashingSink(self._raw)
-        self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._sink,
-                                   compresslevel=_COMPRESSLEVEL, mtime=0)
+        self._gzip = gzip.GzipFile(
+            filename="", mode="wb", fileobj=self._sink, compresslevel=_COMPRESSLEVEL, mtime=0
+        )
         self._buffer: list[bytes] = []
         self._buffered = 0
 
@@ -92,8 +98,9 @@ class PartWriter:
         self._raw.flush()
         os.fsync(self._raw.fileno())
         self._raw.close()
-        return BackupFile(self.path.name, self.collection, self.documents, self._sink.size,
-                          self._sink.sha256.hexdigest())
+        return BackupFile(
+            self.path.name, self.collection, self.documents, self._sink.size, self._sink.sha256.hexdigest()
+        )
 
     def discard(self) -> None:
         """Close without finishing and remove the file (a backup that failed part-way)."""

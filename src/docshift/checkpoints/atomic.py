@@ -27,7 +27,12 @@ from docshift import codec
 from docshift.errors import DataError, RunFileError
 
 __all__ = [
-    "check_in_place", "close_durably", "read_versioned", "run_file", "write_atomic", "write_fully",
+    "check_in_place",
+    "close_durably",
+    "read_versioned",
+    "run_file",
+    "write_atomic",
+    "write_fully",
     "write_versioned",
 ]
 

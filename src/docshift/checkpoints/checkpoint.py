@@ -46,8 +46,12 @@ class ShardCursor:
     done: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"start_after": self.start_after, "end_at": self.end_at, "cursor": self.cursor,
-                "done": self.done}
+        return {
+            "start_after": self.start_after,
+            "end_at": self.end_at,
+            "cursor": self.cursor,
+            "done": self.done,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardCursor:
@@ -95,19 +99,24 @@ class Checkpoint:
 
     def save(self, path: Path) -> None:
         self.saved_at = Timestamp.now()
-        write_versioned(path, _KIND, CHECKPOINT_VERSION, {
-            "run_id": self.run_id,
-            "migration_id": self.migration_id,
-            "checksum": self.checksum,
-            "state": self.state,
-            "shards": [shard.to_json() for shard in self.shards],
-            "counters": self.counters,
-            "started_at": self.started_at,
-            "saved_at": self.saved_at,
-            "elapsed_seconds": self.elapsed_seconds,
-            "settings": self.settings,
-            "extra": self.extra,
-        })
+        write_versioned(
+            path,
+            _KIND,
+            CHECKPOINT_VERSION,
+            {
+                "run_id": self.run_id,
+                "migration_id": self.migration_id,
+                "checksum": self.checksum,
+                "state": self.state,
+                "shards": [shard.to_json() for shard in self.shards],
+                "counters": self.counters,
+                "started_at": self.started_at,
+                "saved_at": self.saved_at,
+                "elapsed_seconds": self.elapsed_seconds,
+                "settings": self.settings,
+                "extra": self.extra,
+            },
+        )
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:

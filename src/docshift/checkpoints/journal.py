@@ -114,7 +114,7 @@ def _members(raw: bytes) -> Iterator[tuple[int, bytes]]:
         position = offset
         try:
             while not decompressor.eof and position < len(raw):
-                piece = view[position:position + _FEED]
+                piece = view[position : position + _FEED]
                 parts.append(decompressor.decompress(piece))
                 position += len(piece)
         except zlib.error:
@@ -181,8 +181,13 @@ class JournalWriter:
             self._unconfirmed.discard(path)
             return True
 
-    def append(self, entries: Sequence[JournalEntry], *, durable: bool = False,
-               spans: list[tuple[int, int]] | None = None) -> None:
+    def append(
+        self,
+        entries: Sequence[JournalEntry],
+        *,
+        durable: bool = False,
+        spans: list[tuple[int, int]] | None = None,
+    ) -> None:
         """Append one member; with ``durable``, return only once it is on disk (fsync). Its byte
         span (start, end) is added to ``spans`` at once: whoever reads :meth:`size` after this
         append finds it there."""

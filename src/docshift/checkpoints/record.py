@@ -91,8 +91,10 @@ def migration_counters(checkpoint: Checkpoint) -> tuple[dict[str, int], float]:
     else:
         totals = {name: earlier.get(name, 0) + counters.get(name, 0) for name in _HANDLED}
         seconds = None if earlier_seconds is None else earlier_seconds + checkpoint.elapsed_seconds
-    totals = {name: totals.get(name, 0) for name in _HANDLED} | {"read": counters.get("read", 0),
-                                                                 "skipped": 0}
+    totals = {name: totals.get(name, 0) for name in _HANDLED} | {
+        "read": counters.get("read", 0),
+        "skipped": 0,
+    }
     return totals, float(seconds if isinstance(seconds, int | float) else checkpoint.elapsed_seconds)
 
 
@@ -126,9 +128,15 @@ class MigrationRecord:
         return display_counts(self.counters)
 
     def to_json(self) -> dict[str, Any]:
-        return {"migration": self.label, "state": self.state, "counters": self.counters,
-                "counts": self.counts, "elapsed_seconds": round(self.elapsed_seconds, 3),
-                "dead_letters": self.dead_letters, "rollback": self.rollback}
+        return {
+            "migration": self.label,
+            "state": self.state,
+            "counters": self.counters,
+            "counts": self.counts,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "dead_letters": self.dead_letters,
+            "rollback": self.rollback,
+        }
 
 
 def read_migration(folder: Path) -> MigrationRecord:
@@ -141,9 +149,16 @@ def read_migration(folder: Path) -> MigrationRecord:
     counters, seconds = migration_counters(checkpoint)
     rolled_back = bool(checkpoint.extra.get("rolled_back"))
     rollback = checkpoint.extra.get("rollback") if rolled_back else None
-    return MigrationRecord(folder.name, ROLLED_BACK if rolled_back else checkpoint.state, counters, seconds,
-                           letters, folder, checkpoint,
-                           {k: int(v) for k, v in rollback.items()} if isinstance(rollback, dict) else None)
+    return MigrationRecord(
+        folder.name,
+        ROLLED_BACK if rolled_back else checkpoint.state,
+        counters,
+        seconds,
+        letters,
+        folder,
+        checkpoint,
+        {k: int(v) for k, v in rollback.items()} if isinstance(rollback, dict) else None,
+    )
 
 
 def read_migrations(run_folder: Path, order: list[str]) -> list[MigrationRecord]:
@@ -209,9 +224,16 @@ def read_run(folder: Path) -> RunRecord:
     info = read_info(folder)
     order = [str(m) for m in info.get("migrations", [])]
     outcome = info.get("outcome") if isinstance(info.get("outcome"), dict) else None
-    return RunRecord(str(info.get("run_id", folder.name)), str(info.get("kind", "run")),
-                     bool(info.get("execute")), live_state(folder, str(info.get("state", "unknown"))), info,
-                     read_migrations(folder, order), outcome, folder)
+    return RunRecord(
+        str(info.get("run_id", folder.name)),
+        str(info.get("kind", "run")),
+        bool(info.get("execute")),
+        live_state(folder, str(info.get("state", "unknown"))),
+        info,
+        read_migrations(folder, order),
+        outcome,
+        folder,
+    )
 
 
 def force_command(info: Mapping[str, Any]) -> str | None:

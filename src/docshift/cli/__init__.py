@@ -38,8 +38,12 @@ __all__ = ["cli", "main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="docshift", prog_name="docshift")
-@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Config file (default: nearest docshift.toml or pyproject.toml [tool.docshift]).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Config file (default: nearest docshift.toml or pyproject.toml [tool.docshift]).",
+)
 @click.option("--project", envvar=None, help="Google Cloud project id.")
 @click.option("--database", help="Firestore database id (default: (default)).")
 @click.option("--emulator-host", help="host:port of a Firestore emulator.")
@@ -63,14 +67,27 @@ def cli(
     15 emulator missing.
     """
     flags = {"project": project, "database": database, "emulator_host": emulator_host}
-    ctx.obj = AppContext(flags=flags, config_file=config_file, debug=debug,
-                         runs_dir_use=_RUNS_DIR_USE.get(ctx.invoked_subcommand or ""))
+    ctx.obj = AppContext(
+        flags=flags,
+        config_file=config_file,
+        debug=debug,
+        runs_dir_use=_RUNS_DIR_USE.get(ctx.invoked_subcommand or ""),
+    )
 
 
 _RUNS_DIR_USE = {
-    "run": "write", "rollback": "write", "validate": "write", "verify": "write", "report": "write",
-    "runs": "read", "show": "read", "monitor": "read", "pause": "read", "resume": "read",
-    "throttle": "read", "stop": "read",
+    "run": "write",
+    "rollback": "write",
+    "validate": "write",
+    "verify": "write",
+    "report": "write",
+    "runs": "read",
+    "show": "read",
+    "monitor": "read",
+    "pause": "read",
+    "resume": "read",
+    "throttle": "read",
+    "stop": "read",
 }
 """How each command uses runs_dir; checked before it reads or writes anything (exit 2 with a hint)."""
 

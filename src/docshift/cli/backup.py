@@ -90,32 +90,59 @@ class _Progress:
         self._last = time.monotonic()
         done = fields.get("done", 0)
         if phase == "backup":
-            _note(f"backup: {done:,} documents ({fields['collection']}), "
-                              f"{fields['files']} file(s) done, {fields['docs_per_second']:,.0f} docs/s")
+            _note(
+                f"backup: {done:,} documents ({fields['collection']}), "
+                f"{fields['files']} file(s) done, {fields['docs_per_second']:,.0f} docs/s"
+            )
         elif phase == "check":
             _note(f"check: {fields['file']} intact ({fields['documents']:,} documents)")
         elif phase == "restore":
-            _note(f"restore: {done:,}/{fields['total']:,} ({fields['failed']:,} failed), "
-                              f"{fields['docs_per_second']:,.0f} docs/s")
+            _note(
+                f"restore: {done:,}/{fields['total']:,} ({fields['failed']:,} failed), "
+                f"{fields['docs_per_second']:,.0f} docs/s"
+            )
         elif phase == "verify":
-            _note(f"verify: {done:,}/{fields['total']:,} checked, {fields['missing']:,} "
-                              f"missing, {fields['different']:,} different")
+            _note(
+                f"verify: {done:,}/{fields['total']:,} checked, {fields['missing']:,} "
+                f"missing, {fields['different']:,} different"
+            )
 
 
 @click.command("backup")
 @click.argument("collections", nargs=-1)
-@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="New (or empty) folder for the backup; never overwritten.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="New (or empty) folder for the backup; never overwritten.",
+)
 @click.option("--recursive", is_flag=True, help="Also back up every subcollection, at any depth.")
 @click.option("--group", is_flag=True, help="COLLECTIONS are collection group ids (every depth).")
-@click.option("--all", "all_collections", is_flag=True,
-              help="Every root collection (except docshift's own), recursively.")
-@click.option("--docs-per-file", type=click.IntRange(min=1), default=DEFAULT_DOCS_PER_FILE,
-              show_default=True, help="Start a new data file after this many documents.")
+@click.option(
+    "--all",
+    "all_collections",
+    is_flag=True,
+    help="Every root collection (except docshift's own), recursively.",
+)
+@click.option(
+    "--docs-per-file",
+    type=click.IntRange(min=1),
+    default=DEFAULT_DOCS_PER_FILE,
+    show_default=True,
+    help="Start a new data file after this many documents.",
+)
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @pass_app
-def backup_command(app: AppContext, collections: tuple[str, ...], out: Path, recursive: bool, group: bool,
-                   all_collections: bool, docs_per_file: int, quiet: bool) -> None:
+def backup_command(
+    app: AppContext,
+    collections: tuple[str, ...],
+    out: Path,
+    recursive: bool,
+    group: bool,
+    all_collections: bool,
+    docs_per_file: int,
+    quiet: bool,
+) -> None:
     """Back up COLLECTIONS (paths such as users or users/alice/orders) into files in --out.
 
     Documents stream into gzip JSON-lines files (exact values: timestamps with nanoseconds, bytes,
@@ -128,15 +155,27 @@ def backup_command(app: AppContext, collections: tuple[str, ...], out: Path, rec
         where = f"project {config.store.project}, database {config.store.database}"
         _note(f"source: {where}")
     with _sigterm_interrupts():
-        manifest = backup(config, list(collections), out, recursive=recursive, group=group,
-                          all_collections=all_collections, docs_per_file=docs_per_file,
-                          progress=_Progress(quiet))
-    seconds = (manifest.finished_at.seconds - manifest.started_at.seconds
-               + (manifest.finished_at.nanos - manifest.started_at.nanos) / 1e9)
+        manifest = backup(
+            config,
+            list(collections),
+            out,
+            recursive=recursive,
+            group=group,
+            all_collections=all_collections,
+            docs_per_file=docs_per_file,
+            progress=_Progress(quiet),
+        )
+    seconds = (
+        manifest.finished_at.seconds
+        - manifest.started_at.seconds
+        + (manifest.finished_at.nanos - manifest.started_at.nanos) / 1e9
+    )
     rate = manifest.documents / seconds if seconds > 0 else 0.0
-    _say(f"backed up {manifest.documents:,} documents from {manifest.describe_source()} into "
-                  f"{len(manifest.files)} file(s), {_size(manifest.bytes)}, in {seconds:.1f}s "
-                  f"({rate:,.0f} docs/s): {out}")
+    _say(
+        f"backed up {manifest.documents:,} documents from {manifest.describe_source()} into "
+        f"{len(manifest.files)} file(s), {_size(manifest.bytes)}, in {seconds:.1f}s "
+        f"({rate:,.0f} docs/s): {out}"
+    )
 
 
 def _parse_into(values: tuple[str, ...]) -> str | Mapping[str, str] | None:
@@ -146,14 +185,18 @@ def _parse_into(values: tuple[str, ...]) -> str | Mapping[str, str] | None:
         return values[0]
     pairs = [value.partition("=") for value in values]
     if any(not old or not sep or not new for old, sep, new in pairs):
-        raise UsageError("with several --into values each must be OLD=NEW",
-                         hint="e.g. --into users=users_restored --into orders=orders_restored")
+        raise UsageError(
+            "with several --into values each must be OLD=NEW",
+            hint="e.g. --into users=users_restored --into orders=orders_restored",
+        )
     return {old: new for old, _, new in pairs}
 
 
 def _print_verification(verification: VerifyReport) -> None:
-    _say(f"verified {verification.checked:,} documents: {verification.missing:,} missing, "
-                  f"{verification.different:,} different ({verification.seconds:.1f}s)")
+    _say(
+        f"verified {verification.checked:,} documents: {verification.missing:,} missing, "
+        f"{verification.different:,} different ({verification.seconds:.1f}s)"
+    )
     for path, problem in verification.samples:
         _say(f"  {problem}: {path}")
     if not verification.ok:
@@ -167,23 +210,35 @@ def _print_verification(verification: VerifyReport) -> None:
 
 
 def _print_restore(report: RestoreReport) -> None:
-    _say(f"restored {report.written:,} of {report.documents:,} documents into {report.target} "
-                  f"in {report.seconds:.1f}s ({report.docs_per_second:,.0f} docs/s); "
-                  f"{report.failed:,} failed")
+    _say(
+        f"restored {report.written:,} of {report.documents:,} documents into {report.target} "
+        f"in {report.seconds:.1f}s ({report.docs_per_second:,.0f} docs/s); "
+        f"{report.failed:,} failed"
+    )
     for path, error in report.failures:
         _say(f"  failed {path}: {error}")
     if report.failed:
         path, error = report.failures[0]
-        raise StoreError(f"{report.failed:,} documents could not be restored (first: {path}: {error})",
-                         hint="fix the cause and run the same restore again; it is safe to repeat")
+        raise StoreError(
+            f"{report.failed:,} documents could not be restored (first: {path}: {error})",
+            hint="fix the cause and run the same restore again; it is safe to repeat",
+        )
 
 
 @click.command("restore")
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--into", multiple=True, metavar="[OLD=]NEW",
-              help="Restore the backed-up collection into NEW instead (repeat OLD=NEW for several).")
-@click.option("--verify", "verify_after", is_flag=True,
-              help="Read every restored document back and compare it with the backup.")
+@click.option(
+    "--into",
+    multiple=True,
+    metavar="[OLD=]NEW",
+    help="Restore the backed-up collection into NEW instead (repeat OLD=NEW for several).",
+)
+@click.option(
+    "--verify",
+    "verify_after",
+    is_flag=True,
+    help="Read every restored document back and compare it with the backup.",
+)
 @click.option("--verify-only", is_flag=True, help="Only compare the store with the backup; write nothing.")
 @click.option("--batch-size", type=int, help="Documents per commit (at most 500).")
 @click.option("--concurrency", type=int, help="Commits in flight.")
@@ -191,17 +246,27 @@ def _print_restore(report: RestoreReport) -> None:
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
 @pass_app
-def restore_command(app: AppContext, folder: Path, into: tuple[str, ...], verify_after: bool,
-                    verify_only: bool, batch_size: int | None, concurrency: int | None,
-                    max_writes_per_second: float | None, quiet: bool, yes: bool) -> None:
+def restore_command(
+    app: AppContext,
+    folder: Path,
+    into: tuple[str, ...],
+    verify_after: bool,
+    verify_only: bool,
+    batch_size: int | None,
+    concurrency: int | None,
+    max_writes_per_second: float | None,
+    quiet: bool,
+    yes: bool,
+) -> None:
     """Restore the backup in FOLDER into --project / --database (default: the configured ones).
 
     Every file is checked against the manifest (sha256, count) before anything is written; a
     changed or damaged backup is refused (exit 3). Documents are set whole: existing documents at
     the same paths are overwritten, others are left alone, and running it again is safe.
     """
-    config = app.config(batch_size=batch_size, concurrency=concurrency,
-                        max_writes_per_second=max_writes_per_second)
+    config = app.config(
+        batch_size=batch_size, concurrency=concurrency, max_writes_per_second=max_writes_per_second
+    )
     targets = _parse_into(into)
     manifest = read_manifest(folder)
     path_map = PathMap.build(manifest, targets)
@@ -213,8 +278,7 @@ def restore_command(app: AppContext, folder: Path, into: tuple[str, ...], verify
         return
     where = ", ".join(sorted(set(path_map.targets.values()))) or "(nothing)"
     count = f"{manifest.documents:,} document{'' if manifest.documents == 1 else 's'}"
-    confirm_destructive(config, f"restore {count} into {where}, overwriting documents at the same paths",
-                        yes)
+    confirm_destructive(config, f"restore {count} into {where}, overwriting documents at the same paths", yes)
     with _sigterm_interrupts():
         report = restore(config, folder, into=targets, verify=verify_after, progress=progress)
     _print_restore(report)

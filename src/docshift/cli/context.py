@@ -49,15 +49,17 @@ def check_runs_dir(config: Config, *, write: bool) -> None:
         existing = existing.parent
     if not existing.is_dir():
         blocked = "is a file" if existing == runs_dir else f"is inside {existing}, which is a file"
-        raise UsageError(f"{named} is not a folder: it {blocked}",
-                         hint=f"move {existing} away, or {choose}")
+        raise UsageError(f"{named} is not a folder: it {blocked}", hint=f"move {existing} away, or {choose}")
     if existing == runs_dir and not os.access(runs_dir, os.R_OK | os.X_OK):
-        raise UsageError(f"{named} cannot be read (permissions)",
-                         hint=f"give this user read access to it, or {choose}")
+        raise UsageError(
+            f"{named} cannot be read (permissions)", hint=f"give this user read access to it, or {choose}"
+        )
     if write and not os.access(existing, os.W_OK | os.X_OK):
         where = "is read-only" if existing == runs_dir else f"cannot be created: {existing} is read-only"
-        raise UsageError(f"{named} {where}; docshift keeps each run's checkpoint, before-images and "
-                         "report there", hint=f"make it writable (permissions, mount), or {choose}")
+        raise UsageError(
+            f"{named} {where}; docshift keeps each run's checkpoint, before-images and report there",
+            hint=f"make it writable (permissions, mount), or {choose}",
+        )
 
 
 pass_app = click.make_pass_decorator(AppContext)

@@ -21,9 +21,17 @@ from docshift.reports.status import RunStatus
 __all__ = ["LiveProgress", "plain_status_line", "render_status"]
 
 _HEALTH_STYLE = {"HEALTHY": "green", "DEGRADED": "yellow", "CRITICAL": "red"}
-_STATE_STYLE = {"running": "cyan", "paused": "yellow", "stopping": "yellow", "finished": "green",
-                "stopped": "yellow", "failed": "red", "interrupted": "yellow", "conflicts": "yellow",
-                "rolled_back": "red"}
+_STATE_STYLE = {
+    "running": "cyan",
+    "paused": "yellow",
+    "stopping": "yellow",
+    "finished": "green",
+    "stopped": "yellow",
+    "failed": "red",
+    "interrupted": "yellow",
+    "conflicts": "yellow",
+    "rolled_back": "red",
+}
 
 
 def _ms(value: Any) -> str:
@@ -34,8 +42,11 @@ def _eta(seconds: Any) -> str:
     if not isinstance(seconds, int | float):
         return "ETA ?"
     whole = int(seconds)
-    return f"ETA {whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}" if whole >= 3600 else (
-        f"ETA {whole // 60}:{whole % 60:02d}")
+    return (
+        f"ETA {whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+        if whole >= 3600
+        else (f"ETA {whole // 60}:{whole % 60:02d}")
+    )
 
 
 def _limit(value: Any) -> str:
@@ -58,22 +69,34 @@ def _migration(entry: dict[str, Any]) -> RenderableType:
     grid.add_column(justify="right", no_wrap=True)
     grid.add_column(no_wrap=True)
     state = str(entry.get("state", ""))
-    bar = ProgressBar(total=float(total) if isinstance(total, int) and total > 0 else None,
-                      completed=float(min(done, total)) if isinstance(total, int) else 0.0, width=32,
-                      pulse=not isinstance(total, int) and state == "running")
+    bar = ProgressBar(
+        total=float(total) if isinstance(total, int) and total > 0 else None,
+        completed=float(min(done, total)) if isinstance(total, int) else 0.0,
+        width=32,
+        pulse=not isinstance(total, int) and state == "running",
+    )
     if state == "finished":
         bar = ProgressBar(total=1.0, completed=1.0, width=32)
     percent = f"{fraction * 100:5.1f}%" if isinstance(fraction, float) else "    ?"
     count = f"{done:,}/{total:,}" if isinstance(total, int) else f"{done:,}/?"
     eta = "" if state != "running" else _eta(entry.get("eta_seconds"))
-    grid.add_row(Text(str(entry.get("migration")), style="bold"), bar, percent, count,
-                 Text(f"{eta} {state}".strip(), style=_STATE_STYLE.get(state, "")))
-    rates = (f"  {entry.get('docs_per_second_now') or 0:,.0f} docs/s now, "
-             f"{entry.get('docs_per_second_avg') or 0:,.0f} avg · commit p50 {_ms(entry.get('commit_p50'))} "
-             f"p95 {_ms(entry.get('commit_p95'))} p99 {_ms(entry.get('commit_p99'))}")
-    counts = "  " + " · ".join(f"{name} {int(entry.get(name) or 0):,}" for name in (
-        "updated", "unchanged", "deleted", "created", "failed", "conflicts") if name != "created"
-        or entry.get("created"))
+    grid.add_row(
+        Text(str(entry.get("migration")), style="bold"),
+        bar,
+        percent,
+        count,
+        Text(f"{eta} {state}".strip(), style=_STATE_STYLE.get(state, "")),
+    )
+    rates = (
+        f"  {entry.get('docs_per_second_now') or 0:,.0f} docs/s now, "
+        f"{entry.get('docs_per_second_avg') or 0:,.0f} avg · commit p50 {_ms(entry.get('commit_p50'))} "
+        f"p95 {_ms(entry.get('commit_p95'))} p99 {_ms(entry.get('commit_p99'))}"
+    )
+    counts = "  " + " · ".join(
+        f"{name} {int(entry.get(name) or 0):,}"
+        for name in ("updated", "unchanged", "deleted", "created", "failed", "conflicts")
+        if name != "created" or entry.get("created")
+    )
     return Group(grid, Text(rates, style="dim"), Text(counts))
 
 
@@ -84,10 +107,12 @@ def render_status(snapshot: dict[str, Any], *, source: str | None = None) -> Ren
         parts.append(Text("waiting for the first migration to start…", style="dim"))
     state = str(snapshot.get("state", "?"))
     footer = Text.assemble(
-        (f"run {snapshot.get('run_id')} ", "bold"), (state, _STATE_STYLE.get(state, "")),
+        (f"run {snapshot.get('run_id')} ", "bold"),
+        (state, _STATE_STYLE.get(state, "")),
         f" · write limit {_limit(snapshot.get('write_limit'))}",
         f" · memory {snapshot.get('memory_mb') or 0:.0f} MiB",
-        f" · retries {snapshot.get('retries') or 0:,} · ", _health(snapshot),
+        f" · retries {snapshot.get('retries') or 0:,} · ",
+        _health(snapshot),
     )
     if source:
         footer.append(f" · via {source}", style="dim")
@@ -103,17 +128,22 @@ def plain_status_line(snapshot: dict[str, Any]) -> str:
     migrations = snapshot.get("migrations") or [{}]
     current = next((m for m in migrations if m.get("migration") == snapshot.get("current")), migrations[-1])
     total = current.get("total")
-    count = f"{int(current.get('done') or 0):,}/{total:,}" if isinstance(total, int) else (
-        f"{int(current.get('done') or 0):,}")
-    return (f"run {snapshot.get('run_id')} {snapshot.get('state')}: {current.get('migration', '-')} {count} "
-            f"({int(current.get('updated') or 0):,} updated, "
-            f"{int(current.get('unchanged') or 0):,} unchanged, "
-            f"{int(current.get('deleted') or 0):,} deleted, {int(current.get('failed') or 0):,} failed, "
-            f"{int(current.get('conflicts') or 0):,} conflicts) "
-            f"{current.get('docs_per_second_now') or 0:,.0f} docs/s now, "
-            f"{current.get('docs_per_second_avg') or 0:,.0f} avg; p95 {_ms(current.get('commit_p95'))}; "
-            f"{_eta(current.get('eta_seconds'))}; limit {_limit(snapshot.get('write_limit'))}; "
-            f"health {health.get('score', '?')}/100 {health.get('status', '?')}")
+    count = (
+        f"{int(current.get('done') or 0):,}/{total:,}"
+        if isinstance(total, int)
+        else (f"{int(current.get('done') or 0):,}")
+    )
+    return (
+        f"run {snapshot.get('run_id')} {snapshot.get('state')}: {current.get('migration', '-')} {count} "
+        f"({int(current.get('updated') or 0):,} updated, "
+        f"{int(current.get('unchanged') or 0):,} unchanged, "
+        f"{int(current.get('deleted') or 0):,} deleted, {int(current.get('failed') or 0):,} failed, "
+        f"{int(current.get('conflicts') or 0):,} conflicts) "
+        f"{current.get('docs_per_second_now') or 0:,.0f} docs/s now, "
+        f"{current.get('docs_per_second_avg') or 0:,.0f} avg; p95 {_ms(current.get('commit_p95'))}; "
+        f"{_eta(current.get('eta_seconds'))}; limit {_limit(snapshot.get('write_limit'))}; "
+        f"health {health.get('score', '?')}/100 {health.get('status', '?')}"
+    )
 
 
 class LiveProgress:
@@ -123,8 +153,14 @@ class LiveProgress:
     above the view so they stay on screen after it ends.
     """
 
-    def __init__(self, console: Console, controls: Controls | None = None, *, quiet: bool = False,
-                 notes: Callable[[dict[str, Any]], str] | None = None) -> None:
+    def __init__(
+        self,
+        console: Console,
+        controls: Controls | None = None,
+        *,
+        quiet: bool = False,
+        notes: Callable[[dict[str, Any]], str] | None = None,
+    ) -> None:
         self.console = console
         self.status = RunStatus("", controls=controls)
         self.quiet = quiet
@@ -143,8 +179,14 @@ class LiveProgress:
         elif kind == "stop" and not self.quiet:
             self.console.print(f"[red]{fields.get('migration')}: stopped[/]: {fields.get('reason')}")
         if kind == "start" and self._live is None and not self.quiet:
-            self._live = Live(console=self.console, refresh_per_second=2, transient=False,
-                              get_renderable=self._render, redirect_stdout=False, redirect_stderr=False)
+            self._live = Live(
+                console=self.console,
+                refresh_per_second=2,
+                transient=False,
+                get_renderable=self._render,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
             self._live.start()
 
     def set_run_id(self, run_id: str | None) -> None:

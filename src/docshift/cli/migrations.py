@@ -23,9 +23,14 @@ from docshift.values import Timestamp
 __all__ = ["init_command", "new_command", "status_command", "unlock_command"]
 
 _STYLES = {
-    StateKind.APPLIED: "green", StateKind.PENDING: "yellow", StateKind.RUNNING: "cyan",
-    StateKind.FAILED: "red", StateKind.PARTIAL: "yellow", StateKind.INTERRUPTED: "cyan",
-    StateKind.ROLLED_BACK: "magenta", StateKind.DRIFTED: "bold red",
+    StateKind.APPLIED: "green",
+    StateKind.PENDING: "yellow",
+    StateKind.RUNNING: "cyan",
+    StateKind.FAILED: "red",
+    StateKind.PARTIAL: "yellow",
+    StateKind.INTERRUPTED: "cyan",
+    StateKind.ROLLED_BACK: "magenta",
+    StateKind.DRIFTED: "bold red",
     StateKind.MISSING_FILE: "bold red",
 }
 
@@ -114,7 +119,10 @@ def _print_report(report: StatusReport) -> None:
             table.add_row(
                 state.migration_id,
                 state.migration.description if state.migration else (record.description if record else ""),
-                f"[{_STYLES[state.kind]}]{label}[/]", when, record.user if record else "", _counts(state),
+                f"[{_STYLES[state.kind]}]{label}[/]",
+                when,
+                record.user if record else "",
+                _counts(state),
             )
         console.print(table)
     lease = report.lease
@@ -128,8 +136,10 @@ def _print_report(report: StatusReport) -> None:
 def _next_steps(report: StatusReport) -> list[str]:
     drifted = [s.file for s in report.states if s.drift]
     if drifted:
-        return [f"drift: {', '.join(drifted)} changed after being applied; runs refuse until restored "
-                "(or --allow-drift)"]
+        return [
+            f"drift: {', '.join(drifted)} changed after being applied; runs refuse until restored "
+            "(or --allow-drift)"
+        ]
     runnable = [s for s in report.states if s.runnable]
     if runnable:
         return [f"{len(runnable)} to run: preview with `docshift run`, apply with `docshift run --execute`"]
@@ -138,8 +148,13 @@ def _next_steps(report: StatusReport) -> list[str]:
 
 @click.command("unlock")
 @click.option("--force", is_flag=True, help="Required: removing a lease can let two runs overlap.")
-@click.option("--yes", "-y", is_flag=True, envvar="DOCSHIFT_ASSUME_YES",
-              help="Do not ask for confirmation (also DOCSHIFT_ASSUME_YES=1).")
+@click.option(
+    "--yes",
+    "-y",
+    is_flag=True,
+    envvar="DOCSHIFT_ASSUME_YES",
+    help="Do not ask for confirmation (also DOCSHIFT_ASSUME_YES=1).",
+)
 @pass_app
 def unlock_command(app: AppContext, force: bool, yes: bool) -> None:
     """Remove the run lease left by a run that died, after showing whose it is.

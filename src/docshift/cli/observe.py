@@ -35,17 +35,31 @@ class StatusFlags:
 def status_options(func: F) -> F:
     """Adds --status-port/--status-host/--status-token; the command receives ``status: StatusFlags``."""
 
-    @click.option("--status-port", type=click.IntRange(0, 65535), metavar="PORT",
-                  help="Serve GET /status, GET /health and POST /pause|/resume|/throttle|/stop on this "
-                       "port while running (0: any free port; see status.json in the run folder).")
-    @click.option("--status-host", default="127.0.0.1", show_default=True, metavar="HOST",
-                  help="Address to bind the status endpoint to; anything but loopback needs a token.")
-    @click.option("--status-token", envvar="DOCSHIFT_STATUS_TOKEN", metavar="TOKEN",
-                  help="Require 'Authorization: Bearer TOKEN' on every request (default: "
-                       "$DOCSHIFT_STATUS_TOKEN). Never printed or written to the run folder.")
+    @click.option(
+        "--status-port",
+        type=click.IntRange(0, 65535),
+        metavar="PORT",
+        help="Serve GET /status, GET /health and POST /pause|/resume|/throttle|/stop on this "
+        "port while running (0: any free port; see status.json in the run folder).",
+    )
+    @click.option(
+        "--status-host",
+        default="127.0.0.1",
+        show_default=True,
+        metavar="HOST",
+        help="Address to bind the status endpoint to; anything but loopback needs a token.",
+    )
+    @click.option(
+        "--status-token",
+        envvar="DOCSHIFT_STATUS_TOKEN",
+        metavar="TOKEN",
+        help="Require 'Authorization: Bearer TOKEN' on every request (default: "
+        "$DOCSHIFT_STATUS_TOKEN). Never printed or written to the run folder.",
+    )
     @functools.wraps(func)
-    def wrapper(*args: Any, status_port: int | None, status_host: str, status_token: str | None,
-                **kwargs: Any) -> Any:
+    def wrapper(
+        *args: Any, status_port: int | None, status_host: str, status_token: str | None, **kwargs: Any
+    ) -> Any:
         return func(*args, status=StatusFlags(status_port, status_host, status_token), **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -80,16 +94,34 @@ def display_progress(as_json: bool, quiet: bool, controls: Controls) -> Progress
 
 
 @contextmanager
-def observe_run(config: Config, store: Store, controls: Controls, display: Progress, status: StatusFlags, *,
-                kind: str = "run", resume: str | None = None, as_json: bool = False,
-                limit: int | None = None) -> Iterator[Observation]:
+def observe_run(
+    config: Config,
+    store: Store,
+    controls: Controls,
+    display: Progress,
+    status: StatusFlags,
+    *,
+    kind: str = "run",
+    resume: str | None = None,
+    as_json: bool = False,
+    limit: int | None = None,
+) -> Iterator[Observation]:
     """Observe a run (events, status endpoint, control files, report) for the ``with`` block."""
     # The count query behind the ETA costs a scan of the target; only pay for it where an ETA is shown.
     shows_eta = as_json or status.port is not None or isinstance(display, LiveProgress)
     totals = migration_totals(config, store, limit=limit) if kind == "run" and shows_eta else None
-    observation = Observation(config, store, controls, kind=kind, resume=resume, display=display,
-                              status_port=status.port, status_host=status.host, status_token=status.token,
-                              totals=totals)
+    observation = Observation(
+        config,
+        store,
+        controls,
+        kind=kind,
+        resume=resume,
+        display=display,
+        status_port=status.port,
+        status_host=status.host,
+        status_token=status.token,
+        totals=totals,
+    )
     try:
         with observation:
             if isinstance(display, LiveProgress):
@@ -111,14 +143,17 @@ def observe_run(config: Config, store: Store, controls: Controls, display: Progr
 
 def _print_end(observation: Observation, as_json: bool) -> None:
     if observation.report_error is not None:
-        err_console.print(f"[yellow]warning:[/] the run report could not be written: "
-                          f"{observation.report_error}")
+        err_console.print(
+            f"[yellow]warning:[/] the run report could not be written: {observation.report_error}"
+        )
     report = observation.report
     if report is None:
         return
     state = report.body.get("outcome", {}).get("state")
-    rows = [(m["migration"], m.get("counters", {}), str(m.get("state")))
-            for m in report.body.get("migrations", [])]
+    rows = [
+        (m["migration"], m.get("counters", {}), str(m.get("state")))
+        for m in report.body.get("migrations", [])
+    ]
     if state not in (None, "finished") and rows and not as_json:
         title = f"{observation.kind} {report.body.get('run_id')} {state}"
         err_console.print(summary_table(title, rows, dry_run=not report.body.get("execute")))

@@ -37,20 +37,34 @@ __all__ = [
 ]
 
 _ENDED = (*ENDED_STATES, "damaged")
-_token_option = click.option("--token", envvar="DOCSHIFT_STATUS_TOKEN", metavar="TOKEN",
-                             help="The run's --status-token (default: $DOCSHIFT_STATUS_TOKEN).")
+_token_option = click.option(
+    "--token",
+    envvar="DOCSHIFT_STATUS_TOKEN",
+    metavar="TOKEN",
+    help="The run's --status-token (default: $DOCSHIFT_STATUS_TOKEN).",
+)
 
 
 def _duration(seconds: float) -> str:
     whole = int(seconds)
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}" if whole >= 3600 else (
-        f"{whole // 60}:{whole % 60:02d}")
+    return (
+        f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+        if whole >= 3600
+        else (f"{whole // 60}:{whole % 60:02d}")
+    )
 
 
 def _state(state: str) -> str:
-    colour = {"finished": "green", "running": "cyan", "stopped": "yellow", "interrupted": "yellow",
-              "conflicts": "yellow", "failed": "red", "rolled_back": "red",
-              "damaged": "red"}.get(state, "white")
+    colour = {
+        "finished": "green",
+        "running": "cyan",
+        "stopped": "yellow",
+        "interrupted": "yellow",
+        "conflicts": "yellow",
+        "failed": "red",
+        "rolled_back": "red",
+        "damaged": "red",
+    }.get(state, "white")
     return f"[{colour}]{state}[/]"
 
 
@@ -79,9 +93,15 @@ def runs_command(app: AppContext, limit: int | None, as_json: bool) -> None:
         table.add_column(name, justify="right")
     for run in runs:
         kind = run.kind if run.execute else f"dry {run.kind}"
-        table.add_row(run.run_id, kind, ", ".join(run.migrations), _state(run.state),
-                      (run.created_at or "")[:19].replace("T", " "), _duration(run.duration_seconds),
-                      *(f"{run.counts.get(k, 0):,}" for k in columns))
+        table.add_row(
+            run.run_id,
+            kind,
+            ", ".join(run.migrations),
+            _state(run.state),
+            (run.created_at or "")[:19].replace("T", " "),
+            _duration(run.duration_seconds),
+            *(f"{run.counts.get(k, 0):,}" for k in columns),
+        )
     console.print(table)
 
 
@@ -99,8 +119,10 @@ def show_command(app: AppContext, run_id: str | None, as_json: bool) -> None:
     mode = "execute" if body.get("execute") else "dry run"
     console.print(f"[bold]{body['kind']} {body['run_id']}[/] {_state(str(body.get('state')))} ({mode})")
     console.print(f"  target: {run.get('target')}")
-    console.print(f"  started: {run.get('created_at')} by {run.get('user', '?')}; working time "
-                  f"{_duration(float(body.get('duration_seconds') or 0))}")
+    console.print(
+        f"  started: {run.get('created_at')} by {run.get('user', '?')}; working time "
+        f"{_duration(float(body.get('duration_seconds') or 0))}"
+    )
     if outcome.get("exit_code") is not None:
         console.print(f"  exit code: {outcome.get('exit_code')}")
     if outcome.get("error"):
@@ -120,12 +142,16 @@ def show_command(app: AppContext, run_id: str | None, as_json: bool) -> None:
             undone = undone or "nothing to undo"
             console.print(f"  {migration['migration']}: every stage was rolled back ({undone})")
         if migration.get("dead_letters"):
-            console.print(f"  {migration['migration']}: {migration['dead_letters']:,} dead letter(s) in "
-                          f"{body['folder']}/{migration['migration']}/dead-letters.jsonl")
+            console.print(
+                f"  {migration['migration']}: {migration['dead_letters']:,} dead letter(s) in "
+                f"{body['folder']}/{migration['migration']}/dead-letters.jsonl"
+            )
     if body.get("process"):
         process = body["process"]
-        console.print(f"  running in process {process['pid']} on {process['hostname']}"
-                      + (f"; status endpoint {process['status_url']}" if process.get("status_url") else ""))
+        console.print(
+            f"  running in process {process['pid']} on {process['hostname']}"
+            + (f"; status endpoint {process['status_url']}" if process.get("status_url") else "")
+        )
     for name, command in (body.get("commands") or {}).items():
         console.print(f"  {name}: [bold]{command}[/]")
     for name, path in (body.get("report_files") or {}).items():
@@ -143,13 +169,18 @@ def report_command(app: AppContext, run_id: str | None) -> None:
 
 @click.command("monitor")
 @click.argument("run_id", required=False)
-@click.option("--interval", type=click.FloatRange(min=0.2), default=None,
-              help="Seconds between updates (default: 1 on a terminal, 3 otherwise).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=None,
+    help="Seconds between updates (default: 1 on a terminal, 3 otherwise).",
+)
 @click.option("--once", is_flag=True, help="Show the current state once and exit.")
 @_token_option
 @pass_app
-def monitor_command(app: AppContext, run_id: str | None, interval: float | None, once: bool,
-                    token: str | None) -> None:
+def monitor_command(
+    app: AppContext, run_id: str | None, interval: float | None, once: bool, token: str | None
+) -> None:
     """Show the live view of a run executing in another process (default: the running one).
 
     Reads the run's status endpoint when it has one, otherwise its event log and checkpoints.
@@ -164,8 +195,12 @@ def monitor_command(app: AppContext, run_id: str | None, interval: float | None,
             while True:
                 snapshot = source.poll()
                 if once:
-                    console.print(render_status(snapshot, source=source.via) if terminal
-                                  else plain_status_line(snapshot), soft_wrap=True)
+                    console.print(
+                        render_status(snapshot, source=source.via)
+                        if terminal
+                        else plain_status_line(snapshot),
+                        soft_wrap=True,
+                    )
                     return
                 click.echo(plain_status_line(snapshot))
                 if snapshot.get("state") in _ENDED:
@@ -181,12 +216,16 @@ def monitor_command(app: AppContext, run_id: str | None, interval: float | None,
         return
 
 
-def _control(app: AppContext, run_id: str | None, action: str, token: str | None,
-             value: float | None = None) -> None:
+def _control(
+    app: AppContext, run_id: str | None, action: str, token: str | None, value: float | None = None
+) -> None:
     result = control_run(app.config(), run_id or "latest", action, value=value, token=token)
-    done = {"pause": "paused", "resume": "resumed",
-            "stop": "stopping (in-flight commits finish, then a checkpoint)",
-            "throttle": f"write limit set to {value:g} ops/s" if value else "write limit removed"}
+    done = {
+        "pause": "paused",
+        "resume": "resumed",
+        "stop": "stopping (in-flight commits finish, then a checkpoint)",
+        "throttle": f"write limit set to {value:g} ops/s" if value else "write limit removed",
+    }
     answer: dict[str, Any] = result.answer
     note = " (takes effect within a second)" if result.via.startswith("control file") else ""
     err_console.print(f"run {result.run_id}: {done[action]} via {result.via}{note}")

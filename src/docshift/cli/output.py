@@ -67,8 +67,9 @@ class JsonProgress:
     """JSON lines on stdout, one per event, for CI and log shippers."""
 
     def event(self, kind: str, **fields: Any) -> None:
-        line = orjson.dumps({"event": kind, "at": time.time(), **codec.encode(fields)},
-                            option=orjson.OPT_NON_STR_KEYS)
+        line = orjson.dumps(
+            {"event": kind, "at": time.time(), **codec.encode(fields)}, option=orjson.OPT_NON_STR_KEYS
+        )
         sys.stdout.buffer.write(line + b"\n")
         sys.stdout.flush()
 
@@ -87,8 +88,10 @@ def print_change(path: str, kind: str, changes: list[FieldChange], data: Any = N
         elif change.removed:
             console.print(f"      [red]- {name}: {change.old!r}[/]", soft_wrap=True)
         else:
-            console.print(f"      [yellow]~ {name}:[/] [red]{change.old!r}[/] -> [green]{change.new!r}[/]",
-                          soft_wrap=True)
+            console.print(
+                f"      [yellow]~ {name}:[/] [red]{change.old!r}[/] -> [green]{change.new!r}[/]",
+                soft_wrap=True,
+            )
 
 
 def summary_table(title: str, rows: list[tuple[str, dict[str, int], str]], dry_run: bool) -> Table:
@@ -103,6 +106,12 @@ def summary_table(title: str, rows: list[tuple[str, dict[str, int], str]], dry_r
     table.add_column("state")
     for label, counters, state in rows:
         counts = display_counts(counters)  # a restore's counters too, under the same columns
-        table.add_row(label, *(f"{counts.get(k, 0):,}" for k in (
-            "updated", "deleted", "created", "unchanged", "failed", "conflicts", "skipped")), state)
+        table.add_row(
+            label,
+            *(
+                f"{counts.get(k, 0):,}"
+                for k in ("updated", "deleted", "created", "unchanged", "failed", "conflicts", "skipped")
+            ),
+            state,
+        )
     return table

@@ -44,14 +44,18 @@ def _print(report: RollbackReport) -> None:
             applied = f"applied by run {runs[0]}"
         if not item.runs_known:
             applied += " and earlier runs its history no longer names"
-        console.print(f"\n[bold]{item.migration.label}[/]: {verb}undone by [bold]{item.strategy}[/] "
-                      f"({applied})")
+        console.print(
+            f"\n[bold]{item.migration.label}[/]: {verb}undone by [bold]{item.strategy}[/] ({applied})"
+        )
         samples = item.restore.samples if item.restore else (item.plan.samples if item.plan else [])
         for sample in samples:
             if isinstance(sample, tuple):
                 path, kind, changes = sample
-                print_change(path, {"restore": "update", "check": "update", "recreate": "create"}.get(
-                    kind, kind), changes)
+                print_change(
+                    path,
+                    {"restore": "update", "check": "update", "recreate": "create"}.get(kind, kind),
+                    changes,
+                )
             else:
                 print_change(sample["path"], sample["kind"], sample["changes"], sample.get("data"))
         columns = _RESTORE_COLUMNS if item.restore else _DOWN_COLUMNS
@@ -70,8 +74,10 @@ def _print(report: RollbackReport) -> None:
             console.print(f"  [yellow]conflicts (left alone): {conflicts}[/]")
         mismatches = item.folder / "mismatches.jsonl"
         if mismatches.exists():
-            console.print(f"  [red]not equal to their before-images{' after it' if report.execute else ''}: "
-                          f"{mismatches}[/]")
+            console.print(
+                f"  [red]not equal to their before-images{' after it' if report.execute else ''}: "
+                f"{mismatches}[/]"
+            )
         if item.note:
             console.print(f"  [yellow]{item.note}[/]")
     if not report.execute:
@@ -80,27 +86,56 @@ def _print(report: RollbackReport) -> None:
 
 @click.command("rollback")
 @click.argument("run_id", required=False)
-@click.option("--to", "to", metavar="MIGRATION_ID",
-              help="Undo every migration applied after MIGRATION_ID, newest first, each from every "
-                   "run that applied it.")
-@click.option("--strategy", type=click.Choice(["auto", "down", "restore"]), default="auto", show_default=True,
-              help="restore: put back the saved before-images; down: apply the migration's down() to "
-                   "each document the run changed; auto: down when the migration has one. Either way "
-                   "the result is checked against the before-images.")
+@click.option(
+    "--to",
+    "to",
+    metavar="MIGRATION_ID",
+    help="Undo every migration applied after MIGRATION_ID, newest first, each from every "
+    "run that applied it.",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["auto", "down", "restore"]),
+    default="auto",
+    show_default=True,
+    help="restore: put back the saved before-images; down: apply the migration's down() to "
+    "each document the run changed; auto: down when the migration has one. Either way "
+    "the result is checked against the before-images.",
+)
 @click.option("--execute", is_flag=True, help="Apply (default: dry run, writes nothing).")
-@click.option("--force", is_flag=True,
-              help="Also overwrite documents changed after the migration wrote them (default: leave "
-                   "them and list them as conflicts).")
-@click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[ROLLBACK_ID]",
-              help="Continue a stopped rollback (default: the latest unfinished one).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also overwrite documents changed after the migration wrote them (default: leave "
+    "them and list them as conflicts).",
+)
+@click.option(
+    "--resume",
+    "resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[ROLLBACK_ID]",
+    help="Continue a stopped rollback (default: the latest unfinished one).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON-lines events.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
 @status_options
 @pass_app
-def rollback_command(app: AppContext, run_id: str | None, to: str | None, strategy: str, execute: bool,
-                     force: bool, resume: str | None, as_json: bool, quiet: bool, yes: bool,
-                     status: StatusFlags) -> None:
+def rollback_command(
+    app: AppContext,
+    run_id: str | None,
+    to: str | None,
+    strategy: str,
+    execute: bool,
+    force: bool,
+    resume: str | None,
+    as_json: bool,
+    quiet: bool,
+    yes: bool,
+    status: StatusFlags,
+) -> None:
     """Undo run RUN_ID, or everything applied after --to MIGRATION_ID.
 
     Works on the project and database the run was made on (a different --project/--database is
@@ -115,8 +150,9 @@ def rollback_command(app: AppContext, run_id: str | None, to: str | None, strate
     rollback, newest first, and prints the counts, conflicts and mismatches the execute would
     have. Checkpointed and resumable like any run.
     """
-    options = RollbackOptions(run_id=run_id, to=to, strategy=strategy, execute=execute, force=force,
-                              resume=resume)
+    options = RollbackOptions(
+        run_id=run_id, to=to, strategy=strategy, execute=execute, force=force, resume=resume
+    )
     config = rollback_target(app.config(), options)  # the project and database the run was made on
     if execute or resume:
         confirm_destructive(config, "roll back migrations", yes)
@@ -127,8 +163,9 @@ def rollback_command(app: AppContext, run_id: str | None, to: str | None, strate
     signals = install_signal_handlers(controls)
     progress = display_progress(as_json, quiet, controls)
     try:
-        with observe_run(config, store, controls, progress, status, kind="rollback", resume=resume,
-                         as_json=as_json) as seen:
+        with observe_run(
+            config, store, controls, progress, status, kind="rollback", resume=resume, as_json=as_json
+        ) as seen:
             options = dataclasses.replace(options, rollback_id=seen.run_id)
             report = rollback(config, options, store=store, progress=seen.progress, controls=controls)
             signals.finished()

@@ -112,47 +112,92 @@ def _print_summary(report: RunReport, resumed: bool) -> None:
 @click.option("--execute", is_flag=True, help="Apply the changes (default: dry run, writes nothing).")
 @click.option("--to", "to", metavar="ID", help="Run pending migrations up to and including ID.")
 @click.option("--only", metavar="ID", help="Run only migration ID.")
-@click.option("--limit", type=click.IntRange(min=1),
-              help="Only the first N documents. With --execute the migration is recorded as partial "
-                   "(pending) and the next `run --execute` processes the rest.")
-@click.option("--sample", type=click.FloatRange(0, 100, min_open=True), metavar="PERCENT",
-              help="Only a deterministic sample of documents (by path hash); with --execute recorded as "
-                   "partial, like --limit. To apply a percentage safely use --stages.")
-@click.option("--stages", metavar="1%,10%,50%,100%",
-              help="Canary rollout: apply to growing deterministic subsets, checking a gate after each; "
-                   "a failed gate or trigger rolls every stage back.")
-@click.option("--pause-between-stages", is_flag=True,
-              help="After each passed stage, wait for `docshift resume RUN_ID` (or deleting RUN/pause).")
-@click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_ID]",
-              help="Continue a stopped run (default: the latest unfinished one) on the project and "
-                   "database it was made on, with its own settings (write limit, batch size, concurrency, "
-                   "shards, max failures, backup, stages, --validate, --limit/--sample); a flag given "
-                   "here overrides one, and is recorded.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Only the first N documents. With --execute the migration is recorded as partial "
+    "(pending) and the next `run --execute` processes the rest.",
+)
+@click.option(
+    "--sample",
+    type=click.FloatRange(0, 100, min_open=True),
+    metavar="PERCENT",
+    help="Only a deterministic sample of documents (by path hash); with --execute recorded as "
+    "partial, like --limit. To apply a percentage safely use --stages.",
+)
+@click.option(
+    "--stages",
+    metavar="1%,10%,50%,100%",
+    help="Canary rollout: apply to growing deterministic subsets, checking a gate after each; "
+    "a failed gate or trigger rolls every stage back.",
+)
+@click.option(
+    "--pause-between-stages",
+    is_flag=True,
+    help="After each passed stage, wait for `docshift resume RUN_ID` (or deleting RUN/pause).",
+)
+@click.option(
+    "--resume",
+    "resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[RUN_ID]",
+    help="Continue a stopped run (default: the latest unfinished one) on the project and "
+    "database it was made on, with its own settings (write limit, batch size, concurrency, "
+    "shards, max failures, backup, stages, --validate, --limit/--sample); a flag given "
+    "here overrides one, and is recorded.",
+)
 @click.option("--allow-drift", is_flag=True, help="Run even though an applied migration file changed.")
-@click.option("--force", is_flag=True,
-              help="Resume even though a migration file changed since its checkpoint.")
+@click.option(
+    "--force", is_flag=True, help="Resume even though a migration file changed since its checkpoint."
+)
 @click.option("--no-backup", is_flag=True, help="Do not save before-images (rollback by restore impossible).")
 @click.option("--batch-size", type=int, help="Documents per commit to start with.")
 @click.option("--concurrency", type=int, help="Commits in flight.")
 @click.option("--shards", type=int, help="Key ranges read concurrently.")
 @click.option("--max-writes-per-second", type=float, help="Cap on write operations per second.")
-@click.option("--max-failures",
-              help="Failed documents tolerated: a count (e.g. 100) or a percentage up to 100% (e.g. 0.5%).")
-@click.option("--validate", "scans", is_flag=True,
-              help="Scan each migration's target against its rules before and after it runs.")
-@click.option("--auto-rollback", is_flag=True,
-              help="Roll the run back when the integrity gate stops it.")
+@click.option(
+    "--max-failures",
+    help="Failed documents tolerated: a count (e.g. 100) or a percentage up to 100% (e.g. 0.5%).",
+)
+@click.option(
+    "--validate",
+    "scans",
+    is_flag=True,
+    help="Scan each migration's target against its rules before and after it runs.",
+)
+@click.option("--auto-rollback", is_flag=True, help="Roll the run back when the integrity gate stops it.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON-lines events instead of text.")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
 @status_options
 @pass_app
-def run_command(app: AppContext, execute: bool, to: str | None, only: str | None, limit: int | None,
-                sample: float | None, stages: str | None, pause_between_stages: bool, resume: str | None,
-                allow_drift: bool, force: bool, no_backup: bool,
-                batch_size: int | None, concurrency: int | None, shards: int | None,
-                max_writes_per_second: float | None, max_failures: str | None, scans: bool,
-                auto_rollback: bool, as_json: bool, quiet: bool, yes: bool, status: StatusFlags) -> None:
+def run_command(
+    app: AppContext,
+    execute: bool,
+    to: str | None,
+    only: str | None,
+    limit: int | None,
+    sample: float | None,
+    stages: str | None,
+    pause_between_stages: bool,
+    resume: str | None,
+    allow_drift: bool,
+    force: bool,
+    no_backup: bool,
+    batch_size: int | None,
+    concurrency: int | None,
+    shards: int | None,
+    max_writes_per_second: float | None,
+    max_failures: str | None,
+    scans: bool,
+    auto_rollback: bool,
+    as_json: bool,
+    quiet: bool,
+    yes: bool,
+    status: StatusFlags,
+) -> None:
     """Dry-run or execute the pending migrations, in order.
 
     Without --execute nothing is written: docshift reads and transforms the targets and prints what
@@ -162,17 +207,33 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     checkpointed: stop at any time (Ctrl-C) and continue with --resume. If the run folder cannot be
     written (disk full, read-only), the run stops at once with exit 12, saying what it wrote.
     """
-    flags: dict[str, Any] = {"batch_size": batch_size, "concurrency": concurrency, "shards": shards,
-                             "max_writes_per_second": max_writes_per_second, "max_failures": max_failures}
+    flags: dict[str, Any] = {
+        "batch_size": batch_size,
+        "concurrency": concurrency,
+        "shards": shards,
+        "max_writes_per_second": max_writes_per_second,
+        "max_failures": max_failures,
+    }
     if no_backup:
         flags["backup"] = False
     config = app.config(**flags)
     if stages and (limit is not None or sample is not None):
         raise UsageError("--stages chooses its own documents; drop --limit and --sample")
-    options = RunOptions(execute=execute, to=to, only=only, limit=limit, sample_percent=sample,
-                         resume=resume, allow_drift=allow_drift, force=force, shards=shards,
-                         stages=parse_stages(stages) if stages else None,
-                         pause_between_stages=pause_between_stages, scans=scans, auto_rollback=auto_rollback)
+    options = RunOptions(
+        execute=execute,
+        to=to,
+        only=only,
+        limit=limit,
+        sample_percent=sample,
+        resume=resume,
+        allow_drift=allow_drift,
+        force=force,
+        shards=shards,
+        stages=parse_stages(stages) if stages else None,
+        pause_between_stages=pause_between_stages,
+        scans=scans,
+        auto_rollback=auto_rollback,
+    )
     if resume:
         # The run's own project, database and settings, before anything uses them (the confirmation,
         # the write limit, the scans).
@@ -185,8 +246,9 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     if execute or resume:
         confirm_destructive(config, "migrate data", yes)
     if no_backup and execute:
-        err_console.print("[yellow]warning: --no-backup: no before-images; this run cannot be rolled "
-                          "back by restore[/]")
+        err_console.print(
+            "[yellow]warning: --no-backup: no before-images; this run cannot be rolled back by restore[/]"
+        )
     store = open_store(config)
     controls = Controls(rate_limiter(config, store))
     progress = display_progress(as_json, quiet, controls)
@@ -196,21 +258,31 @@ def run_command(app: AppContext, execute: bool, to: str | None, only: str | None
     if not as_json:
         err_console.print(f"target: {store.info.describe()}; write limit: {limit_text}{ramp}")
     try:
-        with observe_run(config, store, controls, progress, status, resume=resume, as_json=as_json,
-                         limit=options.limit) as seen:
+        with observe_run(
+            config, store, controls, progress, status, resume=resume, as_json=as_json, limit=options.limit
+        ) as seen:
             if not resume:
                 options = dataclasses.replace(options, run_id=seen.run_id)
-            validation = start_run_validation(config, store, seen.progress, controls, execute=execute,
-                                              scans=scans, resume=resume)
+            validation = start_run_validation(
+                config, store, seen.progress, controls, execute=execute, scans=scans, resume=resume
+            )
             try:
-                report = run(config, options, store=store, progress=validation, controls=controls,
-                             checks=validation)
+                report = run(
+                    config, options, store=store, progress=validation, controls=controls, checks=validation
+                )
                 checked = finish_run_validation(validation, report.folder)
                 failure = seen.ended_by = run_validation_failure(checked)
                 signals.finished()  # from here on, only the report and the summary are left to write
             except RunStopped as stop:
-                stop_run_validation(validation, stop, config, store, folder=seen.folder,
-                                    auto_rollback=auto_rollback, quiet=as_json)
+                stop_run_validation(
+                    validation,
+                    stop,
+                    config,
+                    store,
+                    folder=seen.folder,
+                    auto_rollback=auto_rollback,
+                    quiet=as_json,
+                )
                 if stop.resume_command:  # on stderr, so --json output on stdout stays pure JSON lines
                     err_console.print(f"resume with: [bold]{stop.resume_command}[/]")
                 raise

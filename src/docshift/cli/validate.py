@@ -37,8 +37,12 @@ _STATUS_STYLE = {HealthStatus.HEALTHY: "green", HealthStatus.DEGRADED: "yellow",
 
 def _rule_table(report: ValidationReport) -> Table:
     table = Table(title=f"{report.label}: {report.phase}-scan of {report.target}", title_justify="left")
-    for name, justify in (("rule", "left"), ("failed", "right"), ("examples", "left"),
-                          ("first failure", "left")):
+    for name, justify in (
+        ("rule", "left"),
+        ("failed", "right"),
+        ("examples", "left"),
+        ("first failure", "left"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for rule in report.rules:
         ids = ", ".join(path.rsplit("/", 1)[-1] for path, _ in rule.examples[:3])
@@ -54,18 +58,35 @@ def _rule_table(report: ValidationReport) -> Table:
 
 @click.command("validate")
 @click.argument("migration_id")
-@click.option("--before", "phase", flag_value="before",
-              help="Scan what the migration reads (before it runs).")
-@click.option("--after", "phase", flag_value="after", default=True,
-              help="Scan what it produced (the default; the copy_to collection of a copy).")
-@click.option("--sample", type=click.IntRange(min=1), metavar="N",
-              help="Check N documents spread over the key space instead of all.")
+@click.option(
+    "--before", "phase", flag_value="before", help="Scan what the migration reads (before it runs)."
+)
+@click.option(
+    "--after",
+    "phase",
+    flag_value="after",
+    default=True,
+    help="Scan what it produced (the default; the copy_to collection of a copy).",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Check N documents spread over the key space instead of all.",
+)
 @click.option("--full", is_flag=True, help="Check every document (the default).")
 @click.option("--strict", is_flag=True, help="Exit 14 below integrity_warning too (not only critical).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
-def validate_command(app: AppContext, migration_id: str, phase: str, sample: int | None, full: bool,
-                     strict: bool, as_json: bool) -> None:
+def validate_command(
+    app: AppContext,
+    migration_id: str,
+    phase: str,
+    sample: int | None,
+    full: bool,
+    strict: bool,
+    as_json: bool,
+) -> None:
     """Check MIGRATION_ID's rules on its target and save a report.
 
     Streams the target in constant memory, prints a table of failures per rule with example
@@ -83,8 +104,10 @@ def validate_command(app: AppContext, migration_id: str, phase: str, sample: int
     failing = not report.passed or (strict and report.level == Level.WARNING)
     if failing:
         kind = "critical" if report.level == Level.CRITICAL else "warning"
-        raise ValidationFailed(f"{report.summary()} (below integrity_{kind})",
-                               hint=f"the failing documents are listed in {report.path}")
+        raise ValidationFailed(
+            f"{report.summary()} (below integrity_{kind})",
+            hint=f"the failing documents are listed in {report.path}",
+        )
     if report.level == Level.WARNING and not as_json:
         err_console.print(f"[yellow]warning:[/] integrity is below integrity_warning {report.warning:g}%")
 
@@ -104,8 +127,13 @@ def _print_verify(report: VerifyReport) -> None:
 
 @click.command("verify")
 @click.argument("migration_id")
-@click.option("--examples", type=click.IntRange(min=0), default=20, show_default=True,
-              help="Examples kept per kind of problem.")
+@click.option(
+    "--examples",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Examples kept per kind of problem.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
 def verify_command(app: AppContext, migration_id: str, examples: int, as_json: bool) -> None:
@@ -126,8 +154,16 @@ def verify_command(app: AppContext, migration_id: str, examples: int, as_json: b
 # --------------------------------------------------------------------------- docshift run
 
 
-def start_run_validation(config: Config, store: Store, progress: Progress, controls: Controls, *,
-                         execute: bool, scans: bool, resume: str | None) -> RunValidation:
+def start_run_validation(
+    config: Config,
+    store: Store,
+    progress: Progress,
+    controls: Controls,
+    *,
+    execute: bool,
+    scans: bool,
+    resume: str | None,
+) -> RunValidation:
     """Inline checks and the gate for every run; ``--validate`` adds before/after scans."""
     previous = None
     if resume:
@@ -135,16 +171,31 @@ def start_run_validation(config: Config, store: Store, progress: Progress, contr
             previous = find_run(config.runs_dir, resume)
         except DocshiftError:
             previous = None  # the run itself says what is wrong with --resume
-    return RunValidation(config, store, progress=progress, controls=controls, execute=execute or bool(resume),
-                         scans=scans, previous=previous)
+    return RunValidation(
+        config,
+        store,
+        progress=progress,
+        controls=controls,
+        execute=execute or bool(resume),
+        scans=scans,
+        previous=previous,
+    )
 
 
 def finish_run_validation(validation: RunValidation, folder: Path) -> RunOutcome:
     return validation.finish(folder if folder.is_dir() else None)
 
 
-def stop_run_validation(validation: RunValidation, stop: RunStopped, config: Config, store: Store, *,
-                        folder: Path | None, auto_rollback: bool, quiet: bool) -> RunOutcome:
+def stop_run_validation(
+    validation: RunValidation,
+    stop: RunStopped,
+    config: Config,
+    store: Store,
+    *,
+    folder: Path | None,
+    auto_rollback: bool,
+    quiet: bool,
+) -> RunOutcome:
     """A stopped run (its folder, when it has one): save the validation report; after an
     integrity-gate stop with ``--auto-rollback``, roll the run back (the run is then closed: it is
     recorded as ``rolled_back`` and a resume is refused). A canary run's gate stop has rolled its
@@ -157,16 +208,22 @@ def stop_run_validation(validation: RunValidation, stop: RunStopped, config: Con
         strategy = "restore" if config.engine.backup else "auto"
         err_console.print(f"integrity gate: rolling back run {run_id} ({strategy}, --auto-rollback)")
         try:
-            rollback(config, RollbackOptions(run_id=run_id, strategy=strategy, execute=True), store=store,
-                     progress=validation.inner)
+            rollback(
+                config,
+                RollbackOptions(run_id=run_id, strategy=strategy, execute=True),
+                store=store,
+                progress=validation.inner,
+            )
         except DocshiftError as exc:
             err_console.print(f"[red]auto-rollback failed:[/] {exc.message}")
             stop.hint = f"roll back by hand: docshift rollback {run_id} --strategy {strategy} --execute"
         else:
             stop.resume_command = None
             stop.run_state = "rolled_back"  # what run.json, the report, `runs` and `show` then say
-            stop.hint = (f"run {run_id} was rolled back and is closed; fix the data or the migration, then "
-                         "start a new run: docshift run --execute")
+            stop.hint = (
+                f"run {run_id} was rolled back and is closed; fix the data or the migration, then "
+                "start a new run: docshift run --execute"
+            )
     if not quiet:
         print_run_validation(outcome, to_stderr=True)
     return outcome
@@ -180,8 +237,10 @@ def print_run_validation(outcome: RunOutcome, *, to_stderr: bool = False) -> Non
             out.print(f"{report.phase}-scan {report.summary()} (report: {report.path})")
     health = outcome.health
     if outcome.migrations:
-        out.print(f"[{_STATUS_STYLE[health.status]}]{health.describe()}[/]"
-                  + (f"; report: {outcome.path}" if outcome.path else ""))
+        out.print(
+            f"[{_STATUS_STYLE[health.status]}]{health.describe()}[/]"
+            + (f"; report: {outcome.path}" if outcome.path else "")
+        )
 
 
 def run_validation_failure(outcome: RunOutcome) -> ValidationFailed | None:
@@ -190,5 +249,6 @@ def run_validation_failure(outcome: RunOutcome) -> ValidationFailed | None:
     failed = outcome.after_failed
     if not failed:
         return None
-    return ValidationFailed(f"after-scan {failed[0].summary()}",
-                            hint=f"the failing documents are listed in {failed[0].path}")
+    return ValidationFailed(
+        f"after-scan {failed[0].summary()}", hint=f"the failing documents are listed in {failed[0].path}"
+    )

@@ -40,9 +40,10 @@ _PROGRESS_EVERY = 1000
 def _sources(collections: Sequence[str], *, recursive: bool, group: bool) -> list[str]:
     """The collections to back up, checked: valid paths, no repeats, no overlap under recursion."""
     if recursive and group:
-        raise UsageError("--recursive cannot be combined with --group",
-                         hint="a collection group already spans every depth; back up its parents "
-                         "with --recursive instead")
+        raise UsageError(
+            "--recursive cannot be combined with --group",
+            hint="a collection group already spans every depth; back up its parents with --recursive instead",
+        )
     names = [name.strip("/") for name in collections]
     for name in names:
         Query(name, group=group)  # refuses a document path, or a group id with a slash, with a hint
@@ -53,8 +54,10 @@ def _sources(collections: Sequence[str], *, recursive: bool, group: bool) -> lis
         for outer in names:
             for inner in names:
                 if inner.startswith(outer + "/"):
-                    raise UsageError(f"{inner} is inside {outer}, which --recursive already backs up",
-                                     hint=f"drop {inner} from the command")
+                    raise UsageError(
+                        f"{inner} is inside {outer}, which --recursive already backs up",
+                        hint=f"drop {inner} from the command",
+                    )
     return names
 
 
@@ -64,8 +67,9 @@ def _prepare(out: Path) -> bool:
         if not out.is_dir():
             raise UsageError(f"{out} exists and is not a folder", hint="pass a new folder to --out")
         if any(out.iterdir()):
-            raise UsageError(f"{out} is not empty",
-                             hint="back up into a new folder; docshift never overwrites a backup")
+            raise UsageError(
+                f"{out} is not empty", hint="back up into a new folder; docshift never overwrites a backup"
+            )
         return False
     out.mkdir(parents=True)
     return True
@@ -99,8 +103,10 @@ def backup(
     if all_collections and (collections or group):
         raise UsageError("--all backs up every collection: name none, and no --group")
     if not all_collections and not collections:
-        raise UsageError("name at least one collection to back up",
-                         hint="e.g. docshift backup users orders --out backups/today, or --all")
+        raise UsageError(
+            "name at least one collection to back up",
+            hint="e.g. docshift backup users orders --out backups/today, or --all",
+        )
     with store_for(config, store) as active:
         writers: list[CollectionWriter] = []
         created = prepared = False
@@ -125,18 +131,34 @@ def backup(
                     found += 1
                     if total % _PROGRESS_EVERY == 0:
                         elapsed = time.monotonic() - clock
-                        progress.event("progress", phase="backup", collection=name, done=total,
-                                       files=sum(len(w.files) for w in writers),
-                                       docs_per_second=total / elapsed if elapsed > 0 else 0.0)
+                        progress.event(
+                            "progress",
+                            phase="backup",
+                            collection=name,
+                            done=total,
+                            files=sum(len(w.files) for w in writers),
+                            docs_per_second=total / elapsed if elapsed > 0 else 0.0,
+                        )
                 writer.close()
                 if not found:
-                    progress.event("warning", phase="backup", collection=name,
-                                   message=_nothing_found(name, active, group=group, recursive=recursive))
+                    progress.event(
+                        "warning",
+                        phase="backup",
+                        collection=name,
+                        message=_nothing_found(name, active, group=group, recursive=recursive),
+                    )
             files: list[BackupFile] = [entry for writer in writers for entry in writer.files]
             manifest = BackupManifest(
-                project=active.info.project, database=active.info.database, emulator=active.info.is_emulator,
-                collections=tuple(names), group=group, recursive=recursive, docshift_version=__version__,
-                started_at=started, finished_at=Timestamp.now(), files=tuple(files),
+                project=active.info.project,
+                database=active.info.database,
+                emulator=active.info.is_emulator,
+                collections=tuple(names),
+                group=group,
+                recursive=recursive,
+                docshift_version=__version__,
+                started_at=started,
+                finished_at=Timestamp.now(),
+                files=tuple(files),
             )
             write_manifest(out, manifest)
         except BaseException:
@@ -151,8 +173,14 @@ def backup(
             if created and not any(out.iterdir()):
                 out.rmdir()
             raise
-    progress.event("finish", phase="backup", documents=manifest.documents, files=len(manifest.files),
-                   bytes=manifest.bytes, seconds=_seconds(manifest.started_at, manifest.finished_at))
+    progress.event(
+        "finish",
+        phase="backup",
+        documents=manifest.documents,
+        files=len(manifest.files),
+        bytes=manifest.bytes,
+        seconds=_seconds(manifest.started_at, manifest.finished_at),
+    )
     return manifest
 
 
@@ -162,18 +190,24 @@ def _nothing_found(name: str, store: Store, *, group: bool, recursive: bool) -> 
     what = f"collection group {name!r}" if group else f"collection {name!r}"
     where = store.info.describe()
     deeper = "" if recursive or group else "; documents only in its subcollections need --recursive"
-    return (f"no documents found in {what} in {where}: the backup holds none of it (check the name, "
-            f"--project and --database{deeper})")
+    return (
+        f"no documents found in {what} in {where}: the backup holds none of it (check the name, "
+        f"--project and --database{deeper})"
+    )
 
 
-def _checked(folder: Path, into: str | Mapping[str, str] | None,
-             progress: Progress) -> tuple[BackupManifest, PathMap]:
+def _checked(
+    folder: Path, into: str | Mapping[str, str] | None, progress: Progress
+) -> tuple[BackupManifest, PathMap]:
     """The manifest and path map, after every file was proven intact: nothing is written before."""
     manifest = read_manifest(folder)
     paths = PathMap.build(manifest, into)
     progress.event("start", phase="check", files=len(manifest.files), documents=manifest.documents)
-    check_files(folder, manifest, lambda entry: progress.event(
-        "progress", phase="check", file=entry.name, documents=entry.documents))
+    check_files(
+        folder,
+        manifest,
+        lambda entry: progress.event("progress", phase="check", file=entry.name, documents=entry.documents),
+    )
     return manifest, paths
 
 
@@ -203,17 +237,36 @@ def restore(
         report = RestoreReport(folder, active.info.describe(), manifest.documents)
         ramp = config.limits.ramp == "on" or (config.limits.ramp == "auto" and not active.info.is_emulator)
         limiter = RateLimiter(config.limits.max_writes_per_second, ramp=ramp)
-        progress.event("start", phase="restore", documents=manifest.documents, target=report.target,
-                       write_limit=limiter.limit, ramp=ramp)
-        write_documents(active, records(folder, manifest, paths), report, batch_size=_batch_size(config),
-                        concurrency=config.engine.concurrency, limiter=limiter, progress=progress)
+        progress.event(
+            "start",
+            phase="restore",
+            documents=manifest.documents,
+            target=report.target,
+            write_limit=limiter.limit,
+            ramp=ramp,
+        )
+        write_documents(
+            active,
+            records(folder, manifest, paths),
+            report,
+            batch_size=_batch_size(config),
+            concurrency=config.engine.concurrency,
+            limiter=limiter,
+            progress=progress,
+        )
         if verify:
             progress.event("start", phase="verify", documents=manifest.documents)
             report.verification = verify_documents(
-                active, records(folder, manifest, paths), manifest.documents,
-                batch_size=_batch_size(config), concurrency=config.engine.concurrency, progress=progress)
-    progress.event("finish", phase="restore", written=report.written, failed=report.failed,
-                   seconds=report.seconds)
+                active,
+                records(folder, manifest, paths),
+                manifest.documents,
+                batch_size=_batch_size(config),
+                concurrency=config.engine.concurrency,
+                progress=progress,
+            )
+    progress.event(
+        "finish", phase="restore", written=report.written, failed=report.failed, seconds=report.seconds
+    )
     return report
 
 
@@ -230,6 +283,11 @@ def verify(
     manifest, paths = _checked(folder, into, progress)
     with store_for(config, store) as active:
         progress.event("start", phase="verify", documents=manifest.documents)
-        return verify_documents(active, records(folder, manifest, paths), manifest.documents,
-                                batch_size=_batch_size(config), concurrency=config.engine.concurrency,
-                                progress=progress)
+        return verify_documents(
+            active,
+            records(folder, manifest, paths),
+            manifest.documents,
+            batch_size=_batch_size(config),
+            concurrency=config.engine.concurrency,
+            progress=progress,
+        )

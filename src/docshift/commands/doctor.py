@@ -44,8 +44,10 @@ def doctor(config_file: Path | None, flags: Mapping[str, Any]) -> list[Check]:
         checks.append(_failed("credentials", exc))
         return checks
     with store:
-        how = f"emulator at {config.store.emulator_host}" if config.store.emulator_host else (
-            "Application Default Credentials"
+        how = (
+            f"emulator at {config.store.emulator_host}"
+            if config.store.emulator_host
+            else ("Application Default Credentials")
         )
         checks.append(Check("credentials", True, how))
         checks.extend(_store_checks(store, config))
@@ -58,8 +60,11 @@ def _migrations_check(config: Config) -> Check:
         count = len(list(folder.glob("[0-9]*.py")))
         return Check("migrations", True, f"{folder} ({count} migration files)")
     return Check(
-        "migrations", False, f"{folder} does not exist",
-        "run `docshift init` to create it, or set migrations_dir", ExitCode.USAGE,
+        "migrations",
+        False,
+        f"{folder} does not exist",
+        "run `docshift init` to create it, or set migrations_dir",
+        ExitCode.USAGE,
     )
 
 

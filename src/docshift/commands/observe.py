@@ -39,8 +39,9 @@ from docshift.store import Store
 __all__ = ["Observation", "migration_totals", "outcome_of"]
 
 
-def migration_totals(config: Config, store: Store, *, limit: int | None = None,
-                     sample: float | None = None) -> Callable[[str], int | None]:
+def migration_totals(
+    config: Config, store: Store, *, limit: int | None = None, sample: float | None = None
+) -> Callable[[str], int | None]:
     """How many documents each migration (by label) will handle: a count query of its target,
     capped by ``--limit``, scaled by ``--sample``. For the progress bar and the ETA."""
     by_label: dict[str, Migration] = {}
@@ -66,26 +67,54 @@ def outcome_of(error: BaseException | None, state: str | None = None) -> dict[st
     if error is None:
         return {"state": state or "finished", "exit_code": 0, "error": None, "hint": None}
     if isinstance(error, RunStopped):
-        return {"state": error.run_state, "exit_code": int(error.exit_code), "error": error.message,
-                "hint": error.hint, "resume_command": error.resume_command}
+        return {
+            "state": error.run_state,
+            "exit_code": int(error.exit_code),
+            "error": error.message,
+            "hint": error.hint,
+            "resume_command": error.resume_command,
+        }
     if isinstance(error, DocshiftError):
-        return {"state": error.run_state, "exit_code": int(error.exit_code), "error": error.message,
-                "hint": error.hint}
+        return {
+            "state": error.run_state,
+            "exit_code": int(error.exit_code),
+            "error": error.message,
+            "hint": error.hint,
+        }
     if isinstance(error, KeyboardInterrupt):
-        return {"state": "stopped", "exit_code": int(ExitCode.INTERRUPTED), "error": "interrupted",
-                "hint": None}
-    return {"state": "failed", "exit_code": int(ExitCode.FAILED),
-            "error": f"unexpected {type(error).__name__}: {error}", "hint": None}
+        return {
+            "state": "stopped",
+            "exit_code": int(ExitCode.INTERRUPTED),
+            "error": "interrupted",
+            "hint": None,
+        }
+    return {
+        "state": "failed",
+        "exit_code": int(ExitCode.FAILED),
+        "error": f"unexpected {type(error).__name__}: {error}",
+        "hint": None,
+    }
 
 
 class Observation:
     """See the module docstring. ``resume`` is the run id (or ``latest``) being resumed, if any."""
 
-    def __init__(self, config: Config, store: Store, controls: Controls, *, kind: str = "run",
-                 resume: str | None = None, display: Progress | None = None,
-                 status_port: int | None = None, status_host: str = "127.0.0.1",
-                 status_token: str | None = None, totals: Callable[[str], int | None] | None = None,
-                 control_files: bool = True, report: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        controls: Controls,
+        *,
+        kind: str = "run",
+        resume: str | None = None,
+        display: Progress | None = None,
+        status_port: int | None = None,
+        status_host: str = "127.0.0.1",
+        status_token: str | None = None,
+        totals: Callable[[str], int | None] | None = None,
+        control_files: bool = True,
+        report: bool = True,
+    ) -> None:
         self.config = config
         self.store = store
         self.controls = controls
@@ -137,9 +166,14 @@ class Observation:
             totals=self.totals,
         )
         if self.status_port is not None:
-            self.server = StatusServer(self.status, self.controls, host=self.status_host,
-                                       port=self.status_port, token=self.status_token,
-                                       on_control=self._note_control)
+            self.server = StatusServer(
+                self.status,
+                self.controls,
+                host=self.status_host,
+                port=self.status_port,
+                token=self.status_token,
+                on_control=self._note_control,
+            )
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_presence(self.folder, self.url, self.status_token is not None)
@@ -167,8 +201,9 @@ class Observation:
             with contextlib.suppress(OSError):  # a folder gone or read-only: how the run ended matters more
                 remove_presence(self.folder)
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         folder = self.folder
         if folder is None:
             return
@@ -194,7 +229,8 @@ class Observation:
             self.report_error = error
         if self.write_report:
             try:
-                self.report = build_report(folder, outcome=outcome,
-                                           secrets=(self.status_token,) if self.status_token else ())
+                self.report = build_report(
+                    folder, outcome=outcome, secrets=(self.status_token,) if self.status_token else ()
+                )
             except Exception as error:  # the run's outcome matters more than its report
                 self.report_error = error

@@ -50,10 +50,17 @@ class RunSummary:
     folder: Path = Path()
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "kind": self.kind, "execute": self.execute,
-                "migrations": self.migrations, "state": self.state, "created_at": self.created_at,
-                "duration_seconds": round(self.duration_seconds, 3), "counts": self.counts,
-                "folder": str(self.folder)}
+        return {
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "execute": self.execute,
+            "migrations": self.migrations,
+            "state": self.state,
+            "created_at": self.created_at,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "counts": self.counts,
+            "folder": str(self.folder),
+        }
 
 
 def _run_folders(runs_dir: Path) -> list[Path]:
@@ -67,8 +74,9 @@ def resolve_run(config: Config, run_id: str | None, *, running: bool = False) ->
     if run_id and run_id != "latest":
         folder = config.runs_dir / run_id
         if not (folder / "run.json").is_file():
-            raise UsageError(f"no run {run_id!r} in {config.runs_dir}",
-                             hint="see `docshift runs` for run ids")
+            raise UsageError(
+                f"no run {run_id!r} in {config.runs_dir}", hint="see `docshift runs` for run ids"
+            )
         return folder
     folders = _run_folders(config.runs_dir)
     if not folders:
@@ -84,9 +92,17 @@ def resolve_run(config: Config, run_id: str | None, *, running: bool = False) ->
 def _summary(folder: Path) -> RunSummary:
     record = read_run(folder)
     migrations = [str(m) for m in record.info.get("migrations", [])]
-    return RunSummary(record.run_id, record.kind, record.execute, migrations, record.state,
-                      record.info.get("created_at"), record.duration_seconds,
-                      {**dict.fromkeys(_COUNTS, 0), **record.totals}, folder)
+    return RunSummary(
+        record.run_id,
+        record.kind,
+        record.execute,
+        migrations,
+        record.state,
+        record.info.get("created_at"),
+        record.duration_seconds,
+        {**dict.fromkeys(_COUNTS, 0), **record.totals},
+        folder,
+    )
 
 
 def list_runs(config: Config, *, limit: int | None = None) -> list[RunSummary]:
@@ -111,8 +127,9 @@ def show_run(config: Config, run_id: str | None) -> dict[str, Any]:
     if presence is not None and presence.alive:
         body["state"] = "running"
         body["process"] = {"pid": presence.pid, "hostname": presence.hostname, "status_url": presence.url}
-    body["report_files"] = {name: str(folder / name) for name in ("report.html", "report.json")
-                            if (folder / name).is_file()}
+    body["report_files"] = {
+        name: str(folder / name) for name in ("report.html", "report.json") if (folder / name).is_file()
+    }
     return body
 
 
@@ -123,8 +140,9 @@ def rebuild_report(config: Config, run_id: str | None) -> ReportPaths:
     return build_report(folder)
 
 
-def control_run(config: Config, run_id: str, action: str, *, value: float | None = None,
-                token: str | None = None) -> ControlResult:
+def control_run(
+    config: Config, run_id: str, action: str, *, value: float | None = None, token: str | None = None
+) -> ControlResult:
     """Pause, resume, throttle or stop a running run (endpoint first, control files otherwise)."""
     return send_control(resolve_run(config, run_id, running=True), action, value=value, token=token)
 
@@ -166,7 +184,15 @@ class StatusSource:
                 continue
             counts = migration.counts
             done = sum(counts.get(k, 0) for k in _COUNTS if k != "conflicts")
-            snapshot["migrations"].append({"migration": migration.label, "state": migration.state,
-                                           "total": None, "fraction": 1.0 if migration.state == "finished"
-                                           else None, "eta_seconds": None, **counts, "done": done})
+            snapshot["migrations"].append(
+                {
+                    "migration": migration.label,
+                    "state": migration.state,
+                    "total": None,
+                    "fraction": 1.0 if migration.state == "finished" else None,
+                    "eta_seconds": None,
+                    **counts,
+                    "done": done,
+                }
+            )
         return snapshot

@@ -109,8 +109,10 @@ def new_migration(
     _check_target(collection, collection_group)
     path = next_migration_path(migrations_dir, description)
     source = render_migration(
-        path.name.split("_", 1)[0], description,
-        collection=collection, collection_group=collection_group,
+        path.name.split("_", 1)[0],
+        description,
+        collection=collection,
+        collection_group=collection_group,
     )
     with path.open("x", encoding="utf-8") as handle:
         handle.write(source)

@@ -63,8 +63,13 @@ _JOURNAL = "before-images.jsonl.gz"
 
 _KIND = "docshift-rollback"
 _VERSION = 1
-_UNDONE = (MigrationStatus.APPLIED, MigrationStatus.PARTIAL, MigrationStatus.INTERRUPTED,
-           MigrationStatus.FAILED, MigrationStatus.RUNNING)
+_UNDONE = (
+    MigrationStatus.APPLIED,
+    MigrationStatus.PARTIAL,
+    MigrationStatus.INTERRUPTED,
+    MigrationStatus.FAILED,
+    MigrationStatus.RUNNING,
+)
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,13 @@ class _Step:
     """False: the history no longer names every run (only ``runs``, the latest); undone by target."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"migration": self.migration.id, "runs": list(self.runs), "strategy": self.strategy,
-                "by": self.by, "known": self.known}
+        return {
+            "migration": self.migration.id,
+            "runs": list(self.runs),
+            "strategy": self.strategy,
+            "by": self.by,
+            "known": self.known,
+        }
 
 
 @dataclass
@@ -130,8 +140,10 @@ class RollbackItem:
     @property
     def clean(self) -> bool:
         counters = self.counters
-        return counters.get("conflicts", 0) == 0 and counters.get("mismatched", 0) == 0 and (
-            counters.get("failed", 0) == 0
+        return (
+            counters.get("conflicts", 0) == 0
+            and counters.get("mismatched", 0) == 0
+            and (counters.get("failed", 0) == 0)
         )
 
 
@@ -156,8 +168,9 @@ class RollbackConflicts(DocshiftError):
     report: RollbackReport | None = None
 
 
-def _targets(config: Config, options: RollbackOptions, history: History,
-             migrations: dict[str, Migration]) -> list[tuple[Migration, tuple[str, ...], bool]]:
+def _targets(
+    config: Config, options: RollbackOptions, history: History, migrations: dict[str, Migration]
+) -> list[tuple[Migration, tuple[str, ...], bool]]:
     """(migration, the runs of its application newest first, whether those are all of them), newest
     migration first. Not all: the history cannot name them (see
     :meth:`HistoryRecord.application_runs`); the runs are then the latest one alone."""
@@ -174,35 +187,49 @@ def _targets(config: Config, options: RollbackOptions, history: History,
             record = history.get(migration_id)
             runs = record.application_runs() if record is not None else ()
             # A run killed before its first checkpoint has written (and journalled) already.
-            if not any(run_folder.glob(f"{migration_id}_*/checkpoint.json")) and not any(
-                run_folder.glob(f"{migration_id}_*/before-images.jsonl.gz")
-            ) and run_id not in (runs or ()):
+            if (
+                not any(run_folder.glob(f"{migration_id}_*/checkpoint.json"))
+                and not any(run_folder.glob(f"{migration_id}_*/before-images.jsonl.gz"))
+                and run_id not in (runs or ())
+            ):
                 continue  # the run stopped before this migration started
             if migration_id not in migrations:
-                raise UsageError(f"migration {migration_id} of run {options.run_id} has no file here",
-                                 hint="restore the migration file from version control")
+                raise UsageError(
+                    f"migration {migration_id} of run {options.run_id} has no file here",
+                    hint="restore the migration file from version control",
+                )
             undone = _with_run(record, runs, run_id)
             chosen.append((migrations[migration_id], undone or (run_id,), undone is not None))
         return chosen
     assert options.to is not None
     records = history.all()
-    later = sorted((r for r in records.values()
-                    if int(r.migration_id) > int(options.to) and r.status in _UNDONE),
-                   key=lambda r: int(r.migration_id), reverse=True)
+    later = sorted(
+        (r for r in records.values() if int(r.migration_id) > int(options.to) and r.status in _UNDONE),
+        key=lambda r: int(r.migration_id),
+        reverse=True,
+    )
     missing = [r.migration_id for r in later if r.migration_id not in migrations]
     if missing:
-        raise UsageError(f"migration {missing[0]} ran here but its file is gone",
-                         hint="restore the migration file from version control")
+        raise UsageError(
+            f"migration {missing[0]} ran here but its file is gone",
+            hint="restore the migration file from version control",
+        )
     chosen = []
     for record in later:
         runs = record.application_runs()
-        chosen.append((migrations[record.migration_id],
-                       tuple(reversed(runs or ())) or (record.run_id,), runs is not None))
+        chosen.append(
+            (
+                migrations[record.migration_id],
+                tuple(reversed(runs or ())) or (record.run_id,),
+                runs is not None,
+            )
+        )
     return chosen
 
 
-def _with_run(record: HistoryRecord | None, runs: tuple[str, ...] | None,
-              run_id: str) -> tuple[str, ...] | None:
+def _with_run(
+    record: HistoryRecord | None, runs: tuple[str, ...] | None, run_id: str
+) -> tuple[str, ...] | None:
     """The runs to undo when run ``run_id`` is named: every run of the application it is part of,
     newest first. Undoing it alone would leave the others' documents migrated while the history
     says rolled back."""
@@ -231,10 +258,15 @@ def _strategy(config: Config, migration: Migration, runs: tuple[str, ...], known
         raise UsageError(f"{migration.label} has no down(); use --strategy restore")
     if wanted == "down" and copy_to:
         # down() would read the source and write its result into the copy: that undoes nothing.
-        raise UsageError(f"{migration.label} copies into {copy_to}: down() cannot undo a copy",
-                         hint="use --strategy restore (deletes the documents the copy created)")
-    over_target = ("use --strategy down (down() over the whole target, unverified)" if migration.down
-                   else "restore the data from a backup")
+        raise UsageError(
+            f"{migration.label} copies into {copy_to}: down() cannot undo a copy",
+            hint="use --strategy restore (deletes the documents the copy created)",
+        )
+    over_target = (
+        "use --strategy down (down() over the whole target, unverified)"
+        if migration.down
+        else "restore the data from a backup"
+    )
     if not known:
         if explicit_down:
             return _Step(migration, runs, "down", "target", known=False)
@@ -291,8 +323,10 @@ def _planned(config: Config, migrations: dict[str, Migration], entry: Any) -> _S
         migration_id, run, strategy = (str(part) for part in entry)
         runs, by, known = (run,), "", True
     if migration_id not in migrations:
-        raise UsageError(f"migration {migration_id} of this rollback has no file here",
-                         hint="restore the migration file from version control")
+        raise UsageError(
+            f"migration {migration_id} of this rollback has no file here",
+            hint="restore the migration file from version control",
+        )
     migration = migrations[migration_id]
     if not by:
         journal = config.runs_dir / runs[0] / migration.label / _JOURNAL
@@ -322,8 +356,11 @@ def _order(config: Config, plan: list[_Step]) -> _Order:
         step, run = entry
         run = run if run is not None else (step.runs[0] if step.runs else "")
         migration_id = step.migration.id
-        return (_started_at(config, run), run,
-                (int(migration_id), migration_id) if migration_id.isdigit() else (1 << 62, migration_id))
+        return (
+            _started_at(config, run),
+            run,
+            (int(migration_id), migration_id) if migration_id.isdigit() else (1 << 62, migration_id),
+        )
 
     return sorted(entries, key=newest_first, reverse=True)
 
@@ -332,11 +369,15 @@ def _recorded_order(plan: list[_Step], info: dict[str, Any]) -> _Order:
     """The order a rollback recorded in its ``run.json``; an older docshift's went migration by
     migration, each run's journal (or the target) in turn."""
     if "order" not in info:
-        return [(step, run if step.by == "journal" else None) for step in plan
-                for run in (step.runs if step.by == "journal" else step.runs[:1])]
+        return [
+            (step, run if step.by == "journal" else None)
+            for step in plan
+            for run in (step.runs if step.by == "journal" else step.runs[:1])
+        ]
     steps = {step.migration.id: step for step in plan}
-    return [(steps[str(migration_id)], None if run is None else str(run))
-            for migration_id, run in info["order"]]
+    return [
+        (steps[str(migration_id)], None if run is None else str(run)) for migration_id, run in info["order"]
+    ]
 
 
 def _started_at(config: Config, run: str) -> datetime:
@@ -406,15 +447,24 @@ def rollback(
             of_run = None
             if options.run_id is not None:
                 of_run = str(load_run_info(find_run(config.runs_dir, options.run_id))["run_id"])
-            info = {"run_id": run_id, "kind": "rollback", "execute": options.execute, "force": options.force,
-                    "state": "running", "migrations": [step.migration.id for step in plan],
-                    "plan": [step.to_json() for step in plan],
-                    "order": [[step.migration.id, run] for step, run in order],
-                    "of_run": of_run, "to": options.to,
-                    "strategy": options.strategy,
-                    "created_at": datetime.now(UTC).isoformat(), "user": current_user(),
-                    "target": active.info.describe(),
-                    "project": active.info.project, "database": active.info.database}
+            info = {
+                "run_id": run_id,
+                "kind": "rollback",
+                "execute": options.execute,
+                "force": options.force,
+                "state": "running",
+                "migrations": [step.migration.id for step in plan],
+                "plan": [step.to_json() for step in plan],
+                "order": [[step.migration.id, run] for step, run in order],
+                "of_run": of_run,
+                "to": options.to,
+                "strategy": options.strategy,
+                "created_at": datetime.now(UTC).isoformat(),
+                "user": current_user(),
+                "target": active.info.describe(),
+                "project": active.info.project,
+                "database": active.info.database,
+            }
             write_info(folder, info)
         report = RollbackReport(run_id, folder, options.execute, active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
@@ -457,12 +507,16 @@ def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, s
         parts.append(f"{conflicts} document(s) changed after the migration wrote them and were left alone")
         command = force_command(info)
         again = f"run `{command}`" if command else "rerun the rollback with --force"
-        hints.append(f"{listed('conflicts.jsonl')}; to undo them over those later changes too (the "
-                     f"changes are lost), {again}")
+        hints.append(
+            f"{listed('conflicts.jsonl')}; to undo them over those later changes too (the "
+            f"changes are lost), {again}"
+        )
     if mismatched:
         parts.append(f"{mismatched} document(s) do not equal their before-image after the rollback")
-        hints.append(f"{listed('mismatches.jsonl')}; if down() does not undo up(), fix it or roll back "
-                     "with --strategy restore")
+        hints.append(
+            f"{listed('mismatches.jsonl')}; if down() does not undo up(), fix it or roll back "
+            "with --strategy restore"
+        )
     if failed:
         parts.append(f"{failed} document(s) failed in down()")
         hints.append(listed("dead-letters.jsonl"))
@@ -470,8 +524,15 @@ def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, s
 
 
 def _undo_all(
-    config: Config, store: Store, plan: list[_Step], order: _Order, options: RollbackOptions,
-    report: RollbackReport, history: History, progress: Progress, controls: Controls,
+    config: Config,
+    store: Store,
+    plan: list[_Step],
+    order: _Order,
+    options: RollbackOptions,
+    report: RollbackReport,
+    history: History,
+    progress: Progress,
+    controls: Controls,
 ) -> None:
     """Undo the plan in ``order`` (newest writes first): each run's journal of each migration, or
     down() over a migration's target. A migration is recorded rolled back once the last of its runs
@@ -482,8 +543,13 @@ def _undo_all(
     items: dict[str, RollbackItem] = {}
     undos: dict[str, _JournalUndo] = {}
     for step in plan:
-        item = RollbackItem(step.migration, step.strategy, step.runs, report.folder / step.migration.label,
-                            runs_known=step.known)
+        item = RollbackItem(
+            step.migration,
+            step.strategy,
+            step.runs,
+            report.folder / step.migration.label,
+            runs_known=step.known,
+        )
         items[step.migration.id] = item
         report.items.append(item)
         if step.by == "journal" and step.runs:
@@ -499,9 +565,15 @@ def _undo_all(
         item = items[migration.id]
         if isinstance(view, SimulatedStore) and index == len(order) - 1:
             view.retain_writes = False  # the oldest: nothing reads what its undo would leave
-        progress.event("start", migration=f"rollback {migration.label}", strategy=step.strategy, shards=1,
-                       execute=options.execute, counters=dict(item.counters),
-                       runs=list(step.runs) if run is None else [run])
+        progress.event(
+            "start",
+            migration=f"rollback {migration.label}",
+            strategy=step.strategy,
+            shards=1,
+            execute=options.execute,
+            counters=dict(item.counters),
+            runs=list(step.runs) if run is None else [run],
+        )
         if run is not None:
             undo = undos[migration.id]
             stopped = undo.run(run, view, progress)
@@ -510,12 +582,15 @@ def _undo_all(
                 stop = controls.stop_class or RunStopped
                 raise stop(controls.stop_reason or "stopped", resume_command=report.resume_command)
         else:
-            item.note = (f"{_without_journal(config, step)}: down() "
-                         f"{'ran' if options.execute else 'would run'} over every document of the target, "
-                         "also those the runs did not change, and the result cannot be verified")
+            item.note = (
+                f"{_without_journal(config, step)}: down() "
+                f"{'ran' if options.execute else 'would run'} over every document of the target, "
+                "also those the runs did not change, and the result cannot be verified"
+            )
             progress.event("warning", message=f"{migration.label}: {item.note}")
-            item.pipeline, item.plan = _down_over_target(config, view, migration, item.folder, options,
-                                                         report.run_id, progress, controls)
+            item.pipeline, item.plan = _down_over_target(
+                config, view, migration, item.folder, options, report.run_id, progress, controls
+            )
             if item.pipeline.error is not None:
                 raise item.pipeline.error
         if last_of[migration.id] == index:
@@ -531,8 +606,11 @@ def _without_journal(config: Config, step: _Step) -> str:
     if not step.known:
         return "its history no longer names every run that applied it"
     missing = [r for r in step.runs if not (config.runs_dir / r / "run.json").is_file()]
-    without = [r for r in step.runs if r not in missing
-               and not (config.runs_dir / r / step.migration.label / _JOURNAL).exists()]
+    without = [
+        r
+        for r in step.runs
+        if r not in missing and not (config.runs_dir / r / step.migration.label / _JOURNAL).exists()
+    ]
     parts = []
     if without:
         parts.append(f"run {', '.join(without)} kept no before-images (--no-backup)")
@@ -550,8 +628,15 @@ class _JournalUndo:
     meets what undoing a newer run's just wrote to a document both changed as the rollback's own
     write (not an application change), and puts back its own, older, before-image."""
 
-    def __init__(self, config: Config, step: _Step, folder: Path, options: RollbackOptions,
-                 controls: Controls, own_writes: dict[str, tuple[Timestamp, Timestamp | None]]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        step: _Step,
+        folder: Path,
+        options: RollbackOptions,
+        controls: Controls,
+        own_writes: dict[str, tuple[Timestamp, Timestamp | None]],
+    ) -> None:
         self.config, self.step, self.folder, self.options = config, step, folder, options
         self.controls, self.own_writes = controls, own_writes
         self.path = folder / "checkpoint.json"
@@ -565,12 +650,20 @@ class _JournalUndo:
         if self.path.exists():
             saved = Checkpoint.load(self.path)
             if saved.extra.get("kind") not in ("restore", "down"):
-                raise UsageError(f"the checkpoint {self.path} is not one of a rollback from before-images",
-                                 hint="it was written by an older docshift; start a new rollback")
+                raise UsageError(
+                    f"the checkpoint {self.path} is not one of a rollback from before-images",
+                    hint="it was written by an older docshift; start a new rollback",
+                )
             recorded = saved.extra.get("steps")
             if not isinstance(recorded, list):  # an older docshift's: one run
-                recorded = [{"run": saved.extra.get("of_run", step.runs[0]), "counters": saved.counters,
-                             "position": saved.extra.get("position", -1), "finished": saved.finished}]
+                recorded = [
+                    {
+                        "run": saved.extra.get("of_run", step.runs[0]),
+                        "counters": saved.counters,
+                        "position": saved.extra.get("position", -1),
+                        "finished": saved.finished,
+                    }
+                ]
             for entry in recorded:
                 part = self.parts.get(str(entry["run"]))
                 if part is None:
@@ -580,9 +673,13 @@ class _JournalUndo:
                 if entry.get("finished"):
                     self.finished.add(str(entry["run"]))
             self.working_seconds = saved.elapsed_seconds
-        self.checkpoint = Checkpoint(run_id=folder.parent.name, migration_id=step.migration.id,
-                                     checksum=step.migration.checksum, shards=[ShardCursor()],
-                                     extra={"kind": step.strategy, "runs": list(step.runs)})
+        self.checkpoint = Checkpoint(
+            run_id=folder.parent.name,
+            migration_id=step.migration.id,
+            checksum=step.migration.checksum,
+            shards=[ShardCursor()],
+            extra={"kind": step.strategy, "runs": list(step.runs)},
+        )
 
     def run(self, run: str, store: Store, progress: Progress) -> bool:
         """Undo run ``run``'s journal (from where it stopped); whether the rollback was stopped."""
@@ -593,12 +690,21 @@ class _JournalUndo:
         # redo recognises our own writes by value; a copy's before-images are of its targets,
         # which up() does not take.
         redo = None if migration.target.copy_to else migration.up
-        restorer = Restorer(store, execute=self.options.execute, force=self.options.force,
-                            conflicts_file=self.folder / "conflicts.jsonl", redo=redo,
-                            undo=migration.down if self.step.strategy == "down" else None,
-                            limiter=self.controls.limiter, stop=self.controls.stop, progress=progress,
-                            on_batch=self.save, batch_size=self.config.engine.batch_size,
-                            own_writes=self.own_writes, left_to_older=self._older_outputs(run))
+        restorer = Restorer(
+            store,
+            execute=self.options.execute,
+            force=self.options.force,
+            conflicts_file=self.folder / "conflicts.jsonl",
+            redo=redo,
+            undo=migration.down if self.step.strategy == "down" else None,
+            limiter=self.controls.limiter,
+            stop=self.controls.stop,
+            progress=progress,
+            on_batch=self.save,
+            batch_size=self.config.engine.batch_size,
+            own_writes=self.own_writes,
+            left_to_older=self._older_outputs(run),
+        )
         restorer.run(plan_restore(self._journal(run), part.position), part)
         if not part.stopped:
             self.finished.add(run)
@@ -617,7 +723,7 @@ class _JournalUndo:
         """Whether a document of ``run``'s journal held what an older run of the migration wrote
         when ``run`` changed it (the update time that run's write produced; for a document ``run``
         created, that an older run deleted it): the older run's undo takes it further back."""
-        older = list(self.step.runs[self.step.runs.index(run) + 1:])
+        older = list(self.step.runs[self.step.runs.index(run) + 1 :])
         if not older:
             return None
         outputs: dict[str, set[Timestamp | None]] = {}
@@ -645,7 +751,7 @@ class _JournalUndo:
         for part in self.parts.values():
             for name, value in part.counters.items():
                 combined.counters[name] = combined.counters.get(name, 0) + value
-            combined.samples += part.samples[:max(0, 5 - len(combined.samples))]
+            combined.samples += part.samples[: max(0, 5 - len(combined.samples))]
             combined.stopped = combined.stopped or part.stopped
         return combined
 
@@ -662,16 +768,29 @@ class _JournalUndo:
         checkpoint.counters = dict(self.total().counters)
         running = time.monotonic() - self.started if self.started is not None else 0.0
         checkpoint.elapsed_seconds = self.working_seconds + running  # the report's working time
-        checkpoint.extra["steps"] = [{"run": run, "counters": dict(part.counters), "position": part.position,
-                                      "finished": run in self.finished} for run, part in self.parts.items()]
+        checkpoint.extra["steps"] = [
+            {
+                "run": run,
+                "counters": dict(part.counters),
+                "position": part.position,
+                "finished": run in self.finished,
+            }
+            for run, part in self.parts.items()
+        ]
         checkpoint.extra.update(of_run=self.current, position=self.parts[self.current].position)
         checkpoint.state = state
         checkpoint.save(self.path)
 
 
 def _down_over_target(
-    config: Config, store: Store, migration: Migration, folder: Path, options: RollbackOptions,
-    run_id: str, progress: Progress, controls: Controls,
+    config: Config,
+    store: Store,
+    migration: Migration,
+    folder: Path,
+    options: RollbackOptions,
+    run_id: str,
+    progress: Progress,
+    controls: Controls,
 ) -> tuple[PipelineResult, PlanRecorder | None]:
     """down() over the migration's whole target, through the engine: the only way without a
     journal. A dry run executes against the simulated store (``store``), without before-images."""
@@ -683,10 +802,20 @@ def _down_over_target(
         settings: dict[str, Any] = {"rollback": True, "strategy": "down"}
         checkpoint = new_checkpoint(run_id, migration, plan_shards(store, migration.target, 1), settings)
     recorder = None if options.execute else PlanRecorder(folder / "plan.jsonl.gz", migration.down)
-    base = pipeline_options(config if options.execute else config.with_engine(backup=False),
-                            RunOptions(execute=True))
-    pipeline = MigrationPipeline(store, migration, base, folder, checkpoint, controls=controls,
-                                 progress=progress, transform=migration.down, on_decision=recorder)
+    base = pipeline_options(
+        config if options.execute else config.with_engine(backup=False), RunOptions(execute=True)
+    )
+    pipeline = MigrationPipeline(
+        store,
+        migration,
+        base,
+        folder,
+        checkpoint,
+        controls=controls,
+        progress=progress,
+        transform=migration.down,
+        on_decision=recorder,
+    )
     try:
         return pipeline.run(), recorder
     finally:

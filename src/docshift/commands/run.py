@@ -128,7 +128,10 @@ def new_run_id() -> str:
 
 def pipeline_options(config: Config, options: RunOptions) -> PipelineOptions:
     return PipelineOptions(
-        execute=options.execute, engine=config.engine, limits=config.limits, limit=options.limit,
+        execute=options.execute,
+        engine=config.engine,
+        limits=config.limits,
+        limit=options.limit,
         sample_percent=options.sample_percent,
     )
 
@@ -162,9 +165,15 @@ _RUN_KEYS = ("max_writes_per_second", "batch_size", "concurrency", "shards", "ma
 _SCOPE = ("limit", "sample_percent", "stages")
 """Which documents a run processes; a resume cannot change them (that would be another run)."""
 _SWITCHES = ("pause_between_stages", "scans", "auto_rollback")
-_FLAGS = {"limit": "--limit", "sample_percent": "--sample", "stages": "--stages",
-          "pause_between_stages": "--pause-between-stages", "scans": "--validate",
-          "auto_rollback": "--auto-rollback", "backup": "--no-backup"}
+_FLAGS = {
+    "limit": "--limit",
+    "sample_percent": "--sample",
+    "stages": "--stages",
+    "pause_between_stages": "--pause-between-stages",
+    "scans": "--validate",
+    "auto_rollback": "--auto-rollback",
+    "backup": "--no-backup",
+}
 
 
 def _config_value(config: Config, name: str) -> Any:
@@ -175,10 +184,14 @@ def run_settings(config: Config, options: RunOptions) -> dict[str, Any]:
     """What a run continues with when it is resumed (``settings`` in ``run.json``)."""
     return {
         "config": {name: _config_value(config, name) for name in _RUN_KEYS},
-        "options": {"limit": options.limit, "sample_percent": options.sample_percent,
-                    "stages": list(options.stages) if options.stages else None,
-                    "pause_between_stages": options.pause_between_stages, "scans": options.scans,
-                    "auto_rollback": options.auto_rollback},
+        "options": {
+            "limit": options.limit,
+            "sample_percent": options.sample_percent,
+            "stages": list(options.stages) if options.stages else None,
+            "pause_between_stages": options.pause_between_stages,
+            "scans": options.scans,
+            "auto_rollback": options.auto_rollback,
+        },
     }
 
 
@@ -212,10 +225,14 @@ class ResumedRun:
         settings = run_settings(self.config, self.options)
         values, options = settings["config"], settings["options"]
         rate = values["max_writes_per_second"]
-        parts = [f"write limit {_shown(rate) + ' ops/s' if rate else 'none'}",
-                 f"batch size {values['batch_size']}", f"concurrency {values['concurrency']}",
-                 f"shards {values['shards']}", f"max failures {values['max_failures']}",
-                 f"backup {_shown(values['backup'])}"]
+        parts = [
+            f"write limit {_shown(rate) + ' ops/s' if rate else 'none'}",
+            f"batch size {values['batch_size']}",
+            f"concurrency {values['concurrency']}",
+            f"shards {values['shards']}",
+            f"max failures {values['max_failures']}",
+            f"backup {_shown(values['backup'])}",
+        ]
         if options["limit"] is not None:
             parts.append(f"--limit {options['limit']}")
         if options["sample_percent"] is not None:
@@ -225,8 +242,10 @@ class ResumedRun:
         parts += [_FLAGS[name] for name in _SWITCHES if options[name]]
         lines = [f"resuming run {self.run_id} with its own settings: " + ", ".join(parts)]
         for name, change in self.overrides.items():
-            lines.append(f"{_flag_text(name, change['now'])} overrides the run's {name.replace('_', ' ')} "
-                         f"{_shown(change['was'])} (recorded in run.json, the report and the history)")
+            lines.append(
+                f"{_flag_text(name, change['now'])} overrides the run's {name.replace('_', ' ')} "
+                f"{_shown(change['was'])} (recorded in run.json, the report and the history)"
+            )
         return lines
 
 
@@ -240,8 +259,10 @@ def _recorded_settings(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
         settings = Checkpoint.load(path).settings
         flat = {**settings.get("engine", {}), **settings.get("limits", {})}
         options = settings.get("options", {})
-        return {"config": {k: flat[k] for k in _RUN_KEYS if k in flat},
-                "options": {k: options.get(k) for k in (*_SCOPE, *_SWITCHES)}}
+        return {
+            "config": {k: flat[k] for k in _RUN_KEYS if k in flat},
+            "options": {k: options.get(k) for k in (*_SCOPE, *_SWITCHES)},
+        }
     return {"config": {}, "options": {"limit": info.get("limit"), "sample_percent": info.get("sample")}}
 
 
@@ -296,9 +317,15 @@ def resume_run(config: Config, options: RunOptions) -> ResumedRun:
             overrides[name] = {"was": False, "now": True}
         switches[name] = was_on or now_on
     options = dataclasses.replace(
-        options, execute=bool(info["execute"]), resume=run_id, run_id=run_id, limit=theirs["limit"],
-        sample_percent=theirs["sample_percent"], stages=stages,
-        pause_between_stages=switches["pause_between_stages"], scans=switches["scans"],
+        options,
+        execute=bool(info["execute"]),
+        resume=run_id,
+        run_id=run_id,
+        limit=theirs["limit"],
+        sample_percent=theirs["sample_percent"],
+        stages=stages,
+        pause_between_stages=switches["pause_between_stages"],
+        scans=switches["scans"],
         auto_rollback=switches["auto_rollback"],
     )
     return ResumedRun(run_id, folder, info, config, options, overrides)
@@ -317,7 +344,8 @@ def _record_resume(resumed: ResumedRun, progress: Progress) -> None:
     info = resumed.info
     info["settings"] = run_settings(resumed.config, resumed.options)
     info.setdefault("resumes", []).append(
-        {"at": datetime.now(UTC).isoformat(), "user": current_user(), "overrides": resumed.overrides})
+        {"at": datetime.now(UTC).isoformat(), "user": current_user(), "overrides": resumed.overrides}
+    )
     merged: dict[str, dict[str, Any]] = dict(info.get("overrides") or {})
     for name, change in resumed.overrides.items():
         was = merged[name]["was"] if name in merged else change["was"]
@@ -340,9 +368,10 @@ def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
         if info.get("kind", "run") == kind and info.get("execute") and info.get("state") not in CLOSED_STATES:
             return path.parent
     command = "docshift run --execute" if kind == "run" else "docshift rollback RUN_ID --execute"
-    raise UsageError(f"no unfinished {kind} in {runs_dir} to resume",
-                     hint=f"finished and rolled-back runs are closed (see `docshift runs`); start a new run: "
-                     f"{command}")
+    raise UsageError(
+        f"no unfinished {kind} in {runs_dir} to resume",
+        hint=f"finished and rolled-back runs are closed (see `docshift runs`); start a new run: {command}",
+    )
 
 
 def _write_run_file(folder: Path, info: dict[str, Any]) -> None:
@@ -361,8 +390,12 @@ def _record_state(folder: Path, info: dict[str, Any], state: str) -> RunFileErro
 
 def _unrecorded(error: RunFileError, done: str, then: str, resume: str | None = None) -> RunFileError:
     """``error`` (run.json could not be written) with what the run had done and what to do next."""
-    return RunFileError(f"{error.message}; {done}", path=error.path, resume_command=resume,
-                        hint=f"free space or fix the runs folder (permissions, mount), then {then}")
+    return RunFileError(
+        f"{error.message}; {done}",
+        path=error.path,
+        resume_command=resume,
+        hint=f"free space or fix the runs folder (permissions, mount), then {then}",
+    )
 
 
 def run(
@@ -396,20 +429,29 @@ def run(
             selected, drifted = _select(migrations, history, options)
             run_id = options.run_id or new_run_id()
             if not selected:
-                return RunReport(run_id, config.runs_dir / run_id, options.execute,
-                                 target=active.info.describe())
+                return RunReport(
+                    run_id, config.runs_dir / run_id, options.execute, target=active.info.describe()
+                )
             folder = config.runs_dir / run_id
             info = {
-                "run_id": run_id, "kind": "run", "execute": options.execute, "state": "running",
-                "migrations": [m.id for m in selected], "created_at": datetime.now(UTC).isoformat(),
+                "run_id": run_id,
+                "kind": "run",
+                "execute": options.execute,
+                "state": "running",
+                "migrations": [m.id for m in selected],
+                "created_at": datetime.now(UTC).isoformat(),
                 "user": current_user(),
-                "target": active.info.describe(), "project": active.info.project,
-                "database": active.info.database, "limit": options.limit, "sample": options.sample_percent,
+                "target": active.info.describe(),
+                "project": active.info.project,
+                "database": active.info.database,
+                "limit": options.limit,
+                "sample": options.sample_percent,
                 "settings": run_settings(config, options),
             }
             if (unwritten := _record_state(folder, info, "running")) is not None:
-                raise _unrecorded(unwritten, f"run {run_id} did not start: nothing was written to the store",
-                                  "run again")
+                raise _unrecorded(
+                    unwritten, f"run {run_id} did not start: nothing was written to the store", "run again"
+                )
         report = RunReport(run_id, folder, options.execute, target=active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
@@ -431,26 +473,45 @@ def run(
                 if state.migration is not None:
                     history.accept_drift(state.migration_id, state.migration.checksum, run_id)
             try:
-                _run_all(config, active, selected, options, report, history, progress, controls, checks,
-                         overrides=dict(info.get("overrides") or {}))
+                _run_all(
+                    config,
+                    active,
+                    selected,
+                    options,
+                    report,
+                    history,
+                    progress,
+                    controls,
+                    checks,
+                    overrides=dict(info.get("overrides") or {}),
+                )
             except RunStopped as stop:
                 rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
                 stop.resume_command = None if rolled_back else report.resume_command
                 unwritten = _record_state(folder, info, stop.run_state)
                 if isinstance(stop, RunFileError):
-                    stop.hint = _unrecorded(stop, "", f"resume with `{report.resume_command}`, or undo what "
-                                            f"was written with `docshift rollback {run_id} --execute`").hint
+                    stop.hint = _unrecorded(
+                        stop,
+                        "",
+                        f"resume with `{report.resume_command}`, or undo what "
+                        f"was written with `docshift rollback {run_id} --execute`",
+                    ).hint
                 elif unwritten is not None:  # a folder that cannot be written must not hide the stop
                     stop.message += f"; {unwritten.message}"
                 raise
         if (unwritten := _record_state(folder, info, "finished")) is not None:
-            done = "; ".join(f"{o.migration.label}: " + ", ".join(
-                f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted"))
-                for o in report.outcomes)
-            raise _unrecorded(unwritten, f"run {run_id} finished ({done}); only its run.json still says "
-                              "running", f"`{report.resume_command}` records it as finished (it migrates "
-                              f"nothing again); `docshift rollback {run_id} --execute` undoes it",
-                              report.resume_command)
+            done = "; ".join(
+                f"{o.migration.label}: "
+                + ", ".join(f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted"))
+                for o in report.outcomes
+            )
+            raise _unrecorded(
+                unwritten,
+                f"run {run_id} finished ({done}); only its run.json still says running",
+                f"`{report.resume_command}` records it as finished (it migrates "
+                f"nothing again); `docshift rollback {run_id} --execute` undoes it",
+                report.resume_command,
+            )
         return report
 
 
@@ -482,8 +543,14 @@ def outcome_status(checkpoint: Checkpoint | None, error: DocshiftError | None) -
 
 
 def _run_all(
-    config: Config, store: Store, selected: Sequence[Migration], options: RunOptions, report: RunReport,
-    history: History, progress: Progress, controls: Controls,
+    config: Config,
+    store: Store,
+    selected: Sequence[Migration],
+    options: RunOptions,
+    report: RunReport,
+    history: History,
+    progress: Progress,
+    controls: Controls,
     checks: Callable[[Migration], DocumentCheck | None] | None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> None:
@@ -495,8 +562,10 @@ def _run_all(
         if checkpoint_path.exists():
             checkpoint = Checkpoint.load(checkpoint_path)
             if checkpoint.extra.get("rolled_back"):
-                raise UsageError(f"{migration.label} was rolled back by its canary stage gate in run "
-                                 f"{report.run_id}", hint="fix the migration and start a new run")
+                raise UsageError(
+                    f"{migration.label} was rolled back by its canary stage gate in run {report.run_id}",
+                    hint="fix the migration and start a new run",
+                )
             stages_left = bool(options.stages) and not checkpoint.covers_target
             if checkpoint.finished and not stages_left and not checkpoint.extra.get("rolling_back"):
                 if options.execute:
@@ -523,18 +592,40 @@ def _run_all(
             history.start(migration, report.run_id, overrides)
 
             def on_checkpoint(saved: Checkpoint, migration_id: str = migration.id) -> None:
-                summary = {"run_id": saved.run_id, "state": saved.state,
-                           "cursors": [s.cursor for s in saved.shards]}
+                summary = {
+                    "run_id": saved.run_id,
+                    "state": saved.state,
+                    "cursors": [s.cursor for s in saved.shards],
+                }
                 history.progress(migration_id, saved.counters, summary)
 
         pipeline = MigrationPipeline(
-            store, migration, base, folder, checkpoint, controls=controls, progress=progress,
-            check=checks(migration) if checks else None, on_decision=recorder, on_checkpoint=on_checkpoint,
+            store,
+            migration,
+            base,
+            folder,
+            checkpoint,
+            controls=controls,
+            progress=progress,
+            check=checks(migration) if checks else None,
+            on_decision=recorder,
+            on_checkpoint=on_checkpoint,
         )
         try:
             if options.execute and options.stages:
-                result = _staged(config, store, migration, base, folder, checkpoint, options, controls,
-                                 progress, checks, report.run_id)
+                result = _staged(
+                    config,
+                    store,
+                    migration,
+                    base,
+                    folder,
+                    checkpoint,
+                    options,
+                    controls,
+                    progress,
+                    checks,
+                    report.run_id,
+                )
             else:
                 result = pipeline.run()
         finally:
@@ -553,15 +644,20 @@ def _run_all(
                 error = str(result.error)
             history.finish(migration.id, status, result.counters, error)
             if isinstance(result.error, StageFailed):  # its own stages: earlier runs' writes may remain
-                record = history.mark_rolled_back(migration.id, report.run_id, result.counters,
-                                                  undone=(report.run_id,))
+                record = history.mark_rolled_back(
+                    migration.id, report.run_id, result.counters, undone=(report.run_id,)
+                )
                 if record.status is not MigrationStatus.ROLLED_BACK:
                     earlier = ", ".join(record.runs) if record.runs else "earlier runs"
                     command = f"docshift rollback {record.runs[-1] if record.runs else 'RUN_ID'} --execute"
-                    progress.event("warning", message=(
-                        f"{migration.label}: the stages of this run were rolled back, but what {earlier} "
-                        f"migrated before stays migrated: it is recorded {record.status.value}, not rolled "
-                        f"back; to undo that too: {command}"))
+                    progress.event(
+                        "warning",
+                        message=(
+                            f"{migration.label}: the stages of this run were rolled back, but what {earlier} "
+                            f"migrated before stays migrated: it is recorded {record.status.value}, "
+                            f"not rolled back; to undo that too: {command}"
+                        ),
+                    )
             if status is MigrationStatus.PARTIAL:
                 outcome.note = _partial_note(migration, options, result.counters)
                 progress.event("warning", message=outcome.note)
@@ -578,8 +674,9 @@ def _note_limit(store: Store, migration: Migration, checkpoint: Checkpoint, path
     remaining = False
     if target.limit is None or checkpoint.counters.get("read", 0) < target.limit:
         for shard in checkpoint.shards:
-            query = dataclasses.replace(target.query(start_after=shard.resume_after, end_at=shard.end_at),
-                                        limit=1)
+            query = dataclasses.replace(
+                target.query(start_after=shard.resume_after, end_at=shard.end_at), limit=1
+            )
             if any(True for _ in store.stream(query)):
                 remaining = True
                 break
@@ -588,24 +685,48 @@ def _note_limit(store: Store, migration: Migration, checkpoint: Checkpoint, path
 
 
 def _partial_note(migration: Migration, options: RunOptions, counters: dict[str, int]) -> str:
-    scope = (f"--limit {options.limit}" if options.limit is not None
-             else f"--sample {_shown(float(options.sample_percent or 0))}%")
+    scope = (
+        f"--limit {options.limit}"
+        if options.limit is not None
+        else f"--sample {_shown(float(options.sample_percent or 0))}%"
+    )
     handled = sum(counters.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
-    return (f"{migration.label}: partial: {scope} processed {handled:,} document(s) and left the rest of "
-            f"{migration.target.describe()} untouched; it is recorded as partial, not applied (pending in "
-            "`docshift status`), and the next `docshift run --execute` processes the rest")
+    return (
+        f"{migration.label}: partial: {scope} processed {handled:,} document(s) and left the rest of "
+        f"{migration.target.describe()} untouched; it is recorded as partial, not applied (pending in "
+        "`docshift status`), and the next `docshift run --execute` processes the rest"
+    )
 
 
 def _staged(
-    config: Config, store: Store, migration: Migration, base: PipelineOptions, folder: Path,
-    checkpoint: Checkpoint, options: RunOptions, controls: Controls, progress: Progress,
-    checks: Callable[[Migration], DocumentCheck | None] | None, run_id: str,
+    config: Config,
+    store: Store,
+    migration: Migration,
+    base: PipelineOptions,
+    folder: Path,
+    checkpoint: Checkpoint,
+    options: RunOptions,
+    controls: Controls,
+    progress: Progress,
+    checks: Callable[[Migration], DocumentCheck | None] | None,
+    run_id: str,
 ) -> PipelineResult:
     assert options.stages is not None
     plan = StagePlan(options.stages, options.pause_between_stages)
     try:
-        return run_stages(config, store, migration, base, folder, checkpoint, plan, controls=controls,
-                          progress=progress, check=checks(migration) if checks else None, run_id=run_id)
+        return run_stages(
+            config,
+            store,
+            migration,
+            base,
+            folder,
+            checkpoint,
+            plan,
+            controls=controls,
+            progress=progress,
+            check=checks(migration) if checks else None,
+            run_id=run_id,
+        )
     except RunStopped as error:
         # The stages' checkpoint speaks for the whole migration (every stage so far), as it does
         # for the report and `docshift runs`.
@@ -630,8 +751,9 @@ def _refuse_if_still_running(store: Store, prefix: str, run_id: str) -> None:
     )
 
 
-def _finish_history(store: Store, history: History, migration: Migration, run_id: str,
-                    checkpoint: Checkpoint, path: Path) -> None:
+def _finish_history(
+    store: Store, history: History, migration: Migration, run_id: str, checkpoint: Checkpoint, path: Path
+) -> None:
     """A resumed run whose migration had already finished: if the process died before recording
     that in the history, record it now (otherwise the history says running for ever)."""
     record = history.get(migration.id)
@@ -644,8 +766,11 @@ def _settings(config: Config, options: RunOptions) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "engine": dataclasses.asdict(config.engine),
         "limits": dataclasses.asdict(config.limits),
-        "store": {"project": config.store.project, "database": config.store.database,
-                  "emulator": config.store.emulator_host is not None},
+        "store": {
+            "project": config.store.project,
+            "database": config.store.database,
+            "emulator": config.store.emulator_host is not None,
+        },
         "options": dataclasses.asdict(options),
     }
     return settings

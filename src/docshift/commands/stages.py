@@ -66,9 +66,18 @@ class StagePlan:
 
 
 def run_stages(
-    config: Config, store: Store, migration: Migration, base: PipelineOptions, folder: Path,
-    checkpoint: Checkpoint, plan: StagePlan, *, controls: Controls, progress: Progress,
-    check: DocumentCheck | None, run_id: str,
+    config: Config,
+    store: Store,
+    migration: Migration,
+    base: PipelineOptions,
+    folder: Path,
+    checkpoint: Checkpoint,
+    plan: StagePlan,
+    *,
+    controls: Controls,
+    progress: Progress,
+    check: DocumentCheck | None,
+    run_id: str,
 ) -> PipelineResult:
     """Run every remaining stage of ``migration``; returns the combined result of the stages.
 
@@ -80,8 +89,11 @@ def run_stages(
     undoing = checkpoint.extra.get("rolling_back")
     if isinstance(undoing, dict):
         _roll_back(store, migration, folder, checkpoint, controls, progress, config)
-        raise StageFailed(f"{undoing.get('message')} (that rollback, cut short when the run stopped, was "
-                          "finished by this resume)", hint=undoing.get("hint"))
+        raise StageFailed(
+            f"{undoing.get('message')} (that rollback, cut short when the run stopped, was "
+            "finished by this resume)",
+            hint=undoing.get("hint"),
+        )
     current = int(checkpoint.extra.get("stage", 0))
     totals: Counter[str] = Counter(checkpoint.extra.get("earlier", {}))
     seconds = float(checkpoint.extra.get("earlier_seconds", 0.0))
@@ -92,30 +104,50 @@ def run_stages(
         above = plan.stages[index - 1] if index else 0.0
         percent = plan.stages[index]
         if index != current:
-            checkpoint = new_checkpoint(run_id, migration, plan_shards(store, migration.target, 1),
-                                        checkpoint.settings)
+            checkpoint = new_checkpoint(
+                run_id, migration, plan_shards(store, migration.target, 1), checkpoint.settings
+            )
         elif checkpoint.extra.get("passed") == index:
             continue  # that stage passed its gate before the run stopped
-        checkpoint.extra.update(stage=index, stages=list(plan.stages), earlier=dict(totals),
-                                earlier_seconds=seconds)
+        checkpoint.extra.update(
+            stage=index, stages=list(plan.stages), earlier=dict(totals), earlier_seconds=seconds
+        )
         options = dataclasses.replace(
-            base, sample_percent=percent, sample_above=above,
+            base,
+            sample_percent=percent,
+            sample_above=above,
             max_commit_p95=limit_ms / 1000 if limit_ms > 0 else None,
         )
-        progress.event("stage", migration=migration.label, stage=index + 1, stages=len(plan.stages),
-                       message=f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
-                       f"documents in ({above:g}%, {percent:g}%]")
+        progress.event(
+            "stage",
+            migration=migration.label,
+            stage=index + 1,
+            stages=len(plan.stages),
+            message=f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
+            f"documents in ({above:g}%, {percent:g}%]",
+        )
         if checkpoint.finished:
             # Every document of the stage was handled when the run stopped, before its gate ran.
-            result = PipelineResult(migration.id, "finished", dict(checkpoint.counters),
-                                    checkpoint.elapsed_seconds, folder)
+            result = PipelineResult(
+                migration.id, "finished", dict(checkpoint.counters), checkpoint.elapsed_seconds, folder
+            )
         else:
-            result = MigrationPipeline(store, migration, options, folder, checkpoint, controls=controls,
-                                       progress=progress, check=check).run()
+            result = MigrationPipeline(
+                store,
+                migration,
+                options,
+                folder,
+                checkpoint,
+                controls=controls,
+                progress=progress,
+                check=check,
+            ).run()
         if result.error is not None:
             if isinstance(result.error, _TRIGGERS):
-                message = (f"stage {index + 1} ({percent:g}%) stopped: {result.error.message}; every stage "
-                           "so far was rolled back from the before-images")
+                message = (
+                    f"stage {index + 1} ({percent:g}%) stopped: {result.error.message}; every stage "
+                    "so far was rolled back from the before-images"
+                )
                 hint = _stage_hint(folder)
                 _start_rollback(checkpoint, path, message, hint)
                 _roll_back(store, migration, folder, checkpoint, controls, progress, config)
@@ -124,8 +156,10 @@ def run_stages(
         stage_counts = Counter({k: v for k, v in result.counters.items() if k not in ("read", "skipped")})
         gate = _gate(config, store, migration, stage_counts, result, above, percent)
         if gate is not None:
-            message = (f"stage {index + 1} ({percent:g}%) failed its gate: {gate}; every stage so far was "
-                       "rolled back from the before-images")
+            message = (
+                f"stage {index + 1} ({percent:g}%) failed its gate: {gate}; every stage so far was "
+                "rolled back from the before-images"
+            )
             hint = _stage_hint(folder)
             _start_rollback(checkpoint, path, message, hint)
             _roll_back(store, migration, folder, checkpoint, controls, progress, config)
@@ -145,8 +179,12 @@ def run_stages(
     totals["read"] = result.counters.get("read", 0)
     result.counters = dict(totals)
     result.elapsed_seconds = seconds
-    combined = {**result.snapshot, **totals, "skipped": 0,
-                "processed": sum(totals[k] for k in ("updated", "created", "deleted", "unchanged", "failed"))}
+    combined = {
+        **result.snapshot,
+        **totals,
+        "skipped": 0,
+        "processed": sum(totals[k] for k in ("updated", "created", "deleted", "unchanged", "failed")),
+    }
     combined["elapsed_seconds"] = seconds
     # The per-stage finish events each counted one stage; this one speaks for the whole migration.
     progress.event("finish", **{**combined, "migration": migration.label, "stages": len(plan.stages)})
@@ -161,14 +199,21 @@ def _start_rollback(checkpoint: Checkpoint, path: Path, message: str, hint: str 
 
 
 def _gate(
-    config: Config, store: Store, migration: Migration, counts: Counter[str], result: PipelineResult,
-    above: float, percent: float,
+    config: Config,
+    store: Store,
+    migration: Migration,
+    counts: Counter[str],
+    result: PipelineResult,
+    above: float,
+    percent: float,
 ) -> str | None:
     """Why the stage may not be followed by the next one, or ``None``."""
     handled = sum(counts[k] for k in ("updated", "created", "deleted", "unchanged", "failed"))
     if handled and counts["failed"] / handled > config.limits.stage_max_failure_rate:
-        return (f"{counts['failed']} of {handled} documents failed, above "
-                f"{config.limits.stage_max_failure_rate:.1%}")
+        return (
+            f"{counts['failed']} of {handled} documents failed, above "
+            f"{config.limits.stage_max_failure_rate:.1%}"
+        )
     limit_ms = config.limits.stage_max_p95_ms
     p95 = result.snapshot.get("commit_p95")
     if limit_ms > 0 and p95 is not None and p95 * 1000 > limit_ms:
@@ -177,8 +222,10 @@ def _gate(
     if checked:
         score = 100.0 * (checked - failing) / checked
         if score < config.limits.integrity_critical:
-            return (f"integrity {score:.1f}% of the stage's {checked} documents is below "
-                    f"{config.limits.integrity_critical:g}%")
+            return (
+                f"integrity {score:.1f}% of the stage's {checked} documents is below "
+                f"{config.limits.integrity_critical:g}%"
+            )
     return None
 
 
@@ -214,51 +261,88 @@ def _integrity(store: Store, migration: Migration, above: float, percent: float)
 
 
 def _roll_back(
-    store: Store, migration: Migration, folder: Path, checkpoint: Checkpoint, controls: Controls,
-    progress: Progress, config: Config,
+    store: Store,
+    migration: Migration,
+    folder: Path,
+    checkpoint: Checkpoint,
+    controls: Controls,
+    progress: Progress,
+    config: Config,
 ) -> RestoreResult:
     """Undo every stage of this migration from its before-images (the run still holds the lease)."""
     controls.stop.clear()
     controls.resume()
     progress.event("warning", message=f"{migration.label}: rolling back every stage from the before-images")
-    restorer = Restorer(store, execute=True, force=False, conflicts_file=folder / "rollback-conflicts.jsonl",
-                        redo=migration.up, limiter=controls.limiter, stop=controls.stop, progress=progress,
-                        batch_size=config.engine.batch_size)
+    restorer = Restorer(
+        store,
+        execute=True,
+        force=False,
+        conflicts_file=folder / "rollback-conflicts.jsonl",
+        redo=migration.up,
+        limiter=controls.limiter,
+        stop=controls.stop,
+        progress=progress,
+        batch_size=config.engine.batch_size,
+    )
     result = restorer.run(plan_restore(folder / "before-images.jsonl.gz"), RestoreResult())
     if result.stopped:  # a signal or `docshift stop` during the rollback: the resume finishes it
-        raise RunStopped(f"{migration.label}: stopped while rolling back its stages",
-                         hint="resume the run to finish the rollback")
-    progress.event("warning", message=f"{migration.label}: rolled back: " + ", ".join(
-        f"{k} {v}" for k, v in result.counters.items() if v))
+        raise RunStopped(
+            f"{migration.label}: stopped while rolling back its stages",
+            hint="resume the run to finish the rollback",
+        )
+    progress.event(
+        "warning",
+        message=f"{migration.label}: rolled back: "
+        + ", ".join(f"{k} {v}" for k, v in result.counters.items() if v),
+    )
     checkpoint.state = "failed"
     checkpoint.extra.update(rolled_back=True, rollback=result.counters)
     checkpoint.save(folder / "checkpoint.json")  # a resume must not continue a rolled-back canary
     # The stage's own stop event counted that stage; this one speaks for the migration, as its
     # record (report, history, `docshift runs`) does.
     record = read_migration(folder)
-    progress.event(ROLLED_BACK, migration=migration.label, **record.counters, rollback=result.counters,
-                   elapsed_seconds=record.elapsed_seconds)
+    progress.event(
+        ROLLED_BACK,
+        migration=migration.label,
+        **record.counters,
+        rollback=result.counters,
+        elapsed_seconds=record.elapsed_seconds,
+    )
     return result
 
 
 def _stage_hint(folder: Path) -> str:
     """What to do after a stage was rolled back, and where its failed documents are (if any)."""
     letters = read_migration(folder).dead_letters
-    listed = (f"the {letters:,} document(s) that failed or broke a rule are listed in "
-              f"{folder / 'dead-letters.jsonl'}; " if letters else "")
+    listed = (
+        f"the {letters:,} document(s) that failed or broke a rule are listed in "
+        f"{folder / 'dead-letters.jsonl'}; "
+        if letters
+        else ""
+    )
     return f"{listed}fix the migration (or the data), then start a new run"
 
 
 def _wait_for_operator(
-    run_folder: Path, controls: Controls, progress: Progress, migration: Migration, index: int, run_id: str,
+    run_folder: Path,
+    controls: Controls,
+    progress: Progress,
+    migration: Migration,
+    index: int,
+    run_id: str,
 ) -> None:
     """Pause until ``docshift resume RUN_ID`` (or the ``pause`` file in the run folder is removed)."""
     marker = run_folder / "pause"
     marker.touch()
     controls.pause()
-    progress.event("stage", migration=migration.label, stage=index + 1, paused=True,
-                   message=f"{migration.label}: stage {index + 1} passed its gate; paused. "
-                   f"Continue with `docshift resume {run_id}` or by deleting {marker}")
+    progress.event(
+        "stage",
+        migration=migration.label,
+        stage=index + 1,
+        paused=True,
+        message=f"{migration.label}: stage {index + 1} passed its gate; paused. "
+        f"Continue with `docshift resume {run_id}` or by deleting {marker}",
+    )
     try:
         while controls.paused and marker.exists():
             if controls.stop.is_set():

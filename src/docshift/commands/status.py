@@ -76,8 +76,11 @@ def _lease_json(lease: Lease | None) -> dict[str, Any] | None:
     if lease is None:
         return None
     return {
-        "owner": lease.owner, "pid": lease.pid, "run_id": lease.run_id,
-        "acquired_at": _iso(lease.acquired_at), "expires_at": _iso(lease.expires_at),
+        "owner": lease.owner,
+        "pid": lease.pid,
+        "run_id": lease.run_id,
+        "acquired_at": _iso(lease.acquired_at),
+        "expires_at": _iso(lease.expires_at),
         "expired": lease.expired(),
     }
 

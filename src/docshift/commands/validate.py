@@ -33,8 +33,10 @@ def find_migration(config: Config, migration_id: str) -> Migration:
         if wanted.isdigit() and int(wanted) == int(migration.id):
             return migration
     known = ", ".join(m.id for m in migrations) or "none"
-    raise UsageError(f"no migration with id {migration_id!r} in {config.migrations_dir}",
-                     hint=f"known ids: {known} (see `docshift status`)")
+    raise UsageError(
+        f"no migration with id {migration_id!r} in {config.migrations_dir}",
+        hint=f"known ids: {known} (see `docshift status`)",
+    )
 
 
 def report_folder(config: Config, kind: str, migration: Migration) -> Path:
@@ -69,8 +71,15 @@ def validate(
         )
     with store_for(config, store) as active:
         baseline = _baseline(config, active, migration) if phase == "after" else None
-        report = scan(active, migration, phase=phase, sample=sample, baseline=baseline,
-                      warning=config.limits.integrity_warning, critical=config.limits.integrity_critical)
+        report = scan(
+            active,
+            migration,
+            phase=phase,
+            sample=sample,
+            baseline=baseline,
+            warning=config.limits.integrity_warning,
+            critical=config.limits.integrity_critical,
+        )
     save_report(report, report_folder(config, "validate", migration) / "report.json")
     return report
 

@@ -46,10 +46,22 @@ class Difference:
     changes: tuple[FieldChange, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.path, "source": self.source, "detail": self.detail,
-                "changes": [{"field": ".".join(c.path), "target": codec.encode(c.old),
-                             "expected": codec.encode(c.new), "added": c.added, "removed": c.removed}
-                            for c in self.changes]}
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "source": self.source,
+            "detail": self.detail,
+            "changes": [
+                {
+                    "field": ".".join(c.path),
+                    "target": codec.encode(c.old),
+                    "expected": codec.encode(c.new),
+                    "added": c.added,
+                    "removed": c.removed,
+                }
+                for c in self.changes
+            ],
+        }
 
 
 @dataclass
@@ -62,8 +74,9 @@ class VerifyReport:
     target_count: int = 0
     expected: int = 0
     matched: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("missing", "extra", "different", "failed", "skipped"), 0))
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("missing", "extra", "different", "failed", "skipped"), 0)
+    )
     examples: list[Difference] = field(default_factory=list)
     elapsed_seconds: float = 0.0
     path: Path | None = None
@@ -79,15 +92,27 @@ class VerifyReport:
 
     def summary(self) -> str:
         problems = ", ".join(f"{self.counts[k]:,} {k}" for k in ("missing", "extra", "different", "failed"))
-        return (f"{self.label}: {self.source_count:,} source and {self.target_count:,} target documents; "
-                f"{self.matched:,} of {self.expected:,} expected copies match; {problems}")
+        return (
+            f"{self.label}: {self.source_count:,} source and {self.target_count:,} target documents; "
+            f"{self.matched:,} of {self.expected:,} expected copies match; {problems}"
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"migration_id": self.migration_id, "label": self.label, "source": self.source,
-                "target": self.target, "source_count": self.source_count,
-                "target_count": self.target_count, "expected": self.expected, "matched": self.matched,
-                **self.counts, "passed": self.passed, "elapsed_seconds": round(self.elapsed_seconds, 3),
-                "at": Timestamp.now().isoformat(), "examples": [d.to_json() for d in self.examples]}
+        return {
+            "migration_id": self.migration_id,
+            "label": self.label,
+            "source": self.source,
+            "target": self.target,
+            "source_count": self.source_count,
+            "target_count": self.target_count,
+            "expected": self.expected,
+            "matched": self.matched,
+            **self.counts,
+            "passed": self.passed,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "at": Timestamp.now().isoformat(),
+            "examples": [d.to_json() for d in self.examples],
+        }
 
 
 def verify(
@@ -127,16 +152,24 @@ def compare(store: Store, migration: Migration, *, examples: int = 20) -> Verify
     return report
 
 
-def _compare_batch(store: Store, migration: Migration, batch: list[Document], produced: DigestSet,
-                   report: VerifyReport, examples: int) -> None:
+def _compare_batch(
+    store: Store,
+    migration: Migration,
+    batch: list[Document],
+    produced: DigestSet,
+    report: VerifyReport,
+    examples: int,
+) -> None:
     expected: list[tuple[Document, str, dict[str, Any]]] = []
     for source in batch:
         destination = migration.target.destination(source.path)
         try:
             result = migration.up(DocView(source))
         except Exception as exc:
-            report.add(Difference("failed", destination, source.path, f"up() raised "
-                                  f"{type(exc).__name__}: {exc}"), examples)
+            report.add(
+                Difference("failed", destination, source.path, f"up() raised {type(exc).__name__}: {exc}"),
+                examples,
+            )
             continue
         if result is UNCHANGED:  # copied as it is
             produced.add(digest(destination))
@@ -144,8 +177,10 @@ def _compare_batch(store: Store, migration: Migration, batch: list[Document], pr
         elif result is DELETE:
             continue  # a document there would be extra
         elif not isinstance(result, dict):
-            report.add(Difference("failed", destination, source.path,
-                                  f"up() returned {type(result).__name__}"), examples)
+            report.add(
+                Difference("failed", destination, source.path, f"up() returned {type(result).__name__}"),
+                examples,
+            )
         else:
             produced.add(digest(destination))
             expected.append((source, destination, result))

@@ -31,8 +31,14 @@ class ControlResult:
     answer: dict[str, Any]
 
 
-def request(url: str, method: str = "GET", body: dict[str, Any] | None = None, *,
-            token: str | None = None, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+def request(
+    url: str,
+    method: str = "GET",
+    body: dict[str, Any] | None = None,
+    *,
+    token: str | None = None,
+    timeout: float = 5.0,
+) -> tuple[int, dict[str, Any]]:
     """One JSON request; returns the status code and the JSON answer (HTTP errors included)."""
     data = json.dumps(body).encode("utf-8") if body is not None else (b"" if method == "POST" else None)
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -56,8 +62,10 @@ def _json(raw: bytes) -> dict[str, Any]:
 
 def _refused(run_id: str, code: int, answer: dict[str, Any]) -> UsageError:
     if code == 401:
-        return UsageError(f"the status endpoint of run {run_id} refused the token",
-                          hint="pass the run's --status-token with --token or DOCSHIFT_STATUS_TOKEN")
+        return UsageError(
+            f"the status endpoint of run {run_id} refused the token",
+            hint="pass the run's --status-token with --token or DOCSHIFT_STATUS_TOKEN",
+        )
     return UsageError(f"the status endpoint of run {run_id} answered {code}: {answer.get('error', answer)}")
 
 
@@ -75,8 +83,9 @@ def fetch_status(folder: Path, *, token: str | None = None, timeout: float = 3.0
     return answer
 
 
-def send_control(folder: Path, action: str, *, value: float | None = None, token: str | None = None,
-                 timeout: float = 5.0) -> ControlResult:
+def send_control(
+    folder: Path, action: str, *, value: float | None = None, token: str | None = None, timeout: float = 5.0
+) -> ControlResult:
     """Pause, resume, throttle (``value`` ops/s) or stop the run in ``folder``."""
     if action not in ACTIONS:
         raise UsageError(f"unknown control action {action!r}", hint=f"one of {', '.join(ACTIONS)}")
@@ -85,9 +94,11 @@ def send_control(folder: Path, action: str, *, value: float | None = None, token
     run_id = folder.name
     presence = read_presence(folder)
     if presence is None or not presence.alive:
-        raise UsageError(f"run {run_id} is not running (no live process in {folder})",
-                         hint="see `docshift runs`; a stopped run continues with `docshift run --execute "
-                              f"--resume {run_id}`")
+        raise UsageError(
+            f"run {run_id} is not running (no live process in {folder})",
+            hint="see `docshift runs`; a stopped run continues with `docshift run --execute "
+            f"--resume {run_id}`",
+        )
     if presence.url is not None:
         body = {"ops_per_second": value} if action == "throttle" else None
         try:

@@ -27,7 +27,12 @@ from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import DataError
 
 __all__ = [
-    "PRESENCE_FILE", "ControlFiles", "RunPresence", "read_presence", "remove_presence", "write_presence",
+    "PRESENCE_FILE",
+    "ControlFiles",
+    "RunPresence",
+    "read_presence",
+    "remove_presence",
+    "write_presence",
 ]
 
 PRESENCE_FILE = "status.json"
@@ -37,8 +42,9 @@ _KIND = "docshift-status"
 class ControlFiles:
     """Polls the run folder for control files about once a second, in a daemon thread."""
 
-    def __init__(self, folder: Path, controls: Controls, *, progress: Progress | None = None,
-                 interval: float = 0.5) -> None:
+    def __init__(
+        self, folder: Path, controls: Controls, *, progress: Progress | None = None, interval: float = 0.5
+    ) -> None:
         self.folder = folder
         self.controls = controls
         self.progress = progress or NullProgress()
@@ -90,8 +96,10 @@ class ControlFiles:
         except ValueError:
             value = -1.0
         if not 0 <= value < float("inf"):
-            self.progress.event("warning", message=f"ignored {path}: {text[:40]!r} is not a write limit "
-                                                   "in ops/s (a number >= 0)")
+            self.progress.event(
+                "warning",
+                message=f"ignored {path}: {text[:40]!r} is not a write limit in ops/s (a number >= 0)",
+            )
             return
         self.controls.throttle(value)
         self.progress.event("control", action="throttle", source="file", ops_per_second=value)
@@ -127,8 +135,13 @@ class RunPresence:
 
 
 def write_presence(folder: Path, url: str | None, token_required: bool) -> None:
-    body: dict[str, Any] = {"pid": os.getpid(), "hostname": socket.gethostname(), "url": url,
-                            "token_required": token_required, "started_at": time.time()}
+    body: dict[str, Any] = {
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "url": url,
+        "token_required": token_required,
+        "started_at": time.time(),
+    }
     write_versioned(folder / PRESENCE_FILE, _KIND, 1, body)
 
 
@@ -140,8 +153,13 @@ def read_presence(folder: Path) -> RunPresence | None:
         info = read_versioned(path, _KIND, 1)
     except DataError:
         return None
-    return RunPresence(int(info.get("pid", 0)), str(info.get("hostname", "")), info.get("url"),
-                       bool(info.get("token_required")), float(info.get("started_at", 0.0)))
+    return RunPresence(
+        int(info.get("pid", 0)),
+        str(info.get("hostname", "")),
+        info.get("url"),
+        bool(info.get("token_required")),
+        float(info.get("started_at", 0.0)),
+    )
 
 
 def remove_presence(folder: Path) -> None:

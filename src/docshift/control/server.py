@@ -80,8 +80,11 @@ class _Handler(BaseHTTPRequestHandler):
         ok = hmac.compare_digest(value.strip().encode("utf-8"), token.encode("utf-8"))
         if scheme.lower() == "bearer" and ok:
             return True
-        self._send(401, {"error": "a valid token is required (Authorization: Bearer TOKEN)"},
-                   {"WWW-Authenticate": 'Bearer realm="docshift"'})
+        self._send(
+            401,
+            {"error": "a valid token is required (Authorization: Bearer TOKEN)"},
+            {"WWW-Authenticate": 'Bearer realm="docshift"'},
+        )
         return False
 
     def do_GET(self) -> None:
@@ -94,11 +97,29 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/health":
             health = owner.status.health()
             code = 503 if health.status is HealthStatus.CRITICAL else 200
-            self._send(code, {"status": health.status.value, "score": health.score,
-                              "reasons": [issue.message for issue in health.issues]})
+            self._send(
+                code,
+                {
+                    "status": health.status.value,
+                    "score": health.score,
+                    "reasons": [issue.message for issue in health.issues],
+                },
+            )
         elif path == "/":
-            self._send(200, {"run_id": owner.status.run_id, "endpoints": [
-                "GET /status", "GET /health", "POST /pause", "POST /resume", "POST /throttle", "POST /stop"]})
+            self._send(
+                200,
+                {
+                    "run_id": owner.status.run_id,
+                    "endpoints": [
+                        "GET /status",
+                        "GET /health",
+                        "POST /pause",
+                        "POST /resume",
+                        "POST /throttle",
+                        "POST /stop",
+                    ],
+                },
+            )
         elif path in ("/pause", "/resume", "/throttle", "/stop"):
             self._send(405, {"error": f"use POST {path}"}, {"Allow": "POST"})
         else:
@@ -156,12 +177,21 @@ class _Handler(BaseHTTPRequestHandler):
 class StatusServer:
     """Serves one run's status and control in a daemon thread, until :meth:`close`."""
 
-    def __init__(self, status: RunStatus, controls: Controls, *, host: str = "127.0.0.1", port: int = 0,
-                 token: str | None = None, on_control: Any = None) -> None:
+    def __init__(
+        self,
+        status: RunStatus,
+        controls: Controls,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        on_control: Any = None,
+    ) -> None:
         if not is_loopback(host) and not token:
-            raise UsageError(f"--status-host {host} is reachable from other machines; it needs a token",
-                             hint="pass --status-token TOKEN (or DOCSHIFT_STATUS_TOKEN), or bind to "
-                                  "127.0.0.1")
+            raise UsageError(
+                f"--status-host {host} is reachable from other machines; it needs a token",
+                hint="pass --status-token TOKEN (or DOCSHIFT_STATUS_TOKEN), or bind to 127.0.0.1",
+            )
         self.status = status
         self.controls = controls
         self.host = host
@@ -171,11 +201,17 @@ class StatusServer:
         try:
             self._server = _Server((host, port), self)
         except OSError as exc:
-            raise UsageError(f"cannot serve the status endpoint on {host}:{port}: {exc.strerror or exc}",
-                             hint="choose another --status-port (0 picks a free one)") from None
+            raise UsageError(
+                f"cannot serve the status endpoint on {host}:{port}: {exc.strerror or exc}",
+                hint="choose another --status-port (0 picks a free one)",
+            ) from None
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        daemon=True, name="docshift-status")
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            daemon=True,
+            name="docshift-status",
+        )
         self._thread.start()
 
     @property

@@ -55,6 +55,7 @@ class SettlingCheck(Protocol):
 
     def settled(self, counts: Mapping[str, int], letters: Sequence[DeadLetter]) -> None: ...
 
+
 _REQUEST_BUDGET = int(MAX_REQUEST_BYTES * 0.8)
 _SIZE_MARGIN = 64 * 1024
 _SMALL_DOCUMENT = 4096
@@ -149,19 +150,28 @@ class BatchProcessor:
 
     def _note(self, source: Document, form: StoredForm) -> None:
         name = f"{getattr(self.transform, '__name__', 'the transform')}()"
-        found = [("truncated", form.truncated,
-                  "returned a timestamp with nanoseconds below a microsecond ({where}); Firestore keeps "
-                  "microseconds, so such timestamps are written truncated to the microsecond"),
-                 ("naive", form.naive,
-                  "returned a datetime without a time zone ({where}); it is stored as UTC: return an "
-                  "aware datetime if it meant another zone")]
+        found = [
+            (
+                "truncated",
+                form.truncated,
+                "returned a timestamp with nanoseconds below a microsecond ({where}); Firestore keeps "
+                "microseconds, so such timestamps are written truncated to the microsecond",
+            ),
+            (
+                "naive",
+                form.naive,
+                "returned a datetime without a time zone ({where}); it is stored as UTC: return an "
+                "aware datetime if it meant another zone",
+            ),
+        ]
         with self._notes_lock:
             for kind, field_path, text in found:
                 if field_path and kind not in self._noted:
                     self._noted.add(kind)
                     where = f"{source.path}, field {field_path}"
-                    self._notes.append(f"{self.migration.label}: {name} {text.format(where=where)} "
-                                       "(said once per run)")
+                    self._notes.append(
+                        f"{self.migration.label}: {name} {text.format(where=where)} (said once per run)"
+                    )
 
     # ------------------------------------------------------------------ deciding
     def decide(self, source: Document, existing: Document | None) -> Decision:
@@ -183,7 +193,9 @@ class BatchProcessor:
             return Decision(source, existing, "delete", Write.delete(destination, update_time=guard))
         if not isinstance(result, dict):
             return self._failed(
-                source, existing, "transform",
+                source,
+                existing,
+                "transform",
                 f"up() returned {type(result).__name__}; return a dict, UNCHANGED or DELETE",
             )
         result, form = as_stored(result)  # what is written, journalled and compared: what is stored
@@ -203,11 +215,24 @@ class BatchProcessor:
         if self.check is not None:
             broken = self.check(source, result)
             if broken is not None:
-                return Decision(source, existing, "failed", stage="validate", error=broken[1], rule=broken[0],
-                                checked=True)
+                return Decision(
+                    source,
+                    existing,
+                    "failed",
+                    stage="validate",
+                    error=broken[1],
+                    rule=broken[0],
+                    checked=True,
+                )
         if existing is None:
-            return Decision(source, None, "create", Write.create(destination, result, checked=True),
-                            new_data=result, checked=checked)
+            return Decision(
+                source,
+                None,
+                "create",
+                Write.create(destination, result, checked=True),
+                new_data=result,
+                checked=checked,
+            )
         if self._masked_update(existing, changes, result):
             write = Write.update(destination, update_fields(changes), update_time=guard, checked=True)
             return Decision(source, existing, "update", write, changes, result, checked=checked)
@@ -236,8 +261,12 @@ class BatchProcessor:
         return self.store.get_many([self.target.destination(doc.path) for doc in sources])
 
     # ------------------------------------------------------------------ processing
-    def process(self, sources: Sequence[Document], hold: list[DeadLetter] | None = None,
-                spans: list[tuple[int, int]] | None = None) -> Counter[str]:
+    def process(
+        self,
+        sources: Sequence[Document],
+        hold: list[DeadLetter] | None = None,
+        spans: list[tuple[int, int]] | None = None,
+    ) -> Counter[str]:
         """Handle every document of the batch and return its counts, or raise
         :class:`BatchAborted` to leave the batch unfinished (it is read again on resume).
 
@@ -285,9 +314,7 @@ class BatchProcessor:
             fresh_sources = self.store.get_many([d.source.path for d in conflicts])
             present = [doc for doc in fresh_sources if doc is not None]
             counts["unchanged"] += len(fresh_sources) - len(present)  # deleted meanwhile: nothing to do
-            decisions = [
-                self.decide(s, e) for s, e in zip(present, self._existing(present), strict=True)
-            ]
+            decisions = [self.decide(s, e) for s, e in zip(present, self._existing(present), strict=True)]
 
     def _settle(self, decisions: list[Decision], counts: Counter[str]) -> list[Decision]:
         """Count the decisions that need no write; return the ones that do."""
@@ -374,16 +401,23 @@ class BatchProcessor:
             self._journal(written)
         return conflicts
 
-    def _applied(self, decision: Decision, path: str, update_time: Timestamp | None,
-                 counts: Counter[str], written: list[JournalEntry]) -> None:
+    def _applied(
+        self,
+        decision: Decision,
+        path: str,
+        update_time: Timestamp | None,
+        counts: Counter[str],
+        written: list[JournalEntry],
+    ) -> None:
         counts[_APPLIED[decision.kind]] += 1
         if decision.kind == "delete":
             written.append(JournalEntry("deleted", path))
         elif update_time is not None:
             written.append(JournalEntry("written", path, update_time=update_time))
 
-    def _own_landed(self, resent: list[Decision], counts: Counter[str],
-                    written: list[JournalEntry]) -> list[Decision]:
+    def _own_landed(
+        self, resent: list[Decision], counts: Counter[str], written: list[JournalEntry]
+    ) -> list[Decision]:
         """Resent writes refused by their guard: the first send may have landed, its reply lost.
         Where the store now holds exactly what was sent, that refusal was our own write, applied
         (journalled with the update time it has); the others are real conflicts, returned."""
@@ -394,8 +428,9 @@ class BatchProcessor:
         for decision, now in zip(resent, self.store.get_many(paths), strict=True):
             assert decision.write is not None
             if write_landed(decision.write, now, decision.new_data):
-                self._applied(decision, decision.write.path, now.update_time if now else None,
-                              counts, written)
+                self._applied(
+                    decision, decision.write.path, now.update_time if now else None, counts, written
+                )
             else:
                 conflicts.append(decision)
         return conflicts
@@ -465,8 +500,13 @@ def _before_image(decision: Decision) -> JournalEntry:
         assert decision.write is not None
         return JournalEntry("created", decision.write.path, source=source, leaves=leaves)
     return JournalEntry(
-        "before", existing.path, existing.data, existing.update_time, existing.create_time,
-        source=source if source != existing.path else None, leaves=leaves,
+        "before",
+        existing.path,
+        existing.data,
+        existing.update_time,
+        existing.create_time,
+        source=source if source != existing.path else None,
+        leaves=leaves,
     )
 
 

@@ -38,7 +38,8 @@ class LandedWrites:
 
     def __init__(self, counted: Mapping[str, Sequence[str]] | None = None) -> None:
         self._counted: dict[str, tuple[str, ...]] = {
-            str(path): tuple(str(name) for name in names) for path, names in (counted or {}).items()}
+            str(path): tuple(str(name) for name in names) for path, names in (counted or {}).items()
+        }
         self._unclaimed = dict(self._counted)
         self._lock = threading.Lock()
 
@@ -79,8 +80,9 @@ class Landed:
     outcome: JournalEntry | None
 
 
-def settle(store: Store, target: Target, transform: Transform, entries: Iterable[JournalEntry], *,
-           checked: bool) -> list[Landed]:
+def settle(
+    store: Store, target: Target, transform: Transform, entries: Iterable[JournalEntry], *, checked: bool
+) -> list[Landed]:
     """The writes of ``entries`` (the journal members a checkpoint does not count) that landed.
 
     For each path its last write sent counts, with the outcome journalled after it if any. Without
@@ -100,9 +102,12 @@ def settle(store: Store, target: Target, transform: Transform, entries: Iterable
     paths = list(sent)
     found: list[Landed] = []
     for start in range(0, len(paths), _READ_BATCH):
-        chunk = paths[start:start + _READ_BATCH]
-        sources = {path: _source_path(target, sent[path]) for path in chunk
-                   if target.copy_to and sent[path].leaves is None}
+        chunk = paths[start : start + _READ_BATCH]
+        sources = {
+            path: _source_path(target, sent[path])
+            for path in chunk
+            if target.copy_to and sent[path].leaves is None
+        }
         wanted = sorted({source for source in sources.values() if source is not None})
         origins = dict(zip(wanted, store.get_many(wanted), strict=True))
         for path, now in zip(chunk, store.get_many(chunk), strict=True):
@@ -113,8 +118,11 @@ def settle(store: Store, target: Target, transform: Transform, entries: Iterable
                 continue
             outcome = None
             if path not in outcomes:
-                outcome = (JournalEntry("deleted", path) if landed == "deleted" else
-                           JournalEntry("written", path, update_time=now.update_time if now else None))
+                outcome = (
+                    JournalEntry("deleted", path)
+                    if landed == "deleted"
+                    else JournalEntry("written", path, update_time=now.update_time if now else None)
+                )
             counters = [landed]
             if checked and landed != "deleted":
                 counters.append("checked")
@@ -132,8 +140,14 @@ def _source_path(target: Target, entry: JournalEntry) -> str | None:
     return None if target.group else f"{target.collection}/{entry.path.rsplit('/', 1)[-1]}"
 
 
-def _landed(target: Target, transform: Transform, sent: JournalEntry, outcome: JournalEntry | None,
-            now: Document | None, origin: Document | None) -> str | None:
+def _landed(
+    target: Target,
+    transform: Transform,
+    sent: JournalEntry,
+    outcome: JournalEntry | None,
+    now: Document | None,
+    origin: Document | None,
+) -> str | None:
     """``updated``, ``created`` or ``deleted`` if the write ``sent`` landed, else None."""
     if outcome is not None:
         if outcome.kind == "deleted":

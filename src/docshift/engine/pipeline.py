@@ -171,8 +171,9 @@ class MigrationPipeline:
                 # A checkpoint that says which journal members it does not count is settled from
                 # those (settle, below); only one from before that needs the journal's unconfirmed
                 # writes, read from all of it (the batch processor's copies then use them).
-                self.journal = JournalWriter(folder / "before-images.jsonl.gz",
-                                             note_unconfirmed=uncounted is None)
+                self.journal = JournalWriter(
+                    folder / "before-images.jsonl.gz", note_unconfirmed=uncounted is None
+                )
         except RunFileError as error:
             raise self._file_failure(error, saved=None) from error
         self.landed = LandedWrites(checkpoint.extra.get("landed"))
@@ -182,12 +183,24 @@ class MigrationPipeline:
         """Journal spans of the batches begun and not yet settled behind the cursor."""
         self._open_lock = threading.Lock()
         self.processor = BatchProcessor(
-            store, migration, self.stats, transform=transform, execute=options.execute,
-            journal=self.journal, dead_letters=self.dead_letters, limiter=self.controls.limiter,
-            breaker=self.breaker, sizer=self.sizer, stop=self.controls.stop,
-            conflict_retries=engine.conflict_retries, write_mode=engine.write_mode,
+            store,
+            migration,
+            self.stats,
+            transform=transform,
+            execute=options.execute,
+            journal=self.journal,
+            dead_letters=self.dead_letters,
+            limiter=self.controls.limiter,
+            breaker=self.breaker,
+            sizer=self.sizer,
+            stop=self.controls.stop,
+            conflict_retries=engine.conflict_retries,
+            write_mode=engine.write_mode,
             sample_percent=options.sample_percent,
-            sample_above=options.sample_above, check=check, on_decision=on_decision, landed=self.landed,
+            sample_above=options.sample_above,
+            check=check,
+            on_decision=on_decision,
+            landed=self.landed,
         )
         self._on_settled = check.settled if isinstance(check, SettlingCheck) else None
         self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=engine.concurrency)
@@ -322,8 +335,13 @@ class MigrationPipeline:
         self._next_seq = dict.fromkeys(open_shards, 0)
         self._finished: dict[int, dict[int, _Batch]] = {i: {} for i in open_shards}
         unsettled = self._settle_landed()
-        self.progress.event("start", migration=self.migration.label, shards=len(shards),
-                            execute=self.options.execute, counters=dict(self.stats.counters))
+        self.progress.event(
+            "start",
+            migration=self.migration.label,
+            shards=len(shards),
+            execute=self.options.execute,
+            counters=dict(self.stats.counters),
+        )
         if unsettled is not None:  # nothing is read or written before the landed writes are counted
             if isinstance(unsettled, RunFileError):
                 self._file_failed(unsettled)
@@ -332,14 +350,24 @@ class MigrationPipeline:
                 self.controls.request_stop(str(unsettled))
             return self._finish()
         if not self.memory_budget.capacity:
-            self.progress.event("warning", message=(
-                f"memory {self.idle_mb:.0f} MiB before reading is above the soft limit "
-                f"{self.memory.soft_limit_mb} MiB: documents are read one at a time; raise "
-                "memory_soft_limit_mb"))
-        readers = [threading.Thread(target=self._read_shard, args=(i, shards[i]), daemon=True,
-                                    name=f"docshift-reader-{i}") for i in open_shards]
-        writers = [threading.Thread(target=self._write_loop, daemon=True, name=f"docshift-writer-{n}")
-                   for n in range(self.options.engine.concurrency)]
+            self.progress.event(
+                "warning",
+                message=(
+                    f"memory {self.idle_mb:.0f} MiB before reading is above the soft limit "
+                    f"{self.memory.soft_limit_mb} MiB: documents are read one at a time; raise "
+                    "memory_soft_limit_mb"
+                ),
+            )
+        readers = [
+            threading.Thread(
+                target=self._read_shard, args=(i, shards[i]), daemon=True, name=f"docshift-reader-{i}"
+            )
+            for i in open_shards
+        ]
+        writers = [
+            threading.Thread(target=self._write_loop, daemon=True, name=f"docshift-writer-{n}")
+            for n in range(self.options.engine.concurrency)
+        ]
         try:  # before any write: where a resume starts, and which dead letters it keeps
             self._save("running")
         except RunFileError as error:
@@ -377,9 +405,13 @@ class MigrationPipeline:
             return None
         after, spans = self._uncounted
         try:
-            found = settle(self.store, self.migration.target, self.processor.transform,
-                           read_members(self.journal.path, spans, after),
-                           checked=self.processor.check is not None)
+            found = settle(
+                self.store,
+                self.migration.target,
+                self.processor.transform,
+                read_members(self.journal.path, spans, after),
+                checked=self.processor.check is not None,
+            )
             outcomes = [landed.outcome for landed in found if landed.outcome is not None]
             if outcomes:
                 self.journal.append(outcomes, durable=True)
@@ -437,13 +469,16 @@ class MigrationPipeline:
         if state == MemoryState.HARD:
             self.controls.request_stop(
                 f"memory {self.memory.last_rss_mb:.0f} MiB reached the hard limit "
-                f"{self.memory.hard_limit_mb} MiB", MemoryLimitExceeded,
+                f"{self.memory.hard_limit_mb} MiB",
+                MemoryLimitExceeded,
             )
         elif state == MemoryState.SOFT:
             if not self.memory_budget.paused:
                 self.memory_budget.pause()
-                self.progress.event("warning", message=f"memory {self.memory.last_rss_mb:.0f} MiB above "
-                                    f"the soft limit; reading paused")
+                self.progress.event(
+                    "warning",
+                    message=f"memory {self.memory.last_rss_mb:.0f} MiB above the soft limit; reading paused",
+                )
         elif self.memory_budget.paused:
             self.memory_budget.resume()
         lost = self.controls.lease_lost
@@ -469,9 +504,13 @@ class MigrationPipeline:
 
     def _emit_progress(self) -> None:
         self.progress.event(
-            "progress", migration=self.migration.label, **self.stats.snapshot(),
-            batch_size=self.sizer.size, write_limit=self.controls.limiter.limit,
-            memory_mb=self.memory.last_rss_mb, paused=self.controls.paused,
+            "progress",
+            migration=self.migration.label,
+            **self.stats.snapshot(),
+            batch_size=self.sizer.size,
+            write_limit=self.controls.limiter.limit,
+            memory_mb=self.memory.last_rss_mb,
+            paused=self.controls.paused,
         )
 
     def _save(self, state: str) -> None:
@@ -480,8 +519,9 @@ class MigrationPipeline:
             self.journal.sync()
         self.dead_letters.sync()
         if not self.folder.is_dir():  # removed: a checkpoint written into a new one would be alone
-            raise RunFileError(f"{self.folder} was removed while the run was writing it",
-                               path=str(self.folder))
+            raise RunFileError(
+                f"{self.folder} was removed while the run was writing it", path=str(self.folder)
+            )
         self.checkpoint.extra["dead_letter_bytes"] = self.dead_letters.size()
         if self._uncounted is None:
             self._note_uncounted(state)
@@ -491,8 +531,12 @@ class MigrationPipeline:
         self.checkpoint.save(self.folder / "checkpoint.json")
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.checkpoint)
-        self.progress.event("checkpoint", migration=self.migration.label, state=state,
-                            cursors=[s.cursor for s in self.checkpoint.shards])
+        self.progress.event(
+            "checkpoint",
+            migration=self.migration.label,
+            state=state,
+            cursors=[s.cursor for s in self.checkpoint.shards],
+        )
 
     def _note_uncounted(self, state: str) -> None:
         """Record in the checkpoint which journal members hold batches its counters do not count:
@@ -523,8 +567,8 @@ class MigrationPipeline:
         failed = counters.get("failed", 0) - counters.get("rejected", 0)
         if done and self.budget.exceeded(failed, processed, final=True):
             error = TooManyFailures(
-                f"{failed} of {processed} documents failed, more than --max-failures "
-                f"{self.budget.spec}", hint=f"see {self.dead_letters.path}",
+                f"{failed} of {processed} documents failed, more than --max-failures {self.budget.spec}",
+                hint=f"see {self.dead_letters.path}",
             )
         if not done or self.controls.stop.is_set():
             error = self._stop_error()
@@ -551,18 +595,29 @@ class MigrationPipeline:
         # ones also hold batches that a stop left unfinished, which a resume does again.
         snapshot = {**self.stats.snapshot(), **counters, "processed": processed}
         kind = "finish" if done else "stop"
-        self.progress.event(kind, migration=self.migration.label, **snapshot,
-                            reason=str(error) if error else None)
-        return PipelineResult(self.migration.id, "finished" if done else "stopped", dict(counters),
-                              self.stats.elapsed, self.folder, error, snapshot)
+        self.progress.event(
+            kind, migration=self.migration.label, **snapshot, reason=str(error) if error else None
+        )
+        return PipelineResult(
+            self.migration.id,
+            "finished" if done else "stopped",
+            dict(counters),
+            self.stats.elapsed,
+            self.folder,
+            error,
+            snapshot,
+        )
 
     def _file_failure(self, error: RunFileError, saved: bool | None) -> RunFileError:
         """``error`` with what the run had written when it stopped: the counts, that each write's
         before-image was on disk before it was sent, and what the checkpoint holds. ``saved`` is
         None when the pipeline could not even start."""
         counts = self.stats.counts()
-        kinds = [f"{counts.get(kind, 0):,} {kind}" for kind in ("updated", "created", "deleted")
-                 if counts.get(kind, 0)]
+        kinds = [
+            f"{counts.get(kind, 0):,} {kind}"
+            for kind in ("updated", "created", "deleted")
+            if counts.get(kind, 0)
+        ]
         total = sum(counts.get(kind, 0) for kind in ("updated", "created", "deleted"))
         label = self.migration.label
         if not self.options.execute:
@@ -578,11 +633,14 @@ class MigrationPipeline:
         elif saved:
             kept = "; the checkpoint is saved"
         else:
-            kept = ("; the checkpoint could not be saved: a resume does again what came after the last "
-                    "one saved, counting the writes that landed after it from the before-image journal")
+            kept = (
+                "; the checkpoint could not be saved: a resume does again what came after the last "
+                "one saved, counting the writes that landed after it from the before-image journal"
+            )
         return RunFileError(
             f"{error.message}; run {self.checkpoint.run_id} stopped at once: {written}{kept}",
-            path=error.path, hint="free space or fix the folder (permissions, mount), then resume the run",
+            path=error.path,
+            hint="free space or fix the folder (permissions, mount), then resume the run",
         )
 
     def _stop_error(self) -> DocshiftError:
@@ -607,7 +665,14 @@ def _uncounted(extra: dict[str, Any]) -> tuple[int, list[tuple[int, int]]] | Non
     return after, spans
 
 
-def new_checkpoint(run_id: str, migration: Migration, shards: list[ShardCursor],
-                   settings: dict[str, Any]) -> Checkpoint:
-    return Checkpoint(run_id=run_id, migration_id=migration.id, checksum=migration.checksum,
-                      shards=shards, started_at=Timestamp.now(), settings=settings)
+def new_checkpoint(
+    run_id: str, migration: Migration, shards: list[ShardCursor], settings: dict[str, Any]
+) -> Checkpoint:
+    return Checkpoint(
+        run_id=run_id,
+        migration_id=migration.id,
+        checksum=migration.checksum,
+        shards=shards,
+        started_at=Timestamp.now(),
+        settings=settings,
+    )

@@ -46,8 +46,13 @@ class PlanRecorder:
 
     def __call__(self, decision: Decision) -> None:
         if decision.kind == "failed":
-            failure = {"path": decision.source.path, "kind": "failed", "stage": decision.stage,
-                      "error": decision.error, "rule": decision.rule}
+            failure = {
+                "path": decision.source.path,
+                "kind": "failed",
+                "stage": decision.stage,
+                "error": decision.error,
+                "rule": decision.rule,
+            }
             with self._lock:
                 if len(self.failures) < self._samples_wanted:
                     self.failures.append(failure)
@@ -60,8 +65,13 @@ class PlanRecorder:
             "path": target,
             "kind": "update" if decision.kind == "set" else decision.kind,
             "changes": [
-                {"field": list(c.path), "old": codec.encode(c.old), "new": codec.encode(c.new),
-                 "added": c.added, "removed": c.removed}
+                {
+                    "field": list(c.path),
+                    "old": codec.encode(c.old),
+                    "new": codec.encode(c.new),
+                    "added": c.added,
+                    "removed": c.removed,
+                }
                 for c in decision.changes
             ],
         }

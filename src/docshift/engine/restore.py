@@ -107,8 +107,9 @@ def plan_restore(journal: Path, start_after: int = -1) -> Iterator[RestoreAction
         if state is None or state.seq != seq or seq <= start_after:
             continue
         if state.created:
-            yield RestoreAction(seq, "delete" if state.written else "check", entry.path, None, state.written,
-                                state.leaves)
+            yield RestoreAction(
+                seq, "delete" if state.written else "check", entry.path, None, state.written, state.leaves
+            )
         elif state.deleted:
             yield RestoreAction(seq, "recreate", entry.path, entry, None, state.leaves)
         elif state.written is not None:
@@ -119,8 +120,11 @@ def plan_restore(journal: Path, start_after: int = -1) -> Iterator[RestoreAction
 
 @dataclass
 class RestoreResult:
-    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("restored", "recreated", "deleted", "unchanged", "conflicts", "verified", "mismatched"), 0))
+    counters: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("restored", "recreated", "deleted", "unchanged", "conflicts", "verified", "mismatched"), 0
+        )
+    )
     position: int = -1
     samples: list[tuple[str, str, list[FieldChange]]] = field(default_factory=list)
     stopped: bool = False
@@ -166,13 +170,17 @@ class Restorer:
         mismatches_file: Path | None = None,
         left_to_older: Callable[[RestoreAction], bool] | None = None,
     ) -> None:
-        self.store = store if execute or isinstance(store, SimulatedStore) else SimulatedStore(
-            store, retain_writes=False)
+        self.store = (
+            store
+            if execute or isinstance(store, SimulatedStore)
+            else SimulatedStore(store, retain_writes=False)
+        )
         self.execute = execute
         self.force = force
         self.conflicts_file = conflicts_file
         self.mismatches_file = mismatches_file or conflicts_file.with_name(
-            conflicts_file.name.replace("conflicts", "mismatches"))
+            conflicts_file.name.replace("conflicts", "mismatches")
+        )
         self.redo = redo
         self.undo = undo
         self.limiter = limiter or RateLimiter()
@@ -221,9 +229,7 @@ class Restorer:
                 result.counters["unchanged"] += 1
                 missed.append((action, decision.reason, now))
             elif isinstance(decision, str):
-                if decision == "unchanged" or (
-                    self.left_to_older is not None and self.left_to_older(action)
-                ):
+                if decision == "unchanged" or (self.left_to_older is not None and self.left_to_older(action)):
                     result.counters["unchanged"] += 1
                 else:
                     conflicts.append((action, decision))
@@ -258,17 +264,24 @@ class Restorer:
             self.on_batch(result)
         return True
 
-    def _resent_landed(self, writes: Sequence[tuple[RestoreAction, Write]],
-                       answers: Sequence[WriteResult]) -> dict[str, WriteResult]:
+    def _resent_landed(
+        self, writes: Sequence[tuple[RestoreAction, Write]], answers: Sequence[WriteResult]
+    ) -> dict[str, WriteResult]:
         """Resent writes refused by their guard whose first send landed (its reply was lost):
         path -> the result that send had, as read back from the store."""
-        resent = [write for (_, write), answer in zip(writes, answers, strict=True)
-                  if answer.resent and isinstance(answer.error, ConflictError)]
+        resent = [
+            write
+            for (_, write), answer in zip(writes, answers, strict=True)
+            if answer.resent and isinstance(answer.error, ConflictError)
+        ]
         if not resent:
             return {}
         now = self.store.get_many([write.path for write in resent])
-        return {write.path: WriteResult(write.path, update_time=doc.update_time if doc else None)
-                for write, doc in zip(resent, now, strict=True) if write_landed(write, doc)}
+        return {
+            write.path: WriteResult(write.path, update_time=doc.update_time if doc else None)
+            for write, doc in zip(resent, now, strict=True)
+            if write_landed(write, doc)
+        }
 
     def _decide(self, action: RestoreAction, now: Document | None) -> Write | str | _Missed:
         """The write that undoes ``action``; or "unchanged"; or a conflict reason (the document no
@@ -278,8 +291,12 @@ class Restorer:
         removes = action.kind == "delete" or (action.kind == "check" and before is None)
         if removes and now is None:
             return "unchanged"  # already gone: nothing to undo
-        if not removes and now is not None and before is not None and before.data is not None and (
-            values_equal(now.data, before.data)
+        if (
+            not removes
+            and now is not None
+            and before is not None
+            and before.data is not None
+            and (values_equal(now.data, before.data))
         ):
             # Already back (a rollback done again after a crash, or the application put it back).
             if now.update_time is not None:
@@ -289,9 +306,11 @@ class Restorer:
             if now is None:
                 return "the document was deleted after the migration wrote it"
             own = self.own_writes.get(action.path)
-            if now.update_time != action.guard and not (
-                own is not None and own[0] == now.update_time and own[1] == action.guard
-            ) and not self._redone(action, now):
+            if (
+                now.update_time != action.guard
+                and not (own is not None and own[0] == now.update_time and own[1] == action.guard)
+                and not self._redone(action, now)
+            ):
                 return "the document changed after the migration wrote it"
             action = dataclasses.replace(action, guard=now.update_time)
         if removes:
@@ -354,8 +373,9 @@ class Restorer:
         if self.redo is None or before is None or before.data is None:
             return False
         try:
-            expected = self.redo(DocView(Document(before.path, before.data, before.create_time,
-                                                  before.update_time)))
+            expected = self.redo(
+                DocView(Document(before.path, before.data, before.create_time, before.update_time))
+            )
         except Exception:
             return False
         return isinstance(expected, dict) and values_equal(expected, now.data)
@@ -396,7 +416,9 @@ class Restorer:
         return None
 
     def _record_conflicts(
-        self, conflicts: list[tuple[RestoreAction, str]], current: Sequence[Document | None],
+        self,
+        conflicts: list[tuple[RestoreAction, str]],
+        current: Sequence[Document | None],
         actions: Sequence[RestoreAction],
     ) -> None:
         if not conflicts:
@@ -406,7 +428,9 @@ class Restorer:
         for action, reason in conflicts:
             now = now_by_path.get(action.path)
             record: dict[str, Any] = {
-                "path": action.path, "reason": reason, "action": action.kind,
+                "path": action.path,
+                "reason": reason,
+                "action": action.kind,
                 "before": codec.encode(action.before.data) if action.before else None,
                 "current": codec.encode(now.data) if now is not None else None,
                 "current_update_time": codec.encode(now.update_time) if now is not None else None,
@@ -419,13 +443,22 @@ class Restorer:
         with what they hold instead (``after``, null when there is no document)."""
         if not missed:
             return
-        lines = [orjson.dumps({
-            "path": action.path, "reason": reason, "action": action.kind,
-            "strategy": "down" if self.undo is not None else "restore",
-            "before": codec.encode(action.before.data) if action.before and action.before.data is not None
-            else None,
-            "after": codec.encode(now.data) if now is not None else None,
-        }) + b"\n" for action, reason, now in missed]
+        lines = [
+            orjson.dumps(
+                {
+                    "path": action.path,
+                    "reason": reason,
+                    "action": action.kind,
+                    "strategy": "down" if self.undo is not None else "restore",
+                    "before": codec.encode(action.before.data)
+                    if action.before and action.before.data is not None
+                    else None,
+                    "after": codec.encode(now.data) if now is not None else None,
+                }
+            )
+            + b"\n"
+            for action, reason, now in missed
+        ]
         _append_lines(self.mismatches_file, lines)
 
 

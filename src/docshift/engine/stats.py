@@ -10,7 +10,15 @@ from typing import Any
 __all__ = ["COUNTERS", "RunStats", "format_ms"]
 
 COUNTERS = (
-    "read", "updated", "created", "deleted", "unchanged", "failed", "conflicts", "skipped", "rejected",
+    "read",
+    "updated",
+    "created",
+    "deleted",
+    "unchanged",
+    "failed",
+    "conflicts",
+    "skipped",
+    "rejected",
     "checked",
 )
 """``rejected``: documents a validation rule refused (also counted in ``failed``); the integrity gate
@@ -85,8 +93,11 @@ class RunStats:
             rate_avg = self._done_this_session / session_seconds
         return {
             **counters,
-            "processed": counters["updated"] + counters["created"] + counters["deleted"]
-            + counters["unchanged"] + counters["failed"],
+            "processed": counters["updated"]
+            + counters["created"]
+            + counters["deleted"]
+            + counters["unchanged"]
+            + counters["failed"],
             "docs_per_second_now": recent / window,
             "docs_per_second_avg": rate_avg,
             "commit_p50": self.percentile(0.50),

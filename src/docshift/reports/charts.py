@@ -57,7 +57,7 @@ def downsample(points: Sequence[Point], limit: int = 600) -> list[Point]:
     size = math.ceil(len(points) / limit)
     kept: list[Point] = []
     for index in range(0, len(points), size):
-        bucket = points[index:index + size]
+        bucket = points[index : index + size]
         if any(y is None for _, y in bucket):
             kept.extend(p for p in bucket if p[1] is None)
         valued = [p for p in bucket if p[1] is not None]
@@ -84,21 +84,33 @@ def _fmt_time(seconds: float, span: float) -> str:
     return f"{whole // 60}:{whole % 60:02d}"
 
 
-def line_chart(title: str, series: Sequence[Series], *, y_label: str, width: int = 900,
-               height: int = 260, x_is_time: bool = True, x_range: tuple[float, float] | None = None,
-               marks: Sequence[Mark] = ()) -> str:
+def line_chart(
+    title: str,
+    series: Sequence[Series],
+    *,
+    y_label: str,
+    width: int = 900,
+    height: int = 260,
+    x_is_time: bool = True,
+    x_range: tuple[float, float] | None = None,
+    marks: Sequence[Mark] = (),
+) -> str:
     """An SVG line chart; each series is a polyline (split at breaks) with a legend entry.
     ``x_range`` lets several charts share one time axis."""
     left, right, top, bottom = 64, 16, 34, 42
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [(x, y) for s in series for x, y in s.points if y is not None]
-    parts = [f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" '
-             f'height="{height}" aria-label="{escape(title)}">',
-             f'<title>{escape(title)}</title>',
-             f'<text x="{left}" y="20" class="chart-title">{escape(title)}</text>']
+    parts = [
+        f'<svg class="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{left}" y="20" class="chart-title">{escape(title)}</text>',
+    ]
     if not values:
-        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="no-data">'
-                     "no data recorded</text></svg>")
+        parts.append(
+            f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="no-data">'
+            "no data recorded</text></svg>"
+        )
         return "".join(parts)
     x_low, x_high = x_range or (min(x for x, _ in values), max(x for x, _ in values))
     if x_high <= x_low:
@@ -116,14 +128,16 @@ def line_chart(title: str, series: Sequence[Series], *, y_label: str, width: int
     for tick in y_ticks:
         y = sy(tick)
         parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" class="grid"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
-                     f"{_fmt(tick)}</text>")
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{_fmt(tick)}</text>'
+        )
     for tick in x_ticks:
         x = sx(tick)
         label = _fmt_time(tick, x_high - x_low) if x_is_time else _fmt(tick)
         parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" class="grid"/>')
-        parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" class="tick">'
-                     f"{label}</text>")
+        parts.append(
+            f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" class="tick">{label}</text>'
+        )
     parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="frame"/>')
     last_x, lift = -1e9, 0
     for mark in sorted(marks, key=lambda m: m.x):
@@ -131,14 +145,20 @@ def line_chart(title: str, series: Sequence[Series], *, y_label: str, width: int
             x = sx(mark.x)
             lift = lift + 12 if x - last_x < 60 else 0  # labels of close marks are stacked, not overlaid
             last_x = x
-            parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" class="mark"/>'
-                         f'<text x="{x + 3:.1f}" y="{top + plot_h - 4 - lift}" class="mark-label">'
-                         f"{escape(mark.label)}</text>")
-    parts.append(f'<text x="14" y="{top + plot_h / 2:.1f}" class="axis" transform="rotate(-90 14 '
-                 f'{top + plot_h / 2:.1f})" text-anchor="middle">{escape(y_label)}</text>')
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" class="mark"/>'
+                f'<text x="{x + 3:.1f}" y="{top + plot_h - 4 - lift}" class="mark-label">'
+                f"{escape(mark.label)}</text>"
+            )
+    parts.append(
+        f'<text x="14" y="{top + plot_h / 2:.1f}" class="axis" transform="rotate(-90 14 '
+        f'{top + plot_h / 2:.1f})" text-anchor="middle">{escape(y_label)}</text>'
+    )
     x_name = "time since the run started" if x_is_time else ""
-    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" class="axis" text-anchor="middle">'
-                 f"{x_name}</text>")
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" class="axis" text-anchor="middle">'
+        f"{x_name}</text>"
+    )
     legend_x = left + 8
     for item in series:
         segments: list[list[str]] = [[]]
@@ -150,14 +170,20 @@ def line_chart(title: str, series: Sequence[Series], *, y_label: str, width: int
         for segment in segments:
             if len(segment) == 1:
                 cx, cy = segment[0].split(",")
-                parts.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{item.colour}" '
-                             f'data-series="{escape(item.name)}"/>')
+                parts.append(
+                    f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{item.colour}" '
+                    f'data-series="{escape(item.name)}"/>'
+                )
             elif segment:
                 dash = f' stroke-dasharray="{item.dash}"' if item.dash else ""
-                parts.append(f'<polyline fill="none" stroke="{item.colour}" stroke-width="1.8"{dash} '
-                             f'data-series="{escape(item.name)}" points="{" ".join(segment)}"/>')
-        parts.append(f'<rect x="{legend_x}" y="{top + 6}" width="10" height="10" fill="{item.colour}"/>'
-                     f'<text x="{legend_x + 14}" y="{top + 15}" class="legend">{escape(item.name)}</text>')
+                parts.append(
+                    f'<polyline fill="none" stroke="{item.colour}" stroke-width="1.8"{dash} '
+                    f'data-series="{escape(item.name)}" points="{" ".join(segment)}"/>'
+                )
+        parts.append(
+            f'<rect x="{legend_x}" y="{top + 6}" width="10" height="10" fill="{item.colour}"/>'
+            f'<text x="{legend_x + 14}" y="{top + 15}" class="legend">{escape(item.name)}</text>'
+        )
         legend_x += 24 + 7 * len(item.name)
     parts.append("</svg>")
     return "".join(parts)

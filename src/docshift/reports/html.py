@@ -62,39 +62,72 @@ def _duration(seconds: Any) -> str:
     if not isinstance(seconds, int | float):
         return "-"
     whole = int(seconds)
-    return f"{whole // 3600}h {whole % 3600 // 60:02d}m {whole % 60:02d}s" if whole >= 3600 else (
-        f"{whole // 60}m {whole % 60:02d}s" if whole >= 60 else f"{seconds:.1f}s")
+    return (
+        f"{whole // 3600}h {whole % 3600 // 60:02d}m {whole % 60:02d}s"
+        if whole >= 3600
+        else (f"{whole // 60}m {whole % 60:02d}s" if whole >= 60 else f"{seconds:.1f}s")
+    )
 
 
 def _table(headers: list[str], rows: list[list[str]], numeric: set[int] | None = None) -> str:
     numeric = numeric or set()
     head = "".join(f'<th class="{"n" if i in numeric else ""}">{_e(h)}</th>' for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f'<td class="{"n" if i in numeric else ""}">{cell}</td>'
-                                    for i, cell in enumerate(row)) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="{"n" if i in numeric else ""}">{cell}</td>' for i, cell in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _series(group: dict[str, list[list[Any]]], dashes: tuple[str | None, ...] = (None,)) -> list[Series]:
-    return [Series(name, [(float(x), None if y is None else float(y)) for x, y in points],
-                   PALETTE[index % len(PALETTE)], dashes[index % len(dashes)])
-            for index, (name, points) in enumerate(group.items())]
+    return [
+        Series(
+            name,
+            [(float(x), None if y is None else float(y)) for x, y in points],
+            PALETTE[index % len(PALETTE)],
+            dashes[index % len(dashes)],
+        )
+        for index, (name, points) in enumerate(group.items())
+    ]
 
 
 def _charts(timeline: dict[str, Any]) -> str:
     groups = [timeline.get(name) or {} for name in ("throughput", "latency_ms", "failures")]
     ends = [float(x) for group in groups for points in group.values() for x, _ in points]
     span = (0.0, max(ends)) if ends and max(ends) > 0 else None
-    marks = [Mark(float(m["t"]), "stopped" if m["kind"] == "stop" else str(m["text"])[:16])
-             for m in timeline.get("markers", []) if m.get("kind") in ("control", "stop")]
+    marks = [
+        Mark(float(m["t"]), "stopped" if m["kind"] == "stop" else str(m["text"])[:16])
+        for m in timeline.get("markers", [])
+        if m.get("kind") in ("control", "stop")
+    ]
     dashes = (None, "7 4", "2 3")
-    return "".join([
-        line_chart("Throughput (documents per second)", _series(groups[0]), y_label="docs/s", x_range=span,
-                   marks=marks),
-        line_chart("Commit latency percentiles", _series(groups[1], dashes), y_label="ms", x_range=span,
-                   marks=marks),
-        line_chart("Failures, conflicts and retries (cumulative)", _series(groups[2], dashes),
-                   y_label="count", x_range=span, marks=marks),
-    ])
+    return "".join(
+        [
+            line_chart(
+                "Throughput (documents per second)",
+                _series(groups[0]),
+                y_label="docs/s",
+                x_range=span,
+                marks=marks,
+            ),
+            line_chart(
+                "Commit latency percentiles",
+                _series(groups[1], dashes),
+                y_label="ms",
+                x_range=span,
+                marks=marks,
+            ),
+            line_chart(
+                "Failures, conflicts and retries (cumulative)",
+                _series(groups[2], dashes),
+                y_label="count",
+                x_range=span,
+                marks=marks,
+            ),
+        ]
+    )
 
 
 def _counts(migration: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +138,14 @@ def _counts(migration: dict[str, Any]) -> dict[str, Any]:
 
 def _count_columns(migrations: list[dict[str, Any]]) -> list[str]:
     """The usual counters, plus any other a run kept (a restore's ``restored``, ``verified``…)."""
-    extra = sorted({name for m in migrations for name, value in _counts(m).items()
-                    if value and name not in _COUNTS and name not in ("read", "rejected", "checked")})
+    extra = sorted(
+        {
+            name
+            for m in migrations
+            for name, value in _counts(m).items()
+            if value and name not in _COUNTS and name not in ("read", "rejected", "checked")
+        }
+    )
     return [*_COUNTS, *extra]
 
 
@@ -126,15 +165,34 @@ def _validation(validation: dict[str, Any] | None) -> str:
     if validation.get("gate"):
         parts.append(f"<p><strong>Integrity gate:</strong> {_e(validation['gate'])}</p>")
     reports = validation.get("reports") or []
-    rows = [[_e(r.get("label")), _e(r.get("phase")), _n(r.get("checked")), _n(r.get("failed")),
-             f"{float(r.get('score') or 0):.1f}%", _e(r.get("level"))] for r in reports]
+    rows = [
+        [
+            _e(r.get("label")),
+            _e(r.get("phase")),
+            _n(r.get("checked")),
+            _n(r.get("failed")),
+            f"{float(r.get('score') or 0):.1f}%",
+            _e(r.get("level")),
+        ]
+        for r in reports
+    ]
     if rows:
         headers = ["migration", "phase", "checked", "failed", "integrity", "level"]
         parts.append(_table(headers, rows, {2, 3, 4}))
-    failing = [[_e(r.get("label")), _e(r.get("phase")), _e(rule.get("rule")), _n(rule.get("failures")),
-                _e("; ".join(f"{ex.get('path')}: {ex.get('message')}"
-                             for ex in (rule.get("examples") or [])[:3]))]
-               for r in reports for rule in (r.get("rules") or []) if rule.get("failures")]
+    failing = [
+        [
+            _e(r.get("label")),
+            _e(r.get("phase")),
+            _e(rule.get("rule")),
+            _n(rule.get("failures")),
+            _e(
+                "; ".join(f"{ex.get('path')}: {ex.get('message')}" for ex in (rule.get("examples") or [])[:3])
+            ),
+        ]
+        for r in reports
+        for rule in (r.get("rules") or [])
+        if rule.get("failures")
+    ]
     if failing:
         parts.append(_table(["migration", "phase", "rule", "failures", "examples"], failing, {3}))
     return "".join(parts) or '<p class="muted">No validation reports.</p>'
@@ -147,11 +205,15 @@ def render_html(body: dict[str, Any]) -> str:
     mode = "execute" if body.get("execute") else "dry run"
     title = f"docshift {body.get('kind', 'run')} {body.get('run_id')}"
     facts = [
-        ("mode", _e(mode)), ("target", _e(run.get("target"))), ("started by", _e(run.get("user"))),
-        ("created", _e(run.get("created_at"))), ("first event", _when(body.get("first_event_at"))),
+        ("mode", _e(mode)),
+        ("target", _e(run.get("target"))),
+        ("started by", _e(run.get("user"))),
+        ("created", _e(run.get("created_at"))),
+        ("first event", _when(body.get("first_event_at"))),
         ("last event", _when(body.get("last_event_at"))),
         ("working time", _duration(body.get("duration_seconds"))),
-        ("exit code", _e(outcome.get("exit_code"))), ("folder", f"<code>{_e(body.get('folder'))}</code>"),
+        ("exit code", _e(outcome.get("exit_code"))),
+        ("folder", f"<code>{_e(body.get('folder'))}</code>"),
     ]
     if outcome.get("error"):
         facts.append(("stopped because", _e(outcome.get("error"))))
@@ -164,49 +226,88 @@ def render_html(body: dict[str, Any]) -> str:
         counters = _counts(m)
         if m.get("rollback"):
             undone = ", ".join(f"{k} {_n(v)}" for k, v in m["rollback"].items() if v) or "nothing to undo"
-            rolled_back.append(f"<p><strong>{_e(m.get('migration'))}</strong>: every stage was rolled back "
-                               f"from the before-images ({undone}).</p>")
-        rows.append([_e(m.get("migration")), f'<span class="badge {_e(m.get("state"))}">{_e(m.get("state"))}'
-                     "</span>", *(_n(counters.get(k, 0)) for k in counts), _n(m.get("dead_letters")),
-                     _duration(m.get("elapsed_seconds")), _n(m.get("docs_per_second_avg")),
-                     _ms(m.get("commit_p50")), _ms(m.get("commit_p95")), _ms(m.get("commit_p99"))])
+            rolled_back.append(
+                f"<p><strong>{_e(m.get('migration'))}</strong>: every stage was rolled back "
+                f"from the before-images ({undone}).</p>"
+            )
+        rows.append(
+            [
+                _e(m.get("migration")),
+                f'<span class="badge {_e(m.get("state"))}">{_e(m.get("state"))}</span>',
+                *(_n(counters.get(k, 0)) for k in counts),
+                _n(m.get("dead_letters")),
+                _duration(m.get("elapsed_seconds")),
+                _n(m.get("docs_per_second_avg")),
+                _ms(m.get("commit_p50")),
+                _ms(m.get("commit_p95")),
+                _ms(m.get("commit_p99")),
+            ]
+        )
     verb = "" if body.get("execute") else "would "
-    headers = ["migration", "state", *(f"{verb}{k}" if k in ("updated", "created", "deleted") else k
-                                       for k in counts),
-               "dead letters", "time", "docs/s", "p50", "p95", "p99"]
+    headers = [
+        "migration",
+        "state",
+        *(f"{verb}{k}" if k in ("updated", "created", "deleted") else k for k in counts),
+        "dead letters",
+        "time",
+        "docs/s",
+        "p50",
+        "p95",
+        "p99",
+    ]
     issues = health.get("issues") or []
     markers = [m for m in body.get("timeline", {}).get("markers", []) if m.get("kind") in ("stop", "control")]
-    commands = "".join(f"<p class=\"muted\">{_e(name)}</p><pre>{_e(command)}</pre>"
-                       for name, command in (body.get("commands") or {}).items())
+    commands = "".join(
+        f'<p class="muted">{_e(name)}</p><pre>{_e(command)}</pre>'
+        for name, command in (body.get("commands") or {}).items()
+    )
     settings = [[f"<code>{_e(k)}</code>", _e(v)] for k, v in _flatten(body.get("settings") or {})]
     page = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         f'<p><span class="badge {_e(state)}">{_e(state)}</span>'
         f'<span class="badge {_e(health.get("status"))}">health {_e(health.get("score"))}/100 '
-        f'{_e(health.get("status"))}</span>'
+        f"{_e(health.get('status'))}</span>"
         f'<span class="badge {"dry-run" if mode == "dry run" else "running"}">{_e(mode)}</span></p>',
         _table(["", ""], [[f"<strong>{_e(k)}</strong>", v] for k, v in facts]),
-        "<h2>Next steps</h2>", commands,
-        "<h2>Migrations</h2>", _table(headers, rows, set(range(2, len(headers)))) if rows else
-        '<p class="muted">No migration started.</p>', *rolled_back,
-        "<h2>Over time</h2>", _charts(body.get("timeline") or {}),
+        "<h2>Next steps</h2>",
+        commands,
+        "<h2>Migrations</h2>",
+        _table(headers, rows, set(range(2, len(headers))))
+        if rows
+        else '<p class="muted">No migration started.</p>',
+        *rolled_back,
+        "<h2>Over time</h2>",
+        _charts(body.get("timeline") or {}),
         "<h2>Health</h2>",
         f"<p>Score {_e(health.get('score'))}/100, {_e(health.get('status'))}: 100 - 5 per warning "
         "- 15 per error - 30 per critical issue.</p>",
-        "<ul>" + "".join(f"<li><strong>{_e(i.get('severity'))}</strong>: {_e(i.get('message'))}</li>"
-                         for i in issues) + "</ul>" if issues else '<p class="muted">No issues.</p>',
+        "<ul>"
+        + "".join(
+            f"<li><strong>{_e(i.get('severity'))}</strong>: {_e(i.get('message'))}</li>" for i in issues
+        )
+        + "</ul>"
+        if issues
+        else '<p class="muted">No issues.</p>',
         "<h2>Stops and control actions</h2>",
-        "<ul>" + "".join(f"<li>{_duration(m.get('t'))}: {_e(m.get('kind'))} - {_e(m.get('text'))}</li>"
-                         for m in markers) + "</ul>" if markers else '<p class="muted">None.</p>',
+        "<ul>"
+        + "".join(
+            f"<li>{_duration(m.get('t'))}: {_e(m.get('kind'))} - {_e(m.get('text'))}</li>" for m in markers
+        )
+        + "</ul>"
+        if markers
+        else '<p class="muted">None.</p>',
         "<h2>Warnings</h2>",
         "<ul>" + "".join(f"<li>{_e(w)}</li>" for w in body.get("warnings", [])) + "</ul>"
-        if body.get("warnings") else '<p class="muted">None.</p>',
-        "<h2>Validation</h2>", _validation(body.get("validation")),
-        "<h2>Settings</h2>", _table(["setting", "value"], settings) if settings else
-        '<p class="muted">No settings recorded.</p>',
+        if body.get("warnings")
+        else '<p class="muted">None.</p>',
+        "<h2>Validation</h2>",
+        _validation(body.get("validation")),
+        "<h2>Settings</h2>",
+        _table(["setting", "value"], settings) if settings else '<p class="muted">No settings recorded.</p>',
         f'<p class="muted">Generated by docshift at {_when(datetime.now(UTC).timestamp())}.</p>',
         "</body></html>",
     ]

@@ -34,8 +34,9 @@ REPORT_FILE = "report.json"
 HTML_FILE = "report.html"
 _KIND = "docshift-report"
 _VERSION = 1
-_SECRET_NAME = re.compile(r"token|secret|password|passwd|credential|authorization|api_?key|private",
-                          re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"token|secret|password|passwd|credential|authorization|api_?key|private", re.IGNORECASE
+)
 REDACTED = "[redacted]"
 _GAP_SECONDS = 15.0
 """Progress events come every second; a longer silence is a stop (and a later resume): break the line."""
@@ -52,8 +53,12 @@ class ReportPaths:
 def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     """``value`` with secret-looking keys masked and every given secret string scrubbed."""
     if isinstance(value, dict):
-        return {key: REDACTED if _SECRET_NAME.search(str(key)) and item not in (None, "", False)
-                else redact(item, secrets) for key, item in value.items()}
+        return {
+            key: REDACTED
+            if _SECRET_NAME.search(str(key)) and item not in (None, "", False)
+            else redact(item, secrets)
+            for key, item in value.items()
+        }
     if isinstance(value, list | tuple):
         return [redact(item, secrets) for item in value]
     if isinstance(value, str):
@@ -63,8 +68,9 @@ def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
     return value
 
 
-def build_report(folder: Path, *, outcome: dict[str, Any] | None = None,
-                 secrets: tuple[str, ...] = ()) -> ReportPaths:
+def build_report(
+    folder: Path, *, outcome: dict[str, Any] | None = None, secrets: tuple[str, ...] = ()
+) -> ReportPaths:
     """(Re)build both report files of the run in ``folder``; returns their paths."""
     from docshift.reports.html import render_html
 
@@ -94,8 +100,11 @@ class _Timeline:
         self.last_at: float | None = None
         self.throughput: dict[str, list[tuple[float, float | None]]] = {}
         self.latency: dict[str, list[tuple[float, float | None]]] = {"p50": [], "p95": [], "p99": []}
-        self.failures: dict[str, list[tuple[float, float | None]]] = {"failed": [], "conflicts": [],
-                                                                       "retries": []}
+        self.failures: dict[str, list[tuple[float, float | None]]] = {
+            "failed": [],
+            "conflicts": [],
+            "retries": [],
+        }
         self.markers: list[dict[str, Any]] = []
         self._per_migration: dict[str, dict[str, int]] = {}
         self._last_done: dict[str, tuple[float, int]] = {}
@@ -137,8 +146,10 @@ class _Timeline:
             value = event.get(f"commit_{name}")
             if isinstance(value, float | int):
                 self.latency[name].append((t, value * 1000.0))
-        self._per_migration[label] = {"failed": int(event.get("failed") or 0),
-                                      "conflicts": int(event.get("conflicts") or 0)}
+        self._per_migration[label] = {
+            "failed": int(event.get("failed") or 0),
+            "conflicts": int(event.get("conflicts") or 0),
+        }
         for name in ("failed", "conflicts"):
             self.failures[name].append((t, float(sum(m[name] for m in self._per_migration.values()))))
         if isinstance(event.get("retries"), int):
@@ -153,11 +164,19 @@ class _Timeline:
 
     def to_json(self) -> dict[str, Any]:
         def pack(group: dict[str, list[tuple[float, float | None]]]) -> dict[str, list[list[Any]]]:
-            return {name: [[round(x, 3), None if y is None else round(y, 3)] for x, y in downsample(points)]
-                    for name, points in group.items() if any(y is not None for _, y in points)}
+            return {
+                name: [[round(x, 3), None if y is None else round(y, 3)] for x, y in downsample(points)]
+                for name, points in group.items()
+                if any(y is not None for _, y in points)
+            }
 
-        return {"t0": self.t0, "throughput": pack(self.throughput), "latency_ms": pack(self.latency),
-                "failures": pack(self.failures), "markers": self.markers[-200:]}
+        return {
+            "t0": self.t0,
+            "throughput": pack(self.throughput),
+            "latency_ms": pack(self.latency),
+            "failures": pack(self.failures),
+            "markers": self.markers[-200:],
+        }
 
 
 def _migrations(record: RunRecord, status: RunStatus) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -166,25 +185,38 @@ def _migrations(record: RunRecord, status: RunStatus) -> tuple[list[dict[str, An
     for migration in record.migrations:
         checkpoint = migration.checkpoint
         if checkpoint is None:
-            rows.append({"migration": migration.label, "state": migration.state, "error": migration.error,
-                         "counters": {}, "counts": {}})
+            rows.append(
+                {
+                    "migration": migration.label,
+                    "state": migration.state,
+                    "error": migration.error,
+                    "counters": {},
+                    "counts": {},
+                }
+            )
             continue
         settings = settings or dict(checkpoint.settings)
         label = migration.label
         live = status.migrations.get(label) or status.migrations.get(f"rollback {label}") or {}
-        rows.append({
-            **migration.to_json(),
-            "shards": len(checkpoint.shards), "cursors": [s.cursor for s in checkpoint.shards],
-            "docs_per_second_avg": live.get("docs_per_second_avg"),
-            "commit_p50": live.get("commit_p50"), "commit_p95": live.get("commit_p95"),
-            "commit_p99": live.get("commit_p99"), "commits": live.get("commits"),
-            "files": sorted(p.name for p in migration.folder.iterdir() if p.is_file()),
-        })
+        rows.append(
+            {
+                **migration.to_json(),
+                "shards": len(checkpoint.shards),
+                "cursors": [s.cursor for s in checkpoint.shards],
+                "docs_per_second_avg": live.get("docs_per_second_avg"),
+                "commit_p50": live.get("commit_p50"),
+                "commit_p95": live.get("commit_p95"),
+                "commit_p99": live.get("commit_p99"),
+                "commits": live.get("commits"),
+                "files": sorted(p.name for p in migration.folder.iterdir() if p.is_file()),
+            }
+        )
     return rows, settings
 
 
-def _outcome(folder: Path, record: RunRecord, status: RunStatus,
-             given: dict[str, Any] | None) -> dict[str, Any]:
+def _outcome(
+    folder: Path, record: RunRecord, status: RunStatus, given: dict[str, Any] | None
+) -> dict[str, Any]:
     if given is not None:
         return dict(given)
     if record.outcome is not None:
@@ -193,8 +225,11 @@ def _outcome(folder: Path, record: RunRecord, status: RunStatus,
         ended = {k: v for k, v in status.ended.items() if k != "at"}
     else:
         previous = _read(folder / REPORT_FILE, _KIND)
-        ended = dict(previous["outcome"]) if previous is not None and isinstance(
-            previous.get("outcome"), dict) else {"exit_code": None, "error": status.stop_reason}
+        ended = (
+            dict(previous["outcome"])
+            if previous is not None and isinstance(previous.get("outcome"), dict)
+            else {"exit_code": None, "error": status.stop_reason}
+        )
     ended["state"] = record.state  # what run.json records (or that a process runs it now)
     if record.state == FINISHED and ended.get("exit_code") is None:
         ended["exit_code"] = 0
@@ -208,8 +243,10 @@ def _commands(record: RunRecord, state: str) -> dict[str, str]:
     if record.kind == "rollback":
         if execute and state not in CLOSED_STATES:
             commands["resume"] = f"docshift rollback --execute --resume {run_id}"
-        conflicts = any(m.counters.get("conflicts", 0) and "restored" in m.counters  # a restore's
-                        for m in record.migrations)
+        conflicts = any(
+            m.counters.get("conflicts", 0) and "restored" in m.counters  # a restore's
+            for m in record.migrations
+        )
         force = force_command(info)
         if state == CONFLICTS and conflicts and force:
             # --force puts the before-images back over what the application wrote since.
@@ -252,18 +289,32 @@ def collect_report(folder: Path, *, outcome: dict[str, Any] | None = None) -> di
     health = validation.get("health") if validation else None
     if not isinstance(health, dict):
         computed = status.health()
-        health = {"score": computed.score, "status": computed.status.value,
-                  "issues": [issue.to_json() for issue in computed.issues]}
+        health = {
+            "score": computed.score,
+            "status": computed.status.value,
+            "issues": [issue.to_json() for issue in computed.issues],
+        }
     run = {k: v for k, v in record.info.items() if k not in ("format", "version", "codec", "outcome")}
     return {
-        "run_id": record.run_id, "kind": record.kind, "execute": record.execute,
-        "run": run, "outcome": ended, "state": state,
-        "first_event_at": first_at, "last_event_at": last_at,
+        "run_id": record.run_id,
+        "kind": record.kind,
+        "execute": record.execute,
+        "run": run,
+        "outcome": ended,
+        "state": state,
+        "first_event_at": first_at,
+        "last_event_at": last_at,
         "duration_seconds": round(record.duration_seconds, 3),
-        "totals": record.totals, "migrations": migrations, "health": health,
-        "warnings": list(status.warnings), "stop_reason": status.stop_reason,
+        "totals": record.totals,
+        "migrations": migrations,
+        "health": health,
+        "warnings": list(status.warnings),
+        "stop_reason": status.stop_reason,
         "validation": {"gate": validation.get("gate"), "reports": validation.get("reports", [])}
-        if validation else None,
-        "settings": settings, "commands": _commands(record, state),
-        "timeline": timeline.to_json(), "folder": str(folder),
+        if validation
+        else None,
+        "settings": settings,
+        "commands": _commands(record, state),
+        "timeline": timeline.to_json(),
+        "folder": str(folder),
     }

@@ -20,8 +20,16 @@ from docshift.validators.score import Health, HealthStatus, Issue, Severity
 
 __all__ = ["ProgressExtras", "RunStatus", "stop_severity"]
 
-_DONE_COUNTERS = ("updated", "created", "deleted", "unchanged", "failed", "restored", "recreated",
-                  "conflicts_left")
+_DONE_COUNTERS = (
+    "updated",
+    "created",
+    "deleted",
+    "unchanged",
+    "failed",
+    "restored",
+    "recreated",
+    "conflicts_left",
+)
 _MAX_WARNINGS = 50
 
 
@@ -50,8 +58,14 @@ def _done(fields: dict[str, Any]) -> int:
 class RunStatus:
     """A progress sink that remembers where each migration of a run stands (thread-safe)."""
 
-    def __init__(self, run_id: str, *, kind: str = "run", controls: Controls | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        kind: str = "run",
+        controls: Controls | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.run_id = run_id
         self.kind = kind
         self.controls = controls
@@ -81,8 +95,9 @@ class RunStatus:
             self._apply(str(event.get("event")), fields, event.get("at"))
 
     def _entry(self, label: str) -> dict[str, Any]:
-        return self.migrations.setdefault(label, {"migration": label, "state": "running", "total": None,
-                                                  "started_at": self._clock()})
+        return self.migrations.setdefault(
+            label, {"migration": label, "state": "running", "total": None, "started_at": self._clock()}
+        )
 
     def _apply(self, kind: str, fields: dict[str, Any], at: float | None) -> None:
         self.updated_at = at if at is not None else self._clock()
@@ -135,10 +150,15 @@ class RunStatus:
 
     def _health(self) -> Health:
         if self.final_health is not None:
-            kept = tuple(Issue(Severity(i["severity"]), str(i["message"]), i.get("migration"))
-                         for i in self.final_health.get("issues") or ())
-            return Health(int(self.final_health.get("score") or 0),
-                          HealthStatus(self.final_health.get("status", "HEALTHY")), kept)
+            kept = tuple(
+                Issue(Severity(i["severity"]), str(i["message"]), i.get("migration"))
+                for i in self.final_health.get("issues") or ()
+            )
+            return Health(
+                int(self.final_health.get("score") or 0),
+                HealthStatus(self.final_health.get("status", "HEALTHY")),
+                kept,
+            )
         issues = [Issue(Severity.WARNING, message) for message in self.warnings]
         for label, entry in self.migrations.items():
             rejected = int(entry.get("rejected") or 0)
@@ -167,13 +187,21 @@ class RunStatus:
                 latest["paused"] = self.controls.paused
             current = next((m["migration"] for m in reversed(migrations) if m["state"] == "running"), None)
             return {
-                "run_id": self.run_id, "kind": self.kind, "state": self.state,
-                "paused": bool(latest.get("paused")), "stop_reason": self.stop_reason,
-                "write_limit": latest.get("write_limit"), "memory_mb": latest.get("memory_mb"),
-                "retries": latest.get("retries"), "batch_size": latest.get("batch_size"),
-                "started_at": self.started_at, "updated_at": self.updated_at,
-                "current": current, "migrations": migrations,
-                "health": _health_json(health), "warnings": list(self.warnings[-10:]),
+                "run_id": self.run_id,
+                "kind": self.kind,
+                "state": self.state,
+                "paused": bool(latest.get("paused")),
+                "stop_reason": self.stop_reason,
+                "write_limit": latest.get("write_limit"),
+                "memory_mb": latest.get("memory_mb"),
+                "retries": latest.get("retries"),
+                "batch_size": latest.get("batch_size"),
+                "started_at": self.started_at,
+                "updated_at": self.updated_at,
+                "current": current,
+                "migrations": migrations,
+                "health": _health_json(health),
+                "warnings": list(self.warnings[-10:]),
                 "ended": self.ended,
             }
 
@@ -187,7 +215,8 @@ class RunStatus:
             view["fraction"], view["eta_seconds"] = 1.0, 0.0
             return view
         rate = float(entry.get("docs_per_second_now") or 0.0) or float(
-            entry.get("docs_per_second_avg") or 0.0)
+            entry.get("docs_per_second_avg") or 0.0
+        )
         paused = self.controls.paused if self.controls is not None else bool(self.latest.get("paused"))
         eta = None
         if isinstance(total, int) and rate > 0 and not paused and entry["state"] == "running":
@@ -197,9 +226,12 @@ class RunStatus:
 
 
 def _health_json(health: Health) -> dict[str, Any]:
-    return {"score": health.score, "status": health.status.value,
-            "reasons": [issue.message for issue in health.issues],
-            "issues": [issue.to_json() for issue in health.issues]}
+    return {
+        "score": health.score,
+        "status": health.status.value,
+        "reasons": [issue.message for issue in health.issues],
+        "issues": [issue.to_json() for issue in health.issues],
+    }
 
 
 class ProgressExtras:
@@ -210,8 +242,13 @@ class ProgressExtras:
     (or if it fails) the total is unknown and so is the ETA.
     """
 
-    def __init__(self, inner: Progress, *, retries: Callable[[], int] | None = None,
-                 totals: Callable[[str], int | None] | None = None) -> None:
+    def __init__(
+        self,
+        inner: Progress,
+        *,
+        retries: Callable[[], int] | None = None,
+        totals: Callable[[str], int | None] | None = None,
+    ) -> None:
         self.inner = inner
         self.retries = retries
         self.totals = totals
@@ -225,8 +262,7 @@ class ProgressExtras:
         counting = kind == "start" and self.totals is not None and isinstance(label, str)
         if counting and isinstance(label, str) and label not in self._counted:
             self._counted.add(label)
-            threading.Thread(target=self._count, args=(label,), daemon=True,
-                             name="docshift-count").start()
+            threading.Thread(target=self._count, args=(label,), daemon=True, name="docshift-count").start()
 
     def _count(self, label: str) -> None:
         assert self.totals is not None

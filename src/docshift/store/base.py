@@ -107,9 +107,7 @@ class Filter:
             operator = Op(op)
         except ValueError:
             allowed = ", ".join(o.value for o in Op)
-            raise UsageError(
-                f"unsupported filter operator {op!r}", hint=f"use one of {allowed}"
-            ) from None
+            raise UsageError(f"unsupported filter operator {op!r}", hint=f"use one of {allowed}") from None
         if operator in (Op.IN, Op.NOT_IN, Op.ARRAY_CONTAINS_ANY) and not isinstance(value, list):
             raise UsageError(f"filter {field_path} {op} needs a list value, got {value!r}")
         return cls(parse_field_path(field_path), operator, value)

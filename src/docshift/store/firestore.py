@@ -95,8 +95,16 @@ _pb = _message_classes()
 _StructuredQuery: Any = _pb["StructuredQuery"]
 
 _FIELD_OPS = {
-    Op.LT: 1, Op.LE: 2, Op.GT: 3, Op.GE: 4, Op.EQ: 5, Op.NE: 6,
-    Op.ARRAY_CONTAINS: 7, Op.IN: 8, Op.ARRAY_CONTAINS_ANY: 9, Op.NOT_IN: 10,
+    Op.LT: 1,
+    Op.LE: 2,
+    Op.GT: 3,
+    Op.GE: 4,
+    Op.EQ: 5,
+    Op.NE: 6,
+    Op.ARRAY_CONTAINS: 7,
+    Op.IN: 8,
+    Op.ARRAY_CONTAINS_ANY: 9,
+    Op.NOT_IN: 10,
 }
 _IS_NAN, _IS_NULL, _IS_NOT_NAN, _IS_NOT_NULL = 2, 3, 4, 5
 _AND, _ASCENDING = 1, 1
@@ -111,9 +119,7 @@ _SCOPES = ("https://www.googleapis.com/auth/datastore",)
 _FIRESTORE_HOST = "firestore.googleapis.com:443"
 
 
-def translate_error(
-    code: str, message: str, *, path: str | None = None, guarded: bool = False
-) -> StoreError:
+def translate_error(code: str, message: str, *, path: str | None = None, guarded: bool = False) -> StoreError:
     """Turn a gRPC status into docshift's error tree. ``guarded``: the write had a precondition."""
     if code in _TRANSIENT:
         return TransientError(message, code=code, path=path)
@@ -121,7 +127,9 @@ def translate_error(
         return ConflictError(message, code=code, path=path)
     if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
         return CredentialsError(
-            message, code=code, path=path,
+            message,
+            code=code,
+            path=path,
             hint="check the account has Cloud Datastore User access to this project and database",
         )
     return PermanentError(message, code=code, path=path)
@@ -135,8 +143,7 @@ def _rpc_error(exc: grpc.RpcError) -> StoreError:
 
 def _quote_field(field_path: FieldPath) -> str:
     return ".".join(
-        part if _SIMPLE_FIELD.match(part)
-        else "`" + part.replace("\\", "\\\\").replace("`", "\\`") + "`"
+        part if _SIMPLE_FIELD.match(part) else "`" + part.replace("\\", "\\\\").replace("`", "\\`") + "`"
         for part in field_path
     )
 
@@ -517,8 +524,13 @@ class FirestoreStore(Store):
         self._send(writes, sendable, results)
         return [result for result in results if result is not None]
 
-    def _send(self, writes: Sequence[Write], indices: list[int], results: list[WriteResult | None],
-              answered: list[bool] | None = None) -> None:
+    def _send(
+        self,
+        writes: Sequence[Write],
+        indices: list[int],
+        results: list[WriteResult | None],
+        answered: list[bool] | None = None,
+    ) -> None:
         """The writes in as few BatchWrite requests as the store's limits allow (writes per request,
         wire bytes per request); a request refused as a whole is split until the bad write is alone.
 
@@ -544,8 +556,9 @@ class FirestoreStore(Store):
                             results[index] = WriteResult(writes[index].path, error=error, maybe_applied=maybe)
                 return
 
-    def _pack(self, writes: Sequence[Write], indices: list[int],
-              results: list[WriteResult | None]) -> list[tuple[list[int], Any]]:
+    def _pack(
+        self, writes: Sequence[Write], indices: list[int], results: list[WriteResult | None]
+    ) -> list[tuple[list[int], Any]]:
         """Encode the writes into requests within the limits; a write that cannot be encoded gets
         its error in ``results`` and is left out."""
         groups: list[tuple[list[int], Any]] = []
@@ -577,8 +590,14 @@ class FirestoreStore(Store):
             groups.append((sent, request))
         return groups
 
-    def _request(self, writes: Sequence[Write], sent: list[int], request: Any,
-                 results: list[WriteResult | None], answered: list[bool]) -> None:
+    def _request(
+        self,
+        writes: Sequence[Write],
+        sent: list[int],
+        request: Any,
+        results: list[WriteResult | None],
+        answered: list[bool],
+    ) -> None:
         try:
             response = self._batch_write(request, metadata=self._metadata, timeout=self.timeout)
         except grpc.RpcError as exc:
@@ -602,8 +621,10 @@ class FirestoreStore(Store):
             else:
                 code = _CODE_NAMES.get(status.code, "UNKNOWN")
                 error = translate_error(
-                    code, status.message.split("\n")[0] or code,
-                    path=write.path, guarded=write.precondition is not None,
+                    code,
+                    status.message.split("\n")[0] or code,
+                    path=write.path,
+                    guarded=write.precondition is not None,
                 )
                 results[index] = WriteResult(write.path, error=error)
 

@@ -195,8 +195,9 @@ class MemoryStore(Store):
 
     def load(self, documents: Iterable[Document]) -> None:
         """Put documents exactly as given, server times included: a copy of another store's."""
-        copies = [Document(d.path, copy.deepcopy(d.data), d.create_time, d.update_time, d.size)
-                  for d in documents]
+        copies = [
+            Document(d.path, copy.deepcopy(d.data), d.create_time, d.update_time, d.size) for d in documents
+        ]
         with self._lock:
             self._docs.update((d.path, d) for d in copies)
 

@@ -47,10 +47,14 @@ class SimulatedStore(DelegatingStore):
 
     def get_many(self, paths: Sequence[str]) -> list[Document | None]:
         touched = self._is_touched(paths)
-        real = iter(self.inner.get_many([p for p, t in zip(paths, touched, strict=True) if not t])
-                    if not all(touched) else [])
-        mine = iter(self._view.get_many([p for p, t in zip(paths, touched, strict=True) if t])
-                    if any(touched) else [])
+        real = iter(
+            self.inner.get_many([p for p, t in zip(paths, touched, strict=True) if not t])
+            if not all(touched)
+            else []
+        )
+        mine = iter(
+            self._view.get_many([p for p, t in zip(paths, touched, strict=True) if t]) if any(touched) else []
+        )
         return [next(mine) if t else next(real) for t in touched]
 
     def stream(self, query: Query) -> Iterator[Document]:

@@ -144,7 +144,7 @@ class _ReferenceSession(RuleSession):
         if wanted and self.store is None:
             raise UsageError(f"rule {self.rule.name} needs a store to look documents up")
         for start in range(0, len(wanted), 300):
-            chunk = wanted[start:start + 300]
+            chunk = wanted[start : start + 300]
             assert self.store is not None
             found = self.store.get_many(chunk)
             with self.lock:
@@ -165,8 +165,11 @@ class _ReferenceSession(RuleSession):
                 results.append(item)
                 continue
             missing = next((path for path in item if not exists[path]), None)
-            results.append(None if missing is None else f"{self.references.field} points to "
-                                                         f"{missing}, which does not exist")
+            results.append(
+                None
+                if missing is None
+                else f"{self.references.field} points to {missing}, which does not exist"
+            )
         return results
 
 
@@ -249,8 +252,9 @@ class CountRule(Rule):
 
     def __init__(self, expect: str, tolerance: int, name: str | None) -> None:
         if expect not in COUNT_EXPECTATIONS:
-            raise UsageError(f"count({expect!r}): unknown expectation",
-                             hint=f"use one of {', '.join(COUNT_EXPECTATIONS)}")
+            raise UsageError(
+                f"count({expect!r}): unknown expectation", hint=f"use one of {', '.join(COUNT_EXPECTATIONS)}"
+            )
         if tolerance < 0:
             raise UsageError("count(): tolerance cannot be negative")
         self.expect = expect

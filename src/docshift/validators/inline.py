@@ -72,8 +72,9 @@ class _InlineCheck:
     """One migration's inline rules (a :class:`~docshift.engine.batch.SettlingCheck`): checks each
     document before it is written; counts and judges only what is settled."""
 
-    def __init__(self, validation: RunValidation, state: _MigrationState,
-                 sessions: list[tuple[str, RuleSession]]) -> None:
+    def __init__(
+        self, validation: RunValidation, state: _MigrationState, sessions: list[tuple[str, RuleSession]]
+    ) -> None:
         self.validation = validation
         self.state = state
         self.sessions = sessions
@@ -94,11 +95,15 @@ def _gate_message(state: _MigrationState, critical: float) -> str:
     report, label = state.inline, state.migration.label
     refused = f"{report.failed:,} of the {report.checked:,} documents {label} checked broke its rules"
     if report.score < critical:
-        return (f"integrity gate: {report.score:.1f}% of the {report.checked:,} documents {label} checked "
-                f"pass its rules ({report.failed:,} broke one and were not written), below "
-                f"integrity_critical {critical:g}%")
-    return (f"integrity gate: {refused} and were not written; the gate stopped the run at integrity "
-            f"{state.gate_score:.1f}%, below integrity_critical {critical:g}%")
+        return (
+            f"integrity gate: {report.score:.1f}% of the {report.checked:,} documents {label} checked "
+            f"pass its rules ({report.failed:,} broke one and were not written), below "
+            f"integrity_critical {critical:g}%"
+        )
+    return (
+        f"integrity gate: {refused} and were not written; the gate stopped the run at integrity "
+        f"{state.gate_score:.1f}%, below integrity_critical {critical:g}%"
+    )
 
 
 @dataclass
@@ -174,8 +179,18 @@ class RunValidation:
         self._scan_after_pending()
         target = migration.target.describe()
         names = rule_names(migration.rules)
-        inline = ValidationReport(migration.id, migration.label, "inline", target, None, 0, 0,
-                                  [RuleResult(name) for name in names], self.warning, self.critical)
+        inline = ValidationReport(
+            migration.id,
+            migration.label,
+            "inline",
+            target,
+            None,
+            0,
+            0,
+            [RuleResult(name) for name in names],
+            self.warning,
+            self.critical,
+        )
         state = _MigrationState(migration, inline)
         self.states[migration.label] = state
         if self.scans and migration.rules:
@@ -187,14 +202,18 @@ class RunValidation:
                 state.before = self._scan(migration, "before")
                 state.baseline = Baseline(state.before.total, target_before=state.before.target_total)
         context = RuleContext(store=self.store, phase="inline")
-        checked = [(name, rule.session(context)) for name, rule in zip(names, migration.rules, strict=True)
-                   if rule.inline]
+        checked = [
+            (name, rule.session(context))
+            for name, rule in zip(names, migration.rules, strict=True)
+            if rule.inline
+        ]
         if not checked:
             return None
         return _InlineCheck(self, state, checked)
 
-    def _settled(self, state: _MigrationState, counts: Mapping[str, int],
-                 letters: Sequence[DeadLetter]) -> None:
+    def _settled(
+        self, state: _MigrationState, counts: Mapping[str, int], letters: Sequence[DeadLetter]
+    ) -> None:
         """A batch of ``state``'s migration is settled behind the cursor: count what it checked and
         refused, and judge the gate on that (what the checkpoint and dead letters record)."""
         report = state.inline
@@ -209,7 +228,7 @@ class RunValidation:
             if state.gate is not None:
                 self._refine_gate(state)
                 return
-            trip = (self.execute and report.checked >= self.min_sample and report.score < self.critical)
+            trip = self.execute and report.checked >= self.min_sample and report.score < self.critical
             if trip:
                 state.gate_score = report.score
                 state.gate = _gate_message(state, self.critical)
@@ -229,8 +248,14 @@ class RunValidation:
     # ------------------------------------------------------------------ scans
     def _scan(self, migration: Migration, phase: str, baseline: Baseline | None = None) -> ValidationReport:
         self.inner.event("validation_scan", migration=migration.label, phase=phase)
-        return scan(self.store, migration, phase=phase, baseline=baseline,
-                    warning=self.warning, critical=self.critical)
+        return scan(
+            self.store,
+            migration,
+            phase=phase,
+            baseline=baseline,
+            warning=self.warning,
+            critical=self.critical,
+        )
 
     def _scan_after_pending(self) -> None:
         """After-scan every migration that finished (executed, with rules) and has none yet."""
@@ -240,8 +265,9 @@ class RunValidation:
             counters = self.counters.get(label, {})
             if state.after is not None or not state.migration.rules or counters.get("state") != "finish":
                 continue
-            baseline = dataclasses.replace(state.baseline, deleted=counters.get("deleted"),
-                                           created=counters.get("created"))
+            baseline = dataclasses.replace(
+                state.baseline, deleted=counters.get("deleted"), created=counters.get("created")
+            )
             state.after = self._scan(state.migration, "after", baseline)
 
     # ------------------------------------------------------------------ the end
@@ -269,10 +295,18 @@ class RunValidation:
                     save_report(report, folder / report.label / f"validation-{report.phase}.json")
             if folder is not None and folder.is_dir() and self.states:
                 path = folder / "validation.json"
-                write_versioned(path, _FILE_KIND, 1, {
-                    "health": health.to_json(), "gate": self.gate,
-                    "reports": [{**r.to_json(), "file": str(r.path) if r.path else None} for r in reports],
-                })
+                write_versioned(
+                    path,
+                    _FILE_KIND,
+                    1,
+                    {
+                        "health": health.to_json(),
+                        "gate": self.gate,
+                        "reports": [
+                            {**r.to_json(), "file": str(r.path) if r.path else None} for r in reports
+                        ],
+                    },
+                )
         except RunFileError as unwritten:
             path = None
             issues.append(Issue(Severity.WARNING, f"validation report not saved: {unwritten.message}"))
@@ -314,8 +348,14 @@ class RunValidation:
             counters = self.counters.get(label, {})
             other = int(counters.get("failed", 0)) - int(counters.get("rejected", 0))
             if other > 0:
-                issues.append(Issue(Severity.ERROR, f"{label}: {other:,} documents failed (transform or "
-                                                    f"write) and were not migrated; {letters}", label))
+                issues.append(
+                    Issue(
+                        Severity.ERROR,
+                        f"{label}: {other:,} documents failed (transform or "
+                        f"write) and were not migrated; {letters}",
+                        label,
+                    )
+                )
             if state.after is not None and state.after.failed + len(_collection_failures(state.after)):
                 severity = Severity.CRITICAL if state.after.level == Level.CRITICAL else Severity.WARNING
                 issues.append(Issue(severity, f"after-scan {state.after.summary()}", label))
@@ -343,6 +383,12 @@ def _inline_issues(state: _MigrationState, letters: str, execute: bool) -> list[
     severity = Severity.CRITICAL if report.level == Level.CRITICAL else Severity.WARNING
     worst = max(report.rules, key=lambda rule: rule.failures)
     written = "were not written" if execute else "would not be written"
-    return [Issue(severity, f"{label}: {report.failed:,} of {report.checked:,} documents checked broke a "
-                            f"rule and {written} (integrity {report.score:.1f}%; most: "
-                            f"{worst.name}, {worst.failures:,}); {letters}", label)]
+    return [
+        Issue(
+            severity,
+            f"{label}: {report.failed:,} of {report.checked:,} documents checked broke a "
+            f"rule and {written} (integrity {report.score:.1f}%; most: "
+            f"{worst.name}, {worst.failures:,}); {letters}",
+            label,
+        )
+    ]

@@ -41,10 +41,22 @@ __all__ = [
     "show_value",
 ]
 
-TYPE_NAMES = frozenset({
-    "string", "int", "float", "bool", "timestamp", "map", "array", "reference", "geopoint", "bytes",
-    "null", "number",
-})
+TYPE_NAMES = frozenset(
+    {
+        "string",
+        "int",
+        "float",
+        "bool",
+        "timestamp",
+        "map",
+        "array",
+        "reference",
+        "geopoint",
+        "bytes",
+        "null",
+        "number",
+    }
+)
 """Types ``of_type`` knows (``number`` is int or float), as :func:`docshift.values.type_name` names them."""
 
 MISSING: Any = object()

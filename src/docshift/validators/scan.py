@@ -68,9 +68,13 @@ class RuleResult:
             self.examples.append((path, message))
 
     def to_json(self) -> dict[str, Any]:
-        return {"rule": self.name, "failures": self.failures,
-                "examples": [{"path": p, "message": m} for p, m in self.examples],
-                "collection_failures": self.collection_failures, "note": self.note}
+        return {
+            "rule": self.name,
+            "failures": self.failures,
+            "examples": [{"path": p, "message": m} for p, m in self.examples],
+            "collection_failures": self.collection_failures,
+            "note": self.note,
+        }
 
 
 @dataclass
@@ -112,17 +116,28 @@ class ValidationReport:
     def summary(self) -> str:
         scope = "all" if self.sample is None else f"a sample of {self.sample:,}"
         counts = "".join(f"; {failure}" for rule in self.rules for failure in rule.collection_failures)
-        return (f"{self.label} {self.phase}: integrity {self.score:.1f}% ({self.failed:,} of "
-                f"{self.checked:,} documents checked fail a rule; {scope}){counts}")
+        return (
+            f"{self.label} {self.phase}: integrity {self.score:.1f}% ({self.failed:,} of "
+            f"{self.checked:,} documents checked fail a rule; {scope}){counts}"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "migration_id": self.migration_id, "label": self.label, "phase": self.phase,
-            "target": self.target, "total": self.total, "target_total": self.target_total,
-            "checked": self.checked, "failed": self.failed,
-            "score": round(self.score, 3), "level": self.level.value, "passed": self.passed,
+            "migration_id": self.migration_id,
+            "label": self.label,
+            "phase": self.phase,
+            "target": self.target,
+            "total": self.total,
+            "target_total": self.target_total,
+            "checked": self.checked,
+            "failed": self.failed,
+            "score": round(self.score, 3),
+            "level": self.level.value,
+            "passed": self.passed,
             "thresholds": {"warning": self.warning, "critical": self.critical},
-            "sample": self.sample, "elapsed_seconds": round(self.elapsed_seconds, 3), "at": self.at,
+            "sample": self.sample,
+            "elapsed_seconds": round(self.elapsed_seconds, 3),
+            "at": self.at,
             "rules": [rule.to_json() for rule in self.rules],
         }
 
@@ -164,8 +179,14 @@ def _sample_queries(store: Store, query: Query, sample: int) -> Iterator[Query]:
     shards = plan_shards(store, Target(query.collection, query.group, query.filters), ranges)
     each = -(-sample // len(shards))
     for shard in shards:
-        yield Query(query.collection, query.group, query.filters, start_after=shard.start_after,
-                    end_at=shard.end_at, limit=each)
+        yield Query(
+            query.collection,
+            query.group,
+            query.filters,
+            start_after=shard.start_after,
+            end_at=shard.end_at,
+            limit=each,
+        )
 
 
 def _documents(store: Store, query: Query, sample: int | None, total: int) -> Iterator[Document]:
@@ -197,8 +218,15 @@ def scan(
     query = scan_query(migration, phase)
     total = store.count(query)
     base = baseline or Baseline()
-    context = RuleContext(store=store, phase=phase, total=total, before_total=base.before_total,
-                          target_before=base.target_before, deleted=base.deleted, created=base.created)
+    context = RuleContext(
+        store=store,
+        phase=phase,
+        total=total,
+        before_total=base.before_total,
+        target_before=base.target_before,
+        deleted=base.deleted,
+        created=base.created,
+    )
     rules = list(migration.rules)
     results = [RuleResult(name) for name in rule_names(rules)]
     sessions = [rule.session(context) for rule in rules]
@@ -216,13 +244,27 @@ def scan(
     for rule, session, result in zip(rules, sessions, results, strict=True):
         result.collection_failures = session.finish()
         if isinstance(rule, CountRule) and not rule.checkable(context):
-            result.note = ("not checked: a count is compared after a run, with a before-scan's count"
-                           if phase == "after" else "counted only: compared by the after-scan")
+            result.note = (
+                "not checked: a count is compared after a run, with a before-scan's count"
+                if phase == "after"
+                else "counted only: compared by the after-scan"
+            )
     shown = sample if sample is not None and sample < total else None
     copy_to = migration.target.copy_to
     return ValidationReport(
-        migration.id, migration.label, phase, _describe(query), total, checked, failed, results,
-        warning, critical, shown, time.monotonic() - started, Timestamp.now().isoformat(),
+        migration.id,
+        migration.label,
+        phase,
+        _describe(query),
+        total,
+        checked,
+        failed,
+        results,
+        warning,
+        critical,
+        shown,
+        time.monotonic() - started,
+        Timestamp.now().isoformat(),
         target_total=store.count(Query(copy_to)) if phase == "before" and copy_to else None,
     )
 

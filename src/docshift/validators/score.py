@@ -101,10 +101,14 @@ class Health:
         return sum(1 for issue in self.issues if issue.severity == severity)
 
     def describe(self) -> str:
-        parts = [f"{self.count(s)} {s.value}{'' if self.count(s) == 1 else 's'}"
-                 for s in Severity if self.count(s)]
+        parts = [
+            f"{self.count(s)} {s.value}{'' if self.count(s) == 1 else 's'}" for s in Severity if self.count(s)
+        ]
         return f"health {self.score}/100 {self.status.value}" + (f" ({', '.join(parts)})" if parts else "")
 
     def to_json(self) -> dict[str, Any]:
-        return {"score": self.score, "status": self.status.value,
-                "issues": [issue.to_json() for issue in self.issues]}
+        return {
+            "score": self.score,
+            "status": self.status.value,
+            "issues": [issue.to_json() for issue in self.issues],
+        }
