@@ -38,9 +38,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from docshift.checkpoints import JournalEntry, JournalWriter  # noqa: E402
 from docshift.config import Config, StoreConfig  # noqa: E402
 from docshift.emulator import Emulator, find_emulator  # noqa: E402
+from docshift.runfolder import JournalEntry, JournalWriter  # noqa: E402
 from docshift.store import Query, Store, Write, open_store  # noqa: E402
 from docshift.values import Timestamp  # noqa: E402
 

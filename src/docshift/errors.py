@@ -86,7 +86,7 @@ class DocshiftError(Exception):
     exit_code: ExitCode = ExitCode.FAILED
     run_state: str = "failed"
     """The state a run ended by this error is recorded in (run.json, ``runs``, ``show``, the report;
-    see ``docshift.checkpoints.record``)."""
+    see ``docshift.runfolder.record``)."""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

@@ -9,7 +9,7 @@ Rules for the migrations folder (also in docs/migrations.md):
 * Files whose names start with ``_`` or ``.`` are helpers and ignored, as are non-``.py`` files;
   any other ``.py`` file is a misnamed migration and refused (it would otherwise silently never run).
 * Whether a new file's id is lower than an already-applied one is a question for the history, so it
-  is answered by :func:`docshift.history.check_order`, not here.
+  is answered by :func:`docshift.planning.check_order`, not here.
 
 Every failure is one :class:`~docshift.errors.MigrationFileError` naming the file and, where Python
 knows it, the line.

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from docshift.checkpoints import Checkpoint, DeadLetterFile
 from docshift.config import Config
 from docshift.engine.sampling import bucket
 from docshift.errors import ExitCode
 from docshift.history import History, MigrationStatus
+from docshift.runfolder import Checkpoint, DeadLetterFile
 from docshift.store import Query, Store, Write
 from docshift.values import values_equal
 from tests.gate_message import gate_numbers

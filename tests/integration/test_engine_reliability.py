@@ -15,13 +15,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from docshift.checkpoints import Checkpoint, JournalReader
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.lock import read_lease
 from docshift.migration import UNCHANGED, DocView
+from docshift.runfolder import Checkpoint, JournalReader
 from docshift.store import FaultInjectingStore, Query, RetryingStore, RetryPolicy, Write, open_store
 from docshift.values import values_equal
 from tests.integration.run_support import (

@@ -9,16 +9,10 @@ import pytest
 
 from docshift.config import Config
 from docshift.errors import DataError, DriftError
-from docshift.history import (
-    History,
-    MigrationStatus,
-    StateKind,
-    check_drift,
-    current_user,
-    plan,
-)
+from docshift.history import History, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.migration import Migration
+from docshift.planning import StateKind, check_drift, migration_states
 from docshift.store import Store, Write, open_store
 from docshift.values import Timestamp
 
@@ -93,7 +87,7 @@ def test_records_for_applied_failed_and_rolled_back_migrations(
     ]
     assert history.get("0001") == rolled
 
-    states = plan([one, two, three], history.all())
+    states = migration_states([one, two, three], history.all())
     assert [s.kind for s in states] == [StateKind.ROLLED_BACK, StateKind.FAILED, StateKind.PENDING]
     assert [s.runnable for s in states] == [True, True, True]
     stored = firestore_store.get(f"{PREFIX}_history/0001")
@@ -108,18 +102,18 @@ def test_drift_is_detected_refused_and_both_checksums_kept(
     for migration in loaded[:2]:
         history.start(migration, "run-a")
         history.finish(migration.id, MigrationStatus.APPLIED, {"written": 1})
-    states = plan(load_migrations(folder), history.all())
+    states = migration_states(load_migrations(folder), history.all())
     assert [s.kind for s in states] == [StateKind.APPLIED, StateKind.APPLIED, StateKind.PENDING]
     assert check_drift(states, allow_drift=False) == []
 
     # Re-saving with other line endings and trailing spaces is not an edit...
     path = folder / "0002_two.py"
     path.write_bytes(path.read_bytes().replace(b"\n", b"  \r\n") + b"\r\n")
-    assert check_drift(plan(load_migrations(folder), history.all()), allow_drift=False) == []
+    assert check_drift(migration_states(load_migrations(folder), history.all()), allow_drift=False) == []
     # ...but changing the code is.
     write_migration(folder, "0002_two.py", body="return {**doc.data, 'x': 1}")
     edited = load_migrations(folder)
-    states = plan(edited, history.all())
+    states = migration_states(edited, history.all())
     assert [s.kind for s in states] == [StateKind.APPLIED, StateKind.DRIFTED, StateKind.PENDING]
     assert states[1].drift and not states[1].runnable
     with pytest.raises(DriftError, match=r"0002_two\.py was edited after it was applied") as caught:
@@ -132,7 +126,7 @@ def test_drift_is_detected_refused_and_both_checksums_kept(
     assert record.checksum == edited[1].checksum
     assert record.previous_checksums == (loaded[1].checksum,)
     assert record.status is MigrationStatus.APPLIED and record.events[-1].run_id == "run-b"
-    assert plan(edited, history.all())[1].kind is StateKind.APPLIED
+    assert migration_states(edited, history.all())[1].kind is StateKind.APPLIED
 
     # Re-running a migration whose file changed also keeps the older checksum.
     history.start(edited[1], "run-c")
@@ -147,7 +141,7 @@ def test_an_applied_migration_whose_file_is_gone_is_drift(
     history.start(loaded[0], "run-a")
     history.finish("0001", MigrationStatus.APPLIED, {})
     (folder / "0001_one.py").unlink()
-    states = plan(load_migrations(folder), history.all())
+    states = migration_states(load_migrations(folder), history.all())
     assert states[0].kind is StateKind.MISSING_FILE and states[0].drift and not states[0].runnable
     assert states[0].label == "0001_one"
     with pytest.raises(DriftError, match=r"0001_one\.py was run on this database but the file is gone"):

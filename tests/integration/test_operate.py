@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from docshift.checkpoints import Checkpoint, read_versioned
-from docshift.control.client import request
-from docshift.control.files import read_presence
+from docshift.remote.client import request
+from docshift.remote.files import read_presence
 from docshift.reports import read_events
+from docshift.runfolder import Checkpoint, read_versioned
 from docshift.store import Query, RetryingStore, Write
 from tests.integration.run_support import DOCSHIFT, ROOT, docshift, project_folder
 

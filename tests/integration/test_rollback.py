@@ -20,8 +20,9 @@ from docshift.commands.status import status
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.errors import LockedError, RunStopped
-from docshift.history import History, MigrationStatus, StateKind
+from docshift.history import History, MigrationStatus
 from docshift.lock import LeaseLock, read_lease
+from docshift.planning import StateKind
 from docshift.store import Document, Query, Store, Write, WriteResult
 from docshift.values import GeoPoint, Reference, Timestamp, Value, values_equal
 from tests.integration.run_support import PREFIX, differences, export, seed_users

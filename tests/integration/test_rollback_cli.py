@@ -13,10 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-from docshift.checkpoints import Checkpoint, JournalReader
-from docshift.engine.restore import plan_restore
+from docshift.engine.undo import undo_actions
 from docshift.history import History, MigrationStatus
 from docshift.lock import LeaseLock, read_lease
+from docshift.runfolder import Checkpoint, JournalReader
 from docshift.store import Document, Store, Write
 from docshift.values import values_equal
 from tests.integration.run_support import (
@@ -85,7 +85,7 @@ def test_a_run_killed_midway_is_rolled_back_to_the_pre_run_export(
     # Killed before any checkpoint of progress (the one saved as the migration starts claims none).
     saved = [Checkpoint.load(path) for path in run_folder.glob("*/checkpoint.json")]
     assert all(checkpoint.counters.get("read", 0) == 0 for checkpoint in saved)
-    kinds = [action.kind for action in plan_restore(journal)]
+    kinds = [action.kind for action in undo_actions(journal)]
     assert kinds.count("restore") >= 400
     assert kinds.count("check") >= 1, "no write was in flight at the kill"
     partly = export(firestore_store, ["users"])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from docshift.checkpoints import JournalReader
 from docshift.history import History, MigrationStatus
+from docshift.runfolder import JournalReader
 from docshift.store import Document, RetryingStore
 from docshift.values import values_equal
 from tests.integration.run_support import (

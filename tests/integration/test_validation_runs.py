@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from docshift.checkpoints import Checkpoint, DeadLetterFile, read_versioned
 from docshift.history import History, MigrationStatus
+from docshift.runfolder import Checkpoint, DeadLetterFile, read_versioned
 from docshift.store import Query, Store, Write
 from docshift.values import Value, values_equal
 from tests.gate_message import gate_numbers

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints import Checkpoint, DeadLetterFile, JournalReader
 from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.batch import BatchProcessor
 from docshift.engine.controls import Controls
@@ -20,6 +19,7 @@ from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import RunStats
 from docshift.errors import TransientError
 from docshift.migration import UNCHANGED, DocView, Migration, Target
+from docshift.runfolder import Checkpoint, DeadLetterFile, JournalReader
 from docshift.store import DelegatingStore, Document, Query, Store, Write, WriteResult
 from docshift.values import Value, values_equal
 

@@ -16,11 +16,11 @@ from docshift.backup import MANIFEST_NAME, BackupRecord, PathMap, read_manifest,
 from docshift.backup import manifest as manifest_module
 from docshift.backup.reader import decode_record
 from docshift.backup.writer import encode_record
-from docshift.checkpoints.atomic import write_versioned
 from docshift.commands.backup import backup, restore, verify
 from docshift.config import Config
 from docshift.engine.progress import RecordingProgress
 from docshift.errors import DataError, PermanentError, UsageError
+from docshift.runfolder.atomic import write_versioned
 from docshift.store import Document, MemoryStore, Query, Store, StoreInfo, Write, WriteResult
 from docshift.values import Timestamp
 from tests.backup_support import assert_same_documents, every_type, export, seed

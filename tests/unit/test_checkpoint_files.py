@@ -15,7 +15,8 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from docshift.checkpoints import (
+from docshift.errors import DataError
+from docshift.runfolder import (
     Checkpoint,
     DeadLetterFile,
     JournalEntry,
@@ -25,9 +26,8 @@ from docshift.checkpoints import (
     read_versioned,
     write_versioned,
 )
-from docshift.checkpoints.checkpoint import CHECKPOINT_VERSION
-from docshift.checkpoints.journal import read_members
-from docshift.errors import DataError
+from docshift.runfolder.checkpoint import CHECKPOINT_VERSION
+from docshift.runfolder.journal import read_members
 from docshift.store import Document
 from docshift.values import GeoPoint, Reference, Timestamp, values_equal
 from tests.strategies import documents
@@ -251,7 +251,7 @@ def test_journal_entries_written_before_a_kill_survive(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os
         from pathlib import Path
-        from docshift.checkpoints import JournalEntry, JournalWriter
+        from docshift.runfolder import JournalEntry, JournalWriter
         writer = JournalWriter(Path({str(path)!r}))
         writer.append([JournalEntry("before", "users/a", {{"n": 1}})])
         os.kill(os.getpid(), 9)

@@ -304,7 +304,7 @@ def test_each_write_is_journalled_before_it_is_sent(tmp_path: Path) -> None:
     assert {path for (kind, path) in kinds if kind == "before"} == changed
     assert {path for (kind, path) in kinds if kind == "written"} == changed
     assert all(count == 1 for count in kinds.values())
-    from docshift.checkpoints import JournalReader
+    from docshift.runfolder import JournalReader
 
     for entry in JournalReader(journal):
         if entry.kind == "before":

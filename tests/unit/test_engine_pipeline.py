@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from docshift.checkpoints import Checkpoint
 from docshift.engine.controls import Controls
 from docshift.engine.progress import RecordingProgress
 from docshift.engine.sampling import bucket, in_sample
 from docshift.engine.sharding import plan_shards
 from docshift.errors import EmergencyStop, ExitCode, MemoryLimitExceeded, RunStopped, TooManyFailures
 from docshift.migration import UNCHANGED, DocView
+from docshift.runfolder import Checkpoint
 from docshift.store import Document, MemoryStore, Query, Store, Write, WriteResult
 from tests.unit.engine_support import (
     ScriptedMemory,
@@ -491,7 +491,7 @@ def test_progress_events_tell_the_story(tmp_path: Path) -> None:
 
 
 def test_a_dry_run_plan_records_every_change_and_flags_a_non_idempotent_up(tmp_path: Path) -> None:
-    from docshift.engine.plan import PlanRecorder
+    from docshift.engine.dry_run import DryRunRecorder
 
     store, before = seeded(200)
 
@@ -500,7 +500,7 @@ def test_a_dry_run_plan_records_every_change_and_flags_a_non_idempotent_up(tmp_p
 
     for up, offenders in ((split_name, False), (appends, True)):
         folder = tmp_path / up.__name__
-        recorder = PlanRecorder(folder / "plan.jsonl.gz", up)
+        recorder = DryRunRecorder(folder / "plan.jsonl.gz", up)
         result = run_pipeline(store, make_migration(up), folder, options(execute=False), on_decision=recorder)
         recorder.close()
         assert result.error is None

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from docshift.checkpoints import Checkpoint, JournalReader
 from docshift.engine import batch
 from docshift.engine.pipeline import PipelineResult
-from docshift.engine.restore import Restorer, RestoreResult, plan_restore
 from docshift.engine.stats import COUNTERS
+from docshift.engine.undo import Undoer, UndoResult, undo_actions
 from docshift.errors import TransientError
 from docshift.migration import UNCHANGED, DocView, Migration, Target
+from docshift.runfolder import Checkpoint, JournalReader
 from docshift.store import DelegatingStore, MemoryStore, Query, Store, Write, WriteResult
 from docshift.values import Value, values_equal
 from tests.unit.engine_support import build, options, seed
@@ -64,11 +64,11 @@ def resume(store: Store, migration: Migration, folder: Path) -> PipelineResult:
     return result
 
 
-def rollback(store: Store, migration: Migration, folder: Path) -> RestoreResult:
-    restorer = Restorer(
+def rollback(store: Store, migration: Migration, folder: Path) -> UndoResult:
+    restorer = Undoer(
         store, execute=True, force=False, conflicts_file=folder / "conflicts.jsonl", redo=migration.up
     )
-    return restorer.run(plan_restore(folder / "before-images.jsonl.gz"), RestoreResult())
+    return restorer.run(undo_actions(folder / "before-images.jsonl.gz"), UndoResult())
 
 
 def contents(store: Store, collection: str) -> dict[str, dict[str, Value]]:

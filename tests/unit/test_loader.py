@@ -11,9 +11,10 @@ import pytest
 
 from docshift.commands.project import init_project, new_migration, render_migration
 from docshift.errors import MigrationFileError, UsageError
-from docshift.history import HistoryRecord, MigrationStatus, check_order, plan
+from docshift.history import HistoryRecord, MigrationStatus
 from docshift.loader import checksum_of, load_migrations, next_migration_path, slugify
 from docshift.migration import DELETE, UNCHANGED, DocView, check_idempotent
+from docshift.planning import check_order, migration_states
 from docshift.store import Document, Op
 from docshift.values import Timestamp
 
@@ -92,13 +93,13 @@ def test_an_id_lower_than_an_applied_one_is_out_of_order(folder: Path) -> None:
         i: _record(i, MigrationStatus.APPLIED, m.checksum)
         for i, m in (("0001", migrations[0]), ("0003", migrations[2]))
     }
-    states = plan(migrations, records)
+    states = migration_states(migrations, records)
     assert [s.out_of_order for s in states] == [False, True, False]
     with pytest.raises(MigrationFileError, match=r"0002_late\.py: id 0002 is out of order: migration 0003"):
         check_order(states)
     # a rolled-back later migration does not make an earlier pending one out of order
     records["0003"] = _record("0003", MigrationStatus.ROLLED_BACK, migrations[2].checksum)
-    check_order(plan(migrations, records))
+    check_order(migration_states(migrations, records))
 
 
 def _record(migration_id: str, status: MigrationStatus, checksum: str) -> HistoryRecord:

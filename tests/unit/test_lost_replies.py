@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from docshift.checkpoints import Checkpoint, JournalReader
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
@@ -22,11 +21,12 @@ from docshift.history import History, MigrationStatus
 from docshift.lock import LeaseLock, lease_path, read_lease
 from docshift.migration import DocView
 from docshift.reports.report import collect_report
+from docshift.runfolder import Checkpoint, JournalReader
 from docshift.store import MemoryStore, Query, RetryingStore, RetryPolicy, Store, Write, WriteResult
 from docshift.store.base import DelegatingStore
 from docshift.values import Value, values_equal
 from tests.unit.engine_support import LostReplies, export, make_migration, options, run_pipeline, seed
-from tests.unit.test_restore import FLAG, PRUNE  # the same migrations as the restore tests
+from tests.unit.test_undo import FLAG, PRUNE  # the same migrations as the restore tests
 
 FAST = RetryPolicy(attempts=6, initial_wait=0.001, max_wait=0.002)
 

@@ -16,23 +16,23 @@ import orjson
 import pytest
 from rich.console import Console
 
-from docshift.checkpoints import Checkpoint, ShardCursor, read_versioned, write_versioned
 from docshift.cli.live import LiveProgress, plain_status_line, render_status
 from docshift.commands.observe import Observation, migration_totals, outcome_of
 from docshift.commands.operate import StatusSource, list_runs, show_run
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
-from docshift.control.files import remove_presence, write_presence
 from docshift.engine.controls import Controls
 from docshift.engine.progress import RecordingProgress
 from docshift.errors import EmergencyStop, LockedError, RunStopped, TooManyFailures
 from docshift.history import History, MigrationStatus
 from docshift.lock import LeaseLock
+from docshift.remote.files import remove_presence, write_presence
 from docshift.reports import EventLog, ProgressExtras, RunStatus, TeeProgress, build_report, read_events
 from docshift.reports.charts import Series, downsample, line_chart, nice_ticks
 from docshift.reports.events import EventFollower
 from docshift.reports.report import REDACTED, redact
 from docshift.reports.status import stop_severity
+from docshift.runfolder import Checkpoint, ShardCursor, read_versioned, write_versioned
 from docshift.store import MemoryStore
 from docshift.validators import Severity
 from docshift.values import Timestamp

@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 
-from docshift.checkpoints import Checkpoint, JournalReader
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.pipeline import PipelineResult
-from docshift.engine.restore import Restorer, RestoreResult, plan_restore
 from docshift.engine.stats import COUNTERS
+from docshift.engine.undo import Undoer, UndoResult, undo_actions
 from docshift.errors import EmergencyStop, ExitCode, TransientError
 from docshift.history import History, MigrationStatus
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Target
 from docshift.reports.report import collect_report
+from docshift.runfolder import Checkpoint, JournalReader
 from docshift.store import DelegatingStore, Document, Filter, MemoryStore, Query, Store, Write, WriteResult
 from docshift.values import Value, values_equal
 from tests.unit.engine_support import build, dead_letters, options, seed
@@ -180,11 +180,11 @@ def test_a_resume_after_kill_9_counts_what_the_killed_process_wrote(
     assert len(letters) == len(set(letters)) == truth["rejected"]
     # Every write's outcome is journalled (none is left to be guessed), and the rollback is exact.
     journal = folder / "before-images.jsonl.gz"
-    assert {action.kind for action in plan_restore(journal)} <= {"restore", "recreate", "delete"}
+    assert {action.kind for action in undo_actions(journal)} <= {"restore", "recreate", "delete"}
     outcomes = {entry.path for entry in JournalReader(journal) if entry.kind in ("written", "deleted")}
     assert len(outcomes) == truth["updated"] + truth["created"] + truth["deleted"]
-    restorer = Restorer(store, execute=True, force=False, conflicts_file=tmp_path / "conflicts.jsonl")
-    undone = restorer.run(plan_restore(journal), RestoreResult())
+    restorer = Undoer(store, execute=True, force=False, conflicts_file=tmp_path / "conflicts.jsonl")
+    undone = restorer.run(undo_actions(journal), UndoResult())
     assert undone.counters["conflicts"] == 0 and undone.counters["mismatched"] == 0
     assert same(contents(store), original)
 

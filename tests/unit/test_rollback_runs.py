@@ -15,8 +15,6 @@ from typing import Any
 
 import pytest
 
-from docshift.checkpoints.atomic import read_versioned, write_versioned
-from docshift.checkpoints.checkpoint import Checkpoint
 from docshift.commands.rollback import (
     RollbackConflicts,
     RollbackItem,
@@ -32,6 +30,8 @@ from docshift.engine.progress import RecordingProgress
 from docshift.errors import EmergencyStop, RunStopped, UsageError
 from docshift.history import History, HistoryEvent, HistoryRecord, MigrationStatus
 from docshift.loader import load_migrations
+from docshift.runfolder.atomic import read_versioned, write_versioned
+from docshift.runfolder.checkpoint import Checkpoint
 from docshift.store import MemoryStore, Store, Write, WriteResult
 from docshift.values import Timestamp
 from tests.unit.engine_support import StoreWrapper, export, seed

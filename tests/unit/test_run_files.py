@@ -25,7 +25,6 @@ from unittest import mock
 
 import pytest
 
-from docshift.checkpoints import Checkpoint, DeadLetterFile, JournalEntry, JournalReader, JournalWriter
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, LimitsConfig, StoreConfig
@@ -33,6 +32,7 @@ from docshift.engine.stats import COUNTERS
 from docshift.errors import ExitCode, RunFileError
 from docshift.history import History
 from docshift.reports.report import collect_report
+from docshift.runfolder import Checkpoint, DeadLetterFile, JournalEntry, JournalReader, JournalWriter
 from docshift.store import Document, MemoryStore, Query, Write
 from docshift.values import values_equal
 

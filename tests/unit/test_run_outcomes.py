@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from docshift.checkpoints import Checkpoint, read_versioned, write_versioned
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, load_run_info, rate_limiter, resume_run, run
 from docshift.commands.stages import StageFailed
@@ -20,8 +19,10 @@ from docshift.engine.controls import Controls
 from docshift.engine.progress import RecordingProgress
 from docshift.engine.sampling import bucket
 from docshift.errors import EmergencyStop, ExitCode, RunStopped, UsageError
-from docshift.history import History, MigrationStatus, StateKind
+from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
+from docshift.planning import StateKind
+from docshift.runfolder import Checkpoint, read_versioned, write_versioned
 from docshift.store import DelegatingStore, MemoryStore, Store
 from docshift.store.base import WriteResult
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name

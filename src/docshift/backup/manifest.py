@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 
 from docshift import codec
-from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.errors import DataError, UsageError
+from docshift.runfolder.atomic import read_versioned, write_versioned
 from docshift.values import Timestamp
 
 __all__ = [

@@ -15,9 +15,9 @@ from docshift.commands.project import init_project, new_migration
 from docshift.commands.status import StatusReport, state_label, status
 from docshift.commands.unlock import unlock
 from docshift.errors import ConfirmationRequired, UsageError
-from docshift.history import MigrationState, StateKind
 from docshift.loader import describe_file
 from docshift.lock import Lease
+from docshift.planning import MigrationState, StateKind
 from docshift.values import Timestamp
 
 __all__ = ["init_command", "new_command", "status_command", "unlock_command"]

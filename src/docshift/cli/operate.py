@@ -12,7 +12,6 @@ import click
 from rich.live import Live
 from rich.table import Table
 
-from docshift.checkpoints.record import ENDED_STATES
 from docshift.cli.context import AppContext, pass_app
 from docshift.cli.live import plain_status_line, render_status
 from docshift.cli.output import console, err_console, summary_table
@@ -24,6 +23,7 @@ from docshift.commands.operate import (
     resolve_run,
     show_run,
 )
+from docshift.runfolder.record import ENDED_STATES
 
 __all__ = [
     "monitor_command",

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from docshift import codec
-from docshift.checkpoints.record import display_counts
 from docshift.engine.diff import FieldChange
+from docshift.runfolder.record import display_counts
 
 __all__ = ["JsonProgress", "PlainProgress", "console", "err_console", "print_change", "summary_table"]
 
@@ -95,7 +95,7 @@ def print_change(path: str, kind: str, changes: list[FieldChange], data: Any = N
 
 
 def summary_table(title: str, rows: list[tuple[str, dict[str, int], str]], dry_run: bool) -> Table:
-    """One row per migration: its counters (see ``docshift.checkpoints.record``) and state."""
+    """One row per migration: its counters (see ``docshift.runfolder.record``) and state."""
     verb = "would " if dry_run else ""
     table = Table(title=title, title_justify="left")
     table.add_column("migration")

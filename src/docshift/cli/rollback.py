@@ -9,7 +9,7 @@ from rich.table import Table
 
 from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, pass_app
-from docshift.cli.observe import StatusFlags, display_progress, observe_run, status_options
+from docshift.cli.display import StatusFlags, display_progress, observe_run, status_options
 from docshift.cli.output import console, err_console, print_change
 from docshift.cli.run import install_signal_handlers
 from docshift.commands.rollback import (

@@ -14,7 +14,7 @@ import click
 
 from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, pass_app
-from docshift.cli.observe import StatusFlags, display_progress, observe_run, status_options
+from docshift.cli.display import StatusFlags, display_progress, observe_run, status_options
 from docshift.cli.output import console, err_console, print_change, summary_table
 from docshift.cli.validate import (
     finish_run_validation,

@@ -21,19 +21,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from docshift.checkpoints.record import record_outcome
 from docshift.commands.run import find_run, new_run_id
 from docshift.config import Config
-from docshift.control.files import ControlFiles, read_presence, remove_presence, write_presence
-from docshift.control.server import StatusServer
 from docshift.engine.controls import Controls
 from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import DocshiftError, ExitCode, RunStopped
 from docshift.loader import load_migrations
 from docshift.migration import Migration
+from docshift.remote.files import ControlFiles, read_presence, remove_presence, write_presence
+from docshift.remote.server import StatusServer
 from docshift.reports.events import EVENTS_FILE, EventLog, TeeProgress
 from docshift.reports.report import ReportPaths, build_report
 from docshift.reports.status import ProgressExtras, RunStatus
+from docshift.runfolder.record import record_outcome
 from docshift.store import Store
 
 __all__ = ["Observation", "migration_totals", "outcome_of"]

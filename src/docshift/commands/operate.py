@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.record import COUNT_COLUMNS, live_state, read_migrations, read_run
 from docshift.commands.run import load_run_info
 from docshift.commands.target import refuse_other_target
 from docshift.config import Config
-from docshift.control.client import ControlResult, fetch_status, send_control
-from docshift.control.files import read_presence
 from docshift.errors import DataError, UsageError
+from docshift.remote.client import ControlResult, fetch_status, send_control
+from docshift.remote.files import read_presence
 from docshift.reports.events import EVENTS_FILE, EventFollower
 from docshift.reports.report import ReportPaths, build_report, collect_report
 from docshift.reports.status import RunStatus
+from docshift.runfolder.record import COUNT_COLUMNS, live_state, read_migrations, read_run
 
 __all__ = [
     "RunSummary",

@@ -29,9 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
-from docshift.checkpoints.journal import JournalReader
-from docshift.checkpoints.record import force_command, read_info, write_info
 from docshift.commands.run import (
     RunOptions,
     find_run,
@@ -43,16 +40,19 @@ from docshift.commands.run import (
 from docshift.commands.target import check_store, target_config
 from docshift.config import Config
 from docshift.engine.controls import Controls
+from docshift.engine.dry_run import DryRunRecorder
 from docshift.engine.pipeline import MigrationPipeline, PipelineResult, new_checkpoint
-from docshift.engine.plan import PlanRecorder
 from docshift.engine.progress import NullProgress, Progress
-from docshift.engine.restore import RestoreAction, Restorer, RestoreResult, plan_restore
 from docshift.engine.sharding import plan_shards
+from docshift.engine.undo import UndoAction, Undoer, UndoResult, undo_actions
 from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
 from docshift.history import History, HistoryRecord, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock
 from docshift.migration import Migration
+from docshift.runfolder.checkpoint import Checkpoint, ShardCursor
+from docshift.runfolder.journal import JournalReader
+from docshift.runfolder.record import force_command, read_info, write_info
 from docshift.store import Store, store_for
 from docshift.store.simulated import SimulatedStore
 from docshift.values import Timestamp
@@ -117,10 +117,10 @@ class RollbackItem:
     folder: Path
     runs_known: bool = True
     """False: its history no longer names every run that applied it (see ``note``)."""
-    restore: RestoreResult | None = None
+    restore: UndoResult | None = None
     """From the journals: the counters of every run's, added up (``by_run`` has each)."""
     pipeline: PipelineResult | None = None
-    plan: PlanRecorder | None = None
+    plan: DryRunRecorder | None = None
     note: str | None = None
     """Said with the summary: a rollback that could not be verified, and why."""
     by_run: list[tuple[str, dict[str, int]]] = field(default_factory=list)
@@ -557,7 +557,7 @@ def _undo_all(
     last_of = {step.migration.id: index for index, (step, _) in enumerate(order)}
     for step in plan:
         if step.migration.id not in last_of:  # none of its runs got to write it: nothing to undo
-            items[step.migration.id].restore = RestoreResult()
+            items[step.migration.id].restore = UndoResult()
             if options.execute:
                 history.mark_rolled_back(step.migration.id, report.run_id, {})
     for index, (step, run) in enumerate(order):
@@ -640,7 +640,7 @@ class _JournalUndo:
         self.config, self.step, self.folder, self.options = config, step, folder, options
         self.controls, self.own_writes = controls, own_writes
         self.path = folder / "checkpoint.json"
-        self.parts = {run: RestoreResult() for run in step.runs}
+        self.parts = {run: UndoResult() for run in step.runs}
         self.finished: set[str] = set()
         self.current = step.runs[0]
         """The run whose journal is being undone (``position`` in the checkpoint is in it)."""
@@ -690,7 +690,7 @@ class _JournalUndo:
         # redo recognises our own writes by value; a copy's before-images are of its targets,
         # which up() does not take.
         redo = None if migration.target.copy_to else migration.up
-        restorer = Restorer(
+        restorer = Undoer(
             store,
             execute=self.options.execute,
             force=self.options.force,
@@ -705,7 +705,7 @@ class _JournalUndo:
             own_writes=self.own_writes,
             left_to_older=self._older_outputs(run),
         )
-        restorer.run(plan_restore(self._journal(run), part.position), part)
+        restorer.run(undo_actions(self._journal(run), part.position), part)
         if not part.stopped:
             self.finished.add(run)
         self.save(state="stopped" if part.stopped else "running")
@@ -719,7 +719,7 @@ class _JournalUndo:
     def _journal(self, run: str) -> Path:
         return self.config.runs_dir / run / self.step.migration.label / _JOURNAL
 
-    def _older_outputs(self, run: str) -> Callable[[RestoreAction], bool] | None:
+    def _older_outputs(self, run: str) -> Callable[[UndoAction], bool] | None:
         """Whether a document of ``run``'s journal held what an older run of the migration wrote
         when ``run`` changed it (the update time that run's write produced; for a document ``run``
         created, that an older run deleted it): the older run's undo takes it further back."""
@@ -734,7 +734,7 @@ class _JournalUndo:
                 elif entry.kind == "deleted":
                     outputs.setdefault(entry.path, set()).add(None)
 
-        def chained(action: RestoreAction) -> bool:
+        def chained(action: UndoAction) -> bool:
             found = outputs.get(action.path)
             if not found:
                 return False
@@ -745,9 +745,9 @@ class _JournalUndo:
 
         return chained
 
-    def total(self) -> RestoreResult:
+    def total(self) -> UndoResult:
         """Every run's counters added up (and the first samples)."""
-        combined = RestoreResult()
+        combined = UndoResult()
         for part in self.parts.values():
             for name, value in part.counters.items():
                 combined.counters[name] = combined.counters.get(name, 0) + value
@@ -758,7 +758,7 @@ class _JournalUndo:
     def by_run(self) -> list[tuple[str, dict[str, int]]]:
         return [(run, dict(part.counters)) for run, part in self.parts.items()]
 
-    def save(self, _: RestoreResult | None = None, state: str = "running") -> None:
+    def save(self, _: UndoResult | None = None, state: str = "running") -> None:
         lost = self.controls.lease_lost
         if lost is not None and lost.is_set():
             self.controls.request_stop("the lease was lost to another run", EmergencyStop)
@@ -791,7 +791,7 @@ def _down_over_target(
     run_id: str,
     progress: Progress,
     controls: Controls,
-) -> tuple[PipelineResult, PlanRecorder | None]:
+) -> tuple[PipelineResult, DryRunRecorder | None]:
     """down() over the migration's whole target, through the engine: the only way without a
     journal. A dry run executes against the simulated store (``store``), without before-images."""
     assert migration.down is not None
@@ -801,7 +801,7 @@ def _down_over_target(
     else:
         settings: dict[str, Any] = {"rollback": True, "strategy": "down"}
         checkpoint = new_checkpoint(run_id, migration, plan_shards(store, migration.target, 1), settings)
-    recorder = None if options.execute else PlanRecorder(folder / "plan.jsonl.gz", migration.down)
+    recorder = None if options.execute else DryRunRecorder(folder / "plan.jsonl.gz", migration.down)
     base = pipeline_options(
         config if options.execute else config.with_engine(backup=False), RunOptions(execute=True)
     )

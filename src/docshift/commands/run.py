@@ -20,16 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.checkpoint import Checkpoint
-from docshift.checkpoints.record import CLOSED_STATES, read_info, read_migration, write_info
-from docshift.commands.stages import StageFailed, StagePlan, run_stages
+from docshift.commands.stages import CanaryStages, StageFailed, run_stages
 from docshift.commands.target import check_store, target_config
 from docshift.config import Config, with_values
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
+from docshift.engine.dry_run import DryRunRecorder
 from docshift.engine.limits import RateLimiter
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
-from docshift.engine.plan import PlanRecorder
 from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
 from docshift.errors import (
@@ -41,18 +39,13 @@ from docshift.errors import (
     RunStopped,
     UsageError,
 )
-from docshift.history import (
-    History,
-    MigrationState,
-    MigrationStatus,
-    check_drift,
-    check_order,
-    current_user,
-    plan,
-)
+from docshift.history import History, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock, process_exists, read_lease
 from docshift.migration import Migration
+from docshift.planning import MigrationState, check_drift, check_order, migration_states
+from docshift.runfolder.checkpoint import Checkpoint
+from docshift.runfolder.record import CLOSED_STATES, read_info, read_migration, write_info
 from docshift.store import Store, store_for
 
 __all__ = [
@@ -98,7 +91,7 @@ class RunOptions:
 class MigrationOutcome:
     migration: Migration
     result: PipelineResult
-    plan: PlanRecorder | None = None
+    plan: DryRunRecorder | None = None
     status: MigrationStatus | None = None
     """What the history recorded (None in a dry run): see :func:`outcome_status`."""
     note: str | None = None
@@ -145,7 +138,7 @@ def _select(
     migrations: list[Migration], history: History, options: RunOptions
 ) -> tuple[list[Migration], list[MigrationState]]:
     """The migrations to run, and the drifted ones ``--allow-drift`` lets through."""
-    states = plan(migrations, history.all())
+    states = migration_states(migrations, history.all())
     drifted = check_drift(states, options.allow_drift)
     known = {m.id for m in migrations}
     for wanted in (options.to, options.only):
@@ -586,7 +579,7 @@ def _run_all(
                 checkpoint.extra["limit_reached"] = None  # known once the run has read up to the limit
             if options.sample_percent is not None:
                 checkpoint.extra["sample_percent"] = options.sample_percent
-        recorder = None if options.execute else PlanRecorder(folder / "plan.jsonl.gz", migration.up)
+        recorder = None if options.execute else DryRunRecorder(folder / "plan.jsonl.gz", migration.up)
         on_checkpoint = None
         if options.execute:
             history.start(migration, report.run_id, overrides)
@@ -712,7 +705,7 @@ def _staged(
     run_id: str,
 ) -> PipelineResult:
     assert options.stages is not None
-    plan = StagePlan(options.stages, options.pause_between_stages)
+    plan = CanaryStages(options.stages, options.pause_between_stages)
     try:
         return run_stages(
             config,

@@ -17,23 +17,23 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from docshift.checkpoints.checkpoint import Checkpoint
-from docshift.checkpoints.record import ROLLED_BACK, read_migration
 from docshift.config import Config
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
 from docshift.engine.progress import Progress
-from docshift.engine.restore import Restorer, RestoreResult, plan_restore
 from docshift.engine.sampling import in_sample
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import format_ms
+from docshift.engine.undo import Undoer, UndoResult, undo_actions
 from docshift.errors import EmergencyStop, MemoryLimitExceeded, RunStopped, TooManyFailures, UsageError
 from docshift.migration import Migration
+from docshift.runfolder.checkpoint import Checkpoint
+from docshift.runfolder.record import ROLLED_BACK, read_migration
 from docshift.store.base import Document, Query, Store
 from docshift.validators.rules import RuleContext
 
-__all__ = ["StageFailed", "StagePlan", "parse_stages", "run_stages"]
+__all__ = ["CanaryStages", "StageFailed", "parse_stages", "run_stages"]
 
 _TRIGGERS = (EmergencyStop, MemoryLimitExceeded, TooManyFailures)
 
@@ -60,7 +60,7 @@ def parse_stages(text: str) -> tuple[float, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class StagePlan:
+class CanaryStages:
     stages: tuple[float, ...]
     pause_between: bool = False
 
@@ -72,7 +72,7 @@ def run_stages(
     base: PipelineOptions,
     folder: Path,
     checkpoint: Checkpoint,
-    plan: StagePlan,
+    plan: CanaryStages,
     *,
     controls: Controls,
     progress: Progress,
@@ -268,12 +268,12 @@ def _roll_back(
     controls: Controls,
     progress: Progress,
     config: Config,
-) -> RestoreResult:
+) -> UndoResult:
     """Undo every stage of this migration from its before-images (the run still holds the lease)."""
     controls.stop.clear()
     controls.resume()
     progress.event("warning", message=f"{migration.label}: rolling back every stage from the before-images")
-    restorer = Restorer(
+    restorer = Undoer(
         store,
         execute=True,
         force=False,
@@ -284,7 +284,7 @@ def _roll_back(
         progress=progress,
         batch_size=config.engine.batch_size,
     )
-    result = restorer.run(plan_restore(folder / "before-images.jsonl.gz"), RestoreResult())
+    result = restorer.run(undo_actions(folder / "before-images.jsonl.gz"), UndoResult())
     if result.stopped:  # a signal or `docshift stop` during the rollback: the resume finishes it
         raise RunStopped(
             f"{migration.label}: stopped while rolling back its stages",

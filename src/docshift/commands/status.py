@@ -8,9 +8,10 @@ from typing import Any
 
 from docshift.config import Config
 from docshift.errors import ExitCode
-from docshift.history import History, MigrationState, StateKind, plan
+from docshift.history import History
 from docshift.loader import describe_file, load_migrations
 from docshift.lock import Lease, read_lease
+from docshift.planning import MigrationState, StateKind, migration_states
 from docshift.store import Store, store_for
 from docshift.values import Timestamp
 
@@ -117,4 +118,6 @@ def status(config: Config, store: Store | None = None) -> StatusReport:
     with store_for(config, store) as active:
         records = History(active, config.store.state_prefix).all()
         lease = read_lease(active, config.store.state_prefix)
-        return StatusReport(active.info.describe(), config.migrations_dir, plan(migrations, records), lease)
+        return StatusReport(
+            active.info.describe(), config.migrations_dir, migration_states(migrations, records), lease
+        )

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.record import read_info
 from docshift.config import Config
 from docshift.errors import UsageError
+from docshift.runfolder.record import read_info
 from docshift.store.base import Store
 
 __all__ = ["check_store", "recorded_target", "refuse_other_target", "target_config"]

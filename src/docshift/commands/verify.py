@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from docshift import codec
-from docshift.checkpoints.atomic import write_versioned
 from docshift.commands.validate import find_migration, report_folder
 from docshift.config import Config
 from docshift.engine.diff import FieldChange, field_changes
 from docshift.errors import UsageError
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Target
+from docshift.runfolder.atomic import write_versioned
 from docshift.store import Query, Store, store_for
 from docshift.store.base import Document
 from docshift.validators.collection import DigestSet, digest

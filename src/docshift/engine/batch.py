@@ -19,8 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from docshift.checkpoints.deadletter import DeadLetterFile
-from docshift.checkpoints.journal import JournalEntry, JournalWriter, digest_of
 from docshift.engine.diff import FieldChange, field_changes, update_fields, update_is_cheaper
 from docshift.engine.landed import LandedWrites
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, RateLimiter
@@ -28,6 +26,8 @@ from docshift.engine.sampling import in_sample
 from docshift.engine.stats import RunStats
 from docshift.errors import ConflictError, EmergencyStop, StoreError, TransientError
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Transform
+from docshift.runfolder.deadletter import DeadLetterFile
+from docshift.runfolder.journal import JournalEntry, JournalWriter, digest_of
 from docshift.store.base import Document, Store, Write, WriteKind, WriteResult, write_landed
 from docshift.store.semantics import (
     MAX_DOCUMENT_BYTES,

@@ -5,7 +5,7 @@ a run file that could not be written, the store failing for good) can leave batc
 writes landed; read again on resume, their documents are found already migrated, and a document it
 deleted is not read again at all. So the checkpoint also records which journal members hold the
 batches it does not count (``journal_bytes``, ``journal_unsettled``: see
-:mod:`docshift.checkpoints.checkpoint`), and the resume settles those first (:func:`settle`): a
+:mod:`docshift.runfolder.checkpoint`), and the resume settles those first (:func:`settle`): a
 document that holds what the run wrote (the update time its write produced, or data whose digest is
 the one journalled before the write was sent; after a delete: gone) is counted as updated, created
 or deleted, its missing outcome is journalled (so a rollback's guard is exact), and it is noted in
@@ -21,8 +21,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from docshift.checkpoints.journal import JournalEntry, digest_of
 from docshift.migration import DELETE, UNCHANGED, DocView, Target, Transform
+from docshift.runfolder.journal import JournalEntry, digest_of
 from docshift.store.base import Document, Store
 from docshift.store.semantics import matches
 from docshift.values import as_stored, copy_data, values_equal

@@ -29,10 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.atomic import run_file
-from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
-from docshift.checkpoints.deadletter import DeadLetterFile
-from docshift.checkpoints.journal import JournalWriter, read_members
 from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.batch import (
     BatchAborted,
@@ -64,6 +60,10 @@ from docshift.errors import (
     TooManyFailures,
 )
 from docshift.migration import Migration, Transform
+from docshift.runfolder.atomic import run_file
+from docshift.runfolder.checkpoint import Checkpoint, ShardCursor
+from docshift.runfolder.deadletter import DeadLetterFile
+from docshift.runfolder.journal import JournalWriter, read_members
 from docshift.store.base import Document, Store
 from docshift.values import Timestamp
 

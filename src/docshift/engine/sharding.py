@@ -7,8 +7,8 @@ that keeps every (total / shards)-th document name.
 
 from __future__ import annotations
 
-from docshift.checkpoints.checkpoint import ShardCursor
 from docshift.migration import Target
+from docshift.runfolder.checkpoint import ShardCursor
 from docshift.store.base import Query, Store
 
 __all__ = ["plan_shards"]

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from docshift.checkpoints.record import COUNT_COLUMNS
 from docshift.reports.charts import PALETTE, Mark, Series, line_chart
+from docshift.runfolder.record import COUNT_COLUMNS
 
 __all__ = ["render_html"]
 

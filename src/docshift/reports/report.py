@@ -13,8 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.atomic import read_versioned, write_atomic, write_versioned
-from docshift.checkpoints.record import (
+from docshift.errors import DataError
+from docshift.reports.charts import downsample
+from docshift.reports.events import EVENTS_FILE, read_events
+from docshift.reports.status import RunStatus
+from docshift.runfolder.atomic import read_versioned, write_atomic, write_versioned
+from docshift.runfolder.record import (
     CLOSED_STATES,
     CONFLICTS,
     FINISHED,
@@ -23,10 +27,6 @@ from docshift.checkpoints.record import (
     force_command,
     read_run,
 )
-from docshift.errors import DataError
-from docshift.reports.charts import downsample
-from docshift.reports.events import EVENTS_FILE, read_events
-from docshift.reports.status import RunStatus
 
 __all__ = ["HTML_FILE", "REPORT_FILE", "ReportPaths", "build_report", "collect_report", "redact"]
 

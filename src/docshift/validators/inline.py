@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.atomic import write_versioned
-from docshift.checkpoints.deadletter import DeadLetterFile
-from docshift.checkpoints.record import read_migration
 from docshift.config import Config
 from docshift.engine.batch import DeadLetter, DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import DocshiftError, EmergencyStop, RunFileError, RunStopped
 from docshift.migration import Migration
+from docshift.runfolder.atomic import write_versioned
+from docshift.runfolder.deadletter import DeadLetterFile
+from docshift.runfolder.record import read_migration
 from docshift.store.base import Document, Store
 from docshift.validators.rules import RuleContext, RuleSession
 from docshift.validators.scan import (

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.engine.sharding import plan_shards
 from docshift.migration import Migration, Target
+from docshift.runfolder.atomic import read_versioned, write_versioned
 from docshift.store.base import Document, Query, Store
 from docshift.validators.collection import CountRule
 from docshift.validators.rules import Rule, RuleContext, RuleSession

@@ -15,17 +15,17 @@ from typing import Any
 import orjson
 
 from docshift import codec
-from docshift.checkpoints.atomic import run_file
 from docshift.engine.batch import Decision
 from docshift.errors import RunFileError
 from docshift.migration import Transform, check_idempotent
+from docshift.runfolder.atomic import run_file
 
-__all__ = ["PlanRecorder"]
+__all__ = ["DryRunRecorder"]
 
 _CHANGING = ("update", "set", "create", "delete")
 
 
-class PlanRecorder:
+class DryRunRecorder:
     """Called with every decision of a dry run (from several threads)."""
 
     def __init__(

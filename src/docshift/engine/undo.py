@@ -30,22 +30,22 @@ from typing import Any
 import orjson
 
 from docshift import codec
-from docshift.checkpoints.atomic import run_file, write_fully
-from docshift.checkpoints.journal import JournalEntry, JournalReader, digest_of
 from docshift.engine.diff import FieldChange, field_changes
 from docshift.engine.limits import RateLimiter
 from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import ConflictError, EmergencyStop, TransientError
 from docshift.migration import DELETE, UNCHANGED, DocView, Transform
+from docshift.runfolder.atomic import run_file, write_fully
+from docshift.runfolder.journal import JournalEntry, JournalReader, digest_of
 from docshift.store.base import Document, Store, Write, WriteKind, WriteResult, write_landed
 from docshift.store.simulated import SimulatedStore
 from docshift.values import Timestamp, values_equal
 
-__all__ = ["RestoreAction", "RestoreResult", "Restorer", "plan_restore"]
+__all__ = ["UndoAction", "UndoResult", "Undoer", "undo_actions"]
 
 
 @dataclass(frozen=True, slots=True)
-class RestoreAction:
+class UndoAction:
     """What to do for one document. ``kind``: ``restore`` (set back ``before``), ``recreate``
     (create ``before`` again), ``delete`` (remove what the run created), ``check`` (the process
     died with this write in flight: compare with the store to decide)."""
@@ -57,7 +57,7 @@ class RestoreAction:
     guard: Timestamp | None
     leaves: str | None = None
     """The digest of what the run's last write of ``path`` left stored (see
-    :class:`~docshift.checkpoints.journal.JournalEntry`); None in a journal from before it."""
+    :class:`~docshift.runfolder.journal.JournalEntry`); None in a journal from before it."""
 
 
 @dataclass
@@ -99,7 +99,7 @@ def _index(journal: Path) -> dict[str, _PathState]:
     return states
 
 
-def plan_restore(journal: Path, start_after: int = -1) -> Iterator[RestoreAction]:
+def undo_actions(journal: Path, start_after: int = -1) -> Iterator[UndoAction]:
     """The restore actions of a journal in journal order, after position ``start_after``."""
     states = _index(journal)
     for seq, entry in enumerate(JournalReader(journal)):
@@ -107,19 +107,19 @@ def plan_restore(journal: Path, start_after: int = -1) -> Iterator[RestoreAction
         if state is None or state.seq != seq or seq <= start_after:
             continue
         if state.created:
-            yield RestoreAction(
+            yield UndoAction(
                 seq, "delete" if state.written else "check", entry.path, None, state.written, state.leaves
             )
         elif state.deleted:
-            yield RestoreAction(seq, "recreate", entry.path, entry, None, state.leaves)
+            yield UndoAction(seq, "recreate", entry.path, entry, None, state.leaves)
         elif state.written is not None:
-            yield RestoreAction(seq, "restore", entry.path, entry, state.written, state.leaves)
+            yield UndoAction(seq, "restore", entry.path, entry, state.written, state.leaves)
         else:
-            yield RestoreAction(seq, "check", entry.path, entry, None, state.leaves)
+            yield UndoAction(seq, "check", entry.path, entry, None, state.leaves)
 
 
 @dataclass
-class RestoreResult:
+class UndoResult:
     counters: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             ("restored", "recreated", "deleted", "unchanged", "conflicts", "verified", "mismatched"), 0
@@ -137,7 +137,7 @@ class _Missed:
     reason: str
 
 
-class Restorer:
+class Undoer:
     """Undoes journal actions in batches, guarded, resumable, and checks every document it was
     to undo against its before-image afterwards.
 
@@ -163,12 +163,12 @@ class Restorer:
         limiter: RateLimiter | None = None,
         stop: threading.Event | None = None,
         progress: Progress | None = None,
-        on_batch: Callable[[RestoreResult], None] | None = None,
+        on_batch: Callable[[UndoResult], None] | None = None,
         batch_size: int = 300,
         samples: int = 5,
         own_writes: dict[str, tuple[Timestamp, Timestamp | None]] | None = None,
         mismatches_file: Path | None = None,
-        left_to_older: Callable[[RestoreAction], bool] | None = None,
+        left_to_older: Callable[[UndoAction], bool] | None = None,
     ) -> None:
         self.store = (
             store
@@ -199,8 +199,8 @@ class Restorer:
         Such a document that no longer holds this run's output is left to that run's undo (which
         finds it back, or reports the conflict), not reported here too."""
 
-    def run(self, actions: Iterator[RestoreAction], result: RestoreResult) -> RestoreResult:
-        batch: list[RestoreAction] = []
+    def run(self, actions: Iterator[UndoAction], result: UndoResult) -> UndoResult:
+        batch: list[UndoAction] = []
         last_progress = time.monotonic()
         for action in actions:
             batch.append(action)
@@ -215,14 +215,14 @@ class Restorer:
             self._batch(batch, result)
         return result
 
-    def _batch(self, actions: Sequence[RestoreAction], result: RestoreResult) -> bool:
+    def _batch(self, actions: Sequence[UndoAction], result: UndoResult) -> bool:
         if self.stop.is_set() or not self.limiter.acquire(len(actions), self.stop):
             result.stopped = True
             return False
         current = self.store.get_many([a.path for a in actions])
-        writes: list[tuple[RestoreAction, Write]] = []
-        conflicts: list[tuple[RestoreAction, str]] = []
-        missed: list[tuple[RestoreAction, str, Document | None]] = []
+        writes: list[tuple[UndoAction, Write]] = []
+        conflicts: list[tuple[UndoAction, str]] = []
+        missed: list[tuple[UndoAction, str, Document | None]] = []
         for action, now in zip(actions, current, strict=True):
             decision = self._decide(action, now)
             if isinstance(decision, _Missed):
@@ -241,7 +241,7 @@ class Restorer:
                 answers = self.store.commit([write for _, write in writes])
             except TransientError as exc:
                 raise EmergencyStop(f"the store kept failing ({exc.code}); resume the rollback") from None
-            applied: list[RestoreAction] = []
+            applied: list[UndoAction] = []
             landed = self._resent_landed(writes, answers)
             for (action, write), sent in zip(writes, answers, strict=True):
                 answer = landed.get(action.path, sent)
@@ -265,7 +265,7 @@ class Restorer:
         return True
 
     def _resent_landed(
-        self, writes: Sequence[tuple[RestoreAction, Write]], answers: Sequence[WriteResult]
+        self, writes: Sequence[tuple[UndoAction, Write]], answers: Sequence[WriteResult]
     ) -> dict[str, WriteResult]:
         """Resent writes refused by their guard whose first send landed (its reply was lost):
         path -> the result that send had, as read back from the store."""
@@ -283,7 +283,7 @@ class Restorer:
             if write_landed(write, doc)
         }
 
-    def _decide(self, action: RestoreAction, now: Document | None) -> Write | str | _Missed:
+    def _decide(self, action: UndoAction, now: Document | None) -> Write | str | _Missed:
         """The write that undoes ``action``; or "unchanged"; or a conflict reason (the document no
         longer holds what the run wrote: left alone); or :class:`_Missed` (down() gives no write
         that undoes it)."""
@@ -340,7 +340,7 @@ class Restorer:
         return "changed since it was read, and not by this migration"
 
     def _undo_write(
-        self, action: RestoreAction, now: Document | None, guard: Timestamp | None
+        self, action: UndoAction, now: Document | None, guard: Timestamp | None
     ) -> Write | _Missed:
         """The write that turns ``now`` (the run's output) back: the before-image, or down()'s
         result. A document gone since (and forced back) has nothing for down() to see: its
@@ -361,7 +361,7 @@ class Restorer:
             return _Missed(f"down() returned {type(undone).__name__}; return a dict, UNCHANGED or DELETE")
         return Write.set(action.path, undone, update_time=guard)
 
-    def _redone(self, action: RestoreAction, now: Document) -> bool:
+    def _redone(self, action: UndoAction, now: Document) -> bool:
         """Whether ``now`` holds exactly what the run's write left: our own write, even when its
         update time is unknown (not journalled before a crash) or was replaced by an earlier
         restore of this rollback that a resumed rollback no longer remembers. Told by the digest
@@ -380,9 +380,7 @@ class Restorer:
             return False
         return isinstance(expected, dict) and values_equal(expected, now.data)
 
-    def _sample(
-        self, action: RestoreAction, now: Document | None, write: Write, result: RestoreResult
-    ) -> None:
+    def _sample(self, action: UndoAction, now: Document | None, write: Write, result: UndoResult) -> None:
         if len(result.samples) >= self.samples_wanted:
             return
         old = now.data if now is not None else {}
@@ -390,12 +388,12 @@ class Restorer:
         result.samples.append((action.path, action.kind, field_changes(old, new)))
 
     def _verify(
-        self, actions: Sequence[RestoreAction], result: RestoreResult
-    ) -> list[tuple[RestoreAction, str, Document | None]]:
+        self, actions: Sequence[UndoAction], result: UndoResult
+    ) -> list[tuple[UndoAction, str, Document | None]]:
         """The post-rollback check: each written document equals its before-image (data, and
         existence). Returns the ones that do not, with why."""
         after = self.store.get_many([a.path for a in actions])
-        missed: list[tuple[RestoreAction, str, Document | None]] = []
+        missed: list[tuple[UndoAction, str, Document | None]] = []
         for action, now in zip(actions, after, strict=True):
             problem = self._difference(action, now)
             if problem is None:
@@ -404,7 +402,7 @@ class Restorer:
                 missed.append((action, problem, now))
         return missed
 
-    def _difference(self, action: RestoreAction, now: Document | None) -> str | None:
+    def _difference(self, action: UndoAction, now: Document | None) -> str | None:
         by = "down()" if self.undo is not None else "the restore"
         before = action.before
         if before is None or before.data is None:  # the run created it
@@ -417,9 +415,9 @@ class Restorer:
 
     def _record_conflicts(
         self,
-        conflicts: list[tuple[RestoreAction, str]],
+        conflicts: list[tuple[UndoAction, str]],
         current: Sequence[Document | None],
-        actions: Sequence[RestoreAction],
+        actions: Sequence[UndoAction],
     ) -> None:
         if not conflicts:
             return
@@ -438,7 +436,7 @@ class Restorer:
             lines.append(orjson.dumps(record) + b"\n")
         _append_lines(self.conflicts_file, lines)
 
-    def _record_mismatches(self, missed: list[tuple[RestoreAction, str, Document | None]]) -> None:
+    def _record_mismatches(self, missed: list[tuple[UndoAction, str, Document | None]]) -> None:
         """``mismatches.jsonl``: documents that do not equal their before-image after the rollback,
         with what they hold instead (``after``, null when there is no document)."""
         if not missed:
@@ -474,7 +472,7 @@ def _append_lines(path: Path, lines: list[bytes]) -> None:
             os.close(fd)
 
 
-def _done(action: RestoreAction, write: Write) -> str:
+def _done(action: UndoAction, write: Write) -> str:
     """The counter a successful undo write adds to."""
     if write.kind == WriteKind.DELETE:
         return "deleted"

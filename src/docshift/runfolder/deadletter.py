@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 
 from docshift import codec
-from docshift.checkpoints.atomic import check_in_place, close_durably, run_file, write_fully
 from docshift.errors import RunFileError
+from docshift.runfolder.atomic import check_in_place, close_durably, run_file, write_fully
 from docshift.store.base import Document
 from docshift.values import Timestamp
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.atomic import read_versioned, write_versioned
 from docshift.engine.controls import Controls
 from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import DataError
+from docshift.runfolder.atomic import read_versioned, write_versioned
 
 __all__ = [
     "PRESENCE_FILE",

@@ -40,8 +40,8 @@ from typing import Any
 import orjson
 
 from docshift import codec
-from docshift.checkpoints.atomic import check_in_place, close_durably, run_file, write_fully
 from docshift.errors import CodecError, RunFileError
+from docshift.runfolder.atomic import check_in_place, close_durably, run_file, write_fully
 from docshift.values import Timestamp, Value
 
 __all__ = ["JournalEntry", "JournalReader", "JournalWriter", "digest_of", "read_members"]

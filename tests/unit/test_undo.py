@@ -1,4 +1,4 @@
-"""Restore plans and the Restorer on the memory store: the journal's edge cases, conflicts, resumes.
+"""Restore plans and the Undoer on the memory store: the journal's edge cases, conflicts, resumes.
 
 Journals come from real engine runs where possible (``run_pipeline``), and are written by hand only
 to stage what a killed process leaves behind (a before-image without its ``written`` entry, a torn
@@ -16,16 +16,16 @@ import orjson
 import pytest
 
 from docshift import codec
-from docshift.checkpoints.journal import JournalEntry, JournalReader, JournalWriter, _members
 from docshift.commands.rollback import RollbackConflicts, RollbackOptions, rollback
 from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
-from docshift.engine.restore import Restorer, RestoreResult, plan_restore
+from docshift.engine.undo import Undoer, UndoResult, undo_actions
 from docshift.errors import RunStopped, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.lock import read_lease
 from docshift.migration import DELETE, UNCHANGED, DocView
+from docshift.runfolder.journal import JournalEntry, JournalReader, JournalWriter, _members
 from docshift.store import Document, MemoryStore, Store, Write, WriteResult
 from docshift.values import Value, values_equal
 from tests.unit.engine_support import (
@@ -42,15 +42,15 @@ JOURNAL = "before-images.jsonl.gz"
 
 
 # ---------------------------------------------------------------------------- helpers
-def restorer(store: Store, folder: Path, **kwargs: Any) -> Restorer:
+def restorer(store: Store, folder: Path, **kwargs: Any) -> Undoer:
     kwargs.setdefault("execute", True)
     kwargs.setdefault("force", False)
     kwargs.setdefault("batch_size", 40)
-    return Restorer(store, conflicts_file=folder / "conflicts.jsonl", **kwargs)
+    return Undoer(store, conflicts_file=folder / "conflicts.jsonl", **kwargs)
 
 
-def undo(store: Store, journal: Path, folder: Path, start_after: int = -1, **kwargs: Any) -> RestoreResult:
-    return restorer(store, folder, **kwargs).run(plan_restore(journal, start_after), RestoreResult())
+def undo(store: Store, journal: Path, folder: Path, start_after: int = -1, **kwargs: Any) -> UndoResult:
+    return restorer(store, folder, **kwargs).run(undo_actions(journal, start_after), UndoResult())
 
 
 def conflicts(folder: Path) -> list[dict[str, Any]]:
@@ -67,7 +67,7 @@ def same_data(actual: dict[str, Document], expected: dict[str, Document]) -> lis
 
 
 def actions(journal: Path, start_after: int = -1) -> list[tuple[str, str]]:
-    return [(a.kind, a.path) for a in plan_restore(journal, start_after)]
+    return [(a.kind, a.path) for a in undo_actions(journal, start_after)]
 
 
 class AppWritesBeforeCommit(StoreWrapper):
@@ -196,7 +196,7 @@ def test_a_document_written_twice_by_one_run_restores_the_state_before_the_first
     [second] = store.commit([Write.set(ours.path, {"v": 2}, update_time=ours.update_time)])
     journal.append([JournalEntry("written", ours.path, update_time=second.update_time)])
     journal.close()
-    [action] = plan_restore(journal_path)
+    [action] = undo_actions(journal_path)
     assert action.kind == "restore" and action.seq == 0 and action.guard == second.update_time
     assert undo(store, journal_path, tmp_path / "rb").counters["restored"] == 1
     assert same_data(export(store), before) == []
@@ -440,18 +440,18 @@ def test_resume_from_a_position_does_only_the_rest(tmp_path: Path) -> None:
     stop = threading.Event()
     seen: list[int] = []
 
-    def after_batch(result: RestoreResult) -> None:
+    def after_batch(result: UndoResult) -> None:
         seen.append(result.position)
         if len(seen) == 1:
             stop.set()
 
     partial = restorer(store, tmp_path / "rb", stop=stop, on_batch=after_batch, batch_size=30).run(
-        plan_restore(journal), RestoreResult()
+        undo_actions(journal), UndoResult()
     )
     assert partial.stopped and partial.counters["restored"] == 30
-    rest = RestoreResult(position=partial.position)
+    rest = UndoResult(position=partial.position)
     rest.counters.update(partial.counters)
-    done = restorer(store, tmp_path / "rb").run(plan_restore(journal, partial.position), rest)
+    done = restorer(store, tmp_path / "rb").run(undo_actions(journal, partial.position), rest)
     assert not done.stopped and done.counters["restored"] == 100 and done.counters["unchanged"] == 0
     assert same_data(export(store), before) == []
 

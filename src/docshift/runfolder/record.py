@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.atomic import read_versioned, write_versioned
-from docshift.checkpoints.checkpoint import Checkpoint
 from docshift.errors import DataError
+from docshift.runfolder.atomic import read_versioned, write_versioned
+from docshift.runfolder.checkpoint import Checkpoint
 
 __all__ = [
     "CLOSED_STATES",
@@ -172,7 +172,7 @@ def read_migrations(run_folder: Path, order: list[str]) -> list[MigrationRecord]
 def live_state(folder: Path, recorded: str) -> str:
     """The state to show: ``running`` only while a process runs it; a run recorded as running whose
     process is gone was killed (``interrupted``: resumable)."""
-    from docshift.control.files import read_presence  # control's package imports what imports this
+    from docshift.remote.files import read_presence  # control's package imports what imports this
 
     presence = read_presence(folder)
     if presence is not None and presence.alive:

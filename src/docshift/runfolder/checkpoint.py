@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docshift.checkpoints.atomic import read_versioned, write_versioned
+from docshift.runfolder.atomic import read_versioned, write_versioned
 from docshift.values import Timestamp
 
 __all__ = ["CHECKPOINT_VERSION", "Checkpoint", "ShardCursor"]

@@ -6,9 +6,9 @@ by HTTP, by a ``pause`` file or by ``docshift pause`` has exactly the same effec
 
 from __future__ import annotations
 
-from docshift.control.client import ControlResult, fetch_status, send_control
-from docshift.control.files import ControlFiles, RunPresence, read_presence
-from docshift.control.server import StatusServer, is_loopback
+from docshift.remote.client import ControlResult, fetch_status, send_control
+from docshift.remote.files import ControlFiles, RunPresence, read_presence
+from docshift.remote.server import StatusServer, is_loopback
 
 __all__ = [
     "ControlFiles",

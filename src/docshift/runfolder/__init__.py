@@ -3,10 +3,10 @@ view reads (``record.py``). Versioned, atomic files."""
 
 from __future__ import annotations
 
-from docshift.checkpoints.atomic import read_versioned, write_atomic, write_versioned
-from docshift.checkpoints.checkpoint import Checkpoint, ShardCursor
-from docshift.checkpoints.deadletter import DeadLetterFile
-from docshift.checkpoints.journal import JournalEntry, JournalReader, JournalWriter
+from docshift.runfolder.atomic import read_versioned, write_atomic, write_versioned
+from docshift.runfolder.checkpoint import Checkpoint, ShardCursor
+from docshift.runfolder.deadletter import DeadLetterFile
+from docshift.runfolder.journal import JournalEntry, JournalReader, JournalWriter
 
 __all__ = [
     "Checkpoint",

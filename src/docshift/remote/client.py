@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from docshift.control.files import RunPresence, read_presence
 from docshift.errors import UsageError
+from docshift.remote.files import RunPresence, read_presence
 
 __all__ = ["ACTIONS", "ControlResult", "fetch_status", "request", "send_control"]
 
