@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from docshift.config import EngineConfig, LimitsConfig
-from docshift.engine.batch import BatchProcessor
+from docshift.engine.batch import BatchProcessor, BatchRules
 from docshift.engine.controls import Controls
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, MemoryGuard, RateLimiter
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
 from docshift.engine.progress import RecordingProgress
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import RunStats
+from docshift.engine.writer import BatchWriter, WriteGuards
 from docshift.errors import TransientError
 from docshift.migration import UNCHANGED, DocView, Migration, Target
 from docshift.runfolder import Checkpoint, DeadLetterFile, JournalReader
@@ -141,18 +142,14 @@ def run_pipeline(
 def processor(
     store: Store, migration: Migration, folder: Path, *, execute: bool = True, **kwargs: Any
 ) -> BatchProcessor:
+    """A batch processor without a journal; ``kwargs`` are :class:`BatchRules` fields."""
+    guards = WriteGuards(Controls(), CircuitBreaker(0.5, 200, 5), AdaptiveBatch(50, 5, 100))
     return BatchProcessor(
-        store,
         migration,
+        BatchRules(execute, **kwargs),
+        BatchWriter(store, guards),
         RunStats(),
-        execute=execute,
-        journal=None,
-        dead_letters=DeadLetterFile(folder / "dead-letters.jsonl"),
-        limiter=RateLimiter(),
-        breaker=CircuitBreaker(0.5, 200, 5),
-        sizer=AdaptiveBatch(50, 5, 100),
-        stop=threading.Event(),
-        **kwargs,
+        DeadLetterFile(folder / "dead-letters.jsonl"),
     )
 
 

@@ -326,7 +326,7 @@ def test_a_store_that_keeps_failing_stops_the_batch_with_an_emergency_stop(tmp_p
     proc = processor(Down(memory), make_migration(), tmp_path)
     with pytest.raises(EmergencyStop, match="kept failing"):
         proc.process(list(export(memory).values()))
-    proc.stop.set()
+    proc.writer.guards.controls.stop.set()
     with pytest.raises(BatchAborted):
         proc.process(list(export(memory).values()))
 
@@ -345,9 +345,9 @@ def test_a_store_failure_in_a_later_request_still_journals_the_outcomes_of_the_e
 ) -> None:
     """A batch sent in several requests: when the second fails for good, the first one's writes
     landed, and their update times must be in the journal (a rollback's guard needs them)."""
-    import docshift.engine.batch as batch_module
+    import docshift.engine.writer as writer_module
 
-    monkeypatch.setattr(batch_module, "_REQUEST_BUDGET", 2_000)  # a few documents per request
+    monkeypatch.setattr(writer_module, "REQUEST_BUDGET", 2_000)  # a few documents per request
     memory = MemoryStore()
     seed(memory, 40)
 

@@ -17,7 +17,7 @@ import pytest
 from docshift.engine import batch
 from docshift.engine.pipeline import PipelineResult
 from docshift.engine.stats import COUNTERS
-from docshift.engine.undo import Undoer, UndoResult, undo_actions
+from docshift.engine.undo import Undoer, UndoResult, UndoRules, undo_actions
 from docshift.errors import TransientError
 from docshift.migration import UNCHANGED, DocView, Migration, Target
 from docshift.runfolder import Checkpoint, JournalReader
@@ -66,7 +66,7 @@ def resume(store: Store, migration: Migration, folder: Path) -> PipelineResult:
 
 def rollback(store: Store, migration: Migration, folder: Path) -> UndoResult:
     restorer = Undoer(
-        store, execute=True, force=False, conflicts_file=folder / "conflicts.jsonl", redo=migration.up
+        store, UndoRules(execute=True, redo=migration.up), conflicts_file=folder / "conflicts.jsonl"
     )
     return restorer.run(undo_actions(folder / "before-images.jsonl.gz"), UndoResult())
 

@@ -20,7 +20,7 @@ from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.pipeline import PipelineResult
 from docshift.engine.stats import COUNTERS
-from docshift.engine.undo import Undoer, UndoResult, undo_actions
+from docshift.engine.undo import Undoer, UndoResult, UndoRules, undo_actions
 from docshift.errors import EmergencyStop, ExitCode, TransientError
 from docshift.history import History, MigrationStatus
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Target
@@ -183,7 +183,7 @@ def test_a_resume_after_kill_9_counts_what_the_killed_process_wrote(
     assert {action.kind for action in undo_actions(journal)} <= {"restore", "recreate", "delete"}
     outcomes = {entry.path for entry in JournalReader(journal) if entry.kind in ("written", "deleted")}
     assert len(outcomes) == truth["updated"] + truth["created"] + truth["deleted"]
-    restorer = Undoer(store, execute=True, force=False, conflicts_file=tmp_path / "conflicts.jsonl")
+    restorer = Undoer(store, UndoRules(execute=True), conflicts_file=tmp_path / "conflicts.jsonl")
     undone = restorer.run(undo_actions(journal), UndoResult())
     assert undone.counters["conflicts"] == 0 and undone.counters["mismatched"] == 0
     assert same(contents(store), original)

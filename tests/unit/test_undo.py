@@ -8,7 +8,7 @@ last gzip member).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,16 @@ from docshift.commands.rollback import RollbackConflicts, RollbackOptions, rollb
 from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
-from docshift.engine.undo import Undoer, UndoResult, undo_actions
+from docshift.engine.limits import AdaptiveBatch, CircuitBreaker
+from docshift.engine.undo import Undoer, UndoResult, UndoRules, undo_actions
+from docshift.engine.writer import WriteGuards
 from docshift.errors import RunStopped, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.lock import read_lease
 from docshift.migration import DELETE, UNCHANGED, DocView
 from docshift.runfolder.journal import JournalEntry, JournalReader, JournalWriter, _members
 from docshift.store import Document, MemoryStore, Store, Write, WriteResult
-from docshift.values import Value, values_equal
+from docshift.values import Timestamp, Value, values_equal
 from tests.unit.engine_support import (
     StoreWrapper,
     export,
@@ -42,11 +44,30 @@ JOURNAL = "before-images.jsonl.gz"
 
 
 # ---------------------------------------------------------------------------- helpers
-def restorer(store: Store, folder: Path, **kwargs: Any) -> Undoer:
-    kwargs.setdefault("execute", True)
-    kwargs.setdefault("force", False)
-    kwargs.setdefault("batch_size", 40)
-    return Undoer(store, conflicts_file=folder / "conflicts.jsonl", **kwargs)
+def restorer(
+    store: Store,
+    folder: Path,
+    *,
+    execute: bool = True,
+    batch_size: int = 40,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[UndoResult], None] | None = None,
+    own_writes: dict[str, tuple[Timestamp, Timestamp | None]] | None = None,
+    **rules: Any,
+) -> Undoer:
+    """An Undoer writing batches of ``batch_size`` (fixed); ``rules`` are :class:`UndoRules` fields."""
+    controls = Controls()
+    if stop is not None:
+        controls.stop = stop
+    guards = WriteGuards(controls, CircuitBreaker(0.1, 200, 5), AdaptiveBatch(batch_size, 1, batch_size))
+    return Undoer(
+        store,
+        UndoRules(execute, **rules),
+        conflicts_file=folder / "conflicts.jsonl",
+        guards=guards,
+        on_batch=on_batch,
+        own_writes=own_writes,
+    )
 
 
 def undo(store: Store, journal: Path, folder: Path, start_after: int = -1, **kwargs: Any) -> UndoResult:

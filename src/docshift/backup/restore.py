@@ -1,31 +1,37 @@
 """Putting backed-up documents back, and reading them again to prove it worked.
 
 Writes are full-document ``set`` writes without preconditions, so a restore can be run again after
-any failure and ends in the same state. They go out in batches (bounded in documents and bytes) with
-a few requests in flight, through the store's retry layer and a rate limiter; reading the backup
-blocks while they are busy, so memory holds at most ``concurrency`` batches.
+any failure and ends in the same state. They go out through the run's batched writer
+(:mod:`docshift.engine.writer`): batches of the adaptive size that each fit one request, a few in
+flight, paced by the rate limiter, a request refused as a whole split until the bad document is
+alone, and a circuit breaker that stops a restore whose writes keep failing. Reading the backup
+blocks while the writes are busy, so memory holds at most ``concurrency`` batches.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from docshift.backup.manifest import BackupManifest
 from docshift.backup.reader import BackupRecord, read_records
-from docshift.engine.limits import RateLimiter
 from docshift.engine.progress import NullProgress, Progress
-from docshift.errors import DataError, UsageError
+from docshift.engine.writer import (
+    BatchAborted,
+    BatchWriter,
+    Outgoing,
+    WriteGuards,
+    pipelined,
+    request_batches,
+)
+from docshift.errors import DataError, EmergencyStop, UsageError
 from docshift.store import Document, Query, Store, Write, WriteResult
 from docshift.values import values_equal
 
 __all__ = [
-    "MAX_REQUEST_BYTES",
     "PathMap",
     "RestoreReport",
     "VerifyReport",
@@ -33,14 +39,10 @@ __all__ = [
     "write_documents",
 ]
 
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
-"""Bytes of JSON lines per commit: Firestore refuses requests over 10 MiB, and a line is never
-smaller than what it encodes on the wire (bytes grow by a third in base64)."""
 SAMPLES = 20
 """Failures and mismatches kept with their paths; the rest are only counted."""
 
 Pair = tuple[str, BackupRecord]
-R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -145,45 +147,14 @@ def records(folder: Path, manifest: BackupManifest, paths: PathMap) -> Iterator[
             yield paths(entry.collection, record.path), record
 
 
-def _batches(pairs: Iterable[Pair], size: int, max_bytes: int) -> Iterator[list[Pair]]:
-    batch: list[Pair] = []
-    used = 0
-    seen: set[str] = set()
-    for target, record in pairs:
-        if batch and (len(batch) >= size or used + record.size > max_bytes or target in seen):
-            yield batch
-            batch, used, seen = [], 0, set()
-        batch.append((target, record))
-        used += record.size
-        seen.add(target)
-    if batch:
-        yield batch
+def _target(pair: Pair) -> str:
+    return pair[0]
 
 
-def _pipelined(
-    batches: Iterable[list[Pair]],
-    work: Callable[[list[Pair]], R],
-    concurrency: int,
-    handle: Callable[[list[Pair], R], None],
-    before: Callable[[int], Any],
-) -> None:
-    """Run ``work`` on up to ``concurrency`` batches at once; ``handle`` results in order."""
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="docshift-restore") as pool:
-        pending: deque[tuple[list[Pair], Future[R]]] = deque()
-        try:
-            for batch in batches:
-                before(len(batch))
-                pending.append((batch, pool.submit(work, batch)))
-                if len(pending) >= concurrency:
-                    done, future = pending.popleft()
-                    handle(done, future.result())
-            while pending:
-                done, future = pending.popleft()
-                handle(done, future.result())
-        except BaseException:
-            for _, future in pending:
-                future.cancel()
-            raise
+def _size(pair: Pair) -> int:
+    """A record's request bytes: its JSON line, never smaller than what it encodes on the wire
+    (bytes grow by a third in base64)."""
+    return pair[1].size
 
 
 def write_documents(
@@ -191,26 +162,25 @@ def write_documents(
     pairs: Iterable[Pair],
     report: RestoreReport,
     *,
-    batch_size: int,
+    guards: WriteGuards,
     concurrency: int,
-    limiter: RateLimiter | None = None,
     progress: Progress | None = None,
 ) -> None:
-    """Set every document at its target path; per-document failures are counted in ``report``."""
+    """Set every document at its target path; per-document failures are counted in ``report``.
+
+    Raises :class:`~docshift.errors.EmergencyStop` when the writes keep failing (the circuit
+    breaker) or the store does, once the batches in flight are counted.
+    """
     progress = progress or NullProgress()
     started = time.monotonic()
+    writer = BatchWriter(store, guards, again="run the same restore again")
 
     def commit(batch: list[Pair]) -> list[WriteResult]:
-        return store.commit([Write.set(target, record.data) for target, record in batch])
+        return writer.write([Outgoing(Write.set(t, r.data), t, size=r.size) for t, r in batch])
 
     def handle(batch: list[Pair], results: list[WriteResult]) -> None:
-        for result in results:
-            if result.ok:
-                report.written += 1
-            else:
-                report.failed += 1
-                if len(report.failures) < SAMPLES and result.error is not None:
-                    report.failures.append((result.path, f"{result.error.code}: {result.error.message}"))
+        failed = _count(report, results)
+        writer.record(len(results) - failed, failed)
         elapsed = time.monotonic() - started
         progress.event(
             "progress",
@@ -222,12 +192,36 @@ def write_documents(
             docs_per_second=report.written / elapsed if elapsed > 0 else 0.0,
         )
 
-    def wait(count: int) -> None:
-        if limiter is not None:
-            limiter.acquire(count)
+    try:
+        pipelined(writer.batches(pairs, _size, _target), commit, handle, concurrency)
+    except (BatchAborted, EmergencyStop) as stop:
+        reason = stop.message if isinstance(stop, EmergencyStop) else guards.controls.stop_reason
+        raise _stopped(report, reason or "stopped") from None
+    finally:
+        report.seconds = time.monotonic() - started
 
-    _pipelined(_batches(pairs, batch_size, MAX_REQUEST_BYTES), commit, concurrency, handle, wait)
-    report.seconds = time.monotonic() - started
+
+def _count(report: RestoreReport, results: Sequence[WriteResult]) -> int:
+    """Add a batch's results to ``report``; returns how many failed."""
+    failed = 0
+    for result in results:
+        if result.ok:
+            report.written += 1
+            continue
+        failed += 1
+        if len(report.failures) < SAMPLES and result.error is not None:
+            report.failures.append((result.path, f"{result.error.code}: {result.error.message}"))
+    report.failed += failed
+    return failed
+
+
+def _stopped(report: RestoreReport, reason: str) -> EmergencyStop:
+    first = f" (first: {report.failures[0][0]}: {report.failures[0][1]})" if report.failures else ""
+    return EmergencyStop(
+        f"the restore stopped: {reason}; {report.written:,} of {report.documents:,} documents were "
+        f"written, {report.failed:,} could not be{first}",
+        hint="fix the cause and run the same restore again; it is safe to repeat (every write is a full set)",
+    )
 
 
 def _difference(expected: dict[str, Any], actual: dict[str, Any]) -> str:
@@ -276,6 +270,6 @@ def verify_documents(
             different=report.different,
         )
 
-    _pipelined(_batches(pairs, batch_size, MAX_REQUEST_BYTES), read, concurrency, handle, lambda _: None)
+    pipelined(request_batches(pairs, lambda: batch_size, _size, _target), read, handle, concurrency)
     report.seconds = time.monotonic() - started
     return report

@@ -25,8 +25,10 @@ from docshift.backup.restore import (
 )
 from docshift.backup.writer import DEFAULT_DOCS_PER_FILE, CollectionWriter
 from docshift.config import Config
+from docshift.engine.controls import Controls
 from docshift.engine.limits import RateLimiter
 from docshift.engine.progress import NullProgress, Progress
+from docshift.engine.writer import WriteGuards
 from docshift.errors import UsageError
 from docshift.store import Query, Store, store_for
 from docshift.store.semantics import MAX_WRITES_PER_REQUEST
@@ -249,9 +251,8 @@ def restore(
             active,
             records(folder, manifest, paths),
             report,
-            batch_size=_batch_size(config),
+            guards=WriteGuards.from_config(config.engine, config.limits, Controls(limiter)),
             concurrency=config.engine.concurrency,
-            limiter=limiter,
             progress=progress,
         )
         if verify:

@@ -44,7 +44,8 @@ from docshift.engine.dry_run import DryRunRecorder
 from docshift.engine.pipeline import MigrationPipeline, PipelineResult, new_checkpoint
 from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
-from docshift.engine.undo import UndoAction, Undoer, UndoResult, undo_actions
+from docshift.engine.undo import UndoAction, Undoer, UndoResult, UndoRules, undo_actions
+from docshift.engine.writer import WriteGuards
 from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
 from docshift.history import History, HistoryRecord, MigrationStatus, current_user
 from docshift.loader import load_migrations
@@ -690,20 +691,21 @@ class _JournalUndo:
         # redo recognises our own writes by value; a copy's before-images are of its targets,
         # which up() does not take.
         redo = None if migration.target.copy_to else migration.up
-        restorer = Undoer(
-            store,
-            execute=self.options.execute,
+        rules = UndoRules(
+            self.options.execute,
             force=self.options.force,
-            conflicts_file=self.folder / "conflicts.jsonl",
             redo=redo,
             undo=migration.down if self.step.strategy == "down" else None,
-            limiter=self.controls.limiter,
-            stop=self.controls.stop,
+            left_to_older=self._older_outputs(run),
+        )
+        restorer = Undoer(
+            store,
+            rules,
+            conflicts_file=self.folder / "conflicts.jsonl",
+            guards=WriteGuards.from_config(self.config.engine, self.config.limits, self.controls),
             progress=progress,
             on_batch=self.save,
-            batch_size=self.config.engine.batch_size,
             own_writes=self.own_writes,
-            left_to_older=self._older_outputs(run),
         )
         restorer.run(undo_actions(self._journal(run), part.position), part)
         if not part.stopped:

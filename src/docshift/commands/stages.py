@@ -25,7 +25,8 @@ from docshift.engine.progress import Progress
 from docshift.engine.sampling import in_sample
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import format_ms
-from docshift.engine.undo import Undoer, UndoResult, undo_actions
+from docshift.engine.undo import Undoer, UndoResult, UndoRules, undo_actions
+from docshift.engine.writer import WriteGuards
 from docshift.errors import EmergencyStop, MemoryLimitExceeded, RunStopped, TooManyFailures, UsageError
 from docshift.migration import Migration
 from docshift.runfolder.checkpoint import Checkpoint
@@ -275,14 +276,10 @@ def _roll_back(
     progress.event("warning", message=f"{migration.label}: rolling back every stage from the before-images")
     restorer = Undoer(
         store,
-        execute=True,
-        force=False,
+        UndoRules(execute=True, redo=migration.up),
         conflicts_file=folder / "rollback-conflicts.jsonl",
-        redo=migration.up,
-        limiter=controls.limiter,
-        stop=controls.stop,
+        guards=WriteGuards.from_config(config.engine, config.limits, controls),
         progress=progress,
-        batch_size=config.engine.batch_size,
     )
     result = restorer.run(undo_actions(folder / "before-images.jsonl.gz"), UndoResult())
     if result.stopped:  # a signal or `docshift stop` during the rollback: the resume finishes it

@@ -6,6 +6,8 @@ Rules this module keeps:
 - a document's before-image is in the journal, on disk (fsynced), before its write is sent; a
   journal that cannot be written raises, and nothing more is sent;
 - one bad document fails alone (dead-letter file), never its batch;
+- how the writes reach the store (requests under the size limit, the rate limit, the breaker, the
+  adaptive batch size, the journal's write-ahead entries) is the :class:`BatchWriter`'s;
 - a document whose write an earlier process of the run landed, counted when the resume began
   (:mod:`docshift.engine.landed`), is not counted again when it is found unchanged.
 """
@@ -13,7 +15,6 @@ Rules this module keeps:
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,25 +22,32 @@ from typing import Any, Protocol, runtime_checkable
 
 from docshift.engine.diff import FieldChange, field_changes, update_fields, update_is_cheaper
 from docshift.engine.landed import LandedWrites
-from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, RateLimiter
 from docshift.engine.sampling import in_sample
 from docshift.engine.stats import RunStats
-from docshift.errors import ConflictError, EmergencyStop, StoreError, TransientError
+from docshift.engine.writer import WRITE_OVERHEAD, BatchAborted, BatchWriter, Outgoing
+from docshift.errors import ConflictError
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Transform
 from docshift.runfolder.deadletter import DeadLetterFile
-from docshift.runfolder.journal import JournalEntry, JournalWriter, digest_of
-from docshift.store.base import Document, Store, Write, WriteKind, WriteResult, write_landed
+from docshift.runfolder.journal import JournalEntry, digest_of
+from docshift.store.base import Document, Write, WriteKind, WriteResult
 from docshift.store.semantics import (
     MAX_DOCUMENT_BYTES,
-    MAX_REQUEST_BYTES,
     document_problem,
     document_size,
     field_problem,
     value_size,
 )
-from docshift.values import StoredForm, Timestamp, as_stored, copy_data
+from docshift.values import StoredForm, as_stored, copy_data
 
-__all__ = ["BatchAborted", "BatchProcessor", "DeadLetter", "Decision", "DocumentCheck", "SettlingCheck"]
+__all__ = [
+    "BatchAborted",
+    "BatchProcessor",
+    "BatchRules",
+    "DeadLetter",
+    "Decision",
+    "DocumentCheck",
+    "SettlingCheck",
+]
 
 DocumentCheck = Callable[[Document, dict[str, Any]], "tuple[str, str] | None"]
 """Inline validation: (source, new data) -> (rule, message) when the new data breaks a rule."""
@@ -56,10 +64,8 @@ class SettlingCheck(Protocol):
     def settled(self, counts: Mapping[str, int], letters: Sequence[DeadLetter]) -> None: ...
 
 
-_REQUEST_BUDGET = int(MAX_REQUEST_BYTES * 0.8)
 _SIZE_MARGIN = 64 * 1024
 _SMALL_DOCUMENT = 4096
-_SHRINK_CODES = {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}
 _APPLIED = {"update": "updated", "set": "updated", "create": "created", "delete": "deleted"}
 
 
@@ -71,10 +77,6 @@ class DeadLetter:
     stage: str
     error: str
     rule: str | None = None
-
-
-class BatchAborted(Exception):
-    """The run is stopping; this batch was not finished and will be read again on resume."""
 
 
 @dataclass
@@ -94,46 +96,46 @@ class Decision:
     """The inline rules were checked on the new data."""
 
 
+@dataclass(frozen=True)
+class BatchRules:
+    """How the engine decides each document's write: the run's options and engine settings."""
+
+    execute: bool
+    transform: Transform | None = None
+    """None: the migration's ``up``."""
+    check: DocumentCheck | None = None
+    """The inline rules, checked on each new document before it is written."""
+    conflict_retries: int = 5
+    write_mode: str = "auto"
+    sample_percent: float | None = None
+    sample_above: float = 0.0
+
+
 class BatchProcessor:
+    """Decides what each document of a batch needs (transform, check, diff, guard) and counts what
+    happened; ``writer`` sends the writes."""
+
     def __init__(
         self,
-        store: Store,
         migration: Migration,
+        rules: BatchRules,
+        writer: BatchWriter,
         stats: RunStats,
-        *,
-        transform: Transform | None = None,
-        execute: bool,
-        journal: JournalWriter | None,
         dead_letters: DeadLetterFile,
-        limiter: RateLimiter,
-        breaker: CircuitBreaker,
-        sizer: AdaptiveBatch,
-        stop: threading.Event,
-        conflict_retries: int = 5,
-        write_mode: str = "auto",
-        sample_percent: float | None = None,
-        sample_above: float = 0.0,
-        check: DocumentCheck | None = None,
+        *,
         on_decision: Callable[[Decision], None] | None = None,
         landed: LandedWrites | None = None,
     ) -> None:
-        self.store = store
         self.migration = migration
         self.target = migration.target
-        self.transform = transform or migration.up
+        self.rules = rules
+        self.transform = rules.transform or migration.up
+        self.check = rules.check
+        self.writer = writer
+        self.store = writer.store
+        self.journal = writer.journal
         self.stats = stats
-        self.execute = execute
-        self.journal = journal
         self.dead_letters = dead_letters
-        self.limiter = limiter
-        self.breaker = breaker
-        self.sizer = sizer
-        self.stop = stop
-        self.conflict_retries = conflict_retries
-        self.write_mode = write_mode
-        self.sample_percent = sample_percent
-        self.sample_above = sample_above
-        self.check = check
         self.on_decision = on_decision
         self.landed = landed
         self._held = threading.local()
@@ -175,7 +177,7 @@ class BatchProcessor:
 
     # ------------------------------------------------------------------ deciding
     def decide(self, source: Document, existing: Document | None) -> Decision:
-        if not in_sample(source.path, self.sample_percent, self.sample_above):
+        if not in_sample(source.path, self.rules.sample_percent, self.rules.sample_above):
             return Decision(source, existing, "skipped")
         destination = self.target.destination(source.path)
         try:
@@ -186,10 +188,10 @@ class BatchProcessor:
             if not self.target.copy_to:
                 return Decision(source, existing, "unchanged")
             result = copy_data(source.data)  # a copy holds up(source), and that is the source itself
-        guard = existing.update_time if existing else None
         if result is DELETE:
             if existing is None:
                 return Decision(source, existing, "unchanged")
+            guard = existing.update_time
             return Decision(source, existing, "delete", Write.delete(destination, update_time=guard))
         if not isinstance(result, dict):
             return self._failed(
@@ -198,6 +200,13 @@ class BatchProcessor:
                 "transform",
                 f"up() returned {type(result).__name__}; return a dict, UNCHANGED or DELETE",
             )
+        return self._decide_data(source, existing, destination, result)
+
+    def _decide_data(
+        self, source: Document, existing: Document | None, destination: str, result: dict[str, Any]
+    ) -> Decision:
+        """The write of the new data ``up()`` returned, once it is known to be valid, changed and
+        within the inline rules."""
         result, form = as_stored(result)  # what is written, journalled and compared: what is stored
         if form is not None:
             self._note(source, form)
@@ -233,6 +242,7 @@ class BatchProcessor:
                 new_data=result,
                 checked=checked,
             )
+        guard = existing.update_time
         if self._masked_update(existing, changes, result):
             write = Write.update(destination, update_fields(changes), update_time=guard, checked=True)
             return Decision(source, existing, "update", write, changes, result, checked=checked)
@@ -245,8 +255,8 @@ class BatchProcessor:
         set for small documents (measured on the emulator: ~58 µs of store work per document versus
         ~116 µs for a masked update, which the store must merge) and a masked update where it
         saves bytes: large documents with few changed fields."""
-        if self.write_mode != "auto":
-            return self.write_mode == "update"
+        if self.rules.write_mode != "auto":
+            return self.rules.write_mode == "update"
         size = existing.size if existing.size is not None else document_size(existing.path, existing.data)
         return size > _SMALL_DOCUMENT and update_is_cheaper(changes, new)
 
@@ -283,11 +293,8 @@ class BatchProcessor:
             self._process(sources, counts)
         finally:
             self.stats.add(**counts)
-            # The breaker sees a batch's outcomes together: recorded one by one, a batch's failures
-            # (known at once) would come before its writes (known after the commit), and a few
-            # concurrent batches with one bad document each would look like a high failure rate.
             ok = sum(counts[kind] for kind in ("updated", "created", "deleted", "unchanged"))
-            self.breaker.record(ok, counts["failed"] - counts["rejected"])  # rules: the integrity gate
+            self.writer.record(ok, counts["failed"] - counts["rejected"])  # rules: the integrity gate
         return counts
 
     def _process(self, sources: Sequence[Document], counts: Counter[str]) -> None:
@@ -306,7 +313,7 @@ class BatchProcessor:
                 return
             counts["conflicts"] += len(conflicts)
             attempt += 1
-            if attempt > self.conflict_retries:
+            if attempt > self.rules.conflict_retries:
                 for decision in conflicts:
                     message = "the document kept changing during the run"
                     self._dead_letter(decision, counts, "conflict", message)
@@ -335,7 +342,7 @@ class BatchProcessor:
                 landed += self._landed_copy(decision)
             elif decision.kind == "failed":
                 self._dead_letter(decision, counts, decision.stage, decision.error, decision.rule)
-            elif not self.execute:
+            elif not self.rules.execute:
                 counts[_APPLIED[decision.kind]] += 1
             else:
                 pending.append(decision)
@@ -345,7 +352,7 @@ class BatchProcessor:
 
     def _claim(self, decision: Decision) -> tuple[str, ...] | None:
         """What the resume counted for this document's landed write, if it did."""
-        if self.landed is None or not self.execute:
+        if self.landed is None or not self.rules.execute:
             return None
         return self.landed.claim(self.target.destination(decision.source.path))
 
@@ -378,94 +385,24 @@ class BatchProcessor:
             counts["rejected"] += 1
 
     def _write(self, decisions: list[Decision], counts: Counter[str]) -> list[Decision]:
-        """Journal (durably: write-ahead), then commit; returns the decisions whose guard failed
-        (changed meanwhile)."""
-        self._journal([_before_image(d) for d in decisions], durable=True)
+        """Send the writes (each before-image journalled ahead); returns the decisions whose guard
+        failed (changed meanwhile)."""
         conflicts: list[Decision] = []
-        written: list[JournalEntry] = []
-        try:
-            for chunk in _chunks(decisions):
-                resent: list[Decision] = []
-                for decision, result in zip(chunk, self._commit(chunk), strict=True):
-                    if result.ok:
-                        self._applied(decision, result.path, result.update_time, counts, written)
-                    elif isinstance(result.error, ConflictError) and result.resent:
-                        resent.append(decision)
-                    elif isinstance(result.error, ConflictError):
-                        conflicts.append(decision)
-                    else:
-                        message = str(result.error) if result.error else "unknown write error"
-                        self._dead_letter(decision, counts, "write", message)
-                conflicts += self._own_landed(resent, counts, written)
-        finally:  # also when a later request fails: the earlier ones landed, and a rollback needs their times
-            self._journal(written)
+
+        def receive(sent: Sequence[Outgoing[Decision]], results: Sequence[WriteResult]) -> None:
+            for item, result in zip(sent, results, strict=True):
+                decision = item.origin
+                if result.ok:
+                    counts[_APPLIED[decision.kind]] += 1
+                elif isinstance(result.error, ConflictError):
+                    conflicts.append(decision)
+                else:
+                    message = str(result.error) if result.error else "unknown write error"
+                    self._dead_letter(decision, counts, "write", message)
+
+        outgoing = [_outgoing(decision, self.journal is not None) for decision in decisions]
+        self.writer.write(outgoing, receive=receive, spans=getattr(self._held, "spans", None))
         return conflicts
-
-    def _applied(
-        self,
-        decision: Decision,
-        path: str,
-        update_time: Timestamp | None,
-        counts: Counter[str],
-        written: list[JournalEntry],
-    ) -> None:
-        counts[_APPLIED[decision.kind]] += 1
-        if decision.kind == "delete":
-            written.append(JournalEntry("deleted", path))
-        elif update_time is not None:
-            written.append(JournalEntry("written", path, update_time=update_time))
-
-    def _own_landed(
-        self, resent: list[Decision], counts: Counter[str], written: list[JournalEntry]
-    ) -> list[Decision]:
-        """Resent writes refused by their guard: the first send may have landed, its reply lost.
-        Where the store now holds exactly what was sent, that refusal was our own write, applied
-        (journalled with the update time it has); the others are real conflicts, returned."""
-        if not resent:
-            return []
-        conflicts: list[Decision] = []
-        paths = [d.write.path for d in resent if d.write is not None]
-        for decision, now in zip(resent, self.store.get_many(paths), strict=True):
-            assert decision.write is not None
-            if write_landed(decision.write, now, decision.new_data):
-                self._applied(
-                    decision, decision.write.path, now.update_time if now else None, counts, written
-                )
-            else:
-                conflicts.append(decision)
-        return conflicts
-
-    def _commit(self, chunk: list[Decision], *, split: bool = False) -> list[WriteResult]:
-        """Send one request; one refused as a whole is split until the bad write is alone.
-
-        The halves of a split request do not count as more failed commits for the circuit breaker
-        (nor shrink the batch again): one bad document must fail alone, not stop the run.
-        """
-        if not self.limiter.acquire(len(chunk), self.stop):
-            raise BatchAborted
-        writes = [d.write for d in chunk if d.write is not None]
-        started = time.monotonic()
-        try:
-            results = self.store.commit(writes)
-        except TransientError as exc:
-            self.breaker.commit_failed()
-            raise EmergencyStop(
-                f"the store kept failing ({exc.code}: {exc.message})",
-                hint="check the store is reachable, then resume the run",
-            ) from None
-        except StoreError as exc:
-            if not split:
-                self.breaker.commit_failed()
-                if exc.code in _SHRINK_CODES:
-                    self.sizer.shrink()
-            if len(chunk) == 1:
-                return [WriteResult(chunk[0].source.path, error=exc)]
-            middle = len(chunk) // 2
-            return self._commit(chunk[:middle], split=True) + self._commit(chunk[middle:], split=True)
-        self.stats.commit_latency(time.monotonic() - started)
-        self.breaker.commit_succeeded()
-        self.sizer.healthy()
-        return results
 
 
 def _update_problem(
@@ -510,11 +447,23 @@ def _before_image(decision: Decision) -> JournalEntry:
     )
 
 
+def _outgoing(decision: Decision, journalled: bool) -> Outgoing[Decision]:
+    assert decision.write is not None
+    return Outgoing(
+        decision.write,
+        decision,
+        size=_write_bytes(decision),
+        before=_before_image(decision) if journalled else None,
+        leaves=decision.new_data,
+    )
+
+
 def _write_bytes(decision: Decision) -> int:
+    """The request bytes of a decision's write, estimated from what is known already."""
     write = decision.write
     assert write is not None
     if write.kind == WriteKind.DELETE:
-        return len(write.path) + 64
+        return len(write.path) + WRITE_OVERHEAD
     if decision.existing is not None and decision.existing.size is not None:
         # A close estimate (the budget leaves 20% headroom), as long as it counts what the
         # transform added: a document may grow from a few bytes to nearly 1 MiB.
@@ -522,19 +471,5 @@ def _write_bytes(decision: Decision) -> int:
             (0 if c.removed else value_size(c.new)) - (0 if c.added else value_size(c.old))
             for c in decision.changes
         )
-        return decision.existing.size + max(growth, 0) + 64
-    return document_size(write.path, decision.new_data or {}) + 64
-
-
-def _chunks(decisions: list[Decision]) -> list[list[Decision]]:
-    """Split so that no commit request comes near Firestore's 10 MiB limit."""
-    chunks: list[list[Decision]] = [[]]
-    size = 0
-    for decision in decisions:
-        weight = _write_bytes(decision)
-        if chunks[-1] and size + weight > _REQUEST_BUDGET:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(decision)
-        size += weight
-    return [chunk for chunk in chunks if chunk]
+        return decision.existing.size + max(growth, 0) + WRITE_OVERHEAD
+    return document_size(write.path, decision.new_data or {}) + WRITE_OVERHEAD

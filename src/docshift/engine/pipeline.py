@@ -33,6 +33,7 @@ from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.batch import (
     BatchAborted,
     BatchProcessor,
+    BatchRules,
     DeadLetter,
     Decision,
     DocumentCheck,
@@ -41,8 +42,6 @@ from docshift.engine.batch import (
 from docshift.engine.controls import Controls
 from docshift.engine.landed import LandedWrites, settle
 from docshift.engine.limits import (
-    AdaptiveBatch,
-    CircuitBreaker,
     DocumentCost,
     FailureBudget,
     MemoryBudget,
@@ -51,6 +50,7 @@ from docshift.engine.limits import (
 )
 from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.stats import COUNTERS, RunStats, format_ms
+from docshift.engine.writer import BatchWriter, WriteGuards
 from docshift.errors import (
     DocshiftError,
     EmergencyStop,
@@ -152,10 +152,8 @@ class MigrationPipeline:
         self.stats = RunStats(dict(checkpoint.counters), checkpoint.elapsed_seconds)
         self.settled: Counter[str] = Counter(checkpoint.counters)
         """Counts of the documents behind the cursors only: what a checkpoint may claim."""
-        self.sizer = AdaptiveBatch(engine.batch_size, engine.min_batch_size, engine.max_batch_size)
-        self.breaker = CircuitBreaker(
-            limits.breaker_failure_rate, limits.breaker_window, limits.breaker_consecutive_failures
-        )
+        self.guards = WriteGuards.from_config(engine, limits, self.controls)
+        self.sizer, self.breaker = self.guards.sizer, self.guards.breaker
         self.budget = FailureBudget(engine.max_failures)
         self.dead_letters = DeadLetterFile(folder / "dead-letters.jsonl")
         self.journal: JournalWriter | None = None
@@ -182,23 +180,22 @@ class MigrationPipeline:
         self._open: dict[tuple[int, int], list[tuple[int, int]]] = {}
         """Journal spans of the batches begun and not yet settled behind the cursor."""
         self._open_lock = threading.Lock()
-        self.processor = BatchProcessor(
-            store,
-            migration,
-            self.stats,
+        rules = BatchRules(
+            options.execute,
             transform=transform,
-            execute=options.execute,
-            journal=self.journal,
-            dead_letters=self.dead_letters,
-            limiter=self.controls.limiter,
-            breaker=self.breaker,
-            sizer=self.sizer,
-            stop=self.controls.stop,
+            check=check,
             conflict_retries=engine.conflict_retries,
             write_mode=engine.write_mode,
             sample_percent=options.sample_percent,
             sample_above=options.sample_above,
-            check=check,
+        )
+        writer = BatchWriter(store, self.guards, journal=self.journal, latency=self.stats.commit_latency)
+        self.processor = BatchProcessor(
+            migration,
+            rules,
+            writer,
+            self.stats,
+            self.dead_letters,
             on_decision=on_decision,
             landed=self.landed,
         )
@@ -463,7 +460,8 @@ class MigrationPipeline:
             self.progress.event("warning", message=message)
 
     def _watch(self) -> None:
-        """Memory, circuit breaker and failure budget; each can stop the run."""
+        """Memory, commit latency and failure budget; each can stop the run (the circuit breaker
+        stops it from the writer that tripped it)."""
         self._pass_on_notes()
         state = self.memory.state()
         if state == MemoryState.HARD:
@@ -491,8 +489,6 @@ class MigrationPipeline:
                 self.controls.request_stop(
                     f"commit latency p95 {format_ms(p95)} ms is above {format_ms(limit)} ms", EmergencyStop
                 )
-        if self.breaker.tripped:
-            self.controls.request_stop(f"circuit breaker: {self.breaker.reason}", EmergencyStop)
         counters = self.stats.counts()  # not the live dict: a half-added batch would skew the rate
         processed = sum(counters.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
         failed = counters.get("failed", 0) - counters.get("rejected", 0)  # rules: the integrity gate

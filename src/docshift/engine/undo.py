@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,18 +29,19 @@ from typing import Any
 import orjson
 
 from docshift import codec
+from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.diff import FieldChange, field_changes
-from docshift.engine.limits import RateLimiter
 from docshift.engine.progress import NullProgress, Progress
-from docshift.errors import ConflictError, EmergencyStop, TransientError
+from docshift.engine.writer import BatchWriter, Outgoing, WriteGuards
+from docshift.errors import ConflictError
 from docshift.migration import DELETE, UNCHANGED, DocView, Transform
 from docshift.runfolder.atomic import run_file, write_fully
 from docshift.runfolder.journal import JournalEntry, JournalReader, digest_of
-from docshift.store.base import Document, Store, Write, WriteKind, WriteResult, write_landed
+from docshift.store.base import Document, Store, Write, WriteKind
 from docshift.store.simulated import SimulatedStore
 from docshift.values import Timestamp, values_equal
 
-__all__ = ["UndoAction", "UndoResult", "Undoer", "undo_actions"]
+__all__ = ["UndoAction", "UndoResult", "UndoRules", "Undoer", "undo_actions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +137,36 @@ class _Missed:
     reason: str
 
 
+@dataclass(frozen=True)
+class UndoRules:
+    """How a rollback decides what to write for each document of a journal."""
+
+    execute: bool
+    force: bool = False
+    """Undo documents changed since the run wrote them too (those changes are lost)."""
+    redo: Transform | None = None
+    """The migration's ``up()``: tells the run's own output by value in a journal from before the
+    digests of what each write leaves."""
+    undo: Transform | None = None
+    """The migration's ``down()`` (``--strategy down``); None: the before-images are put back."""
+    left_to_older: Callable[[UndoAction], bool] | None = None
+    """For one run of a migration applied over several: whether the before-image of ``action`` is
+    the output of an older run of it, whose journal this rollback undoes next. Such a document
+    that no longer holds this run's output is left to that run's undo (which finds it back, or
+    reports the conflict), not reported here too."""
+    samples: int = 5
+    """Undo writes kept with their field changes, for the report."""
+
+
+@dataclass
+class _Sorted:
+    """One batch's actions, sorted by what is done with them."""
+
+    writes: list[tuple[UndoAction, Write]] = field(default_factory=list)
+    conflicts: list[tuple[UndoAction, str]] = field(default_factory=list)
+    missed: list[tuple[UndoAction, str, Document | None]] = field(default_factory=list)
+
+
 class Undoer:
     """Undoes journal actions in batches, guarded, resumable, and checks every document it was
     to undo against its before-image afterwards.
@@ -145,7 +175,11 @@ class Undoer:
     before-image (restore), or ``undo`` (the migration's ``down()``) applied to it. Either way the
     same documents are visited (the journal's), the same guard decides whether the run's output is
     still there, and the same check compares the result with the before-image: a document that
-    does not equal it is ``mismatched`` and listed in ``mismatches_file``.
+    does not equal it is ``mismatched`` and listed in the mismatches file beside ``conflicts_file``.
+
+    The writes go out through a :class:`~docshift.engine.writer.BatchWriter` (requests under the
+    size limit, the breaker, the adaptive batch size); a batch takes the rate limiter's tokens
+    before it is read, and is then written whole, so a stop never leaves half of it done.
 
     With ``execute`` off, writes go to a :class:`SimulatedStore` over ``store`` (pass one to share
     it between several restorers: a dry run of several migrations).
@@ -154,57 +188,40 @@ class Undoer:
     def __init__(
         self,
         store: Store,
+        rules: UndoRules,
         *,
-        execute: bool,
-        force: bool,
         conflicts_file: Path,
-        redo: Transform | None = None,
-        undo: Transform | None = None,
-        limiter: RateLimiter | None = None,
-        stop: threading.Event | None = None,
+        guards: WriteGuards | None = None,
         progress: Progress | None = None,
         on_batch: Callable[[UndoResult], None] | None = None,
-        batch_size: int = 300,
-        samples: int = 5,
         own_writes: dict[str, tuple[Timestamp, Timestamp | None]] | None = None,
-        mismatches_file: Path | None = None,
-        left_to_older: Callable[[UndoAction], bool] | None = None,
     ) -> None:
         self.store = (
             store
-            if execute or isinstance(store, SimulatedStore)
+            if rules.execute or isinstance(store, SimulatedStore)
             else SimulatedStore(store, retain_writes=False)
         )
-        self.execute = execute
-        self.force = force
+        self.rules = rules
+        self.force = rules.force
+        self.undo = rules.undo
         self.conflicts_file = conflicts_file
-        self.mismatches_file = mismatches_file or conflicts_file.with_name(
-            conflicts_file.name.replace("conflicts", "mismatches")
-        )
-        self.redo = redo
-        self.undo = undo
-        self.limiter = limiter or RateLimiter()
-        self.stop = stop or threading.Event()
+        mismatches = conflicts_file.name.replace("conflicts", "mismatches")
+        self.mismatches_file = conflicts_file.with_name(mismatches)
+        self.guards = guards or WriteGuards.from_config(EngineConfig(), LimitsConfig())
+        self.writer = BatchWriter(self.store, self.guards, again="resume the rollback")
         self.progress = progress or NullProgress()
         self.on_batch = on_batch
-        self.batch_size = batch_size
-        self.samples_wanted = samples
         self.own_writes = own_writes if own_writes is not None else {}
         """Across one rollback: path -> (update time our write produced, update time of the state
         it undid). Undoing an older migration after a newer one then sees the newer one's write as
         ours, not as an application change."""
-        self.left_to_older = left_to_older
-        """For one run of a migration applied over several: whether the before-image of
-        ``action`` is the output of an older run of it, whose journal this rollback undoes next.
-        Such a document that no longer holds this run's output is left to that run's undo (which
-        finds it back, or reports the conflict), not reported here too."""
 
     def run(self, actions: Iterator[UndoAction], result: UndoResult) -> UndoResult:
         batch: list[UndoAction] = []
         last_progress = time.monotonic()
         for action in actions:
             batch.append(action)
-            if len(batch) >= self.batch_size:
+            if len(batch) >= self.writer.batch_size:
                 if not self._batch(batch, result):
                     return result
                 batch = []
@@ -216,121 +233,127 @@ class Undoer:
         return result
 
     def _batch(self, actions: Sequence[UndoAction], result: UndoResult) -> bool:
-        if self.stop.is_set() or not self.limiter.acquire(len(actions), self.stop):
+        if not self.writer.admit(len(actions)):
             result.stopped = True
             return False
         current = self.store.get_many([a.path for a in actions])
-        writes: list[tuple[UndoAction, Write]] = []
-        conflicts: list[tuple[UndoAction, str]] = []
-        missed: list[tuple[UndoAction, str, Document | None]] = []
+        batch = _Sorted()
         for action, now in zip(actions, current, strict=True):
-            decision = self._decide(action, now)
-            if isinstance(decision, _Missed):
-                result.counters["unchanged"] += 1
-                missed.append((action, decision.reason, now))
-            elif isinstance(decision, str):
-                if decision == "unchanged" or (self.left_to_older is not None and self.left_to_older(action)):
-                    result.counters["unchanged"] += 1
-                else:
-                    conflicts.append((action, decision))
-            else:
-                writes.append((action, decision))
-                self._sample(action, now, decision, result)
-        if writes:
-            try:
-                answers = self.store.commit([write for _, write in writes])
-            except TransientError as exc:
-                raise EmergencyStop(f"the store kept failing ({exc.code}); resume the rollback") from None
-            applied: list[UndoAction] = []
-            landed = self._resent_landed(writes, answers)
-            for (action, write), sent in zip(writes, answers, strict=True):
-                answer = landed.get(action.path, sent)
-                if answer.ok:
-                    applied.append(action)
-                    result.counters[_done(action, write)] += 1
-                    if answer.update_time is not None and action.before is not None:
-                        self.own_writes[action.path] = (answer.update_time, action.before.update_time)
-                elif isinstance(answer.error, ConflictError):
-                    conflicts.append((action, "the document changed after the migration wrote it"))
-                else:
-                    conflicts.append((action, f"write failed: {answer.error}"))
-            missed += self._verify(applied, result)  # refused writes are conflicts, not mismatches
-        result.counters["mismatched"] += len(missed)
-        result.counters["conflicts"] += len(conflicts)
-        self._record_conflicts(conflicts, current, actions)
-        self._record_mismatches(missed)
+            self._sort(action, now, batch, result)
+        if batch.writes:
+            applied = self._write(batch, result)
+            batch.missed += self._verify(applied, result)  # refused writes are conflicts, not mismatches
+        result.counters["mismatched"] += len(batch.missed)
+        result.counters["conflicts"] += len(batch.conflicts)
+        self._record_conflicts(batch.conflicts, current, actions)
+        self._record_mismatches(batch.missed)
         result.position = actions[-1].seq
         if self.on_batch is not None:
             self.on_batch(result)
         return True
 
-    def _resent_landed(
-        self, writes: Sequence[tuple[UndoAction, Write]], answers: Sequence[WriteResult]
-    ) -> dict[str, WriteResult]:
-        """Resent writes refused by their guard whose first send landed (its reply was lost):
-        path -> the result that send had, as read back from the store."""
-        resent = [
-            write
-            for (_, write), answer in zip(writes, answers, strict=True)
-            if answer.resent and isinstance(answer.error, ConflictError)
-        ]
-        if not resent:
-            return {}
-        now = self.store.get_many([write.path for write in resent])
-        return {
-            write.path: WriteResult(write.path, update_time=doc.update_time if doc else None)
-            for write, doc in zip(resent, now, strict=True)
-            if write_landed(write, doc)
-        }
+    def _sort(self, action: UndoAction, now: Document | None, batch: _Sorted, result: UndoResult) -> None:
+        decision = self._decide(action, now)
+        if isinstance(decision, _Missed):
+            result.counters["unchanged"] += 1
+            batch.missed.append((action, decision.reason, now))
+        elif isinstance(decision, str):
+            left = self.rules.left_to_older is not None and self.rules.left_to_older(action)
+            if decision == "unchanged" or left:
+                result.counters["unchanged"] += 1
+            else:
+                batch.conflicts.append((action, decision))
+        else:
+            batch.writes.append((action, decision))
+            self._sample(action, now, decision, result)
+
+    def _write(self, batch: _Sorted, result: UndoResult) -> list[UndoAction]:
+        """Send the batch's undo writes, whole (its tokens were taken); returns the actions whose
+        write was applied. A refused write is a conflict, listed."""
+        outgoing = [Outgoing(write, action) for action, write in batch.writes]
+        applied: list[UndoAction] = []
+        failed = 0
+        answers = self.writer.write(outgoing, paced=False)
+        for (action, write), answer in zip(batch.writes, answers, strict=True):
+            if answer.ok:
+                applied.append(action)
+                result.counters[_done(action, write)] += 1
+                if answer.update_time is not None and action.before is not None:
+                    self.own_writes[action.path] = (answer.update_time, action.before.update_time)
+            elif isinstance(answer.error, ConflictError):
+                batch.conflicts.append((action, "the document changed after the migration wrote it"))
+            else:
+                failed += 1
+                batch.conflicts.append((action, f"write failed: {answer.error}"))
+        self.writer.record(len(batch.writes) - failed, failed)
+        return applied
 
     def _decide(self, action: UndoAction, now: Document | None) -> Write | str | _Missed:
         """The write that undoes ``action``; or "unchanged"; or a conflict reason (the document no
         longer holds what the run wrote: left alone); or :class:`_Missed` (down() gives no write
         that undoes it)."""
-        before = action.before
-        removes = action.kind == "delete" or (action.kind == "check" and before is None)
-        if removes and now is None:
-            return "unchanged"  # already gone: nothing to undo
-        if (
-            not removes
-            and now is not None
-            and before is not None
-            and before.data is not None
-            and (values_equal(now.data, before.data))
-        ):
-            # Already back (a rollback done again after a crash, or the application put it back).
-            if now.update_time is not None:
-                self.own_writes[action.path] = (now.update_time, before.update_time)
+        removes = action.kind == "delete" or (action.kind == "check" and action.before is None)
+        if self._already_undone(action, now, removes):
             return "unchanged"
         if action.guard is not None and not self.force:
             if now is None:
                 return "the document was deleted after the migration wrote it"
-            own = self.own_writes.get(action.path)
-            if (
-                now.update_time != action.guard
-                and not (own is not None and own[0] == now.update_time and own[1] == action.guard)
-                and not self._redone(action, now)
-            ):
+            if not self._still_ours(action, now):
                 return "the document changed after the migration wrote it"
             action = dataclasses.replace(action, guard=now.update_time)
         if removes:
-            guard = action.guard if not self.force else None
-            if action.kind == "check" and not self.force:
-                if now is not None and action.leaves and self._redone(action, now):
-                    return Write.delete(action.path, update_time=now.update_time)  # its write landed
-                return "created by the run, but the run died before confirming its write"
-            return Write.delete(action.path, update_time=guard)
-        assert before is not None and before.data is not None
+            return self._removal(action, now)
         if action.kind == "recreate":
-            # down() cannot see a document the run deleted: only its before-image brings it back.
-            if now is None:
-                return Write.create(action.path, before.data)
-            if self.force:
-                return Write.set(action.path, before.data)
-            return "deleted by the migration, but a document exists there again"
+            return self._recreation(action, now)
         if action.kind == "restore":
             return self._undo_write(action, now, None if self.force else action.guard)
-        # "check": the run died with this write in flight.
+        return self._in_flight(action, now)
+
+    def _already_undone(self, action: UndoAction, now: Document | None, removes: bool) -> bool:
+        """Gone already (a removal), or holding its before-image again: a rollback done again
+        after a crash, or the application put it back (noted as our own state then)."""
+        if removes:
+            return now is None
+        before = action.before
+        if now is None or before is None or before.data is None or not values_equal(now.data, before.data):
+            return False
+        if now.update_time is not None:
+            self.own_writes[action.path] = (now.update_time, before.update_time)
+        return True
+
+    def _still_ours(self, action: UndoAction, now: Document) -> bool:
+        """Whether ``now`` still holds the run's write that ``action.guard`` names: by its update
+        time, as this rollback's own earlier undo of a newer run, or by its data."""
+        if now.update_time == action.guard:
+            return True
+        own = self.own_writes.get(action.path)
+        if own is not None and own[0] == now.update_time and own[1] == action.guard:
+            return True
+        return self._redone(action, now)
+
+    def _removal(self, action: UndoAction, now: Document | None) -> Write | str:
+        """Delete what the run created; for one whose write the run died before confirming, only
+        once the document is known to hold what that write left."""
+        if action.kind == "check" and not self.force:
+            if now is not None and action.leaves and self._redone(action, now):
+                return Write.delete(action.path, update_time=now.update_time)  # its write landed
+            return "created by the run, but the run died before confirming its write"
+        return Write.delete(action.path, update_time=None if self.force else action.guard)
+
+    def _recreation(self, action: UndoAction, now: Document | None) -> Write | str:
+        """down() cannot see a document the run deleted: only its before-image brings it back."""
+        before = action.before
+        assert before is not None and before.data is not None
+        if now is None:
+            return Write.create(action.path, before.data)
+        if self.force:
+            return Write.set(action.path, before.data)
+        return "deleted by the migration, but a document exists there again"
+
+    def _in_flight(self, action: UndoAction, now: Document | None) -> Write | str | _Missed:
+        """A "check": the run died with this write in flight; the store tells whether it landed."""
+        before = action.before
+        assert before is not None and before.data is not None
         if now is None:
             return Write.create(action.path, before.data)
         if now.update_time == before.update_time:
@@ -370,10 +393,10 @@ class Undoer:
         if action.leaves is not None:
             return action.leaves != "" and digest_of(now.data) == action.leaves
         before = action.before
-        if self.redo is None or before is None or before.data is None:
+        if self.rules.redo is None or before is None or before.data is None:
             return False
         try:
-            expected = self.redo(
+            expected = self.rules.redo(
                 DocView(Document(before.path, before.data, before.create_time, before.update_time))
             )
         except Exception:
@@ -381,7 +404,7 @@ class Undoer:
         return isinstance(expected, dict) and values_equal(expected, now.data)
 
     def _sample(self, action: UndoAction, now: Document | None, write: Write, result: UndoResult) -> None:
-        if len(result.samples) >= self.samples_wanted:
+        if len(result.samples) >= self.rules.samples:
             return
         old = now.data if now is not None else {}
         new = dict(write.data or {}) if write.kind != WriteKind.DELETE else {}
