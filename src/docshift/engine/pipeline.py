@@ -226,9 +226,7 @@ class MigrationPipeline:
                 return
             query = self.migration.target.query(start_after=shard.resume_after, end_at=shard.end_at)
             for doc in self.store.stream(query):
-                while self.controls.paused and not stop.is_set():
-                    time.sleep(0.05)
-                if stop.is_set():
+                if not self._running():
                     return
                 # The document is held from here: its cost joins the open batch if the budget has
                 # room; otherwise the batch goes to the writers and this one waits to start the next.
@@ -260,6 +258,12 @@ class MigrationPipeline:
             self.controls.request_stop(f"reading failed: {exc}")
         finally:
             budget.release(cost)  # a batch left unsent: the run is stopping
+
+    def _running(self) -> bool:
+        """Wait while the run is paused; False once it is stopping."""
+        while self.controls.paused and not self.controls.stop.is_set():
+            time.sleep(0.05)
+        return not self.controls.stop.is_set()
 
     def _put(self, item: _Batch) -> bool:
         """Hand a batch to the writers; ``False`` if the run stops first (the reader then gives
