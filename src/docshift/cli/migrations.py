@@ -30,6 +30,7 @@ _STYLES = {
     StateKind.PARTIAL: "yellow",
     StateKind.INTERRUPTED: "cyan",
     StateKind.ROLLED_BACK: "magenta",
+    StateKind.STAMPED: "green",
     StateKind.DRIFTED: "bold red",
     StateKind.MISSING_FILE: "bold red",
 }
@@ -138,7 +139,7 @@ def _next_steps(report: StatusReport) -> list[str]:
     if drifted:
         return [
             f"drift: {', '.join(drifted)} changed after being applied; runs refuse until restored "
-            "(or --allow-drift)"
+            '(or accepted with `docshift repair ID --reason "..."`, or --allow-drift)'
         ]
     runnable = [s for s in report.states if s.runnable]
     if runnable:
