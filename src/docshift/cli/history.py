@@ -64,7 +64,7 @@ def _details(event: HistoryEvent) -> str:
     return "; ".join(parts)
 
 
-@click.command("history")
+@click.command("history", short_help="Show every event of each migration (Alembic history, Flyway info).")
 @click.argument("migration", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document for scripts.")
 @pass_app
@@ -130,7 +130,7 @@ def _reason_option(function: click.decorators.FC) -> click.decorators.FC:
     )(function)
 
 
-@click.command("stamp")
+@click.command("stamp", short_help="Mark migration ID applied without running it (Alembic stamp).")
 @click.argument("migration_id", metavar="ID")
 @_reason_option
 @click.option(
@@ -188,7 +188,7 @@ def _confirm_stamp(config: Config, plan: StampPlan, yes: bool) -> bool:
     return True
 
 
-@click.command("repair")
+@click.command("repair", short_help="Accept applied migration ID's edited file without running it.")
 @click.argument("migration_id", metavar="ID")
 @_reason_option
 @click.option("--dry-run", is_flag=True, help="Print what would be recorded; record nothing.")
