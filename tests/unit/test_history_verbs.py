@@ -475,3 +475,16 @@ def test_run_allow_drift_records_a_drift_accepted_event(config: Config) -> None:
     event = History(store, PREFIX).get("0001").events[-1]  # type: ignore[union-attr]
     assert event.kind is EventKind.DRIFT_ACCEPTED and event.run_id == report.run_id
     assert event.previous_checksum and event.previous_checksum != event.checksum
+
+
+def test_a_repair_whose_write_fails_changes_nothing_and_releases_the_lease(config: Config) -> None:
+    store = MemoryStore()
+    seed(store, 10)
+    run(config, RunOptions(execute=True, to="0001"), store=store)
+    applied = History(store, PREFIX).get("0001")
+    edit(config)
+    with pytest.raises(TransientError):
+        repair(config, RepairOptions("0001", "comment"), store=FailingHistoryWrites(store, allowed=0))
+    assert History(store, PREFIX).get("0001") == applied
+    assert read_lease(store, PREFIX) is None
+    assert status(config, store=store).exit_code is ExitCode.DRIFT

@@ -112,6 +112,8 @@ def plan_stamp(
 
 
 def _shown(state: MigrationState) -> str:
+    if state.kind is StateKind.RUNNING:  # its run may be live, or killed (status tells by the lease)
+        return "recorded as running"
     return state.kind.value.replace("_", " ")
 
 
