@@ -64,9 +64,10 @@ class MigrationStatus(enum.StrEnum):
 
 class EventKind(enum.StrEnum):
     """What one event of a migration's history records. ``started``: a run (or a resume of it)
-    began working on it; the next five close that work; ``stamped``: marked applied without running
-    (``docshift stamp``); ``repaired``: an edited file's checksum accepted without running it
-    (``docshift repair``); ``drift_accepted``: the same by ``run --allow-drift``."""
+    began working on it; ``applied``, ``partial``, ``interrupted``, ``failed``: how that work ended;
+    ``rolled_back``: a rollback undid it; ``stamped``: marked applied without running (``docshift
+    stamp``); ``repaired``: an edited file's checksum accepted without running it (``docshift
+    repair``); ``drift_accepted``: the same by ``run --allow-drift``."""
 
     STARTED = "started"
     APPLIED = "applied"
@@ -100,7 +101,7 @@ class HistoryEvent:
 
     ``status`` is the migration's status once the event happened, ``checksum`` the file's it
     happened with. An event written by an older docshift has only those, ``at``, ``run_id`` and
-    ``user``: its ``kind`` is derived when it is read (:func:`_legacy_kinds`), its counts unknown.
+    ``user``: its ``kind`` is derived when it is read (:meth:`from_data`), its counts unknown.
     """
 
     kind: EventKind
