@@ -177,7 +177,8 @@ class BatchWriter:
             whole = len(outgoing)
             for request in request_batches(outgoing, lambda: whole, _weight, _path):
                 answers = self._landed(request, self._send(request, paced))
-                outcomes += _outcomes(request, answers)
+                if self.journal is not None:
+                    outcomes += _outcomes(request, answers)
                 results += answers
                 if receive is not None:
                     receive(request, answers)
