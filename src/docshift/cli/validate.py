@@ -17,7 +17,7 @@ from docshift.commands.validate import validate
 from docshift.commands.verify import VerifyReport, verify
 from docshift.config import Config
 from docshift.engine.controls import Controls
-from docshift.engine.progress import Progress
+from docshift.engine.hooks import RunHooks
 from docshift.errors import DocshiftError, RunStopped, ValidationFailed
 from docshift.store import Store
 from docshift.validators import HealthStatus, Level, RunOutcome, RunValidation, ValidationReport
@@ -157,14 +157,15 @@ def verify_command(app: AppContext, migration_id: str, examples: int, as_json: b
 def start_run_validation(
     config: Config,
     store: Store,
-    progress: Progress,
+    hooks: RunHooks,
     controls: Controls,
     *,
     execute: bool,
     scans: bool,
     resume: str | None,
 ) -> RunValidation:
-    """Inline checks and the gate for every run; ``--validate`` adds before/after scans."""
+    """Inline checks and the gate for every run; ``--validate`` adds before/after scans. What it
+    finds goes to ``hooks``; give the run it and them (``FanOutHooks(validation, hooks)``)."""
     previous = None
     if resume:
         try:
@@ -174,7 +175,7 @@ def start_run_validation(
     return RunValidation(
         config,
         store,
-        progress=progress,
+        hooks=hooks,
         controls=controls,
         execute=execute or bool(resume),
         scans=scans,
@@ -212,7 +213,7 @@ def stop_run_validation(
                 config,
                 RollbackOptions(run_id=run_id, strategy=strategy, execute=True),
                 store=store,
-                progress=validation.inner,
+                hooks=validation.hooks,
             )
         except DocshiftError as exc:
             err_console.print(f"[red]auto-rollback failed:[/] {exc.message}")

@@ -41,8 +41,8 @@ from docshift.commands.target import check_store, target_config
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.dry_run import DryRunRecorder
+from docshift.engine.hooks import PassFinished, PassStarted, RunEnded, RunHooks, RunStarted, Warned
 from docshift.engine.pipeline import MigrationPipeline, PipelineResult, new_checkpoint
-from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
 from docshift.engine.undo import UndoAction, Undoer, UndoResult, undo_actions
 from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
@@ -416,7 +416,7 @@ def rollback(
     options: RollbackOptions,
     *,
     store: Store | None = None,
-    progress: Progress | None = None,
+    hooks: RunHooks | None = None,
     controls: Controls | None = None,
 ) -> RollbackReport:
     """Dry-run (default) or execute a rollback; raises :class:`RollbackConflicts` when documents
@@ -425,7 +425,7 @@ def rollback(
     migrations = {m.id: m for m in load_migrations(config.migrations_dir)}
     config = rollback_target(config, options)
     with store_for(config, store) as active:
-        progress = progress or NullProgress()
+        hooks = hooks or RunHooks()
         history = History(active, config.store.state_prefix)
         if options.resume:
             folder = find_run(config.runs_dir, options.resume, kind="rollback")
@@ -468,27 +468,39 @@ def rollback(
             write_info(folder, info)
         report = RollbackReport(run_id, folder, options.execute, active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
-        if not options.execute:
-            _undo_all(config, active, plan, order, options, report, history, progress, controls)
-        else:
-            lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
-            with lock:
-                controls.lease_lost = lock.lost
-                try:
-                    _undo_all(config, active, plan, order, options, report, history, progress, controls)
-                except RunStopped as stop:
-                    stop.resume_command = report.resume_command
-                    info["state"] = stop.run_state
-                    write_info(folder, info)
-                    raise
-        dirty = [item for item in report.items if not item.clean] if options.execute else []
-        info["state"] = RollbackConflicts.run_state if dirty else "finished"
-        write_info(folder, info)
-        if dirty:
-            message, hint = _not_undone(dirty, info)
-            error = RollbackConflicts(message, hint=hint)
-            error.report = report
-            raise error
+        started = RunStarted(run_id, folder, "rollback", execute=options.execute)
+        begun = False
+        try:
+            if not options.execute:
+                hooks.run_started(started)
+                begun = True
+                _undo_all(config, active, plan, order, options, report, history, hooks, controls)
+            else:
+                lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
+                with lock:
+                    controls.lease_lost = lock.lost
+                    hooks.run_started(started)
+                    begun = True
+                    try:
+                        _undo_all(config, active, plan, order, options, report, history, hooks, controls)
+                    except RunStopped as stop:
+                        stop.resume_command = report.resume_command
+                        info["state"] = stop.run_state
+                        write_info(folder, info)
+                        raise
+            dirty = [item for item in report.items if not item.clean] if options.execute else []
+            info["state"] = RollbackConflicts.run_state if dirty else "finished"
+            write_info(folder, info)
+            if dirty:
+                message, hint = _not_undone(dirty, info)
+                error = RollbackConflicts(message, hint=hint)
+                error.report = report
+                raise error
+        except BaseException as ended:
+            if begun:  # a rollback refused before it started has no end either
+                hooks.run_ended(RunEnded.of(ended, folder=folder))
+            raise
+        hooks.run_ended(RunEnded.of(None, folder=folder))
         return report
 
 
@@ -531,7 +543,7 @@ def _undo_all(
     options: RollbackOptions,
     report: RollbackReport,
     history: History,
-    progress: Progress,
+    hooks: RunHooks,
     controls: Controls,
 ) -> None:
     """Undo the plan in ``order`` (newest writes first): each run's journal of each migration, or
@@ -565,18 +577,19 @@ def _undo_all(
         item = items[migration.id]
         if isinstance(view, SimulatedStore) and index == len(order) - 1:
             view.retain_writes = False  # the oldest: nothing reads what its undo would leave
-        progress.event(
-            "start",
-            migration=f"rollback {migration.label}",
-            strategy=step.strategy,
-            shards=1,
-            execute=options.execute,
-            counters=dict(item.counters),
-            runs=list(step.runs) if run is None else [run],
+        hooks.pass_started(
+            PassStarted(
+                f"rollback {migration.label}",
+                1,
+                options.execute,
+                dict(item.counters),
+                strategy=step.strategy,
+                runs=tuple(step.runs) if run is None else (run,),
+            )
         )
         if run is not None:
             undo = undos[migration.id]
-            stopped = undo.run(run, view, progress)
+            stopped = undo.run(run, view, hooks)
             item.restore, item.by_run = undo.total(), undo.by_run()
             if stopped:
                 stop = controls.stop_class or RunStopped
@@ -587,9 +600,9 @@ def _undo_all(
                 f"{'ran' if options.execute else 'would run'} over every document of the target, "
                 "also those the runs did not change, and the result cannot be verified"
             )
-            progress.event("warning", message=f"{migration.label}: {item.note}")
+            hooks.warning(Warned(f"{migration.label}: {item.note}"))
             item.pipeline, item.plan = _down_over_target(
-                config, view, migration, item.folder, options, report.run_id, progress, controls
+                config, view, migration, item.folder, options, report.run_id, hooks, controls
             )
             if item.pipeline.error is not None:
                 raise item.pipeline.error
@@ -598,7 +611,7 @@ def _undo_all(
                 undos[migration.id].finish()
             if options.execute and item.clean:
                 history.mark_rolled_back(migration.id, report.run_id, item.counters)
-        progress.event("finish", migration=f"rollback {migration.label}", **item.counters)
+        hooks.pass_ended(PassFinished(f"rollback {migration.label}", dict(item.counters)))
 
 
 def _without_journal(config: Config, step: _Step) -> str:
@@ -681,7 +694,7 @@ class _JournalUndo:
             extra={"kind": step.strategy, "runs": list(step.runs)},
         )
 
-    def run(self, run: str, store: Store, progress: Progress) -> bool:
+    def run(self, run: str, store: Store, hooks: RunHooks) -> bool:
         """Undo run ``run``'s journal (from where it stopped); whether the rollback was stopped."""
         if run in self.finished:
             return False
@@ -699,7 +712,7 @@ class _JournalUndo:
             undo=migration.down if self.step.strategy == "down" else None,
             limiter=self.controls.limiter,
             stop=self.controls.stop,
-            progress=progress,
+            hooks=hooks,
             on_batch=self.save,
             batch_size=self.config.engine.batch_size,
             own_writes=self.own_writes,
@@ -789,7 +802,7 @@ def _down_over_target(
     folder: Path,
     options: RollbackOptions,
     run_id: str,
-    progress: Progress,
+    hooks: RunHooks,
     controls: Controls,
 ) -> tuple[PipelineResult, DryRunRecorder | None]:
     """down() over the migration's whole target, through the engine: the only way without a
@@ -812,7 +825,7 @@ def _down_over_target(
         folder,
         checkpoint,
         controls=controls,
-        progress=progress,
+        hooks=hooks,
         transform=migration.down,
         on_decision=recorder,
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,9 +26,17 @@ from docshift.config import Config, with_values
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.dry_run import DryRunRecorder
+from docshift.engine.hooks import (
+    MigrationEnded,
+    MigrationStarted,
+    RunEnded,
+    RunHooks,
+    RunResumed,
+    RunStarted,
+    Warned,
+)
 from docshift.engine.limits import RateLimiter
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
-from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
 from docshift.errors import (
     DocshiftError,
@@ -330,7 +338,7 @@ def _scope_text(value: Any) -> str:
     return f"{_shown(value)}%" if isinstance(value, float) else str(value)
 
 
-def _record_resume(resumed: ResumedRun, progress: Progress) -> None:
+def _record_resume(resumed: ResumedRun, hooks: RunHooks) -> None:
     """Write into ``run.json`` the settings the resume continues with, the resume and what it
     overrode, and ``overrides``: every setting the run's resumes changed, from the run's first
     value to the latest (what the report and the history show)."""
@@ -345,7 +353,7 @@ def _record_resume(resumed: ResumedRun, progress: Progress) -> None:
         merged[name] = {"was": was, "now": change["now"]}
     info["overrides"] = merged
     _write_run_file(resumed.folder, info)
-    progress.event("resume", run_id=resumed.run_id, settings=info["settings"], overrides=resumed.overrides)
+    hooks.run_resumed(RunResumed(resumed.run_id, info["settings"], resumed.overrides))
 
 
 def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
@@ -396,18 +404,20 @@ def run(
     options: RunOptions,
     *,
     store: Store | None = None,
-    progress: Progress | None = None,
+    hooks: RunHooks | None = None,
     controls: Controls | None = None,
-    checks: Callable[[Migration], DocumentCheck | None] | None = None,
 ) -> RunReport:
     """Dry-run (default) or execute the pending migrations. Raises :class:`RunStopped` subclasses
-    when a run stops early; its checkpoint is kept and ``resume_command`` continues it."""
+    when a run stops early; its checkpoint is kept and ``resume_command`` continues it.
+
+    ``hooks`` hear of each step of the run (:mod:`docshift.engine.hooks`); the document check a
+    migration's start returns (validation's rules, say) is applied to every document it writes."""
     migrations = load_migrations(config.migrations_dir)
     resumed = resume_run(config, options) if options.resume else None
     if resumed is not None:
         config, options = resumed.config, resumed.options
     with store_for(config, store) as active:
-        progress = progress or NullProgress()
+        hooks = hooks or RunHooks()
         history = History(active, config.store.state_prefix)
         drifted: list[MigrationState] = []
         if resumed is not None:
@@ -448,63 +458,80 @@ def run(
         report = RunReport(run_id, folder, options.execute, target=active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
-            if resumed is not None:
-                _record_resume(resumed, progress)
-            _run_all(config, active, selected, options, report, history, progress, controls, checks)
-            info["state"] = "finished"
-            _write_run_file(folder, info)
+            hooks.run_started(RunStarted(run_id, folder, "run", execute=False))
+            try:
+                if resumed is not None:
+                    _record_resume(resumed, hooks)
+                _run_all(config, active, selected, options, report, history, hooks, controls)
+                info["state"] = "finished"
+                _write_run_file(folder, info)
+            except BaseException as error:
+                hooks.run_ended(RunEnded.of(error, folder=folder))
+                raise
+            hooks.run_ended(RunEnded.of(None, folder=folder))
             return report
         if resumed is not None:
             _refuse_if_still_running(active, config.store.state_prefix, run_id)
         lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
-        with lock:
-            controls.lease_lost = lock.lost
-            if resumed is not None:
-                _refuse_if_rolled_back(history, run_id, info["migrations"])
-                _record_resume(resumed, progress)
-            for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
-                if state.migration is not None:
-                    history.accept_drift(state.migration_id, state.migration.checksum, run_id)
-            try:
-                _run_all(
-                    config,
-                    active,
-                    selected,
-                    options,
-                    report,
-                    history,
-                    progress,
-                    controls,
-                    checks,
-                    overrides=dict(info.get("overrides") or {}),
+        begun = False
+        try:
+            with lock:
+                controls.lease_lost = lock.lost
+                if resumed is not None:
+                    _refuse_if_rolled_back(history, run_id, info["migrations"])
+                hooks.run_started(RunStarted(run_id, folder, "run", execute=True))
+                begun = True
+                if resumed is not None:
+                    _record_resume(resumed, hooks)
+                for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
+                    if state.migration is not None:
+                        history.accept_drift(state.migration_id, state.migration.checksum, run_id)
+                try:
+                    _run_all(
+                        config,
+                        active,
+                        selected,
+                        options,
+                        report,
+                        history,
+                        hooks,
+                        controls,
+                        overrides=dict(info.get("overrides") or {}),
+                    )
+                except RunStopped as stop:
+                    rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
+                    stop.resume_command = None if rolled_back else report.resume_command
+                    unwritten = _record_state(folder, info, stop.run_state)
+                    if isinstance(stop, RunFileError):
+                        stop.hint = _unrecorded(
+                            stop,
+                            "",
+                            f"resume with `{report.resume_command}`, or undo what "
+                            f"was written with `docshift rollback {run_id} --execute`",
+                        ).hint
+                    elif unwritten is not None:  # a folder that cannot be written must not hide the stop
+                        stop.message += f"; {unwritten.message}"
+                    raise
+            if (unwritten := _record_state(folder, info, "finished")) is not None:
+                done = "; ".join(
+                    f"{o.migration.label}: "
+                    + ", ".join(
+                        f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted")
+                    )
+                    for o in report.outcomes
                 )
-            except RunStopped as stop:
-                rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
-                stop.resume_command = None if rolled_back else report.resume_command
-                unwritten = _record_state(folder, info, stop.run_state)
-                if isinstance(stop, RunFileError):
-                    stop.hint = _unrecorded(
-                        stop,
-                        "",
-                        f"resume with `{report.resume_command}`, or undo what "
-                        f"was written with `docshift rollback {run_id} --execute`",
-                    ).hint
-                elif unwritten is not None:  # a folder that cannot be written must not hide the stop
-                    stop.message += f"; {unwritten.message}"
-                raise
-        if (unwritten := _record_state(folder, info, "finished")) is not None:
-            done = "; ".join(
-                f"{o.migration.label}: "
-                + ", ".join(f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted"))
-                for o in report.outcomes
-            )
-            raise _unrecorded(
-                unwritten,
-                f"run {run_id} finished ({done}); only its run.json still says running",
-                f"`{report.resume_command}` records it as finished (it migrates "
-                f"nothing again); `docshift rollback {run_id} --execute` undoes it",
-                report.resume_command,
-            )
+                raise _unrecorded(
+                    unwritten,
+                    f"run {run_id} finished ({done}); only its run.json still says running",
+                    f"`{report.resume_command}` records it as finished (it migrates "
+                    f"nothing again); `docshift rollback {run_id} --execute` undoes it",
+                    report.resume_command,
+                )
+        except BaseException as error:
+            if begun:  # a run refused before it started has no end either
+                hooks.run_ended(RunEnded.of(error, folder=folder))
+            raise
+        hooks.run_ended(RunEnded.of(None, folder=folder))
         return report
 
 
@@ -542,9 +569,8 @@ def _run_all(
     options: RunOptions,
     report: RunReport,
     history: History,
-    progress: Progress,
+    hooks: RunHooks,
     controls: Controls,
-    checks: Callable[[Migration], DocumentCheck | None] | None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     base = pipeline_options(config, options)
@@ -592,6 +618,7 @@ def _run_all(
                 }
                 history.progress(migration_id, saved.counters, summary)
 
+        check = hooks.migration_started(MigrationStarted(migration, report.run_id, options.execute))
         pipeline = MigrationPipeline(
             store,
             migration,
@@ -599,8 +626,8 @@ def _run_all(
             folder,
             checkpoint,
             controls=controls,
-            progress=progress,
-            check=checks(migration) if checks else None,
+            hooks=hooks,
+            check=check,
             on_decision=recorder,
             on_checkpoint=on_checkpoint,
         )
@@ -615,8 +642,8 @@ def _run_all(
                     checkpoint,
                     options,
                     controls,
-                    progress,
-                    checks,
+                    hooks,
+                    check,
                     report.run_id,
                 )
             else:
@@ -643,17 +670,18 @@ def _run_all(
                 if record.status is not MigrationStatus.ROLLED_BACK:
                     earlier = ", ".join(record.runs) if record.runs else "earlier runs"
                     command = f"docshift rollback {record.runs[-1] if record.runs else 'RUN_ID'} --execute"
-                    progress.event(
-                        "warning",
-                        message=(
+                    hooks.warning(
+                        Warned(
                             f"{migration.label}: the stages of this run were rolled back, but what {earlier} "
                             f"migrated before stays migrated: it is recorded {record.status.value}, "
                             f"not rolled back; to undo that too: {command}"
-                        ),
+                        )
                     )
             if status is MigrationStatus.PARTIAL:
                 outcome.note = _partial_note(migration, options, result.counters)
-                progress.event("warning", message=outcome.note)
+                hooks.warning(Warned(outcome.note))
+        recorded = None if outcome.status is None else outcome.status.value
+        hooks.migration_ended(MigrationEnded(migration, result, recorded))
         if result.error is not None:
             raise result.error
 
@@ -700,8 +728,8 @@ def _staged(
     checkpoint: Checkpoint,
     options: RunOptions,
     controls: Controls,
-    progress: Progress,
-    checks: Callable[[Migration], DocumentCheck | None] | None,
+    hooks: RunHooks,
+    check: DocumentCheck | None,
     run_id: str,
 ) -> PipelineResult:
     assert options.stages is not None
@@ -716,8 +744,8 @@ def _staged(
             checkpoint,
             plan,
             controls=controls,
-            progress=progress,
-            check=checks(migration) if checks else None,
+            hooks=hooks,
+            check=check,
             run_id=run_id,
         )
     except RunStopped as error:

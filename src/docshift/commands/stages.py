@@ -20,8 +20,8 @@ from pathlib import Path
 from docshift.config import Config
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
+from docshift.engine.hooks import PassFinished, PassStats, RunHooks, StageEntered, StagesRolledBack, Warned
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
-from docshift.engine.progress import Progress
 from docshift.engine.sampling import in_sample
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import format_ms
@@ -29,7 +29,7 @@ from docshift.engine.undo import Undoer, UndoResult, undo_actions
 from docshift.errors import EmergencyStop, MemoryLimitExceeded, RunStopped, TooManyFailures, UsageError
 from docshift.migration import Migration
 from docshift.runfolder.checkpoint import Checkpoint
-from docshift.runfolder.record import ROLLED_BACK, read_migration
+from docshift.runfolder.record import read_migration
 from docshift.store.base import Document, Query, Store
 from docshift.validators.rules import RuleContext
 
@@ -75,7 +75,7 @@ def run_stages(
     plan: CanaryStages,
     *,
     controls: Controls,
-    progress: Progress,
+    hooks: RunHooks,
     check: DocumentCheck | None,
     run_id: str,
 ) -> PipelineResult:
@@ -88,7 +88,7 @@ def run_stages(
     path = folder / "checkpoint.json"
     undoing = checkpoint.extra.get("rolling_back")
     if isinstance(undoing, dict):
-        _roll_back(store, migration, folder, checkpoint, controls, progress, config)
+        _roll_back(store, migration, folder, checkpoint, controls, hooks, config)
         raise StageFailed(
             f"{undoing.get('message')} (that rollback, cut short when the run stopped, was "
             "finished by this resume)",
@@ -118,13 +118,14 @@ def run_stages(
             sample_above=above,
             max_commit_p95=limit_ms / 1000 if limit_ms > 0 else None,
         )
-        progress.event(
-            "stage",
-            migration=migration.label,
-            stage=index + 1,
-            stages=len(plan.stages),
-            message=f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
-            f"documents in ({above:g}%, {percent:g}%]",
+        hooks.stage(
+            StageEntered(
+                migration.label,
+                index + 1,
+                f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
+                f"documents in ({above:g}%, {percent:g}%]",
+                stages=len(plan.stages),
+            )
         )
         if checkpoint.finished:
             # Every document of the stage was handled when the run stopped, before its gate ran.
@@ -139,7 +140,7 @@ def run_stages(
                 folder,
                 checkpoint,
                 controls=controls,
-                progress=progress,
+                hooks=hooks,
                 check=check,
             ).run()
         if result.error is not None:
@@ -150,7 +151,7 @@ def run_stages(
                 )
                 hint = _stage_hint(folder)
                 _start_rollback(checkpoint, path, message, hint)
-                _roll_back(store, migration, folder, checkpoint, controls, progress, config)
+                _roll_back(store, migration, folder, checkpoint, controls, hooks, config)
                 raise StageFailed(message, hint=hint)
             raise result.error
         stage_counts = Counter({k: v for k, v in result.counters.items() if k not in ("read", "skipped")})
@@ -162,7 +163,7 @@ def run_stages(
             )
             hint = _stage_hint(folder)
             _start_rollback(checkpoint, path, message, hint)
-            _roll_back(store, migration, folder, checkpoint, controls, progress, config)
+            _roll_back(store, migration, folder, checkpoint, controls, hooks, config)
             raise StageFailed(message, hint=hint)
         totals.update(stage_counts)
         seconds += result.elapsed_seconds
@@ -173,7 +174,7 @@ def run_stages(
             checkpoint.elapsed_seconds = seconds
         checkpoint.save(path)
         if plan.pause_between and index < len(plan.stages) - 1:
-            _wait_for_operator(folder.parent, controls, progress, migration, index, run_id)
+            _wait_for_operator(folder.parent, controls, hooks, migration, index, run_id)
     if result is None:  # every stage had passed when the run stopped
         return PipelineResult(migration.id, "finished", dict(checkpoint.counters), seconds, folder)
     totals["read"] = result.counters.get("read", 0)
@@ -186,8 +187,11 @@ def run_stages(
         "processed": sum(totals[k] for k in ("updated", "created", "deleted", "unchanged", "failed")),
     }
     combined["elapsed_seconds"] = seconds
-    # The per-stage finish events each counted one stage; this one speaks for the whole migration.
-    progress.event("finish", **{**combined, "migration": migration.label, "stages": len(plan.stages)})
+    counters, stats = PassStats.split(combined)
+    if stats is None:  # its last stage was done by an earlier process: no rates of this one
+        stats = PassStats(combined["processed"], 0.0, 0.0, None, None, None, 0, seconds)
+    # The per-stage pass ends each counted one stage; this one speaks for the whole migration.
+    hooks.pass_ended(PassFinished(migration.label, counters, stats, stages=len(plan.stages)))
     return result
 
 
@@ -266,13 +270,13 @@ def _roll_back(
     folder: Path,
     checkpoint: Checkpoint,
     controls: Controls,
-    progress: Progress,
+    hooks: RunHooks,
     config: Config,
 ) -> UndoResult:
     """Undo every stage of this migration from its before-images (the run still holds the lease)."""
     controls.stop.clear()
     controls.resume()
-    progress.event("warning", message=f"{migration.label}: rolling back every stage from the before-images")
+    hooks.warning(Warned(f"{migration.label}: rolling back every stage from the before-images"))
     restorer = Undoer(
         store,
         execute=True,
@@ -281,7 +285,7 @@ def _roll_back(
         redo=migration.up,
         limiter=controls.limiter,
         stop=controls.stop,
-        progress=progress,
+        hooks=hooks,
         batch_size=config.engine.batch_size,
     )
     result = restorer.run(undo_actions(folder / "before-images.jsonl.gz"), UndoResult())
@@ -290,23 +294,22 @@ def _roll_back(
             f"{migration.label}: stopped while rolling back its stages",
             hint="resume the run to finish the rollback",
         )
-    progress.event(
-        "warning",
-        message=f"{migration.label}: rolled back: "
-        + ", ".join(f"{k} {v}" for k, v in result.counters.items() if v),
+    hooks.warning(
+        Warned(
+            f"{migration.label}: rolled back: "
+            + ", ".join(f"{k} {v}" for k, v in result.counters.items() if v)
+        )
     )
     checkpoint.state = "failed"
     checkpoint.extra.update(rolled_back=True, rollback=result.counters)
     checkpoint.save(folder / "checkpoint.json")  # a resume must not continue a rolled-back canary
-    # The stage's own stop event counted that stage; this one speaks for the migration, as its
+    # The stage's own pass end counted that stage; this one speaks for the migration, as its
     # record (report, history, `docshift runs`) does.
     record = read_migration(folder)
-    progress.event(
-        ROLLED_BACK,
-        migration=migration.label,
-        **record.counters,
-        rollback=result.counters,
-        elapsed_seconds=record.elapsed_seconds,
+    hooks.stages_rolled_back(
+        StagesRolledBack(
+            migration.label, dict(record.counters), dict(result.counters), record.elapsed_seconds
+        )
     )
     return result
 
@@ -326,7 +329,7 @@ def _stage_hint(folder: Path) -> str:
 def _wait_for_operator(
     run_folder: Path,
     controls: Controls,
-    progress: Progress,
+    hooks: RunHooks,
     migration: Migration,
     index: int,
     run_id: str,
@@ -335,13 +338,14 @@ def _wait_for_operator(
     marker = run_folder / "pause"
     marker.touch()
     controls.pause()
-    progress.event(
-        "stage",
-        migration=migration.label,
-        stage=index + 1,
-        paused=True,
-        message=f"{migration.label}: stage {index + 1} passed its gate; paused. "
-        f"Continue with `docshift resume {run_id}` or by deleting {marker}",
+    hooks.stage(
+        StageEntered(
+            migration.label,
+            index + 1,
+            f"{migration.label}: stage {index + 1} passed its gate; paused. "
+            f"Continue with `docshift resume {run_id}` or by deleting {marker}",
+            paused=True,
+        )
     )
     try:
         while controls.paused and marker.exists():

@@ -39,6 +39,17 @@ from docshift.engine.batch import (
     SettlingCheck,
 )
 from docshift.engine.controls import Controls
+from docshift.engine.hooks import (
+    Checkpointed,
+    EngineState,
+    PassFinished,
+    PassStarted,
+    PassStats,
+    PassStopped,
+    Progressed,
+    RunHooks,
+    Warned,
+)
 from docshift.engine.landed import LandedWrites, settle
 from docshift.engine.limits import (
     AdaptiveBatch,
@@ -49,7 +60,6 @@ from docshift.engine.limits import (
     MemoryGuard,
     MemoryState,
 )
-from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.stats import COUNTERS, RunStats, format_ms
 from docshift.errors import (
     DocshiftError,
@@ -132,7 +142,7 @@ class MigrationPipeline:
         checkpoint: Checkpoint,
         *,
         controls: Controls | None = None,
-        progress: Progress | None = None,
+        hooks: RunHooks | None = None,
         transform: Transform | None = None,
         check: DocumentCheck | None = None,
         on_decision: Callable[[Decision], None] | None = None,
@@ -145,7 +155,7 @@ class MigrationPipeline:
         self.folder = folder
         self.checkpoint = checkpoint
         self.controls = controls or Controls()
-        self.progress = progress or NullProgress()
+        self.hooks = hooks or RunHooks()
         self.on_checkpoint = on_checkpoint
         engine, limits = options.engine, options.limits
         self.memory = memory or MemoryGuard(limits.memory_soft_limit_mb, limits.memory_hard_limit_mb)
@@ -335,12 +345,8 @@ class MigrationPipeline:
         self._next_seq = dict.fromkeys(open_shards, 0)
         self._finished: dict[int, dict[int, _Batch]] = {i: {} for i in open_shards}
         unsettled = self._settle_landed()
-        self.progress.event(
-            "start",
-            migration=self.migration.label,
-            shards=len(shards),
-            execute=self.options.execute,
-            counters=dict(self.stats.counters),
+        self.hooks.pass_started(
+            PassStarted(self.migration.label, len(shards), self.options.execute, dict(self.stats.counters))
         )
         if unsettled is not None:  # nothing is read or written before the landed writes are counted
             if isinstance(unsettled, RunFileError):
@@ -350,13 +356,12 @@ class MigrationPipeline:
                 self.controls.request_stop(str(unsettled))
             return self._finish()
         if not self.memory_budget.capacity:
-            self.progress.event(
-                "warning",
-                message=(
+            self.hooks.warning(
+                Warned(
                     f"memory {self.idle_mb:.0f} MiB before reading is above the soft limit "
                     f"{self.memory.soft_limit_mb} MiB: documents are read one at a time; raise "
                     "memory_soft_limit_mb"
-                ),
+                )
             )
         readers = [
             threading.Thread(
@@ -460,7 +465,7 @@ class MigrationPipeline:
 
     def _pass_on_notes(self) -> None:
         for message in self.processor.take_notes():
-            self.progress.event("warning", message=message)
+            self.hooks.warning(Warned(message))
 
     def _watch(self) -> None:
         """Memory, circuit breaker and failure budget; each can stop the run."""
@@ -475,9 +480,8 @@ class MigrationPipeline:
         elif state == MemoryState.SOFT:
             if not self.memory_budget.paused:
                 self.memory_budget.pause()
-                self.progress.event(
-                    "warning",
-                    message=f"memory {self.memory.last_rss_mb:.0f} MiB above the soft limit; reading paused",
+                self.hooks.warning(
+                    Warned(f"memory {self.memory.last_rss_mb:.0f} MiB above the soft limit; reading paused")
                 )
         elif self.memory_budget.paused:
             self.memory_budget.resume()
@@ -503,14 +507,19 @@ class MigrationPipeline:
             )
 
     def _emit_progress(self) -> None:
-        self.progress.event(
-            "progress",
-            migration=self.migration.label,
-            **self.stats.snapshot(),
-            batch_size=self.sizer.size,
-            write_limit=self.controls.limiter.limit,
-            memory_mb=self.memory.last_rss_mb,
-            paused=self.controls.paused,
+        counters, stats = PassStats.split(self.stats.snapshot())
+        self.hooks.progressed(
+            Progressed(
+                self.migration.label,
+                counters,
+                stats,
+                EngineState(
+                    self.sizer.size,
+                    self.controls.limiter.limit,
+                    self.memory.last_rss_mb,
+                    self.controls.paused,
+                ),
+            )
         )
 
     def _save(self, state: str) -> None:
@@ -531,11 +540,8 @@ class MigrationPipeline:
         self.checkpoint.save(self.folder / "checkpoint.json")
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.checkpoint)
-        self.progress.event(
-            "checkpoint",
-            migration=self.migration.label,
-            state=state,
-            cursors=[s.cursor for s in self.checkpoint.shards],
+        self.hooks.checkpointed(
+            Checkpointed(self.migration.label, state, tuple(s.cursor for s in self.checkpoint.shards))
         )
 
     def _note_uncounted(self, state: str) -> None:
@@ -594,9 +600,9 @@ class MigrationPipeline:
         # The counts of the end are the checkpoint's (what is settled behind the cursors): the live
         # ones also hold batches that a stop left unfinished, which a resume does again.
         snapshot = {**self.stats.snapshot(), **counters, "processed": processed}
-        kind = "finish" if done else "stop"
-        self.progress.event(
-            kind, migration=self.migration.label, **snapshot, reason=str(error) if error else None
+        ended = PassFinished if done else PassStopped
+        self.hooks.pass_ended(
+            ended(self.migration.label, *PassStats.split(snapshot), str(error) if error else None)
         )
         return PipelineResult(
             self.migration.id,

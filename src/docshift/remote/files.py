@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from docshift.engine.controls import Controls
-from docshift.engine.progress import NullProgress, Progress
+from docshift.engine.hooks import ControlApplied, RunHooks, Warned
 from docshift.errors import DataError
 from docshift.runfolder.atomic import read_versioned, write_versioned
 
@@ -43,11 +43,11 @@ class ControlFiles:
     """Polls the run folder for control files about once a second, in a daemon thread."""
 
     def __init__(
-        self, folder: Path, controls: Controls, *, progress: Progress | None = None, interval: float = 0.5
+        self, folder: Path, controls: Controls, *, hooks: RunHooks | None = None, interval: float = 0.5
     ) -> None:
         self.folder = folder
         self.controls = controls
-        self.progress = progress or NullProgress()
+        self.hooks = hooks or RunHooks()
         self.interval = interval
         self._paused_by_file = False
         self._throttle_seen: tuple[int, int] | None = None
@@ -68,15 +68,15 @@ class ControlFiles:
         pause = (self.folder / "pause").exists()
         if pause and not self._paused_by_file:
             self.controls.pause()
-            self.progress.event("control", action="pause", source="file")
+            self.hooks.control_applied(ControlApplied("pause", "file"))
         elif not pause and self._paused_by_file:
             self.controls.resume()
-            self.progress.event("control", action="resume", source="file")
+            self.hooks.control_applied(ControlApplied("resume", "file"))
         self._paused_by_file = pause
         stop = self.folder / "stop"
         if stop.exists():
             self.controls.request_stop(f"stopped by the control file {stop}")
-            self.progress.event("control", action="stop", source="file")
+            self.hooks.control_applied(ControlApplied("stop", "file"))
             stop.unlink(missing_ok=True)
         self._check_throttle(self.folder / "throttle")
 
@@ -96,13 +96,12 @@ class ControlFiles:
         except ValueError:
             value = -1.0
         if not 0 <= value < float("inf"):
-            self.progress.event(
-                "warning",
-                message=f"ignored {path}: {text[:40]!r} is not a write limit in ops/s (a number >= 0)",
+            self.hooks.warning(
+                Warned(f"ignored {path}: {text[:40]!r} is not a write limit in ops/s (a number >= 0)")
             )
             return
         self.controls.throttle(value)
-        self.progress.event("control", action="throttle", source="file", ops_per_second=value)
+        self.hooks.control_applied(ControlApplied("throttle", "file", value))
 
     def close(self) -> None:
         self._closing.set()

@@ -6,7 +6,7 @@ code serves ``docshift run``, ``docshift monitor``, the status endpoint and ``do
 
 from __future__ import annotations
 
-from docshift.reports.events import EVENTS_FILE, EventLog, TeeProgress, read_events
+from docshift.reports.events import EVENTS_FILE, EventLog, Logged, read_events
 from docshift.reports.report import HTML_FILE, REPORT_FILE, ReportPaths, build_report
 from docshift.reports.status import ProgressExtras, RunStatus
 
@@ -15,10 +15,10 @@ __all__ = [
     "HTML_FILE",
     "REPORT_FILE",
     "EventLog",
+    "Logged",
     "ProgressExtras",
     "ReportPaths",
     "RunStatus",
-    "TeeProgress",
     "build_report",
     "read_events",
 ]
