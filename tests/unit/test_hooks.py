@@ -44,7 +44,8 @@ from docshift.engine.hooks import (
     combine_checks,
     deliver,
 )
-from docshift.errors import StoreError, ValidationFailed
+from docshift.errors import LockedError, StoreError, ValidationFailed
+from docshift.lock import LeaseLock
 from docshift.reports.events import encode_event, event_fields, parse_event
 from docshift.runfolder import DeadLetterFile
 from docshift.store import MemoryStore, Query, Store, Write
@@ -196,6 +197,14 @@ def test_combining_checks() -> None:
     both = combine_checks([check, check])
     assert isinstance(both, AllChecks) and both.checks == (check, check)
     assert both(Document("users/u1", {}), {}) is None
+
+
+def test_a_run_refused_before_it_starts_has_neither_start_nor_end(config: Config) -> None:
+    store = seeded()
+    recorded = RecordingHooks()
+    with pytest.raises(LockedError), LeaseLock(store, config.store.state_prefix, run_id="someone-else"):
+        run(config, RunOptions(execute=True), store=store, hooks=recorded)
+    assert recorded.events == []
 
 
 # --------------------------------------------------------------------------- written and read back

@@ -41,7 +41,7 @@ from docshift.commands.target import check_store, target_config
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.dry_run import DryRunRecorder
-from docshift.engine.hooks import PassFinished, PassStarted, RunEnded, RunHooks, RunStarted, Warned
+from docshift.engine.hooks import PassFinished, PassStarted, RunHooks, RunStarted, Warned, run_lifecycle
 from docshift.engine.pipeline import MigrationPipeline, PipelineResult, new_checkpoint
 from docshift.engine.sharding import plan_shards
 from docshift.engine.undo import UndoAction, Undoer, UndoResult, undo_actions
@@ -469,18 +469,15 @@ def rollback(
         report = RollbackReport(run_id, folder, options.execute, active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         started = RunStarted(run_id, folder, "rollback", execute=options.execute)
-        begun = False
-        try:
+        with run_lifecycle(hooks) as start:
             if not options.execute:
-                hooks.run_started(started)
-                begun = True
+                start(started)
                 _undo_all(config, active, plan, order, options, report, history, hooks, controls)
             else:
                 lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
                 with lock:
                     controls.lease_lost = lock.lost
-                    hooks.run_started(started)
-                    begun = True
+                    start(started)
                     try:
                         _undo_all(config, active, plan, order, options, report, history, hooks, controls)
                     except RunStopped as stop:
@@ -496,11 +493,6 @@ def rollback(
                 error = RollbackConflicts(message, hint=hint)
                 error.report = report
                 raise error
-        except BaseException as ended:
-            if begun:  # a rollback refused before it started has no end either
-                hooks.run_ended(RunEnded.of(ended, folder=folder))
-            raise
-        hooks.run_ended(RunEnded.of(None, folder=folder))
         return report
 
 

@@ -29,11 +29,11 @@ from docshift.engine.dry_run import DryRunRecorder
 from docshift.engine.hooks import (
     MigrationEnded,
     MigrationStarted,
-    RunEnded,
     RunHooks,
     RunResumed,
     RunStarted,
     Warned,
+    run_lifecycle,
 )
 from docshift.engine.limits import RateLimiter
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
@@ -458,29 +458,23 @@ def run(
         report = RunReport(run_id, folder, options.execute, target=active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
-            hooks.run_started(RunStarted(run_id, folder, "run", execute=False))
-            try:
+            with run_lifecycle(hooks) as start:
+                start(RunStarted(run_id, folder, "run", execute=False))
                 if resumed is not None:
                     _record_resume(resumed, hooks)
                 _run_all(config, active, selected, options, report, history, hooks, controls)
                 info["state"] = "finished"
                 _write_run_file(folder, info)
-            except BaseException as error:
-                hooks.run_ended(RunEnded.of(error, folder=folder))
-                raise
-            hooks.run_ended(RunEnded.of(None, folder=folder))
             return report
         if resumed is not None:
             _refuse_if_still_running(active, config.store.state_prefix, run_id)
         lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
-        begun = False
-        try:
+        with run_lifecycle(hooks) as start:
             with lock:
                 controls.lease_lost = lock.lost
                 if resumed is not None:
                     _refuse_if_rolled_back(history, run_id, info["migrations"])
-                hooks.run_started(RunStarted(run_id, folder, "run", execute=True))
-                begun = True
+                start(RunStarted(run_id, folder, "run", execute=True))
                 if resumed is not None:
                     _record_resume(resumed, hooks)
                 for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
@@ -527,11 +521,6 @@ def run(
                     f"nothing again); `docshift rollback {run_id} --execute` undoes it",
                     report.resume_command,
                 )
-        except BaseException as error:
-            if begun:  # a run refused before it started has no end either
-                hooks.run_ended(RunEnded.of(error, folder=folder))
-            raise
-        hooks.run_ended(RunEnded.of(None, folder=folder))
         return report
 
 

@@ -8,7 +8,7 @@ document checks they return.
 
 The steps of a run, in order::
 
-    run_started              the run folder is recorded and the run holds its lease
+    run_started              the run folder is recorded (an executed run holds its lease)
     run_resumed              (a resume) the settings it continues with
     migration_started        a migration is about to run: returns its document check, if any
         pass_started         the engine starts a pass over its documents (each canary stage,
@@ -35,7 +35,8 @@ it only means something inside the process).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -93,6 +94,7 @@ __all__ = [
     "Warned",
     "combine_checks",
     "deliver",
+    "run_lifecycle",
 ]
 
 
@@ -111,7 +113,7 @@ _UNWRITTEN = {"unwritten": True}
 
 @dataclass(frozen=True)
 class RunStarted:
-    """The run's folder is recorded and the run holds its lease: the steps below follow."""
+    """The run's folder is recorded (and an executed run holds its lease): its steps follow."""
 
     run_id: str
     folder: Path
@@ -592,6 +594,27 @@ class EventSink(RunHooks):
 
     def run_ended(self, event: RunEnded) -> None:
         self.record(event)
+
+
+@contextmanager
+def run_lifecycle(hooks: RunHooks) -> Iterator[Callable[[RunStarted], None]]:
+    """Around the work of a run: the function it gives tells ``hooks`` that the run started; from
+    then on, however the block ends, ``hooks`` hear how (:meth:`RunHooks.run_ended`). A block that
+    ends before the start (a run refused: locked, closed) has no end either."""
+    started: list[RunStarted] = []
+
+    def start(event: RunStarted) -> None:
+        hooks.run_started(event)
+        started.append(event)
+
+    try:
+        yield start
+    except BaseException as error:
+        if started:
+            hooks.run_ended(RunEnded.of(error, folder=started[0].folder))
+        raise
+    if started:
+        hooks.run_ended(RunEnded.of(None, folder=started[0].folder))
 
 
 def deliver(hooks: RunHooks, event: RunEvent) -> DocumentCheck | None:
