@@ -19,9 +19,7 @@ import orjson
 from docshift import codec
 from docshift.engine.progress import Progress
 
-__all__ = ["EVENTS_FILE", "EventFollower", "EventLog", "TeeProgress", "encode_event", "read_events"]
-
-EVENTS_FILE = "events.jsonl"
+__all__ = ["EventFollower", "EventLog", "TeeProgress", "encode_event", "read_events"]
 
 
 def encode_event(kind: str, fields: dict[str, Any], at: float | None = None) -> bytes:
