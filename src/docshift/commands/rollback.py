@@ -662,12 +662,13 @@ class _JournalUndo:
                 if entry.finished:
                     self.finished.add(entry.run)
             self.working_seconds = saved.elapsed_seconds
+        self.undo = UndoProgress(step.strategy, list(step.runs))
         self.checkpoint = Checkpoint(
             run_id=folder.parent.name,
             migration_id=step.migration.id,
             checksum=step.migration.checksum,
             shards=[ShardCursor()],
-            undo=UndoProgress(step.strategy, list(step.runs)),
+            undo=self.undo,
         )
 
     def run(self, run: str, store: Store, progress: Progress) -> bool:
@@ -758,8 +759,7 @@ class _JournalUndo:
         checkpoint.counters = dict(self.total().counters)
         running = time.monotonic() - self.started if self.started is not None else 0.0
         checkpoint.elapsed_seconds = self.working_seconds + running  # the report's working time
-        assert checkpoint.undo is not None
-        checkpoint.undo.steps = [
+        self.undo.steps = [
             UndoStep(run, dict(part.counters), part.position, run in self.finished)
             for run, part in self.parts.items()
         ]
