@@ -385,11 +385,14 @@ def test_a_rollback_recorded_by_an_older_docshift_resumes_from_its_plan(tmp_path
     write_versioned(
         folder / "run.json", "docshift-run", 1, {**info, "plan": [["0001", applied.run_id, "down"]]}
     )
-    checkpoint = Checkpoint.load(folder / "0001_tier" / "checkpoint.json")
-    [step] = checkpoint.extra.pop("steps")
-    checkpoint.extra.pop("runs")
-    checkpoint.extra["position"] = step["position"]
-    checkpoint.save(folder / "0001_tier" / "checkpoint.json")
+    path = folder / "0001_tier" / "checkpoint.json"
+    checkpoint = Checkpoint.load(path)
+    assert checkpoint.undo is not None
+    [step] = checkpoint.undo.steps
+    typed = ("dead_letter_bytes", "journal", "landed", "scope", "stages", "undo")  # format 2's
+    body = {k: v for k, v in checkpoint.to_json().items() if k not in typed}
+    extra = {"kind": checkpoint.undo.strategy, "of_run": step.run, "position": step.position}
+    write_versioned(path, "docshift-checkpoint", 1, {**body, "extra": extra})
     done = rollback(config, RollbackOptions(resume="old", execute=True), store=store)
     assert done.items[0].counters["restored"] == done.items[0].counters["verified"] == 60
     assert same_data(export(store), before) == []

@@ -409,7 +409,7 @@ def test_a_staged_run_stopped_in_a_stage_resumes_its_stages_and_applies_only_at_
     assert stopped.value.resume_command is not None
     run_id = stopped.value.resume_command.split()[-1]
     saved = Checkpoint.load(config.runs_dir / run_id / "0001_tier" / "checkpoint.json")
-    assert saved.extra["stage"] == stage - 1 and not saved.covers_target
+    assert saved.stages is not None and saved.stages.stage == stage - 1 and not saved.covers_target
     assert record_of(store).status is MigrationStatus.INTERRUPTED
     done = _tier_done(store)
     assert all(bucket(p) < STAGES[stage - 1] for p in done) and (done or stage == 1)
@@ -502,7 +502,7 @@ def test_a_stage_done_but_not_yet_gated_when_killed_gets_its_gate_on_resume(tmp_
         run(config, RunOptions(execute=True, stages=STAGES), store=store, hooks=DieAfterStage3())
     [path] = config.runs_dir.glob("*/0001_tier/checkpoint.json")
     saved = Checkpoint.load(path)
-    assert saved.finished and saved.extra["stage"] == 2 and not saved.covers_target
+    assert saved.finished and saved.stages is not None and saved.stages.stage == 2 and not saved.covers_target
     progress = RecordingHooks()
     with pytest.raises(StageFailed, match=r"stage 3 .*failed its gate"):
         run(config, RunOptions(execute=True, resume=path.parent.parent.name), store=store, hooks=progress)

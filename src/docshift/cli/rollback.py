@@ -22,6 +22,7 @@ from docshift.commands.rollback import (
 from docshift.commands.run import rate_limiter
 from docshift.engine.controls import Controls
 from docshift.errors import RunStopped
+from docshift.runfolder.layout import MigrationFolder
 from docshift.store import open_store
 
 __all__ = ["rollback_command"]
@@ -69,10 +70,10 @@ def _print(report: RollbackReport) -> None:
             table.add_row(run, *(f"{counters.get(c, 0):,}" for c in columns))
         table.add_row(*(["total"] if by_run else []), *(f"{item.counters.get(c, 0):,}" for c in columns))
         console.print(table)
-        conflicts = item.folder / "conflicts.jsonl"
+        conflicts = MigrationFolder(item.folder).conflicts
         if conflicts.exists():
             console.print(f"  [yellow]conflicts (left alone): {conflicts}[/]")
-        mismatches = item.folder / "mismatches.jsonl"
+        mismatches = MigrationFolder(item.folder).mismatches
         if mismatches.exists():
             console.print(
                 f"  [red]not equal to their before-images{' after it' if report.execute else ''}: "

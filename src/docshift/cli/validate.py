@@ -19,6 +19,7 @@ from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import RunHooks
 from docshift.errors import DocshiftError, RunStopped, ValidationFailed
+from docshift.runfolder.layout import RunFolder
 from docshift.store import Store
 from docshift.validators import HealthStatus, Level, RunOutcome, RunValidation, ValidationReport
 
@@ -201,7 +202,7 @@ def stop_run_validation(
     integrity-gate stop with ``--auto-rollback``, roll the run back (the run is then closed: it is
     recorded as ``rolled_back`` and a resume is refused). A canary run's gate stop has rolled its
     stages back already."""
-    run_id = folder.name if folder is not None and (folder / "run.json").is_file() else ""
+    run_id = folder.name if folder is not None and RunFolder(folder).exists else ""
     outcome = validation.finish(folder if run_id else None, stop)
     if auto_rollback and validation.gate and run_id and stop.run_state != "rolled_back":
         # Restoring the before-images undoes exactly what the run wrote (a down() may not be an exact

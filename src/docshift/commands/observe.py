@@ -30,9 +30,10 @@ from docshift.loader import load_migrations
 from docshift.migration import Migration
 from docshift.remote.files import ControlFiles, read_presence, remove_presence, write_presence
 from docshift.remote.server import StatusServer
-from docshift.reports.events import EVENTS_FILE, EventLog
+from docshift.reports.events import EventLog
 from docshift.reports.report import ReportPaths, build_report
 from docshift.reports.status import ProgressExtras, RunStatus
+from docshift.runfolder.layout import RunFolder
 from docshift.runfolder.record import record_outcome
 from docshift.store import Store
 
@@ -147,7 +148,7 @@ class Observation:
         if self.folder is None:
             return self
         self.status.run_id = self.folder.name
-        self.log = EventLog(self.folder / EVENTS_FILE)
+        self.log = EventLog(RunFolder(self.folder).events)
         retries = getattr(self.store, "retries", None)
         self._observed = _Observed(self.log, self.status, self.display)
         self.hooks = ProgressExtras(
@@ -199,7 +200,7 @@ class Observation:
             return
         error = exc if exc is not None else self.ended_by
         outcome = outcome_of(error)
-        ran = (folder / "run.json").is_file()
+        ran = RunFolder(folder).exists
         if self.resume and self.log is not None and not self.log.written:
             ran = False  # a resume refused before it started: the run's report stands as it was
         if ran and self._observed is not None:

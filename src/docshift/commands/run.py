@@ -52,7 +52,8 @@ from docshift.loader import load_migrations
 from docshift.lock import LeaseLock, process_exists, read_lease
 from docshift.migration import Migration
 from docshift.planning import MigrationState, check_drift, check_order, migration_states
-from docshift.runfolder.checkpoint import Checkpoint
+from docshift.runfolder.checkpoint import Checkpoint, Scope
+from docshift.runfolder.layout import RunFolder, run_folders
 from docshift.runfolder.record import CLOSED_STATES, read_info, read_migration, write_info
 from docshift.store import Store, store_for
 
@@ -256,8 +257,8 @@ def _recorded_settings(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     saved = info.get("settings")
     if isinstance(saved, dict):
         return saved
-    for path in sorted(folder.glob("*/checkpoint.json")):
-        settings = Checkpoint.load(path).settings
+    for migration in RunFolder(folder).migrations():
+        settings = Checkpoint.load(migration.checkpoint).settings
         flat = {**settings.get("engine", {}), **settings.get("limits", {})}
         options = settings.get("options", {})
         return {
@@ -359,15 +360,14 @@ def _record_resume(resumed: ResumedRun, hooks: RunHooks) -> None:
 def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
     """The folder of ``run_id``, or of the newest unfinished ``kind`` run for ``"latest"``."""
     if run_id != "latest":
-        folder = runs_dir / run_id
-        if not (folder / "run.json").is_file():
+        folder = RunFolder.of(runs_dir, run_id)
+        if not folder.exists:
             raise UsageError(f"no run {run_id!r} in {runs_dir}", hint="see `docshift runs` for run ids")
-        return folder
-    candidates = sorted((p for p in runs_dir.glob("*/run.json")), reverse=True)
-    for path in candidates:
-        info = read_info(path.parent)
+        return folder.path
+    for candidate in run_folders(runs_dir):
+        info = read_info(candidate.path)
         if info.get("kind", "run") == kind and info.get("execute") and info.get("state") not in CLOSED_STATES:
-            return path.parent
+            return candidate.path
     command = "docshift run --execute" if kind == "run" else "docshift rollback RUN_ID --execute"
     raise UsageError(
         f"no unfinished {kind} in {runs_dir} to resume",
@@ -565,17 +565,18 @@ def _run_all(
     base = pipeline_options(config, options)
     settings = _settings(config, options)
     for migration in selected:
-        folder = report.folder / migration.label
-        checkpoint_path = folder / "checkpoint.json"
+        files = RunFolder(report.folder).migration(migration.label)
+        folder, checkpoint_path = files.path, files.checkpoint
         if checkpoint_path.exists():
             checkpoint = Checkpoint.load(checkpoint_path)
-            if checkpoint.extra.get("rolled_back"):
+            undoing = checkpoint.stage_rollback
+            if undoing is not None and undoing.done:
                 raise UsageError(
                     f"{migration.label} was rolled back by its canary stage gate in run {report.run_id}",
                     hint="fix the migration and start a new run",
                 )
             stages_left = bool(options.stages) and not checkpoint.covers_target
-            if checkpoint.finished and not stages_left and not checkpoint.extra.get("rolling_back"):
+            if checkpoint.finished and not stages_left and undoing is None:
                 if options.execute:
                     _finish_history(store, history, migration, report.run_id, checkpoint, checkpoint_path)
                 continue
@@ -590,11 +591,9 @@ def _run_all(
             count = 1 if options.limit is not None else options.shards or config.engine.shards
             shards = plan_shards(store, migration.target, count)
             checkpoint = new_checkpoint(report.run_id, migration, shards, settings)
-            if options.limit is not None:
-                checkpoint.extra["limit_reached"] = None  # known once the run has read up to the limit
-            if options.sample_percent is not None:
-                checkpoint.extra["sample_percent"] = options.sample_percent
-        recorder = None if options.execute else DryRunRecorder(folder / "plan.jsonl.gz", migration.up)
+            # Whether documents remain past a --limit is known once the run has read up to it.
+            checkpoint.scope = Scope(limited=options.limit is not None, sample_percent=options.sample_percent)
+        recorder = None if options.execute else DryRunRecorder(files.plan, migration.up)
         on_checkpoint = None
         if options.execute:
             history.start(migration, report.run_id, overrides)
@@ -678,7 +677,7 @@ def _run_all(
 def _note_limit(store: Store, migration: Migration, checkpoint: Checkpoint, path: Path) -> None:
     """After a ``--limit`` run read up to its limit: whether the target has documents past it.
     A limit the target does not exceed processed everything; one it does leaves the run partial."""
-    if "limit_reached" not in checkpoint.extra or checkpoint.extra["limit_reached"] is not None:
+    if not checkpoint.scope.limited or checkpoint.scope.limit_reached is not None:
         return
     target = migration.target
     remaining = False
@@ -690,7 +689,7 @@ def _note_limit(store: Store, migration: Migration, checkpoint: Checkpoint, path
             if any(True for _ in store.stream(query)):
                 remaining = True
                 break
-    checkpoint.extra["limit_reached"] = remaining
+    checkpoint.scope.limit_reached = remaining
     checkpoint.save(path)
 
 

@@ -28,7 +28,8 @@ from docshift.engine.stats import format_ms
 from docshift.engine.undo import Undoer, UndoResult, undo_actions
 from docshift.errors import EmergencyStop, MemoryLimitExceeded, RunStopped, TooManyFailures, UsageError
 from docshift.migration import Migration
-from docshift.runfolder.checkpoint import Checkpoint
+from docshift.runfolder.checkpoint import Checkpoint, StageProgress, StageRollback
+from docshift.runfolder.layout import MigrationFolder, RunFolder
 from docshift.runfolder.record import read_migration
 from docshift.store.base import Document, Query, Store
 from docshift.validators.rules import RuleContext
@@ -81,22 +82,22 @@ def run_stages(
 ) -> PipelineResult:
     """Run every remaining stage of ``migration``; returns the combined result of the stages.
 
-    Resumable wherever the run stopped: the checkpoint says which stage ran (``stage``), the last
-    one whose gate passed (``passed``), and whether a rollback of the stages was under way
-    (``rolling_back``, which a resume finishes before it reports the stage that failed).
+    Resumable wherever the run stopped: the checkpoint's ``stages`` say which stage ran (``stage``),
+    the last one whose gate passed (``passed``), and whether a rollback of the stages was under way
+    (``rollback``, which a resume finishes before it reports the stage that failed).
     """
-    path = folder / "checkpoint.json"
-    undoing = checkpoint.extra.get("rolling_back")
-    if isinstance(undoing, dict):
+    path = MigrationFolder(folder).checkpoint
+    undoing = checkpoint.stage_rollback
+    if undoing is not None:
         _roll_back(store, migration, folder, checkpoint, controls, hooks, config)
         raise StageFailed(
-            f"{undoing.get('message')} (that rollback, cut short when the run stopped, was "
-            "finished by this resume)",
-            hint=undoing.get("hint"),
+            f"{undoing.message} (that rollback, cut short when the run stopped, was finished by this resume)",
+            hint=undoing.hint,
         )
-    current = int(checkpoint.extra.get("stage", 0))
-    totals: Counter[str] = Counter(checkpoint.extra.get("earlier", {}))
-    seconds = float(checkpoint.extra.get("earlier_seconds", 0.0))
+    saved = checkpoint.stages
+    current = saved.stage if saved is not None else 0
+    totals: Counter[str] = Counter(saved.earlier if saved is not None else {})
+    seconds = saved.earlier_seconds if saved is not None else 0.0
     """Working time of the stages that passed (the report's and history's, with the current one)."""
     limit_ms = config.limits.stage_max_p95_ms
     result: PipelineResult | None = None
@@ -107,11 +108,12 @@ def run_stages(
             checkpoint = new_checkpoint(
                 run_id, migration, plan_shards(store, migration.target, 1), checkpoint.settings
             )
-        elif checkpoint.extra.get("passed") == index:
+        elif checkpoint.stages is not None and checkpoint.stages.passed == index:
             continue  # that stage passed its gate before the run stopped
-        checkpoint.extra.update(
-            stage=index, stages=list(plan.stages), earlier=dict(totals), earlier_seconds=seconds
-        )
+        stage = checkpoint.stages or StageProgress(list(plan.stages))
+        stage.stage, stage.stages = index, list(plan.stages)
+        stage.earlier, stage.earlier_seconds = dict(totals), seconds
+        checkpoint.stages = stage
         options = dataclasses.replace(
             base,
             sample_percent=percent,
@@ -167,7 +169,7 @@ def run_stages(
             raise StageFailed(message, hint=hint)
         totals.update(stage_counts)
         seconds += result.elapsed_seconds
-        checkpoint.extra.update(earlier=dict(totals), earlier_seconds=seconds, passed=index)
+        stage.earlier, stage.earlier_seconds, stage.passed = dict(totals), seconds, index
         if index == len(plan.stages) - 1:
             # The finished migration's checkpoint speaks for all stages, saved with its last gate.
             checkpoint.counters = {**totals, "read": result.counters.get("read", 0)}
@@ -198,7 +200,8 @@ def run_stages(
 def _start_rollback(checkpoint: Checkpoint, path: Path, message: str, hint: str | None) -> None:
     """Note in the checkpoint, before the first restore, that the stages are being rolled back and
     why: a run killed during the rollback is then finished by its resume, not continued."""
-    checkpoint.extra["rolling_back"] = {"message": message, "hint": hint}
+    assert checkpoint.stages is not None  # set when its stage began
+    checkpoint.stages.rollback = StageRollback(message, hint)
     checkpoint.save(path)
 
 
@@ -274,6 +277,8 @@ def _roll_back(
     config: Config,
 ) -> UndoResult:
     """Undo every stage of this migration from its before-images (the run still holds the lease)."""
+    files = MigrationFolder(folder)
+    files.upgrade()  # a rollback cut short by an older docshift: its conflicts go on in the same file
     controls.stop.clear()
     controls.resume()
     hooks.warning(Warned(f"{migration.label}: rolling back every stage from the before-images"))
@@ -281,14 +286,15 @@ def _roll_back(
         store,
         execute=True,
         force=False,
-        conflicts_file=folder / "rollback-conflicts.jsonl",
+        conflicts_file=files.conflicts,
+        mismatches_file=files.mismatches,
         redo=migration.up,
         limiter=controls.limiter,
         stop=controls.stop,
         hooks=hooks,
         batch_size=config.engine.batch_size,
     )
-    result = restorer.run(undo_actions(folder / "before-images.jsonl.gz"), UndoResult())
+    result = restorer.run(undo_actions(files.journal), UndoResult())
     if result.stopped:  # a signal or `docshift stop` during the rollback: the resume finishes it
         raise RunStopped(
             f"{migration.label}: stopped while rolling back its stages",
@@ -301,8 +307,9 @@ def _roll_back(
         )
     )
     checkpoint.state = "failed"
-    checkpoint.extra.update(rolled_back=True, rollback=result.counters)
-    checkpoint.save(folder / "checkpoint.json")  # a resume must not continue a rolled-back canary
+    assert checkpoint.stages is not None and checkpoint.stages.rollback is not None  # begun before
+    checkpoint.stages.rollback.counters = dict(result.counters)
+    checkpoint.save(files.checkpoint)  # a resume must not continue a rolled-back canary
     # The stage's own pass end counted that stage; this one speaks for the migration, as its
     # record (report, history, `docshift runs`) does.
     record = read_migration(folder)
@@ -319,7 +326,7 @@ def _stage_hint(folder: Path) -> str:
     letters = read_migration(folder).dead_letters
     listed = (
         f"the {letters:,} document(s) that failed or broke a rule are listed in "
-        f"{folder / 'dead-letters.jsonl'}; "
+        f"{MigrationFolder(folder).dead_letters}; "
         if letters
         else ""
     )
@@ -335,7 +342,7 @@ def _wait_for_operator(
     run_id: str,
 ) -> None:
     """Pause until ``docshift resume RUN_ID`` (or the ``pause`` file in the run folder is removed)."""
-    marker = run_folder / "pause"
+    marker = RunFolder(run_folder).control("pause")
     marker.touch()
     controls.pause()
     hooks.stage(

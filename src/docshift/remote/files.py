@@ -24,19 +24,15 @@ from typing import Any
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import ControlApplied, RunHooks, Warned
 from docshift.errors import DataError
-from docshift.runfolder.atomic import read_versioned, write_versioned
+from docshift.runfolder.layout import STATUS_FORMAT, RunFolder
 
 __all__ = [
-    "PRESENCE_FILE",
     "ControlFiles",
     "RunPresence",
     "read_presence",
     "remove_presence",
     "write_presence",
 ]
-
-PRESENCE_FILE = "status.json"
-_KIND = "docshift-status"
 
 
 class ControlFiles:
@@ -46,6 +42,7 @@ class ControlFiles:
         self, folder: Path, controls: Controls, *, hooks: RunHooks | None = None, interval: float = 0.5
     ) -> None:
         self.folder = folder
+        self.files = RunFolder(folder)
         self.controls = controls
         self.hooks = hooks or RunHooks()
         self.interval = interval
@@ -65,7 +62,7 @@ class ControlFiles:
 
     def check(self) -> None:
         """One look at the folder (acts on changes only, so HTTP control keeps working alongside)."""
-        pause = (self.folder / "pause").exists()
+        pause = self.files.control("pause").exists()
         if pause and not self._paused_by_file:
             self.controls.pause()
             self.hooks.control_applied(ControlApplied("pause", "file"))
@@ -73,12 +70,12 @@ class ControlFiles:
             self.controls.resume()
             self.hooks.control_applied(ControlApplied("resume", "file"))
         self._paused_by_file = pause
-        stop = self.folder / "stop"
+        stop = self.files.control("stop")
         if stop.exists():
             self.controls.request_stop(f"stopped by the control file {stop}")
             self.hooks.control_applied(ControlApplied("stop", "file"))
             stop.unlink(missing_ok=True)
-        self._check_throttle(self.folder / "throttle")
+        self._check_throttle(self.files.control("throttle"))
 
     def _check_throttle(self, path: Path) -> None:
         try:
@@ -141,15 +138,15 @@ def write_presence(folder: Path, url: str | None, token_required: bool) -> None:
         "token_required": token_required,
         "started_at": time.time(),
     }
-    write_versioned(folder / PRESENCE_FILE, _KIND, 1, body)
+    STATUS_FORMAT.write(RunFolder(folder).presence, body)
 
 
 def read_presence(folder: Path) -> RunPresence | None:
-    path = folder / PRESENCE_FILE
+    path = RunFolder(folder).presence
     if not path.is_file():
         return None
     try:
-        info = read_versioned(path, _KIND, 1)
+        info = STATUS_FORMAT.read(path)
     except DataError:
         return None
     return RunPresence(
@@ -162,4 +159,4 @@ def read_presence(folder: Path) -> RunPresence | None:
 
 
 def remove_presence(folder: Path) -> None:
-    (folder / PRESENCE_FILE).unlink(missing_ok=True)
+    RunFolder(folder).presence.unlink(missing_ok=True)

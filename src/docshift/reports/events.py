@@ -45,7 +45,6 @@ from docshift.engine.hooks import (
 )
 
 __all__ = [
-    "EVENTS_FILE",
     "EventFollower",
     "EventLog",
     "Logged",
@@ -56,8 +55,6 @@ __all__ = [
     "parse_event",
     "read_events",
 ]
-
-EVENTS_FILE = "events.jsonl"
 
 E = TypeVar("E")
 

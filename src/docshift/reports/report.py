@@ -16,9 +16,10 @@ from typing import Any
 from docshift.engine.hooks import ControlApplied, PassEnded, PassStopped, Progressed, Warned
 from docshift.errors import DataError
 from docshift.reports.charts import downsample
-from docshift.reports.events import EVENTS_FILE, Logged, kind_of, read_events
+from docshift.reports.events import Logged, kind_of, read_events
 from docshift.reports.status import RunStatus
-from docshift.runfolder.atomic import read_versioned, write_atomic, write_versioned
+from docshift.runfolder.atomic import FileFormat, write_atomic
+from docshift.runfolder.layout import REPORT_FORMAT, RUN_VALIDATION_FORMAT, RunFolder
 from docshift.runfolder.record import (
     CLOSED_STATES,
     CONFLICTS,
@@ -29,12 +30,8 @@ from docshift.runfolder.record import (
     read_run,
 )
 
-__all__ = ["HTML_FILE", "REPORT_FILE", "ReportPaths", "build_report", "collect_report", "redact"]
+__all__ = ["ReportPaths", "build_report", "collect_report", "redact"]
 
-REPORT_FILE = "report.json"
-HTML_FILE = "report.html"
-_KIND = "docshift-report"
-_VERSION = 1
 _SECRET_NAME = re.compile(
     r"token|secret|password|passwd|credential|authorization|api_?key|private", re.IGNORECASE
 )
@@ -76,8 +73,8 @@ def build_report(
     from docshift.reports.html import render_html
 
     body = redact(collect_report(folder, outcome=outcome), tuple(s for s in secrets if s))
-    json_path, html_path = folder / REPORT_FILE, folder / HTML_FILE
-    write_versioned(json_path, _KIND, _VERSION, body)
+    json_path, html_path = RunFolder(folder).report, RunFolder(folder).report_html
+    REPORT_FORMAT.write(json_path, body)
     page = render_html(body)
     for secret in secrets:
         if secret:
@@ -86,9 +83,10 @@ def build_report(
     return ReportPaths(json_path, html_path, body)
 
 
-def _read(path: Path, kind: str) -> dict[str, Any] | None:
+def _read(path: Path, file_format: FileFormat) -> dict[str, Any] | None:
+    """The file, or None when there is none or it cannot be read (damaged, or from a newer docshift)."""
     try:
-        return read_versioned(path, kind, 99) if path.is_file() else None
+        return file_format.read(path) if path.is_file() else None
     except DataError:
         return None
 
@@ -228,7 +226,7 @@ def _outcome(
     elif status.ended is not None:
         ended = {k: v for k, v in status.ended.items() if k != "at"}
     else:
-        previous = _read(folder / REPORT_FILE, _KIND)
+        previous = _read(RunFolder(folder).report, REPORT_FORMAT)
         ended = (
             dict(previous["outcome"])
             if previous is not None and isinstance(previous.get("outcome"), dict)
@@ -276,7 +274,7 @@ def collect_report(folder: Path, *, outcome: dict[str, Any] | None = None) -> di
     status = RunStatus(record.run_id, kind=record.kind)
     timeline = _Timeline()
     first_at = last_at = None
-    for logged in read_events(folder / EVENTS_FILE):
+    for logged in read_events(RunFolder(folder).events):
         status.replay(logged)
         timeline.add(logged)
         first_at = logged.at if first_at is None else first_at
@@ -287,7 +285,7 @@ def collect_report(folder: Path, *, outcome: dict[str, Any] | None = None) -> di
         settings = {**settings, "run": info["settings"], "overridden on resume": info.get("overrides") or {}}
     ended = _outcome(folder, record, status, outcome)
     state = str(ended.get("state"))
-    validation = _read(folder / "validation.json", "docshift-run-validation")
+    validation = _read(RunFolder(folder).validation, RUN_VALIDATION_FORMAT)
     health = validation.get("health") if validation else None
     if not isinstance(health, dict):
         computed = status.health()

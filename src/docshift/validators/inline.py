@@ -41,8 +41,8 @@ from docshift.engine.hooks import (
 )
 from docshift.errors import DocshiftError, EmergencyStop, RunFileError, RunStopped
 from docshift.migration import Migration
-from docshift.runfolder.atomic import write_versioned
 from docshift.runfolder.deadletter import DeadLetterFile
+from docshift.runfolder.layout import RUN_VALIDATION_FORMAT, MigrationFolder, RunFolder
 from docshift.runfolder.record import read_migration
 from docshift.store.base import Document, Store
 from docshift.validators.rules import RuleContext, RuleSession
@@ -61,8 +61,6 @@ __all__ = ["GATE_MIN_SAMPLE", "RunOutcome", "RunValidation"]
 
 GATE_MIN_SAMPLE = 50
 """Documents checked before the gate may judge: a few early failures must not stop a run."""
-
-_FILE_KIND = "docshift-run-validation"
 
 
 @dataclass
@@ -226,7 +224,11 @@ class RunValidation(RunHooks):
         state = _MigrationState(migration, inline)
         self.states[migration.label] = state
         if self.scans and migration.rules:
-            kept = self.previous / migration.label / "validation-before.json" if self.previous else None
+            kept = (
+                RunFolder(self.previous).migration(migration.label).validation("before")
+                if self.previous
+                else None
+            )
             if kept is not None and kept.is_file():
                 saved = load_report(kept)
                 state.baseline = Baseline(saved.get("total"), target_before=saved.get("target_total"))
@@ -300,7 +302,7 @@ class RunValidation(RunHooks):
             return self.outcome
         if folder is not None:
             for label, state in self.states.items():
-                if (folder / label / "checkpoint.json").is_file():
+                if RunFolder(folder).migration(label).has_checkpoint:
                     self._from_record(state, folder / label)
         issues = self._issues(folder, error)
         reports: list[ValidationReport] = []
@@ -314,13 +316,11 @@ class RunValidation(RunHooks):
         try:  # a run folder that cannot be written must not hide how the run ended
             for report in reports:
                 if folder is not None and folder.is_dir():
-                    save_report(report, folder / report.label / f"validation-{report.phase}.json")
+                    save_report(report, RunFolder(folder).migration(report.label).validation(report.phase))
             if folder is not None and folder.is_dir() and self.states:
-                path = folder / "validation.json"
-                write_versioned(
+                path = RunFolder(folder).validation
+                RUN_VALIDATION_FORMAT.write(
                     path,
-                    _FILE_KIND,
-                    1,
                     {
                         "health": health.to_json(),
                         "gate": self.gate,
@@ -361,7 +361,7 @@ class RunValidation(RunHooks):
         rules = [RuleResult(rule.name) for rule in report.rules]
         tallies = {rule.name: rule for rule in rules}
         destination = state.migration.target.destination
-        for letter in DeadLetterFile(folder / "dead-letters.jsonl"):
+        for letter in DeadLetterFile(MigrationFolder(folder).dead_letters):
             rule = letter.get("rule")
             if letter.get("stage") == "validate" and rule in tallies:
                 tallies[rule].add(destination(str(letter["path"])), str(letter.get("error")))
@@ -373,7 +373,9 @@ class RunValidation(RunHooks):
     def _issues(self, folder: Path | None, error: BaseException | None) -> list[Issue]:
         issues = [Issue(Severity.WARNING, message) for message in self.engine_warnings]
         for label, state in self.states.items():
-            letters = f"see {folder / label / 'dead-letters.jsonl'}" if folder else "see the dead letters"
+            letters = (
+                f"see {RunFolder(folder).migration(label).dead_letters}" if folder else "see the dead letters"
+            )
             issues.extend(_inline_issues(state, letters, self.execute))
             counters = self.counters.get(label, {})
             other = int(counters.get("failed", 0)) - int(counters.get("rejected", 0))
