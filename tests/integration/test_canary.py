@@ -21,7 +21,7 @@ from docshift.config import Config
 from docshift.engine.sampling import bucket
 from docshift.errors import ExitCode
 from docshift.history import History, MigrationStatus
-from docshift.runfolder import Checkpoint, DeadLetterFile
+from docshift.runfolder import Checkpoint, DeadLetterFile, layout
 from docshift.store import Query, Store, Write
 from docshift.values import values_equal
 from tests.gate_message import gate_numbers
@@ -112,7 +112,8 @@ def test_all_stages_pass_and_migrate_every_document(
 
 
 def run_folders(cwd: Path) -> list[Path]:
-    return sorted(p.parent for p in (cwd / ".docshift" / "runs").glob("*/run.json"))
+    """Oldest first."""
+    return [folder.path for folder in reversed(layout.run_folders(cwd / ".docshift" / "runs"))]
 
 
 def test_a_stage_stopped_by_a_rule_tells_the_same_story_everywhere(
@@ -355,7 +356,8 @@ def test_kill_9_during_every_stage_then_resume_continues_the_stages_to_applied(
         finally:
             watched.kill()
         saved = stage_checkpoint(cwd)
-        assert saved.extra["stage"] == stage - 1 and not saved.finished, f"killed in stage {stage}"
+        assert saved.stages is not None and saved.stages.stage == stage - 1, f"killed in stage {stage}"
+        assert not saved.finished, f"killed in stage {stage}"
         record = History(firestore_store, "_docshift").get("0001")
         assert record is not None and record.status is MigrationStatus.RUNNING  # as killed
         assert docshift(["status"], cli_env, cwd).returncode == ExitCode.PENDING
@@ -393,7 +395,8 @@ def test_kill_9_during_the_rollback_of_a_failed_stage_then_resume_finishes_the_r
         time.sleep(1.0)  # a few restore batches at 20 writes/s, of the ~100 documents written
     finally:
         watched.kill()
-    assert not stage_checkpoint(cwd).extra.get("rolled_back")
+    rollback = stage_checkpoint(cwd).stage_rollback
+    assert rollback is None or not rollback.done
     assert any("tier" in data for data in export(firestore_store).values()), "the rollback had finished"
     resumed = docshift(["run", "--execute", "--resume", "--max-writes-per-second", "0"], env, cwd)
     assert resumed.returncode == ExitCode.EMERGENCY_STOP, resumed.stderr

@@ -18,7 +18,7 @@ from typing import Any
 
 from docshift.backup.manifest import BackupManifest
 from docshift.backup.reader import BackupRecord, read_records
-from docshift.engine.progress import NullProgress, Progress
+from docshift.engine.hooks import BackupHooks, RestoreProgressed, VerifyProgressed
 from docshift.engine.writer import (
     BatchAborted,
     BatchWriter,
@@ -164,14 +164,14 @@ def write_documents(
     *,
     guards: WriteGuards,
     concurrency: int,
-    progress: Progress | None = None,
+    hooks: BackupHooks | None = None,
 ) -> None:
     """Set every document at its target path; per-document failures are counted in ``report``.
 
     Raises :class:`~docshift.errors.EmergencyStop` when the writes keep failing (the circuit
     breaker) or the store does, once the batches in flight are counted.
     """
-    progress = progress or NullProgress()
+    hooks = hooks or BackupHooks()
     started = time.monotonic()
     writer = BatchWriter(store, guards, again="run the same restore again")
 
@@ -182,14 +182,14 @@ def write_documents(
         failed = _count(report, results)
         writer.record(len(results) - failed, failed)
         elapsed = time.monotonic() - started
-        progress.event(
-            "progress",
-            phase="restore",
-            done=report.written + report.failed,
-            total=report.documents,
-            written=report.written,
-            failed=report.failed,
-            docs_per_second=report.written / elapsed if elapsed > 0 else 0.0,
+        hooks.phase_progressed(
+            RestoreProgressed(
+                report.written + report.failed,
+                report.documents,
+                report.written,
+                report.failed,
+                report.written / elapsed if elapsed > 0 else 0.0,
+            )
         )
 
     try:
@@ -242,10 +242,10 @@ def verify_documents(
     *,
     batch_size: int,
     concurrency: int,
-    progress: Progress | None = None,
+    hooks: BackupHooks | None = None,
 ) -> VerifyReport:
     """Read every target path back (in batches) and compare it with the backup, value by value."""
-    progress = progress or NullProgress()
+    hooks = hooks or BackupHooks()
     report = VerifyReport()
     started = time.monotonic()
 
@@ -261,14 +261,7 @@ def verify_documents(
             elif not values_equal(record.data, doc.data):
                 report.different += 1
                 report.note(target, _difference(record.data, doc.data))
-        progress.event(
-            "progress",
-            phase="verify",
-            done=report.checked,
-            total=total,
-            missing=report.missing,
-            different=report.different,
-        )
+        hooks.phase_progressed(VerifyProgressed(report.checked, total, report.missing, report.different))
 
     pipelined(request_batches(pairs, lambda: batch_size, _size, _target), read, handle, concurrency)
     report.seconds = time.monotonic() - started

@@ -31,7 +31,7 @@ import orjson
 from docshift import codec
 from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.diff import FieldChange, field_changes
-from docshift.engine.progress import NullProgress, Progress
+from docshift.engine.hooks import Progressed, RunHooks
 from docshift.engine.writer import BatchWriter, Outgoing, WriteGuards
 from docshift.errors import ConflictError
 from docshift.migration import DELETE, UNCHANGED, DocView, Transform
@@ -175,7 +175,8 @@ class Undoer:
     before-image (restore), or ``undo`` (the migration's ``down()``) applied to it. Either way the
     same documents are visited (the journal's), the same guard decides whether the run's output is
     still there, and the same check compares the result with the before-image: a document that
-    does not equal it is ``mismatched`` and listed in the mismatches file beside ``conflicts_file``.
+    does not equal it is ``mismatched`` and listed in ``mismatches_file`` (by default beside
+    ``conflicts_file``).
 
     The writes go out through a :class:`~docshift.engine.writer.BatchWriter` (requests under the
     size limit, the breaker, the adaptive batch size); a batch takes the rate limiter's tokens
@@ -191,8 +192,9 @@ class Undoer:
         rules: UndoRules,
         *,
         conflicts_file: Path,
+        mismatches_file: Path | None = None,
         guards: WriteGuards | None = None,
-        progress: Progress | None = None,
+        hooks: RunHooks | None = None,
         on_batch: Callable[[UndoResult], None] | None = None,
         own_writes: dict[str, tuple[Timestamp, Timestamp | None]] | None = None,
     ) -> None:
@@ -206,10 +208,10 @@ class Undoer:
         self.undo = rules.undo
         self.conflicts_file = conflicts_file
         mismatches = conflicts_file.name.replace("conflicts", "mismatches")
-        self.mismatches_file = conflicts_file.with_name(mismatches)
+        self.mismatches_file = mismatches_file or conflicts_file.with_name(mismatches)
         self.guards = guards or WriteGuards.from_config(EngineConfig(), LimitsConfig())
         self.writer = BatchWriter(self.store, self.guards, again="resume the rollback")
-        self.progress = progress or NullProgress()
+        self.hooks = hooks or RunHooks()
         self.on_batch = on_batch
         self.own_writes = own_writes if own_writes is not None else {}
         """Across one rollback: path -> (update time our write produced, update time of the state
@@ -227,7 +229,7 @@ class Undoer:
                 batch = []
                 if time.monotonic() - last_progress >= 1.0:
                     last_progress = time.monotonic()
-                    self.progress.event("progress", migration="rollback", **result.counters)
+                    self.hooks.progressed(Progressed("rollback", dict(result.counters)))
         if batch:
             self._batch(batch, result)
         return result
