@@ -13,8 +13,9 @@ import pytest
 from docshift.config import Config
 from docshift.emulator import free_port
 from docshift.errors import ConflictError, PermanentError, TransientError
-from docshift.store import FaultInjectingStore, Query, RetryingStore, RetryPolicy, Write
+from docshift.store import Query, RetryingStore, RetryPolicy, Write
 from docshift.store.firestore import FirestoreStore
+from docshift.testing import FaultInjectingStore
 from tests.unit.test_resilience import BreakingStream, FailWrites, Recording
 
 QUICK = RetryPolicy(attempts=5, initial_wait=0.001, max_wait=0.002)

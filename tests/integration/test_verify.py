@@ -14,9 +14,9 @@ import pytest
 from docshift.commands.run import RunOptions, run
 from docshift.commands.verify import verify
 from docshift.config import Config
-from docshift.engine.progress import RecordingProgress
 from docshift.errors import UsageError
 from docshift.store import Store, Write
+from docshift.testing import RecordingProgress
 from docshift.values import Timestamp
 
 DOCSHIFT = str(Path(sys.executable).parent / "docshift")

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
 from docshift.errors import EmergencyStop, UsageError
 from docshift.remote import ControlFiles, StatusServer, is_loopback, read_presence, send_control
 from docshift.remote.client import fetch_status, request
 from docshift.remote.files import remove_presence, write_presence
 from docshift.reports import RunStatus
+from docshift.testing import RecordingProgress
 
 
 @pytest.fixture

@@ -13,13 +13,13 @@ import pytest
 from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
 from docshift.errors import LockedError, RunStopped, UsageError
 from docshift.history import History, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.lock import Lease, lease_path, read_lease
 from docshift.runfolder import Checkpoint, JournalReader, read_versioned, write_versioned
-from docshift.store import FaultInjectingStore, MemoryStore, RetryingStore, RetryPolicy, Write
+from docshift.store import RetryingStore, RetryPolicy, Write
+from docshift.testing import FaultInjectingStore, MemoryStore, RecordingProgress
 from docshift.values import Timestamp
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
 

@@ -22,7 +22,6 @@ from docshift.commands.operate import StatusSource, list_runs, show_run
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
 from docshift.errors import EmergencyStop, LockedError, RunStopped, TooManyFailures
 from docshift.history import History, MigrationStatus
 from docshift.lock import LeaseLock
@@ -33,7 +32,7 @@ from docshift.reports.events import EventFollower
 from docshift.reports.report import REDACTED, redact
 from docshift.reports.status import stop_severity
 from docshift.runfolder import Checkpoint, ShardCursor, read_versioned, write_versioned
-from docshift.store import MemoryStore
+from docshift.testing import MemoryStore, RecordingProgress
 from docshift.validators import Severity
 from docshift.values import Timestamp
 from tests.unit.engine_support import seed

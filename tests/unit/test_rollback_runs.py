@@ -26,13 +26,13 @@ from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.commands.stages import StageFailed
 from docshift.config import Config
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
 from docshift.errors import EmergencyStop, RunStopped, UsageError
 from docshift.history import History, HistoryEvent, HistoryRecord, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.runfolder.atomic import read_versioned, write_versioned
 from docshift.runfolder.checkpoint import Checkpoint
-from docshift.store import MemoryStore, Store, Write, WriteResult
+from docshift.store import Store, Write, WriteResult
+from docshift.testing import MemoryStore, RecordingProgress
 from docshift.values import Timestamp
 from tests.unit.engine_support import StoreWrapper, export, seed
 from tests.unit.test_rollback_truth import PREFIX, TIER, lines, project, same_data, status_of

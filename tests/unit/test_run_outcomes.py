@@ -16,15 +16,15 @@ from docshift.commands.stages import StageFailed
 from docshift.commands.status import state_label, status
 from docshift.config import Config, EngineConfig, LimitsConfig, StoreConfig, load_config
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
 from docshift.engine.sampling import bucket
 from docshift.errors import EmergencyStop, ExitCode, RunStopped, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.planning import StateKind
 from docshift.runfolder import Checkpoint, read_versioned, write_versioned
-from docshift.store import DelegatingStore, MemoryStore, Store
+from docshift.store import DelegatingStore, Store
 from docshift.store.base import WriteResult
+from docshift.testing import MemoryStore, RecordingProgress
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "migrations"

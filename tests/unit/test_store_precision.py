@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from docshift.commands.verify import compare
-from docshift.engine.progress import RecordingProgress
 from docshift.migration import DocView
-from docshift.store import MemoryStore
+from docshift.testing import MemoryStore, RecordingProgress
 from docshift.values import Timestamp, as_stored, values_equal
 from tests.unit.engine_support import export, make_migration, run_pipeline, seed
 

@@ -26,7 +26,8 @@ from docshift.history import History, MigrationStatus
 from docshift.lock import read_lease
 from docshift.migration import DELETE, UNCHANGED, DocView
 from docshift.runfolder.journal import JournalEntry, JournalReader, JournalWriter, _members
-from docshift.store import Document, MemoryStore, Store, Write, WriteResult
+from docshift.store import Document, Store, Write, WriteResult
+from docshift.testing import MemoryStore
 from docshift.values import Value, values_equal
 from tests.unit.engine_support import (
     StoreWrapper,

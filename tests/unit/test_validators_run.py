@@ -11,10 +11,10 @@ import pytest
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
 from docshift.errors import EmergencyStop
 from docshift.runfolder import Checkpoint, DeadLetterFile, read_versioned
-from docshift.store import MemoryStore, Query, Write
+from docshift.store import Query, Write
+from docshift.testing import MemoryStore, RecordingProgress
 from docshift.validators import HealthStatus, RunValidation
 from tests.gate_message import gate_numbers
 

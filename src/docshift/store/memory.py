@@ -88,7 +88,6 @@ class MemoryStore(Store):
         self._docs: dict[str, Document] = {}
         self._lock = threading.Lock()
         self._last_micros = 0
-        self.commit_calls = 0
 
     def _next_time(self) -> Timestamp:
         micros = max(time.time_ns() // 1000, self._last_micros + 1)
@@ -150,7 +149,6 @@ class MemoryStore(Store):
                 code="INVALID_ARGUMENT",
             )
         with self._lock:
-            self.commit_calls += 1
             return [self._apply(write) for write in writes]
 
     def _apply(self, write: Write) -> WriteResult:
