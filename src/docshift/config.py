@@ -231,10 +231,6 @@ OTHER_VARIABLES = (ASSUME_YES, "DOCSHIFT_EMULATOR_JAR", "DOCSHIFT_STATUS_TOKEN")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-class _Refused(Exception):
-    """A value of the wrong kind; :func:`_convert` says which key and source it came from."""
-
-
 def _boolean(raw: Any, from_text: bool) -> bool:
     """``True``/``False``, or from text (the environment, a flag) 1/true/yes/on and 0/false/no/off."""
     if isinstance(raw, bool):
@@ -242,41 +238,43 @@ def _boolean(raw: Any, from_text: bool) -> bool:
     text = str(raw).lower()
     if from_text and text in _TRUE + _FALSE:
         return text in _TRUE
-    raise _Refused("must be true or false")
+    raise ValueError("must be true or false")
 
 
 def _whole(raw: Any, from_text: bool) -> int:
     if isinstance(raw, bool) or not (isinstance(raw, int) or from_text):
-        raise _Refused("must be a whole number")
+        raise ValueError("must be a whole number")
     try:
         return int(raw)
     except ValueError:
-        raise _Refused("must be a whole number") from None
+        raise ValueError("must be a whole number") from None
 
 
 def _number(raw: Any, from_text: bool) -> float:
     if isinstance(raw, bool) or not (isinstance(raw, int | float) or from_text):
-        raise _Refused("must be a number")
+        raise ValueError("must be a number")
     try:
         return float(raw)
     except ValueError:
-        raise _Refused("must be a number") from None
+        raise ValueError("must be a number") from None
 
 
 def _path(raw: Any, from_text: bool) -> Path:
     if not isinstance(raw, str | Path) or not str(raw):
-        raise _Refused("must be a path")
+        raise ValueError("must be a path")
     return Path(raw)
 
 
 _PARSERS: dict[type, Callable[[Any, bool], Any]] = {bool: _boolean, int: _whole, float: _number, Path: _path}
+"""Each kind's parser: the value (``from_text``: given as text, by the environment or a flag), or a
+ValueError saying what the value must be. Strings are checked by :func:`_text`."""
 
 
 def _text(key: Key, raw: Any) -> str:
     if key.check is _failures and isinstance(raw, int) and not isinstance(raw, bool):
         raw = str(raw)  # `max_failures = 100` in TOML is a count
     if not isinstance(raw, str) or (not raw and not key.optional):
-        raise _Refused("must be a non-empty string")
+        raise ValueError("must be a non-empty string")
     return raw
 
 
@@ -285,7 +283,7 @@ def _convert(key: Key, raw: Any, origin: str, from_text: bool) -> Any:
     try:
         value = parse(raw, from_text) if parse is not None else _text(key, raw)
         problem = key.check(value) if key.check is not None else None
-    except _Refused as refused:
+    except ValueError as refused:  # a value of the wrong kind
         problem = str(refused)
     if problem:
         raise ConfigError(
@@ -300,7 +298,7 @@ def _assume_yes(env: Mapping[str, str]) -> bool:
     raw = env.get(ASSUME_YES, "")
     try:
         return bool(raw) and _boolean(raw, from_text=True)
-    except _Refused:
+    except ValueError:
         raise ConfigError(
             f"{ASSUME_YES} must be true or false, got {raw!r}",
             hint=f"set {ASSUME_YES}=1 to confirm from CI, or unset it to be asked",

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from docshift.engine.batch import BatchAborted
-from docshift.errors import EmergencyStop, PermanentError, TransientError
+from docshift.errors import BatchAborted, EmergencyStop, PermanentError, TransientError
 from docshift.migration import DELETE, UNCHANGED, DocView
 from docshift.store import DELETE_FIELD, Document, Query, Store, Write, WriteResult
 from docshift.store.semantics import MAX_DOCUMENT_BYTES, MAX_REQUEST_BYTES, document_size

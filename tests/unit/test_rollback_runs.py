@@ -15,18 +15,11 @@ from typing import Any
 
 import pytest
 
-from docshift.commands.rollback import (
-    RollbackConflicts,
-    RollbackItem,
-    RollbackOptions,
-    RollbackReport,
-    rollback,
-)
+from docshift.commands.rollback import RollbackItem, RollbackOptions, RollbackReport, rollback
 from docshift.commands.run import RunOptions, load_run_info, run
-from docshift.commands.stages import StageFailed
 from docshift.config import Config
 from docshift.engine.controls import Controls
-from docshift.errors import EmergencyStop, RunStopped, UsageError
+from docshift.errors import EmergencyStop, RollbackConflicts, RunStopped, StageFailed, UsageError
 from docshift.history import History, HistoryEvent, HistoryRecord, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.runfolder.atomic import read_versioned, write_versioned

@@ -13,10 +13,10 @@ import orjson
 import pytest
 
 from docshift.commands.project import new_migration
-from docshift.commands.rollback import RollbackConflicts, RollbackOptions, RollbackReport, rollback
+from docshift.commands.rollback import RollbackOptions, RollbackReport, rollback
 from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.config import Config, EngineConfig, StoreConfig, load_config, with_values
-from docshift.errors import TransientError, UsageError
+from docshift.errors import RollbackConflicts, TransientError, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.store import Document, RetryingStore, RetryPolicy, Store, Write, WriteResult

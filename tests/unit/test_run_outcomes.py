@@ -12,12 +12,11 @@ import pytest
 
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, load_run_info, rate_limiter, resume_run, run
-from docshift.commands.stages import StageFailed
 from docshift.commands.status import state_label, status
 from docshift.config import Config, EngineConfig, LimitsConfig, StoreConfig, load_config
 from docshift.engine.controls import Controls
 from docshift.engine.sampling import bucket
-from docshift.errors import EmergencyStop, ExitCode, RunStopped, UsageError
+from docshift.errors import EmergencyStop, ExitCode, RunStopped, StageFailed, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.planning import StateKind

@@ -16,12 +16,12 @@ import orjson
 import pytest
 
 from docshift import codec
-from docshift.commands.rollback import RollbackConflicts, RollbackOptions, rollback
+from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
 from docshift.engine.undo import Undoer, UndoResult, undo_actions
-from docshift.errors import RunStopped, UsageError
+from docshift.errors import RollbackConflicts, RunStopped, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.lock import read_lease
 from docshift.migration import DELETE, UNCHANGED, DocView

@@ -1,4 +1,5 @@
-"""An in-memory store with Firestore's semantics, for fast engine tests.
+"""An in-memory store with Firestore's semantics: for tests (:mod:`docshift.testing` exports it) and
+for the dry-run rollback's copy-on-write view (``store/simulated.py``).
 
 It keeps name order, cursors, filters, preconditions, per-write results, server update times and the
 document limits the way the emulator does; ``tests/integration/test_store_contract.py`` runs the same
