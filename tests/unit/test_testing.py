@@ -1,7 +1,8 @@
 """``docshift.testing`` as a user's tests use it: only it and the public API, no project test helpers.
 
-The module's own example (its docstring) is run as written, on the example migration a new project
-starts from; the other tests are the ones a user writes next (a flaky store, what was sent).
+The module's own example (its docstring) and the docs' are run as written, on the example migration
+a new project starts from; the other tests are the ones a user writes next (a flaky store, what was
+sent).
 """
 
 from __future__ import annotations
@@ -45,6 +46,17 @@ def test_the_modules_example_runs_as_written(project: Path) -> None:
     namespace: dict[str, Any] = {}
     exec(compile(textwrap.dedent(example), "docshift.testing example", "exec"), namespace)
     namespace["test_split_full_name"](project / "tmp")
+
+
+def test_the_docs_example_runs_as_written(project: Path) -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "migrations.md").read_text(encoding="utf-8")
+    example = docs.split("### Testing a migration", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(example, "docs/migrations.md example", "exec"), namespace)
+    tests = [name for name in namespace if name.startswith("test_")]
+    assert len(tests) == 2
+    for name in tests:
+        namespace[name](project / name)
 
 
 def test_a_migration_run_on_the_memory_store(project: Path) -> None:
