@@ -18,7 +18,7 @@ from docshift.engine.stats import RunStats
 from docshift.migration import UNCHANGED, DocView, Migration, Target
 from docshift.runfolder import Checkpoint, DeadLetterFile, JournalReader
 from docshift.store import DelegatingStore, Document, Query, Store, Write
-from docshift.testing import RecordingProgress
+from docshift.testing import RecordingHooks
 from docshift.values import Value, values_equal
 
 COLLECTION = "users"
@@ -126,7 +126,7 @@ def build(
             checkpoint = Checkpoint.load(path)
         else:
             checkpoint = new_checkpoint("run-1", migration, plan_shards(store, migration.target, shards), {})
-    kwargs.setdefault("progress", RecordingProgress())
+    kwargs.setdefault("hooks", RecordingHooks())
     return MigrationPipeline(store, migration, opts, folder, checkpoint, **kwargs)
 
 

@@ -105,7 +105,7 @@ def test_the_public_names_are_the_test_support() -> None:
         "FaultInjectingStore",
         "LostReplies",
         "MemoryStore",
-        "RecordingProgress",
+        "RecordingHooks",
         "RecordingStore",
     ]
     assert all(getattr(docshift.testing, name).__doc__ for name in docshift.testing.__all__)

@@ -34,17 +34,19 @@ What is here:
 * :class:`FaultInjectingStore` and :class:`LostReplies`: wrap a store so that writes or requests
   fail, or a request lands and its reply is lost; put them under
   ``docshift.store.RetryingStore`` to check that a run still ends with the right data and counts.
-* :class:`RecordingProgress`: keeps every event a run reports (``run(..., progress=...)``).
+* :class:`RecordingHooks`: keeps every event of a run (``run(..., hooks=...)``), typed: ``of(kind)``,
+  ``warnings()`` (:mod:`docshift.engine.hooks` names them).
 
-Everything here is plain code over the public :class:`~docshift.store.Store` interface: no mocks,
-so a test that passes here exercises the same engine as a run against Firestore.
+Everything here is plain code over the public interfaces (:class:`~docshift.store.Store`,
+:class:`~docshift.engine.hooks.RunHooks`): no mocks, so a test that passes here exercises the same
+engine as a run against Firestore.
 """
 
 from __future__ import annotations
 
-from docshift.engine.progress import RecordingProgress
 from docshift.store.memory import MemoryStore
 from docshift.testing.faults import FaultInjectingStore, LostReplies
+from docshift.testing.hooks import RecordingHooks
 from docshift.testing.recording import RecordingStore
 
-__all__ = ["FaultInjectingStore", "LostReplies", "MemoryStore", "RecordingProgress", "RecordingStore"]
+__all__ = ["FaultInjectingStore", "LostReplies", "MemoryStore", "RecordingHooks", "RecordingStore"]
