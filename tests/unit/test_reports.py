@@ -38,13 +38,13 @@ from docshift.engine.hooks import (
 from docshift.errors import EmergencyStop, LockedError, RunStopped, TooManyFailures
 from docshift.history import History, MigrationStatus
 from docshift.lock import LeaseLock
-from docshift.remote.files import remove_presence, write_presence
 from docshift.reports import EventLog, ProgressExtras, RunStatus, build_report, read_events
 from docshift.reports.charts import Series, downsample, line_chart, nice_ticks
 from docshift.reports.events import EventFollower, event_from_fields, kind_of
 from docshift.reports.report import REDACTED, redact
 from docshift.reports.status import stop_severity
 from docshift.runfolder import Checkpoint, ShardCursor, read_versioned, write_versioned
+from docshift.runfolder.presence import remove_presence, write_presence
 from docshift.testing import MemoryStore, RecordingHooks
 from docshift.validators import Severity
 from docshift.values import Timestamp

@@ -28,12 +28,13 @@ from docshift.engine.hooks import ControlApplied, FanOutHooks, RunEnded, RunHook
 from docshift.errors import DocshiftError, RunStopped
 from docshift.loader import load_migrations
 from docshift.migration import Migration
-from docshift.remote.files import ControlFiles, read_presence, remove_presence, write_presence
+from docshift.remote.files import ControlFiles
 from docshift.remote.server import StatusServer
 from docshift.reports.events import EventLog
 from docshift.reports.report import ReportPaths, build_report
 from docshift.reports.status import ProgressExtras, RunStatus
 from docshift.runfolder.layout import RunFolder
+from docshift.runfolder.presence import read_presence, remove_presence, write_presence
 from docshift.runfolder.record import record_outcome
 from docshift.store import Store
 

@@ -29,6 +29,7 @@ from typing import Any
 from docshift.errors import DataError
 from docshift.runfolder.checkpoint import Checkpoint
 from docshift.runfolder.layout import RUN_FORMAT, MigrationFolder, RunFolder
+from docshift.runfolder.presence import read_presence
 
 __all__ = [
     "CLOSED_STATES",
@@ -172,8 +173,6 @@ def read_migrations(run_folder: Path, order: list[str]) -> list[MigrationRecord]
 def live_state(folder: Path, recorded: str) -> str:
     """The state to show: ``running`` only while a process runs it; a run recorded as running whose
     process is gone was killed (``interrupted``: resumable)."""
-    from docshift.remote.files import read_presence  # control's package imports what imports this
-
     presence = read_presence(folder)
     if presence is not None and presence.alive:
         return RUNNING
