@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, load_run_info, rate_limiter, resume_run, run
+from docshift.commands.run import RunOptions, load_run_info, rate_limiter, resume_run, run_migrations
 from docshift.commands.stages import StageFailed
 from docshift.commands.status import state_label, status
 from docshift.config import Config, EngineConfig, LimitsConfig, StoreConfig, load_config
@@ -89,7 +89,7 @@ def test_a_limited_run_is_partial_pending_and_the_next_run_processes_the_rest(co
     seed(store, 100)
     before = export(store)
     progress = RecordingProgress()
-    limited = run(config, RunOptions(execute=True, limit=10), store=store, progress=progress)
+    limited = run_migrations(config, RunOptions(execute=True, limit=10), store=store, progress=progress)
     [outcome] = limited.outcomes
     assert outcome.status is MigrationStatus.PARTIAL
     record = record_of(store)
@@ -104,7 +104,7 @@ def test_a_limited_run_is_partial_pending_and_the_next_run_processes_the_rest(co
     assert report.exit_code is ExitCode.PENDING
     assert report.to_json()["migrations"][0]["status"] == "partial"
 
-    rest = run(config, RunOptions(execute=True), store=store)
+    rest = run_migrations(config, RunOptions(execute=True), store=store)
     assert [o.migration.id for o in rest.outcomes] == ["0001"]
     assert rest.outcomes[0].result.counters["read"] == 100
     assert rest.outcomes[0].result.counters["updated"] == 81  # the first ten were done already
@@ -117,11 +117,11 @@ def test_a_sampled_run_is_partial_until_a_full_run(config: Config) -> None:
     store = MemoryStore()
     seed(store, 200)
     before = export(store)
-    sampled = run(config, RunOptions(execute=True, sample_percent=30), store=store)
+    sampled = run_migrations(config, RunOptions(execute=True, sample_percent=30), store=store)
     assert sampled.outcomes[0].status is MigrationStatus.PARTIAL
     assert record_of(store).status is MigrationStatus.PARTIAL
     assert status(config, store).exit_code is ExitCode.PENDING
-    run(config, RunOptions(execute=True), store=store)
+    run_migrations(config, RunOptions(execute=True), store=store)
     assert_data(store, expected_after(before, split_name))
     assert record_of(store).status is MigrationStatus.APPLIED
 
@@ -131,7 +131,7 @@ def test_a_limit_that_reaches_every_document_is_applied(config: Config, limit: i
     """Derived from what was processed: a limit the collection does not exceed leaves nothing out."""
     store = MemoryStore()
     seed(store, 60)
-    report = run(config, RunOptions(execute=True, limit=limit), store=store)
+    report = run_migrations(config, RunOptions(execute=True, limit=limit), store=store)
     assert report.outcomes[0].status is MigrationStatus.APPLIED
     assert record_of(store).status is MigrationStatus.APPLIED
 
@@ -139,7 +139,7 @@ def test_a_limit_that_reaches_every_document_is_applied(config: Config, limit: i
 def test_a_limit_one_short_of_the_collection_is_partial(config: Config) -> None:
     store = MemoryStore()
     seed(store, 60)
-    run(config, RunOptions(execute=True, limit=59), store=store)
+    run_migrations(config, RunOptions(execute=True, limit=59), store=store)
     assert record_of(store).status is MigrationStatus.PARTIAL
 
 
@@ -147,13 +147,13 @@ def test_a_resumed_limited_run_killed_before_its_history_was_written_is_partial(
     """Killed after the final checkpoint of a --limit run, before the history said so."""
     store = MemoryStore()
     seed(store, 100)
-    report = run(config, RunOptions(execute=True, limit=10), store=store)
+    report = run_migrations(config, RunOptions(execute=True, limit=10), store=store)
     [migration] = load_migrations(config.migrations_dir)
     history = History(store, PREFIX)
     history.start(migration, report.run_id)  # as the killed process left it: running
     info = read_versioned(report.folder / "run.json", "docshift-run", 1)
     write_versioned(report.folder / "run.json", "docshift-run", 1, {**info, "state": "running"})
-    run(config, RunOptions(execute=True, resume=report.run_id), store=store)
+    run_migrations(config, RunOptions(execute=True, resume=report.run_id), store=store)
     record = history.get("0001")
     assert record is not None and record.status is MigrationStatus.PARTIAL
     assert record.counts["read"] == 10
@@ -187,7 +187,7 @@ def test_a_run_stopped_by_a_signal_is_interrupted_not_failed(config: Config) -> 
     before = export(store)
     controls = Controls()
     with pytest.raises(RunStopped) as stopped:
-        run(
+        run_migrations(
             _slow(config),
             RunOptions(execute=True),
             store=store,
@@ -203,7 +203,7 @@ def test_a_run_stopped_by_a_signal_is_interrupted_not_failed(config: Config) -> 
     assert state.kind is StateKind.INTERRUPTED and state.runnable
     assert state_label(state, report.lease) == "interrupted"
     assert report.exit_code is ExitCode.PENDING
-    run(config, RunOptions(execute=True, resume="latest"), store=store)
+    run_migrations(config, RunOptions(execute=True, resume="latest"), store=store)
     assert_data(store, expected_after(before, split_name))
     assert record_of(store).status is MigrationStatus.APPLIED
 
@@ -213,7 +213,7 @@ def test_an_emergency_stop_is_failed(config: Config) -> None:
     seed(store, 400)
     controls = Controls()
     with pytest.raises(EmergencyStop):
-        run(
+        run_migrations(
             _slow(config),
             RunOptions(execute=True),
             store=store,
@@ -228,7 +228,7 @@ def _stopped_with(tmp_path: Path, store: Store, flags: dict[str, Any], **options
     config = _cli_config(tmp_path, flags)
     controls = Controls(rate_limiter(config, store))
     with pytest.raises(RunStopped) as stopped:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True, **options),
             store=store,
@@ -277,7 +277,7 @@ def test_a_resume_continues_with_the_run_s_own_settings(config: Config, tmp_path
     assert rate_limiter(resumed.config, store).limit == 5000.0
     assert resumed.config.sources["max_writes_per_second"] == f"run {run_id}"
     progress = RecordingProgress()
-    run(plain, RunOptions(execute=True, resume=run_id), store=store, progress=progress)
+    run_migrations(plain, RunOptions(execute=True, resume=run_id), store=store, progress=progress)
     assert_data(store, expected_after(before, split_name))
     [(_, event)] = [(k, f) for k, f in progress.events if k == "resume"]
     assert event["run_id"] == run_id and event["overrides"] == {}
@@ -299,7 +299,7 @@ def test_a_flag_given_on_the_resume_overrides_it_and_is_recorded(config: Config,
     assert resumed.config.limits.max_writes_per_second == 8000.0
     assert resumed.config.engine.batch_size == 10  # not given: the run's own
     assert any("--max-writes-per-second 8000" in line and "5000" in line for line in resumed.describe())
-    run(faster, RunOptions(execute=True, resume=run_id), store=store)
+    run_migrations(faster, RunOptions(execute=True, resume=run_id), store=store)
     info = load_run_info(plain_folder := faster.runs_dir / run_id)
     assert info["resumes"][-1]["overrides"] == {"max_writes_per_second": {"was": 5000.0, "now": 8000.0}}
     assert info["settings"]["config"]["max_writes_per_second"] == 8000.0
@@ -327,7 +327,7 @@ def test_a_resume_keeps_the_run_s_limit_and_refuses_another_scope(config: Config
     assert refused.value.hint and "new run" in refused.value.hint
     with pytest.raises(UsageError, match="--stages"):
         resume_run(plain, RunOptions(execute=True, resume=run_id, stages=(50.0, 100.0)))
-    report = run(plain, RunOptions(execute=True, resume=run_id), store=store)
+    report = run_migrations(plain, RunOptions(execute=True, resume=run_id), store=store)
     assert report.outcomes[0].result.counters["read"] == 50
     assert record_of(store).status is MigrationStatus.PARTIAL
 
@@ -338,7 +338,7 @@ def test_a_rolled_back_run_cannot_be_resumed_even_with_force(config: Config) -> 
     before = export(store)
     controls = Controls()
     with pytest.raises(RunStopped) as stopped:
-        run(
+        run_migrations(
             _slow(config),
             RunOptions(execute=True),
             store=store,
@@ -351,12 +351,12 @@ def test_a_rolled_back_run_cannot_be_resumed_even_with_force(config: Config) -> 
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
     for force in (False, True):
         with pytest.raises(UsageError, match=f"run {run_id} was rolled back") as refused:
-            run(config, RunOptions(execute=True, resume=run_id, force=force), store=store)
+            run_migrations(config, RunOptions(execute=True, resume=run_id, force=force), store=store)
         assert refused.value.exit_code is ExitCode.USAGE
         assert refused.value.hint and "docshift run --execute" in refused.value.hint
     assert {p: d.data for p, d in export(store).items()} == {p: d.data for p, d in before.items()}
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
-    run(config, RunOptions(execute=True), store=store)  # a new run applies it, all of it
+    run_migrations(config, RunOptions(execute=True), store=store)  # a new run applies it, all of it
     assert_data(store, expected_after(before, split_name))
     assert record_of(store).status is MigrationStatus.APPLIED
 
@@ -396,7 +396,7 @@ def test_a_staged_run_stopped_in_a_stage_resumes_its_stages_and_applies_only_at_
     seed(store, 2000)
     controls = Controls()
     with pytest.raises(RunStopped) as stopped:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True, stages=STAGES),
             store=store,
@@ -412,7 +412,7 @@ def test_a_staged_run_stopped_in_a_stage_resumes_its_stages_and_applies_only_at_
     assert all(bucket(p) < STAGES[stage - 1] for p in done) and (done or stage == 1)
     # The resume is given no --stages: the stages are the run's.
     progress = RecordingProgress()
-    report = run(config, RunOptions(execute=True, resume=run_id), store=store, progress=progress)
+    report = run_migrations(config, RunOptions(execute=True, resume=run_id), store=store, progress=progress)
     stages_run = [f["stage"] for k, f in progress.events if k == "stage" and "stage" in f]
     assert stages_run == list(range(stage, len(STAGES) + 1))
     assert _tier_done(store) == set(export(store))
@@ -463,16 +463,16 @@ def test_a_stage_rollback_cut_short_is_finished_by_the_resume(tmp_path: Path) ->
         store=config.store, engine=engine, migrations_dir=config.migrations_dir, runs_dir=config.runs_dir
     )
     with pytest.raises(_Killed):
-        run(config, RunOptions(execute=True, stages=STAGES), store=store, progress=Watch())
+        run_migrations(config, RunOptions(execute=True, stages=STAGES), store=store, progress=Watch())
     [folder] = config.runs_dir.glob("*/0001_tier")
     assert _tier_done(memory), "the rollback was cut short before it restored everything"
     assert record_of(memory).status is MigrationStatus.RUNNING  # as a killed process leaves it
     with pytest.raises(StageFailed, match="rolled back"):
-        run(config, RunOptions(execute=True, resume=folder.parent.name), store=memory)
+        run_migrations(config, RunOptions(execute=True, resume=folder.parent.name), store=memory)
     assert {p: d.data for p, d in export(memory).items()} == before
     assert record_of(memory).status is MigrationStatus.ROLLED_BACK
     with pytest.raises(UsageError, match="rolled back"):
-        run(config, RunOptions(execute=True, resume=folder.parent.name), store=memory)
+        run_migrations(config, RunOptions(execute=True, resume=folder.parent.name), store=memory)
 
 
 def test_a_stage_done_but_not_yet_gated_when_killed_gets_its_gate_on_resume(tmp_path: Path) -> None:
@@ -494,13 +494,17 @@ def test_a_stage_done_but_not_yet_gated_when_killed_gets_its_gate_on_resume(tmp_
                 raise _Killed
 
     with pytest.raises(_Killed):
-        run(config, RunOptions(execute=True, stages=STAGES), store=store, progress=DieAfterStage3())
+        run_migrations(
+            config, RunOptions(execute=True, stages=STAGES), store=store, progress=DieAfterStage3()
+        )
     [path] = config.runs_dir.glob("*/0001_tier/checkpoint.json")
     saved = Checkpoint.load(path)
     assert saved.finished and saved.extra["stage"] == 2 and not saved.covers_target
     progress = RecordingProgress()
     with pytest.raises(StageFailed, match=r"stage 3 .*failed its gate"):
-        run(config, RunOptions(execute=True, resume=path.parent.parent.name), store=store, progress=progress)
+        run_migrations(
+            config, RunOptions(execute=True, resume=path.parent.parent.name), store=store, progress=progress
+        )
     assert not [f for k, f in progress.events if k == "stage" and f.get("stage") == 4]
     assert {p: d.data for p, d in export(store).items()} == before
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
@@ -522,7 +526,7 @@ def test_a_stage_rollback_stopped_by_a_signal_is_not_rolled_back_until_the_resum
                 controls.request_stop("interrupted by SIGTERM")
 
     with pytest.raises(RunStopped) as stopped:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True, stages=STAGES),
             store=store,
@@ -535,7 +539,7 @@ def test_a_stage_rollback_stopped_by_a_signal_is_not_rolled_back_until_the_resum
     assert record_of(store).status is MigrationStatus.INTERRUPTED  # not rolled back: it is not
     run_id = stopped.value.resume_command.split()[-1]
     with pytest.raises(StageFailed, match="finished by this resume"):
-        run(config, RunOptions(execute=True, resume=run_id), store=store)
+        run_migrations(config, RunOptions(execute=True, resume=run_id), store=store)
     assert {p: d.data for p, d in export(store).items()} == before
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
 

@@ -1,4 +1,4 @@
-"""Inline checks, the integrity gate, scans and health in ``run()`` on the memory store."""
+"""Inline checks, the integrity gate, scans and health in ``run_migrations()`` on the memory store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
 from docshift.engine.progress import RecordingProgress
@@ -68,7 +68,7 @@ def test_three_percent_bad_finishes_with_dead_letters_and_a_warning(config: Conf
     progress = RecordingProgress()
     controls = Controls()
     validation = RunValidation(config, store, progress=progress, controls=controls, execute=True)
-    report = run(
+    report = run_migrations(
         config,
         RunOptions(execute=True),
         store=store,
@@ -105,7 +105,7 @@ def test_fifteen_percent_bad_stops_at_the_gate_with_the_checkpoint_kept(config: 
     controls = Controls()
     validation = RunValidation(config, store, controls=controls, execute=True)
     with pytest.raises(EmergencyStop, match="integrity gate") as stopped:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True),
             store=store,
@@ -135,7 +135,7 @@ def test_a_gate_stop_counts_the_same_documents_in_its_message_files_and_record(
     controls = Controls()
     validation = RunValidation(config, store, controls=controls, execute=True)
     with pytest.raises(EmergencyStop) as stopped:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True),
             store=store,
@@ -161,7 +161,7 @@ def test_the_gate_needs_a_minimum_sample_and_never_stops_a_dry_run(config: Confi
     store = MemoryStore()
     seed(store, 300, bad_per_100=15)
     validation = RunValidation(config, store, controls=Controls(), execute=False)
-    report = run(config, RunOptions(), store=store, progress=validation, checks=validation)
+    report = run_migrations(config, RunOptions(), store=store, progress=validation, checks=validation)
     assert report.outcomes[0].result.error is None and report.outcomes[0].result.counters["rejected"] == 45
     outcome = validation.finish(report.folder)
     assert validation.gate is None and outcome.health.issues[0].severity.value == "critical"
@@ -169,7 +169,7 @@ def test_the_gate_needs_a_minimum_sample_and_never_stops_a_dry_run(config: Confi
     seed(few, 40, bad_per_100=50)  # 50% bad, but only 40 documents: below the gate's sample
     controls = Controls()
     validation = RunValidation(config, few, controls=controls, execute=True)
-    run(
+    run_migrations(
         config, RunOptions(execute=True), store=few, progress=validation, controls=controls, checks=validation
     )
     assert validation.gate is None
@@ -180,7 +180,7 @@ def test_validate_scans_before_and_after_and_compares_counts(config: Config) -> 
     seed(store, 120, bad_per_100=0)
     controls = Controls()
     validation = RunValidation(config, store, controls=controls, execute=True, scans=True)
-    report = run(
+    report = run_migrations(
         config,
         RunOptions(execute=True),
         store=store,

@@ -23,46 +23,49 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from docshift.commands.run import (
-    RunOptions,
-    find_run,
-    load_run_info,
-    new_run_id,
-    pipeline_options,
-    rate_limiter,
-)
+from docshift.commands.observe import Observation, ObserveOptions
+from docshift.commands.session import RunSession, find_run, load_run_info, new_run_id, rate_limiter
 from docshift.commands.target import check_store, target_config
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.dry_run import DryRunRecorder
-from docshift.engine.pipeline import MigrationPipeline, PipelineResult, new_checkpoint
+from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
 from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
 from docshift.engine.undo import UndoAction, Undoer, UndoResult, undo_actions
 from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
-from docshift.history import History, HistoryRecord, MigrationStatus, current_user
+from docshift.history import History, HistoryRecord, MigrationStatus
 from docshift.loader import load_migrations
-from docshift.lock import LeaseLock
 from docshift.migration import Migration
+from docshift.reports.report import ReportPaths
 from docshift.runfolder.checkpoint import Checkpoint, ShardCursor
 from docshift.runfolder.journal import JournalReader
-from docshift.runfolder.record import force_command, read_info, write_info
+from docshift.runfolder.record import CONFLICTS, FINISHED, force_command, read_info
 from docshift.store import Store, store_for
 from docshift.store.simulated import SimulatedStore
 from docshift.values import Timestamp
 
-__all__ = ["RollbackItem", "RollbackOptions", "RollbackReport", "rollback", "rollback_target"]
+__all__ = [
+    "RollbackItem",
+    "RollbackOptions",
+    "RollbackReport",
+    "rollback",
+    "rollback_target",
+    "run_rollback",
+    "undo_listings",
+    "undo_run_journal",
+]
 
 _JOURNAL = "before-images.jsonl.gz"
+_CONFLICTS, _MISMATCHES = "conflicts.jsonl", "mismatches.jsonl"
 
-_KIND = "docshift-rollback"
-_VERSION = 1
 _UNDONE = (
     MigrationStatus.APPLIED,
     MigrationStatus.PARTIAL,
@@ -154,6 +157,9 @@ class RollbackReport:
     execute: bool
     target: str
     items: list[RollbackItem] = field(default_factory=list)
+    report_paths: ReportPaths | None = None
+    """The rollback's report (by :func:`rollback`; None when it could not be written)."""
+    report_error: BaseException | None = None
 
     @property
     def resume_command(self) -> str:
@@ -418,78 +424,137 @@ def rollback(
     store: Store | None = None,
     progress: Progress | None = None,
     controls: Controls | None = None,
+    observe: ObserveOptions | None = None,
 ) -> RollbackReport:
-    """Dry-run (default) or execute a rollback; raises :class:`RollbackConflicts` when documents
-    changed since the migration wrote them were left alone (use ``force`` to overwrite them), or
-    when documents do not equal their before-images afterwards."""
+    """The whole ``docshift rollback``: :func:`run_rollback` on the project and database of the run
+    it undoes, observed like a run (event log, status endpoint, control files, report: ``observe``).
+    ``progress`` is the display. Raises what :func:`run_rollback` raises once the rollback and its
+    report are recorded (:func:`result_of` gives a stop's report). The caller confirms first (the
+    command line does)."""
+    config = rollback_target(config, options)
+    rollback_id = None if options.resume else (options.rollback_id or new_run_id())
+    options = dataclasses.replace(options, rollback_id=rollback_id)
+    with store_for(config, store) as active:
+        controls = controls or Controls(rate_limiter(config, active))
+        observation = Observation(
+            config,
+            active,
+            controls,
+            kind="rollback",
+            resume=options.resume,
+            run_id=rollback_id,
+            display=progress,
+            options=observe,
+        )
+        report: RollbackReport | None = None
+        try:
+            with observation as seen:
+                try:
+                    report = run_rollback(
+                        config, options, store=active, progress=seen.progress, controls=controls
+                    )
+                except RollbackConflicts as conflicts:
+                    report = conflicts.report
+                    raise
+                finally:
+                    controls.finished.set()  # from here on, only the report is left to write
+        except BaseException as error:
+            if report is None and observation.folder is not None:
+                report = RollbackReport(
+                    observation.folder.name, observation.folder, True, active.info.describe()
+                )
+            if report is not None:
+                report.report_paths, report.report_error = observation.report, observation.report_error
+                _RESULTS[error] = report
+            raise
+    assert report is not None
+    report.report_paths, report.report_error = observation.report, observation.report_error
+    return report
+
+
+_RESULTS: weakref.WeakKeyDictionary[BaseException, RollbackReport] = weakref.WeakKeyDictionary()
+
+
+def result_of(error: BaseException) -> RollbackReport | None:
+    """The report of the rollback that :func:`rollback` raised ``error`` for (a stop: recorded and
+    reported before it was raised; conflicts, with what was undone); None when ``error`` came
+    before the rollback was set up."""
+    return _RESULTS.get(error)
+
+
+def run_rollback(
+    config: Config,
+    options: RollbackOptions,
+    *,
+    store: Store | None = None,
+    progress: Progress | None = None,
+    controls: Controls | None = None,
+) -> RollbackReport:
+    """Dry-run (default) or execute a rollback in one run session (:func:`rollback` without the
+    observation); raises :class:`RollbackConflicts` when documents changed since the migration
+    wrote them were left alone (use ``force`` to overwrite them), or when documents do not equal
+    their before-images afterwards."""
     migrations = {m.id: m for m in load_migrations(config.migrations_dir)}
     config = rollback_target(config, options)
     with store_for(config, store) as active:
-        progress = progress or NullProgress()
-        history = History(active, config.store.state_prefix)
         if options.resume:
             folder = find_run(config.runs_dir, options.resume, kind="rollback")
-            info = read_info(folder)
-            check_store(active, info, str(info["run_id"]))
+            session = RunSession.resume(config, active, folder, read_info(folder))
+            info = session.info
             plan = [_planned(config, migrations, entry) for entry in info["plan"]]
             order = _recorded_order(plan, info)
             options = dataclasses.replace(options, execute=bool(info["execute"]), force=bool(info["force"]))
-            run_id = str(info["run_id"])
         else:
-            targets = _targets(config, options, history, migrations)
-            for source_run in dict.fromkeys(run for _, runs, _ in targets for run in runs):
-                if (config.runs_dir / source_run / "run.json").is_file():
-                    check_store(active, load_run_info(config.runs_dir / source_run), source_run)
-            plan = [_strategy(config, m, runs, known, options.strategy) for m, runs, known in targets]
-            order = _order(config, plan)
-            run_id = options.rollback_id or new_run_id()
-            folder = config.runs_dir / run_id
-            of_run = None
-            if options.run_id is not None:
-                of_run = str(load_run_info(find_run(config.runs_dir, options.run_id))["run_id"])
-            info = {
-                "run_id": run_id,
-                "kind": "rollback",
-                "execute": options.execute,
-                "force": options.force,
-                "state": "running",
-                "migrations": [step.migration.id for step in plan],
-                "plan": [step.to_json() for step in plan],
-                "order": [[step.migration.id, run] for step, run in order],
-                "of_run": of_run,
-                "to": options.to,
-                "strategy": options.strategy,
-                "created_at": datetime.now(UTC).isoformat(),
-                "user": current_user(),
-                "target": active.info.describe(),
-                "project": active.info.project,
-                "database": active.info.database,
-            }
-            write_info(folder, info)
-        report = RollbackReport(run_id, folder, options.execute, active.info.describe())
+            plan, order, info = _new_plan(config, active, options, migrations)
+            session = RunSession.create(config, active, info)
+        report = RollbackReport(session.run_id, session.folder, options.execute, active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
-        if not options.execute:
-            _undo_all(config, active, plan, order, options, report, history, progress, controls)
-        else:
-            lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
-            with lock:
-                controls.lease_lost = lock.lost
-                try:
-                    _undo_all(config, active, plan, order, options, report, history, progress, controls)
-                except RunStopped as stop:
-                    stop.resume_command = report.resume_command
-                    info["state"] = stop.run_state
-                    write_info(folder, info)
-                    raise
+        with session.steps(controls):
+            work = _Undoing(
+                config, active, options, report, session.history, progress or NullProgress(), controls
+            )
+            _undo_all(work, plan, order)
         dirty = [item for item in report.items if not item.clean] if options.execute else []
-        info["state"] = RollbackConflicts.run_state if dirty else "finished"
-        write_info(folder, info)
+        session.finish(
+            state=CONFLICTS if dirty else FINISHED,
+            done="finished" if not dirty else "ended with conflicts",
+            again="it undoes nothing again",
+        )
         if dirty:
-            message, hint = _not_undone(dirty, info)
+            message, hint = _not_undone(dirty, session.info)
             error = RollbackConflicts(message, hint=hint)
             error.report = report
             raise error
         return report
+
+
+def _new_plan(
+    config: Config, store: Store, options: RollbackOptions, migrations: dict[str, Migration]
+) -> tuple[list[_Step], _Order, dict[str, Any]]:
+    """What a new rollback undoes, in which order, and its ``run.json``."""
+    history = History(store, config.store.state_prefix)
+    targets = _targets(config, options, history, migrations)
+    for source_run in dict.fromkeys(run for _, runs, _ in targets for run in runs):
+        if (config.runs_dir / source_run / "run.json").is_file():
+            check_store(store, load_run_info(config.runs_dir / source_run), source_run)
+    plan = [_strategy(config, m, runs, known, options.strategy) for m, runs, known in targets]
+    order = _order(config, plan)
+    of_run = None
+    if options.run_id is not None:
+        of_run = str(load_run_info(find_run(config.runs_dir, options.run_id))["run_id"])
+    info = {
+        "run_id": options.rollback_id or new_run_id(),
+        "kind": "rollback",
+        "execute": options.execute,
+        "force": options.force,
+        "migrations": [step.migration.id for step in plan],
+        "plan": [step.to_json() for step in plan],
+        "order": [[step.migration.id, run] for step, run in order],
+        "of_run": of_run,
+        "to": options.to,
+        "strategy": options.strategy,
+    }
+    return plan, order, info
 
 
 def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, str]:
@@ -508,13 +573,12 @@ def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, s
         command = force_command(info)
         again = f"run `{command}`" if command else "rerun the rollback with --force"
         hints.append(
-            f"{listed('conflicts.jsonl')}; to undo them over those later changes too (the "
-            f"changes are lost), {again}"
+            f"{listed(_CONFLICTS)}; to undo them over those later changes too (the changes are lost), {again}"
         )
     if mismatched:
         parts.append(f"{mismatched} document(s) do not equal their before-image after the rollback")
         hints.append(
-            f"{listed('mismatches.jsonl')}; if down() does not undo up(), fix it or roll back "
+            f"{listed(_MISMATCHES)}; if down() does not undo up(), fix it or roll back "
             "with --strategy restore"
         )
     if failed:
@@ -523,21 +587,26 @@ def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, s
     return "; ".join(parts), "; ".join(hints)
 
 
-def _undo_all(
-    config: Config,
-    store: Store,
-    plan: list[_Step],
-    order: _Order,
-    options: RollbackOptions,
-    report: RollbackReport,
-    history: History,
-    progress: Progress,
-    controls: Controls,
-) -> None:
+@dataclass
+class _Undoing:
+    """What a rollback undoes its plan with."""
+
+    config: Config
+    store: Store
+    options: RollbackOptions
+    report: RollbackReport
+    history: History
+    progress: Progress
+    controls: Controls
+
+
+def _undo_all(work: _Undoing, plan: list[_Step], order: _Order) -> None:
     """Undo the plan in ``order`` (newest writes first): each run's journal of each migration, or
     down() over a migration's target. A migration is recorded rolled back once the last of its runs
     is undone, cleanly. A dry run does the same against a simulated copy of the store, so each undo
     sees what undoing the newer writes would leave."""
+    config, store, options, report = work.config, work.store, work.options, work.report
+    history, progress, controls = work.history, work.progress, work.controls
     own_writes: dict[str, tuple[Timestamp, Timestamp | None]] = {}
     view = store if options.execute else SimulatedStore(store)
     items: dict[str, RollbackItem] = {}
@@ -636,10 +705,12 @@ class _JournalUndo:
         options: RollbackOptions,
         controls: Controls,
         own_writes: dict[str, tuple[Timestamp, Timestamp | None]],
+        *,
+        checkpointed: bool = True,
     ) -> None:
         self.config, self.step, self.folder, self.options = config, step, folder, options
         self.controls, self.own_writes = controls, own_writes
-        self.path = folder / "checkpoint.json"
+        self.path: Path | None = folder / "checkpoint.json" if checkpointed else None
         self.parts = {run: UndoResult() for run in step.runs}
         self.finished: set[str] = set()
         self.current = step.runs[0]
@@ -647,7 +718,7 @@ class _JournalUndo:
         self.working_seconds = 0.0
         """Time spent undoing this migration (other migrations' runs may come in between)."""
         self.started: float | None = None
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             saved = Checkpoint.load(self.path)
             if saved.extra.get("kind") not in ("restore", "down"):
                 raise UsageError(
@@ -694,7 +765,8 @@ class _JournalUndo:
             store,
             execute=self.options.execute,
             force=self.options.force,
-            conflicts_file=self.folder / "conflicts.jsonl",
+            conflicts_file=self.folder / _CONFLICTS,
+            mismatches_file=self.folder / _MISMATCHES,
             redo=redo,
             undo=migration.down if self.step.strategy == "down" else None,
             limiter=self.controls.limiter,
@@ -762,7 +834,7 @@ class _JournalUndo:
         lost = self.controls.lease_lost
         if lost is not None and lost.is_set():
             self.controls.request_stop("the lease was lost to another run", EmergencyStop)
-        if not self.options.execute:
+        if not self.options.execute or self.path is None:
             return
         checkpoint = self.checkpoint
         checkpoint.counters = dict(self.total().counters)
@@ -780,6 +852,26 @@ class _JournalUndo:
         checkpoint.extra.update(of_run=self.current, position=self.parts[self.current].position)
         checkpoint.state = state
         checkpoint.save(self.path)
+
+
+def undo_run_journal(
+    config: Config, store: Store, migration: Migration, folder: Path, controls: Controls, progress: Progress
+) -> UndoResult:
+    """Undo what run ``folder.parent.name`` wrote to ``migration`` from its journal in ``folder``
+    (a canary's stages), by the rollback's own mechanism: as ``docshift rollback --strategy
+    restore --execute`` does, every undone document is verified against its before-image, and
+    conflicts and mismatches are listed in ``folder`` (see :func:`undo_listings`). Not
+    checkpointed: done again, it finds what it restored equal to its before-image."""
+    step = _Step(migration, (folder.parent.name,), "restore", "journal")
+    undo = _JournalUndo(config, step, folder, RollbackOptions(execute=True), controls, {}, checkpointed=False)
+    undo.run(step.runs[0], store, progress)
+    return undo.total()
+
+
+def undo_listings(folder: Path) -> list[Path]:
+    """The lists an undo in ``folder`` wrote: documents left alone (conflicts), and documents that
+    do not equal their before-image afterwards (mismatches)."""
+    return [path for path in (folder / _CONFLICTS, folder / _MISMATCHES) if path.is_file()]
 
 
 def _down_over_target(
@@ -802,9 +894,8 @@ def _down_over_target(
         settings: dict[str, Any] = {"rollback": True, "strategy": "down"}
         checkpoint = new_checkpoint(run_id, migration, plan_shards(store, migration.target, 1), settings)
     recorder = None if options.execute else DryRunRecorder(folder / "plan.jsonl.gz", migration.down)
-    base = pipeline_options(
-        config if options.execute else config.with_engine(backup=False), RunOptions(execute=True)
-    )
+    engine = config.engine if options.execute else config.with_engine(backup=False).engine
+    base = PipelineOptions(execute=True, engine=engine, limits=config.limits)
     pipeline = MigrationPipeline(
         store,
         migration,
