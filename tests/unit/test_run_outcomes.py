@@ -4,6 +4,8 @@ was processed (no --limit cut, no --sample, every canary stage passed), ``partia
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from docshift.loader import load_migrations
 from docshift.planning import StateKind
 from docshift.runfolder import Checkpoint, read_versioned, write_versioned
 from docshift.store import DelegatingStore, MemoryStore, Store
-from docshift.store.base import WriteResult
+from docshift.store.base import Write, WriteResult
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "migrations"
@@ -552,3 +554,70 @@ def test_a_resume_cannot_turn_the_before_images_off(config: Config, tmp_path: Pa
     with pytest.raises(UsageError, match="cannot stop saving them") as refused:
         resume_run(_cli_config(tmp_path, {"backup": False}), RunOptions(execute=True, resume=run_id))
     assert refused.value.hint and "without --no-backup" in refused.value.hint
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """The files under ``folder`` this process holds open (its file descriptors' targets)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(str(folder)):
+            held.append(target)
+    return held
+
+
+def test_a_staged_run_leaves_no_file_of_its_folder_open_and_makes_each_check_once(tmp_path: Path) -> None:
+    """Only the stages' pipelines open the migration's journal and dead letters, and they close
+    them; the run asks for each migration's document check once (a check factory may scan)."""
+    config = tier_config(tmp_path)
+    store = MemoryStore()
+    seed(store, 300)
+    asked: list[str] = []
+
+    def checks(migration: Any) -> None:
+        asked.append(migration.id)
+
+    report = run_migrations(config, RunOptions(execute=True, stages=STAGES), store=store, checks=checks)
+    assert report.outcomes[0].status is MigrationStatus.APPLIED
+    assert _open_files_under(config.runs_dir) == []
+    assert asked == ["0001"]
+
+
+def test_a_stage_rollback_leaves_a_document_changed_since_alone_and_says_so(tmp_path: Path) -> None:
+    """The stages are undone by the rollback's own mechanism: a document the application changed
+    after a stage wrote it is a conflict, left alone and listed in the migration's conflicts.jsonl
+    (as ``docshift rollback`` lists it), and the migration is not recorded as rolled back."""
+    config = tier_config(tmp_path, fail_from=5)  # stage 2 (1-10%) fails half its documents
+    store = MemoryStore()
+    seed(store, 2000)
+    before = {p: d.data for p, d in export(store).items()}
+    changed: list[str] = []
+
+    class ApplicationWrites(RecordingProgress):
+        def event(self, kind: str, **fields: Any) -> None:
+            super().event(kind, **fields)
+            if kind == "warning" and "rolling back every stage" in str(fields.get("message")):
+                path = sorted(_tier_done(store))[0]
+                [result] = store.commit([Write.set(path, {**export(store)[path].data, "tier": "gold"})])
+                assert result.ok
+                changed.append(path)
+
+    with pytest.raises(StageFailed, match="left alone") as failed:
+        run_migrations(
+            config, RunOptions(execute=True, stages=STAGES), store=store, progress=ApplicationWrites()
+        )
+    [folder] = config.runs_dir.glob("*/0001_tier")
+    assert not failed.value.undone and failed.value.run_state == "failed"
+    assert str(folder / "conflicts.jsonl") in failed.value.message and "--force" in (failed.value.hint or "")
+    listed = [json.loads(line)["path"] for line in (folder / "conflicts.jsonl").read_text().splitlines()]
+    assert listed == changed and not (folder / "rollback-conflicts.jsonl").exists()
+    now = {p: d.data for p, d in export(store).items()}
+    assert now[changed[0]]["tier"] == "gold"  # the application's change is kept
+    assert {p: d for p, d in now.items() if p not in changed} == {
+        p: d for p, d in before.items() if p not in changed
+    }
+    assert record_of(store).status is not MigrationStatus.ROLLED_BACK
+    assert load_run_info(folder.parent)["state"] == "failed"
