@@ -68,7 +68,9 @@ def normalised(value: Any, names: dict[str, str], root: str = "") -> Any:
         text = value.replace(root, "<project folder>") if root else value
         for pattern, kind in ((_RUN_ID, "run"), (_PROJECT, "project")):
             for found in pattern.findall(text):
-                names.setdefault(found, f"<{kind}-{sum(1 for v in names.values() if v.startswith(f'<{kind}'))}>")
+                names.setdefault(
+                    found, f"<{kind}-{sum(1 for v in names.values() if v.startswith(f'<{kind}'))}>"
+                )
                 text = text.replace(found, names[found])
         return text
     return value
@@ -92,7 +94,9 @@ def folder_snapshot(runs_dir: Path, root: Path) -> dict[str, Any]:
     (and of every ``validation-*.json``), ``None`` for the others. ``root``: the project folder
     (paths in the files start with it)."""
     names: dict[str, str] = {}
-    runs = sorted(runs_dir.iterdir(), key=lambda folder: json.loads((folder / "run.json").read_text())["created_at"])
+    runs = sorted(
+        runs_dir.iterdir(), key=lambda folder: json.loads((folder / "run.json").read_text())["created_at"]
+    )
     for folder in runs:  # ids named in the order the runs were made, in either project
         normalised(folder.name, names)
     snapshot: dict[str, Any] = {}

@@ -113,11 +113,16 @@ def sides(tmp_path: Path, emulator_host: str) -> Any:
 def same(cli: Any, library: Any, what: str) -> None:
     """``cli`` equals ``library``; when not, the lines that differ say where."""
     left, right = (json.dumps(v, indent=1, sort_keys=True, default=str).splitlines() for v in (cli, library))
-    assert left == right, f"{what}:\n" + "\n".join(difflib.unified_diff(left, right, "cli", "library", lineterm=""))
+    assert left == right, f"{what}:\n" + "\n".join(
+        difflib.unified_diff(left, right, "cli", "library", lineterm="")
+    )
 
 
 def assert_same(cli: Side, library: Side) -> None:
-    (cli_folder, cli_history, cli_docs), (lib_folder, lib_history, lib_docs) = cli.snapshot(), library.snapshot()
+    (cli_folder, cli_history, cli_docs), (lib_folder, lib_history, lib_docs) = (
+        cli.snapshot(),
+        library.snapshot(),
+    )
     assert sorted(cli_folder) == sorted(lib_folder)  # the same files
     for name, content in cli_folder.items():
         same(content, lib_folder[name], name)
