@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from docshift.commands.backup import backup, restore
+from docshift.commands.backup import BackupOptions, backup, restore
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config
@@ -93,7 +93,7 @@ def test_documents_at_the_limits_back_up_and_restore_exactly(
     docs = at_the_limits()
     seed(firestore_store, docs)
     before = export(firestore_store, ["limits"])
-    manifest = backup(emulator_config, ["limits"], tmp_path / "b")
+    manifest = backup(emulator_config, BackupOptions(["limits"], tmp_path / "b"))
     assert manifest.documents == len(docs)
 
     target = emulator_config.with_store(project=other_store.info.project)
