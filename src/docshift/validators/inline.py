@@ -1,7 +1,7 @@
 """Validation during a run: rules on every document before it is written, the integrity gate,
 before/after scans, and the run's health.
 
-Pass one :class:`RunValidation` to :func:`docshift.commands.run.run` both as ``progress`` (it
+Pass one :class:`RunValidation` to :func:`docshift.commands.run.run_migrations` both as ``progress`` (it
 forwards every event, and notes warnings and each migration's final counters) and as ``checks`` (it
 builds each migration's document check), then call :meth:`RunValidation.finish`::
 
