@@ -6,7 +6,8 @@ forwards every event, and notes warnings and each migration's final counters) an
 builds each migration's document check), then call :meth:`RunValidation.finish`::
 
     validation = RunValidation(config, store, progress=progress, controls=controls, execute=True)
-    report = run(config, options, store=store, progress=validation, controls=controls, checks=validation)
+    report = run_migrations(config, options, store=store, progress=validation, controls=controls,
+                            checks=validation)
     outcome = validation.finish(report.folder)
 
 A document that breaks a rule is not written; it goes to the dead-letter file with the rule. When
