@@ -305,7 +305,12 @@ class FirestoreStore(Store):
             out.array_value.SetInParent()
             for item in value:
                 self._encode_value(item, values.add())
-        elif kind is Timestamp or isinstance(value, datetime):
+        else:
+            self._encode_rare_value(value, kind, out)
+
+    def _encode_rare_value(self, value: Value, kind: type, out: Any) -> None:
+        """The value types after the common ones, kept apart so the common path stays short."""
+        if kind is Timestamp or isinstance(value, datetime):
             stamp = value if kind is Timestamp else Timestamp.from_datetime(value)
             out.timestamp_value.seconds = stamp.seconds
             out.timestamp_value.nanos = stamp.nanos
