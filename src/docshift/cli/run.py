@@ -296,9 +296,9 @@ def _print_result(result: RunResult, error: BaseException | None, flags: RunFlag
                 print_run_validation(result.validation, to_stderr=True)
             if error.resume_command:  # on stderr, so --json output on stdout stays pure JSON lines
                 err_console.print(f"resume with: [bold]{error.resume_command}[/]")
-        print_run_end("run", result.report, result.report_error, flags.as_json)
+        print_run_end("run", result.report_paths, result.report_error, flags.as_json)
         raise error
-    print_run_end("run", result.report, result.report_error, flags.as_json)
+    print_run_end("run", result.report_paths, result.report_error, flags.as_json)
     if not flags.as_json:
         if not result.execute and not flags.quiet:
             _print_dry_run(result.run)

@@ -143,8 +143,9 @@ class RunResult:
     hint: str | None = None
     resume_command: str | None = None
     """What continues the run, when it stopped and can be resumed."""
-    report: ReportPaths | None = None
-    """None when nothing ran (nothing to do), or when the report could not be written."""
+    report_paths: ReportPaths | None = None
+    """The report's files and content; None when nothing ran (nothing to do), or when it could not
+    be written (``report_error`` says why)."""
     report_error: BaseException | None = None
     validation: RunOutcome | None = None
     """None when the run ended by an error other than a stop (nothing was validated)."""
@@ -480,7 +481,7 @@ def _result(
         error=ended["error"],
         hint=ended["hint"],
         resume_command=ended.get("resume_command"),
-        report=observation.report,
+        report_paths=observation.report,
         report_error=observation.report_error,
         validation=checked,
         status_url=observation.url,
