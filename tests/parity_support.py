@@ -27,7 +27,7 @@ _VOLATILE_KEYS = {
     "finished_at",
     "updated_at",
     "saved_at",
-    "journal_unsettled",
+    "journal",
     "update_time",
     "generated_at",
     "elapsed_seconds",
@@ -39,8 +39,8 @@ _VOLATILE_KEYS = {
     "pid",
     "docshift_version",
 }
-"""Keys whose values differ between two runs by nature (when, how long, who, where; byte offsets
-in a journal, whose entries hold times)."""
+"""Keys whose values differ between two runs by nature (when, how long, who, where; a checkpoint's
+``journal``: byte offsets in the journal, whose entries hold times)."""
 _TIMINGS = re.compile(
     r"(_ms|_p\d+|_per_second|_bytes|latency|throughput|timeline|memory|rss|eta)", re.IGNORECASE
 )

@@ -20,6 +20,20 @@ from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, collect_flags, pass_app
 from docshift.cli.output import console, err_console
 from docshift.commands.backup import BackupOptions, backup, restore, restore_failure, verify, verify_failure
+from docshift.engine.hooks import (
+    BackupHooks,
+    BackupProgressed,
+    BackupStarted,
+    CheckStarted,
+    FileChecked,
+    PhaseProgressed,
+    PhaseStarted,
+    RestoreProgressed,
+    RestoreStarted,
+    VerifyProgressed,
+    VerifyStarted,
+    Warned,
+)
 from docshift.errors import UsageError
 
 __all__ = ["backup_command", "restore_command"]
@@ -62,7 +76,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class _Progress:
+class _BackupDisplay(BackupHooks):
     """Plain lines on stderr: when a phase starts, then at most one every few seconds."""
 
     def __init__(self, quiet: bool, every: float = 3.0) -> None:
@@ -70,43 +84,45 @@ class _Progress:
         self.every = every
         self._last = time.monotonic()
 
-    def event(self, kind: str, **fields: Any) -> None:
-        if kind == "warning":  # said even with --quiet
-            err_console.print(f"[yellow]warning:[/] {escape(str(fields.get('message')))}", soft_wrap=True)
-            return
+    def warning(self, event: Warned) -> None:  # said even with --quiet
+        err_console.print(f"[yellow]warning:[/] {escape(event.message)}", soft_wrap=True)
+
+    def phase_started(self, event: PhaseStarted) -> None:
         if self.quiet:
             return
-        phase = fields.get("phase")
-        if kind == "start":
-            self._last = time.monotonic()
-            if phase == "backup":
-                _note(f"backup: {fields['collection']}")
-            elif phase == "check":
-                _note(f"check: {fields['files']} file(s), {fields['documents']:,} documents")
-            else:
-                _note(f"{phase}: {fields['documents']:,} documents")
-            return
-        if kind != "progress" or time.monotonic() - self._last < self.every:
+        self._last = time.monotonic()
+        match event:
+            case BackupStarted():
+                _note(f"backup: {event.collection}")
+            case CheckStarted():
+                _note(f"check: {event.files} file(s), {event.documents:,} documents")
+            case RestoreStarted():
+                _note(f"restore: {event.documents:,} documents")
+            case VerifyStarted():
+                _note(f"verify: {event.documents:,} documents")
+
+    def phase_progressed(self, event: PhaseProgressed) -> None:
+        if self.quiet or time.monotonic() - self._last < self.every:
             return
         self._last = time.monotonic()
-        done = fields.get("done", 0)
-        if phase == "backup":
-            _note(
-                f"backup: {done:,} documents ({fields['collection']}), "
-                f"{fields['files']} file(s) done, {fields['docs_per_second']:,.0f} docs/s"
-            )
-        elif phase == "check":
-            _note(f"check: {fields['file']} intact ({fields['documents']:,} documents)")
-        elif phase == "restore":
-            _note(
-                f"restore: {done:,}/{fields['total']:,} ({fields['failed']:,} failed), "
-                f"{fields['docs_per_second']:,.0f} docs/s"
-            )
-        elif phase == "verify":
-            _note(
-                f"verify: {done:,}/{fields['total']:,} checked, {fields['missing']:,} "
-                f"missing, {fields['different']:,} different"
-            )
+        match event:
+            case BackupProgressed():
+                _note(
+                    f"backup: {event.done:,} documents ({event.collection}), "
+                    f"{event.files} file(s) done, {event.docs_per_second:,.0f} docs/s"
+                )
+            case FileChecked():
+                _note(f"check: {event.file} intact ({event.documents:,} documents)")
+            case RestoreProgressed():
+                _note(
+                    f"restore: {event.done:,}/{event.total:,} ({event.failed:,} failed), "
+                    f"{event.docs_per_second:,.0f} docs/s"
+                )
+            case VerifyProgressed():
+                _note(
+                    f"verify: {event.done:,}/{event.total:,} checked, {event.missing:,} "
+                    f"missing, {event.different:,} different"
+                )
 
 
 @click.command("backup")
@@ -157,7 +173,7 @@ def backup_command(
         _note(f"source: {where}")
     options = BackupOptions(list(collections), out, recursive, group, all_collections, docs_per_file)
     with _sigterm_interrupts():
-        manifest = backup(config, options, progress=_Progress(quiet))
+        manifest = backup(config, options, hooks=_BackupDisplay(quiet))
     seconds = (
         manifest.finished_at.seconds
         - manifest.started_at.seconds
@@ -263,18 +279,18 @@ def restore_command(app: AppContext, flags: RestoreFlags) -> None:
     folder, targets = flags.folder, _parse_into(flags.into)
     manifest = read_manifest(folder)
     path_map = PathMap.build(manifest, targets)
-    progress = _Progress(flags.quiet)
+    display = _BackupDisplay(flags.quiet)
     if not flags.quiet:
         _note(f"backup: {manifest.documents:,} documents, {manifest.describe_source()}")
     if flags.verify_only:
-        _print_verification(verify(config, folder, into=targets, progress=progress))
+        _print_verification(verify(config, folder, into=targets, hooks=display))
         return
     where = ", ".join(sorted(set(path_map.targets.values()))) or "(nothing)"
     count = f"{manifest.documents:,} document{'' if manifest.documents == 1 else 's'}"
     overwriting = f"restore {count} into {where}, overwriting documents at the same paths"
     confirm_destructive(config, overwriting, flags.yes)
     with _sigterm_interrupts():
-        report = restore(config, folder, into=targets, verify=flags.verify_after, progress=progress)
+        report = restore(config, folder, into=targets, verify=flags.verify_after, hooks=display)
     _print_restore(report)
     if report.verification is not None:
         _print_verification(report.verification)

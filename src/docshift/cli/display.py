@@ -11,19 +11,20 @@ from typing import Any, TypeVar
 
 import click
 
-from docshift.cli.live import LiveProgress
-from docshift.cli.output import JsonProgress, PlainProgress, err_console, summary_table
-from docshift.commands.observe import Observation, ObserveOptions, migration_totals, outcome_of
+from docshift.cli.live import LiveHooks
+from docshift.cli.output import JsonHooks, PlainHooks, err_console, summary_table
+from docshift.commands.observe import Observation, ObserveOptions, migration_totals
 from docshift.config import Config
 from docshift.engine.controls import Controls
-from docshift.engine.progress import Progress
+from docshift.engine.hooks import ControlApplied, RunHooks
 from docshift.reports.report import ReportPaths
 from docshift.store import Store
 
 __all__ = [
     "StatusFlags",
     "close_display",
-    "display_progress",
+    "control_note",
+    "display_hooks",
     "print_run_end",
     "status_options",
     "watch_options",
@@ -72,38 +73,31 @@ def status_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def control_note(fields: dict[str, Any]) -> str:
+def control_note(event: ControlApplied) -> str:
     """One line saying who steered the run (a pause is otherwise invisible in a log)."""
-    action, source = str(fields.get("action")), fields.get("source")
+    action, source = event.action, event.source
     how = "the control file" if source == "file" else f"POST /{action}" if source == "http" else str(source)
     if action == "throttle":
-        value = float(fields.get("ops_per_second") or 0)
+        value = float(event.ops_per_second or 0)
         action = f"write limit set to {value:g} ops/s" if value else "write limit removed"
     else:
         action = {"pause": "paused", "resume": "resumed", "stop": "stopping"}.get(action, action)
     return f"{action} (by {how})"
 
 
-class _PlainWithControl(PlainProgress):
-    def event(self, kind: str, **fields: Any) -> None:
-        if kind == "control":
-            err_console.print(f"[yellow]{control_note(fields)}[/]")
-        super().event(kind, **fields)
-
-
-def display_progress(as_json: bool, quiet: bool, controls: Controls) -> Progress:
+def display_hooks(as_json: bool, quiet: bool, controls: Controls) -> RunHooks:
     """JSON lines with --json; the live view on a terminal; otherwise a plain line every few seconds."""
     if as_json:
-        return JsonProgress()
+        return JsonHooks()
     if err_console.is_terminal and not quiet:
-        return LiveProgress(err_console, controls, notes=control_note)
-    return _PlainWithControl(quiet=quiet)
+        return LiveHooks(err_console, controls, notes=control_note)
+    return PlainHooks(quiet=quiet, notes=control_note)
 
 
 def watch_options(
     config: Config,
     store: Store,
-    display: Progress,
+    display: RunHooks,
     status: StatusFlags,
     *,
     as_json: bool = False,
@@ -112,10 +106,10 @@ def watch_options(
     """How ``docshift run`` and ``docshift rollback`` are watched: the status endpoint, the ETA, and
     what is shown once the observation is set up (the live view's run id, the endpoint's URL)."""
     # The count query behind the ETA costs a scan of the target; only pay for it where an ETA is shown.
-    shows_eta = as_json or status.port is not None or isinstance(display, LiveProgress)
+    shows_eta = as_json or status.port is not None or isinstance(display, LiveHooks)
 
     def started(observation: Observation) -> None:
-        if isinstance(display, LiveProgress):
+        if isinstance(display, LiveHooks):
             display.set_run_id(observation.status.run_id)
         if observation.url and not as_json:
             auth = " (token required)" if status.token else ""
@@ -130,10 +124,11 @@ def watch_options(
     )
 
 
-def close_display(display: Progress, error: BaseException | None) -> None:
-    """The run is over (``error``: how it ended): the live view shows its last state and stops."""
-    if isinstance(display, LiveProgress):
-        display.close(outcome_of(error))
+def close_display(display: RunHooks) -> None:
+    """The command is over: the live view leaves its last frame on screen and stops (the
+    observation gave it the run's end; also when nothing ran: a run refused before its first pass)."""
+    if isinstance(display, LiveHooks):
+        display.close()
 
 
 def print_run_end(

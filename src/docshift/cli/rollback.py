@@ -12,7 +12,7 @@ from docshift.cli.context import AppContext, collect_flags, pass_app
 from docshift.cli.display import (
     StatusFlags,
     close_display,
-    display_progress,
+    display_hooks,
     print_run_end,
     status_options,
     watch_options,
@@ -30,6 +30,7 @@ from docshift.commands.rollback import (
 from docshift.commands.session import rate_limiter
 from docshift.engine.controls import Controls
 from docshift.errors import RunStopped
+from docshift.runfolder.layout import MigrationFolder
 from docshift.store import open_store
 
 __all__ = ["rollback_command"]
@@ -77,10 +78,10 @@ def _print(report: RollbackReport) -> None:
             table.add_row(run, *(f"{counters.get(c, 0):,}" for c in columns))
         table.add_row(*(["total"] if by_run else []), *(f"{item.counters.get(c, 0):,}" for c in columns))
         console.print(table)
-        conflicts = item.folder / "conflicts.jsonl"
+        conflicts = MigrationFolder(item.folder).conflicts
         if conflicts.exists():
             console.print(f"  [yellow]conflicts (left alone): {conflicts}[/]")
-        mismatches = item.folder / "mismatches.jsonl"
+        mismatches = MigrationFolder(item.folder).mismatches
         if mismatches.exists():
             console.print(
                 f"  [red]not equal to their before-images{' after it' if report.execute else ''}: "
@@ -183,14 +184,12 @@ def rollback_command(app: AppContext, flags: RollbackFlags) -> None:
             err_console.print(f"target: {store.info.describe()}")
         controls = Controls(rate_limiter(config, store))
         install_signal_handlers(controls)
-        display = display_progress(flags.as_json, flags.quiet, controls)
+        display = display_hooks(flags.as_json, flags.quiet, controls)
         watch = watch_options(config, store, display, flags.status, as_json=flags.as_json)
         try:
-            report = rollback(
-                config, options, store=store, progress=display, controls=controls, observe=watch
-            )
+            report = rollback(config, options, store=store, hooks=display, controls=controls, observe=watch)
         except BaseException as error:
-            close_display(display, error)
+            close_display(display)
             done = result_of(error)
             if done is not None:
                 if isinstance(error, RunStopped) and error.resume_command and not flags.as_json:
@@ -199,7 +198,7 @@ def rollback_command(app: AppContext, flags: RollbackFlags) -> None:
                 if isinstance(error, RollbackConflicts) and not flags.as_json:
                     _print(done)  # what was undone, and where the conflicts are listed
             raise
-        close_display(display, None)
+        close_display(display)
     finally:
         store.close()
     print_run_end("rollback", report.report_paths, report.report_error, flags.as_json)

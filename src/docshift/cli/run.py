@@ -17,7 +17,7 @@ from docshift.cli.context import AppContext, collect_flags, pass_app
 from docshift.cli.display import (
     StatusFlags,
     close_display,
-    display_progress,
+    display_hooks,
     print_run_end,
     status_options,
     watch_options,
@@ -264,7 +264,7 @@ def run_command(app: AppContext, flags: RunFlags) -> None:
     error: BaseException | None = None
     try:
         controls = Controls(rate_limiter(config, store))
-        display = display_progress(flags.as_json, flags.quiet, controls)
+        display = display_hooks(flags.as_json, flags.quiet, controls)
         install_signal_handlers(controls)
         limit_text = f"{controls.limiter.limit:,.0f} ops/s" if controls.limiter.limit else "none"
         ramp = " with 500/50/5 ramp" if controls.limiter.ramp else ""
@@ -274,15 +274,14 @@ def run_command(app: AppContext, flags: RunFlags) -> None:
             config, store, display, flags.status, as_json=flags.as_json, limit=options.limit
         )
         try:
-            result = run(config, options, store=store, progress=display, controls=controls, observe=watch)
+            result = run(config, options, store=store, hooks=display, controls=controls, observe=watch)
         except BaseException as raised:
-            close_display(display, raised)
             found = result_of(raised)
             if found is None:
                 raise
             error, result = raised, found
-        else:
-            close_display(display, None)
+        finally:
+            close_display(display)
     finally:
         store.close()
     _print_result(result, error, flags)

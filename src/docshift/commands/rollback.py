@@ -36,8 +36,8 @@ from docshift.commands.target import check_store, target_config
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.dry_run import DryRunRecorder
+from docshift.engine.hooks import PassFinished, PassStarted, RunHooks, RunStarted, Warned, run_lifecycle
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
-from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
 from docshift.engine.undo import UndoAction, Undoer, UndoResult, undo_actions
 from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
@@ -45,8 +45,9 @@ from docshift.history import History, HistoryRecord, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.migration import Migration
 from docshift.reports.report import ReportPaths
-from docshift.runfolder.checkpoint import Checkpoint, ShardCursor
+from docshift.runfolder.checkpoint import Checkpoint, ShardCursor, UndoProgress, UndoStep
 from docshift.runfolder.journal import JournalReader
+from docshift.runfolder.layout import MigrationFolder, RunFolder
 from docshift.runfolder.record import CONFLICTS, FINISHED, force_command, read_info
 from docshift.store import Store, store_for
 from docshift.store.simulated import SimulatedStore
@@ -62,9 +63,6 @@ __all__ = [
     "undo_listings",
     "undo_run_journal",
 ]
-
-_JOURNAL = "before-images.jsonl.gz"
-_CONFLICTS, _MISMATCHES = "conflicts.jsonl", "mismatches.jsonl"
 
 _UNDONE = (
     MigrationStatus.APPLIED,
@@ -195,8 +193,8 @@ def _targets(
             runs = record.application_runs() if record is not None else ()
             # A run killed before its first checkpoint has written (and journalled) already.
             if (
-                not any(run_folder.glob(f"{migration_id}_*/checkpoint.json"))
-                and not any(run_folder.glob(f"{migration_id}_*/before-images.jsonl.gz"))
+                not RunFolder(run_folder).migrations(migration_id)
+                and not RunFolder(run_folder).journals(migration_id)
                 and run_id not in (runs or ())
             ):
                 continue  # the run stopped before this migration started
@@ -300,10 +298,10 @@ def _strategy(config: Config, migration: Migration, runs: tuple[str, ...], known
         )
     journalled, without = [], []
     for run in runs:
-        folder = config.runs_dir / run
-        if (folder / migration.label / _JOURNAL).exists():
+        folder = RunFolder.of(config.runs_dir, run)
+        if folder.migration(migration.label).journal.exists():
             journalled.append(run)
-        elif not (folder / "run.json").is_file():
+        elif not folder.exists:
             if not explicit_down:
                 more = f" (one of the {len(runs)} runs that applied it)" if len(runs) > 1 else ""
                 raise UsageError(
@@ -312,12 +310,12 @@ def _strategy(config: Config, migration: Migration, runs: tuple[str, ...], known
                     f"it, or {over_target}",
                 )
             without.append(run)
-        elif _wrote_without_journal(folder, migration):
+        elif _wrote_without_journal(folder.path, migration):
             without.append(run)
         # else: the run stopped before it started this migration: nothing of it to undo
     if without:
         if wanted == "restore":
-            journal = config.runs_dir / without[0] / migration.label / _JOURNAL
+            journal = RunFolder.of(config.runs_dir, without[0]).migration(migration.label).journal
             raise UsageError(
                 f"no before-images for {migration.label} in run {without[0]} ({journal})",
                 hint="copy that run's folder into runs_dir, or use --strategy down if the migration has one",
@@ -329,7 +327,7 @@ def _strategy(config: Config, migration: Migration, runs: tuple[str, ...], known
 def _wrote_without_journal(run_folder: Path, migration: Migration) -> bool:
     """Whether a run with no journal for ``migration`` may have written it: it checkpointed it, or
     it ran without before-images (and may have written before its first checkpoint)."""
-    if (run_folder / migration.label / "checkpoint.json").exists():
+    if RunFolder(run_folder).migration(migration.label).checkpoint.exists():
         return True
     settings = load_run_info(run_folder).get("settings") or {}
     return (settings.get("config") or {}).get("backup") is False
@@ -351,7 +349,7 @@ def _planned(config: Config, migrations: dict[str, Migration], entry: Any) -> _S
         )
     migration = migrations[migration_id]
     if not by:
-        journal = config.runs_dir / runs[0] / migration.label / _JOURNAL
+        journal = RunFolder.of(config.runs_dir, runs[0]).migration(migration.label).journal
         by = "journal" if strategy == "restore" or journal.exists() else "target"
     return _Step(migration, runs, strategy, by, known)
 
@@ -405,9 +403,9 @@ def _recorded_order(plan: list[_Step], info: dict[str, Any]) -> _Order:
 def _started_at(config: Config, run: str) -> datetime:
     """When ``run`` started: its ``run.json``'s ``created_at`` (to the microsecond), or the time its
     id begins with (a run whose folder is not here)."""
-    folder = config.runs_dir / run
-    if (folder / "run.json").is_file():
-        created = load_run_info(folder).get("created_at")
+    folder = RunFolder.of(config.runs_dir, run)
+    if folder.exists:
+        created = load_run_info(folder.path).get("created_at")
         if isinstance(created, str):
             try:
                 return datetime.fromisoformat(created)
@@ -438,13 +436,13 @@ def rollback(
     options: RollbackOptions,
     *,
     store: Store | None = None,
-    progress: Progress | None = None,
+    hooks: RunHooks | None = None,
     controls: Controls | None = None,
     observe: ObserveOptions | None = None,
 ) -> RollbackReport:
     """The whole ``docshift rollback``: :func:`run_rollback` on the project and database of the run
     it undoes, observed like a run (event log, status endpoint, control files, report: ``observe``).
-    ``progress`` is the display. Raises what :func:`run_rollback` raises once the rollback and its
+    ``hooks`` are the display. Raises what :func:`run_rollback` raises once the rollback and its
     report are recorded (:func:`result_of` gives a stop's report). The caller confirms first (the
     command line does)."""
     config = rollback_target(config, options)
@@ -459,16 +457,14 @@ def rollback(
             kind="rollback",
             resume=options.resume,
             run_id=rollback_id,
-            display=progress,
+            display=hooks,
             options=observe,
         )
         report: RollbackReport | None = None
         try:
             with observation as seen:
                 try:
-                    report = run_rollback(
-                        config, options, store=active, progress=seen.progress, controls=controls
-                    )
+                    report = run_rollback(config, options, store=active, hooks=seen.hooks, controls=controls)
                 except RollbackConflicts as conflicts:
                     report = conflicts.report
                     raise
@@ -503,15 +499,16 @@ def run_rollback(
     options: RollbackOptions,
     *,
     store: Store | None = None,
-    progress: Progress | None = None,
+    hooks: RunHooks | None = None,
     controls: Controls | None = None,
 ) -> RollbackReport:
     """Dry-run (default) or execute a rollback in one run session (:func:`rollback` without the
     observation); raises :class:`RollbackConflicts` when documents changed since the migration
     wrote them were left alone (use ``force`` to overwrite them), or when documents do not equal
-    their before-images afterwards."""
+    their before-images afterwards. ``hooks`` hear of each step (:mod:`docshift.engine.hooks`)."""
     migrations = {m.id: m for m in load_migrations(config.migrations_dir)}
     config = rollback_target(config, options)
+    hooks = hooks or RunHooks()
     with store_for(config, store) as active:
         if options.resume:
             folder = find_run(config.runs_dir, options.resume, kind="rollback")
@@ -525,22 +522,22 @@ def run_rollback(
             session = RunSession.create(config, active, info)
         report = RollbackReport(session.run_id, session.folder, options.execute, active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
-        with session.steps(controls):
-            work = _Undoing(
-                config, active, options, report, session.history, progress or NullProgress(), controls
+        with run_lifecycle(hooks) as start:
+            with session.steps(controls):
+                start(RunStarted(session.run_id, session.folder, "rollback", execute=options.execute))
+                work = _Undoing(config, active, options, report, session.history, hooks, controls)
+                _undo_all(work, plan, order)
+            dirty = [item for item in report.items if not item.clean] if options.execute else []
+            session.finish(
+                state=CONFLICTS if dirty else FINISHED,
+                done="finished" if not dirty else "ended with conflicts",
+                again="it undoes nothing again",
             )
-            _undo_all(work, plan, order)
-        dirty = [item for item in report.items if not item.clean] if options.execute else []
-        session.finish(
-            state=CONFLICTS if dirty else FINISHED,
-            done="finished" if not dirty else "ended with conflicts",
-            again="it undoes nothing again",
-        )
-        if dirty:
-            message, hint = _not_undone(dirty, session.info)
-            error = RollbackConflicts(message, hint=hint)
-            error.report = report
-            raise error
+            if dirty:
+                message, hint = _not_undone(dirty, session.info)
+                error = RollbackConflicts(message, hint=hint)
+                error.report = report
+                raise error
         return report
 
 
@@ -551,8 +548,8 @@ def _new_plan(
     history = History(store, config.store.state_prefix)
     targets = _targets(config, options, history, migrations)
     for source_run in dict.fromkeys(run for _, runs, _ in targets for run in runs):
-        if (config.runs_dir / source_run / "run.json").is_file():
-            check_store(store, load_run_info(config.runs_dir / source_run), source_run)
+        if (source := RunFolder.of(config.runs_dir, source_run)).exists:
+            check_store(store, load_run_info(source.path), source_run)
     plan = [_strategy(config, m, runs, known, options.strategy) for m, runs, known in targets]
     order = _order(config, plan)
     of_run = None
@@ -579,9 +576,11 @@ def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, s
     mismatched = sum(item.counters.get("mismatched", 0) for item in dirty)
     failed = sum(item.counters.get("failed", 0) for item in dirty)
 
-    def listed(name: str) -> str:
-        files = [str(item.folder / name) for item in dirty if (item.folder / name).is_file()]
-        return f"they are listed in {', '.join(files)}" if files else "see the rollback's report"
+    def listed(file: Callable[[MigrationFolder], Path]) -> str:
+        found = [
+            str(path) for path in (file(MigrationFolder(item.folder)) for item in dirty) if path.is_file()
+        ]
+        return f"they are listed in {', '.join(found)}" if found else "see the rollback's report"
 
     parts, hints = [], []
     if conflicts:
@@ -589,17 +588,18 @@ def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, s
         command = force_command(info)
         again = f"run `{command}`" if command else "rerun the rollback with --force"
         hints.append(
-            f"{listed(_CONFLICTS)}; to undo them over those later changes too (the changes are lost), {again}"
+            f"{listed(lambda m: m.conflicts)}; to undo them over those later changes too (the "
+            f"changes are lost), {again}"
         )
     if mismatched:
         parts.append(f"{mismatched} document(s) do not equal their before-image after the rollback")
         hints.append(
-            f"{listed(_MISMATCHES)}; if down() does not undo up(), fix it or roll back "
+            f"{listed(lambda m: m.mismatches)}; if down() does not undo up(), fix it or roll back "
             "with --strategy restore"
         )
     if failed:
         parts.append(f"{failed} document(s) failed in down()")
-        hints.append(listed("dead-letters.jsonl"))
+        hints.append(listed(lambda m: m.dead_letters))
     return "; ".join(parts), "; ".join(hints)
 
 
@@ -612,7 +612,7 @@ class _Undoing:
     options: RollbackOptions
     report: RollbackReport
     history: History
-    progress: Progress
+    hooks: RunHooks
     controls: Controls
 
 
@@ -622,7 +622,7 @@ def _undo_all(work: _Undoing, plan: list[_Step], order: _Order) -> None:
     is undone, cleanly. A dry run does the same against a simulated copy of the store, so each undo
     sees what undoing the newer writes would leave."""
     config, store, options, report = work.config, work.store, work.options, work.report
-    history, progress, controls = work.history, work.progress, work.controls
+    history, hooks, controls = work.history, work.hooks, work.controls
     own_writes: dict[str, tuple[Timestamp, Timestamp | None]] = {}
     view = store if options.execute else SimulatedStore(store)
     items: dict[str, RollbackItem] = {}
@@ -632,7 +632,7 @@ def _undo_all(work: _Undoing, plan: list[_Step], order: _Order) -> None:
             step.migration,
             step.strategy,
             step.runs,
-            report.folder / step.migration.label,
+            RunFolder(report.folder).migration(step.migration.label).path,
             runs_known=step.known,
         )
         items[step.migration.id] = item
@@ -650,18 +650,19 @@ def _undo_all(work: _Undoing, plan: list[_Step], order: _Order) -> None:
         item = items[migration.id]
         if isinstance(view, SimulatedStore) and index == len(order) - 1:
             view.retain_writes = False  # the oldest: nothing reads what its undo would leave
-        progress.event(
-            "start",
-            migration=f"rollback {migration.label}",
-            strategy=step.strategy,
-            shards=1,
-            execute=options.execute,
-            counters=dict(item.counters),
-            runs=list(step.runs) if run is None else [run],
+        hooks.pass_started(
+            PassStarted(
+                f"rollback {migration.label}",
+                1,
+                options.execute,
+                dict(item.counters),
+                strategy=step.strategy,
+                runs=tuple(step.runs) if run is None else (run,),
+            )
         )
         if run is not None:
             undo = undos[migration.id]
-            stopped = undo.run(run, view, progress)
+            stopped = undo.run(run, view, hooks)
             item.restore, item.by_run = undo.total(), undo.by_run()
             if stopped:
                 stop = controls.stop_class or RunStopped
@@ -672,9 +673,9 @@ def _undo_all(work: _Undoing, plan: list[_Step], order: _Order) -> None:
                 f"{'ran' if options.execute else 'would run'} over every document of the target, "
                 "also those the runs did not change, and the result cannot be verified"
             )
-            progress.event("warning", message=f"{migration.label}: {item.note}")
+            hooks.warning(Warned(f"{migration.label}: {item.note}"))
             item.pipeline, item.plan = _down_over_target(
-                config, view, migration, item.folder, options, report.run_id, progress, controls
+                config, view, migration, item.folder, options, report.run_id, hooks, controls
             )
             if item.pipeline.error is not None:
                 raise item.pipeline.error
@@ -683,18 +684,19 @@ def _undo_all(work: _Undoing, plan: list[_Step], order: _Order) -> None:
                 undos[migration.id].finish()
             if options.execute and item.clean:
                 history.mark_rolled_back(migration.id, report.run_id, item.counters)
-        progress.event("finish", migration=f"rollback {migration.label}", **item.counters)
+        hooks.pass_ended(PassFinished(f"rollback {migration.label}", dict(item.counters)))
 
 
 def _without_journal(config: Config, step: _Step) -> str:
     """Why ``step`` has no journal to go by, for its note."""
     if not step.known:
         return "its history no longer names every run that applied it"
-    missing = [r for r in step.runs if not (config.runs_dir / r / "run.json").is_file()]
+    missing = [r for r in step.runs if not RunFolder.of(config.runs_dir, r).exists]
     without = [
         r
         for r in step.runs
-        if r not in missing and not (config.runs_dir / r / step.migration.label / _JOURNAL).exists()
+        if r not in missing
+        and not RunFolder.of(config.runs_dir, r).migration(step.migration.label).journal.exists()
     ]
     parts = []
     if without:
@@ -726,54 +728,44 @@ class _JournalUndo:
     ) -> None:
         self.config, self.step, self.folder, self.options = config, step, folder, options
         self.controls, self.own_writes = controls, own_writes
-        self.path: Path | None = folder / "checkpoint.json" if checkpointed else None
+        self.files = MigrationFolder(folder)
+        self.path: Path | None = self.files.checkpoint if checkpointed else None
         self.parts = {run: UndoResult() for run in step.runs}
         self.finished: set[str] = set()
-        self.current = step.runs[0]
-        """The run whose journal is being undone (``position`` in the checkpoint is in it)."""
         self.working_seconds = 0.0
         """Time spent undoing this migration (other migrations' runs may come in between)."""
         self.started: float | None = None
         if self.path is not None and self.path.exists():
             saved = Checkpoint.load(self.path)
-            if saved.extra.get("kind") not in ("restore", "down"):
+            if saved.undo is None:
                 raise UsageError(
                     f"the checkpoint {self.path} is not one of a rollback from before-images",
                     hint="it was written by an older docshift; start a new rollback",
                 )
-            recorded = saved.extra.get("steps")
-            if not isinstance(recorded, list):  # an older docshift's: one run
-                recorded = [
-                    {
-                        "run": saved.extra.get("of_run", step.runs[0]),
-                        "counters": saved.counters,
-                        "position": saved.extra.get("position", -1),
-                        "finished": saved.finished,
-                    }
-                ]
-            for entry in recorded:
-                part = self.parts.get(str(entry["run"]))
+            for entry in saved.undo.steps:
+                part = self.parts.get(entry.run)
                 if part is None:
                     continue
-                part.counters.update({str(k): int(v) for k, v in dict(entry["counters"]).items()})
-                part.position = int(entry.get("position", -1))
-                if entry.get("finished"):
-                    self.finished.add(str(entry["run"]))
+                part.counters.update(entry.counters)
+                part.position = entry.position
+                if entry.finished:
+                    self.finished.add(entry.run)
             self.working_seconds = saved.elapsed_seconds
+        self.undo = UndoProgress(step.strategy, list(step.runs))
         self.checkpoint = Checkpoint(
             run_id=folder.parent.name,
             migration_id=step.migration.id,
             checksum=step.migration.checksum,
             shards=[ShardCursor()],
-            extra={"kind": step.strategy, "runs": list(step.runs)},
+            undo=self.undo,
         )
 
-    def run(self, run: str, store: Store, progress: Progress) -> bool:
+    def run(self, run: str, store: Store, hooks: RunHooks) -> bool:
         """Undo run ``run``'s journal (from where it stopped); whether the rollback was stopped."""
         if run in self.finished:
             return False
         migration, part = self.step.migration, self.parts[run]
-        self.current, self.started = run, time.monotonic()
+        self.started = time.monotonic()
         # redo recognises our own writes by value; a copy's before-images are of its targets,
         # which up() does not take.
         redo = None if migration.target.copy_to else migration.up
@@ -781,13 +773,13 @@ class _JournalUndo:
             store,
             execute=self.options.execute,
             force=self.options.force,
-            conflicts_file=self.folder / _CONFLICTS,
-            mismatches_file=self.folder / _MISMATCHES,
+            conflicts_file=self.files.conflicts,
+            mismatches_file=self.files.mismatches,
             redo=redo,
             undo=migration.down if self.step.strategy == "down" else None,
             limiter=self.controls.limiter,
             stop=self.controls.stop,
-            progress=progress,
+            hooks=hooks,
             on_batch=self.save,
             batch_size=self.config.engine.batch_size,
             own_writes=self.own_writes,
@@ -805,7 +797,7 @@ class _JournalUndo:
         self.save(state="finished")
 
     def _journal(self, run: str) -> Path:
-        return self.config.runs_dir / run / self.step.migration.label / _JOURNAL
+        return RunFolder.of(self.config.runs_dir, run).migration(self.step.migration.label).journal
 
     def _older_outputs(self, run: str) -> Callable[[UndoAction], bool] | None:
         """Whether a document of ``run``'s journal held what an older run of the migration wrote
@@ -856,22 +848,16 @@ class _JournalUndo:
         checkpoint.counters = dict(self.total().counters)
         running = time.monotonic() - self.started if self.started is not None else 0.0
         checkpoint.elapsed_seconds = self.working_seconds + running  # the report's working time
-        checkpoint.extra["steps"] = [
-            {
-                "run": run,
-                "counters": dict(part.counters),
-                "position": part.position,
-                "finished": run in self.finished,
-            }
+        self.undo.steps = [
+            UndoStep(run, dict(part.counters), part.position, run in self.finished)
             for run, part in self.parts.items()
         ]
-        checkpoint.extra.update(of_run=self.current, position=self.parts[self.current].position)
         checkpoint.state = state
         checkpoint.save(self.path)
 
 
 def undo_run_journal(
-    config: Config, store: Store, migration: Migration, folder: Path, controls: Controls, progress: Progress
+    config: Config, store: Store, migration: Migration, folder: Path, controls: Controls, hooks: RunHooks
 ) -> UndoResult:
     """Undo what run ``folder.parent.name`` wrote to ``migration`` from its journal in ``folder``
     (a canary's stages), by the rollback's own mechanism: as ``docshift rollback --strategy
@@ -880,14 +866,15 @@ def undo_run_journal(
     checkpointed: done again, it finds what it restored equal to its before-image."""
     step = _Step(migration, (folder.parent.name,), "restore", "journal")
     undo = _JournalUndo(config, step, folder, RollbackOptions(execute=True), controls, {}, checkpointed=False)
-    undo.run(step.runs[0], store, progress)
+    undo.run(step.runs[0], store, hooks)
     return undo.total()
 
 
 def undo_listings(folder: Path) -> list[Path]:
     """The lists an undo in ``folder`` wrote: documents left alone (conflicts), and documents that
     do not equal their before-image afterwards (mismatches)."""
-    return [path for path in (folder / _CONFLICTS, folder / _MISMATCHES) if path.is_file()]
+    files = MigrationFolder(folder)
+    return [path for path in (files.conflicts, files.mismatches) if path.is_file()]
 
 
 def _down_over_target(
@@ -897,19 +884,20 @@ def _down_over_target(
     folder: Path,
     options: RollbackOptions,
     run_id: str,
-    progress: Progress,
+    hooks: RunHooks,
     controls: Controls,
 ) -> tuple[PipelineResult, DryRunRecorder | None]:
     """down() over the migration's whole target, through the engine: the only way without a
     journal. A dry run executes against the simulated store (``store``), without before-images."""
     assert migration.down is not None
-    checkpoint_path = folder / "checkpoint.json"
+    files = MigrationFolder(folder)
+    checkpoint_path = files.checkpoint
     if checkpoint_path.exists():
         checkpoint = Checkpoint.load(checkpoint_path)
     else:
         settings: dict[str, Any] = {"rollback": True, "strategy": "down"}
         checkpoint = new_checkpoint(run_id, migration, plan_shards(store, migration.target, 1), settings)
-    recorder = None if options.execute else DryRunRecorder(folder / "plan.jsonl.gz", migration.down)
+    recorder = None if options.execute else DryRunRecorder(files.plan, migration.down)
     engine = config.engine if options.execute else config.with_engine(backup=False).engine
     base = PipelineOptions(execute=True, engine=engine, limits=config.limits)
     pipeline = MigrationPipeline(
@@ -919,7 +907,7 @@ def _down_over_target(
         folder,
         checkpoint,
         controls=controls,
-        progress=progress,
+        hooks=hooks,
         transform=migration.down,
         on_decision=recorder,
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,8 +40,17 @@ from docshift.config import Config, with_values
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.dry_run import DryRunRecorder
+from docshift.engine.hooks import (
+    FanOutHooks,
+    MigrationEnded,
+    MigrationStarted,
+    RunHooks,
+    RunResumed,
+    RunStarted,
+    Warned,
+    run_lifecycle,
+)
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
-from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
 from docshift.errors import DocshiftError, DriftError, ExitCode, RunStopped, UsageError, ValidationFailed
 from docshift.history import History, MigrationStatus, current_user
@@ -49,7 +58,8 @@ from docshift.loader import load_migrations
 from docshift.migration import Migration
 from docshift.planning import MigrationState, check_drift, check_order, migration_states
 from docshift.reports.report import ReportPaths
-from docshift.runfolder.checkpoint import Checkpoint
+from docshift.runfolder.checkpoint import Checkpoint, Scope
+from docshift.runfolder.layout import MigrationFolder, RunFolder
 from docshift.runfolder.record import ROLLED_BACK, read_migration
 from docshift.store import Store, store_for
 from docshift.validators import RunOutcome, RunValidation
@@ -148,7 +158,7 @@ class RunResult:
     be written (``report_error`` says why)."""
     report_error: BaseException | None = None
     validation: RunOutcome | None = None
-    """None when the run ended by an error other than a stop (nothing was validated)."""
+    """None when nothing was validated (the run was refused before it started)."""
     status_url: str | None = None
 
     @property
@@ -302,8 +312,8 @@ def _recorded_settings(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     saved = info.get("settings")
     if isinstance(saved, dict):
         return saved
-    for path in sorted(folder.glob("*/checkpoint.json")):
-        settings = Checkpoint.load(path).settings
+    for migration in RunFolder(folder).migrations():
+        settings = Checkpoint.load(migration.checkpoint).settings
         flat = {**settings.get("engine", {}), **settings.get("limits", {})}
         options = settings.get("options", {})
         return {
@@ -384,7 +394,7 @@ def _scope_text(value: Any) -> str:
     return f"{_shown(value)}%" if isinstance(value, float) else str(value)
 
 
-def _record_resume(resumed: ResumedRun, session: RunSession, progress: Progress) -> None:
+def _record_resume(resumed: ResumedRun, session: RunSession, hooks: RunHooks) -> None:
     """Write into ``run.json`` the settings the resume continues with, the resume and what it
     overrode, and ``overrides``: every setting the run's resumes changed, from the run's first
     value to the latest (what the report and the history show)."""
@@ -399,7 +409,7 @@ def _record_resume(resumed: ResumedRun, session: RunSession, progress: Progress)
         merged[name] = {"was": was, "now": change["now"]}
     info["overrides"] = merged
     session.save()
-    progress.event("resume", run_id=resumed.run_id, settings=info["settings"], overrides=resumed.overrides)
+    hooks.run_resumed(RunResumed(resumed.run_id, info["settings"], resumed.overrides))
 
 
 def run(
@@ -407,14 +417,15 @@ def run(
     options: RunOptions,
     *,
     store: Store | None = None,
-    progress: Progress | None = None,
+    hooks: RunHooks | None = None,
     controls: Controls | None = None,
     observe: ObserveOptions | None = None,
 ) -> RunResult:
     """The whole ``docshift run`` (see the module docstring): dry-run (default) or execute the
-    pending migrations, or resume a run (``options.resume``). ``progress`` is the display: it sees
-    every event. ``controls`` steer the run (signal handlers, say); ``observe`` says how the run
-    is watched (status endpoint, ETA).
+    pending migrations, or resume a run (``options.resume``). ``hooks`` are the display: they hear
+    of every step (:mod:`docshift.engine.hooks`), and of the run's end once, when the whole command
+    ends. ``controls`` steer the run (signal handlers, say); ``observe`` says how the run is watched
+    (status endpoint, ETA).
 
     Raises the error the run ended with (a stop, whose ``resume_command`` continues it; an
     after-scan below integrity_critical) once the run, its validation and its report are recorded:
@@ -428,17 +439,19 @@ def run(
     run_id = str(options.run_id)
     with store_for(config, store) as active:
         controls = controls or Controls(rate_limiter(config, active))
-        report = RunReport(run_id, config.runs_dir / run_id, options.execute, target=active.info.describe())
+        folder = RunFolder.of(config.runs_dir, run_id)
+        report = RunReport(run_id, folder.path, options.execute, target=active.info.describe())
         observation = Observation(
-            config, active, controls, resume=options.resume, run_id=run_id, display=progress, options=observe
+            config, active, controls, resume=options.resume, run_id=run_id, display=hooks, options=observe
         )
+        validation: RunValidation | None = None
         checked: RunOutcome | None = None
         try:
             with observation as seen:
                 validation = RunValidation(
                     config,
                     active,
-                    progress=seen.progress,
+                    hooks=seen.hooks,
                     controls=controls,
                     execute=options.execute or resumed is not None,
                     scans=options.scans,
@@ -449,9 +462,8 @@ def run(
                         config,
                         options,
                         store=active,
-                        progress=validation,
+                        hooks=FanOutHooks(validation, seen.hooks),
                         controls=controls,
-                        checks=validation,
                         into=report,
                     )
                 except RunStopped as stop:
@@ -461,6 +473,8 @@ def run(
                 seen.ended_by = after_scan_failure(checked)
                 controls.finished.set()  # from here on, only the report is left to write
         except BaseException as error:
+            if checked is None and validation is not None:
+                checked = validation.outcome  # the run's end validated what it had done
             _RESULTS[error] = _result(report, observation, checked, error)
             raise
     result = _result(report, observation, checked, observation.ended_by)
@@ -511,29 +525,28 @@ def _validate_stopped(
     integrity-gate stop with ``auto_rollback``, roll the run back (the run is then closed: it is
     recorded as ``rolled_back`` and a resume is refused). A canary run's gate stop has rolled its
     stages back already."""
-    started = (report.folder / "run.json").is_file()
+    started = RunFolder(report.folder).exists
+    # The run's end finished the validation (a run refused before it started has none: finish it here).
     outcome = validation.finish(report.folder if started else None, stop)
     if options.auto_rollback and validation.gate and started and stop.run_state != ROLLED_BACK:
-        _auto_rollback(config, store, validation.inner, stop, report.run_id)
+        _auto_rollback(config, store, validation.hooks, stop, report.run_id)
     return outcome
 
 
-def _auto_rollback(config: Config, store: Store, progress: Progress, stop: RunStopped, run_id: str) -> None:
+def _auto_rollback(config: Config, store: Store, hooks: RunHooks, stop: RunStopped, run_id: str) -> None:
     # Restoring the before-images undoes exactly what the run wrote (a down() may not be an exact
     # inverse, and would also visit the documents the run never reached).
     strategy = "restore" if config.engine.backup else "auto"
-    progress.event(
-        "warning", message=f"integrity gate: rolling back run {run_id} ({strategy}, --auto-rollback)"
-    )
+    hooks.warning(Warned(f"integrity gate: rolling back run {run_id} ({strategy}, --auto-rollback)"))
     try:
         run_rollback(
             config,
             RollbackOptions(run_id=run_id, strategy=strategy, execute=True),
             store=store,
-            progress=progress,
+            hooks=hooks,
         )
     except DocshiftError as exc:
-        progress.event("warning", message=f"auto-rollback failed: {exc.message}")
+        hooks.warning(Warned(f"auto-rollback failed: {exc.message}"))
         stop.hint = f"roll back by hand: docshift rollback {run_id} --strategy {strategy} --execute"
     else:
         stop.resume_command = None
@@ -549,15 +562,16 @@ def run_migrations(
     options: RunOptions,
     *,
     store: Store | None = None,
-    progress: Progress | None = None,
+    hooks: RunHooks | None = None,
     controls: Controls | None = None,
-    checks: Callable[[Migration], DocumentCheck | None] | None = None,
     into: RunReport | None = None,
 ) -> RunReport:
     """The run session over the pending migrations (or over those of the run being resumed):
-    :func:`run` without the observation, the validation and the auto-rollback. ``checks`` gives
-    each migration's document check (see :class:`~docshift.validators.RunValidation`);
-    ``into`` is filled in as the migrations run (so a caller has what was done when it raises).
+    :func:`run` without the observation, the validation and the auto-rollback. ``hooks`` hear of
+    each step of the run (:mod:`docshift.engine.hooks`); the document check a migration's start
+    returns (validation's rules: :class:`~docshift.validators.RunValidation`) is applied to every
+    document it writes. ``into`` is filled in as the migrations run (so a caller has what was done
+    when it raises).
 
     Raises :class:`RunStopped` subclasses when a run stops early; its checkpoint is kept and
     ``resume_command`` continues it."""
@@ -566,7 +580,7 @@ def run_migrations(
     if resumed is not None:
         config, options = resumed.config, resumed.options
     with store_for(config, store) as active:
-        progress = progress or NullProgress()
+        hooks = hooks or RunHooks()
         drifted: list[MigrationState] = []
         if resumed is not None:
             session = RunSession.resume(config, active, resumed.folder, resumed.info)
@@ -580,7 +594,10 @@ def run_migrations(
             run_id = options.run_id or new_run_id()
             if not selected:
                 return into or RunReport(
-                    run_id, config.runs_dir / run_id, options.execute, target=active.info.describe()
+                    run_id,
+                    RunFolder.of(config.runs_dir, run_id).path,
+                    options.execute,
+                    target=active.info.describe(),
                 )
             session = RunSession.create(
                 config,
@@ -599,25 +616,27 @@ def run_migrations(
         report.target = active.info.describe()
         controls = controls or Controls(rate_limiter(config, active))
         history = session.history
-        with session.steps(controls):
-            if resumed is not None:
-                if options.execute:
+        with run_lifecycle(hooks) as start:
+            with session.steps(controls):
+                if resumed is not None and options.execute:
                     _refuse_if_rolled_back(history, session.run_id, session.info["migrations"])
-                _record_resume(resumed, session, progress)
-            if options.execute:
-                for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
-                    if state.migration is not None:
-                        history.accept_drift(state.migration_id, state.migration.checksum, session.run_id)
-            overrides = dict(session.info.get("overrides") or {})
-            work = _Migrating(config, active, options, report, history, progress, controls, checks, overrides)
-            for migration in selected:
-                _run_one(work, migration)
-        done = "; ".join(
-            f"{o.migration.label}: "
-            + ", ".join(f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted"))
-            for o in report.outcomes
-        )
-        session.finish(done=f"finished ({done})", again="it migrates nothing again")
+                start(RunStarted(session.run_id, session.folder, "run", execute=options.execute))
+                if resumed is not None:
+                    _record_resume(resumed, session, hooks)
+                if options.execute:
+                    for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
+                        if state.migration is not None:
+                            history.accept_drift(state.migration_id, state.migration.checksum, session.run_id)
+                overrides = dict(session.info.get("overrides") or {})
+                work = _Migrating(config, active, options, report, history, hooks, controls, overrides)
+                for migration in selected:
+                    _run_one(work, migration)
+            done = "; ".join(
+                f"{o.migration.label}: "
+                + ", ".join(f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted"))
+                for o in report.outcomes
+            )
+            session.finish(done=f"finished ({done})", again="it migrates nothing again")
         return report
 
 
@@ -657,36 +676,34 @@ class _Migrating:
     options: RunOptions
     report: RunReport
     history: History
-    progress: Progress
+    hooks: RunHooks
     controls: Controls
-    checks: Callable[[Migration], DocumentCheck | None] | None
     overrides: dict[str, dict[str, Any]]
 
 
-def _checkpoint(work: _Migrating, migration: Migration, folder: Path) -> Checkpoint | None:
+def _checkpoint(work: _Migrating, migration: Migration, files: MigrationFolder) -> Checkpoint | None:
     """The checkpoint ``migration`` continues from (a new one for a migration this run has not
     started); None: it had finished what the run was asked to do."""
     options, report = work.options, work.report
     settings = _settings(work.config, options)
-    path = folder / "checkpoint.json"
+    path = files.checkpoint
     if not path.exists():
         # --limit means the first N documents in name order: one reader, one shard.
         count = 1 if options.limit is not None else options.shards or work.config.engine.shards
         shards = plan_shards(work.store, migration.target, count)
         checkpoint = new_checkpoint(report.run_id, migration, shards, settings)
-        if options.limit is not None:
-            checkpoint.extra["limit_reached"] = None  # known once the run has read up to the limit
-        if options.sample_percent is not None:
-            checkpoint.extra["sample_percent"] = options.sample_percent
+        # Whether documents remain past a --limit is known once the run has read up to it.
+        checkpoint.scope = Scope(limited=options.limit is not None, sample_percent=options.sample_percent)
         return checkpoint
     checkpoint = Checkpoint.load(path)
-    if checkpoint.extra.get("rolled_back"):
+    undoing = checkpoint.stage_rollback
+    if undoing is not None and undoing.done:
         raise UsageError(
             f"{migration.label} was rolled back by its canary stage gate in run {report.run_id}",
             hint="fix the migration and start a new run",
         )
     stages_left = bool(options.stages) and not checkpoint.covers_target
-    if checkpoint.finished and not stages_left and not checkpoint.extra.get("rolling_back"):
+    if checkpoint.finished and not stages_left and undoing is None:
         if options.execute:
             _finish_history(work.store, work.history, migration, report.run_id, checkpoint, path)
         return None
@@ -702,20 +719,20 @@ def _checkpoint(work: _Migrating, migration: Migration, folder: Path) -> Checkpo
 def _run_one(work: _Migrating, migration: Migration) -> None:
     """Run ``migration`` (its stages, with ``--stages``) and record its outcome."""
     options, report, history = work.options, work.report, work.history
-    folder = report.folder / migration.label
-    checkpoint = _checkpoint(work, migration, folder)
+    files = RunFolder(report.folder).migration(migration.label)
+    checkpoint = _checkpoint(work, migration, files)
     if checkpoint is None:
         return
-    check = work.checks(migration) if work.checks else None
     base = pipeline_options(work.config, options)
     if options.execute:
         history.start(migration, report.run_id, work.overrides)
+    check = work.hooks.migration_started(MigrationStarted(migration, report.run_id, options.execute))
     recorder = None
     if options.execute and options.stages:
         result = _staged(work, migration, base, checkpoint, check)
     else:
         # Only here: a pipeline opens its journal and dead-letter file when it is made.
-        recorder = None if options.execute else DryRunRecorder(folder / "plan.jsonl.gz", migration.up)
+        recorder = None if options.execute else DryRunRecorder(files.plan, migration.up)
         on_checkpoint = None
         if options.execute:
 
@@ -732,10 +749,10 @@ def _run_one(work: _Migrating, migration: Migration) -> None:
                 work.store,
                 migration,
                 base,
-                folder,
+                files.path,
                 checkpoint,
                 controls=work.controls,
-                progress=work.progress,
+                hooks=work.hooks,
                 check=check,
                 on_decision=recorder,
                 on_checkpoint=on_checkpoint,
@@ -746,7 +763,9 @@ def _run_one(work: _Migrating, migration: Migration) -> None:
     outcome = MigrationOutcome(migration, result, recorder)
     report.outcomes.append(outcome)
     if options.execute:
-        _record(work, outcome, folder / "checkpoint.json")
+        _record(work, outcome, files.checkpoint)
+    recorded = None if outcome.status is None else outcome.status.value
+    work.hooks.migration_ended(MigrationEnded(migration, result, recorded))
     if result.error is not None:
         raise result.error
 
@@ -754,7 +773,7 @@ def _run_one(work: _Migrating, migration: Migration) -> None:
 def _record(work: _Migrating, outcome: MigrationOutcome, checkpoint_path: Path) -> None:
     """What the history records for an executed migration (see :func:`outcome_status`)."""
     migration, result, run_id = outcome.migration, outcome.result, work.report.run_id
-    history, progress = work.history, work.progress
+    history, hooks = work.history, work.hooks
     final = None
     if result.error is None:
         final = Checkpoint.load(checkpoint_path)  # what the run saved: the stages' last one
@@ -770,23 +789,22 @@ def _record(work: _Migrating, outcome: MigrationOutcome, checkpoint_path: Path) 
         if record.status is not MigrationStatus.ROLLED_BACK:
             earlier = ", ".join(record.runs) if record.runs else "earlier runs"
             command = f"docshift rollback {record.runs[-1] if record.runs else 'RUN_ID'} --execute"
-            progress.event(
-                "warning",
-                message=(
+            hooks.warning(
+                Warned(
                     f"{migration.label}: the stages of this run were rolled back, but what {earlier} "
                     f"migrated before stays migrated: it is recorded {record.status.value}, "
                     f"not rolled back; to undo that too: {command}"
-                ),
+                )
             )
     if status is MigrationStatus.PARTIAL:
         outcome.note = _partial_note(migration, work.options, result.counters)
-        progress.event("warning", message=outcome.note)
+        hooks.warning(Warned(outcome.note))
 
 
 def _note_limit(store: Store, migration: Migration, checkpoint: Checkpoint, path: Path) -> None:
     """After a ``--limit`` run read up to its limit: whether the target has documents past it.
     A limit the target does not exceed processed everything; one it does leaves the run partial."""
-    if "limit_reached" not in checkpoint.extra or checkpoint.extra["limit_reached"] is not None:
+    if not checkpoint.scope.limited or checkpoint.scope.limit_reached is not None:
         return
     target = migration.target
     remaining = False
@@ -798,7 +816,7 @@ def _note_limit(store: Store, migration: Migration, checkpoint: Checkpoint, path
             if any(True for _ in store.stream(query)):
                 remaining = True
                 break
-    checkpoint.extra["limit_reached"] = remaining
+    checkpoint.scope.limit_reached = remaining
     checkpoint.save(path)
 
 
@@ -825,7 +843,7 @@ def _staged(
 ) -> PipelineResult:
     options = work.options
     assert options.stages is not None
-    folder = work.report.folder / migration.label
+    folder = RunFolder(work.report.folder).migration(migration.label).path
     stages = StageRun(
         work.config,
         work.store,
@@ -834,7 +852,7 @@ def _staged(
         folder,
         CanaryStages(options.stages, options.pause_between_stages),
         controls=work.controls,
-        progress=work.progress,
+        hooks=work.hooks,
         check=check,
         run_id=work.report.run_id,
     )

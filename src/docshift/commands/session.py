@@ -28,6 +28,7 @@ from docshift.engine.limits import RateLimiter
 from docshift.errors import LockedError, RunFileError, RunStopped, UsageError
 from docshift.history import History, current_user
 from docshift.lock import LeaseLock, process_exists, read_lease
+from docshift.runfolder.layout import RunFolder, run_folders
 from docshift.runfolder.record import CLOSED_STATES, FINISHED, RUNNING, read_info, write_info
 from docshift.store import Store
 
@@ -54,15 +55,14 @@ def rate_limiter(config: Config, store: Store) -> RateLimiter:
 def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
     """The folder of ``run_id``, or of the newest unfinished ``kind`` run for ``"latest"``."""
     if run_id != "latest":
-        folder = runs_dir / run_id
-        if not (folder / "run.json").is_file():
+        folder = RunFolder.of(runs_dir, run_id)
+        if not folder.exists:
             raise UsageError(f"no run {run_id!r} in {runs_dir}", hint="see `docshift runs` for run ids")
-        return folder
-    candidates = sorted((p for p in runs_dir.glob("*/run.json")), reverse=True)
-    for path in candidates:
-        info = read_info(path.parent)
+        return folder.path
+    for candidate in run_folders(runs_dir):
+        info = read_info(candidate.path)
         if info.get("kind", "run") == kind and info.get("execute") and info.get("state") not in CLOSED_STATES:
-            return path.parent
+            return candidate.path
     command = "docshift run --execute" if kind == "run" else "docshift rollback RUN_ID --execute"
     raise UsageError(
         f"no unfinished {kind} in {runs_dir} to resume",
@@ -110,7 +110,9 @@ class RunSession:
             "project": store.info.project,
             "database": store.info.database,
         }
-        session = cls._of(config, store, config.runs_dir / str(info["run_id"]), info, resumed=False)
+        session = cls._of(
+            config, store, RunFolder.of(config.runs_dir, str(info["run_id"])).path, info, resumed=False
+        )
         if (error := session.record(RUNNING)) is not None:
             raise unrecorded(
                 error,

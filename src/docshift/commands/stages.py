@@ -21,15 +21,16 @@ from docshift.commands.rollback import undo_listings, undo_run_journal
 from docshift.config import Config
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
+from docshift.engine.hooks import PassFinished, PassStats, RunHooks, StageEntered, StagesRolledBack, Warned
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
-from docshift.engine.progress import Progress
 from docshift.engine.sampling import in_sample
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import format_ms
 from docshift.engine.undo import UndoResult
 from docshift.errors import EmergencyStop, MemoryLimitExceeded, RunStopped, TooManyFailures, UsageError
 from docshift.migration import Migration
-from docshift.runfolder.checkpoint import Checkpoint
+from docshift.runfolder.checkpoint import Checkpoint, StageProgress, StageRollback
+from docshift.runfolder.layout import MigrationFolder, RunFolder
 from docshift.runfolder.record import FAILED, ROLLED_BACK, read_migration
 from docshift.store.base import Document, Query, Store
 from docshift.validators.rules import RuleContext
@@ -85,7 +86,7 @@ class StageRun:
     folder: Path
     plan: CanaryStages
     controls: Controls
-    progress: Progress
+    hooks: RunHooks
     check: DocumentCheck | None
     run_id: str
 
@@ -93,25 +94,25 @@ class StageRun:
 def run_stages(run: StageRun, checkpoint: Checkpoint) -> PipelineResult:
     """Run every remaining stage of ``run.migration``; returns the combined result of the stages.
 
-    Resumable wherever the run stopped: the checkpoint says which stage ran (``stage``), the last
-    one whose gate passed (``passed``), and whether a rollback of the stages was under way
-    (``rolling_back``, which a resume finishes before it reports the stage that failed).
+    Resumable wherever the run stopped: the checkpoint's ``stages`` say which stage ran (``stage``),
+    the last one whose gate passed (``passed``), and whether a rollback of the stages was under way
+    (``rollback``, which a resume finishes before it reports the stage that failed).
     """
     config, store, migration, folder, plan = run.config, run.store, run.migration, run.folder, run.plan
-    controls, progress, run_id, base = run.controls, run.progress, run.run_id, run.base
-    path = folder / "checkpoint.json"
-    undoing = checkpoint.extra.get("rolling_back")
-    if isinstance(undoing, dict):
+    controls, hooks, run_id, base = run.controls, run.hooks, run.run_id, run.base
+    path = MigrationFolder(folder).checkpoint
+    undoing = checkpoint.stage_rollback
+    if undoing is not None:
         raise _rolled_back(
             run,
             checkpoint,
-            f"{undoing.get('message')} (that rollback, cut short when the run stopped, was "
-            "finished by this resume)",
-            undoing.get("hint"),
+            f"{undoing.message} (that rollback, cut short when the run stopped, was finished by this resume)",
+            undoing.hint,
         )
-    current = int(checkpoint.extra.get("stage", 0))
-    totals: Counter[str] = Counter(checkpoint.extra.get("earlier", {}))
-    seconds = float(checkpoint.extra.get("earlier_seconds", 0.0))
+    saved = checkpoint.stages
+    current = saved.stage if saved is not None else 0
+    totals: Counter[str] = Counter(saved.earlier if saved is not None else {})
+    seconds = saved.earlier_seconds if saved is not None else 0.0
     """Working time of the stages that passed (the report's and history's, with the current one)."""
     limit_ms = config.limits.stage_max_p95_ms
     result: PipelineResult | None = None
@@ -122,24 +123,26 @@ def run_stages(run: StageRun, checkpoint: Checkpoint) -> PipelineResult:
             checkpoint = new_checkpoint(
                 run_id, migration, plan_shards(store, migration.target, 1), checkpoint.settings
             )
-        elif checkpoint.extra.get("passed") == index:
+        elif checkpoint.stages is not None and checkpoint.stages.passed == index:
             continue  # that stage passed its gate before the run stopped
-        checkpoint.extra.update(
-            stage=index, stages=list(plan.stages), earlier=dict(totals), earlier_seconds=seconds
-        )
+        stage = checkpoint.stages or StageProgress(list(plan.stages))
+        stage.stage, stage.stages = index, list(plan.stages)
+        stage.earlier, stage.earlier_seconds = dict(totals), seconds
+        checkpoint.stages = stage
         options = dataclasses.replace(
             base,
             sample_percent=percent,
             sample_above=above,
             max_commit_p95=limit_ms / 1000 if limit_ms > 0 else None,
         )
-        progress.event(
-            "stage",
-            migration=migration.label,
-            stage=index + 1,
-            stages=len(plan.stages),
-            message=f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
-            f"documents in ({above:g}%, {percent:g}%]",
+        hooks.stage(
+            StageEntered(
+                migration.label,
+                index + 1,
+                f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
+                f"documents in ({above:g}%, {percent:g}%]",
+                stages=len(plan.stages),
+            )
         )
         if checkpoint.finished:
             # Every document of the stage was handled when the run stopped, before its gate ran.
@@ -154,7 +157,7 @@ def run_stages(run: StageRun, checkpoint: Checkpoint) -> PipelineResult:
                 folder,
                 checkpoint,
                 controls=controls,
-                progress=progress,
+                hooks=hooks,
                 check=run.check,
             ).run()
         if result.error is not None:
@@ -168,7 +171,7 @@ def run_stages(run: StageRun, checkpoint: Checkpoint) -> PipelineResult:
             raise _stages_failed(run, checkpoint, f"stage {index + 1} ({percent:g}%) failed its gate: {gate}")
         totals.update(stage_counts)
         seconds += result.elapsed_seconds
-        checkpoint.extra.update(earlier=dict(totals), earlier_seconds=seconds, passed=index)
+        stage.earlier, stage.earlier_seconds, stage.passed = dict(totals), seconds, index
         if index == len(plan.stages) - 1:
             # The finished migration's checkpoint speaks for all stages, saved with its last gate.
             checkpoint.counters = {**totals, "read": result.counters.get("read", 0)}
@@ -188,8 +191,11 @@ def run_stages(run: StageRun, checkpoint: Checkpoint) -> PipelineResult:
         "processed": sum(totals[k] for k in ("updated", "created", "deleted", "unchanged", "failed")),
     }
     combined["elapsed_seconds"] = seconds
-    # The per-stage finish events each counted one stage; this one speaks for the whole migration.
-    progress.event("finish", **{**combined, "migration": migration.label, "stages": len(plan.stages)})
+    counters, stats = PassStats.split(combined)
+    if stats is None:  # its last stage was done by an earlier process: no rates of this one
+        stats = PassStats(combined["processed"], 0.0, 0.0, None, None, None, 0, seconds)
+    # The per-stage pass ends each counted one stage; this one speaks for the whole migration.
+    hooks.pass_ended(PassFinished(migration.label, counters, stats, stages=len(plan.stages)))
     return result
 
 
@@ -199,8 +205,9 @@ def _stages_failed(run: StageRun, checkpoint: Checkpoint, cause: str) -> StageFa
     resume, not continued); the error says what failed and what the rollback did."""
     message = f"{cause}; every stage so far was rolled back from the before-images"
     hint = _stage_hint(run.folder)
-    checkpoint.extra["rolling_back"] = {"message": message, "hint": hint}
-    checkpoint.save(run.folder / "checkpoint.json")
+    assert checkpoint.stages is not None  # set when its stage began
+    checkpoint.stages.rollback = StageRollback(message, hint)
+    checkpoint.save(MigrationFolder(run.folder).checkpoint)
     return _rolled_back(run, checkpoint, message, hint)
 
 
@@ -283,33 +290,35 @@ def _integrity(store: Store, migration: Migration, above: float, percent: float)
 def _roll_back(run: StageRun, checkpoint: Checkpoint) -> UndoResult:
     """Undo every stage of this migration from its before-images, by the rollback's own mechanism
     (the run still holds the lease): every document verified, conflicts and mismatches listed."""
-    controls, progress, migration, folder = run.controls, run.progress, run.migration, run.folder
+    controls, hooks, migration, folder = run.controls, run.hooks, run.migration, run.folder
+    files = MigrationFolder(folder)
+    files.upgrade()  # a rollback cut short by an older docshift: its conflicts go on in the same file
     controls.stop.clear()
     controls.resume()
-    progress.event("warning", message=f"{migration.label}: rolling back every stage from the before-images")
-    result = undo_run_journal(run.config, run.store, migration, folder, controls, progress)
+    hooks.warning(Warned(f"{migration.label}: rolling back every stage from the before-images"))
+    result = undo_run_journal(run.config, run.store, migration, folder, controls, hooks)
     if result.stopped:  # a signal or `docshift stop` during the rollback: the resume finishes it
         raise RunStopped(
             f"{migration.label}: stopped while rolling back its stages",
             hint="resume the run to finish the rollback",
         )
-    progress.event(
-        "warning",
-        message=f"{migration.label}: rolled back: "
-        + ", ".join(f"{k} {v}" for k, v in result.counters.items() if v),
+    hooks.warning(
+        Warned(
+            f"{migration.label}: rolled back: "
+            + ", ".join(f"{k} {v}" for k, v in result.counters.items() if v)
+        )
     )
     checkpoint.state = "failed"
-    checkpoint.extra.update(rolled_back=True, rollback=result.counters)
-    checkpoint.save(folder / "checkpoint.json")  # a resume must not continue a rolled-back canary
-    # The stage's own stop event counted that stage; this one speaks for the migration, as its
+    assert checkpoint.stages is not None and checkpoint.stages.rollback is not None  # begun before
+    checkpoint.stages.rollback.counters = dict(result.counters)
+    checkpoint.save(files.checkpoint)  # a resume must not continue a rolled-back canary
+    # The stage's own pass end counted that stage; this one speaks for the migration, as its
     # record (report, history, `docshift runs`) does.
     record = read_migration(folder)
-    progress.event(
-        ROLLED_BACK,
-        migration=migration.label,
-        **record.counters,
-        rollback=result.counters,
-        elapsed_seconds=record.elapsed_seconds,
+    hooks.stages_rolled_back(
+        StagesRolledBack(
+            migration.label, dict(record.counters), dict(result.counters), record.elapsed_seconds
+        )
     )
     return result
 
@@ -319,7 +328,7 @@ def _stage_hint(folder: Path) -> str:
     letters = read_migration(folder).dead_letters
     listed = (
         f"the {letters:,} document(s) that failed or broke a rule are listed in "
-        f"{folder / 'dead-letters.jsonl'}; "
+        f"{MigrationFolder(folder).dead_letters}; "
         if letters
         else ""
     )
@@ -328,17 +337,18 @@ def _stage_hint(folder: Path) -> str:
 
 def _wait_for_operator(run: StageRun, index: int) -> None:
     """Pause until ``docshift resume RUN_ID`` (or the ``pause`` file in the run folder is removed)."""
-    controls, progress, migration, run_id = run.controls, run.progress, run.migration, run.run_id
-    marker = run.folder.parent / "pause"
+    controls, hooks, migration, run_id = run.controls, run.hooks, run.migration, run.run_id
+    marker = RunFolder(run.folder.parent).control("pause")
     marker.touch()
     controls.pause()
-    progress.event(
-        "stage",
-        migration=migration.label,
-        stage=index + 1,
-        paused=True,
-        message=f"{migration.label}: stage {index + 1} passed its gate; paused. "
-        f"Continue with `docshift resume {run_id}` or by deleting {marker}",
+    hooks.stage(
+        StageEntered(
+            migration.label,
+            index + 1,
+            f"{migration.label}: stage {index + 1} passed its gate; paused. "
+            f"Continue with `docshift resume {run_id}` or by deleting {marker}",
+            paused=True,
+        )
     )
     try:
         while controls.paused and marker.exists():
