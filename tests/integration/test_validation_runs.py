@@ -236,7 +236,11 @@ def test_validate_flag_scans_before_and_after_and_exits_14_when_the_after_scan_f
     assert "error: after-scan 0002_check_teams after: integrity 0.0%" in failed.stderr
     assert "after-scan 0002_check_teams after" in failed.stdout and "CRITICAL" in failed.stdout
     # The run's record says how it ended: finished, with the after-scan's exit 14 and error.
-    ended = max(p.parent for p in (project / "runs").glob("*/run.json"))  # the newest run
+    # The newest run, by when it started: two runs in the same second have ids that sort either way.
+    ended = max(
+        (p.parent for p in (project / "runs").glob("*/run.json")),
+        key=lambda folder: str(read_versioned(folder / "run.json", "docshift-run", 1)["created_at"]),
+    )
     report = read_versioned(ended / "report.json", "docshift-report", 1)
     assert report["outcome"]["exit_code"] == 14 and report["state"] == "finished"
     assert "after-scan 0002_check_teams after" in report["outcome"]["error"]
