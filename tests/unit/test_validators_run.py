@@ -205,8 +205,8 @@ def test_a_resumed_run_keeps_the_first_before_scan(config: Config, tmp_path: Pat
     first = scan(store, migration, phase="before")
     first.total = 29  # what the first session counted, before the data moved on
     save_report(first, previous / migration.label / "validation-before.json")
-    progress = RecordingHooks()
-    validation = RunValidation(config, store, hooks=progress, execute=True, scans=True, previous=previous)
+    seen = RecordingHooks()
+    validation = RunValidation(config, store, hooks=seen, execute=True, scans=True, previous=previous)
     assert validation.migration_started(MigrationStarted(migration, "run-2", execute=True)) is not None
-    assert progress.events == []  # no second before-scan
+    assert seen.events == []  # no second before-scan
     assert validation.states[migration.label].baseline.before_total == 29
