@@ -185,7 +185,7 @@ def test_a_canary_rollback_cut_short_is_finished_by_the_resume(tmp_path: Path) -
     assert differences(users(store), expected) == ["users/u00004"]  # changed since: left alone
     assert users(store)["users/u00004"]["name"] == "renamed by the application"
     [migration] = read_run(folder.parent).migrations
-    assert migration.state == "rolled_back" and migration.rollback is not None
+    assert migration.state == "failed" and migration.rollback is not None  # as the history says
     assert migration.rollback["conflicts"] == 1
     [listed] = folder.glob("*conflicts.jsonl")  # one file, whatever the release named it
     assert {str(line["path"]) for line in lines(listed)} == {"users/u00004"}

@@ -33,6 +33,7 @@ from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.planning import StateKind
 from docshift.runfolder import Checkpoint, read_versioned, write_versioned
+from docshift.runfolder.record import read_run
 from docshift.store import DelegatingStore, Store
 from docshift.store.base import Write, WriteResult
 from docshift.testing import MemoryStore, RecordingHooks
@@ -636,3 +637,7 @@ def test_a_stage_rollback_leaves_a_document_changed_since_alone_and_says_so(tmp_
     }
     assert record_of(store).status is not MigrationStatus.ROLLED_BACK
     assert load_run_info(folder.parent)["state"] == "failed"
+    # Every view of the run reads the same: the migration failed, it was not rolled back.
+    [migration] = read_run(folder.parent).migrations
+    assert migration.state == "failed" and migration.rollback is not None
+    assert migration.rollback["conflicts"] == 1

@@ -310,7 +310,11 @@ def _roll_back(run: StageRun, checkpoint: Checkpoint) -> UndoResult:
     record = read_migration(folder)
     hooks.stages_rolled_back(
         StagesRolledBack(
-            migration.label, dict(record.counters), dict(result.counters), record.elapsed_seconds
+            migration.label,
+            dict(record.counters),
+            dict(result.counters),
+            record.elapsed_seconds,
+            complete=checkpoint.stages.rollback.complete,
         )
     )
     return result

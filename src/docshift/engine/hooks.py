@@ -312,6 +312,9 @@ class StagesRolledBack:
     rollback: Mapping[str, int] = field(default_factory=dict)
     """What the rollback did."""
     elapsed_seconds: float = 0.0
+    complete: bool = True
+    """Every document given back; False when some were left alone or differ from their before-image
+    (then the migration ended ``failed``, not ``rolled_back``)."""
 
 
 # --------------------------------------------------------------------------- at any time

@@ -152,7 +152,7 @@ def read_migration(folder: Path) -> MigrationRecord:
     undone = rollback.counters if rollback is not None else None
     return MigrationRecord(
         folder.name,
-        ROLLED_BACK if undone is not None else checkpoint.state,
+        ROLLED_BACK if rollback is not None and rollback.complete else checkpoint.state,
         counters,
         seconds,
         letters,
