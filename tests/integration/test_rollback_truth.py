@@ -5,13 +5,14 @@ recorded as rolled back), its dry run of several migrations counts what the exec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.errors import RunStopped
@@ -145,7 +146,7 @@ def test_a_dry_run_of_several_migrations_counts_what_the_execute_does(
     seed(firestore_store, 700)
     before = export(firestore_store, ["users"])
     write_migrations(emulator_config, **CHAINS[chain])
-    run(emulator_config, RunOptions(execute=True), store=firestore_store)
+    run_migrations(emulator_config, RunOptions(execute=True), store=firestore_store)
     dry = rollback(emulator_config, RollbackOptions(to="0"), store=firestore_store)
     done = rollback(emulator_config, RollbackOptions(to="0", execute=True), store=firestore_store)
     planned = [(i.migration.id, i.strategy) for i in dry.items]
@@ -160,16 +161,12 @@ def test_rollback_resume_show_and_report_work_on_the_database_of_the_run(
     emulator_config: Config, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     folder = project_folder(tmp_path / "project", "batch_size = 50\n", files=(), extra={"0001_tier.py": TIER})
-    config = (
-        Config(
-            store=emulator_config.store,
-            migrations_dir=folder / "migrations",
-            runs_dir=folder / ".docshift" / "runs",
-            engine=emulator_config.engine,
-        )
-        .with_store(database="mydb")
-        .with_engine(batch_size=50, min_batch_size=10)
-    )
+    config = Config(
+        store=dataclasses.replace(emulator_config.store, database="mydb"),
+        migrations_dir=folder / "migrations",
+        runs_dir=folder / ".docshift" / "runs",
+        engine=emulator_config.engine,
+    ).with_engine(batch_size=50, min_batch_size=10)
     mydb = open_store(config)
     default = open_store(emulator_config)
     try:
@@ -178,7 +175,7 @@ def test_rollback_resume_show_and_report_work_on_the_database_of_the_run(
         before, untouched = export(mydb, ["users"]), export(default, ["users"])
         controls = Controls()
         with pytest.raises(RunStopped) as stopped:  # stopped midway on mydb, resumed from the CLI
-            run(
+            run_migrations(
                 config, RunOptions(execute=True), store=StopAfterCommits(mydb, controls, 2), controls=controls
             )
         run_id = (stopped.value.resume_command or "").split()[-1]

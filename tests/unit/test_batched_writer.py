@@ -16,27 +16,27 @@ from typing import Any
 
 import pytest
 
-from docshift.commands.backup import backup, restore
+from docshift.commands.backup import BackupOptions, backup, restore
 from docshift.commands.rollback import RollbackConflicts, RollbackOptions, rollback
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker
 from docshift.engine.writer import (
-    BatchAborted,
     BatchWriter,
     Outgoing,
     WriteGuards,
     pipelined,
     request_batches,
 )
-from docshift.errors import EmergencyStop, PermanentError, TransientError
+from docshift.errors import BatchAborted, EmergencyStop, PermanentError, TransientError
 from docshift.runfolder import JournalReader, JournalWriter
 from docshift.runfolder.journal import JournalEntry
-from docshift.store import Document, MemoryStore, Query, Store, Write, WriteResult
+from docshift.store import Document, Query, Store, Write, WriteResult
 from docshift.store.semantics import MAX_REQUEST_BYTES, document_size
+from docshift.testing import MemoryStore
 from docshift.values import Value, values_equal
-from tests.unit.engine_support import StoreWrapper, build, export, make_migration, seed
+from tests.unit.engine_support import StoreWrapper, build, export, make_migration, options, seed
 
 FLAG = '''"""Flag every user."""
 description = "flag"
@@ -160,10 +160,24 @@ def test_two_writes_of_one_document_in_a_batch_go_in_two_requests_not_a_refused_
     for shop in ("a", "b"):
         for i in range(10):
             store.commit([Write.set(f"shops/{shop}/orders/o{i}", {"shop": shop, "i": i})])
-    pipeline = build(store, make_migration(collection="orders", group=True, copy_to="copies"), tmp_path)
+
+    class CountsRefusals(StoreWrapper):
+        refused = 0
+
+        def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+            try:
+                return self.inner.commit(writes)
+            except PermanentError:
+                self.refused += 1
+                raise
+
+    counting = CountsRefusals(store)
+    migration = make_migration(collection="orders", group=True, copy_to="copies")
+    pipeline = build(counting, migration, tmp_path, options(batch_size=50, concurrency=1))
     result = pipeline.run()
     assert result.error is None
-    assert pipeline.sizer.shrinks == 0
+    assert counting.refused == 0
+    assert pipeline.sizer.size == 50  # not halved
     assert store.count(Query("copies")) == 10
 
 
@@ -217,7 +231,7 @@ RESTORE = Config(engine=EngineConfig(batch_size=50, min_batch_size=10, max_batch
 def backed_up(tmp_path: Path, count: int) -> Path:
     source = MemoryStore()
     seed(source, count, collection="c", make=lambda i: {"i": i, "text": "x" * 50})
-    backup(RESTORE, ["c"], tmp_path / "b", store=source)
+    backup(RESTORE, BackupOptions(["c"], tmp_path / "b"), store=source)
     return tmp_path / "b"
 
 

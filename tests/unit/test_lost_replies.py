@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.errors import TransientError
 from docshift.history import History, MigrationStatus
@@ -22,10 +22,11 @@ from docshift.lock import LeaseLock, lease_path, read_lease
 from docshift.migration import DocView
 from docshift.reports.report import collect_report
 from docshift.runfolder import Checkpoint, JournalReader
-from docshift.store import MemoryStore, Query, RetryingStore, RetryPolicy, Store, Write, WriteResult
+from docshift.store import Query, RetryingStore, RetryPolicy, Store, Write, WriteResult
 from docshift.store.base import DelegatingStore
+from docshift.testing import LostReplies, MemoryStore
 from docshift.values import Value, values_equal
-from tests.unit.engine_support import LostReplies, export, make_migration, options, run_pipeline, seed
+from tests.unit.engine_support import export, make_migration, options, run_pipeline, seed
 from tests.unit.test_undo import FLAG, PRUNE  # the same migrations as the restore tests
 
 FAST = RetryPolicy(attempts=6, initial_wait=0.001, max_wait=0.002)
@@ -92,7 +93,7 @@ def check_lossy_run(
     lossy = lossy_store(inner) if lossy_store is not None else LostReplies(inner, every=1)
     store = RetryingStore(lossy, FAST)
 
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
 
     assert lossy.lost >= 8  # the replies of the run's commits were lost
     history = History(inner, config.store.state_prefix).all()

@@ -20,14 +20,13 @@ from docshift.backup.manifest import BackupManifest
 from docshift.backup.reader import BackupRecord, read_records
 from docshift.engine.hooks import BackupHooks, RestoreProgressed, VerifyProgressed
 from docshift.engine.writer import (
-    BatchAborted,
     BatchWriter,
     Outgoing,
     WriteGuards,
     pipelined,
     request_batches,
 )
-from docshift.errors import DataError, EmergencyStop, UsageError
+from docshift.errors import BatchAborted, DataError, EmergencyStop, UsageError
 from docshift.store import Document, Query, Store, Write, WriteResult
 from docshift.values import values_equal
 

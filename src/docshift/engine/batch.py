@@ -24,7 +24,7 @@ from docshift.engine.diff import FieldChange, field_changes, update_fields, upda
 from docshift.engine.landed import LandedWrites
 from docshift.engine.sampling import in_sample
 from docshift.engine.stats import RunStats
-from docshift.engine.writer import WRITE_OVERHEAD, BatchAborted, BatchWriter, Outgoing
+from docshift.engine.writer import WRITE_OVERHEAD, BatchWriter, Outgoing
 from docshift.errors import ConflictError
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Transform
 from docshift.runfolder.deadletter import DeadLetterFile
@@ -39,15 +39,7 @@ from docshift.store.semantics import (
 )
 from docshift.values import StoredForm, as_stored, copy_data
 
-__all__ = [
-    "BatchAborted",
-    "BatchProcessor",
-    "BatchRules",
-    "DeadLetter",
-    "Decision",
-    "DocumentCheck",
-    "SettlingCheck",
-]
+__all__ = ["BatchProcessor", "BatchRules", "DeadLetter", "Decision", "DocumentCheck", "SettlingCheck"]
 
 DocumentCheck = Callable[[Document, dict[str, Any]], "tuple[str, str] | None"]
 """Inline validation: (source, new data) -> (rule, message) when the new data breaks a rule."""

@@ -5,7 +5,8 @@ restore's full sets), and so are its counters; the writer owns how those writes 
 
 - in requests that stay under Firestore's 10 MiB request limit (an estimate, with 20% headroom)
   and never name a document twice (:func:`request_batches`);
-- paced by the run's rate limiter, which is also where a stop is noticed (:class:`BatchAborted`);
+- paced by the run's rate limiter, which is also where a stop is noticed
+  (:class:`~docshift.errors.BatchAborted`);
 - a request refused as a whole is split until the bad write is alone: one bad document fails
   alone, never its batch, and the halves do not count as more failed commits;
 - every whole request that fails or succeeds feeds the circuit breaker and the adaptive batch size
@@ -33,7 +34,7 @@ from typing import Generic, TypeVar
 from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.controls import Controls
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker
-from docshift.errors import ConflictError, EmergencyStop, StoreError, TransientError
+from docshift.errors import BatchAborted, ConflictError, EmergencyStop, StoreError, TransientError
 from docshift.runfolder.journal import JournalEntry, JournalWriter
 from docshift.store.base import Store, Write, WriteKind, WriteResult, write_landed
 from docshift.store.semantics import MAX_REQUEST_BYTES, MAX_WRITES_PER_REQUEST, document_size
@@ -41,7 +42,6 @@ from docshift.values import Value
 
 __all__ = [
     "REQUEST_BUDGET",
-    "BatchAborted",
     "BatchWriter",
     "Outgoing",
     "WriteGuards",
@@ -60,10 +60,6 @@ SHRINK_CODES = frozenset({"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INVALID_AR
 T = TypeVar("T")
 B = TypeVar("B")
 R = TypeVar("R")
-
-
-class BatchAborted(Exception):
-    """The run is stopping; this batch was not finished and will be done again (on resume)."""
 
 
 @dataclass(frozen=True, slots=True)
