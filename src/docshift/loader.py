@@ -33,6 +33,7 @@ from typing import Any
 from docshift.errors import DocshiftError, MigrationFileError, UsageError
 from docshift.migration import Migration, Target
 from docshift.store.base import Filter
+from docshift.store.semantics import query_problem
 from docshift.validators.rules import Rule
 
 __all__ = [
@@ -284,6 +285,14 @@ class _Settings:
                 filters.append(Filter.parse(field_path, str(op), value))
             except DocshiftError as exc:
                 raise self.fail("where", f"where: {exc.message}", exc.hint) from None
+        problem = query_problem(filters)
+        if problem:
+            raise self.fail(
+                "where",
+                f"where: {problem}",
+                hint="Firestore refuses such a query: split the values over several migrations, or "
+                "filter in up() and return UNCHANGED for the documents to leave alone",
+            )
         return tuple(filters)
 
     def limit(self) -> int | None:

@@ -26,7 +26,7 @@ from docshift.store.base import (
     WriteResult,
     split_path,
 )
-from docshift.store.semantics import document_problem, matches
+from docshift.store.semantics import document_problem, error_hint, matches, query_problem
 from docshift.values import Reference, Timestamp, Value
 
 __all__ = ["MemoryStore"]
@@ -96,6 +96,9 @@ class MemoryStore(Store):
         return Timestamp(micros // 1_000_000, (micros % 1_000_000) * 1000)
 
     def _selected(self, query: Query) -> list[Document]:
+        problem = query_problem(query.filters)
+        if problem:  # refused as a whole, as Firestore refuses it
+            raise PermanentError(problem, code="INVALID_ARGUMENT", hint=error_hint("INVALID_ARGUMENT"))
         parts = split_path(query.collection)
         with self._lock:
             docs = list(self._docs.values())
