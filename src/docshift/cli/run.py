@@ -218,7 +218,10 @@ def run_command(
         flags["backup"] = False
     config = app.config(**flags)
     if stages and (limit is not None or sample is not None):
-        raise UsageError("--stages chooses its own documents; drop --limit and --sample")
+        raise UsageError(
+            "--stages chooses its own documents; it cannot be combined with --limit or --sample",
+            hint="drop --limit and --sample (a stage of 1% is a sample), or drop --stages",
+        )
     options = RunOptions(
         execute=execute,
         to=to,

@@ -416,7 +416,10 @@ def run(
             by_id = {m.id: m for m in migrations}
             missing = [i for i in info["migrations"] if i not in by_id]
             if missing:
-                raise DriftError(f"run {run_id} needs migration {missing[0]}, whose file is gone")
+                raise DriftError(
+                    f"run {run_id} needs migration {missing[0]}, whose file is gone",
+                    hint="put the file back (from version control) to resume, or start a new run",
+                )
             selected = [by_id[i] for i in info["migrations"]]
         else:
             selected, drifted = _select(migrations, history, options)

@@ -240,7 +240,10 @@ class Undoer:
             try:
                 answers = self.store.commit([write for _, write in writes])
             except TransientError as exc:
-                raise EmergencyStop(f"the store kept failing ({exc.code}); resume the rollback") from None
+                raise EmergencyStop(
+                    f"the store kept failing ({exc.code}: {exc.message})",
+                    hint="once the store answers again, resume the rollback: docshift rollback --resume",
+                ) from None
             applied: list[UndoAction] = []
             landed = self._resent_landed(writes, answers)
             for (action, write), sent in zip(writes, answers, strict=True):

@@ -121,6 +121,7 @@ _SIMPLE_FIELD = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
 _SCOPES = ("https://www.googleapis.com/auth/datastore",)
 _FIRESTORE_HOST = "firestore.googleapis.com:443"
 _NO_PROJECT_HINT = "set --project, DOCSHIFT_PROJECT or project in docshift.toml"
+_REFUSED = "Firestore refuses such a document: change up() so that it stays within Firestore's limits"
 _CAUSES = (
     ("Connection refused", "connection refused: nothing listens on that port"),
     ("Domain name not found", "the host name does not resolve"),
@@ -185,7 +186,10 @@ def _decode_geo_point(value: Any) -> GeoPoint:
 
 
 def _unsupported(value: Any) -> Value:
-    raise CodecError(f"unsupported Firestore value kind {value.WhichOneof('value_type')!r}")
+    raise CodecError(
+        f"unsupported Firestore value kind {value.WhichOneof('value_type')!r}",
+        hint="docshift reads every Firestore value type; a newer one needs a newer docshift",
+    )
 
 
 _DECODERS: dict[str | None, Callable[[Any], Value]] = {
@@ -384,7 +388,9 @@ class FirestoreStore(Store):
             out.boolean_value = value
         elif kind is int:
             if not -(2**63) <= value < 2**63:
-                raise CodecError(f"integer {value} does not fit in 64 bits")
+                raise CodecError(
+                    f"integer {value} does not fit in 64 bits", hint="store it as a string or a float"
+                )
             out.integer_value = value
         elif kind is float:
             out.double_value = value
@@ -423,7 +429,11 @@ class FirestoreStore(Store):
             base = next(b for b in (int, float, str) if isinstance(value, b))
             self._encode_value(base(value), out)
         else:
-            raise CodecError(f"cannot store a value of type {kind.__name__!r} in Firestore")
+            raise CodecError(
+                f"cannot store a value of type {kind.__name__!r} in Firestore",
+                hint="store str, int, float, bool, None, bytes, datetime, dict, list, Timestamp, GeoPoint "
+                "or Reference",
+            )
 
     # ----------------------------------------------------------------- reading
     def _structured_query(self, query: Query) -> tuple[str, Any]:
@@ -611,13 +621,14 @@ class FirestoreStore(Store):
             raise PermanentError(
                 "the same document cannot be written more than once in a single request",
                 code="INVALID_ARGUMENT",
+                hint="send each document's writes in separate commits",
             )
         results: list[WriteResult | None] = [None] * len(writes)
         sendable: list[int] = []
         for index, write in enumerate(writes):
             problem = None if write.checked else _write_problem(write)
             if problem:
-                invalid = PermanentError(problem, code="INVALID_ARGUMENT", path=write.path)
+                invalid = PermanentError(problem, code="INVALID_ARGUMENT", path=write.path, hint=_REFUSED)
                 results[index] = WriteResult(write.path, error=invalid)
             else:
                 sendable.append(index)
@@ -673,7 +684,7 @@ class FirestoreStore(Store):
                 self._encode_write(write, encoded)
             except CodecError as exc:
                 del request.writes[-1]
-                invalid = PermanentError(str(exc), code="INVALID_ARGUMENT", path=write.path)
+                invalid = PermanentError(exc.message, code="INVALID_ARGUMENT", path=write.path, hint=exc.hint)
                 results[index] = WriteResult(write.path, error=invalid)
                 continue
             length = encoded.ByteSize()
@@ -770,5 +781,8 @@ def _channel_options() -> list[tuple[str, int]]:
 def _parse_reference(name: str) -> Reference:
     parts = name.split("/", 5)
     if len(parts) < 6 or parts[0] != "projects" or parts[2] != "databases":
-        raise CodecError(f"malformed document reference {name!r}")
+        raise CodecError(
+            f"malformed document reference {name!r}",
+            hint="the store returned a reference docshift cannot read; report it",
+        )
     return Reference(path=parts[5], project=parts[1], database=parts[3])
