@@ -17,13 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from docshift.errors import ConflictError, DataError
+from docshift.errors import ConflictError, DataError, UsageError
 from docshift.loader import describe_file
 from docshift.migration import Migration
 from docshift.store.base import Document, Query, Store, Write, write_landed
 from docshift.values import Timestamp
 
 __all__ = [
+    "MAX_EVENTS",
+    "EventKind",
     "History",
     "HistoryEvent",
     "HistoryRecord",
@@ -32,7 +34,8 @@ __all__ = [
     "id_key",
 ]
 
-_MAX_EVENTS = 50
+MAX_EVENTS = 50
+"""How many events a record keeps: the latest ones; older ones drop out."""
 _WRITE_ATTEMPTS = 5
 
 
@@ -40,7 +43,9 @@ class MigrationStatus(enum.StrEnum):
     """What the history says about a migration. ``applied`` only when a run processed every document
     of its target; ``partial`` when a run finished what it was asked (``--limit``, ``--sample``) and
     that left documents out; ``interrupted`` when a run was stopped (signal, ``docshift stop``) and
-    can be resumed; ``failed`` when it stopped on a problem (breaker, gate, failures, memory)."""
+    can be resumed; ``failed`` when it stopped on a problem (breaker, gate, failures, memory);
+    ``stamped`` when ``docshift stamp`` marked it applied without running it (docshift wrote no data
+    for it, so there is nothing of it to roll back)."""
 
     RUNNING = "running"
     APPLIED = "applied"
@@ -48,6 +53,31 @@ class MigrationStatus(enum.StrEnum):
     INTERRUPTED = "interrupted"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    STAMPED = "stamped"
+
+    @property
+    def counts_as_applied(self) -> bool:
+        """Whether the migration's change is taken as made: ``run`` leaves it alone, and an edit
+        of its file is drift."""
+        return self in (MigrationStatus.APPLIED, MigrationStatus.STAMPED)
+
+
+class EventKind(enum.StrEnum):
+    """What one event of a migration's history records. ``started``: a run (or a resume of it)
+    began working on it; ``applied``, ``partial``, ``interrupted``, ``failed``: how that work ended;
+    ``rolled_back``: a rollback undid it; ``stamped``: marked applied without running (``docshift
+    stamp``); ``repaired``: an edited file's checksum accepted without running it (``docshift
+    repair``); ``drift_accepted``: the same by ``run --allow-drift``."""
+
+    STARTED = "started"
+    APPLIED = "applied"
+    PARTIAL = "partial"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    STAMPED = "stamped"
+    REPAIRED = "repaired"
+    DRIFT_ACCEPTED = "drift_accepted"
 
 
 def current_user() -> str:
@@ -67,13 +97,63 @@ def _docshift_version() -> str:
 
 @dataclass(frozen=True)
 class HistoryEvent:
-    """One line of a migration's audit trail (kept in its history document, newest last)."""
+    """One line of a migration's audit trail (kept in its history document, newest last).
 
+    ``status`` is the migration's status once the event happened, ``checksum`` the file's it
+    happened with. An event written by an older docshift has only those, ``at``, ``run_id`` and
+    ``user``: its ``kind`` is derived when it is read (:meth:`from_data`), its counts unknown.
+    """
+
+    kind: EventKind
     status: MigrationStatus
     at: Timestamp
     run_id: str
+    """The run; for ``stamped`` and ``repaired``, the id of that command (it has no run folder)."""
     user: str
     checksum: str = ""
+    counts: Mapping[str, int] | None = None
+    """The counters of the work this event closes (``None``: none, or not recorded by an older
+    docshift)."""
+    previous_checksum: str = ""
+    """``repaired``, ``drift_accepted``: the checksum that was replaced."""
+    reason: str = ""
+    """``stamped``, ``repaired``: why, as the user gave it."""
+    error: str | None = None
+    """``failed``, ``interrupted``: why the work stopped."""
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            **vars(self),
+            "kind": self.kind.value,
+            "status": self.status.value,
+            "counts": dict(self.counts) if self.counts is not None else None,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any], before: HistoryEvent | None) -> HistoryEvent:
+        """Parse a stored event (``before``: the one stored before it). Unknown keys (from a newer
+        docshift) are ignored; an older docshift's event, which has no ``kind``, gets the one its
+        status and checksum tell: ``started`` for running, ``drift_accepted`` where the checksum
+        changed without a run starting (the only way that docshift changed it), else the status."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {key: value for key, value in data.items() if key in known}
+        status = MigrationStatus(fields["status"])
+        counts = fields.get("counts")
+        fields.update(
+            status=status,
+            counts={str(k): int(v) for k, v in counts.items()} if counts is not None else None,
+        )
+        if fields.get("kind"):
+            return cls(**{**fields, "kind": EventKind(fields["kind"])})
+        checksum = str(fields.get("checksum") or "")
+        if status is MigrationStatus.RUNNING:
+            kind = EventKind.STARTED
+        elif before is not None and before.checksum and checksum and checksum != before.checksum:
+            kind = EventKind.DRIFT_ACCEPTED
+            fields["previous_checksum"] = before.checksum
+        else:
+            kind = EventKind(status.value)
+        return cls(**{**fields, "kind": kind})
 
 
 @dataclass(frozen=True)
@@ -128,7 +208,7 @@ class HistoryRecord:
         if self.runs is not None:
             return self.runs
         rollbacks = [i for i, e in enumerate(self.events) if e.status is MigrationStatus.ROLLED_BACK]
-        if not rollbacks and len(self.events) >= _MAX_EVENTS:
+        if not rollbacks and len(self.events) >= MAX_EVENTS:
             return None
         since = self.events[rollbacks[-1] + 1 :] if rollbacks else self.events
         return tuple(dict.fromkeys(e.run_id for e in since if e.status is MigrationStatus.RUNNING))
@@ -141,7 +221,7 @@ class HistoryRecord:
             previous_checksums=list(self.previous_checksums),
             checkpoint=dict(self.checkpoint) if self.checkpoint is not None else None,
             overrides=dict(self.overrides),
-            events=[{**vars(e), "status": e.status.value} for e in self.events],
+            events=[e.to_data() for e in self.events],
             runs=list(self.runs) if self.runs is not None else None,
         )
         return data
@@ -160,10 +240,7 @@ class HistoryRecord:
                     "previous_checksums": tuple(data.get("previous_checksums") or ()),
                     "overrides": dict(data.get("overrides") or {}),
                     "runs": tuple(str(r) for r in data["runs"]) if data.get("runs") is not None else None,
-                    "events": tuple(
-                        HistoryEvent(**{**e, "status": MigrationStatus(e["status"])})
-                        for e in data.get("events") or ()
-                    ),
+                    "events": _read_events(data.get("events") or ()),
                 }
             )
             stamps = [record.started_at, *(e.at for e in record.events)]
@@ -237,7 +314,9 @@ class History:
         ``previous_checksums`` when the file changed since. ``overrides``: the settings resumes of
         this run changed (see :attr:`HistoryRecord.overrides`)."""
         now, user = Timestamp.now(), current_user()
-        event = HistoryEvent(MigrationStatus.RUNNING, now, run_id, user, migration.checksum)
+        event = HistoryEvent(
+            EventKind.STARTED, MigrationStatus.RUNNING, now, run_id, user, migration.checksum
+        )
 
         def change(old: HistoryRecord | None) -> HistoryRecord:
             return HistoryRecord(
@@ -283,20 +362,31 @@ class History:
         """Close the current run of a migration (``error`` says why it did not apply); the caller
         derives ``status`` from what the run processed (``commands/run.py``)."""
         status = MigrationStatus(status)
-        if status is MigrationStatus.RUNNING:
-            raise ValueError("finish() needs a final status, not running")
+        if status in (MigrationStatus.RUNNING, MigrationStatus.STAMPED):
+            raise ValueError(f"finish() needs the outcome of a run, not {status.value}")
         now = Timestamp.now()
-        return self._update(
-            migration_id,
-            lambda old: dataclasses.replace(
+
+        def change(old: HistoryRecord) -> HistoryRecord:
+            event = HistoryEvent(
+                EventKind(status.value),
+                status,
+                now,
+                old.run_id,
+                old.user,
+                old.checksum,
+                counts=dict(counts),
+                error=error,
+            )
+            return dataclasses.replace(
                 old,
                 status=status,
                 finished_at=now,
                 counts=dict(counts),
                 error=error,
-                events=_append(old, HistoryEvent(status, now, old.run_id, old.user, old.checksum)),
-            ),
-        )
+                events=_append(old, event),
+            )
+
+        return self._update(migration_id, change)
 
     def mark_rolled_back(
         self, migration_id: str, run_id: str, counts: Mapping[str, int], undone: Sequence[str] | None = None
@@ -310,6 +400,12 @@ class History:
         now, user, status = Timestamp.now(), current_user(), MigrationStatus.ROLLED_BACK
 
         def change(old: HistoryRecord) -> HistoryRecord:
+            if old.status is MigrationStatus.STAMPED:
+                raise UsageError(
+                    f"{old.label} is stamped: it was marked applied without running, so docshift "
+                    "wrote nothing of it to undo",
+                    hint=f"`docshift history {old.migration_id}` shows who stamped it and why",
+                )
             runs = old.application_runs()
             if undone is not None and (runs is None or set(runs) - set(undone)):
                 left = None if runs is None else tuple(r for r in runs if r not in undone)
@@ -334,7 +430,12 @@ class History:
                 counts=dict(counts),
                 error=None,
                 docshift_version=_docshift_version(),
-                events=_append(old, HistoryEvent(status, now, run_id, user, old.checksum)),
+                events=_append(
+                    old,
+                    HistoryEvent(
+                        EventKind.ROLLED_BACK, status, now, run_id, user, old.checksum, counts=dict(counts)
+                    ),
+                ),
                 runs=(),
             )
 
@@ -343,16 +444,74 @@ class History:
     def accept_drift(self, migration_id: str, checksum: str, run_id: str) -> HistoryRecord:
         """After ``--allow-drift``: adopt the file's new checksum, keeping the applied one in
         ``previous_checksums`` so the history shows both."""
-        now, user = Timestamp.now(), current_user()
         return self._update(
-            migration_id,
-            lambda old: dataclasses.replace(
-                old,
-                checksum=checksum,
-                previous_checksums=_with_checksum(old, checksum),
-                events=_append(old, HistoryEvent(old.status, now, run_id, user, checksum)),
-            ),
+            migration_id, lambda old: _accepted(old, checksum, EventKind.DRIFT_ACCEPTED, run_id, "")
         )
+
+    def stamp(self, migration: Migration, stamp_id: str, reason: str) -> HistoryRecord:
+        """Record ``migration`` as applied without running it (``docshift stamp``): the data already
+        has its shape. Only a migration of which no docshift writes remain can be stamped: one
+        never run here, or rolled back; anything else is refused here too, where the write is
+        guarded, so a run that started after the caller checked is not overwritten."""
+        now, user = Timestamp.now(), current_user()
+        event = HistoryEvent(
+            EventKind.STAMPED,
+            MigrationStatus.STAMPED,
+            now,
+            stamp_id,
+            user,
+            migration.checksum,
+            reason=reason,
+        )
+
+        def change(old: HistoryRecord | None) -> HistoryRecord:
+            if old is not None and old.status is not MigrationStatus.ROLLED_BACK:
+                raise UsageError(
+                    f"{old.label} is {old.status.value.replace('_', ' ')} in the history, not pending or "
+                    "rolled back: it cannot be stamped",
+                    hint=f"`docshift history {old.migration_id}` shows what happened to it",
+                )
+            return HistoryRecord(
+                migration_id=migration.id,
+                description=migration.description,
+                checksum=migration.checksum,
+                status=MigrationStatus.STAMPED,
+                started_at=now,
+                finished_at=now,
+                run_id=stamp_id,
+                user=user,
+                docshift_version=_docshift_version(),
+                counts={},
+                previous_checksums=_with_checksum(old, migration.checksum),
+                name=migration.name,
+                file=describe_file(migration.path) if migration.path else "",
+                events=_append(old, event),
+                runs=(),
+            )
+
+        return self._change(migration.id, change)
+
+    def repair(self, migration: Migration, repair_id: str, reason: str) -> HistoryRecord:
+        """Accept the edited file of an applied (or stamped) migration without running it
+        (``docshift repair``): its checksum becomes the file's, the applied one moves to
+        ``previous_checksums``, and the event keeps both and the reason."""
+
+        def change(old: HistoryRecord) -> HistoryRecord:
+            if not old.status.counts_as_applied:
+                raise UsageError(
+                    f"{old.label} is {old.status.value.replace('_', ' ')}, not applied: there is no "
+                    "applied file to repair",
+                    hint="`docshift run --execute` runs it with the file as it is now",
+                )
+            if old.checksum == migration.checksum:
+                raise UsageError(
+                    f"{migration.label}: the file did not change since it was applied (checksum "
+                    f"{old.checksum[:12]}); nothing to repair",
+                    hint="`docshift status` shows which migrations drifted",
+                )
+            return _accepted(old, migration.checksum, EventKind.REPAIRED, repair_id, reason)
+
+        return self._update(migration.id, change)
 
     def _update(self, migration_id: str, change: Callable[[HistoryRecord], HistoryRecord]) -> HistoryRecord:
         """Change a record that must already exist (History.start creates it)."""
@@ -366,6 +525,34 @@ class History:
             return change(old)
 
         return self._change(migration_id, existing)
+
+
+def _accepted(old: HistoryRecord, checksum: str, kind: EventKind, by_id: str, reason: str) -> HistoryRecord:
+    """``old`` with the file's new ``checksum`` accepted without running (repair, --allow-drift):
+    the status, run and counts stay those of the work that applied it."""
+    event = HistoryEvent(
+        kind,
+        old.status,
+        Timestamp.now(),
+        by_id,
+        current_user(),
+        checksum,
+        previous_checksum=old.checksum,
+        reason=reason,
+    )
+    return dataclasses.replace(
+        old,
+        checksum=checksum,
+        previous_checksums=_with_checksum(old, checksum),
+        events=_append(old, event),
+    )
+
+
+def _read_events(stored: Sequence[Mapping[str, Any]]) -> tuple[HistoryEvent, ...]:
+    events: list[HistoryEvent] = []
+    for data in stored:
+        events.append(HistoryEvent.from_data(data, events[-1] if events else None))
+    return tuple(events)
 
 
 def _with_checksum(old: HistoryRecord | None, new_checksum: str) -> tuple[str, ...]:
@@ -390,7 +577,7 @@ def _with_run(old: HistoryRecord | None, run_id: str) -> tuple[str, ...] | None:
 
 
 def _append(old: HistoryRecord | None, event: HistoryEvent) -> tuple[HistoryEvent, ...]:
-    return (*(old.events if old else ()), event)[-_MAX_EVENTS:]
+    return (*(old.events if old else ()), event)[-MAX_EVENTS:]
 
 
 def id_key(migration_id: str) -> tuple[int, str]:

@@ -28,6 +28,8 @@ class StateKind(enum.StrEnum):
     INTERRUPTED = "interrupted"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    STAMPED = "stamped"
+    """Marked applied without running (``docshift stamp``): taken as applied."""
     DRIFTED = "drifted"
     MISSING_FILE = "missing_file"
 
@@ -92,6 +94,7 @@ _KIND_OF = {
     MigrationStatus.INTERRUPTED: StateKind.INTERRUPTED,
     MigrationStatus.FAILED: StateKind.FAILED,
     MigrationStatus.ROLLED_BACK: StateKind.ROLLED_BACK,
+    MigrationStatus.STAMPED: StateKind.STAMPED,
 }
 
 
@@ -119,7 +122,7 @@ def migration_states(
         elif record is None:
             late = highest if highest and id_key(migration_id) < id_key(highest) else None
             states.append(MigrationState(migration_id, StateKind.PENDING, migration, None, late))
-        elif record.status is MigrationStatus.APPLIED and record.checksum != migration.checksum:
+        elif record.status.counts_as_applied and record.checksum != migration.checksum:
             states.append(MigrationState(migration_id, StateKind.DRIFTED, migration, record))
         else:
             states.append(MigrationState(migration_id, _KIND_OF[record.status], migration, record))
@@ -144,7 +147,8 @@ def check_drift(states: Sequence[MigrationState], allow_drift: bool) -> list[Mig
             )
             hint = (
                 "restore the file as applied and put further changes in a new migration "
-                "(docshift new), or rerun with --allow-drift to record the new checksum"
+                f"(docshift new); if the edit changes nothing the data needs, accept it with "
+                f'`docshift repair {first.migration_id} --reason "..."` (or rerun with --allow-drift)'
             )
         else:
             message = f"{first.file} was run on this database but the file is gone{more}"

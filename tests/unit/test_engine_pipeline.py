@@ -250,7 +250,7 @@ def test_the_memory_soft_limit_holds_reading_back_until_memory_falls(tmp_path: P
         options(batch_size=20, concurrency=2),
         memory=memory,
         progress=progress,
-        controls=Controls(_limiter(800)),
+        controls=Controls(_limiter(400)),  # 1,500 writes take >= 3.75 s
     )
 
     def in_flight() -> int:
@@ -274,6 +274,9 @@ def test_the_memory_soft_limit_holds_reading_back_until_memory_falls(tmp_path: P
         samples.append((in_flight(), pipeline.sizer.size))  # the size only grows in this run
         time.sleep(0.01)
     assert all(held <= size for held, size in samples)  # at most one batch at a time above the soft limit ...
+    moving = time.monotonic() + 10
+    while pipeline.stats.counts()["read"] <= read_before and time.monotonic() < moving:
+        time.sleep(0.01)
     assert pipeline.stats.counts()["read"] > read_before  # ... but still moving
     memory.mb = 10
     runner.join(20)

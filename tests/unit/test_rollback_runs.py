@@ -28,7 +28,7 @@ from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.progress import RecordingProgress
 from docshift.errors import EmergencyStop, RunStopped, UsageError
-from docshift.history import History, HistoryEvent, HistoryRecord, MigrationStatus
+from docshift.history import EventKind, History, HistoryEvent, HistoryRecord, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.runfolder.atomic import read_versioned, write_versioned
 from docshift.runfolder.checkpoint import Checkpoint
@@ -495,6 +495,7 @@ def _as_older_docshift_wrote_it(store: Store, events: int) -> None:
     record = record_of(store)
     kept = [
         HistoryEvent(
+            EventKind.STARTED if i % 2 == 0 else EventKind.PARTIAL,
             MigrationStatus.RUNNING if i % 2 == 0 else MigrationStatus.PARTIAL,
             Timestamp(1_700_000_000 + i),
             f"older-{i // 2}",

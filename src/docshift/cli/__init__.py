@@ -17,6 +17,7 @@ import click
 from docshift.cli.backup import backup_command, restore_command
 from docshift.cli.basics import doctor_command, emulator_command
 from docshift.cli.context import AppContext
+from docshift.cli.history import history_command, repair_command, stamp_command
 from docshift.cli.migrations import init_command, new_command, status_command, unlock_command
 from docshift.cli.operate import (
     monitor_command,
@@ -98,6 +99,9 @@ cli.add_command(init_command)
 cli.add_command(new_command)
 cli.add_command(status_command)
 cli.add_command(unlock_command)
+cli.add_command(history_command)
+cli.add_command(stamp_command)
+cli.add_command(repair_command)
 cli.add_command(run_command)
 cli.add_command(validate_command)
 cli.add_command(verify_command)

@@ -35,6 +35,7 @@ _STYLES = {
     StateKind.PARTIAL: "yellow",
     StateKind.INTERRUPTED: "cyan",
     StateKind.ROLLED_BACK: "magenta",
+    StateKind.STAMPED: "green",
     StateKind.DRIFTED: "bold red",
     StateKind.MISSING_FILE: "bold red",
 }
@@ -139,11 +140,13 @@ def _print_report(report: StatusReport) -> None:
 
 
 def _next_steps(report: StatusReport) -> list[str]:
-    drifted = [s.file for s in report.states if s.drift]
+    drifted = [s for s in report.states if s.drift]
     if drifted:
+        edited = [s.migration_id for s in drifted if s.kind is StateKind.DRIFTED]
+        accept = f'`docshift repair {edited[0] if len(edited) == 1 else "ID"} --reason "..."`'
         return [
-            f"drift: {', '.join(drifted)} changed after being applied; runs refuse until restored "
-            "(or --allow-drift)"
+            f"drift: {', '.join(s.file for s in drifted)} changed after being applied; runs refuse "
+            f"until restored (or accepted with {accept}, or --allow-drift)"
         ]
     runnable = [s for s in report.states if s.runnable]
     if runnable:

@@ -193,6 +193,7 @@ def _targets(
         chosen: list[tuple[Migration, tuple[str, ...], bool]] = []
         for migration_id in reversed(info["migrations"]):
             record = history.get(migration_id)
+            _refuse_stamped(record)
             runs = record.application_runs() if record is not None else ()
             # A run killed before its first checkpoint has written (and journalled) already.
             if (
@@ -216,6 +217,9 @@ def _targets(
         key=lambda r: int(r.migration_id),
         reverse=True,
     )
+    for record in sorted(records.values(), key=lambda r: int(r.migration_id), reverse=True):
+        if int(record.migration_id) > int(options.to):  # the newest first: its --to is the hint
+            _refuse_stamped(record)
     missing = [r.migration_id for r in later if r.migration_id not in migrations]
     if missing:
         raise UsageError(
@@ -233,6 +237,18 @@ def _targets(
             )
         )
     return chosen
+
+
+def _refuse_stamped(record: HistoryRecord | None) -> None:
+    """A stamped migration was marked applied without running: docshift wrote nothing of it, so
+    it has nothing to undo, and rolling back past it would leave the history claiming otherwise."""
+    if record is not None and record.status is MigrationStatus.STAMPED:
+        raise UsageError(
+            f"{record.label} is stamped (marked applied without running, by {record.user}): docshift "
+            "wrote nothing of it to undo, and cannot roll back past it",
+            hint=f"`docshift rollback --to {record.migration_id}` undoes the migrations after it; to "
+            "change the data it describes back, write a new migration (docshift new)",
+        )
 
 
 def _with_run(

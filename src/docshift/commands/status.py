@@ -8,14 +8,14 @@ from typing import Any
 
 from docshift.config import Config
 from docshift.errors import ExitCode
-from docshift.history import History
+from docshift.history import History, HistoryRecord
 from docshift.loader import describe_file, load_migrations
 from docshift.lock import Lease, read_lease
 from docshift.planning import MigrationState, StateKind, migration_states
 from docshift.store import Store, store_for
 from docshift.values import Timestamp
 
-__all__ = ["StatusReport", "state_label", "status", "status_exit_code"]
+__all__ = ["StatusReport", "run_alive", "state_label", "status", "status_exit_code"]
 
 
 def status_exit_code(states: list[MigrationState]) -> ExitCode:
@@ -31,13 +31,17 @@ def status_exit_code(states: list[MigrationState]) -> ExitCode:
 def state_label(state: MigrationState, lease: Lease | None) -> str:
     """The state as shown: a "running" record whose run no longer holds the lease was interrupted
     (killed); a run stopped by a signal or ``docshift stop`` recorded ``interrupted`` itself."""
-    if state.kind is StateKind.RUNNING:
-        run_id = state.record.run_id if state.record else None
-        if lease is None or lease.expired() or lease.run_id != run_id:
-            return "interrupted"
+    if state.kind is StateKind.RUNNING and not run_alive(state.record, lease):
+        return "interrupted"
     if state.kind is StateKind.PENDING and state.out_of_order:
         return "pending (out of order)"
     return state.kind.value.replace("_", " ")
+
+
+def run_alive(record: HistoryRecord | None, lease: Lease | None) -> bool:
+    """Whether the run a record names still holds the lease (so a ``running`` record is running)."""
+    run_id = record.run_id if record else None
+    return lease is not None and not lease.expired() and lease.run_id == run_id
 
 
 @dataclass(frozen=True)
