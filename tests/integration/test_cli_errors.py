@@ -92,9 +92,7 @@ def silent_host() -> Iterator[str]:
         yield f"127.0.0.1:{listener.getsockname()[1]}"
 
 
-@pytest.mark.parametrize(
-    "command", [("status",), ("run", "--execute"), ("rollback", "--to", "0001")]
-)
+@pytest.mark.parametrize("command", [("status",), ("run", "--execute"), ("rollback", "--to", "0001")])
 def test_a_closed_emulator_port_fails_at_once_saying_what_was_tried(
     folder: Path, command: tuple[str, ...]
 ) -> None:

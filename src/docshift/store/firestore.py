@@ -17,7 +17,6 @@ import base64
 import dataclasses
 import math
 import re
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -255,46 +254,30 @@ class FirestoreStore(Store):
             raise
 
     def _connect(self, timeout: float) -> None:
-        """Wait until the channel is connected; raise at its first failed attempt, or after
-        ``timeout`` seconds without an answer (a host that drops packets).
+        """Make one cheap call within ``timeout`` seconds; raise if the store is not there.
 
         gRPC itself would keep reconnecting, and every call would fail as UNAVAILABLE, which is
         transient and retried for ~13 s: right for a store that goes away during a run (it comes
-        back), wrong for one that was never there. So an unreachable store at the start is a
-        :class:`PermanentError` (not retried) saying what was tried and what to do.
+        back), wrong for one that was never there. So a store that cannot be reached when it is
+        opened is a :class:`PermanentError` (not retried) saying what was tried and what to do. A
+        refused connection or a host name that does not resolve fails the call at once; a host
+        that never answers, at the deadline. Any answer, even a refusal, means the store is there
+        (the first real call says what is wrong with it). The call, not the channel's connectivity
+        API: that API's polling thread would make the channel's close wait for it, forever if the
+        interpreter is already shutting down.
         """
-        states: list[grpc.ChannelConnectivity] = []
-        settled = threading.Event()
-        final = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
-
-        def watch(state: grpc.ChannelConnectivity) -> None:
-            states.append(state)
-            if state in final:
-                settled.set()
-
-        self._channel.subscribe(watch, try_to_connect=True)
-        try:
-            settled.wait(timeout)
-        finally:
-            self._channel.unsubscribe(watch)
-        if grpc.ChannelConnectivity.READY in states:
-            return
-        if not settled.is_set():
-            raise self._unreachable(f"no answer within {timeout:g} s")
-        # The channel's failure says why only to a call: one that fails at once on a failed channel.
         request = _pb["ListCollectionIdsRequest"](parent=self._root, page_size=1)
         try:
-            self._list_ids(request, metadata=self._metadata, timeout=min(timeout, 1.0))
+            self._list_ids(request, metadata=self._metadata, timeout=timeout)
         except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Call) and exc.code() in (
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-            ):
-                raise self._unreachable(_cause(exc.details() or "")) from None
-            # Anything else was an answer: the store is there (and the first real call will say
-            # what is wrong with the request).
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            if code == grpc.StatusCode.UNAVAILABLE:
+                details = exc.details() if isinstance(exc, grpc.Call) else None
+                raise self._unreachable(_cause(details or "")) from None
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise self._unreachable(f"no answer within {timeout:g} s", slow=True) from None
 
-    def _unreachable(self, cause: str) -> PermanentError:
+    def _unreachable(self, cause: str, *, slow: bool = False) -> PermanentError:
         info = self.info
         if info.emulator_host:
             what = f"the Firestore emulator at {info.emulator_host}"
@@ -307,9 +290,10 @@ class FirestoreStore(Store):
             what = f"Cloud Firestore at {_FIRESTORE_HOST}"
             hint = (
                 "check the network connection, proxy and firewall (docshift needs outbound HTTPS to "
-                f"{_FIRESTORE_HOST}); to use an emulator instead, set FIRESTORE_EMULATOR_HOST; "
-                "raise connect_timeout_seconds for a slow link"
+                f"{_FIRESTORE_HOST}); to use an emulator instead, set FIRESTORE_EMULATOR_HOST"
             )
+        if slow:
+            hint += "; if it is only slow to answer, raise connect_timeout_seconds"
         message = f"cannot reach {what} (project {info.project}, database {info.database}): {cause}"
         return PermanentError(message, code="UNAVAILABLE", hint=hint)
 
