@@ -484,6 +484,8 @@ def run(
             except RunStopped as stop:
                 rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
                 stop.resume_command = None if rolled_back else report.resume_command
+                if stop.hint is None and stop.resume_command:
+                    stop.hint = f"the checkpoint is kept: resume with `{stop.resume_command}`"
                 unwritten = _record_state(folder, info, stop.run_state)
                 if isinstance(stop, RunFileError):
                     stop.hint = _unrecorded(

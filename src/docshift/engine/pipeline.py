@@ -657,7 +657,7 @@ class MigrationPipeline:
                 hint="rerun with --debug for the traceback and report it; the checkpoint is kept",
             )
         cls = self.controls.stop_class or RunStopped
-        return cls(self.controls.stop_reason or "stopped", hint="the checkpoint is kept: resume the run")
+        return cls(self.controls.stop_reason or "stopped")  # the command adds how to resume
 
 
 def _uncounted(extra: dict[str, Any]) -> tuple[int, list[tuple[int, int]]] | None:
