@@ -23,6 +23,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from docshift.config import Config, StoreConfig  # noqa: E402
 from docshift.emulator import Emulator, find_emulator  # noqa: E402
+from docshift.runfolder import RunFolder, run_folders  # noqa: E402
+from docshift.runfolder.record import read_info  # noqa: E402
 from docshift.store import Query, Store, open_store  # noqa: E402
 from docshift.values import type_name, values_equal  # noqa: E402
 from seed import seed  # noqa: E402
@@ -60,12 +62,12 @@ def export(store: Store) -> dict[str, dict[str, object]]:
 
 
 def latest_run(work: Path) -> str:
-    runs = sorted(
-        p.parent.name
-        for p in (work / ".docshift" / "runs").glob("*/run.json")
-        if '"kind": "rollback"' not in p.read_text()
-    )
-    return runs[-1]
+    runs = [
+        f.run_id
+        for f in run_folders(work / ".docshift" / "runs")
+        if read_info(f.path).get("kind") != "rollback"
+    ]
+    return runs[0]
 
 
 def main() -> None:
@@ -100,7 +102,7 @@ def main() -> None:
             banner("the run's report: report.json and a self-contained report.html with charts")
             cli(["report", run_id], env, work)
             kept = Path(tempfile.gettempdir()) / "docshift-demo-report.html"
-            shutil.copy(work / ".docshift" / "runs" / run_id / "report.html", kept)
+            shutil.copy(RunFolder.of(work / ".docshift" / "runs", run_id).report_html, kept)
             print(f"a copy that outlives the demo: file://{kept}")
             banner("status after the run")
             cli(["status"], env, work)

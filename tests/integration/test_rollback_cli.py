@@ -138,9 +138,10 @@ def test_sigterm_stops_a_rollback_with_exit_10_and_resume_finishes_it(
     runs = folder / ".docshift" / "runs"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any(
-        Checkpoint.load(p).extra.get("position", -1) >= 0
+        any(step.position >= 0 for step in undo.steps)
         for p in runs.glob("*/0001_*/checkpoint.json")
         if p.parent.parent != run_folder
+        if (undo := Checkpoint.load(p).undo) is not None
     ):
         time.sleep(0.05)
     assert process.poll() is None, process.communicate()

@@ -14,9 +14,9 @@ import pytest
 from docshift.commands.run import RunOptions, run
 from docshift.commands.verify import verify
 from docshift.config import Config
-from docshift.engine.progress import RecordingProgress
 from docshift.errors import UsageError
 from docshift.store import Store, Write
+from docshift.testing.hooks import RecordingHooks
 from docshift.values import Timestamp
 
 DOCSHIFT = str(Path(sys.executable).parent / "docshift")
@@ -155,10 +155,10 @@ def test_a_copy_with_nanosecond_timestamps_verifies_at_the_microsecond_the_store
     (emulator_config.migrations_dir / "0001_stamp.py").write_text(textwrap.dedent(STAMP))
     writes = [Write.set(f"users/u{i:03d}", {"n": i}) for i in range(120)]
     assert all(result.ok for result in firestore_store.commit(writes))
-    progress = RecordingProgress()
-    report = run(emulator_config, RunOptions(execute=True), store=firestore_store, progress=progress)
+    hooks = RecordingHooks()
+    report = run(emulator_config, RunOptions(execute=True), store=firestore_store, hooks=hooks)
     assert report.outcomes[0].result.counters["created"] == 120
-    [message] = [fields["message"] for kind, fields in progress.events if kind == "warning"]
+    [message] = hooks.warnings()
     assert "nanoseconds below a microsecond" in message
     stored = firestore_store.get("stamped/u007")
     assert stored is not None and stored.data["at"] == Timestamp(1_700_000_000, 123_456_000)

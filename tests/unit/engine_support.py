@@ -14,13 +14,13 @@ from docshift.engine.batch import BatchProcessor
 from docshift.engine.controls import Controls
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, MemoryGuard, RateLimiter
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
-from docshift.engine.progress import RecordingProgress
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import RunStats
 from docshift.errors import TransientError
 from docshift.migration import UNCHANGED, DocView, Migration, Target
 from docshift.runfolder import Checkpoint, DeadLetterFile, JournalReader
 from docshift.store import DelegatingStore, Document, Query, Store, Write, WriteResult
+from docshift.testing.hooks import RecordingHooks
 from docshift.values import Value, values_equal
 
 COLLECTION = "users"
@@ -128,7 +128,7 @@ def build(
             checkpoint = Checkpoint.load(path)
         else:
             checkpoint = new_checkpoint("run-1", migration, plan_shards(store, migration.target, shards), {})
-    kwargs.setdefault("progress", RecordingProgress())
+    kwargs.setdefault("hooks", RecordingHooks())
     return MigrationPipeline(store, migration, opts, folder, checkpoint, **kwargs)
 
 

@@ -18,10 +18,11 @@ from docshift.backup.reader import decode_record
 from docshift.backup.writer import encode_record
 from docshift.commands.backup import backup, restore, verify
 from docshift.config import Config
-from docshift.engine.progress import RecordingProgress
+from docshift.engine.hooks import CollectionEmpty
 from docshift.errors import DataError, PermanentError, UsageError
 from docshift.runfolder.atomic import write_versioned
 from docshift.store import Document, MemoryStore, Query, Store, StoreInfo, Write, WriteResult
+from docshift.testing.hooks import RecordingHooks
 from docshift.values import Timestamp
 from tests.backup_support import assert_same_documents, every_type, export, seed
 
@@ -432,20 +433,20 @@ def test_manifest_version_from_the_future_is_refused(tmp_path: Path) -> None:
 def test_a_collection_with_no_documents_is_backed_up_with_a_warning(tmp_path: Path) -> None:
     """A misspelled name or the wrong project gives an empty backup: said, not silent."""
     source = populated()
-    progress = RecordingProgress()
-    manifest = backup(CONFIG, ["teams", "usres"], tmp_path / "b", store=source, progress=progress)
+    hooks = RecordingHooks()
+    manifest = backup(CONFIG, ["teams", "usres"], tmp_path / "b", store=source, hooks=hooks)
     assert manifest.documents == 1 and manifest.collections == ("teams", "usres")
-    [fields] = [f for k, f in progress.events if k == "warning"]
-    assert fields["collection"] == "usres"
-    message = str(fields["message"])
+    [warned] = hooks.of(CollectionEmpty)
+    assert warned.collection == "usres" and hooks.warnings() == [warned.message]
+    message = warned.message
     assert message.startswith("no documents found in collection 'usres' in project memory")
     assert "the backup holds none of it" in message and "--recursive" in message
 
     # Documents only below missing parents: a plain backup finds none, and the warning says why.
-    quiet = RecordingProgress()
-    backup(CONFIG, ["users/ghost/notes"], tmp_path / "c", store=source, progress=quiet)
-    assert [k for k, _ in quiet.events].count("warning") == 0
-    deep = RecordingProgress()
-    backup(CONFIG, ["users/u00001/orders"], tmp_path / "d", store=source, progress=deep, recursive=True)
-    [warned] = [f for k, f in deep.events if k == "warning"]
-    assert "--recursive" not in str(warned["message"])
+    quiet = RecordingHooks()
+    backup(CONFIG, ["users/ghost/notes"], tmp_path / "c", store=source, hooks=quiet)
+    assert quiet.warnings() == []
+    deep = RecordingHooks()
+    backup(CONFIG, ["users/u00001/orders"], tmp_path / "d", store=source, hooks=deep, recursive=True)
+    [message] = deep.warnings()
+    assert "--recursive" not in message

@@ -20,9 +20,15 @@ from docshift.runfolder import (
     Checkpoint,
     DeadLetterFile,
     JournalEntry,
+    JournalMark,
     JournalReader,
     JournalWriter,
+    Scope,
     ShardCursor,
+    StageProgress,
+    StageRollback,
+    UndoProgress,
+    UndoStep,
     read_versioned,
     write_versioned,
 )
@@ -62,7 +68,14 @@ def sample_checkpoint() -> Checkpoint:
         elapsed_seconds=3.25,
         state="stopped",
         settings={"engine": {"batch_size": 300}, "x": [1, 2.5]},
-        extra={"note": "é"},
+        dead_letter_bytes=1234,
+        journal=JournalMark(5000, ((10, 20), (30, 40))),
+        landed={"users/é": ["updated"]},
+        scope=Scope(limited=True, limit_reached=False, sample_percent=12.5),
+        stages=StageProgress(
+            [1.0, 10.0, 100.0], 1, 0, {"updated": 3}, 1.5, StageRollback("why", None, {"restored": 3})
+        ),
+        undo=UndoProgress("restore", ["r2", "r1"], [UndoStep("r2", {"restored": 1}, 7, True)]),
     )
 
 

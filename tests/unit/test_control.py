@@ -14,19 +14,20 @@ from typing import Any
 import pytest
 
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
+from docshift.engine.hooks import ControlApplied, PassStarted
 from docshift.errors import EmergencyStop, UsageError
 from docshift.remote import ControlFiles, StatusServer, is_loopback, read_presence, send_control
 from docshift.remote.client import fetch_status, request
 from docshift.remote.files import remove_presence, write_presence
 from docshift.reports import RunStatus
+from docshift.testing.hooks import RecordingHooks
 
 
 @pytest.fixture
 def served() -> Iterator[tuple[StatusServer, Controls]]:
     controls = Controls()
     status = RunStatus("run-1", controls=controls)
-    status.event("start", migration="0001_x", shards=1, counters={})
+    status.pass_started(PassStarted("0001_x", shards=1, execute=True, counters={}))
     server = StatusServer(status, controls, port=0)
     yield server, controls
     server.close()
@@ -119,8 +120,8 @@ def test_loopback_detection() -> None:
 
 
 def test_control_files_pause_resume_stop_and_throttle(tmp_path: Path) -> None:
-    controls, events = Controls(), RecordingProgress()
-    files = ControlFiles(tmp_path, controls, progress=events)
+    controls, events = Controls(), RecordingHooks()
+    files = ControlFiles(tmp_path, controls, hooks=events)
     files.check()
     assert not controls.paused
     (tmp_path / "pause").touch()
@@ -136,11 +137,11 @@ def test_control_files_pause_resume_stop_and_throttle(tmp_path: Path) -> None:
     assert controls.limiter.limit == 75
     (tmp_path / "throttle").write_text("lots")
     files.check()
-    assert controls.limiter.limit == 75 and "not a write limit" in events.events[-1][1]["message"]
+    assert controls.limiter.limit == 75 and "not a write limit" in events.warnings()[-1]
     (tmp_path / "stop").touch()
     files.check()
     assert controls.stop.is_set() and not (tmp_path / "stop").exists()  # honoured, then removed
-    assert [f.get("action") for k, f in events.events if k == "control"] == [
+    assert [event.action for event in events.of(ControlApplied)] == [
         "pause",
         "resume",
         "throttle",

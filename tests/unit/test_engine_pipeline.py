@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
+from docshift.engine.hooks import Checkpointed, PassFinished, PassStarted, Warned
 from docshift.engine.sampling import bucket, in_sample
 from docshift.engine.sharding import plan_shards
 from docshift.errors import EmergencyStop, ExitCode, MemoryLimitExceeded, RunStopped, TooManyFailures
 from docshift.migration import UNCHANGED, DocView
 from docshift.runfolder import Checkpoint
 from docshift.store import Document, MemoryStore, Query, Store, Write, WriteResult
+from docshift.testing.hooks import RecordingHooks
 from tests.unit.engine_support import (
     ScriptedMemory,
     StoreWrapper,
@@ -242,14 +243,14 @@ def test_the_memory_hard_limit_stops_with_a_checkpoint(tmp_path: Path) -> None:
 def test_the_memory_soft_limit_holds_reading_back_until_memory_falls(tmp_path: Path) -> None:
     store, before = seeded(1500)
     memory = ScriptedMemory(soft=100, hard=200)
-    progress = RecordingProgress()
+    hooks = RecordingHooks()
     pipeline = build(
         store,
         make_migration(),
         tmp_path,
         options(batch_size=20, concurrency=2),
         memory=memory,
-        progress=progress,
+        hooks=hooks,
         controls=Controls(_limiter(400)),  # 1,500 writes take >= 3.75 s
     )
 
@@ -263,9 +264,9 @@ def test_the_memory_soft_limit_holds_reading_back_until_memory_falls(tmp_path: P
     assert in_flight() > 60  # unconstrained, the reader stays several batches ahead of the writers
     memory.mb = 150
     deadline = time.monotonic() + 10
-    while "warning" not in progress.kinds() and time.monotonic() < deadline:
+    while not hooks.of(Warned) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert "warning" in progress.kinds()
+    assert hooks.of(Warned)
     assert pipeline.memory_budget.paused
     time.sleep(0.5)  # the writers drain what was read
     samples = []
@@ -311,8 +312,8 @@ def test_memory_that_stays_above_the_soft_limit_slows_the_run_but_does_not_stall
     [result] = outcome
     assert result.error is None
     assert_data(store, expected_after(before, split_name))
-    assert isinstance(pipeline.progress, RecordingProgress)
-    warnings = [fields["message"] for kind, fields in pipeline.progress.events if kind == "warning"]
+    assert isinstance(pipeline.hooks, RecordingHooks)
+    warnings = pipeline.hooks.warnings()
     assert any("above the soft limit 100 MiB: documents are read one at a time" in w for w in warnings)
 
 
@@ -483,14 +484,15 @@ def test_transient_commit_failures_are_retried_and_every_document_migrated_once(
 
 def test_progress_events_tell_the_story(tmp_path: Path) -> None:
     store, _ = seeded(300)
-    progress = RecordingProgress()
-    result = run_pipeline(store, make_migration(), tmp_path, progress=progress)
+    hooks = RecordingHooks()
+    result = run_pipeline(store, make_migration(), tmp_path, hooks=hooks)
     assert result.error is None
-    kinds = progress.kinds()
-    assert kinds[0] == "start" and kinds[-1] == "finish"
-    assert "checkpoint" in kinds
-    finish = progress.events[-1][1]
-    assert finish["updated"] == 270 and finish["processed"] == 300 and finish["reason"] is None
+    types = hooks.types()
+    assert types[0] is PassStarted and types[-1] is PassFinished
+    assert Checkpointed in types
+    finish = hooks.events[-1]
+    assert isinstance(finish, PassFinished) and finish.stats is not None
+    assert finish.counters["updated"] == 270 and finish.stats.processed == 300 and finish.reason is None
 
 
 def test_a_dry_run_plan_records_every_change_and_flags_a_non_idempotent_up(tmp_path: Path) -> None:

@@ -13,13 +13,14 @@ import pytest
 from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
+from docshift.engine.hooks import Progressed
 from docshift.errors import LockedError, RunStopped, UsageError
 from docshift.history import History, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.lock import Lease, lease_path, read_lease
 from docshift.runfolder import Checkpoint, JournalReader, read_versioned, write_versioned
 from docshift.store import FaultInjectingStore, MemoryStore, RetryingStore, RetryPolicy, Write
+from docshift.testing.hooks import RecordingHooks
 from docshift.values import Timestamp
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
 
@@ -63,12 +64,12 @@ def test_a_stopped_run_resumes_from_its_checkpoint(config: Config) -> None:
     seed(store, 400)
     before = export(store)
     controls = Controls()
-    progress = RecordingProgress()
+    progress = RecordingHooks()
 
-    class StopAtFirstCheckpoint(RecordingProgress):
-        def event(self, kind: str, **fields: object) -> None:
-            progress.event(kind, **fields)
-            if kind == "progress" and int(fields.get("processed", 0)) > 0:  # type: ignore[call-overload]
+    class StopAtFirstCheckpoint(RecordingHooks):
+        def progressed(self, event: Progressed) -> None:
+            progress.progressed(event)
+            if event.stats is not None and event.stats.processed > 0:
                 controls.request_stop("test stop")
 
     slow = Config(
@@ -81,7 +82,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint(config: Config) -> None:
 
     controls.limiter = RateLimiter(150)  # about 2.5 s: the progress event after 1 s stops it
     with pytest.raises(RunStopped) as stopped:
-        run(slow, RunOptions(execute=True), store=store, controls=controls, progress=StopAtFirstCheckpoint())
+        run(slow, RunOptions(execute=True), store=store, controls=controls, hooks=StopAtFirstCheckpoint())
     run_id = stopped.value.resume_command.split()[-1] if stopped.value.resume_command else ""
     assert stopped.value.resume_command == f"docshift run --execute --resume {run_id}"
     folder = config.runs_dir / run_id

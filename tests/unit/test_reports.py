@@ -16,24 +16,37 @@ import orjson
 import pytest
 from rich.console import Console
 
-from docshift.cli.live import LiveProgress, plain_status_line, render_status
+from docshift.cli.live import LiveHooks, plain_status_line, render_status
 from docshift.commands.observe import Observation, migration_totals, outcome_of
 from docshift.commands.operate import StatusSource, list_runs, show_run
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
+from docshift.engine.hooks import (
+    Checkpointed,
+    FanOutHooks,
+    HealthIssue,
+    HealthReported,
+    PassFinished,
+    PassStarted,
+    PassStopped,
+    Progressed,
+    RunResumed,
+    TotalKnown,
+    Warned,
+)
 from docshift.errors import EmergencyStop, LockedError, RunStopped, TooManyFailures
 from docshift.history import History, MigrationStatus
 from docshift.lock import LeaseLock
 from docshift.remote.files import remove_presence, write_presence
-from docshift.reports import EventLog, ProgressExtras, RunStatus, TeeProgress, build_report, read_events
+from docshift.reports import EventLog, ProgressExtras, RunStatus, build_report, read_events
 from docshift.reports.charts import Series, downsample, line_chart, nice_ticks
-from docshift.reports.events import EventFollower
+from docshift.reports.events import EventFollower, event_from_fields, kind_of
 from docshift.reports.report import REDACTED, redact
 from docshift.reports.status import stop_severity
 from docshift.runfolder import Checkpoint, ShardCursor, read_versioned, write_versioned
 from docshift.store import MemoryStore
+from docshift.testing.hooks import RecordingHooks
 from docshift.validators import Severity
 from docshift.values import Timestamp
 from tests.unit.engine_support import seed
@@ -48,15 +61,23 @@ def test_the_event_log_appends_json_lines_lazily_and_reads_back_exact_values(tmp
     log = EventLog(path)
     assert not path.exists()  # nothing happened, nothing written
     stamp = Timestamp(1_700_000_000, 123456789)
-    log.event("start", migration="0001_x", shards=1, counters={"updated": 0})
-    log.event("checkpoint", migration="0001_x", saved=stamp, cursors=["users/a"])
+    log.pass_started(PassStarted("0001_x", shards=1, execute=True, counters={"updated": 0}))
+    log.checkpointed(Checkpointed("0001_x", "running", ("users/a",)))
+    log.run_resumed(RunResumed("r1", {"saved": stamp}, {}))
     log.close()
-    EventLog(path).event("progress", migration="0001_x", processed=5)  # a resume appends
+    EventLog(path).progressed(Progressed("0001_x", {"updated": 5}))  # a resume appends
     with path.open("ab") as handle:
         handle.write(b'{"event": "progress", "at": 1.0, "processed"')  # torn by a kill
     events = list(read_events(path))
-    assert [e["event"] for e in events] == ["start", "checkpoint", "progress"]
-    assert events[1]["saved"] == stamp and isinstance(events[0]["at"], float)
+    assert [type(e.event) for e in events] == [PassStarted, Checkpointed, RunResumed, Progressed]
+    assert [orjson.loads(line)["event"] for line in path.read_bytes().splitlines()[:4]] == [
+        "start",
+        "checkpoint",
+        "resume",
+        "progress",
+    ]
+    assert events[1].event == Checkpointed("0001_x", "running", ("users/a",))
+    assert events[2].event == RunResumed("r1", {"saved": stamp}, {}) and isinstance(events[0].at, float)
     assert list(read_events(tmp_path / "missing.jsonl")) == []
 
 
@@ -64,18 +85,19 @@ def test_the_follower_returns_only_new_complete_lines(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     follower = EventFollower(path)
     assert follower.new_events() == []
-    path.write_bytes(b'{"event": "start", "at": 1.0, "migration": "m"}\n{"event": "prog')
-    assert [e["event"] for e in follower.new_events()] == ["start"]
+    start = b'{"event": "start", "at": 1.0, "migration": "m", "shards": 1, "execute": true, "counters": {}}'
+    path.write_bytes(start + b'\n{"event": "prog')
+    assert [e.event for e in follower.new_events()] == [PassStarted("m", 1, True)]
     with path.open("ab") as handle:
-        handle.write(b'ress", "at": 2.0, "migration": "m", "processed": 3}\n')
-    [event] = follower.new_events()
-    assert event["processed"] == 3 and follower.new_events() == []
+        handle.write(b'ress", "at": 2.0, "migration": "m", "updated": 3}\n')
+    [logged] = follower.new_events()
+    assert logged.event == Progressed("m", {"updated": 3}) and follower.new_events() == []
 
 
-def test_tee_sends_every_event_to_every_sink_in_order() -> None:
-    first, second = RecordingProgress(), RecordingProgress()
-    TeeProgress(first, second).event("warning", message="careful")
-    assert first.events == second.events == [("warning", {"message": "careful"})]
+def test_fan_out_sends_every_event_to_every_hook_in_order() -> None:
+    first, second = RecordingHooks(), RecordingHooks()
+    FanOutHooks(first, second).warning(Warned("careful"))
+    assert first.events == second.events == [Warned("careful")]
 
 
 # --------------------------------------------------------------------------- status and health
@@ -108,25 +130,33 @@ def progress_fields(**overrides: Any) -> dict[str, Any]:
     return fields
 
 
+def progressed(**overrides: Any) -> Progressed:
+    return event_from_fields(Progressed, progress_fields(**overrides))
+
+
+def started(label: str = "0001_x", **counters: int) -> PassStarted:
+    return PassStarted(label, shards=1, execute=True, counters=counters)
+
+
 def test_status_tracks_progress_totals_and_eta() -> None:
     status = RunStatus("r1")
-    status.event("start", migration="0001_x", shards=1, counters={"updated": 0})
-    status.event("total", migration="0001_x", total=2000)
-    status.event("progress", **progress_fields())
+    status.pass_started(started(updated=0))
+    status.total_known(TotalKnown("0001_x", 2000))
+    status.progressed(progressed())
     snapshot = status.snapshot()
     [entry] = snapshot["migrations"]
     assert snapshot["state"] == "running" and snapshot["current"] == "0001_x"
     assert entry["done"] == 500 and entry["fraction"] == 0.25 and entry["eta_seconds"] == pytest.approx(15.0)
     assert snapshot["write_limit"] == 300.0 and snapshot["health"]["status"] == "HEALTHY"
-    status.event("finish", **progress_fields(processed=2000, updated=1900))
+    status.pass_ended(event_from_fields(PassFinished, progress_fields(processed=2000, updated=1900)))
     assert status.snapshot()["migrations"][0]["fraction"] == 1.0 and status.snapshot()["current"] is None
 
 
 def test_status_follows_the_controls_pause_and_stop() -> None:
     controls = Controls()
     status = RunStatus("r1", controls=controls)
-    status.event("total", migration="0001_x", total=2000)
-    status.event("progress", **progress_fields())
+    status.total_known(TotalKnown("0001_x", 2000))
+    status.progressed(progressed())
     controls.pause()
     assert status.snapshot()["state"] == "paused"
     assert status.snapshot()["migrations"][0]["eta_seconds"] is None
@@ -140,19 +170,16 @@ def test_status_follows_the_controls_pause_and_stop() -> None:
 
 def test_health_weighs_warnings_errors_and_stops_like_the_validators() -> None:
     status = RunStatus("r1")
-    status.event("warning", message="memory above the soft limit")
-    status.event("warning", message="memory above the soft limit")  # told twice, counted once
+    status.warning(Warned("memory above the soft limit"))
+    status.warning(Warned("memory above the soft limit"))  # told twice, counted once
     assert (status.health().score, status.health().status.value) == (95, "HEALTHY")
-    status.event("progress", **progress_fields(failed=3))
+    status.progressed(progressed(failed=3))
     assert (status.health().score, status.health().status.value) == (80, "DEGRADED")
-    status.event("stop", **progress_fields(failed=3), reason="interrupted by SIGTERM")
-    assert status.health().score == 75 and status.snapshot()["stop_reason"] == "interrupted by SIGTERM"
-    status.event(
-        "validation",
-        score=55,
-        status="DEGRADED",
-        issues=[{"severity": "error", "message": "x", "migration": None}],
+    status.pass_ended(
+        event_from_fields(PassStopped, progress_fields(failed=3, reason="interrupted by SIGTERM"))
     )
+    assert status.health().score == 75 and status.snapshot()["stop_reason"] == "interrupted by SIGTERM"
+    status.health_reported(HealthReported(55, "DEGRADED", (HealthIssue("error", "x", None),)))
     assert status.health().score == 55  # the validators' final word wins
 
 
@@ -166,7 +193,7 @@ def test_stop_severity() -> None:
 
 
 def test_extras_add_retries_and_a_total_from_a_background_count() -> None:
-    sink = RecordingProgress()
+    sink = RecordingHooks()
     counted = threading.Event()
 
     def total(label: str) -> int:
@@ -174,16 +201,16 @@ def test_extras_add_retries_and_a_total_from_a_background_count() -> None:
         return 1234
 
     extras = ProgressExtras(sink, retries=lambda: 7, totals=total)
-    extras.event("start", migration="0001_x", shards=1)
-    extras.event("progress", **progress_fields())
+    extras.pass_started(started())
+    extras.progressed(progressed())
     assert counted.wait(5)
     deadline = time.monotonic() + 5
-    while "total" not in sink.kinds() and time.monotonic() < deadline:
+    while not sink.of(TotalKnown) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert dict(sink.events)["progress"]["retries"] == 7
-    assert ("total", {"migration": "0001_x", "total": 1234}) in sink.events
-    failing = ProgressExtras(RecordingProgress(), totals=lambda label: 1 // 0)
-    failing.event("start", migration="m")  # a failed count leaves the total unknown, quietly
+    assert [event.retries for event in sink.of(Progressed)] == [7]
+    assert TotalKnown("0001_x", 1234) in sink.events
+    failing = ProgressExtras(RecordingHooks(), totals=lambda label: 1 // 0)
+    failing.pass_started(started("m"))  # a failed count leaves the total unknown, quietly
 
 
 # --------------------------------------------------------------------------- charts
@@ -320,9 +347,9 @@ def test_redact_masks_secret_names_and_given_strings() -> None:
 # --------------------------------------------------------------------------- live view
 def test_the_live_view_renders_bars_rates_latency_counts_and_health() -> None:
     status = RunStatus("r1", controls=Controls())
-    status.event("start", migration="0001_x", shards=1, counters={})
-    status.event("total", migration="0001_x", total=2000)
-    status.event("progress", **progress_fields(retries=3))
+    status.pass_started(started())
+    status.total_known(TotalKnown("0001_x", 2000))
+    status.progressed(progressed(retries=3))
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=130, color_system=None)
     console.print(render_status(status.snapshot()))
@@ -350,10 +377,10 @@ def test_the_live_view_renders_bars_rates_latency_counts_and_health() -> None:
 
 def test_live_progress_draws_while_running_and_stops_cleanly() -> None:
     out = io.StringIO()
-    live = LiveProgress(Console(file=out, force_terminal=True, width=120), Controls())
-    live.event("start", migration="0001_x", shards=1, counters={})
-    live.event("progress", **progress_fields())
-    live.event("warning", message="careful")
+    live = LiveHooks(Console(file=out, force_terminal=True, width=120), Controls())
+    live.pass_started(started())
+    live.progressed(progressed())
+    live.warning(Warned("careful"))
     live.close()
     assert "careful" in out.getvalue() and "0001_x" in out.getvalue()
 
@@ -376,7 +403,7 @@ def test_an_observed_run_logs_events_writes_its_report_and_cleans_up(config: Con
     store = MemoryStore()
     seed(store, 300)
     controls = Controls()
-    shown = RecordingProgress()
+    shown = RecordingHooks()
     with Observation(
         config, store, controls, display=shown, status_port=0, totals=migration_totals(config, store)
     ) as seen:
@@ -385,13 +412,15 @@ def test_an_observed_run_logs_events_writes_its_report_and_cleans_up(config: Con
             config,
             RunOptions(execute=True, run_id=seen.run_id),
             store=store,
-            progress=seen.progress,
+            hooks=seen.hooks,
             controls=controls,
         )
     assert report.folder == seen.folder and not (report.folder / "status.json").exists()
-    kinds = [e["event"] for e in read_events(report.folder / "events.jsonl")]
+    lines = (report.folder / "events.jsonl").read_bytes().splitlines()
+    kinds = [orjson.loads(line)["event"] for line in lines]
     assert kinds[0] == "start" and kinds[-1] == "end" and "finish" in kinds
-    assert [k for k in kinds if k != "end"] == shown.kinds()  # the display saw the same events
+    assert [kind_of(e.event) for e in read_events(report.folder / "events.jsonl")] == kinds
+    assert [kind_of(e) for e in shown.events if kind_of(e)] == kinds  # the display saw the same events
     assert seen.report is not None and seen.report.html.is_file()
     body = read_versioned(seen.report.json, "docshift-report", 1)
     assert body["outcome"] == {"state": "finished", "exit_code": 0, "error": None, "hint": None}
@@ -407,15 +436,14 @@ def test_an_observed_run_logs_events_writes_its_report_and_cleans_up(config: Con
     assert again.folder is not None and not again.folder.exists()
 
 
-class StopAtFirstCheckpoint(RecordingProgress):
+class StopAtFirstCheckpoint(RecordingHooks):
     def __init__(self, controls: Controls) -> None:
         super().__init__()
         self.controls = controls
 
-    def event(self, kind: str, **fields: Any) -> None:
-        super().event(kind, **fields)
-        if kind == "checkpoint":
-            self.controls.request_stop("stopped by request (POST /stop)")
+    def checkpointed(self, event: Checkpointed) -> None:
+        super().checkpointed(event)
+        self.controls.request_stop("stopped by request (POST /stop)")
 
 
 def test_a_stopped_observed_run_reports_how_it_stopped_and_a_refused_resume_changes_nothing(
@@ -433,7 +461,7 @@ def test_a_stopped_observed_run_reports_how_it_stopped_and_a_refused_resume_chan
             config,
             RunOptions(execute=True, run_id=seen.run_id),
             store=store,
-            progress=seen.progress,
+            hooks=seen.hooks,
             controls=controls,
         )
     assert seen.folder is not None and seen.report is not None
@@ -447,7 +475,7 @@ def test_a_stopped_observed_run_reports_how_it_stopped_and_a_refused_resume_chan
     # Another process (here: this one) still runs it: a resume attempt leaves its files alone.
     write_presence(seen.folder, None, token_required=False)
     with Observation(config, store, Controls(), resume=seen.run_id) as busy:
-        assert busy.folder is None and busy.progress is busy.display
+        assert busy.folder is None and busy.hooks is busy.display
     assert (seen.folder / "status.json").is_file()
     remove_presence(seen.folder)
 
@@ -458,7 +486,7 @@ def test_a_stopped_observed_run_reports_how_it_stopped_and_a_refused_resume_chan
         holder,
         Observation(config, store, Controls(), resume=seen.run_id) as refused,
     ):
-        run(config, RunOptions(resume=seen.run_id), store=store, progress=refused.progress)
+        run(config, RunOptions(resume=seen.run_id), store=store, hooks=refused.hooks)
     assert (seen.folder / "events.jsonl").read_bytes() == events
     assert seen.report.json.read_bytes() == report and not (seen.folder / "status.json").exists()
 
@@ -489,7 +517,7 @@ def test_a_canary_rolled_back_by_its_gate_is_rolled_back_in_every_view(config: C
             config,
             RunOptions(execute=True, run_id=seen.run_id, stages=(50.0, 100.0)),
             store=store,
-            progress=seen.progress,
+            hooks=seen.hooks,
             controls=controls,
         )
     assert seen.folder is not None and seen.report is not None

@@ -206,7 +206,8 @@ def test_a_store_failing_while_the_resume_settles_stops_it_and_the_next_resume_c
     kill_at(store, migration, folder, 5, shards=1)
     killed = Checkpoint.load(folder / "checkpoint.json")
     journal = folder / "before-images.jsonl.gz"
-    assert killed.extra["journal_unsettled"] or journal.stat().st_size > killed.extra["journal_bytes"]
+    assert killed.journal is not None
+    assert killed.journal.unsettled or journal.stat().st_size > killed.journal.size
 
     stopped = resume(Unavailable(store), migration, folder)
 
@@ -214,9 +215,7 @@ def test_a_store_failing_while_the_resume_settles_stops_it_and_the_next_resume_c
     assert "unavailable" in stopped.error.message
     kept = Checkpoint.load(folder / "checkpoint.json")
     assert kept.counters == killed.counters  # nothing counted, nothing read or written
-    assert {k: kept.extra.get(k) for k in ("journal_bytes", "journal_unsettled", "landed")} == {
-        k: killed.extra.get(k) for k in ("journal_bytes", "journal_unsettled", "landed")
-    }
+    assert (kept.journal, kept.landed) == (killed.journal, killed.landed)
     result = resume(store, migration, folder)
     assert result.error is None
     assert counted(result.counters) == truth
@@ -232,15 +231,14 @@ def test_a_checkpoint_without_journal_offsets_resumes_without_settling(tmp_path:
     folder = tmp_path / "run"
     kill_at(store, migration, folder, 5, shards=1)
     old = Checkpoint.load(folder / "checkpoint.json")
-    for key in ("journal_bytes", "journal_unsettled", "landed"):
-        old.extra.pop(key, None)
+    old.journal, old.landed = None, {}
     old.save(folder / "checkpoint.json")
 
     result = resume(store, migration, folder)
 
     assert result.error is None
     assert same(contents(store), migrated)
-    assert isinstance(Checkpoint.load(folder / "checkpoint.json").extra["journal_bytes"], int)
+    assert Checkpoint.load(folder / "checkpoint.json").journal is not None
 
 
 # ---------------------------------------------------------------- the whole command

@@ -11,7 +11,6 @@ import dataclasses
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,13 +25,14 @@ from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.commands.stages import StageFailed
 from docshift.config import Config
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
+from docshift.engine.hooks import Checkpointed, RunHooks
 from docshift.errors import EmergencyStop, RunStopped, UsageError
 from docshift.history import EventKind, History, HistoryEvent, HistoryRecord, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.runfolder.atomic import read_versioned, write_versioned
 from docshift.runfolder.checkpoint import Checkpoint
 from docshift.store import MemoryStore, Store, Write, WriteResult
+from docshift.testing.hooks import RecordingHooks
 from docshift.values import Timestamp
 from tests.unit.engine_support import StoreWrapper, export, seed
 from tests.unit.test_rollback_truth import PREFIX, TIER, lines, project, same_data, status_of
@@ -141,13 +141,13 @@ def _slow(config: Config) -> Config:
     return config.with_engine(batch_size=10, min_batch_size=10, concurrency=1, checkpoint_every_docs=10)
 
 
-class StopAtFirstCheckpoint:
+class StopAtFirstCheckpoint(RunHooks):
     def __init__(self, controls: Controls, stop_class: type[RunStopped]) -> None:
         self.controls, self.stop_class = controls, stop_class
 
-    def event(self, kind: str, **fields: Any) -> None:
+    def checkpointed(self, event: Checkpointed) -> None:
         # The first checkpoint that holds progress (one is saved before the first write, too).
-        if kind == "checkpoint" and any(cursor is not None for cursor in fields.get("cursors", ())):
+        if any(cursor is not None for cursor in event.cursors):
             self.controls.request_stop("interrupted by the test", self.stop_class)
 
 
@@ -166,7 +166,7 @@ def test_a_stopped_run_finished_by_a_new_run_is_rolled_back_whole(
             RunOptions(execute=True),
             store=store,
             controls=controls,
-            progress=StopAtFirstCheckpoint(controls, stop_class),
+            hooks=StopAtFirstCheckpoint(controls, stop_class),
         )
     stopped = record_of(store)
     assert stopped.status in (MigrationStatus.INTERRUPTED, MigrationStatus.FAILED)
@@ -385,11 +385,14 @@ def test_a_rollback_recorded_by_an_older_docshift_resumes_from_its_plan(tmp_path
     write_versioned(
         folder / "run.json", "docshift-run", 1, {**info, "plan": [["0001", applied.run_id, "down"]]}
     )
-    checkpoint = Checkpoint.load(folder / "0001_tier" / "checkpoint.json")
-    [step] = checkpoint.extra.pop("steps")
-    checkpoint.extra.pop("runs")
-    checkpoint.extra["position"] = step["position"]
-    checkpoint.save(folder / "0001_tier" / "checkpoint.json")
+    path = folder / "0001_tier" / "checkpoint.json"
+    checkpoint = Checkpoint.load(path)
+    assert checkpoint.undo is not None
+    [step] = checkpoint.undo.steps
+    typed = ("dead_letter_bytes", "journal", "landed", "scope", "stages", "undo")  # format 2's
+    body = {k: v for k, v in checkpoint.to_json().items() if k not in typed}
+    extra = {"kind": checkpoint.undo.strategy, "of_run": step.run, "position": step.position}
+    write_versioned(path, "docshift-checkpoint", 1, {**body, "extra": extra})
     done = rollback(config, RollbackOptions(resume="old", execute=True), store=store)
     assert done.items[0].counters["restored"] == done.items[0].counters["verified"] == 60
     assert same_data(export(store), before) == []
@@ -408,14 +411,14 @@ def test_a_canary_run_s_stage_rollback_after_a_limited_run_is_not_a_rolled_back_
     limited = run(config, RunOptions(execute=True, limit=30), store=store)
     migrated_first = {p for p, d in export(store).items() if d.data.get("tier")}
     assert migrated_first and record_of(store).status is MigrationStatus.PARTIAL
-    progress = RecordingProgress()
+    hooks = RecordingHooks()
     with pytest.raises(StageFailed):
-        run(config, RunOptions(execute=True, stages=STAGES), store=store, progress=progress)
+        run(config, RunOptions(execute=True, stages=STAGES), store=store, hooks=hooks)
     assert {p for p, d in export(store).items() if d.data.get("tier")} == migrated_first  # stages undone
     record = record_of(store)
     assert record.status is MigrationStatus.FAILED  # not rolled back: the limited run's writes remain
     assert record.runs == (limited.run_id,)
-    warnings = [str(f["message"]) for kind, f in progress.events if kind == "warning"]
+    warnings = hooks.warnings()
     command = f"docshift rollback {limited.run_id} --execute"
     assert any("not rolled back" in w and command in w for w in warnings)
     done = rollback(config, RollbackOptions(to="0", execute=True), store=store)

@@ -16,7 +16,7 @@ from docshift.commands.stages import StageFailed
 from docshift.commands.status import state_label, status
 from docshift.config import Config, EngineConfig, LimitsConfig, StoreConfig, load_config
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
+from docshift.engine.hooks import Checkpointed, PassEnded, PassFinished, RunResumed, StageEntered, Warned
 from docshift.engine.sampling import bucket
 from docshift.errors import EmergencyStop, ExitCode, RunStopped, UsageError
 from docshift.history import History, MigrationStatus
@@ -25,6 +25,7 @@ from docshift.planning import StateKind
 from docshift.runfolder import Checkpoint, read_versioned, write_versioned
 from docshift.store import DelegatingStore, MemoryStore, Store
 from docshift.store.base import WriteResult
+from docshift.testing.hooks import RecordingHooks
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "migrations"
@@ -88,14 +89,14 @@ def test_a_limited_run_is_partial_pending_and_the_next_run_processes_the_rest(co
     store = MemoryStore()
     seed(store, 100)
     before = export(store)
-    progress = RecordingProgress()
-    limited = run(config, RunOptions(execute=True, limit=10), store=store, progress=progress)
+    progress = RecordingHooks()
+    limited = run(config, RunOptions(execute=True, limit=10), store=store, hooks=progress)
     [outcome] = limited.outcomes
     assert outcome.status is MigrationStatus.PARTIAL
     record = record_of(store)
     assert record.status is MigrationStatus.PARTIAL
     assert record.counts["read"] == 10 and record.counts["updated"] == 9
-    warnings = [f["message"] for kind, f in progress.events if kind == "warning"]
+    warnings = progress.warnings()
     assert any("partial" in w and "--limit 10" in w and "docshift run --execute" in w for w in warnings)
     report = status(config, store)
     [state] = report.states
@@ -162,12 +163,11 @@ def test_a_resumed_limited_run_killed_before_its_history_was_written_is_partial(
 def _stop_after_first_checkpoint(
     controls: Controls,
     stop_class: type[RunStopped] = RunStopped,
-) -> RecordingProgress:
-    class StopAtFirstCheckpoint(RecordingProgress):
-        def event(self, kind: str, **fields: Any) -> None:
-            super().event(kind, **fields)
-            if kind == "checkpoint":
-                controls.request_stop("interrupted by SIGINT", stop_class)
+) -> RecordingHooks:
+    class StopAtFirstCheckpoint(RecordingHooks):
+        def checkpointed(self, event: Checkpointed) -> None:
+            super().checkpointed(event)
+            controls.request_stop("interrupted by SIGINT", stop_class)
 
     return StopAtFirstCheckpoint()
 
@@ -192,7 +192,7 @@ def test_a_run_stopped_by_a_signal_is_interrupted_not_failed(config: Config) -> 
             RunOptions(execute=True),
             store=store,
             controls=controls,
-            progress=_stop_after_first_checkpoint(controls),
+            hooks=_stop_after_first_checkpoint(controls),
         )
     assert stopped.value.exit_code is ExitCode.INTERRUPTED
     record = record_of(store)
@@ -218,7 +218,7 @@ def test_an_emergency_stop_is_failed(config: Config) -> None:
             RunOptions(execute=True),
             store=store,
             controls=controls,
-            progress=_stop_after_first_checkpoint(controls, EmergencyStop),
+            hooks=_stop_after_first_checkpoint(controls, EmergencyStop),
         )
     assert record_of(store).status is MigrationStatus.FAILED
 
@@ -233,7 +233,7 @@ def _stopped_with(tmp_path: Path, store: Store, flags: dict[str, Any], **options
             RunOptions(execute=True, **options),
             store=store,
             controls=controls,
-            progress=_stop_after_first_checkpoint(controls),
+            hooks=_stop_after_first_checkpoint(controls),
         )
     assert stopped.value.resume_command is not None
     return stopped.value.resume_command.split()[-1]
@@ -276,12 +276,12 @@ def test_a_resume_continues_with_the_run_s_own_settings(config: Config, tmp_path
     ) == (5000.0, 10, 1, 2, "7%", False)
     assert rate_limiter(resumed.config, store).limit == 5000.0
     assert resumed.config.sources["max_writes_per_second"] == f"run {run_id}"
-    progress = RecordingProgress()
-    run(plain, RunOptions(execute=True, resume=run_id), store=store, progress=progress)
+    progress = RecordingHooks()
+    run(plain, RunOptions(execute=True, resume=run_id), store=store, hooks=progress)
     assert_data(store, expected_after(before, split_name))
-    [(_, event)] = [(k, f) for k, f in progress.events if k == "resume"]
-    assert event["run_id"] == run_id and event["overrides"] == {}
-    assert event["settings"]["config"]["max_writes_per_second"] == 5000.0
+    [event] = progress.of(RunResumed)
+    assert event.run_id == run_id and event.overrides == {}
+    assert event.settings["config"]["max_writes_per_second"] == 5000.0
     folder = plain.runs_dir / run_id
     assert not (folder / "0001_split_full_name" / "before-images.jsonl.gz").exists()  # backup stayed off
     info = load_run_info(folder)
@@ -343,7 +343,7 @@ def test_a_rolled_back_run_cannot_be_resumed_even_with_force(config: Config) -> 
             RunOptions(execute=True),
             store=store,
             controls=controls,
-            progress=_stop_after_first_checkpoint(controls, EmergencyStop),
+            hooks=_stop_after_first_checkpoint(controls, EmergencyStop),
         )
     assert stopped.value.resume_command is not None
     run_id = stopped.value.resume_command.split()[-1]
@@ -370,17 +370,20 @@ def _tier_done(store: Store) -> set[str]:
     return {path for path, doc in export(store).items() if doc.data.get("tier") == "silver"}
 
 
-def _stop_in_stage(controls: Controls, stage: int) -> RecordingProgress:
+def _stop_in_stage(controls: Controls, stage: int) -> RecordingHooks:
     """Stops the run at the first checkpoint of ``stage`` (1-based) that has handled documents."""
 
-    class StopInStage(RecordingProgress):
+    class StopInStage(RecordingHooks):
         current = 0
 
-        def event(self, kind: str, **fields: Any) -> None:
-            super().event(kind, **fields)
-            if kind == "stage" and "stage" in fields and not fields.get("paused"):
-                self.current = int(fields["stage"])
-            if kind == "checkpoint" and self.current == stage and any(fields.get("cursors") or ()):
+        def stage(self, event: StageEntered) -> None:
+            super().stage(event)
+            if not event.paused:
+                self.current = event.stage
+
+        def checkpointed(self, event: Checkpointed) -> None:
+            super().checkpointed(event)
+            if self.current == stage and any(event.cursors):
                 controls.request_stop("interrupted by SIGTERM")
 
     return StopInStage()
@@ -401,19 +404,19 @@ def test_a_staged_run_stopped_in_a_stage_resumes_its_stages_and_applies_only_at_
             RunOptions(execute=True, stages=STAGES),
             store=store,
             controls=controls,
-            progress=_stop_in_stage(controls, stage),
+            hooks=_stop_in_stage(controls, stage),
         )
     assert stopped.value.resume_command is not None
     run_id = stopped.value.resume_command.split()[-1]
     saved = Checkpoint.load(config.runs_dir / run_id / "0001_tier" / "checkpoint.json")
-    assert saved.extra["stage"] == stage - 1 and not saved.covers_target
+    assert saved.stages is not None and saved.stages.stage == stage - 1 and not saved.covers_target
     assert record_of(store).status is MigrationStatus.INTERRUPTED
     done = _tier_done(store)
     assert all(bucket(p) < STAGES[stage - 1] for p in done) and (done or stage == 1)
     # The resume is given no --stages: the stages are the run's.
-    progress = RecordingProgress()
-    report = run(config, RunOptions(execute=True, resume=run_id), store=store, progress=progress)
-    stages_run = [f["stage"] for k, f in progress.events if k == "stage" and "stage" in f]
+    progress = RecordingHooks()
+    report = run(config, RunOptions(execute=True, resume=run_id), store=store, hooks=progress)
+    stages_run = [event.stage for event in progress.of(StageEntered)]
     assert stages_run == list(range(stage, len(STAGES) + 1))
     assert _tier_done(store) == set(export(store))
     record = record_of(store)
@@ -450,10 +453,10 @@ def test_a_stage_rollback_cut_short_is_finished_by_the_resume(tmp_path: Path) ->
     before = {p: d.data for p, d in export(memory).items()}
     store = _DiesOnRestore(memory, after=1)
 
-    class Watch(RecordingProgress):
-        def event(self, kind: str, **fields: Any) -> None:
-            super().event(kind, **fields)
-            if kind == "warning" and "rolling back" in str(fields.get("message")):
+    class Watch(RecordingHooks):
+        def warning(self, event: Warned) -> None:
+            super().warning(event)
+            if "rolling back" in event.message:
                 store.rolling_back = True
 
     engine = EngineConfig(
@@ -463,7 +466,7 @@ def test_a_stage_rollback_cut_short_is_finished_by_the_resume(tmp_path: Path) ->
         store=config.store, engine=engine, migrations_dir=config.migrations_dir, runs_dir=config.runs_dir
     )
     with pytest.raises(_Killed):
-        run(config, RunOptions(execute=True, stages=STAGES), store=store, progress=Watch())
+        run(config, RunOptions(execute=True, stages=STAGES), store=store, hooks=Watch())
     [folder] = config.runs_dir.glob("*/0001_tier")
     assert _tier_done(memory), "the rollback was cut short before it restored everything"
     assert record_of(memory).status is MigrationStatus.RUNNING  # as a killed process leaves it
@@ -483,25 +486,27 @@ def test_a_stage_done_but_not_yet_gated_when_killed_gets_its_gate_on_resume(tmp_
     seed(store, 1000)
     before = {p: d.data for p, d in export(store).items()}
 
-    class DieAfterStage3(RecordingProgress):
+    class DieAfterStage3(RecordingHooks):
         current = 0
 
-        def event(self, kind: str, **fields: Any) -> None:
-            super().event(kind, **fields)
-            if kind == "stage" and "stage" in fields:
-                self.current = int(fields["stage"])
-            if kind == "finish" and self.current == 3 and "stages" not in fields:
+        def stage(self, event: StageEntered) -> None:
+            super().stage(event)
+            self.current = event.stage
+
+        def pass_ended(self, event: PassEnded) -> None:
+            super().pass_ended(event)
+            if isinstance(event, PassFinished) and self.current == 3 and event.stages is None:
                 raise _Killed
 
     with pytest.raises(_Killed):
-        run(config, RunOptions(execute=True, stages=STAGES), store=store, progress=DieAfterStage3())
+        run(config, RunOptions(execute=True, stages=STAGES), store=store, hooks=DieAfterStage3())
     [path] = config.runs_dir.glob("*/0001_tier/checkpoint.json")
     saved = Checkpoint.load(path)
-    assert saved.finished and saved.extra["stage"] == 2 and not saved.covers_target
-    progress = RecordingProgress()
+    assert saved.finished and saved.stages is not None and saved.stages.stage == 2 and not saved.covers_target
+    progress = RecordingHooks()
     with pytest.raises(StageFailed, match=r"stage 3 .*failed its gate"):
-        run(config, RunOptions(execute=True, resume=path.parent.parent.name), store=store, progress=progress)
-    assert not [f for k, f in progress.events if k == "stage" and f.get("stage") == 4]
+        run(config, RunOptions(execute=True, resume=path.parent.parent.name), store=store, hooks=progress)
+    assert not [event for event in progress.of(StageEntered) if event.stage == 4]
     assert {p: d.data for p, d in export(store).items()} == before
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
 
@@ -515,10 +520,10 @@ def test_a_stage_rollback_stopped_by_a_signal_is_not_rolled_back_until_the_resum
     before = {p: d.data for p, d in export(store).items()}
     controls = Controls()
 
-    class StopTheRollback(RecordingProgress):
-        def event(self, kind: str, **fields: Any) -> None:
-            super().event(kind, **fields)
-            if kind == "warning" and "rolling back" in str(fields.get("message")):
+    class StopTheRollback(RecordingHooks):
+        def warning(self, event: Warned) -> None:
+            super().warning(event)
+            if "rolling back" in event.message:
                 controls.request_stop("interrupted by SIGTERM")
 
     with pytest.raises(RunStopped) as stopped:
@@ -527,7 +532,7 @@ def test_a_stage_rollback_stopped_by_a_signal_is_not_rolled_back_until_the_resum
             RunOptions(execute=True, stages=STAGES),
             store=store,
             controls=controls,
-            progress=StopTheRollback(),
+            hooks=StopTheRollback(),
         )
     assert not isinstance(stopped.value, StageFailed)
     assert stopped.value.exit_code is ExitCode.INTERRUPTED and stopped.value.resume_command is not None

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from docshift.commands.verify import compare
-from docshift.engine.progress import RecordingProgress
 from docshift.migration import DocView
 from docshift.store import MemoryStore
+from docshift.testing.hooks import RecordingHooks
 from docshift.values import Timestamp, as_stored, values_equal
 from tests.unit.engine_support import export, make_migration, run_pipeline, seed
 
@@ -19,8 +19,8 @@ FINE = Timestamp(1_700_000_000, 123_456_789)
 KEPT = Timestamp(1_700_000_000, 123_456_000)
 
 
-def warnings(progress: RecordingProgress) -> list[str]:
-    return [str(fields["message"]) for kind, fields in progress.events if kind == "warning"]
+def warnings(hooks: RecordingHooks) -> list[str]:
+    return hooks.warnings()
 
 
 def test_timestamps_compare_at_the_microsecond() -> None:
@@ -61,8 +61,8 @@ def stamp_everyone(doc: DocView) -> Any:
 def test_a_run_writes_timestamps_at_the_microsecond_says_so_once_and_is_then_done(tmp_path: Path) -> None:
     store = MemoryStore()
     seed(store, 200)
-    progress = RecordingProgress()
-    first = run_pipeline(store, make_migration(stamp_everyone), tmp_path / "a", progress=progress)
+    progress = RecordingHooks()
+    first = run_pipeline(store, make_migration(stamp_everyone), tmp_path / "a", hooks=progress)
     assert first.counters["updated"] == 200
     stored = export(store)
     assert all(
@@ -95,8 +95,8 @@ def test_a_naive_datetime_is_stored_as_utc_with_one_warning(tmp_path: Path) -> N
     def naive(doc: DocView) -> Any:
         return {**doc.data, "when": noon}
 
-    progress = RecordingProgress()
-    result = run_pipeline(store, make_migration(naive), tmp_path / "a", progress=progress)
+    progress = RecordingHooks()
+    result = run_pipeline(store, make_migration(naive), tmp_path / "a", hooks=progress)
     assert result.counters["updated"] == 50
     assert all(
         doc.data["when"] == Timestamp.from_datetime(noon.replace(tzinfo=UTC))
@@ -110,6 +110,6 @@ def test_a_naive_datetime_is_stored_as_utc_with_one_warning(tmp_path: Path) -> N
     def aware(doc: DocView) -> Any:
         return {**doc.data, "when": datetime(2024, 5, 1, 14, 0, tzinfo=oslo)}
 
-    quiet = RecordingProgress()
-    again = run_pipeline(store, make_migration(aware), tmp_path / "b", progress=quiet)
+    quiet = RecordingHooks()
+    again = run_pipeline(store, make_migration(aware), tmp_path / "b", hooks=quiet)
     assert warnings(quiet) == [] and again.counters["unchanged"] == 50  # 14:00+02:00 is 12:00 UTC

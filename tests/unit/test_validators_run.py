@@ -11,10 +11,11 @@ import pytest
 from docshift.commands.run import RunOptions, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
-from docshift.engine.progress import RecordingProgress
+from docshift.engine.hooks import FanOutHooks, HealthReported, MigrationStarted
 from docshift.errors import EmergencyStop
 from docshift.runfolder import Checkpoint, DeadLetterFile, read_versioned
 from docshift.store import MemoryStore, Query, Write
+from docshift.testing.hooks import RecordingHooks
 from docshift.validators import HealthStatus, RunValidation
 from tests.gate_message import gate_numbers
 
@@ -65,16 +66,15 @@ def seed(store: MemoryStore, total: int, bad_per_100: int) -> set[str]:
 def test_three_percent_bad_finishes_with_dead_letters_and_a_warning(config: Config) -> None:
     store = MemoryStore()
     bad = seed(store, 500, bad_per_100=3)
-    progress = RecordingProgress()
+    progress = RecordingHooks()
     controls = Controls()
-    validation = RunValidation(config, store, progress=progress, controls=controls, execute=True)
+    validation = RunValidation(config, store, hooks=progress, controls=controls, execute=True)
     report = run(
         config,
         RunOptions(execute=True),
         store=store,
-        progress=validation,
+        hooks=FanOutHooks(validation, progress),
         controls=controls,
-        checks=validation,
     )
     outcome = validation.finish(report.folder)
     [result] = [o.result for o in report.outcomes]
@@ -88,7 +88,7 @@ def test_three_percent_bad_finishes_with_dead_letters_and_a_warning(config: Conf
     assert letters[0]["error"] == "age is -1, below the minimum 0"
     for doc in store.stream(Query("users")):
         assert ("full_name" in doc.data) == (doc.path in bad)  # refused documents were not written
-    warnings = [fields["message"] for kind, fields in progress.events if kind == "warning"]
+    warnings = progress.warnings()
     assert len(warnings) == 1 and "15 of 500 documents checked broke a rule" in warnings[0]
     assert "integrity 97.0%" in warnings[0] and "dead-letters.jsonl" in warnings[0]
     assert outcome.health.score == 95 and outcome.health.status is HealthStatus.HEALTHY
@@ -96,7 +96,7 @@ def test_three_percent_bad_finishes_with_dead_letters_and_a_warning(config: Conf
     assert saved["health"]["score"] == 95 and saved["gate"] is None
     inline = read_versioned(report.folder / "0001_split" / "validation-inline.json", "docshift-validation", 1)
     assert inline["checked"] == 500 and inline["failed"] == 15 and inline["rules"][1]["failures"] == 15
-    assert [kind for kind, _ in progress.events].count("validation") == 1
+    assert len(progress.of(HealthReported)) == 1
 
 
 def test_fifteen_percent_bad_stops_at_the_gate_with_the_checkpoint_kept(config: Config) -> None:
@@ -109,9 +109,8 @@ def test_fifteen_percent_bad_stops_at_the_gate_with_the_checkpoint_kept(config: 
             config,
             RunOptions(execute=True),
             store=store,
-            progress=validation,
+            hooks=validation,
             controls=controls,
-            checks=validation,
         )
     assert validation.gate is not None and "below integrity_critical 90%" in validation.gate
     run_id = (stopped.value.resume_command or "").split()[-1]
@@ -139,9 +138,8 @@ def test_a_gate_stop_counts_the_same_documents_in_its_message_files_and_record(
             config,
             RunOptions(execute=True),
             store=store,
-            progress=validation,
+            hooks=validation,
             controls=controls,
-            checks=validation,
         )
     run_id = (stopped.value.resume_command or "").split()[-1]
     folder = config.runs_dir / run_id / "0001_split"
@@ -161,7 +159,7 @@ def test_the_gate_needs_a_minimum_sample_and_never_stops_a_dry_run(config: Confi
     store = MemoryStore()
     seed(store, 300, bad_per_100=15)
     validation = RunValidation(config, store, controls=Controls(), execute=False)
-    report = run(config, RunOptions(), store=store, progress=validation, checks=validation)
+    report = run(config, RunOptions(), store=store, hooks=validation)
     assert report.outcomes[0].result.error is None and report.outcomes[0].result.counters["rejected"] == 45
     outcome = validation.finish(report.folder)
     assert validation.gate is None and outcome.health.issues[0].severity.value == "critical"
@@ -169,9 +167,7 @@ def test_the_gate_needs_a_minimum_sample_and_never_stops_a_dry_run(config: Confi
     seed(few, 40, bad_per_100=50)  # 50% bad, but only 40 documents: below the gate's sample
     controls = Controls()
     validation = RunValidation(config, few, controls=controls, execute=True)
-    run(
-        config, RunOptions(execute=True), store=few, progress=validation, controls=controls, checks=validation
-    )
+    run(config, RunOptions(execute=True), store=few, hooks=validation, controls=controls)
     assert validation.gate is None
 
 
@@ -184,9 +180,8 @@ def test_validate_scans_before_and_after_and_compares_counts(config: Config) -> 
         config,
         RunOptions(execute=True),
         store=store,
-        progress=validation,
+        hooks=validation,
         controls=controls,
-        checks=validation,
     )
     outcome = validation.finish(report.folder)
     phases = {r.phase: r for r in outcome.reports}
@@ -210,8 +205,8 @@ def test_a_resumed_run_keeps_the_first_before_scan(config: Config, tmp_path: Pat
     first = scan(store, migration, phase="before")
     first.total = 29  # what the first session counted, before the data moved on
     save_report(first, previous / migration.label / "validation-before.json")
-    progress = RecordingProgress()
-    validation = RunValidation(config, store, progress=progress, execute=True, scans=True, previous=previous)
-    assert validation(migration) is not None
+    progress = RecordingHooks()
+    validation = RunValidation(config, store, hooks=progress, execute=True, scans=True, previous=previous)
+    assert validation.migration_started(MigrationStarted(migration, "run-2", execute=True)) is not None
     assert progress.events == []  # no second before-scan
     assert validation.states[migration.label].baseline.before_total == 29

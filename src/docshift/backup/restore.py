@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from docshift.backup.manifest import BackupManifest
 from docshift.backup.reader import BackupRecord, read_records
+from docshift.engine.hooks import BackupHooks, RestoreProgressed, VerifyProgressed
 from docshift.engine.limits import RateLimiter
-from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import DataError, UsageError
 from docshift.store import Document, Query, Store, Write, WriteResult
 from docshift.values import values_equal
@@ -199,10 +199,10 @@ def write_documents(
     batch_size: int,
     concurrency: int,
     limiter: RateLimiter | None = None,
-    progress: Progress | None = None,
+    hooks: BackupHooks | None = None,
 ) -> None:
     """Set every document at its target path; per-document failures are counted in ``report``."""
-    progress = progress or NullProgress()
+    hooks = hooks or BackupHooks()
     started = time.monotonic()
 
     def commit(batch: list[Pair]) -> list[WriteResult]:
@@ -217,14 +217,14 @@ def write_documents(
                 if len(report.failures) < SAMPLES and result.error is not None:
                     report.failures.append((result.path, f"{result.error.code}: {result.error.message}"))
         elapsed = time.monotonic() - started
-        progress.event(
-            "progress",
-            phase="restore",
-            done=report.written + report.failed,
-            total=report.documents,
-            written=report.written,
-            failed=report.failed,
-            docs_per_second=report.written / elapsed if elapsed > 0 else 0.0,
+        hooks.phase_progressed(
+            RestoreProgressed(
+                report.written + report.failed,
+                report.documents,
+                report.written,
+                report.failed,
+                report.written / elapsed if elapsed > 0 else 0.0,
+            )
         )
 
     def wait(count: int) -> None:
@@ -253,10 +253,10 @@ def verify_documents(
     *,
     batch_size: int,
     concurrency: int,
-    progress: Progress | None = None,
+    hooks: BackupHooks | None = None,
 ) -> VerifyReport:
     """Read every target path back (in batches) and compare it with the backup, value by value."""
-    progress = progress or NullProgress()
+    hooks = hooks or BackupHooks()
     report = VerifyReport()
     started = time.monotonic()
 
@@ -272,14 +272,7 @@ def verify_documents(
             elif not values_equal(record.data, doc.data):
                 report.different += 1
                 report.note(target, _difference(record.data, doc.data))
-        progress.event(
-            "progress",
-            phase="verify",
-            done=report.checked,
-            total=total,
-            missing=report.missing,
-            different=report.different,
-        )
+        hooks.phase_progressed(VerifyProgressed(report.checked, total, report.missing, report.different))
 
     _pipelined(_batches(pairs, batch_size, MAX_REQUEST_BYTES), read, concurrency, handle, lambda _: None)
     report.seconds = time.monotonic() - started

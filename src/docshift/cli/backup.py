@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import click
 from rich.markup import escape
@@ -19,6 +18,20 @@ from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, pass_app
 from docshift.cli.output import console, err_console
 from docshift.commands.backup import backup, restore, verify
+from docshift.engine.hooks import (
+    BackupHooks,
+    BackupProgressed,
+    BackupStarted,
+    CheckStarted,
+    FileChecked,
+    PhaseProgressed,
+    PhaseStarted,
+    RestoreProgressed,
+    RestoreStarted,
+    VerifyProgressed,
+    VerifyStarted,
+    Warned,
+)
 from docshift.errors import DataError, StoreError, UsageError
 
 __all__ = ["backup_command", "restore_command"]
@@ -61,7 +74,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class _Progress:
+class _BackupDisplay(BackupHooks):
     """Plain lines on stderr: when a phase starts, then at most one every few seconds."""
 
     def __init__(self, quiet: bool, every: float = 3.0) -> None:
@@ -69,43 +82,45 @@ class _Progress:
         self.every = every
         self._last = time.monotonic()
 
-    def event(self, kind: str, **fields: Any) -> None:
-        if kind == "warning":  # said even with --quiet
-            err_console.print(f"[yellow]warning:[/] {escape(str(fields.get('message')))}", soft_wrap=True)
-            return
+    def warning(self, event: Warned) -> None:  # said even with --quiet
+        err_console.print(f"[yellow]warning:[/] {escape(event.message)}", soft_wrap=True)
+
+    def phase_started(self, event: PhaseStarted) -> None:
         if self.quiet:
             return
-        phase = fields.get("phase")
-        if kind == "start":
-            self._last = time.monotonic()
-            if phase == "backup":
-                _note(f"backup: {fields['collection']}")
-            elif phase == "check":
-                _note(f"check: {fields['files']} file(s), {fields['documents']:,} documents")
-            else:
-                _note(f"{phase}: {fields['documents']:,} documents")
-            return
-        if kind != "progress" or time.monotonic() - self._last < self.every:
+        self._last = time.monotonic()
+        match event:
+            case BackupStarted():
+                _note(f"backup: {event.collection}")
+            case CheckStarted():
+                _note(f"check: {event.files} file(s), {event.documents:,} documents")
+            case RestoreStarted():
+                _note(f"restore: {event.documents:,} documents")
+            case VerifyStarted():
+                _note(f"verify: {event.documents:,} documents")
+
+    def phase_progressed(self, event: PhaseProgressed) -> None:
+        if self.quiet or time.monotonic() - self._last < self.every:
             return
         self._last = time.monotonic()
-        done = fields.get("done", 0)
-        if phase == "backup":
-            _note(
-                f"backup: {done:,} documents ({fields['collection']}), "
-                f"{fields['files']} file(s) done, {fields['docs_per_second']:,.0f} docs/s"
-            )
-        elif phase == "check":
-            _note(f"check: {fields['file']} intact ({fields['documents']:,} documents)")
-        elif phase == "restore":
-            _note(
-                f"restore: {done:,}/{fields['total']:,} ({fields['failed']:,} failed), "
-                f"{fields['docs_per_second']:,.0f} docs/s"
-            )
-        elif phase == "verify":
-            _note(
-                f"verify: {done:,}/{fields['total']:,} checked, {fields['missing']:,} "
-                f"missing, {fields['different']:,} different"
-            )
+        match event:
+            case BackupProgressed():
+                _note(
+                    f"backup: {event.done:,} documents ({event.collection}), "
+                    f"{event.files} file(s) done, {event.docs_per_second:,.0f} docs/s"
+                )
+            case FileChecked():
+                _note(f"check: {event.file} intact ({event.documents:,} documents)")
+            case RestoreProgressed():
+                _note(
+                    f"restore: {event.done:,}/{event.total:,} ({event.failed:,} failed), "
+                    f"{event.docs_per_second:,.0f} docs/s"
+                )
+            case VerifyProgressed():
+                _note(
+                    f"verify: {event.done:,}/{event.total:,} checked, {event.missing:,} "
+                    f"missing, {event.different:,} different"
+                )
 
 
 @click.command("backup")
@@ -163,7 +178,7 @@ def backup_command(
             group=group,
             all_collections=all_collections,
             docs_per_file=docs_per_file,
-            progress=_Progress(quiet),
+            hooks=_BackupDisplay(quiet),
         )
     seconds = (
         manifest.finished_at.seconds
@@ -270,17 +285,17 @@ def restore_command(
     targets = _parse_into(into)
     manifest = read_manifest(folder)
     path_map = PathMap.build(manifest, targets)
-    progress = _Progress(quiet)
+    display = _BackupDisplay(quiet)
     if not quiet:
         _note(f"backup: {manifest.documents:,} documents, {manifest.describe_source()}")
     if verify_only:
-        _print_verification(verify(config, folder, into=targets, progress=progress))
+        _print_verification(verify(config, folder, into=targets, hooks=display))
         return
     where = ", ".join(sorted(set(path_map.targets.values()))) or "(nothing)"
     count = f"{manifest.documents:,} document{'' if manifest.documents == 1 else 's'}"
     confirm_destructive(config, f"restore {count} into {where}, overwriting documents at the same paths", yes)
     with _sigterm_interrupts():
-        report = restore(config, folder, into=targets, verify=verify_after, progress=progress)
+        report = restore(config, folder, into=targets, verify=verify_after, hooks=display)
     _print_restore(report)
     if report.verification is not None:
         _print_verification(report.verification)

@@ -12,15 +12,15 @@ from typing import Any, TypeVar
 
 import click
 
-from docshift.cli.live import LiveProgress
-from docshift.cli.output import JsonProgress, PlainProgress, err_console, summary_table
-from docshift.commands.observe import Observation, migration_totals, outcome_of
+from docshift.cli.live import LiveHooks
+from docshift.cli.output import JsonHooks, PlainHooks, err_console, summary_table
+from docshift.commands.observe import Observation, migration_totals
 from docshift.config import Config
 from docshift.engine.controls import Controls
-from docshift.engine.progress import Progress
+from docshift.engine.hooks import ControlApplied, RunHooks
 from docshift.store import Store
 
-__all__ = ["StatusFlags", "display_progress", "observe_run", "status_options"]
+__all__ = ["StatusFlags", "control_note", "display_hooks", "observe_run", "status_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,32 +65,25 @@ def status_options(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def control_note(fields: dict[str, Any]) -> str:
+def control_note(event: ControlApplied) -> str:
     """One line saying who steered the run (a pause is otherwise invisible in a log)."""
-    action, source = str(fields.get("action")), fields.get("source")
+    action, source = event.action, event.source
     how = "the control file" if source == "file" else f"POST /{action}" if source == "http" else str(source)
     if action == "throttle":
-        value = float(fields.get("ops_per_second") or 0)
+        value = float(event.ops_per_second or 0)
         action = f"write limit set to {value:g} ops/s" if value else "write limit removed"
     else:
         action = {"pause": "paused", "resume": "resumed", "stop": "stopping"}.get(action, action)
     return f"{action} (by {how})"
 
 
-class _PlainWithControl(PlainProgress):
-    def event(self, kind: str, **fields: Any) -> None:
-        if kind == "control":
-            err_console.print(f"[yellow]{control_note(fields)}[/]")
-        super().event(kind, **fields)
-
-
-def display_progress(as_json: bool, quiet: bool, controls: Controls) -> Progress:
+def display_hooks(as_json: bool, quiet: bool, controls: Controls) -> RunHooks:
     """JSON lines with --json; the live view on a terminal; otherwise a plain line every few seconds."""
     if as_json:
-        return JsonProgress()
+        return JsonHooks()
     if err_console.is_terminal and not quiet:
-        return LiveProgress(err_console, controls, notes=control_note)
-    return _PlainWithControl(quiet=quiet)
+        return LiveHooks(err_console, controls, notes=control_note)
+    return PlainHooks(quiet=quiet, notes=control_note)
 
 
 @contextmanager
@@ -98,7 +91,7 @@ def observe_run(
     config: Config,
     store: Store,
     controls: Controls,
-    display: Progress,
+    display: RunHooks,
     status: StatusFlags,
     *,
     kind: str = "run",
@@ -108,7 +101,7 @@ def observe_run(
 ) -> Iterator[Observation]:
     """Observe a run (events, status endpoint, control files, report) for the ``with`` block."""
     # The count query behind the ETA costs a scan of the target; only pay for it where an ETA is shown.
-    shows_eta = as_json or status.port is not None or isinstance(display, LiveProgress)
+    shows_eta = as_json or status.port is not None or isinstance(display, LiveHooks)
     totals = migration_totals(config, store, limit=limit) if kind == "run" and shows_eta else None
     observation = Observation(
         config,
@@ -124,20 +117,15 @@ def observe_run(
     )
     try:
         with observation:
-            if isinstance(display, LiveProgress):
+            if isinstance(display, LiveHooks):
                 display.set_run_id(observation.status.run_id)
             if observation.url and not as_json:
                 auth = " (token required)" if status.token else ""
                 err_console.print(f"status endpoint: {observation.url}/status{auth}")
-            try:
-                yield observation
-            except BaseException as error:
-                if isinstance(display, LiveProgress):
-                    display.close(outcome_of(error))
-                raise
-            if isinstance(display, LiveProgress):
-                display.close(outcome_of(None))
+            yield observation  # the observation gives the display the run's end, when it ends
     finally:
+        if isinstance(display, LiveHooks):
+            display.close()  # (also when nothing ran: a run refused before its first pass)
         _print_end(observation, as_json)
 
 

@@ -16,9 +16,19 @@ from rich.table import Table
 from rich.text import Text
 
 from docshift.engine.controls import Controls
+from docshift.engine.hooks import (
+    ControlApplied,
+    FanOutHooks,
+    PassEnded,
+    PassStarted,
+    PassStopped,
+    RunEnded,
+    StageEntered,
+    Warned,
+)
 from docshift.reports.status import RunStatus
 
-__all__ = ["LiveProgress", "plain_status_line", "render_status"]
+__all__ = ["LiveHooks", "plain_status_line", "render_status"]
 
 _HEALTH_STYLE = {"HEALTHY": "green", "DEGRADED": "yellow", "CRITICAL": "red"}
 _STATE_STYLE = {
@@ -146,11 +156,12 @@ def plain_status_line(snapshot: dict[str, Any]) -> str:
     )
 
 
-class LiveProgress:
-    """A progress sink drawing the live view on a terminal (stderr) while the run goes on.
+class LiveHooks(FanOutHooks):
+    """Hooks drawing the live view on a terminal (stderr) while the run goes on.
 
     It keeps its own :class:`RunStatus` from the events it receives; warnings and stops are printed
-    above the view so they stay on screen after it ends.
+    above the view so they stay on screen after it ends. The run's end draws the last frame (with
+    how the run ended) and leaves it on screen.
     """
 
     def __init__(
@@ -159,26 +170,37 @@ class LiveProgress:
         controls: Controls | None = None,
         *,
         quiet: bool = False,
-        notes: Callable[[dict[str, Any]], str] | None = None,
+        notes: Callable[[ControlApplied], str] | None = None,
     ) -> None:
         self.console = console
         self.status = RunStatus("", controls=controls)
+        super().__init__(self.status)
         self.quiet = quiet
         self.notes = notes
-        """Turns a ``control`` event into a line printed above the view."""
+        """Turns a control event into a line printed above the view."""
         self._live: Live | None = None
 
-    def event(self, kind: str, **fields: Any) -> None:
-        self.status.event(kind, **fields)
-        if kind == "control" and self.notes is not None:
-            self.console.print(f"[yellow]{self.notes(fields)}[/]")
-        elif kind == "warning":
-            self.console.print(f"[yellow]warning:[/] {fields.get('message')}")
-        elif kind == "stage":
-            self.console.print(f"[cyan]{fields.get('message')}[/]")
-        elif kind == "stop" and not self.quiet:
-            self.console.print(f"[red]{fields.get('migration')}: stopped[/]: {fields.get('reason')}")
-        if kind == "start" and self._live is None and not self.quiet:
+    def control_applied(self, event: ControlApplied) -> None:
+        super().control_applied(event)
+        if self.notes is not None:
+            self.console.print(f"[yellow]{self.notes(event)}[/]")
+
+    def warning(self, event: Warned) -> None:
+        super().warning(event)
+        self.console.print(f"[yellow]warning:[/] {event.message}")
+
+    def stage(self, event: StageEntered) -> None:
+        super().stage(event)
+        self.console.print(f"[cyan]{event.message}[/]")
+
+    def pass_ended(self, event: PassEnded) -> None:
+        super().pass_ended(event)
+        if isinstance(event, PassStopped) and not self.quiet:
+            self.console.print(f"[red]{event.migration}: stopped[/]: {event.reason}")
+
+    def pass_started(self, event: PassStarted) -> None:
+        super().pass_started(event)
+        if self._live is None and not self.quiet:
             self._live = Live(
                 console=self.console,
                 refresh_per_second=2,
@@ -189,16 +211,18 @@ class LiveProgress:
             )
             self._live.start()
 
+    def run_ended(self, event: RunEnded) -> None:
+        super().run_ended(event)
+        self.close()
+
     def set_run_id(self, run_id: str | None) -> None:
         self.status.run_id = run_id or ""
 
     def _render(self) -> RenderableType:
         return render_status(self.status.snapshot())
 
-    def close(self, outcome: dict[str, Any] | None = None) -> None:
-        """Draw the last frame (with how the run ended, when known) and leave it on screen."""
-        if outcome is not None:
-            self.status.event("end", **outcome)
+    def close(self) -> None:
+        """Draw the last frame and leave it on screen."""
         if self._live is not None:
             self._live.refresh()
             self._live.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -23,6 +24,7 @@ from docshift.commands.operate import (
     resolve_run,
     show_run,
 )
+from docshift.runfolder.layout import RunFolder
 from docshift.runfolder.record import ENDED_STATES
 
 __all__ = [
@@ -144,7 +146,7 @@ def show_command(app: AppContext, run_id: str | None, as_json: bool) -> None:
         if migration.get("dead_letters"):
             console.print(
                 f"  {migration['migration']}: {migration['dead_letters']:,} dead letter(s) in "
-                f"{body['folder']}/{migration['migration']}/dead-letters.jsonl"
+                f"{RunFolder(Path(body['folder'])).migration(migration['migration']).dead_letters}"
             )
     if body.get("process"):
         process = body["process"]

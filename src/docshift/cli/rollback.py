@@ -9,7 +9,7 @@ from rich.table import Table
 
 from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, pass_app
-from docshift.cli.display import StatusFlags, display_progress, observe_run, status_options
+from docshift.cli.display import StatusFlags, display_hooks, observe_run, status_options
 from docshift.cli.output import console, err_console, print_change
 from docshift.cli.run import install_signal_handlers
 from docshift.commands.rollback import (
@@ -22,6 +22,7 @@ from docshift.commands.rollback import (
 from docshift.commands.run import rate_limiter
 from docshift.engine.controls import Controls
 from docshift.errors import RunStopped
+from docshift.runfolder.layout import MigrationFolder
 from docshift.store import open_store
 
 __all__ = ["rollback_command"]
@@ -69,10 +70,10 @@ def _print(report: RollbackReport) -> None:
             table.add_row(run, *(f"{counters.get(c, 0):,}" for c in columns))
         table.add_row(*(["total"] if by_run else []), *(f"{item.counters.get(c, 0):,}" for c in columns))
         console.print(table)
-        conflicts = item.folder / "conflicts.jsonl"
+        conflicts = MigrationFolder(item.folder).conflicts
         if conflicts.exists():
             console.print(f"  [yellow]conflicts (left alone): {conflicts}[/]")
-        mismatches = item.folder / "mismatches.jsonl"
+        mismatches = MigrationFolder(item.folder).mismatches
         if mismatches.exists():
             console.print(
                 f"  [red]not equal to their before-images{' after it' if report.execute else ''}: "
@@ -161,13 +162,13 @@ def rollback_command(
         err_console.print(f"target: {store.info.describe()}")
     controls = Controls(rate_limiter(config, store))
     signals = install_signal_handlers(controls)
-    progress = display_progress(as_json, quiet, controls)
+    display = display_hooks(as_json, quiet, controls)
     try:
         with observe_run(
-            config, store, controls, progress, status, kind="rollback", resume=resume, as_json=as_json
+            config, store, controls, display, status, kind="rollback", resume=resume, as_json=as_json
         ) as seen:
             options = dataclasses.replace(options, rollback_id=seen.run_id)
-            report = rollback(config, options, store=store, progress=seen.progress, controls=controls)
+            report = rollback(config, options, store=store, hooks=seen.hooks, controls=controls)
             signals.finished()
     except RunStopped as stop:
         if stop.resume_command and not as_json:

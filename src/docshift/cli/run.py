@@ -14,7 +14,7 @@ import click
 
 from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, pass_app
-from docshift.cli.display import StatusFlags, display_progress, observe_run, status_options
+from docshift.cli.display import StatusFlags, display_hooks, observe_run, status_options
 from docshift.cli.output import console, err_console, print_change, summary_table
 from docshift.cli.validate import (
     finish_run_validation,
@@ -26,6 +26,7 @@ from docshift.cli.validate import (
 from docshift.commands.run import RunOptions, RunReport, rate_limiter, resume_run, run
 from docshift.commands.stages import parse_stages
 from docshift.engine.controls import Controls
+from docshift.engine.hooks import FanOutHooks
 from docshift.errors import ExitCode, RunStopped, UsageError
 from docshift.store import open_store
 
@@ -254,7 +255,7 @@ def run_command(
         )
     store = open_store(config)
     controls = Controls(rate_limiter(config, store))
-    progress = display_progress(as_json, quiet, controls)
+    display = display_hooks(as_json, quiet, controls)
     signals = install_signal_handlers(controls)
     limit_text = f"{controls.limiter.limit:,.0f} ops/s" if controls.limiter.limit else "none"
     ramp = " with 500/50/5 ramp" if controls.limiter.ramp else ""
@@ -262,17 +263,16 @@ def run_command(
         err_console.print(f"target: {store.info.describe()}; write limit: {limit_text}{ramp}")
     try:
         with observe_run(
-            config, store, controls, progress, status, resume=resume, as_json=as_json, limit=options.limit
+            config, store, controls, display, status, resume=resume, as_json=as_json, limit=options.limit
         ) as seen:
             if not resume:
                 options = dataclasses.replace(options, run_id=seen.run_id)
             validation = start_run_validation(
-                config, store, seen.progress, controls, execute=execute, scans=scans, resume=resume
+                config, store, seen.hooks, controls, execute=execute, scans=scans, resume=resume
             )
             try:
-                report = run(
-                    config, options, store=store, progress=validation, controls=controls, checks=validation
-                )
+                hooks = FanOutHooks(validation, seen.hooks)
+                report = run(config, options, store=store, hooks=hooks, controls=controls)
                 checked = finish_run_validation(validation, report.folder)
                 failure = seen.ended_by = run_validation_failure(checked)
                 signals.finished()  # from here on, only the report and the summary are left to write

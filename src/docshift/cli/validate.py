@@ -17,8 +17,9 @@ from docshift.commands.validate import validate
 from docshift.commands.verify import VerifyReport, verify
 from docshift.config import Config
 from docshift.engine.controls import Controls
-from docshift.engine.progress import Progress
+from docshift.engine.hooks import RunHooks
 from docshift.errors import DocshiftError, RunStopped, ValidationFailed
+from docshift.runfolder.layout import RunFolder
 from docshift.store import Store
 from docshift.validators import HealthStatus, Level, RunOutcome, RunValidation, ValidationReport
 
@@ -157,14 +158,15 @@ def verify_command(app: AppContext, migration_id: str, examples: int, as_json: b
 def start_run_validation(
     config: Config,
     store: Store,
-    progress: Progress,
+    hooks: RunHooks,
     controls: Controls,
     *,
     execute: bool,
     scans: bool,
     resume: str | None,
 ) -> RunValidation:
-    """Inline checks and the gate for every run; ``--validate`` adds before/after scans."""
+    """Inline checks and the gate for every run; ``--validate`` adds before/after scans. What it
+    finds goes to ``hooks``; give the run it and them (``FanOutHooks(validation, hooks)``)."""
     previous = None
     if resume:
         try:
@@ -174,7 +176,7 @@ def start_run_validation(
     return RunValidation(
         config,
         store,
-        progress=progress,
+        hooks=hooks,
         controls=controls,
         execute=execute or bool(resume),
         scans=scans,
@@ -200,7 +202,7 @@ def stop_run_validation(
     integrity-gate stop with ``--auto-rollback``, roll the run back (the run is then closed: it is
     recorded as ``rolled_back`` and a resume is refused). A canary run's gate stop has rolled its
     stages back already."""
-    run_id = folder.name if folder is not None and (folder / "run.json").is_file() else ""
+    run_id = folder.name if folder is not None and RunFolder(folder).exists else ""
     outcome = validation.finish(folder if run_id else None, stop)
     if auto_rollback and validation.gate and run_id and stop.run_state != "rolled_back":
         # Restoring the before-images undoes exactly what the run wrote (a down() may not be an exact
@@ -212,7 +214,7 @@ def stop_run_validation(
                 config,
                 RollbackOptions(run_id=run_id, strategy=strategy, execute=True),
                 store=store,
-                progress=validation.inner,
+                hooks=validation.hooks,
             )
         except DocshiftError as exc:
             err_console.print(f"[red]auto-rollback failed:[/] {exc.message}")

@@ -25,8 +25,19 @@ from docshift.backup.restore import (
 )
 from docshift.backup.writer import DEFAULT_DOCS_PER_FILE, CollectionWriter
 from docshift.config import Config
+from docshift.engine.hooks import (
+    BackupFinished,
+    BackupHooks,
+    BackupProgressed,
+    BackupStarted,
+    CheckStarted,
+    CollectionEmpty,
+    FileChecked,
+    RestoreFinished,
+    RestoreStarted,
+    VerifyStarted,
+)
 from docshift.engine.limits import RateLimiter
-from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import UsageError
 from docshift.store import Query, Store, store_for
 from docshift.store.semantics import MAX_WRITES_PER_REQUEST
@@ -89,7 +100,7 @@ def backup(
     all_collections: bool = False,
     docs_per_file: int = DEFAULT_DOCS_PER_FILE,
     store: Store | None = None,
-    progress: Progress | None = None,
+    hooks: BackupHooks | None = None,
 ) -> BackupManifest:
     """Back up ``collections`` (collection paths, or group ids with ``group``) into the new folder
     ``out``; ``all_collections`` takes every root collection except docshift's own, recursively.
@@ -97,7 +108,7 @@ def backup(
     Memory stays flat: documents stream from one query per collection into the current file.
     A failure removes the files written so far, so an unfinished backup never looks usable.
     """
-    progress = progress or NullProgress()
+    hooks = hooks or BackupHooks()
     if docs_per_file < 1:
         raise UsageError("docs_per_file must be at least 1", hint="pass --docs-per-file 1 or more")
     if all_collections and (collections or group):
@@ -126,7 +137,7 @@ def backup(
             for index, name in enumerate(names, start=1):
                 writer = CollectionWriter(out, index, name, docs_per_file)
                 writers.append(writer)
-                progress.event("start", phase="backup", collection=name, group=group, recursive=recursive)
+                hooks.phase_started(BackupStarted(name, group, recursive))
                 found = 0
                 for doc in active.stream(Query(name, group=group, descendants=recursive)):
                     writer.add(doc)
@@ -134,21 +145,18 @@ def backup(
                     found += 1
                     if total % _PROGRESS_EVERY == 0:
                         elapsed = time.monotonic() - clock
-                        progress.event(
-                            "progress",
-                            phase="backup",
-                            collection=name,
-                            done=total,
-                            files=sum(len(w.files) for w in writers),
-                            docs_per_second=total / elapsed if elapsed > 0 else 0.0,
+                        hooks.phase_progressed(
+                            BackupProgressed(
+                                name,
+                                total,
+                                sum(len(w.files) for w in writers),
+                                total / elapsed if elapsed > 0 else 0.0,
+                            )
                         )
                 writer.close()
                 if not found:
-                    progress.event(
-                        "warning",
-                        phase="backup",
-                        collection=name,
-                        message=_nothing_found(name, active, group=group, recursive=recursive),
+                    hooks.warning(
+                        CollectionEmpty(_nothing_found(name, active, group=group, recursive=recursive), name)
                     )
             files: list[BackupFile] = [entry for writer in writers for entry in writer.files]
             manifest = BackupManifest(
@@ -176,13 +184,13 @@ def backup(
             if created and not any(out.iterdir()):
                 out.rmdir()
             raise
-    progress.event(
-        "finish",
-        phase="backup",
-        documents=manifest.documents,
-        files=len(manifest.files),
-        bytes=manifest.bytes,
-        seconds=_seconds(manifest.started_at, manifest.finished_at),
+    hooks.phase_finished(
+        BackupFinished(
+            manifest.documents,
+            len(manifest.files),
+            manifest.bytes,
+            _seconds(manifest.started_at, manifest.finished_at),
+        )
     )
     return manifest
 
@@ -200,16 +208,14 @@ def _nothing_found(name: str, store: Store, *, group: bool, recursive: bool) -> 
 
 
 def _checked(
-    folder: Path, into: str | Mapping[str, str] | None, progress: Progress
+    folder: Path, into: str | Mapping[str, str] | None, hooks: BackupHooks
 ) -> tuple[BackupManifest, PathMap]:
     """The manifest and path map, after every file was proven intact: nothing is written before."""
     manifest = read_manifest(folder)
     paths = PathMap.build(manifest, into)
-    progress.event("start", phase="check", files=len(manifest.files), documents=manifest.documents)
+    hooks.phase_started(CheckStarted(len(manifest.files), manifest.documents))
     check_files(
-        folder,
-        manifest,
-        lambda entry: progress.event("progress", phase="check", file=entry.name, documents=entry.documents),
+        folder, manifest, lambda entry: hooks.phase_progressed(FileChecked(entry.name, entry.documents))
     )
     return manifest, paths
 
@@ -225,7 +231,7 @@ def restore(
     into: str | Mapping[str, str] | None = None,
     verify: bool = False,
     store: Store | None = None,
-    progress: Progress | None = None,
+    hooks: BackupHooks | None = None,
 ) -> RestoreReport:
     """Write a backup into the store the config points at (its project and database).
 
@@ -234,20 +240,13 @@ def restore(
     Every write is a full set, so running the same restore again is safe. The caller confirms
     first (the CLI does, through ``confirm_destructive``).
     """
-    progress = progress or NullProgress()
-    manifest, paths = _checked(folder, into, progress)
+    hooks = hooks or BackupHooks()
+    manifest, paths = _checked(folder, into, hooks)
     with store_for(config, store) as active:
         report = RestoreReport(folder, active.info.describe(), manifest.documents)
         ramp = config.limits.ramp == "on" or (config.limits.ramp == "auto" and not active.info.is_emulator)
         limiter = RateLimiter(config.limits.max_writes_per_second, ramp=ramp)
-        progress.event(
-            "start",
-            phase="restore",
-            documents=manifest.documents,
-            target=report.target,
-            write_limit=limiter.limit,
-            ramp=ramp,
-        )
+        hooks.phase_started(RestoreStarted(manifest.documents, report.target, limiter.limit, ramp))
         write_documents(
             active,
             records(folder, manifest, paths),
@@ -255,21 +254,19 @@ def restore(
             batch_size=_batch_size(config),
             concurrency=config.engine.concurrency,
             limiter=limiter,
-            progress=progress,
+            hooks=hooks,
         )
         if verify:
-            progress.event("start", phase="verify", documents=manifest.documents)
+            hooks.phase_started(VerifyStarted(manifest.documents))
             report.verification = verify_documents(
                 active,
                 records(folder, manifest, paths),
                 manifest.documents,
                 batch_size=_batch_size(config),
                 concurrency=config.engine.concurrency,
-                progress=progress,
+                hooks=hooks,
             )
-    progress.event(
-        "finish", phase="restore", written=report.written, failed=report.failed, seconds=report.seconds
-    )
+    hooks.phase_finished(RestoreFinished(report.written, report.failed, report.seconds))
     return report
 
 
@@ -279,18 +276,18 @@ def verify(
     *,
     into: str | Mapping[str, str] | None = None,
     store: Store | None = None,
-    progress: Progress | None = None,
+    hooks: BackupHooks | None = None,
 ) -> VerifyReport:
     """Compare the store with a backup, document by document, without writing anything."""
-    progress = progress or NullProgress()
-    manifest, paths = _checked(folder, into, progress)
+    hooks = hooks or BackupHooks()
+    manifest, paths = _checked(folder, into, hooks)
     with store_for(config, store) as active:
-        progress.event("start", phase="verify", documents=manifest.documents)
+        hooks.phase_started(VerifyStarted(manifest.documents))
         return verify_documents(
             active,
             records(folder, manifest, paths),
             manifest.documents,
             batch_size=_batch_size(config),
             concurrency=config.engine.concurrency,
-            progress=progress,
+            hooks=hooks,
         )

@@ -4,9 +4,9 @@ status endpoint, control files, the presence file, and the report written when t
 One context manager, so ``docshift run`` and ``docshift rollback`` (or a Python caller) get the
 same behaviour with a few lines::
 
-    with Observation(config, store, controls, display=progress, status_port=8765) as seen:
+    with Observation(config, store, controls, display=display, status_port=8765) as seen:
         report = run(config, RunOptions(execute=True, run_id=seen.run_id), store=store,
-                     progress=seen.progress, controls=controls)
+                     hooks=seen.hooks, controls=controls)
     print(seen.report.html)
 
 The report is written however the block ends (success, stop, error); a failure to write it is
@@ -24,15 +24,16 @@ from typing import Any
 from docshift.commands.run import find_run, new_run_id
 from docshift.config import Config
 from docshift.engine.controls import Controls
-from docshift.engine.progress import NullProgress, Progress
-from docshift.errors import DocshiftError, ExitCode, RunStopped
+from docshift.engine.hooks import ControlApplied, FanOutHooks, RunEnded, RunHooks
+from docshift.errors import DocshiftError, RunStopped
 from docshift.loader import load_migrations
 from docshift.migration import Migration
 from docshift.remote.files import ControlFiles, read_presence, remove_presence, write_presence
 from docshift.remote.server import StatusServer
-from docshift.reports.events import EVENTS_FILE, EventLog, TeeProgress
+from docshift.reports.events import EventLog
 from docshift.reports.report import ReportPaths, build_report
 from docshift.reports.status import ProgressExtras, RunStatus
+from docshift.runfolder.layout import RunFolder
 from docshift.runfolder.record import record_outcome
 from docshift.store import Store
 
@@ -63,37 +64,24 @@ def migration_totals(
 
 def outcome_of(error: BaseException | None, state: str | None = None) -> dict[str, Any]:
     """How a run ended, for run.json, the event log and the report: state (the error's
-    ``run_state``), exit code, error, hint."""
-    if error is None:
-        return {"state": state or "finished", "exit_code": 0, "error": None, "hint": None}
+    ``run_state``), exit code, error, hint (and a stopped run's resume command)."""
+    ended = RunEnded.of(error, state=state)
+    outcome = ended.outcome()
     if isinstance(error, RunStopped):
-        return {
-            "state": error.run_state,
-            "exit_code": int(error.exit_code),
-            "error": error.message,
-            "hint": error.hint,
-            "resume_command": error.resume_command,
-        }
-    if isinstance(error, DocshiftError):
-        return {
-            "state": error.run_state,
-            "exit_code": int(error.exit_code),
-            "error": error.message,
-            "hint": error.hint,
-        }
-    if isinstance(error, KeyboardInterrupt):
-        return {
-            "state": "stopped",
-            "exit_code": int(ExitCode.INTERRUPTED),
-            "error": "interrupted",
-            "hint": None,
-        }
-    return {
-        "state": "failed",
-        "exit_code": int(ExitCode.FAILED),
-        "error": f"unexpected {type(error).__name__}: {error}",
-        "hint": None,
-    }
+        outcome["resume_command"] = ended.resume_command
+    return outcome
+
+
+class _Observed(FanOutHooks):
+    """The hooks an observation gives the run: the event log, the status and the display get
+    every step at once, except the run's end, which they get once, when the command is over
+    (its outcome then says what came after the run: the validation's verdict, an auto-rollback)."""
+
+    def run_ended(self, event: RunEnded) -> None:
+        return None
+
+    def command_ended(self, event: RunEnded) -> None:
+        super().run_ended(event)
 
 
 class Observation:
@@ -107,7 +95,7 @@ class Observation:
         *,
         kind: str = "run",
         resume: str | None = None,
-        display: Progress | None = None,
+        display: RunHooks | None = None,
         status_port: int | None = None,
         status_host: str = "127.0.0.1",
         status_token: str | None = None,
@@ -120,7 +108,7 @@ class Observation:
         self.controls = controls
         self.kind = kind
         self.resume = resume
-        self.display = display or NullProgress()
+        self.display = display or RunHooks()
         self.status_port = status_port
         self.status_host = status_host
         self.status_token = status_token or None
@@ -139,7 +127,9 @@ class Observation:
         self.ended_by: DocshiftError | None = None
         """An error the command raises once the block is done (an after-scan below the threshold):
         the run's outcome, recorded as such although the block itself ended without it."""
-        self.progress: Progress = self.display
+        self.hooks: RunHooks = self.display
+        """What to give the run (``hooks=``): the log, the status and the display, once entered."""
+        self._observed: _Observed | None = None
 
     def __enter__(self) -> Observation:
         if self.resume:
@@ -158,10 +148,11 @@ class Observation:
         if self.folder is None:
             return self
         self.status.run_id = self.folder.name
-        self.log = EventLog(self.folder / EVENTS_FILE)
+        self.log = EventLog(RunFolder(self.folder).events)
         retries = getattr(self.store, "retries", None)
-        self.progress = ProgressExtras(
-            TeeProgress(self.log, self.status, self.display),
+        self._observed = _Observed(self.log, self.status, self.display)
+        self.hooks = ProgressExtras(
+            self._observed,
             retries=(lambda: int(getattr(self.store, "retries", 0))) if isinstance(retries, int) else None,
             totals=self.totals,
         )
@@ -178,15 +169,15 @@ class Observation:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_presence(self.folder, self.url, self.status_token is not None)
             if self.use_control_files:
-                self.files = ControlFiles(self.folder, self.controls, progress=self.progress)
+                self.files = ControlFiles(self.folder, self.controls, hooks=self.hooks)
                 self.files.start()
         except BaseException:
             self._close_watchers()
             raise
         return self
 
-    def _note_control(self, action: str, **fields: Any) -> None:
-        self.progress.event("control", action=action, source="http", **fields)
+    def _note_control(self, action: str, *, ops_per_second: float | None = None) -> None:
+        self.hooks.control_applied(ControlApplied(action, "http", ops_per_second))
 
     @property
     def url(self) -> str | None:
@@ -207,14 +198,13 @@ class Observation:
         folder = self.folder
         if folder is None:
             return
-        outcome = outcome_of(exc if exc is not None else self.ended_by)
-        ran = (folder / "run.json").is_file()
+        error = exc if exc is not None else self.ended_by
+        outcome = outcome_of(error)
+        ran = RunFolder(folder).exists
         if self.resume and self.log is not None and not self.log.written:
             ran = False  # a resume refused before it started: the run's report stands as it was
-        if ran and self.log is not None:
-            end = {k: v for k, v in outcome.items() if k != "resume_command"}
-            self.log.event("end", **end)
-            self.status.event("end", **end)
+        if ran and self._observed is not None:
+            self._observed.command_ended(RunEnded.of(error, folder=folder))
         self._close_watchers()
         if self.log is not None:
             self.log.close()

@@ -18,9 +18,10 @@ from docshift.config import Config
 from docshift.errors import DataError, UsageError
 from docshift.remote.client import ControlResult, fetch_status, send_control
 from docshift.remote.files import read_presence
-from docshift.reports.events import EVENTS_FILE, EventFollower
+from docshift.reports.events import EventFollower
 from docshift.reports.report import ReportPaths, build_report, collect_report
 from docshift.reports.status import RunStatus
+from docshift.runfolder.layout import RunFolder, run_folders
 from docshift.runfolder.record import COUNT_COLUMNS, live_state, read_migrations, read_run
 
 __all__ = [
@@ -65,19 +66,19 @@ class RunSummary:
 
 def _run_folders(runs_dir: Path) -> list[Path]:
     """Run folders, newest first (run ids start with their UTC start time)."""
-    return sorted((p.parent for p in runs_dir.glob("*/run.json")), key=lambda p: p.name, reverse=True)
+    return [folder.path for folder in run_folders(runs_dir)]
 
 
 def resolve_run(config: Config, run_id: str | None, *, running: bool = False) -> Path:
     """The folder of ``run_id``; without one (or ``latest``), the newest run, preferring one that is
     running when ``running``."""
     if run_id and run_id != "latest":
-        folder = config.runs_dir / run_id
-        if not (folder / "run.json").is_file():
+        named = RunFolder.of(config.runs_dir, run_id)
+        if not named.exists:
             raise UsageError(
                 f"no run {run_id!r} in {config.runs_dir}", hint="see `docshift runs` for run ids"
             )
-        return folder
+        return named.path
     folders = _run_folders(config.runs_dir)
     if not folders:
         raise UsageError(f"no runs in {config.runs_dir}", hint="start one with `docshift run`")
@@ -127,8 +128,9 @@ def show_run(config: Config, run_id: str | None) -> dict[str, Any]:
     if presence is not None and presence.alive:
         body["state"] = "running"
         body["process"] = {"pid": presence.pid, "hostname": presence.hostname, "status_url": presence.url}
+    files = RunFolder(folder)
     body["report_files"] = {
-        name: str(folder / name) for name in ("report.html", "report.json") if (folder / name).is_file()
+        path.name: str(path) for path in (files.report_html, files.report) if path.is_file()
     }
     return body
 
@@ -156,7 +158,7 @@ class StatusSource:
         self.token = token
         self.via = "files"
         self._status = RunStatus(folder.name)
-        self._follower = EventFollower(folder / EVENTS_FILE)
+        self._follower = EventFollower(RunFolder(folder).events)
 
     def poll(self) -> dict[str, Any]:
         answer = fetch_status(self.folder, token=self.token)

@@ -41,8 +41,8 @@ from docshift.commands.target import check_store, target_config
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.dry_run import DryRunRecorder
+from docshift.engine.hooks import PassFinished, PassStarted, RunHooks, RunStarted, Warned, run_lifecycle
 from docshift.engine.pipeline import MigrationPipeline, PipelineResult, new_checkpoint
-from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
 from docshift.engine.undo import UndoAction, Undoer, UndoResult, undo_actions
 from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
@@ -50,8 +50,9 @@ from docshift.history import History, HistoryRecord, MigrationStatus, current_us
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock
 from docshift.migration import Migration
-from docshift.runfolder.checkpoint import Checkpoint, ShardCursor
+from docshift.runfolder.checkpoint import Checkpoint, ShardCursor, UndoProgress, UndoStep
 from docshift.runfolder.journal import JournalReader
+from docshift.runfolder.layout import MigrationFolder, RunFolder
 from docshift.runfolder.record import force_command, read_info, write_info
 from docshift.store import Store, store_for
 from docshift.store.simulated import SimulatedStore
@@ -59,10 +60,6 @@ from docshift.values import Timestamp
 
 __all__ = ["RollbackItem", "RollbackOptions", "RollbackReport", "rollback", "rollback_target"]
 
-_JOURNAL = "before-images.jsonl.gz"
-
-_KIND = "docshift-rollback"
-_VERSION = 1
 _UNDONE = (
     MigrationStatus.APPLIED,
     MigrationStatus.PARTIAL,
@@ -197,8 +194,8 @@ def _targets(
             runs = record.application_runs() if record is not None else ()
             # A run killed before its first checkpoint has written (and journalled) already.
             if (
-                not any(run_folder.glob(f"{migration_id}_*/checkpoint.json"))
-                and not any(run_folder.glob(f"{migration_id}_*/before-images.jsonl.gz"))
+                not RunFolder(run_folder).migrations(migration_id)
+                and not RunFolder(run_folder).journals(migration_id)
                 and run_id not in (runs or ())
             ):
                 continue  # the run stopped before this migration started
@@ -305,10 +302,10 @@ def _strategy(config: Config, migration: Migration, runs: tuple[str, ...], known
         )
     journalled, without = [], []
     for run in runs:
-        folder = config.runs_dir / run
-        if (folder / migration.label / _JOURNAL).exists():
+        folder = RunFolder.of(config.runs_dir, run)
+        if folder.migration(migration.label).journal.exists():
             journalled.append(run)
-        elif not (folder / "run.json").is_file():
+        elif not folder.exists:
             if not explicit_down:
                 more = f" (one of the {len(runs)} runs that applied it)" if len(runs) > 1 else ""
                 raise UsageError(
@@ -317,12 +314,12 @@ def _strategy(config: Config, migration: Migration, runs: tuple[str, ...], known
                     f"it, or {over_target}",
                 )
             without.append(run)
-        elif _wrote_without_journal(folder, migration):
+        elif _wrote_without_journal(folder.path, migration):
             without.append(run)
         # else: the run stopped before it started this migration: nothing of it to undo
     if without:
         if wanted == "restore":
-            journal = config.runs_dir / without[0] / migration.label / _JOURNAL
+            journal = RunFolder.of(config.runs_dir, without[0]).migration(migration.label).journal
             raise UsageError(
                 f"no before-images for {migration.label} in run {without[0]} ({journal})",
                 hint="copy that run's folder into runs_dir, or use --strategy down if the migration has one",
@@ -334,7 +331,7 @@ def _strategy(config: Config, migration: Migration, runs: tuple[str, ...], known
 def _wrote_without_journal(run_folder: Path, migration: Migration) -> bool:
     """Whether a run with no journal for ``migration`` may have written it: it checkpointed it, or
     it ran without before-images (and may have written before its first checkpoint)."""
-    if (run_folder / migration.label / "checkpoint.json").exists():
+    if RunFolder(run_folder).migration(migration.label).checkpoint.exists():
         return True
     settings = load_run_info(run_folder).get("settings") or {}
     return (settings.get("config") or {}).get("backup") is False
@@ -356,7 +353,7 @@ def _planned(config: Config, migrations: dict[str, Migration], entry: Any) -> _S
         )
     migration = migrations[migration_id]
     if not by:
-        journal = config.runs_dir / runs[0] / migration.label / _JOURNAL
+        journal = RunFolder.of(config.runs_dir, runs[0]).migration(migration.label).journal
         by = "journal" if strategy == "restore" or journal.exists() else "target"
     return _Step(migration, runs, strategy, by, known)
 
@@ -410,9 +407,9 @@ def _recorded_order(plan: list[_Step], info: dict[str, Any]) -> _Order:
 def _started_at(config: Config, run: str) -> datetime:
     """When ``run`` started: its ``run.json``'s ``created_at`` (to the microsecond), or the time its
     id begins with (a run whose folder is not here)."""
-    folder = config.runs_dir / run
-    if (folder / "run.json").is_file():
-        created = load_run_info(folder).get("created_at")
+    folder = RunFolder.of(config.runs_dir, run)
+    if folder.exists:
+        created = load_run_info(folder.path).get("created_at")
         if isinstance(created, str):
             try:
                 return datetime.fromisoformat(created)
@@ -443,7 +440,7 @@ def rollback(
     options: RollbackOptions,
     *,
     store: Store | None = None,
-    progress: Progress | None = None,
+    hooks: RunHooks | None = None,
     controls: Controls | None = None,
 ) -> RollbackReport:
     """Dry-run (default) or execute a rollback; raises :class:`RollbackConflicts` when documents
@@ -452,7 +449,7 @@ def rollback(
     migrations = {m.id: m for m in load_migrations(config.migrations_dir)}
     config = rollback_target(config, options)
     with store_for(config, store) as active:
-        progress = progress or NullProgress()
+        hooks = hooks or RunHooks()
         history = History(active, config.store.state_prefix)
         if options.resume:
             folder = find_run(config.runs_dir, options.resume, kind="rollback")
@@ -465,7 +462,7 @@ def rollback(
         else:
             targets = _targets(config, options, history, migrations)
             for source_run in dict.fromkeys(run for _, runs, _ in targets for run in runs):
-                if (config.runs_dir / source_run / "run.json").is_file():
+                if RunFolder.of(config.runs_dir, source_run).exists:
                     check_store(active, load_run_info(config.runs_dir / source_run), source_run)
             plan = [_strategy(config, m, runs, known, options.strategy) for m, runs, known in targets]
             order = _order(config, plan)
@@ -495,27 +492,31 @@ def rollback(
             write_info(folder, info)
         report = RollbackReport(run_id, folder, options.execute, active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
-        if not options.execute:
-            _undo_all(config, active, plan, order, options, report, history, progress, controls)
-        else:
-            lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
-            with lock:
-                controls.lease_lost = lock.lost
-                try:
-                    _undo_all(config, active, plan, order, options, report, history, progress, controls)
-                except RunStopped as stop:
-                    stop.resume_command = report.resume_command
-                    info["state"] = stop.run_state
-                    write_info(folder, info)
-                    raise
-        dirty = [item for item in report.items if not item.clean] if options.execute else []
-        info["state"] = RollbackConflicts.run_state if dirty else "finished"
-        write_info(folder, info)
-        if dirty:
-            message, hint = _not_undone(dirty, info)
-            error = RollbackConflicts(message, hint=hint)
-            error.report = report
-            raise error
+        started = RunStarted(run_id, folder, "rollback", execute=options.execute)
+        with run_lifecycle(hooks) as start:
+            if not options.execute:
+                start(started)
+                _undo_all(config, active, plan, order, options, report, history, hooks, controls)
+            else:
+                lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
+                with lock:
+                    controls.lease_lost = lock.lost
+                    start(started)
+                    try:
+                        _undo_all(config, active, plan, order, options, report, history, hooks, controls)
+                    except RunStopped as stop:
+                        stop.resume_command = report.resume_command
+                        info["state"] = stop.run_state
+                        write_info(folder, info)
+                        raise
+            dirty = [item for item in report.items if not item.clean] if options.execute else []
+            info["state"] = RollbackConflicts.run_state if dirty else "finished"
+            write_info(folder, info)
+            if dirty:
+                message, hint = _not_undone(dirty, info)
+                error = RollbackConflicts(message, hint=hint)
+                error.report = report
+                raise error
         return report
 
 
@@ -525,9 +526,11 @@ def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, s
     mismatched = sum(item.counters.get("mismatched", 0) for item in dirty)
     failed = sum(item.counters.get("failed", 0) for item in dirty)
 
-    def listed(name: str) -> str:
-        files = [str(item.folder / name) for item in dirty if (item.folder / name).is_file()]
-        return f"they are listed in {', '.join(files)}" if files else "see the rollback's report"
+    def listed(file: Callable[[MigrationFolder], Path]) -> str:
+        found = [
+            str(path) for path in (file(MigrationFolder(item.folder)) for item in dirty) if path.is_file()
+        ]
+        return f"they are listed in {', '.join(found)}" if found else "see the rollback's report"
 
     parts, hints = [], []
     if conflicts:
@@ -535,18 +538,18 @@ def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, s
         command = force_command(info)
         again = f"run `{command}`" if command else "rerun the rollback with --force"
         hints.append(
-            f"{listed('conflicts.jsonl')}; to undo them over those later changes too (the "
+            f"{listed(lambda m: m.conflicts)}; to undo them over those later changes too (the "
             f"changes are lost), {again}"
         )
     if mismatched:
         parts.append(f"{mismatched} document(s) do not equal their before-image after the rollback")
         hints.append(
-            f"{listed('mismatches.jsonl')}; if down() does not undo up(), fix it or roll back "
+            f"{listed(lambda m: m.mismatches)}; if down() does not undo up(), fix it or roll back "
             "with --strategy restore"
         )
     if failed:
         parts.append(f"{failed} document(s) failed in down()")
-        hints.append(listed("dead-letters.jsonl"))
+        hints.append(listed(lambda m: m.dead_letters))
     return "; ".join(parts), "; ".join(hints)
 
 
@@ -558,7 +561,7 @@ def _undo_all(
     options: RollbackOptions,
     report: RollbackReport,
     history: History,
-    progress: Progress,
+    hooks: RunHooks,
     controls: Controls,
 ) -> None:
     """Undo the plan in ``order`` (newest writes first): each run's journal of each migration, or
@@ -592,18 +595,19 @@ def _undo_all(
         item = items[migration.id]
         if isinstance(view, SimulatedStore) and index == len(order) - 1:
             view.retain_writes = False  # the oldest: nothing reads what its undo would leave
-        progress.event(
-            "start",
-            migration=f"rollback {migration.label}",
-            strategy=step.strategy,
-            shards=1,
-            execute=options.execute,
-            counters=dict(item.counters),
-            runs=list(step.runs) if run is None else [run],
+        hooks.pass_started(
+            PassStarted(
+                f"rollback {migration.label}",
+                1,
+                options.execute,
+                dict(item.counters),
+                strategy=step.strategy,
+                runs=tuple(step.runs) if run is None else (run,),
+            )
         )
         if run is not None:
             undo = undos[migration.id]
-            stopped = undo.run(run, view, progress)
+            stopped = undo.run(run, view, hooks)
             item.restore, item.by_run = undo.total(), undo.by_run()
             if stopped:
                 stop = controls.stop_class or RunStopped
@@ -614,9 +618,9 @@ def _undo_all(
                 f"{'ran' if options.execute else 'would run'} over every document of the target, "
                 "also those the runs did not change, and the result cannot be verified"
             )
-            progress.event("warning", message=f"{migration.label}: {item.note}")
+            hooks.warning(Warned(f"{migration.label}: {item.note}"))
             item.pipeline, item.plan = _down_over_target(
-                config, view, migration, item.folder, options, report.run_id, progress, controls
+                config, view, migration, item.folder, options, report.run_id, hooks, controls
             )
             if item.pipeline.error is not None:
                 raise item.pipeline.error
@@ -625,18 +629,19 @@ def _undo_all(
                 undos[migration.id].finish()
             if options.execute and item.clean:
                 history.mark_rolled_back(migration.id, report.run_id, item.counters)
-        progress.event("finish", migration=f"rollback {migration.label}", **item.counters)
+        hooks.pass_ended(PassFinished(f"rollback {migration.label}", dict(item.counters)))
 
 
 def _without_journal(config: Config, step: _Step) -> str:
     """Why ``step`` has no journal to go by, for its note."""
     if not step.known:
         return "its history no longer names every run that applied it"
-    missing = [r for r in step.runs if not (config.runs_dir / r / "run.json").is_file()]
+    missing = [r for r in step.runs if not RunFolder.of(config.runs_dir, r).exists]
     without = [
         r
         for r in step.runs
-        if r not in missing and not (config.runs_dir / r / step.migration.label / _JOURNAL).exists()
+        if r not in missing
+        and not RunFolder.of(config.runs_dir, r).migration(step.migration.label).journal.exists()
     ]
     parts = []
     if without:
@@ -666,54 +671,44 @@ class _JournalUndo:
     ) -> None:
         self.config, self.step, self.folder, self.options = config, step, folder, options
         self.controls, self.own_writes = controls, own_writes
-        self.path = folder / "checkpoint.json"
+        self.files = MigrationFolder(folder)
+        self.path = self.files.checkpoint
         self.parts = {run: UndoResult() for run in step.runs}
         self.finished: set[str] = set()
-        self.current = step.runs[0]
-        """The run whose journal is being undone (``position`` in the checkpoint is in it)."""
         self.working_seconds = 0.0
         """Time spent undoing this migration (other migrations' runs may come in between)."""
         self.started: float | None = None
         if self.path.exists():
             saved = Checkpoint.load(self.path)
-            if saved.extra.get("kind") not in ("restore", "down"):
+            if saved.undo is None:
                 raise UsageError(
                     f"the checkpoint {self.path} is not one of a rollback from before-images",
                     hint="it was written by an older docshift; start a new rollback",
                 )
-            recorded = saved.extra.get("steps")
-            if not isinstance(recorded, list):  # an older docshift's: one run
-                recorded = [
-                    {
-                        "run": saved.extra.get("of_run", step.runs[0]),
-                        "counters": saved.counters,
-                        "position": saved.extra.get("position", -1),
-                        "finished": saved.finished,
-                    }
-                ]
-            for entry in recorded:
-                part = self.parts.get(str(entry["run"]))
+            for entry in saved.undo.steps:
+                part = self.parts.get(entry.run)
                 if part is None:
                     continue
-                part.counters.update({str(k): int(v) for k, v in dict(entry["counters"]).items()})
-                part.position = int(entry.get("position", -1))
-                if entry.get("finished"):
-                    self.finished.add(str(entry["run"]))
+                part.counters.update(entry.counters)
+                part.position = entry.position
+                if entry.finished:
+                    self.finished.add(entry.run)
             self.working_seconds = saved.elapsed_seconds
+        self.undo = UndoProgress(step.strategy, list(step.runs))
         self.checkpoint = Checkpoint(
             run_id=folder.parent.name,
             migration_id=step.migration.id,
             checksum=step.migration.checksum,
             shards=[ShardCursor()],
-            extra={"kind": step.strategy, "runs": list(step.runs)},
+            undo=self.undo,
         )
 
-    def run(self, run: str, store: Store, progress: Progress) -> bool:
+    def run(self, run: str, store: Store, hooks: RunHooks) -> bool:
         """Undo run ``run``'s journal (from where it stopped); whether the rollback was stopped."""
         if run in self.finished:
             return False
         migration, part = self.step.migration, self.parts[run]
-        self.current, self.started = run, time.monotonic()
+        self.started = time.monotonic()
         # redo recognises our own writes by value; a copy's before-images are of its targets,
         # which up() does not take.
         redo = None if migration.target.copy_to else migration.up
@@ -721,12 +716,13 @@ class _JournalUndo:
             store,
             execute=self.options.execute,
             force=self.options.force,
-            conflicts_file=self.folder / "conflicts.jsonl",
+            conflicts_file=self.files.conflicts,
+            mismatches_file=self.files.mismatches,
             redo=redo,
             undo=migration.down if self.step.strategy == "down" else None,
             limiter=self.controls.limiter,
             stop=self.controls.stop,
-            progress=progress,
+            hooks=hooks,
             on_batch=self.save,
             batch_size=self.config.engine.batch_size,
             own_writes=self.own_writes,
@@ -744,7 +740,7 @@ class _JournalUndo:
         self.save(state="finished")
 
     def _journal(self, run: str) -> Path:
-        return self.config.runs_dir / run / self.step.migration.label / _JOURNAL
+        return RunFolder.of(self.config.runs_dir, run).migration(self.step.migration.label).journal
 
     def _older_outputs(self, run: str) -> Callable[[UndoAction], bool] | None:
         """Whether a document of ``run``'s journal held what an older run of the migration wrote
@@ -795,16 +791,10 @@ class _JournalUndo:
         checkpoint.counters = dict(self.total().counters)
         running = time.monotonic() - self.started if self.started is not None else 0.0
         checkpoint.elapsed_seconds = self.working_seconds + running  # the report's working time
-        checkpoint.extra["steps"] = [
-            {
-                "run": run,
-                "counters": dict(part.counters),
-                "position": part.position,
-                "finished": run in self.finished,
-            }
+        self.undo.steps = [
+            UndoStep(run, dict(part.counters), part.position, run in self.finished)
             for run, part in self.parts.items()
         ]
-        checkpoint.extra.update(of_run=self.current, position=self.parts[self.current].position)
         checkpoint.state = state
         checkpoint.save(self.path)
 
@@ -816,19 +806,20 @@ def _down_over_target(
     folder: Path,
     options: RollbackOptions,
     run_id: str,
-    progress: Progress,
+    hooks: RunHooks,
     controls: Controls,
 ) -> tuple[PipelineResult, DryRunRecorder | None]:
     """down() over the migration's whole target, through the engine: the only way without a
     journal. A dry run executes against the simulated store (``store``), without before-images."""
     assert migration.down is not None
-    checkpoint_path = folder / "checkpoint.json"
+    files = MigrationFolder(folder)
+    checkpoint_path = files.checkpoint
     if checkpoint_path.exists():
         checkpoint = Checkpoint.load(checkpoint_path)
     else:
         settings: dict[str, Any] = {"rollback": True, "strategy": "down"}
         checkpoint = new_checkpoint(run_id, migration, plan_shards(store, migration.target, 1), settings)
-    recorder = None if options.execute else DryRunRecorder(folder / "plan.jsonl.gz", migration.down)
+    recorder = None if options.execute else DryRunRecorder(files.plan, migration.down)
     base = pipeline_options(
         config if options.execute else config.with_engine(backup=False), RunOptions(execute=True)
     )
@@ -839,7 +830,7 @@ def _down_over_target(
         folder,
         checkpoint,
         controls=controls,
-        progress=progress,
+        hooks=hooks,
         transform=migration.down,
         on_decision=recorder,
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,9 +26,17 @@ from docshift.config import Config, with_values
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.dry_run import DryRunRecorder
+from docshift.engine.hooks import (
+    MigrationEnded,
+    MigrationStarted,
+    RunHooks,
+    RunResumed,
+    RunStarted,
+    Warned,
+    run_lifecycle,
+)
 from docshift.engine.limits import RateLimiter
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
-from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.sharding import plan_shards
 from docshift.errors import (
     DocshiftError,
@@ -44,7 +52,8 @@ from docshift.loader import load_migrations
 from docshift.lock import LeaseLock, process_exists, read_lease
 from docshift.migration import Migration
 from docshift.planning import MigrationState, check_drift, check_order, migration_states
-from docshift.runfolder.checkpoint import Checkpoint
+from docshift.runfolder.checkpoint import Checkpoint, Scope
+from docshift.runfolder.layout import RunFolder, run_folders
 from docshift.runfolder.record import CLOSED_STATES, read_info, read_migration, write_info
 from docshift.store import Store, store_for
 
@@ -248,8 +257,8 @@ def _recorded_settings(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     saved = info.get("settings")
     if isinstance(saved, dict):
         return saved
-    for path in sorted(folder.glob("*/checkpoint.json")):
-        settings = Checkpoint.load(path).settings
+    for migration in RunFolder(folder).migrations():
+        settings = Checkpoint.load(migration.checkpoint).settings
         flat = {**settings.get("engine", {}), **settings.get("limits", {})}
         options = settings.get("options", {})
         return {
@@ -330,7 +339,7 @@ def _scope_text(value: Any) -> str:
     return f"{_shown(value)}%" if isinstance(value, float) else str(value)
 
 
-def _record_resume(resumed: ResumedRun, progress: Progress) -> None:
+def _record_resume(resumed: ResumedRun, hooks: RunHooks) -> None:
     """Write into ``run.json`` the settings the resume continues with, the resume and what it
     overrode, and ``overrides``: every setting the run's resumes changed, from the run's first
     value to the latest (what the report and the history show)."""
@@ -345,21 +354,20 @@ def _record_resume(resumed: ResumedRun, progress: Progress) -> None:
         merged[name] = {"was": was, "now": change["now"]}
     info["overrides"] = merged
     _write_run_file(resumed.folder, info)
-    progress.event("resume", run_id=resumed.run_id, settings=info["settings"], overrides=resumed.overrides)
+    hooks.run_resumed(RunResumed(resumed.run_id, info["settings"], resumed.overrides))
 
 
 def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
     """The folder of ``run_id``, or of the newest unfinished ``kind`` run for ``"latest"``."""
     if run_id != "latest":
-        folder = runs_dir / run_id
-        if not (folder / "run.json").is_file():
+        folder = RunFolder.of(runs_dir, run_id)
+        if not folder.exists:
             raise UsageError(f"no run {run_id!r} in {runs_dir}", hint="see `docshift runs` for run ids")
-        return folder
-    candidates = sorted((p for p in runs_dir.glob("*/run.json")), reverse=True)
-    for path in candidates:
-        info = read_info(path.parent)
+        return folder.path
+    for candidate in run_folders(runs_dir):
+        info = read_info(candidate.path)
         if info.get("kind", "run") == kind and info.get("execute") and info.get("state") not in CLOSED_STATES:
-            return path.parent
+            return candidate.path
     command = "docshift run --execute" if kind == "run" else "docshift rollback RUN_ID --execute"
     raise UsageError(
         f"no unfinished {kind} in {runs_dir} to resume",
@@ -396,18 +404,20 @@ def run(
     options: RunOptions,
     *,
     store: Store | None = None,
-    progress: Progress | None = None,
+    hooks: RunHooks | None = None,
     controls: Controls | None = None,
-    checks: Callable[[Migration], DocumentCheck | None] | None = None,
 ) -> RunReport:
     """Dry-run (default) or execute the pending migrations. Raises :class:`RunStopped` subclasses
-    when a run stops early; its checkpoint is kept and ``resume_command`` continues it."""
+    when a run stops early; its checkpoint is kept and ``resume_command`` continues it.
+
+    ``hooks`` hear of each step of the run (:mod:`docshift.engine.hooks`); the document check a
+    migration's start returns (validation's rules, say) is applied to every document it writes."""
     migrations = load_migrations(config.migrations_dir)
     resumed = resume_run(config, options) if options.resume else None
     if resumed is not None:
         config, options = resumed.config, resumed.options
     with store_for(config, store) as active:
-        progress = progress or NullProgress()
+        hooks = hooks or RunHooks()
         history = History(active, config.store.state_prefix)
         drifted: list[MigrationState] = []
         if resumed is not None:
@@ -451,65 +461,71 @@ def run(
         report = RunReport(run_id, folder, options.execute, target=active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         if not options.execute:
-            if resumed is not None:
-                _record_resume(resumed, progress)
-            _run_all(config, active, selected, options, report, history, progress, controls, checks)
-            info["state"] = "finished"
-            _write_run_file(folder, info)
+            with run_lifecycle(hooks) as start:
+                start(RunStarted(run_id, folder, "run", execute=False))
+                if resumed is not None:
+                    _record_resume(resumed, hooks)
+                _run_all(config, active, selected, options, report, history, hooks, controls)
+                info["state"] = "finished"
+                _write_run_file(folder, info)
             return report
         if resumed is not None:
             _refuse_if_still_running(active, config.store.state_prefix, run_id)
         lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
-        with lock:
-            controls.lease_lost = lock.lost
-            if resumed is not None:
-                _refuse_if_rolled_back(history, run_id, info["migrations"])
-                _record_resume(resumed, progress)
-            for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
-                if state.migration is not None:
-                    history.accept_drift(state.migration_id, state.migration.checksum, run_id)
-            try:
-                _run_all(
-                    config,
-                    active,
-                    selected,
-                    options,
-                    report,
-                    history,
-                    progress,
-                    controls,
-                    checks,
-                    overrides=dict(info.get("overrides") or {}),
+        with run_lifecycle(hooks) as start:
+            with lock:
+                controls.lease_lost = lock.lost
+                if resumed is not None:
+                    _refuse_if_rolled_back(history, run_id, info["migrations"])
+                start(RunStarted(run_id, folder, "run", execute=True))
+                if resumed is not None:
+                    _record_resume(resumed, hooks)
+                for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
+                    if state.migration is not None:
+                        history.accept_drift(state.migration_id, state.migration.checksum, run_id)
+                try:
+                    _run_all(
+                        config,
+                        active,
+                        selected,
+                        options,
+                        report,
+                        history,
+                        hooks,
+                        controls,
+                        overrides=dict(info.get("overrides") or {}),
+                    )
+                except RunStopped as stop:
+                    rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
+                    stop.resume_command = None if rolled_back else report.resume_command
+                    if stop.hint is None and stop.resume_command:
+                        stop.hint = f"the checkpoint is kept: resume with `{stop.resume_command}`"
+                    unwritten = _record_state(folder, info, stop.run_state)
+                    if isinstance(stop, RunFileError):
+                        stop.hint = _unrecorded(
+                            stop,
+                            "",
+                            f"resume with `{report.resume_command}`, or undo what "
+                            f"was written with `docshift rollback {run_id} --execute`",
+                        ).hint
+                    elif unwritten is not None:  # a folder that cannot be written must not hide the stop
+                        stop.message += f"; {unwritten.message}"
+                    raise
+            if (unwritten := _record_state(folder, info, "finished")) is not None:
+                done = "; ".join(
+                    f"{o.migration.label}: "
+                    + ", ".join(
+                        f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted")
+                    )
+                    for o in report.outcomes
                 )
-            except RunStopped as stop:
-                rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
-                stop.resume_command = None if rolled_back else report.resume_command
-                if stop.hint is None and stop.resume_command:
-                    stop.hint = f"the checkpoint is kept: resume with `{stop.resume_command}`"
-                unwritten = _record_state(folder, info, stop.run_state)
-                if isinstance(stop, RunFileError):
-                    stop.hint = _unrecorded(
-                        stop,
-                        "",
-                        f"resume with `{report.resume_command}`, or undo what "
-                        f"was written with `docshift rollback {run_id} --execute`",
-                    ).hint
-                elif unwritten is not None:  # a folder that cannot be written must not hide the stop
-                    stop.message += f"; {unwritten.message}"
-                raise
-        if (unwritten := _record_state(folder, info, "finished")) is not None:
-            done = "; ".join(
-                f"{o.migration.label}: "
-                + ", ".join(f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted"))
-                for o in report.outcomes
-            )
-            raise _unrecorded(
-                unwritten,
-                f"run {run_id} finished ({done}); only its run.json still says running",
-                f"`{report.resume_command}` records it as finished (it migrates "
-                f"nothing again); `docshift rollback {run_id} --execute` undoes it",
-                report.resume_command,
-            )
+                raise _unrecorded(
+                    unwritten,
+                    f"run {run_id} finished ({done}); only its run.json still says running",
+                    f"`{report.resume_command}` records it as finished (it migrates "
+                    f"nothing again); `docshift rollback {run_id} --execute` undoes it",
+                    report.resume_command,
+                )
         return report
 
 
@@ -547,25 +563,25 @@ def _run_all(
     options: RunOptions,
     report: RunReport,
     history: History,
-    progress: Progress,
+    hooks: RunHooks,
     controls: Controls,
-    checks: Callable[[Migration], DocumentCheck | None] | None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     base = pipeline_options(config, options)
     settings = _settings(config, options)
     for migration in selected:
-        folder = report.folder / migration.label
-        checkpoint_path = folder / "checkpoint.json"
+        files = RunFolder(report.folder).migration(migration.label)
+        folder, checkpoint_path = files.path, files.checkpoint
         if checkpoint_path.exists():
             checkpoint = Checkpoint.load(checkpoint_path)
-            if checkpoint.extra.get("rolled_back"):
+            undoing = checkpoint.stage_rollback
+            if undoing is not None and undoing.done:
                 raise UsageError(
                     f"{migration.label} was rolled back by its canary stage gate in run {report.run_id}",
                     hint="fix the migration and start a new run",
                 )
             stages_left = bool(options.stages) and not checkpoint.covers_target
-            if checkpoint.finished and not stages_left and not checkpoint.extra.get("rolling_back"):
+            if checkpoint.finished and not stages_left and undoing is None:
                 if options.execute:
                     _finish_history(store, history, migration, report.run_id, checkpoint, checkpoint_path)
                 continue
@@ -580,11 +596,9 @@ def _run_all(
             count = 1 if options.limit is not None else options.shards or config.engine.shards
             shards = plan_shards(store, migration.target, count)
             checkpoint = new_checkpoint(report.run_id, migration, shards, settings)
-            if options.limit is not None:
-                checkpoint.extra["limit_reached"] = None  # known once the run has read up to the limit
-            if options.sample_percent is not None:
-                checkpoint.extra["sample_percent"] = options.sample_percent
-        recorder = None if options.execute else DryRunRecorder(folder / "plan.jsonl.gz", migration.up)
+            # Whether documents remain past a --limit is known once the run has read up to it.
+            checkpoint.scope = Scope(limited=options.limit is not None, sample_percent=options.sample_percent)
+        recorder = None if options.execute else DryRunRecorder(files.plan, migration.up)
         on_checkpoint = None
         if options.execute:
             history.start(migration, report.run_id, overrides)
@@ -597,6 +611,7 @@ def _run_all(
                 }
                 history.progress(migration_id, saved.counters, summary)
 
+        check = hooks.migration_started(MigrationStarted(migration, report.run_id, options.execute))
         pipeline = MigrationPipeline(
             store,
             migration,
@@ -604,8 +619,8 @@ def _run_all(
             folder,
             checkpoint,
             controls=controls,
-            progress=progress,
-            check=checks(migration) if checks else None,
+            hooks=hooks,
+            check=check,
             on_decision=recorder,
             on_checkpoint=on_checkpoint,
         )
@@ -620,8 +635,8 @@ def _run_all(
                     checkpoint,
                     options,
                     controls,
-                    progress,
-                    checks,
+                    hooks,
+                    check,
                     report.run_id,
                 )
             else:
@@ -648,17 +663,18 @@ def _run_all(
                 if record.status is not MigrationStatus.ROLLED_BACK:
                     earlier = ", ".join(record.runs) if record.runs else "earlier runs"
                     command = f"docshift rollback {record.runs[-1] if record.runs else 'RUN_ID'} --execute"
-                    progress.event(
-                        "warning",
-                        message=(
+                    hooks.warning(
+                        Warned(
                             f"{migration.label}: the stages of this run were rolled back, but what {earlier} "
                             f"migrated before stays migrated: it is recorded {record.status.value}, "
                             f"not rolled back; to undo that too: {command}"
-                        ),
+                        )
                     )
             if status is MigrationStatus.PARTIAL:
                 outcome.note = _partial_note(migration, options, result.counters)
-                progress.event("warning", message=outcome.note)
+                hooks.warning(Warned(outcome.note))
+        recorded = None if outcome.status is None else outcome.status.value
+        hooks.migration_ended(MigrationEnded(migration, result, recorded))
         if result.error is not None:
             raise result.error
 
@@ -666,7 +682,7 @@ def _run_all(
 def _note_limit(store: Store, migration: Migration, checkpoint: Checkpoint, path: Path) -> None:
     """After a ``--limit`` run read up to its limit: whether the target has documents past it.
     A limit the target does not exceed processed everything; one it does leaves the run partial."""
-    if "limit_reached" not in checkpoint.extra or checkpoint.extra["limit_reached"] is not None:
+    if not checkpoint.scope.limited or checkpoint.scope.limit_reached is not None:
         return
     target = migration.target
     remaining = False
@@ -678,7 +694,7 @@ def _note_limit(store: Store, migration: Migration, checkpoint: Checkpoint, path
             if any(True for _ in store.stream(query)):
                 remaining = True
                 break
-    checkpoint.extra["limit_reached"] = remaining
+    checkpoint.scope.limit_reached = remaining
     checkpoint.save(path)
 
 
@@ -705,8 +721,8 @@ def _staged(
     checkpoint: Checkpoint,
     options: RunOptions,
     controls: Controls,
-    progress: Progress,
-    checks: Callable[[Migration], DocumentCheck | None] | None,
+    hooks: RunHooks,
+    check: DocumentCheck | None,
     run_id: str,
 ) -> PipelineResult:
     assert options.stages is not None
@@ -721,8 +737,8 @@ def _staged(
             checkpoint,
             plan,
             controls=controls,
-            progress=progress,
-            check=checks(migration) if checks else None,
+            hooks=hooks,
+            check=check,
             run_id=run_id,
         )
     except RunStopped as error:

@@ -20,16 +20,17 @@ from pathlib import Path
 from docshift.config import Config
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
+from docshift.engine.hooks import PassFinished, PassStats, RunHooks, StageEntered, StagesRolledBack, Warned
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
-from docshift.engine.progress import Progress
 from docshift.engine.sampling import in_sample
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import format_ms
 from docshift.engine.undo import Undoer, UndoResult, undo_actions
 from docshift.errors import EmergencyStop, MemoryLimitExceeded, RunStopped, TooManyFailures, UsageError
 from docshift.migration import Migration
-from docshift.runfolder.checkpoint import Checkpoint
-from docshift.runfolder.record import ROLLED_BACK, read_migration
+from docshift.runfolder.checkpoint import Checkpoint, StageProgress, StageRollback
+from docshift.runfolder.layout import MigrationFolder, RunFolder
+from docshift.runfolder.record import read_migration
 from docshift.store.base import Document, Query, Store
 from docshift.validators.rules import RuleContext
 
@@ -75,28 +76,28 @@ def run_stages(
     plan: CanaryStages,
     *,
     controls: Controls,
-    progress: Progress,
+    hooks: RunHooks,
     check: DocumentCheck | None,
     run_id: str,
 ) -> PipelineResult:
     """Run every remaining stage of ``migration``; returns the combined result of the stages.
 
-    Resumable wherever the run stopped: the checkpoint says which stage ran (``stage``), the last
-    one whose gate passed (``passed``), and whether a rollback of the stages was under way
-    (``rolling_back``, which a resume finishes before it reports the stage that failed).
+    Resumable wherever the run stopped: the checkpoint's ``stages`` say which stage ran (``stage``),
+    the last one whose gate passed (``passed``), and whether a rollback of the stages was under way
+    (``rollback``, which a resume finishes before it reports the stage that failed).
     """
-    path = folder / "checkpoint.json"
-    undoing = checkpoint.extra.get("rolling_back")
-    if isinstance(undoing, dict):
-        _roll_back(store, migration, folder, checkpoint, controls, progress, config)
+    path = MigrationFolder(folder).checkpoint
+    undoing = checkpoint.stage_rollback
+    if undoing is not None:
+        _roll_back(store, migration, folder, checkpoint, controls, hooks, config)
         raise StageFailed(
-            f"{undoing.get('message')} (that rollback, cut short when the run stopped, was "
-            "finished by this resume)",
-            hint=undoing.get("hint"),
+            f"{undoing.message} (that rollback, cut short when the run stopped, was finished by this resume)",
+            hint=undoing.hint,
         )
-    current = int(checkpoint.extra.get("stage", 0))
-    totals: Counter[str] = Counter(checkpoint.extra.get("earlier", {}))
-    seconds = float(checkpoint.extra.get("earlier_seconds", 0.0))
+    saved = checkpoint.stages
+    current = saved.stage if saved is not None else 0
+    totals: Counter[str] = Counter(saved.earlier if saved is not None else {})
+    seconds = saved.earlier_seconds if saved is not None else 0.0
     """Working time of the stages that passed (the report's and history's, with the current one)."""
     limit_ms = config.limits.stage_max_p95_ms
     result: PipelineResult | None = None
@@ -107,24 +108,26 @@ def run_stages(
             checkpoint = new_checkpoint(
                 run_id, migration, plan_shards(store, migration.target, 1), checkpoint.settings
             )
-        elif checkpoint.extra.get("passed") == index:
+        elif checkpoint.stages is not None and checkpoint.stages.passed == index:
             continue  # that stage passed its gate before the run stopped
-        checkpoint.extra.update(
-            stage=index, stages=list(plan.stages), earlier=dict(totals), earlier_seconds=seconds
-        )
+        stage = checkpoint.stages or StageProgress(list(plan.stages))
+        stage.stage, stage.stages = index, list(plan.stages)
+        stage.earlier, stage.earlier_seconds = dict(totals), seconds
+        checkpoint.stages = stage
         options = dataclasses.replace(
             base,
             sample_percent=percent,
             sample_above=above,
             max_commit_p95=limit_ms / 1000 if limit_ms > 0 else None,
         )
-        progress.event(
-            "stage",
-            migration=migration.label,
-            stage=index + 1,
-            stages=len(plan.stages),
-            message=f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
-            f"documents in ({above:g}%, {percent:g}%]",
+        hooks.stage(
+            StageEntered(
+                migration.label,
+                index + 1,
+                f"{migration.label}: stage {index + 1} of {len(plan.stages)}: "
+                f"documents in ({above:g}%, {percent:g}%]",
+                stages=len(plan.stages),
+            )
         )
         if checkpoint.finished:
             # Every document of the stage was handled when the run stopped, before its gate ran.
@@ -139,7 +142,7 @@ def run_stages(
                 folder,
                 checkpoint,
                 controls=controls,
-                progress=progress,
+                hooks=hooks,
                 check=check,
             ).run()
         if result.error is not None:
@@ -150,7 +153,7 @@ def run_stages(
                 )
                 hint = _stage_hint(folder)
                 _start_rollback(checkpoint, path, message, hint)
-                _roll_back(store, migration, folder, checkpoint, controls, progress, config)
+                _roll_back(store, migration, folder, checkpoint, controls, hooks, config)
                 raise StageFailed(message, hint=hint)
             raise result.error
         stage_counts = Counter({k: v for k, v in result.counters.items() if k not in ("read", "skipped")})
@@ -162,18 +165,18 @@ def run_stages(
             )
             hint = _stage_hint(folder)
             _start_rollback(checkpoint, path, message, hint)
-            _roll_back(store, migration, folder, checkpoint, controls, progress, config)
+            _roll_back(store, migration, folder, checkpoint, controls, hooks, config)
             raise StageFailed(message, hint=hint)
         totals.update(stage_counts)
         seconds += result.elapsed_seconds
-        checkpoint.extra.update(earlier=dict(totals), earlier_seconds=seconds, passed=index)
+        stage.earlier, stage.earlier_seconds, stage.passed = dict(totals), seconds, index
         if index == len(plan.stages) - 1:
             # The finished migration's checkpoint speaks for all stages, saved with its last gate.
             checkpoint.counters = {**totals, "read": result.counters.get("read", 0)}
             checkpoint.elapsed_seconds = seconds
         checkpoint.save(path)
         if plan.pause_between and index < len(plan.stages) - 1:
-            _wait_for_operator(folder.parent, controls, progress, migration, index, run_id)
+            _wait_for_operator(folder.parent, controls, hooks, migration, index, run_id)
     if result is None:  # every stage had passed when the run stopped
         return PipelineResult(migration.id, "finished", dict(checkpoint.counters), seconds, folder)
     totals["read"] = result.counters.get("read", 0)
@@ -186,15 +189,19 @@ def run_stages(
         "processed": sum(totals[k] for k in ("updated", "created", "deleted", "unchanged", "failed")),
     }
     combined["elapsed_seconds"] = seconds
-    # The per-stage finish events each counted one stage; this one speaks for the whole migration.
-    progress.event("finish", **{**combined, "migration": migration.label, "stages": len(plan.stages)})
+    counters, stats = PassStats.split(combined)
+    if stats is None:  # its last stage was done by an earlier process: no rates of this one
+        stats = PassStats(combined["processed"], 0.0, 0.0, None, None, None, 0, seconds)
+    # The per-stage pass ends each counted one stage; this one speaks for the whole migration.
+    hooks.pass_ended(PassFinished(migration.label, counters, stats, stages=len(plan.stages)))
     return result
 
 
 def _start_rollback(checkpoint: Checkpoint, path: Path, message: str, hint: str | None) -> None:
     """Note in the checkpoint, before the first restore, that the stages are being rolled back and
     why: a run killed during the rollback is then finished by its resume, not continued."""
-    checkpoint.extra["rolling_back"] = {"message": message, "hint": hint}
+    assert checkpoint.stages is not None  # set when its stage began
+    checkpoint.stages.rollback = StageRollback(message, hint)
     checkpoint.save(path)
 
 
@@ -266,47 +273,50 @@ def _roll_back(
     folder: Path,
     checkpoint: Checkpoint,
     controls: Controls,
-    progress: Progress,
+    hooks: RunHooks,
     config: Config,
 ) -> UndoResult:
     """Undo every stage of this migration from its before-images (the run still holds the lease)."""
+    files = MigrationFolder(folder)
+    files.upgrade()  # a rollback cut short by an older docshift: its conflicts go on in the same file
     controls.stop.clear()
     controls.resume()
-    progress.event("warning", message=f"{migration.label}: rolling back every stage from the before-images")
+    hooks.warning(Warned(f"{migration.label}: rolling back every stage from the before-images"))
     restorer = Undoer(
         store,
         execute=True,
         force=False,
-        conflicts_file=folder / "rollback-conflicts.jsonl",
+        conflicts_file=files.conflicts,
+        mismatches_file=files.mismatches,
         redo=migration.up,
         limiter=controls.limiter,
         stop=controls.stop,
-        progress=progress,
+        hooks=hooks,
         batch_size=config.engine.batch_size,
     )
-    result = restorer.run(undo_actions(folder / "before-images.jsonl.gz"), UndoResult())
+    result = restorer.run(undo_actions(files.journal), UndoResult())
     if result.stopped:  # a signal or `docshift stop` during the rollback: the resume finishes it
         raise RunStopped(
             f"{migration.label}: stopped while rolling back its stages",
             hint="resume the run to finish the rollback",
         )
-    progress.event(
-        "warning",
-        message=f"{migration.label}: rolled back: "
-        + ", ".join(f"{k} {v}" for k, v in result.counters.items() if v),
+    hooks.warning(
+        Warned(
+            f"{migration.label}: rolled back: "
+            + ", ".join(f"{k} {v}" for k, v in result.counters.items() if v)
+        )
     )
     checkpoint.state = "failed"
-    checkpoint.extra.update(rolled_back=True, rollback=result.counters)
-    checkpoint.save(folder / "checkpoint.json")  # a resume must not continue a rolled-back canary
-    # The stage's own stop event counted that stage; this one speaks for the migration, as its
+    assert checkpoint.stages is not None and checkpoint.stages.rollback is not None  # begun before
+    checkpoint.stages.rollback.counters = dict(result.counters)
+    checkpoint.save(files.checkpoint)  # a resume must not continue a rolled-back canary
+    # The stage's own pass end counted that stage; this one speaks for the migration, as its
     # record (report, history, `docshift runs`) does.
     record = read_migration(folder)
-    progress.event(
-        ROLLED_BACK,
-        migration=migration.label,
-        **record.counters,
-        rollback=result.counters,
-        elapsed_seconds=record.elapsed_seconds,
+    hooks.stages_rolled_back(
+        StagesRolledBack(
+            migration.label, dict(record.counters), dict(result.counters), record.elapsed_seconds
+        )
     )
     return result
 
@@ -316,7 +326,7 @@ def _stage_hint(folder: Path) -> str:
     letters = read_migration(folder).dead_letters
     listed = (
         f"the {letters:,} document(s) that failed or broke a rule are listed in "
-        f"{folder / 'dead-letters.jsonl'}; "
+        f"{MigrationFolder(folder).dead_letters}; "
         if letters
         else ""
     )
@@ -326,22 +336,23 @@ def _stage_hint(folder: Path) -> str:
 def _wait_for_operator(
     run_folder: Path,
     controls: Controls,
-    progress: Progress,
+    hooks: RunHooks,
     migration: Migration,
     index: int,
     run_id: str,
 ) -> None:
     """Pause until ``docshift resume RUN_ID`` (or the ``pause`` file in the run folder is removed)."""
-    marker = run_folder / "pause"
+    marker = RunFolder(run_folder).control("pause")
     marker.touch()
     controls.pause()
-    progress.event(
-        "stage",
-        migration=migration.label,
-        stage=index + 1,
-        paused=True,
-        message=f"{migration.label}: stage {index + 1} passed its gate; paused. "
-        f"Continue with `docshift resume {run_id}` or by deleting {marker}",
+    hooks.stage(
+        StageEntered(
+            migration.label,
+            index + 1,
+            f"{migration.label}: stage {index + 1} passed its gate; paused. "
+            f"Continue with `docshift resume {run_id}` or by deleting {marker}",
+            paused=True,
+        )
     )
     try:
         while controls.paused and marker.exists():

@@ -8,7 +8,6 @@ what that run deleted and created, as recorded in the history.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from docshift.errors import DocshiftError, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.migration import Migration
+from docshift.runfolder.layout import ReportFolder, RunFolder
 from docshift.store import Store, store_for
 from docshift.validators.scan import Baseline, ValidationReport, load_report, save_report, scan
 
@@ -39,10 +39,9 @@ def find_migration(config: Config, migration_id: str) -> Migration:
     )
 
 
-def report_folder(config: Config, kind: str, migration: Migration) -> Path:
+def report_folder(config: Config, kind: str, migration: Migration) -> ReportFolder:
     """``runs_dir/<kind>-<id>-<UTC time>``: one folder per report, sorted by time."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-    return config.runs_dir / f"{kind}-{migration.id}-{stamp}"
+    return ReportFolder.new(config.runs_dir, kind, migration.id)
 
 
 def validate(
@@ -83,7 +82,7 @@ def validate(
             warning=config.limits.integrity_warning,
             critical=config.limits.integrity_critical,
         )
-    save_report(report, report_folder(config, "validate", migration) / "report.json")
+    save_report(report, report_folder(config, "validate", migration).report)
     return report
 
 
@@ -95,7 +94,9 @@ def _baseline(config: Config, store: Store, migration: Migration) -> Baseline:
     before: dict[str, Any] | None = None
     if record is not None and applied:
         deleted, created = record.counts.get("deleted"), record.counts.get("created")
-        before = _read(config.runs_dir / record.run_id / migration.label / "validation-before.json")
+        before = _read(
+            RunFolder.of(config.runs_dir, record.run_id).migration(migration.label).validation("before")
+        )
     if before is None:
         latest = record.started_at.isoformat() if record is not None and applied else None
         before = _latest_before(config.runs_dir, migration, latest)
@@ -119,8 +120,8 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _latest_before(runs_dir: Path, migration: Migration, not_after: str | None) -> dict[str, Any] | None:
     """The newest ``validate --before`` report, taken no later than ``not_after``."""
-    for path in sorted(runs_dir.glob(f"validate-{migration.id}-*/report.json"), reverse=True):
-        report = _read(path)
+    for folder in ReportFolder.every(runs_dir, "validate", migration.id):
+        report = _read(folder.report)
         if report is None or report.get("phase") != "before":
             continue
         if not_after is not None and str(report.get("at", "")) > not_after:

@@ -25,7 +25,7 @@ from docshift.config import Config
 from docshift.engine.diff import FieldChange, field_changes
 from docshift.errors import UsageError
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Target
-from docshift.runfolder.atomic import write_versioned
+from docshift.runfolder.layout import VERIFY_FORMAT
 from docshift.store import Query, Store, store_for
 from docshift.store.base import Document
 from docshift.validators.collection import DigestSet, digest
@@ -34,7 +34,6 @@ from docshift.values import Timestamp, values_equal
 __all__ = ["Difference", "VerifyReport", "verify"]
 
 _BATCH = 300
-_KIND = "docshift-verify"
 
 
 @dataclass(frozen=True)
@@ -128,8 +127,8 @@ def verify(
         )
     with store_for(config, store) as active:
         report = compare(active, migration, examples=examples)
-    path = report_folder(config, "verify", migration) / "report.json"
-    write_versioned(path, _KIND, 1, report.to_json())
+    path = report_folder(config, "verify", migration).report
+    VERIFY_FORMAT.write(path, report.to_json())
     report.path = path
     return report
 

@@ -39,6 +39,17 @@ from docshift.engine.batch import (
     SettlingCheck,
 )
 from docshift.engine.controls import Controls
+from docshift.engine.hooks import (
+    Checkpointed,
+    EngineState,
+    PassFinished,
+    PassStarted,
+    PassStats,
+    PassStopped,
+    Progressed,
+    RunHooks,
+    Warned,
+)
 from docshift.engine.landed import LandedWrites, settle
 from docshift.engine.limits import (
     AdaptiveBatch,
@@ -49,7 +60,6 @@ from docshift.engine.limits import (
     MemoryGuard,
     MemoryState,
 )
-from docshift.engine.progress import NullProgress, Progress
 from docshift.engine.stats import COUNTERS, RunStats, format_ms
 from docshift.errors import (
     DocshiftError,
@@ -61,9 +71,10 @@ from docshift.errors import (
 )
 from docshift.migration import Migration, Transform
 from docshift.runfolder.atomic import run_file
-from docshift.runfolder.checkpoint import Checkpoint, ShardCursor
+from docshift.runfolder.checkpoint import Checkpoint, JournalMark, ShardCursor
 from docshift.runfolder.deadletter import DeadLetterFile
 from docshift.runfolder.journal import JournalWriter, read_members
+from docshift.runfolder.layout import MigrationFolder
 from docshift.store.base import Document, Store
 from docshift.values import Timestamp
 
@@ -132,7 +143,7 @@ class MigrationPipeline:
         checkpoint: Checkpoint,
         *,
         controls: Controls | None = None,
-        progress: Progress | None = None,
+        hooks: RunHooks | None = None,
         transform: Transform | None = None,
         check: DocumentCheck | None = None,
         on_decision: Callable[[Decision], None] | None = None,
@@ -143,9 +154,10 @@ class MigrationPipeline:
         self.migration = migration
         self.options = options
         self.folder = folder
+        self.files = MigrationFolder(folder)
         self.checkpoint = checkpoint
         self.controls = controls or Controls()
-        self.progress = progress or NullProgress()
+        self.hooks = hooks or RunHooks()
         self.on_checkpoint = on_checkpoint
         engine, limits = options.engine, options.limits
         self.memory = memory or MemoryGuard(limits.memory_soft_limit_mb, limits.memory_hard_limit_mb)
@@ -157,26 +169,24 @@ class MigrationPipeline:
             limits.breaker_failure_rate, limits.breaker_window, limits.breaker_consecutive_failures
         )
         self.budget = FailureBudget(engine.max_failures)
-        self.dead_letters = DeadLetterFile(folder / "dead-letters.jsonl")
+        self.dead_letters = DeadLetterFile(self.files.dead_letters)
         self.journal: JournalWriter | None = None
         try:
             with run_file(folder):
                 folder.mkdir(parents=True, exist_ok=True)
-            kept = checkpoint.extra.get("dead_letter_bytes")
-            if isinstance(kept, int):
+            kept = checkpoint.dead_letter_bytes
+            if kept is not None:
                 # Letters written after the checkpoint belong to batches that are done again now.
                 self.dead_letters.truncate(kept)
-            uncounted = _uncounted(checkpoint.extra)
+            uncounted = _uncounted(checkpoint.journal)
             if options.execute and engine.backup:
                 # A checkpoint that says which journal members it does not count is settled from
                 # those (settle, below); only one from before that needs the journal's unconfirmed
                 # writes, read from all of it (the batch processor's copies then use them).
-                self.journal = JournalWriter(
-                    folder / "before-images.jsonl.gz", note_unconfirmed=uncounted is None
-                )
+                self.journal = JournalWriter(self.files.journal, note_unconfirmed=uncounted is None)
         except RunFileError as error:
             raise self._file_failure(error, saved=None) from error
-        self.landed = LandedWrites(checkpoint.extra.get("landed"))
+        self.landed = LandedWrites(checkpoint.landed)
         self._uncounted = uncounted if self.journal is not None else None
         """The journal members the checkpoint does not count, until the resume settled them."""
         self._open: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -335,12 +345,8 @@ class MigrationPipeline:
         self._next_seq = dict.fromkeys(open_shards, 0)
         self._finished: dict[int, dict[int, _Batch]] = {i: {} for i in open_shards}
         unsettled = self._settle_landed()
-        self.progress.event(
-            "start",
-            migration=self.migration.label,
-            shards=len(shards),
-            execute=self.options.execute,
-            counters=dict(self.stats.counters),
+        self.hooks.pass_started(
+            PassStarted(self.migration.label, len(shards), self.options.execute, dict(self.stats.counters))
         )
         if unsettled is not None:  # nothing is read or written before the landed writes are counted
             if isinstance(unsettled, RunFileError):
@@ -350,13 +356,12 @@ class MigrationPipeline:
                 self.controls.request_stop(str(unsettled))
             return self._finish()
         if not self.memory_budget.capacity:
-            self.progress.event(
-                "warning",
-                message=(
+            self.hooks.warning(
+                Warned(
                     f"memory {self.idle_mb:.0f} MiB before reading is above the soft limit "
                     f"{self.memory.soft_limit_mb} MiB: documents are read one at a time; raise "
                     "memory_soft_limit_mb"
-                ),
+                )
             )
         readers = [
             threading.Thread(
@@ -460,7 +465,7 @@ class MigrationPipeline:
 
     def _pass_on_notes(self) -> None:
         for message in self.processor.take_notes():
-            self.progress.event("warning", message=message)
+            self.hooks.warning(Warned(message))
 
     def _watch(self) -> None:
         """Memory, circuit breaker and failure budget; each can stop the run."""
@@ -475,9 +480,8 @@ class MigrationPipeline:
         elif state == MemoryState.SOFT:
             if not self.memory_budget.paused:
                 self.memory_budget.pause()
-                self.progress.event(
-                    "warning",
-                    message=f"memory {self.memory.last_rss_mb:.0f} MiB above the soft limit; reading paused",
+                self.hooks.warning(
+                    Warned(f"memory {self.memory.last_rss_mb:.0f} MiB above the soft limit; reading paused")
                 )
         elif self.memory_budget.paused:
             self.memory_budget.resume()
@@ -503,14 +507,19 @@ class MigrationPipeline:
             )
 
     def _emit_progress(self) -> None:
-        self.progress.event(
-            "progress",
-            migration=self.migration.label,
-            **self.stats.snapshot(),
-            batch_size=self.sizer.size,
-            write_limit=self.controls.limiter.limit,
-            memory_mb=self.memory.last_rss_mb,
-            paused=self.controls.paused,
+        counters, stats = PassStats.split(self.stats.snapshot())
+        self.hooks.progressed(
+            Progressed(
+                self.migration.label,
+                counters,
+                stats,
+                EngineState(
+                    self.sizer.size,
+                    self.controls.limiter.limit,
+                    self.memory.last_rss_mb,
+                    self.controls.paused,
+                ),
+            )
         )
 
     def _save(self, state: str) -> None:
@@ -524,42 +533,34 @@ class MigrationPipeline:
                 path=str(self.folder),
                 hint="leave run folders in place while a run writes them",
             )
-        self.checkpoint.extra["dead_letter_bytes"] = self.dead_letters.size()
+        self.checkpoint.dead_letter_bytes = self.dead_letters.size()
         if self._uncounted is None:
             self._note_uncounted(state)
         self.checkpoint.counters = {name: self.settled.get(name, 0) for name in COUNTERS}
         self.checkpoint.elapsed_seconds = self.stats.elapsed
         self.checkpoint.state = state
-        self.checkpoint.save(self.folder / "checkpoint.json")
+        self.checkpoint.save(self.files.checkpoint)
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.checkpoint)
-        self.progress.event(
-            "checkpoint",
-            migration=self.migration.label,
-            state=state,
-            cursors=[s.cursor for s in self.checkpoint.shards],
+        self.hooks.checkpointed(
+            Checkpointed(self.migration.label, state, tuple(s.cursor for s in self.checkpoint.shards))
         )
 
     def _note_uncounted(self, state: str) -> None:
         """Record in the checkpoint which journal members hold batches its counters do not count:
-        every one from ``journal_bytes`` on, and those before it at ``journal_unsettled`` (batches
+        every one from ``journal.size`` on, and those before it at ``journal.unsettled`` (batches
         in flight, or done and waiting for an earlier one); and ``landed``, the writes a resume
         counted before its reader came to them. A resume settles them (docshift.engine.landed)."""
-        extra = self.checkpoint.extra
+        checkpoint = self.checkpoint
         if self.journal is None:  # no journal (--no-backup): nothing a resume could settle from
-            for key in ("journal_bytes", "journal_unsettled"):
-                extra.pop(key, None)
+            checkpoint.journal = None
         else:
             size = self.journal.size()  # a member appended after this has its span after it
             with self._open_lock:
                 spans = [span for batch in self._open.values() for span in list(batch)]
-            extra["journal_bytes"] = size
-            extra["journal_unsettled"] = sorted([start, end] for start, end in spans if end <= size)
+            checkpoint.journal = JournalMark(size, tuple(sorted(span for span in spans if span[1] <= size)))
         landed = self.landed.record()
-        if landed and state != "finished":
-            extra["landed"] = landed
-        else:
-            extra.pop("landed", None)
+        checkpoint.landed = landed if landed and state != "finished" else {}
 
     def _finish(self) -> PipelineResult:
         error: DocshiftError | None = None
@@ -596,9 +597,9 @@ class MigrationPipeline:
         # The counts of the end are the checkpoint's (what is settled behind the cursors): the live
         # ones also hold batches that a stop left unfinished, which a resume does again.
         snapshot = {**self.stats.snapshot(), **counters, "processed": processed}
-        kind = "finish" if done else "stop"
-        self.progress.event(
-            kind, migration=self.migration.label, **snapshot, reason=str(error) if error else None
+        ended = PassFinished if done else PassStopped
+        self.hooks.pass_ended(
+            ended(self.migration.label, *PassStats.split(snapshot), str(error) if error else None)
         )
         return PipelineResult(
             self.migration.id,
@@ -660,14 +661,12 @@ class MigrationPipeline:
         return cls(self.controls.stop_reason or "stopped")  # the command adds how to resume
 
 
-def _uncounted(extra: dict[str, Any]) -> tuple[int, list[tuple[int, int]]] | None:
-    """Which journal members a checkpoint does not count: every one from ``journal_bytes`` on,
-    and those at ``journal_unsettled``; None for a checkpoint from before these were recorded."""
-    after = extra.get("journal_bytes")
-    if not isinstance(after, int) or isinstance(after, bool):
+def _uncounted(journal: JournalMark | None) -> tuple[int, list[tuple[int, int]]] | None:
+    """Which journal members a checkpoint does not count: every one from ``journal.size`` on,
+    and those at ``journal.unsettled``; None for a checkpoint from before these were recorded."""
+    if journal is None:
         return None
-    spans = [(int(span[0]), int(span[1])) for span in extra.get("journal_unsettled") or []]
-    return after, spans
+    return journal.size, list(journal.unsettled)
 
 
 def new_checkpoint(

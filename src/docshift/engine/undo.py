@@ -31,8 +31,8 @@ import orjson
 
 from docshift import codec
 from docshift.engine.diff import FieldChange, field_changes
+from docshift.engine.hooks import Progressed, RunHooks
 from docshift.engine.limits import RateLimiter
-from docshift.engine.progress import NullProgress, Progress
 from docshift.errors import ConflictError, EmergencyStop, TransientError
 from docshift.migration import DELETE, UNCHANGED, DocView, Transform
 from docshift.runfolder.atomic import run_file, write_fully
@@ -162,7 +162,7 @@ class Undoer:
         undo: Transform | None = None,
         limiter: RateLimiter | None = None,
         stop: threading.Event | None = None,
-        progress: Progress | None = None,
+        hooks: RunHooks | None = None,
         on_batch: Callable[[UndoResult], None] | None = None,
         batch_size: int = 300,
         samples: int = 5,
@@ -185,7 +185,7 @@ class Undoer:
         self.undo = undo
         self.limiter = limiter or RateLimiter()
         self.stop = stop or threading.Event()
-        self.progress = progress or NullProgress()
+        self.hooks = hooks or RunHooks()
         self.on_batch = on_batch
         self.batch_size = batch_size
         self.samples_wanted = samples
@@ -210,7 +210,7 @@ class Undoer:
                 batch = []
                 if time.monotonic() - last_progress >= 1.0:
                     last_progress = time.monotonic()
-                    self.progress.event("progress", migration="rollback", **result.counters)
+                    self.hooks.progressed(Progressed("rollback", dict(result.counters)))
         if batch:
             self._batch(batch, result)
         return result

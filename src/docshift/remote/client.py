@@ -16,6 +16,7 @@ from typing import Any
 
 from docshift.errors import UsageError
 from docshift.remote.files import RunPresence, read_presence
+from docshift.runfolder.layout import RunFolder
 
 __all__ = ["ACTIONS", "ControlResult", "fetch_status", "request", "send_control"]
 
@@ -119,7 +120,7 @@ def send_control(
 
 
 def _by_file(folder: Path, presence: RunPresence, action: str, value: float | None) -> ControlResult:
-    path = folder / ("pause" if action in ("pause", "resume") else action)
+    path = RunFolder(folder).control(action)
     if action == "resume":
         path.unlink(missing_ok=True)
     elif action == "throttle":

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from docshift.engine.controls import Controls
-from docshift.engine.progress import NullProgress, Progress
+from docshift.engine.hooks import ControlApplied, RunHooks, Warned
 from docshift.errors import DataError
-from docshift.runfolder.atomic import read_versioned, write_versioned
+from docshift.runfolder.layout import STATUS_FORMAT, RunFolder
 
 __all__ = [
-    "PRESENCE_FILE",
     "ControlFiles",
     "RunPresence",
     "read_presence",
@@ -35,19 +34,17 @@ __all__ = [
     "write_presence",
 ]
 
-PRESENCE_FILE = "status.json"
-_KIND = "docshift-status"
-
 
 class ControlFiles:
     """Polls the run folder for control files about once a second, in a daemon thread."""
 
     def __init__(
-        self, folder: Path, controls: Controls, *, progress: Progress | None = None, interval: float = 0.5
+        self, folder: Path, controls: Controls, *, hooks: RunHooks | None = None, interval: float = 0.5
     ) -> None:
         self.folder = folder
+        self.files = RunFolder(folder)
         self.controls = controls
-        self.progress = progress or NullProgress()
+        self.hooks = hooks or RunHooks()
         self.interval = interval
         self._paused_by_file = False
         self._throttle_seen: tuple[int, int] | None = None
@@ -65,20 +62,20 @@ class ControlFiles:
 
     def check(self) -> None:
         """One look at the folder (acts on changes only, so HTTP control keeps working alongside)."""
-        pause = (self.folder / "pause").exists()
+        pause = self.files.control("pause").exists()
         if pause and not self._paused_by_file:
             self.controls.pause()
-            self.progress.event("control", action="pause", source="file")
+            self.hooks.control_applied(ControlApplied("pause", "file"))
         elif not pause and self._paused_by_file:
             self.controls.resume()
-            self.progress.event("control", action="resume", source="file")
+            self.hooks.control_applied(ControlApplied("resume", "file"))
         self._paused_by_file = pause
-        stop = self.folder / "stop"
+        stop = self.files.control("stop")
         if stop.exists():
             self.controls.request_stop(f"stopped by the control file {stop}")
-            self.progress.event("control", action="stop", source="file")
+            self.hooks.control_applied(ControlApplied("stop", "file"))
             stop.unlink(missing_ok=True)
-        self._check_throttle(self.folder / "throttle")
+        self._check_throttle(self.files.control("throttle"))
 
     def _check_throttle(self, path: Path) -> None:
         try:
@@ -96,13 +93,12 @@ class ControlFiles:
         except ValueError:
             value = -1.0
         if not 0 <= value < float("inf"):
-            self.progress.event(
-                "warning",
-                message=f"ignored {path}: {text[:40]!r} is not a write limit in ops/s (a number >= 0)",
+            self.hooks.warning(
+                Warned(f"ignored {path}: {text[:40]!r} is not a write limit in ops/s (a number >= 0)")
             )
             return
         self.controls.throttle(value)
-        self.progress.event("control", action="throttle", source="file", ops_per_second=value)
+        self.hooks.control_applied(ControlApplied("throttle", "file", value))
 
     def close(self) -> None:
         self._closing.set()
@@ -142,15 +138,15 @@ def write_presence(folder: Path, url: str | None, token_required: bool) -> None:
         "token_required": token_required,
         "started_at": time.time(),
     }
-    write_versioned(folder / PRESENCE_FILE, _KIND, 1, body)
+    STATUS_FORMAT.write(RunFolder(folder).presence, body)
 
 
 def read_presence(folder: Path) -> RunPresence | None:
-    path = folder / PRESENCE_FILE
+    path = RunFolder(folder).presence
     if not path.is_file():
         return None
     try:
-        info = read_versioned(path, _KIND, 1)
+        info = STATUS_FORMAT.read(path)
     except DataError:
         return None
     return RunPresence(
@@ -163,4 +159,4 @@ def read_presence(folder: Path) -> RunPresence | None:
 
 
 def remove_presence(folder: Path) -> None:
-    (folder / PRESENCE_FILE).unlink(missing_ok=True)
+    RunFolder(folder).presence.unlink(missing_ok=True)

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from docshift.engine.hooks import ControlApplied, PassEnded, PassStopped, Progressed, Warned
 from docshift.errors import DataError
 from docshift.reports.charts import downsample
-from docshift.reports.events import EVENTS_FILE, read_events
+from docshift.reports.events import Logged, kind_of, read_events
 from docshift.reports.status import RunStatus
-from docshift.runfolder.atomic import read_versioned, write_atomic, write_versioned
+from docshift.runfolder.atomic import FileFormat, write_atomic
+from docshift.runfolder.layout import REPORT_FORMAT, RUN_VALIDATION_FORMAT, RunFolder
 from docshift.runfolder.record import (
     CLOSED_STATES,
     CONFLICTS,
@@ -28,12 +30,8 @@ from docshift.runfolder.record import (
     read_run,
 )
 
-__all__ = ["HTML_FILE", "REPORT_FILE", "ReportPaths", "build_report", "collect_report", "redact"]
+__all__ = ["ReportPaths", "build_report", "collect_report", "redact"]
 
-REPORT_FILE = "report.json"
-HTML_FILE = "report.html"
-_KIND = "docshift-report"
-_VERSION = 1
 _SECRET_NAME = re.compile(
     r"token|secret|password|passwd|credential|authorization|api_?key|private", re.IGNORECASE
 )
@@ -75,8 +73,8 @@ def build_report(
     from docshift.reports.html import render_html
 
     body = redact(collect_report(folder, outcome=outcome), tuple(s for s in secrets if s))
-    json_path, html_path = folder / REPORT_FILE, folder / HTML_FILE
-    write_versioned(json_path, _KIND, _VERSION, body)
+    json_path, html_path = RunFolder(folder).report, RunFolder(folder).report_html
+    REPORT_FORMAT.write(json_path, body)
     page = render_html(body)
     for secret in secrets:
         if secret:
@@ -85,9 +83,10 @@ def build_report(
     return ReportPaths(json_path, html_path, body)
 
 
-def _read(path: Path, kind: str) -> dict[str, Any] | None:
+def _read(path: Path, file_format: FileFormat) -> dict[str, Any] | None:
+    """The file, or None when there is none or it cannot be read (damaged, or from a newer docshift)."""
     try:
-        return read_versioned(path, kind, 99) if path.is_file() else None
+        return file_format.read(path) if path.is_file() else None
     except DataError:
         return None
 
@@ -109,51 +108,54 @@ class _Timeline:
         self._per_migration: dict[str, dict[str, int]] = {}
         self._last_done: dict[str, tuple[float, int]] = {}
 
-    def _rate(self, label: str, t: float, event: dict[str, Any]) -> float:
+    def _rate(self, label: str, t: float, event: Progressed | PassEnded) -> float:
         """Documents per second since the previous progress event: drops to zero at once when the
         run pauses (the engine's own "now" rate is a 5-second average, which lags)."""
-        processed = event.get("processed")
+        stats = event.stats
         previous = self._last_done.get(label)
-        fallback = "docs_per_second_now" if event.get("event") == "progress" else "docs_per_second_avg"
-        if not isinstance(processed, int):
-            return float(event.get(fallback) or 0.0)
-        self._last_done[label] = (t, processed)
+        if stats is None:
+            return 0.0
+        fallback = stats.docs_per_second_now if isinstance(event, Progressed) else stats.docs_per_second_avg
+        self._last_done[label] = (t, stats.processed)
         if previous is None or t <= previous[0]:
-            return float(event.get(fallback) or 0.0)
-        return max(0.0, (processed - previous[1]) / (t - previous[0]))
+            return float(fallback or 0.0)
+        return max(0.0, (stats.processed - previous[1]) / (t - previous[0]))
 
-    def add(self, event: dict[str, Any]) -> None:
-        at = event.get("at")
-        if not isinstance(at, float | int):
-            return
+    def add(self, logged: Logged) -> None:
+        at, event = logged.at, logged.event
         if self.t0 is None:
-            self.t0 = float(at)
-        t = float(at) - self.t0
-        kind = event.get("event")
-        if kind in ("stop", "warning", "control"):
-            text = event.get("reason") or event.get("message") or event.get("action")
-            self.markers.append({"t": round(t, 3), "kind": kind, "text": str(text)[:300]})
-        if kind not in ("progress", "finish", "stop") or not isinstance(event.get("migration"), str):
+            self.t0 = at
+        t = at - self.t0
+        if isinstance(event, PassStopped | Warned | ControlApplied):
+            text = event.reason if isinstance(event, PassStopped) else None
+            text = text or (event.message if isinstance(event, Warned) else None)
+            text = text or (event.action if isinstance(event, ControlApplied) else None)
+            self.markers.append({"t": round(t, 3), "kind": kind_of(event), "text": str(text)[:300]})
+        if not isinstance(event, Progressed | PassEnded):
             return
         if self.last_at is not None and at - self.last_at > _GAP_SECONDS:
             for series in (*self.throughput.values(), *self.latency.values(), *self.failures.values()):
                 series.append((t, None))
             self._last_done.clear()
-        self.last_at = float(at)
-        label = event["migration"]
+        self.last_at = at
+        label = event.migration
         self.throughput.setdefault(label, []).append((t, self._rate(label, t, event)))
-        for name in ("p50", "p95", "p99"):
-            value = event.get(f"commit_{name}")
-            if isinstance(value, float | int):
-                self.latency[name].append((t, value * 1000.0))
+        if event.stats is not None:
+            for name, value in (
+                ("p50", event.stats.commit_p50),
+                ("p95", event.stats.commit_p95),
+                ("p99", event.stats.commit_p99),
+            ):
+                if isinstance(value, float | int):
+                    self.latency[name].append((t, value * 1000.0))
         self._per_migration[label] = {
-            "failed": int(event.get("failed") or 0),
-            "conflicts": int(event.get("conflicts") or 0),
+            "failed": int(event.counters.get("failed") or 0),
+            "conflicts": int(event.counters.get("conflicts") or 0),
         }
         for name in ("failed", "conflicts"):
             self.failures[name].append((t, float(sum(m[name] for m in self._per_migration.values()))))
-        if isinstance(event.get("retries"), int):
-            self.failures["retries"].append((t, float(event["retries"])))
+        if isinstance(event.retries, int):
+            self.failures["retries"].append((t, float(event.retries)))
         if sum(len(s) for s in self.throughput.values()) > 20000:
             self._compact()
 
@@ -224,7 +226,7 @@ def _outcome(
     elif status.ended is not None:
         ended = {k: v for k, v in status.ended.items() if k != "at"}
     else:
-        previous = _read(folder / REPORT_FILE, _KIND)
+        previous = _read(RunFolder(folder).report, REPORT_FORMAT)
         ended = (
             dict(previous["outcome"])
             if previous is not None and isinstance(previous.get("outcome"), dict)
@@ -272,20 +274,18 @@ def collect_report(folder: Path, *, outcome: dict[str, Any] | None = None) -> di
     status = RunStatus(record.run_id, kind=record.kind)
     timeline = _Timeline()
     first_at = last_at = None
-    for event in read_events(folder / EVENTS_FILE):
-        status.replay(event)
-        timeline.add(event)
-        at = event.get("at")
-        if isinstance(at, float | int):
-            first_at = at if first_at is None else first_at
-            last_at = at
+    for logged in read_events(RunFolder(folder).events):
+        status.replay(logged)
+        timeline.add(logged)
+        first_at = logged.at if first_at is None else first_at
+        last_at = logged.at
     migrations, settings = _migrations(record, status)
     info = record.info
     if isinstance(info.get("settings"), dict):  # the run's own, as its last resume continued with them
         settings = {**settings, "run": info["settings"], "overridden on resume": info.get("overrides") or {}}
     ended = _outcome(folder, record, status, outcome)
     state = str(ended.get("state"))
-    validation = _read(folder / "validation.json", "docshift-run-validation")
+    validation = _read(RunFolder(folder).validation, RUN_VALIDATION_FORMAT)
     health = validation.get("health") if validation else None
     if not isinstance(health, dict):
         computed = status.health()

@@ -3,19 +3,40 @@ the live view and ``docshift monitor`` show.
 
 Health uses the validators' scoring (:class:`docshift.validators.Health`): while the run goes on,
 issues come from its events (each warning, failed documents, documents a rule refused, a stop);
-when validation reports the run's final health (the ``validation`` event), that one is shown.
+when validation reports the run's final health (:class:`~docshift.engine.hooks.HealthReported`),
+that one is shown.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from docshift.engine.controls import Controls
-from docshift.engine.progress import Progress
+from docshift.engine.hooks import (
+    EventSink,
+    FanOutHooks,
+    HealthReported,
+    MigrationEnded,
+    MigrationStarted,
+    PassEnded,
+    PassFinished,
+    PassStarted,
+    PassStopped,
+    Progressed,
+    RunEnded,
+    RunEvent,
+    RunHooks,
+    RunStarted,
+    StagesRolledBack,
+    TotalKnown,
+    Warned,
+)
 from docshift.errors import EmergencyStop, RunStopped
+from docshift.reports.events import Logged, event_fields
 from docshift.validators.score import Health, HealthStatus, Issue, Severity
 
 __all__ = ["ProgressExtras", "RunStatus", "stop_severity"]
@@ -55,8 +76,8 @@ def _done(fields: dict[str, Any]) -> int:
     return processed + int(fields.get("skipped") or 0)
 
 
-class RunStatus:
-    """A progress sink that remembers where each migration of a run stands (thread-safe)."""
+class RunStatus(EventSink):
+    """Hooks that remember where each migration of a run stands (thread-safe)."""
 
     def __init__(
         self,
@@ -76,62 +97,63 @@ class RunStatus:
         self.migrations: dict[str, dict[str, Any]] = {}
         self.warnings: list[str] = []
         self.stop_reason: str | None = None
-        self.final_health: dict[str, Any] | None = None
+        self.final_health: HealthReported | None = None
         self.ended: dict[str, Any] | None = None
         self.latest: dict[str, Any] = {}
         """Run-wide fields of the newest progress event: write limit, memory, retries, paused."""
 
-    # ------------------------------------------------------------------ Progress
-    def event(self, kind: str, **fields: Any) -> None:
+    # ------------------------------------------------------------------ the hooks
+    def record(self, event: RunEvent) -> None:
         with self._lock:
-            self._apply(kind, fields, fields.get("at") if isinstance(fields.get("at"), float) else None)
+            self._apply(event, None)
 
-    def replay(self, event: dict[str, Any]) -> None:
-        """Apply an event read back from an event log (``{"event": kind, "at": ..., ...}``)."""
-        fields = {k: v for k, v in event.items() if k != "event"}
+    def replay(self, logged: Logged) -> None:
+        """Apply an event read back from an event log."""
         with self._lock:
-            if not self.migrations and not self.warnings and isinstance(event.get("at"), float):
-                self.started_at = min(self.started_at, event["at"])
-            self._apply(str(event.get("event")), fields, event.get("at"))
+            if not self.migrations and not self.warnings:
+                self.started_at = min(self.started_at, logged.at)
+            self._apply(logged.event, logged.at)
 
     def _entry(self, label: str) -> dict[str, Any]:
         return self.migrations.setdefault(
             label, {"migration": label, "state": "running", "total": None, "started_at": self._clock()}
         )
 
-    def _apply(self, kind: str, fields: dict[str, Any], at: float | None) -> None:
+    def _apply(self, event: RunEvent, at: float | None) -> None:
+        if isinstance(event, MigrationStarted | MigrationEnded | RunStarted):
+            return  # lifecycle steps the status has nothing to show of (their passes say it)
         self.updated_at = at if at is not None else self._clock()
-        label = fields.get("migration")
-        if kind == "start" and isinstance(label, str):
-            entry = self._entry(label)
-            entry.update(state="running", started_at=self.updated_at)
-            entry.update({k: v for k, v in (fields.get("counters") or {}).items() if isinstance(v, int)})
-        elif kind in ("progress", "finish", "stop") and isinstance(label, str):
-            entry = self._entry(label)
-            entry.update({k: v for k, v in fields.items() if k not in ("migration", "at", "counters")})
-            if kind != "progress":
-                entry["state"] = "finished" if kind == "finish" else "stopped"
-            if kind == "stop":
-                self.stop_reason = fields.get("reason") or self.stop_reason
-            for name in ("write_limit", "memory_mb", "paused", "batch_size", "retries"):
-                if name in fields:
-                    self.latest[name] = fields[name]
-        elif kind == "rolled_back" and isinstance(label, str):  # a canary's stages were undone
-            entry = self._entry(label)
-            entry.update({k: v for k, v in fields.items() if k not in ("migration", "at")})
-            entry["state"] = "rolled_back"
-        elif kind == "total" and isinstance(label, str):
-            self._entry(label)["total"] = fields.get("total")
-        elif kind == "warning":
-            message = str(fields.get("message"))
-            if message not in self.warnings:
-                self.warnings.append(message)
-                del self.warnings[:-_MAX_WARNINGS]
-        elif kind == "validation":
-            self.final_health = {k: fields.get(k) for k in ("score", "status", "issues")}
-        elif kind == "end":
-            self.ended = dict(fields)
-            self.stop_reason = fields.get("error") or self.stop_reason
+        match event:
+            case PassStarted():
+                entry = self._entry(event.migration)
+                entry.update(state="running", started_at=self.updated_at)
+                entry.update({k: v for k, v in event.counters.items() if isinstance(v, int)})
+            case Progressed() | PassEnded():
+                fields = event_fields(event)
+                entry = self._entry(event.migration)
+                entry.update({k: v for k, v in fields.items() if k != "migration"})
+                if isinstance(event, PassEnded):
+                    entry["state"] = "finished" if isinstance(event, PassFinished) else "stopped"
+                if isinstance(event, PassStopped):
+                    self.stop_reason = event.reason or self.stop_reason
+                for name in ("write_limit", "memory_mb", "paused", "batch_size", "retries"):
+                    if name in fields:
+                        self.latest[name] = fields[name]
+            case StagesRolledBack():  # a canary's stages were undone
+                entry = self._entry(event.migration)
+                entry.update({k: v for k, v in event_fields(event).items() if k != "migration"})
+                entry["state"] = "rolled_back"
+            case TotalKnown():
+                self._entry(event.migration)["total"] = event.total
+            case Warned():
+                if event.message not in self.warnings:
+                    self.warnings.append(event.message)
+                    del self.warnings[:-_MAX_WARNINGS]
+            case HealthReported():
+                self.final_health = event
+            case RunEnded():
+                self.ended = event.outcome()
+                self.stop_reason = event.error or self.stop_reason
 
     # ------------------------------------------------------------------ reading
     @property
@@ -150,15 +172,9 @@ class RunStatus:
 
     def _health(self) -> Health:
         if self.final_health is not None:
-            kept = tuple(
-                Issue(Severity(i["severity"]), str(i["message"]), i.get("migration"))
-                for i in self.final_health.get("issues") or ()
-            )
-            return Health(
-                int(self.final_health.get("score") or 0),
-                HealthStatus(self.final_health.get("status", "HEALTHY")),
-                kept,
-            )
+            final = self.final_health
+            kept = tuple(Issue(Severity(i.severity), i.message, i.migration) for i in final.issues)
+            return Health(final.score, HealthStatus(final.status), kept)
         issues = [Issue(Severity.WARNING, message) for message in self.warnings]
         for label, entry in self.migrations.items():
             rejected = int(entry.get("rejected") or 0)
@@ -234,9 +250,10 @@ def _health_json(health: Health) -> dict[str, Any]:
     }
 
 
-class ProgressExtras:
-    """Adds what the engine does not know to its events: the store's retry count on each progress
-    event, and each migration's expected total (a ``total`` event once its count query answers).
+class ProgressExtras(FanOutHooks):
+    """Adds what the engine does not know to its events before ``inner`` gets them: the store's
+    retry count on each progress and pass end, and each migration's expected total (a
+    :class:`~docshift.engine.hooks.TotalKnown` once its count query answers).
 
     The count runs in a background thread so a slow count never delays the run; until it answers
     (or if it fails) the total is unknown and so is the ETA.
@@ -244,23 +261,31 @@ class ProgressExtras:
 
     def __init__(
         self,
-        inner: Progress,
+        inner: RunHooks,
         *,
         retries: Callable[[], int] | None = None,
         totals: Callable[[str], int | None] | None = None,
     ) -> None:
+        super().__init__(inner)
         self.inner = inner
         self.retries = retries
         self.totals = totals
         self._counted: set[str] = set()
 
-    def event(self, kind: str, **fields: Any) -> None:
-        if kind in ("progress", "finish", "stop") and self.retries is not None and "retries" not in fields:
-            fields["retries"] = self.retries()
-        self.inner.event(kind, **fields)
-        label = fields.get("migration")
-        counting = kind == "start" and self.totals is not None and isinstance(label, str)
-        if counting and isinstance(label, str) and label not in self._counted:
+    def progressed(self, event: Progressed) -> None:
+        if self.retries is not None and event.retries is None:
+            event = dataclasses.replace(event, retries=self.retries())
+        super().progressed(event)
+
+    def pass_ended(self, event: PassEnded) -> None:
+        if self.retries is not None and event.retries is None:
+            event = dataclasses.replace(event, retries=self.retries())
+        super().pass_ended(event)
+
+    def pass_started(self, event: PassStarted) -> None:
+        super().pass_started(event)
+        label = event.migration
+        if self.totals is not None and label not in self._counted:
             self._counted.add(label)
             threading.Thread(target=self._count, args=(label,), daemon=True, name="docshift-count").start()
 
@@ -271,4 +296,4 @@ class ProgressExtras:
         except Exception:
             return  # unknown total: the view shows no ETA
         if total is not None:
-            self.inner.event("total", migration=label, total=total)
+            self.inner.total_known(TotalKnown(label, total))

@@ -2,8 +2,9 @@
 
 Atomic: temp file in the same folder, fsync, ``os.replace``, fsync folder. A reader sees either the
 old file or the new one, never half of one, whatever kills the process. Each file says what it is
-(``format``) and which version wrote it, and a reader refuses versions it does not know instead of
-guessing.
+(``format``) and which version of that format it is (a :class:`FileFormat`). A reader upgrades an
+older version step by step (v1 -> v2 -> ..., each step a function of the document) to the one this
+docshift writes, and refuses a newer one instead of guessing.
 
 Every write to a run file (these, the journal, the dead letters, a dry run's plan) goes through
 :func:`run_file`, which turns an ``OSError`` (disk full, I/O error, read-only, permissions, folder
@@ -17,7 +18,8 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ from docshift import codec
 from docshift.errors import DataError, RunFileError
 
 __all__ = [
+    "FileFormat",
+    "Upgrade",
     "check_in_place",
     "close_durably",
     "read_versioned",
@@ -107,13 +111,47 @@ def write_atomic(path: Path, payload: bytes) -> None:
             os.close(folder)
 
 
+Upgrade = Callable[[dict[str, Any]], dict[str, Any]]
+"""One step of a format's upgrade chain: a version-``n`` document (decoded) -> a version-``n + 1`` one."""
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """A versioned file format: its tag (``format``), the version this docshift writes, and the upgrade
+    chain from each older version it still reads (``upgrades[n]`` turns version ``n`` into ``n + 1``)."""
+
+    kind: str
+    version: int
+    upgrades: Mapping[int, Upgrade] = field(default_factory=dict)
+
+    @property
+    def oldest(self) -> int:
+        """The oldest version read: the chain must reach the current version from it, step by step."""
+        oldest = self.version
+        while oldest - 1 in self.upgrades:
+            oldest -= 1
+        return oldest
+
+    def read(self, path: Path) -> dict[str, Any]:
+        """The file at ``path`` as this version of the format (upgraded if it is older)."""
+        return read_versioned(path, self.kind, self.version, self.upgrades)
+
+    def write(self, path: Path, body: dict[str, Any]) -> None:
+        write_versioned(path, self.kind, self.version, body)
+
+
 def write_versioned(path: Path, kind: str, version: int, body: dict[str, Any]) -> None:
     """Write ``body`` (any docshift values, through the exact codec) as a ``kind`` file."""
     document = {"format": kind, "version": version, "codec": codec.FORMAT_VERSION, **body}
     write_atomic(path, orjson.dumps(codec.encode(document), option=orjson.OPT_INDENT_2))
 
 
-def read_versioned(path: Path, kind: str, max_version: int) -> dict[str, Any]:
+def read_versioned(
+    path: Path, kind: str, max_version: int, upgrades: Mapping[int, Upgrade] | None = None
+) -> dict[str, Any]:
+    """The ``kind`` file at ``path``. A newer version than ``max_version`` is refused; an older one is
+    passed through ``upgrades`` step by step up to ``max_version`` (without ``upgrades``, it is
+    returned as written: the caller reads every version itself)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -124,10 +162,25 @@ def read_versioned(path: Path, kind: str, max_version: int) -> dict[str, Any]:
         raise DataError(f"{path} is damaged: {exc.message}", hint="restore it or start a new run") from None
     if not isinstance(document, dict) or document.get("format") != kind:
         raise DataError(f"{path} is not a docshift {kind} file", hint="restore it, or start a new run")
-    version = document.get("version")
+    found: dict[str, Any] = document
+    version = found.get("version")
     if not isinstance(version, int) or version > max_version:
         raise DataError(
             f"{path} has {kind} format version {version}, this docshift reads up to {max_version}",
             hint="upgrade docshift to read it",
         )
-    return document
+    if upgrades is None:
+        return found
+    while version < max_version:
+        step = upgrades.get(version)
+        if step is None:
+            oldest = FileFormat(kind, max_version, upgrades).oldest
+            raise DataError(
+                f"{path} has {kind} format version {version}, this docshift reads versions {oldest} "
+                f"to {max_version}",
+                hint="read it with the docshift release that wrote it",
+            )
+        found = step(found)
+        version += 1
+        found["version"] = version
+    return found

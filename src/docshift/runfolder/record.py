@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from docshift.errors import DataError
-from docshift.runfolder.atomic import read_versioned, write_versioned
 from docshift.runfolder.checkpoint import Checkpoint
+from docshift.runfolder.layout import RUN_FORMAT, MigrationFolder, RunFolder
 
 __all__ = [
     "CLOSED_STATES",
@@ -59,7 +59,6 @@ _RESTORE_NAMES = {"restored": "updated", "recreated": "created"}
 """A restore's counters in the columns' words: a document put back is an update, one created
 again a create (its ``deleted``, ``unchanged`` and ``conflicts`` mean what they say)."""
 _HANDLED = ("updated", "created", "deleted", "unchanged", "failed", "conflicts", "rejected", "checked")
-_RUN_KIND, _RUN_VERSION = "docshift-run", 1
 
 
 def display_counts(counters: Mapping[str, int]) -> dict[str, int]:
@@ -76,26 +75,26 @@ def display_counts(counters: Mapping[str, int]) -> dict[str, int]:
 def migration_counters(checkpoint: Checkpoint) -> tuple[dict[str, int], float]:
     """The counters and working time of the whole migration, from its checkpoint.
 
-    A canary stage's checkpoint holds that stage's counters, and in ``extra`` the totals (and
+    A canary stage's checkpoint holds that stage's counters, and in ``stages`` the totals (and
     seconds) of the stages before it (``earlier``, ``earlier_seconds``); once a stage passed its
     gate (checkpoint finished), ``earlier`` includes it. Documents read outside a stage's window are
     not counted as skipped: every stage reads the whole target again.
     """
     counters = dict(checkpoint.counters)
-    if "stages" not in checkpoint.extra:
+    stages = checkpoint.stages
+    if stages is None:
         return counters, checkpoint.elapsed_seconds
-    earlier = {k: int(v) for k, v in dict(checkpoint.extra.get("earlier") or {}).items()}
-    earlier_seconds = checkpoint.extra.get("earlier_seconds")
+    earlier = dict(stages.earlier)
     if checkpoint.finished:
-        totals, seconds = earlier, earlier_seconds
+        totals, seconds = earlier, stages.earlier_seconds
     else:
         totals = {name: earlier.get(name, 0) + counters.get(name, 0) for name in _HANDLED}
-        seconds = None if earlier_seconds is None else earlier_seconds + checkpoint.elapsed_seconds
+        seconds = stages.earlier_seconds + checkpoint.elapsed_seconds
     totals = {name: totals.get(name, 0) for name in _HANDLED} | {
         "read": counters.get("read", 0),
         "skipped": 0,
     }
-    return totals, float(seconds if isinstance(seconds, int | float) else checkpoint.elapsed_seconds)
+    return totals, seconds
 
 
 def _count_lines(path: Path) -> int:
@@ -141,29 +140,30 @@ class MigrationRecord:
 
 def read_migration(folder: Path) -> MigrationRecord:
     """The record of the migration whose folder (``RUN/NNNN_label``) holds a checkpoint."""
-    letters = _count_lines(folder / "dead-letters.jsonl")
+    files = MigrationFolder(folder)
+    letters = _count_lines(files.dead_letters)
     try:
-        checkpoint = Checkpoint.load(folder / "checkpoint.json")
+        checkpoint = Checkpoint.load(files.checkpoint)
     except DataError as exc:
         return MigrationRecord(folder.name, "unreadable", {}, 0.0, letters, folder, error=exc.message)
     counters, seconds = migration_counters(checkpoint)
-    rolled_back = bool(checkpoint.extra.get("rolled_back"))
-    rollback = checkpoint.extra.get("rollback") if rolled_back else None
+    rollback = checkpoint.stage_rollback
+    undone = rollback.counters if rollback is not None else None
     return MigrationRecord(
         folder.name,
-        ROLLED_BACK if rolled_back else checkpoint.state,
+        ROLLED_BACK if undone is not None else checkpoint.state,
         counters,
         seconds,
         letters,
         folder,
         checkpoint,
-        {k: int(v) for k, v in rollback.items()} if isinstance(rollback, dict) else None,
+        dict(undone) if undone is not None else None,
     )
 
 
 def read_migrations(run_folder: Path, order: list[str]) -> list[MigrationRecord]:
     """Every migration of the run that has a checkpoint, in the run's order."""
-    found = sorted(p.parent for p in run_folder.glob("*/checkpoint.json"))
+    found = [migration.path for migration in RunFolder(run_folder).migrations()]
     rank = {migration_id: index for index, migration_id in enumerate(order)}
     found.sort(key=lambda p: (rank.get(p.name.split("_", 1)[0], len(rank)), p.name))
     return [read_migration(path) for path in found]
@@ -211,12 +211,12 @@ class RunRecord:
 
 def read_info(folder: Path) -> dict[str, Any]:
     """The ``run.json`` of a run folder (what ran, where, and in which state it ended)."""
-    return read_versioned(folder / "run.json", _RUN_KIND, _RUN_VERSION)
+    return RUN_FORMAT.read(RunFolder(folder).info)
 
 
 def write_info(folder: Path, info: dict[str, Any]) -> None:
     """Write a run folder's ``run.json`` (atomically, versioned)."""
-    write_versioned(folder / "run.json", _RUN_KIND, _RUN_VERSION, info)
+    RUN_FORMAT.write(RunFolder(folder).info, info)
 
 
 def read_run(folder: Path) -> RunRecord:

@@ -1,13 +1,14 @@
 """Validation during a run: rules on every document before it is written, the integrity gate,
 before/after scans, and the run's health.
 
-Pass one :class:`RunValidation` to :func:`docshift.commands.run.run` both as ``progress`` (it
-forwards every event, and notes warnings and each migration's final counters) and as ``checks`` (it
-builds each migration's document check), then call :meth:`RunValidation.finish`::
+A :class:`RunValidation` is hooks of the run (:mod:`docshift.engine.hooks`): a migration's start
+gets its document check from it (after the before-scan), its end gives it the migration's counts
+and takes the after-scan there, and the run's end finishes it (issues, health, the reports saved in
+the run folder). What it finds goes to ``hooks`` (the run's other observers)::
 
-    validation = RunValidation(config, store, progress=progress, controls=controls, execute=True)
-    report = run(config, options, store=store, progress=validation, controls=controls, checks=validation)
-    outcome = validation.finish(report.folder)
+    validation = RunValidation(config, store, hooks=observers, controls=controls, execute=True)
+    report = run(config, options, store=store, hooks=FanOutHooks(validation, observers), controls=controls)
+    outcome = validation.finish(report.folder)  # what the run's end found
 
 A document that breaks a rule is not written; it goes to the dead-letter file with the rule. When
 the integrity score of the documents checked so far (from ``min_sample`` on) drops below
@@ -27,11 +28,21 @@ from typing import Any
 from docshift.config import Config
 from docshift.engine.batch import DeadLetter, DocumentCheck
 from docshift.engine.controls import Controls
-from docshift.engine.progress import NullProgress, Progress
+from docshift.engine.hooks import (
+    HealthIssue,
+    HealthReported,
+    MigrationEnded,
+    MigrationStarted,
+    PassStarted,
+    RunEnded,
+    RunHooks,
+    ScanStarted,
+    Warned,
+)
 from docshift.errors import DocshiftError, EmergencyStop, RunFileError, RunStopped
 from docshift.migration import Migration
-from docshift.runfolder.atomic import write_versioned
 from docshift.runfolder.deadletter import DeadLetterFile
+from docshift.runfolder.layout import RUN_VALIDATION_FORMAT, MigrationFolder, RunFolder
 from docshift.runfolder.record import read_migration
 from docshift.store.base import Document, Store
 from docshift.validators.rules import RuleContext, RuleSession
@@ -50,8 +61,6 @@ __all__ = ["GATE_MIN_SAMPLE", "RunOutcome", "RunValidation"]
 
 GATE_MIN_SAMPLE = 50
 """Documents checked before the gate may judge: a few early failures must not stop a run."""
-
-_FILE_KIND = "docshift-run-validation"
 
 
 @dataclass
@@ -122,15 +131,15 @@ class RunOutcome:
         return [r for r in self.reports if r.phase == "after" and not r.passed]
 
 
-class RunValidation:
-    """Progress wrapper and checks factory for one run (see the module docstring)."""
+class RunValidation(RunHooks):
+    """Validation of one run, as its hooks (see the module docstring)."""
 
     def __init__(
         self,
         config: Config,
         store: Store,
         *,
-        progress: Progress | None = None,
+        hooks: RunHooks | None = None,
         controls: Controls | None = None,
         execute: bool = True,
         scans: bool = False,
@@ -138,30 +147,54 @@ class RunValidation:
         min_sample: int = GATE_MIN_SAMPLE,
     ) -> None:
         self.store = store
-        self.inner = progress or NullProgress()
+        self.hooks = hooks or RunHooks()
+        """Where what it finds goes: scans, warnings, the run's health."""
         self.controls = controls
         self.execute = execute
         self.scans = scans
         self.previous = previous
         """The folder of the run being resumed: its before-scans stand; none is taken again."""
         self.min_sample = min_sample
-        self.warning = config.limits.integrity_warning
-        self.critical = config.limits.integrity_critical
+        self.integrity_warning = config.limits.integrity_warning
+        self.integrity_critical = config.limits.integrity_critical
         self.states: dict[str, _MigrationState] = {}
         self.engine_warnings: list[str] = []
         self.counters: dict[str, dict[str, Any]] = {}
         self.gate: str | None = None
         """Why the integrity gate stopped the run, when it did."""
+        self.outcome: RunOutcome | None = None
+        """What the run's end found (None until then)."""
 
-    # ------------------------------------------------------------------ Progress
-    def event(self, kind: str, **fields: Any) -> None:
-        if kind == "warning":
-            self.engine_warnings.append(str(fields.get("message")))
-        elif kind in ("finish", "stop"):
-            self.counters[str(fields.get("migration"))] = {**fields, "state": kind}
-        elif kind == "start":
-            self._seed(str(fields.get("migration")), fields.get("counters") or {})
-        self.inner.event(kind, **fields)
+    # ------------------------------------------------------------------ the hooks
+    def warning(self, event: Warned) -> None:
+        self.engine_warnings.append(event.message)
+
+    def pass_started(self, event: PassStarted) -> None:
+        self._seed(event.migration, event.counters)
+
+    def migration_started(self, event: MigrationStarted) -> DocumentCheck | None:
+        """Before the migration runs: its before-scan, and the check of its inline rules."""
+        return self._start(event.migration)
+
+    def migration_ended(self, event: MigrationEnded) -> None:
+        """Its counts, and (with scans, when it finished) its after-scan: the data as it left it,
+        before anything else runs or fails."""
+        label = event.migration.label
+        self.counters[label] = dict(event.result.counters)
+        state = self.states.get(label)
+        if state is None or not (self.scans and self.execute and event.finished):
+            return
+        if state.after is None and state.migration.rules:
+            baseline = dataclasses.replace(
+                state.baseline,
+                deleted=event.result.counters.get("deleted"),
+                created=event.result.counters.get("created"),
+            )
+            state.after = self._scan(state.migration, "after", baseline)
+
+    def run_ended(self, event: RunEnded) -> None:
+        folder = event.folder if event.folder is not None and event.folder.is_dir() else None
+        self.finish(folder, event.raised)
 
     def _seed(self, label: str, counters: Mapping[str, Any]) -> None:
         """A resumed migration starts from its checkpoint's counts: the gate judges them too."""
@@ -173,10 +206,7 @@ class RunValidation:
             state.inline.checked += int(counters.get("checked") or 0)
             state.inline.failed += int(counters.get("rejected") or 0)
 
-    # ------------------------------------------------------------------ checks factory
-    def __call__(self, migration: Migration) -> DocumentCheck | None:
-        """Called by the run just before each migration starts (so the one before it finished)."""
-        self._scan_after_pending()
+    def _start(self, migration: Migration) -> DocumentCheck | None:
         target = migration.target.describe()
         names = rule_names(migration.rules)
         inline = ValidationReport(
@@ -188,13 +218,17 @@ class RunValidation:
             0,
             0,
             [RuleResult(name) for name in names],
-            self.warning,
-            self.critical,
+            self.integrity_warning,
+            self.integrity_critical,
         )
         state = _MigrationState(migration, inline)
         self.states[migration.label] = state
         if self.scans and migration.rules:
-            kept = self.previous / migration.label / "validation-before.json" if self.previous else None
+            kept = (
+                RunFolder(self.previous).migration(migration.label).validation("before")
+                if self.previous
+                else None
+            )
             if kept is not None and kept.is_file():
                 saved = load_report(kept)
                 state.baseline = Baseline(saved.get("total"), target_before=saved.get("target_total"))
@@ -228,10 +262,12 @@ class RunValidation:
             if state.gate is not None:
                 self._refine_gate(state)
                 return
-            trip = self.execute and report.checked >= self.min_sample and report.score < self.critical
+            trip = (
+                self.execute and report.checked >= self.min_sample and report.score < self.integrity_critical
+            )
             if trip:
                 state.gate_score = report.score
-                state.gate = _gate_message(state, self.critical)
+                state.gate = _gate_message(state, self.integrity_critical)
         if trip and self.controls is not None:
             self.gate = state.gate
             self.controls.request_stop(str(state.gate), EmergencyStop)
@@ -239,7 +275,7 @@ class RunValidation:
     def _refine_gate(self, state: _MigrationState) -> None:
         """Batches settled after the gate tripped (their commits were in flight): the reason the run
         stops with says how many were checked and refused in all, as the record does."""
-        before, state.gate = state.gate, _gate_message(state, self.critical)
+        before, state.gate = state.gate, _gate_message(state, self.integrity_critical)
         if self.gate == before:
             self.gate = state.gate
         if self.controls is not None and before is not None:
@@ -247,38 +283,26 @@ class RunValidation:
 
     # ------------------------------------------------------------------ scans
     def _scan(self, migration: Migration, phase: str, baseline: Baseline | None = None) -> ValidationReport:
-        self.inner.event("validation_scan", migration=migration.label, phase=phase)
+        self.hooks.scan_started(ScanStarted(migration.label, phase))
         return scan(
             self.store,
             migration,
             phase=phase,
             baseline=baseline,
-            warning=self.warning,
-            critical=self.critical,
+            warning=self.integrity_warning,
+            critical=self.integrity_critical,
         )
-
-    def _scan_after_pending(self) -> None:
-        """After-scan every migration that finished (executed, with rules) and has none yet."""
-        if not (self.scans and self.execute):
-            return
-        for label, state in self.states.items():
-            counters = self.counters.get(label, {})
-            if state.after is not None or not state.migration.rules or counters.get("state") != "finish":
-                continue
-            baseline = dataclasses.replace(
-                state.baseline, deleted=counters.get("deleted"), created=counters.get("created")
-            )
-            state.after = self._scan(state.migration, "after", baseline)
 
     # ------------------------------------------------------------------ the end
     def finish(self, folder: Path | None, error: BaseException | None = None) -> RunOutcome:
-        """After the run (finished or stopped): after-scan, issues, health; reports saved in
-        ``folder`` (the run folder) when given; every issue also goes out as a warning event."""
-        if error is None:
-            self._scan_after_pending()
+        """After the run (finished or stopped): issues, health; reports saved in ``folder`` (the
+        run folder) when given; every issue also goes out as a warning. The run's end calls it;
+        after that it returns what that found (a run that never started: call it yourself)."""
+        if self.outcome is not None:
+            return self.outcome
         if folder is not None:
             for label, state in self.states.items():
-                if (folder / label / "checkpoint.json").is_file():
+                if RunFolder(folder).migration(label).has_checkpoint:
                     self._from_record(state, folder / label)
         issues = self._issues(folder, error)
         reports: list[ValidationReport] = []
@@ -292,13 +316,11 @@ class RunValidation:
         try:  # a run folder that cannot be written must not hide how the run ended
             for report in reports:
                 if folder is not None and folder.is_dir():
-                    save_report(report, folder / report.label / f"validation-{report.phase}.json")
+                    save_report(report, RunFolder(folder).migration(report.label).validation(report.phase))
             if folder is not None and folder.is_dir() and self.states:
-                path = folder / "validation.json"
-                write_versioned(
+                path = RunFolder(folder).validation
+                RUN_VALIDATION_FORMAT.write(
                     path,
-                    _FILE_KIND,
-                    1,
                     {
                         "health": health.to_json(),
                         "gate": self.gate,
@@ -313,10 +335,18 @@ class RunValidation:
         for issue in issues:
             if issue.message not in self.engine_warnings and issue.message != self.gate:  # already told
                 prefix = "" if issue.severity == Severity.WARNING else f"{issue.severity.value}: "
-                self.inner.event("warning", message=prefix + issue.message)
+                self.hooks.warning(Warned(prefix + issue.message))
         if self.states:
-            self.inner.event("validation", **health.to_json(), file=str(path) if path else None)
-        return RunOutcome(health, reports, path, list(self.states))
+            self.hooks.health_reported(
+                HealthReported(
+                    health.score,
+                    health.status.value,
+                    tuple(HealthIssue(i.severity.value, i.message, i.migration) for i in health.issues),
+                    str(path) if path else None,
+                )
+            )
+        self.outcome = RunOutcome(health, reports, path, list(self.states))
+        return self.outcome
 
     def _from_record(self, state: _MigrationState, folder: Path) -> None:
         """The inline report and counts as the migration's record has them (every session and
@@ -331,7 +361,7 @@ class RunValidation:
         rules = [RuleResult(rule.name) for rule in report.rules]
         tallies = {rule.name: rule for rule in rules}
         destination = state.migration.target.destination
-        for letter in DeadLetterFile(folder / "dead-letters.jsonl"):
+        for letter in DeadLetterFile(MigrationFolder(folder).dead_letters):
             rule = letter.get("rule")
             if letter.get("stage") == "validate" and rule in tallies:
                 tallies[rule].add(destination(str(letter["path"])), str(letter.get("error")))
@@ -343,7 +373,9 @@ class RunValidation:
     def _issues(self, folder: Path | None, error: BaseException | None) -> list[Issue]:
         issues = [Issue(Severity.WARNING, message) for message in self.engine_warnings]
         for label, state in self.states.items():
-            letters = f"see {folder / label / 'dead-letters.jsonl'}" if folder else "see the dead letters"
+            letters = (
+                f"see {RunFolder(folder).migration(label).dead_letters}" if folder else "see the dead letters"
+            )
             issues.extend(_inline_issues(state, letters, self.execute))
             counters = self.counters.get(label, {})
             other = int(counters.get("failed", 0)) - int(counters.get("rejected", 0))

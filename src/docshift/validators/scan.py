@@ -15,7 +15,7 @@ from typing import Any
 
 from docshift.engine.sharding import plan_shards
 from docshift.migration import Migration, Target
-from docshift.runfolder.atomic import read_versioned, write_versioned
+from docshift.runfolder.layout import VALIDATION_FORMAT
 from docshift.store.base import Document, Query, Store
 from docshift.validators.collection import CountRule
 from docshift.validators.rules import Rule, RuleContext, RuleSession
@@ -23,7 +23,6 @@ from docshift.validators.score import Level, integrity_level, integrity_score
 from docshift.values import Timestamp
 
 __all__ = [
-    "REPORT_KIND",
     "Baseline",
     "RuleResult",
     "ValidationReport",
@@ -34,8 +33,6 @@ __all__ = [
     "scan_query",
 ]
 
-REPORT_KIND = "docshift-validation"
-REPORT_VERSION = 1
 EXAMPLES = 5
 _SAMPLE_RANGES = 10
 
@@ -143,13 +140,13 @@ class ValidationReport:
 
 
 def save_report(report: ValidationReport, path: Path) -> Path:
-    write_versioned(path, REPORT_KIND, REPORT_VERSION, report.to_json())
+    VALIDATION_FORMAT.write(path, report.to_json())
     report.path = path
     return path
 
 
 def load_report(path: Path) -> dict[str, Any]:
-    return read_versioned(path, REPORT_KIND, REPORT_VERSION)
+    return VALIDATION_FORMAT.read(path)
 
 
 def rule_names(rules: Sequence[Rule]) -> list[str]:
