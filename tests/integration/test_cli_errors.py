@@ -127,10 +127,10 @@ def test_a_host_that_never_answers_fails_after_the_connect_deadline(folder: Path
     error, _ = error_and_hint(done)
     assert error == (
         f"cannot reach the Firestore emulator at {silent_host} (project demo-silent, database (default)): "
-        "no answer within 3 s"
+        "no connection within 3 s"
     )
     longer = docshift(folder, {**env, "DOCSHIFT_CONNECT_TIMEOUT_SECONDS": "1.5"}, "status", timeout=QUICK)
-    assert error_and_hint(longer)[0].endswith("no answer within 1.5 s")
+    assert error_and_hint(longer)[0].endswith("no connection within 1.5 s")
 
 
 @pytest.fixture

@@ -13,10 +13,14 @@ value conversion, queries, writes and error translation together.
 
 from __future__ import annotations
 
+import atexit
 import base64
+import contextlib
 import dataclasses
 import math
 import re
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -252,30 +256,49 @@ class FirestoreStore(Store):
         except BaseException:
             self._channel.close()
             raise
+        _OPEN.add(self)
 
     def _connect(self, timeout: float) -> None:
-        """Make one cheap call within ``timeout`` seconds; raise if the store is not there.
+        """Wait until the channel is connected; raise at its first failed attempt, or after
+        ``timeout`` seconds without a connection (a host that drops packets or never answers).
 
         gRPC itself would keep reconnecting, and every call would fail as UNAVAILABLE, which is
         transient and retried for ~13 s: right for a store that goes away during a run (it comes
         back), wrong for one that was never there. So a store that cannot be reached when it is
-        opened is a :class:`PermanentError` (not retried) saying what was tried and what to do. A
-        refused connection or a host name that does not resolve fails the call at once; a host
-        that never answers, at the deadline. Any answer, even a refusal, means the store is there
-        (the first real call says what is wrong with it). The call, not the channel's connectivity
-        API: that API's polling thread would make the channel's close wait for it, forever if the
-        interpreter is already shutting down.
+        opened is a :class:`PermanentError` (not retried) saying what was tried and what to do.
+        The channel's own state, not a first call: a store that is only slow to answer its first
+        call (a cold emulator on a busy machine) is there.
         """
+        states: list[grpc.ChannelConnectivity] = []
+        settled = threading.Event()
+        final = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+
+        def watch(state: grpc.ChannelConnectivity) -> None:
+            states.append(state)
+            if state in final:
+                settled.set()
+
+        self._channel.subscribe(watch, try_to_connect=True)
+        try:
+            settled.wait(timeout)
+        finally:
+            self._channel.unsubscribe(watch)
+        if grpc.ChannelConnectivity.READY in states:
+            return
+        if not settled.is_set():
+            raise self._unreachable(f"no connection within {timeout:g} s", slow=True)
+        # A failed channel says why only to a call, and a call on it fails at once.
         request = _pb["ListCollectionIdsRequest"](parent=self._root, page_size=1)
         try:
-            self._list_ids(request, metadata=self._metadata, timeout=timeout)
+            self._list_ids(request, metadata=self._metadata, timeout=min(timeout, 1.0))
         except grpc.RpcError as exc:
-            code = exc.code() if isinstance(exc, grpc.Call) else None
-            if code == grpc.StatusCode.UNAVAILABLE:
-                details = exc.details() if isinstance(exc, grpc.Call) else None
-                raise self._unreachable(_cause(details or "")) from None
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise self._unreachable(f"no answer within {timeout:g} s", slow=True) from None
+            if isinstance(exc, grpc.Call) and exc.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ):
+                raise self._unreachable(_cause(exc.details() or "")) from None
+            # Anything else was an answer: the store is there (the first real call says what is
+            # wrong with the request).
 
     def _unreachable(self, cause: str, *, slow: bool = False) -> PermanentError:
         info = self.info
@@ -293,7 +316,7 @@ class FirestoreStore(Store):
                 f"{_FIRESTORE_HOST}); to use an emulator instead, set FIRESTORE_EMULATOR_HOST"
             )
         if slow:
-            hint += "; if it is only slow to answer, raise connect_timeout_seconds"
+            hint += "; on a slow link, raise connect_timeout_seconds"
         message = f"cannot reach {what} (project {info.project}, database {info.database}): {cause}"
         return PermanentError(message, code="UNAVAILABLE", hint=hint)
 
@@ -724,7 +747,22 @@ class FirestoreStore(Store):
                 results[index] = WriteResult(write.path, error=error)
 
     def close(self) -> None:
+        _OPEN.discard(self)
         self._channel.close()
+
+
+_OPEN: weakref.WeakSet[FirestoreStore] = weakref.WeakSet()
+"""Stores not closed yet. The connection check's gRPC polling thread lingers ~0.2 s after it, and
+closing a channel waits for that thread: at interpreter shutdown (when such a daemon thread can no
+longer run) a channel left to be collected then would wait forever. So the stores still open are
+closed at exit, while threads still run."""
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    for store in list(_OPEN):
+        with contextlib.suppress(Exception):  # exiting anyway: a channel that fails to close is moot
+            store.close()
 
 
 def _varint_size(value: int) -> int:
