@@ -15,7 +15,8 @@ import pytest
 
 from docshift.config import Config, StoreConfig
 from docshift.emulator import Emulator, find_emulator
-from docshift.store import MemoryStore, RetryingStore, RetryPolicy, Store, open_store
+from docshift.store import RetryingStore, RetryPolicy, Store, open_store
+from docshift.testing import MemoryStore
 
 FAST_RETRY = RetryPolicy(attempts=6, initial_wait=0.01, max_wait=0.05)
 

@@ -21,7 +21,9 @@ from typing import Any
 from docshift.errors import ConfigError
 
 __all__ = [
+    "ASSUME_YES",
     "KEYS",
+    "MAX_WRITES_PER_REQUEST",
     "Config",
     "EngineConfig",
     "Key",
@@ -30,6 +32,13 @@ __all__ = [
     "load_config",
     "with_values",
 ]
+
+
+MAX_WRITES_PER_REQUEST = 500
+"""Writes in one BatchWrite, as Cloud Firestore documents it (the emulator took 40,000 in one request:
+only its bytes bound it); docshift never sends more, so what works on the emulator works on Firestore.
+The bound of ``max_batch_size``, and the split of the Firestore adapter's requests
+(``docshift.store.semantics`` lists it with Firestore's other limits)."""
 
 
 @dataclass(frozen=True)
@@ -82,9 +91,8 @@ class Config:
     config_file: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     """Where each key's value came from: default, the file's name, DOCSHIFT_X, or --flag."""
-
-    def with_store(self, **changes: Any) -> Config:
-        return dataclasses.replace(self, store=dataclasses.replace(self.store, **changes))
+    assume_yes: bool = False
+    """``DOCSHIFT_ASSUME_YES``: confirmations are answered yes (the CLI's ``--yes``, for CI)."""
 
     def with_engine(self, **changes: Any) -> Config:
         return dataclasses.replace(self, engine=dataclasses.replace(self.engine, **changes))
@@ -130,9 +138,6 @@ def _failures(value: Any) -> str | None:
 
 
 def _one_request(value: Any) -> str | None:
-    # Deferred: the store package imports this module.
-    from docshift.store.semantics import MAX_WRITES_PER_REQUEST
-
     if value > MAX_WRITES_PER_REQUEST:
         return f"must be at most {MAX_WRITES_PER_REQUEST}, the writes one Firestore request may carry"
     return _positive(value)
@@ -285,54 +290,86 @@ KEYS: tuple[Key, ...] = (
     ),
 )
 _BY_NAME = {key.name: key for key in KEYS}
-OTHER_VARIABLES = ("DOCSHIFT_ASSUME_YES", "DOCSHIFT_EMULATOR_JAR", "DOCSHIFT_STATUS_TOKEN")
-"""``DOCSHIFT_*`` variables that are not config keys: the CLI's confirmation and status token, and
-the emulator harness's jar. Any other ``DOCSHIFT_*`` variable is refused (a misspelled key)."""
+ASSUME_YES = "DOCSHIFT_ASSUME_YES"
+OTHER_VARIABLES = (ASSUME_YES, "DOCSHIFT_EMULATOR_JAR", "DOCSHIFT_STATUS_TOKEN")
+"""``DOCSHIFT_*`` variables that are not config keys: the confirmation (resolved here, into
+``Config.assume_yes``), the CLI's status token and the emulator harness's jar. Any other
+``DOCSHIFT_*`` variable is refused (a misspelled key)."""
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _boolean(raw: Any, from_text: bool) -> bool:
+    """``True``/``False``, or from text (the environment, a flag) 1/true/yes/on and 0/false/no/off."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).lower()
+    if from_text and text in _TRUE + _FALSE:
+        return text in _TRUE
+    raise ValueError("must be true or false")
+
+
+def _whole(raw: Any, from_text: bool) -> int:
+    if isinstance(raw, bool) or not (isinstance(raw, int) or from_text):
+        raise ValueError("must be a whole number")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _number(raw: Any, from_text: bool) -> float:
+    if isinstance(raw, bool) or not (isinstance(raw, int | float) or from_text):
+        raise ValueError("must be a number")
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
+def _path(raw: Any, from_text: bool) -> Path:
+    if not isinstance(raw, str | Path) or not str(raw):
+        raise ValueError("must be a path")
+    return Path(raw)
+
+
+_PARSERS: dict[type, Callable[[Any, bool], Any]] = {bool: _boolean, int: _whole, float: _number, Path: _path}
+"""Each kind's parser: the value (``from_text``: given as text, by the environment or a flag), or a
+ValueError saying what the value must be. Strings are checked by :func:`_text`."""
+
+
+def _text(key: Key, raw: Any) -> str:
+    if key.check is _failures and isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)  # `max_failures = 100` in TOML is a count
+    if not isinstance(raw, str) or (not raw and not key.optional):
+        raise ValueError("must be a non-empty string")
+    return raw
 
 
 def _convert(key: Key, raw: Any, origin: str, from_text: bool) -> Any:
-    def fail(reason: str) -> ConfigError:
-        return ConfigError(
-            f"config key {key.name!r} from {origin} {reason}, got {raw!r}",
+    parse = _PARSERS.get(key.kind)
+    try:
+        value = parse(raw, from_text) if parse is not None else _text(key, raw)
+        problem = key.check(value) if key.check is not None else None
+    except ValueError as refused:  # a value of the wrong kind
+        problem = str(refused)
+    if problem:
+        raise ConfigError(
+            f"config key {key.name!r} from {origin} {problem}, got {raw!r}",
             hint=f"{key.name}: {key.help}",
         )
-
-    if key.kind is bool:
-        if isinstance(raw, bool):
-            value: Any = raw
-        elif from_text and str(raw).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            value = str(raw).lower() in ("1", "true", "yes", "on")
-        else:
-            raise fail("must be true or false")
-    elif key.kind is int:
-        if isinstance(raw, bool) or not (isinstance(raw, int) or from_text):
-            raise fail("must be a whole number")
-        try:
-            value = int(raw)
-        except ValueError:
-            raise fail("must be a whole number") from None
-    elif key.kind is float:
-        if isinstance(raw, bool) or not (isinstance(raw, int | float) or from_text):
-            raise fail("must be a number")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise fail("must be a number") from None
-    elif key.kind is Path:
-        if not isinstance(raw, str | Path) or not str(raw):
-            raise fail("must be a path")
-        value = Path(raw)
-    else:
-        if key.check is _failures and isinstance(raw, int) and not isinstance(raw, bool):
-            raw = str(raw)  # `max_failures = 100` in TOML is a count
-        if not isinstance(raw, str) or (not raw and not key.optional):
-            raise fail("must be a non-empty string")
-        value = raw
-    if key.check is not None:
-        problem = key.check(value)
-        if problem:
-            raise fail(problem)
     return value
+
+
+def _assume_yes(env: Mapping[str, str]) -> bool:
+    """``DOCSHIFT_ASSUME_YES``, read like a boolean key from the environment (unset or empty: no)."""
+    raw = env.get(ASSUME_YES, "")
+    try:
+        return bool(raw) and _boolean(raw, from_text=True)
+    except ValueError:
+        raise ConfigError(
+            f"{ASSUME_YES} must be true or false, got {raw!r}",
+            hint=f"set {ASSUME_YES}=1 to confirm from CI, or unset it to be asked",
+        ) from None
 
 
 def find_config_file(start: Path) -> tuple[Path | None, dict[str, Any]]:
@@ -420,7 +457,7 @@ def load_config(
         converted = _convert(key, raw, f"--{name.replace('_', '-')}", from_text=isinstance(raw, str))
         values[name] = _relative_to(cwd, converted)
         sources[name] = f"--{name.replace('_', '-')}"
-    return _build(values, sources, base, path)
+    return _build(values, sources, base, path, assume_yes=_assume_yes(env))
 
 
 def _unknown_variable(env_name: str) -> ConfigError:
@@ -442,7 +479,9 @@ def _relative_to(cwd: Path, value: Any) -> Any:
     return cwd / value if isinstance(value, Path) else value
 
 
-def _build(values: dict[str, Any], sources: dict[str, str], base: Path, path: Path | None) -> Config:
+def _build(
+    values: dict[str, Any], sources: dict[str, str], base: Path, path: Path | None, *, assume_yes: bool
+) -> Config:
     sections: dict[str, dict[str, Any]] = {"store": {}, "engine": {}, "limits": {}, "": {}}
     for name, value in values.items():
         sections[_BY_NAME[name].section][name] = value
@@ -455,6 +494,7 @@ def _build(values: dict[str, Any], sources: dict[str, str], base: Path, path: Pa
         runs_dir=base / top.get("runs_dir", Path(".docshift/runs")),
         config_file=path,
         sources=MappingProxyType({key.name: sources.get(key.name, "default") for key in KEYS}),
+        assume_yes=assume_yes,
     )
     engine, limits = config.engine, config.limits
 
@@ -485,16 +525,6 @@ def _build(values: dict[str, Any], sources: dict[str, str], base: Path, path: Pa
     return config
 
 
-def defaults() -> Mapping[str, Any]:
-    """Each key's default value, for documentation."""
-    config = Config()
-    result: dict[str, Any] = {}
-    for key in KEYS:
-        holder: Any = config if not key.section else getattr(config, key.section)
-        result[key.name] = getattr(holder, key.name)
-    return result
-
-
 def with_values(config: Config, values: Mapping[str, Any], origin: str) -> Config:
     """``config`` with the keys in ``values`` taken from ``origin`` (e.g. ``run RUN_ID``, the run a
     resume continues), converted and cross-checked like the value of any other source."""
@@ -513,4 +543,4 @@ def with_values(config: Config, values: Mapping[str, Any], origin: str) -> Confi
             )
         current[name] = _convert(known, raw, origin, from_text=False)
         sources[name] = origin
-    return _build(current, sources, Path(), config.config_file)
+    return _build(current, sources, Path(), config.config_file, assume_yes=config.assume_yes)

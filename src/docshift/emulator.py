@@ -24,7 +24,7 @@ from types import TracebackType
 
 from docshift.errors import EmulatorError
 
-__all__ = ["Emulator", "EmulatorLocation", "clear_project", "find_emulator", "free_port"]
+__all__ = ["Emulator", "EmulatorLocation", "find_emulator", "free_port"]
 
 _JAR_IN_SDK = Path("platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
 _SYSTEM_SDK = Path("/usr/lib/google-cloud-sdk")
@@ -97,14 +97,6 @@ def _answers(host: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
-
-
-def clear_project(host: str, project: str) -> None:
-    """Delete every document of ``project`` in the emulator at ``host``."""
-    url = f"http://{host}/emulator/v1/projects/{project}/databases/(default)/documents"
-    request = urllib.request.Request(url, method="DELETE")
-    with urllib.request.urlopen(request, timeout=30):
-        pass
 
 
 class Emulator:

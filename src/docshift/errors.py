@@ -1,4 +1,5 @@
-"""docshift's one exception tree. Every error a user can see is one of these, and carries its exit code.
+"""docshift's one exception tree. Every error a user can see is one of these, and carries its exit code
+(and the state a run it ends is recorded in, ``run_state``). No other module defines an exception.
 
 ::
 
@@ -18,14 +19,26 @@
     ├── DriftError                    7  an applied migration's file was edited afterwards
     ├── ConfirmationRequired          8  a destructive action needs --yes or a TTY
     ├── EmulatorError                 15 the Firestore emulator (or Java) is missing or did not start
+    ├── RollbackConflicts             1  documents changed after the migration wrote them were left
+    │                                    alone; everything else was undone (run state ``conflicts``)
     ├── ValidationFailed              14 integrity below the critical threshold, a count missed, or a
     │                                    copy that differs from its source (validate, verify, run --validate)
     └── RunStopped                    10 a run stopped before the end; its checkpoint is kept
         ├── MemoryLimitExceeded       11 the hard memory limit was reached
         ├── EmergencyStop             12 the circuit breaker or an integrity gate tripped
+        │   └── StageFailed           12 a canary stage failed its gate or a trigger fired; every stage
+        │                                was rolled back (run state ``rolled_back``)
         ├── RunFileError              12 a file of the run folder could not be written (disk full,
         │                                I/O error, read-only, permissions, folder removed)
         └── TooManyFailures           13 --max-failures was exceeded
+
+    BatchAborted                      -  not an error: the signal that leaves a batch unfinished
+
+:class:`BatchAborted` is not a :class:`DocshiftError` on purpose: it never reaches a user. A writer
+thread raises it when the run is stopping (its rate-limit wait was cut short), the pipeline catches
+it and leaves the batch to be read again on resume, and the user sees the stop's own error (a
+:class:`RunStopped`). As a DocshiftError it would carry an exit code and a run state it never
+decides, and an ``except DocshiftError`` meant for real failures would take it for one.
 
 Exit code 9 is used by ``docshift status`` for "pending migrations" and 14 by ``docshift validate``
 for "below threshold" (see :class:`ExitCode`).
@@ -34,8 +47,10 @@ for "below threshold" (see :class:`ExitCode`).
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 __all__ = [
+    "BatchAborted",
     "CodecError",
     "ConfigError",
     "ConfirmationRequired",
@@ -51,8 +66,10 @@ __all__ = [
     "MemoryLimitExceeded",
     "MigrationFileError",
     "PermanentError",
+    "RollbackConflicts",
     "RunFileError",
     "RunStopped",
+    "StageFailed",
     "StoreError",
     "TooManyFailures",
     "TransientError",
@@ -167,6 +184,15 @@ class EmulatorError(DocshiftError):
     exit_code = ExitCode.EMULATOR
 
 
+class RollbackConflicts(DocshiftError):
+    """Some documents were changed after the migration wrote them; they were left alone.
+    ``report`` is the rollback's :class:`~docshift.commands.rollback.RollbackReport` (everything else
+    was undone)."""
+
+    run_state = "conflicts"
+    report: Any = None
+
+
 class RunStopped(DocshiftError):
     """A run ended early but safely; ``resume_command`` continues it."""
 
@@ -186,10 +212,17 @@ class EmergencyStop(RunStopped):
     exit_code = ExitCode.EMERGENCY_STOP
 
 
+class StageFailed(EmergencyStop):
+    """A canary stage failed its gate or a trigger fired; every stage was rolled back
+    (``commands/stages.py``): nothing to resume, the next run starts anew."""
+
+    run_state = "rolled_back"
+
+
 class RunFileError(RunStopped):
     """Writing a run file (journal, dead letters, checkpoint, run.json) failed; ``path`` is the file.
 
-    Raised where the write failed (see ``checkpoints/atomic.py``), with what the file layer knows;
+    Raised where the write failed (see ``runfolder/atomic.py``), with what the file layer knows;
     the run stops at once and adds what it had written. Not an :class:`EmergencyStop`: nothing is
     wrong with the data or the migration, so a canary stage is not rolled back for it.
     """
@@ -215,3 +248,8 @@ class TooManyFailures(RunStopped):
 class ValidationFailed(DocshiftError):
     exit_code = ExitCode.VALIDATION_FAILED
     run_state = "finished"  # raised after a run did all it set out to do (its after-scan failed)
+
+
+class BatchAborted(Exception):
+    """The run is stopping; this batch was not finished and will be read again on resume.
+    Never leaves the engine (see the module's docstring)."""

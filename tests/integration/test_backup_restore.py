@@ -17,7 +17,7 @@ import pytest
 
 from docshift.backup import MANIFEST_NAME
 from docshift.commands.backup import backup, restore, verify
-from docshift.config import Config, StoreConfig
+from docshift.config import Config, StoreConfig, with_values
 from docshift.errors import DataError
 from docshift.store import (
     DelegatingStore,
@@ -42,7 +42,7 @@ def new_project() -> str:
 @pytest.fixture
 def other_config(emulator_config: Config) -> Config:
     """A second, empty project on the same emulator: where backups are restored."""
-    return emulator_config.with_store(project=new_project())
+    return with_values(emulator_config, {"project": new_project()}, "the test")
 
 
 @pytest.fixture
@@ -230,12 +230,12 @@ def test_collection_group_backup(
 
 
 def test_named_databases(emulator_config: Config, firestore_store: Store, tmp_path: Path) -> None:
-    named = emulator_config.with_store(database="source-db")
+    named = with_values(emulator_config, {"database": "source-db"}, "the test")
     with open_store(named, retry=FAST_RETRY) as source:
         seed(source, users(50, source.info.project))
     manifest = backup(named, ["users"], tmp_path / "b", recursive=True)
     assert (manifest.database, manifest.documents) == ("source-db", 50 + 10 + 1 + 1)
-    target = emulator_config.with_store(database="copy-db")
+    target = with_values(emulator_config, {"database": "copy-db"}, "the test")
     assert restore(target, tmp_path / "b", verify=True).ok
     with open_store(named) as source, open_store(target) as copy:
         assert assert_same_documents(export(source, "users"), export(copy, "users")) == 62

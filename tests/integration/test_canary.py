@@ -21,7 +21,7 @@ from docshift.config import Config
 from docshift.engine.sampling import bucket
 from docshift.errors import ExitCode
 from docshift.history import History, MigrationStatus
-from docshift.runfolder import Checkpoint, DeadLetterFile
+from docshift.runfolder import Checkpoint, DeadLetterFile, layout
 from docshift.store import Query, Store, Write
 from docshift.values import values_equal
 from tests.gate_message import gate_numbers
@@ -112,7 +112,8 @@ def test_all_stages_pass_and_migrate_every_document(
 
 
 def run_folders(cwd: Path) -> list[Path]:
-    return sorted(p.parent for p in (cwd / ".docshift" / "runs").glob("*/run.json"))
+    """Oldest first."""
+    return [folder.path for folder in reversed(layout.run_folders(cwd / ".docshift" / "runs"))]
 
 
 def test_a_stage_stopped_by_a_rule_tells_the_same_story_everywhere(

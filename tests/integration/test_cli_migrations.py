@@ -197,7 +197,17 @@ def test_unlock_needs_force_and_confirmation(
     assert "locked by ghost@box (pid 4242, run stuck-run)" in refused.stdout
     assert "needs confirmation" in refused.stderr and "--yes" in refused.stderr
     assert read_lease(firestore_store, PREFIX) is not None
+    # DOCSHIFT_ASSUME_YES is read as the config reads a boolean (as for run, rollback and restore's
+    # confirmation): "y" is no answer, and is refused before anything is read.
+    unclear = docshift(project, {**cli_env, "DOCSHIFT_ASSUME_YES": "y"}, "unlock", "--force")
+    assert unclear.returncode == 2 and "DOCSHIFT_ASSUME_YES must be true or false" in unclear.stderr
+    assert read_lease(firestore_store, PREFIX) is not None
 
+    removed = docshift(project, {**cli_env, "DOCSHIFT_ASSUME_YES": "on"}, "unlock", "--force")
+    assert removed.returncode == 0, removed.stderr
+    assert "removed the lease of run stuck-run" in removed.stdout
+    assert read_lease(firestore_store, PREFIX) is None
+    assert firestore_store.commit([Write.set(lease_path(PREFIX), data)])[0].ok
     removed = docshift(project, cli_env, "unlock", "--force", "--yes")
     assert removed.returncode == 0, removed.stderr
     assert "removed the lease of run stuck-run" in removed.stdout

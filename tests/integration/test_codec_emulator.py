@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, given, settings
 
 from docshift import codec
 from docshift.errors import PermanentError
-from docshift.store import DELETE_FIELD, MemoryStore, RetryingStore, Store, Write
+from docshift.store import DELETE_FIELD, RetryingStore, Store, Write
+from docshift.testing import MemoryStore
 from docshift.values import GeoPoint, Reference, Timestamp, values_equal
 from tests.strategies import documents
 

@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +19,9 @@ import psutil
 import pytest
 
 from docshift import emulator as emulator_module
-from docshift.emulator import Emulator, EmulatorLocation, clear_project, find_emulator, free_port
+from docshift.emulator import Emulator, EmulatorLocation, find_emulator, free_port
 from docshift.errors import EmulatorError, ExitCode
-from docshift.store import Query, Write
+from docshift.store import Write
 from docshift.store.firestore import FirestoreStore
 
 SDK_JAR = Path("platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
@@ -374,29 +373,6 @@ def test_a_jvm_ignoring_sigterm_is_killed(real_location: EmulatorLocation, lefto
     emulator.stop(timeout=0.5)
     assert time.monotonic() - started < 5
     assert_nothing_left(pid, pgid)
-
-
-# --------------------------------------------------------------------------- clear_project
-
-
-@pytest.fixture
-def stores(emulator_host: str) -> Iterator[tuple[FirestoreStore, FirestoreStore]]:
-    first = FirestoreStore(f"demo-{uuid.uuid4().hex[:12]}", emulator_host=emulator_host)
-    second = FirestoreStore(f"demo-{uuid.uuid4().hex[:12]}", emulator_host=emulator_host)
-    yield first, second
-    first.close()
-    second.close()
-
-
-def test_clear_project_deletes_one_projects_documents_only(
-    emulator_host: str, stores: tuple[FirestoreStore, FirestoreStore]
-) -> None:
-    first, second = stores
-    for store in stores:
-        assert all(r.ok for r in store.commit([Write.set("a/1", {}), Write.set("a/1/sub/2", {})]))
-    clear_project(emulator_host, first.info.project)
-    assert first.count(Query("a")) == 0 and first.count(Query("sub", group=True)) == 0
-    assert second.count(Query("a")) == 1 and second.count(Query("sub", group=True)) == 1
 
 
 def test_free_port_gives_a_bindable_port() -> None:

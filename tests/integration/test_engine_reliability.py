@@ -22,7 +22,8 @@ from docshift.loader import load_migrations
 from docshift.lock import read_lease
 from docshift.migration import UNCHANGED, DocView
 from docshift.runfolder import Checkpoint, JournalReader
-from docshift.store import FaultInjectingStore, Query, RetryingStore, RetryPolicy, Write, open_store
+from docshift.store import Query, RetryingStore, RetryPolicy, Write, open_store
+from docshift.testing import FaultInjectingStore
 from docshift.values import values_equal
 from tests.integration.run_support import (
     DOCSHIFT,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from docshift.config import Config
+from docshift.config import Config, with_values
 from docshift.errors import DataError, DriftError
 from docshift.history import History, MigrationStatus, current_user
 from docshift.loader import load_migrations
@@ -153,7 +153,7 @@ def test_each_named_database_has_its_own_history(
 ) -> None:
     _, loaded = migrations
     default = open_store(emulator_config)
-    named = open_store(emulator_config.with_store(database="reporting"))
+    named = open_store(with_values(emulator_config, {"database": "reporting"}, "the test"))
     try:
         History(default, PREFIX).start(loaded[0], "run-default")
         History(named, PREFIX).start(loaded[1], "run-named")

@@ -17,7 +17,7 @@ import pytest
 from docshift.commands.backup import backup, restore
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, run
-from docshift.config import Config
+from docshift.config import Config, with_values
 from docshift.store import RetryingStore, Store, Write, open_store
 from docshift.store.semantics import MAX_DEPTH, MAX_DOCUMENT_BYTES, document_size
 from tests.conftest import FAST_RETRY
@@ -82,7 +82,8 @@ def seed(store: Store, docs: dict[str, dict[str, Any]]) -> None:
 
 @pytest.fixture
 def other_store(emulator_config: Config) -> Iterator[RetryingStore]:
-    store = open_store(emulator_config.with_store(project=f"demo-{uuid.uuid4().hex[:12]}"), retry=FAST_RETRY)
+    other = with_values(emulator_config, {"project": f"demo-{uuid.uuid4().hex[:12]}"}, "the test")
+    store = open_store(other, retry=FAST_RETRY)
     yield store
     store.close()
 
@@ -96,7 +97,7 @@ def test_documents_at_the_limits_back_up_and_restore_exactly(
     manifest = backup(emulator_config, ["limits"], tmp_path / "b")
     assert manifest.documents == len(docs)
 
-    target = emulator_config.with_store(project=other_store.info.project)
+    target = with_values(emulator_config, {"project": other_store.info.project}, "the test")
     report = restore(target, tmp_path / "b", verify=True)
     assert (report.written, report.failed) == (len(docs), 0), report.failures
     assert report.verification is not None and report.verification.ok

@@ -12,9 +12,9 @@ import dataclasses
 from docshift.config import Config
 from docshift.errors import ConflictError
 from docshift.store import RetryingStore, Write, write_landed
+from docshift.testing import LostReplies
 from tests.conftest import FAST_RETRY
 from tests.integration.test_rollback import every_type
-from tests.unit.engine_support import LostReplies
 from tests.unit.test_lost_replies import check_lease_heartbeat, check_lossy_run, write_migrations
 
 

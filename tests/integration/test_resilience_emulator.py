@@ -15,9 +15,10 @@ import pytest
 from docshift.config import Config
 from docshift.emulator import free_port
 from docshift.errors import ConflictError, PermanentError, TransientError
-from docshift.store import FaultInjectingStore, Query, RetryingStore, RetryPolicy, Write
+from docshift.store import Query, RetryingStore, RetryPolicy, Write
 from docshift.store.firestore import FirestoreStore
-from tests.unit.test_resilience import BreakingStream, FailWrites, Recording
+from docshift.testing import FaultInjectingStore, RecordingStore
+from tests.unit.test_resilience import BreakingStream, FailWrites
 
 QUICK = RetryPolicy(attempts=5, initial_wait=0.001, max_wait=0.002)
 PATIENT = RetryPolicy(attempts=40, initial_wait=0.001, max_wait=0.002)
@@ -37,7 +38,7 @@ def test_injected_write_failures_are_retried_until_applied_exactly_once(
     firestore: FirestoreStore, seed: int
 ) -> None:
     faults = FaultInjectingStore(firestore, write_failure_rate=0.4, seed=seed)
-    recording = Recording(faults)
+    recording = RecordingStore(faults)
     store = RetryingStore(recording, PATIENT)
     writes = [Write.create(f"orders/{i:03d}", {"i": i, "tags": ["a", i]}) for i in range(60)]
 
@@ -55,13 +56,13 @@ def test_injected_write_failures_are_retried_until_applied_exactly_once(
 
 
 def test_successful_writes_of_a_partly_failed_commit_are_not_sent_again(firestore: FirestoreStore) -> None:
-    recording = Recording(FailWrites(firestore, {"c/b": 1, "c/d": 2}))
+    recording = RecordingStore(FailWrites(firestore, {"c/b": 1, "c/d": 2}))
     store = RetryingStore(recording, QUICK)
 
     results = store.commit([Write.set(f"c/{x}", {"x": x}) for x in "abcde"])
 
     assert all(r.ok for r in results)
-    assert recording.requests == [[f"c/{x}" for x in "abcde"], ["c/b", "c/d"], ["c/d"]]
+    assert recording.paths() == [[f"c/{x}" for x in "abcde"], ["c/b", "c/d"], ["c/d"]]
     # Each document still carries the update time of the one commit that applied it.
     for result in results:
         doc = firestore.get(result.path)
@@ -103,7 +104,7 @@ def test_whole_request_failures_are_retried_against_the_emulator(firestore: Fire
 
 
 def test_a_refused_write_is_not_retried(firestore: FirestoreStore) -> None:
-    recording = Recording(firestore)
+    recording = RecordingStore(firestore)
     store = RetryingStore(recording, QUICK)
     ok, bad = store.commit([Write.set("p/ok", {"v": 1}), Write.set("p/bad", {"__reserved__": 1})])
     assert ok.ok

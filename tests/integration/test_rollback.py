@@ -14,12 +14,12 @@ import orjson
 import pytest
 
 from docshift import codec
-from docshift.commands.rollback import RollbackConflicts, RollbackOptions, RollbackReport, rollback
+from docshift.commands.rollback import RollbackOptions, RollbackReport, rollback
 from docshift.commands.run import RunOptions, RunReport, run
 from docshift.commands.status import status
 from docshift.config import Config
 from docshift.engine.controls import Controls
-from docshift.errors import LockedError, RunStopped
+from docshift.errors import LockedError, RollbackConflicts, RunStopped
 from docshift.history import History, MigrationStatus
 from docshift.lock import LeaseLock, read_lease
 from docshift.planning import StateKind

@@ -5,6 +5,7 @@ recorded as rolled back), its dry run of several migrations counts what the exec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -160,16 +161,12 @@ def test_rollback_resume_show_and_report_work_on_the_database_of_the_run(
     emulator_config: Config, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     folder = project_folder(tmp_path / "project", "batch_size = 50\n", files=(), extra={"0001_tier.py": TIER})
-    config = (
-        Config(
-            store=emulator_config.store,
-            migrations_dir=folder / "migrations",
-            runs_dir=folder / ".docshift" / "runs",
-            engine=emulator_config.engine,
-        )
-        .with_store(database="mydb")
-        .with_engine(batch_size=50, min_batch_size=10)
-    )
+    config = Config(
+        store=dataclasses.replace(emulator_config.store, database="mydb"),
+        migrations_dir=folder / "migrations",
+        runs_dir=folder / ".docshift" / "runs",
+        engine=emulator_config.engine,
+    ).with_engine(batch_size=50, min_batch_size=10)
     mydb = open_store(config)
     default = open_store(emulator_config)
     try:

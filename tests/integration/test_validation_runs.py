@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from docshift.history import History, MigrationStatus
-from docshift.runfolder import Checkpoint, DeadLetterFile, read_versioned
+from docshift.runfolder import Checkpoint, DeadLetterFile, read_versioned, run_folders
 from docshift.store import Query, Store, Write
 from docshift.values import Value, values_equal
 from tests.gate_message import gate_numbers
@@ -236,7 +236,7 @@ def test_validate_flag_scans_before_and_after_and_exits_14_when_the_after_scan_f
     assert "error: after-scan 0002_check_teams after: integrity 0.0%" in failed.stderr
     assert "after-scan 0002_check_teams after" in failed.stdout and "CRITICAL" in failed.stdout
     # The run's record says how it ended: finished, with the after-scan's exit 14 and error.
-    ended = max(p.parent for p in (project / "runs").glob("*/run.json"))  # the newest run
+    ended = run_folders(project / "runs")[0].path  # the newest run
     report = read_versioned(ended / "report.json", "docshift-report", 1)
     assert report["outcome"]["exit_code"] == 14 and report["state"] == "finished"
     assert "after-scan 0002_check_teams after" in report["outcome"]["error"]

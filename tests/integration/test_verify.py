@@ -16,7 +16,7 @@ from docshift.commands.verify import verify
 from docshift.config import Config
 from docshift.errors import UsageError
 from docshift.store import Store, Write
-from docshift.testing.hooks import RecordingHooks
+from docshift.testing import RecordingHooks
 from docshift.values import Timestamp
 
 DOCSHIFT = str(Path(sys.executable).parent / "docshift")

@@ -5,22 +5,20 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.batch import BatchProcessor
-from docshift.engine.controls import Controls
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, MemoryGuard, RateLimiter
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import RunStats
-from docshift.errors import TransientError
 from docshift.migration import UNCHANGED, DocView, Migration, Target
 from docshift.runfolder import Checkpoint, DeadLetterFile, JournalReader
-from docshift.store import DelegatingStore, Document, Query, Store, Write, WriteResult
-from docshift.testing.hooks import RecordingHooks
+from docshift.store import DelegatingStore, Document, Query, Store, Write
+from docshift.testing import RecordingHooks
 from docshift.values import Value, values_equal
 
 COLLECTION = "users"
@@ -169,58 +167,9 @@ class StoreWrapper(DelegatingStore):
     """Delegates everything; subclasses override what they watch or disturb."""
 
 
-class LostReplies(DelegatingStore):
-    """Applies a commit and then raises UNAVAILABLE, as a connection reset after the store wrote
-    does: the writes landed, their reply was lost. That happens to the first commit and every
-    ``every``-th after it (a resend included, but never the resend of a commit whose reply was just
-    lost). Only commits whose first path passes ``touches`` count; by default docshift's own state
-    (paths under ``_docshift``: history, lease) passes untouched. ``meanwhile(writes)`` runs between
-    the write and the lost reply: an application writing in that moment."""
-
-    def __init__(
-        self,
-        inner: Store,
-        every: int = 2,
-        meanwhile: Callable[[Sequence[Write]], None] | None = None,
-        touches: Callable[[str], bool] = lambda path: not path.startswith("_docshift"),
-    ) -> None:
-        super().__init__(inner)
-        self.every = every
-        self.meanwhile = meanwhile
-        self.touches = touches
-        self.commits = 0
-        self.lost = 0
-        self._just_lost: set[tuple[str, ...]] = set()
-        self._lock = threading.Lock()
-
-    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
-        results = self.inner.commit(writes)
-        if not writes or not self.touches(writes[0].path):
-            return results
-        key = tuple(write.path for write in writes)
-        with self._lock:
-            self.commits += 1
-            # The resend of a commit just lost gets its reply: with writers sharing the count, one
-            # writer could otherwise draw every lost number and run out of retries.
-            lose = (self.commits - 1) % self.every == 0 and key not in self._just_lost
-            self._just_lost.discard(key)
-            if lose:
-                self._just_lost.add(key)
-            self.lost += lose
-        if not lose:
-            return results
-        if self.meanwhile is not None:
-            self.meanwhile(writes)
-        raise TransientError("connection reset by peer (the write was applied)", code="UNAVAILABLE")
-
-
 class ScriptedMemory(MemoryGuard):
     """A memory guard whose resident size the test sets (in MiB)."""
 
     def __init__(self, soft: int = 100, hard: int = 200) -> None:
         super().__init__(soft, hard, reader=lambda: int(self.mb * 1_048_576))
         self.mb = 10.0
-
-
-def controls_with(limit: float = 0.0) -> Controls:
-    return Controls(RateLimiter(limit))

@@ -21,8 +21,8 @@ from docshift.config import Config
 from docshift.engine.hooks import CollectionEmpty
 from docshift.errors import DataError, PermanentError, UsageError
 from docshift.runfolder.atomic import write_versioned
-from docshift.store import Document, MemoryStore, Query, Store, StoreInfo, Write, WriteResult
-from docshift.testing.hooks import RecordingHooks
+from docshift.store import Document, Query, Store, StoreInfo, Write, WriteResult
+from docshift.testing import MemoryStore, RecordingHooks, RecordingStore
 from docshift.values import Timestamp
 from tests.backup_support import assert_same_documents, every_type, export, seed
 
@@ -190,11 +190,11 @@ def test_a_changed_backup_is_refused_before_anything_is_written(
     folder = tmp_path / "b"
     manifest = backup(CONFIG, ["users"], folder, recursive=True, docs_per_file=30, store=populated())
     damage(folder, manifest)  # type: ignore[operator]
-    target = MemoryStore()
+    target = RecordingStore(MemoryStore())
     with pytest.raises(DataError, match=message) as caught:
         restore(CONFIG, folder, store=target)
     assert caught.value.exit_code == 3 and caught.value.hint
-    assert target.commit_calls == 0 and target.list_collections() == []
+    assert target.commits == 0 and target.list_collections() == []
 
 
 def test_a_file_swapped_during_the_restore_is_caught(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from docshift.config import (
     EngineConfig,
     LimitsConfig,
     StoreConfig,
-    defaults,
     load_config,
+    with_values,
 )
 from docshift.errors import ConfigError, ExitCode
 
@@ -78,8 +78,6 @@ def test_every_key_is_declared_once_and_matches_a_dataclass_field() -> None:
         assert key.name in fields[key.section], key
     declared = {(key.section, key.name) for key in KEYS}
     assert declared == {(section, name) for section, names in fields.items() for name in names}
-    assert set(defaults()) == set(names)
-    assert defaults()["batch_size"] == 300
 
 
 def test_file_overrides_defaults(root: Path) -> None:
@@ -140,6 +138,30 @@ def test_flags_given_as_text_are_converted(root: Path) -> None:
 )
 def test_boolean_environment_values(root: Path, text: str, expected: bool) -> None:
     assert load(root, env={"DOCSHIFT_BACKUP": text}).engine.backup is expected
+
+
+BOOLEAN_TEXTS = ["1", "true", "TRUE", "yes", "On", "0", "false", "no", "OFF"]
+
+
+@pytest.mark.parametrize("text", BOOLEAN_TEXTS)
+def test_assume_yes_is_read_like_a_boolean_key(root: Path, text: str) -> None:
+    """One parse for DOCSHIFT_ASSUME_YES, the config's: every confirmation (run, rollback, restore,
+    unlock) reads ``Config.assume_yes``, so they accept the same values."""
+    expected = load(root, env={"DOCSHIFT_BACKUP": text}).engine.backup
+    assert load(root, env={"DOCSHIFT_ASSUME_YES": text}).assume_yes is expected
+
+
+def test_assume_yes_is_no_when_unset_or_empty(root: Path) -> None:
+    assert load(root).assume_yes is False
+    assert load(root, env={"DOCSHIFT_ASSUME_YES": ""}).assume_yes is False
+
+
+@pytest.mark.parametrize("text", ["y", "t", "maybe", "2"])
+def test_an_assume_yes_that_is_not_a_boolean_is_refused(root: Path, text: str) -> None:
+    config_error(root, env={"DOCSHIFT_BACKUP": text})  # the same values as a boolean key refuses
+    error = config_error(root, env={"DOCSHIFT_ASSUME_YES": text})
+    assert error.message == f"DOCSHIFT_ASSUME_YES must be true or false, got {text!r}"
+    assert error.hint is not None and "DOCSHIFT_ASSUME_YES=1" in error.hint
 
 
 def test_other_docshift_variables_are_left_to_the_cli(root: Path) -> None:
@@ -488,9 +510,10 @@ def test_resolved_config_is_frozen(root: Path) -> None:
     assert config.store.project == "p" and config.sources["project"] == "DOCSHIFT_PROJECT"
 
 
-def test_with_store_and_with_engine_return_changed_copies(root: Path) -> None:
+def test_with_values_and_with_engine_return_changed_copies(root: Path) -> None:
     config = load(root)
-    changed = config.with_store(project="p2").with_engine(batch_size=42)
+    changed = with_values(config, {"project": "p2"}, "run R").with_engine(batch_size=42)
     assert changed.store.project == "p2" and changed.engine.batch_size == 42
+    assert changed.sources["project"] == "run R" and changed.sources["batch_size"] == "default"
     assert config.store.project is None and config.engine.batch_size == 300
-    assert changed.limits is config.limits
+    assert changed.limits == config.limits

@@ -20,7 +20,7 @@ from docshift.remote import ControlFiles, StatusServer, is_loopback, read_presen
 from docshift.remote.client import fetch_status, request
 from docshift.remote.files import remove_presence, write_presence
 from docshift.reports import RunStatus
-from docshift.testing.hooks import RecordingHooks
+from docshift.testing import RecordingHooks
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from docshift.engine.batch import BatchAborted
-from docshift.errors import EmergencyStop, PermanentError, TransientError
+from docshift.errors import BatchAborted, EmergencyStop, PermanentError, TransientError
 from docshift.migration import DELETE, UNCHANGED, DocView
-from docshift.store import DELETE_FIELD, Document, MemoryStore, Query, Store, Write, WriteResult
+from docshift.store import DELETE_FIELD, Document, Query, Store, Write, WriteResult
 from docshift.store.semantics import MAX_DOCUMENT_BYTES, MAX_REQUEST_BYTES, document_size
+from docshift.testing import MemoryStore, RecordingStore
 from docshift.values import values_equal
 from tests.unit.engine_support import (
     StoreWrapper,
@@ -276,10 +276,10 @@ def test_dry_run_counts_without_writing(tmp_path: Path) -> None:
     memory = MemoryStore()
     seed(memory, 50)
     before = export(memory)
-    calls = memory.commit_calls
-    result = run_pipeline(memory, make_migration(), tmp_path, options(execute=False))
+    recorder = RecordingStore(memory)
+    result = run_pipeline(recorder, make_migration(), tmp_path, options(execute=False))
     assert result.error is None
-    assert memory.commit_calls == calls
+    assert recorder.commits == 0
     assert export(memory) == before
     assert result.counters["updated"] == 45 and result.counters["unchanged"] == 5
     assert not (tmp_path / "before-images.jsonl.gz").exists()
@@ -334,10 +334,10 @@ def test_a_store_that_keeps_failing_stops_the_batch_with_an_emergency_stop(tmp_p
 def test_unchanged_marker_and_missing_delete_write_nothing(tmp_path: Path) -> None:
     memory = MemoryStore()
     seed(memory, 10)
-    calls = memory.commit_calls
-    proc = processor(memory, make_migration(lambda doc: UNCHANGED), tmp_path)
+    recorder = RecordingStore(memory)
+    proc = processor(recorder, make_migration(lambda doc: UNCHANGED), tmp_path)
     assert proc.process(list(export(memory).values())) == {"unchanged": 10}
-    assert memory.commit_calls == calls
+    assert recorder.commits == 0
 
 
 def test_a_store_failure_in_a_later_request_still_journals_the_outcomes_of_the_earlier_ones(

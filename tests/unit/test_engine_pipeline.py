@@ -19,8 +19,8 @@ from docshift.engine.sharding import plan_shards
 from docshift.errors import EmergencyStop, ExitCode, MemoryLimitExceeded, RunStopped, TooManyFailures
 from docshift.migration import UNCHANGED, DocView
 from docshift.runfolder import Checkpoint
-from docshift.store import Document, MemoryStore, Query, Store, Write, WriteResult
-from docshift.testing.hooks import RecordingHooks
+from docshift.store import Document, Query, Store, Write, WriteResult
+from docshift.testing import MemoryStore, RecordingHooks, RecordingStore
 from tests.unit.engine_support import (
     ScriptedMemory,
     StoreWrapper,
@@ -57,11 +57,11 @@ def test_a_second_run_finds_nothing_to_do_and_writes_nothing(tmp_path: Path) -> 
     first = run_pipeline(store, make_migration(), tmp_path / "one")
     assert first.counters["updated"] == 270 and first.counters["unchanged"] == 30
     after_first = export(store)
-    calls = store.commit_calls
-    second = run_pipeline(store, make_migration(), tmp_path / "two")
+    recorder = RecordingStore(store)
+    second = run_pipeline(recorder, make_migration(), tmp_path / "two")
     assert second.error is None
     assert second.counters["unchanged"] == 300 and second.counters["updated"] == 0
-    assert store.commit_calls == calls
+    assert recorder.commits == 0
     assert export(store) == after_first  # same data and same update times
     assert_data(store, expected_after(before, split_name))
 
@@ -457,15 +457,16 @@ def test_copy_migration_leaves_the_source_and_reruns_as_a_no_op(tmp_path: Path) 
     kinds = journal_kinds(tmp_path / "one")
     assert sum(1 for kind, _ in kinds if kind == "created") == 299
     assert ("before", "users_v2/u00001") in kinds
-    calls = store.commit_calls
-    again = run_pipeline(store, migration, tmp_path / "two")
+    recorder = RecordingStore(store)
+    again = run_pipeline(recorder, migration, tmp_path / "two")
     assert again.error is None and again.counters["unchanged"] == 300
-    assert store.commit_calls == calls
+    assert recorder.commits == 0
     assert export(store, "users_v2") == copies
 
 
 def test_transient_commit_failures_are_retried_and_every_document_migrated_once(tmp_path: Path) -> None:
-    from docshift.store import FaultInjectingStore, RetryingStore, RetryPolicy
+    from docshift.store import RetryingStore, RetryPolicy
+    from docshift.testing import FaultInjectingStore
 
     memory, before = seeded(2000)
     faulty = FaultInjectingStore(memory, write_failure_rate=0.05, request_failure_rate=0.05, seed=11)

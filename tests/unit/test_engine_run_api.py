@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -19,8 +22,8 @@ from docshift.history import History, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.lock import Lease, lease_path, read_lease
 from docshift.runfolder import Checkpoint, JournalReader, read_versioned, write_versioned
-from docshift.store import FaultInjectingStore, MemoryStore, RetryingStore, RetryPolicy, Write
-from docshift.testing.hooks import RecordingHooks
+from docshift.store import RetryingStore, RetryPolicy, Write
+from docshift.testing import FaultInjectingStore, MemoryStore, RecordingHooks, RecordingStore
 from docshift.values import Timestamp
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
 
@@ -189,3 +192,25 @@ def test_resume_refuses_while_the_process_of_that_run_is_alive(config: Config) -
     report = run(config, RunOptions(execute=True, resume=run_id), store=store)
     assert report.outcomes[0].result.counters["updated"] == 45
     assert read_lease(store, "_docshift") is None
+
+
+def test_without_a_user_name_every_record_names_the_same_uid(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a container with an unnamed uid (no USER, no passwd entry) the run's run.json, its lease
+    and the history all name ``uid<N>@host``: every one asks ``history.current_user``."""
+
+    def unnamed() -> str:
+        raise KeyError("getpwuid(): uid not found")
+
+    monkeypatch.setattr(getpass, "getuser", unnamed)
+    expected = f"uid{os.getuid()}@{socket.gethostname()}"
+    store = RecordingStore(MemoryStore())
+    seed(store, 20)
+    report = run(config, RunOptions(execute=True), store=store)
+    assert load_run_info(report.folder)["user"] == expected
+    record = History(store, "_docshift").get("0001")
+    assert record is not None and record.user == expected
+    assert {event.user for event in record.events} == {expected}
+    leases = [w for request in store.requests for w in request if w.path == lease_path("_docshift")]
+    assert leases and {str((w.data or {}).get("owner")) for w in leases if w.data} == {expected}

@@ -13,8 +13,9 @@ from docshift.commands.run import RunOptions, run
 from docshift.config import Config, StoreConfig, load_config
 from docshift.errors import ConfigError, ExitCode, MigrationFileError, PermanentError
 from docshift.loader import load_migrations
-from docshift.store import Filter, MemoryStore, Query, Write
+from docshift.store import Filter, Query, Write
 from docshift.store.semantics import MAX_DISJUNCTIONS, MAX_FILTER_VALUES, error_hint, query_problem
+from docshift.testing import MemoryStore
 
 # --------------------------------------------------------------------------- config
 

@@ -30,7 +30,8 @@ from docshift.history import EventKind, History, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock, read_lease
 from docshift.planning import StateKind, check_drift, migration_states
-from docshift.store import DelegatingStore, MemoryStore, Store, Write, WriteResult
+from docshift.store import DelegatingStore, Store, Write, WriteResult
+from docshift.testing import MemoryStore
 from docshift.values import Timestamp
 from tests.unit.engine_support import export, seed
 

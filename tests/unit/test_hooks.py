@@ -48,9 +48,9 @@ from docshift.errors import LockedError, StoreError, ValidationFailed
 from docshift.lock import LeaseLock
 from docshift.reports.events import encode_event, event_fields, parse_event
 from docshift.runfolder import DeadLetterFile
-from docshift.store import MemoryStore, Query, Store, Write
+from docshift.store import Query, Store, Write
 from docshift.store.base import DelegatingStore, Document
-from docshift.testing.hooks import RecordingHooks
+from docshift.testing import MemoryStore, RecordingHooks
 from docshift.validators import RunValidation
 
 USERS = """

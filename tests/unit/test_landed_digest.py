@@ -21,7 +21,8 @@ from docshift.engine.undo import Undoer, UndoResult, undo_actions
 from docshift.errors import TransientError
 from docshift.migration import UNCHANGED, DocView, Migration, Target
 from docshift.runfolder import Checkpoint, JournalReader
-from docshift.store import DelegatingStore, MemoryStore, Query, Store, Write, WriteResult
+from docshift.store import DelegatingStore, Query, Store, Write, WriteResult
+from docshift.testing import MemoryStore
 from docshift.values import Value, values_equal
 from tests.unit.engine_support import build, options, seed
 

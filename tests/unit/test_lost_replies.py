@@ -22,10 +22,11 @@ from docshift.lock import LeaseLock, lease_path, read_lease
 from docshift.migration import DocView
 from docshift.reports.report import collect_report
 from docshift.runfolder import Checkpoint, JournalReader
-from docshift.store import MemoryStore, Query, RetryingStore, RetryPolicy, Store, Write, WriteResult
+from docshift.store import Query, RetryingStore, RetryPolicy, Store, Write, WriteResult
 from docshift.store.base import DelegatingStore
+from docshift.testing import LostReplies, MemoryStore
 from docshift.values import Value, values_equal
-from tests.unit.engine_support import LostReplies, export, make_migration, options, run_pipeline, seed
+from tests.unit.engine_support import export, make_migration, options, run_pipeline, seed
 from tests.unit.test_undo import FLAG, PRUNE  # the same migrations as the restore tests
 
 FAST = RetryPolicy(attempts=6, initial_wait=0.001, max_wait=0.002)

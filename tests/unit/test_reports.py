@@ -45,8 +45,7 @@ from docshift.reports.events import EventFollower, event_from_fields, kind_of
 from docshift.reports.report import REDACTED, redact
 from docshift.reports.status import stop_severity
 from docshift.runfolder import Checkpoint, ShardCursor, read_versioned, write_versioned
-from docshift.store import MemoryStore
-from docshift.testing.hooks import RecordingHooks
+from docshift.testing import MemoryStore, RecordingHooks
 from docshift.validators import Severity
 from docshift.values import Timestamp
 from tests.unit.engine_support import seed

@@ -17,8 +17,6 @@ from docshift.errors import ConflictError, CredentialsError, PermanentError, Sto
 from docshift.store import (
     DelegatingStore,
     Document,
-    FaultInjectingStore,
-    MemoryStore,
     Query,
     RetryingStore,
     RetryPolicy,
@@ -27,28 +25,13 @@ from docshift.store import (
     WriteResult,
 )
 from docshift.store.base import Filter, write_landed
-from tests.unit.engine_support import LostReplies
+from docshift.testing import FaultInjectingStore, LostReplies, MemoryStore, RecordingStore
 
 QUICK = RetryPolicy(attempts=5, initial_wait=0.001, max_wait=0.002)
 
 
 class Passthrough(DelegatingStore):
     """Delegates everything to ``inner``; subclasses break one thing."""
-
-
-class Recording(Passthrough):
-    """Remembers the paths of every commit request that reached it."""
-
-    def __init__(self, inner: Store) -> None:
-        super().__init__(inner)
-        self.requests: list[list[str]] = []
-
-    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
-        self.requests.append([w.path for w in writes])
-        return self.inner.commit(writes)
-
-    def sends(self, path: str) -> int:
-        return sum(request.count(path) for request in self.requests)
 
 
 class FailWrites(Passthrough):
@@ -150,7 +133,7 @@ def fill(store: Store, collection: str, n: int) -> list[str]:
 def test_injected_write_failures_are_retried_until_each_write_is_applied_exactly_once(seed: int) -> None:
     memory = MemoryStore()
     faults = FaultInjectingStore(memory, write_failure_rate=0.3, seed=seed)
-    recording = Recording(faults)
+    recording = RecordingStore(faults)
     store = RetryingStore(recording, RetryPolicy(attempts=30, initial_wait=0.001, max_wait=0.002))
     writes = [Write.create(f"docs/{i:02d}", {"i": i}) for i in range(40)]
 
@@ -171,12 +154,12 @@ def test_injected_write_failures_are_retried_until_each_write_is_applied_exactly
 
 def test_successful_writes_in_a_partly_failed_commit_are_never_resent() -> None:
     memory = MemoryStore()
-    recording = Recording(FailWrites(memory, {"c/b": 1, "c/d": 2}))
+    recording = RecordingStore(FailWrites(memory, {"c/b": 1, "c/d": 2}))
     store = RetryingStore(recording, QUICK)
     results = store.commit([Write.set(f"c/{x}", {"x": x}) for x in "abcde"])
 
     assert [r.ok for r in results] == [True] * 5
-    assert recording.requests == [["c/a", "c/b", "c/c", "c/d", "c/e"], ["c/b", "c/d"], ["c/d"]]
+    assert recording.paths() == [["c/a", "c/b", "c/c", "c/d", "c/e"], ["c/b", "c/d"], ["c/d"]]
     assert store.retries == 2
     assert [r.path for r in results] == [f"c/{x}" for x in "abcde"]
     first_a = memory.get("c/a")
@@ -186,7 +169,7 @@ def test_successful_writes_in_a_partly_failed_commit_are_never_resent() -> None:
 def test_permanent_and_conflict_results_are_returned_without_retrying() -> None:
     memory = MemoryStore()
     fill(memory, "p", 1)
-    recording = Recording(FailWrites(memory, {"p/flaky": 1}))
+    recording = RecordingStore(FailWrites(memory, {"p/flaky": 1}))
     store = RetryingStore(recording, QUICK)
     results = store.commit(
         [
@@ -200,13 +183,13 @@ def test_permanent_and_conflict_results_are_returned_without_retrying() -> None:
     assert results[0].ok and results[3].ok
     assert isinstance(results[1].error, PermanentError)
     assert isinstance(results[2].error, ConflictError)
-    assert recording.requests[1:] == [["p/flaky"]]
+    assert recording.paths()[1:] == [["p/flaky"]]
     assert store.retries == 1
 
 
 def test_writes_still_failing_when_attempts_run_out_come_back_as_transient_results() -> None:
     memory = MemoryStore()
-    recording = Recording(FailWrites(memory, {"e/stuck": 100}))
+    recording = RecordingStore(FailWrites(memory, {"e/stuck": 100}))
     store = RetryingStore(recording, QUICK)
     ok, stuck = store.commit([Write.set("e/ok", {}), Write.set("e/stuck", {})])
     assert ok.ok
@@ -218,7 +201,7 @@ def test_writes_still_failing_when_attempts_run_out_come_back_as_transient_resul
 
 
 def test_a_permanent_per_write_error_is_not_retried() -> None:
-    recording = Recording(FailWrites(MemoryStore(), {"x/1": 5}, error=CredentialsError))
+    recording = RecordingStore(FailWrites(MemoryStore(), {"x/1": 5}, error=CredentialsError))
     store = RetryingStore(recording, QUICK)
     [result] = store.commit([Write.set("x/1", {})])
     assert isinstance(result.error, CredentialsError)
@@ -229,12 +212,12 @@ def test_a_permanent_per_write_error_is_not_retried() -> None:
 
 
 def test_whole_request_transient_failures_are_retried() -> None:
-    memory = MemoryStore()
+    memory = RecordingStore(MemoryStore())
     errors: list[StoreError] = [
         TransientError("unavailable", code="UNAVAILABLE"),
         TransientError("deadline", code="DEADLINE_EXCEEDED"),
     ]
-    recording = Recording(FailRequests(memory, errors))
+    recording = RecordingStore(FailRequests(memory, errors))
     seen: list[TransientError] = []
     store = RetryingStore(recording, QUICK, on_retry=seen.append)
 
@@ -242,13 +225,13 @@ def test_whole_request_transient_failures_are_retried() -> None:
 
     assert all(r.ok for r in results)
     assert len(recording.requests) == 3
-    assert memory.commit_calls == 1
+    assert memory.commits == 1
     assert store.retries == 2
     assert [e.code for e in seen] == ["UNAVAILABLE", "DEADLINE_EXCEEDED"]
 
 
 def test_injected_request_failures_are_retried_and_apply_nothing() -> None:
-    memory = MemoryStore()
+    memory = RecordingStore(MemoryStore())
     faults = FaultInjectingStore(memory, request_failure_rate=0.5, seed=3)
     store = RetryingStore(faults, RetryPolicy(attempts=40, initial_wait=0.001, max_wait=0.002))
     for batch in range(10):
@@ -256,25 +239,25 @@ def test_injected_request_failures_are_retried_and_apply_nothing() -> None:
         assert all(r.ok for r in results)
     assert faults.injected > 0
     assert store.retries == faults.injected
-    assert memory.commit_calls == 10
+    assert memory.commits == 10
     assert memory.count(Query("r")) == 50
 
 
 def test_a_whole_request_that_keeps_failing_raises_instead_of_returning_nothing() -> None:
-    memory = MemoryStore()
+    memory = RecordingStore(MemoryStore())
     errors: list[StoreError] = [TransientError("down", code="UNAVAILABLE")] * 20
-    recording = Recording(FailRequests(memory, errors))
+    recording = RecordingStore(FailRequests(memory, errors))
     store = RetryingStore(recording, QUICK)
     with pytest.raises(TransientError, match="down"):
         store.commit([Write.set("z/1", {}), Write.set("z/2", {})])
     assert len(recording.requests) == QUICK.attempts
     assert store.retries == QUICK.attempts - 1
-    assert memory.commit_calls == 0
+    assert memory.commits == 0
 
 
 def test_permanent_request_errors_are_not_retried() -> None:
     error = PermanentError("bad request", code="INVALID_ARGUMENT")
-    recording = Recording(FailRequests(MemoryStore(), [error]))
+    recording = RecordingStore(FailRequests(MemoryStore(), [error]))
     store = RetryingStore(recording, QUICK)
     with pytest.raises(PermanentError, match="bad request"):
         store.commit([Write.set("q/1", {})])
@@ -283,7 +266,7 @@ def test_permanent_request_errors_are_not_retried() -> None:
 
 
 def test_a_request_naming_one_document_twice_is_refused_once() -> None:
-    recording = Recording(MemoryStore())
+    recording = RecordingStore(MemoryStore())
     store = RetryingStore(recording, QUICK)
     with pytest.raises(PermanentError):
         store.commit([Write.set("d/1", {}), Write.set("d/1", {})])
@@ -537,11 +520,11 @@ def test_fault_injection_can_be_switched_off() -> None:
 
 
 def test_injected_request_failure_applies_nothing() -> None:
-    memory = MemoryStore()
+    memory = RecordingStore(MemoryStore())
     faults = FaultInjectingStore(memory, request_failure_rate=1.0)
     with pytest.raises(TransientError):
         faults.commit([Write.set("n/1", {})])
-    assert memory.commit_calls == 0 and memory.get("n/1") is None
+    assert memory.commits == 0 and memory.get("n/1") is None
 
 
 # --------------------------------------------------------------------------- backoff

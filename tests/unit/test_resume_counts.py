@@ -26,7 +26,8 @@ from docshift.history import History, MigrationStatus
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Target
 from docshift.reports.report import collect_report
 from docshift.runfolder import Checkpoint, JournalReader
-from docshift.store import DelegatingStore, Document, Filter, MemoryStore, Query, Store, Write, WriteResult
+from docshift.store import DelegatingStore, Document, Filter, Query, Store, Write, WriteResult
+from docshift.testing import MemoryStore
 from docshift.values import Value, values_equal
 from tests.unit.engine_support import build, dead_letters, options, seed
 

@@ -14,25 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from docshift.commands.rollback import (
-    RollbackConflicts,
-    RollbackItem,
-    RollbackOptions,
-    RollbackReport,
-    rollback,
-)
+from docshift.commands.rollback import RollbackItem, RollbackOptions, RollbackReport, rollback
 from docshift.commands.run import RunOptions, load_run_info, run
-from docshift.commands.stages import StageFailed
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import Checkpointed, RunHooks
-from docshift.errors import EmergencyStop, RunStopped, UsageError
+from docshift.errors import EmergencyStop, RollbackConflicts, RunStopped, StageFailed, UsageError
 from docshift.history import EventKind, History, HistoryEvent, HistoryRecord, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.runfolder.atomic import read_versioned, write_versioned
 from docshift.runfolder.checkpoint import Checkpoint
-from docshift.store import MemoryStore, Store, Write, WriteResult
-from docshift.testing.hooks import RecordingHooks
+from docshift.store import Store, Write, WriteResult
+from docshift.testing import MemoryStore, RecordingHooks
 from docshift.values import Timestamp
 from tests.unit.engine_support import StoreWrapper, export, seed
 from tests.unit.test_rollback_truth import PREFIX, TIER, lines, project, same_data, status_of

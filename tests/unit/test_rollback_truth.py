@@ -13,13 +13,14 @@ import orjson
 import pytest
 
 from docshift.commands.project import new_migration
-from docshift.commands.rollback import RollbackConflicts, RollbackOptions, RollbackReport, rollback
+from docshift.commands.rollback import RollbackOptions, RollbackReport, rollback
 from docshift.commands.run import RunOptions, load_run_info, run
-from docshift.config import Config, EngineConfig, StoreConfig, load_config
-from docshift.errors import TransientError, UsageError
+from docshift.config import Config, EngineConfig, StoreConfig, load_config, with_values
+from docshift.errors import RollbackConflicts, TransientError, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
-from docshift.store import Document, MemoryStore, RetryingStore, RetryPolicy, Store, Write, WriteResult
+from docshift.store import Document, RetryingStore, RetryPolicy, Store, Write, WriteResult
+from docshift.testing import MemoryStore
 from docshift.values import values_equal
 from tests.unit.engine_support import StoreWrapper, export, seed
 
@@ -412,7 +413,7 @@ def test_a_rollback_works_on_the_database_its_run_was_on(tmp_path: Path) -> None
     mydb = MemoryStore(database="mydb")
     seed(mydb, 20)
     before = export(mydb)
-    report = run(plain.with_store(database="mydb"), RunOptions(execute=True), store=mydb)
+    report = run(with_values(plain, {"database": "mydb"}, "the test"), RunOptions(execute=True), store=mydb)
     assert load_run_info(report.folder)["database"] == "mydb"
     # A store on another database than the run's is refused, before anything is read or written.
     with pytest.raises(UsageError, match="database mydb") as wrong_store:

@@ -33,7 +33,8 @@ from docshift.errors import ExitCode, RunFileError
 from docshift.history import History
 from docshift.reports.report import collect_report
 from docshift.runfolder import Checkpoint, DeadLetterFile, JournalEntry, JournalReader, JournalWriter
-from docshift.store import Document, MemoryStore, Query, Write
+from docshift.store import Document, Query, Write
+from docshift.testing import MemoryStore
 from docshift.values import values_equal
 
 MIGRATION = '''

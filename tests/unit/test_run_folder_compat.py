@@ -18,12 +18,12 @@ import pytest
 from docshift import codec
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, run
-from docshift.commands.stages import StageFailed
 from docshift.config import Config, load_config
-from docshift.errors import UsageError
+from docshift.errors import StageFailed, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.runfolder.record import read_run
-from docshift.store import Document, MemoryStore, Query
+from docshift.store import Document, Query
+from docshift.testing import MemoryStore
 from docshift.values import Value, values_equal
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "runs-v1"

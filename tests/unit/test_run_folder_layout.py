@@ -12,15 +12,14 @@ from typing import Any
 import pytest
 
 from docshift.commands.run import RunOptions, run
-from docshift.commands.stages import StageFailed
 from docshift.config import load_config
-from docshift.errors import DataError
+from docshift.errors import DataError, StageFailed
 from docshift.runfolder import Checkpoint, FileFormat, MigrationFolder, ReportFolder, RunFolder, run_folders
 from docshift.runfolder.atomic import write_versioned
 from docshift.runfolder.checkpoint import JournalMark, Scope, StageRollback, UndoStep
 from docshift.runfolder.layout import CHECKPOINT_FORMAT, CONTROL_ACTIONS, RUN_FORMAT
 from docshift.runfolder.upgrades import checkpoint_1_to_2
-from docshift.store import MemoryStore
+from docshift.testing import MemoryStore
 from tests.unit.test_run_folder_compat import FIXTURE, documents, lines
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "docshift"
@@ -349,3 +348,25 @@ def test_checkpoint_1_to_2_reads_a_one_run_rollback_of_an_older_docshift(tmp_pat
     assert (checkpoint.undo.strategy, checkpoint.undo.runs) == ("restore", ["r1"])
     assert checkpoint.undo.steps == [UndoStep("r1", {"restored": 13}, 12, state == "finished")]
     assert load_v1(tmp_path, {"kind": "something else"}).undo is None
+
+
+def test_runs_begun_in_the_same_second_are_ordered_by_when_they_were_made(tmp_path: Path) -> None:
+    """Run ids carry their start time to the second and then a random suffix: the newest run is the
+    one made last, not the one whose suffix sorts last (`--resume` picks it)."""
+    made = [
+        ("20261202T010000-ffffff", "2026-12-02T01:00:00.100000+00:00"),
+        ("20261202T010000-000000", "2026-12-02T01:00:00.900000+00:00"),
+    ]
+    for run_id, created_at in made:
+        folder = tmp_path / run_id
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"run_id": run_id, "created_at": created_at}))
+    (tmp_path / "20261202T020000-aaaaaa").mkdir()  # no readable run.json: not a run
+    broken = tmp_path / "20261202T030000-bbbbbb"
+    broken.mkdir()
+    (broken / "run.json").write_text("{not json")
+    assert [f.run_id for f in run_folders(tmp_path)] == [
+        "20261202T010000-000000",
+        "20261202T010000-ffffff",
+        "20261202T030000-bbbbbb",
+    ]

@@ -12,20 +12,19 @@ import pytest
 
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, load_run_info, rate_limiter, resume_run, run
-from docshift.commands.stages import StageFailed
 from docshift.commands.status import state_label, status
 from docshift.config import Config, EngineConfig, LimitsConfig, StoreConfig, load_config
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import Checkpointed, PassEnded, PassFinished, RunResumed, StageEntered, Warned
 from docshift.engine.sampling import bucket
-from docshift.errors import EmergencyStop, ExitCode, RunStopped, UsageError
+from docshift.errors import EmergencyStop, ExitCode, RunStopped, StageFailed, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.planning import StateKind
 from docshift.runfolder import Checkpoint, read_versioned, write_versioned
-from docshift.store import DelegatingStore, MemoryStore, Store
+from docshift.store import DelegatingStore, Store
 from docshift.store.base import WriteResult
-from docshift.testing.hooks import RecordingHooks
+from docshift.testing import MemoryStore, RecordingHooks
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "migrations"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from docshift.errors import ConflictError
-from docshift.store import Filter, MemoryStore, Query, Write
+from docshift.store import Filter, Query, Write
 from docshift.store.simulated import SimulatedStore
+from docshift.testing import MemoryStore
 
 
 def seeded() -> MemoryStore:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from docshift.migration import DocView
-from docshift.store import MemoryStore
 from docshift.store.semantics import MAX_DEPTH, MAX_FIELD_PATH_BYTES, MAX_VALUE_BYTES
+from docshift.testing import MemoryStore
 from tests.unit.engine_support import export, make_migration, options, run_pipeline, seed
 from tests.unit.test_engine_batch import dead_letters
 

@@ -10,8 +10,7 @@ from typing import Any
 
 from docshift.commands.verify import compare
 from docshift.migration import DocView
-from docshift.store import MemoryStore
-from docshift.testing.hooks import RecordingHooks
+from docshift.testing import MemoryStore, RecordingHooks
 from docshift.values import Timestamp, as_stored, values_equal
 from tests.unit.engine_support import export, make_migration, run_pipeline, seed
 

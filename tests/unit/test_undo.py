@@ -16,17 +16,18 @@ import orjson
 import pytest
 
 from docshift import codec
-from docshift.commands.rollback import RollbackConflicts, RollbackOptions, rollback
+from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, load_run_info, run
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
 from docshift.engine.undo import Undoer, UndoResult, undo_actions
-from docshift.errors import RunStopped, UsageError
+from docshift.errors import RollbackConflicts, RunStopped, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.lock import read_lease
 from docshift.migration import DELETE, UNCHANGED, DocView
 from docshift.runfolder.journal import JournalEntry, JournalReader, JournalWriter, _members
-from docshift.store import Document, MemoryStore, Store, Write, WriteResult
+from docshift.store import Document, Store, Write, WriteResult
+from docshift.testing import MemoryStore
 from docshift.values import Value, values_equal
 from tests.unit.engine_support import (
     StoreWrapper,

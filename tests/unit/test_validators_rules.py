@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from docshift.errors import UsageError
-from docshift.store import Document, MemoryStore, Write
+from docshift.store import Document, Write
+from docshift.testing import MemoryStore
 from docshift.validators import (
     Rule,
     RuleContext,

@@ -14,8 +14,8 @@ from docshift.engine.controls import Controls
 from docshift.engine.hooks import FanOutHooks, HealthReported, MigrationStarted
 from docshift.errors import EmergencyStop
 from docshift.runfolder import Checkpoint, DeadLetterFile, read_versioned
-from docshift.store import MemoryStore, Query, Write
-from docshift.testing.hooks import RecordingHooks
+from docshift.store import Query, Write
+from docshift.testing import MemoryStore, RecordingHooks
 from docshift.validators import HealthStatus, RunValidation
 from tests.gate_message import gate_numbers
 

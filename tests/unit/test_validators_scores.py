@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from docshift.migration import UNCHANGED, Migration, Target
-from docshift.store import MemoryStore, Write
+from docshift.store import Write
+from docshift.testing import MemoryStore
 from docshift.validators import (
     Baseline,
     Health,

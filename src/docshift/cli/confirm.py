@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -16,12 +15,12 @@ __all__ = ["confirm_destructive"]
 def confirm_destructive(config: Config, action: str, yes: bool) -> None:
     """Ask before ``action`` touches Cloud Firestore; the emulator needs no confirmation.
 
-    ``--yes`` or ``DOCSHIFT_ASSUME_YES=1`` answer for CI; without a terminal and without them the
-    answer is no, with its own exit code.
+    ``--yes`` or ``DOCSHIFT_ASSUME_YES=1`` (``Config.assume_yes``) answer for CI; without a terminal
+    and without them the answer is no, with its own exit code.
     """
     if config.store.emulator_host:
         return
-    if yes or os.environ.get("DOCSHIFT_ASSUME_YES", "").lower() in ("1", "true", "yes"):
+    if yes or config.assume_yes:
         return
     where = f"project {config.store.project or '(from credentials)'}, database {config.store.database}"
     if not sys.stdin.isatty():

@@ -160,7 +160,6 @@ def _next_steps(report: StatusReport) -> list[str]:
     "--yes",
     "-y",
     is_flag=True,
-    envvar="DOCSHIFT_ASSUME_YES",
     help="Do not ask for confirmation (also DOCSHIFT_ASSUME_YES=1).",
 )
 @pass_app
@@ -176,9 +175,11 @@ def unlock_command(app: AppContext, force: bool, yes: bool) -> None:
             hint="check `docshift status` first; an expired lease is taken over by the next run anyway",
         )
 
+    config = app.config()
+
     def confirm(lease: Lease) -> bool:
         click.echo(lease.describe() + (" (expired)" if lease.expired() else " (NOT expired)"))
-        if yes:
+        if yes or config.assume_yes:
             return True
         if not sys.stdin.isatty():
             raise ConfirmationRequired(
@@ -187,7 +188,7 @@ def unlock_command(app: AppContext, force: bool, yes: bool) -> None:
             )
         return click.confirm("Remove this lease?", default=False)
 
-    result = unlock(app.config(), confirm)
+    result = unlock(config, confirm)
     if result.lease is None:
         click.echo("no lease is held; nothing to unlock")
     elif not result.confirmed:

@@ -13,7 +13,6 @@ from docshift.cli.display import StatusFlags, display_hooks, observe_run, status
 from docshift.cli.output import console, err_console, print_change
 from docshift.cli.run import install_signal_handlers
 from docshift.commands.rollback import (
-    RollbackConflicts,
     RollbackOptions,
     RollbackReport,
     rollback,
@@ -21,7 +20,7 @@ from docshift.commands.rollback import (
 )
 from docshift.commands.run import rate_limiter
 from docshift.engine.controls import Controls
-from docshift.errors import RunStopped
+from docshift.errors import RollbackConflicts, RunStopped
 from docshift.runfolder.layout import MigrationFolder
 from docshift.store import open_store
 

@@ -41,10 +41,11 @@ __all__ = ["Observation", "migration_totals", "outcome_of"]
 
 
 def migration_totals(
-    config: Config, store: Store, *, limit: int | None = None, sample: float | None = None
+    config: Config, store: Store, *, limit: int | None = None
 ) -> Callable[[str], int | None]:
     """How many documents each migration (by label) will handle: a count query of its target,
-    capped by ``--limit``, scaled by ``--sample``. For the progress bar and the ETA."""
+    capped by ``--limit``. For the progress bar and the ETA. Not scaled by ``--sample``: the
+    documents a sample leaves out are counted too (as skipped), so the full count is the total."""
     by_label: dict[str, Migration] = {}
 
     def total(label: str) -> int | None:
@@ -58,7 +59,6 @@ def migration_totals(
             count = min(count, limit)
         return count
 
-    del sample  # sampled documents are counted as skipped, so the full count is still the total
     return total
 
 

@@ -45,7 +45,7 @@ from docshift.engine.hooks import PassFinished, PassStarted, RunHooks, RunStarte
 from docshift.engine.pipeline import MigrationPipeline, PipelineResult, new_checkpoint
 from docshift.engine.sharding import plan_shards
 from docshift.engine.undo import UndoAction, Undoer, UndoResult, undo_actions
-from docshift.errors import DocshiftError, EmergencyStop, RunStopped, UsageError
+from docshift.errors import EmergencyStop, RollbackConflicts, RunStopped, UsageError
 from docshift.history import History, HistoryRecord, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.lock import LeaseLock
@@ -155,14 +155,6 @@ class RollbackReport:
     @property
     def resume_command(self) -> str:
         return f"docshift rollback --execute --resume {self.run_id}"
-
-
-class RollbackConflicts(DocshiftError):
-    """Some documents were changed after the migration wrote them; they were left alone.
-    ``report`` is the rollback's report (everything else was undone)."""
-
-    run_state = "conflicts"
-    report: RollbackReport | None = None
 
 
 def _targets(

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from docshift.commands.stages import CanaryStages, StageFailed, run_stages
+from docshift.commands.stages import CanaryStages, run_stages
 from docshift.commands.target import check_store, target_config
 from docshift.config import Config, with_values
 from docshift.engine.batch import DocumentCheck
@@ -45,6 +45,7 @@ from docshift.errors import (
     LockedError,
     RunFileError,
     RunStopped,
+    StageFailed,
     UsageError,
 )
 from docshift.history import History, MigrationStatus, current_user

@@ -26,7 +26,14 @@ from docshift.engine.sampling import in_sample
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import format_ms
 from docshift.engine.undo import Undoer, UndoResult, undo_actions
-from docshift.errors import EmergencyStop, MemoryLimitExceeded, RunStopped, TooManyFailures, UsageError
+from docshift.errors import (
+    EmergencyStop,
+    MemoryLimitExceeded,
+    RunStopped,
+    StageFailed,
+    TooManyFailures,
+    UsageError,
+)
 from docshift.migration import Migration
 from docshift.runfolder.checkpoint import Checkpoint, StageProgress, StageRollback
 from docshift.runfolder.layout import MigrationFolder, RunFolder
@@ -34,15 +41,9 @@ from docshift.runfolder.record import read_migration
 from docshift.store.base import Document, Query, Store
 from docshift.validators.rules import RuleContext
 
-__all__ = ["CanaryStages", "StageFailed", "parse_stages", "run_stages"]
+__all__ = ["CanaryStages", "parse_stages", "run_stages"]
 
 _TRIGGERS = (EmergencyStop, MemoryLimitExceeded, TooManyFailures)
-
-
-class StageFailed(EmergencyStop):
-    """A canary stage failed its gate or a trigger fired; every stage was rolled back."""
-
-    run_state = "rolled_back"
 
 
 def parse_stages(text: str) -> tuple[float, ...]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from docshift.config import Config
+from docshift.config import Config, with_values
 from docshift.errors import UsageError
 from docshift.runfolder.record import read_info
 from docshift.store.base import Store
@@ -56,7 +56,7 @@ def target_config(config: Config, folder: Path) -> Config:
                 hint=f"drop {origin} to work on the run's {key} {value}, or pass --{key} {value}",
             )
         changes[key] = value
-    return config.with_store(**changes) if changes else config
+    return with_values(config, changes, f"run {folder.name}") if changes else config
 
 
 def refuse_other_target(config: Config, folder: Path) -> None:

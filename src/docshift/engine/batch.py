@@ -24,7 +24,7 @@ from docshift.engine.landed import LandedWrites
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, RateLimiter
 from docshift.engine.sampling import in_sample
 from docshift.engine.stats import RunStats
-from docshift.errors import ConflictError, EmergencyStop, StoreError, TransientError
+from docshift.errors import BatchAborted, ConflictError, EmergencyStop, StoreError, TransientError
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Transform
 from docshift.runfolder.deadletter import DeadLetterFile
 from docshift.runfolder.journal import JournalEntry, JournalWriter, digest_of
@@ -39,7 +39,7 @@ from docshift.store.semantics import (
 )
 from docshift.values import StoredForm, Timestamp, as_stored, copy_data
 
-__all__ = ["BatchAborted", "BatchProcessor", "DeadLetter", "Decision", "DocumentCheck", "SettlingCheck"]
+__all__ = ["BatchProcessor", "DeadLetter", "Decision", "DocumentCheck", "SettlingCheck"]
 
 DocumentCheck = Callable[[Document, dict[str, Any]], "tuple[str, str] | None"]
 """Inline validation: (source, new data) -> (rule, message) when the new data breaks a rule."""
@@ -71,10 +71,6 @@ class DeadLetter:
     stage: str
     error: str
     rule: str | None = None
-
-
-class BatchAborted(Exception):
-    """The run is stopping; this batch was not finished and will be read again on resume."""
 
 
 @dataclass

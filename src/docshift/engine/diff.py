@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from docshift.store.base import DELETE_FIELD, FieldPath
 from docshift.values import Value, copy_data, values_equal
 
-__all__ = ["Change", "FieldChange", "copy_data", "field_changes", "update_fields", "update_is_cheaper"]
+__all__ = ["FieldChange", "copy_data", "field_changes", "update_fields", "update_is_cheaper"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +72,3 @@ def update_is_cheaper(changes: list[FieldChange], new: Mapping[str, Value]) -> b
     about half of the top-level fields change. (Counting bytes exactly cost more than it saved.)"""
     touched = {change.path[0] for change in changes}
     return len(touched) * 2 <= max(len(new), 1)
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What the engine decided for one document."""
-
-    kind: str  # "update", "delete", "create", "unchanged"
-    path: str
-    changes: tuple[FieldChange, ...] = ()

@@ -401,13 +401,11 @@ class AdaptiveBatch:
         self.grow_after = grow_after
         self._healthy = 0
         self._lock = threading.Lock()
-        self.shrinks = 0
 
     def shrink(self) -> int:
         with self._lock:
             self.size = max(self.minimum, self.size // 2)
             self._healthy = 0
-            self.shrinks += 1
             return self.size
 
     def healthy(self) -> None:

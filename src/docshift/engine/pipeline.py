@@ -31,7 +31,6 @@ from typing import Any
 
 from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.batch import (
-    BatchAborted,
     BatchProcessor,
     DeadLetter,
     Decision,
@@ -62,6 +61,7 @@ from docshift.engine.limits import (
 )
 from docshift.engine.stats import COUNTERS, RunStats, format_ms
 from docshift.errors import (
+    BatchAborted,
     DocshiftError,
     EmergencyStop,
     MemoryLimitExceeded,

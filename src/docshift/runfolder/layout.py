@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
+
 from docshift.runfolder.atomic import FileFormat, run_file
 from docshift.runfolder.upgrades import checkpoint_1_to_2
 
@@ -202,9 +204,22 @@ class RunFolder:
 
 
 def run_folders(runs_dir: Path) -> list[RunFolder]:
-    """Every run folder in ``runs_dir``, newest first (run ids start with their UTC start time)."""
+    """Every run folder in ``runs_dir``, newest first.
+
+    Ordered by the creation time run.json holds (microseconds): run ids start with their start
+    time only to the second, so two runs begun in the same second would otherwise be ordered by
+    their random suffix. A folder whose run.json cannot be read sorts as the oldest."""
     found = (RunFolder(p.parent) for p in runs_dir.glob(f"*/{_RUN_INFO}"))
-    return sorted(found, key=lambda folder: folder.run_id, reverse=True)
+    return sorted(found, key=lambda folder: (_created_at(folder), folder.run_id), reverse=True)
+
+
+def _created_at(folder: RunFolder) -> str:
+    """run.json's ``created_at`` (ISO 8601 in UTC, so text order is time order); "" if unreadable."""
+    try:
+        value = orjson.loads(folder.info.read_bytes()).get("created_at")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 @dataclass(frozen=True)

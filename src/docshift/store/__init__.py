@@ -1,4 +1,8 @@
-"""Stores: the interface, an in-memory implementation, and (imported lazily) Firestore."""
+"""Stores: the interface, the retry layer, and (imported lazily) Firestore.
+
+The in-memory store, and the wrappers that record or disturb a store, are test support: they are in
+:mod:`docshift.testing`.
+"""
 
 from __future__ import annotations
 
@@ -22,17 +26,14 @@ from docshift.store.base import (
     WriteResult,
     write_landed,
 )
-from docshift.store.memory import MemoryStore
-from docshift.store.resilience import FaultInjectingStore, RetryingStore, RetryPolicy
+from docshift.store.resilience import RetryingStore, RetryPolicy
 
 __all__ = [
     "DELETE_FIELD",
     "DelegatingStore",
     "Document",
-    "FaultInjectingStore",
     "FieldPath",
     "Filter",
-    "MemoryStore",
     "Op",
     "Precondition",
     "Query",

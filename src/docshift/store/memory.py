@@ -1,4 +1,5 @@
-"""An in-memory store with Firestore's semantics, for fast engine tests.
+"""An in-memory store with Firestore's semantics: for tests (:mod:`docshift.testing` exports it) and
+for the dry-run rollback's copy-on-write view (``store/simulated.py``).
 
 It keeps name order, cursors, filters, preconditions, per-write results, server update times and the
 document limits the way the emulator does; ``tests/integration/test_store_contract.py`` runs the same
@@ -90,7 +91,6 @@ class MemoryStore(Store):
         self._docs: dict[str, Document] = {}
         self._lock = threading.Lock()
         self._last_micros = 0
-        self.commit_calls = 0
 
     def _next_time(self) -> Timestamp:
         micros = max(time.time_ns() // 1000, self._last_micros + 1)
@@ -156,7 +156,6 @@ class MemoryStore(Store):
                 hint="send each document's writes in separate commits",
             )
         with self._lock:
-            self.commit_calls += 1
             return [self._apply(write) for write in writes]
 
     def _apply(self, write: Write) -> WriteResult:

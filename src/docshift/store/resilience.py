@@ -1,4 +1,4 @@
-"""The store layer's retries (the only place docshift retries) and a failure injector for tests.
+"""The store layer's retries: the only place docshift retries.
 
 Only :class:`~docshift.errors.TransientError` is retried, with exponential backoff and jitter:
 whole requests, the transient writes of a partly failed commit (never the writes that succeeded),
@@ -34,13 +34,11 @@ from tenacity import (
 )
 
 from docshift.errors import StoreError, TransientError
-from docshift.store.base import DelegatingStore, Document, Query, Store, Write, WriteResult
-from docshift.store.semantics import error_hint
+from docshift.store.base import Document, Query, Store, Write, WriteResult
 
-__all__ = ["FaultInjectingStore", "RetryPolicy", "RetryingStore"]
+__all__ = ["RetryPolicy", "RetryingStore"]
 
 T = TypeVar("T")
-_ABORTED = error_hint("ABORTED")
 
 
 @dataclass(frozen=True)
@@ -172,52 +170,3 @@ class RetryingStore(Store):
 
     def close(self) -> None:
         self.inner.close()
-
-
-class FaultInjectingStore(DelegatingStore):
-    """Makes a fraction of commits fail transiently, for resilience tests against any store.
-
-    ``write_failure_rate`` fails single writes (not applied, transient result);
-    ``request_failure_rate`` fails whole commit requests before anything is applied.
-    Set ``enabled = False`` to switch it off mid-test.
-    """
-
-    def __init__(
-        self,
-        inner: Store,
-        *,
-        write_failure_rate: float = 0.0,
-        request_failure_rate: float = 0.0,
-        seed: int | None = None,
-    ) -> None:
-        super().__init__(inner)
-        self.write_failure_rate = write_failure_rate
-        self.request_failure_rate = request_failure_rate
-        self.enabled = True
-        self._random = random.Random(seed)
-        self._lock = threading.Lock()
-        self.injected = 0
-
-    def _roll(self, rate: float) -> bool:
-        with self._lock:
-            hit = self.enabled and self._random.random() < rate
-            if hit:
-                self.injected += 1
-            return hit
-
-    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
-        if self._roll(self.request_failure_rate):
-            raise TransientError(
-                "injected: the service is unavailable", code="UNAVAILABLE", hint=error_hint("UNAVAILABLE")
-            )
-        failed = [self._roll(self.write_failure_rate) for _ in writes]
-        passed = [w for w, fail in zip(writes, failed, strict=True) if not fail]
-        applied = iter(self.inner.commit(passed) if passed else [])
-        return [
-            WriteResult(
-                w.path, error=TransientError("injected: aborted", code="ABORTED", path=w.path, hint=_ABORTED)
-            )
-            if fail
-            else next(applied)
-            for w, fail in zip(writes, failed, strict=True)
-        ]

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from docshift.config import MAX_WRITES_PER_REQUEST  # also the bound of max_batch_size
 from docshift.store.base import FieldPath, Filter, Op
 from docshift.values import GeoPoint, Reference, Timestamp, Value
 
@@ -38,7 +39,6 @@ __all__ = [
     "order_key",
     "query_problem",
     "server_side",
-    "value_problem",
     "value_size",
 ]
 
@@ -54,9 +54,6 @@ MAX_FIELD_PATH_BYTES = 1500
 MAX_ID_BYTES = 1500
 """Each collection id and document id of a document's path (and of a reference value), in UTF-8
 bytes."""
-MAX_WRITES_PER_REQUEST = 500
-"""Writes in one BatchWrite, as Cloud Firestore documents it (the emulator took 40,000 in one request:
-only its bytes bound it); docshift never sends more, so what works on the emulator works on Firestore."""
 MAX_REQUEST_BYTES = 10 * 1_048_576
 """A request to Cloud Firestore."""
 EMULATOR_MAX_REQUEST_BYTES = 4 * 1_048_576
@@ -122,62 +119,102 @@ def document_size(path: str, data: Mapping[str, Value]) -> int:
 
 def _value_problem(value: Value, depth: int, path_bytes: int = 0) -> str | None:
     """What Firestore refuses in one value at this nesting ``depth`` (a field's own value is at 1);
-    ``path_bytes`` is the UTF-8 length of its field path."""
+    ``path_bytes`` is the UTF-8 length of its field path. Each type's check is in ``_CHECKS``; a
+    subclass of a plain type (an IntEnum, a StrEnum, a datetime) is stored as that type, unchecked."""
     kind = type(value)
-    if kind not in _STORABLE and not isinstance(value, int | float | str | datetime):
-        return f"cannot store a value of type {kind.__name__!r} in Firestore"
-    if kind is int and not _INT64_MIN <= value <= _INT64_MAX:
-        return f"integer {value} does not fit in 64 bits"
-    if kind is str:
-        size = _utf8_size(value)
-        if size is None:
-            return "a string is not valid unicode (lone surrogate)"
-        return _too_long("string", size) if size > MAX_VALUE_BYTES else None
-    if kind is bytes or kind is bytearray:
-        return _too_long("bytes value", len(value)) if len(value) > MAX_VALUE_BYTES else None
-    if kind is GeoPoint:
-        if not -90.0 <= value.latitude <= 90.0:  # also refuses NaN
-            return f"geopoint latitude {value.latitude!r} is outside -90 to 90"
-        if not -180.0 <= value.longitude <= 180.0:
-            return f"geopoint longitude {value.longitude!r} is outside -180 to 180"
+    check = _CHECKS.get(kind)
+    if check is not None:
+        return check(value, depth, path_bytes)
+    if kind in _STORABLE or isinstance(value, int | float | str | datetime):
         return None
-    if kind is Timestamp and not _MIN_SECONDS <= value.seconds <= _MAX_SECONDS:
-        return f"timestamp {value} is outside the years 1 to 9999"
-    if kind is Reference:
-        parts = value.path.split("/")
-        if len(parts) % 2 or any(
-            part in ("", ".", "..") or _RESERVED.fullmatch(part) or _utf8_size(part) is None for part in parts
-        ):
-            return f"reference {value.path!r} is not a valid document path"
-        return _name_problem(value.path, "reference")
-    if kind is dict or kind is list or kind is tuple:
-        if depth > MAX_DEPTH and (value or kind is dict):
-            return f"nesting deeper than {MAX_DEPTH} levels of maps and arrays"
-        if kind is not dict:
-            for item in value:
-                if type(item) in (list, tuple):
-                    return "an array cannot directly contain another array"
-                problem = _value_problem(item, depth + 1, path_bytes)  # arrays add no path segment
-                if problem:
-                    return problem
-            return None
-        for key, item in value.items():
-            if type(key) is str and key and key.isascii() and not key.startswith("__"):
-                size = len(key)  # the common case, without the checks below
-            else:
-                problem = _name_problem_of_field(key)
-                if problem:
-                    return problem
-                size = _utf8_size(key) or 0  # valid unicode: checked just above
-            below = path_bytes + 1 + size if path_bytes else size
-            if below > MAX_FIELD_PATH_BYTES:
-                return f"field path {key[:40]!r}... is longer than {MAX_FIELD_PATH_BYTES} bytes"
-            if type(item) in _ALWAYS_STORABLE:
-                continue
-            problem = _value_problem(item, depth + 1, below)
+    return f"cannot store a value of type {kind.__name__!r} in Firestore"
+
+
+def _int_problem(value: int, depth: int, path_bytes: int) -> str | None:
+    return None if _INT64_MIN <= value <= _INT64_MAX else f"integer {value} does not fit in 64 bits"
+
+
+def _string_problem(value: str, depth: int, path_bytes: int) -> str | None:
+    size = _utf8_size(value)
+    if size is None:
+        return "a string is not valid unicode (lone surrogate)"
+    return _too_long("string", size) if size > MAX_VALUE_BYTES else None
+
+
+def _bytes_problem(value: bytes | bytearray, depth: int, path_bytes: int) -> str | None:
+    return _too_long("bytes value", len(value)) if len(value) > MAX_VALUE_BYTES else None
+
+
+def _geopoint_problem(value: GeoPoint, depth: int, path_bytes: int) -> str | None:
+    if not -90.0 <= value.latitude <= 90.0:  # also refuses NaN
+        return f"geopoint latitude {value.latitude!r} is outside -90 to 90"
+    if not -180.0 <= value.longitude <= 180.0:
+        return f"geopoint longitude {value.longitude!r} is outside -180 to 180"
+    return None
+
+
+def _timestamp_problem(value: Timestamp, depth: int, path_bytes: int) -> str | None:
+    if _MIN_SECONDS <= value.seconds <= _MAX_SECONDS:
+        return None
+    return f"timestamp {value} is outside the years 1 to 9999"
+
+
+def _reference_problem(value: Reference, depth: int, path_bytes: int) -> str | None:
+    parts = value.path.split("/")
+    if len(parts) % 2 or any(
+        part in ("", ".", "..") or _RESERVED.fullmatch(part) or _utf8_size(part) is None for part in parts
+    ):
+        return f"reference {value.path!r} is not a valid document path"
+    return _name_problem(value.path, "reference")
+
+
+def _array_problem(value: list[Value] | tuple[Value, ...], depth: int, path_bytes: int) -> str | None:
+    if depth > MAX_DEPTH and value:  # an empty array adds no level
+        return f"nesting deeper than {MAX_DEPTH} levels of maps and arrays"
+    for item in value:
+        if type(item) in (list, tuple):
+            return "an array cannot directly contain another array"
+        problem = _value_problem(item, depth + 1, path_bytes)  # arrays add no path segment
+        if problem:
+            return problem
+    return None
+
+
+def _map_problem(value: dict[str, Value], depth: int, path_bytes: int) -> str | None:
+    if depth > MAX_DEPTH:
+        return f"nesting deeper than {MAX_DEPTH} levels of maps and arrays"
+    for key, item in value.items():
+        if type(key) is str and key and key.isascii() and not key.startswith("__"):
+            size = len(key)  # the common case, without the checks below
+        else:
+            problem = _name_problem_of_field(key)
             if problem:
                 return problem
+            size = _utf8_size(key) or 0  # valid unicode: checked just above
+        below = path_bytes + 1 + size if path_bytes else size
+        if below > MAX_FIELD_PATH_BYTES:
+            return f"field path {key[:40]!r}... is longer than {MAX_FIELD_PATH_BYTES} bytes"
+        if type(item) in _ALWAYS_STORABLE:
+            continue
+        problem = _value_problem(item, depth + 1, below)
+        if problem:
+            return problem
     return None
+
+
+_CHECKS: dict[type, Callable[[Any, int, int], str | None]] = {
+    int: _int_problem,
+    str: _string_problem,
+    bytes: _bytes_problem,
+    bytearray: _bytes_problem,
+    GeoPoint: _geopoint_problem,
+    Timestamp: _timestamp_problem,
+    Reference: _reference_problem,
+    list: _array_problem,
+    tuple: _array_problem,
+    dict: _map_problem,
+}
+"""The check of each type that has limits (exact types: what ``_value_problem`` dispatches on)."""
 
 
 def _name_problem_of_field(key: Any) -> str | None:
@@ -192,12 +229,6 @@ def _name_problem_of_field(key: Any) -> str | None:
 
 def _too_long(what: str, size: int) -> str:
     return f"a {what} of {size:,} bytes is longer than Firestore's {MAX_VALUE_BYTES:,} per value"
-
-
-def value_problem(value: Value, depth: int = 1) -> str | None:
-    """Why Firestore would reject this value as a field's value ``depth`` levels down (1: a
-    top-level field), or ``None``."""
-    return _value_problem(value, depth)
 
 
 def field_problem(field_path: FieldPath, value: Value) -> str | None:
