@@ -27,7 +27,8 @@
         ├── MemoryLimitExceeded       11 the hard memory limit was reached
         ├── EmergencyStop             12 the circuit breaker or an integrity gate tripped
         │   └── StageFailed           12 a canary stage failed its gate or a trigger fired; every stage
-        │                                was rolled back (run state ``rolled_back``)
+        │                                was rolled back (run state ``rolled_back``), or all but what
+        │                                it left alone (``failed``)
         ├── RunFileError              12 a file of the run folder could not be written (disk full,
         │                                I/O error, read-only, permissions, folder removed)
         └── TooManyFailures           13 --max-failures was exceeded
@@ -213,10 +214,18 @@ class EmergencyStop(RunStopped):
 
 
 class StageFailed(EmergencyStop):
-    """A canary stage failed its gate or a trigger fired; every stage was rolled back
-    (``commands/stages.py``): nothing to resume, the next run starts anew."""
+    """A canary stage failed its gate or a trigger fired; every stage was rolled back (``undone``;
+    nothing to resume, the next run starts anew), or all of it but documents the rollback left
+    alone or could not verify (the run then ends ``failed``, and the message says where they are
+    listed). Raised by ``commands/stages.py``."""
 
     run_state = "rolled_back"
+
+    def __init__(self, message: str, *, hint: str | None = None, undone: bool = True) -> None:
+        super().__init__(message, hint=hint)
+        self.undone = undone
+        if not undone:
+            self.run_state = "failed"
 
 
 class RunFileError(RunStopped):

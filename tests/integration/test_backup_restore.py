@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from docshift.backup import MANIFEST_NAME
-from docshift.commands.backup import backup, restore, verify
+from docshift.commands.backup import BackupOptions, backup, restore, verify
 from docshift.config import Config, StoreConfig, with_values
 from docshift.errors import DataError
 from docshift.store import (
@@ -100,7 +100,8 @@ def test_round_trip_of_20000_documents_with_subcollections(
 
     started = time.monotonic()
     manifest = backup(
-        emulator_config, ["users", "teams"], tmp_path / "b", recursive=True, docs_per_file=5_000
+        emulator_config,
+        BackupOptions(["users", "teams"], tmp_path / "b", recursive=True, docs_per_file=5_000),
     )
     backup_seconds = time.monotonic() - started
     assert manifest.documents == seeded + 2
@@ -134,7 +135,7 @@ def flip_byte(path: Path, offset: int) -> None:
 @pytest.fixture
 def small_backup(emulator_config: Config, firestore_store: Store, tmp_path: Path) -> Path:
     seed(firestore_store, users(300, firestore_store.info.project))
-    backup(emulator_config, ["users"], tmp_path / "b", recursive=True, docs_per_file=100)
+    backup(emulator_config, BackupOptions(["users"], tmp_path / "b", recursive=True, docs_per_file=100))
     return tmp_path / "b"
 
 
@@ -220,7 +221,7 @@ def test_collection_group_backup(
             ]
         ),
     )
-    manifest = backup(emulator_config, ["orders"], tmp_path / "g", group=True)
+    manifest = backup(emulator_config, BackupOptions(["orders"], tmp_path / "g", group=True))
     assert manifest.group and manifest.documents == 4
     restore(other_config, tmp_path / "g", verify=True)
     assert_same_documents(
@@ -233,7 +234,7 @@ def test_named_databases(emulator_config: Config, firestore_store: Store, tmp_pa
     named = with_values(emulator_config, {"database": "source-db"}, "the test")
     with open_store(named, retry=FAST_RETRY) as source:
         seed(source, users(50, source.info.project))
-    manifest = backup(named, ["users"], tmp_path / "b", recursive=True)
+    manifest = backup(named, BackupOptions(["users"], tmp_path / "b", recursive=True))
     assert (manifest.database, manifest.documents) == ("source-db", 50 + 10 + 1 + 1)
     target = with_values(emulator_config, {"database": "copy-db"}, "the test")
     assert restore(target, tmp_path / "b", verify=True).ok

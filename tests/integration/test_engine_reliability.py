@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
@@ -312,7 +312,7 @@ def test_injected_transient_failures_migrate_every_document_exactly_once(
         firestore_store.inner, write_failure_rate=0.05, request_failure_rate=0.05, seed=5
     )
     store = RetryingStore(faulty, RetryPolicy(attempts=8, initial_wait=0.01, max_wait=0.05))
-    report = run(emulator_config, RunOptions(execute=True), store=store)
+    report = run_migrations(emulator_config, RunOptions(execute=True), store=store)
     assert faulty.injected > 20 and store.retries > 10
     counters = {o.migration.id: o.result.counters for o in report.outcomes}
     changed_first = {p for p, d in users.items() if "full_name" in d.data}

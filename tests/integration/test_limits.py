@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from docshift.commands.backup import backup, restore
+from docshift.commands.backup import BackupOptions, backup, restore
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, with_values
 from docshift.store import RetryingStore, Store, Write, open_store
 from docshift.store.semantics import MAX_DEPTH, MAX_DOCUMENT_BYTES, document_size
@@ -94,7 +94,7 @@ def test_documents_at_the_limits_back_up_and_restore_exactly(
     docs = at_the_limits()
     seed(firestore_store, docs)
     before = export(firestore_store, ["limits"])
-    manifest = backup(emulator_config, ["limits"], tmp_path / "b")
+    manifest = backup(emulator_config, BackupOptions(["limits"], tmp_path / "b"))
     assert manifest.documents == len(docs)
 
     target = with_values(emulator_config, {"project": other_store.info.project}, "the test")
@@ -113,7 +113,7 @@ def test_documents_at_the_limits_migrate_and_roll_back_exactly(
     before = export(firestore_store, ["limits"])
     write_migrations(emulator_config, **{"0001_bump": BUMP})
 
-    report = run(emulator_config, RunOptions(execute=True), store=firestore_store)
+    report = run_migrations(emulator_config, RunOptions(execute=True), store=firestore_store)
     counters = report.outcomes[0].result.counters
     assert counters["updated"] == len(docs) and counters.get("failed", 0) == 0
     migrated = export(firestore_store, ["limits"])

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 import pytest
 
 from docshift.remote.client import request
-from docshift.remote.files import read_presence
 from docshift.runfolder import Checkpoint, read_versioned
+from docshift.runfolder.presence import read_presence
 from docshift.store import Query, RetryingStore, Write
 from tests.integration.run_support import DOCSHIFT, ROOT, docshift, project_folder
 

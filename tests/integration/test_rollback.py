@@ -15,7 +15,7 @@ import pytest
 
 from docshift import codec
 from docshift.commands.rollback import RollbackOptions, RollbackReport, rollback
-from docshift.commands.run import RunOptions, RunReport, run
+from docshift.commands.run import RunOptions, RunReport, run_migrations
 from docshift.commands.status import status
 from docshift.config import Config
 from docshift.engine.controls import Controls
@@ -125,7 +125,7 @@ def test_every_value_type_goes_back_to_the_pre_run_export(
     assert len(before) == 5000
     sample = before["things/t00042"].data
     assert math.isnan(sample["nan"]) and math.copysign(1, sample["negzero"]) == -1  # stored as given
-    report = run(emulator_config, RunOptions(execute=True), store=firestore_store)
+    report = run_migrations(emulator_config, RunOptions(execute=True), store=firestore_store)
     migrated = 5000 - len(range(0, 5000, 9))
     assert report.outcomes[0].result.counters["updated"] == migrated
     after_run = export(firestore_store, ["things"])
@@ -181,7 +181,7 @@ def test_an_application_edit_is_a_conflict_in_dry_run_and_execute_and_force_over
     seed_users(firestore_store, 300)
     write_migrations(emulator_config, **{"0001_flag": FLAG})
     before = export(firestore_store, ["users"])
-    report = run(emulator_config, RunOptions(execute=True), store=firestore_store)
+    report = run_migrations(emulator_config, RunOptions(execute=True), store=firestore_store)
     edited = "users/u000123"
     [doc] = firestore_store.get_many([edited])
     assert doc is not None
@@ -277,9 +277,9 @@ def test_rollback_to_undoes_several_migrations_newest_first(
             "0004_archive": ARCHIVE,
         },
     )
-    run(emulator_config, RunOptions(execute=True, only="0001"), store=firestore_store)
+    run_migrations(emulator_config, RunOptions(execute=True, only="0001"), store=firestore_store)
     after_first = export(firestore_store, ["users"])
-    later = run(emulator_config, RunOptions(execute=True), store=firestore_store)
+    later = run_migrations(emulator_config, RunOptions(execute=True), store=firestore_store)
     assert [o.migration.id for o in later.outcomes] == ["0002", "0003", "0004"]
     deleted = later.outcomes[2].result.counters["deleted"]
     assert deleted > 50 and len(export(firestore_store, ["users"])) == 800 - deleted
@@ -328,7 +328,7 @@ def test_restore_of_a_copy_deletes_the_created_targets_and_leaves_the_source(
     assert firestore_store.commit([Write.set("users_v2/u000007", {"legacy": True})])[0].ok
     write_migrations(emulator_config, **{"0001_copy": COPY})
     before = export(firestore_store, ["users", "users_v2"])
-    report = run(emulator_config, RunOptions(execute=True), store=firestore_store)
+    report = run_migrations(emulator_config, RunOptions(execute=True), store=firestore_store)
     counters = report.outcomes[0].result.counters
     assert counters["created"] == 399 and counters["updated"] == 1
     assert len(export(firestore_store, ["users_v2"])) == 400
@@ -354,7 +354,7 @@ def test_restore_recreates_the_documents_a_migration_deleted(
     write_migrations(emulator_config, **{"0001_archive": ARCHIVE})
     before = export(firestore_store, ["users"])
     inactive = {p for p, d in before.items() if d.data.get("active") is False}
-    report = run(emulator_config, RunOptions(execute=True), store=firestore_store)
+    report = run_migrations(emulator_config, RunOptions(execute=True), store=firestore_store)
     assert report.outcomes[0].result.counters["deleted"] == len(inactive) > 50
     assert set(export(firestore_store, ["users"])) == set(before) - inactive
     done = rollback(
@@ -394,7 +394,7 @@ def run_examples(firestore_store: Store, config: Config, count: int) -> tuple[di
         },
     )
     before = export(firestore_store, ["users", "teams"])
-    return before, run(config, RunOptions(execute=True), store=firestore_store)
+    return before, run_migrations(config, RunOptions(execute=True), store=firestore_store)
 
 
 def test_rollback_dry_run_writes_nothing_and_execute_needs_the_lease(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, load_run_info, run
+from docshift.commands.run import RunOptions, load_run_info, run_migrations
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.errors import RunStopped
@@ -90,7 +90,7 @@ def test_an_interrupted_run_and_a_new_run_are_rolled_back_together(
     )
     controls = Controls()
     with pytest.raises(RunStopped) as stopped:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True),
             store=StopAfterCommits(firestore_store, controls, 2),
@@ -98,7 +98,9 @@ def test_an_interrupted_run_and_a_new_run_are_rolled_back_together(
         )
     assert status_of(firestore_store) is MigrationStatus.INTERRUPTED
     interrupted = (stopped.value.resume_command or "").split()[-1]
-    finished = run(config, RunOptions(execute=True), store=firestore_store)  # a new run, not a resume
+    finished = run_migrations(
+        config, RunOptions(execute=True), store=firestore_store
+    )  # a new run, not a resume
     assert status_of(firestore_store) is MigrationStatus.APPLIED
 
     dry = rollback(config, RollbackOptions(run_id=finished.run_id), store=firestore_store)
@@ -118,8 +120,8 @@ def test_a_document_both_runs_changed_gets_its_original_back_on_the_emulator(
     seed(firestore_store, 120)
     before = export(firestore_store, ["users"])
     write_migrations(emulator_config, **{"0001_visits": VISITS})
-    run(emulator_config, RunOptions(execute=True, limit=20), store=firestore_store)
-    run(emulator_config, RunOptions(execute=True), store=firestore_store)
+    run_migrations(emulator_config, RunOptions(execute=True, limit=20), store=firestore_store)
+    run_migrations(emulator_config, RunOptions(execute=True), store=firestore_store)
     assert sum(1 for d in export(firestore_store, ["users"]).values() if d.data["visits"] == 2) == 20
 
     dry = rollback(emulator_config, RollbackOptions(to="0", strategy=strategy), store=firestore_store)

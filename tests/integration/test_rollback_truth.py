@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.errors import RunStopped
@@ -146,7 +146,7 @@ def test_a_dry_run_of_several_migrations_counts_what_the_execute_does(
     seed(firestore_store, 700)
     before = export(firestore_store, ["users"])
     write_migrations(emulator_config, **CHAINS[chain])
-    run(emulator_config, RunOptions(execute=True), store=firestore_store)
+    run_migrations(emulator_config, RunOptions(execute=True), store=firestore_store)
     dry = rollback(emulator_config, RollbackOptions(to="0"), store=firestore_store)
     done = rollback(emulator_config, RollbackOptions(to="0", execute=True), store=firestore_store)
     planned = [(i.migration.id, i.strategy) for i in dry.items]
@@ -175,7 +175,7 @@ def test_rollback_resume_show_and_report_work_on_the_database_of_the_run(
         before, untouched = export(mydb, ["users"]), export(default, ["users"])
         controls = Controls()
         with pytest.raises(RunStopped) as stopped:  # stopped midway on mydb, resumed from the CLI
-            run(
+            run_migrations(
                 config, RunOptions(execute=True), store=StopAfterCommits(mydb, controls, 2), controls=controls
             )
         run_id = (stopped.value.resume_command or "").split()[-1]

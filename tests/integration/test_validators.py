@@ -231,7 +231,7 @@ def test_the_validate_command_prints_a_table_and_exits_14_below_the_threshold(
 def test_count_expectations_minus_deleted_and_plus_created_use_the_history(
     project: Config, firestore_store: Store
 ) -> None:
-    from docshift.commands.run import RunOptions, run
+    from docshift.commands.run import RunOptions, run_migrations
 
     source = textwrap.dedent("""
         from docshift import DELETE, UNCHANGED
@@ -246,7 +246,7 @@ def test_count_expectations_minus_deleted_and_plus_created_use_the_history(
     (project.migrations_dir / "0001_check_users.py").write_text(source)
     commit(firestore_store, {f"users/u{i:03d}": {"spam": i % 4 == 0} for i in range(40)})
     assert validate(project, "0001", phase="before", store=firestore_store).total == 40
-    run(project, RunOptions(execute=True), store=firestore_store)
+    run_migrations(project, RunOptions(execute=True), store=firestore_store)
     after = validate(project, "0001", store=firestore_store)
     assert after.total == 30 and after.passed and after.rules[0].note is None
     (project.migrations_dir / "0001_check_users.py").write_text(source.replace("minus_deleted", "equal"))
@@ -256,7 +256,7 @@ def test_count_expectations_minus_deleted_and_plus_created_use_the_history(
 def test_count_equal_and_plus_created_for_a_copy_into_a_collection_that_had_documents(
     project: Config, firestore_store: Store
 ) -> None:
-    from docshift.commands.run import RunOptions, run
+    from docshift.commands.run import RunOptions, run_migrations
 
     (project.migrations_dir / "0001_check_users.py").write_text(
         textwrap.dedent("""
@@ -276,7 +276,7 @@ def test_count_equal_and_plus_created_for_a_copy_into_a_collection_that_had_docu
     )
     before = validate(project, "0001", phase="before", store=firestore_store)
     assert (before.total, before.target_total) == (30, 5)
-    run(project, RunOptions(execute=True), store=firestore_store)
+    run_migrations(project, RunOptions(execute=True), store=firestore_store)
     after = validate(project, "0001", store=firestore_store)
     plus_created, equal = after.rules
     assert after.total == 35 and plus_created.collection_failures == [] and plus_created.note is None

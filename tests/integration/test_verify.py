@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.commands.verify import verify
 from docshift.config import Config
 from docshift.errors import UsageError
@@ -53,7 +53,7 @@ def copied(emulator_config: Config, firestore_store: Store) -> Config:
     writes += [Write.set(f"users/s{i}", {"skip": True}) for i in range(2)]
     writes += [Write.set(f"users/g{i}", {"gone": True}) for i in range(2)]
     assert all(result.ok for result in firestore_store.commit(writes))
-    report = run(emulator_config, RunOptions(execute=True), store=firestore_store)
+    report = run_migrations(emulator_config, RunOptions(execute=True), store=firestore_store)
     assert report.outcomes[0].result.counters["created"] == 302
     return emulator_config
 
@@ -156,7 +156,7 @@ def test_a_copy_with_nanosecond_timestamps_verifies_at_the_microsecond_the_store
     writes = [Write.set(f"users/u{i:03d}", {"n": i}) for i in range(120)]
     assert all(result.ok for result in firestore_store.commit(writes))
     hooks = RecordingHooks()
-    report = run(emulator_config, RunOptions(execute=True), store=firestore_store, hooks=hooks)
+    report = run_migrations(emulator_config, RunOptions(execute=True), store=firestore_store, hooks=hooks)
     assert report.outcomes[0].result.counters["created"] == 120
     [message] = hooks.warnings()
     assert "nanoseconds below a microsecond" in message

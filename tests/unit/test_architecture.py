@@ -51,8 +51,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 """Top first. Units in one layer are siblings: neither imports the other."""
 KNOWN_LAYER_BREACHES: dict[str, str] = {
     # module -> reason, for a breach whose fix is in another module's change (strict xfail)
-    "runfolder/record.py": "live_state reads the run's presence file with remote.files.read_presence: "
-    "the presence file is part of the run folder, and its reading belongs in runfolder/",
 }
 
 

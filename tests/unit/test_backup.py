@@ -16,7 +16,7 @@ from docshift.backup import MANIFEST_NAME, BackupRecord, PathMap, read_manifest,
 from docshift.backup import manifest as manifest_module
 from docshift.backup.reader import decode_record
 from docshift.backup.writer import encode_record
-from docshift.commands.backup import backup, restore, verify
+from docshift.commands.backup import BackupOptions, backup, restore, verify
 from docshift.config import Config
 from docshift.engine.hooks import CollectionEmpty
 from docshift.errors import DataError, PermanentError, UsageError
@@ -49,7 +49,7 @@ def populated(project: str = "memory") -> MemoryStore:
 
 def test_round_trip_keeps_every_value_and_every_subcollection(tmp_path: Path) -> None:
     source = populated()
-    manifest = backup(CONFIG, ["users", "teams"], tmp_path / "b", recursive=True, store=source)
+    manifest = backup(CONFIG, BackupOptions(["users", "teams"], tmp_path / "b", recursive=True), store=source)
     assert manifest.documents == 50 + 20 + 2 + 1
     assert manifest.documents_in("users") == 72 and manifest.documents_in("teams") == 1
     target = MemoryStore("elsewhere")
@@ -68,7 +68,9 @@ def test_round_trip_keeps_every_value_and_every_subcollection(tmp_path: Path) ->
 def test_file_format_lines_and_manifest(tmp_path: Path) -> None:
     source = populated()
     folder = tmp_path / "b"
-    manifest = backup(CONFIG, ["users"], folder, recursive=True, docs_per_file=30, store=source)
+    manifest = backup(
+        CONFIG, BackupOptions(["users"], folder, recursive=True, docs_per_file=30), store=source
+    )
     names = sorted(p.name for p in folder.iterdir())
     assert names == [
         "01-users-00001.jsonl.gz",
@@ -188,7 +190,9 @@ def test_a_changed_backup_is_refused_before_anything_is_written(
     tmp_path: Path, damage: object, message: str
 ) -> None:
     folder = tmp_path / "b"
-    manifest = backup(CONFIG, ["users"], folder, recursive=True, docs_per_file=30, store=populated())
+    manifest = backup(
+        CONFIG, BackupOptions(["users"], folder, recursive=True, docs_per_file=30), store=populated()
+    )
     damage(folder, manifest)  # type: ignore[operator]
     target = RecordingStore(MemoryStore())
     with pytest.raises(DataError, match=message) as caught:
@@ -198,7 +202,7 @@ def test_a_changed_backup_is_refused_before_anything_is_written(
 
 
 def test_a_file_swapped_during_the_restore_is_caught(tmp_path: Path) -> None:
-    manifest = backup(CONFIG, ["teams"], tmp_path / "b", store=populated())
+    manifest = backup(CONFIG, BackupOptions(["teams"], tmp_path / "b"), store=populated())
     swapped = gzip.compress(b'{"path": "teams/zz", "data": {}}\n', mtime=0)
     (tmp_path / "b" / manifest.files[0].name).write_bytes(swapped)  # after the up-front check
     with pytest.raises(DataError, match="changed while it was being restored"):
@@ -213,7 +217,7 @@ def test_reader_is_lazy(tmp_path: Path) -> None:
         ((f"c/d{i:06d}", {"payload": hashlib.sha256(b"%d" % i).hexdigest()}) for i in range(20_000)),
         threads=1,
     )
-    manifest = backup(CONFIG, ["c"], folder, store=store)
+    manifest = backup(CONFIG, BackupOptions(["c"], folder), store=store)
     entry = manifest.files[0]
     records = read_records(folder, entry)
     first = next(records)
@@ -260,7 +264,7 @@ def peak_bytes(count: int, folder: Path) -> tuple[int, int]:
     store = SyntheticStore(count)
     tracemalloc.start()
     try:
-        backup(CONFIG, ["c"], folder, docs_per_file=10 * count, store=store)
+        backup(CONFIG, BackupOptions(["c"], folder, docs_per_file=10 * count), store=store)
         backup_peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.reset_peak()
         restore(CONFIG, folder, store=store)
@@ -283,7 +287,7 @@ def test_memory_stays_flat_as_the_collection_grows(tmp_path: Path) -> None:
 
 def test_restore_into_renames_collections_and_keeps_subpaths(tmp_path: Path) -> None:
     source = populated()
-    backup(CONFIG, ["users"], tmp_path / "b", recursive=True, store=source)
+    backup(CONFIG, BackupOptions(["users"], tmp_path / "b", recursive=True), store=source)
     target = MemoryStore()
     report = restore(CONFIG, tmp_path / "b", into="people", store=target)
     assert report.written == 72
@@ -298,7 +302,7 @@ def test_restore_into_renames_collections_and_keeps_subpaths(tmp_path: Path) -> 
 
 
 def test_path_map_rules(tmp_path: Path) -> None:
-    backup(CONFIG, ["users", "teams"], tmp_path / "b", store=populated())
+    backup(CONFIG, BackupOptions(["users", "teams"], tmp_path / "b"), store=populated())
     manifest = read_manifest(tmp_path / "b")
     with pytest.raises(UsageError, match="must say which goes where"):
         PathMap.build(manifest, "people")
@@ -313,14 +317,14 @@ def test_path_map_rules(tmp_path: Path) -> None:
     assert paths("teams", "teams/t1") == "teams/t1"
     with pytest.raises(DataError):
         paths("users", "usersx/u1")
-    backup(CONFIG, ["orders"], tmp_path / "g", group=True, store=populated())
+    backup(CONFIG, BackupOptions(["orders"], tmp_path / "g", group=True), store=populated())
     with pytest.raises(UsageError, match="collection group backup cannot be restored --into"):
         PathMap.build(read_manifest(tmp_path / "g"), "x")
 
 
 def test_collection_group_backup(tmp_path: Path) -> None:
     source = populated()
-    manifest = backup(CONFIG, ["orders"], tmp_path / "g", group=True, store=source)
+    manifest = backup(CONFIG, BackupOptions(["orders"], tmp_path / "g", group=True), store=source)
     assert manifest.group and manifest.documents == 21
     target = MemoryStore()
     restore(CONFIG, tmp_path / "g", store=target)
@@ -346,24 +350,24 @@ def test_bad_backup_requests_are_refused(
     tmp_path: Path, args: list[str], kwargs: dict[str, bool], message: str
 ) -> None:
     with pytest.raises(UsageError, match=message):
-        backup(CONFIG, args, tmp_path / "b", store=populated(), **kwargs)
+        backup(CONFIG, BackupOptions(args, tmp_path / "b", **kwargs), store=populated())
     assert not (tmp_path / "b").exists()
 
 
 def test_existing_backups_are_never_overwritten(tmp_path: Path) -> None:
-    backup(CONFIG, ["users"], tmp_path / "b", store=populated())
+    backup(CONFIG, BackupOptions(["users"], tmp_path / "b"), store=populated())
     before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
     with pytest.raises(UsageError, match="is not empty"):
-        backup(CONFIG, ["teams"], tmp_path / "b", store=populated())
+        backup(CONFIG, BackupOptions(["teams"], tmp_path / "b"), store=populated())
     assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
     (tmp_path / "empty").mkdir()
-    assert backup(CONFIG, ["teams"], tmp_path / "empty", store=populated()).documents == 1
+    assert backup(CONFIG, BackupOptions(["teams"], tmp_path / "empty"), store=populated()).documents == 1
 
 
 def test_all_backs_up_every_root_collection_but_docshifts_own(tmp_path: Path) -> None:
     source = populated()
     seed(source, iter([("_docshift_lock/lease", {"x": 1}), ("_docshift_history/0001", {"x": 1})]))
-    manifest = backup(CONFIG, [], tmp_path / "b", all_collections=True, store=source)
+    manifest = backup(CONFIG, BackupOptions([], tmp_path / "b", all_collections=True), store=source)
     assert manifest.collections == ("shops", "teams", "users") and manifest.recursive
     assert manifest.documents == 72 + 1 + 1
 
@@ -380,11 +384,11 @@ def test_a_failed_backup_leaves_nothing_that_looks_restorable(tmp_path: Path) ->
     source = BrokenStream()
     seed(source, ((f"c/d{i:03d}", {"i": i}) for i in range(100)), threads=1)
     with pytest.raises(PermanentError):
-        backup(CONFIG, ["c"], tmp_path / "b", docs_per_file=10, store=source)
+        backup(CONFIG, BackupOptions(["c"], tmp_path / "b", docs_per_file=10), store=source)
     assert not (tmp_path / "b").exists()
     (tmp_path / "kept").mkdir()
     with pytest.raises(PermanentError):
-        backup(CONFIG, ["c"], tmp_path / "kept", docs_per_file=10, store=source)
+        backup(CONFIG, BackupOptions(["c"], tmp_path / "kept", docs_per_file=10), store=source)
     assert list((tmp_path / "kept").iterdir()) == []
 
 
@@ -406,7 +410,7 @@ class Refusing(MemoryStore):
 
 
 def test_failed_writes_are_counted_and_verification_reports_differences(tmp_path: Path) -> None:
-    backup(CONFIG, ["users"], tmp_path / "b", recursive=True, store=populated())
+    backup(CONFIG, BackupOptions(["users"], tmp_path / "b", recursive=True), store=populated())
     target = Refusing(refuse="users/u00007", corrupt="users/u00011")
     report = restore(CONFIG, tmp_path / "b", verify=True, store=target)
     assert (report.written, report.failed) == (71, 1)
@@ -417,14 +421,14 @@ def test_failed_writes_are_counted_and_verification_reports_differences(tmp_path
 
 
 def test_a_backup_of_nothing_restores_nothing(tmp_path: Path) -> None:
-    manifest = backup(CONFIG, ["nothing"], tmp_path / "b", recursive=True, store=MemoryStore())
+    manifest = backup(CONFIG, BackupOptions(["nothing"], tmp_path / "b", recursive=True), store=MemoryStore())
     assert manifest.files == () and manifest.documents == 0
     report = restore(CONFIG, tmp_path / "b", verify=True, store=MemoryStore())
     assert report.written == 0 and report.ok
 
 
 def test_manifest_version_from_the_future_is_refused(tmp_path: Path) -> None:
-    backup(CONFIG, ["teams"], tmp_path / "b", store=populated())
+    backup(CONFIG, BackupOptions(["teams"], tmp_path / "b"), store=populated())
     write_versioned(tmp_path / "b" / MANIFEST_NAME, "docshift-backup", 2, {})
     with pytest.raises(DataError, match="upgrade docshift"):
         read_manifest(tmp_path / "b")
@@ -434,7 +438,7 @@ def test_a_collection_with_no_documents_is_backed_up_with_a_warning(tmp_path: Pa
     """A misspelled name or the wrong project gives an empty backup: said, not silent."""
     source = populated()
     hooks = RecordingHooks()
-    manifest = backup(CONFIG, ["teams", "usres"], tmp_path / "b", store=source, hooks=hooks)
+    manifest = backup(CONFIG, BackupOptions(["teams", "usres"], tmp_path / "b"), store=source, hooks=hooks)
     assert manifest.documents == 1 and manifest.collections == ("teams", "usres")
     [warned] = hooks.of(CollectionEmpty)
     assert warned.collection == "usres" and hooks.warnings() == [warned.message]
@@ -444,9 +448,14 @@ def test_a_collection_with_no_documents_is_backed_up_with_a_warning(tmp_path: Pa
 
     # Documents only below missing parents: a plain backup finds none, and the warning says why.
     quiet = RecordingHooks()
-    backup(CONFIG, ["users/ghost/notes"], tmp_path / "c", store=source, hooks=quiet)
+    backup(CONFIG, BackupOptions(["users/ghost/notes"], tmp_path / "c"), store=source, hooks=quiet)
     assert quiet.warnings() == []
     deep = RecordingHooks()
-    backup(CONFIG, ["users/u00001/orders"], tmp_path / "d", store=source, hooks=deep, recursive=True)
+    backup(
+        CONFIG,
+        BackupOptions(["users/u00001/orders"], tmp_path / "d", recursive=True),
+        store=source,
+        hooks=deep,
+    )
     [message] = deep.warnings()
     assert "--recursive" not in message

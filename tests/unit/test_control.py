@@ -18,8 +18,8 @@ from docshift.engine.hooks import ControlApplied, PassStarted
 from docshift.errors import EmergencyStop, UsageError
 from docshift.remote import ControlFiles, StatusServer, is_loopback, read_presence, send_control
 from docshift.remote.client import fetch_status, request
-from docshift.remote.files import remove_presence, write_presence
 from docshift.reports import RunStatus
+from docshift.runfolder.presence import remove_presence, write_presence
 from docshift.testing import RecordingHooks
 
 

@@ -1,4 +1,5 @@
-"""The ``run()`` Python API on the memory store: run folders, resume, history, limits across shards."""
+"""The ``run_migrations()`` Python API on the memory store: run folders, resume, history, limits
+across shards."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from docshift.commands.run import RunOptions, load_run_info, run
+from docshift.commands.run import RunOptions, load_run_info, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import Progressed
@@ -47,19 +48,19 @@ def test_a_dry_run_then_a_run_then_nothing_pending(config: Config) -> None:
     store = MemoryStore()
     seed(store, 200)
     before = export(store)
-    dry = run(config, RunOptions(), store=store)
+    dry = run_migrations(config, RunOptions(), store=store)
     assert not dry.execute and [o.result.counters["updated"] for o in dry.outcomes] == [180]
     assert export(store) == before
     assert store.list_collections() == ["users"]  # no history, no lease in a dry run
     assert load_run_info(dry.folder)["state"] == "finished"
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     assert [o.result.counters["updated"] for o in report.outcomes] == [180]
     assert_data(store, expected_after(before, split_name))
     record = History(store, "_docshift").get("0001")
     assert record is not None and record.status is MigrationStatus.APPLIED
     assert record.counts["updated"] == 180 and record.run_id == report.run_id
     assert read_lease(store, "_docshift") is None  # released
-    assert run(config, RunOptions(execute=True), store=store).outcomes == []
+    assert run_migrations(config, RunOptions(execute=True), store=store).outcomes == []
 
 
 def test_a_stopped_run_resumes_from_its_checkpoint(config: Config) -> None:
@@ -85,7 +86,9 @@ def test_a_stopped_run_resumes_from_its_checkpoint(config: Config) -> None:
 
     controls.limiter = RateLimiter(150)  # about 2.5 s: the progress event after 1 s stops it
     with pytest.raises(RunStopped) as stopped:
-        run(slow, RunOptions(execute=True), store=store, controls=controls, hooks=StopAtFirstCheckpoint())
+        run_migrations(
+            slow, RunOptions(execute=True), store=store, controls=controls, hooks=StopAtFirstCheckpoint()
+        )
     run_id = stopped.value.resume_command.split()[-1] if stopped.value.resume_command else ""
     assert stopped.value.resume_command == f"docshift run --execute --resume {run_id}"
     folder = config.runs_dir / run_id
@@ -96,7 +99,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint(config: Config) -> None:
     assert record is not None and record.status is MigrationStatus.INTERRUPTED  # stopped, not failed
     assert f"--resume {run_id}" in (record.error or "")
     assert read_lease(store, "_docshift") is None
-    report = run(config, RunOptions(execute=True, resume="latest"), store=store)
+    report = run_migrations(config, RunOptions(execute=True, resume="latest"), store=store)
     assert report.run_id == run_id
     assert_data(store, expected_after(before, split_name))
     assert report.outcomes[0].result.counters["read"] == 400
@@ -104,7 +107,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint(config: Config) -> None:
     assert record is not None and record.status is MigrationStatus.APPLIED
     assert load_run_info(folder)["state"] == "finished"
     with pytest.raises(UsageError, match="no unfinished run"):
-        run(config, RunOptions(execute=True, resume="latest"), store=store)
+        run_migrations(config, RunOptions(execute=True, resume="latest"), store=store)
 
 
 def test_resume_after_a_kill_between_the_last_checkpoint_and_the_history_marks_it_applied(
@@ -113,13 +116,13 @@ def test_resume_after_a_kill_between_the_last_checkpoint_and_the_history_marks_i
     """Killed after the final checkpoint but before the history was updated: resuming finishes it."""
     store = MemoryStore()
     seed(store, 50)
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     [migration] = load_migrations(config.migrations_dir)
     history = History(store, "_docshift")
     history.start(migration, report.run_id)  # as the killed process left it: running
     info = read_versioned(report.folder / "run.json", "docshift-run", 1)
     write_versioned(report.folder / "run.json", "docshift-run", 1, {**info, "state": "running"})
-    resumed = run(config, RunOptions(execute=True, resume=report.run_id), store=store)
+    resumed = run_migrations(config, RunOptions(execute=True, resume=report.run_id), store=store)
     assert resumed.run_id == report.run_id
     record = history.get("0001")
     assert record is not None and record.status is MigrationStatus.APPLIED
@@ -130,7 +133,7 @@ def test_limit_counts_documents_across_all_shards(config: Config) -> None:
     store = MemoryStore()
     seed(store, 300)
     before = export(store)
-    report = run(config, RunOptions(execute=True, limit=37, shards=3), store=store)
+    report = run_migrations(config, RunOptions(execute=True, limit=37, shards=3), store=store)
     assert report.outcomes[0].result.counters["read"] == 37
     changed = [p for p, doc in export(store).items() if doc.update_time != before[p].update_time]
     assert changed == [p for p in sorted(before)[:37] if "full_name" in before[p].data]
@@ -142,7 +145,7 @@ def test_transient_failures_through_the_run_api_migrate_every_document_once(conf
     before = export(memory)
     faulty = FaultInjectingStore(memory, write_failure_rate=0.05, request_failure_rate=0.05, seed=2)
     store = RetryingStore(faulty, RetryPolicy(attempts=8, initial_wait=0.001, max_wait=0.005))
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     assert faulty.injected > 20 and store.retries > 10
     [outcome] = report.outcomes
     changed = {path for path, doc in before.items() if "full_name" in doc.data}
@@ -161,7 +164,7 @@ def _stopped_run(config: Config, store: MemoryStore) -> str:
     controls = Controls()
     controls.request_stop("stopped before it began")
     with pytest.raises(RunStopped) as stopped:
-        run(config, RunOptions(execute=True), store=store, controls=controls)
+        run_migrations(config, RunOptions(execute=True), store=store, controls=controls)
     assert stopped.value.resume_command is not None
     return stopped.value.resume_command.split()[-1]
 
@@ -180,16 +183,16 @@ def test_resume_refuses_while_the_process_of_that_run_is_alive(config: Config) -
     try:
         _plant_lease(store, run_id, alive.pid)
         with pytest.raises(LockedError, match=f"run {run_id} is still running"):
-            run(config, RunOptions(execute=True, resume=run_id), store=store)
+            run_migrations(config, RunOptions(execute=True, resume=run_id), store=store)
         _plant_lease(store, run_id, 4242, owner="someone@another-host")
         with pytest.raises(LockedError, match="still running"):
-            run(config, RunOptions(execute=True, resume=run_id), store=store)
+            run_migrations(config, RunOptions(execute=True, resume=run_id), store=store)
     finally:
         alive.kill()
         alive.wait()
     # Its process is gone (killed): resuming takes the run's lease over at once.
     _plant_lease(store, run_id, alive.pid)
-    report = run(config, RunOptions(execute=True, resume=run_id), store=store)
+    report = run_migrations(config, RunOptions(execute=True, resume=run_id), store=store)
     assert report.outcomes[0].result.counters["updated"] == 45
     assert read_lease(store, "_docshift") is None
 
@@ -207,7 +210,7 @@ def test_without_a_user_name_every_record_names_the_same_uid(
     expected = f"uid{os.getuid()}@{socket.gethostname()}"
     store = RecordingStore(MemoryStore())
     seed(store, 20)
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     assert load_run_info(report.folder)["user"] == expected
     record = History(store, "_docshift").get("0001")
     assert record is not None and record.user == expected

@@ -13,7 +13,7 @@ from docshift.cli.history import _confirm_stamp
 from docshift.commands.history import history
 from docshift.commands.repair import RepairOptions, repair
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.commands.stamp import StampOptions, StampPlan, stamp
 from docshift.commands.status import status
 from docshift.config import Config, EngineConfig, StoreConfig
@@ -78,7 +78,7 @@ def test_events_record_kind_counts_and_error_and_a_record_written_before_them_st
 ) -> None:
     store = MemoryStore()
     seed(store, 30)
-    report = run(config, RunOptions(execute=True, to="0001"), store=store)
+    report = run_migrations(config, RunOptions(execute=True, to="0001"), store=store)
     [event_start, event_applied] = History(store, PREFIX).get("0001").events  # type: ignore[union-attr]
     assert (event_start.kind, event_start.counts) == (EventKind.STARTED, None)
     assert event_applied.kind is EventKind.APPLIED and event_applied.run_id == report.run_id
@@ -165,7 +165,7 @@ def test_an_event_from_a_newer_docshift_with_unknown_keys_still_reads(config: Co
 def test_history_lists_each_migrations_events_and_one_migration_by_id_or_label(config: Config) -> None:
     store = MemoryStore()
     seed(store, 20)
-    first = run(config, RunOptions(execute=True, to="0002"), store=store)
+    first = run_migrations(config, RunOptions(execute=True, to="0002"), store=store)
     rollback(config, RollbackOptions(to="0001", execute=True), store=store)
     every = history(config, store=store)
     assert [m.migration_id for m in every.migrations] == ["0001", "0002"]
@@ -187,7 +187,7 @@ def test_history_lists_each_migrations_events_and_one_migration_by_id_or_label(c
 def test_history_reads_even_when_a_migration_file_does_not_load(config: Config) -> None:
     store = MemoryStore()
     seed(store, 5)
-    run(config, RunOptions(execute=True, to="0001"), store=store)
+    run_migrations(config, RunOptions(execute=True, to="0001"), store=store)
     (config.migrations_dir / "0003_tag_users.py").write_text("def up(doc:\n", encoding="utf-8")
     [only] = history(config, "0001", store=store).migrations
     assert only.state == "applied"
@@ -238,7 +238,7 @@ def test_stamp_marks_applied_without_writing_data_and_run_status_and_rollback_tr
     assert records["0002"].checksum == migrations["0002"].checksum
 
     assert states(config, store) == [StateKind.STAMPED, StateKind.STAMPED, StateKind.PENDING]
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     assert [o.migration.id for o in report.outcomes] == ["0003"]  # the stamped ones are skipped
     assert status(config, store=store).exit_code is ExitCode.OK
 
@@ -276,7 +276,7 @@ def test_stamp_and_repair_need_a_reason(config: Config, reason: str) -> None:
 def test_stamp_refuses_what_a_run_wrote_part_of_and_names_the_way_out(config: Config) -> None:
     store = MemoryStore()
     seed(store, 20)
-    run(config, RunOptions(execute=True, to="0001", limit=5), store=store)
+    run_migrations(config, RunOptions(execute=True, to="0001", limit=5), store=store)
     assert states(config, store)[0] is StateKind.PARTIAL
     for options in (StampOptions("0001", "x"), StampOptions("0002", "x", include_older=True)):
         with pytest.raises(UsageError, match="0001_split_full_name is partial") as caught:
@@ -292,7 +292,7 @@ def test_a_rolled_back_migration_can_be_stamped_and_its_old_run_is_then_not_roll
 ) -> None:
     store = MemoryStore()
     seed(store, 20)
-    first = run(config, RunOptions(execute=True, to="0001"), store=store)
+    first = run_migrations(config, RunOptions(execute=True, to="0001"), store=store)
     rollback(config, RollbackOptions(run_id=first.run_id, execute=True), store=store)
     stamp(config, StampOptions("0001", "fixed by the support script"), store=store)
     record = History(store, PREFIX).get("0001")
@@ -392,7 +392,7 @@ def test_on_cloud_firestore_stamp_asks_and_without_a_terminal_refuses(
 def test_repair_accepts_the_edited_file_and_the_drift_is_gone(config: Config) -> None:
     store = MemoryStore()
     seed(store, 20)
-    first = run(config, RunOptions(execute=True, to="0001"), store=store)
+    first = run_migrations(config, RunOptions(execute=True, to="0001"), store=store)
     applied = History(store, PREFIX).get("0001")
     assert applied is not None
     edit(config)
@@ -443,12 +443,12 @@ def test_repair_refuses_what_is_not_applied_or_has_no_file(config: Config) -> No
     with pytest.raises(UsageError, match="never ran here") as never:
         repair(config, RepairOptions("0001", "x"), store=store)
     assert never.value.hint is not None and "docshift stamp 0001" in never.value.hint
-    run(config, RunOptions(execute=True, to="0001", limit=5), store=store)
+    run_migrations(config, RunOptions(execute=True, to="0001", limit=5), store=store)
     edit(config)
     with pytest.raises(UsageError, match="is partial, not applied") as partial:
         repair(config, RepairOptions("0001", "x"), store=store)
     assert partial.value.hint
-    run(config, RunOptions(execute=True, to="0001"), store=store)
+    run_migrations(config, RunOptions(execute=True, to="0001"), store=store)
     (config.migrations_dir / "0001_split_full_name.py").unlink()
     with pytest.raises(UsageError, match="its file is gone") as gone:
         repair(config, RepairOptions("0001", "x"), store=store)
@@ -470,9 +470,9 @@ def test_a_stamped_migration_whose_file_was_edited_drifts_and_can_be_repaired(co
 def test_run_allow_drift_records_a_drift_accepted_event(config: Config) -> None:
     store = MemoryStore()
     seed(store, 10)
-    run(config, RunOptions(execute=True, to="0001"), store=store)
+    run_migrations(config, RunOptions(execute=True, to="0001"), store=store)
     edit(config)
-    report = run(config, RunOptions(execute=True, to="0002", allow_drift=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True, to="0002", allow_drift=True), store=store)
     event = History(store, PREFIX).get("0001").events[-1]  # type: ignore[union-attr]
     assert event.kind is EventKind.DRIFT_ACCEPTED and event.run_id == report.run_id
     assert event.previous_checksum and event.previous_checksum != event.checksum
@@ -481,7 +481,7 @@ def test_run_allow_drift_records_a_drift_accepted_event(config: Config) -> None:
 def test_a_repair_whose_write_fails_changes_nothing_and_releases_the_lease(config: Config) -> None:
     store = MemoryStore()
     seed(store, 10)
-    run(config, RunOptions(execute=True, to="0001"), store=store)
+    run_migrations(config, RunOptions(execute=True, to="0001"), store=store)
     applied = History(store, PREFIX).get("0001")
     edit(config)
     with pytest.raises(TransientError):

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from docshift.commands.observe import Observation
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.batch import DeadLetter, DocumentCheck
 from docshift.engine.controls import Controls
@@ -107,12 +107,12 @@ def test_the_null_hooks_do_nothing_at_every_step(config: Config) -> None:
     """The base class is the default everywhere: every step is a no-op that gives no check."""
     store = seeded()
     recorded = RecordingHooks()
-    report = run(config, RunOptions(execute=True), store=seeded(), hooks=recorded)
+    report = run_migrations(config, RunOptions(execute=True), store=seeded(), hooks=recorded)
     null = RunHooks()
     for event in recorded.events:
         assert deliver(null, event) is None  # type: ignore[arg-type]
     assert {type(event) for event in recorded.events} >= {RunStarted, MigrationStarted, MigrationEnded}
-    again = run(config, RunOptions(execute=True), store=store)  # no hooks: the null ones
+    again = run_migrations(config, RunOptions(execute=True), store=store)  # no hooks: the null ones
     assert [o.result.counters["updated"] for o in again.outcomes] == [
         o.result.counters["updated"] for o in report.outcomes
     ]
@@ -120,7 +120,7 @@ def test_the_null_hooks_do_nothing_at_every_step(config: Config) -> None:
 
 def test_fan_out_gives_every_step_of_a_run_to_every_hook_in_order(config: Config) -> None:
     first, second = RecordingHooks(), RecordingHooks()
-    run(config, RunOptions(execute=True), store=seeded(), hooks=FanOutHooks(first, second))
+    run_migrations(config, RunOptions(execute=True), store=seeded(), hooks=FanOutHooks(first, second))
     assert first.events == second.events
     lifecycle = [
         (type(e).__name__, getattr(e, "migration", None))
@@ -176,7 +176,9 @@ def test_the_document_checks_of_two_hooks_combine(config: Config) -> None:
     every settled batch."""
     store = seeded()
     threes, sevens = _Refuses(3), _Refuses(7)
-    report = run(config, RunOptions(execute=True), store=store, hooks=FanOutHooks(threes, sevens, RunHooks()))
+    report = run_migrations(
+        config, RunOptions(execute=True), store=store, hooks=FanOutHooks(threes, sevens, RunHooks())
+    )
     users = report.outcomes[0].result.counters
     assert users["rejected"] == users["failed"] == 20 and users["updated"] == 80
     letters = list(DeadLetterFile(report.folder / "0001_users" / "dead-letters.jsonl"))
@@ -203,7 +205,7 @@ def test_a_run_refused_before_it_starts_has_neither_start_nor_end(config: Config
     store = seeded()
     recorded = RecordingHooks()
     with pytest.raises(LockedError), LeaseLock(store, config.store.state_prefix, run_id="someone-else"):
-        run(config, RunOptions(execute=True), store=store, hooks=recorded)
+        run_migrations(config, RunOptions(execute=True), store=store, hooks=recorded)
     assert recorded.events == []
 
 
@@ -326,7 +328,7 @@ def test_every_event_is_written_as_its_kind_with_its_fields_and_read_back(
 def test_steps_that_only_mean_something_inside_the_process_are_not_written(tmp_path: Path) -> None:
     store = seeded()
     recorded = RecordingHooks()
-    run(
+    run_migrations(
         Config(store=StoreConfig(project="memory"), migrations_dir=tmp_path, runs_dir=tmp_path / "runs"),
         RunOptions(),
         store=store,
@@ -346,7 +348,7 @@ def test_each_after_scan_is_taken_at_its_migrations_end_before_the_run_ends(conf
     store = seeded()
     seen = RecordingHooks()
     validation = RunValidation(config, store, hooks=seen, controls=Controls(), execute=True, scans=True)
-    run(config, RunOptions(execute=True), store=store, hooks=FanOutHooks(validation, seen))
+    run_migrations(config, RunOptions(execute=True), store=store, hooks=FanOutHooks(validation, seen))
     steps = [
         (type(e).__name__, e.phase if isinstance(e, ScanStarted) else None, getattr(e, "migration", None))
         for e in seen.events
@@ -387,7 +389,7 @@ def test_a_finished_migration_is_after_scanned_even_when_the_next_one_cannot_sta
     seen = RecordingHooks()
     validation = RunValidation(config, store, hooks=seen, controls=Controls(), execute=True, scans=True)
     with pytest.raises(StoreError):
-        run(config, RunOptions(execute=True), store=store, hooks=FanOutHooks(validation, seen))
+        run_migrations(config, RunOptions(execute=True), store=store, hooks=FanOutHooks(validation, seen))
     assert [(e.migration, e.phase) for e in seen.of(ScanStarted)] == [
         ("0001_users", "before"),
         ("0001_users", "after"),
@@ -408,7 +410,7 @@ def test_an_observation_writes_one_end_the_commands(config: Config) -> None:
     shown = RecordingHooks()
     controls = Controls()
     with Observation(config, store, controls, display=shown) as seen:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True, run_id=seen.run_id),
             store=store,

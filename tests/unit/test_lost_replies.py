@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.errors import TransientError
 from docshift.history import History, MigrationStatus
@@ -93,7 +93,7 @@ def check_lossy_run(
     lossy = lossy_store(inner) if lossy_store is not None else LostReplies(inner, every=1)
     store = RetryingStore(lossy, FAST)
 
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
 
     assert lossy.lost >= 8  # the replies of the run's commits were lost
     history = History(inner, config.store.state_prefix).all()

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from docshift.config import KEYS
 from docshift.errors import ExitCode
+from docshift.testing import MemoryStore
+from tests.unit.engine_support import export, person, seed
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "migrations"
 
 
 def test_every_config_key_is_in_the_readme_table() -> None:
@@ -25,3 +33,26 @@ def test_readme_opens_with_the_two_commands() -> None:
     block = README.split("```sh", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
     assert commands == ["make demo", "make test"]
+
+
+def test_the_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python example, as it is written, on a project of the in-memory store."""
+    block = (
+        README.split("Everything is callable from Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    )
+    (tmp_path / "migrations").mkdir()
+    shutil.copy(EXAMPLES / "0001_split_full_name.py", tmp_path / "migrations")
+    (tmp_path / "docshift.toml").write_text('project = "memory"\nruns_dir = "runs"\n', encoding="utf-8")
+    store = MemoryStore()
+    seed(store, 120, make=lambda n: {**person(n), "email": f"u{n}@example.com"})  # as its rules want
+    before = {path: doc.data for path, doc in export(store).items()}
+    for name in [n for n in os.environ if n.startswith("DOCSHIFT_") or n == "FIRESTORE_EMULATOR_HOST"]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("docshift.store.open_store", lambda config, **_: store)
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["result"].state == "finished" and namespace["result"].outcomes[0].state == "applied"
+    assert (
+        namespace["undone"].items and {p: d.data for p, d in export(store).items()} == before
+    )  # rolled back

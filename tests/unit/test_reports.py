@@ -1,5 +1,5 @@
 """Seeing a run, on the memory store: the event log, live status and health, charts, the report
-files (structure, self-containment, redaction), the live view, and ``Observation`` around run()."""
+files (structure, self-containment, redaction), the live view, and ``Observation`` around run_migrations()."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 from rich.console import Console
 
 from docshift.cli.live import LiveHooks, plain_status_line, render_status
-from docshift.commands.observe import Observation, migration_totals, outcome_of
+from docshift.commands.observe import Observation, ObserveOptions, migration_totals, outcome_of
 from docshift.commands.operate import StatusSource, list_runs, show_run
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import (
@@ -38,13 +38,13 @@ from docshift.engine.hooks import (
 from docshift.errors import EmergencyStop, LockedError, RunStopped, TooManyFailures
 from docshift.history import History, MigrationStatus
 from docshift.lock import LeaseLock
-from docshift.remote.files import remove_presence, write_presence
 from docshift.reports import EventLog, ProgressExtras, RunStatus, build_report, read_events
 from docshift.reports.charts import Series, downsample, line_chart, nice_ticks
 from docshift.reports.events import EventFollower, event_from_fields, kind_of
 from docshift.reports.report import REDACTED, redact
 from docshift.reports.status import stop_severity
 from docshift.runfolder import Checkpoint, ShardCursor, read_versioned, write_versioned
+from docshift.runfolder.presence import remove_presence, write_presence
 from docshift.testing import MemoryStore, RecordingHooks
 from docshift.validators import Severity
 from docshift.values import Timestamp
@@ -384,7 +384,7 @@ def test_live_progress_draws_while_running_and_stops_cleanly() -> None:
     assert "careful" in out.getvalue() and "0001_x" in out.getvalue()
 
 
-# --------------------------------------------------------------------------- Observation around run()
+# ------------------------------------------------------------------- Observation around run_migrations()
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     migrations = tmp_path / "migrations"
@@ -403,11 +403,10 @@ def test_an_observed_run_logs_events_writes_its_report_and_cleans_up(config: Con
     seed(store, 300)
     controls = Controls()
     shown = RecordingHooks()
-    with Observation(
-        config, store, controls, display=shown, status_port=0, totals=migration_totals(config, store)
-    ) as seen:
+    watch = ObserveOptions(status_port=0, totals=migration_totals(config, store))
+    with Observation(config, store, controls, display=shown, options=watch) as seen:
         assert seen.run_id and seen.url and (seen.folder and (seen.folder / "status.json").is_file())
-        report = run(
+        report = run_migrations(
             config,
             RunOptions(execute=True, run_id=seen.run_id),
             store=store,
@@ -431,7 +430,9 @@ def test_an_observed_run_logs_events_writes_its_report_and_cleans_up(config: Con
     assert snapshot["state"] == "finished" and snapshot["migrations"][0]["updated"] == 270
     # Nothing left to do: no run folder is left behind.
     with Observation(config, store, Controls()) as again:
-        assert run(config, RunOptions(execute=True, run_id=again.run_id), store=store).outcomes == []
+        assert (
+            run_migrations(config, RunOptions(execute=True, run_id=again.run_id), store=store).outcomes == []
+        )
     assert again.folder is not None and not again.folder.exists()
 
 
@@ -456,7 +457,7 @@ def test_a_stopped_observed_run_reports_how_it_stopped_and_a_refused_resume_chan
         pytest.raises(RunStopped),
         Observation(config, store, controls, display=StopAtFirstCheckpoint(controls)) as seen,
     ):
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True, run_id=seen.run_id),
             store=store,
@@ -485,7 +486,7 @@ def test_a_stopped_observed_run_reports_how_it_stopped_and_a_refused_resume_chan
         holder,
         Observation(config, store, Controls(), resume=seen.run_id) as refused,
     ):
-        run(config, RunOptions(resume=seen.run_id), store=store, hooks=refused.hooks)
+        run_migrations(config, RunOptions(resume=seen.run_id), store=store, hooks=refused.hooks)
     assert (seen.folder / "events.jsonl").read_bytes() == events
     assert seen.report.json.read_bytes() == report and not (seen.folder / "status.json").exists()
 
@@ -512,7 +513,7 @@ def test_a_canary_rolled_back_by_its_gate_is_rolled_back_in_every_view(config: C
     seed(store, 400, make=lambda n: {"n": n})
     controls = Controls()
     with pytest.raises(EmergencyStop, match="failed its gate"), Observation(config, store, controls) as seen:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True, run_id=seen.run_id, stages=(50.0, 100.0)),
             store=store,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.pipeline import PipelineResult
 from docshift.engine.stats import COUNTERS
@@ -335,18 +335,18 @@ def views(config: Config, store: Store, run_id: str) -> dict[str, dict[str, dict
 
 def test_a_resume_after_the_store_failed_for_good_counts_what_was_written(config: Config) -> None:
     clean_store = seeded()
-    clean = run(config, RunOptions(execute=True), store=clean_store)
+    clean = run_migrations(config, RunOptions(execute=True), store=clean_store)
     truth = views(config, clean_store, clean.run_id)
     assert truth["0001_prune"]["history"]["deleted"] == COUNT // 5
     for after in (1, 3, 6, 12, 17):
         store = seeded()
         original = contents(store)
         with pytest.raises(EmergencyStop) as stopped:
-            run(config, RunOptions(execute=True), store=FailsForGood(store, after))
+            run_migrations(config, RunOptions(execute=True), store=FailsForGood(store, after))
         assert stopped.value.exit_code == ExitCode.EMERGENCY_STOP
         run_id = str(stopped.value.resume_command).split()[-1]
 
-        resumed = run(config, RunOptions(execute=True, resume=run_id), store=store)
+        resumed = run_migrations(config, RunOptions(execute=True, resume=run_id), store=store)
 
         assert same(contents(store), contents(clean_store)), after
         told = views(config, store, run_id)

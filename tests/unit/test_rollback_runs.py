@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from docshift.commands.rollback import RollbackItem, RollbackOptions, RollbackReport, rollback
-from docshift.commands.run import RunOptions, load_run_info, run
+from docshift.commands.run import RunOptions, load_run_info, run_migrations
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import Checkpointed, RunHooks
@@ -61,9 +61,9 @@ def record_of(store: Store, migration_id: str = "0001") -> HistoryRecord:
 
 def limited_then_full(config: Config, store: Store, limit: int = 10) -> tuple[str, str]:
     """Run A (``--limit``, partial), then run B (the rest): the migration's two runs."""
-    first = run(config, RunOptions(execute=True, limit=limit), store=store)
+    first = run_migrations(config, RunOptions(execute=True, limit=limit), store=store)
     assert record_of(store).status is MigrationStatus.PARTIAL
-    second = run(config, RunOptions(execute=True), store=store)
+    second = run_migrations(config, RunOptions(execute=True), store=store)
     assert second.run_id != first.run_id
     assert record_of(store).status is MigrationStatus.APPLIED
     return first.run_id, second.run_id
@@ -124,7 +124,7 @@ def test_a_migration_finished_by_a_second_run_is_rolled_back_whole(
     checkpoint = Checkpoint.load(item.folder / "checkpoint.json")
     assert checkpoint.finished and checkpoint.counters["restored"] == 100
     # the next run starts a new application, on every document again
-    again = run(config, RunOptions(execute=True), store=store)
+    again = run_migrations(config, RunOptions(execute=True), store=store)
     assert again.outcomes[0].result.counters["updated"] == 100
     assert record_of(store).runs == (again.run_id,)
 
@@ -154,7 +154,7 @@ def test_a_stopped_run_finished_by_a_new_run_is_rolled_back_whole(
     before = export(store)
     controls = Controls()
     with pytest.raises(stop_class):
-        run(
+        run_migrations(
             _slow(config),
             RunOptions(execute=True),
             store=store,
@@ -165,7 +165,7 @@ def test_a_stopped_run_finished_by_a_new_run_is_rolled_back_whole(
     assert stopped.status in (MigrationStatus.INTERRUPTED, MigrationStatus.FAILED)
     changed_first = sum(1 for d in export(store).values() if d.data.get("tier") == "free")
     assert 0 < changed_first < 200
-    finished = run(config, RunOptions(execute=True), store=store)  # a new run, not a resume
+    finished = run_migrations(config, RunOptions(execute=True), store=store)  # a new run, not a resume
     assert record_of(store).status is MigrationStatus.APPLIED
 
     dry = rollback(config, RollbackOptions(run_id=finished.run_id), store=store)
@@ -223,9 +223,9 @@ def test_several_migrations_each_applied_over_several_runs(tmp_path: Path) -> No
     store = MemoryStore()
     seed(store, 50)
     before = export(store)
-    run(config, RunOptions(execute=True, limit=10), store=store)  # both partial
-    run(config, RunOptions(execute=True), store=store)  # both finished
-    run(config, RunOptions(execute=True, only="0002", limit=5), store=store)  # 0002 counts 5 again
+    run_migrations(config, RunOptions(execute=True, limit=10), store=store)  # both partial
+    run_migrations(config, RunOptions(execute=True), store=store)  # both finished
+    run_migrations(config, RunOptions(execute=True, only="0002", limit=5), store=store)  # 0002 counts 5 again
     dry = rollback(config, RollbackOptions(to="0"), store=store)
     done = rollback(config, RollbackOptions(to="0", execute=True), store=store)
     assert same_data(export(store), before) == []
@@ -364,7 +364,7 @@ def test_a_rollback_recorded_by_an_older_docshift_resumes_from_its_plan(tmp_path
     store = MemoryStore()
     seed(store, 60)
     before = export(store)
-    applied = run(config, RunOptions(execute=True), store=store)
+    applied = run_migrations(config, RunOptions(execute=True), store=store)
     controls = Controls()
     with pytest.raises(RunStopped):
         rollback(
@@ -401,12 +401,12 @@ def test_a_canary_run_s_stage_rollback_after_a_limited_run_is_not_a_rolled_back_
     store = MemoryStore()
     seed(store, 600)
     before = export(store)
-    limited = run(config, RunOptions(execute=True, limit=30), store=store)
+    limited = run_migrations(config, RunOptions(execute=True, limit=30), store=store)
     migrated_first = {p for p, d in export(store).items() if d.data.get("tier")}
     assert migrated_first and record_of(store).status is MigrationStatus.PARTIAL
     hooks = RecordingHooks()
     with pytest.raises(StageFailed):
-        run(config, RunOptions(execute=True, stages=STAGES), store=store, hooks=hooks)
+        run_migrations(config, RunOptions(execute=True, stages=STAGES), store=store, hooks=hooks)
     assert {p for p, d in export(store).items() if d.data.get("tier")} == migrated_first  # stages undone
     record = record_of(store)
     assert record.status is MigrationStatus.FAILED  # not rolled back: the limited run's writes remain
@@ -451,9 +451,9 @@ def test_a_run_whose_application_was_rolled_back_and_applied_again_is_refused(tm
     config = project(tmp_path, **{"0001_tier": TIER})
     store = MemoryStore()
     seed(store, 50)
-    old = run(config, RunOptions(execute=True, limit=10), store=store)
+    old = run_migrations(config, RunOptions(execute=True, limit=10), store=store)
     rollback(config, RollbackOptions(run_id=old.run_id, execute=True), store=store)
-    new = run(config, RunOptions(execute=True), store=store)
+    new = run_migrations(config, RunOptions(execute=True), store=store)
     migrated = export(store)
     with pytest.raises(UsageError) as refused:
         rollback(config, RollbackOptions(run_id=old.run_id, execute=True), store=store)
@@ -469,7 +469,7 @@ def test_more_runs_than_the_history_keeps_events_for_are_all_undone(tmp_path: Pa
     store = MemoryStore()
     seed(store, 80)
     before = export(store)
-    ids = [run(config, RunOptions(execute=True, limit=2), store=store).run_id for _ in range(30)]
+    ids = [run_migrations(config, RunOptions(execute=True, limit=2), store=store).run_id for _ in range(30)]
     assert [d.data.get("visits") for d in export(store).values()][:3] == [30, 30, None]
     record = record_of(store)
     assert len(record.events) == 50 and record.events[0].run_id != ids[0]  # the first runs dropped out
@@ -531,9 +531,9 @@ def test_an_older_record_with_all_its_events_names_its_runs_from_them(tmp_path: 
     store = MemoryStore()
     seed(store, 40)
     before = export(store)
-    first = run(config, RunOptions(execute=True, limit=10), store=store)
+    first = run_migrations(config, RunOptions(execute=True, limit=10), store=store)
     _as_older_docshift_wrote_it(store, 2)
-    second = run(config, RunOptions(execute=True), store=store)
+    second = run_migrations(config, RunOptions(execute=True), store=store)
     done = rollback(config, RollbackOptions(to="0", execute=True), store=store)
     assert same_data(export(store), before) == []
     assert restored(done.items[0]) == 40
@@ -548,7 +548,7 @@ def test_a_run_that_started_a_migration_but_wrote_none_of_it_has_nothing_to_undo
     store = MemoryStore()
     seed(store, 30)
     before = export(store)
-    applied = run(config, RunOptions(execute=True, only="0001"), store=store)
+    applied = run_migrations(config, RunOptions(execute=True, only="0001"), store=store)
     second = {m.id: m for m in load_migrations(config.migrations_dir)}["0002"]
     History(store, PREFIX).start(second, applied.run_id)  # as the killed process left it
     done = rollback(config, RollbackOptions(to="0", execute=True), store=store)

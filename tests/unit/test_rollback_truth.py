@@ -14,7 +14,7 @@ import pytest
 
 from docshift.commands.project import new_migration
 from docshift.commands.rollback import RollbackOptions, RollbackReport, rollback
-from docshift.commands.run import RunOptions, load_run_info, run
+from docshift.commands.run import RunOptions, load_run_info, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig, load_config, with_values
 from docshift.errors import RollbackConflicts, TransientError, UsageError
 from docshift.history import History, MigrationStatus
@@ -182,7 +182,7 @@ def test_the_template_has_no_working_down_so_auto_restores_the_before_images(tmp
     store = MemoryStore()
     seed(store, 30)
     before = export(store)
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     assert report.outcomes[0].result.counters["updated"] == 30
     done = rollback(config, RollbackOptions(run_id=report.run_id, execute=True), store=store)
     [item] = done.items
@@ -196,7 +196,7 @@ def test_a_no_op_down_is_mismatched_listed_and_not_recorded_as_rolled_back(tmp_p
     config = project(tmp_path, **{"0001_flag": NO_OP_DOWN})
     store = MemoryStore()
     seed(store, 40)
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     migrated = export(store)
 
     dry = rollback(config, RollbackOptions(run_id=report.run_id), store=store)
@@ -232,7 +232,7 @@ def test_every_way_down_can_miss_is_a_mismatch_and_the_dry_run_predicts_each(tmp
     store = MemoryStore()
     seed(store, 10)
     before = export(store)
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     dry = rollback(config, RollbackOptions(run_id=report.run_id), store=store)
     with pytest.raises(RollbackConflicts) as raised:
         rollback(config, RollbackOptions(run_id=report.run_id, execute=True), store=store)
@@ -264,7 +264,7 @@ def test_down_touches_only_the_documents_the_run_changed(tmp_path: Path) -> None
     store = MemoryStore()
     seed(store, 100)
     before = export(store)
-    report = run(config, RunOptions(execute=True, limit=10), store=store)
+    report = run_migrations(config, RunOptions(execute=True, limit=10), store=store)
     assert report.outcomes[0].result.counters["updated"] == 10
     app_paths = [f"users/u{n:05d}" for n in range(50, 60)]
     app_writes = [Write.set(p, {**before[p].data, "tier": "gold"}) for p in app_paths]
@@ -299,7 +299,7 @@ def test_down_leaves_a_document_the_application_changed_since_as_a_conflict(tmp_
     store = MemoryStore()
     seed(store, 20)
     before = export(store)
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     [doc] = store.get_many(["users/u00004"])
     assert doc is not None
     edited = {**doc.data, "app": "edited"}
@@ -325,7 +325,7 @@ def test_down_recreates_what_the_run_deleted_from_its_before_images(tmp_path: Pa
     store = MemoryStore()
     seed(store, 50)
     before = export(store)
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     assert report.outcomes[0].result.counters["deleted"] == 10
     done = rollback(config, RollbackOptions(run_id=report.run_id, execute=True), store=store)
     [item] = done.items
@@ -337,7 +337,7 @@ def test_without_before_images_down_runs_over_the_target_and_says_it_is_unverifi
     config = project(tmp_path, **{"0001_tier": TIER}).with_engine(backup=False)
     store = MemoryStore()
     seed(store, 30)
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     done = rollback(config, RollbackOptions(run_id=report.run_id, execute=True), store=store)
     [item] = done.items
     assert item.strategy == "down" and item.pipeline is not None
@@ -375,7 +375,7 @@ def test_a_dry_run_of_several_migrations_counts_what_the_execute_does(chain: str
     store = MemoryStore()
     seed(store, 140, make=lettered)
     before = export(store)
-    run(config, RunOptions(execute=True), store=store)
+    run_migrations(config, RunOptions(execute=True), store=store)
     dry = rollback(config, RollbackOptions(to="0"), store=store)
     done = rollback(config, RollbackOptions(to="0", execute=True), store=store)
     planned = [(i.migration.id, i.strategy) for i in dry.items]
@@ -392,7 +392,7 @@ def test_a_dry_run_of_several_migrations_predicts_the_conflicts_and_mismatches(t
     )
     store = MemoryStore()
     seed(store, 60, make=lettered)
-    run(config, RunOptions(execute=True), store=store)
+    run_migrations(config, RunOptions(execute=True), store=store)
     [doc] = store.get_many(["users/u00008"])
     assert doc is not None and store.commit([Write.set(doc.path, {**doc.data, "app": 1})])[0].ok
     dry = rollback(config, RollbackOptions(to="0"), store=store)
@@ -413,7 +413,9 @@ def test_a_rollback_works_on_the_database_its_run_was_on(tmp_path: Path) -> None
     mydb = MemoryStore(database="mydb")
     seed(mydb, 20)
     before = export(mydb)
-    report = run(with_values(plain, {"database": "mydb"}, "the test"), RunOptions(execute=True), store=mydb)
+    report = run_migrations(
+        with_values(plain, {"database": "mydb"}, "the test"), RunOptions(execute=True), store=mydb
+    )
     assert load_run_info(report.folder)["database"] == "mydb"
     # A store on another database than the run's is refused, before anything is read or written.
     with pytest.raises(UsageError, match="database mydb") as wrong_store:
@@ -444,8 +446,8 @@ def test_a_dry_run_through_a_run_without_before_images_sees_the_newer_undo(tmp_p
     store = MemoryStore()
     seed(store, 80, make=lettered)
     before = export(store)
-    run(config.with_engine(backup=False), RunOptions(execute=True, only="0001"), store=store)
-    run(config, RunOptions(execute=True), store=store)
+    run_migrations(config.with_engine(backup=False), RunOptions(execute=True, only="0001"), store=store)
+    run_migrations(config, RunOptions(execute=True), store=store)
     dry = rollback(config, RollbackOptions(to="0"), store=store)
     done = rollback(config, RollbackOptions(to="0", execute=True), store=store)
     assert [i.pipeline is not None for i in done.items] == [False, True]
@@ -478,7 +480,7 @@ def test_a_rollback_write_whose_reply_was_lost_is_counted_as_done_not_as_a_confl
     memory = MemoryStore()
     seed(memory, 60)
     before = export(memory)
-    report = run(config, RunOptions(execute=True), store=memory)
+    report = run_migrations(config, RunOptions(execute=True), store=memory)
     lossy = RetryingStore(LosesReplies(memory, 2), RetryPolicy(attempts=3, initial_wait=0.001, max_wait=0.01))
     done = rollback(config, RollbackOptions(run_id=report.run_id, execute=True), store=lossy)
     [item] = done.items
@@ -498,7 +500,7 @@ def test_a_conflicts_file_that_cannot_be_written_stops_the_rollback_as_a_run_fil
     config = project(tmp_path, **{"0001_tier": TIER})
     store = MemoryStore()
     seed(store, 20)
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     [doc] = store.get_many(["users/u00004"])
     assert doc is not None and store.commit([Write.set(doc.path, {**doc.data, "app": "edited"})])[0].ok
     (config.runs_dir / "rb-1" / "0001_tier" / "conflicts.jsonl").mkdir(parents=True)  # cannot be appended to

@@ -26,7 +26,7 @@ from unittest import mock
 import pytest
 
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, EngineConfig, LimitsConfig, StoreConfig
 from docshift.engine.stats import COUNTERS
 from docshift.errors import ExitCode, RunFileError
@@ -272,7 +272,7 @@ def calls_of_a_clean_run(config: Config) -> tuple[int, dict[str, dict[str, int]]
     store, _ = seeded()
     faults = Faults(config.runs_dir)
     with faults.installed():
-        run_id = run(config, RunOptions(execute=True), store=store).run_id
+        run_id = run_migrations(config, RunOptions(execute=True), store=store).run_id
     counts = told_counts(config, store, run_id)
     shutil.rmtree(config.runs_dir)
     return faults.calls, counts
@@ -286,7 +286,7 @@ def check_one_fault(
     where = f"fault at call {fail_at} ({errno.errorcode[code]}, {'stays' if stays_full else 'once'}): "
     try:
         with faults.installed():
-            finished = run(config, RunOptions(execute=True), store=store)
+            finished = run_migrations(config, RunOptions(execute=True), store=store)
     except RunFileError as raised:
         error: RunFileError | None = raised
     else:
@@ -317,11 +317,11 @@ def check_one_fault(
             run_id = error.resume_command.split()[-1]
             assert f"run {run_id}" in message
             assert f"docshift rollback {run_id} --execute" in (error.hint or "")
-            run(config, RunOptions(execute=True, resume=run_id), store=store)
+            run_migrations(config, RunOptions(execute=True, resume=run_id), store=store)
         else:
             assert not changed(original, now), where + message
             assert "nothing was written to the store" in message or "no document was written" in message
-            run_id = run(config, RunOptions(execute=True), store=store).run_id
+            run_id = run_migrations(config, RunOptions(execute=True), store=store).run_id
     after = current(store)
     expected = expected_after(original, copy)
     assert after.keys() == expected.keys(), where

@@ -17,7 +17,7 @@ import pytest
 
 from docshift import codec
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, load_config
 from docshift.errors import StageFailed, UsageError
 from docshift.history import History, MigrationStatus
@@ -93,10 +93,10 @@ def test_a_stopped_run_resumes_to_exactly_what_an_uninterrupted_run_gives(tmp_pa
     assert stopped.state == "stopped" and migration.state == "stopped"
     assert migration.counters["read"] == 60 and migration.dead_letters == 4
 
-    resumed = run(config, RunOptions(execute=True, resume="stopped-run"), store=store)
+    resumed = run_migrations(config, RunOptions(execute=True, resume="stopped-run"), store=store)
 
     fresh_config, fresh = case("stopped", tmp_path, fresh=True)
-    uninterrupted = run(fresh_config, RunOptions(execute=True, run_id="fresh"), store=fresh)
+    uninterrupted = run_migrations(fresh_config, RunOptions(execute=True, run_id="fresh"), store=fresh)
     assert differences(users(store), users(fresh)) == []
     [outcome], [expected] = resumed.outcomes, uninterrupted.outcomes
     assert outcome.result.counters == expected.result.counters
@@ -169,22 +169,27 @@ def test_a_canary_run_rolled_back_by_its_gate_reads_so_and_stays_closed(tmp_path
     assert differences(users(store), before("canary-rolled-back")) == []
 
     with pytest.raises(UsageError, match="rolled-back run is closed"):
-        run(config, RunOptions(execute=True, resume="canary-rolled-back-run", force=True), store=store)
+        run_migrations(
+            config, RunOptions(execute=True, resume="canary-rolled-back-run", force=True), store=store
+        )
 
 
 def test_a_canary_rollback_cut_short_is_finished_by_the_resume(tmp_path: Path) -> None:
     config, store = case("canary-rollback-stopped", tmp_path)
     folder = config.runs_dir / "canary-rollback-stopped-run" / "0001_tier"
 
-    with pytest.raises(StageFailed, match="finished by this resume"):
-        run(config, RunOptions(execute=True, resume="canary-rollback-stopped-run"), store=store)
+    with pytest.raises(StageFailed, match="finished by this resume") as failed:
+        run_migrations(config, RunOptions(execute=True, resume="canary-rollback-stopped-run"), store=store)
 
     expected = before("canary-rollback-stopped")
     assert differences(users(store), expected) == ["users/u00004"]  # changed since: left alone
     assert users(store)["users/u00004"]["name"] == "renamed by the application"
     [migration] = read_run(folder.parent).migrations
-    assert migration.state == "rolled_back" and migration.rollback is not None
+    assert migration.state == "failed" and migration.rollback is not None  # as the history says
     assert migration.rollback["conflicts"] == 1
     [listed] = folder.glob("*conflicts.jsonl")  # one file, whatever the release named it
     assert {str(line["path"]) for line in lines(listed)} == {"users/u00004"}
-    assert status(store) is MigrationStatus.ROLLED_BACK
+    # The document left alone stays migrated: as `docshift rollback` records a migration it could
+    # not undo entirely, the migration is not recorded rolled back, and the error says where it is.
+    assert not failed.value.undone and str(listed) in failed.value.message
+    assert status(store) is MigrationStatus.FAILED

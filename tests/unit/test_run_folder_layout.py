@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import load_config
 from docshift.errors import DataError, StageFailed
 from docshift.runfolder import Checkpoint, FileFormat, MigrationFolder, ReportFolder, RunFolder, run_folders
@@ -166,7 +166,7 @@ def test_a_canary_rollback_cut_short_by_0_1_0_lists_its_conflicts_in_one_file_of
     listed_before = lines(folder.path / "rollback-conflicts.jsonl")
 
     with pytest.raises(StageFailed):
-        run(config, RunOptions(execute=True, resume="canary-rollback-stopped-run"), store=store)
+        run_migrations(config, RunOptions(execute=True, resume="canary-rollback-stopped-run"), store=store)
 
     assert not (folder.path / "rollback-conflicts.jsonl").exists()
     listed = lines(folder.conflicts)

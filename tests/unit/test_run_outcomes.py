@@ -4,6 +4,8 @@ was processed (no --limit cut, no --sample, every canary stage passed), ``partia
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,19 +13,29 @@ from typing import Any
 import pytest
 
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, load_run_info, rate_limiter, resume_run, run
+from docshift.commands.run import RunOptions, load_run_info, rate_limiter, resume_run, run_migrations
 from docshift.commands.status import state_label, status
 from docshift.config import Config, EngineConfig, LimitsConfig, StoreConfig, load_config
+from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
-from docshift.engine.hooks import Checkpointed, PassEnded, PassFinished, RunResumed, StageEntered, Warned
+from docshift.engine.hooks import (
+    Checkpointed,
+    MigrationStarted,
+    PassEnded,
+    PassFinished,
+    RunResumed,
+    StageEntered,
+    Warned,
+)
 from docshift.engine.sampling import bucket
 from docshift.errors import EmergencyStop, ExitCode, RunStopped, StageFailed, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.planning import StateKind
 from docshift.runfolder import Checkpoint, read_versioned, write_versioned
+from docshift.runfolder.record import read_run
 from docshift.store import DelegatingStore, Store
-from docshift.store.base import WriteResult
+from docshift.store.base import Write, WriteResult
 from docshift.testing import MemoryStore, RecordingHooks
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
 
@@ -89,7 +101,7 @@ def test_a_limited_run_is_partial_pending_and_the_next_run_processes_the_rest(co
     seed(store, 100)
     before = export(store)
     progress = RecordingHooks()
-    limited = run(config, RunOptions(execute=True, limit=10), store=store, hooks=progress)
+    limited = run_migrations(config, RunOptions(execute=True, limit=10), store=store, hooks=progress)
     [outcome] = limited.outcomes
     assert outcome.status is MigrationStatus.PARTIAL
     record = record_of(store)
@@ -104,7 +116,7 @@ def test_a_limited_run_is_partial_pending_and_the_next_run_processes_the_rest(co
     assert report.exit_code is ExitCode.PENDING
     assert report.to_json()["migrations"][0]["status"] == "partial"
 
-    rest = run(config, RunOptions(execute=True), store=store)
+    rest = run_migrations(config, RunOptions(execute=True), store=store)
     assert [o.migration.id for o in rest.outcomes] == ["0001"]
     assert rest.outcomes[0].result.counters["read"] == 100
     assert rest.outcomes[0].result.counters["updated"] == 81  # the first ten were done already
@@ -117,11 +129,11 @@ def test_a_sampled_run_is_partial_until_a_full_run(config: Config) -> None:
     store = MemoryStore()
     seed(store, 200)
     before = export(store)
-    sampled = run(config, RunOptions(execute=True, sample_percent=30), store=store)
+    sampled = run_migrations(config, RunOptions(execute=True, sample_percent=30), store=store)
     assert sampled.outcomes[0].status is MigrationStatus.PARTIAL
     assert record_of(store).status is MigrationStatus.PARTIAL
     assert status(config, store).exit_code is ExitCode.PENDING
-    run(config, RunOptions(execute=True), store=store)
+    run_migrations(config, RunOptions(execute=True), store=store)
     assert_data(store, expected_after(before, split_name))
     assert record_of(store).status is MigrationStatus.APPLIED
 
@@ -131,7 +143,7 @@ def test_a_limit_that_reaches_every_document_is_applied(config: Config, limit: i
     """Derived from what was processed: a limit the collection does not exceed leaves nothing out."""
     store = MemoryStore()
     seed(store, 60)
-    report = run(config, RunOptions(execute=True, limit=limit), store=store)
+    report = run_migrations(config, RunOptions(execute=True, limit=limit), store=store)
     assert report.outcomes[0].status is MigrationStatus.APPLIED
     assert record_of(store).status is MigrationStatus.APPLIED
 
@@ -139,7 +151,7 @@ def test_a_limit_that_reaches_every_document_is_applied(config: Config, limit: i
 def test_a_limit_one_short_of_the_collection_is_partial(config: Config) -> None:
     store = MemoryStore()
     seed(store, 60)
-    run(config, RunOptions(execute=True, limit=59), store=store)
+    run_migrations(config, RunOptions(execute=True, limit=59), store=store)
     assert record_of(store).status is MigrationStatus.PARTIAL
 
 
@@ -147,13 +159,13 @@ def test_a_resumed_limited_run_killed_before_its_history_was_written_is_partial(
     """Killed after the final checkpoint of a --limit run, before the history said so."""
     store = MemoryStore()
     seed(store, 100)
-    report = run(config, RunOptions(execute=True, limit=10), store=store)
+    report = run_migrations(config, RunOptions(execute=True, limit=10), store=store)
     [migration] = load_migrations(config.migrations_dir)
     history = History(store, PREFIX)
     history.start(migration, report.run_id)  # as the killed process left it: running
     info = read_versioned(report.folder / "run.json", "docshift-run", 1)
     write_versioned(report.folder / "run.json", "docshift-run", 1, {**info, "state": "running"})
-    run(config, RunOptions(execute=True, resume=report.run_id), store=store)
+    run_migrations(config, RunOptions(execute=True, resume=report.run_id), store=store)
     record = history.get("0001")
     assert record is not None and record.status is MigrationStatus.PARTIAL
     assert record.counts["read"] == 10
@@ -186,7 +198,7 @@ def test_a_run_stopped_by_a_signal_is_interrupted_not_failed(config: Config) -> 
     before = export(store)
     controls = Controls()
     with pytest.raises(RunStopped) as stopped:
-        run(
+        run_migrations(
             _slow(config),
             RunOptions(execute=True),
             store=store,
@@ -202,7 +214,7 @@ def test_a_run_stopped_by_a_signal_is_interrupted_not_failed(config: Config) -> 
     assert state.kind is StateKind.INTERRUPTED and state.runnable
     assert state_label(state, report.lease) == "interrupted"
     assert report.exit_code is ExitCode.PENDING
-    run(config, RunOptions(execute=True, resume="latest"), store=store)
+    run_migrations(config, RunOptions(execute=True, resume="latest"), store=store)
     assert_data(store, expected_after(before, split_name))
     assert record_of(store).status is MigrationStatus.APPLIED
 
@@ -212,7 +224,7 @@ def test_an_emergency_stop_is_failed(config: Config) -> None:
     seed(store, 400)
     controls = Controls()
     with pytest.raises(EmergencyStop):
-        run(
+        run_migrations(
             _slow(config),
             RunOptions(execute=True),
             store=store,
@@ -227,7 +239,7 @@ def _stopped_with(tmp_path: Path, store: Store, flags: dict[str, Any], **options
     config = _cli_config(tmp_path, flags)
     controls = Controls(rate_limiter(config, store))
     with pytest.raises(RunStopped) as stopped:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True, **options),
             store=store,
@@ -276,7 +288,7 @@ def test_a_resume_continues_with_the_run_s_own_settings(config: Config, tmp_path
     assert rate_limiter(resumed.config, store).limit == 5000.0
     assert resumed.config.sources["max_writes_per_second"] == f"run {run_id}"
     progress = RecordingHooks()
-    run(plain, RunOptions(execute=True, resume=run_id), store=store, hooks=progress)
+    run_migrations(plain, RunOptions(execute=True, resume=run_id), store=store, hooks=progress)
     assert_data(store, expected_after(before, split_name))
     [event] = progress.of(RunResumed)
     assert event.run_id == run_id and event.overrides == {}
@@ -298,7 +310,7 @@ def test_a_flag_given_on_the_resume_overrides_it_and_is_recorded(config: Config,
     assert resumed.config.limits.max_writes_per_second == 8000.0
     assert resumed.config.engine.batch_size == 10  # not given: the run's own
     assert any("--max-writes-per-second 8000" in line and "5000" in line for line in resumed.describe())
-    run(faster, RunOptions(execute=True, resume=run_id), store=store)
+    run_migrations(faster, RunOptions(execute=True, resume=run_id), store=store)
     info = load_run_info(plain_folder := faster.runs_dir / run_id)
     assert info["resumes"][-1]["overrides"] == {"max_writes_per_second": {"was": 5000.0, "now": 8000.0}}
     assert info["settings"]["config"]["max_writes_per_second"] == 8000.0
@@ -326,7 +338,7 @@ def test_a_resume_keeps_the_run_s_limit_and_refuses_another_scope(config: Config
     assert refused.value.hint and "new run" in refused.value.hint
     with pytest.raises(UsageError, match="--stages"):
         resume_run(plain, RunOptions(execute=True, resume=run_id, stages=(50.0, 100.0)))
-    report = run(plain, RunOptions(execute=True, resume=run_id), store=store)
+    report = run_migrations(plain, RunOptions(execute=True, resume=run_id), store=store)
     assert report.outcomes[0].result.counters["read"] == 50
     assert record_of(store).status is MigrationStatus.PARTIAL
 
@@ -337,7 +349,7 @@ def test_a_rolled_back_run_cannot_be_resumed_even_with_force(config: Config) -> 
     before = export(store)
     controls = Controls()
     with pytest.raises(RunStopped) as stopped:
-        run(
+        run_migrations(
             _slow(config),
             RunOptions(execute=True),
             store=store,
@@ -350,12 +362,12 @@ def test_a_rolled_back_run_cannot_be_resumed_even_with_force(config: Config) -> 
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
     for force in (False, True):
         with pytest.raises(UsageError, match=f"run {run_id} was rolled back") as refused:
-            run(config, RunOptions(execute=True, resume=run_id, force=force), store=store)
+            run_migrations(config, RunOptions(execute=True, resume=run_id, force=force), store=store)
         assert refused.value.exit_code is ExitCode.USAGE
         assert refused.value.hint and "docshift run --execute" in refused.value.hint
     assert {p: d.data for p, d in export(store).items()} == {p: d.data for p, d in before.items()}
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
-    run(config, RunOptions(execute=True), store=store)  # a new run applies it, all of it
+    run_migrations(config, RunOptions(execute=True), store=store)  # a new run applies it, all of it
     assert_data(store, expected_after(before, split_name))
     assert record_of(store).status is MigrationStatus.APPLIED
 
@@ -398,7 +410,7 @@ def test_a_staged_run_stopped_in_a_stage_resumes_its_stages_and_applies_only_at_
     seed(store, 2000)
     controls = Controls()
     with pytest.raises(RunStopped) as stopped:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True, stages=STAGES),
             store=store,
@@ -414,7 +426,7 @@ def test_a_staged_run_stopped_in_a_stage_resumes_its_stages_and_applies_only_at_
     assert all(bucket(p) < STAGES[stage - 1] for p in done) and (done or stage == 1)
     # The resume is given no --stages: the stages are the run's.
     progress = RecordingHooks()
-    report = run(config, RunOptions(execute=True, resume=run_id), store=store, hooks=progress)
+    report = run_migrations(config, RunOptions(execute=True, resume=run_id), store=store, hooks=progress)
     stages_run = [event.stage for event in progress.of(StageEntered)]
     assert stages_run == list(range(stage, len(STAGES) + 1))
     assert _tier_done(store) == set(export(store))
@@ -465,16 +477,16 @@ def test_a_stage_rollback_cut_short_is_finished_by_the_resume(tmp_path: Path) ->
         store=config.store, engine=engine, migrations_dir=config.migrations_dir, runs_dir=config.runs_dir
     )
     with pytest.raises(_Killed):
-        run(config, RunOptions(execute=True, stages=STAGES), store=store, hooks=Watch())
+        run_migrations(config, RunOptions(execute=True, stages=STAGES), store=store, hooks=Watch())
     [folder] = config.runs_dir.glob("*/0001_tier")
     assert _tier_done(memory), "the rollback was cut short before it restored everything"
     assert record_of(memory).status is MigrationStatus.RUNNING  # as a killed process leaves it
     with pytest.raises(StageFailed, match="rolled back"):
-        run(config, RunOptions(execute=True, resume=folder.parent.name), store=memory)
+        run_migrations(config, RunOptions(execute=True, resume=folder.parent.name), store=memory)
     assert {p: d.data for p, d in export(memory).items()} == before
     assert record_of(memory).status is MigrationStatus.ROLLED_BACK
     with pytest.raises(UsageError, match="rolled back"):
-        run(config, RunOptions(execute=True, resume=folder.parent.name), store=memory)
+        run_migrations(config, RunOptions(execute=True, resume=folder.parent.name), store=memory)
 
 
 def test_a_stage_done_but_not_yet_gated_when_killed_gets_its_gate_on_resume(tmp_path: Path) -> None:
@@ -498,13 +510,15 @@ def test_a_stage_done_but_not_yet_gated_when_killed_gets_its_gate_on_resume(tmp_
                 raise _Killed
 
     with pytest.raises(_Killed):
-        run(config, RunOptions(execute=True, stages=STAGES), store=store, hooks=DieAfterStage3())
+        run_migrations(config, RunOptions(execute=True, stages=STAGES), store=store, hooks=DieAfterStage3())
     [path] = config.runs_dir.glob("*/0001_tier/checkpoint.json")
     saved = Checkpoint.load(path)
     assert saved.finished and saved.stages is not None and saved.stages.stage == 2 and not saved.covers_target
     progress = RecordingHooks()
     with pytest.raises(StageFailed, match=r"stage 3 .*failed its gate"):
-        run(config, RunOptions(execute=True, resume=path.parent.parent.name), store=store, hooks=progress)
+        run_migrations(
+            config, RunOptions(execute=True, resume=path.parent.parent.name), store=store, hooks=progress
+        )
     assert not [event for event in progress.of(StageEntered) if event.stage == 4]
     assert {p: d.data for p, d in export(store).items()} == before
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
@@ -526,7 +540,7 @@ def test_a_stage_rollback_stopped_by_a_signal_is_not_rolled_back_until_the_resum
                 controls.request_stop("interrupted by SIGTERM")
 
     with pytest.raises(RunStopped) as stopped:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True, stages=STAGES),
             store=store,
@@ -539,7 +553,7 @@ def test_a_stage_rollback_stopped_by_a_signal_is_not_rolled_back_until_the_resum
     assert record_of(store).status is MigrationStatus.INTERRUPTED  # not rolled back: it is not
     run_id = stopped.value.resume_command.split()[-1]
     with pytest.raises(StageFailed, match="finished by this resume"):
-        run(config, RunOptions(execute=True, resume=run_id), store=store)
+        run_migrations(config, RunOptions(execute=True, resume=run_id), store=store)
     assert {p: d.data for p, d in export(store).items()} == before
     assert record_of(store).status is MigrationStatus.ROLLED_BACK
 
@@ -552,3 +566,78 @@ def test_a_resume_cannot_turn_the_before_images_off(config: Config, tmp_path: Pa
     with pytest.raises(UsageError, match="cannot stop saving them") as refused:
         resume_run(_cli_config(tmp_path, {"backup": False}), RunOptions(execute=True, resume=run_id))
     assert refused.value.hint and "without --no-backup" in refused.value.hint
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """The files under ``folder`` this process holds open (its file descriptors' targets)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (the listing's own descriptor)
+            continue
+        if target.startswith(str(folder)):
+            held.append(target)
+    return held
+
+
+def test_a_staged_run_leaves_no_file_of_its_folder_open_and_makes_each_check_once(tmp_path: Path) -> None:
+    """Only the stages' pipelines open the migration's journal and dead letters, and they close
+    them; the run asks for each migration's document check once (a check factory may scan)."""
+    config = tier_config(tmp_path)
+    store = MemoryStore()
+    seed(store, 300)
+    asked: list[str] = []
+
+    class AskedForChecks(RecordingHooks):
+        def migration_started(self, event: MigrationStarted) -> DocumentCheck | None:
+            asked.append(event.migration.id)
+            return super().migration_started(event)
+
+    report = run_migrations(
+        config, RunOptions(execute=True, stages=STAGES), store=store, hooks=AskedForChecks()
+    )
+    assert report.outcomes[0].status is MigrationStatus.APPLIED
+    assert _open_files_under(config.runs_dir) == []
+    assert asked == ["0001"]
+
+
+def test_a_stage_rollback_leaves_a_document_changed_since_alone_and_says_so(tmp_path: Path) -> None:
+    """The stages are undone by the rollback's own mechanism: a document the application changed
+    after a stage wrote it is a conflict, left alone and listed in the migration's conflicts.jsonl
+    (as ``docshift rollback`` lists it), and the migration is not recorded as rolled back."""
+    config = tier_config(tmp_path, fail_from=5)  # stage 2 (1-10%) fails half its documents
+    store = MemoryStore()
+    seed(store, 2000)
+    before = {p: d.data for p, d in export(store).items()}
+    changed: list[str] = []
+
+    class ApplicationWrites(RecordingHooks):
+        def warning(self, event: Warned) -> None:
+            super().warning(event)
+            if "rolling back every stage" in event.message:
+                path = sorted(_tier_done(store))[0]
+                [result] = store.commit([Write.set(path, {**export(store)[path].data, "tier": "gold"})])
+                assert result.ok
+                changed.append(path)
+
+    with pytest.raises(StageFailed, match="left alone") as failed:
+        run_migrations(
+            config, RunOptions(execute=True, stages=STAGES), store=store, hooks=ApplicationWrites()
+        )
+    [folder] = config.runs_dir.glob("*/0001_tier")
+    assert not failed.value.undone and failed.value.run_state == "failed"
+    assert str(folder / "conflicts.jsonl") in failed.value.message and "--force" in (failed.value.hint or "")
+    listed = [json.loads(line)["path"] for line in (folder / "conflicts.jsonl").read_text().splitlines()]
+    assert listed == changed and not (folder / "rollback-conflicts.jsonl").exists()
+    now = {p: d.data for p, d in export(store).items()}
+    assert now[changed[0]]["tier"] == "gold"  # the application's change is kept
+    assert {p: d for p, d in now.items() if p not in changed} == {
+        p: d for p, d in before.items() if p not in changed
+    }
+    assert record_of(store).status is not MigrationStatus.ROLLED_BACK
+    assert load_run_info(folder.parent)["state"] == "failed"
+    # Every view of the run reads the same: the migration failed, it was not rolled back.
+    [migration] = read_run(folder.parent).migrations
+    assert migration.state == "failed" and migration.rollback is not None
+    assert migration.rollback["conflicts"] == 1

@@ -17,7 +17,7 @@ import pytest
 
 from docshift import codec
 from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import RunOptions, load_run_info, run
+from docshift.commands.run import RunOptions, load_run_info, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
 from docshift.engine.undo import Undoer, UndoResult, undo_actions
@@ -560,7 +560,7 @@ def test_rollback_to_dry_run_agrees_with_execute_across_a_delete(api_config: Con
     store = MemoryStore()
     seed(store, 100)
     before = export(store)
-    run(api_config, RunOptions(execute=True), store=store)
+    run_migrations(api_config, RunOptions(execute=True), store=store)
     dry = rollback(api_config, RollbackOptions(to="0"), store=store)
     assert [(i.migration.id, i.strategy) for i in dry.items] == [("0002", "restore"), ("0001", "restore")]
     assert [i.counters["conflicts"] for i in dry.items] == [0, 0]
@@ -576,7 +576,7 @@ def test_rollback_stopped_midway_resumes_to_the_pre_run_data(api_config: Config)
     store = MemoryStore()
     seed(store, 200)
     before = export(store)
-    report = run(api_config, RunOptions(execute=True), store=store)
+    report = run_migrations(api_config, RunOptions(execute=True), store=store)
     controls = Controls()
     # 0002 writes 200 documents in batches of 20: stop inside 0001's restore (after 13 commits).
     with pytest.raises(RunStopped) as stopped:
@@ -603,7 +603,7 @@ def test_rollback_stopped_midway_resumes_to_the_pre_run_data(api_config: Config)
 def test_rollback_with_conflicts_raises_and_does_not_mark_rolled_back(api_config: Config) -> None:
     store = MemoryStore()
     seed(store, 40)
-    report = run(api_config, RunOptions(only="0001", execute=True), store=store)
+    report = run_migrations(api_config, RunOptions(only="0001", execute=True), store=store)
     [doc] = store.get_many(["users/u00003"])
     assert doc is not None
     store.commit([Write.set(doc.path, {**doc.data, "app": True})])
@@ -652,7 +652,7 @@ def test_a_copy_is_undone_by_restore_never_by_down(tmp_path: Path) -> None:
     store = MemoryStore()
     seed(store, 30)
     before = export(store)
-    report = run(config, RunOptions(execute=True), store=store)
+    report = run_migrations(config, RunOptions(execute=True), store=store)
     with pytest.raises(UsageError, match="down\\(\\) cannot undo a copy"):
         rollback(config, RollbackOptions(run_id=report.run_id, strategy="down"), store=store)
     done = rollback(config, RollbackOptions(run_id=report.run_id, execute=True), store=store)
@@ -664,7 +664,7 @@ def test_a_stopped_rollback_is_marked_stopped_and_the_latest_is_resumed(api_conf
     store = MemoryStore()
     seed(store, 100)
     before = export(store)
-    report = run(api_config, RunOptions(execute=True), store=store)
+    report = run_migrations(api_config, RunOptions(execute=True), store=store)
     controls = Controls()
     with pytest.raises(RunStopped):
         rollback(

@@ -1,4 +1,4 @@
-"""Inline checks, the integrity gate, scans and health in ``run()`` on the memory store."""
+"""Inline checks, the integrity gate, scans and health in ``run_migrations()`` on the memory store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from docshift.commands.run import RunOptions, run
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import FanOutHooks, HealthReported, MigrationStarted
@@ -69,7 +69,7 @@ def test_three_percent_bad_finishes_with_dead_letters_and_a_warning(config: Conf
     progress = RecordingHooks()
     controls = Controls()
     validation = RunValidation(config, store, hooks=progress, controls=controls, execute=True)
-    report = run(
+    report = run_migrations(
         config,
         RunOptions(execute=True),
         store=store,
@@ -105,7 +105,7 @@ def test_fifteen_percent_bad_stops_at_the_gate_with_the_checkpoint_kept(config: 
     controls = Controls()
     validation = RunValidation(config, store, controls=controls, execute=True)
     with pytest.raises(EmergencyStop, match="integrity gate") as stopped:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True),
             store=store,
@@ -134,7 +134,7 @@ def test_a_gate_stop_counts_the_same_documents_in_its_message_files_and_record(
     controls = Controls()
     validation = RunValidation(config, store, controls=controls, execute=True)
     with pytest.raises(EmergencyStop) as stopped:
-        run(
+        run_migrations(
             config,
             RunOptions(execute=True),
             store=store,
@@ -159,7 +159,7 @@ def test_the_gate_needs_a_minimum_sample_and_never_stops_a_dry_run(config: Confi
     store = MemoryStore()
     seed(store, 300, bad_per_100=15)
     validation = RunValidation(config, store, controls=Controls(), execute=False)
-    report = run(config, RunOptions(), store=store, hooks=validation)
+    report = run_migrations(config, RunOptions(), store=store, hooks=validation)
     assert report.outcomes[0].result.error is None and report.outcomes[0].result.counters["rejected"] == 45
     outcome = validation.finish(report.folder)
     assert validation.gate is None and outcome.health.issues[0].severity.value == "critical"
@@ -167,7 +167,7 @@ def test_the_gate_needs_a_minimum_sample_and_never_stops_a_dry_run(config: Confi
     seed(few, 40, bad_per_100=50)  # 50% bad, but only 40 documents: below the gate's sample
     controls = Controls()
     validation = RunValidation(config, few, controls=controls, execute=True)
-    run(config, RunOptions(execute=True), store=few, hooks=validation, controls=controls)
+    run_migrations(config, RunOptions(execute=True), store=few, hooks=validation, controls=controls)
     assert validation.gate is None
 
 
@@ -176,7 +176,7 @@ def test_validate_scans_before_and_after_and_compares_counts(config: Config) -> 
     seed(store, 120, bad_per_100=0)
     controls = Controls()
     validation = RunValidation(config, store, controls=controls, execute=True, scans=True)
-    report = run(
+    report = run_migrations(
         config,
         RunOptions(execute=True),
         store=store,
@@ -205,8 +205,8 @@ def test_a_resumed_run_keeps_the_first_before_scan(config: Config, tmp_path: Pat
     first = scan(store, migration, phase="before")
     first.total = 29  # what the first session counted, before the data moved on
     save_report(first, previous / migration.label / "validation-before.json")
-    progress = RecordingHooks()
-    validation = RunValidation(config, store, hooks=progress, execute=True, scans=True, previous=previous)
+    seen = RecordingHooks()
+    validation = RunValidation(config, store, hooks=seen, execute=True, scans=True, previous=previous)
     assert validation.migration_started(MigrationStarted(migration, "run-2", execute=True)) is not None
-    assert progress.events == []  # no second before-scan
+    assert seen.events == []  # no second before-scan
     assert validation.states[migration.label].baseline.before_total == 29

@@ -7,17 +7,19 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 from rich.markup import escape
 
 from docshift.backup import DEFAULT_DOCS_PER_FILE, PathMap, RestoreReport, VerifyReport, read_manifest
 from docshift.cli.confirm import confirm_destructive
-from docshift.cli.context import AppContext, pass_app
+from docshift.cli.context import AppContext, collect_flags, pass_app
 from docshift.cli.output import console, err_console
-from docshift.commands.backup import backup, restore, verify
+from docshift.commands.backup import BackupOptions, backup, restore, restore_failure, verify, verify_failure
 from docshift.engine.hooks import (
     BackupHooks,
     BackupProgressed,
@@ -32,7 +34,7 @@ from docshift.engine.hooks import (
     VerifyStarted,
     Warned,
 )
-from docshift.errors import DataError, StoreError, UsageError
+from docshift.errors import UsageError
 
 __all__ = ["backup_command", "restore_command"]
 
@@ -169,17 +171,9 @@ def backup_command(
     if not quiet:
         where = f"project {config.store.project}, database {config.store.database}"
         _note(f"source: {where}")
+    options = BackupOptions(list(collections), out, recursive, group, all_collections, docs_per_file)
     with _sigterm_interrupts():
-        manifest = backup(
-            config,
-            list(collections),
-            out,
-            recursive=recursive,
-            group=group,
-            all_collections=all_collections,
-            docs_per_file=docs_per_file,
-            hooks=_BackupDisplay(quiet),
-        )
+        manifest = backup(config, options, hooks=_BackupDisplay(quiet))
     seconds = (
         manifest.finished_at.seconds
         - manifest.started_at.seconds
@@ -214,14 +208,8 @@ def _print_verification(verification: VerifyReport) -> None:
     )
     for path, problem in verification.samples:
         _say(f"  {problem}: {path}")
-    if not verification.ok:
-        first_path, first_problem = verification.samples[0]
-        raise DataError(
-            f"the store does not match the backup: {verification.missing:,} missing and "
-            f"{verification.different:,} different documents (first: {first_path}: {first_problem})",
-            hint="something else wrote to them, or a restore did not finish; running the restore "
-            "again is safe",
-        )
+    if (failure := verify_failure(verification)) is not None:
+        raise failure
 
 
 def _print_restore(report: RestoreReport) -> None:
@@ -232,12 +220,30 @@ def _print_restore(report: RestoreReport) -> None:
     )
     for path, error in report.failures:
         _say(f"  failed {path}: {error}")
-    if report.failed:
-        path, error = report.failures[0]
-        raise StoreError(
-            f"{report.failed:,} documents could not be restored (first: {path}: {error})",
-            hint="fix the cause and run the same restore again; it is safe to repeat",
-        )
+    if (failure := restore_failure(report)) is not None:
+        raise failure
+
+
+@dataclass(frozen=True)
+class RestoreFlags:
+    """``docshift restore``'s flags."""
+
+    folder: Path
+    into: tuple[str, ...]
+    verify_after: bool
+    verify_only: bool
+    batch_size: int | None
+    concurrency: int | None
+    max_writes_per_second: float | None
+    quiet: bool
+    yes: bool
+
+    def config_flags(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "concurrency": self.concurrency,
+            "max_writes_per_second": self.max_writes_per_second,
+        }
 
 
 @click.command("restore")
@@ -261,41 +267,30 @@ def _print_restore(report: RestoreReport) -> None:
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
 @pass_app
-def restore_command(
-    app: AppContext,
-    folder: Path,
-    into: tuple[str, ...],
-    verify_after: bool,
-    verify_only: bool,
-    batch_size: int | None,
-    concurrency: int | None,
-    max_writes_per_second: float | None,
-    quiet: bool,
-    yes: bool,
-) -> None:
+@collect_flags(RestoreFlags)
+def restore_command(app: AppContext, flags: RestoreFlags) -> None:
     """Restore the backup in FOLDER into --project / --database (default: the configured ones).
 
     Every file is checked against the manifest (sha256, count) before anything is written; a
     changed or damaged backup is refused (exit 3). Documents are set whole: existing documents at
     the same paths are overwritten, others are left alone, and running it again is safe.
     """
-    config = app.config(
-        batch_size=batch_size, concurrency=concurrency, max_writes_per_second=max_writes_per_second
-    )
-    targets = _parse_into(into)
+    config = app.config(**flags.config_flags())
+    folder, targets = flags.folder, _parse_into(flags.into)
     manifest = read_manifest(folder)
     path_map = PathMap.build(manifest, targets)
-    display = _BackupDisplay(quiet)
-    if not quiet:
+    display = _BackupDisplay(flags.quiet)
+    if not flags.quiet:
         _note(f"backup: {manifest.documents:,} documents, {manifest.describe_source()}")
-    if verify_only:
+    if flags.verify_only:
         _print_verification(verify(config, folder, into=targets, hooks=display))
         return
     where = ", ".join(sorted(set(path_map.targets.values()))) or "(nothing)"
     count = f"{manifest.documents:,} document{'' if manifest.documents == 1 else 's'}"
-    confirm_destructive(config, f"restore {count} into {where}, overwriting documents at the same paths", yes)
+    overwriting = f"restore {count} into {where}, overwriting documents at the same paths"
+    confirm_destructive(config, overwriting, flags.yes)
     with _sigterm_interrupts():
-        report = restore(config, folder, into=targets, verify=verify_after, hooks=display)
+        report = restore(config, folder, into=targets, verify=flags.verify_after, hooks=display)
     _print_restore(report)
     if report.verification is not None:
         _print_verification(report.verification)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from docshift.config import Config, load_config
 from docshift.errors import UsageError
 
-__all__ = ["AppContext", "check_runs_dir", "pass_app"]
+__all__ = ["AppContext", "check_runs_dir", "collect_flags", "pass_app"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,3 +67,19 @@ def check_runs_dir(config: Config, *, write: bool) -> None:
 
 
 pass_app = click.make_pass_decorator(AppContext)
+
+
+def collect_flags(
+    flags: Callable[..., T],
+) -> Callable[[Callable[[AppContext, T], None]], Callable[..., None]]:
+    """A command with many flags receives them as one value, ``flags(**every flag)`` (a frozen
+    dataclass that turns them into the command's options), after the :class:`AppContext`."""
+
+    def decorate(command: Callable[[AppContext, T], None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def wrapper(app: AppContext, **given: Any) -> None:
+            command(app, flags(**given))
+
+        return wrapper
+
+    return decorate

@@ -1,12 +1,11 @@
 """Wiring for ``docshift run`` and ``docshift rollback``: the status-endpoint flags, the display
-(live view on a terminal, plain lines otherwise, JSON lines with --json), and what is printed when
-the run ends (the report's path; on a stop, the summary table too)."""
+(live view on a terminal, plain lines otherwise, JSON lines with --json), how the run is watched,
+and what is printed when the run ends (the report's path; on a stop, the summary table too)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -14,13 +13,22 @@ import click
 
 from docshift.cli.live import LiveHooks
 from docshift.cli.output import JsonHooks, PlainHooks, err_console, summary_table
-from docshift.commands.observe import Observation, migration_totals
+from docshift.commands.observe import Observation, ObserveOptions, migration_totals
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import ControlApplied, RunHooks
+from docshift.reports.report import ReportPaths
 from docshift.store import Store
 
-__all__ = ["StatusFlags", "control_note", "display_hooks", "observe_run", "status_options"]
+__all__ = [
+    "StatusFlags",
+    "close_display",
+    "control_note",
+    "display_hooks",
+    "print_run_end",
+    "status_options",
+    "watch_options",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,55 +94,49 @@ def display_hooks(as_json: bool, quiet: bool, controls: Controls) -> RunHooks:
     return PlainHooks(quiet=quiet, notes=control_note)
 
 
-@contextmanager
-def observe_run(
+def watch_options(
     config: Config,
     store: Store,
-    controls: Controls,
     display: RunHooks,
     status: StatusFlags,
     *,
-    kind: str = "run",
-    resume: str | None = None,
     as_json: bool = False,
     limit: int | None = None,
-) -> Iterator[Observation]:
-    """Observe a run (events, status endpoint, control files, report) for the ``with`` block."""
+) -> ObserveOptions:
+    """How ``docshift run`` and ``docshift rollback`` are watched: the status endpoint, the ETA, and
+    what is shown once the observation is set up (the live view's run id, the endpoint's URL)."""
     # The count query behind the ETA costs a scan of the target; only pay for it where an ETA is shown.
     shows_eta = as_json or status.port is not None or isinstance(display, LiveHooks)
-    totals = migration_totals(config, store, limit=limit) if kind == "run" and shows_eta else None
-    observation = Observation(
-        config,
-        store,
-        controls,
-        kind=kind,
-        resume=resume,
-        display=display,
+
+    def started(observation: Observation) -> None:
+        if isinstance(display, LiveHooks):
+            display.set_run_id(observation.status.run_id)
+        if observation.url and not as_json:
+            auth = " (token required)" if status.token else ""
+            err_console.print(f"status endpoint: {observation.url}/status{auth}")
+
+    return ObserveOptions(
         status_port=status.port,
         status_host=status.host,
         status_token=status.token,
-        totals=totals,
+        totals=migration_totals(config, store, limit=limit) if shows_eta else None,
+        on_start=started,
     )
-    try:
-        with observation:
-            if isinstance(display, LiveHooks):
-                display.set_run_id(observation.status.run_id)
-            if observation.url and not as_json:
-                auth = " (token required)" if status.token else ""
-                err_console.print(f"status endpoint: {observation.url}/status{auth}")
-            yield observation  # the observation gives the display the run's end, when it ends
-    finally:
-        if isinstance(display, LiveHooks):
-            display.close()  # (also when nothing ran: a run refused before its first pass)
-        _print_end(observation, as_json)
 
 
-def _print_end(observation: Observation, as_json: bool) -> None:
-    if observation.report_error is not None:
-        err_console.print(
-            f"[yellow]warning:[/] the run report could not be written: {observation.report_error}"
-        )
-    report = observation.report
+def close_display(display: RunHooks) -> None:
+    """The command is over: the live view leaves its last frame on screen and stops (the
+    observation gave it the run's end; also when nothing ran: a run refused before its first pass)."""
+    if isinstance(display, LiveHooks):
+        display.close()
+
+
+def print_run_end(
+    kind: str, report: ReportPaths | None, report_error: BaseException | None, as_json: bool
+) -> None:
+    """The report's path (and a run that did not finish: its summary table, on stderr)."""
+    if report_error is not None:
+        err_console.print(f"[yellow]warning:[/] the run report could not be written: {report_error}")
     if report is None:
         return
     state = report.body.get("outcome", {}).get("state")
@@ -143,6 +145,6 @@ def _print_end(observation: Observation, as_json: bool) -> None:
         for m in report.body.get("migrations", [])
     ]
     if state not in (None, "finished") and rows and not as_json:
-        title = f"{observation.kind} {report.body.get('run_id')} {state}"
+        title = f"{kind} {report.body.get('run_id')} {state}"
         err_console.print(summary_table(title, rows, dry_run=not report.body.get("execute")))
     err_console.print(f"report: {report.html}")

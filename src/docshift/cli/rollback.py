@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 
 import click
 from rich.table import Table
 
 from docshift.cli.confirm import confirm_destructive
-from docshift.cli.context import AppContext, pass_app
-from docshift.cli.display import StatusFlags, display_hooks, observe_run, status_options
+from docshift.cli.context import AppContext, collect_flags, pass_app
+from docshift.cli.display import (
+    StatusFlags,
+    close_display,
+    display_hooks,
+    print_run_end,
+    status_options,
+    watch_options,
+)
 from docshift.cli.output import console, err_console, print_change
 from docshift.cli.run import install_signal_handlers
 from docshift.commands.rollback import (
     RollbackOptions,
     RollbackReport,
+    result_of,
     rollback,
     rollback_target,
 )
-from docshift.commands.run import rate_limiter
+from docshift.commands.session import rate_limiter
 from docshift.engine.controls import Controls
 from docshift.errors import RollbackConflicts, RunStopped
 from docshift.runfolder.layout import MigrationFolder
@@ -84,6 +92,32 @@ def _print(report: RollbackReport) -> None:
         console.print("\ndry run: nothing was written; add --execute to apply")
 
 
+@dataclass(frozen=True)
+class RollbackFlags:
+    """``docshift rollback``'s flags: the rollback's options, and how it is shown."""
+
+    run_id: str | None
+    to: str | None
+    strategy: str
+    execute: bool
+    force: bool
+    resume: str | None
+    as_json: bool
+    quiet: bool
+    yes: bool
+    status: StatusFlags
+
+    def options(self) -> RollbackOptions:
+        return RollbackOptions(
+            run_id=self.run_id,
+            to=self.to,
+            strategy=self.strategy,
+            execute=self.execute,
+            force=self.force,
+            resume=self.resume,
+        )
+
+
 @click.command("rollback")
 @click.argument("run_id", required=False)
 @click.option(
@@ -123,19 +157,8 @@ def _print(report: RollbackReport) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
 @status_options
 @pass_app
-def rollback_command(
-    app: AppContext,
-    run_id: str | None,
-    to: str | None,
-    strategy: str,
-    execute: bool,
-    force: bool,
-    resume: str | None,
-    as_json: bool,
-    quiet: bool,
-    yes: bool,
-    status: StatusFlags,
-) -> None:
+@collect_flags(RollbackFlags)
+def rollback_command(app: AppContext, flags: RollbackFlags) -> None:
     """Undo run RUN_ID, or everything applied after --to MIGRATION_ID.
 
     Works on the project and database the run was made on (a different --project/--database is
@@ -150,34 +173,33 @@ def rollback_command(
     rollback, newest first, and prints the counts, conflicts and mismatches the execute would
     have. Checkpointed and resumable like any run.
     """
-    options = RollbackOptions(
-        run_id=run_id, to=to, strategy=strategy, execute=execute, force=force, resume=resume
-    )
+    options = flags.options()
     config = rollback_target(app.config(), options)  # the project and database the run was made on
-    if execute or resume:
-        confirm_destructive(config, "roll back migrations", yes)
+    if options.execute or options.resume:
+        confirm_destructive(config, "roll back migrations", flags.yes)
     store = open_store(config)
-    if not as_json:
-        err_console.print(f"target: {store.info.describe()}")
-    controls = Controls(rate_limiter(config, store))
-    signals = install_signal_handlers(controls)
-    display = display_hooks(as_json, quiet, controls)
     try:
-        with observe_run(
-            config, store, controls, display, status, kind="rollback", resume=resume, as_json=as_json
-        ) as seen:
-            options = dataclasses.replace(options, rollback_id=seen.run_id)
-            report = rollback(config, options, store=store, hooks=seen.hooks, controls=controls)
-            signals.finished()
-    except RunStopped as stop:
-        if stop.resume_command and not as_json:
-            err_console.print(f"resume with: [bold]{stop.resume_command}[/]")
-        raise
-    except RollbackConflicts as conflicts:
-        if conflicts.report is not None and not as_json:
-            _print(conflicts.report)  # what was undone, and where the conflicts are listed
-        raise
+        if not flags.as_json:
+            err_console.print(f"target: {store.info.describe()}")
+        controls = Controls(rate_limiter(config, store))
+        install_signal_handlers(controls)
+        display = display_hooks(flags.as_json, flags.quiet, controls)
+        watch = watch_options(config, store, display, flags.status, as_json=flags.as_json)
+        try:
+            report = rollback(config, options, store=store, hooks=display, controls=controls, observe=watch)
+        except BaseException as error:
+            close_display(display)
+            done = result_of(error)
+            if done is not None:
+                if isinstance(error, RunStopped) and error.resume_command and not flags.as_json:
+                    err_console.print(f"resume with: [bold]{error.resume_command}[/]")
+                print_run_end("rollback", done.report_paths, done.report_error, flags.as_json)
+                if isinstance(error, RollbackConflicts) and not flags.as_json:
+                    _print(done)  # what was undone, and where the conflicts are listed
+            raise
+        close_display(display)
     finally:
         store.close()
-    if not as_json:
+    print_run_end("rollback", report.report_paths, report.report_error, flags.as_json)
+    if not flags.as_json:
         _print(report)

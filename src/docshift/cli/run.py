@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -13,21 +13,21 @@ from typing import Any
 import click
 
 from docshift.cli.confirm import confirm_destructive
-from docshift.cli.context import AppContext, pass_app
-from docshift.cli.display import StatusFlags, display_hooks, observe_run, status_options
-from docshift.cli.output import console, err_console, print_change, summary_table
-from docshift.cli.validate import (
-    finish_run_validation,
-    print_run_validation,
-    run_validation_failure,
-    start_run_validation,
-    stop_run_validation,
+from docshift.cli.context import AppContext, collect_flags, pass_app
+from docshift.cli.display import (
+    StatusFlags,
+    close_display,
+    display_hooks,
+    print_run_end,
+    status_options,
+    watch_options,
 )
-from docshift.commands.run import RunOptions, RunReport, rate_limiter, resume_run, run
+from docshift.cli.output import console, err_console, print_change, summary_table
+from docshift.cli.validate import print_run_validation
+from docshift.commands.run import RunOptions, RunReport, RunResult, rate_limiter, result_of, resume_run, run
 from docshift.commands.stages import parse_stages
 from docshift.engine.controls import Controls
-from docshift.engine.hooks import FanOutHooks
-from docshift.errors import ExitCode, RunStopped, UsageError
+from docshift.errors import ExitCode, RunStopped, UsageError, ValidationFailed
 from docshift.store import open_store
 
 __all__ = ["run_command"]
@@ -37,22 +37,22 @@ class SignalHandlers:
     """First Ctrl-C/SIGTERM: stop gracefully. Second: stop at once (safe: the checkpoint never
     claims an unacknowledged write, and before-images precede every write).
 
-    Once the run has finished (:meth:`finished`), a signal changes nothing any more: the data is
-    migrated and recorded, so it is noted and ignored, and the process exits with the run's result
-    (:func:`docshift.cli.main` keeps them ignored while the interpreter shuts down)."""
+    Once the run has finished (``controls.finished``, set by the command, or :meth:`finished`), a
+    signal changes nothing any more: the data is migrated and recorded, so it is noted and ignored,
+    and the process exits with the run's result (:func:`docshift.cli.main` keeps them ignored while
+    the interpreter shuts down)."""
 
     def __init__(self, controls: Controls) -> None:
         self.controls = controls
         self.hits = 0
-        self.done = False
 
     def finished(self) -> None:
-        self.done = True
+        self.controls.finished.set()
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         self.hits += 1
-        if self.done:
+        if self.controls.finished.is_set():
             if self.hits == 1:
                 err_console.print(f"[dim]{name}: the run has already finished; exiting with its result[/]")
             return
@@ -107,6 +107,68 @@ def _print_summary(report: RunReport, resumed: bool) -> None:
     for outcome in report.outcomes:
         if outcome.note:
             console.print(f"[yellow]{outcome.note}[/]")
+
+
+@dataclass(frozen=True)
+class RunFlags:
+    """``docshift run``'s flags: the config they override, the run's options, and how it is shown."""
+
+    execute: bool
+    to: str | None
+    only: str | None
+    limit: int | None
+    sample: float | None
+    stages: str | None
+    pause_between_stages: bool
+    resume: str | None
+    allow_drift: bool
+    force: bool
+    no_backup: bool
+    batch_size: int | None
+    concurrency: int | None
+    shards: int | None
+    max_writes_per_second: float | None
+    max_failures: str | None
+    scans: bool
+    auto_rollback: bool
+    as_json: bool
+    quiet: bool
+    yes: bool
+    status: StatusFlags
+
+    def config_flags(self) -> dict[str, Any]:
+        flags: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "concurrency": self.concurrency,
+            "shards": self.shards,
+            "max_writes_per_second": self.max_writes_per_second,
+            "max_failures": self.max_failures,
+        }
+        if self.no_backup:
+            flags["backup"] = False
+        return flags
+
+    def options(self) -> RunOptions:
+        if self.stages and (self.limit is not None or self.sample is not None):
+            raise UsageError(
+                "--stages chooses its own documents; it cannot be combined with --limit or --sample",
+                hint="drop --limit and --sample (a stage of 1% is a sample), or drop --stages",
+            )
+        return RunOptions(
+            execute=self.execute,
+            to=self.to,
+            only=self.only,
+            limit=self.limit,
+            sample_percent=self.sample,
+            resume=self.resume,
+            allow_drift=self.allow_drift,
+            force=self.force,
+            shards=self.shards,
+            stages=parse_stages(self.stages) if self.stages else None,
+            pause_between_stages=self.pause_between_stages,
+            scans=self.scans,
+            auto_rollback=self.auto_rollback,
+        )
 
 
 @click.command("run")
@@ -174,31 +236,8 @@ def _print_summary(report: RunReport, resumed: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
 @status_options
 @pass_app
-def run_command(
-    app: AppContext,
-    execute: bool,
-    to: str | None,
-    only: str | None,
-    limit: int | None,
-    sample: float | None,
-    stages: str | None,
-    pause_between_stages: bool,
-    resume: str | None,
-    allow_drift: bool,
-    force: bool,
-    no_backup: bool,
-    batch_size: int | None,
-    concurrency: int | None,
-    shards: int | None,
-    max_writes_per_second: float | None,
-    max_failures: str | None,
-    scans: bool,
-    auto_rollback: bool,
-    as_json: bool,
-    quiet: bool,
-    yes: bool,
-    status: StatusFlags,
-) -> None:
+@collect_flags(RunFlags)
+def run_command(app: AppContext, flags: RunFlags) -> None:
     """Dry-run or execute the pending migrations, in order.
 
     Without --execute nothing is written: docshift reads and transforms the targets and prints what
@@ -208,98 +247,67 @@ def run_command(
     checkpointed: stop at any time (Ctrl-C) and continue with --resume. If the run folder cannot be
     written (disk full, read-only), the run stops at once with exit 12, saying what it wrote.
     """
-    flags: dict[str, Any] = {
-        "batch_size": batch_size,
-        "concurrency": concurrency,
-        "shards": shards,
-        "max_writes_per_second": max_writes_per_second,
-        "max_failures": max_failures,
-    }
-    if no_backup:
-        flags["backup"] = False
-    config = app.config(**flags)
-    if stages and (limit is not None or sample is not None):
-        raise UsageError(
-            "--stages chooses its own documents; it cannot be combined with --limit or --sample",
-            hint="drop --limit and --sample (a stage of 1% is a sample), or drop --stages",
-        )
-    options = RunOptions(
-        execute=execute,
-        to=to,
-        only=only,
-        limit=limit,
-        sample_percent=sample,
-        resume=resume,
-        allow_drift=allow_drift,
-        force=force,
-        shards=shards,
-        stages=parse_stages(stages) if stages else None,
-        pause_between_stages=pause_between_stages,
-        scans=scans,
-        auto_rollback=auto_rollback,
-    )
-    if resume:
+    config = app.config(**flags.config_flags())
+    options = flags.options()
+    if options.resume:
         # The run's own project, database and settings, before anything uses them (the confirmation,
         # the write limit, the scans).
         resumed = resume_run(config, options)
         config, options = resumed.config, resumed.options
-        execute, scans, auto_rollback = options.execute, options.scans, options.auto_rollback
-        if not as_json:
+        if not flags.as_json:
             for line in resumed.describe():
                 err_console.print(line)
-    if execute or resume:
-        confirm_destructive(config, "migrate data", yes)
-    if no_backup and execute:
+    if options.execute or options.resume:
+        confirm_destructive(config, "migrate data", flags.yes)
+    if flags.no_backup and options.execute:
         err_console.print(
             "[yellow]warning: --no-backup: no before-images; this run cannot be rolled back by restore[/]"
         )
     store = open_store(config)
-    controls = Controls(rate_limiter(config, store))
-    display = display_hooks(as_json, quiet, controls)
-    signals = install_signal_handlers(controls)
-    limit_text = f"{controls.limiter.limit:,.0f} ops/s" if controls.limiter.limit else "none"
-    ramp = " with 500/50/5 ramp" if controls.limiter.ramp else ""
-    if not as_json:
-        err_console.print(f"target: {store.info.describe()}; write limit: {limit_text}{ramp}")
+    error: BaseException | None = None
     try:
-        with observe_run(
-            config, store, controls, display, status, resume=resume, as_json=as_json, limit=options.limit
-        ) as seen:
-            if not resume:
-                options = dataclasses.replace(options, run_id=seen.run_id)
-            validation = start_run_validation(
-                config, store, seen.hooks, controls, execute=execute, scans=scans, resume=resume
-            )
-            try:
-                hooks = FanOutHooks(validation, seen.hooks)
-                report = run(config, options, store=store, hooks=hooks, controls=controls)
-                checked = finish_run_validation(validation, report.folder)
-                failure = seen.ended_by = run_validation_failure(checked)
-                signals.finished()  # from here on, only the report and the summary are left to write
-            except RunStopped as stop:
-                stop_run_validation(
-                    validation,
-                    stop,
-                    config,
-                    store,
-                    folder=seen.folder,
-                    auto_rollback=auto_rollback,
-                    quiet=as_json,
-                )
-                if stop.resume_command:  # on stderr, so --json output on stdout stays pure JSON lines
-                    err_console.print(f"resume with: [bold]{stop.resume_command}[/]")
+        controls = Controls(rate_limiter(config, store))
+        display = display_hooks(flags.as_json, flags.quiet, controls)
+        install_signal_handlers(controls)
+        limit_text = f"{controls.limiter.limit:,.0f} ops/s" if controls.limiter.limit else "none"
+        ramp = " with 500/50/5 ramp" if controls.limiter.ramp else ""
+        if not flags.as_json:
+            err_console.print(f"target: {store.info.describe()}; write limit: {limit_text}{ramp}")
+        watch = watch_options(
+            config, store, display, flags.status, as_json=flags.as_json, limit=options.limit
+        )
+        try:
+            result = run(config, options, store=store, hooks=display, controls=controls, observe=watch)
+        except BaseException as raised:
+            found = result_of(raised)
+            if found is None:
                 raise
+            error, result = raised, found
+        finally:
+            close_display(display)
     finally:
         store.close()
-    if as_json:
-        if failure is not None:
-            raise failure
-        return
-    if not execute and not quiet:
-        _print_dry_run(report)
-    _print_summary(report, resumed=bool(resume))
-    print_run_validation(checked)
-    if not report.execute and report.outcomes:
-        console.print(f"dry run: nothing was written. Run folder: {Path(report.folder)}")
-    if failure is not None:
-        raise failure
+    _print_result(result, error, flags)
+
+
+def _print_result(result: RunResult, error: BaseException | None, flags: RunFlags) -> None:
+    """What the run did; then the error it ended with, raised (its exit code)."""
+    if error is not None and not isinstance(error, ValidationFailed):  # the run did not finish
+        if isinstance(error, RunStopped):
+            if result.validation is not None and not flags.as_json:
+                print_run_validation(result.validation, to_stderr=True)
+            if error.resume_command:  # on stderr, so --json output on stdout stays pure JSON lines
+                err_console.print(f"resume with: [bold]{error.resume_command}[/]")
+        print_run_end("run", result.report_paths, result.report_error, flags.as_json)
+        raise error
+    print_run_end("run", result.report_paths, result.report_error, flags.as_json)
+    if not flags.as_json:
+        if not result.execute and not flags.quiet:
+            _print_dry_run(result.run)
+        _print_summary(result.run, resumed=bool(flags.resume))
+        if result.validation is not None:
+            print_run_validation(result.validation)
+        if not result.execute and result.outcomes:
+            console.print(f"dry run: nothing was written. Run folder: {Path(result.folder)}")
+    if error is not None:
+        raise error

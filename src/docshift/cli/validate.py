@@ -1,37 +1,21 @@
-"""``docshift validate`` and ``docshift verify``, and the validation a ``docshift run`` carries:
-inline checks, the integrity gate, ``--validate`` scans, ``--auto-rollback`` and the health line."""
+"""``docshift validate`` and ``docshift verify``, and how the validation a ``docshift run`` carries
+is shown (its scans and the health line; :func:`docshift.commands.run.run` does the validating)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 from rich.table import Table
 
 from docshift.cli.context import AppContext, pass_app
 from docshift.cli.output import console, err_console
-from docshift.commands.rollback import RollbackOptions, rollback
-from docshift.commands.run import find_run
 from docshift.commands.validate import validate
 from docshift.commands.verify import VerifyReport, verify
-from docshift.config import Config
-from docshift.engine.controls import Controls
-from docshift.engine.hooks import RunHooks
-from docshift.errors import DocshiftError, RunStopped, ValidationFailed
-from docshift.runfolder.layout import RunFolder
-from docshift.store import Store
-from docshift.validators import HealthStatus, Level, RunOutcome, RunValidation, ValidationReport
+from docshift.errors import ValidationFailed
+from docshift.validators import HealthStatus, Level, RunOutcome, ValidationReport
 
-__all__ = [
-    "finish_run_validation",
-    "print_run_validation",
-    "run_validation_failure",
-    "start_run_validation",
-    "stop_run_validation",
-    "validate_command",
-    "verify_command",
-]
+__all__ = ["print_run_validation", "validate_command", "verify_command"]
 
 _STATUS_STYLE = {HealthStatus.HEALTHY: "green", HealthStatus.DEGRADED: "yellow", HealthStatus.CRITICAL: "red"}
 
@@ -155,82 +139,6 @@ def verify_command(app: AppContext, migration_id: str, examples: int, as_json: b
 # --------------------------------------------------------------------------- docshift run
 
 
-def start_run_validation(
-    config: Config,
-    store: Store,
-    hooks: RunHooks,
-    controls: Controls,
-    *,
-    execute: bool,
-    scans: bool,
-    resume: str | None,
-) -> RunValidation:
-    """Inline checks and the gate for every run; ``--validate`` adds before/after scans. What it
-    finds goes to ``hooks``; give the run it and them (``FanOutHooks(validation, hooks)``)."""
-    previous = None
-    if resume:
-        try:
-            previous = find_run(config.runs_dir, resume)
-        except DocshiftError:
-            previous = None  # the run itself says what is wrong with --resume
-    return RunValidation(
-        config,
-        store,
-        hooks=hooks,
-        controls=controls,
-        execute=execute or bool(resume),
-        scans=scans,
-        previous=previous,
-    )
-
-
-def finish_run_validation(validation: RunValidation, folder: Path) -> RunOutcome:
-    return validation.finish(folder if folder.is_dir() else None)
-
-
-def stop_run_validation(
-    validation: RunValidation,
-    stop: RunStopped,
-    config: Config,
-    store: Store,
-    *,
-    folder: Path | None,
-    auto_rollback: bool,
-    quiet: bool,
-) -> RunOutcome:
-    """A stopped run (its folder, when it has one): save the validation report; after an
-    integrity-gate stop with ``--auto-rollback``, roll the run back (the run is then closed: it is
-    recorded as ``rolled_back`` and a resume is refused). A canary run's gate stop has rolled its
-    stages back already."""
-    run_id = folder.name if folder is not None and RunFolder(folder).exists else ""
-    outcome = validation.finish(folder if run_id else None, stop)
-    if auto_rollback and validation.gate and run_id and stop.run_state != "rolled_back":
-        # Restoring the before-images undoes exactly what the run wrote (a down() may not be an exact
-        # inverse, and would also visit the documents the run never reached).
-        strategy = "restore" if config.engine.backup else "auto"
-        err_console.print(f"integrity gate: rolling back run {run_id} ({strategy}, --auto-rollback)")
-        try:
-            rollback(
-                config,
-                RollbackOptions(run_id=run_id, strategy=strategy, execute=True),
-                store=store,
-                hooks=validation.hooks,
-            )
-        except DocshiftError as exc:
-            err_console.print(f"[red]auto-rollback failed:[/] {exc.message}")
-            stop.hint = f"roll back by hand: docshift rollback {run_id} --strategy {strategy} --execute"
-        else:
-            stop.resume_command = None
-            stop.run_state = "rolled_back"  # what run.json, the report, `runs` and `show` then say
-            stop.hint = (
-                f"run {run_id} was rolled back and is closed; fix the data or the migration, then "
-                "start a new run: docshift run --execute"
-            )
-    if not quiet:
-        print_run_validation(outcome, to_stderr=True)
-    return outcome
-
-
 def print_run_validation(outcome: RunOutcome, *, to_stderr: bool = False) -> None:
     """Scan summaries and the health line, after the run's summary table."""
     out = err_console if to_stderr else console
@@ -243,14 +151,3 @@ def print_run_validation(outcome: RunOutcome, *, to_stderr: bool = False) -> Non
             f"[{_STATUS_STYLE[health.status]}]{health.describe()}[/]"
             + (f"; report: {outcome.path}" if outcome.path else "")
         )
-
-
-def run_validation_failure(outcome: RunOutcome) -> ValidationFailed | None:
-    """Exit 14 when an after-scan (``--validate``) found the data below integrity_critical: the
-    run's outcome (recorded as such before the command raises it)."""
-    failed = outcome.after_failed
-    if not failed:
-        return None
-    return ValidationFailed(
-        f"after-scan {failed[0].summary()}", hint=f"the failing documents are listed in {failed[0].path}"
-    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from docshift import __version__
@@ -38,12 +39,22 @@ from docshift.engine.hooks import (
     VerifyStarted,
 )
 from docshift.engine.limits import RateLimiter
-from docshift.errors import UsageError
+from docshift.errors import DataError, StoreError, UsageError
 from docshift.store import Query, Store, store_for
 from docshift.store.semantics import MAX_WRITES_PER_REQUEST
 from docshift.values import Timestamp
 
-__all__ = ["BackupManifest", "RestoreReport", "VerifyReport", "backup", "restore", "verify"]
+__all__ = [
+    "BackupManifest",
+    "BackupOptions",
+    "RestoreReport",
+    "VerifyReport",
+    "backup",
+    "restore",
+    "restore_failure",
+    "verify",
+    "verify_failure",
+]
 
 _PROGRESS_EVERY = 1000
 
@@ -90,24 +101,34 @@ def _seconds(start: Timestamp, end: Timestamp) -> float:
     return (end.seconds - start.seconds) + (end.nanos - start.nanos) / 1e9
 
 
+@dataclass(frozen=True)
+class BackupOptions:
+    """What ``docshift backup`` backs up, and into which new folder."""
+
+    collections: Sequence[str]
+    """Collection paths, or collection group ids with ``group``."""
+    out: Path
+    recursive: bool = False
+    group: bool = False
+    all_collections: bool = False
+    """Every root collection except docshift's own, recursively (name none)."""
+    docs_per_file: int = DEFAULT_DOCS_PER_FILE
+
+
 def backup(
     config: Config,
-    collections: Sequence[str],
-    out: Path,
+    options: BackupOptions,
     *,
-    recursive: bool = False,
-    group: bool = False,
-    all_collections: bool = False,
-    docs_per_file: int = DEFAULT_DOCS_PER_FILE,
     store: Store | None = None,
     hooks: BackupHooks | None = None,
 ) -> BackupManifest:
-    """Back up ``collections`` (collection paths, or group ids with ``group``) into the new folder
-    ``out``; ``all_collections`` takes every root collection except docshift's own, recursively.
+    """Back up ``options.collections`` into the new folder ``options.out``.
 
     Memory stays flat: documents stream from one query per collection into the current file.
     A failure removes the files written so far, so an unfinished backup never looks usable.
     """
+    collections, out, recursive, group = options.collections, options.out, options.recursive, options.group
+    all_collections, docs_per_file = options.all_collections, options.docs_per_file
     hooks = hooks or BackupHooks()
     if docs_per_file < 1:
         raise UsageError("docs_per_file must be at least 1", hint="pass --docs-per-file 1 or more")
@@ -291,3 +312,26 @@ def verify(
             concurrency=config.engine.concurrency,
             hooks=hooks,
         )
+
+
+def restore_failure(report: RestoreReport) -> StoreError | None:
+    """The error a restore with documents that could not be written ends with (exit 5)."""
+    if not report.failed:
+        return None
+    path, error = report.failures[0]
+    return StoreError(
+        f"{report.failed:,} documents could not be restored (first: {path}: {error})",
+        hint="fix the cause and run the same restore again; it is safe to repeat",
+    )
+
+
+def verify_failure(verification: VerifyReport) -> DataError | None:
+    """The error a comparison that found the store unlike the backup ends with (exit 3)."""
+    if verification.ok:
+        return None
+    first_path, first_problem = verification.samples[0]
+    return DataError(
+        f"the store does not match the backup: {verification.missing:,} missing and "
+        f"{verification.different:,} different documents (first: {first_path}: {first_problem})",
+        hint="something else wrote to them, or a restore did not finish; running the restore again is safe",
+    )

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from docshift.commands.run import new_run_id
+from docshift.commands.session import new_run_id
 from docshift.config import Config
 from docshift.errors import ConflictError, UsageError
 from docshift.history import History, HistoryRecord, id_key

@@ -1,12 +1,14 @@
 """Everything that watches one run from inside its process: the event log, the live status, the
 status endpoint, control files, the presence file, and the report written when the run ends.
 
-One context manager, so ``docshift run`` and ``docshift rollback`` (or a Python caller) get the
-same behaviour with a few lines::
+One context manager, which :func:`docshift.commands.run.run` and
+:func:`docshift.commands.rollback.rollback` put around their run (so a Python caller gets the same
+files as the command line)::
 
-    with Observation(config, store, controls, display=display, status_port=8765) as seen:
-        report = run(config, RunOptions(execute=True, run_id=seen.run_id), store=store,
-                     hooks=seen.hooks, controls=controls)
+    watch = ObserveOptions(status_port=8765)
+    with Observation(config, store, controls, display=display, options=watch) as seen:
+        report = run_migrations(config, RunOptions(execute=True, run_id=seen.run_id), store=store,
+                                hooks=seen.hooks, controls=controls)
     print(seen.report.html)
 
 The report is written however the block ends (success, stop, error); a failure to write it is
@@ -17,27 +19,29 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from docshift.commands.run import find_run, new_run_id
+from docshift.commands.session import find_run, new_run_id
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import ControlApplied, FanOutHooks, RunEnded, RunHooks
 from docshift.errors import DocshiftError, RunStopped
 from docshift.loader import load_migrations
 from docshift.migration import Migration
-from docshift.remote.files import ControlFiles, read_presence, remove_presence, write_presence
+from docshift.remote.files import ControlFiles
 from docshift.remote.server import StatusServer
 from docshift.reports.events import EventLog
 from docshift.reports.report import ReportPaths, build_report
 from docshift.reports.status import ProgressExtras, RunStatus
 from docshift.runfolder.layout import RunFolder
+from docshift.runfolder.presence import read_presence, remove_presence, write_presence
 from docshift.runfolder.record import record_outcome
 from docshift.store import Store
 
-__all__ = ["Observation", "migration_totals", "outcome_of"]
+__all__ = ["Observation", "ObserveOptions", "migration_totals", "outcome_of"]
 
 
 def migration_totals(
@@ -72,6 +76,23 @@ def outcome_of(error: BaseException | None, state: str | None = None) -> dict[st
     return outcome
 
 
+@dataclass(frozen=True)
+class ObserveOptions:
+    """How a run is watched (none of it is recorded with the run: the token never is)."""
+
+    status_port: int | None = None
+    """Serve the status endpoint on this port (0: any free one); None: no endpoint."""
+    status_host: str = "127.0.0.1"
+    status_token: str | None = None
+    totals: Callable[[str], int | None] | None = None
+    """How many documents each migration (by label) handles, for the progress bar and the ETA
+    (:func:`migration_totals`; a count query each, so only where an ETA is shown)."""
+    control_files: bool = True
+    report: bool = True
+    on_start: Callable[[Observation], None] | None = None
+    """Called once the observation is set up (run id, folder and endpoint known), before the run."""
+
+
 class _Observed(FanOutHooks):
     """The hooks an observation gives the run: the event log, the status and the display get
     every step at once, except the run's end, which they get once, when the command is over
@@ -85,7 +106,8 @@ class _Observed(FanOutHooks):
 
 
 class Observation:
-    """See the module docstring. ``resume`` is the run id (or ``latest``) being resumed, if any."""
+    """See the module docstring. ``resume`` is the run id (or ``latest``) being resumed, if any;
+    ``run_id`` the id of a new run (default: generated)."""
 
     def __init__(
         self,
@@ -95,27 +117,20 @@ class Observation:
         *,
         kind: str = "run",
         resume: str | None = None,
+        run_id: str | None = None,
         display: RunHooks | None = None,
-        status_port: int | None = None,
-        status_host: str = "127.0.0.1",
-        status_token: str | None = None,
-        totals: Callable[[str], int | None] | None = None,
-        control_files: bool = True,
-        report: bool = True,
+        options: ObserveOptions | None = None,
     ) -> None:
+        options = options or ObserveOptions()
         self.config = config
         self.store = store
         self.controls = controls
         self.kind = kind
         self.resume = resume
+        self.options = options
         self.display = display or RunHooks()
-        self.status_port = status_port
-        self.status_host = status_host
-        self.status_token = status_token or None
-        self.totals = totals
-        self.use_control_files = control_files
-        self.write_report = report
-        self.run_id: str | None = None
+        self.status_token = options.status_token or None
+        self.run_id: str | None = None if resume else run_id
         """The new run's id (pass it as ``RunOptions.run_id``); None when resuming."""
         self.folder: Path | None = None
         self.status = RunStatus("", kind=kind, controls=controls)
@@ -141,11 +156,12 @@ class Observation:
             if presence is not None and presence.alive:
                 self.folder = None  # another process still runs it (the run refuses): leave its files be
         else:
-            self.run_id = new_run_id()
-            self.folder = self.config.runs_dir / self.run_id
-        if self.status_port is not None and not self.status_host:
-            self.status_host = "127.0.0.1"
+            self.run_id = self.run_id or new_run_id()
+            self.folder = RunFolder.of(self.config.runs_dir, self.run_id).path
+        options = self.options
         if self.folder is None:
+            if options.on_start is not None:
+                options.on_start(self)
             return self
         self.status.run_id = self.folder.name
         self.log = EventLog(RunFolder(self.folder).events)
@@ -154,23 +170,25 @@ class Observation:
         self.hooks = ProgressExtras(
             self._observed,
             retries=(lambda: int(getattr(self.store, "retries", 0))) if isinstance(retries, int) else None,
-            totals=self.totals,
+            totals=options.totals,
         )
-        if self.status_port is not None:
+        if options.status_port is not None:
             self.server = StatusServer(
                 self.status,
                 self.controls,
-                host=self.status_host,
-                port=self.status_port,
+                host=options.status_host or "127.0.0.1",
+                port=options.status_port,
                 token=self.status_token,
                 on_control=self._note_control,
             )
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_presence(self.folder, self.url, self.status_token is not None)
-            if self.use_control_files:
+            if options.control_files:
                 self.files = ControlFiles(self.folder, self.controls, hooks=self.hooks)
                 self.files.start()
+            if options.on_start is not None:
+                options.on_start(self)
         except BaseException:
             self._close_watchers()
             raise
@@ -217,7 +235,7 @@ class Observation:
             record_outcome(folder, outcome)
         except (OSError, DocshiftError) as error:
             self.report_error = error
-        if self.write_report:
+        if self.options.report:
             try:
                 self.report = build_report(
                     folder, outcome=outcome, secrets=(self.status_token,) if self.status_token else ()

@@ -17,11 +17,11 @@ from docshift.commands.target import refuse_other_target
 from docshift.config import Config
 from docshift.errors import DataError, UsageError
 from docshift.remote.client import ControlResult, fetch_status, send_control
-from docshift.remote.files import read_presence
 from docshift.reports.events import EventFollower
 from docshift.reports.report import ReportPaths, build_report, collect_report
 from docshift.reports.status import RunStatus
 from docshift.runfolder.layout import RunFolder, run_folders
+from docshift.runfolder.presence import read_presence
 from docshift.runfolder.record import COUNT_COLUMNS, live_state, read_migrations, read_run
 
 __all__ = [

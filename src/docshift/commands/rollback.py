@@ -23,42 +23,46 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from docshift.commands.run import (
-    RunOptions,
-    find_run,
-    load_run_info,
-    new_run_id,
-    pipeline_options,
-    rate_limiter,
-)
+from docshift.commands.observe import Observation, ObserveOptions
+from docshift.commands.session import RunSession, find_run, load_run_info, new_run_id, rate_limiter
 from docshift.commands.target import check_store, target_config
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.dry_run import DryRunRecorder
 from docshift.engine.hooks import PassFinished, PassStarted, RunHooks, RunStarted, Warned, run_lifecycle
-from docshift.engine.pipeline import MigrationPipeline, PipelineResult, new_checkpoint
+from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
 from docshift.engine.sharding import plan_shards
 from docshift.engine.undo import UndoAction, Undoer, UndoResult, undo_actions
 from docshift.errors import EmergencyStop, RollbackConflicts, RunStopped, UsageError
-from docshift.history import History, HistoryRecord, MigrationStatus, current_user
+from docshift.history import History, HistoryRecord, MigrationStatus
 from docshift.loader import load_migrations
-from docshift.lock import LeaseLock
 from docshift.migration import Migration
+from docshift.reports.report import ReportPaths
 from docshift.runfolder.checkpoint import Checkpoint, ShardCursor, UndoProgress, UndoStep
 from docshift.runfolder.journal import JournalReader
 from docshift.runfolder.layout import MigrationFolder, RunFolder
-from docshift.runfolder.record import force_command, read_info, write_info
+from docshift.runfolder.record import CONFLICTS, FINISHED, force_command, read_info
 from docshift.store import Store, store_for
 from docshift.store.simulated import SimulatedStore
 from docshift.values import Timestamp
 
-__all__ = ["RollbackItem", "RollbackOptions", "RollbackReport", "rollback", "rollback_target"]
+__all__ = [
+    "RollbackItem",
+    "RollbackOptions",
+    "RollbackReport",
+    "rollback",
+    "rollback_target",
+    "run_rollback",
+    "undo_listings",
+    "undo_run_journal",
+]
 
 _UNDONE = (
     MigrationStatus.APPLIED,
@@ -151,6 +155,9 @@ class RollbackReport:
     execute: bool
     target: str
     items: list[RollbackItem] = field(default_factory=list)
+    report_paths: ReportPaths | None = None
+    """The rollback's report (by :func:`rollback`; None when it could not be written)."""
+    report_error: BaseException | None = None
 
     @property
     def resume_command(self) -> str:
@@ -434,82 +441,136 @@ def rollback(
     store: Store | None = None,
     hooks: RunHooks | None = None,
     controls: Controls | None = None,
+    observe: ObserveOptions | None = None,
 ) -> RollbackReport:
-    """Dry-run (default) or execute a rollback; raises :class:`RollbackConflicts` when documents
-    changed since the migration wrote them were left alone (use ``force`` to overwrite them), or
-    when documents do not equal their before-images afterwards."""
+    """The whole ``docshift rollback``: :func:`run_rollback` on the project and database of the run
+    it undoes, observed like a run (event log, status endpoint, control files, report: ``observe``).
+    ``hooks`` are the display. Raises what :func:`run_rollback` raises once the rollback and its
+    report are recorded (:func:`result_of` gives a stop's report). The caller confirms first (the
+    command line does)."""
+    config = rollback_target(config, options)
+    rollback_id = None if options.resume else (options.rollback_id or new_run_id())
+    options = dataclasses.replace(options, rollback_id=rollback_id)
+    with store_for(config, store) as active:
+        controls = controls or Controls(rate_limiter(config, active))
+        observation = Observation(
+            config,
+            active,
+            controls,
+            kind="rollback",
+            resume=options.resume,
+            run_id=rollback_id,
+            display=hooks,
+            options=observe,
+        )
+        report: RollbackReport | None = None
+        try:
+            with observation as seen:
+                try:
+                    report = run_rollback(config, options, store=active, hooks=seen.hooks, controls=controls)
+                except RollbackConflicts as conflicts:
+                    report = conflicts.report
+                    raise
+                finally:
+                    controls.finished.set()  # from here on, only the report is left to write
+        except BaseException as error:
+            if report is None and observation.folder is not None:
+                report = RollbackReport(
+                    observation.folder.name, observation.folder, True, active.info.describe()
+                )
+            if report is not None:
+                report.report_paths, report.report_error = observation.report, observation.report_error
+                _RESULTS[error] = report
+            raise
+    assert report is not None
+    report.report_paths, report.report_error = observation.report, observation.report_error
+    return report
+
+
+_RESULTS: weakref.WeakKeyDictionary[BaseException, RollbackReport] = weakref.WeakKeyDictionary()
+
+
+def result_of(error: BaseException) -> RollbackReport | None:
+    """The report of the rollback that :func:`rollback` raised ``error`` for (a stop: recorded and
+    reported before it was raised; conflicts, with what was undone); None when ``error`` came
+    before the rollback was set up."""
+    return _RESULTS.get(error)
+
+
+def run_rollback(
+    config: Config,
+    options: RollbackOptions,
+    *,
+    store: Store | None = None,
+    hooks: RunHooks | None = None,
+    controls: Controls | None = None,
+) -> RollbackReport:
+    """Dry-run (default) or execute a rollback in one run session (:func:`rollback` without the
+    observation); raises :class:`RollbackConflicts` when documents changed since the migration
+    wrote them were left alone (use ``force`` to overwrite them), or when documents do not equal
+    their before-images afterwards. ``hooks`` hear of each step (:mod:`docshift.engine.hooks`)."""
     migrations = {m.id: m for m in load_migrations(config.migrations_dir)}
     config = rollback_target(config, options)
+    hooks = hooks or RunHooks()
     with store_for(config, store) as active:
-        hooks = hooks or RunHooks()
-        history = History(active, config.store.state_prefix)
         if options.resume:
             folder = find_run(config.runs_dir, options.resume, kind="rollback")
-            info = read_info(folder)
-            check_store(active, info, str(info["run_id"]))
+            session = RunSession.resume(config, active, folder, read_info(folder))
+            info = session.info
             plan = [_planned(config, migrations, entry) for entry in info["plan"]]
             order = _recorded_order(plan, info)
             options = dataclasses.replace(options, execute=bool(info["execute"]), force=bool(info["force"]))
-            run_id = str(info["run_id"])
         else:
-            targets = _targets(config, options, history, migrations)
-            for source_run in dict.fromkeys(run for _, runs, _ in targets for run in runs):
-                if RunFolder.of(config.runs_dir, source_run).exists:
-                    check_store(active, load_run_info(config.runs_dir / source_run), source_run)
-            plan = [_strategy(config, m, runs, known, options.strategy) for m, runs, known in targets]
-            order = _order(config, plan)
-            run_id = options.rollback_id or new_run_id()
-            folder = config.runs_dir / run_id
-            of_run = None
-            if options.run_id is not None:
-                of_run = str(load_run_info(find_run(config.runs_dir, options.run_id))["run_id"])
-            info = {
-                "run_id": run_id,
-                "kind": "rollback",
-                "execute": options.execute,
-                "force": options.force,
-                "state": "running",
-                "migrations": [step.migration.id for step in plan],
-                "plan": [step.to_json() for step in plan],
-                "order": [[step.migration.id, run] for step, run in order],
-                "of_run": of_run,
-                "to": options.to,
-                "strategy": options.strategy,
-                "created_at": datetime.now(UTC).isoformat(),
-                "user": current_user(),
-                "target": active.info.describe(),
-                "project": active.info.project,
-                "database": active.info.database,
-            }
-            write_info(folder, info)
-        report = RollbackReport(run_id, folder, options.execute, active.info.describe())
+            plan, order, info = _new_plan(config, active, options, migrations)
+            session = RunSession.create(config, active, info)
+        report = RollbackReport(session.run_id, session.folder, options.execute, active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
-        started = RunStarted(run_id, folder, "rollback", execute=options.execute)
         with run_lifecycle(hooks) as start:
-            if not options.execute:
-                start(started)
-                _undo_all(config, active, plan, order, options, report, history, hooks, controls)
-            else:
-                lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
-                with lock:
-                    controls.lease_lost = lock.lost
-                    start(started)
-                    try:
-                        _undo_all(config, active, plan, order, options, report, history, hooks, controls)
-                    except RunStopped as stop:
-                        stop.resume_command = report.resume_command
-                        info["state"] = stop.run_state
-                        write_info(folder, info)
-                        raise
+            with session.steps(controls):
+                start(RunStarted(session.run_id, session.folder, "rollback", execute=options.execute))
+                work = _Undoing(config, active, options, report, session.history, hooks, controls)
+                _undo_all(work, plan, order)
             dirty = [item for item in report.items if not item.clean] if options.execute else []
-            info["state"] = RollbackConflicts.run_state if dirty else "finished"
-            write_info(folder, info)
+            session.finish(
+                state=CONFLICTS if dirty else FINISHED,
+                done="finished" if not dirty else "ended with conflicts",
+                again="it undoes nothing again",
+            )
             if dirty:
-                message, hint = _not_undone(dirty, info)
+                message, hint = _not_undone(dirty, session.info)
                 error = RollbackConflicts(message, hint=hint)
                 error.report = report
                 raise error
         return report
+
+
+def _new_plan(
+    config: Config, store: Store, options: RollbackOptions, migrations: dict[str, Migration]
+) -> tuple[list[_Step], _Order, dict[str, Any]]:
+    """What a new rollback undoes, in which order, and its ``run.json``."""
+    history = History(store, config.store.state_prefix)
+    targets = _targets(config, options, history, migrations)
+    for source_run in dict.fromkeys(run for _, runs, _ in targets for run in runs):
+        if (source := RunFolder.of(config.runs_dir, source_run)).exists:
+            check_store(store, load_run_info(source.path), source_run)
+    plan = [_strategy(config, m, runs, known, options.strategy) for m, runs, known in targets]
+    order = _order(config, plan)
+    of_run = None
+    if options.run_id is not None:
+        of_run = str(load_run_info(find_run(config.runs_dir, options.run_id))["run_id"])
+    info = {
+        "run_id": options.rollback_id or new_run_id(),
+        "kind": "rollback",
+        "execute": options.execute,
+        "force": options.force,
+        "migrations": [step.migration.id for step in plan],
+        "plan": [step.to_json() for step in plan],
+        "order": [[step.migration.id, run] for step, run in order],
+        "of_run": of_run,
+        "to": options.to,
+        "strategy": options.strategy,
+    }
+    return plan, order, info
 
 
 def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, str]:
@@ -545,21 +606,26 @@ def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, s
     return "; ".join(parts), "; ".join(hints)
 
 
-def _undo_all(
-    config: Config,
-    store: Store,
-    plan: list[_Step],
-    order: _Order,
-    options: RollbackOptions,
-    report: RollbackReport,
-    history: History,
-    hooks: RunHooks,
-    controls: Controls,
-) -> None:
+@dataclass
+class _Undoing:
+    """What a rollback undoes its plan with."""
+
+    config: Config
+    store: Store
+    options: RollbackOptions
+    report: RollbackReport
+    history: History
+    hooks: RunHooks
+    controls: Controls
+
+
+def _undo_all(work: _Undoing, plan: list[_Step], order: _Order) -> None:
     """Undo the plan in ``order`` (newest writes first): each run's journal of each migration, or
     down() over a migration's target. A migration is recorded rolled back once the last of its runs
     is undone, cleanly. A dry run does the same against a simulated copy of the store, so each undo
     sees what undoing the newer writes would leave."""
+    config, store, options, report = work.config, work.store, work.options, work.report
+    history, hooks, controls = work.history, work.hooks, work.controls
     own_writes: dict[str, tuple[Timestamp, Timestamp | None]] = {}
     view = store if options.execute else SimulatedStore(store)
     items: dict[str, RollbackItem] = {}
@@ -569,7 +635,7 @@ def _undo_all(
             step.migration,
             step.strategy,
             step.runs,
-            report.folder / step.migration.label,
+            RunFolder(report.folder).migration(step.migration.label).path,
             runs_known=step.known,
         )
         items[step.migration.id] = item
@@ -660,17 +726,19 @@ class _JournalUndo:
         options: RollbackOptions,
         controls: Controls,
         own_writes: dict[str, tuple[Timestamp, Timestamp | None]],
+        *,
+        checkpointed: bool = True,
     ) -> None:
         self.config, self.step, self.folder, self.options = config, step, folder, options
         self.controls, self.own_writes = controls, own_writes
         self.files = MigrationFolder(folder)
-        self.path = self.files.checkpoint
+        self.path: Path | None = self.files.checkpoint if checkpointed else None
         self.parts = {run: UndoResult() for run in step.runs}
         self.finished: set[str] = set()
         self.working_seconds = 0.0
         """Time spent undoing this migration (other migrations' runs may come in between)."""
         self.started: float | None = None
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             saved = Checkpoint.load(self.path)
             if saved.undo is None:
                 raise UsageError(
@@ -777,7 +845,7 @@ class _JournalUndo:
         lost = self.controls.lease_lost
         if lost is not None and lost.is_set():
             self.controls.request_stop("the lease was lost to another run", EmergencyStop)
-        if not self.options.execute:
+        if not self.options.execute or self.path is None:
             return
         checkpoint = self.checkpoint
         checkpoint.counters = dict(self.total().counters)
@@ -789,6 +857,27 @@ class _JournalUndo:
         ]
         checkpoint.state = state
         checkpoint.save(self.path)
+
+
+def undo_run_journal(
+    config: Config, store: Store, migration: Migration, folder: Path, controls: Controls, hooks: RunHooks
+) -> UndoResult:
+    """Undo what run ``folder.parent.name`` wrote to ``migration`` from its journal in ``folder``
+    (a canary's stages), by the rollback's own mechanism: as ``docshift rollback --strategy
+    restore --execute`` does, every undone document is verified against its before-image, and
+    conflicts and mismatches are listed in ``folder`` (see :func:`undo_listings`). Not
+    checkpointed: done again, it finds what it restored equal to its before-image."""
+    step = _Step(migration, (folder.parent.name,), "restore", "journal")
+    undo = _JournalUndo(config, step, folder, RollbackOptions(execute=True), controls, {}, checkpointed=False)
+    undo.run(step.runs[0], store, hooks)
+    return undo.total()
+
+
+def undo_listings(folder: Path) -> list[Path]:
+    """The lists an undo in ``folder`` wrote: documents left alone (conflicts), and documents that
+    do not equal their before-image afterwards (mismatches)."""
+    files = MigrationFolder(folder)
+    return [path for path in (files.conflicts, files.mismatches) if path.is_file()]
 
 
 def _down_over_target(
@@ -812,9 +901,8 @@ def _down_over_target(
         settings: dict[str, Any] = {"rollback": True, "strategy": "down"}
         checkpoint = new_checkpoint(run_id, migration, plan_shards(store, migration.target, 1), settings)
     recorder = None if options.execute else DryRunRecorder(files.plan, migration.down)
-    base = pipeline_options(
-        config if options.execute else config.with_engine(backup=False), RunOptions(execute=True)
-    )
+    engine = config.engine if options.execute else config.with_engine(backup=False).engine
+    base = PipelineOptions(execute=True, engine=engine, limits=config.limits)
     pipeline = MigrationPipeline(
         store,
         migration,

@@ -1,5 +1,11 @@
 """``docshift run``: dry-run or execute the pending migrations, in order, resumably.
 
+:func:`run` is the whole command, the one the command line calls: it opens the store (unless
+given one), observes the run (event log, status endpoint, control files, report), checks every
+document against its migration's rules with the integrity gate, scans before and after each
+migration (``scans``), runs the migrations in one run session (:func:`run_migrations`), rolls the
+run back when the gate stops it (``auto_rollback``), and returns what it did (:class:`RunResult`).
+
 Each migration gets its own folder in the run folder (checkpoint, before-images, dead letters,
 plan), so a run of several migrations resumes exactly where it stopped, migration by migration.
 A resume continues with the run's own settings (``run.json``), a flag given on it overriding one.
@@ -12,21 +18,30 @@ end, no ``--limit`` cut, no ``--sample``, every canary stage passed), otherwise 
 from __future__ import annotations
 
 import dataclasses
-import os
-import secrets
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from docshift.commands.stages import CanaryStages, run_stages
-from docshift.commands.target import check_store, target_config
+from docshift.commands.observe import Observation, ObserveOptions, outcome_of
+from docshift.commands.rollback import RollbackOptions, run_rollback
+from docshift.commands.session import (
+    RunSession,
+    find_run,
+    load_run_info,
+    new_run_id,
+    rate_limiter,
+)
+from docshift.commands.stages import CanaryStages, StageRun, run_stages
+from docshift.commands.target import target_config
 from docshift.config import Config, with_values
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.dry_run import DryRunRecorder
 from docshift.engine.hooks import (
+    FanOutHooks,
     MigrationEnded,
     MigrationStarted,
     RunHooks,
@@ -35,38 +50,42 @@ from docshift.engine.hooks import (
     Warned,
     run_lifecycle,
 )
-from docshift.engine.limits import RateLimiter
 from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
 from docshift.engine.sharding import plan_shards
 from docshift.errors import (
     DocshiftError,
     DriftError,
     ExitCode,
-    LockedError,
-    RunFileError,
     RunStopped,
     StageFailed,
     UsageError,
+    ValidationFailed,
 )
 from docshift.history import History, MigrationStatus, current_user
 from docshift.loader import load_migrations
-from docshift.lock import LeaseLock, process_exists, read_lease
 from docshift.migration import Migration
 from docshift.planning import MigrationState, check_drift, check_order, migration_states
+from docshift.reports.report import ReportPaths
 from docshift.runfolder.checkpoint import Checkpoint, Scope
-from docshift.runfolder.layout import RunFolder, run_folders
-from docshift.runfolder.record import CLOSED_STATES, read_info, read_migration, write_info
+from docshift.runfolder.layout import MigrationFolder, RunFolder
+from docshift.runfolder.record import ROLLED_BACK, read_migration
 from docshift.store import Store, store_for
+from docshift.validators import RunOutcome, RunValidation
 
 __all__ = [
+    "MigrationOutcome",
     "ResumedRun",
     "RunOptions",
     "RunReport",
+    "RunResult",
     "find_run",
     "load_run_info",
     "outcome_status",
+    "rate_limiter",
+    "result_of",
     "resume_run",
     "run",
+    "run_migrations",
     "run_settings",
 ]
 
@@ -92,9 +111,11 @@ class RunOptions:
     run_id: str | None = None
     """The id of a new run (default: generated); lets a caller know the run folder beforehand."""
     scans: bool = False
-    """``--validate``; recorded with the run so that a resume scans too (the CLI runs the scans)."""
+    """``--validate``: scan each migration's target against its rules before and after it runs;
+    recorded with the run so that a resume scans too."""
     auto_rollback: bool = False
-    """``--auto-rollback``; recorded with the run so that a resume keeps it (the CLI rolls back)."""
+    """``--auto-rollback``: roll the run back when the integrity gate stops it; recorded with the
+    run so that a resume keeps it."""
 
 
 @dataclass
@@ -114,6 +135,8 @@ class MigrationOutcome:
 
 @dataclass
 class RunReport:
+    """The migrations a run worked on, each with its outcome (so far, when the run stopped)."""
+
     run_id: str
     folder: Path
     execute: bool
@@ -125,8 +148,52 @@ class RunReport:
         return f"docshift run --execute --resume {self.run_id}"
 
 
-def new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
+@dataclass
+class RunResult:
+    """What the whole ``docshift run`` (:func:`run`) did: the run (its id, folder and each
+    migration's outcome), how it ended (as run.json, the report and ``docshift runs`` say), the
+    report's paths and the validation's outcome (health, scans)."""
+
+    run: RunReport
+    state: str
+    exit_code: int
+    error: str | None = None
+    hint: str | None = None
+    resume_command: str | None = None
+    """What continues the run, when it stopped and can be resumed."""
+    report_paths: ReportPaths | None = None
+    """The report's files and content; None when nothing ran (nothing to do), or when it could not
+    be written (``report_error`` says why)."""
+    report_error: BaseException | None = None
+    validation: RunOutcome | None = None
+    """None when nothing was validated (the run was refused before it started)."""
+    status_url: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def folder(self) -> Path:
+        return self.run.folder
+
+    @property
+    def execute(self) -> bool:
+        return self.run.execute
+
+    @property
+    def outcomes(self) -> list[MigrationOutcome]:
+        return self.run.outcomes
+
+
+_RESULTS: weakref.WeakKeyDictionary[BaseException, RunResult] = weakref.WeakKeyDictionary()
+
+
+def result_of(error: BaseException) -> RunResult | None:
+    """The result of the run that :func:`run` raised ``error`` for (a stop, an after-scan below the
+    threshold: recorded, reported and validated before it was raised); None when ``error`` came
+    before the run was set up."""
+    return _RESULTS.get(error)
 
 
 def pipeline_options(config: Config, options: RunOptions) -> PipelineOptions:
@@ -137,11 +204,6 @@ def pipeline_options(config: Config, options: RunOptions) -> PipelineOptions:
         limit=options.limit,
         sample_percent=options.sample_percent,
     )
-
-
-def rate_limiter(config: Config, store: Store) -> RateLimiter:
-    ramp = config.limits.ramp == "on" or (config.limits.ramp == "auto" and not store.info.is_emulator)
-    return RateLimiter(config.limits.max_writes_per_second, ramp=ramp)
 
 
 def _select(
@@ -340,11 +402,11 @@ def _scope_text(value: Any) -> str:
     return f"{_shown(value)}%" if isinstance(value, float) else str(value)
 
 
-def _record_resume(resumed: ResumedRun, hooks: RunHooks) -> None:
+def _record_resume(resumed: ResumedRun, session: RunSession, hooks: RunHooks) -> None:
     """Write into ``run.json`` the settings the resume continues with, the resume and what it
     overrode, and ``overrides``: every setting the run's resumes changed, from the run's first
     value to the latest (what the report and the history show)."""
-    info = resumed.info
+    info = session.info
     info["settings"] = run_settings(resumed.config, resumed.options)
     info.setdefault("resumes", []).append(
         {"at": datetime.now(UTC).isoformat(), "user": current_user(), "overrides": resumed.overrides}
@@ -354,50 +416,8 @@ def _record_resume(resumed: ResumedRun, hooks: RunHooks) -> None:
         was = merged[name]["was"] if name in merged else change["was"]
         merged[name] = {"was": was, "now": change["now"]}
     info["overrides"] = merged
-    _write_run_file(resumed.folder, info)
+    session.save()
     hooks.run_resumed(RunResumed(resumed.run_id, info["settings"], resumed.overrides))
-
-
-def find_run(runs_dir: Path, run_id: str, kind: str = "run") -> Path:
-    """The folder of ``run_id``, or of the newest unfinished ``kind`` run for ``"latest"``."""
-    if run_id != "latest":
-        folder = RunFolder.of(runs_dir, run_id)
-        if not folder.exists:
-            raise UsageError(f"no run {run_id!r} in {runs_dir}", hint="see `docshift runs` for run ids")
-        return folder.path
-    for candidate in run_folders(runs_dir):
-        info = read_info(candidate.path)
-        if info.get("kind", "run") == kind and info.get("execute") and info.get("state") not in CLOSED_STATES:
-            return candidate.path
-    command = "docshift run --execute" if kind == "run" else "docshift rollback RUN_ID --execute"
-    raise UsageError(
-        f"no unfinished {kind} in {runs_dir} to resume",
-        hint=f"finished and rolled-back runs are closed (see `docshift runs`); start a new run: {command}",
-    )
-
-
-def _write_run_file(folder: Path, info: dict[str, Any]) -> None:
-    write_info(folder, info)
-
-
-def _record_state(folder: Path, info: dict[str, Any], state: str) -> RunFileError | None:
-    """Write ``state`` into run.json; a failure is returned for the caller to say what it means."""
-    info["state"] = state
-    try:
-        _write_run_file(folder, info)
-    except RunFileError as error:
-        return error
-    return None
-
-
-def _unrecorded(error: RunFileError, done: str, then: str, resume: str | None = None) -> RunFileError:
-    """``error`` (run.json could not be written) with what the run had done and what to do next."""
-    return RunFileError(
-        f"{error.message}; {done}",
-        path=error.path,
-        resume_command=resume,
-        hint=f"free space or fix the runs folder (permissions, mount), then {then}",
-    )
 
 
 def run(
@@ -407,126 +427,227 @@ def run(
     store: Store | None = None,
     hooks: RunHooks | None = None,
     controls: Controls | None = None,
-) -> RunReport:
-    """Dry-run (default) or execute the pending migrations. Raises :class:`RunStopped` subclasses
-    when a run stops early; its checkpoint is kept and ``resume_command`` continues it.
+    observe: ObserveOptions | None = None,
+) -> RunResult:
+    """The whole ``docshift run`` (see the module docstring): dry-run (default) or execute the
+    pending migrations, or resume a run (``options.resume``). ``hooks`` are the display: they hear
+    of every step (:mod:`docshift.engine.hooks`), and of the run's end once, when the whole command
+    ends. ``controls`` steer the run (signal handlers, say); ``observe`` says how the run is watched
+    (status endpoint, ETA).
 
-    ``hooks`` hear of each step of the run (:mod:`docshift.engine.hooks`); the document check a
-    migration's start returns (validation's rules, say) is applied to every document it writes."""
+    Raises the error the run ended with (a stop, whose ``resume_command`` continues it; an
+    after-scan below integrity_critical) once the run, its validation and its report are recorded:
+    :func:`result_of` gives that error's :class:`RunResult`. The caller confirms first (the
+    command line does)."""
+    resumed = resume_run(config, options) if options.resume else None
+    if resumed is not None:
+        config, options = resumed.config, resumed.options
+    else:
+        options = dataclasses.replace(options, run_id=options.run_id or new_run_id())
+    run_id = str(options.run_id)
+    with store_for(config, store) as active:
+        controls = controls or Controls(rate_limiter(config, active))
+        folder = RunFolder.of(config.runs_dir, run_id)
+        report = RunReport(run_id, folder.path, options.execute, target=active.info.describe())
+        observation = Observation(
+            config, active, controls, resume=options.resume, run_id=run_id, display=hooks, options=observe
+        )
+        validation: RunValidation | None = None
+        checked: RunOutcome | None = None
+        try:
+            with observation as seen:
+                validation = RunValidation(
+                    config,
+                    active,
+                    hooks=seen.hooks,
+                    controls=controls,
+                    execute=options.execute or resumed is not None,
+                    scans=options.scans,
+                    previous=resumed.folder if resumed is not None else None,
+                )
+                try:
+                    run_migrations(
+                        config,
+                        options,
+                        store=active,
+                        hooks=FanOutHooks(validation, seen.hooks),
+                        controls=controls,
+                        into=report,
+                    )
+                except RunStopped as stop:
+                    checked = _validate_stopped(config, active, validation, stop, report, options)
+                    raise
+                checked = validation.finish(report.folder if report.folder.is_dir() else None)
+                seen.ended_by = after_scan_failure(checked)
+                controls.finished.set()  # from here on, only the report is left to write
+        except BaseException as error:
+            if checked is None and validation is not None:
+                checked = validation.outcome  # the run's end validated what it had done
+            _RESULTS[error] = _result(report, observation, checked, error)
+            raise
+    result = _result(report, observation, checked, observation.ended_by)
+    if observation.ended_by is not None:
+        _RESULTS[observation.ended_by] = result
+        raise observation.ended_by
+    return result
+
+
+def _result(
+    report: RunReport, observation: Observation, checked: RunOutcome | None, error: BaseException | None
+) -> RunResult:
+    ended = outcome_of(error)
+    return RunResult(
+        report,
+        state=str(ended["state"]),
+        exit_code=int(ended["exit_code"]),
+        error=ended["error"],
+        hint=ended["hint"],
+        resume_command=ended.get("resume_command"),
+        report_paths=observation.report,
+        report_error=observation.report_error,
+        validation=checked,
+        status_url=observation.url,
+    )
+
+
+def after_scan_failure(outcome: RunOutcome) -> ValidationFailed | None:
+    """Exit 14 when an after-scan (``scans``) found the data below integrity_critical: the run's
+    outcome (recorded as such before the command raises it)."""
+    failed = outcome.after_failed
+    if not failed:
+        return None
+    return ValidationFailed(
+        f"after-scan {failed[0].summary()}", hint=f"the failing documents are listed in {failed[0].path}"
+    )
+
+
+def _validate_stopped(
+    config: Config,
+    store: Store,
+    validation: RunValidation,
+    stop: RunStopped,
+    report: RunReport,
+    options: RunOptions,
+) -> RunOutcome:
+    """A stopped run (with its folder, when it has one): save the validation report; after an
+    integrity-gate stop with ``auto_rollback``, roll the run back (the run is then closed: it is
+    recorded as ``rolled_back`` and a resume is refused). A canary run's gate stop has rolled its
+    stages back already."""
+    started = RunFolder(report.folder).exists
+    # The run's end finished the validation (a run refused before it started has none: finish it here).
+    outcome = validation.finish(report.folder if started else None, stop)
+    if options.auto_rollback and validation.gate and started and stop.run_state != ROLLED_BACK:
+        _auto_rollback(config, store, validation.hooks, stop, report.run_id)
+    return outcome
+
+
+def _auto_rollback(config: Config, store: Store, hooks: RunHooks, stop: RunStopped, run_id: str) -> None:
+    # Restoring the before-images undoes exactly what the run wrote (a down() may not be an exact
+    # inverse, and would also visit the documents the run never reached).
+    strategy = "restore" if config.engine.backup else "auto"
+    hooks.warning(Warned(f"integrity gate: rolling back run {run_id} ({strategy}, --auto-rollback)"))
+    try:
+        run_rollback(
+            config,
+            RollbackOptions(run_id=run_id, strategy=strategy, execute=True),
+            store=store,
+            hooks=hooks,
+        )
+    except DocshiftError as exc:
+        hooks.warning(Warned(f"auto-rollback failed: {exc.message}"))
+        stop.hint = f"roll back by hand: docshift rollback {run_id} --strategy {strategy} --execute"
+    else:
+        stop.resume_command = None
+        stop.run_state = ROLLED_BACK  # what run.json, the report, `runs` and `show` then say
+        stop.hint = (
+            f"run {run_id} was rolled back and is closed; fix the data or the migration, then "
+            "start a new run: docshift run --execute"
+        )
+
+
+def run_migrations(
+    config: Config,
+    options: RunOptions,
+    *,
+    store: Store | None = None,
+    hooks: RunHooks | None = None,
+    controls: Controls | None = None,
+    into: RunReport | None = None,
+) -> RunReport:
+    """The run session over the pending migrations (or over those of the run being resumed):
+    :func:`run` without the observation, the validation and the auto-rollback. ``hooks`` hear of
+    each step of the run (:mod:`docshift.engine.hooks`); the document check a migration's start
+    returns (validation's rules: :class:`~docshift.validators.RunValidation`) is applied to every
+    document it writes. ``into`` is filled in as the migrations run (so a caller has what was done
+    when it raises).
+
+    Raises :class:`RunStopped` subclasses when a run stops early; its checkpoint is kept and
+    ``resume_command`` continues it."""
     migrations = load_migrations(config.migrations_dir)
     resumed = resume_run(config, options) if options.resume else None
     if resumed is not None:
         config, options = resumed.config, resumed.options
     with store_for(config, store) as active:
         hooks = hooks or RunHooks()
-        history = History(active, config.store.state_prefix)
         drifted: list[MigrationState] = []
         if resumed is not None:
-            folder, info, run_id = resumed.folder, resumed.info, resumed.run_id
-            check_store(active, info, run_id)
+            session = RunSession.resume(config, active, resumed.folder, resumed.info)
             by_id = {m.id: m for m in migrations}
-            missing = [i for i in info["migrations"] if i not in by_id]
+            missing = [i for i in session.info["migrations"] if i not in by_id]
             if missing:
                 raise DriftError(
-                    f"run {run_id} needs migration {missing[0]}, whose file is gone",
+                    f"run {session.run_id} needs migration {missing[0]}, whose file is gone",
                     hint="put the file back (from version control) to resume, or start a new run",
                 )
-            selected = [by_id[i] for i in info["migrations"]]
+            selected = [by_id[i] for i in session.info["migrations"]]
         else:
-            selected, drifted = _select(migrations, history, options)
+            selected, drifted = _select(migrations, History(active, config.store.state_prefix), options)
             run_id = options.run_id or new_run_id()
             if not selected:
-                return RunReport(
-                    run_id, config.runs_dir / run_id, options.execute, target=active.info.describe()
+                return into or RunReport(
+                    run_id,
+                    RunFolder.of(config.runs_dir, run_id).path,
+                    options.execute,
+                    target=active.info.describe(),
                 )
-            folder = config.runs_dir / run_id
-            info = {
-                "run_id": run_id,
-                "kind": "run",
-                "execute": options.execute,
-                "state": "running",
-                "migrations": [m.id for m in selected],
-                "created_at": datetime.now(UTC).isoformat(),
-                "user": current_user(),
-                "target": active.info.describe(),
-                "project": active.info.project,
-                "database": active.info.database,
-                "limit": options.limit,
-                "sample": options.sample_percent,
-                "settings": run_settings(config, options),
-            }
-            if (unwritten := _record_state(folder, info, "running")) is not None:
-                raise _unrecorded(
-                    unwritten, f"run {run_id} did not start: nothing was written to the store", "run again"
-                )
-        report = RunReport(run_id, folder, options.execute, target=active.info.describe())
+            session = RunSession.create(
+                config,
+                active,
+                {
+                    "run_id": run_id,
+                    "kind": "run",
+                    "execute": options.execute,
+                    "migrations": [m.id for m in selected],
+                    "limit": options.limit,
+                    "sample": options.sample_percent,
+                    "settings": run_settings(config, options),
+                },
+            )
+        report = into or RunReport(session.run_id, session.folder, options.execute)
+        report.target = active.info.describe()
         controls = controls or Controls(rate_limiter(config, active))
-        if not options.execute:
-            with run_lifecycle(hooks) as start:
-                start(RunStarted(run_id, folder, "run", execute=False))
-                if resumed is not None:
-                    _record_resume(resumed, hooks)
-                _run_all(config, active, selected, options, report, history, hooks, controls)
-                info["state"] = "finished"
-                _write_run_file(folder, info)
-            return report
-        if resumed is not None:
-            _refuse_if_still_running(active, config.store.state_prefix, run_id)
-        lock = LeaseLock(active, config.store.state_prefix, run_id=run_id)
+        history = session.history
         with run_lifecycle(hooks) as start:
-            with lock:
-                controls.lease_lost = lock.lost
+            with session.steps(controls):
+                if resumed is not None and options.execute:
+                    _refuse_if_rolled_back(history, session.run_id, session.info["migrations"])
+                start(RunStarted(session.run_id, session.folder, "run", execute=options.execute))
                 if resumed is not None:
-                    _refuse_if_rolled_back(history, run_id, info["migrations"])
-                start(RunStarted(run_id, folder, "run", execute=True))
-                if resumed is not None:
-                    _record_resume(resumed, hooks)
-                for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
-                    if state.migration is not None:
-                        history.accept_drift(state.migration_id, state.migration.checksum, run_id)
-                try:
-                    _run_all(
-                        config,
-                        active,
-                        selected,
-                        options,
-                        report,
-                        history,
-                        hooks,
-                        controls,
-                        overrides=dict(info.get("overrides") or {}),
-                    )
-                except RunStopped as stop:
-                    rolled_back = isinstance(stop, StageFailed)  # nothing to resume: start a new run
-                    stop.resume_command = None if rolled_back else report.resume_command
-                    if stop.hint is None and stop.resume_command:
-                        stop.hint = f"the checkpoint is kept: resume with `{stop.resume_command}`"
-                    unwritten = _record_state(folder, info, stop.run_state)
-                    if isinstance(stop, RunFileError):
-                        stop.hint = _unrecorded(
-                            stop,
-                            "",
-                            f"resume with `{report.resume_command}`, or undo what "
-                            f"was written with `docshift rollback {run_id} --execute`",
-                        ).hint
-                    elif unwritten is not None:  # a folder that cannot be written must not hide the stop
-                        stop.message += f"; {unwritten.message}"
-                    raise
-            if (unwritten := _record_state(folder, info, "finished")) is not None:
-                done = "; ".join(
-                    f"{o.migration.label}: "
-                    + ", ".join(
-                        f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted")
-                    )
-                    for o in report.outcomes
-                )
-                raise _unrecorded(
-                    unwritten,
-                    f"run {run_id} finished ({done}); only its run.json still says running",
-                    f"`{report.resume_command}` records it as finished (it migrates "
-                    f"nothing again); `docshift rollback {run_id} --execute` undoes it",
-                    report.resume_command,
-                )
+                    _record_resume(resumed, session, hooks)
+                if options.execute:
+                    for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
+                        if state.migration is not None:
+                            history.accept_drift(state.migration_id, state.migration.checksum, session.run_id)
+                overrides = dict(session.info.get("overrides") or {})
+                work = _Migrating(config, active, options, report, history, hooks, controls, overrides)
+                for migration in selected:
+                    _run_one(work, migration)
+            done = "; ".join(
+                f"{o.migration.label}: "
+                + ", ".join(f"{o.result.counters.get(k, 0):,} {k}" for k in ("updated", "created", "deleted"))
+                for o in report.outcomes
+            )
+            session.finish(done=f"finished ({done})", again="it migrates nothing again")
         return report
 
 
@@ -557,52 +678,74 @@ def outcome_status(checkpoint: Checkpoint | None, error: DocshiftError | None) -
     return MigrationStatus.APPLIED if checkpoint.covers_target else MigrationStatus.PARTIAL
 
 
-def _run_all(
-    config: Config,
-    store: Store,
-    selected: Sequence[Migration],
-    options: RunOptions,
-    report: RunReport,
-    history: History,
-    hooks: RunHooks,
-    controls: Controls,
-    overrides: dict[str, dict[str, Any]] | None = None,
-) -> None:
-    base = pipeline_options(config, options)
-    settings = _settings(config, options)
-    for migration in selected:
-        files = RunFolder(report.folder).migration(migration.label)
-        folder, checkpoint_path = files.path, files.checkpoint
-        if checkpoint_path.exists():
-            checkpoint = Checkpoint.load(checkpoint_path)
-            undoing = checkpoint.stage_rollback
-            if undoing is not None and undoing.done:
-                raise UsageError(
-                    f"{migration.label} was rolled back by its canary stage gate in run {report.run_id}",
-                    hint="fix the migration and start a new run",
-                )
-            stages_left = bool(options.stages) and not checkpoint.covers_target
-            if checkpoint.finished and not stages_left and undoing is None:
-                if options.execute:
-                    _finish_history(store, history, migration, report.run_id, checkpoint, checkpoint_path)
-                continue
-            if checkpoint.checksum != migration.checksum and not options.force:
-                raise DriftError(
-                    f"{migration.label}.py changed since run {report.run_id} checkpointed it",
-                    hint="restore the file, or resume with --force to continue with the new code",
-                )
-            checkpoint.settings = settings  # a resume may have overridden some
-        else:
-            # --limit means the first N documents in name order: one reader, one shard.
-            count = 1 if options.limit is not None else options.shards or config.engine.shards
-            shards = plan_shards(store, migration.target, count)
-            checkpoint = new_checkpoint(report.run_id, migration, shards, settings)
-            # Whether documents remain past a --limit is known once the run has read up to it.
-            checkpoint.scope = Scope(limited=options.limit is not None, sample_percent=options.sample_percent)
+@dataclass
+class _Migrating:
+    """What each migration of a run runs with."""
+
+    config: Config
+    store: Store
+    options: RunOptions
+    report: RunReport
+    history: History
+    hooks: RunHooks
+    controls: Controls
+    overrides: dict[str, dict[str, Any]]
+
+
+def _checkpoint(work: _Migrating, migration: Migration, files: MigrationFolder) -> Checkpoint | None:
+    """The checkpoint ``migration`` continues from (a new one for a migration this run has not
+    started); None: it had finished what the run was asked to do."""
+    options, report = work.options, work.report
+    settings = _settings(work.config, options)
+    path = files.checkpoint
+    if not path.exists():
+        # --limit means the first N documents in name order: one reader, one shard.
+        count = 1 if options.limit is not None else options.shards or work.config.engine.shards
+        shards = plan_shards(work.store, migration.target, count)
+        checkpoint = new_checkpoint(report.run_id, migration, shards, settings)
+        # Whether documents remain past a --limit is known once the run has read up to it.
+        checkpoint.scope = Scope(limited=options.limit is not None, sample_percent=options.sample_percent)
+        return checkpoint
+    checkpoint = Checkpoint.load(path)
+    undoing = checkpoint.stage_rollback
+    if undoing is not None and undoing.done:
+        raise UsageError(
+            f"{migration.label} was rolled back by its canary stage gate in run {report.run_id}",
+            hint="fix the migration and start a new run",
+        )
+    stages_left = bool(options.stages) and not checkpoint.covers_target
+    if checkpoint.finished and not stages_left and undoing is None:
+        if options.execute:
+            _finish_history(work.store, work.history, migration, report.run_id, checkpoint, path)
+        return None
+    if checkpoint.checksum != migration.checksum and not options.force:
+        raise DriftError(
+            f"{migration.label}.py changed since run {report.run_id} checkpointed it",
+            hint="restore the file, or resume with --force to continue with the new code",
+        )
+    checkpoint.settings = settings  # a resume may have overridden some
+    return checkpoint
+
+
+def _run_one(work: _Migrating, migration: Migration) -> None:
+    """Run ``migration`` (its stages, with ``--stages``) and record its outcome."""
+    options, report, history = work.options, work.report, work.history
+    files = RunFolder(report.folder).migration(migration.label)
+    checkpoint = _checkpoint(work, migration, files)
+    if checkpoint is None:
+        return
+    base = pipeline_options(work.config, options)
+    if options.execute:
+        history.start(migration, report.run_id, work.overrides)
+    check = work.hooks.migration_started(MigrationStarted(migration, report.run_id, options.execute))
+    recorder = None
+    if options.execute and options.stages:
+        result = _staged(work, migration, base, checkpoint, check)
+    else:
+        # Only here: a pipeline opens its journal and dead-letter file when it is made.
         recorder = None if options.execute else DryRunRecorder(files.plan, migration.up)
         on_checkpoint = None
         if options.execute:
-            history.start(migration, report.run_id, overrides)
 
             def on_checkpoint(saved: Checkpoint, migration_id: str = migration.id) -> None:
                 summary = {
@@ -612,72 +755,61 @@ def _run_all(
                 }
                 history.progress(migration_id, saved.counters, summary)
 
-        check = hooks.migration_started(MigrationStarted(migration, report.run_id, options.execute))
-        pipeline = MigrationPipeline(
-            store,
-            migration,
-            base,
-            folder,
-            checkpoint,
-            controls=controls,
-            hooks=hooks,
-            check=check,
-            on_decision=recorder,
-            on_checkpoint=on_checkpoint,
-        )
         try:
-            if options.execute and options.stages:
-                result = _staged(
-                    config,
-                    store,
-                    migration,
-                    base,
-                    folder,
-                    checkpoint,
-                    options,
-                    controls,
-                    hooks,
-                    check,
-                    report.run_id,
-                )
-            else:
-                result = pipeline.run()
+            result = MigrationPipeline(
+                work.store,
+                migration,
+                base,
+                files.path,
+                checkpoint,
+                controls=work.controls,
+                hooks=work.hooks,
+                check=check,
+                on_decision=recorder,
+                on_checkpoint=on_checkpoint,
+            ).run()
         finally:
             if recorder is not None:
                 recorder.close()
-        outcome = MigrationOutcome(migration, result, recorder)
-        report.outcomes.append(outcome)
-        if options.execute:
-            final = None
-            if result.error is None:
-                final = Checkpoint.load(checkpoint_path)  # what the run saved: the stages' last one
-                _note_limit(store, migration, final, checkpoint_path)
-            outcome.status = status = outcome_status(final, result.error)
-            error = None if result.error is None else f"{result.error} (resume: {report.resume_command})"
-            if isinstance(result.error, StageFailed):
-                error = str(result.error)
-            history.finish(migration.id, status, result.counters, error)
-            if isinstance(result.error, StageFailed):  # its own stages: earlier runs' writes may remain
-                record = history.mark_rolled_back(
-                    migration.id, report.run_id, result.counters, undone=(report.run_id,)
+    outcome = MigrationOutcome(migration, result, recorder)
+    report.outcomes.append(outcome)
+    if options.execute:
+        _record(work, outcome, files.checkpoint)
+    recorded = None if outcome.status is None else outcome.status.value
+    work.hooks.migration_ended(MigrationEnded(migration, result, recorded))
+    if result.error is not None:
+        raise result.error
+
+
+def _record(work: _Migrating, outcome: MigrationOutcome, checkpoint_path: Path) -> None:
+    """What the history records for an executed migration (see :func:`outcome_status`)."""
+    migration, result, run_id = outcome.migration, outcome.result, work.report.run_id
+    history, hooks = work.history, work.hooks
+    final = None
+    if result.error is None:
+        final = Checkpoint.load(checkpoint_path)  # what the run saved: the stages' last one
+        _note_limit(work.store, migration, final, checkpoint_path)
+    outcome.status = status = outcome_status(final, result.error)
+    error = None if result.error is None else f"{result.error} (resume: {work.report.resume_command})"
+    if isinstance(result.error, StageFailed):
+        error = str(result.error)
+    history.finish(migration.id, status, result.counters, error)
+    if isinstance(result.error, StageFailed) and result.error.undone:
+        # Its own stages, undone: earlier runs' writes may remain.
+        record = history.mark_rolled_back(migration.id, run_id, result.counters, undone=(run_id,))
+        if record.status is not MigrationStatus.ROLLED_BACK:
+            earlier = ", ".join(record.runs) if record.runs else "earlier runs"
+            command = f"docshift rollback {record.runs[-1] if record.runs else 'RUN_ID'} --execute"
+            hooks.warning(
+                Warned(
+                    f"{migration.label}: the stages of this run were rolled back, but what {earlier} "
+                    f"migrated before stays migrated: it is recorded {record.status.value}, "
+                    f"not rolled back; to undo that too: {command}"
                 )
-                if record.status is not MigrationStatus.ROLLED_BACK:
-                    earlier = ", ".join(record.runs) if record.runs else "earlier runs"
-                    command = f"docshift rollback {record.runs[-1] if record.runs else 'RUN_ID'} --execute"
-                    hooks.warning(
-                        Warned(
-                            f"{migration.label}: the stages of this run were rolled back, but what {earlier} "
-                            f"migrated before stays migrated: it is recorded {record.status.value}, "
-                            f"not rolled back; to undo that too: {command}"
-                        )
-                    )
-            if status is MigrationStatus.PARTIAL:
-                outcome.note = _partial_note(migration, options, result.counters)
-                hooks.warning(Warned(outcome.note))
-        recorded = None if outcome.status is None else outcome.status.value
-        hooks.migration_ended(MigrationEnded(migration, result, recorded))
-        if result.error is not None:
-            raise result.error
+            )
+    if status is MigrationStatus.PARTIAL:
+        outcome.note = _partial_note(migration, work.options, result.counters)
+        hooks.warning(Warned(outcome.note))
 
 
 def _note_limit(store: Store, migration: Migration, checkpoint: Checkpoint, path: Path) -> None:
@@ -714,56 +846,34 @@ def _partial_note(migration: Migration, options: RunOptions, counters: dict[str,
 
 
 def _staged(
-    config: Config,
-    store: Store,
+    work: _Migrating,
     migration: Migration,
     base: PipelineOptions,
-    folder: Path,
     checkpoint: Checkpoint,
-    options: RunOptions,
-    controls: Controls,
-    hooks: RunHooks,
     check: DocumentCheck | None,
-    run_id: str,
 ) -> PipelineResult:
+    options = work.options
     assert options.stages is not None
-    plan = CanaryStages(options.stages, options.pause_between_stages)
+    folder = RunFolder(work.report.folder).migration(migration.label).path
+    stages = StageRun(
+        work.config,
+        work.store,
+        migration,
+        base,
+        folder,
+        CanaryStages(options.stages, options.pause_between_stages),
+        controls=work.controls,
+        hooks=work.hooks,
+        check=check,
+        run_id=work.report.run_id,
+    )
     try:
-        return run_stages(
-            config,
-            store,
-            migration,
-            base,
-            folder,
-            checkpoint,
-            plan,
-            controls=controls,
-            hooks=hooks,
-            check=check,
-            run_id=run_id,
-        )
+        return run_stages(stages, checkpoint)
     except RunStopped as error:
         # The stages' checkpoint speaks for the whole migration (every stage so far), as it does
         # for the report and `docshift runs`.
         record = read_migration(folder)
         return PipelineResult(migration.id, "stopped", record.counters, record.elapsed_seconds, folder, error)
-
-
-def _refuse_if_still_running(store: Store, prefix: str, run_id: str) -> None:
-    """Resuming takes over the lease of the run being resumed (its process was killed, say), but
-    not while that process is alive: two processes would run the same migration side by side.
-    Alive means: the lease has not expired and its process exists on this machine (a lease from
-    another machine counts as alive until it expires)."""
-    lease = read_lease(store, prefix)
-    if lease is None or lease.run_id != run_id or lease.expired():
-        return
-    if lease.owner == current_user() and (lease.pid == os.getpid() or not process_exists(lease.pid)):
-        return
-    raise LockedError(
-        f"run {run_id} is still running: {lease.describe()}",
-        hint="stop that process first (Ctrl-C); if it is gone, wait for its lease to expire or "
-        "remove it with `docshift unlock --force`",
-    )
 
 
 def _finish_history(
@@ -789,8 +899,3 @@ def _settings(config: Config, options: RunOptions) -> dict[str, Any]:
         "options": dataclasses.asdict(options),
     }
     return settings
-
-
-def load_run_info(folder: Path) -> dict[str, Any]:
-    """The ``run.json`` of a run folder (what ran, where, and in which state it ended)."""
-    return read_info(folder)

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from docshift.commands.rollback import undo_listings, undo_run_journal
 from docshift.config import Config
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
@@ -25,7 +26,7 @@ from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, Pipelin
 from docshift.engine.sampling import in_sample
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import format_ms
-from docshift.engine.undo import Undoer, UndoResult, undo_actions
+from docshift.engine.undo import UndoResult
 from docshift.errors import (
     EmergencyStop,
     MemoryLimitExceeded,
@@ -41,7 +42,7 @@ from docshift.runfolder.record import read_migration
 from docshift.store.base import Document, Query, Store
 from docshift.validators.rules import RuleContext
 
-__all__ = ["CanaryStages", "parse_stages", "run_stages"]
+__all__ = ["CanaryStages", "StageRun", "parse_stages", "run_stages"]
 
 _TRIGGERS = (EmergencyStop, MemoryLimitExceeded, TooManyFailures)
 
@@ -67,33 +68,39 @@ class CanaryStages:
     pause_between: bool = False
 
 
-def run_stages(
-    config: Config,
-    store: Store,
-    migration: Migration,
-    base: PipelineOptions,
-    folder: Path,
-    checkpoint: Checkpoint,
-    plan: CanaryStages,
-    *,
-    controls: Controls,
-    hooks: RunHooks,
-    check: DocumentCheck | None,
-    run_id: str,
-) -> PipelineResult:
-    """Run every remaining stage of ``migration``; returns the combined result of the stages.
+@dataclasses.dataclass(frozen=True)
+class StageRun:
+    """What the stages of one migration of run ``run_id`` run with (``folder`` is its folder)."""
+
+    config: Config
+    store: Store
+    migration: Migration
+    base: PipelineOptions
+    folder: Path
+    plan: CanaryStages
+    controls: Controls
+    hooks: RunHooks
+    check: DocumentCheck | None
+    run_id: str
+
+
+def run_stages(run: StageRun, checkpoint: Checkpoint) -> PipelineResult:
+    """Run every remaining stage of ``run.migration``; returns the combined result of the stages.
 
     Resumable wherever the run stopped: the checkpoint's ``stages`` say which stage ran (``stage``),
     the last one whose gate passed (``passed``), and whether a rollback of the stages was under way
     (``rollback``, which a resume finishes before it reports the stage that failed).
     """
+    config, store, migration, folder, plan = run.config, run.store, run.migration, run.folder, run.plan
+    controls, hooks, run_id, base = run.controls, run.hooks, run.run_id, run.base
     path = MigrationFolder(folder).checkpoint
     undoing = checkpoint.stage_rollback
     if undoing is not None:
-        _roll_back(store, migration, folder, checkpoint, controls, hooks, config)
-        raise StageFailed(
+        raise _rolled_back(
+            run,
+            checkpoint,
             f"{undoing.message} (that rollback, cut short when the run stopped, was finished by this resume)",
-            hint=undoing.hint,
+            undoing.hint,
         )
     saved = checkpoint.stages
     current = saved.stage if saved is not None else 0
@@ -144,30 +151,17 @@ def run_stages(
                 checkpoint,
                 controls=controls,
                 hooks=hooks,
-                check=check,
+                check=run.check,
             ).run()
         if result.error is not None:
             if isinstance(result.error, _TRIGGERS):
-                message = (
-                    f"stage {index + 1} ({percent:g}%) stopped: {result.error.message}; every stage "
-                    "so far was rolled back from the before-images"
-                )
-                hint = _stage_hint(folder)
-                _start_rollback(checkpoint, path, message, hint)
-                _roll_back(store, migration, folder, checkpoint, controls, hooks, config)
-                raise StageFailed(message, hint=hint)
+                cause = f"stage {index + 1} ({percent:g}%) stopped: {result.error.message}"
+                raise _stages_failed(run, checkpoint, cause)
             raise result.error
         stage_counts = Counter({k: v for k, v in result.counters.items() if k not in ("read", "skipped")})
-        gate = _gate(config, store, migration, stage_counts, result, above, percent)
+        gate = _gate(run, stage_counts, result, above, percent)
         if gate is not None:
-            message = (
-                f"stage {index + 1} ({percent:g}%) failed its gate: {gate}; every stage so far was "
-                "rolled back from the before-images"
-            )
-            hint = _stage_hint(folder)
-            _start_rollback(checkpoint, path, message, hint)
-            _roll_back(store, migration, folder, checkpoint, controls, hooks, config)
-            raise StageFailed(message, hint=hint)
+            raise _stages_failed(run, checkpoint, f"stage {index + 1} ({percent:g}%) failed its gate: {gate}")
         totals.update(stage_counts)
         seconds += result.elapsed_seconds
         stage.earlier, stage.earlier_seconds, stage.passed = dict(totals), seconds, index
@@ -177,7 +171,7 @@ def run_stages(
             checkpoint.elapsed_seconds = seconds
         checkpoint.save(path)
         if plan.pause_between and index < len(plan.stages) - 1:
-            _wait_for_operator(folder.parent, controls, hooks, migration, index, run_id)
+            _wait_for_operator(run, index)
     if result is None:  # every stage had passed when the run stopped
         return PipelineResult(migration.id, "finished", dict(checkpoint.counters), seconds, folder)
     totals["read"] = result.counters.get("read", 0)
@@ -198,24 +192,42 @@ def run_stages(
     return result
 
 
-def _start_rollback(checkpoint: Checkpoint, path: Path, message: str, hint: str | None) -> None:
-    """Note in the checkpoint, before the first restore, that the stages are being rolled back and
-    why: a run killed during the rollback is then finished by its resume, not continued."""
+def _stages_failed(run: StageRun, checkpoint: Checkpoint, cause: str) -> StageFailed:
+    """Roll every stage back, having noted in the checkpoint before the first restore that the
+    stages are being rolled back and why (a run killed during the rollback is then finished by its
+    resume, not continued); the error says what failed and what the rollback did."""
+    message = f"{cause}; every stage so far was rolled back from the before-images"
+    hint = _stage_hint(run.folder)
     assert checkpoint.stages is not None  # set when its stage began
     checkpoint.stages.rollback = StageRollback(message, hint)
-    checkpoint.save(path)
+    checkpoint.save(MigrationFolder(run.folder).checkpoint)
+    return _rolled_back(run, checkpoint, message, hint)
+
+
+def _rolled_back(run: StageRun, checkpoint: Checkpoint, message: str, hint: str | None) -> StageFailed:
+    counters = _roll_back(run, checkpoint).counters
+    conflicts, mismatched = counters.get("conflicts", 0), counters.get("mismatched", 0)
+    if not conflicts and not mismatched:
+        return StageFailed(message, hint=hint)
+    left = []
+    if conflicts:
+        left.append(f"{conflicts:,} document(s) changed after the stages wrote them, left alone")
+    if mismatched:
+        left.append(f"{mismatched:,} document(s) that do not equal their before-image afterwards")
+    listed = ", ".join(str(path) for path in undo_listings(run.folder))
+    return StageFailed(
+        f"{message}, except {' and '.join(left)}: listed in {listed}",
+        hint=f"to undo them over those later changes too (the changes are lost): docshift rollback "
+        f"{run.run_id} --strategy restore --execute --force",
+        undone=False,
+    )
 
 
 def _gate(
-    config: Config,
-    store: Store,
-    migration: Migration,
-    counts: Counter[str],
-    result: PipelineResult,
-    above: float,
-    percent: float,
+    run: StageRun, counts: Counter[str], result: PipelineResult, above: float, percent: float
 ) -> str | None:
     """Why the stage may not be followed by the next one, or ``None``."""
+    config = run.config
     handled = sum(counts[k] for k in ("updated", "created", "deleted", "unchanged", "failed"))
     if handled and counts["failed"] / handled > config.limits.stage_max_failure_rate:
         return (
@@ -226,7 +238,7 @@ def _gate(
     p95 = result.snapshot.get("commit_p95")
     if limit_ms > 0 and p95 is not None and p95 * 1000 > limit_ms:
         return f"commit latency p95 {format_ms(p95)} ms is above {format_ms(limit_ms / 1000)} ms"
-    checked, failing = _integrity(store, migration, above, percent)
+    checked, failing = _integrity(run.store, run.migration, above, percent)
     if checked:
         score = 100.0 * (checked - failing) / checked
         if score < config.limits.integrity_critical:
@@ -268,34 +280,16 @@ def _integrity(store: Store, migration: Migration, above: float, percent: float)
     return checked, failing
 
 
-def _roll_back(
-    store: Store,
-    migration: Migration,
-    folder: Path,
-    checkpoint: Checkpoint,
-    controls: Controls,
-    hooks: RunHooks,
-    config: Config,
-) -> UndoResult:
-    """Undo every stage of this migration from its before-images (the run still holds the lease)."""
+def _roll_back(run: StageRun, checkpoint: Checkpoint) -> UndoResult:
+    """Undo every stage of this migration from its before-images, by the rollback's own mechanism
+    (the run still holds the lease): every document verified, conflicts and mismatches listed."""
+    controls, hooks, migration, folder = run.controls, run.hooks, run.migration, run.folder
     files = MigrationFolder(folder)
     files.upgrade()  # a rollback cut short by an older docshift: its conflicts go on in the same file
     controls.stop.clear()
     controls.resume()
     hooks.warning(Warned(f"{migration.label}: rolling back every stage from the before-images"))
-    restorer = Undoer(
-        store,
-        execute=True,
-        force=False,
-        conflicts_file=files.conflicts,
-        mismatches_file=files.mismatches,
-        redo=migration.up,
-        limiter=controls.limiter,
-        stop=controls.stop,
-        hooks=hooks,
-        batch_size=config.engine.batch_size,
-    )
-    result = restorer.run(undo_actions(files.journal), UndoResult())
+    result = undo_run_journal(run.config, run.store, migration, folder, controls, hooks)
     if result.stopped:  # a signal or `docshift stop` during the rollback: the resume finishes it
         raise RunStopped(
             f"{migration.label}: stopped while rolling back its stages",
@@ -316,7 +310,11 @@ def _roll_back(
     record = read_migration(folder)
     hooks.stages_rolled_back(
         StagesRolledBack(
-            migration.label, dict(record.counters), dict(result.counters), record.elapsed_seconds
+            migration.label,
+            dict(record.counters),
+            dict(result.counters),
+            record.elapsed_seconds,
+            complete=checkpoint.stages.rollback.complete,
         )
     )
     return result
@@ -334,16 +332,10 @@ def _stage_hint(folder: Path) -> str:
     return f"{listed}fix the migration (or the data), then start a new run"
 
 
-def _wait_for_operator(
-    run_folder: Path,
-    controls: Controls,
-    hooks: RunHooks,
-    migration: Migration,
-    index: int,
-    run_id: str,
-) -> None:
+def _wait_for_operator(run: StageRun, index: int) -> None:
     """Pause until ``docshift resume RUN_ID`` (or the ``pause`` file in the run folder is removed)."""
-    marker = RunFolder(run_folder).control("pause")
+    controls, hooks, migration, run_id = run.controls, run.hooks, run.migration, run.run_id
+    marker = RunFolder(run.folder.parent).control("pause")
     marker.touch()
     controls.pause()
     hooks.stage(

@@ -22,6 +22,9 @@ class Controls:
         self.stop_class: type[RunStopped] | None = None
         self.lease_lost: threading.Event | None = None
         """Set by the lease's heartbeat when another run took the lease: writing must stop."""
+        self.finished = threading.Event()
+        """Set by the command once the run's work is done (only its report is left to write): a
+        stop asked for from then on changes nothing."""
         self._lock = threading.Lock()
 
     def request_stop(self, reason: str, error: type[RunStopped] = RunStopped) -> None:

@@ -312,6 +312,9 @@ class StagesRolledBack:
     rollback: Mapping[str, int] = field(default_factory=dict)
     """What the rollback did."""
     elapsed_seconds: float = 0.0
+    complete: bool = True
+    """Every document given back; False when some were left alone or differ from their before-image
+    (then the migration ended ``failed``, not ``rolled_back``)."""
 
 
 # --------------------------------------------------------------------------- at any time
@@ -617,41 +620,35 @@ def run_lifecycle(hooks: RunHooks) -> Iterator[Callable[[RunStarted], None]]:
         hooks.run_ended(RunEnded.of(None, folder=started[0].folder))
 
 
+_STEPS: dict[type, Callable[[RunHooks, Any], None]] = {
+    RunStarted: lambda hooks, event: hooks.run_started(event),
+    RunResumed: lambda hooks, event: hooks.run_resumed(event),
+    PassStarted: lambda hooks, event: hooks.pass_started(event),
+    Progressed: lambda hooks, event: hooks.progressed(event),
+    Checkpointed: lambda hooks, event: hooks.checkpointed(event),
+    StageEntered: lambda hooks, event: hooks.stage(event),
+    Warned: lambda hooks, event: hooks.warning(event),
+    ControlApplied: lambda hooks, event: hooks.control_applied(event),
+    TotalKnown: lambda hooks, event: hooks.total_known(event),
+    PassEnded: lambda hooks, event: hooks.pass_ended(event),
+    PassFinished: lambda hooks, event: hooks.pass_ended(event),
+    PassStopped: lambda hooks, event: hooks.pass_ended(event),
+    StagesRolledBack: lambda hooks, event: hooks.stages_rolled_back(event),
+    ScanStarted: lambda hooks, event: hooks.scan_started(event),
+    HealthReported: lambda hooks, event: hooks.health_reported(event),
+    MigrationEnded: lambda hooks, event: hooks.migration_ended(event),
+    RunEnded: lambda hooks, event: hooks.run_ended(event),
+}
+"""The step each event type belongs to (but MigrationStarted's, which returns the check)."""
+
+
 def deliver(hooks: RunHooks, event: RunEvent) -> DocumentCheck | None:
     """Call the step of ``hooks`` that ``event`` belongs to (an event read back from a log, say)."""
-    match event:
-        case RunStarted():
-            hooks.run_started(event)
-        case RunResumed():
-            hooks.run_resumed(event)
-        case MigrationStarted():
-            return hooks.migration_started(event)
-        case PassStarted():
-            hooks.pass_started(event)
-        case Progressed():
-            hooks.progressed(event)
-        case Checkpointed():
-            hooks.checkpointed(event)
-        case StageEntered():
-            hooks.stage(event)
-        case Warned():
-            hooks.warning(event)
-        case ControlApplied():
-            hooks.control_applied(event)
-        case TotalKnown():
-            hooks.total_known(event)
-        case PassEnded():
-            hooks.pass_ended(event)
-        case StagesRolledBack():
-            hooks.stages_rolled_back(event)
-        case ScanStarted():
-            hooks.scan_started(event)
-        case HealthReported():
-            hooks.health_reported(event)
-        case MigrationEnded():
-            hooks.migration_ended(event)
-        case RunEnded():
-            hooks.run_ended(event)
+    if isinstance(event, MigrationStarted):
+        return hooks.migration_started(event)
+    step = _STEPS.get(type(event))
+    if step is not None:
+        step(hooks, event)
     return None
 
 

@@ -7,8 +7,9 @@ by HTTP, by a ``pause`` file or by ``docshift pause`` has exactly the same effec
 from __future__ import annotations
 
 from docshift.remote.client import ControlResult, fetch_status, send_control
-from docshift.remote.files import ControlFiles, RunPresence, read_presence
+from docshift.remote.files import ControlFiles
 from docshift.remote.server import StatusServer, is_loopback
+from docshift.runfolder.presence import RunPresence, read_presence
 
 __all__ = [
     "ControlFiles",

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from docshift.errors import UsageError
-from docshift.remote.files import RunPresence, read_presence
 from docshift.runfolder.layout import RunFolder
+from docshift.runfolder.presence import RunPresence, read_presence
 
 __all__ = ["ACTIONS", "ControlResult", "fetch_status", "request", "send_control"]
 

@@ -1,38 +1,24 @@
-"""Steering without networking: control files in the run folder, and the run's presence file.
+"""Steering without networking: control files in the run folder.
 
 * ``RUN_FOLDER/pause`` — while it exists the run is paused; remove it to resume.
 * ``RUN_FOLDER/stop`` — stop gracefully (checkpoint kept, exit 10); the file is removed once honoured,
   so ``--resume`` is not stopped again.
 * ``RUN_FOLDER/throttle`` — a number: the new write limit in ops/s (0 = no cap).
 
-``RUN_FOLDER/status.json`` says which process runs the run and where its status endpoint is (never
-its token), so ``docshift monitor`` and ``docshift pause|resume|throttle|stop`` can find it; it is
-removed when the process ends (a killed process leaves it behind, so readers check the pid).
+The run's presence file (``RUN_FOLDER/status.json``) is :mod:`docshift.runfolder.presence`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import ControlApplied, RunHooks, Warned
-from docshift.errors import DataError
-from docshift.runfolder.layout import STATUS_FORMAT, RunFolder
+from docshift.runfolder.layout import RunFolder
 
-__all__ = [
-    "ControlFiles",
-    "RunPresence",
-    "read_presence",
-    "remove_presence",
-    "write_presence",
-]
+__all__ = ["ControlFiles"]
 
 
 class ControlFiles:
@@ -104,59 +90,3 @@ class ControlFiles:
         self._closing.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-@dataclass(frozen=True)
-class RunPresence:
-    """Who runs a run, and where its status endpoint is (``url`` is None without one)."""
-
-    pid: int
-    hostname: str
-    url: str | None
-    token_required: bool
-    started_at: float
-
-    @property
-    def alive(self) -> bool:
-        """Whether the process is still there (assumed when it runs on another machine)."""
-        if self.hostname != socket.gethostname():
-            return True
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
-def write_presence(folder: Path, url: str | None, token_required: bool) -> None:
-    body: dict[str, Any] = {
-        "pid": os.getpid(),
-        "hostname": socket.gethostname(),
-        "url": url,
-        "token_required": token_required,
-        "started_at": time.time(),
-    }
-    STATUS_FORMAT.write(RunFolder(folder).presence, body)
-
-
-def read_presence(folder: Path) -> RunPresence | None:
-    path = RunFolder(folder).presence
-    if not path.is_file():
-        return None
-    try:
-        info = STATUS_FORMAT.read(path)
-    except DataError:
-        return None
-    return RunPresence(
-        int(info.get("pid", 0)),
-        str(info.get("hostname", "")),
-        info.get("url"),
-        bool(info.get("token_required")),
-        float(info.get("started_at", 0.0)),
-    )
-
-
-def remove_presence(folder: Path) -> None:
-    RunFolder(folder).presence.unlink(missing_ok=True)

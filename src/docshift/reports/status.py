@@ -142,7 +142,7 @@ class RunStatus(EventSink):
             case StagesRolledBack():  # a canary's stages were undone
                 entry = self._entry(event.migration)
                 entry.update({k: v for k, v in event_fields(event).items() if k != "migration"})
-                entry["state"] = "rolled_back"
+                entry["state"] = "rolled_back" if event.complete else "failed"
             case TotalKnown():
                 self._entry(event.migration)["total"] = event.total
             case Warned():

@@ -150,6 +150,13 @@ class StageRollback:
     def done(self) -> bool:
         return self.counters is not None
 
+    @property
+    def complete(self) -> bool:
+        """Done, and every document given back: none left alone (conflicts) or unequal to its
+        before-image afterwards (mismatched). Only then were the stages rolled back."""
+        counters = self.counters
+        return counters is not None and not counters.get("conflicts") and not counters.get("mismatched")
+
     def to_json(self) -> dict[str, Any]:
         return {"message": self.message, "hint": self.hint, "counters": self.counters}
 

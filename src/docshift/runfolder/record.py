@@ -29,6 +29,7 @@ from typing import Any
 from docshift.errors import DataError
 from docshift.runfolder.checkpoint import Checkpoint
 from docshift.runfolder.layout import RUN_FORMAT, MigrationFolder, RunFolder
+from docshift.runfolder.presence import read_presence
 
 __all__ = [
     "CLOSED_STATES",
@@ -151,7 +152,7 @@ def read_migration(folder: Path) -> MigrationRecord:
     undone = rollback.counters if rollback is not None else None
     return MigrationRecord(
         folder.name,
-        ROLLED_BACK if undone is not None else checkpoint.state,
+        ROLLED_BACK if rollback is not None and rollback.complete else checkpoint.state,
         counters,
         seconds,
         letters,
@@ -172,8 +173,6 @@ def read_migrations(run_folder: Path, order: list[str]) -> list[MigrationRecord]
 def live_state(folder: Path, recorded: str) -> str:
     """The state to show: ``running`` only while a process runs it; a run recorded as running whose
     process is gone was killed (``interrupted``: resumable)."""
-    from docshift.remote.files import read_presence  # control's package imports what imports this
-
     presence = read_presence(folder)
     if presence is not None and presence.alive:
         return RUNNING

@@ -4,10 +4,13 @@ before/after scans, and the run's health.
 A :class:`RunValidation` is hooks of the run (:mod:`docshift.engine.hooks`): a migration's start
 gets its document check from it (after the before-scan), its end gives it the migration's counts
 and takes the after-scan there, and the run's end finishes it (issues, health, the reports saved in
-the run folder). What it finds goes to ``hooks`` (the run's other observers)::
+the run folder). What it finds goes to ``hooks`` (the run's other observers). The whole
+``docshift run`` (:func:`docshift.commands.run.run`) wires it itself; below it, with
+:func:`docshift.commands.run.run_migrations`::
 
     validation = RunValidation(config, store, hooks=observers, controls=controls, execute=True)
-    report = run(config, options, store=store, hooks=FanOutHooks(validation, observers), controls=controls)
+    report = run_migrations(config, options, store=store, hooks=FanOutHooks(validation, observers),
+                            controls=controls)
     outcome = validation.finish(report.folder)  # what the run's end found
 
 A document that breaks a rule is not written; it goes to the dead-letter file with the rule. When
