@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import docshift
 from docshift.config import KEYS
 from docshift.errors import ExitCode
 from docshift.testing import MemoryStore
@@ -56,3 +57,17 @@ def test_the_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert (
         namespace["undone"].items and {p: d.data for p, d in export(store).items()} == before
     )  # rolled back
+
+
+def test_the_development_section_names_every_package_and_top_level_module() -> None:
+    """A newcomer reads there which module owns what: nothing in src/docshift/ is left out."""
+    section = README.split("## Development", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    named = {line.split()[0] for line in block.splitlines() if line and not line.startswith(" ")}
+    package = Path(docshift.__file__).parent
+    found = {
+        f"{entry.name}/" if entry.is_dir() else entry.name
+        for entry in package.iterdir()
+        if not entry.name.startswith("_") and entry.name != "py.typed" and entry.name != "__pycache__"
+    }
+    assert found - named == set()
