@@ -2,9 +2,9 @@
 that one more is refused; next to each, what docshift's own check says.
 
 docshift's checks (``store/semantics.py``) must agree with the store exactly at every limit;
-``tests/integration/test_store_contract.py`` holds the boundary tests, and this script is how their
-numbers were found (run it again after an emulator upgrade). Writes are sent marked ``checked`` so
-that only the emulator decides. Usage::
+``tests/integration/test_store_contract.py`` and ``test_query_limits.py`` hold the boundary tests,
+and this script is how their numbers were found (run it again after an emulator upgrade). Writes
+are sent marked ``checked`` so that only the emulator decides. Usage::
 
     python scripts/store_limits.py            # starts its own emulator
     FIRESTORE_EMULATOR_HOST=localhost:8080 python scripts/store_limits.py
@@ -18,9 +18,10 @@ from itertools import count
 from typing import Any
 
 from docshift.emulator import Emulator, find_emulator
-from docshift.store.base import Write
+from docshift.errors import PermanentError
+from docshift.store.base import Filter, Query, Write
 from docshift.store.firestore import FirestoreStore, _pb
-from docshift.store.semantics import document_problem, document_size
+from docshift.store.semantics import document_problem, document_size, query_problem
 from docshift.values import Reference
 
 Shape = Callable[[int], tuple[str, dict[str, Any]]]
@@ -122,8 +123,45 @@ def measure(host: str) -> None:
 
         size = largest(request_of, 4_100_000, 5_000_000)
         print(f"bytes in one BatchWrite request: {size:,} accepted, {size + 1:,} refused")
+        query_limits(store)
     finally:
         store.close()
+
+
+def query_limits(store: FirestoreStore) -> None:
+    """The limits of a query's in / array-contains-any filters, next to docshift's check of them."""
+    [seeded] = store.commit([Write.set("q/a", {"x": 1, "t": [1]})])
+    assert seeded.ok, seeded.error
+
+    def answered(filters: list[Filter]) -> bool:
+        try:
+            list(store.stream(Query("q", filters=tuple(filters))))
+        except PermanentError:
+            return False
+        return True
+
+    def values(op: str, n: int) -> list[Filter]:
+        return [Filter.parse("t" if op == "array-contains-any" else "x", op, list(range(n)))]
+
+    for op in ("in", "array-contains-any"):
+        n = largest(lambda k, op=op: answered(values(op, k)), 1, 100)
+        print(
+            f"values in one {op} filter: {n} accepted, {n + 1} refused; docshift: "
+            f"{query_problem(values(op, n))!r} / {query_problem(values(op, n + 1))!r}"
+        )
+
+    def product(k: int) -> list[Filter]:
+        return [Filter.parse("x", "in", [1, 2]), Filter.parse("y", "in", list(range(k)))]
+
+    k = largest(lambda k: answered(product(k)), 1, 30)
+    print(
+        f"in 2 x in k: k = {k} accepted, {k + 1} refused (disjunctions {2 * k} / {2 * k + 2}); docshift: "
+        f"{query_problem(product(k))!r} / {query_problem(product(k + 1))!r}"
+    )
+    two = [Filter.parse("t", "array-contains", 1), Filter.parse("u", "array-contains-any", [1])]
+    print(
+        f"two array filters: {'accepted' if answered(two) else 'refused'}; docshift: {query_problem(two)!r}"
+    )
 
 
 def main() -> None:

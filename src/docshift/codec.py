@@ -29,6 +29,13 @@ _TAG = "$t"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _SPECIAL_FLOATS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
+_TYPES_HINT = (
+    "store str, int, float, bool, None, bytes, datetime, dict, list or a docshift.values type "
+    "(Timestamp, GeoPoint, Reference)"
+)
+_JSON_HINT = "a string holds a lone surrogate, or a map key is not a string: fix the value"
+_FILE_HINT = "the file is damaged or was edited: restore it from a copy, or start a new run"
+
 
 def encode(value: Value) -> Any:
     """Turn a docshift value into plain JSON-able data (lossless)."""
@@ -37,7 +44,10 @@ def encode(value: Value) -> Any:
         return value
     if kind is int:
         if not _INT64_MIN <= value <= _INT64_MAX:
-            raise CodecError(f"integer {value} does not fit in 64 bits; Firestore cannot store it")
+            raise CodecError(
+                f"integer {value} does not fit in 64 bits; Firestore cannot store it",
+                hint="store it as a string or a float",
+            )
         return value
     if kind is float:
         if math.isfinite(value):
@@ -63,7 +73,10 @@ def encode(value: Value) -> Any:
         return {_TAG: "ref", "v": [value.project, value.database, value.path]}
     if isinstance(value, bool | int | float | str | dict | list):  # subclasses (e.g. IntEnum)
         return encode(_base_value(value))
-    raise CodecError(f"cannot store a value of type {type(value).__name__!r} in Firestore")
+    raise CodecError(
+        f"cannot store a value of type {type(value).__name__!r} in Firestore",
+        hint=_TYPES_HINT,
+    )
 
 
 def _base_value(value: Any) -> Value:
@@ -102,8 +115,11 @@ def _decode_tagged(tag: str, raw: Any) -> Value:
         if tag == "ref":
             return Reference(path=str(raw[2]), project=str(raw[0]), database=str(raw[1]))
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        raise CodecError(f"malformed {tag!r} value {raw!r}: {exc}") from exc
-    raise CodecError(f"unknown value tag {tag!r}; the file was written by a newer docshift?")
+        raise CodecError(f"malformed {tag!r} value {raw!r}: {exc}", hint=_FILE_HINT) from exc
+    raise CodecError(
+        f"unknown value tag {tag!r}; the file was written by a newer docshift?",
+        hint="read it with the docshift release that wrote it",
+    )
 
 
 def dumps(value: Value) -> bytes:
@@ -111,7 +127,7 @@ def dumps(value: Value) -> bytes:
     try:
         return orjson.dumps(encode(value))
     except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate in a string, a non-string map key
-        raise CodecError(f"cannot write value as JSON: {exc}") from None
+        raise CodecError(f"cannot write value as JSON: {exc}", hint=_JSON_HINT) from None
 
 
 def digest(value: Value) -> str:
@@ -121,7 +137,7 @@ def digest(value: Value) -> str:
     try:
         raw = orjson.dumps(encode(value), option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:
-        raise CodecError(f"cannot write value as JSON: {exc}") from None
+        raise CodecError(f"cannot write value as JSON: {exc}", hint=_JSON_HINT) from None
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
@@ -130,4 +146,4 @@ def loads(raw: bytes | str) -> Value:
     try:
         return decode(orjson.loads(raw))
     except orjson.JSONDecodeError as exc:
-        raise CodecError(f"not valid JSON: {exc}") from exc
+        raise CodecError(f"not valid JSON: {exc}", hint=_FILE_HINT) from exc

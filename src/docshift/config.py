@@ -48,6 +48,7 @@ class StoreConfig:
     emulator_host: str | None = None
     state_prefix: str = "_docshift"
     timeout_seconds: float = 60.0
+    connect_timeout_seconds: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -142,23 +143,89 @@ def _one_request(value: Any) -> str | None:
     return _positive(value)
 
 
+def _characters_outside(text: str, allowed: str) -> str:
+    """The characters of ``text`` that are not in the regex class ``allowed``, for a message."""
+    found = sorted({char for char in text if not re.fullmatch(f"[{allowed}]", char)})
+    upper = [char for char in found if char.isupper()]
+    named = ["spaces" if char == " " else repr(char) for char in found if not char.isupper()]
+    if upper:
+        named.append("upper-case letters")
+    return ", ".join(named)
+
+
+def _project_id(value: Any) -> str | None:
+    # What Cloud Firestore and the emulator both take: lowercase letters, digits and hyphens, not
+    # first, after an optional domain (example.com:my-project). Anything else the emulator answers
+    # with a bare UNKNOWN, and Cloud Firestore with NOT_FOUND.
+    text = str(value)
+    if not text or re.fullmatch(r"([a-z0-9][a-z0-9.-]*:)?[a-z0-9][a-z0-9-]*", text):
+        return None
+    outside = _characters_outside(text.rsplit(":", 1)[-1], "a-z0-9-")
+    found = f" (found {outside})" if outside else ""
+    return f"is not a project id: lowercase letters, digits and hyphens, not starting with a hyphen{found}"
+
+
+def _database_id(value: Any) -> str | None:
+    text = str(value)
+    if text == "(default)" or re.fullmatch(r"[a-z0-9][a-z0-9-]*", text):
+        return None
+    outside = _characters_outside(text, "a-z0-9-")
+    found = f" (found {outside})" if outside else ""
+    return f"is not a database id: (default), or lowercase letters, digits and hyphens{found}"
+
+
+def _host_port(value: Any) -> str | None:
+    text = str(value)
+    if not text:
+        return None
+    if "://" in text:
+        return "must be host:port without a scheme (e.g. 127.0.0.1:8080, not http://...)"
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})", text)
+    if match is None:
+        return "must be host:port, e.g. 127.0.0.1:8080"
+    if not 1 <= int(match[2]) <= 65535:
+        return "has a port outside 1-65535"
+    return None
+
+
 def _identifier(value: Any) -> str | None:
     ok = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", str(value))
     return None if ok else "must be a collection id: letters, digits, _ and -"
 
 
 KEYS: tuple[Key, ...] = (
-    Key("project", "store", str, "Google Cloud project id", optional=True),
-    Key("database", "store", str, "Firestore database id; each database has its own history"),
+    Key(
+        "project",
+        "store",
+        str,
+        "Google Cloud project id (`gcloud projects list` shows yours; on the emulator any, e.g. demo-test)",
+        _project_id,
+        optional=True,
+    ),
+    Key(
+        "database",
+        "store",
+        str,
+        "Firestore database id, (default) or e.g. reporting; each database has its own history",
+        _database_id,
+    ),
     Key(
         "emulator_host",
         "store",
         str,
         "host:port of a Firestore emulator (also read from FIRESTORE_EMULATOR_HOST)",
+        _host_port,
         optional=True,
     ),
     Key("state_prefix", "store", str, "collection holding docshift's history and lock", _identifier),
     Key("timeout_seconds", "store", float, "deadline for one store request", _positive),
+    Key(
+        "connect_timeout_seconds",
+        "store",
+        float,
+        "how long a command waits to reach the store before it fails (an unreachable host fails at once)",
+        _positive,
+    ),
     Key("migrations_dir", "", Path, "folder of migration files"),
     Key("runs_dir", "", Path, "folder for run state: checkpoints, before-images, reports"),
     Key("batch_size", "engine", int, "documents per commit to start with", _positive),
@@ -325,7 +392,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the file's syntax") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror}",
+            hint="check the file's permissions, or pass another --config",
+        ) from None
 
 
 def load_config(
@@ -340,7 +410,11 @@ def load_config(
     if config_file is not None:
         config_file = cwd / config_file  # a relative --config is relative to the working folder
         if not config_file.is_file():
-            raise ConfigError(f"config file {config_file} does not exist")
+            raise ConfigError(
+                f"config file {config_file} does not exist",
+                hint="check the --config path (relative to the working folder), or drop --config to use "
+                "the nearest docshift.toml; `docshift init` creates one",
+            )
         data = _read_toml(config_file)
         if config_file.name == "pyproject.toml":
             data = data.get("tool", {}).get("docshift", {})
@@ -360,7 +434,8 @@ def load_config(
             sources[name] = path.name
     emulator_env = env.get("FIRESTORE_EMULATOR_HOST")
     if emulator_env and "emulator_host" not in values:
-        values["emulator_host"] = emulator_env
+        key = _BY_NAME["emulator_host"]
+        values["emulator_host"] = _convert(key, emulator_env, "FIRESTORE_EMULATOR_HOST", from_text=True)
         sources["emulator_host"] = "FIRESTORE_EMULATOR_HOST"
     for env_name, raw in env.items():
         if not env_name.startswith("DOCSHIFT_"):
@@ -378,7 +453,7 @@ def load_config(
             continue
         key = _BY_NAME.get(name)
         if key is None:
-            raise ConfigError(f"unknown setting {name!r}")
+            raise ConfigError(f"unknown setting {name!r}", hint=f"known keys: {', '.join(sorted(_BY_NAME))}")
         converted = _convert(key, raw, f"--{name.replace('_', '-')}", from_text=isinstance(raw, str))
         values[name] = _relative_to(cwd, converted)
         sources[name] = f"--{name.replace('_', '-')}"
@@ -436,12 +511,16 @@ def _build(
     if limits.memory_soft_limit_mb >= limits.memory_hard_limit_mb:
         raise ConfigError(
             f"memory_soft_limit_mb {limits.memory_soft_limit_mb} must be below memory_hard_limit_mb "
-            f"{limits.memory_hard_limit_mb} ({origins('memory_soft_limit_mb', 'memory_hard_limit_mb')})"
+            f"{limits.memory_hard_limit_mb} ({origins('memory_soft_limit_mb', 'memory_hard_limit_mb')})",
+            hint="lower memory_soft_limit_mb or raise memory_hard_limit_mb: reading pauses at the soft "
+            "limit, the run stops at the hard one",
         )
     if limits.integrity_critical > limits.integrity_warning:
         raise ConfigError(
             f"integrity_critical {limits.integrity_critical} must not be above integrity_warning "
-            f"{limits.integrity_warning} ({origins('integrity_critical', 'integrity_warning')})"
+            f"{limits.integrity_warning} ({origins('integrity_critical', 'integrity_warning')})",
+            hint="lower integrity_critical or raise integrity_warning: a score below the warning is "
+            "reported, one below the critical threshold stops the run",
         )
     return config
 
@@ -457,7 +536,11 @@ def with_values(config: Config, values: Mapping[str, Any], origin: str) -> Confi
     for name, raw in values.items():
         known = _BY_NAME.get(name)
         if known is None:
-            raise ConfigError(f"unknown setting {name!r} from {origin}")
+            raise ConfigError(
+                f"unknown setting {name!r} from {origin}",
+                hint="the run was recorded by a newer docshift: resume it with that release, or start a "
+                "new run",
+            )
         current[name] = _convert(known, raw, origin, from_text=False)
         sources[name] = origin
     return _build(current, sources, Path(), config.config_file, assume_yes=config.assume_yes)

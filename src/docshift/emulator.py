@@ -69,7 +69,10 @@ def find_emulator(env: Mapping[str, str] | None = None) -> EmulatorLocation:
     given = env.get("DOCSHIFT_EMULATOR_JAR")
     if given:
         if not Path(given).is_file():
-            raise EmulatorError(f"DOCSHIFT_EMULATOR_JAR points to {given}, which is not a file")
+            raise EmulatorError(
+                f"DOCSHIFT_EMULATOR_JAR points to {given}, which is not a file",
+                hint="point it at cloud-firestore-emulator.jar, or unset it to look for the SDK's",
+            )
         return EmulatorLocation(jar=Path(given), source="DOCSHIFT_EMULATOR_JAR")
     for root in _sdk_roots(shutil.which("gcloud", path=env.get("PATH"))):
         jar = root / _JAR_IN_SDK
@@ -166,7 +169,10 @@ class Emulator:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     output = self._read_log()
-                    raise EmulatorError(f"the Firestore emulator exited at start: {output[-400:]}")
+                    raise EmulatorError(
+                        f"the Firestore emulator exited at start: {output[-400:]}",
+                        hint="the lines above are its own; check `java -version` (11 or newer)",
+                    )
                 if _answers(host):
                     self.host = host
                     return host

@@ -33,6 +33,7 @@ from typing import Any
 from docshift.errors import DocshiftError, MigrationFileError, UsageError
 from docshift.migration import Migration, Target
 from docshift.store.base import Filter
+from docshift.store.semantics import query_problem
 from docshift.validators.rules import Rule
 
 __all__ = [
@@ -70,7 +71,8 @@ def describe_file(path: Path) -> str:
         return str(path)
 
 
-def _fail(path: Path, message: str, line: int | None = None, hint: str | None = None) -> MigrationFileError:
+def _fail(path: Path, message: str, line: int | None = None, *, hint: str | None) -> MigrationFileError:
+    """The error for a bad migration file, at ``line``; ``hint`` (required) says what to do."""
     where = describe_file(path) + (f":{line}" if line else "")
     return MigrationFileError(f"{where}: {message}", hint=hint)
 
@@ -119,14 +121,20 @@ def load_migration(path: Path) -> Migration:
         raw = path.read_bytes()
         source = raw.decode("utf-8-sig")
     except OSError as exc:
-        raise _fail(path, f"cannot be read: {exc.strerror}") from None
+        raise _fail(path, f"cannot be read: {exc.strerror}", hint="check the file's permissions") from None
     except UnicodeDecodeError:
         raise _fail(path, "is not UTF-8 text", hint="save the file as UTF-8") from None
     try:
         code = compile(source, str(path), "exec", dont_inherit=True)
         tree = ast.parse(source, str(path))
     except SyntaxError as exc:
-        raise _fail(path, f"syntax error: {exc.msg}", exc.lineno) from None
+        raise _fail(
+            path,
+            f"syntax error: {exc.msg}",
+            exc.lineno,
+            hint="fix the Python syntax at that line (`python -m py_compile FILE` shows it too); nothing "
+            "was run",
+        ) from None
     module = _execute(path, code)
     settings = _Settings(path, module, tree)
     up = settings.transform("up", required=True)
@@ -195,8 +203,8 @@ class _Settings:
                 if isinstance(target, ast.Name):
                     self.lines[target.id] = node.lineno
 
-    def fail(self, setting: str, message: str, hint: str | None = None) -> MigrationFileError:
-        return _fail(self.path, message, self.lines.get(setting), hint)
+    def fail(self, setting: str, message: str, hint: str | None) -> MigrationFileError:
+        return _fail(self.path, message, self.lines.get(setting), hint=hint)
 
     def get(self, name: str) -> Any:
         return self.values.get(name)
@@ -206,7 +214,11 @@ class _Settings:
         if value is None:
             return name.replace("_", " ")
         if not isinstance(value, str) or not value.strip():
-            raise self.fail("description", "description must be a non-empty string")
+            raise self.fail(
+                "description",
+                "description must be a non-empty string",
+                hint='write description = "what the change does", or remove it to use the file name',
+            )
         return value.strip()
 
     def transform(self, name: str, *, required: bool) -> Callable[..., Any] | None:
@@ -221,21 +233,38 @@ class _Settings:
             return None
         if not callable(value):
             kind = type(value).__name__
-            raise self.fail(name, f"{name} must be a function taking one document, got a {kind}")
+            raise self.fail(
+                name,
+                f"{name} must be a function taking one document, got a {kind}",
+                hint=f"define `def {name}(doc):` returning the new data, DELETE or UNCHANGED",
+            )
         try:
             inspect.signature(value).bind(None)
         except TypeError:
-            raise self.fail(name, f"{name} must take exactly one argument, the document (doc)") from None
+            raise self.fail(
+                name,
+                f"{name} must take exactly one argument, the document (doc)",
+                hint=f"define it as `def {name}(doc):`",
+            ) from None
         except ValueError:  # builtins without a signature: let them be
             pass
         if inspect.iscoroutinefunction(value) or inspect.isgeneratorfunction(value):
-            raise self.fail(name, f"{name} must be a plain function (not async, not a generator)")
+            raise self.fail(
+                name,
+                f"{name} must be a plain function (not async, not a generator)",
+                hint=f"define `def {name}(doc):` that returns its result (no async, no yield)",
+            )
         return value  # type: ignore[no-any-return]
 
     def target(self) -> Target:
         collection, group = self.get("collection"), self.get("collection_group")
         if collection is not None and group is not None:
-            raise self.fail("collection_group", "set either collection or collection_group, not both")
+            raise self.fail(
+                "collection_group",
+                "set either collection or collection_group, not both",
+                hint="collection reads one collection path; collection_group every collection with that id: "
+                "keep the one you mean",
+            )
         if collection is None and group is None:
             raise self.fail(
                 "collection",
@@ -245,7 +274,11 @@ class _Settings:
         setting = "collection" if collection is not None else "collection_group"
         value = collection if collection is not None else group
         if not isinstance(value, str) or not value.strip("/ "):
-            raise self.fail(setting, f"{setting} must be a non-empty string, got {value!r}")
+            raise self.fail(
+                setting,
+                f"{setting} must be a non-empty string, got {value!r}",
+                hint='write e.g. collection = "users" or collection_group = "orders"',
+            )
         if group is not None and "/" in value.strip("/"):
             raise self.fail(
                 setting,
@@ -270,7 +303,11 @@ class _Settings:
         if raw is None:
             return ()
         if not isinstance(raw, list | tuple):
-            raise self.fail("where", "where must be a list of (field, op, value) tuples")
+            raise self.fail(
+                "where",
+                f"where must be a list of (field, op, value) tuples, got a {type(raw).__name__}",
+                hint='write where = [("status", "==", "active")], or remove it to read every document',
+            )
         filters: list[Filter] = []
         for item in raw:
             if not isinstance(item, list | tuple) or len(item) != 3 or not isinstance(item[0], str):
@@ -284,6 +321,14 @@ class _Settings:
                 filters.append(Filter.parse(field_path, str(op), value))
             except DocshiftError as exc:
                 raise self.fail("where", f"where: {exc.message}", exc.hint) from None
+        problem = query_problem(filters)
+        if problem:
+            raise self.fail(
+                "where",
+                f"where: {problem}",
+                hint="Firestore refuses such a query: split the values over several migrations, or "
+                "filter in up() and return UNCHANGED for the documents to leave alone",
+            )
         return tuple(filters)
 
     def limit(self) -> int | None:
@@ -291,7 +336,11 @@ class _Settings:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.fail("limit", f"limit must be a whole number above 0 or None, got {value!r}")
+            raise self.fail(
+                "limit",
+                f"limit must be a whole number above 0 or None, got {value!r}",
+                hint="write e.g. limit = 1000, or limit = None (or remove it) to read every document",
+            )
         return value
 
     def copy_to(self, source: str) -> str | None:
@@ -299,7 +348,11 @@ class _Settings:
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip("/ "):
-            raise self.fail("copy_to", f"copy_to must be a collection path or None, got {value!r}")
+            raise self.fail(
+                "copy_to",
+                f"copy_to must be a collection path or None, got {value!r}",
+                hint='write e.g. copy_to = "users_v2", or remove it to change documents in place',
+            )
         value = value.strip("/")
         parts = value.split("/")
         if any(not part for part in parts) or len(parts) % 2 != 1:
@@ -309,7 +362,11 @@ class _Settings:
                 hint="a collection path has an odd number of segments: users_v2 or users/alice/orders",
             )
         if value == source:
-            raise self.fail("copy_to", "copy_to is the source collection itself; leave copy_to = None")
+            raise self.fail(
+                "copy_to",
+                "copy_to is the source collection itself",
+                hint="name another collection, or remove copy_to to change the documents in place",
+            )
         return value
 
     def rules(self) -> tuple[Any, ...]:
@@ -317,7 +374,11 @@ class _Settings:
         if value is None:
             return ()
         if not isinstance(value, list | tuple):
-            raise self.fail("rules", "rules must be a list")
+            raise self.fail(
+                "rules",
+                f"rules must be a list, got a {type(value).__name__}",
+                hint='write rules = [required("email"), ...] with rules from docshift.validators',
+            )
         for index, item in enumerate(value):
             if not isinstance(item, Rule):
                 raise self.fail(

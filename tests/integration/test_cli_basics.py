@@ -101,11 +101,14 @@ def test_an_unknown_key_in_docshift_toml_is_one_error_line_with_a_hint(tmp_path:
     assert hint.startswith("  hint: known keys: ") and "project" in hint
 
 
-def test_an_emulator_error_without_a_hint_is_a_single_line(tmp_path: Path) -> None:
+def test_a_missing_emulator_jar_is_one_error_line_with_a_hint(tmp_path: Path) -> None:
     missing = tmp_path / "missing.jar"
     result = docshift_cli("emulator", env=clean_env(DOCSHIFT_EMULATOR_JAR=str(missing)), cwd=tmp_path)
     assert result.returncode == 15 == int(ExitCode.EMULATOR)
-    assert error_lines(result) == [f"error: DOCSHIFT_EMULATOR_JAR points to {missing}, which is not a file"]
+    assert error_lines(result) == [
+        f"error: DOCSHIFT_EMULATOR_JAR points to {missing}, which is not a file",
+        "  hint: point it at cloud-firestore-emulator.jar, or unset it to look for the SDK's",
+    ]
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ new update time (or fail its precondition).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 
 from docshift.config import Config
@@ -110,19 +112,40 @@ def test_a_refused_write_is_not_retried(firestore: FirestoreStore) -> None:
     assert len(recording.requests) == 1 and store.retries == 0
 
 
-def test_an_unreachable_emulator_is_transient_and_retried_then_raised() -> None:
-    dead = FirestoreStore("demo-nowhere", emulator_host=f"127.0.0.1:{free_port()}", timeout=5)
+def test_an_unreachable_emulator_fails_when_opened_and_is_never_retried() -> None:
+    host = f"127.0.0.1:{free_port()}"
+    with pytest.raises(PermanentError) as caught:
+        FirestoreStore("demo-nowhere", emulator_host=host, timeout=5)
+    error = caught.value
+    assert not isinstance(error, TransientError)  # the retry layer is never reached
+    assert error.code == "UNAVAILABLE"
+    assert error.message == (
+        f"cannot reach the Firestore emulator at {host} (project demo-nowhere, database (default)): "
+        "connection refused: nothing listens on that port"
+    )
+    assert error.hint is not None and "docshift emulator" in error.hint
+
+
+def test_a_store_that_goes_away_after_it_was_reached_is_transient_and_retried() -> None:
+    """Unlike a store that was never there, one that answered and then went away (a restart, a
+    network break during a run) is retried: it is likely to come back."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    gone = FirestoreStore("demo-gone", emulator_host=f"127.0.0.1:{port}", timeout=5)
+    server.stop(None).wait()
     seen: list[TransientError] = []
-    store = RetryingStore(dead, QUICK, on_retry=seen.append)
+    store = RetryingStore(gone, QUICK, on_retry=seen.append)
     try:
         with pytest.raises(TransientError) as caught:
             store.commit([Write.set("a/b", {})])
         assert caught.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+        assert caught.value.hint is not None
         assert store.retries == QUICK.attempts - 1 == len(seen)
         with pytest.raises(TransientError):
             list(store.stream(Query("a")))
     finally:
-        dead.close()
+        gone.close()
 
 
 def test_a_stream_broken_midway_resumes_without_duplicates_on_the_emulator(firestore: FirestoreStore) -> None:

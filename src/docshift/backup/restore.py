@@ -30,6 +30,8 @@ from docshift.errors import BatchAborted, DataError, EmergencyStop, UsageError
 from docshift.store import Document, Query, Store, Write, WriteResult
 from docshift.values import values_equal
 
+_DAMAGED = "the backup was changed or damaged after it was written; restore from an intact copy"
+
 __all__ = [
     "PathMap",
     "RestoreReport",
@@ -84,7 +86,10 @@ class PathMap:
         for target in targets.values():
             Query(target)  # refuses a document path or an empty name, with a hint
         if len(set(targets.values())) != len(targets):
-            raise UsageError("two backed-up collections would be restored into the same collection")
+            raise UsageError(
+                "two backed-up collections would be restored into the same collection",
+                hint="give each one its own target with --into OLD=NEW",
+            )
         return cls(False, targets)
 
     def target(self, source: str) -> str:
@@ -93,10 +98,10 @@ class PathMap:
     def __call__(self, source: str, path: str) -> str:
         if self.group:
             if path.split("/")[-2:-1] != [source]:
-                raise DataError(f"{path} is not in collection group {source}")
+                raise DataError(f"{path} is not in collection group {source}", hint=_DAMAGED)
             return path
         if not path.startswith(source + "/"):
-            raise DataError(f"{path} is not below the backed-up collection {source}")
+            raise DataError(f"{path} is not below the backed-up collection {source}", hint=_DAMAGED)
         return self.targets[source] + path[len(source) :]
 
 

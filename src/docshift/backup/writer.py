@@ -44,7 +44,10 @@ def encode_record(doc: Document) -> bytes:
             + b"\n"
         )
     except (CodecError, orjson.JSONEncodeError) as exc:
-        raise CodecError(f"cannot back up {doc.path}: {exc}") from None
+        raise CodecError(
+            f"cannot back up {doc.path}: {exc}",
+            hint="fix or delete that document (its value cannot be written as JSON), then back up again",
+        ) from None
 
 
 class _HashingSink:

@@ -126,35 +126,46 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(returned, int):  # click returns ctx.exit(code) instead of raising
             _exit(returned)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        _say("aborted at the prompt", "run the command again to answer it, or pass --yes")
         _exit(ExitCode.INTERRUPTED)
     except click.exceptions.Exit as exc:
         _exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        _say(exc.format_message(), _usage_hint(exc))
         _exit(ExitCode.USAGE)
     except DocshiftError as exc:
         if debug:
             raise
-        message = f"error: {exc.message}"
-        if exc.hint:
-            message += f"\n  hint: {exc.hint}"
-        click.echo(message, err=True)
+        _say(exc.message, exc.hint or "rerun with --debug for the traceback")
         _exit(exc.exit_code)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        _say("interrupted", _UNFINISHED)
         _exit(ExitCode.INTERRUPTED)
     except Exception as exc:
         if debug:
             raise
-        click.echo(
-            f"error: unexpected {type(exc).__name__}: {exc}\n"
-            "  hint: rerun with --debug for the traceback and report it; `docshift runs` shows whether a "
-            "run was left unfinished (it can be resumed or rolled back)",
-            err=True,
+        _say(
+            f"unexpected {type(exc).__name__}: {exc}",
+            f"rerun with --debug for the traceback and report it; {_UNFINISHED}",
         )
         _exit(ExitCode.FAILED)
     _exit(ExitCode.OK)
+
+
+_UNFINISHED = "`docshift runs` shows whether a run was left unfinished (it can be resumed or rolled back)"
+
+
+def _say(message: str, hint: str) -> None:
+    """An error as docshift prints every one: what happened, then what to do next."""
+    click.echo(f"error: {message}\n  hint: {hint}", err=True)
+
+
+def _usage_hint(exc: click.ClickException) -> str:
+    """Where a mistyped command line is explained: the command's own --help."""
+    context = exc.ctx if isinstance(exc, click.UsageError) else None
+    if context is None or context.parent is None:
+        return "see `docshift --help` for the commands and the global options"
+    return f"see `{context.command_path} --help` for its arguments and options"
 
 
 def _exit(code: int) -> NoReturn:

@@ -30,4 +30,6 @@ def confirm_destructive(config: Config, action: str, yes: bool) -> None:
         )
     click.echo(f"This will {action} on Cloud Firestore: {where}.", err=True)
     if not click.confirm("Continue?", default=False, err=True):
-        raise ConfirmationRequired("not confirmed; nothing was changed")
+        raise ConfirmationRequired(
+            "not confirmed; nothing was changed", hint="answer y to go ahead, or pass --yes"
+        )

@@ -20,6 +20,11 @@ from docshift.lock import Lease
 from docshift.planning import MigrationState, StateKind
 from docshift.values import Timestamp
 
+_TARGET_HINT = (
+    "--collection reads one collection path, --collection-group every collection with that id: keep "
+    "the one you mean"
+)
+
 __all__ = ["init_command", "new_command", "status_command", "unlock_command"]
 
 _STYLES = {
@@ -60,7 +65,7 @@ def new_command(
 ) -> None:
     """Write the next migration file (NNNN_slug.py) from the template, with every option shown."""
     if collection and collection_group:
-        raise UsageError("give --collection or --collection-group, not both")
+        raise UsageError("give --collection or --collection-group, not both", hint=_TARGET_HINT)
     path = new_migration(
         app.config().migrations_dir, description, collection=collection, collection_group=collection_group
     )
@@ -187,7 +192,11 @@ def unlock_command(app: AppContext, force: bool, yes: bool) -> None:
     if result.lease is None:
         click.echo("no lease is held; nothing to unlock")
     elif not result.confirmed:
-        raise ConfirmationRequired("not confirmed; the lease was kept")
+        raise ConfirmationRequired(
+            "not confirmed; the lease was kept",
+            hint="answer y to remove it, or pass --yes; an expired lease is taken over by the next run "
+            "anyway",
+        )
     elif result.removed:
         click.echo(f"removed the lease of run {result.lease.run_id}")
     else:

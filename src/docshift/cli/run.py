@@ -150,7 +150,10 @@ class RunFlags:
 
     def options(self) -> RunOptions:
         if self.stages and (self.limit is not None or self.sample is not None):
-            raise UsageError("--stages chooses its own documents; drop --limit and --sample")
+            raise UsageError(
+                "--stages chooses its own documents; it cannot be combined with --limit or --sample",
+                hint="drop --limit and --sample (a stage of 1% is a sample), or drop --stages",
+            )
         return RunOptions(
             execute=self.execute,
             to=self.to,

@@ -73,7 +73,7 @@ def _sources(collections: Sequence[str], *, recursive: bool, group: bool) -> lis
         Query(name, group=group)  # refuses a document path, or a group id with a slash, with a hint
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise UsageError(f"collection {repeated[0]!r} is named twice")
+        raise UsageError(f"collection {repeated[0]!r} is named twice", hint="name each collection once")
     if recursive:
         for outer in names:
             for inner in names:
@@ -133,9 +133,12 @@ def backup(
     all_collections, docs_per_file = options.all_collections, options.docs_per_file
     hooks = hooks or BackupHooks()
     if docs_per_file < 1:
-        raise UsageError("docs_per_file must be at least 1")
+        raise UsageError("docs_per_file must be at least 1", hint="pass --docs-per-file 1 or more")
     if all_collections and (collections or group):
-        raise UsageError("--all backs up every collection: name none, and no --group")
+        raise UsageError(
+            "--all backs up every collection: name none, and no --group",
+            hint="drop --all to back up the collections named, or drop the names (and --group)",
+        )
     if not all_collections and not collections:
         raise UsageError(
             "name at least one collection to back up",

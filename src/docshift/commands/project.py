@@ -43,7 +43,11 @@ def render_migration(
 ) -> str:
     """The source of a new migration file; the unused target option is left as a comment."""
     if collection is not None and collection_group is not None:
-        raise UsageError("give --collection or --collection-group, not both")
+        raise UsageError(
+            "give --collection or --collection-group, not both",
+            hint="--collection reads one collection path, --collection-group every collection with "
+            "that id: keep the one you mean",
+        )
     if collection_group is not None:
         collection_line = '# collection = "users"'
         group_line = f"collection_group = {_literal(collection_group)}"
@@ -79,7 +83,10 @@ def init_project(folder: Path, *, project: str | None = None) -> InitResult:
             hint="edit it, or delete it first to start over",
         )
     if migrations.exists() and not migrations.is_dir():
-        raise UsageError(f"{describe_file(migrations)} exists and is not a folder; nothing created")
+        raise UsageError(
+            f"{describe_file(migrations)} exists and is not a folder; nothing created",
+            hint="move that file away, or run `docshift init` in another folder",
+        )
     folder.mkdir(parents=True, exist_ok=True)
     created = not migrations.exists()
     migrations.mkdir(exist_ok=True)

@@ -172,12 +172,20 @@ def _targets(
     migration first. Not all: the history cannot name them (see
     :meth:`HistoryRecord.application_runs`); the runs are then the latest one alone."""
     if (options.run_id is None) == (options.to is None):
-        raise UsageError("name a RUN_ID or --to MIGRATION_ID (one of them)")
+        given = "both were given" if options.run_id is not None else "neither was given"
+        raise UsageError(
+            f"name a RUN_ID or --to MIGRATION_ID, one of them ({given})",
+            hint="`docshift rollback RUN_ID` undoes one run (`docshift runs` lists them); "
+            "`docshift rollback --to ID` undoes every migration applied after ID",
+        )
     if options.run_id is not None:
         run_folder = find_run(config.runs_dir, options.run_id)
         info = load_run_info(run_folder)
         if info.get("kind", "run") != "run" or not info.get("execute"):
-            raise UsageError(f"run {options.run_id} was not an executed migration run; nothing to roll back")
+            raise UsageError(
+                f"run {options.run_id} was not an executed migration run; nothing to roll back",
+                hint="a dry run changed nothing; `docshift runs` shows which runs executed",
+            )
         run_id = str(info["run_id"])
         chosen: list[tuple[Migration, tuple[str, ...], bool]] = []
         for migration_id in reversed(info["migrations"]):
@@ -268,7 +276,10 @@ def _strategy(config: Config, migration: Migration, runs: tuple[str, ...], known
     if wanted == "auto":
         wanted = "down" if migration.down is not None and not copy_to else "restore"
     if wanted == "down" and migration.down is None:
-        raise UsageError(f"{migration.label} has no down(); use --strategy restore")
+        raise UsageError(
+            f"{migration.label} has no down()",
+            hint="use --strategy restore (puts back the saved before-images), or add down() to the file",
+        )
     if wanted == "down" and copy_to:
         # down() would read the source and write its result into the copy: that undoes nothing.
         raise UsageError(

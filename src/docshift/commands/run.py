@@ -595,7 +595,10 @@ def run_migrations(
             by_id = {m.id: m for m in migrations}
             missing = [i for i in session.info["migrations"] if i not in by_id]
             if missing:
-                raise DriftError(f"run {session.run_id} needs migration {missing[0]}, whose file is gone")
+                raise DriftError(
+                    f"run {session.run_id} needs migration {missing[0]}, whose file is gone",
+                    hint="put the file back (from version control) to resume, or start a new run",
+                )
             selected = [by_id[i] for i in session.info["migrations"]]
         else:
             selected, drifted = _select(migrations, History(active, config.store.state_prefix), options)

@@ -185,6 +185,8 @@ class RunSession:
 
     def _stopped(self, stop: RunStopped) -> None:
         stop.resume_command = None if stop.run_state in CLOSED_STATES else self.resume_command
+        if stop.hint is None and stop.resume_command:
+            stop.hint = f"the checkpoint is kept: resume with `{stop.resume_command}`"
         error = self.record(stop.run_state)
         if isinstance(stop, RunFileError):
             then = f"resume with `{self.resume_command}`"

@@ -350,7 +350,10 @@ def _wait_for_operator(run: StageRun, index: int) -> None:
     try:
         while controls.paused and marker.exists():
             if controls.stop.is_set():
-                raise RunStopped(controls.stop_reason or "stopped while paused between stages")
+                raise RunStopped(
+                    controls.stop_reason or "stopped while paused between stages",
+                    hint=f"continue with `docshift run --execute --resume {run_id}`",
+                )
             time.sleep(0.2)
     finally:
         controls.resume()

@@ -59,9 +59,12 @@ def validate(
     if phase not in PHASES:
         raise UsageError(f"unknown phase {phase!r}", hint="use before or after")
     if sample is not None and full:
-        raise UsageError("give --sample N or --full, not both")
+        raise UsageError(
+            "give --sample N or --full, not both",
+            hint="--sample N checks N documents spread over the collection; --full (the default) all",
+        )
     if sample is not None and sample <= 0:
-        raise UsageError(f"--sample must be above 0, got {sample}")
+        raise UsageError(f"--sample must be above 0, got {sample}", hint="pass --sample 1 or more, or --full")
     migration = find_migration(config, migration_id)
     if not migration.rules:
         raise UsageError(

@@ -529,7 +529,9 @@ class MigrationPipeline:
         self.dead_letters.sync()
         if not self.folder.is_dir():  # removed: a checkpoint written into a new one would be alone
             raise RunFileError(
-                f"{self.folder} was removed while the run was writing it", path=str(self.folder)
+                f"{self.folder} was removed while the run was writing it",
+                path=str(self.folder),
+                hint="leave run folders in place while a run writes them",
             )
         self.checkpoint.dead_letter_bytes = self.dead_letters.size()
         if self._uncounted is None:
@@ -651,9 +653,12 @@ class MigrationPipeline:
         if isinstance(fatal, DocshiftError):
             return EmergencyStop(f"stopped: {fatal.message}", hint=fatal.hint)
         if fatal is not None:
-            return EmergencyStop(f"stopped by an unexpected {type(fatal).__name__}: {fatal}")
+            return EmergencyStop(
+                f"stopped by an unexpected {type(fatal).__name__}: {fatal}",
+                hint="rerun with --debug for the traceback and report it; the checkpoint is kept",
+            )
         cls = self.controls.stop_class or RunStopped
-        return cls(self.controls.stop_reason or "stopped")
+        return cls(self.controls.stop_reason or "stopped")  # the command adds how to resume
 
 
 def _uncounted(journal: JournalMark | None) -> tuple[int, list[tuple[int, int]]] | None:

@@ -67,7 +67,10 @@ def _refused(run_id: str, code: int, answer: dict[str, Any]) -> UsageError:
             f"the status endpoint of run {run_id} refused the token",
             hint="pass the run's --status-token with --token or DOCSHIFT_STATUS_TOKEN",
         )
-    return UsageError(f"the status endpoint of run {run_id} answered {code}: {answer.get('error', answer)}")
+    return UsageError(
+        f"the status endpoint of run {run_id} answered {code}: {answer.get('error', answer)}",
+        hint="check the run is still running (`docshift show`); its run.json names the endpoint",
+    )
 
 
 def fetch_status(folder: Path, *, token: str | None = None, timeout: float = 3.0) -> dict[str, Any] | None:
@@ -91,7 +94,10 @@ def send_control(
     if action not in ACTIONS:
         raise UsageError(f"unknown control action {action!r}", hint=f"one of {', '.join(ACTIONS)}")
     if action == "throttle" and (value is None or not 0 <= value < float("inf")):
-        raise UsageError("throttle needs a write limit in ops/s (a number >= 0; 0 = no cap)")
+        raise UsageError(
+            "throttle needs a write limit in ops/s (a number >= 0; 0 = no cap)",
+            hint="e.g. docshift throttle 200",
+        )
     run_id = folder.name
     presence = read_presence(folder)
     if presence is None or not presence.alive:

@@ -51,7 +51,11 @@ def run_file(path: Path) -> Iterator[None]:
         code = errno.errorcode.get(exc.errno) if exc.errno is not None else None
         if code:
             reason += f" ({code})"
-        raise RunFileError(f"could not write {path}: {reason}", path=str(path)) from exc
+        raise RunFileError(
+            f"could not write {path}: {reason}",
+            path=str(path),
+            hint="free space or fix the folder (permissions, mount), then run the command again",
+        ) from exc
 
 
 def write_fully(fd: int, data: bytes) -> None:
@@ -151,13 +155,13 @@ def read_versioned(
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
+        raise DataError(f"{path} does not exist", hint="restore it, or start a new run") from None
     try:
         document = codec.loads(raw)
     except DataError as exc:
         raise DataError(f"{path} is damaged: {exc.message}", hint="restore it or start a new run") from None
     if not isinstance(document, dict) or document.get("format") != kind:
-        raise DataError(f"{path} is not a docshift {kind} file")
+        raise DataError(f"{path} is not a docshift {kind} file", hint="restore it, or start a new run")
     found: dict[str, Any] = document
     version = found.get("version")
     if not isinstance(version, int) or version > max_version:

@@ -244,7 +244,11 @@ class JournalWriter:
         if self._broken is not None:
             raise self._broken
         if self._fd < 0:
-            raise RunFileError(f"{self.path} is closed", path=str(self.path))
+            raise RunFileError(
+                f"{self.path} is closed",
+                path=str(self.path),
+                hint="the run had already ended; resume it to go on",
+            )
 
     def _break(self, error: RunFileError, cut_to: int | None = None) -> None:
         """No more appends after a failed write: a member written in part would make every member

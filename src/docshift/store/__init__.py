@@ -51,7 +51,10 @@ __all__ = [
 
 
 def open_store(config: Config, *, retry: RetryPolicy | None = None) -> RetryingStore:
-    """The Firestore store a config points at, wrapped in the one retry layer."""
+    """The Firestore store a config points at, connected, wrapped in the one retry layer.
+
+    A store that cannot be reached raises here (a :class:`~docshift.errors.PermanentError` with
+    code ``UNAVAILABLE``, within ``connect_timeout_seconds``), before any retry."""
     from docshift.store.firestore import FirestoreStore  # deferred: importing gRPC costs ~0.3 s
 
     settings = config.store
@@ -60,8 +63,20 @@ def open_store(config: Config, *, retry: RetryPolicy | None = None) -> RetryingS
         settings.database,
         emulator_host=settings.emulator_host,
         timeout=settings.timeout_seconds,
+        connect_timeout=settings.connect_timeout_seconds,
+        host_source=_source_of(config, "emulator_host"),
     )
     return RetryingStore(inner, retry)
+
+
+def _source_of(config: Config, key: str) -> str | None:
+    """Where a key's value came from, as a user would look for it (``docshift.toml``, a variable…)."""
+    source = config.sources.get(key)
+    if source is None or source == "default":
+        return None
+    if source.startswith("--") or source.isupper():
+        return source
+    return f"{key} in {source}"
 
 
 @contextmanager

@@ -109,7 +109,10 @@ class Filter:
             allowed = ", ".join(o.value for o in Op)
             raise UsageError(f"unsupported filter operator {op!r}", hint=f"use one of {allowed}") from None
         if operator in (Op.IN, Op.NOT_IN, Op.ARRAY_CONTAINS_ANY) and not isinstance(value, list):
-            raise UsageError(f"filter {field_path} {op} needs a list value, got {value!r}")
+            raise UsageError(
+                f"filter {field_path} {op} needs a list value, got {value!r}",
+                hint=f'write e.g. ("{field_path}", "{op}", ["a", "b"])',
+            )
         return cls(parse_field_path(field_path), operator, value)
 
 
@@ -149,16 +152,22 @@ class Query:
     def __post_init__(self) -> None:
         parts = split_path(self.collection)
         if self.group and len(parts) != 1:
-            raise UsageError(f"a collection group is one id, got {self.collection!r}")
+            raise UsageError(
+                f"a collection group is one id, got {self.collection!r}",
+                hint='a group is a collection id such as "orders", found at any depth',
+            )
         if self.descendants and (self.group or self.filters):
-            raise UsageError("a query with descendants takes neither a collection group nor filters")
+            raise UsageError(
+                "a query with descendants takes neither a collection group nor filters",
+                hint="filter the documents after reading them",
+            )
         if not self.group and len(parts) % 2 != 1:
             raise UsageError(
                 f"{self.collection!r} is not a collection path (it has an even number of segments)",
                 hint="a collection path has an odd number of segments: users or users/alice/orders",
             )
         if self.limit is not None and self.limit < 0:
-            raise UsageError("a query limit cannot be negative")
+            raise UsageError("a query limit cannot be negative", hint="pass a limit of 0 or more, or None")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,14 @@ value conversion, queries, writes and error translation together.
 
 from __future__ import annotations
 
+import atexit
 import base64
+import contextlib
 import dataclasses
 import math
 import re
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -27,6 +31,7 @@ from google.protobuf import descriptor_pool, message_factory
 
 from docshift.errors import (
     CodecError,
+    ConfigError,
     ConflictError,
     CredentialsError,
     PermanentError,
@@ -53,6 +58,7 @@ from docshift.store.semantics import (
     MAX_REQUEST_BYTES,
     MAX_WRITES_PER_REQUEST,
     document_problem,
+    error_hint,
     matches,
     server_side,
 )
@@ -117,28 +123,38 @@ _CONFLICT = {"FAILED_PRECONDITION", "NOT_FOUND", "ALREADY_EXISTS"}
 _SIMPLE_FIELD = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
 _SCOPES = ("https://www.googleapis.com/auth/datastore",)
 _FIRESTORE_HOST = "firestore.googleapis.com:443"
+_NO_PROJECT_HINT = "set --project, DOCSHIFT_PROJECT or project in docshift.toml"
+_REFUSED = "Firestore refuses such a document: change up() so that it stays within Firestore's limits"
+_CAUSES = (
+    ("Connection refused", "connection refused: nothing listens on that port"),
+    ("Domain name not found", "the host name does not resolve"),
+    ("DNS resolution failed", "the host name does not resolve"),
+    ("lookup", "the host name does not resolve"),
+    ("Network is unreachable", "the network is unreachable"),
+    ("No route to host", "there is no route to the host"),
+    ("timed out", "the connection timed out"),
+)
+"""gRPC's connection failure texts, and what each means for the user (the first that matches)."""
 
 
 def translate_error(code: str, message: str, *, path: str | None = None, guarded: bool = False) -> StoreError:
     """Turn a gRPC status into docshift's error tree. ``guarded``: the write had a precondition."""
+    hint = error_hint(code, guarded=guarded)
     if code in _TRANSIENT:
-        return TransientError(message, code=code, path=path)
+        return TransientError(message, code=code, path=path, hint=hint)
     if guarded and code in _CONFLICT:
-        return ConflictError(message, code=code, path=path)
+        return ConflictError(message, code=code, path=path, hint=hint)
     if code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
-        return CredentialsError(
-            message,
-            code=code,
-            path=path,
-            hint="check the account has Cloud Datastore User access to this project and database",
-        )
-    return PermanentError(message, code=code, path=path)
+        return CredentialsError(message, code=code, path=path, hint=hint)
+    return PermanentError(message, code=code, path=path, hint=hint)
 
 
-def _rpc_error(exc: grpc.RpcError) -> StoreError:
-    code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    return translate_error(code, details or code)
+def _cause(details: str) -> str:
+    """A gRPC connection failure as a few words (connection refused, the host does not resolve…)."""
+    for text, cause in _CAUSES:
+        if text in details:
+            return cause
+    return details.strip().splitlines()[0] if details.strip() else "no reason given"
 
 
 def _quote_field(field_path: FieldPath) -> str:
@@ -173,7 +189,10 @@ def _decode_geo_point(value: Any) -> GeoPoint:
 
 
 def _unsupported(value: Any) -> Value:
-    raise CodecError(f"unsupported Firestore value kind {value.WhichOneof('value_type')!r}")
+    raise CodecError(
+        f"unsupported Firestore value kind {value.WhichOneof('value_type')!r}",
+        hint="docshift reads every Firestore value type; a newer one needs a newer docshift",
+    )
 
 
 _DECODERS: dict[str | None, Callable[[Any], Value]] = {
@@ -201,11 +220,18 @@ class FirestoreStore(Store):
         *,
         emulator_host: str | None = None,
         timeout: float = 60.0,
+        connect_timeout: float = 3.0,
+        host_source: str | None = None,
     ) -> None:
+        """Opens the channel and waits until it is connected (see :meth:`_connect`): a store that
+        cannot be reached fails here, within ``connect_timeout`` seconds, with what was tried.
+        ``host_source`` says where ``emulator_host`` was set (a flag, a variable, a file), for that
+        error's hint."""
         self.timeout = timeout
+        self._host_source = host_source
         if emulator_host:
             if not project:
-                raise CredentialsError("no project id given", hint="set --project or DOCSHIFT_PROJECT")
+                raise ConfigError("no project id given", hint=_NO_PROJECT_HINT)
             self._channel = grpc.insecure_channel(emulator_host, options=_channel_options())
             self._auth: tuple[tuple[str, str], ...] = (("authorization", "Bearer owner"),)
         else:
@@ -225,6 +251,84 @@ class FirestoreStore(Store):
             "ListCollectionIds", "ListCollectionIdsRequest", "ListCollectionIdsResponse"
         )
         self._partition = self._unary_method("PartitionQuery", "PartitionRequest", "PartitionResponse")
+        try:
+            self._connect(connect_timeout)
+        except BaseException:
+            self._channel.close()
+            raise
+        _OPEN.add(self)
+
+    def _connect(self, timeout: float) -> None:
+        """Wait until the channel is connected; raise at its first failed attempt, or after
+        ``timeout`` seconds without a connection (a host that drops packets or never answers).
+
+        gRPC itself would keep reconnecting, and every call would fail as UNAVAILABLE, which is
+        transient and retried for ~13 s: right for a store that goes away during a run (it comes
+        back), wrong for one that was never there. So a store that cannot be reached when it is
+        opened is a :class:`PermanentError` (not retried) saying what was tried and what to do.
+        The channel's own state, not a first call: a store that is only slow to answer its first
+        call (a cold emulator on a busy machine) is there.
+        """
+        states: list[grpc.ChannelConnectivity] = []
+        settled = threading.Event()
+        final = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+
+        def watch(state: grpc.ChannelConnectivity) -> None:
+            states.append(state)
+            if state in final:
+                settled.set()
+
+        self._channel.subscribe(watch, try_to_connect=True)
+        try:
+            settled.wait(timeout)
+        finally:
+            self._channel.unsubscribe(watch)
+        if grpc.ChannelConnectivity.READY in states:
+            return
+        if not settled.is_set():
+            raise self._unreachable(f"no connection within {timeout:g} s", slow=True)
+        # A failed channel says why only to a call, and a call on it fails at once.
+        request = _pb["ListCollectionIdsRequest"](parent=self._root, page_size=1)
+        try:
+            self._list_ids(request, metadata=self._metadata, timeout=min(timeout, 1.0))
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ):
+                raise self._unreachable(_cause(exc.details() or "")) from None
+            # Anything else was an answer: the store is there (the first real call says what is
+            # wrong with the request).
+
+    def _unreachable(self, cause: str, *, slow: bool = False) -> PermanentError:
+        info = self.info
+        if info.emulator_host:
+            what = f"the Firestore emulator at {info.emulator_host}"
+            where = self._host_source or "--emulator-host, FIRESTORE_EMULATOR_HOST or emulator_host"
+            hint = (
+                "start one with `docshift emulator` (it prints the FIRESTORE_EMULATOR_HOST to export), "
+                f"or correct the address, set by {where}"
+            )
+        else:
+            what = f"Cloud Firestore at {_FIRESTORE_HOST}"
+            hint = (
+                "check the network connection, proxy and firewall (docshift needs outbound HTTPS to "
+                f"{_FIRESTORE_HOST}); to use an emulator instead, set FIRESTORE_EMULATOR_HOST"
+            )
+        if slow:
+            hint += "; on a slow link, raise connect_timeout_seconds"
+        message = f"cannot reach {what} (project {info.project}, database {info.database}): {cause}"
+        return PermanentError(message, code="UNAVAILABLE", hint=hint)
+
+    def _rpc_error(self, exc: grpc.RpcError) -> StoreError:
+        code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
+        details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+        if not details or details == code:
+            # The emulator answers a malformed project or database name with a bare UNKNOWN.
+            details = f"the store answered {code} without saying why ({self.info.describe()})"
+        elif "http2 header with status" in details:
+            details = f"{self.info.emulator_host or _FIRESTORE_HOST} is not a Firestore server ({details})"
+        return translate_error(code, details)
 
     def _open_real(self, project: str | None) -> str:
         # Imported here: credentials pull in requests and cryptography (~0.1 s) the emulator never needs.
@@ -243,7 +347,9 @@ class FirestoreStore(Store):
             ) from None
         project = project or default_project
         if not project:
-            raise CredentialsError("no project id given", hint="set --project or DOCSHIFT_PROJECT")
+            raise ConfigError(
+                "no project id given, and the Google credentials name none", hint=_NO_PROJECT_HINT
+            )
         self._channel = auth_grpc.secure_authorized_channel(  # type: ignore[no-untyped-call]
             credentials, AuthRequest(), _FIRESTORE_HOST, options=_channel_options()
         )
@@ -289,7 +395,9 @@ class FirestoreStore(Store):
             out.boolean_value = value
         elif kind is int:
             if not -(2**63) <= value < 2**63:
-                raise CodecError(f"integer {value} does not fit in 64 bits")
+                raise CodecError(
+                    f"integer {value} does not fit in 64 bits", hint="store it as a string or a float"
+                )
             out.integer_value = value
         elif kind is float:
             out.double_value = value
@@ -328,7 +436,11 @@ class FirestoreStore(Store):
             base = next(b for b in (int, float, str) if isinstance(value, b))
             self._encode_value(base(value), out)
         else:
-            raise CodecError(f"cannot store a value of type {kind.__name__!r} in Firestore")
+            raise CodecError(
+                f"cannot store a value of type {kind.__name__!r} in Firestore",
+                hint="store str, int, float, bool, None, bytes, datetime, dict, list, Timestamp, GeoPoint "
+                "or Reference",
+            )
 
     # ----------------------------------------------------------------- reading
     def _structured_query(self, query: Query) -> tuple[str, Any]:
@@ -415,7 +527,7 @@ class FirestoreStore(Store):
                     if remaining <= 0:
                         return
         except grpc.RpcError as exc:
-            raise _rpc_error(exc) from None
+            raise self._rpc_error(exc) from None
         finally:
             if call is not None:
                 call.cancel()  # a stream left early (limit reached, consumer stopped) ends here, not at GC
@@ -433,7 +545,7 @@ class FirestoreStore(Store):
                     doc = self._decode_document(response.found)
                     found[doc.path] = doc
         except grpc.RpcError as exc:
-            raise _rpc_error(exc) from None
+            raise self._rpc_error(exc) from None
         return [found.get(path) for path in paths]
 
     def count(self, query: Query) -> int:
@@ -450,7 +562,7 @@ class FirestoreStore(Store):
                 if response.HasField("result"):
                     return int(response.result.aggregate_fields["n"].integer_value)
         except grpc.RpcError as exc:
-            raise _rpc_error(exc) from None
+            raise self._rpc_error(exc) from None
         return 0
 
     def list_collections(self, document_path: str | None = None) -> list[str]:
@@ -466,7 +578,7 @@ class FirestoreStore(Store):
                 if not token:
                     return sorted(ids)
         except grpc.RpcError as exc:
-            raise _rpc_error(exc) from None
+            raise self._rpc_error(exc) from None
 
     def partition(self, query: Query, count: int) -> list[str] | None:
         _, structured = self._structured_query(Query(query.collection, group=True))
@@ -478,7 +590,7 @@ class FirestoreStore(Store):
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 return None
-            raise _rpc_error(exc) from None
+            raise self._rpc_error(exc) from None
         return [self._relative(cursor.values[0].reference_value) for cursor in response.partitions]
 
     # ----------------------------------------------------------------- writing
@@ -516,13 +628,14 @@ class FirestoreStore(Store):
             raise PermanentError(
                 "the same document cannot be written more than once in a single request",
                 code="INVALID_ARGUMENT",
+                hint="send each document's writes in separate commits",
             )
         results: list[WriteResult | None] = [None] * len(writes)
         sendable: list[int] = []
         for index, write in enumerate(writes):
             problem = None if write.checked else _write_problem(write)
             if problem:
-                invalid = PermanentError(problem, code="INVALID_ARGUMENT", path=write.path)
+                invalid = PermanentError(problem, code="INVALID_ARGUMENT", path=write.path, hint=_REFUSED)
                 results[index] = WriteResult(write.path, error=invalid)
             else:
                 sendable.append(index)
@@ -578,7 +691,7 @@ class FirestoreStore(Store):
                 self._encode_write(write, encoded)
             except CodecError as exc:
                 del request.writes[-1]
-                invalid = PermanentError(str(exc), code="INVALID_ARGUMENT", path=write.path)
+                invalid = PermanentError(exc.message, code="INVALID_ARGUMENT", path=write.path, hint=exc.hint)
                 results[index] = WriteResult(write.path, error=invalid)
                 continue
             length = encoded.ByteSize()
@@ -606,7 +719,7 @@ class FirestoreStore(Store):
         try:
             response = self._batch_write(request, metadata=self._metadata, timeout=self.timeout)
         except grpc.RpcError as exc:
-            error = _rpc_error(exc)
+            error = self._rpc_error(exc)
             if error.code != "INVALID_ARGUMENT":
                 raise error from None
             if len(sent) == 1:
@@ -634,7 +747,22 @@ class FirestoreStore(Store):
                 results[index] = WriteResult(write.path, error=error)
 
     def close(self) -> None:
+        _OPEN.discard(self)
         self._channel.close()
+
+
+_OPEN: weakref.WeakSet[FirestoreStore] = weakref.WeakSet()
+"""Stores not closed yet. The connection check's gRPC polling thread lingers ~0.2 s after it, and
+closing a channel waits for that thread: at interpreter shutdown (when such a daemon thread can no
+longer run) a channel left to be collected then would wait forever. So the stores still open are
+closed at exit, while threads still run."""
+
+
+@atexit.register
+def _close_open_stores() -> None:
+    for store in list(_OPEN):
+        with contextlib.suppress(Exception):  # exiting anyway: a channel that fails to close is moot
+            store.close()
 
 
 def _varint_size(value: int) -> int:
@@ -675,5 +803,8 @@ def _channel_options() -> list[tuple[str, int]]:
 def _parse_reference(name: str) -> Reference:
     parts = name.split("/", 5)
     if len(parts) < 6 or parts[0] != "projects" or parts[2] != "databases":
-        raise CodecError(f"malformed document reference {name!r}")
+        raise CodecError(
+            f"malformed document reference {name!r}",
+            hint="the store returned a reference docshift cannot read; report it",
+        )
     return Reference(path=parts[5], project=parts[1], database=parts[3])

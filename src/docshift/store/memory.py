@@ -27,10 +27,12 @@ from docshift.store.base import (
     WriteResult,
     split_path,
 )
-from docshift.store.semantics import document_problem, matches
+from docshift.store.semantics import document_problem, error_hint, matches, query_problem
 from docshift.values import Reference, Timestamp, Value
 
 __all__ = ["MemoryStore"]
+
+_CONFLICT = error_hint("FAILED_PRECONDITION", guarded=True)
 
 
 def _name_key(path: str) -> tuple[str, ...]:
@@ -96,6 +98,9 @@ class MemoryStore(Store):
         return Timestamp(micros // 1_000_000, (micros % 1_000_000) * 1000)
 
     def _selected(self, query: Query) -> list[Document]:
+        problem = query_problem(query.filters)
+        if problem:  # refused as a whole, as Firestore refuses it
+            raise PermanentError(problem, code="INVALID_ARGUMENT", hint=error_hint("INVALID_ARGUMENT"))
         parts = split_path(query.collection)
         with self._lock:
             docs = list(self._docs.values())
@@ -148,6 +153,7 @@ class MemoryStore(Store):
             raise PermanentError(
                 "the same document cannot be written more than once in a single request",
                 code="INVALID_ARGUMENT",
+                hint="send each document's writes in separate commits",
             )
         with self._lock:
             return [self._apply(write) for write in writes]
@@ -156,7 +162,11 @@ class MemoryStore(Store):
         path = write.path
         parts = split_path(path)
         if len(parts) % 2:
-            error = PermanentError(f"{path!r} is not a document path", code="INVALID_ARGUMENT")
+            error = PermanentError(
+                f"{path!r} is not a document path",
+                code="INVALID_ARGUMENT",
+                hint=error_hint("INVALID_ARGUMENT"),
+            )
             return WriteResult(path, error=error)
         current = self._docs.get(path)
         conflict = self._conflict(write, current)
@@ -172,7 +182,10 @@ class MemoryStore(Store):
             data = _stored(dict(write.data or {}), self.info.project)
         problem = document_problem(path, data)
         if problem:
-            return WriteResult(path, error=PermanentError(problem, code="INVALID_ARGUMENT", path=path))
+            refused = PermanentError(
+                problem, code="INVALID_ARGUMENT", path=path, hint=error_hint("INVALID_ARGUMENT")
+            )
+            return WriteResult(path, error=refused)
         stamp = self._next_time()
         created = current.create_time if current else stamp
         self._docs[path] = Document(path, data, created, stamp)
@@ -184,12 +197,12 @@ class MemoryStore(Store):
         if guard is None:
             return None
         if guard.exists is True and current is None:
-            return ConflictError("no document to update", code="NOT_FOUND", path=path)
+            return ConflictError("no document to update", code="NOT_FOUND", path=path, hint=_CONFLICT)
         if guard.exists is False and current is not None:
-            return ConflictError("document already exists", code="ALREADY_EXISTS", path=path)
+            return ConflictError("document already exists", code="ALREADY_EXISTS", path=path, hint=_CONFLICT)
         if guard.update_time is not None and (current is None or current.update_time != guard.update_time):
             message = "the document changed since it was read"
-            return ConflictError(message, code="FAILED_PRECONDITION", path=path)
+            return ConflictError(message, code="FAILED_PRECONDITION", path=path, hint=_CONFLICT)
         return None
 
     def load(self, documents: Iterable[Document]) -> None:

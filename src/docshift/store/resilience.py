@@ -4,6 +4,12 @@ Only :class:`~docshift.errors.TransientError` is retried, with exponential backo
 whole requests, the transient writes of a partly failed commit (never the writes that succeeded),
 and broken streams, which restart after the last document already yielded so nothing is repeated.
 
+A store that cannot be reached when it is opened is not retried at all: the adapter fails there at
+its first connection attempt (``FirestoreStore._connect``, a :class:`~docshift.errors.PermanentError`
+with code ``UNAVAILABLE``), so a wrong address or a stopped emulator is reported at once instead of
+after ~13 s of backoff. Only a store that was reached and then fails (a restart, a network break
+during a run) is retried here, since it is likely to come back.
+
 A request that failed as a whole may still have been applied (the connection broke after the store
 wrote, before the reply came back). Its writes' results say so (``resent``), so that the caller can
 recognise a precondition refusal of the resent write as its own earlier write

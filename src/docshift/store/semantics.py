@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,17 +23,21 @@ from docshift.values import GeoPoint, Reference, Timestamp, Value
 __all__ = [
     "EMULATOR_MAX_REQUEST_BYTES",
     "MAX_DEPTH",
+    "MAX_DISJUNCTIONS",
     "MAX_DOCUMENT_BYTES",
     "MAX_FIELD_PATH_BYTES",
+    "MAX_FILTER_VALUES",
     "MAX_ID_BYTES",
     "MAX_REQUEST_BYTES",
     "MAX_VALUE_BYTES",
     "MAX_WRITES_PER_REQUEST",
     "document_problem",
     "document_size",
+    "error_hint",
     "field_problem",
     "matches",
     "order_key",
+    "query_problem",
     "server_side",
     "value_size",
 ]
@@ -55,6 +59,13 @@ MAX_REQUEST_BYTES = 10 * 1_048_576
 EMULATOR_MAX_REQUEST_BYTES = 4 * 1_048_576
 """A request to the emulator (its gRPC server's inbound limit: 4,194,304 bytes accepted, one more
 refused with RESOURCE_EXHAUSTED)."""
+MAX_FILTER_VALUES = 30
+"""Values in one ``in`` or ``array-contains-any`` filter, duplicates included (30 accepted, 31 refused:
+"'IN' supports up to 30 comparison values"); an empty list is refused too."""
+MAX_DISJUNCTIONS = 30
+"""The product of the distinct values of a query's ``in`` and ``array-contains-any`` filters (an
+identical filter given twice counts once): 2 x 15 accepted, 2 x 16 refused ("Too many disjunctions
+after normalization")."""
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31T23:59:59Z
 _RESERVED = re.compile(r"__.+__", re.DOTALL)  # field names and ids; "____" itself is allowed
@@ -341,6 +352,74 @@ def matches(data: Mapping[str, Value], condition: Filter) -> bool:
     if op == Op.GT:
         return left > right
     return left >= right
+
+
+_LIST_OPS = (Op.IN, Op.ARRAY_CONTAINS_ANY)
+_ARRAY_OPS = (Op.ARRAY_CONTAINS, Op.ARRAY_CONTAINS_ANY)
+
+
+def query_problem(filters: Sequence[Filter]) -> str | None:
+    """Why Firestore would refuse a query with these filters as a whole, or ``None``: the limits on
+    its ``in`` and ``array-contains(-any)`` filters (``!=``, ``not-in`` and ranges are applied by the
+    stores themselves, see :func:`server_side`, so no limit applies to them)."""
+    if sum(1 for f in filters if f.op in _ARRAY_OPS) > 1:
+        return "at most one array-contains or array-contains-any filter is allowed in a query"
+    disjunctions = 1
+    counted: set[tuple[FieldPath, Op, frozenset[str]]] = set()
+    for condition in filters:
+        if condition.op not in _LIST_OPS or not isinstance(condition.value, list):
+            continue
+        values = condition.value
+        label = f"{'.'.join(condition.field)} {condition.op.value}"
+        if not values:
+            return f"filter {label} has an empty list: Firestore needs 1 to {MAX_FILTER_VALUES} values"
+        if len(values) > MAX_FILTER_VALUES:
+            return (
+                f"filter {label} has {len(values)} values; Firestore takes at most {MAX_FILTER_VALUES} "
+                "in one filter"
+            )
+        distinct = frozenset(repr(order_key(value)) for value in values)
+        key = (condition.field, condition.op, distinct)
+        if key not in counted:
+            counted.add(key)
+            disjunctions *= len(distinct)
+    if disjunctions > MAX_DISJUNCTIONS:
+        return (
+            f"the in / array-contains-any filters combine into {disjunctions} disjunctions (the "
+            f"product of their distinct values); Firestore takes at most {MAX_DISJUNCTIONS}"
+        )
+    return None
+
+
+_HINTS = {
+    "UNAVAILABLE": "the store did not answer, also after retries: check that it is running and "
+    "reachable, then run the command again",
+    "DEADLINE_EXCEEDED": "no answer within timeout_seconds, also after retries: raise timeout_seconds, "
+    "or lower batch_size and concurrency if the store is overloaded",
+    "RESOURCE_EXHAUSTED": "the store is out of quota or rate limiting, or a request was too large: "
+    "lower --max-writes-per-second, --concurrency or --batch-size and try again",
+    "ABORTED": "the request lost against concurrent writes, also after retries: run it again",
+    "INTERNAL": "the store failed internally, also after retries: run the command again later",
+    "PERMISSION_DENIED": "check the account has Cloud Datastore User access to this project and database",
+    "UNAUTHENTICATED": "check the account has Cloud Datastore User access to this project and database",
+    "NOT_FOUND": "check --project and --database: the database must exist (Firestore in Native mode)",
+    "INVALID_ARGUMENT": "the store refused the request as invalid: check the migration's where "
+    "filters and the values it writes",
+    "FAILED_PRECONDITION": "the database may be in Datastore mode (docshift needs Firestore in Native "
+    "mode), or the query may need an index (the message links to it)",
+    "UNIMPLEMENTED": "check that --emulator-host (or FIRESTORE_EMULATOR_HOST) names a Firestore "
+    "emulator, not another server",
+    "UNKNOWN": "check --project and --database (lowercase letters, digits and hyphens); rerun with "
+    "--debug for the traceback",
+}
+_CONFLICT_HINT = "the document changed, appeared or disappeared since it was read: read it again"
+
+
+def error_hint(code: str, *, guarded: bool = False) -> str:
+    """What to do about a store error with this gRPC status name (one text for every store)."""
+    if guarded and code in ("FAILED_PRECONDITION", "NOT_FOUND", "ALREADY_EXISTS"):
+        return _CONFLICT_HINT
+    return _HINTS.get(code, f"the store answered {code}; rerun with --debug for the traceback")
 
 
 SERVER_SIDE_OPS = frozenset({Op.EQ, Op.IN, Op.ARRAY_CONTAINS, Op.ARRAY_CONTAINS_ANY})

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from docshift.errors import TransientError
 from docshift.store.base import DelegatingStore, Store, Write, WriteResult
+from docshift.store.semantics import error_hint
 
 __all__ = ["FaultInjectingStore", "LostReplies"]
 
@@ -51,12 +52,19 @@ class FaultInjectingStore(DelegatingStore):
 
     def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
         if self._roll(self.request_failure_rate):
-            raise TransientError("injected: the service is unavailable", code="UNAVAILABLE")
+            raise TransientError(
+                "injected: the service is unavailable", code="UNAVAILABLE", hint=error_hint("UNAVAILABLE")
+            )
         failed = [self._roll(self.write_failure_rate) for _ in writes]
         passed = [w for w, fail in zip(writes, failed, strict=True) if not fail]
         applied = iter(self.inner.commit(passed) if passed else [])
         return [
-            WriteResult(w.path, error=TransientError("injected: aborted", code="ABORTED", path=w.path))
+            WriteResult(
+                w.path,
+                error=TransientError(
+                    "injected: aborted", code="ABORTED", path=w.path, hint=error_hint("ABORTED")
+                ),
+            )
             if fail
             else next(applied)
             for w, fail in zip(writes, failed, strict=True)
@@ -106,4 +114,8 @@ class LostReplies(DelegatingStore):
             return results
         if self.meanwhile is not None:
             self.meanwhile(writes)
-        raise TransientError("connection reset by peer (the write was applied)", code="UNAVAILABLE")
+        raise TransientError(
+            "connection reset by peer (the write was applied)",
+            code="UNAVAILABLE",
+            hint=error_hint("UNAVAILABLE"),
+        )

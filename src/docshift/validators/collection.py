@@ -142,7 +142,10 @@ class _ReferenceSession(RuleSession):
                     known[path] = self.cache[path]
         wanted = sorted(paths - known.keys())
         if wanted and self.store is None:
-            raise UsageError(f"rule {self.rule.name} needs a store to look documents up")
+            raise UsageError(
+                f"rule {self.rule.name} needs a store to look documents up",
+                hint="check it through a session opened with a store (docshift validate, run --validate)",
+            )
         for start in range(0, len(wanted), 300):
             chunk = wanted[start : start + 300]
             assert self.store is not None
@@ -177,7 +180,10 @@ class _References(Rule):
     def __init__(self, field: str, collection: str, name: str | None) -> None:
         parts = split_path(collection)
         if len(parts) % 2 != 1:
-            raise UsageError(f"references({field!r}): {collection!r} is not a collection path")
+            raise UsageError(
+                f"references({field!r}): {collection!r} is not a collection path",
+                hint="a collection path has an odd number of segments: users or users/alice/orders",
+            )
         self.field = field
         self.path = parse_field_path(field)
         self.collection = "/".join(parts)
@@ -203,7 +209,10 @@ class _References(Rule):
         return paths
 
     def check(self, doc_path: str, data: Mapping[str, Value]) -> str | None:
-        raise UsageError(f"rule {self.name} looks documents up: check it through a session")
+        raise UsageError(
+            f"rule {self.name} looks documents up: check it through a session",
+            hint="call rule.session(context).check(...) instead of rule.check(...)",
+        )
 
     def session(self, context: RuleContext) -> RuleSession:
         return _ReferenceSession(self, context.store)
@@ -256,7 +265,7 @@ class CountRule(Rule):
                 f"count({expect!r}): unknown expectation", hint=f"use one of {', '.join(COUNT_EXPECTATIONS)}"
             )
         if tolerance < 0:
-            raise UsageError("count(): tolerance cannot be negative")
+            raise UsageError("count(): tolerance cannot be negative", hint="pass tolerance=0 or more")
         self.expect = expect
         self.tolerance = tolerance
         super().__init__(name or f"count({expect})")

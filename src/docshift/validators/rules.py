@@ -149,7 +149,9 @@ class _FieldRule(Rule):
 class _Required(Rule):
     def __init__(self, fields: Sequence[str], name: str | None, allow_null: bool) -> None:
         if not fields:
-            raise UsageError("required() needs at least one field name")
+            raise UsageError(
+                "required() needs at least one field name", hint='e.g. required("email", "name")'
+            )
         self.fields = [(text, parse_field_path(text)) for text in fields]
         self.allow_null = allow_null
         kind = "required" if allow_null else "not_null"
@@ -202,7 +204,10 @@ class _OneOf(_FieldRule):
     def __init__(self, field: str, values: Iterable[Value], name: str | None) -> None:
         self.values = list(values)
         if not self.values:
-            raise UsageError(f"one_of({field!r}) needs at least one allowed value")
+            raise UsageError(
+                f"one_of({field!r}) needs at least one allowed value",
+                hint=f'e.g. one_of({field!r}, ["active", "closed"])',
+            )
         super().__init__(field, name or f"one_of({field})")
 
     def check_value(self, value: Value) -> str | None:
@@ -221,7 +226,10 @@ class _Matches(_FieldRule):
         try:
             self.pattern = re.compile(pattern, flags)
         except re.error as exc:
-            raise UsageError(f"matches({field!r}): bad regular expression {pattern!r}: {exc}") from None
+            raise UsageError(
+                f"matches({field!r}): bad regular expression {pattern!r}: {exc}",
+                hint='fix the pattern (Python\'s re syntax; a raw string r"..." keeps backslashes)',
+            ) from None
         super().__init__(field, name or f"matches({field}, {pattern})")
 
     def check_value(self, value: Value) -> str | None:
@@ -240,9 +248,15 @@ def matches(field: str, pattern: str, *, flags: int = 0, name: str | None = None
 class _InRange(_FieldRule):
     def __init__(self, field: str, minimum: float | None, maximum: float | None, name: str | None) -> None:
         if minimum is None and maximum is None:
-            raise UsageError(f"in_range({field!r}) needs a minimum, a maximum or both")
+            raise UsageError(
+                f"in_range({field!r}) needs a minimum, a maximum or both",
+                hint=f"e.g. in_range({field!r}, minimum=0) or in_range({field!r}, 0, 120)",
+            )
         if minimum is not None and maximum is not None and minimum > maximum:
-            raise UsageError(f"in_range({field!r}): minimum {minimum} is above maximum {maximum}")
+            raise UsageError(
+                f"in_range({field!r}): minimum {minimum} is above maximum {maximum}",
+                hint="swap them",
+            )
         self.minimum, self.maximum = minimum, maximum
         low = "" if minimum is None else str(minimum)
         high = "" if maximum is None else str(maximum)
@@ -270,7 +284,10 @@ def in_range(
 class _Length(_FieldRule):
     def __init__(self, field: str, minimum: int | None, maximum: int | None, name: str | None) -> None:
         if minimum is None and maximum is None:
-            raise UsageError(f"length({field!r}) needs a minimum, a maximum or both")
+            raise UsageError(
+                f"length({field!r}) needs a minimum, a maximum or both",
+                hint=f"e.g. length({field!r}, minimum=1) or length({field!r}, 1, 80)",
+            )
         self.minimum, self.maximum = minimum, maximum
         low = "" if minimum is None else str(minimum)
         high = "" if maximum is None else str(maximum)
@@ -298,7 +315,11 @@ def length(
 class _Predicate(Rule):
     def __init__(self, function: Callable[[DocView], object], message: str, name: str | None) -> None:
         if not callable(function):
-            raise UsageError(f"predicate() needs a function, got {type(function).__name__}")
+            raise UsageError(
+                f"predicate() needs a function, got {type(function).__name__}",
+                hint="pass a function of the document, e.g. "
+                'predicate(lambda doc: "id" in doc.data, "has an id")',
+            )
         self.function = function
         self.message = message
         super().__init__(name or f"predicate({getattr(function, '__name__', 'check')})")
