@@ -12,7 +12,13 @@ from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.batch import BatchProcessor, BatchRules
 from docshift.engine.controls import Controls
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, MemoryGuard
-from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
+from docshift.engine.pipeline import (
+    MigrationPipeline,
+    PassSteps,
+    PipelineOptions,
+    PipelineResult,
+    new_checkpoint,
+)
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import RunStats
 from docshift.engine.writer import BatchWriter, WriteGuards
@@ -128,7 +134,12 @@ def build(
         else:
             checkpoint = new_checkpoint("run-1", migration, plan_shards(store, migration.target, shards), {})
     kwargs.setdefault("hooks", RecordingHooks())
-    return MigrationPipeline(store, migration, opts, folder, checkpoint, **kwargs)
+    steps = {
+        name: kwargs.pop(name)
+        for name in ("transform", "check", "on_decision", "on_checkpoint")
+        if name in kwargs
+    }
+    return MigrationPipeline(store, migration, opts, folder, checkpoint, steps=PassSteps(**steps), **kwargs)
 
 
 def run_pipeline(

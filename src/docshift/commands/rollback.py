@@ -37,7 +37,13 @@ from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.dry_run import DryRunRecorder
 from docshift.engine.hooks import PassFinished, PassStarted, RunHooks, RunStarted, Warned, run_lifecycle
-from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
+from docshift.engine.pipeline import (
+    MigrationPipeline,
+    PassSteps,
+    PipelineOptions,
+    PipelineResult,
+    new_checkpoint,
+)
 from docshift.engine.sharding import plan_shards
 from docshift.engine.undo import UndoAction, Undoer, UndoResult, UndoRules, undo_actions
 from docshift.engine.writer import WriteGuards
@@ -913,8 +919,7 @@ def _down_over_target(
         checkpoint,
         controls=controls,
         hooks=hooks,
-        transform=migration.down,
-        on_decision=recorder,
+        steps=PassSteps(transform=migration.down, on_decision=recorder),
     )
     try:
         return pipeline.run(), recorder

@@ -50,7 +50,13 @@ from docshift.engine.hooks import (
     Warned,
     run_lifecycle,
 )
-from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
+from docshift.engine.pipeline import (
+    MigrationPipeline,
+    PassSteps,
+    PipelineOptions,
+    PipelineResult,
+    new_checkpoint,
+)
 from docshift.engine.sharding import plan_shards
 from docshift.errors import (
     DocshiftError,
@@ -764,9 +770,7 @@ def _run_one(work: _Migrating, migration: Migration) -> None:
                 checkpoint,
                 controls=work.controls,
                 hooks=work.hooks,
-                check=check,
-                on_decision=recorder,
-                on_checkpoint=on_checkpoint,
+                steps=PassSteps(check=check, on_decision=recorder, on_checkpoint=on_checkpoint),
             ).run()
         finally:
             if recorder is not None:

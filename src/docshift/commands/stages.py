@@ -22,7 +22,13 @@ from docshift.config import Config
 from docshift.engine.batch import DocumentCheck
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import PassFinished, PassStats, RunHooks, StageEntered, StagesRolledBack, Warned
-from docshift.engine.pipeline import MigrationPipeline, PipelineOptions, PipelineResult, new_checkpoint
+from docshift.engine.pipeline import (
+    MigrationPipeline,
+    PassSteps,
+    PipelineOptions,
+    PipelineResult,
+    new_checkpoint,
+)
 from docshift.engine.sampling import in_sample
 from docshift.engine.sharding import plan_shards
 from docshift.engine.stats import format_ms
@@ -151,7 +157,7 @@ def run_stages(run: StageRun, checkpoint: Checkpoint) -> PipelineResult:
                 checkpoint,
                 controls=controls,
                 hooks=hooks,
-                check=run.check,
+                steps=PassSteps(check=run.check),
             ).run()
         if result.error is not None:
             if isinstance(result.error, _TRIGGERS):

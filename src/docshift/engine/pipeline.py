@@ -78,7 +78,7 @@ from docshift.runfolder.layout import MigrationFolder
 from docshift.store.base import Document, Store
 from docshift.values import Timestamp
 
-__all__ = ["MigrationPipeline", "PipelineOptions", "PipelineResult"]
+__all__ = ["MigrationPipeline", "PassSteps", "PipelineOptions", "PipelineResult"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,18 @@ class _ShardDone:
     batches: int
 
 
+@dataclass(frozen=True)
+class PassSteps:
+    """What one pass does besides reading, deciding and writing: its own transform instead of the
+    migration's ``up`` (a rollback's ``down``), the run's document check, and what is told of each
+    decision (a dry run's plan) and of each saved checkpoint (the history's progress)."""
+
+    transform: Transform | None = None
+    check: DocumentCheck | None = None
+    on_decision: Callable[[Decision], None] | None = None
+    on_checkpoint: Callable[[Checkpoint], None] | None = None
+
+
 class MigrationPipeline:
     def __init__(
         self,
@@ -144,12 +156,11 @@ class MigrationPipeline:
         *,
         controls: Controls | None = None,
         hooks: RunHooks | None = None,
-        transform: Transform | None = None,
-        check: DocumentCheck | None = None,
-        on_decision: Callable[[Decision], None] | None = None,
-        on_checkpoint: Callable[[Checkpoint], None] | None = None,
+        steps: PassSteps | None = None,
         memory: MemoryGuard | None = None,
     ) -> None:
+        steps = steps or PassSteps()
+        transform, check, on_decision = steps.transform, steps.check, steps.on_decision
         self.store = store
         self.migration = migration
         self.options = options
@@ -158,7 +169,7 @@ class MigrationPipeline:
         self.checkpoint = checkpoint
         self.controls = controls or Controls()
         self.hooks = hooks or RunHooks()
-        self.on_checkpoint = on_checkpoint
+        self.on_checkpoint = steps.on_checkpoint
         engine, limits = options.engine, options.limits
         self.memory = memory or MemoryGuard(limits.memory_soft_limit_mb, limits.memory_hard_limit_mb)
         self.stats = RunStats(dict(checkpoint.counters), checkpoint.elapsed_seconds)
