@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import signal
 import textwrap
 from collections.abc import Iterator
@@ -74,6 +75,8 @@ def project(folder: Path, bad: set[int], total: int) -> tuple[Path, MemoryStore]
 def through_cli(folder: Path, store: Store, monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
     monkeypatch.chdir(folder)
     monkeypatch.setattr("docshift.cli.run.open_store", lambda config: store)
+    for name in [n for n in os.environ if n.startswith("DOCSHIFT_") or n == "FIRESTORE_EMULATOR_HOST"]:
+        monkeypatch.delenv(name)  # the library side resolves its config from no environment either
     env = {"DOCSHIFT_PROJECT": store.info.project}
     return CliRunner().invoke(cli, ["run", *args], env=env, catch_exceptions=True)
 
