@@ -49,6 +49,29 @@ _RUN_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{6}")
 _PROJECT = re.compile(r"demo-[0-9a-f]{12}|memory-[a-z]+")
 
 
+MIGRATION = '''
+"""Split full_name; every user must keep a sane age and get a first name."""
+from docshift import UNCHANGED
+from docshift.validators import in_range, not_null
+
+collection = "users"
+rules = [not_null("first_name"), in_range("age", 0, 150)]
+
+def up(doc):
+    data = doc.data
+    if "full_name" not in data:
+        return UNCHANGED
+    first, _, last = data.pop("full_name").partition(" ")
+    return {**data, "first_name": first, "last_name": last}
+'''
+# One reader, one commit in flight, a fixed batch size: both runs stop the gate at the same document.
+SETTINGS = (
+    'runs_dir = "runs"\nbatch_size = 50\nmin_batch_size = 50\nmax_batch_size = 50\nconcurrency = 1\n'
+    "shards = 1\n"
+)
+COLLECTIONS = ("users", "teams")
+
+
 def normalised(value: Any, names: dict[str, str], root: str = "") -> Any:
     """``value`` with volatile keys dropped and run ids and project ids replaced (each by its
     order of first appearance, so that the two runs' ids map to the same names)."""

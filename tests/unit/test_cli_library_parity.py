@@ -24,28 +24,14 @@ from docshift.config import load_config
 from docshift.errors import EmergencyStop
 from docshift.store import Store, Write
 from docshift.testing import MemoryStore
-from tests.parity_support import documents, folder_snapshot, history_snapshot
-
-MIGRATION = '''
-"""Split full_name; every user must keep a sane age and get a first name."""
-from docshift import UNCHANGED
-from docshift.validators import in_range, not_null
-
-collection = "users"
-rules = [not_null("first_name"), in_range("age", 0, 150)]
-
-def up(doc):
-    data = doc.data
-    if "full_name" not in data:
-        return UNCHANGED
-    first, _, last = data.pop("full_name").partition(" ")
-    return {**data, "first_name": first, "last_name": last}
-'''
-SETTINGS = (
-    'runs_dir = "runs"\nbatch_size = 50\nmin_batch_size = 50\nmax_batch_size = 50\nconcurrency = 1\n'
-    "shards = 1\n"
+from tests.parity_support import (
+    COLLECTIONS,
+    MIGRATION,
+    SETTINGS,
+    documents,
+    folder_snapshot,
+    history_snapshot,
 )
-COLLECTIONS = ("users", "teams")
 
 
 @pytest.fixture(autouse=True)
