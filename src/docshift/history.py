@@ -319,21 +319,11 @@ class History:
         )
 
         def change(old: HistoryRecord | None) -> HistoryRecord:
-            return HistoryRecord(
-                migration_id=migration.id,
-                description=migration.description,
-                checksum=migration.checksum,
-                status=MigrationStatus.RUNNING,
-                started_at=now,
+            return _fresh_record(
+                migration,
+                old,
+                event,
                 finished_at=None,
-                run_id=run_id,
-                user=user,
-                docshift_version=_docshift_version(),
-                counts={},
-                previous_checksums=_with_checksum(old, migration.checksum),
-                name=migration.name,
-                file=describe_file(migration.path) if migration.path else "",
-                events=_append(old, event),
                 overrides=dict(overrides or {}),
                 runs=_with_run(old, run_id),
             )
@@ -471,23 +461,7 @@ class History:
                     "rolled back: it cannot be stamped",
                     hint=f"`docshift history {old.migration_id}` shows what happened to it",
                 )
-            return HistoryRecord(
-                migration_id=migration.id,
-                description=migration.description,
-                checksum=migration.checksum,
-                status=MigrationStatus.STAMPED,
-                started_at=now,
-                finished_at=now,
-                run_id=stamp_id,
-                user=user,
-                docshift_version=_docshift_version(),
-                counts={},
-                previous_checksums=_with_checksum(old, migration.checksum),
-                name=migration.name,
-                file=describe_file(migration.path) if migration.path else "",
-                events=_append(old, event),
-                runs=(),
-            )
+            return _fresh_record(migration, old, event, finished_at=now, runs=())
 
         return self._change(migration.id, change)
 
@@ -553,6 +527,37 @@ def _read_events(stored: Sequence[Mapping[str, Any]]) -> tuple[HistoryEvent, ...
     for data in stored:
         events.append(HistoryEvent.from_data(data, events[-1] if events else None))
     return tuple(events)
+
+
+def _fresh_record(
+    migration: Migration,
+    old: HistoryRecord | None,
+    event: HistoryEvent,
+    *,
+    finished_at: Timestamp | None,
+    runs: tuple[str, ...] | None,
+    overrides: dict[str, Any] | None = None,
+) -> HistoryRecord:
+    """A migration's record begun anew by ``event`` (a run's start, a stamp): its status, time, run
+    and user are the event's; what came before stays in the checksums and the events."""
+    return HistoryRecord(
+        migration_id=migration.id,
+        description=migration.description,
+        checksum=migration.checksum,
+        status=event.status,
+        started_at=event.at,
+        finished_at=finished_at,
+        run_id=event.run_id,
+        user=event.user,
+        docshift_version=_docshift_version(),
+        counts={},
+        previous_checksums=_with_checksum(old, migration.checksum),
+        name=migration.name,
+        file=describe_file(migration.path) if migration.path else "",
+        events=_append(old, event),
+        overrides=overrides or {},
+        runs=runs,
+    )
 
 
 def _with_checksum(old: HistoryRecord | None, new_checksum: str) -> tuple[str, ...]:
