@@ -28,7 +28,7 @@
         ├── EmergencyStop             12 the circuit breaker or an integrity gate tripped
         │   └── StageFailed           12 a canary stage failed its gate or a trigger fired; every stage
         │                                was rolled back (run state ``rolled_back``), or all but what
-        │                                it left alone (``failed``)
+        │                                it left alone (``conflicts``)
         ├── RunFileError              12 a file of the run folder could not be written (disk full,
         │                                I/O error, read-only, permissions, folder removed)
         └── TooManyFailures           13 --max-failures was exceeded
@@ -216,8 +216,9 @@ class EmergencyStop(RunStopped):
 class StageFailed(EmergencyStop):
     """A canary stage failed its gate or a trigger fired; every stage was rolled back (``undone``;
     nothing to resume, the next run starts anew), or all of it but documents the rollback left
-    alone or could not verify (the run then ends ``failed``, and the message says where they are
-    listed). Raised by ``commands/stages.py``."""
+    alone or could not verify (the run then ends ``conflicts``, as a rollback that left documents
+    alone does: closed, and the message says where they are listed and how to force them).
+    Raised by ``commands/stages.py``."""
 
     run_state = "rolled_back"
 
@@ -225,7 +226,7 @@ class StageFailed(EmergencyStop):
         super().__init__(message, hint=hint)
         self.undone = undone
         if not undone:
-            self.run_state = "failed"
+            self.run_state = "conflicts"
 
 
 class RunFileError(RunStopped):

@@ -626,7 +626,7 @@ def test_a_stage_rollback_leaves_a_document_changed_since_alone_and_says_so(tmp_
             config, RunOptions(execute=True, stages=STAGES), store=store, hooks=ApplicationWrites()
         )
     [folder] = config.runs_dir.glob("*/0001_tier")
-    assert not failed.value.undone and failed.value.run_state == "failed"
+    assert not failed.value.undone and failed.value.run_state == "conflicts"
     assert str(folder / "conflicts.jsonl") in failed.value.message and "--force" in (failed.value.hint or "")
     listed = [json.loads(line)["path"] for line in (folder / "conflicts.jsonl").read_text().splitlines()]
     assert listed == changed and not (folder / "rollback-conflicts.jsonl").exists()
@@ -636,7 +636,10 @@ def test_a_stage_rollback_leaves_a_document_changed_since_alone_and_says_so(tmp_
         p: d for p, d in before.items() if p not in changed
     }
     assert record_of(store).status is not MigrationStatus.ROLLED_BACK
-    assert load_run_info(folder.parent)["state"] == "failed"
+    assert load_run_info(folder.parent)["state"] == "conflicts"  # closed: nothing to resume
+    with pytest.raises(UsageError, match="left documents alone") as refused:
+        run_migrations(config, RunOptions(execute=True, resume=folder.parent.name), store=store)
+    assert "--force" in (refused.value.hint or "")
     # Every view of the run reads the same: the migration failed, it was not rolled back.
     [migration] = read_run(folder.parent).migrations
     assert migration.state == "failed" and migration.rollback is not None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from docshift.commands.observe import Observation, ObserveOptions, outcome_of
-from docshift.commands.rollback import RollbackOptions, run_rollback
+from docshift.commands.rollback import RollbackOptions, run_rollback, undo_listings
 from docshift.commands.session import (
     RunSession,
     find_run,
@@ -715,6 +715,13 @@ def _checkpoint(work: _Migrating, migration: Migration, files: MigrationFolder) 
     checkpoint = Checkpoint.load(path)
     undoing = checkpoint.stage_rollback
     if undoing is not None and undoing.done:
+        if not undoing.complete:
+            raise UsageError(
+                f"{migration.label}: the rollback of its canary stages in run {report.run_id} left "
+                f"documents alone (listed in {', '.join(str(p) for p in undo_listings(path.parent))})",
+                hint=f"to undo them over the later changes too: docshift rollback {report.run_id} "
+                "--strategy restore --execute --force; or fix the migration and start a new run",
+            )
         raise UsageError(
             f"{migration.label} was rolled back by its canary stage gate in run {report.run_id}",
             hint="fix the migration and start a new run",

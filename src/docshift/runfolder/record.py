@@ -14,8 +14,9 @@ States of a run (``run.json`` ``state``):
 ``failed``      an error ended it; its checkpoints are kept
 ``interrupted`` recorded as running, but its process is gone (killed); resumable
 ``rolled_back`` everything it wrote was undone (a canary stage gate, ``--auto-rollback``); closed
-``conflicts``   a rollback that undid everything it could and left documents changed after the
-                migration wrote them (or not restored exactly) alone; ``--force`` overwrites them
+``conflicts``   a rollback (or a canary's rollback of its stages) that undid everything it could
+                and left documents changed after the migration wrote them (or not restored
+                exactly) alone; ``docshift rollback RUN_ID --force`` overwrites them
 =============== ===================================================================================
 """
 
