@@ -210,3 +210,29 @@ def test_a_resumed_run_keeps_the_first_before_scan(config: Config, tmp_path: Pat
     assert validation.migration_started(MigrationStarted(migration, "run-2", execute=True)) is not None
     assert seen.events == []  # no second before-scan
     assert validation.states[migration.label].baseline.before_total == 29
+
+
+def test_a_resumed_dry_run_is_validated_as_a_dry_run(config: Config) -> None:
+    """A dry run writes nothing, so its gate never stops it (nothing to roll back): resumed, it is
+    still a dry run, validated as one."""
+    from docshift.commands.run import result_of, run
+    from docshift.engine.hooks import Checkpointed, RunHooks
+    from docshift.errors import RunStopped
+
+    store = MemoryStore()
+    seed(store, 400, bad_per_100=15)
+    controls = Controls()
+
+    class StopAtFirstCheckpoint(RunHooks):
+        def checkpointed(self, event: Checkpointed) -> None:
+            controls.request_stop("stopped by the test")
+
+    options = RunOptions(execute=False, scans=True, auto_rollback=True)
+    with pytest.raises(RunStopped) as stopped:
+        run(config, options, store=store, hooks=StopAtFirstCheckpoint(), controls=controls)
+    stopped_result = result_of(stopped.value)
+    assert stopped_result is not None
+    run_id = stopped_result.run.run_id
+    result = run(config, dataclasses.replace(options, resume=run_id), store=store)
+    assert result.run.run_id == run_id and not result.run.execute
+    assert all("full_name" in doc.data for doc in store.stream(Query("users")))  # nothing written

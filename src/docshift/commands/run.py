@@ -467,7 +467,7 @@ def run(
                     active,
                     hooks=seen.hooks,
                     controls=controls,
-                    execute=options.execute or resumed is not None,
+                    execute=options.execute,  # a resume continues with the run's own (resume_run)
                     scans=options.scans,
                     previous=resumed.folder if resumed is not None else None,
                 )
