@@ -21,6 +21,7 @@ from docshift.engine.undo import Undoer, UndoResult, UndoRules, undo_actions
 from docshift.errors import TransientError
 from docshift.migration import UNCHANGED, DocView, Migration, Target
 from docshift.runfolder import Checkpoint, JournalReader
+from docshift.runfolder.layout import MigrationFolder
 from docshift.store import DelegatingStore, Query, Store, Write, WriteResult
 from docshift.testing import MemoryStore
 from docshift.values import Value, values_equal
@@ -66,9 +67,7 @@ def resume(store: Store, migration: Migration, folder: Path) -> PipelineResult:
 
 
 def rollback(store: Store, migration: Migration, folder: Path) -> UndoResult:
-    restorer = Undoer(
-        store, UndoRules(execute=True, redo=migration.up), conflicts_file=folder / "conflicts.jsonl"
-    )
+    restorer = Undoer(store, UndoRules(execute=True, redo=migration.up), listings=MigrationFolder(folder))
     return restorer.run(undo_actions(folder / "before-images.jsonl.gz"), UndoResult())
 
 

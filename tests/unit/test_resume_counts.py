@@ -26,6 +26,7 @@ from docshift.history import History, MigrationStatus
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Target
 from docshift.reports.report import collect_report
 from docshift.runfolder import Checkpoint, JournalReader
+from docshift.runfolder.layout import MigrationFolder
 from docshift.store import DelegatingStore, Document, Filter, Query, Store, Write, WriteResult
 from docshift.testing import MemoryStore
 from docshift.values import Value, values_equal
@@ -184,7 +185,7 @@ def test_a_resume_after_kill_9_counts_what_the_killed_process_wrote(
     assert {action.kind for action in undo_actions(journal)} <= {"restore", "recreate", "delete"}
     outcomes = {entry.path for entry in JournalReader(journal) if entry.kind in ("written", "deleted")}
     assert len(outcomes) == truth["updated"] + truth["created"] + truth["deleted"]
-    restorer = Undoer(store, UndoRules(execute=True), conflicts_file=tmp_path / "conflicts.jsonl")
+    restorer = Undoer(store, UndoRules(execute=True), listings=MigrationFolder(tmp_path))
     undone = restorer.run(undo_actions(journal), UndoResult())
     assert undone.counters["conflicts"] == 0 and undone.counters["mismatched"] == 0
     assert same(contents(store), original)

@@ -28,6 +28,7 @@ from docshift.history import History, MigrationStatus
 from docshift.lock import read_lease
 from docshift.migration import DELETE, UNCHANGED, DocView
 from docshift.runfolder.journal import JournalEntry, JournalReader, JournalWriter, _members
+from docshift.runfolder.layout import MigrationFolder
 from docshift.store import Document, Store, Write, WriteResult
 from docshift.testing import MemoryStore
 from docshift.values import Timestamp, Value, values_equal
@@ -64,7 +65,7 @@ def restorer(
     return Undoer(
         store,
         UndoRules(execute, **rules),
-        conflicts_file=folder / "conflicts.jsonl",
+        listings=MigrationFolder(folder),
         guards=guards,
         on_batch=on_batch,
         own_writes=own_writes,

@@ -789,8 +789,7 @@ class _JournalUndo:
         restorer = Undoer(
             store,
             rules,
-            conflicts_file=self.files.conflicts,
-            mismatches_file=self.files.mismatches,
+            listings=self.files,
             guards=WriteGuards.from_config(self.config.engine, self.config.limits, self.controls),
             hooks=hooks,
             on_batch=self.save,

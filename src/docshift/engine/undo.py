@@ -37,6 +37,7 @@ from docshift.errors import ConflictError
 from docshift.migration import DELETE, UNCHANGED, DocView, Transform
 from docshift.runfolder.atomic import run_file, write_fully
 from docshift.runfolder.journal import JournalEntry, JournalReader, digest_of
+from docshift.runfolder.layout import MigrationFolder
 from docshift.store.base import Document, Store, Write, WriteKind
 from docshift.store.simulated import SimulatedStore
 from docshift.values import Timestamp, values_equal
@@ -175,8 +176,8 @@ class Undoer:
     before-image (restore), or ``undo`` (the migration's ``down()``) applied to it. Either way the
     same documents are visited (the journal's), the same guard decides whether the run's output is
     still there, and the same check compares the result with the before-image: a document that
-    does not equal it is ``mismatched`` and listed in ``mismatches_file`` (by default beside
-    ``conflicts_file``).
+    does not equal it is ``mismatched`` and listed in the migration folder's mismatches file
+    (``listings``: conflicts likewise).
 
     The writes go out through a :class:`~docshift.engine.writer.BatchWriter` (requests under the
     size limit, the breaker, the adaptive batch size); a batch takes the rate limiter's tokens
@@ -191,8 +192,7 @@ class Undoer:
         store: Store,
         rules: UndoRules,
         *,
-        conflicts_file: Path,
-        mismatches_file: Path | None = None,
+        listings: MigrationFolder,
         guards: WriteGuards | None = None,
         hooks: RunHooks | None = None,
         on_batch: Callable[[UndoResult], None] | None = None,
@@ -206,9 +206,8 @@ class Undoer:
         self.rules = rules
         self.force = rules.force
         self.undo = rules.undo
-        self.conflicts_file = conflicts_file
-        mismatches = conflicts_file.name.replace("conflicts", "mismatches")
-        self.mismatches_file = mismatches_file or conflicts_file.with_name(mismatches)
+        self.conflicts_file = listings.conflicts
+        self.mismatches_file = listings.mismatches
         self.guards = guards or WriteGuards.from_config(EngineConfig(), LimitsConfig())
         self.writer = BatchWriter(self.store, self.guards, again="resume the rollback")
         self.hooks = hooks or RunHooks()
