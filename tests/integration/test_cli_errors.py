@@ -274,7 +274,7 @@ CASES = [
         "rollback with a run id and --to",
         ("rollback", "20250101T000000-abcdef", "--to", "0001"),
         ExitCode.USAGE,
-        "(both were given)",
+        "both were given)",
     ),
     Case("rollback with neither", ("rollback",), ExitCode.USAGE, "(neither was given)"),
     Case(

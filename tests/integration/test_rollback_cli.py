@@ -370,3 +370,27 @@ def test_a_rollback_with_conflicts_tells_one_state_and_the_same_counts_everywher
     forced = docshift(folder, cli_env, *force.split()[1:])
     assert forced.returncode == 0, forced.stderr
     assert same_data(export(firestore_store, ["users"]), before) == []
+
+
+def test_rollback_steps_undoes_the_newest_applied_migration(
+    firestore_store: Store, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`docshift rollback --steps 1 --execute` undoes only the newest applied migration; too many
+    steps is a usage error (exit 2) with a hint, and changes nothing."""
+    seed_users(firestore_store, 200)
+    folder = project_folder(tmp_path / "project")
+    ran = docshift(folder, cli_env, "run", "--execute", "--only", "0001")
+    assert ran.returncode == 0, ran.stderr
+    after_first = export(firestore_store, ["users", "teams"])
+    ran = docshift(folder, cli_env, "run", "--execute")
+    assert ran.returncode == 0, ran.stderr
+    too_many = docshift(folder, cli_env, "rollback", "--steps", "3", "--execute")
+    assert too_many.returncode == 2 and "--steps 3: 2 migration(s) are applied here" in too_many.stderr
+    assert "hint:" in too_many.stderr
+    undone = docshift(folder, cli_env, "rollback", "--steps", "1", "--execute")
+    assert undone.returncode == 0, undone.stderr
+    assert same_data(export(firestore_store, ["users", "teams"]), after_first) == []
+    history = History(firestore_store, PREFIX)
+    first, second = history.get("0001"), history.get("0002")
+    assert first is not None and first.status is MigrationStatus.APPLIED
+    assert second is not None and second.status is MigrationStatus.ROLLED_BACK

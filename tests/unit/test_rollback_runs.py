@@ -558,3 +558,36 @@ def test_a_run_that_started_a_migration_but_wrote_none_of_it_has_nothing_to_undo
     ]
     assert same_data(export(store), before) == []
     assert {status_of(store, m) for m in ("0001", "0002")} == {MigrationStatus.ROLLED_BACK}
+
+
+def test_steps_undoes_the_n_newest_applied_migrations_and_records_the_to_it_means(tmp_path: Path) -> None:
+    """`--steps N` is `--to` the migration below the N newest applied (one rolled back earlier is
+    not a step); more steps than are applied is refused with a hint, and nothing changes."""
+    three = {
+        "0001_visits": VISITS,
+        "0002_more": VISITS.replace('"visits"', '"visits2"'),
+        "0003_most": VISITS.replace('"visits"', '"visits3"'),
+    }
+    config = project(tmp_path, **three)
+    store = MemoryStore()
+    seed(store, 30)
+    run_migrations(config, RunOptions(execute=True), store=store)
+    rollback(config, RollbackOptions(to="0002", execute=True), store=store)  # 0003 rolled back
+    after_one = export(store)
+    with pytest.raises(UsageError, match=r"--steps 3: 2 migration\(s\) are applied here") as refused:
+        rollback(config, RollbackOptions(steps=3, execute=True), store=store)
+    assert refused.value.hint and same_data(export(store), after_one) == []
+    with pytest.raises(UsageError, match="one of them"):
+        rollback(config, RollbackOptions(to="0001", steps=1), store=store)
+    done = rollback(config, RollbackOptions(steps=1, execute=True), store=store)
+    assert [item.migration.id for item in done.items] == ["0002"]
+    assert [status_of(store, m) for m in ("0001", "0002", "0003")] == [
+        MigrationStatus.APPLIED,
+        MigrationStatus.ROLLED_BACK,
+        MigrationStatus.ROLLED_BACK,
+    ]
+    info = load_run_info(done.folder)
+    assert info["steps"] == 1 and info["to"] == "0001"
+    everything = rollback(config, RollbackOptions(steps=1, execute=True), store=store)
+    assert [item.migration.id for item in everything.items] == ["0001"]
+    assert load_run_info(everything.folder)["to"] == "0"

@@ -98,6 +98,7 @@ class RollbackFlags:
 
     run_id: str | None
     to: str | None
+    steps: int | None
     strategy: str
     execute: bool
     force: bool
@@ -111,6 +112,7 @@ class RollbackFlags:
         return RollbackOptions(
             run_id=self.run_id,
             to=self.to,
+            steps=self.steps,
             strategy=self.strategy,
             execute=self.execute,
             force=self.force,
@@ -126,6 +128,12 @@ class RollbackFlags:
     metavar="MIGRATION_ID",
     help="Undo every migration applied after MIGRATION_ID, newest first, each from every "
     "run that applied it.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Undo the N newest migrations applied here, newest first (like --to the one below them).",
 )
 @click.option(
     "--strategy",

@@ -84,6 +84,9 @@ _UNDONE = (
 class RollbackOptions:
     run_id: str | None = None
     to: str | None = None
+    steps: int | None = None
+    """Undo the ``steps`` newest migrations applied here (Alembic's ``downgrade -N``): resolved to
+    the ``to`` that undoes exactly those, which run.json then records beside it."""
     strategy: str = "auto"
     execute: bool = False
     force: bool = False
@@ -171,18 +174,40 @@ class RollbackReport:
         return f"docshift rollback --execute --resume {self.run_id}"
 
 
+def _to_for_steps(history: History, steps: int) -> str:
+    """The ``--to`` that undoes the ``steps`` newest migrations recorded applied here (stamped ones
+    count: rolling one back is then refused, as with ``--to``)."""
+    applied = sorted(
+        (r for r in history.all().values() if r.status in _UNDONE or r.status is MigrationStatus.STAMPED),
+        key=lambda r: int(r.migration_id),
+        reverse=True,
+    )
+    if steps < 1 or steps > len(applied):
+        raise UsageError(
+            f"--steps {steps}: {len(applied)} migration(s) are applied here",
+            hint="`docshift status` lists them; --steps takes 1 up to that number",
+        )
+    return applied[steps].migration_id if steps < len(applied) else "0"
+
+
 def _targets(
     config: Config, options: RollbackOptions, history: History, migrations: dict[str, Migration]
 ) -> list[tuple[Migration, tuple[str, ...], bool]]:
     """(migration, the runs of its application newest first, whether those are all of them), newest
     migration first. Not all: the history cannot name them (see
     :meth:`HistoryRecord.application_runs`); the runs are then the latest one alone."""
-    if (options.run_id is None) == (options.to is None):
-        given = "both were given" if options.run_id is not None else "neither was given"
+    named = [
+        name
+        for name, value in (("RUN_ID", options.run_id), ("--to", options.to), ("--steps", options.steps))
+        if value is not None
+    ]
+    if len(named) != 1:
+        given = f"{' and '.join(named)}: both were given" if named else "neither was given"
         raise UsageError(
-            f"name a RUN_ID or --to MIGRATION_ID, one of them ({given})",
+            f"name a RUN_ID, --to MIGRATION_ID or --steps N, one of them ({given})",
             hint="`docshift rollback RUN_ID` undoes one run (`docshift runs` lists them); "
-            "`docshift rollback --to ID` undoes every migration applied after ID",
+            "`docshift rollback --to ID` undoes every migration applied after ID; "
+            "`docshift rollback --steps N` the N newest applied",
         )
     if options.run_id is not None:
         run_folder = find_run(config.runs_dir, options.run_id)
@@ -213,6 +238,8 @@ def _targets(
             undone = _with_run(record, runs, run_id)
             chosen.append((migrations[migration_id], undone or (run_id,), undone is not None))
         return chosen
+    if options.steps is not None:
+        options = dataclasses.replace(options, to=_to_for_steps(history, options.steps))
     assert options.to is not None
     records = history.all()
     later = sorted(
@@ -557,6 +584,8 @@ def _new_plan(
     """What a new rollback undoes, in which order, and its ``run.json``."""
     history = History(store, config.store.state_prefix)
     targets = _targets(config, options, history, migrations)
+    if options.steps is not None:
+        options = dataclasses.replace(options, to=_to_for_steps(history, options.steps))
     for source_run in dict.fromkeys(run for _, runs, _ in targets for run in runs):
         if (source := RunFolder.of(config.runs_dir, source_run)).exists:
             check_store(store, load_run_info(source.path), source_run)
@@ -575,6 +604,7 @@ def _new_plan(
         "order": [[step.migration.id, run] for step, run in order],
         "of_run": of_run,
         "to": options.to,
+        "steps": options.steps,
         "strategy": options.strategy,
     }
     return plan, order, info
