@@ -203,6 +203,9 @@ class RunStopped(DocshiftError):
     def __init__(self, message: str, *, hint: str | None = None, resume_command: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.resume_command = resume_command
+        self.offer_resume = True
+        """False when resuming as it is would only fail again (every document failed the same
+        way): the run is still resumable, but the error does not offer it."""
 
 
 class MemoryLimitExceeded(RunStopped):

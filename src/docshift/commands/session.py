@@ -184,7 +184,8 @@ class RunSession:
                 raise
 
     def _stopped(self, stop: RunStopped) -> None:
-        stop.resume_command = None if stop.run_state in CLOSED_STATES else self.resume_command
+        closed = stop.run_state in CLOSED_STATES or not stop.offer_resume
+        stop.resume_command = None if closed else self.resume_command
         if stop.hint is None and stop.resume_command:
             stop.hint = f"the checkpoint is kept: resume with `{stop.resume_command}`"
         error = self.record(stop.run_state)

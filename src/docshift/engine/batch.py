@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 from docshift.engine.diff import FieldChange, field_changes, update_fields, update_is_cheaper
 from docshift.engine.landed import LandedWrites
 from docshift.engine.sampling import in_sample
-from docshift.engine.stats import RunStats
+from docshift.engine.stats import FailureSamples, RunStats
 from docshift.engine.writer import WRITE_OVERHEAD, BatchWriter, Outgoing
 from docshift.errors import ConflictError
 from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Transform
@@ -128,6 +128,8 @@ class BatchProcessor:
         self.journal = writer.journal
         self.stats = stats
         self.dead_letters = dead_letters
+        self.failures = FailureSamples()
+        """The first distinct reasons documents failed (what a stop for failures shows)."""
         self.on_decision = on_decision
         self.landed = landed
         self._held = threading.local()
@@ -367,6 +369,7 @@ class BatchProcessor:
     def _dead_letter(
         self, decision: Decision, counts: Counter[str], stage: str, error: str, rule: str | None = None
     ) -> None:
+        self.failures.add(decision.source.path, error)
         held: list[DeadLetter] | None = getattr(self._held, "letters", None)
         if held is not None:
             held.append(DeadLetter(decision.source, stage, error, rule))

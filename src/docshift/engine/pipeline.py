@@ -58,7 +58,7 @@ from docshift.engine.limits import (
     MemoryGuard,
     MemoryState,
 )
-from docshift.engine.stats import COUNTERS, RunStats, format_ms
+from docshift.engine.stats import COUNTERS, FailureSamples, RunStats, format_ms
 from docshift.engine.writer import BatchWriter, WriteGuards
 from docshift.errors import (
     BatchAborted,
@@ -669,7 +669,27 @@ class MigrationPipeline:
                 hint="rerun with --debug for the traceback and report it; the checkpoint is kept",
             )
         cls = self.controls.stop_class or RunStopped
-        return cls(self.controls.stop_reason or "stopped")  # the command adds how to resume
+        stop = cls(self.controls.stop_reason or "stopped")  # the command adds how to resume
+        failures = self.processor.failures
+        if self.breaker.tripped and failures.total:
+            self._name_the_failures(stop, failures)
+        return stop
+
+    def _name_the_failures(self, stop: RunStopped, failures: FailureSamples) -> None:
+        """A stop caused by failing documents says why they failed (the dead-letter file's text),
+        with a document each, and where all of them are; when every document failed the same way,
+        a resume would only fail again: the hint says to fix the migration instead."""
+        stop.message += (
+            f"; the first failures: {failures.describe()} (each one is listed in {self.files.dead_letters})"
+        )
+        counts = self.stats.counts()
+        succeeded = sum(counts.get(kind, 0) for kind in ("updated", "created", "deleted", "unchanged"))
+        if failures.one_reason and not succeeded:
+            stop.hint = (
+                "every document failed the same way and none was written: fix the migration (or "
+                "the data), then run it again: docshift run --execute"
+            )
+            stop.offer_resume = False
 
 
 def _uncounted(journal: JournalMark | None) -> tuple[int, list[tuple[int, int]]] | None:

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["COUNTERS", "RunStats", "format_ms"]
+__all__ = ["COUNTERS", "FailureSamples", "RunStats", "format_ms"]
 
 COUNTERS = (
     "read",
@@ -106,3 +106,30 @@ class RunStats:
             "commits": self.commits,
             "elapsed_seconds": self.elapsed,
         }
+
+
+class FailureSamples:
+    """The first few distinct reasons documents failed, each with the first document that failed
+    so (thread-safe): what a stop caused by failures shows; the dead-letter file holds them all."""
+
+    def __init__(self, most: int = 3) -> None:
+        self.most = most
+        self.first: dict[str, str] = {}
+        """reason -> the path of the first document that failed with it (the first ``most``)."""
+        self.total = 0
+        self.one_reason = True
+        """Whether every failure so far had the same reason."""
+        self._lock = threading.Lock()
+
+    def add(self, path: str, reason: str) -> None:
+        with self._lock:
+            self.total += 1
+            if reason not in self.first:
+                self.one_reason = not self.first
+                if len(self.first) < self.most:
+                    self.first[reason] = path
+
+    def describe(self) -> str:
+        """``path: reason`` for each distinct reason kept, ``; ``-separated."""
+        with self._lock:
+            return "; ".join(f"{path}: {reason}" for reason, path in self.first.items())
