@@ -190,12 +190,9 @@ def _to_for_steps(history: History, steps: int) -> str:
     return applied[steps].migration_id if steps < len(applied) else "0"
 
 
-def _targets(
-    config: Config, options: RollbackOptions, history: History, migrations: dict[str, Migration]
-) -> list[tuple[Migration, tuple[str, ...], bool]]:
-    """(migration, the runs of its application newest first, whether those are all of them), newest
-    migration first. Not all: the history cannot name them (see
-    :meth:`HistoryRecord.application_runs`); the runs are then the latest one alone."""
+def _resolved_target(options: RollbackOptions, history: History) -> RollbackOptions:
+    """``options`` naming exactly one of RUN_ID, ``--to`` and ``--steps``, with ``--steps``
+    resolved to the ``to`` it means (run.json records both)."""
     named = [
         name
         for name, value in (("RUN_ID", options.run_id), ("--to", options.to), ("--steps", options.steps))
@@ -209,6 +206,18 @@ def _targets(
             "`docshift rollback --to ID` undoes every migration applied after ID; "
             "`docshift rollback --steps N` the N newest applied",
         )
+    if options.steps is not None:
+        return dataclasses.replace(options, to=_to_for_steps(history, options.steps))
+    return options
+
+
+def _targets(
+    config: Config, options: RollbackOptions, history: History, migrations: dict[str, Migration]
+) -> list[tuple[Migration, tuple[str, ...], bool]]:
+    """(migration, the runs of its application newest first, whether those are all of them), newest
+    migration first, for ``options`` naming a run or a ``to`` (see :func:`_resolved_target`). Not
+    all: the history cannot name them (see :meth:`HistoryRecord.application_runs`); the runs are
+    then the latest one alone."""
     if options.run_id is not None:
         run_folder = find_run(config.runs_dir, options.run_id)
         info = load_run_info(run_folder)
@@ -238,8 +247,6 @@ def _targets(
             undone = _with_run(record, runs, run_id)
             chosen.append((migrations[migration_id], undone or (run_id,), undone is not None))
         return chosen
-    if options.steps is not None:
-        options = dataclasses.replace(options, to=_to_for_steps(history, options.steps))
     assert options.to is not None
     records = history.all()
     later = sorted(
@@ -583,9 +590,8 @@ def _new_plan(
 ) -> tuple[list[_Step], _Order, dict[str, Any]]:
     """What a new rollback undoes, in which order, and its ``run.json``."""
     history = History(store, config.store.state_prefix)
+    options = _resolved_target(options, history)
     targets = _targets(config, options, history, migrations)
-    if options.steps is not None:
-        options = dataclasses.replace(options, to=_to_for_steps(history, options.steps))
     for source_run in dict.fromkeys(run for _, runs, _ in targets for run in runs):
         if (source := RunFolder.of(config.runs_dir, source_run)).exists:
             check_store(store, load_run_info(source.path), source_run)
