@@ -17,5 +17,8 @@ def up(doc: DocView) -> Any:
     if not isinstance(age, str):
         return UNCHANGED
     data = doc.data
-    data["age"] = int(age) if age.strip().isdigit() else None
+    if age.strip().isdigit():
+        data["age"] = int(age)
+    else:  # not a number: kept aside for review (a null would break in_range), nothing is lost
+        data["age_text"] = data.pop("age")
     return data

@@ -28,6 +28,7 @@ __all__ = [
     "EngineConfig",
     "Key",
     "LimitsConfig",
+    "PricesConfig",
     "StoreConfig",
     "load_config",
     "with_values",
@@ -51,12 +52,21 @@ class StoreConfig:
     connect_timeout_seconds: float = 3.0
 
 
+AUTO_CONCURRENCY = 4
+"""Commits in flight that keep a run busy when the store is near (the emulator on the same
+machine, measured): where an automatic figure starts, and the least it goes down to unless a
+write limit needs fewer (:class:`~docshift.engine.limits.CommitWindow`)."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     batch_size: int = 300
     min_batch_size: int = 20
     max_batch_size: int = 500
-    concurrency: int = 4
+    concurrency: int = 0
+    """Commits in flight: a fixed figure; 0 (auto): decided from the commit latency observed,
+    between :data:`AUTO_CONCURRENCY` and ``max_concurrency``."""
+    max_concurrency: int = 16
     shards: int = 1
     conflict_retries: int = 5
     write_mode: str = "auto"
@@ -65,11 +75,23 @@ class EngineConfig:
     max_failures: str = "1%"
     backup: bool = True
 
+    @property
+    def base_concurrency(self) -> int:
+        """Commits in flight before anything was measured: the fixed figure, or the automatic one's start."""
+        return self.concurrency or AUTO_CONCURRENCY
+
+    @property
+    def most_concurrency(self) -> int:
+        """The most commits in flight: the fixed figure, or the automatic one's cap."""
+        return self.concurrency or max(self.max_concurrency, AUTO_CONCURRENCY)
+
 
 @dataclass(frozen=True)
 class LimitsConfig:
     max_writes_per_second: float = 0.0
     ramp: str = "auto"
+    adaptive_rate: bool = True
+    commit_latency_target_ms: float = 2000.0
     memory_soft_limit_mb: int = 512
     memory_hard_limit_mb: int = 1024
     breaker_failure_rate: float = 0.10
@@ -82,10 +104,23 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class PricesConfig:
+    """What an estimate prices operations at, per 100,000 (``docshift run --estimate``). The
+    defaults are Cloud Firestore's Standard-edition list prices for us-central1 (Iowa, regional)
+    in USD, recorded 2026-12-02 (docs/estimate.md); multi-region nam5 and eur3 cost twice that."""
+
+    price_reads_per_100k: float = 0.03
+    price_writes_per_100k: float = 0.09
+    price_deletes_per_100k: float = 0.01
+    price_currency: str = "USD"
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    prices: PricesConfig = field(default_factory=PricesConfig)
     migrations_dir: Path = Path("migrations")
     runs_dir: Path = Path(".docshift/runs")
     config_file: Path | None = None
@@ -188,6 +223,11 @@ def _host_port(value: Any) -> str | None:
     return None
 
 
+def _currency(value: Any) -> str | None:
+    ok = re.fullmatch(r"[A-Z]{3}", str(value))
+    return None if ok else "must be a three-letter currency code in capitals, e.g. USD or EUR"
+
+
 def _identifier(value: Any) -> str | None:
     ok = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", str(value))
     return None if ok else "must be a collection id: letters, digits, _ and -"
@@ -231,7 +271,21 @@ KEYS: tuple[Key, ...] = (
     Key("batch_size", "engine", int, "documents per commit to start with", _positive),
     Key("min_batch_size", "engine", int, "smallest adaptive batch", _positive),
     Key("max_batch_size", "engine", int, "largest adaptive batch (at most 500: one request)", _one_request),
-    Key("concurrency", "engine", int, "commits in flight at once", _positive),
+    Key(
+        "concurrency",
+        "engine",
+        int,
+        "commits in flight at once, a fixed figure; 0 (the default) = auto: 4 while the store is near, "
+        "more as the commit latency asks (Little's law), up to max_concurrency",
+        _not_negative,
+    ),
+    Key(
+        "max_concurrency",
+        "engine",
+        int,
+        "most commits in flight with concurrency = 0 (auto), however far the store is",
+        _positive,
+    ),
     Key("shards", "engine", int, "key ranges read concurrently", _positive),
     Key("conflict_retries", "engine", int, "re-reads of a document changed during the run", _not_negative),
     Key(
@@ -261,6 +315,20 @@ KEYS: tuple[Key, ...] = (
         _choice("auto", "on", "off"),
     ),
     Key(
+        "adaptive_rate",
+        "limits",
+        bool,
+        "lower the write rate when the store refuses writes for load (RESOURCE_EXHAUSTED, ABORTED, "
+        "UNAVAILABLE) and raise it again while it accepts them",
+    ),
+    Key(
+        "commit_latency_target_ms",
+        "limits",
+        float,
+        "commit latency (ms) the batch size aims at: smaller batches when commits take longer; 0 = no target",
+        _not_negative,
+    ),
+    Key(
         "memory_soft_limit_mb",
         "limits",
         int,
@@ -288,6 +356,28 @@ KEYS: tuple[Key, ...] = (
         "stage stops and everything is rolled back; 0 = no limit",
         _not_negative,
     ),
+    Key(
+        "price_reads_per_100k",
+        "prices",
+        float,
+        "what an estimate prices 100,000 document reads at (default: us-central1 list price, USD)",
+        _not_negative,
+    ),
+    Key(
+        "price_writes_per_100k",
+        "prices",
+        float,
+        "what an estimate prices 100,000 document writes at (default: us-central1 list price, USD)",
+        _not_negative,
+    ),
+    Key(
+        "price_deletes_per_100k",
+        "prices",
+        float,
+        "what an estimate prices 100,000 document deletes at (default: us-central1 list price, USD)",
+        _not_negative,
+    ),
+    Key("price_currency", "prices", str, "the currency of the three prices, e.g. USD", _currency),
 )
 _BY_NAME = {key.name: key for key in KEYS}
 ASSUME_YES = "DOCSHIFT_ASSUME_YES"
@@ -482,7 +572,7 @@ def _relative_to(cwd: Path, value: Any) -> Any:
 def _build(
     values: dict[str, Any], sources: dict[str, str], base: Path, path: Path | None, *, assume_yes: bool
 ) -> Config:
-    sections: dict[str, dict[str, Any]] = {"store": {}, "engine": {}, "limits": {}, "": {}}
+    sections: dict[str, dict[str, Any]] = {"store": {}, "engine": {}, "limits": {}, "prices": {}, "": {}}
     for name, value in values.items():
         sections[_BY_NAME[name].section][name] = value
     top = sections[""]
@@ -490,6 +580,7 @@ def _build(
         store=StoreConfig(**sections["store"]),
         engine=EngineConfig(**sections["engine"]),
         limits=LimitsConfig(**sections["limits"]),
+        prices=PricesConfig(**sections["prices"]),
         migrations_dir=base / top.get("migrations_dir", Path("migrations")),
         runs_dir=base / top.get("runs_dir", Path(".docshift/runs")),
         config_file=path,

@@ -13,18 +13,19 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from docshift.errors import EmulatorError
 
-__all__ = ["Emulator", "EmulatorLocation", "find_emulator", "free_port"]
+__all__ = ["Emulator", "EmulatorLocation", "find_emulator", "free_port", "running_emulator"]
 
 _JAR_IN_SDK = Path("platform/cloud-firestore-emulator/cloud-firestore-emulator.jar")
 _SYSTEM_SDK = Path("/usr/lib/google-cloud-sdk")
@@ -91,6 +92,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _tied_to_this_process(command: list[str]) -> list[str]:
+    """``command`` run so that it is killed when the process starting it dies, however it dies.
+    The emulator runs in its own session (a terminal's Ctrl-C reaches docshift, which stops it), so
+    a docshift or test run killed with SIGKILL would otherwise leave its JVM running, holding ~1 GiB.
+    Linux's parent-death signal, set by util-linux's ``setpriv`` before it execs the JVM (same pid,
+    same process group), covers that. It fires when the *thread* that started the JVM ends, so an
+    emulator is started from a thread that outlives it (every caller here uses the main thread).
+    Without ``setpriv`` (not Linux), the command is run as it is."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv is None:
+        return command
+    return [setpriv, "--pdeathsig", "KILL", "--", *command]
+
+
 def _answers(host: str) -> bool:
     try:
         with urllib.request.urlopen(f"http://{host}/", timeout=1) as response:
@@ -135,6 +150,11 @@ class Emulator:
                 "Java is not installed, and the Firestore emulator needs it",
                 hint="install a Java 11+ runtime, e.g. `apt-get install openjdk-17-jre-headless`",
             )
+        if shutil.which(java) is None:
+            raise EmulatorError(
+                f"cannot run Java ({java}): not an executable file",
+                hint="install a Java 11+ runtime, e.g. `apt-get install openjdk-17-jre-headless`",
+            )
         port = self.port or free_port()
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
             prefix="docshift-emulator-", suffix=".log"
@@ -151,7 +171,7 @@ class Emulator:
         ]
         try:
             self.process = subprocess.Popen(
-                command,
+                _tied_to_this_process(command),
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -221,6 +241,21 @@ class Emulator:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def running_emulator(location: EmulatorLocation | None = None) -> Iterator[str]:
+    """The host of a running emulator for as long as the block lasts: the one
+    ``FIRESTORE_EMULATOR_HOST`` names (used as is, never stopped), or one started from the jar
+    :func:`find_emulator` finds and stopped with its process group at the end. docshift's own test
+    harness, its pytest plugin and ``docshift test --emulator`` all get theirs here."""
+    location = location or find_emulator()
+    if location.host:
+        yield location.host
+        return
+    with Emulator(location) as emulator:
+        assert emulator.host is not None
+        yield emulator.host
 
 
 def _signal_group(group: int, signum: int) -> None:

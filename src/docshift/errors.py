@@ -11,7 +11,9 @@
     ├── MigrationFileError            4  a migration file cannot be loaded (syntax, missing up, order…)
     ├── StoreError                    5  the store refused or failed (path is set where known)
     │   ├── TransientError            5  worth retrying: UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
-    │   │                                RESOURCE_EXHAUSTED, INTERNAL (the adapter retries these)
+    │   │   │                            RESOURCE_EXHAUSTED, INTERNAL (the adapter retries these)
+    │   │   └── LoadRefused           5  the store refused every write for load while the write rate
+    │   │                                came down, again and again (its quota used up)
     │   ├── ConflictError             5  a precondition failed: the document changed or (dis)appeared
     │   └── PermanentError            5  everything else: permissions, invalid argument, not found…
     │       └── CredentialsError      5  no usable credentials / project
@@ -31,9 +33,13 @@
         │                                it left alone (``conflicts``)
         ├── RunFileError              12 a file of the run folder could not be written (disk full,
         │                                I/O error, read-only, permissions, folder removed)
+        ├── ScriptFailed              1  a script migration's apply(ctx) raised, or one of its writes
+        │                                was refused (the document changed since the script read it)
         └── TooManyFailures           13 --max-failures was exceeded
 
     BatchAborted                      -  not an error: the signal that leaves a batch unfinished
+    ScriptAborted                     -  not an error: unwinds a script migration's apply(ctx) once
+                                         its run must stop (carries the stop's error)
 
 :class:`BatchAborted` is not a :class:`DocshiftError` on purpose: it never reaches a user. A writer
 thread raises it when the run is stopping (its rate-limit wait was cut short), the pipeline catches
@@ -63,6 +69,7 @@ __all__ = [
     "EmergencyStop",
     "EmulatorError",
     "ExitCode",
+    "LoadRefused",
     "LockedError",
     "MemoryLimitExceeded",
     "MigrationFileError",
@@ -70,6 +77,8 @@ __all__ = [
     "RollbackConflicts",
     "RunFileError",
     "RunStopped",
+    "ScriptAborted",
+    "ScriptFailed",
     "StageFailed",
     "StoreError",
     "TooManyFailures",
@@ -155,6 +164,11 @@ class StoreError(DocshiftError):
 
 class TransientError(StoreError):
     pass
+
+
+class LoadRefused(TransientError):
+    """The store accepted no request while the write rate came down, again and again: it is not
+    throttling the run (it would accept some writes) but refusing them, e.g. its quota is used up."""
 
 
 class ConflictError(StoreError):
@@ -254,6 +268,14 @@ class RunFileError(RunStopped):
         self.path = path
 
 
+class ScriptFailed(RunStopped):
+    """A script migration stopped: its ``apply(ctx)`` raised, or a write it asked for was refused
+    (never forced). What it wrote before is journalled; a resume does the script again from its last
+    ``ctx.checkpoint`` (raised by ``engine/script.py``)."""
+
+    exit_code = ExitCode.FAILED
+
+
 class TooManyFailures(RunStopped):
     exit_code = ExitCode.TOO_MANY_FAILURES
 
@@ -266,3 +288,14 @@ class ValidationFailed(DocshiftError):
 class BatchAborted(Exception):
     """The run is stopping; this batch was not finished and will be read again on resume.
     Never leaves the engine (see the module's docstring)."""
+
+
+class ScriptAborted(BaseException):
+    """Unwinds a script migration's ``apply(ctx)`` once its run must stop (a refused write, the
+    store failing, a stop asked for); the script runner catches it and reports ``error``. A
+    BaseException, so that a script's own ``except Exception`` does not swallow it (and every later
+    ctx call raises it again). Never leaves the engine."""
+
+    def __init__(self, error: DocshiftError) -> None:
+        super().__init__(error.message)
+        self.error = error

@@ -28,6 +28,7 @@ __all__ = [
     "EventKind",
     "History",
     "HistoryEvent",
+    "HistoryRead",
     "HistoryRecord",
     "MigrationStatus",
     "current_user",
@@ -67,7 +68,9 @@ class EventKind(enum.StrEnum):
     began working on it; ``applied``, ``partial``, ``interrupted``, ``failed``: how that work ended;
     ``rolled_back``: a rollback undid it; ``stamped``: marked applied without running (``docshift
     stamp``); ``repaired``: an edited file's checksum accepted without running it (``docshift
-    repair``); ``drift_accepted``: the same by ``run --allow-drift``."""
+    repair``); ``drift_accepted``: the same by ``run --allow-drift``; ``retry_started`` and
+    ``retried``: ``docshift retry`` began and ended re-processing a run's dead letters (the
+    migration keeps its status: the retry adds to its application)."""
 
     STARTED = "started"
     APPLIED = "applied"
@@ -78,6 +81,8 @@ class EventKind(enum.StrEnum):
     STAMPED = "stamped"
     REPAIRED = "repaired"
     DRIFT_ACCEPTED = "drift_accepted"
+    RETRY_STARTED = "retry_started"
+    RETRIED = "retried"
 
 
 def current_user() -> str:
@@ -120,6 +125,9 @@ class HistoryEvent:
     """``stamped``, ``repaired``: why, as the user gave it."""
     error: str | None = None
     """``failed``, ``interrupted``: why the work stopped."""
+    landed: Mapping[str, int] | None = None
+    """A stopped run's writes that landed past its cursor, which ``counts`` do not hold yet (the
+    resume counts them, once): see ``beyond_cursor`` in :mod:`docshift.runfolder.checkpoint`."""
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -127,6 +135,7 @@ class HistoryEvent:
             "kind": self.kind.value,
             "status": self.status.value,
             "counts": dict(self.counts) if self.counts is not None else None,
+            "landed": dict(self.landed) if self.landed else None,
         }
 
     @classmethod
@@ -138,10 +147,11 @@ class HistoryEvent:
         known = {f.name for f in dataclasses.fields(cls)}
         fields = {key: value for key, value in data.items() if key in known}
         status = MigrationStatus(fields["status"])
-        counts = fields.get("counts")
+        counts, landed = fields.get("counts"), fields.get("landed")
         fields.update(
             status=status,
             counts={str(k): int(v) for k, v in counts.items()} if counts is not None else None,
+            landed={str(k): int(v) for k, v in landed.items()} if landed else None,
         )
         if fields.get("kind"):
             return cls(**{**fields, "kind": EventKind(fields["kind"])})
@@ -178,6 +188,9 @@ class HistoryRecord:
     events: tuple[HistoryEvent, ...] = ()
     overrides: Mapping[str, Any] = field(default_factory=dict)
     """Settings a resume of this run changed from the run's own: name -> {"was": …, "now": …}."""
+    landed: Mapping[str, int] = field(default_factory=dict)
+    """The last run's writes that landed past its cursor when it stopped, which ``counts`` do not
+    hold yet (empty once a resume counted them)."""
     runs: tuple[str, ...] | None = None
     """Every run that wrote this migration since it was last rolled back, in the order they first
     started: a migration can be applied over several runs (a ``--limit`` run, then a full one; an
@@ -218,6 +231,7 @@ class HistoryRecord:
         data.update(
             status=self.status.value,
             counts=dict(self.counts),
+            landed=dict(self.landed),
             previous_checksums=list(self.previous_checksums),
             checkpoint=dict(self.checkpoint) if self.checkpoint is not None else None,
             overrides=dict(self.overrides),
@@ -237,6 +251,7 @@ class HistoryRecord:
                     **data,
                     "status": MigrationStatus(data["status"]),
                     "counts": {str(k): int(v) for k, v in (data.get("counts") or {}).items()},
+                    "landed": {str(k): int(v) for k, v in (data.get("landed") or {}).items()},
                     "previous_checksums": tuple(data.get("previous_checksums") or ()),
                     "overrides": dict(data.get("overrides") or {}),
                     "runs": tuple(str(r) for r in data["runs"]) if data.get("runs") is not None else None,
@@ -256,6 +271,22 @@ class HistoryRecord:
             ) from None
 
 
+@dataclass(frozen=True)
+class HistoryRead:
+    """The records one read of the history saw, with each document's update time: what a run
+    decided from, so that once it holds the lease it can tell whether another run changed them
+    since (:meth:`History.changed_since`)."""
+
+    records: Mapping[str, HistoryRecord]
+    """Every record the read saw, keyed by migration id, in id order."""
+    update_times: Mapping[str, Timestamp | None]
+    """The update time of each record's document (None: a document without one)."""
+
+    def update_time(self, migration_id: str) -> Timestamp | None:
+        """The update time of ``migration_id``'s document as read; None also when it had none."""
+        return self.update_times.get(migration_id)
+
+
 class History:
     """The history collection of one store (one database)."""
 
@@ -268,8 +299,27 @@ class History:
 
     def all(self) -> dict[str, HistoryRecord]:
         """Every record, keyed by migration id, in id order."""
-        records = [HistoryRecord.from_document(doc) for doc in self.store.stream(Query(self.collection))]
-        return {r.migration_id: r for r in sorted(records, key=lambda r: id_key(r.migration_id))}
+        return dict(self.read().records)
+
+    def read(self) -> HistoryRead:
+        """Every record, with the update times :meth:`changed_since` compares later."""
+        read = [(HistoryRecord.from_document(doc), doc) for doc in self.store.stream(Query(self.collection))]
+        read.sort(key=lambda pair: id_key(pair[0].migration_id))
+        return HistoryRead(
+            {record.migration_id: record for record, _ in read},
+            {record.migration_id: doc.update_time for record, doc in read},
+        )
+
+    def changed_since(self, seen: HistoryRead, migration_ids: Sequence[str]) -> list[str]:
+        """Which of ``migration_ids`` have a record now that is not the one ``seen`` read: written,
+        created or deleted since (one read of their documents)."""
+        docs = self.store.get_many([self._path(i) for i in migration_ids])
+        return [
+            migration_id
+            for migration_id, doc in zip(migration_ids, docs, strict=True)
+            if (doc is None) != (migration_id not in seen.records)
+            or (doc is not None and doc.update_time != seen.update_time(migration_id))
+        ]
 
     def get(self, migration_id: str) -> HistoryRecord | None:
         doc = self.store.get(self._path(migration_id))
@@ -347,10 +397,16 @@ class History:
         )
 
     def finish(
-        self, migration_id: str, status: MigrationStatus, counts: Mapping[str, int], error: str | None = None
+        self,
+        migration_id: str,
+        status: MigrationStatus,
+        counts: Mapping[str, int],
+        error: str | None = None,
+        landed: Mapping[str, int] | None = None,
     ) -> HistoryRecord:
-        """Close the current run of a migration (``error`` says why it did not apply); the caller
-        derives ``status`` from what the run processed (``commands/run.py``)."""
+        """Close the current run of a migration (``error`` says why it did not apply; ``landed``,
+        what a stopped run wrote past its cursor besides ``counts``); the caller derives ``status``
+        from what the run processed (``commands/run.py``)."""
         status = MigrationStatus(status)
         if status in (MigrationStatus.RUNNING, MigrationStatus.STAMPED):
             raise ValueError(f"finish() needs the outcome of a run, not {status.value}")
@@ -366,12 +422,14 @@ class History:
                 old.checksum,
                 counts=dict(counts),
                 error=error,
+                landed=dict(landed) if landed else None,
             )
             return dataclasses.replace(
                 old,
                 status=status,
                 finished_at=now,
                 counts=dict(counts),
+                landed=dict(landed or {}),
                 error=error,
                 events=_append(old, event),
             )
@@ -418,6 +476,7 @@ class History:
                 run_id=run_id,
                 user=user,
                 counts=dict(counts),
+                landed={},
                 error=None,
                 docshift_version=_docshift_version(),
                 events=_append(
@@ -428,6 +487,40 @@ class History:
                 ),
                 runs=(),
             )
+
+        return self._update(migration_id, change)
+
+    def retry_started(self, migration: Migration, run_id: str) -> HistoryRecord:
+        """Run ``run_id`` (``docshift retry``) begins re-processing dead letters of ``migration``:
+        its status stays, and the run joins its application (``runs``), so rolling the migration
+        back undoes the retry's writes too."""
+        now, user = Timestamp.now(), current_user()
+
+        def change(old: HistoryRecord) -> HistoryRecord:
+            event = HistoryEvent(EventKind.RETRY_STARTED, old.status, now, run_id, user, migration.checksum)
+            return dataclasses.replace(old, events=_append(old, event), runs=_with_run(old, run_id))
+
+        return self._update(migration.id, change)
+
+    def retried(
+        self, migration_id: str, run_id: str, counts: Mapping[str, int], error: str | None = None
+    ) -> HistoryRecord:
+        """Run ``run_id`` ended its retry of ``migration_id`` (``error``: why it stopped): an event
+        with its counts; the migration's status and counts stay those of the run that applied it."""
+        now, user = Timestamp.now(), current_user()
+
+        def change(old: HistoryRecord) -> HistoryRecord:
+            event = HistoryEvent(
+                EventKind.RETRIED,
+                old.status,
+                now,
+                run_id,
+                user,
+                old.checksum,
+                counts=dict(counts),
+                error=error,
+            )
+            return dataclasses.replace(old, events=_append(old, event))
 
         return self._update(migration_id, change)
 

@@ -31,7 +31,7 @@ from types import ModuleType
 from typing import Any
 
 from docshift.errors import DocshiftError, MigrationFileError, UsageError
-from docshift.migration import Migration, Target
+from docshift.migration import Migration, MigrationKind, Target
 from docshift.store.base import Filter
 from docshift.store.semantics import query_problem
 from docshift.validators.rules import Rule
@@ -40,6 +40,7 @@ __all__ = [
     "FILE_PATTERN",
     "checksum_of",
     "describe_file",
+    "file_kind",
     "load_migration",
     "load_migrations",
     "migration_files",
@@ -109,6 +110,19 @@ def migration_files(folder: Path) -> list[Path]:
     return [by_number[number] for number in sorted(by_number)]
 
 
+def file_kind(path: Path) -> MigrationKind | None:
+    """The kind of a migration file by its top-level functions alone, without importing it (for
+    views that must work when a file does not load); None when it cannot be told."""
+    try:
+        tree = ast.parse(path.read_bytes().decode("utf-8-sig"), str(path))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return None
+    names = {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    if ("up" in names) == ("apply" in names):
+        return None
+    return MigrationKind.SCRIPT if "apply" in names else MigrationKind.DOCUMENT
+
+
 def load_migrations(folder: Path) -> list[Migration]:
     """Every migration in ``folder``, sorted by id; raises on the first bad file."""
     return [load_migration(path) for path in migration_files(folder)]
@@ -137,6 +151,15 @@ def load_migration(path: Path) -> Migration:
         ) from None
     module = _execute(path, code)
     settings = _Settings(path, module, tree)
+    if settings.kind() is MigrationKind.SCRIPT:
+        return Migration.script(
+            f"{number:04d}",
+            name,
+            settings.description(name),
+            settings.script(),
+            path=path,
+            checksum=checksum_of(source),
+        )
     up = settings.transform("up", required=True)
     assert up is not None
     return Migration(
@@ -184,6 +207,18 @@ def _line_in(path: Path, exc: BaseException) -> int | None:
     return line
 
 
+_NOT_IN_SCRIPTS = {
+    "down": "a script is rolled back by restoring the before-images of what it wrote",
+    "collection": "a script reads what it names through ctx.stream(...) and ctx.get(...)",
+    "collection_group": "a script reads what it names through ctx.stream(..., group=True)",
+    "where": "pass where=[...] to ctx.stream(...)",
+    "limit": "pass limit=... to ctx.stream(...)",
+    "copy_to": "write where the result goes with ctx.set(path, data)",
+    "rules": "check the data in apply() and raise to stop the run",
+}
+"""Settings of a document migration, refused in a script, with what to do instead."""
+
+
 class _Settings:
     """Reads and checks a loaded module's module-level settings, pointing errors at their lines."""
 
@@ -208,6 +243,60 @@ class _Settings:
 
     def get(self, name: str) -> Any:
         return self.values.get(name)
+
+    def kind(self) -> MigrationKind:
+        """``up(doc)``: a document migration; ``apply(ctx)``: a script. Exactly one of the two."""
+        up, apply = self.get("up"), self.get("apply")
+        if up is not None and apply is not None:
+            raise self.fail(
+                "apply",
+                "defines both up(doc) and apply(ctx)",
+                hint="keep up(doc) to change each document of a collection, or apply(ctx) for a script "
+                "migration (docs/script-migrations.md); one file is one kind",
+            )
+        if up is None and apply is None:
+            raise self.fail(
+                "up",
+                "has neither up(doc) nor apply(ctx)",
+                hint="define `def up(doc):` returning each document's new data, or `def apply(ctx):` for a "
+                "script migration (docshift new --script writes one)",
+            )
+        return MigrationKind.SCRIPT if apply is not None else MigrationKind.DOCUMENT
+
+    def script(self) -> Callable[..., Any]:
+        """A script migration's ``apply(ctx)``, checked, and its file free of the settings of a
+        document migration (which a script would silently ignore)."""
+        for setting, instead in _NOT_IN_SCRIPTS.items():
+            if self.get(setting) is not None:
+                raise self.fail(
+                    setting,
+                    f"a script migration (apply) takes no {setting}",
+                    hint=f"{instead}, and remove {setting}",
+                )
+        value = self.get("apply")
+        if not callable(value):
+            raise self.fail(
+                "apply",
+                f"apply must be a function taking the context, got a {type(value).__name__}",
+                hint="define `def apply(ctx):` that reads and writes through ctx",
+            )
+        try:
+            inspect.signature(value).bind(None)
+        except TypeError:
+            raise self.fail(
+                "apply",
+                "apply must take exactly one argument, the context (ctx)",
+                hint="define it as `def apply(ctx):`",
+            ) from None
+        except ValueError:  # builtins without a signature: let them be
+            pass
+        if inspect.iscoroutinefunction(value) or inspect.isgeneratorfunction(value):
+            raise self.fail(
+                "apply",
+                "apply must be a plain function (not async, not a generator)",
+                hint="define `def apply(ctx):` (no async, no yield)",
+            )
+        return value  # type: ignore[no-any-return]
 
     def description(self, name: str) -> str:
         value = self.get("description")

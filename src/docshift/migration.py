@@ -16,10 +16,15 @@ A migration file is a plain Python module (like an Alembic revision)::
 ``up``/``down`` get a read-only :class:`DocView` and return the new data (a dict), :data:`DELETE` to
 delete the document, or :data:`UNCHANGED` (returning equal data also means unchanged: no write).
 Transforms must be idempotent: ``up`` on an already-migrated document returns it unchanged.
+
+A *script* migration (:attr:`MigrationKind.SCRIPT`) has ``apply(ctx)`` instead of ``up``, for changes
+that are not one document in, one document out; it reads and writes through its context
+(:class:`docshift.engine.script.ScriptContext`) and has no target: see docs/script-migrations.md.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +35,13 @@ from docshift.values import Timestamp, Value, copy_data, values_equal
 
 __all__ = [
     "DELETE",
+    "SCRIPT_TARGET",
     "UNCHANGED",
     "DocView",
     "Migration",
+    "MigrationKind",
     "Result",
+    "Script",
     "Target",
     "Transform",
     "check_idempotent",
@@ -107,6 +115,15 @@ class DocView:
 
 
 Transform: TypeAlias = Callable[[DocView], Any]
+Script: TypeAlias = Callable[[Any], Any]
+"""A script migration's ``apply(ctx)``; what it returns is ignored."""
+
+
+class MigrationKind(enum.StrEnum):
+    """Which kind of file a migration is: ``up(doc)`` over a target, or ``apply(ctx)``."""
+
+    DOCUMENT = "document"
+    SCRIPT = "script"
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,8 @@ class Target:
         return Query(self.collection, self.group, self.filters, limit=self.limit, **bounds)
 
     def describe(self) -> str:
+        if self is SCRIPT_TARGET:
+            return "a script: apply(ctx) reads and writes what it names"
         kind = "collection group" if self.group else "collection"
         text = f"{kind} {self.collection}"
         if self.filters:
@@ -142,6 +161,16 @@ class Target:
         return f"{self.copy_to}/{source_path.rsplit('/', 1)[-1]}"
 
 
+SCRIPT_TARGET: Final = Target("(script)")
+"""A script migration's target: it has none (its ``apply`` names what it reads and writes). Only
+described; the run never streams it (a script is dispatched to the script runner)."""
+
+
+def _no_transform(doc: DocView) -> Any:
+    """A script migration's ``up``: it changes no document one by one (``apply`` does its work)."""
+    return UNCHANGED
+
+
 @dataclass(frozen=True)
 class Migration:
     """One loaded migration file."""
@@ -156,6 +185,37 @@ class Migration:
     path: Path | None = None
     checksum: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
+    kind: MigrationKind = MigrationKind.DOCUMENT
+    apply: Script | None = None
+    """A script migration's ``apply(ctx)`` (``kind`` is then :attr:`MigrationKind.SCRIPT`)."""
+
+    @classmethod
+    def script(
+        cls,
+        migration_id: str,
+        name: str,
+        description: str,
+        apply: Script,
+        *,
+        path: Path | None = None,
+        checksum: str = "",
+    ) -> Migration:
+        """A script migration: ``apply(ctx)``, no target, no ``up``/``down`` (rollback restores)."""
+        return cls(
+            migration_id,
+            name,
+            description,
+            SCRIPT_TARGET,
+            _no_transform,
+            path=path,
+            checksum=checksum,
+            kind=MigrationKind.SCRIPT,
+            apply=apply,
+        )
+
+    @property
+    def is_script(self) -> bool:
+        return self.kind is MigrationKind.SCRIPT
 
     @property
     def label(self) -> str:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
@@ -135,3 +139,71 @@ def examples() -> list[Migration]:
 
 def where(docs: dict[str, Document], test: Callable[[dict[str, Any]], bool]) -> set[str]:
     return {path for path, doc in docs.items() if test(doc.data)}
+
+
+def watch_for_start(process: subprocess.Popen[bytes], started: threading.Event) -> None:
+    """Set ``started`` once the ``--json`` run's first migration started (its ``start`` event)."""
+    assert process.stdout is not None
+    for line in process.stdout:
+        if b'"event":"start"' in line:
+            started.set()
+
+
+def run_until_killed(
+    folder: Path, env: dict[str, str], moment: float, log: Path, *, writes_per_second: int
+) -> None:
+    """Start (or resume) ``docshift run --execute`` in ``folder``, and kill -9 its process group
+    ``moment`` seconds after it started migrating (stderr goes to ``log``)."""
+    resuming = any(folder.glob(".docshift/runs/*/run.json"))
+    args = [
+        "run",
+        "--execute",
+        *(["--resume"] if resuming else []),
+        "--json",
+        "--max-writes-per-second",
+        str(writes_per_second),
+    ]
+    with log.open("w") as errors:
+        process = subprocess.Popen(
+            [DOCSHIFT, *args],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            start_new_session=True,
+        )
+    started = threading.Event()
+    threading.Thread(target=watch_for_start, args=(process, started), daemon=True).start()
+    assert started.wait(60), log.read_text()
+    time.sleep(moment)
+    assert process.poll() is None, log.read_text()
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+SLOW_SPLIT = '''
+"""Split full_name; slowly while the marker file exists, so a graceful stop takes seconds."""
+
+import os
+import time
+from pathlib import Path
+
+from docshift import UNCHANGED
+
+description = "split full_name, slowly"
+collection = "users"
+
+
+def up(doc):
+    marker = os.environ.get("SLOW_MARKER")
+    if marker and Path(marker).exists():
+        time.sleep(0.05)
+    data = doc.data
+    if "full_name" not in data:
+        return UNCHANGED
+    first, _, last = str(data.pop("full_name")).partition(" ")
+    data["first_name"] = first
+    data["last_name"] = last or None
+    return data
+'''
+"""A migration over the example users that is slow while ``$SLOW_MARKER`` exists."""

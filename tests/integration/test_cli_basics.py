@@ -240,6 +240,7 @@ def run_emulator_cli(tmp_path: Path) -> Iterator[StartCli]:
             [DOCSHIFT, "emulator", *args],
             env=env or clean_env(),
             cwd=tmp_path,
+            stdin=subprocess.DEVNULL,  # no terminal: Ctrl-C cannot reach it, it says how to stop it
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -312,6 +313,7 @@ def test_emulator_command_prints_the_export_line_and_stops_cleanly(
     assert cli.process.stderr is not None
     stderr = cli.process.stderr.read()
     assert "emulator stopped" in stderr and "Traceback" not in stderr
+    assert f"Stop it with: kill {cli.process.pid}" in stderr and "Press Ctrl-C" not in stderr
     assert_gone(jvm, host)
 
 

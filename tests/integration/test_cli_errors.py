@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from docshift.emulator import free_port
 from docshift.errors import ExitCode, PermanentError
 from docshift.store.firestore import FirestoreStore
+from tests.integration.run_support import docshift
 
-DOCSHIFT = str(Path(sys.executable).parent / "docshift")
 QUICK = 10.0
 """Seconds a command that cannot reach its store may take before the test fails (it used to take ~14)."""
 GOOD = 'collection = "users"\n\ndef up(doc):\n    return doc.data\n'
@@ -43,21 +42,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["HOME"] = env.get("HOME", "/nonexistent")
     env.update(extra)
     return env
-
-
-def docshift(
-    cwd: Path, env: dict[str, str], *args: str, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [DOCSHIFT, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
 
 
 def error_and_hint(done: subprocess.CompletedProcess[str]) -> tuple[str, str]:

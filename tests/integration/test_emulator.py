@@ -10,6 +10,8 @@ import _thread
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -270,6 +272,42 @@ def test_stop_leaves_no_emulator_process_behind(
     assert all(not psutil.pid_exists(child) for child in children)
     assert not emulator.owned and emulator.host is None
     emulator.stop()  # safe twice
+
+
+STARTER = """
+import sys, time
+from docshift.emulator import Emulator, EmulatorLocation
+from pathlib import Path
+emulator = Emulator(EmulatorLocation(jar=Path(sys.argv[1])))
+emulator.start()
+assert emulator.process is not None
+print(emulator.process.pid, emulator.host, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_starter_killed_with_sigkill_takes_its_emulator_with_it(
+    real_location: EmulatorLocation, leftovers: list[int]
+) -> None:
+    """A run or test session killed with SIGKILL cleans nothing up; its JVM (in a session of its
+    own, so Ctrl-C does not reach it) used to stay, holding its port and ~1 GiB. The parent-death
+    signal ends it with its starter."""
+    assert real_location.jar is not None
+    starter = subprocess.Popen(
+        [sys.executable, "-c", STARTER, str(real_location.jar)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert starter.stdout is not None
+        pid_text, host = starter.stdout.readline().split()
+        pid = int(pid_text)
+        leftovers.append(pid)
+        assert psutil.Process(pid).name() == "java" and answers(host)
+        starter.kill()
+        starter.wait(10)
+        assert_nothing_left(pid, pid, host, timeout=10)
+    finally:
+        starter.kill()
+        starter.wait(10)
 
 
 def test_an_exception_inside_the_with_block_still_stops_the_emulator(

@@ -28,6 +28,7 @@ from docshift.values import values_equal
 from tests.integration.run_support import (
     DOCSHIFT,
     PREFIX,
+    SLOW_SPLIT,
     apply_migrations,
     data_differences,
     differences,
@@ -35,18 +36,13 @@ from tests.integration.run_support import (
     export,
     export_all,
     project_folder,
+    run_until_killed,
     seed_bystanders,
     seed_users,
+    watch_for_start,
 )
 
 SUBCOLLECTIONS = ["users/u000001/orders"]
-
-
-def _watch_for_start(process: subprocess.Popen[bytes], migrating: threading.Event) -> None:
-    assert process.stdout is not None
-    for line in process.stdout:
-        if b'"event":"start"' in line:
-            migrating.set()
 
 
 def checkpoints(folder: Path) -> list[Checkpoint]:
@@ -94,7 +90,7 @@ def test_kill_9_at_random_moments_then_resume_reaches_the_uninterrupted_result(
         )
         errors.close()
         migrating = threading.Event()
-        threading.Thread(target=_watch_for_start, args=(process, migrating), daemon=True).start()
+        threading.Thread(target=watch_for_start, args=(process, migrating), daemon=True).start()
         if moment is None:
             time.sleep(rng.uniform(0.0, 0.5))
         else:
@@ -168,7 +164,7 @@ def test_sigterm_drains_checkpoints_exits_10_and_the_printed_command_resumes(
     assert "SIGTERM: stopping after in-flight commits" in err
     [run_folder] = folder.glob(".docshift/runs/*/")
     resume = f"docshift run --execute --resume {run_folder.name}"
-    assert f"resume with: {resume}" in " ".join(err.split())
+    assert f"resume with `{resume}`" in err.strip().splitlines()[-1]  # said last
     [saved] = checkpoints(folder)
     assert saved.state == "stopped" and 0 < saved.counters["read"] < 3000
     assert read_lease(firestore_store, PREFIX) is None  # released on the way out
@@ -193,33 +189,6 @@ def test_sigterm_drains_checkpoints_exits_10_and_the_printed_command_resumes(
     expected = apply_migrations(users, migrations)
     assert data_differences({p: d for p, d in after.items() if p in users}, expected) == []
     assert_history_applied(firestore_store, "0001", "0002")
-
-
-SLOW_SPLIT = '''
-"""Split full_name; slowly while the marker file exists, so a graceful stop takes seconds."""
-
-import os
-import time
-from pathlib import Path
-
-from docshift import UNCHANGED
-
-description = "split full_name, slowly"
-collection = "users"
-
-
-def up(doc):
-    marker = os.environ.get("SLOW_MARKER")
-    if marker and Path(marker).exists():
-        time.sleep(0.05)
-    data = doc.data
-    if "full_name" not in data:
-        return UNCHANGED
-    first, _, last = str(data.pop("full_name")).partition(" ")
-    data["first_name"] = first
-    data["last_name"] = last or None
-    return data
-'''
 
 
 def test_a_second_signal_exits_at_once_and_the_run_still_resumes_exactly(
@@ -263,7 +232,8 @@ def test_a_second_signal_exits_at_once_and_the_run_still_resumes_exactly(
     assert time.monotonic() - second < 1.5  # at once, not after the drain
     reader.join(5)
     assert any("stopping at once" in line for line in lines), lines
-    assert not any("resume with:" in line for line in lines)  # not the graceful ending
+    [run_folder] = folder.glob(".docshift/runs/*/")  # the stop at once names the run it resumes, last
+    assert lines[-1].strip() == f"resume with: docshift run --execute --resume {run_folder.name}", lines
     assert all(json.loads(line) for line in out.splitlines())  # --json output stays parseable
     marker.unlink()
     resumed = docshift(folder, env, "run", "--execute", "--resume")
@@ -297,7 +267,7 @@ def test_sigterm_with_json_prints_the_resume_command_on_stderr(
     [stop] = [e for e in events if e["event"] == "stop"]
     assert "SIGTERM" in stop["reason"]
     [run_folder] = folder.glob(".docshift/runs/*/")
-    assert f"resume with: docshift run --execute --resume {run_folder.name}" in " ".join(err.split())
+    assert f"resume with `docshift run --execute --resume {run_folder.name}`" in err.strip().splitlines()[-1]
 
 
 def test_injected_transient_failures_migrate_every_document_exactly_once(
@@ -474,35 +444,6 @@ def up(doc):
 '''
 
 
-def _run_until_killed(folder: Path, env: dict[str, str], moment: float, log: Path) -> None:
-    """Start (or resume) the run, and kill -9 it ``moment`` seconds after it started migrating."""
-    resuming = any(folder.glob(".docshift/runs/*/run.json"))
-    args = [
-        "run",
-        "--execute",
-        *(["--resume"] if resuming else []),
-        "--json",
-        "--max-writes-per-second",
-        "800",
-    ]
-    with log.open("w") as errors:
-        process = subprocess.Popen(
-            [DOCSHIFT, *args],
-            cwd=folder,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            start_new_session=True,
-        )
-    migrating = threading.Event()
-    threading.Thread(target=_watch_for_start, args=(process, migrating), daemon=True).start()
-    assert migrating.wait(60), log.read_text()
-    time.sleep(moment)
-    assert process.poll() is None, log.read_text()
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(10)
-
-
 def _migrate_users(folder: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     done = docshift(folder, env, "run", "--execute", "--json", *args)
     if done.returncode == 6:  # locked: the killed run's lease has not expired; remove it
@@ -538,7 +479,7 @@ def test_a_resume_after_kill_9_counts_what_the_killed_process_wrote(
 
     folder = project_folder(tmp_path / "project", config, files=(), extra=migration)
     for kill, moment in enumerate((1.2, 1.0)):
-        _run_until_killed(folder, cli_env, moment, tmp_path / f"stderr-{kill}.txt")
+        run_until_killed(folder, cli_env, moment, tmp_path / f"stderr-{kill}.txt", writes_per_second=800)
         [checkpoint] = checkpoints(folder)
         written = sum(1 for doc in firestore_store.stream(Query("users")) if doc.data.get("reviewed"))
         written += count - firestore_store.count(Query("users"))

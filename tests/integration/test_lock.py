@@ -5,22 +5,30 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, StoreConfig
 from docshift.errors import ExitCode, LockedError
-from docshift.history import current_user
+from docshift.history import History, MigrationStatus, current_user
 from docshift.lock import Lease, LeaseLock, force_unlock, lease_path, read_lease
-from docshift.store import Store, Write, open_store
+from docshift.store import DelegatingStore, Document, Query, Store, Write, open_store
+from docshift.testing import RecordingStore
 from docshift.values import Timestamp
+from tests.unit.engine_support import seed
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "migrations"
 
 PREFIX = "_docshift"
 FREE_ROUNDS = 20
@@ -287,4 +295,58 @@ def test_concurrent_acquires_in_threads_also_have_one_winner(firestore_store: St
     assert results.count("won") == 1
     for lock in locks:
         lock.release()
+    assert read_lease(firestore_store, PREFIX) is None
+
+
+class _AnotherRunFinishesFirst(DelegatingStore):
+    """Once this run has read the history, its first read of the lease document lets another run
+    (``other``) take the free lease, apply the same pending migration and release the lease."""
+
+    def __init__(self, inner: Store, other: Callable[[], None]) -> None:
+        super().__init__(inner)
+        self.other = other
+        self.history_read = threading.Event()
+        self.other_went_after_the_history_read: list[bool] = []
+
+    def stream(self, query: Query, *, read_time: Timestamp | None = None) -> Iterator[Document]:
+        if query.collection != f"{PREFIX}_history":
+            return self.inner.stream(query, read_time=read_time)
+        documents = list(self.inner.stream(query, read_time=read_time))
+        self.history_read.set()
+        return iter(documents)
+
+    def get_many(self, paths: Sequence[str], *, read_time: Timestamp | None = None) -> list[Document | None]:
+        if lease_path(PREFIX) in paths and not self.other_went_after_the_history_read:
+            self.other_went_after_the_history_read.append(self.history_read.wait(60))
+            self.other()
+        return self.inner.get_many(paths, read_time=read_time)
+
+
+def test_a_run_whose_migration_another_run_applied_while_it_took_the_lease_writes_nothing(
+    emulator_config: Config, firestore_store: Store
+) -> None:
+    emulator_config.migrations_dir.mkdir()
+    shutil.copy(EXAMPLES / "0001_split_full_name.py", emulator_config.migrations_dir)
+    seed(firestore_store, 30)
+    others: list[str] = []
+
+    def other_run() -> None:
+        report = run_migrations(
+            emulator_config, RunOptions(execute=True, run_id="other-run"), store=firestore_store
+        )
+        others.extend(o.migration.id for o in report.outcomes)
+
+    recorded = RecordingStore(firestore_store)
+    with pytest.raises(LockedError) as refused:
+        run_migrations(
+            emulator_config,
+            RunOptions(execute=True, run_id="late-run"),
+            store=_AnotherRunFinishesFirst(recorded, other_run),
+        )
+    assert others == ["0001"]
+    assert refused.value.exit_code is ExitCode.LOCKED
+    assert refused.value.hint == "another run changed the history while this one started; run again"
+    assert {path for request in recorded.paths() for path in request} == {lease_path(PREFIX)}
+    record = History(firestore_store, PREFIX).get("0001")
+    assert record is not None and record.status is MigrationStatus.APPLIED and record.runs == ("other-run",)
     assert read_lease(firestore_store, PREFIX) is None

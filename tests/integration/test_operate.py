@@ -202,7 +202,7 @@ def test_the_status_endpoint_answers_and_pause_throttle_resume_stop_take_effect(
     stopped = docshift(folder, cli_env, "stop", run.name)
     assert stopped.returncode == 0, stopped.stderr
     stderr = finish(process, err, 10)
-    assert f"resume with: docshift run --execute --resume {run.name}" in " ".join(stderr.split())
+    assert f"resume with `docshift run --execute --resume {run.name}`" in stderr.strip().splitlines()[-1]
     said = " ".join(stderr.split())
     assert "paused (by POST /pause)" in said and "write limit set to 150 ops/s (by POST /throttle)" in said
     checkpoint = Checkpoint.load(run / "0001_touch" / "checkpoint.json")

@@ -27,6 +27,7 @@ from tests.integration.run_support import (
     export,
     project_folder,
     seed_users,
+    watch_for_start,
 )
 
 JOURNAL = "before-images.jsonl.gz"
@@ -43,13 +44,6 @@ def same_data(actual: dict[str, Document], expected: dict[str, Document]) -> lis
 def status_json(folder: Path, env: dict[str, str]) -> tuple[int, dict[str, dict[str, object]]]:
     shown = docshift(folder, env, "status", "--json")
     return shown.returncode, {m["id"]: m for m in json.loads(shown.stdout)["migrations"]}
-
-
-def _watch(process: subprocess.Popen[bytes], started: threading.Event) -> None:
-    assert process.stdout is not None
-    for line in process.stdout:
-        if b'"event":"start"' in line:
-            started.set()
 
 
 def test_a_run_killed_midway_is_rolled_back_to_the_pre_run_export(
@@ -71,7 +65,7 @@ def test_a_run_killed_midway_is_rolled_back_to_the_pre_run_export(
         start_new_session=True,
     )
     started = threading.Event()
-    threading.Thread(target=_watch, args=(process, started), daemon=True).start()
+    threading.Thread(target=watch_for_start, args=(process, started), daemon=True).start()
     assert started.wait(60), "the run never started migrating"
     [run_folder] = (folder / ".docshift" / "runs").iterdir()
     journal = run_folder / "0001_split_full_name" / JOURNAL
@@ -150,7 +144,7 @@ def test_sigterm_stops_a_rollback_with_exit_10_and_resume_finishes_it(
     assert process.returncode == 10, err
     [rollback_folder] = [p for p in runs.iterdir() if p != run_folder]
     resume = f"docshift rollback --execute --resume {rollback_folder.name}"
-    assert f"resume with: {resume}" in " ".join(err.split())
+    assert f"resume with `{resume}`" in err.strip().splitlines()[-1]  # said last
     saved = Checkpoint.load(rollback_folder / "0001_split_full_name" / "checkpoint.json")
     assert saved.state == "stopped" and 0 < saved.counters["restored"] < 1800
     assert read_lease(firestore_store, PREFIX) is None

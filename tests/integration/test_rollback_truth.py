@@ -166,6 +166,7 @@ def test_rollback_resume_show_and_report_work_on_the_database_of_the_run(
         migrations_dir=folder / "migrations",
         runs_dir=folder / ".docshift" / "runs",
         engine=emulator_config.engine,
+        limits=emulator_config.limits,
     ).with_engine(batch_size=50, min_batch_size=10)
     mydb = open_store(config)
     default = open_store(emulator_config)

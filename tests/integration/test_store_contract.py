@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from docshift.errors import ConflictError, PermanentError, TransientError, UsageError
-from docshift.store import DELETE_FIELD, Filter, Query, RetryingStore, Store, Write
+from docshift.store import DELETE_FIELD, DelegatingStore, Filter, Query, RetryingStore, Store, Write
 from docshift.store.firestore import FirestoreStore
 from docshift.store.firestore import _pb as firestore_schema
 from docshift.store.semantics import (
@@ -472,3 +472,156 @@ def test_timestamps_are_kept_at_the_microsecond_and_a_naive_datetime_as_utc(any_
         "list": [Timestamp(5, 0)],
         "naive": Timestamp.from_datetime(datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
     }
+
+
+# ----------------------------------------------------------------- reads at a read_time
+# Measured on the official emulator (and kept true here, so a change of its behaviour fails): it
+# honours read_time on RunQuery (plain, keys-only, filtered, all-descendants), BatchGetDocuments,
+# the count aggregation and ListCollectionIds; a read at a document's update time sees it, one a
+# microsecond before does not; PartitionQuery stays unimplemented, read_time or not. It refuses a
+# read time in the future, before 1970, finer than a microsecond or older than seven days (any
+# microsecond up to seven days back is served, where Cloud Firestore serves one hour, or whole
+# minutes up to seven days with point-in-time recovery). The in-memory store answers the same from
+# the versions it keeps (an hour of them, as Cloud Firestore).
+
+
+def _before(stamp: Timestamp) -> Timestamp:
+    micros = stamp.seconds * 1_000_000 + stamp.nanos // 1000 - 1
+    return Timestamp(micros // 1_000_000, micros % 1_000_000 * 1000)
+
+
+def test_reads_at_a_read_time_see_the_store_as_it_was_then(any_store: Store) -> None:
+    put(any_store, "snap/a", {"v": 1, "kind": "x"})
+    put(any_store, "snap/b", {"v": 1, "kind": "x"})
+    then = put(any_store, "snap/d", {"v": 1, "kind": "y"})
+    assert any_store.snapshot_time() >= then  # the store's own clock has passed its writes
+    put(any_store, "snap/a", {"v": 2, "kind": "y"})
+    put(any_store, "snap/e", {"v": 2, "kind": "x"})
+    put(any_store, "snap/e/sub/1", {"v": 2})
+    put(any_store, "other/z", {"v": 2})
+    [deleted] = any_store.commit([Write.delete("snap/b")])
+    assert deleted.ok
+
+    def at(query: Query, when: Timestamp | None) -> list[tuple[str, object]]:
+        return [(doc.path, doc.data.get("v")) for doc in any_store.stream(query, read_time=when)]
+
+    assert at(Query("snap"), then) == [("snap/a", 1), ("snap/b", 1), ("snap/d", 1)]
+    assert at(Query("snap"), None) == [("snap/a", 2), ("snap/d", 1), ("snap/e", 2)]
+    assert at(Query("snap"), _before(then)) == [("snap/a", 1), ("snap/b", 1)]  # update time inclusive
+    assert at(Query("snap", descendants=True), then) == [("snap/a", 1), ("snap/b", 1), ("snap/d", 1)]
+    assert at(Query("sub", group=True), then) == []
+    assert at(Query("snap", keys_only=True), then) == [("snap/a", None), ("snap/b", None), ("snap/d", None)]
+    kind_x = Query("snap", filters=(Filter.parse("kind", "==", "x"),))
+    assert at(kind_x, then) == [("snap/a", 1), ("snap/b", 1)]
+    assert any_store.count(Query("snap"), read_time=then) == 3
+    assert any_store.count(kind_x, read_time=then) == 2
+    assert any_store.count(kind_x) == 1
+    found = any_store.get_many(["snap/a", "snap/b", "snap/e"], read_time=then)
+    assert [doc.data["v"] if doc else None for doc in found] == [1, 1, None]
+    past_a = found[0]
+    assert past_a is not None and past_a.update_time is not None and past_a.update_time <= then
+    assert any_store.list_collections(read_time=then) == ["snap"]
+    assert any_store.list_collections() == ["other", "snap"]
+    assert any_store.list_collections("snap/e", read_time=then) == []
+
+
+def test_a_stream_broken_midway_resumes_at_its_read_time(any_store: Store) -> None:
+    for index in range(6):
+        put(any_store, f"resumed/d{index}", {"v": 1})
+    then = any_store.snapshot_time()
+    breaking = _BreakOnce(any_store, after=3)
+    retrying = RetryingStore(breaking)
+    seen = []
+    for doc in retrying.stream(Query("resumed"), read_time=then):
+        seen.append((doc.path, doc.data["v"]))
+        if len(seen) == 2:  # written while the stream reads: not in its snapshot
+            put(any_store, "resumed/d0a", {"v": 2})
+            put(any_store, "resumed/d5", {"v": 2})
+    assert breaking.broke == 1 and breaking.read_times == [then, then]
+    assert seen == [(f"resumed/d{index}", 1) for index in range(6)]
+
+
+class _BreakOnce(DelegatingStore):
+    """A stream that breaks (transiently) once after ``after`` documents; notes each read time."""
+
+    def __init__(self, inner: Store, after: int) -> None:
+        super().__init__(inner)
+        self.after = after
+        self.broke = 0
+        self.read_times: list[Timestamp | None] = []
+
+    def stream(self, query: Query, *, read_time: Timestamp | None = None) -> Any:
+        self.read_times.append(read_time)
+        for index, doc in enumerate(self.inner.stream(query, read_time=read_time)):
+            if index == self.after and not self.broke:
+                self.broke += 1
+                raise TransientError("stream reset", code="UNAVAILABLE")
+            yield doc
+
+
+class _Refused(NamedTuple):
+    read_time: Any  # (store clock now) -> Timestamp
+    code: str
+    hint: str
+
+
+_REFUSED = {
+    "in-the-future": _Refused(
+        lambda now: Timestamp(now.seconds + 5, now.nanos), "INVALID_ARGUMENT", "passed"
+    ),
+    "eight-days-old": _Refused(
+        lambda now: Timestamp(now.seconds - 8 * 86_400, 0), "FAILED_PRECONDITION", "hour"
+    ),
+    "finer-than-a-microsecond": _Refused(
+        lambda now: Timestamp(now.seconds - 1, 1), "INVALID_ARGUMENT", "whole microseconds"
+    ),
+    "the-epoch": _Refused(lambda now: Timestamp(0, 0), "INVALID_ARGUMENT", "after 1970"),
+}
+
+
+@pytest.mark.parametrize("case", list(_REFUSED))
+def test_a_read_time_the_store_cannot_serve_is_refused_with_a_hint(any_store: Store, case: str) -> None:
+    put(any_store, "refused/a", {"v": 1})
+    refused = _REFUSED[case]
+    when = refused.read_time(any_store.snapshot_time())
+    reads = {
+        "stream": lambda: list(any_store.stream(Query("refused"), read_time=when)),
+        "get_many": lambda: any_store.get_many(["refused/a"], read_time=when),
+        "count": lambda: any_store.count(Query("refused"), read_time=when),
+    }
+    for name, read in reads.items():
+        with pytest.raises(PermanentError) as caught:
+            read()
+        assert caught.value.code == refused.code, name
+        assert str(when) in caught.value.message and refused.hint in (caught.value.hint or ""), name
+
+
+def test_the_emulator_serves_any_microsecond_up_to_seven_days_back_and_no_partitions(
+    firestore_store: RetryingStore,
+) -> None:
+    put(firestore_store, "old/a", {"v": 1})
+    now = firestore_store.snapshot_time()
+    two_hours = Timestamp(now.seconds - 7200, 123_000)  # Cloud Firestore: only with PITR, whole minutes
+    assert list(firestore_store.stream(Query("old"), read_time=two_hours)) == []
+    assert firestore_store.count(Query("old"), read_time=Timestamp(now.seconds - 7 * 86_400 + 60, 0)) == 0
+    with pytest.raises(PermanentError, match="too old"):
+        firestore_store.count(Query("old"), read_time=Timestamp(now.seconds - 7 * 86_400 - 60, 0))
+    assert firestore_store.partition(Query("old"), 4, read_time=now) is None  # unimplemented
+    # ListCollectionIds alone takes a read time finer than a microsecond.
+    assert firestore_store.list_collections(read_time=Timestamp(now.seconds, now.nanos + 1)) == ["old"]
+
+
+def test_the_memory_store_keeps_versions_an_hour_as_cloud_firestore_does(memory_store: RetryingStore) -> None:
+    put(memory_store, "old/a", {"v": 1})
+    now = memory_store.snapshot_time()
+    with pytest.raises(PermanentError, match="too old"):
+        memory_store.count(Query("old"), read_time=Timestamp(now.seconds - 7200, 0))
+    assert memory_store.count(Query("old"), read_time=Timestamp(now.seconds - 3500, 0)) == 0
+
+
+def test_the_store_clock_is_the_stores_own(firestore_store: RetryingStore) -> None:
+    before = put(firestore_store, "clock/a", {"v": 1})
+    now = firestore_store.snapshot_time()
+    after = put(firestore_store, "clock/b", {"v": 1})
+    assert before <= now <= after
+    assert now.nanos % 1000 == 0  # a read time the store takes as it is

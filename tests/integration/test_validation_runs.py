@@ -134,7 +134,7 @@ def test_fifteen_percent_bad_documents_stop_the_run_at_the_gate(
     result = docshift(project, cli_env, "run", "--execute")
     assert result.returncode == 12, result.stderr
     assert "error: integrity gate:" in result.stderr and "below integrity_critical 90%" in result.stderr
-    assert "resume with: docshift run --execute --resume" in result.stderr
+    assert "resume with `docshift run --execute --resume" in result.stderr.strip().splitlines()[-1]
     assert "health 70/100 CRITICAL" in result.stderr
     folder = run_folder(project)
     checkpoint = Checkpoint.load(folder / LABEL / "checkpoint.json")

@@ -34,7 +34,7 @@ KNOWN_ENVIRONMENT_READS: dict[str, str] = {
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "testing"),  # the command line; the test support users' tests import (nothing else may)
     ("commands",),  # one function per command, over a Config
-    ("remote",),  # a run's presence and control files, its status endpoint and client
+    ("remote", "beam"),  # a run's presence, control files and status endpoint; Beam pipelines
     ("reports", "backup"),  # reports, the events log and status; backups and restores
     ("planning", "lock"),  # what is pending or drifted; the run lease
     ("history",),  # the history records stored in the database
@@ -185,6 +185,18 @@ def test_only_the_firestore_adapter_imports_google_libraries() -> None:
     assert offenders == {}
     adapter = dict(ALL_MODULES)[ADAPTER]
     assert uses(adapter, "google"), "the adapter is expected to be the module that talks to Google"
+
+
+def test_only_the_beam_package_imports_apache_beam() -> None:
+    """``docshift[beam]`` is an extra: nothing outside ``docshift.beam`` may need it (and a run
+    without ``--runner beam`` never imports it, see tests/unit/test_beam.py)."""
+    offenders = {
+        name: found
+        for name, tree in ALL_MODULES
+        if not name.startswith("beam/") and (found := uses(tree, "apache_beam"))
+    }
+    assert offenders == {}
+    assert uses(dict(ALL_MODULES)["beam/transforms.py"], "apache_beam")
 
 
 def test_only_the_command_line_imports_rich() -> None:

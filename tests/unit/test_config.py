@@ -13,6 +13,7 @@ from docshift.config import (
     Config,
     EngineConfig,
     LimitsConfig,
+    PricesConfig,
     StoreConfig,
     load_config,
     with_values,
@@ -72,6 +73,7 @@ def test_every_key_is_declared_once_and_matches_a_dataclass_field() -> None:
         "store": {f.name for f in dataclasses.fields(StoreConfig)},
         "engine": {f.name for f in dataclasses.fields(EngineConfig)},
         "limits": {f.name for f in dataclasses.fields(LimitsConfig)},
+        "prices": {f.name for f in dataclasses.fields(PricesConfig)},
         "": {"migrations_dir", "runs_dir"},
     }
     for key in KEYS:
@@ -384,7 +386,8 @@ def test_wrong_types_and_values_in_the_file_name_the_key_and_the_file(
         ("batch_size", -1, "greater than 0"),
         ("batch_size", 0, "greater than 0"),
         ("min_batch_size", -5, "greater than 0"),
-        ("concurrency", 0, "greater than 0"),
+        ("concurrency", -1, "must not be negative"),
+        ("max_concurrency", 0, "greater than 0"),
         ("shards", -2, "greater than 0"),
         ("checkpoint_every_docs", -1, "greater than 0"),
         ("memory_soft_limit_mb", -1, "greater than 0"),

@@ -16,7 +16,7 @@ from docshift.migration import DELETE, UNCHANGED, DocView
 from docshift.store import DELETE_FIELD, Document, Query, Store, Write, WriteResult
 from docshift.store.semantics import MAX_DOCUMENT_BYTES, MAX_REQUEST_BYTES, document_size
 from docshift.testing import MemoryStore, RecordingStore
-from docshift.values import values_equal
+from docshift.values import Timestamp, values_equal
 from tests.unit.engine_support import (
     StoreWrapper,
     assert_data,
@@ -203,11 +203,11 @@ class RecordingRequests(StoreWrapper):
     def _sized(self, doc: Document) -> Document:
         return dataclasses.replace(doc, size=document_size(doc.path, doc.data))
 
-    def stream(self, query: Query) -> Iterator[Document]:
-        return (self._sized(doc) for doc in self.inner.stream(query))
+    def stream(self, query: Query, *, read_time: Timestamp | None = None) -> Iterator[Document]:
+        return (self._sized(doc) for doc in self.inner.stream(query, read_time=read_time))
 
-    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
-        return [self._sized(d) if d else None for d in self.inner.get_many(paths)]
+    def get_many(self, paths: Sequence[str], *, read_time: Timestamp | None = None) -> list[Document | None]:
+        return [self._sized(d) if d else None for d in self.inner.get_many(paths, read_time=read_time)]
 
     def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
         size = 0

@@ -16,7 +16,14 @@ from docshift.engine.controls import Controls
 from docshift.engine.hooks import Checkpointed, PassFinished, PassStarted, Warned
 from docshift.engine.sampling import bucket, in_sample
 from docshift.engine.sharding import plan_shards
-from docshift.errors import EmergencyStop, ExitCode, MemoryLimitExceeded, RunStopped, TooManyFailures
+from docshift.errors import (
+    EmergencyStop,
+    ExitCode,
+    MemoryLimitExceeded,
+    RunStopped,
+    TooManyFailures,
+    TransientError,
+)
 from docshift.migration import UNCHANGED, DocView
 from docshift.runfolder import Checkpoint
 from docshift.store import Document, Query, Store, Write, WriteResult
@@ -514,3 +521,92 @@ def test_a_dry_run_plan_records_every_change_and_flags_a_non_idempotent_up(tmp_p
         assert len(lines) == result.counters["updated"] and len(recorder.samples) == 5
         assert bool(recorder.not_idempotent) is offenders
     assert export(store) == before
+
+
+class SlowGate:
+    """A settling check that stops the run once ``stop_after`` batches are settled, taking its
+    time to judge, as a gate that writes its report does."""
+
+    def __init__(self, controls: Controls, stop_after: int) -> None:
+        self.controls, self.stop_after, self.batches = controls, stop_after, 0
+
+    def __call__(self, source: Document, new_data: dict[str, Any]) -> tuple[str, str] | None:
+        return None
+
+    def settled(self, counts: Any, letters: Sequence[Any]) -> None:
+        self.batches += 1
+        if self.batches == self.stop_after:
+            time.sleep(0.3)  # the writer would have taken the next batch by now
+            self.controls.request_stop("gate", EmergencyStop)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_gate_stops_the_run_at_the_batch_it_judged_however_long_it_takes(
+    tmp_path: Path, concurrency: int
+) -> None:
+    store, before = seeded(1000)
+    writes = RecordingStore(store)
+    controls = Controls()
+    opts = options(batch_size=50, min_batch_size=50, max_batch_size=50, concurrency=concurrency)
+    gate = SlowGate(controls, stop_after=3)
+    result = build(writes, make_migration(), tmp_path, opts, controls=controls, check=gate).run()
+    assert isinstance(result.error, EmergencyStop)
+    written = {path for request in writes.paths() for path in request}
+    first = sorted(before)[:150]
+    changed = {path for path in first if "full_name" in before[path].data}
+    if concurrency == 1:
+        # Nothing starts while the batch before it is judged: the stop point is always the same.
+        assert written == changed and result.counters["updated"] == len(changed)
+    else:
+        # A later batch may land before the judged one settles (out of order): the stop point
+        # depends on which commit answers first, but the run still stops short of the end.
+        assert changed <= written and len(written) < sum("full_name" in d.data for d in before.values())
+    assert len(export(store)) == len(before)
+
+
+class ReportFailedFirst(StoreWrapper):
+    """Holds every commit until the history's progress record has failed: the pass is mid-way then."""
+
+    def __init__(self, inner: Store, failed: threading.Event) -> None:
+        super().__init__(inner)
+        self.failed = failed
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        assert self.failed.wait(30), "the progress record was never made"
+        return self.inner.commit(writes)
+
+
+def test_a_failing_progress_record_stops_the_pass_and_its_threads(tmp_path: Path) -> None:
+    """The history's progress record fails (the store is gone for it) after the first: the pass
+    stops as any stop does (checkpoint saved "stopped", the cause named, resumable), and each of
+    its threads (readers, writers, the progress reporter) has ended when it returns."""
+    store, _ = seeded(400)
+    failed = threading.Event()
+    seen: set[threading.Thread] = set()
+    reports = 0
+
+    def on_checkpoint(saved: Checkpoint) -> None:
+        nonlocal reports
+        reports += 1
+        seen.update(t for t in threading.enumerate() if t.name.startswith("docshift-"))
+        if reports >= 2:
+            failed.set()
+            raise TransientError("history down", code="UNAVAILABLE")
+
+    opts = options(batch_size=2, min_batch_size=2, max_batch_size=2, concurrency=2, checkpoint_every_docs=2)
+    result = run_pipeline(
+        ReportFailedFirst(store, failed),
+        make_migration(),
+        tmp_path,
+        opts,
+        shards=2,
+        on_checkpoint=on_checkpoint,
+    )
+
+    assert result.state == "stopped"
+    assert isinstance(result.error, EmergencyStop) and "history down" in str(result.error)
+    assert result.error.offer_resume  # the command adds how to resume (its hint)
+    assert Checkpoint.load(tmp_path / "checkpoint.json").state == "stopped"
+    names = {t.name for t in seen}
+    assert {"docshift-progress", "docshift-reader-0", "docshift-writer-0"} <= names
+    assert [t.name for t in seen if t.is_alive()] == []

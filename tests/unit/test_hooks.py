@@ -52,6 +52,7 @@ from docshift.store import Query, Store, Write
 from docshift.store.base import DelegatingStore, Document
 from docshift.testing import MemoryStore, RecordingHooks
 from docshift.validators import RunValidation
+from docshift.values import Timestamp
 
 USERS = """
 from docshift import UNCHANGED
@@ -375,10 +376,10 @@ def test_each_after_scan_is_taken_at_its_migrations_end_before_the_run_ends(conf
 class _OrdersUnreadable(DelegatingStore):
     """The second migration's target cannot be counted (its shards cannot be planned)."""
 
-    def count(self, query: Query) -> int:
+    def count(self, query: Query, *, read_time: Timestamp | None = None) -> int:
         if query.collection == "orders":
             raise StoreError("the store kept failing", code="UNAVAILABLE")
-        return self.inner.count(query)
+        return self.inner.count(query, read_time=read_time)
 
 
 def test_a_finished_migration_is_after_scanned_even_when_the_next_one_cannot_start(config: Config) -> None:

@@ -135,7 +135,7 @@ def test_error_while_executing_the_file_names_the_line(folder: Path) -> None:
 
 def test_missing_up_is_refused(folder: Path) -> None:
     write(folder, "0001_bad.py", "collection = 'users'\n\ndef down(doc):\n    return doc.data\n")
-    assert "0001_bad.py: has no up(doc) function" in load_error(folder)
+    assert "0001_bad.py: has neither up(doc) nor apply(ctx)" in load_error(folder)
 
 
 def test_up_that_is_not_a_one_argument_function_is_refused(folder: Path) -> None:

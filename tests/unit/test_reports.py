@@ -402,10 +402,18 @@ def test_an_observed_run_logs_events_writes_its_report_and_cleans_up(config: Con
     store = MemoryStore()
     seed(store, 300)
     controls = Controls()
-    shown = RecordingHooks()
+    present: list[bool] = []
+
+    class Shown(RecordingHooks):
+        def pass_started(self, event: PassStarted) -> None:
+            super().pass_started(event)
+            present.append(seen.folder is not None and (seen.folder / "status.json").is_file())
+
+    shown = Shown()
     watch = ObserveOptions(status_port=0, totals=migration_totals(config, store))
     with Observation(config, store, controls, display=shown, options=watch) as seen:
-        assert seen.run_id and seen.url and (seen.folder and (seen.folder / "status.json").is_file())
+        # The folder is made when the run starts (a run refused before leaves none behind).
+        assert seen.run_id and seen.url and seen.folder and not seen.folder.exists()
         report = run_migrations(
             config,
             RunOptions(execute=True, run_id=seen.run_id),
@@ -413,6 +421,7 @@ def test_an_observed_run_logs_events_writes_its_report_and_cleans_up(config: Con
             hooks=seen.hooks,
             controls=controls,
         )
+    assert present == [True]  # while it ran
     assert report.folder == seen.folder and not (report.folder / "status.json").exists()
     lines = (report.folder / "events.jsonl").read_bytes().splitlines()
     kinds = [orjson.loads(line)["event"] for line in lines]

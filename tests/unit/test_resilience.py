@@ -26,6 +26,7 @@ from docshift.store import (
 )
 from docshift.store.base import Filter, write_landed
 from docshift.testing import FaultInjectingStore, LostReplies, MemoryStore, RecordingStore
+from docshift.values import Timestamp
 
 QUICK = RetryPolicy(attempts=5, initial_wait=0.001, max_wait=0.002)
 
@@ -77,10 +78,10 @@ class BreakingStream(Passthrough):
         self.error = error or TransientError("stream reset", code="UNAVAILABLE")
         self.queries: list[Query] = []
 
-    def stream(self, query: Query) -> Iterator[Document]:
+    def stream(self, query: Query, *, read_time: Timestamp | None = None) -> Iterator[Document]:
         self.queries.append(query)
         limit = self.after.pop(0) if self.after else None
-        for count, doc in enumerate(self.inner.stream(query)):
+        for count, doc in enumerate(self.inner.stream(query, read_time=read_time)):
             if count == limit:
                 raise self.error
             yield doc
@@ -102,19 +103,21 @@ class FlakyReads(Passthrough):
             self.left[name] -= 1
             raise TransientError(f"{name} timed out", code="DEADLINE_EXCEEDED")
 
-    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+    def get_many(self, paths: Sequence[str], *, read_time: Timestamp | None = None) -> list[Document | None]:
         self._maybe_fail("get_many")
-        return self.inner.get_many(paths)
+        return self.inner.get_many(paths, read_time=read_time)
 
-    def count(self, query: Query) -> int:
+    def count(self, query: Query, *, read_time: Timestamp | None = None) -> int:
         self._maybe_fail("count")
-        return self.inner.count(query)
+        return self.inner.count(query, read_time=read_time)
 
-    def list_collections(self, document_path: str | None = None) -> list[str]:
+    def list_collections(
+        self, document_path: str | None = None, *, read_time: Timestamp | None = None
+    ) -> list[str]:
         self._maybe_fail("list_collections")
-        return self.inner.list_collections(document_path)
+        return self.inner.list_collections(document_path, read_time=read_time)
 
-    def partition(self, query: Query, count: int) -> list[str] | None:
+    def partition(self, query: Query, count: int, *, read_time: Timestamp | None = None) -> list[str] | None:
         self._maybe_fail("partition")
         return ["items/m"]
 
@@ -354,7 +357,9 @@ def test_a_stream_broken_midway_resumes_after_the_last_document_without_duplicat
     got = [doc.path for doc in store.stream(Query("items"))]
 
     assert got == paths
-    assert store.retries == 1
+    # A break after documents is a stream's routine end (resumed at once, not a retry); one before
+    # any document is a failure, retried after a backoff.
+    assert (store.retries, store.stream_resumes) == ((0, 1) if break_after else (1, 0))
     assert len(breaking.queries) == 2
     expected_cursor = paths[break_after - 1] if break_after else None
     assert breaking.queries[1].start_after == expected_cursor
@@ -378,7 +383,7 @@ def test_a_resumed_stream_keeps_the_querys_filters_bounds_and_limit() -> None:
 
     assert [d.path for d in docs] == paths[4:12]
     assert all(d.data == {} for d in docs)
-    assert store.retries == 2
+    assert store.stream_resumes == 2 and store.retries == 0
     last = breaking.queries[-1]
     assert last.start_after == paths[8] and last.limit == 3
     assert last.filters == query.filters and last.end_at == query.end_at and last.keys_only
@@ -402,7 +407,17 @@ def test_a_stream_that_keeps_making_progress_survives_more_breaks_than_attempts(
     breaking = BreakingStream(memory, [2] * 12)  # 12 breaks, with only 5 attempts per failure
     store = RetryingStore(breaking, QUICK)
     assert [d.path for d in store.stream(Query("items"))] == paths
-    assert store.retries == 12
+    assert store.stream_resumes == 12 and store.retries == 0
+
+
+def test_a_stream_that_breaks_after_progress_with_another_error_is_retried_as_a_failure() -> None:
+    memory = MemoryStore()
+    paths = fill(memory, "items", 30)
+    error = TransientError("deadline", code="DEADLINE_EXCEEDED")
+    breaking = BreakingStream(memory, [2] * 12, error)  # progress between breaks: never runs out
+    store = RetryingStore(breaking, QUICK)
+    assert [d.path for d in store.stream(Query("items"))] == paths
+    assert store.retries == 12 and store.stream_resumes == 0
 
 
 def test_a_stream_that_never_makes_progress_gives_up_after_the_attempts() -> None:

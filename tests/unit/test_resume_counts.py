@@ -29,7 +29,7 @@ from docshift.runfolder import Checkpoint, JournalReader
 from docshift.runfolder.layout import MigrationFolder
 from docshift.store import DelegatingStore, Document, Filter, Query, Store, Write, WriteResult
 from docshift.testing import MemoryStore
-from docshift.values import Value, values_equal
+from docshift.values import Timestamp, Value, values_equal
 from tests.unit.engine_support import build, dead_letters, options, seed
 
 COUNT = 300
@@ -194,7 +194,7 @@ def test_a_resume_after_kill_9_counts_what_the_killed_process_wrote(
 class Unavailable(DelegatingStore):
     """A store that answers no read."""
 
-    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+    def get_many(self, paths: Sequence[str], *, read_time: Timestamp | None = None) -> list[Document | None]:
         raise TransientError("the store is unavailable", code="UNAVAILABLE")
 
 

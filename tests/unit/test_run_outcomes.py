@@ -31,12 +31,13 @@ from docshift.engine.sampling import bucket
 from docshift.errors import EmergencyStop, ExitCode, RunStopped, StageFailed, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.loader import load_migrations
+from docshift.lock import lease_path
 from docshift.planning import StateKind
 from docshift.runfolder import Checkpoint, read_versioned, write_versioned
 from docshift.runfolder.record import read_run
 from docshift.store import DelegatingStore, Store
 from docshift.store.base import Write, WriteResult
-from docshift.testing import MemoryStore, RecordingHooks
+from docshift.testing import MemoryStore, RecordingHooks, RecordingStore
 from tests.unit.engine_support import assert_data, expected_after, export, seed, split_name
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "migrations"
@@ -372,6 +373,53 @@ def test_a_rolled_back_run_cannot_be_resumed_even_with_force(config: Config) -> 
     assert record_of(store).status is MigrationStatus.APPLIED
 
 
+class RolledBackWhileTheResumeStarts(DelegatingStore):
+    """The first read of the lease document (the resume is about to take it) lets a rollback of
+    the run go first, as another process would: it takes the free lease, undoes the run's writes,
+    records the migration rolled back and releases the lease."""
+
+    def __init__(self, inner: Store, rollback_first: Any) -> None:
+        super().__init__(inner)
+        self.rollback_first = rollback_first
+        self.rolled_back = False
+
+    def get_many(self, paths: Any, *, read_time: Any = None) -> Any:
+        if lease_path(PREFIX) in paths and not self.rolled_back:
+            self.rolled_back = True
+            self.rollback_first()
+        return self.inner.get_many(paths, read_time=read_time)
+
+
+def test_a_resume_reads_the_history_it_decides_from_only_once_it_holds_the_lease(config: Config) -> None:
+    """A rollback that lands while the resume starts is seen: the resume refuses, writing nothing."""
+    store = MemoryStore()
+    seed(store, 400)
+    before = export(store)
+    controls = Controls()
+    with pytest.raises(RunStopped) as stopped:
+        run_migrations(
+            _slow(config),
+            RunOptions(execute=True),
+            store=store,
+            controls=controls,
+            hooks=_stop_after_first_checkpoint(controls, EmergencyStop),
+        )
+    assert stopped.value.resume_command is not None
+    run_id = stopped.value.resume_command.split()[-1]
+
+    def rollback_first() -> None:
+        rollback(config, RollbackOptions(run_id=run_id, strategy="restore", execute=True), store=store)
+
+    recorded = RecordingStore(store)
+    racing = RolledBackWhileTheResumeStarts(recorded, rollback_first)
+    with pytest.raises(UsageError, match=f"run {run_id} was rolled back"):
+        run_migrations(config, RunOptions(execute=True, resume=run_id), store=racing)
+    assert racing.rolled_back
+    assert {path for request in recorded.paths() for path in request} <= {lease_path(PREFIX)}
+    assert {p: d.data for p, d in export(store).items()} == {p: d.data for p, d in before.items()}
+    assert record_of(store).status is MigrationStatus.ROLLED_BACK
+
+
 # --------------------------------------------------------------------------- canary stages
 
 STAGES = (1.0, 10.0, 50.0, 100.0)
@@ -644,3 +692,58 @@ def test_a_stage_rollback_leaves_a_document_changed_since_alone_and_says_so(tmp_
     [migration] = read_run(folder.parent).migrations
     assert migration.state == "failed" and migration.rollback is not None
     assert migration.rollback["conflicts"] == 1
+
+
+MARK = '''
+"""Mark every user (the migration before the staged one in the same run)."""
+from typing import Any
+from docshift import DocView, UNCHANGED
+
+description = "mark users"
+collection = "users"
+
+
+def up(doc: DocView) -> Any:
+    if "marked" in doc:
+        return UNCHANGED
+    return {**doc.data, "marked": True}
+'''
+
+
+def test_a_run_whose_later_migration_s_stages_were_undone_is_not_recorded_rolled_back(tmp_path: Path) -> None:
+    """Two migrations in one staged run: the first passes every stage and stays applied, the
+    second's gate fails and its stages are undone. The run did not undo everything it wrote, so
+    every view says it was partly rolled back (closed: no resume); `docshift rollback RUN_ID`
+    then undoes the first migration too."""
+    config = tier_config(tmp_path, fail_from=5)
+    migrations = config.migrations_dir
+    (migrations / "0001_tier.py").rename(migrations / "0002_tier.py")
+    (migrations / "0001_mark.py").write_text(MARK, encoding="utf-8")
+    store = MemoryStore()
+    seed(store, 2000)
+    before = {p: d.data for p, d in export(store).items()}
+
+    with pytest.raises(StageFailed) as failed:
+        run_migrations(config, RunOptions(execute=True, stages=STAGES), store=store)
+    assert failed.value.undone
+    assert failed.value.run_state == "partly_rolled_back"
+    assert "0001_mark" in failed.value.message and "stays applied" in failed.value.message
+    assert failed.value.hint is not None and "docshift rollback" in failed.value.hint
+    [run_folder] = config.runs_dir.iterdir()
+    run_id = run_folder.name
+    assert all(d.data.get("marked") is True for d in export(store).values())
+    assert not any("tier" in d.data for d in export(store).values())
+    record = read_run(run_folder)
+    assert record.state == load_run_info(run_folder)["state"] == "partly_rolled_back"
+    assert [(m.label, m.state) for m in record.migrations] == [
+        ("0001_mark", "finished"),
+        ("0002_tier", "rolled_back"),
+    ]
+    assert record_of(store, "0001").status is MigrationStatus.APPLIED
+    assert record_of(store, "0002").status is MigrationStatus.ROLLED_BACK
+    with pytest.raises(UsageError):  # closed: the next run starts anew
+        run_migrations(config, RunOptions(execute=True, resume=run_id), store=store)
+
+    rollback(config, RollbackOptions(run_id=run_id, strategy="restore", execute=True), store=store)
+    assert {p: d.data for p, d in export(store).items()} == before
+    assert record_of(store, "0001").status is MigrationStatus.ROLLED_BACK

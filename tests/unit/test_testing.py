@@ -102,10 +102,19 @@ def test_a_migration_run_on_a_flaky_store_leaves_the_same_documents(project: Pat
 
 def test_the_public_names_are_the_test_support() -> None:
     assert sorted(docshift.testing.__all__) == [
+        "BreakingStreams",
         "FaultInjectingStore",
         "LostReplies",
         "MemoryStore",
+        "Migrated",
+        "Migrator",
+        "RateLimitedStore",
         "RecordingHooks",
         "RecordingStore",
+        "Request",
+        "Seeder",
+        "SimulatedClock",
+        "assert_documents",
+        "export",
     ]
     assert all(getattr(docshift.testing, name).__doc__ for name in docshift.testing.__all__)

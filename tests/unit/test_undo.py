@@ -19,14 +19,16 @@ from docshift import codec
 from docshift.commands.rollback import RollbackOptions, rollback
 from docshift.commands.run import RunOptions, load_run_info, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig
+from docshift.engine import writer as writer_module
 from docshift.engine.controls import Controls
 from docshift.engine.limits import AdaptiveBatch, CircuitBreaker
 from docshift.engine.undo import Undoer, UndoResult, UndoRules, undo_actions
 from docshift.engine.writer import WriteGuards
-from docshift.errors import RollbackConflicts, RunStopped, UsageError
+from docshift.errors import RollbackConflicts, RunStopped, TransientError, UsageError
 from docshift.history import History, MigrationStatus
 from docshift.lock import read_lease
 from docshift.migration import DELETE, UNCHANGED, DocView
+from docshift.runfolder.checkpoint import Checkpoint
 from docshift.runfolder.journal import JournalEntry, JournalReader, JournalWriter, _members
 from docshift.runfolder.layout import MigrationFolder
 from docshift.store import Document, Store, Write, WriteResult
@@ -700,3 +702,51 @@ def test_a_stopped_rollback_is_marked_stopped_and_the_latest_is_resumed(api_conf
     resumed = rollback(api_config, RollbackOptions(resume="latest"), store=store)
     assert resumed.folder == folder and load_run_info(folder)["state"] == "finished"
     assert same_data(export(store), before) == []
+
+
+class FailsOneUserCommit(StoreWrapper):
+    """The ``nth`` commit of user documents fails transiently (nothing of it applied), once."""
+
+    def __init__(self, inner: Store, nth: int) -> None:
+        super().__init__(inner)
+        self.left = nth
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        if any(w.path.startswith("users/") for w in writes):
+            self.left -= 1
+            if self.left == 0:
+                raise TransientError("injected: unavailable", code="UNAVAILABLE", hint="try again")
+        return self.inner.commit(writes)
+
+
+def test_a_store_failure_between_the_requests_of_one_undo_batch_counts_what_landed_as_restored(
+    api_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One batch of undo writes is cut into several requests (by size); the store fails at the
+    third. The requests before it landed: the rollback counts them restored (also in its saved
+    checkpoint), and its resume, which finds them back at their before-image, does not count them
+    again as unchanged. Every counter says what happened to each document exactly once."""
+    only_flag = api_config.migrations_dir / "0002_prune.py"
+    only_flag.unlink()
+    store = MemoryStore()
+    seed(store, 40)
+    before = export(store)
+    report = run_migrations(api_config, RunOptions(execute=True), store=store)
+    monkeypatch.setattr(writer_module, "REQUEST_BUDGET", 600)  # a few documents per request
+    with pytest.raises(RunStopped):
+        rollback(
+            api_config,
+            RollbackOptions(run_id=report.run_id, strategy="restore", execute=True),
+            store=FailsOneUserCommit(store, 3),
+        )
+    restored_so_far = sum(1 for path, doc in export(store).items() if "flag" not in doc.data)
+    assert 0 < restored_so_far < 40
+    [folder] = [f for f in api_config.runs_dir.iterdir() if f.name != report.run_id]
+    saved = Checkpoint.load(folder / "0001_flag" / "checkpoint.json")
+    assert saved.counters["restored"] == restored_so_far
+    resumed = rollback(api_config, RollbackOptions(resume=folder.name), store=store)
+    [item] = resumed.items
+    assert same_data(export(store), before) == []
+    assert item.counters["restored"] == 40
+    assert item.counters["unchanged"] == 0
+    assert item.counters["verified"] == 40

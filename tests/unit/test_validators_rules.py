@@ -219,9 +219,9 @@ class CountingStore(MemoryStore):
         super().__init__()
         self.requests: list[int] = []
 
-    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+    def get_many(self, paths: Sequence[str], *, read_time: Timestamp | None = None) -> list[Document | None]:
         self.requests.append(len(paths))
-        return super().get_many(paths)
+        return super().get_many(paths, read_time=read_time)
 
 
 def test_references_by_reference_id_or_array_with_batched_cached_lookups() -> None:

@@ -73,6 +73,9 @@ class BackupManifest:
     started_at: Timestamp
     finished_at: Timestamp
     files: tuple[BackupFile, ...]
+    read_time: Timestamp | None = None
+    """The moment every document was read at: the backup is the store as it was then (None in a
+    backup made before docshift pinned one, which read each document as it was when reached)."""
 
     @property
     def documents(self) -> int:
@@ -105,6 +108,7 @@ class BackupManifest:
             "docshift_version": self.docshift_version,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            **({"read_time": self.read_time} if self.read_time is not None else {}),
             "files": [entry.to_body() for entry in self.files],
             "totals": {
                 "documents": self.documents,
@@ -183,6 +187,7 @@ def _parse(document: dict[str, Any]) -> BackupManifest:
         started_at=_typed(document["started_at"], Timestamp, "started_at"),
         finished_at=_typed(document["finished_at"], Timestamp, "finished_at"),
         files=tuple(files),
+        read_time=_typed(document["read_time"], Timestamp, "read_time") if "read_time" in document else None,
     )
 
 

@@ -6,6 +6,7 @@ its documented exit code; tracebacks only with ``--debug``.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 import threading
@@ -14,31 +15,38 @@ from typing import NoReturn
 
 import click
 
-from docshift.cli.backup import backup_command, restore_command
-from docshift.cli.basics import doctor_command, emulator_command
-from docshift.cli.context import AppContext
-from docshift.cli.history import history_command, repair_command, stamp_command
-from docshift.cli.migrations import init_command, new_command, status_command, unlock_command
-from docshift.cli.operate import (
-    monitor_command,
-    pause_command,
-    report_command,
-    resume_command,
-    runs_command,
-    show_command,
-    stop_command,
-    throttle_command,
-)
-from docshift.cli.rollback import rollback_command
-from docshift.cli.run import run_command
-from docshift.cli.validate import validate_command, verify_command
-from docshift.errors import DocshiftError, ExitCode
+from docshift import __version__
+from docshift.errors import DocshiftError, ExitCode, RunStopped
 
 __all__ = ["cli", "main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="docshift", prog_name="docshift")
+class _LazyGroup(click.Group):
+    """The command group, importing a command's module only when that command runs (or its own
+    ``--help`` is asked for): ``docshift --version`` and ``docshift --help`` then import none of the
+    engine, rich or the store, and ``docshift run`` none of the other commands' modules."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _COMMANDS:
+            module, attribute, short_help = _COMMANDS[cmd_name]
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            command.short_help = short_help
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from :data:`_COMMANDS`, without importing any command."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, _COMMANDS[name][2]) for name in self.list_commands(ctx)])
+
+
+@click.group(
+    cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+@click.version_option(__version__, prog_name="docshift")
 @click.option(
     "--config",
     "config_file",
@@ -67,6 +75,8 @@ def cli(
     store failing, run folder not writable), 13 too many failures, 14 validation below threshold,
     15 emulator missing.
     """
+    from docshift.cli.context import AppContext  # deferred: it imports the config module
+
     flags = {"project": project, "database": database, "emulator_host": emulator_host}
     ctx.obj = AppContext(
         flags=flags,
@@ -79,6 +89,7 @@ def cli(
 _RUNS_DIR_USE = {
     "run": "write",
     "rollback": "write",
+    "retry": "write",
     "validate": "write",
     "verify": "write",
     "report": "write",
@@ -93,29 +104,88 @@ _RUNS_DIR_USE = {
 """How each command uses runs_dir; checked before it reads or writes anything (exit 2 with a hint)."""
 
 
-cli.add_command(emulator_command)
-cli.add_command(doctor_command)
-cli.add_command(init_command)
-cli.add_command(new_command)
-cli.add_command(status_command)
-cli.add_command(unlock_command)
-cli.add_command(history_command)
-cli.add_command(stamp_command)
-cli.add_command(repair_command)
-cli.add_command(run_command)
-cli.add_command(validate_command)
-cli.add_command(verify_command)
-cli.add_command(backup_command)
-cli.add_command(restore_command)
-cli.add_command(rollback_command)
-cli.add_command(runs_command)
-cli.add_command(show_command)
-cli.add_command(report_command)
-cli.add_command(monitor_command)
-cli.add_command(pause_command)
-cli.add_command(resume_command)
-cli.add_command(throttle_command)
-cli.add_command(stop_command)
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "backup": (
+        "docshift.cli.backup",
+        "backup_command",
+        "Back up collections into checksummed files in --out.",
+    ),
+    "doctor": (
+        "docshift.cli.basics",
+        "doctor_command",
+        "Check config, credentials and access; a fix for each failure.",
+    ),
+    "emulator": (
+        "docshift.cli.basics",
+        "emulator_command",
+        "Run the Firestore emulator in the foreground until Ctrl-C.",
+    ),
+    "history": (
+        "docshift.cli.history",
+        "history_command",
+        "Every event of each migration, from the stored history.",
+    ),
+    "init": ("docshift.cli.migrations", "init_command", "Create docshift.toml and a migrations/ folder."),
+    "monitor": ("docshift.cli.operate", "monitor_command", "Show the live view of a run in another process."),
+    "new": ("docshift.cli.migrations", "new_command", "Write the next migration file from the template."),
+    "pause": ("docshift.cli.operate", "pause_command", "Pause a running run: no new reads or commits."),
+    "repair": (
+        "docshift.cli.history",
+        "repair_command",
+        "Accept an applied migration's edited file (Flyway repair).",
+    ),
+    "report": ("docshift.cli.operate", "report_command", "(Re)build a run's report.json and report.html."),
+    "restore": ("docshift.cli.backup", "restore_command", "Restore a backup into a project and database."),
+    "resume": (
+        "docshift.cli.operate",
+        "resume_command",
+        "Resume a paused run (a stopped one: run --resume).",
+    ),
+    "rollback": (
+        "docshift.cli.rollback",
+        "rollback_command",
+        "Undo a run, or the migrations after --to or the last --steps.",
+    ),
+    "run": ("docshift.cli.run", "run_command", "Dry-run or execute the pending migrations, in order."),
+    "retry": (
+        "docshift.cli.retry",
+        "retry_command",
+        "Re-process the documents a run left in its dead-letter files.",
+    ),
+    "runs": ("docshift.cli.operate", "runs_command", "List runs, newest first, with their state and counts."),
+    "show": ("docshift.cli.operate", "show_command", "Show one run: outcome, counts, health, next commands."),
+    "stamp": (
+        "docshift.cli.history",
+        "stamp_command",
+        "Mark a migration applied without running it (Alembic stamp).",
+    ),
+    "status": (
+        "docshift.cli.migrations",
+        "status_command",
+        "Show the state of every migration (exit 9: some would run).",
+    ),
+    "stop": ("docshift.cli.operate", "stop_command", "Stop a running run gracefully (resumable)."),
+    "test": (
+        "docshift.cli.test",
+        "test_command",
+        "Check migrations on fixture pairs: result, idempotent, rules.",
+    ),
+    "throttle": ("docshift.cli.operate", "throttle_command", "Set a running run's write limit."),
+    "unlock": ("docshift.cli.migrations", "unlock_command", "Remove the lease a run that died left behind."),
+    "validate": (
+        "docshift.cli.validate",
+        "validate_command",
+        "Check a migration's rules on its target; save a report.",
+    ),
+    "verify": (
+        "docshift.cli.validate",
+        "verify_command",
+        "Compare a copy migration's source and target documents.",
+    ),
+}
+"""Each command: the module and name of its click command (imported when it is used), and its line
+in ``docshift --help``, whole at 80 columns (click would cut the first sentence of its help there);
+the command's own ``--help`` gives all of it."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,8 +195,11 @@ def main(argv: list[str] | None = None) -> None:
         returned = cli.main(args=argv, prog_name="docshift", standalone_mode=False)
         if isinstance(returned, int):  # click returns ctx.exit(code) instead of raising
             _exit(returned)
-    except click.exceptions.Abort:
-        _say("aborted at the prompt", "run the command again to answer it, or pass --yes")
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click's own wrapping of a Ctrl-C
+            _say("interrupted", _UNFINISHED)  # before the command's own handlers were in place
+        else:
+            _say("aborted at the prompt", "run the command again to answer it, or pass --yes")
         _exit(ExitCode.INTERRUPTED)
     except click.exceptions.Exit as exc:
         _exit(exc.exit_code)
@@ -136,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     except DocshiftError as exc:
         if debug:
             raise
-        _say(exc.message, exc.hint or "rerun with --debug for the traceback")
+        _say(exc.message, _hint_of(exc))
         _exit(exc.exit_code)
     except KeyboardInterrupt:
         _say("interrupted", _UNFINISHED)
@@ -158,6 +231,16 @@ _UNFINISHED = "`docshift runs` shows whether a run was left unfinished (it can b
 def _say(message: str, hint: str) -> None:
     """An error as docshift prints every one: what happened, then what to do next."""
     click.echo(f"error: {message}\n  hint: {hint}", err=True)
+
+
+def _hint_of(error: DocshiftError) -> str:
+    """What to do next; for a run that stopped and can be resumed, that always includes the
+    command resuming it by its run id, so that it is the last thing the command prints."""
+    hint = error.hint or "rerun with --debug for the traceback"
+    resume = error.resume_command if isinstance(error, RunStopped) else None
+    if resume and resume not in hint:
+        hint += f"; then resume with `{resume}`"
+    return hint
 
 
 def _usage_hint(exc: click.ClickException) -> str:

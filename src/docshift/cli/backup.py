@@ -18,7 +18,9 @@ from rich.markup import escape
 from docshift.backup import DEFAULT_DOCS_PER_FILE, PathMap, RestoreReport, VerifyReport, read_manifest
 from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, collect_flags, pass_app
+from docshift.cli.estimate import estimate_option, print_estimate
 from docshift.cli.output import console, err_console
+from docshift.cli.read_time import note_read_time, read_time_option
 from docshift.commands.backup import BackupOptions, backup, restore, restore_failure, verify, verify_failure
 from docshift.engine.hooks import (
     BackupHooks,
@@ -35,6 +37,7 @@ from docshift.engine.hooks import (
     Warned,
 )
 from docshift.errors import UsageError
+from docshift.store.read_time import ReadTime, reads_text
 
 __all__ = ["backup_command", "restore_command"]
 
@@ -125,6 +128,33 @@ class _BackupDisplay(BackupHooks):
                 )
 
 
+@dataclass(frozen=True)
+class BackupFlags:
+    """``docshift backup``'s flags."""
+
+    collections: tuple[str, ...]
+    out: Path
+    recursive: bool
+    group: bool
+    all_collections: bool
+    docs_per_file: int
+    read_time: ReadTime | None
+    estimate: bool
+    as_json: bool
+    quiet: bool
+
+    def options(self) -> BackupOptions:
+        return BackupOptions(
+            list(self.collections),
+            self.out,
+            self.recursive,
+            self.group,
+            self.all_collections,
+            self.docs_per_file,
+            read_time=self.read_time.at if self.read_time is not None else None,
+        )
+
+
 @click.command("backup")
 @click.argument("collections", nargs=-1)
 @click.option(
@@ -148,30 +178,36 @@ class _BackupDisplay(BackupHooks):
     show_default=True,
     help="Start a new data file after this many documents.",
 )
+@read_time_option("every collection")
+@estimate_option("the backup")
+@click.option("--json", "as_json", is_flag=True, help="With --estimate: print the estimate as JSON.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @pass_app
-def backup_command(
-    app: AppContext,
-    collections: tuple[str, ...],
-    out: Path,
-    recursive: bool,
-    group: bool,
-    all_collections: bool,
-    docs_per_file: int,
-    quiet: bool,
-) -> None:
+@collect_flags(BackupFlags)
+def backup_command(app: AppContext, flags: BackupFlags) -> None:
     """Back up COLLECTIONS (paths such as users or users/alice/orders) into files in --out.
 
     Documents stream into gzip JSON-lines files (exact values: timestamps with nanoseconds, bytes,
     references, NaN...) with a manifest holding counts and a sha256 per file, written last. Memory
     stays flat at any size. Reads only; use --project and --database to choose the source. A
-    collection with no documents is backed up empty, with a warning naming it.
+    collection with no documents is backed up empty, with a warning naming it. Every document is
+    read at one read time (the moment the backup starts, or --read-time), recorded in the
+    manifest: the backup is one consistent snapshot, whatever is written while it runs.
     """
     config = app.config()
+    options = flags.options()
+    quiet, read_time = flags.quiet, flags.read_time
+    if flags.estimate:
+        from docshift.commands.estimate import estimate_backup  # only an estimate needs it
+
+        print_estimate(estimate_backup(config, options), flags.as_json)
+        return
+    if flags.as_json:
+        raise UsageError("--json is for --estimate", hint="add --estimate, or drop --json")
     if not quiet:
         where = f"project {config.store.project}, database {config.store.database}"
         _note(f"source: {where}")
-    options = BackupOptions(list(collections), out, recursive, group, all_collections, docs_per_file)
+    note_read_time(read_time)
     with _sigterm_interrupts():
         manifest = backup(config, options, hooks=_BackupDisplay(quiet))
     seconds = (
@@ -183,8 +219,9 @@ def backup_command(
     _say(
         f"backed up {manifest.documents:,} documents from {manifest.describe_source()} into "
         f"{len(manifest.files)} file(s), {_size(manifest.bytes)}, in {seconds:.1f}s "
-        f"({rate:,.0f} docs/s): {out}"
+        f"({rate:,.0f} docs/s): {flags.out}"
     )
+    _say(reads_text(manifest.read_time))
 
 
 def _parse_into(values: tuple[str, ...]) -> str | Mapping[str, str] | None:

@@ -5,20 +5,24 @@ and what is printed when the run ends (the report's path; on a stop, the summary
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from docshift.cli.live import LiveHooks
 from docshift.cli.output import JsonHooks, PlainHooks, err_console, summary_table
+from docshift.cli.signals import SignalHandlers
 from docshift.commands.observe import Observation, ObserveOptions, migration_totals
 from docshift.config import Config
 from docshift.engine.controls import Controls
 from docshift.engine.hooks import ControlApplied, RunHooks
 from docshift.reports.report import ReportPaths
 from docshift.store import Store
+
+if TYPE_CHECKING:
+    from docshift.cli.live import LiveHooks
 
 __all__ = [
     "StatusFlags",
@@ -90,8 +94,17 @@ def display_hooks(as_json: bool, quiet: bool, controls: Controls) -> RunHooks:
     if as_json:
         return JsonHooks()
     if err_console.is_terminal and not quiet:
+        from docshift.cli.live import LiveHooks  # deferred: rich's live display, for a terminal only
+
         return LiveHooks(err_console, controls, notes=control_note)
     return PlainHooks(quiet=quiet, notes=control_note)
+
+
+def _live_view(display: RunHooks) -> LiveHooks | None:
+    """``display`` if it is the live view. Its module is imported only to make one
+    (:func:`display_hooks`): while it is not, no display is one."""
+    live = sys.modules.get("docshift.cli.live")
+    return cast("LiveHooks", display) if live is not None and isinstance(display, live.LiveHooks) else None
 
 
 def watch_options(
@@ -102,15 +115,23 @@ def watch_options(
     *,
     as_json: bool = False,
     limit: int | None = None,
+    signals: SignalHandlers | None = None,
 ) -> ObserveOptions:
     """How ``docshift run`` and ``docshift rollback`` are watched: the status endpoint, the ETA, and
-    what is shown once the observation is set up (the live view's run id, the endpoint's URL)."""
+    what is shown once the observation is set up (the live view's run id, the endpoint's URL);
+    ``signals`` learn the run id (a stop at once names it) and to close the live view first."""
     # The count query behind the ETA costs a scan of the target; only pay for it where an ETA is shown.
-    shows_eta = as_json or status.port is not None or isinstance(display, LiveHooks)
+    live = _live_view(display)
+    shows_eta = as_json or status.port is not None or live is not None
+
+    if signals is not None and live is not None:
+        signals.before_exit = live.close
 
     def started(observation: Observation) -> None:
-        if isinstance(display, LiveHooks):
-            display.set_run_id(observation.status.run_id)
+        if signals is not None and observation.folder is not None:
+            signals.run_id = observation.folder.name
+        if live is not None:
+            live.set_run_id(observation.status.run_id)
         if observation.url and not as_json:
             auth = " (token required)" if status.token else ""
             err_console.print(f"status endpoint: {observation.url}/status{auth}")
@@ -127,8 +148,8 @@ def watch_options(
 def close_display(display: RunHooks) -> None:
     """The command is over: the live view leaves its last frame on screen and stops (the
     observation gave it the run's end; also when nothing ran: a run refused before its first pass)."""
-    if isinstance(display, LiveHooks):
-        display.close()
+    if (live := _live_view(display)) is not None:
+        live.close()
 
 
 def print_run_end(

@@ -9,10 +9,12 @@ from collections.abc import Mapping
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.padding import Padding
+from rich.text import Text
 
 from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, pass_app
+from docshift.cli.output import CountsTable
 from docshift.commands.history import HistoryReport, MigrationHistory, history
 from docshift.commands.repair import RepairOptions, RepairPlan, repair
 from docshift.commands.stamp import StampOptions, StampPlan, stamp
@@ -20,7 +22,7 @@ from docshift.config import Config
 from docshift.history import EventKind, HistoryEvent
 from docshift.values import Timestamp
 
-__all__ = ["history_command", "repair_command", "stamp_command"]
+__all__ = ["history_command", "history_table", "repair_command", "stamp_command"]
 
 _COUNT_ORDER = ("read", "updated", "created", "deleted", "unchanged", "failed", "conflicts")
 _STYLES = {
@@ -33,6 +35,8 @@ _STYLES = {
     EventKind.STAMPED: "green",
     EventKind.REPAIRED: "yellow",
     EventKind.DRIFT_ACCEPTED: "yellow",
+    EventKind.RETRY_STARTED: "cyan",
+    EventKind.RETRIED: "green",
 }
 
 
@@ -59,6 +63,8 @@ def _details(event: HistoryEvent) -> str:
         parts.append(f"checksum was {event.previous_checksum[:12]}")
     if event.reason:
         parts.append(f"reason: {event.reason}")
+    if event.landed:
+        parts.append(f"landed after the cursor: {counts_text(event.landed)}")
     if event.error:
         parts.append(f"error: {event.error}")
     return "; ".join(parts)
@@ -97,25 +103,34 @@ def _print_migration(console: Console, item: MigrationHistory) -> None:
     record = item.record
     console.print()
     about = f" ({escape(record.description)})" if record is not None and record.description else ""
-    console.print(f"[bold]{escape(item.label)}[/bold]: {escape(item.state)}{about}")
+    kind = " [dim]\\[script][/dim]" if item.kind == "script" else ""
+    console.print(f"[bold]{escape(item.label)}[/bold]{kind}: {escape(item.state)}{about}")
     if record is None:
         console.print("  no history here: never run or stamped on this database")
         return
     if item.earlier_dropped:
         console.print(f"  (the latest {len(item.events)} events; earlier ones are no longer kept)")
-    table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 2, 0, 0))
-    for column in ("  when (UTC)", "event", "by", "run", "checksum", "details"):
-        table.add_column(column, no_wrap=column not in ("details",))
-    for event in item.events:
-        table.add_row(
-            f"  {_when(event.at)}",
-            f"[{_STYLES[event.kind]}]{event.kind.value.replace('_', ' ')}[/]",
-            escape(event.user),
-            escape(event.run_id),
+    console.print(Padding(history_table(item), (0, 0, 0, 2)))
+
+
+def history_table(item: MigrationHistory) -> CountsTable:
+    """One row per event; narrower than the table (80 columns), each event stacks: its time and
+    kind, then who, run and checksum, and its details wrapped, never cutting one."""
+    rows: list[list[str | Text]] = [
+        [
+            _when(event.at),
+            Text(event.kind.value.replace("_", " "), style=_STYLES[event.kind]),
+            event.user,
+            event.run_id,
             event.checksum[:12],
-            escape(_details(event)),
-        )
-    console.print(table)
+            _details(event),
+        ]
+        for event in item.events
+    ]
+    columns = ["when (UTC)", "event", "by", "run", "checksum", "details"]
+    return CountsTable(
+        columns, rows, state_column=1, wrapped=("details",), text=("by", "run", "checksum"), plain=True
+    )
 
 
 def _yes_option(function: click.decorators.FC) -> click.decorators.FC:

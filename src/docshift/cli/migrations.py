@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
 from docshift.cli.context import AppContext, pass_app
+from docshift.cli.output import CountsTable
 from docshift.commands.project import init_project, new_migration
 from docshift.commands.status import StatusReport, state_label, status
 from docshift.commands.unlock import unlock
@@ -25,7 +26,7 @@ _TARGET_HINT = (
     "the one you mean"
 )
 
-__all__ = ["init_command", "new_command", "status_command", "unlock_command"]
+__all__ = ["init_command", "new_command", "status_command", "status_table", "unlock_command"]
 
 _STYLES = {
     StateKind.APPLIED: "green",
@@ -45,13 +46,23 @@ _STYLES = {
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False), default=".")
 @pass_app
 def init_command(app: AppContext, folder: Path) -> None:
-    """Create docshift.toml and a migrations/ folder in FOLDER (default: here); never overwrites."""
+    """Create docshift.toml and a migrations/ folder in FOLDER (default: here); never overwrites.
+
+    Also makes FOLDER's .gitignore ignore the run state (.docshift/: checkpoints, before-images,
+    reports): creates it, or adds the line once to an existing one.
+    """
     result = init_project(folder, project=app.flags.get("project"))
     click.echo(f"created {describe_file(result.config_file)}")
     if result.created_migrations_dir:
         click.echo(f"created {describe_file(result.migrations_dir)}/")
     else:
         click.echo(f"kept the existing {describe_file(result.migrations_dir)}/")
+    ignored = {
+        "created": f"created {describe_file(result.gitignore)} (ignores .docshift/, the run state)",
+        "added": f"added .docshift/ (the run state) to {describe_file(result.gitignore)}",
+        "kept": f"kept {describe_file(result.gitignore)} (it already ignores .docshift/)",
+    }
+    click.echo(ignored[result.gitignore_change])
     click.echo('next: docshift new "what the change does" --collection COLLECTION')
 
 
@@ -59,18 +70,27 @@ def init_command(app: AppContext, folder: Path) -> None:
 @click.argument("description")
 @click.option("--collection", help="Collection path the migration reads, e.g. users or users/a/orders.")
 @click.option("--collection-group", help="Collection id to read at every depth, e.g. orders.")
+@click.option(
+    "--script",
+    is_flag=True,
+    help="Write a script migration (apply(ctx): seed, fan out, merge; see docs/script-migrations.md).",
+)
 @pass_app
 def new_command(
-    app: AppContext, description: str, collection: str | None, collection_group: str | None
+    app: AppContext, description: str, collection: str | None, collection_group: str | None, script: bool
 ) -> None:
     """Write the next migration file (NNNN_slug.py) from the template, with every option shown."""
     if collection and collection_group:
         raise UsageError("give --collection or --collection-group, not both", hint=_TARGET_HINT)
     path = new_migration(
-        app.config().migrations_dir, description, collection=collection, collection_group=collection_group
+        app.config().migrations_dir,
+        description,
+        collection=collection,
+        collection_group=collection_group,
+        script=script,
     )
     click.echo(f"created {describe_file(path)}")
-    if not (collection or collection_group):
+    if not (collection or collection_group or script):
         click.echo("set `collection` (or `collection_group`) in it before running", err=True)
 
 
@@ -113,30 +133,48 @@ def _print_report(report: StatusReport) -> None:
     if not report.states:
         console.print('no migrations yet; create one with docshift new "what it does" --collection NAME')
     else:
-        table = Table(show_edge=False, pad_edge=False)
-        for column in ("id", "migration", "state", "when (UTC)", "by", "counts"):
-            table.add_column(column, no_wrap=column in ("id", "when (UTC)"))
-        for state in report.states:
-            record = state.record
-            label = state_label(state, report.lease)
-            if state.kind is StateKind.DRIFTED and record is not None and state.migration is not None:
-                label += f" ({record.checksum[:8]} -> {state.migration.checksum[:8]})"
-            when = _when(record.finished_at or record.started_at) if record else ""
-            table.add_row(
-                state.migration_id,
-                state.migration.description if state.migration else (record.description if record else ""),
-                f"[{_STYLES[state.kind]}]{label}[/]",
-                when,
-                record.user if record else "",
-                _counts(state),
-            )
-        console.print(table)
+        console.print(status_table(report))
     lease = report.lease
     if lease is not None:
         note = " (expired: the next run takes it over)" if lease.expired() else ""
         console.print(f"lease: {lease.describe()}{note}")
+    labels = {state.migration_id: state.label for state in report.states}
+    for migration_id, left in report.dead_letters.items():
+        for letters in left:
+            console.print(f"[yellow]{labels.get(migration_id, migration_id)}: {letters.describe()}[/]")
     for line in _next_steps(report):
         console.print(line)
+
+
+def status_table(report: StatusReport) -> CountsTable:
+    """One row per migration; narrower than the table (80 columns), each one stacks: its id and
+    state, its description and counts wrapped, its time and user, never cutting one."""
+    rows: list[list[str | Text]] = []
+    for state in report.states:
+        record = state.record
+        label = state_label(state, report.lease)
+        if state.kind is StateKind.DRIFTED and record is not None and state.migration is not None:
+            label += f" ({record.checksum[:8]} -> {state.migration.checksum[:8]})"
+        when = _when(record.finished_at or record.started_at) if record else ""
+        about = Text(
+            state.migration.description if state.migration else (record.description if record else "")
+        )
+        if state.migration is not None and state.migration.is_script:
+            about.append(" [script]", style="dim")
+        rows.append(
+            [
+                state.migration_id,
+                about,
+                Text(label, style=_STYLES[state.kind]),
+                when,
+                record.user if record else "",
+                _counts(state),
+            ]
+        )
+    columns = ["id", "migration", "state", "when (UTC)", "by", "counts"]
+    return CountsTable(
+        columns, rows, state_column=2, wrapped=("migration", "counts"), text=("when (UTC)", "by"), plain=True
+    )
 
 
 def _next_steps(report: StatusReport) -> list[str]:
@@ -151,6 +189,8 @@ def _next_steps(report: StatusReport) -> list[str]:
     runnable = [s for s in report.states if s.runnable]
     if runnable:
         return [f"{len(runnable)} to run: preview with `docshift run`, apply with `docshift run --execute`"]
+    if report.dead_letters:
+        return ["applied, with documents that failed (above): fix them, then retry them to finish"]
     return ["up to date"] if report.states else []
 
 

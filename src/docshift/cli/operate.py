@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.live import Live
-from rich.table import Table
+from rich.text import Text
 
 from docshift.cli.context import AppContext, pass_app
 from docshift.cli.live import plain_status_line, render_status
-from docshift.cli.output import console, err_console, summary_table
+from docshift.cli.output import CountsTable, console, err_console, summary_table
 from docshift.commands.operate import (
+    RunSummary,
     StatusSource,
     control_run,
     list_runs,
@@ -33,6 +35,7 @@ __all__ = [
     "report_command",
     "resume_command",
     "runs_command",
+    "runs_table",
     "show_command",
     "stop_command",
     "throttle_command",
@@ -65,6 +68,7 @@ def _state(state: str) -> str:
         "conflicts": "yellow",
         "failed": "red",
         "rolled_back": "red",
+        "partly_rolled_back": "red",
         "damaged": "red",
     }.get(state, "white")
     return f"[{colour}]{state}[/]"
@@ -83,28 +87,36 @@ def runs_command(app: AppContext, limit: int | None, as_json: bool) -> None:
     if not runs:
         console.print(f"no runs in {app.config().runs_dir}")
         return
-    table = Table(title=f"runs in {app.config().runs_dir}", title_justify="left")
-    table.add_column("run", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("migrations", min_width=10)
-    table.add_column("state", no_wrap=True)
-    table.add_column("started (UTC)", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True)
-    columns = ("updated", "created", "deleted", "unchanged", "failed", "conflicts")
-    for name in columns:
-        table.add_column(name, justify="right")
-    for run in runs:
-        kind = run.kind if run.execute else f"dry {run.kind}"
-        table.add_row(
+    console.print(runs_table(runs, f"runs in {app.config().runs_dir}"))
+
+
+_RUN_COUNTS = ("updated", "created", "deleted", "unchanged", "failed", "conflicts")
+
+
+def runs_table(runs: Sequence[RunSummary], title: str) -> CountsTable:
+    """One row per run; narrower than the table, each run stacks (its id and state, its
+    migrations wrapped, then its start, duration and counts), never cutting one."""
+    columns = ["run", "kind", "migrations", "state", "started (UTC)", "duration", *_RUN_COUNTS]
+    rows: list[list[str | Text]] = [
+        [
             run.run_id,
-            kind,
+            run.kind if run.execute else f"dry {run.kind}",
             ", ".join(run.migrations),
-            _state(run.state),
+            Text.from_markup(_state(run.state)),
             (run.created_at or "")[:19].replace("T", " "),
             _duration(run.duration_seconds),
-            *(f"{run.counts.get(k, 0):,}" for k in columns),
-        )
-    console.print(table)
+            *(f"{run.counts.get(k, 0):,}" for k in _RUN_COUNTS),
+        ]
+        for run in runs
+    ]
+    return CountsTable(
+        columns,
+        rows,
+        title=title,
+        state_column=3,
+        wrapped=("migrations",),
+        text=("kind", "started (UTC)", "duration"),
+    )
 
 
 @click.command("show")
@@ -128,7 +140,11 @@ def show_command(app: AppContext, run_id: str | None, as_json: bool) -> None:
     if outcome.get("exit_code") is not None:
         console.print(f"  exit code: {outcome.get('exit_code')}")
     if outcome.get("error"):
-        why = "stopped because" if body.get("state") in ("stopped", "rolled_back", "interrupted") else "error"
+        why = (
+            "stopped because"
+            if body.get("state") in ("stopped", "rolled_back", "partly_rolled_back", "interrupted")
+            else "error"
+        )
         console.print(f"  {why}: {outcome['error']}")
     if outcome.get("hint"):
         console.print(f"  hint: {outcome['hint']}", soft_wrap=True)

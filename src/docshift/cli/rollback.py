@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import click
-from rich.table import Table
 
 from docshift.cli.confirm import confirm_destructive
 from docshift.cli.context import AppContext, collect_flags, pass_app
@@ -17,8 +16,9 @@ from docshift.cli.display import (
     status_options,
     watch_options,
 )
-from docshift.cli.output import console, err_console, print_change
-from docshift.cli.run import install_signal_handlers
+from docshift.cli.estimate import estimate_option, print_estimate
+from docshift.cli.output import CountsTable, console, err_console, print_change
+from docshift.cli.signals import install_signal_handlers
 from docshift.commands.rollback import (
     RollbackOptions,
     RollbackReport,
@@ -28,7 +28,7 @@ from docshift.commands.rollback import (
 )
 from docshift.commands.session import rate_limiter
 from docshift.engine.controls import Controls
-from docshift.errors import RollbackConflicts, RunStopped
+from docshift.errors import RollbackConflicts, UsageError
 from docshift.runfolder.layout import MigrationFolder
 from docshift.store import open_store
 
@@ -38,7 +38,8 @@ _RESTORE_COLUMNS = ("restored", "recreated", "deleted", "unchanged", "conflicts"
 _DOWN_COLUMNS = ("updated", "deleted", "created", "unchanged", "failed", "conflicts")
 
 
-def _print(report: RollbackReport) -> None:
+def _print(report: RollbackReport, *, quiet: bool = False) -> None:
+    """Each migration undone: how, its sample diffs (not with --quiet), its counts and files."""
     if not report.items:
         console.print("nothing to roll back")
         return
@@ -56,7 +57,7 @@ def _print(report: RollbackReport) -> None:
             f"\n[bold]{item.migration.label}[/]: {verb}undone by [bold]{item.strategy}[/] ({applied})"
         )
         samples = item.restore.samples if item.restore else (item.plan.samples if item.plan else [])
-        for sample in samples:
+        for sample in [] if quiet else samples:
             if isinstance(sample, tuple):
                 path, kind, changes = sample
                 print_change(
@@ -67,16 +68,10 @@ def _print(report: RollbackReport) -> None:
             else:
                 print_change(sample["path"], sample["kind"], sample["changes"], sample.get("data"))
         columns = _RESTORE_COLUMNS if item.restore else _DOWN_COLUMNS
-        table = Table(show_header=True)
         by_run = item.by_run if len(item.by_run) > 1 else []
-        if by_run:
-            table.add_column("run")
-        for column in columns:
-            table.add_column(column, justify="right")
-        for run, counters in by_run:
-            table.add_row(run, *(f"{counters.get(c, 0):,}" for c in columns))
-        table.add_row(*(["total"] if by_run else []), *(f"{item.counters.get(c, 0):,}" for c in columns))
-        console.print(table)
+        rows = [[run, *(f"{counters.get(c, 0):,}" for c in columns)] for run, counters in by_run]
+        rows.append([*(["total"] if by_run else []), *(f"{item.counters.get(c, 0):,}" for c in columns)])
+        console.print(CountsTable([*(["run"] if by_run else []), *columns], rows, labelled=bool(by_run)))
         conflicts = MigrationFolder(item.folder).conflicts
         if conflicts.exists():
             console.print(f"  [yellow]conflicts (left alone): {conflicts}[/]")
@@ -103,12 +98,26 @@ class RollbackFlags:
     execute: bool
     force: bool
     resume: str | None
+    runner: str
+    beam_options: tuple[str, ...]
     as_json: bool
     quiet: bool
     yes: bool
     status: StatusFlags
+    estimate: bool = False
 
     def options(self) -> RollbackOptions:
+        named = [
+            name
+            for name, given in (("RUN_ID", self.run_id), ("--to", self.to), ("--steps", self.steps))
+            if given is not None
+        ]
+        if self.resume is not None and named:
+            raise UsageError(
+                f"--resume continues a stopped rollback; {' and '.join(named)} would choose a new one",
+                hint="`docshift rollback --resume [ROLLBACK_ID] --execute` resumes one (`docshift runs` "
+                f"lists them); drop --resume to roll back what {' and '.join(named)} names",
+            )
         return RollbackOptions(
             run_id=self.run_id,
             to=self.to,
@@ -117,6 +126,8 @@ class RollbackFlags:
             execute=self.execute,
             force=self.force,
             resume=self.resume,
+            runner=self.runner,
+            beam_options=tuple(self.beam_options),
         )
 
 
@@ -160,6 +171,24 @@ class RollbackFlags:
     metavar="[ROLLBACK_ID]",
     help="Continue a stopped rollback (default: the latest unfinished one).",
 )
+@estimate_option("the rollback with --execute")
+@click.option(
+    "--runner",
+    type=click.Choice(["engine", "beam"]),
+    default="engine",
+    show_default=True,
+    help="Where --execute undoes a --runner beam run: this process, or as an Apache Beam pipeline "
+    "over the run's partitions (pip install 'docshift[beam]'; docs/beam.md). A resume keeps the "
+    "rollback's runner.",
+)
+@click.option(
+    "--beam-option",
+    "beam_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A Beam pipeline option for --runner beam (repeat it), e.g. direct_num_workers=2, "
+    "runner=DataflowRunner, run_files=gs://BUCKET/runs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON-lines events.")
 @click.option("--quiet", is_flag=True, help="Print only the summary.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (Cloud Firestore only asks).")
@@ -167,7 +196,7 @@ class RollbackFlags:
 @pass_app
 @collect_flags(RollbackFlags)
 def rollback_command(app: AppContext, flags: RollbackFlags) -> None:
-    """Undo run RUN_ID, or everything applied after --to MIGRATION_ID.
+    """Undo run RUN_ID, everything applied after --to MIGRATION_ID, or the --steps N newest.
 
     Works on the project and database the run was made on (a different --project/--database is
     refused). A migration applied over several runs since it was last rolled back (a --limit run,
@@ -183,6 +212,11 @@ def rollback_command(app: AppContext, flags: RollbackFlags) -> None:
     """
     options = flags.options()
     config = rollback_target(app.config(), options)  # the project and database the run was made on
+    if flags.estimate:
+        from docshift.commands.estimate import estimate_rollback  # only an estimate needs it
+
+        print_estimate(estimate_rollback(config, options), flags.as_json)
+        return
     if options.execute or options.resume:
         confirm_destructive(config, "roll back migrations", flags.yes)
     store = open_store(config)
@@ -190,24 +224,22 @@ def rollback_command(app: AppContext, flags: RollbackFlags) -> None:
         if not flags.as_json:
             err_console.print(f"target: {store.info.describe()}")
         controls = Controls(rate_limiter(config, store))
-        install_signal_handlers(controls)
+        signals = install_signal_handlers(controls, kind="rollback", execute=options.execute)
         display = display_hooks(flags.as_json, flags.quiet, controls)
-        watch = watch_options(config, store, display, flags.status, as_json=flags.as_json)
+        watch = watch_options(config, store, display, flags.status, as_json=flags.as_json, signals=signals)
         try:
             report = rollback(config, options, store=store, hooks=display, controls=controls, observe=watch)
         except BaseException as error:
             close_display(display)
             done = result_of(error)
-            if done is not None:
-                if isinstance(error, RunStopped) and error.resume_command and not flags.as_json:
-                    err_console.print(f"resume with: [bold]{error.resume_command}[/]")
+            if done is not None:  # the resume command, if any, is said last (docshift.cli.main)
                 print_run_end("rollback", done.report_paths, done.report_error, flags.as_json)
                 if isinstance(error, RollbackConflicts) and not flags.as_json:
-                    _print(done)  # what was undone, and where the conflicts are listed
+                    _print(done, quiet=flags.quiet)  # what was undone, and where the conflicts are listed
             raise
         close_display(display)
     finally:
         store.close()
     print_run_end("rollback", report.report_paths, report.report_error, flags.as_json)
     if not flags.as_json:
-        _print(report)
+        _print(report, quiet=flags.quiet)

@@ -9,10 +9,13 @@ import click
 from rich.table import Table
 
 from docshift.cli.context import AppContext, pass_app
+from docshift.cli.estimate import estimate_option, print_estimate
 from docshift.cli.output import console, err_console
+from docshift.cli.read_time import note_read_time, read_time_option
 from docshift.commands.validate import validate
 from docshift.commands.verify import VerifyReport, verify
 from docshift.errors import ValidationFailed
+from docshift.store.read_time import ReadTime, reads_text
 from docshift.validators import HealthStatus, Level, RunOutcome, ValidationReport
 
 __all__ = ["print_run_validation", "validate_command", "verify_command"]
@@ -61,6 +64,8 @@ def _rule_table(report: ValidationReport) -> Table:
 )
 @click.option("--full", is_flag=True, help="Check every document (the default).")
 @click.option("--strict", is_flag=True, help="Exit 14 below integrity_warning too (not only critical).")
+@read_time_option("the target")
+@estimate_option("the scan")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
 def validate_command(
@@ -70,6 +75,8 @@ def validate_command(
     sample: int | None,
     full: bool,
     strict: bool,
+    read_time: ReadTime | None,
+    estimate: bool,
     as_json: bool,
 ) -> None:
     """Check MIGRATION_ID's rules on its target and save a report.
@@ -78,13 +85,27 @@ def validate_command(
     document ids, and exits 14 when the integrity score is below integrity_critical (or below
     integrity_warning with --strict) or a count expectation is missed.
     """
-    report = validate(app.config(), migration_id, phase=phase, sample=sample, full=full)
+    if estimate:
+        from docshift.commands.estimate import estimate_validate  # only an estimate needs it
+
+        print_estimate(estimate_validate(app.config(), migration_id, phase=phase, sample=sample), as_json)
+        return
+    note_read_time(read_time)
+    report = validate(
+        app.config(),
+        migration_id,
+        phase=phase,
+        sample=sample,
+        full=full,
+        read_time=read_time.at if read_time is not None else None,
+    )
     if as_json:
         click.echo(json.dumps({**report.to_json(), "file": str(report.path)}, indent=2))
     else:
         console.print(_rule_table(report))
         colour = {Level.OK: "green", Level.WARNING: "yellow", Level.CRITICAL: "red"}[report.level]
         console.print(f"[{colour}]{report.summary()}[/]")
+        console.print(reads_text(report.read_time), markup=False)
         console.print(f"report: {report.path}")
     failing = not report.passed or (strict and report.level == Level.WARNING)
     if failing:
@@ -107,6 +128,7 @@ def _print_verify(report: VerifyReport) -> None:
         console.print(table)
     colour = "green" if report.passed else "red"
     console.print(f"[{colour}]{report.summary()}[/]")
+    console.print(reads_text(report.read_time), markup=False)
     console.print(f"report: {report.path}")
 
 
@@ -119,15 +141,36 @@ def _print_verify(report: VerifyReport) -> None:
     show_default=True,
     help="Examples kept per kind of problem.",
 )
+@read_time_option("the source and the target")
+@estimate_option("the comparison")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
-def verify_command(app: AppContext, migration_id: str, examples: int, as_json: bool) -> None:
+def verify_command(
+    app: AppContext,
+    migration_id: str,
+    examples: int,
+    read_time: ReadTime | None,
+    estimate: bool,
+    as_json: bool,
+) -> None:
     """Compare a copy migration's source and target document by document.
 
     Counts both sides and checks that each target document equals up(source): reports missing,
-    extra and different documents with field diffs; exits 14 when any is found.
+    extra and different documents with field diffs; exits 14 when any is found. Both sides are
+    read at one moment (when verify starts, or --read-time).
     """
-    report = verify(app.config(), migration_id, examples=examples)
+    if estimate:
+        from docshift.commands.estimate import estimate_verify  # only an estimate needs it
+
+        print_estimate(estimate_verify(app.config(), migration_id), as_json)
+        return
+    note_read_time(read_time)
+    report = verify(
+        app.config(),
+        migration_id,
+        examples=examples,
+        read_time=read_time.at if read_time is not None else None,
+    )
     if as_json:
         click.echo(json.dumps({**report.to_json(), "file": str(report.path)}, indent=2))
     else:

@@ -2,8 +2,10 @@
 
 A backup streams each collection (with ``recursive``, in one query that also covers every
 subcollection below it) into gzip JSON-lines files, hashing as it writes, and writes the manifest
-last. A restore refuses a backup whose manifest or files do not match before it writes anything,
-then sets every document (safe to repeat), and can read everything back to compare.
+last. Every read is at one read time (the moment the backup starts, or ``read_time``), recorded in
+the manifest: the backup is the store as it was at that moment, whatever is written meanwhile.
+A restore refuses a backup whose manifest or files do not match before it writes anything, then
+sets every document (safe to repeat), and can read everything back to compare.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from docshift.engine.limits import RateLimiter
 from docshift.engine.writer import WriteGuards
 from docshift.errors import DataError, StoreError, UsageError
 from docshift.store import Query, Store, store_for
+from docshift.store.read_time import pin
 from docshift.store.semantics import MAX_WRITES_PER_REQUEST
 from docshift.values import Timestamp
 
@@ -115,6 +118,8 @@ class BackupOptions:
     all_collections: bool = False
     """Every root collection except docshift's own, recursively (name none)."""
     docs_per_file: int = DEFAULT_DOCS_PER_FILE
+    read_time: Timestamp | None = None
+    """The moment to back up the store as it was (``--read-time``); None: when the backup starts."""
 
 
 def backup(
@@ -144,10 +149,11 @@ def backup(
             "name at least one collection to back up",
             hint="e.g. docshift backup users orders --out backups/today, or --all",
         )
-    with store_for(config, store) as active:
+    with store_for(config, store) as live:
         writers: list[CollectionWriter] = []
         created = prepared = False
         try:
+            active = pin(live, options.read_time)
             if all_collections:
                 state = config.store.state_prefix + "_"
                 collections = [name for name in active.list_collections() if not name.startswith(state)]
@@ -193,6 +199,7 @@ def backup(
                 started_at=started,
                 finished_at=Timestamp.now(),
                 files=tuple(files),
+                read_time=active.read_time,
             )
             write_manifest(out, manifest)
         except BaseException:
@@ -268,14 +275,16 @@ def restore(
     with store_for(config, store) as active:
         report = RestoreReport(folder, active.info.describe(), manifest.documents)
         ramp = config.limits.ramp == "on" or (config.limits.ramp == "auto" and not active.info.is_emulator)
-        limiter = RateLimiter(config.limits.max_writes_per_second, ramp=ramp)
+        limiter = RateLimiter(
+            config.limits.max_writes_per_second, ramp=ramp, adaptive=config.limits.adaptive_rate
+        )
         hooks.phase_started(RestoreStarted(manifest.documents, report.target, limiter.limit, ramp))
         write_documents(
             active,
             records(folder, manifest, paths),
             report,
             guards=WriteGuards.from_config(config.engine, config.limits, Controls(limiter)),
-            concurrency=config.engine.concurrency,
+            concurrency=config.engine.base_concurrency,
             hooks=hooks,
         )
         if verify:
@@ -285,7 +294,7 @@ def restore(
                 records(folder, manifest, paths),
                 manifest.documents,
                 batch_size=_batch_size(config),
-                concurrency=config.engine.concurrency,
+                concurrency=config.engine.base_concurrency,
                 hooks=hooks,
             )
     hooks.phase_finished(RestoreFinished(report.written, report.failed, report.seconds))
@@ -310,7 +319,7 @@ def verify(
             records(folder, manifest, paths),
             manifest.documents,
             batch_size=_batch_size(config),
-            concurrency=config.engine.concurrency,
+            concurrency=config.engine.base_concurrency,
             hooks=hooks,
         )
 

@@ -16,7 +16,7 @@ from docshift.commands.status import run_alive
 from docshift.config import Config
 from docshift.errors import DocshiftError, UsageError
 from docshift.history import MAX_EVENTS, History, HistoryEvent, HistoryRecord, MigrationStatus
-from docshift.loader import migration_files
+from docshift.loader import file_kind, migration_files
 from docshift.lock import Lease, read_lease
 from docshift.store import Store, store_for
 from docshift.values import Timestamp
@@ -34,6 +34,8 @@ class MigrationHistory:
     state: str
     """The record's status as ``status`` shows it (``running`` whose run is gone: ``interrupted``),
     or ``pending`` for a file with no record."""
+    kind: str | None = None
+    """``document`` (up) or ``script`` (apply), told from its file; None: no file here to tell."""
 
     @property
     def events(self) -> tuple[HistoryEvent, ...]:
@@ -49,6 +51,7 @@ class MigrationHistory:
         return {
             "id": self.migration_id,
             "label": self.label,
+            "kind": self.kind,
             "name": record.name if record else "",
             "description": record.description if record else "",
             "state": self.state,
@@ -112,16 +115,29 @@ def history(config: Config, migration_id: str | None = None, store: Store | None
         records = History(active, config.store.state_prefix).all()
         lease = read_lease(active, config.store.state_prefix)
         where = active.info.describe()
+    files = _file_labels(config.migrations_dir)
+    kinds = _file_kinds(config.migrations_dir, files)
     if migration_id is None:
         return HistoryReport(
-            where, [MigrationHistory(i, r.label, r, _state(r, lease)) for i, r in records.items()]
+            where,
+            [MigrationHistory(i, r.label, r, _state(r, lease), kinds.get(i)) for i, r in records.items()],
         )
-    files = _file_labels(config.migrations_dir)
     wanted = _resolve(migration_id, records, files)
     record = records.get(wanted)
     if record is not None:
-        return HistoryReport(where, [MigrationHistory(wanted, record.label, record, _state(record, lease))])
-    return HistoryReport(where, [MigrationHistory(wanted, files[wanted], None, "pending")])
+        item = MigrationHistory(wanted, record.label, record, _state(record, lease), kinds.get(wanted))
+        return HistoryReport(where, [item])
+    return HistoryReport(where, [MigrationHistory(wanted, files[wanted], None, "pending", kinds.get(wanted))])
+
+
+def _file_kinds(folder: Path, labels: dict[str, str]) -> dict[str, str]:
+    """id -> the kind of its file (``document`` or ``script``), told without importing it."""
+    kinds: dict[str, str] = {}
+    for migration_id, label in labels.items():
+        kind = file_kind(folder / f"{label}.py")
+        if kind is not None:
+            kinds[migration_id] = kind.value
+    return kinds
 
 
 def _resolve(wanted: str, records: dict[str, HistoryRecord], files: dict[str, str]) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 from docshift.commands.session import find_run, new_run_id
 from docshift.config import Config
 from docshift.engine.controls import Controls
-from docshift.engine.hooks import ControlApplied, FanOutHooks, RunEnded, RunHooks
+from docshift.engine.hooks import ControlApplied, FanOutHooks, RunEnded, RunHooks, RunStarted
 from docshift.errors import DocshiftError, RunStopped
 from docshift.loader import load_migrations
 from docshift.migration import Migration
@@ -56,7 +56,7 @@ def migration_totals(
         if not by_label:  # loaded on first use, in the counting thread: the run reports bad files
             by_label.update({m.label: m for m in load_migrations(config.migrations_dir)})
         migration = by_label.get(label)
-        if migration is None:
+        if migration is None or migration.is_script:  # a script has no target to count
             return None
         count = store.count(migration.target.query())
         if limit is not None:
@@ -96,7 +96,16 @@ class ObserveOptions:
 class _Observed(FanOutHooks):
     """The hooks an observation gives the run: the event log, the status and the display get
     every step at once, except the run's end, which they get once, when the command is over
-    (its outcome then says what came after the run: the validation's verdict, an auto-rollback)."""
+    (its outcome then says what came after the run: the validation's verdict, an auto-rollback).
+    The run's start first calls ``on_start``: the folder exists from then on."""
+
+    def __init__(self, *hooks: RunHooks, on_start: Callable[[], None]) -> None:
+        super().__init__(*hooks)
+        self.on_start = on_start
+
+    def run_started(self, event: RunStarted) -> None:
+        self.on_start()
+        super().run_started(event)
 
     def run_ended(self, event: RunEnded) -> None:
         return None
@@ -145,6 +154,7 @@ class Observation:
         self.hooks: RunHooks = self.display
         """What to give the run (``hooks=``): the log, the status and the display, once entered."""
         self._observed: _Observed | None = None
+        self._watching = False
 
     def __enter__(self) -> Observation:
         if self.resume:
@@ -166,7 +176,7 @@ class Observation:
         self.status.run_id = self.folder.name
         self.log = EventLog(RunFolder(self.folder).events)
         retries = getattr(self.store, "retries", None)
-        self._observed = _Observed(self.log, self.status, self.display)
+        self._observed = _Observed(self.log, self.status, self.display, on_start=self._watch_folder)
         self.hooks = ProgressExtras(
             self._observed,
             retries=(lambda: int(getattr(self.store, "retries", 0))) if isinstance(retries, int) else None,
@@ -182,17 +192,25 @@ class Observation:
                 on_control=self._note_control,
             )
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            write_presence(self.folder, self.url, self.status_token is not None)
-            if options.control_files:
-                self.files = ControlFiles(self.folder, self.controls, hooks=self.hooks)
-                self.files.start()
+            if self.resume:  # the run's folder exists; a new run's is made when it starts
+                self._watch_folder()
             if options.on_start is not None:
                 options.on_start(self)
         except BaseException:
             self._close_watchers()
             raise
         return self
+
+    def _watch_folder(self) -> None:
+        """Once the run's folder exists (a new run's from its start): the presence file, and the
+        control files watched in it."""
+        if self._watching or self.folder is None:
+            return
+        self._watching = True
+        write_presence(self.folder, self.url, self.status_token is not None)
+        if self.options.control_files:
+            self.files = ControlFiles(self.folder, self.controls, hooks=self.hooks)
+            self.files.start()
 
     def _note_control(self, action: str, *, ops_per_second: float | None = None) -> None:
         self.hooks.control_applied(ControlApplied(action, "http", ops_per_second))
@@ -206,7 +224,7 @@ class Observation:
             self.files.close()
         if self.server is not None:
             self.server.close()
-        if self.folder is not None:
+        if self.folder is not None and self._watching:
             with contextlib.suppress(OSError):  # a folder gone or read-only: how the run ended matters more
                 remove_presence(self.folder)
 

@@ -23,15 +23,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from docshift.commands.observe import Observation, ObserveOptions
-from docshift.commands.session import RunSession, find_run, load_run_info, new_run_id, rate_limiter
+from docshift.commands.session import (
+    ErrorResults,
+    RunSession,
+    find_run,
+    load_run_info,
+    new_run_id,
+    rate_limiter,
+)
 from docshift.commands.target import check_store, target_config
 from docshift.config import Config
 from docshift.engine.controls import Controls
@@ -45,15 +51,14 @@ from docshift.engine.pipeline import (
     new_checkpoint,
 )
 from docshift.engine.sharding import plan_shards
-from docshift.engine.undo import UndoAction, Undoer, UndoResult, UndoRules, undo_actions
+from docshift.engine.undo import Undoer, UndoResult, UndoRules, older_outputs, undo_actions
 from docshift.engine.writer import WriteGuards
-from docshift.errors import EmergencyStop, RollbackConflicts, RunStopped, UsageError
-from docshift.history import History, HistoryRecord, MigrationStatus
+from docshift.errors import RollbackConflicts, RunStopped, UsageError
+from docshift.history import History, HistoryRead, HistoryRecord, MigrationStatus
 from docshift.loader import load_migrations
 from docshift.migration import Migration
 from docshift.reports.report import ReportPaths
 from docshift.runfolder.checkpoint import Checkpoint, ShardCursor, UndoProgress, UndoStep
-from docshift.runfolder.journal import JournalReader
 from docshift.runfolder.layout import MigrationFolder, RunFolder
 from docshift.runfolder.record import CONFLICTS, FINISHED, force_command, read_info
 from docshift.store import Store, store_for
@@ -94,6 +99,11 @@ class RollbackOptions:
     rollback_id: str | None = None
     """The id of a new rollback run (default: generated); lets a caller know its folder beforehand.
     (``run_id`` is the run to roll back.)"""
+    runner: str = "engine"
+    """``--runner beam``: a Beam run's journals are undone by a Beam pipeline, partition by partition
+    (:mod:`docshift.beam.undo`); recorded with the rollback so that a resume keeps it."""
+    beam_options: tuple[str, ...] = ()
+    """``--beam-option KEY=VALUE``: Beam's pipeline options."""
 
 
 @dataclass(frozen=True)
@@ -174,11 +184,11 @@ class RollbackReport:
         return f"docshift rollback --execute --resume {self.run_id}"
 
 
-def _to_for_steps(history: History, steps: int) -> str:
+def _to_for_steps(records: Mapping[str, HistoryRecord], steps: int) -> str:
     """The ``--to`` that undoes the ``steps`` newest migrations recorded applied here (stamped ones
     count: rolling one back is then refused, as with ``--to``)."""
     applied = sorted(
-        (r for r in history.all().values() if r.status in _UNDONE or r.status is MigrationStatus.STAMPED),
+        (r for r in records.values() if r.status in _UNDONE or r.status is MigrationStatus.STAMPED),
         key=lambda r: int(r.migration_id),
         reverse=True,
     )
@@ -190,7 +200,7 @@ def _to_for_steps(history: History, steps: int) -> str:
     return applied[steps].migration_id if steps < len(applied) else "0"
 
 
-def _resolved_target(options: RollbackOptions, history: History) -> RollbackOptions:
+def _resolved_target(options: RollbackOptions, records: Mapping[str, HistoryRecord]) -> RollbackOptions:
     """``options`` naming exactly one of RUN_ID, ``--to`` and ``--steps``, with ``--steps``
     resolved to the ``to`` it means (run.json records both)."""
     named = [
@@ -207,12 +217,15 @@ def _resolved_target(options: RollbackOptions, history: History) -> RollbackOpti
             "`docshift rollback --steps N` the N newest applied",
         )
     if options.steps is not None:
-        return dataclasses.replace(options, to=_to_for_steps(history, options.steps))
+        return dataclasses.replace(options, to=_to_for_steps(records, options.steps))
     return options
 
 
 def _targets(
-    config: Config, options: RollbackOptions, history: History, migrations: dict[str, Migration]
+    config: Config,
+    options: RollbackOptions,
+    records: Mapping[str, HistoryRecord],
+    migrations: dict[str, Migration],
 ) -> list[tuple[Migration, tuple[str, ...], bool]]:
     """(migration, the runs of its application newest first, whether those are all of them), newest
     migration first, for ``options`` naming a run or a ``to`` (see :func:`_resolved_target`). Not
@@ -221,7 +234,7 @@ def _targets(
     if options.run_id is not None:
         run_folder = find_run(config.runs_dir, options.run_id)
         info = load_run_info(run_folder)
-        if info.get("kind", "run") != "run" or not info.get("execute"):
+        if info.get("kind", "run") not in ("run", "retry") or not info.get("execute"):
             raise UsageError(
                 f"run {options.run_id} was not an executed migration run; nothing to roll back",
                 hint="a dry run changed nothing; `docshift runs` shows which runs executed",
@@ -229,7 +242,7 @@ def _targets(
         run_id = str(info["run_id"])
         chosen: list[tuple[Migration, tuple[str, ...], bool]] = []
         for migration_id in reversed(info["migrations"]):
-            record = history.get(migration_id)
+            record = records.get(migration_id)
             _refuse_stamped(record)
             runs = record.application_runs() if record is not None else ()
             # A run killed before its first checkpoint has written (and journalled) already.
@@ -248,7 +261,6 @@ def _targets(
             chosen.append((migrations[migration_id], undone or (run_id,), undone is not None))
         return chosen
     assert options.to is not None
-    records = history.all()
     later = sorted(
         (r for r in records.values() if int(r.migration_id) > int(options.to) and r.status in _UNDONE),
         key=lambda r: int(r.migration_id),
@@ -343,7 +355,7 @@ def _strategy(config: Config, migration: Migration, runs: tuple[str, ...], known
     journalled, without = [], []
     for run in runs:
         folder = RunFolder.of(config.runs_dir, run)
-        if folder.migration(migration.label).journal.exists():
+        if folder.migration(migration.label).has_journal:
             journalled.append(run)
         elif not folder.exists:
             if not explicit_down:
@@ -393,8 +405,8 @@ def _planned(config: Config, migrations: dict[str, Migration], entry: Any) -> _S
         )
     migration = migrations[migration_id]
     if not by:
-        journal = RunFolder.of(config.runs_dir, runs[0]).migration(migration.label).journal
-        by = "journal" if strategy == "restore" or journal.exists() else "target"
+        journalled = RunFolder.of(config.runs_dir, runs[0]).migration(migration.label).has_journal
+        by = "journal" if strategy == "restore" or journalled else "target"
     return _Step(migration, runs, strategy, by, known)
 
 
@@ -469,7 +481,7 @@ def rollback_target(config: Config, options: RollbackOptions) -> Config:
     if not wanted:
         return config
     try:
-        folder = find_run(config.runs_dir, wanted, kind="rollback" if options.resume else "run")
+        folder = find_run(config.runs_dir, wanted, kind="rollback" if options.resume else None)
     except UsageError:
         return config
     return target_config(config, folder)
@@ -489,6 +501,7 @@ def rollback(
     ``hooks`` are the display. Raises what :func:`run_rollback` raises once the rollback and its
     report are recorded (:func:`result_of` gives a stop's report). The caller confirms first (the
     command line does)."""
+    _check_runner(options)
     config = rollback_target(config, options)
     rollback_id = None if options.resume else (options.rollback_id or new_run_id())
     options = dataclasses.replace(options, rollback_id=rollback_id)
@@ -528,7 +541,35 @@ def rollback(
     return report
 
 
-_RESULTS: weakref.WeakKeyDictionary[BaseException, RollbackReport] = weakref.WeakKeyDictionary()
+_RESULTS: ErrorResults[RollbackReport] = ErrorResults()
+
+
+def _check_runner(options: RollbackOptions) -> None:
+    """``--runner beam`` executes a rollback (a resume runs on the runner it recorded); its Beam
+    options, and the extra being installed, are checked before anything is locked or recorded."""
+    if options.runner == "engine":
+        if options.beam_options and not options.resume:
+            raise UsageError(
+                "--beam-option needs --runner beam", hint="add --runner beam, or drop --beam-option"
+            )
+        return
+    if options.runner != "beam":
+        raise UsageError(
+            f"no runner {options.runner!r}", hint="use --runner engine (default) or --runner beam"
+        )
+    if not options.execute and not options.resume:
+        raise UsageError(
+            "--runner beam executes a rollback; a dry run runs in this process",
+            hint="drop --runner beam for the dry run, then roll back with --execute --runner beam",
+        )
+    try:
+        from docshift.beam import BeamSettings, beam_pipeline_options
+    except ImportError as missing:
+        raise UsageError(
+            f"--runner beam needs Apache Beam, which is not installed ({missing})",
+            hint="pip install 'docshift[beam]'",
+        ) from None
+    beam_pipeline_options(BeamSettings(options.beam_options))
 
 
 def result_of(error: BaseException) -> RollbackReport | None:
@@ -550,24 +591,35 @@ def run_rollback(
     observation); raises :class:`RollbackConflicts` when documents changed since the migration
     wrote them were left alone (use ``force`` to overwrite them), or when documents do not equal
     their before-images afterwards. ``hooks`` hear of each step (:mod:`docshift.engine.hooks`)."""
+    _check_runner(options)
     migrations = {m.id: m for m in load_migrations(config.migrations_dir)}
     config = rollback_target(config, options)
     hooks = hooks or RunHooks()
     with store_for(config, store) as active:
+        seen: HistoryRead | None = None  # a resume checks its own process instead
         if options.resume:
             folder = find_run(config.runs_dir, options.resume, kind="rollback")
             session = RunSession.resume(config, active, folder, read_info(folder))
             info = session.info
             plan = [_planned(config, migrations, entry) for entry in info["plan"]]
             order = _recorded_order(plan, info)
-            options = dataclasses.replace(options, execute=bool(info["execute"]), force=bool(info["force"]))
+            options = dataclasses.replace(
+                options,
+                execute=bool(info["execute"]),
+                force=bool(info["force"]),
+                runner=str(info.get("runner") or "engine"),
+                beam_options=options.beam_options or tuple(str(o) for o in info.get("beam_options") or ()),
+            )
         else:
-            plan, order, info = _new_plan(config, active, options, migrations)
+            # What the new rollback decides from, checked again once it holds the lease: another
+            # run may undo (or redo) the same migrations in between.
+            seen = History(active, config.store.state_prefix).read()
+            plan, order, info = _new_plan(config, active, options, migrations, seen.records)
             session = RunSession.create(config, active, info)
         report = RollbackReport(session.run_id, session.folder, options.execute, active.info.describe())
         controls = controls or Controls(rate_limiter(config, active))
         with run_lifecycle(hooks) as start:
-            with session.steps(controls):
+            with session.steps(controls, seen=seen):
                 start(RunStarted(session.run_id, session.folder, "rollback", execute=options.execute))
                 work = _Undoing(config, active, options, report, session.history, hooks, controls)
                 _undo_all(work, plan, order)
@@ -586,15 +638,21 @@ def run_rollback(
 
 
 def _new_plan(
-    config: Config, store: Store, options: RollbackOptions, migrations: dict[str, Migration]
+    config: Config,
+    store: Store,
+    options: RollbackOptions,
+    migrations: dict[str, Migration],
+    records: Mapping[str, HistoryRecord],
 ) -> tuple[list[_Step], _Order, dict[str, Any]]:
-    """What a new rollback undoes, in which order, and its ``run.json``."""
-    history = History(store, config.store.state_prefix)
-    options = _resolved_target(options, history)
-    targets = _targets(config, options, history, migrations)
+    """What a new rollback undoes, in which order, and its ``run.json``, decided from ``records``
+    (one read of the history)."""
+    options = _resolved_target(options, records)
+    targets = _targets(config, options, records, migrations)
     for source_run in dict.fromkeys(run for _, runs, _ in targets for run in runs):
         if (source := RunFolder.of(config.runs_dir, source_run)).exists:
             check_store(store, load_run_info(source.path), source_run)
+    for source_run in dict.fromkeys(run for _, runs, _ in targets for run in runs):
+        _mirror_beam_files(config, source_run)
     plan = [_strategy(config, m, runs, known, options.strategy) for m, runs, known in targets]
     order = _order(config, plan)
     of_run = None
@@ -612,8 +670,35 @@ def _new_plan(
         "to": options.to,
         "steps": options.steps,
         "strategy": options.strategy,
+        "runner": options.runner,
+        "beam_options": list(options.beam_options),
     }
     return plan, order, info
+
+
+def _mirror_beam_files(config: Config, run_id: str) -> None:
+    """A ``--runner beam`` run whose workers wrote their files under a URL (``--beam-option
+    run_files=URL``): copy its journals and records into its run folder first (a run killed before
+    it copied them itself), through Beam's ``FileSystems``."""
+    folder = RunFolder.of(config.runs_dir, run_id)
+    if not folder.exists:
+        return
+    options = ((load_run_info(folder.path).get("settings") or {}).get("options")) or {}
+    if options.get("runner") != "beam":
+        return
+    pairs = [str(o).partition("=") for o in options.get("beam_options") or ()]
+    urls = [value for key, _, value in pairs if key.strip().removeprefix("--") == "run_files" and value]
+    if not urls:
+        return
+    try:
+        from docshift.beam.files import mirror_run
+    except ImportError as missing:
+        raise UsageError(
+            f"run {run_id} wrote its before-images under {urls[-1]}, read through Apache Beam, which is "
+            f"not installed ({missing})",
+            hint="pip install 'docshift[beam]'",
+        ) from None
+    mirror_run(config.runs_dir, run_id, urls[-1])
 
 
 def _not_undone(dirty: list[RollbackItem], info: dict[str, Any]) -> tuple[str, str]:
@@ -742,7 +827,7 @@ def _without_journal(config: Config, step: _Step) -> str:
         r
         for r in step.runs
         if r not in missing
-        and not RunFolder.of(config.runs_dir, r).migration(step.migration.label).journal.exists()
+        and not RunFolder.of(config.runs_dir, r).migration(step.migration.label).has_journal
     ]
     parts = []
     if without:
@@ -794,6 +879,7 @@ class _JournalUndo:
                     continue
                 part.counters.update(entry.counters)
                 part.position = entry.position
+                part.landed = dict(entry.landed)
                 if entry.finished:
                     self.finished.add(entry.run)
             self.working_seconds = saved.elapsed_seconds
@@ -810,6 +896,16 @@ class _JournalUndo:
         """Undo run ``run``'s journal (from where it stopped); whether the rollback was stopped."""
         if run in self.finished:
             return False
+        source = RunFolder.of(self.config.runs_dir, run).migration(self.step.migration.label)
+        if self.options.runner == "beam" and self.options.execute:
+            if not source.journal.is_file() and source.journalled_partitions():
+                return self._run_beam(run, hooks)
+            hooks.warning(
+                Warned(
+                    f"{self.step.migration.label}: run {run} was not a --runner beam run (one journal, not "
+                    "one per partition): its undo runs in this process"
+                )
+            )
         migration, part = self.step.migration, self.parts[run]
         self.started = time.monotonic()
         # redo recognises our own writes by value; a copy's before-images are of its targets,
@@ -820,7 +916,7 @@ class _JournalUndo:
             force=self.options.force,
             redo=redo,
             undo=migration.down if self.step.strategy == "down" else None,
-            left_to_older=self._older_outputs(run),
+            left_to_older=older_outputs(self._older_journals(run)),
         )
         restorer = Undoer(
             store,
@@ -831,7 +927,55 @@ class _JournalUndo:
             on_batch=self.save,
             own_writes=self.own_writes,
         )
-        restorer.run(undo_actions(self._journal(run), part.position), part)
+        try:
+            restorer.run(undo_actions(self._journal(run), part.position), part)
+        except Exception:
+            # The store failed between the requests of a batch: what landed is counted (and noted
+            # in ``landed``); the checkpoint keeps it for the resume.
+            self.save(state="stopped")
+            raise
+        if not part.stopped:
+            self.finished.add(run)
+        self.save(state="stopped" if part.stopped else "running")
+        self.working_seconds += time.monotonic() - self.started
+        self.started = None
+        return part.stopped
+
+    def _run_beam(self, run: str, hooks: RunHooks) -> bool:
+        """Undo a Beam run's journals as a Beam pipeline, partition by partition (``--runner beam``):
+        the same rules as :meth:`run`; the counts are what the partitions' records say landed."""
+        from docshift.beam import BeamSettings
+        from docshift.beam.undo import BeamUndo
+
+        migration, part = self.step.migration, self.parts[run]
+        self.started = time.monotonic()
+        rules = UndoRules(
+            True,
+            force=self.options.force,
+            redo=None if migration.target.copy_to else migration.up,
+            undo=migration.down if self.step.strategy == "down" else None,
+        )
+        undo = BeamUndo(
+            self.config,
+            migration,
+            run,
+            self.files,
+            settings=BeamSettings(self.options.beam_options),
+            rules=rules,
+            older=[
+                (other, self._journal(other)) for other in self.step.runs[self.step.runs.index(run) + 1 :]
+            ],
+            controls=self.controls,
+            hooks=hooks,
+        )
+        try:
+            result = undo.run()
+        except Exception:
+            found = undo.total()
+            part.counters, part.samples = dict(found.counters), found.samples
+            self.save(state="stopped")
+            raise
+        part.counters, part.samples, part.stopped = dict(result.counters), result.samples, result.stopped
         if not part.stopped:
             self.finished.add(run)
         self.save(state="stopped" if part.stopped else "running")
@@ -842,34 +986,17 @@ class _JournalUndo:
     def finish(self) -> None:
         self.save(state="finished")
 
-    def _journal(self, run: str) -> Path:
-        return RunFolder.of(self.config.runs_dir, run).migration(self.step.migration.label).journal
+    def _journal(self, run: str) -> list[Path]:
+        """The run's journals of the migration: one, or a Beam run's attempt journals."""
+        return RunFolder.of(self.config.runs_dir, run).migration(self.step.migration.label).journal_files()
 
-    def _older_outputs(self, run: str) -> Callable[[UndoAction], bool] | None:
-        """Whether a document of ``run``'s journal held what an older run of the migration wrote
-        when ``run`` changed it (the update time that run's write produced; for a document ``run``
-        created, that an older run deleted it): the older run's undo takes it further back."""
-        older = list(self.step.runs[self.step.runs.index(run) + 1 :])
-        if not older:
-            return None
-        outputs: dict[str, set[Timestamp | None]] = {}
-        for other in older:
-            for entry in JournalReader(self._journal(other)):
-                if entry.kind == "written" and entry.update_time is not None:
-                    outputs.setdefault(entry.path, set()).add(entry.update_time)
-                elif entry.kind == "deleted":
-                    outputs.setdefault(entry.path, set()).add(None)
+    def _older_runs(self, run: str) -> tuple[str, ...]:
+        """The runs of the migration older than ``run``: this rollback undoes them after it."""
+        return self.step.runs[self.step.runs.index(run) + 1 :]
 
-        def chained(action: UndoAction) -> bool:
-            found = outputs.get(action.path)
-            if not found:
-                return False
-            before = action.before
-            if before is None or before.data is None:  # created by this run: gone after the older one
-                return None in found
-            return before.update_time in found
-
-        return chained
+    def _older_journals(self, run: str) -> list[list[Path]]:
+        """The journals of the runs of the migration older than ``run`` (see :func:`older_outputs`)."""
+        return [self._journal(other) for other in self._older_runs(run)]
 
     def total(self) -> UndoResult:
         """Every run's counters added up (and the first samples)."""
@@ -885,9 +1012,7 @@ class _JournalUndo:
         return [(run, dict(part.counters)) for run, part in self.parts.items()]
 
     def save(self, _: UndoResult | None = None, state: str = "running") -> None:
-        lost = self.controls.lease_lost
-        if lost is not None and lost.is_set():
-            self.controls.request_stop("the lease was lost to another run", EmergencyStop)
+        self.controls.check_lease()
         if not self.options.execute or self.path is None:
             return
         checkpoint = self.checkpoint
@@ -895,7 +1020,7 @@ class _JournalUndo:
         running = time.monotonic() - self.started if self.started is not None else 0.0
         checkpoint.elapsed_seconds = self.working_seconds + running  # the report's working time
         self.undo.steps = [
-            UndoStep(run, dict(part.counters), part.position, run in self.finished)
+            UndoStep(run, dict(part.counters), part.position, run in self.finished, dict(part.landed))
             for run, part in self.parts.items()
         ]
         checkpoint.state = state

@@ -18,23 +18,23 @@ end, no ``--limit`` cut, no ``--sample``, every canary stage passed), otherwise 
 from __future__ import annotations
 
 import dataclasses
-import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from docshift.commands.observe import Observation, ObserveOptions, outcome_of
-from docshift.commands.rollback import RollbackOptions, run_rollback, undo_listings
 from docshift.commands.session import (
+    ErrorResults,
     RunSession,
     find_run,
+    lease_ahead,
     load_run_info,
     new_run_id,
     rate_limiter,
 )
-from docshift.commands.stages import CanaryStages, StageRun, run_stages
 from docshift.commands.target import target_config
 from docshift.config import Config, with_values
 from docshift.engine.batch import DocumentCheck
@@ -67,16 +67,18 @@ from docshift.errors import (
     UsageError,
     ValidationFailed,
 )
-from docshift.history import History, MigrationStatus, current_user
+from docshift.history import History, HistoryRead, MigrationStatus, current_user
 from docshift.loader import load_migrations
 from docshift.migration import Migration
 from docshift.planning import MigrationState, check_drift, check_order, migration_states
 from docshift.reports.report import ReportPaths
-from docshift.runfolder.checkpoint import Checkpoint, Scope
+from docshift.runfolder.checkpoint import Checkpoint, Scope, ShardCursor
 from docshift.runfolder.layout import MigrationFolder, RunFolder
-from docshift.runfolder.record import ROLLED_BACK, read_migration
-from docshift.store import Store, store_for
+from docshift.runfolder.record import PARTLY_ROLLED_BACK, ROLLED_BACK, read_migration
+from docshift.store import SnapshotStore, Store, store_for
+from docshift.store.read_time import check_resumable, parse_timestamp, pin, reads_text
 from docshift.validators import RunOutcome, RunValidation
+from docshift.values import Timestamp
 
 __all__ = [
     "MigrationOutcome",
@@ -84,10 +86,13 @@ __all__ = [
     "RunOptions",
     "RunReport",
     "RunResult",
+    "SessionWork",
     "find_run",
     "load_run_info",
+    "observed_run",
     "outcome_status",
     "rate_limiter",
+    "record_resume",
     "result_of",
     "resume_run",
     "run",
@@ -122,6 +127,14 @@ class RunOptions:
     auto_rollback: bool = False
     """``--auto-rollback``: roll the run back when the integrity gate stops it; recorded with the
     run so that a resume keeps it."""
+    runner: str = "engine"
+    """``--runner``: ``engine`` (this process) or ``beam`` (each migration an Apache Beam pipeline,
+    :mod:`docshift.beam`); recorded with the run so that a resume keeps it."""
+    beam_options: tuple[str, ...] = ()
+    """``--beam-option KEY=VALUE``: Beam's pipeline options (a resume keeps the run's unless given)."""
+    read_time: Timestamp | None = None
+    """``--read-time``: the moment a dry run reads the store at (default: when it starts); an
+    execute reads live data (its update-time guards make that safe)."""
 
 
 @dataclass
@@ -148,10 +161,14 @@ class RunReport:
     execute: bool
     outcomes: list[MigrationOutcome] = field(default_factory=list)
     target: str = ""
+    kind: str = "run"
+    """``run``, or ``retry`` (``docshift retry``: a run over a run's dead letters)."""
+    read_time: Timestamp | None = None
+    """The snapshot a dry run read; None: the run read live data (an execute)."""
 
     @property
     def resume_command(self) -> str:
-        return f"docshift run --execute --resume {self.run_id}"
+        return f"docshift {self.kind} --execute --resume {self.run_id}"
 
 
 @dataclass
@@ -192,7 +209,7 @@ class RunResult:
         return self.run.outcomes
 
 
-_RESULTS: weakref.WeakKeyDictionary[BaseException, RunResult] = weakref.WeakKeyDictionary()
+_RESULTS: ErrorResults[RunResult] = ErrorResults()
 
 
 def result_of(error: BaseException) -> RunResult | None:
@@ -213,10 +230,11 @@ def pipeline_options(config: Config, options: RunOptions) -> PipelineOptions:
 
 
 def _select(
-    migrations: list[Migration], history: History, options: RunOptions
+    migrations: list[Migration], seen: HistoryRead, options: RunOptions
 ) -> tuple[list[Migration], list[MigrationState]]:
-    """The migrations to run, and the drifted ones ``--allow-drift`` lets through."""
-    states = migration_states(migrations, history.all())
+    """The migrations to run, and the drifted ones ``--allow-drift`` lets through, as the history
+    ``seen`` has them (which the run checks again once it holds the lease: RunSession.steps)."""
+    states = migration_states(migrations, seen.records)
     drifted = check_drift(states, options.allow_drift)
     known = {m.id for m in migrations}
     for wanted in (options.to, options.only):
@@ -262,6 +280,8 @@ def run_settings(config: Config, options: RunOptions) -> dict[str, Any]:
             "pause_between_stages": options.pause_between_stages,
             "scans": options.scans,
             "auto_rollback": options.auto_rollback,
+            "runner": options.runner,
+            "beam_options": list(options.beam_options),
         },
     }
 
@@ -299,7 +319,7 @@ class ResumedRun:
         parts = [
             f"write limit {_shown(rate) + ' ops/s' if rate else 'none'}",
             f"batch size {values['batch_size']}",
-            f"concurrency {values['concurrency']}",
+            f"concurrency {values['concurrency'] or 'auto'}",
             f"shards {values['shards']}",
             f"max failures {values['max_failures']}",
             f"backup {_shown(values['backup'])}",
@@ -337,13 +357,14 @@ def _recorded_settings(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     return {"config": {}, "options": {"limit": info.get("limit"), "sample_percent": info.get("sample")}}
 
 
-def resume_run(config: Config, options: RunOptions) -> ResumedRun:
-    """The run ``options.resume`` names, with what it continues with: its own settings (as it
-    started, or as an earlier resume changed them), except where this command was given a flag
-    (``config.sources`` says ``--…``), which overrides the run's. Its scope (``--limit``,
-    ``--sample``, ``--stages``) stays as it was: a different one is refused."""
+def resume_run(config: Config, options: RunOptions, kind: str = "run") -> ResumedRun:
+    """The run ``options.resume`` names (``latest``: the newest unfinished ``kind`` run), with what
+    it continues with: its own settings (as it started, or as an earlier resume changed them),
+    except where this command was given a flag (``config.sources`` says ``--…``), which overrides
+    the run's. Its scope (``--limit``, ``--sample``, ``--stages``) stays as it was: a different one
+    is refused."""
     assert options.resume is not None
-    folder = find_run(config.runs_dir, options.resume)
+    folder = find_run(config.runs_dir, options.resume, kind)
     config = target_config(config, folder)  # where the run was made, not where the defaults point today
     info = load_run_info(folder)
     run_id = str(info["run_id"])
@@ -387,6 +408,7 @@ def resume_run(config: Config, options: RunOptions) -> ResumedRun:
         if now_on and not was_on:
             overrides[name] = {"was": False, "now": True}
         switches[name] = was_on or now_on
+    options = _resumed_runner(options, given, run_id)
     options = dataclasses.replace(
         options,
         execute=bool(info["execute"]),
@@ -402,13 +424,65 @@ def resume_run(config: Config, options: RunOptions) -> ResumedRun:
     return ResumedRun(run_id, folder, info, config, options, overrides)
 
 
+def _resumed_runner(options: RunOptions, given: dict[str, Any], run_id: str) -> RunOptions:
+    """A resume runs where the run ran: its runner, and its Beam options unless others are given."""
+    theirs = str(given.get("runner") or "engine")
+    if options.runner not in ("engine", theirs):
+        raise UsageError(
+            f"run {run_id} runs on the {theirs} runner; a resume cannot move it to {options.runner}",
+            hint="resume without --runner, or start a new run with it",
+        )
+    beam_options = options.beam_options or tuple(str(o) for o in given.get("beam_options") or ())
+    return dataclasses.replace(options, runner=theirs, beam_options=beam_options)
+
+
+def _check_runner(options: RunOptions) -> None:
+    """What the Beam runner does: an executed run over whole targets, one pipeline per migration."""
+    if options.runner == "engine":
+        if options.beam_options:
+            raise UsageError(
+                "--beam-option needs --runner beam", hint="add --runner beam, or drop --beam-option"
+            )
+        return
+    if options.runner != "beam":
+        raise UsageError(
+            f"no runner {options.runner!r}", hint="use --runner engine (default) or --runner beam"
+        )
+    if not options.execute:
+        raise UsageError(
+            "--runner beam executes a run; a dry run runs in this process",
+            hint="drop --runner beam for the dry run, then run --execute --runner beam",
+        )
+    for name in ("limit", "sample_percent", "stages"):
+        if getattr(options, name):
+            raise UsageError(
+                f"--runner beam migrates whole targets; {_FLAGS[name]} runs in this process",
+                hint=f"drop {_FLAGS[name]}, or drop --runner beam",
+            )
+    _require_beam()
+    from docshift.beam import BeamSettings, beam_pipeline_options
+
+    beam_pipeline_options(BeamSettings(options.beam_options))  # refused before the run starts
+
+
+def _require_beam() -> None:
+    """``docshift.beam`` needs the ``docshift[beam]`` extra; it is imported only for ``--runner beam``."""
+    try:
+        import docshift.beam  # noqa: F401 - imports apache_beam
+    except ImportError as missing:
+        raise UsageError(
+            f"--runner beam needs Apache Beam, which is not installed ({missing})",
+            hint="pip install 'docshift[beam]'",
+        ) from None
+
+
 def _scope_text(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(f"{_shown(float(s))}%" for s in value)
     return f"{_shown(value)}%" if isinstance(value, float) else str(value)
 
 
-def _record_resume(resumed: ResumedRun, session: RunSession, hooks: RunHooks) -> None:
+def record_resume(resumed: ResumedRun, session: RunSession, hooks: RunHooks) -> None:
     """Write into ``run.json`` the settings the resume continues with, the resume and what it
     overrode, and ``overrides``: every setting the run's resumes changed, from the run's first
     value to the latest (what the report and the history show)."""
@@ -445,7 +519,30 @@ def run(
     after-scan below integrity_critical) once the run, its validation and its report are recorded:
     :func:`result_of` gives that error's :class:`RunResult`. The caller confirms first (the
     command line does)."""
-    resumed = resume_run(config, options) if options.resume else None
+    return observed_run(
+        config, options, run_migrations, store=store, hooks=hooks, controls=controls, observe=observe
+    )
+
+
+SessionWork = Callable[..., RunReport]
+"""A run session's work: ``(config, options, *, store, hooks, controls, into) -> RunReport``, as
+:func:`run_migrations` (a retry's: :func:`docshift.commands.retry.retry_migrations`)."""
+
+
+def observed_run(
+    config: Config,
+    options: RunOptions,
+    work: SessionWork,
+    *,
+    kind: str = "run",
+    store: Store | None = None,
+    hooks: RunHooks | None = None,
+    controls: Controls | None = None,
+    observe: ObserveOptions | None = None,
+) -> RunResult:
+    """A ``kind`` run's session (``work``) observed, validated (and rolled back by the gate with
+    ``auto_rollback``) and reported, as :func:`run` says."""
+    resumed = resume_run(config, options, kind) if options.resume else None
     if resumed is not None:
         config, options = resumed.config, resumed.options
     else:
@@ -454,9 +551,16 @@ def run(
     with store_for(config, store) as active:
         controls = controls or Controls(rate_limiter(config, active))
         folder = RunFolder.of(config.runs_dir, run_id)
-        report = RunReport(run_id, folder.path, options.execute, target=active.info.describe())
+        report = RunReport(run_id, folder.path, options.execute, target=active.info.describe(), kind=kind)
         observation = Observation(
-            config, active, controls, resume=options.resume, run_id=run_id, display=hooks, options=observe
+            config,
+            active,
+            controls,
+            kind=kind,
+            resume=options.resume,
+            run_id=run_id,
+            display=hooks,
+            options=observe,
         )
         validation: RunValidation | None = None
         checked: RunOutcome | None = None
@@ -472,7 +576,7 @@ def run(
                     previous=resumed.folder if resumed is not None else None,
                 )
                 try:
-                    run_migrations(
+                    work(
                         config,
                         options,
                         store=active,
@@ -550,6 +654,8 @@ def _validate_stopped(
 def _auto_rollback(config: Config, store: Store, hooks: RunHooks, stop: RunStopped, run_id: str) -> None:
     # Restoring the before-images undoes exactly what the run wrote (a down() may not be an exact
     # inverse, and would also visit the documents the run never reached).
+    from docshift.commands.rollback import RollbackOptions, run_rollback  # deferred: only for a gate stop
+
     strategy = "restore" if config.engine.backup else "auto"
     hooks.warning(Warned(f"integrity gate: rolling back run {run_id} ({strategy}, --auto-rollback)"))
     try:
@@ -593,10 +699,22 @@ def run_migrations(
     resumed = resume_run(config, options) if options.resume else None
     if resumed is not None:
         config, options = resumed.config, resumed.options
-    with store_for(config, store) as active:
+    _check_runner(options)
+    run_id = str(resumed.info["run_id"]) if resumed is not None else options.run_id or new_run_id()
+    # A new execute takes the lease while it reads the history (LeaseAhead); a resume first checks
+    # that the run's own process is gone (RunSession.steps).
+    ahead = options.execute and resumed is None
+    with (
+        store_for(config, store) as active,
+        lease_ahead(active, config.store.state_prefix, run_id, execute=ahead) as lease,
+    ):
         hooks = hooks or RunHooks()
         drifted: list[MigrationState] = []
+        seen: HistoryRead | None = None  # what a new run chose from, checked again under the lease
+        # A dry run's read time is asked while the history is read: one round trip, not two.
+        pinning = _snapshot(active, options, resumed.info if resumed is not None else None)
         if resumed is not None:
+            reads = pinning()
             session = RunSession.resume(config, active, resumed.folder, resumed.info)
             by_id = {m.id: m for m in migrations}
             missing = [i for i in session.info["migrations"] if i not in by_id]
@@ -607,8 +725,10 @@ def run_migrations(
                 )
             selected = [by_id[i] for i in session.info["migrations"]]
         else:
-            selected, drifted = _select(migrations, History(active, config.store.state_prefix), options)
-            run_id = options.run_id or new_run_id()
+            seen = History(active, config.store.state_prefix).read()
+            reads = pinning()
+            selected, drifted = _select(migrations, seen, options)
+            _refuse_script_scope(selected, options)
             if not selected:
                 return into or RunReport(
                     run_id,
@@ -627,25 +747,29 @@ def run_migrations(
                     "limit": options.limit,
                     "sample": options.sample_percent,
                     "settings": run_settings(config, options),
+                    "read_time": reads.read_time.isoformat() if reads is not None else None,
+                    "reads": reads_text(reads.read_time if reads is not None else None),
                 },
             )
         report = into or RunReport(session.run_id, session.folder, options.execute)
         report.target = active.info.describe()
+        report.read_time = reads.read_time if reads is not None else None
         controls = controls or Controls(rate_limiter(config, active))
         history = session.history
         with run_lifecycle(hooks) as start:
-            with session.steps(controls):
+            with session.steps(controls, lease, seen):
                 if resumed is not None and options.execute:
                     _refuse_if_rolled_back(history, session.run_id, session.info["migrations"])
                 start(RunStarted(session.run_id, session.folder, "run", execute=options.execute))
                 if resumed is not None:
-                    _record_resume(resumed, session, hooks)
+                    record_resume(resumed, session, hooks)
                 if options.execute:
                     for state in drifted:  # --allow-drift: adopt the new checksum, keeping the old one
                         if state.migration is not None:
                             history.accept_drift(state.migration_id, state.migration.checksum, session.run_id)
                 overrides = dict(session.info.get("overrides") or {})
-                work = _Migrating(config, active, options, report, history, hooks, controls, overrides)
+                data = reads or active  # a dry run reads its snapshot, an execute live data
+                work = _Migrating(config, data, options, report, history, hooks, controls, overrides)
                 for migration in selected:
                     _run_one(work, migration)
             done = "; ".join(
@@ -655,6 +779,44 @@ def run_migrations(
             )
             session.finish(done=f"finished ({done})", again="it migrates nothing again")
         return report
+
+
+def _snapshot(
+    store: Store, options: RunOptions, resumed: dict[str, Any] | None
+) -> Callable[[], SnapshotStore | None]:
+    """What a dry run reads: the store at one read time (``--read-time``, the one a resumed dry run
+    recorded, or now); None for an execute, which reads live data. The flags are checked here; the
+    store's time is asked in the background (a round trip, while the history is read) and the
+    callable returned waits for it."""
+    if options.execute:
+        if options.read_time is not None:
+            raise UsageError(
+                "--read-time is for dry runs: an execute reads the live data",
+                hint="drop --read-time; every write is guarded by the document's update time, so "
+                "reading live data is safe",
+            )
+        return lambda: None
+    recorded = resumed.get("read_time") if resumed is not None else None
+    if resumed is not None and options.read_time is not None:
+        raise UsageError(
+            "a resumed dry run reads at the read time it started with: --read-time cannot change it",
+            hint="drop --read-time, or start a new dry run with it",
+        )
+    if isinstance(recorded, str):
+        what = f"dry run {resumed.get('run_id') if resumed else ''}"
+        at = parse_timestamp(recorded)
+        return _background(lambda: pin(store, check_resumable(at, store.snapshot_time(), what).at))
+    if options.read_time is not None:
+        return lambda: pin(store, options.read_time)  # no round trip: the time is given
+    return _background(lambda: pin(store, None))
+
+
+def _background(call: Callable[[], SnapshotStore]) -> Callable[[], SnapshotStore]:
+    """``call`` started on a thread; the callable returned waits for its value (or raises its error)."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="docshift-read-time")
+    future = executor.submit(call)
+    executor.shutdown(wait=False)  # takes nothing more; its thread ends with the call
+    return future.result
 
 
 def _refuse_if_rolled_back(history: History, run_id: str, migration_ids: Sequence[str]) -> None:
@@ -704,6 +866,8 @@ def _checkpoint(work: _Migrating, migration: Migration, files: MigrationFolder) 
     options, report = work.options, work.report
     settings = _settings(work.config, options)
     path = files.checkpoint
+    if not path.exists() and migration.is_script:  # no target to shard: one cursor, the script's marks
+        return new_checkpoint(report.run_id, migration, [ShardCursor()], settings)
     if not path.exists():
         # --limit means the first N documents in name order: one reader, one shard.
         count = 1 if options.limit is not None else options.shards or work.config.engine.shards
@@ -716,6 +880,8 @@ def _checkpoint(work: _Migrating, migration: Migration, files: MigrationFolder) 
     undoing = checkpoint.stage_rollback
     if undoing is not None and undoing.done:
         if not undoing.complete:
+            from docshift.commands.rollback import undo_listings  # deferred: only for this refusal
+
             raise UsageError(
                 f"{migration.label}: the rollback of its canary stages in run {report.run_id} left "
                 f"documents alone (listed in {', '.join(str(p) for p in undo_listings(path.parent))})",
@@ -756,7 +922,7 @@ def _run_one(work: _Migrating, migration: Migration) -> None:
         result = _staged(work, migration, base, checkpoint, check)
     else:
         # Only here: a pipeline opens its journal and dead-letter file when it is made.
-        recorder = None if options.execute else DryRunRecorder(files.plan, migration.up)
+        recorder = None if options.execute else _recorder(migration, files)
         on_checkpoint = None
         if options.execute:
 
@@ -768,17 +934,41 @@ def _run_one(work: _Migrating, migration: Migration) -> None:
                 }
                 history.progress(migration_id, saved.counters, summary)
 
+        steps = PassSteps(check=check, on_decision=recorder, on_checkpoint=on_checkpoint)
         try:
-            result = MigrationPipeline(
-                work.store,
-                migration,
-                base,
-                files.path,
-                checkpoint,
-                controls=work.controls,
-                hooks=work.hooks,
-                steps=PassSteps(check=check, on_decision=recorder, on_checkpoint=on_checkpoint),
-            ).run()
+            if migration.is_script:  # apply(ctx): the script runner, beside the per-document pipeline
+                if options.runner == "beam":
+                    work.hooks.warning(
+                        Warned(
+                            f"{migration.label} is a script migration (apply(ctx)): it runs in this process"
+                        )
+                    )
+                from docshift.engine.script import ScriptOptions, ScriptRunner  # deferred: scripts only
+
+                result = ScriptRunner(
+                    work.store,
+                    migration,
+                    ScriptOptions(options.execute, work.config.engine, work.config.limits),
+                    files.path,
+                    checkpoint,
+                    controls=work.controls,
+                    hooks=work.hooks,
+                    on_decision=recorder,
+                    on_checkpoint=on_checkpoint,
+                ).run()
+            elif options.runner == "beam":
+                result = _beam_pass(work, migration, base, files.path, checkpoint, steps)
+            else:
+                result = MigrationPipeline(
+                    work.store,
+                    migration,
+                    base,
+                    files.path,
+                    checkpoint,
+                    controls=work.controls,
+                    hooks=work.hooks,
+                    steps=steps,
+                ).run()
         finally:
             if recorder is not None:
                 recorder.close()
@@ -790,6 +980,59 @@ def _run_one(work: _Migrating, migration: Migration) -> None:
     work.hooks.migration_ended(MigrationEnded(migration, result, recorded))
     if result.error is not None:
         raise result.error
+
+
+def _beam_pass(
+    work: _Migrating,
+    migration: Migration,
+    base: PipelineOptions,
+    folder: Path,
+    checkpoint: Checkpoint,
+    steps: PassSteps,
+) -> PipelineResult:
+    """The migration as an Apache Beam pipeline (``--runner beam``: the ``docshift[beam]`` extra)."""
+    from docshift.beam import BeamPass, BeamSettings
+
+    settings = BeamSettings(work.options.beam_options)
+    beam = BeamPass(
+        work.config,
+        migration,
+        base,
+        folder,
+        checkpoint,
+        settings=settings,
+        controls=work.controls,
+        hooks=work.hooks,
+        steps=steps,
+    )
+    return beam.run()
+
+
+def _recorder(migration: Migration, files: MigrationFolder) -> DryRunRecorder:
+    """A dry run's plan; a script's lists more of its writes on the screen (it has no idempotency
+    check: it has no up() to run twice)."""
+    if migration.is_script:
+        return DryRunRecorder(files.plan, migration.up, samples=_SCRIPT_SAMPLES, idempotency_checks=0)
+    return DryRunRecorder(files.plan, migration.up)
+
+
+_SCRIPT_SAMPLES = 50
+
+
+def _refuse_script_scope(selected: Sequence[Migration], options: RunOptions) -> None:
+    """``--limit``, ``--sample`` and ``--stages`` choose documents of a target: a script has none."""
+    scripts = [m for m in selected if m.is_script]
+    given = [
+        flag
+        for name, flag in (("limit", "--limit"), ("sample_percent", "--sample"), ("stages", "--stages"))
+        if getattr(options, name) is not None
+    ]
+    if scripts and given:
+        raise UsageError(
+            f"{scripts[0].label} is a script migration (apply): {given[0]} chooses documents of a "
+            "migration's target, and a script has none",
+            hint=f"run the migrations before it with {given[0]} (--to ID), then the script without it",
+        )
 
 
 def _record(work: _Migrating, outcome: MigrationOutcome, checkpoint_path: Path) -> None:
@@ -804,10 +1047,12 @@ def _record(work: _Migrating, outcome: MigrationOutcome, checkpoint_path: Path) 
     error = None if result.error is None else f"{result.error} (resume: {work.report.resume_command})"
     if isinstance(result.error, StageFailed):
         error = str(result.error)
-    history.finish(migration.id, status, result.counters, error)
+    history.finish(migration.id, status, result.counters, error, landed=result.landed)
     if isinstance(result.error, StageFailed) and result.error.undone:
-        # Its own stages, undone: earlier runs' writes may remain.
+        # Its own stages, undone: earlier runs' writes may remain, and so may this run's writes
+        # of the migrations it finished before this one.
         record = history.mark_rolled_back(migration.id, run_id, result.counters, undone=(run_id,))
+        _note_kept(work, migration, result.error)
         if record.status is not MigrationStatus.ROLLED_BACK:
             earlier = ", ".join(record.runs) if record.runs else "earlier runs"
             command = f"docshift rollback {record.runs[-1] if record.runs else 'RUN_ID'} --execute"
@@ -821,6 +1066,26 @@ def _record(work: _Migrating, outcome: MigrationOutcome, checkpoint_path: Path) 
     if status is MigrationStatus.PARTIAL:
         outcome.note = _partial_note(migration, work.options, result.counters)
         hooks.warning(Warned(outcome.note))
+
+
+def _note_kept(work: _Migrating, migration: Migration, stop: StageFailed) -> None:
+    """When migrations this run finished before ``migration`` wrote documents, the run did not undo
+    everything it wrote: it ends ``partly_rolled_back`` (closed, as ``rolled_back`` is), and the
+    error names what stays applied and the rollback that undoes it."""
+    kept = []
+    for files in RunFolder(work.report.folder).migrations():
+        if files.label == migration.label:
+            continue
+        done = read_migration(files.path)
+        written = sum(done.counts[name] for name in ("updated", "created", "deleted"))
+        if done.state != ROLLED_BACK and written:
+            kept.append(f"{done.label} ({written:,} document(s) written)")
+    if not kept:
+        return
+    run_id = work.report.run_id
+    stop.run_state = PARTLY_ROLLED_BACK
+    stop.message += f"; what this run migrated before it stays applied: {', '.join(kept)}"
+    stop.hint = f"{stop.hint}; to undo the rest of the run too: docshift rollback {run_id} --execute"
 
 
 def _note_limit(store: Store, migration: Migration, checkpoint: Checkpoint, path: Path) -> None:
@@ -863,6 +1128,9 @@ def _staged(
     checkpoint: Checkpoint,
     check: DocumentCheck | None,
 ) -> PipelineResult:
+    # Deferred: canary stages (and the rollback they may end with) only for a run with --stages.
+    from docshift.commands.stages import CanaryStages, StageRun, run_stages
+
     options = work.options
     assert options.stages is not None
     folder = RunFolder(work.report.folder).migration(migration.label).path
@@ -884,7 +1152,15 @@ def _staged(
         # The stages' checkpoint speaks for the whole migration (every stage so far), as it does
         # for the report and `docshift runs`.
         record = read_migration(folder)
-        return PipelineResult(migration.id, "stopped", record.counters, record.elapsed_seconds, folder, error)
+        return PipelineResult(
+            migration.id,
+            "stopped",
+            record.counters,
+            record.elapsed_seconds,
+            folder,
+            error,
+            landed=record.landed,
+        )
 
 
 def _finish_history(

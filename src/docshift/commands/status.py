@@ -1,11 +1,13 @@
-"""``docshift status``: every migration, in the folder or the history, and what CI should make of it."""
+"""``docshift status``: every migration, in the folder or the history, and what CI should make of it;
+and the dead letters its runs left that no retry took up."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from docshift.commands.retry import DeadLettersLeft, dead_letters_left
 from docshift.config import Config
 from docshift.errors import ExitCode
 from docshift.history import History, HistoryRecord
@@ -50,6 +52,9 @@ class StatusReport:
     migrations_dir: Path
     states: list[MigrationState]
     lease: Lease | None
+    dead_letters: dict[str, list[DeadLettersLeft]] = field(default_factory=dict)
+    """Per migration id: documents its runs left in dead-letter files that no retry took up
+    (:func:`~docshift.commands.retry.dead_letters_left`)."""
 
     @property
     def exit_code(self) -> ExitCode:
@@ -69,7 +74,15 @@ class StatusReport:
             "exit_code": int(self.exit_code),
             "summary": self.summary(),
             "lease": _lease_json(self.lease),
-            "migrations": [_state_json(state, self.lease) for state in self.states],
+            "migrations": [
+                {
+                    **_state_json(state, self.lease),
+                    "dead_letters": [
+                        left.to_json() for left in self.dead_letters.get(state.migration_id, [])
+                    ],
+                }
+                for state in self.states
+            ],
         }
 
 
@@ -95,6 +108,7 @@ def _state_json(state: MigrationState, lease: Lease | None) -> dict[str, Any]:
     return {
         "id": state.migration_id,
         "name": migration.name if migration else (record.name if record else ""),
+        "kind": migration.kind.value if migration else None,
         "description": migration.description if migration else (record.description if record else ""),
         "state": state.kind.value,
         "label": state_label(state, lease),
@@ -123,5 +137,9 @@ def status(config: Config, store: Store | None = None) -> StatusReport:
         records = History(active, config.store.state_prefix).all()
         lease = read_lease(active, config.store.state_prefix)
         return StatusReport(
-            active.info.describe(), config.migrations_dir, migration_states(migrations, records), lease
+            active.info.describe(),
+            config.migrations_dir,
+            migration_states(migrations, records),
+            lease,
+            dead_letters_left(config.runs_dir, records),
         )

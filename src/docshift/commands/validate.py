@@ -1,9 +1,10 @@
 """``docshift validate``: scan a migration's target against its rules and save the report.
 
 ``--before`` reads what the migration reads; ``--after`` (the default) reads what it produced (the
-``copy_to`` collection of a copy). An after-scan compares count expectations with the before-scan
-of the migration's latest run (or the newest ``validate --before`` taken before that run), and with
-what that run deleted and created, as recorded in the history.
+``copy_to`` collection of a copy). The scan reads one snapshot: the store as it was when the scan
+started (or at ``read_time``), recorded in the report. An after-scan compares count expectations
+with the before-scan of the migration's latest run (or the newest ``validate --before`` taken before
+that run), and with what that run deleted and created, as recorded in the history.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from docshift.loader import load_migrations
 from docshift.migration import Migration
 from docshift.runfolder.layout import ReportFolder, RunFolder
 from docshift.store import Store, store_for
+from docshift.store.read_time import pin
 from docshift.validators.scan import Baseline, ValidationReport, load_report, save_report, scan
+from docshift.values import Timestamp
 
 __all__ = ["PHASES", "find_migration", "report_folder", "validate"]
 
@@ -52,6 +55,7 @@ def validate(
     sample: int | None = None,
     full: bool = False,
     store: Store | None = None,
+    read_time: Timestamp | None = None,
 ) -> ValidationReport:
     """Scan every document (or ``sample`` of them, spread over the key space) and save the report
     as ``runs_dir/validate-<id>-<time>/report.json``. The caller decides what a failing report
@@ -73,8 +77,9 @@ def validate(
         )
     with store_for(config, store) as active:
         baseline = _baseline(config, active, migration) if phase == "after" else None
+        snapshot = pin(active, read_time)
         report = scan(
-            active,
+            snapshot,
             migration,
             phase=phase,
             sample=sample,
@@ -82,6 +87,7 @@ def validate(
             warning=config.limits.integrity_warning,
             critical=config.limits.integrity_critical,
         )
+        report.read_time = snapshot.read_time.isoformat()
     save_report(report, report_folder(config, "validate", migration).report)
     return report
 

@@ -8,7 +8,9 @@ Two streaming passes in constant memory (plus 8 bytes per copied document):
 2. the target's keys: a document no source produced is *extra*.
 
 A source for which ``up`` returns ``UNCHANGED`` is copied as it is, so the target must equal the
-source; one for which ``up`` raises is counted as ``failed``.
+source; one for which ``up`` raises is counted as ``failed``. Both passes read one snapshot (the
+moment verify starts, or ``read_time``): a source and its copy are compared as they were at the
+same moment, not with the application's writes between the two reads.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from docshift.migration import DELETE, UNCHANGED, DocView, Migration, Target
 from docshift.runfolder.layout import VERIFY_FORMAT
 from docshift.store import Query, Store, store_for
 from docshift.store.base import Document
+from docshift.store.read_time import pin
 from docshift.validators.collection import DigestSet, digest
 from docshift.values import Timestamp, values_equal
 
@@ -79,6 +82,8 @@ class VerifyReport:
     examples: list[Difference] = field(default_factory=list)
     elapsed_seconds: float = 0.0
     path: Path | None = None
+    read_time: Timestamp | None = None
+    """The snapshot both sides were read at."""
 
     @property
     def passed(self) -> bool:
@@ -110,12 +115,18 @@ class VerifyReport:
             "passed": self.passed,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "at": Timestamp.now().isoformat(),
+            "read_time": self.read_time.isoformat() if self.read_time is not None else None,
             "examples": [d.to_json() for d in self.examples],
         }
 
 
 def verify(
-    config: Config, migration_id: str, *, store: Store | None = None, examples: int = 20
+    config: Config,
+    migration_id: str,
+    *,
+    store: Store | None = None,
+    examples: int = 20,
+    read_time: Timestamp | None = None,
 ) -> VerifyReport:
     """Compare a copy migration's source and target; the report is saved as
     ``runs_dir/verify-<id>-<time>/report.json``."""
@@ -126,7 +137,9 @@ def verify(
             hint="verify compares a copy migration's source and target; check rules with docshift validate",
         )
     with store_for(config, store) as active:
-        report = compare(active, migration, examples=examples)
+        snapshot = pin(active, read_time)
+        report = compare(snapshot, migration, examples=examples)
+        report.read_time = snapshot.read_time
     path = report_folder(config, "verify", migration).report
     VERIFY_FORMAT.write(path, report.to_json())
     report.path = path

@@ -9,9 +9,12 @@ from __future__ import annotations
 import threading
 
 from docshift.engine.limits import RateLimiter
-from docshift.errors import RunStopped
+from docshift.errors import EmergencyStop, RunStopped
 
-__all__ = ["Controls"]
+__all__ = ["LEASE_LOST", "Controls"]
+
+LEASE_LOST = "the lease was lost to another run"
+"""The stop reason when another run took the lease while this one held it."""
 
 
 class Controls:
@@ -38,6 +41,15 @@ class Controls:
                 self.stop_class = error
             self.stop.set()
         self.limiter.resume()  # a paused run must wake up to stop
+
+    def check_lease(self) -> bool:
+        """Stop at once (an :class:`EmergencyStop`) if the lease was lost to another run: every
+        loop that writes, or has workers write, asks this between its steps. Whether the run is
+        stopping (for this or any other reason)."""
+        lost = self.lease_lost
+        if lost is not None and lost.is_set():
+            self.request_stop(LEASE_LOST, EmergencyStop)
+        return self.stop.is_set()
 
     def refine_stop_reason(self, reason: str, refined: str) -> None:
         """Replace the stop reason ``reason`` with ``refined`` (the same cause, told with what

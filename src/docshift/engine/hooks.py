@@ -242,9 +242,15 @@ class EngineState:
 
     batch_size: int
     write_limit: float
-    """Ops/s; 0: none."""
+    """Ops/s; 0: none. The lowest of the cap, the ramp and the adaptive rate."""
     memory_mb: float
     paused: bool
+    ramp_limit: float = 0.0
+    """The 500/50/5 ramp's level (ops/s); 0: no ramp."""
+    adaptive_limit: float = 0.0
+    """The rate the store's refusals for load set (ops/s); 0: it never refused."""
+    in_flight: int = 0
+    """Batches the run keeps in flight now (its commit window, from the commit latency); 0: unknown."""
 
 
 @dataclass(frozen=True)
@@ -290,6 +296,11 @@ class PassEnded:
     """Why it stopped (or why it ended failed, though every document was handled)."""
     stages: int | None = field(default=None, metadata=_written(if_set=True))
     retries: int | None = field(default=None, metadata=_written(if_set=True))
+    write_rate: float | None = field(default=None, metadata=_written(if_set=True))
+    """The write rate (ops/s) the adaptive throttle settled on, when the store refused writes for
+    load: what the store accepted when it last refused (the rate then stays just under it)."""
+    throttled: int | None = field(default=None, metadata=_written(if_set=True))
+    """Requests the store refused for load so far in the run."""
 
 
 @dataclass(frozen=True)
@@ -322,7 +333,18 @@ class StagesRolledBack:
 
 @dataclass(frozen=True)
 class Warned:
+    """Something the operator should know of, said as it comes: a warning, or (from the run's
+    validation) an ``error`` or ``critical`` finding. The message carries no label of its own;
+    the views put ``severity`` before it, once."""
+
     message: str
+    severity: str = field(default="warning", kw_only=True, metadata=_written(if_set=True))
+    """``warning``, ``error`` or ``critical`` (as :class:`docshift.validators.Severity` names them)."""
+
+    @property
+    def labelled(self) -> str:
+        """The message as a line of text says it: with its severity, unless a plain warning."""
+        return self.message if self.severity == "warning" else f"{self.severity}: {self.message}"
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ members they are in, and a resume counts the ones that landed before it reads an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from docshift.engine.hooks import (
 )
 from docshift.engine.landed import LandedWrites, settle
 from docshift.engine.limits import (
+    CommitWindow,
     DocumentCost,
     FailureBudget,
     MemoryBudget,
@@ -78,7 +80,14 @@ from docshift.runfolder.layout import MigrationFolder
 from docshift.store.base import Document, Store
 from docshift.values import Timestamp
 
-__all__ = ["MigrationPipeline", "PassSteps", "PipelineOptions", "PipelineResult"]
+__all__ = [
+    "DocumentSource",
+    "MigrationPipeline",
+    "PassSteps",
+    "PipelineOptions",
+    "PipelineResult",
+    "batch_processor",
+]
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,10 @@ class PipelineResult:
     folder: Path
     error: DocshiftError | None = None
     snapshot: dict[str, Any] = field(default_factory=dict)
+    landed: dict[str, int] = field(default_factory=dict)
+    """What a stopped pass wrote past its cursors, which ``counters`` (settled behind them) do not
+    hold: the checkpoint's ``beyond_cursor``. A resume counts it, once, from the journal; with
+    none (``--no-backup``) it finds those documents migrated, and this stays said beside the counts."""
 
 
 @dataclass
@@ -118,6 +131,9 @@ class _Batch:
     letters: list[DeadLetter] = field(default_factory=list)
     spans: list[tuple[int, int]] = field(default_factory=list)
     """The byte spans of the journal members it appended (see :meth:`MigrationPipeline._save`)."""
+    judged: threading.Event = field(default_factory=threading.Event)
+    """Set once the tracker has counted it and judged the run on it (gate, failure budget): its
+    writer starts nothing before, so a stop those judgements ask for always falls at the same batch."""
     size: int = field(init=False)
     last_path: str = field(init=False)
 
@@ -133,16 +149,54 @@ class _ShardDone:
     batches: int
 
 
+DocumentSource = Callable[[ShardCursor], Iterable[Document]]
+"""Where a pass reads a shard's documents from, in name order after its cursor: by default the
+migration's target query; a retry's are the documents a dead-letter file lists."""
+
+
 @dataclass(frozen=True)
 class PassSteps:
     """What one pass does besides reading, deciding and writing: its own transform instead of the
-    migration's ``up`` (a rollback's ``down``), the run's document check, and what is told of each
-    decision (a dry run's plan) and of each saved checkpoint (the history's progress)."""
+    migration's ``up`` (a rollback's ``down``), the run's document check, what is told of each
+    decision (a dry run's plan) and of each saved checkpoint (the history's progress), and its own
+    documents instead of the target's (a retry's)."""
 
     transform: Transform | None = None
     check: DocumentCheck | None = None
     on_decision: Callable[[Decision], None] | None = None
     on_checkpoint: Callable[[Checkpoint], None] | None = None
+    source: DocumentSource | None = None
+
+
+def batch_processor(
+    store: Store,
+    migration: Migration,
+    options: PipelineOptions,
+    steps: PassSteps,
+    *,
+    guards: WriteGuards,
+    stats: RunStats,
+    dead_letters: DeadLetterFile,
+    journal: JournalWriter | None,
+    landed: LandedWrites | None,
+) -> BatchProcessor:
+    """The per-document core of a pass (transform, check, diff, guarded write through the one
+    :class:`BatchWriter`, conflict re-read, dead letters), set up from the pass's options: the
+    engine's pipeline and a Beam worker (:mod:`docshift.beam`) both process batches through it."""
+    engine = options.engine
+    rules = BatchRules(
+        options.execute,
+        transform=steps.transform,
+        check=steps.check,
+        conflict_retries=engine.conflict_retries,
+        write_mode=engine.write_mode,
+        sample_percent=options.sample_percent,
+        sample_above=options.sample_above,
+    )
+    writer = BatchWriter(store, guards, journal=journal, latency=stats.commit_latency)
+    return BatchProcessor(
+        migration, rules, writer, stats, dead_letters, on_decision=steps.on_decision, landed=landed
+    )
 
 
 class MigrationPipeline:
@@ -160,7 +214,8 @@ class MigrationPipeline:
         memory: MemoryGuard | None = None,
     ) -> None:
         steps = steps or PassSteps()
-        transform, check, on_decision = steps.transform, steps.check, steps.on_decision
+        self.source = steps.source or self._target_documents
+        check = steps.check
         self.store = store
         self.migration = migration
         self.options = options
@@ -170,12 +225,21 @@ class MigrationPipeline:
         self.controls = controls or Controls()
         self.hooks = hooks or RunHooks()
         self.on_checkpoint = steps.on_checkpoint
+        self._progress = _Progress(self.on_checkpoint or (lambda saved: None))
+        """Tells ``on_checkpoint`` (the history's progress: a store round trip or two) of each saved
+        checkpoint from its own thread, so the tracker keeps judging the batches writers wait on."""
         engine, limits = options.engine, options.limits
         self.memory = memory or MemoryGuard(limits.memory_soft_limit_mb, limits.memory_hard_limit_mb)
         self.stats = RunStats(dict(checkpoint.counters), checkpoint.elapsed_seconds)
         self.settled: Counter[str] = Counter(checkpoint.counters)
         """Counts of the documents behind the cursors only: what a checkpoint may claim."""
-        self.guards = WriteGuards.from_config(engine, limits, self.controls)
+        self.window = CommitWindow(
+            engine.base_concurrency,
+            engine.most_concurrency,
+            rate_limit=lambda: self.controls.limiter.limit,
+        )
+        """Batches in flight, from the commit latency observed (see :class:`CommitWindow`)."""
+        self.guards = WriteGuards.from_config(engine, limits, self.controls, self.window)
         self.sizer, self.breaker = self.guards.sizer, self.guards.breaker
         self.budget = FailureBudget(engine.max_failures)
         self.dead_letters = DeadLetterFile(self.files.dead_letters)
@@ -196,43 +260,49 @@ class MigrationPipeline:
         except RunFileError as error:
             raise self._file_failure(error, saved=None) from error
         self.landed = LandedWrites(checkpoint.landed)
+        self._landed_before = dict(checkpoint.beyond_cursor)
+        """What an earlier process of the run wrote past the checkpoint: until the resume has
+        settled it (counted it from the journal), still beyond the cursor."""
         self._uncounted = uncounted if self.journal is not None else None
         """The journal members the checkpoint does not count, until the resume settled them."""
         self._open: dict[tuple[int, int], list[tuple[int, int]]] = {}
         """Journal spans of the batches begun and not yet settled behind the cursor."""
         self._open_lock = threading.Lock()
-        rules = BatchRules(
-            options.execute,
-            transform=transform,
-            check=check,
-            conflict_retries=engine.conflict_retries,
-            write_mode=engine.write_mode,
-            sample_percent=options.sample_percent,
-            sample_above=options.sample_above,
-        )
-        writer = BatchWriter(store, self.guards, journal=self.journal, latency=self.stats.commit_latency)
-        self.processor = BatchProcessor(
+        self.processor = batch_processor(
+            store,
             migration,
-            rules,
-            writer,
-            self.stats,
-            self.dead_letters,
-            on_decision=on_decision,
+            options,
+            steps,
+            guards=self.guards,
+            stats=self.stats,
+            dead_letters=self.dead_letters,
+            journal=self.journal,
             landed=self.landed,
         )
         self._on_settled = check.settled if isinstance(check, SettlingCheck) else None
-        self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=engine.concurrency)
+        self._work: queue.Queue[_Batch | None] = queue.Queue(maxsize=self.window.cap)
+        """Batches read and not taken by a writer: at most the window's size (:meth:`_put`)."""
         self._done: queue.Queue[_Batch | _ShardDone] = queue.Queue()
         self.cost = DocumentCost()
         self.idle_mb = self.memory.idle_mb()
         """The resident size before any document is read; documents may use what is left below
         the soft limit (see :class:`~docshift.engine.limits.MemoryBudget`)."""
-        room = max(self.memory.soft_limit_mb - self.idle_mb, 0.0)
-        open_batches = engine.concurrency + sum(1 for s in checkpoint.shards if not s.done)
-        self.memory_budget = MemoryBudget(int(room * 1_048_576), open_batches)
+        self.memory_budget = self._memory_budget()
         self._fatal: list[BaseException] = []
+        self._untracked = threading.Event()
+        """Set once the tracker stops taking finished batches: no writer waits for a judgement then."""
+
+    def _memory_budget(self) -> MemoryBudget:
+        room = max(self.memory.soft_limit_mb - self.idle_mb, 0.0)
+        open_shards = sum(1 for s in self.checkpoint.shards if not s.done)
+        return MemoryBudget(int(room * 1_048_576), self.options.engine.base_concurrency + open_shards)
 
     # ------------------------------------------------------------------ threads
+    def _target_documents(self, shard: ShardCursor) -> Iterable[Document]:
+        return self.store.stream(
+            self.migration.target.query(start_after=shard.resume_after, end_at=shard.end_at)
+        )
+
     def _read_shard(self, index: int, shard: ShardCursor) -> None:
         stop = self.controls.stop
         remaining = self.options.limit
@@ -245,8 +315,7 @@ class MigrationPipeline:
             if remaining is not None and remaining <= 0:
                 self._done.put(_ShardDone(index, 0))  # nothing left to read: the shard is done
                 return
-            query = self.migration.target.query(start_after=shard.resume_after, end_at=shard.end_at)
-            for doc in self.store.stream(query):
+            for doc in self.source(shard):
                 if not self._running():
                     return
                 # The document is held from here: its cost joins the open batch if the budget has
@@ -288,9 +357,13 @@ class MigrationPipeline:
 
     def _put(self, item: _Batch) -> bool:
         """Hand a batch to the writers; ``False`` if the run stops first (the reader then gives
-        its cost back)."""
+        its cost back). The readers keep as many batches ready as the window has writers, so a
+        writer that finishes finds its next batch read, however far the store is."""
         self.stats.add(read=item.size)
         while not self.controls.stop.is_set():
+            if self._work.qsize() >= self.window.size:
+                time.sleep(0.005)
+                continue
             try:
                 self._work.put(item, timeout=0.2)
                 return True
@@ -300,8 +373,11 @@ class MigrationPipeline:
 
     def _write_loop(self) -> None:
         while True:
+            slot = self.window.acquire()  # False once closed (the run is ending): the sentinel is next
             item = self._work.get()
             if item is None:
+                if slot:
+                    self.window.release()
                 return
             try:
                 if self.controls.stop.is_set():
@@ -318,7 +394,17 @@ class MigrationPipeline:
             finally:
                 item.docs = []  # a batch done out of order waits for earlier ones: without its documents
                 self.memory_budget.release(item.cost)
+                if slot:
+                    self.window.release()
             self._done.put(item)
+            self._await_judgement(item)
+
+    def _await_judgement(self, item: _Batch) -> None:
+        """Wait until the tracker has judged ``item`` (see :attr:`_Batch.judged`): a handoff, since
+        the tracker takes a finished batch at once; the other writers' commits stay in flight."""
+        while not item.judged.wait(0.05):
+            if self.controls.stop.is_set() or self._untracked.is_set():
+                return
 
     # ------------------------------------------------------------------ tracking
     def _advance(self, item: _Batch | _ShardDone) -> int:
@@ -383,7 +469,7 @@ class MigrationPipeline:
         ]
         writers = [
             threading.Thread(target=self._write_loop, daemon=True, name=f"docshift-writer-{n}")
-            for n in range(self.options.engine.concurrency)
+            for n in range(self.window.cap)
         ]
         try:  # before any write: where a resume starts, and which dead letters it keeps
             self._save("running")
@@ -395,9 +481,13 @@ class MigrationPipeline:
         try:
             while not all(shards[i].done for i in open_shards) and not self.controls.stop.is_set():
                 try:
+                    item: _Batch | _ShardDone | None = None
                     with contextlib.suppress(queue.Empty):
-                        since_checkpoint += self._advance(self._done.get(timeout=0.1))
+                        item = self._done.get(timeout=0.1)
+                        since_checkpoint += self._advance(item)
                     self._watch()
+                    if isinstance(item, _Batch):
+                        item.judged.set()
                     now = time.monotonic()
                     if since_checkpoint >= self.options.engine.checkpoint_every_docs or (
                         now - last_checkpoint >= self.options.engine.checkpoint_every_seconds
@@ -406,6 +496,10 @@ class MigrationPipeline:
                         since_checkpoint, last_checkpoint = 0, now
                 except RunFileError as error:
                     self._file_failed(error)
+                    break
+                except Exception as error:  # e.g. the history's progress record failed: a stop
+                    self._fatal.append(error)
+                    self.controls.request_stop(f"stopped: {error}", EmergencyStop)
                     break
                 if now - last_progress >= self.options.progress_interval:
                     self._emit_progress()
@@ -452,6 +546,13 @@ class MigrationPipeline:
 
     def _shutdown(self, readers: list[threading.Thread], writers: list[threading.Thread]) -> None:
         """Let in-flight commits land, drop unstarted batches (read again on resume), drain."""
+        unfinished = not all(shard.done for shard in self.checkpoint.shards)
+        if unfinished and not self.controls.stop.is_set():  # ended by what nothing stopped: stop the threads
+            self.controls.request_stop("stopped: the pass ended unexpectedly", EmergencyStop)
+        self._untracked.set()
+        self.window.close()
+        self._progress.wait()  # nothing reported after the pass ends, whatever ends it
+        self._progress.close()
         for _ in writers:
             while True:
                 try:
@@ -498,9 +599,7 @@ class MigrationPipeline:
                 )
         elif self.memory_budget.paused:
             self.memory_budget.resume()
-        lost = self.controls.lease_lost
-        if lost is not None and lost.is_set():
-            self.controls.request_stop("the lease was lost to another run", EmergencyStop)
+        self.controls.check_lease()
         if self.options.max_commit_p95 is not None and self.stats.commits >= 20:
             p95 = self.stats.percentile(0.95)
             limit = self.options.max_commit_p95
@@ -529,6 +628,9 @@ class MigrationPipeline:
                     self.controls.limiter.limit,
                     self.memory.last_rss_mb,
                     self.controls.paused,
+                    self.controls.limiter.ramp_limit,
+                    self.controls.limiter.adaptive_limit,
+                    self.window.size,
                 ),
             )
         )
@@ -548,13 +650,27 @@ class MigrationPipeline:
         if self._uncounted is None:
             self._note_uncounted(state)
         self.checkpoint.counters = {name: self.settled.get(name, 0) for name in COUNTERS}
+        self.checkpoint.beyond_cursor = self._beyond_cursor()
         self.checkpoint.elapsed_seconds = self.stats.elapsed
         self.checkpoint.state = state
         self.checkpoint.save(self.files.checkpoint)
         if self.on_checkpoint is not None:
-            self.on_checkpoint(self.checkpoint)
+            if state == "running":
+                self._progress.post(self._saved_copy())
+            else:  # the last one: in order after every earlier one, before the pass returns
+                self._progress.flush()
+                self.on_checkpoint(self.checkpoint)
         self.hooks.checkpointed(
             Checkpointed(self.migration.label, state, tuple(s.cursor for s in self.checkpoint.shards))
+        )
+
+    def _saved_copy(self) -> Checkpoint:
+        """The checkpoint as saved, for the progress thread: the tracker moves the live one on."""
+        saved = self.checkpoint
+        return dataclasses.replace(
+            saved,
+            shards=[dataclasses.replace(shard) for shard in saved.shards],
+            counters=dict(saved.counters),
         )
 
     def _note_uncounted(self, state: str) -> None:
@@ -572,6 +688,19 @@ class MigrationPipeline:
             checkpoint.journal = JournalMark(size, tuple(sorted(span for span in spans if span[1] <= size)))
         landed = self.landed.record()
         checkpoint.landed = landed if landed and state != "finished" else {}
+
+    def _beyond_cursor(self) -> dict[str, int]:
+        """The writes that landed past the cursors, which the settled counters do not hold: a
+        batch done while an earlier one is not (or failed), the commits of a batch that failed
+        after some landed; and what an earlier process of the run left there, until settled."""
+        if not self.options.execute:
+            return {}
+        live = self.stats.counts()
+        beyond = Counter({name: live.get(name, 0) - self.settled.get(name, 0) for name in WRITTEN})
+        if self._uncounted is not None or self.journal is None:
+            # Settled by a resume from the journal; with none, never: its reader finds them migrated.
+            beyond.update(self._landed_before)
+        return {name: value for name in WRITTEN if (value := beyond.get(name, 0)) > 0}
 
     def _finish(self) -> PipelineResult:
         error: DocshiftError | None = None
@@ -598,19 +727,35 @@ class MigrationPipeline:
             if not isinstance(error, RunFileError):
                 error = unwritten
             done = False
+        except Exception as unreported:  # the checkpoint is saved; telling on_checkpoint failed
+            if error is None:  # a stop says its own cause; the command records the outcome after
+                self.hooks.warning(
+                    Warned(f"{self.migration.label}: the last progress record failed: {unreported}")
+                )
         finally:
             with contextlib.suppress(RunFileError):  # closed quietly after a failure (reported)
                 if self.journal is not None:
                     self.journal.close()
                 self.dead_letters.close()
+        landed = dict(self.checkpoint.beyond_cursor) if saved else self._beyond_cursor()
         if isinstance(error, RunFileError):
             error = self._file_failure(error, saved)
+        elif error is not None and landed:
+            error.message += f"; {landed_text(landed)} ({on_resume(self.journal is not None)})"
         # The counts of the end are the checkpoint's (what is settled behind the cursors): the live
         # ones also hold batches that a stop left unfinished, which a resume does again.
         snapshot = {**self.stats.snapshot(), **counters, "processed": processed}
         ended = PassFinished if done else PassStopped
+        adaptive = self.controls.limiter.adaptive
+        throttled = adaptive is not None and adaptive.refusals > 0
         self.hooks.pass_ended(
-            ended(self.migration.label, *PassStats.split(snapshot), str(error) if error else None)
+            ended(
+                self.migration.label,
+                *PassStats.split(snapshot),
+                str(error) if error else None,
+                write_rate=(round(adaptive.settled, 1) or None) if throttled and adaptive else None,
+                throttled=adaptive.refusals if throttled and adaptive else None,
+            )
         )
         return PipelineResult(
             self.migration.id,
@@ -620,6 +765,7 @@ class MigrationPipeline:
             self.folder,
             error,
             snapshot,
+            landed,
         )
 
     def _file_failure(self, error: RunFileError, saved: bool | None) -> RunFileError:
@@ -690,6 +836,95 @@ class MigrationPipeline:
                 "the data), then run it again: docshift run --execute"
             )
             stop.offer_resume = False
+
+
+WRITTEN = ("updated", "created", "deleted")
+"""The counters of writes that landed in the store."""
+
+
+def on_resume(journal: bool) -> str:
+    """What a resume makes of the writes landed past the cursor: settled from the journal, or,
+    with none (``--no-backup``), found migrated by its reader."""
+    if journal:
+        return "counted once on resume"
+    return "no before-image journal: a resume finds them migrated and counts them unchanged"
+
+
+def landed_text(landed: dict[str, int]) -> str:
+    """``landed`` as the stop says it: ``0 updated behind the cursor…`` is the counters' part."""
+    kinds = ", ".join(f"{landed[name]:,} {name}" for name in WRITTEN if landed.get(name))
+    return f"{kinds} landed after the cursor, beside the counts behind it"
+
+
+class _Progress:
+    """Hands checkpoints to ``report`` from a thread of its own, the latest one only when several
+    wait; ``report`` failing is raised at the next hand-over (``post`` or ``flush``), in the
+    tracker's thread, as when it was called there."""
+
+    def __init__(self, report: Callable[[Checkpoint], None]) -> None:
+        self.report = report
+        self._pending: Checkpoint | None = None
+        self._busy = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._cond = threading.Condition()
+
+    def post(self, checkpoint: Checkpoint) -> None:
+        with self._cond:
+            self._raise()
+            self._pending = checkpoint
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="docshift-progress")
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every checkpoint posted was reported; raise if reporting one failed."""
+        self.wait()
+        with self._cond:
+            self._raise()
+
+    def wait(self) -> None:
+        """Wait until every checkpoint posted was reported (a failure is kept for ``flush``)."""
+        with self._cond:
+            while self._pending is not None or self._busy:
+                self._cond.wait(0.1)
+
+    def close(self) -> None:
+        """End the thread once what was posted is reported (after :meth:`wait`); a later
+        ``post`` starts another."""
+        with self._cond:
+            thread, self._thread = self._thread, None
+            self._closing = True
+            self._cond.notify_all()
+        if thread is not None:
+            thread.join()
+        with self._cond:
+            self._closing = False
+
+    def _raise(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None:
+                    if self._closing:
+                        return
+                    self._cond.wait()
+                checkpoint, self._pending, self._busy = self._pending, None, True
+            try:
+                self.report(checkpoint)
+            except BaseException as error:
+                with self._cond:
+                    self._error = self._error or error
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
 
 def _uncounted(journal: JournalMark | None) -> tuple[int, list[tuple[int, int]]] | None:

@@ -38,11 +38,11 @@ from docshift.migration import DELETE, UNCHANGED, DocView, Transform
 from docshift.runfolder.atomic import run_file, write_fully
 from docshift.runfolder.journal import JournalEntry, JournalReader, digest_of
 from docshift.runfolder.layout import MigrationFolder
-from docshift.store.base import Document, Store, Write, WriteKind
+from docshift.store.base import Document, Store, Write, WriteKind, WriteResult
 from docshift.store.simulated import SimulatedStore
 from docshift.values import Timestamp, values_equal
 
-__all__ = ["UndoAction", "UndoResult", "UndoRules", "Undoer", "undo_actions"]
+__all__ = ["UndoAction", "UndoResult", "UndoRules", "Undoer", "older_outputs", "undo_actions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ class _PathState:
     """Digest of what the last write sent for the path leaves stored."""
 
 
-def _index(journal: Path) -> dict[str, _PathState]:
+def _index(journal: Path | Sequence[Path]) -> dict[str, _PathState]:
     states: dict[str, _PathState] = {}
     for seq, entry in enumerate(JournalReader(journal)):
         state = states.get(entry.path)
@@ -100,8 +100,11 @@ def _index(journal: Path) -> dict[str, _PathState]:
     return states
 
 
-def undo_actions(journal: Path, start_after: int = -1) -> Iterator[UndoAction]:
-    """The restore actions of a journal in journal order, after position ``start_after``."""
+def undo_actions(journal: Path | Sequence[Path], start_after: int = -1) -> Iterator[UndoAction]:
+    """The restore actions of a journal in journal order, after position ``start_after``. Several
+    journals (a Beam run's attempts at its partitions) are read as one, in the order given: a
+    document's state to put back is then its earliest before-image that is not the run's own
+    output, whichever attempt journalled it."""
     states = _index(journal)
     for seq, entry in enumerate(JournalReader(journal)):
         state = states.get(entry.path)
@@ -119,6 +122,33 @@ def undo_actions(journal: Path, start_after: int = -1) -> Iterator[UndoAction]:
             yield UndoAction(seq, "check", entry.path, entry, None, state.leaves)
 
 
+def older_outputs(journals: Sequence[Path | Sequence[Path]]) -> Callable[[UndoAction], bool] | None:
+    """For a migration applied over several runs, undone newest run first: whether a document of
+    a newer run's journal held what one of the older runs (``journals``: theirs) wrote when the
+    newer run changed it (the update time that run's write produced; for a document the newer
+    run created, that an older run deleted it): the older run's undo takes it further back."""
+    if not journals:
+        return None
+    outputs: dict[str, set[Timestamp | None]] = {}
+    for journal in journals:
+        for entry in JournalReader(journal):
+            if entry.kind == "written" and entry.update_time is not None:
+                outputs.setdefault(entry.path, set()).add(entry.update_time)
+            elif entry.kind == "deleted":
+                outputs.setdefault(entry.path, set()).add(None)
+
+    def chained(action: UndoAction) -> bool:
+        found = outputs.get(action.path)
+        if not found:
+            return False
+        before = action.before
+        if before is None or before.data is None:  # created by this run: gone after the older one
+            return None in found
+        return before.update_time in found
+
+    return chained
+
+
 @dataclass
 class UndoResult:
     counters: dict[str, int] = field(
@@ -129,6 +159,10 @@ class UndoResult:
     position: int = -1
     samples: list[tuple[str, str, list[FieldChange]]] = field(default_factory=list)
     stopped: bool = False
+    landed: dict[str, Timestamp] = field(default_factory=dict)
+    """The undo writes of the batch after ``position`` that landed and are counted, although the
+    batch did not finish (the store failed between its requests): path -> the update time each
+    produced. Met again by the resume, they are not counted twice."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,11 +283,23 @@ class Undoer:
         self._record_conflicts(batch.conflicts, current, actions)
         self._record_mismatches(batch.missed)
         result.position = actions[-1].seq
+        result.landed = {}
         if self.on_batch is not None:
             self.on_batch(result)
         return True
 
     def _sort(self, action: UndoAction, now: Document | None, batch: _Sorted, result: UndoResult) -> None:
+        landed = result.landed.get(action.path)
+        if landed is not None and now is not None and now.update_time == landed:
+            # Undone (and counted) by the attempt the store failed in; not verified then.
+            if action.before is not None and now.update_time is not None:
+                self.own_writes[action.path] = (now.update_time, action.before.update_time)
+            problem = self._difference(action, now)
+            if problem is None:
+                result.counters["verified"] += 1
+            else:
+                batch.missed.append((action, problem, now))  # counted mismatched with the batch's
+            return
         decision = self._decide(action, now)
         if isinstance(decision, _Missed):
             result.counters["unchanged"] += 1
@@ -274,18 +320,27 @@ class Undoer:
         outgoing = [Outgoing(write, action) for action, write in batch.writes]
         applied: list[UndoAction] = []
         failed = 0
-        answers = self.writer.write(outgoing, paced=False)
-        for (action, write), answer in zip(batch.writes, answers, strict=True):
-            if answer.ok:
-                applied.append(action)
-                result.counters[_done(action, write)] += 1
-                if answer.update_time is not None and action.before is not None:
-                    self.own_writes[action.path] = (answer.update_time, action.before.update_time)
-            elif isinstance(answer.error, ConflictError):
-                batch.conflicts.append((action, "the document changed after the migration wrote it"))
-            else:
-                failed += 1
-                batch.conflicts.append((action, f"write failed: {answer.error}"))
+
+        def receive(request: Sequence[Outgoing[UndoAction]], answers: Sequence[WriteResult]) -> None:
+            # Counted request by request: when the store fails at a later request of the batch,
+            # what landed is counted, and noted (``landed``) for the resume that meets it again.
+            nonlocal failed
+            for item, answer in zip(request, answers, strict=True):
+                action, write = item.origin, item.write
+                if answer.ok:
+                    applied.append(action)
+                    result.counters[_done(action, write)] += 1
+                    if answer.update_time is not None:
+                        result.landed[action.path] = answer.update_time
+                        if action.before is not None:
+                            self.own_writes[action.path] = (answer.update_time, action.before.update_time)
+                elif isinstance(answer.error, ConflictError):
+                    batch.conflicts.append((action, "the document changed after the migration wrote it"))
+                else:
+                    failed += 1
+                    batch.conflicts.append((action, f"write failed: {answer.error}"))
+
+        self.writer.write(outgoing, receive=receive, paced=False)
         self.writer.record(len(batch.writes) - failed, failed)
         return applied
 

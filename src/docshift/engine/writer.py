@@ -6,13 +6,16 @@ restore's full sets), and so are its counters; the writer owns how those writes 
 - in requests that stay under Firestore's 10 MiB request limit (an estimate, with 20% headroom)
   and never name a document twice (:func:`request_batches`);
 - paced by the run's rate limiter, which is also where a stop is noticed
-  (:class:`~docshift.errors.BatchAborted`);
+  (:class:`~docshift.errors.BatchAborted`); a request the store refuses for load lowers the
+  limiter's adaptive rate and is resent at it (:func:`~docshift.store.resilience.pacing`), and each
+  accepted one lets the rate grow again;
 - a request refused as a whole is split until the bad write is alone: one bad document fails
   alone, never its batch, and the halves do not count as more failed commits;
 - every whole request that fails or succeeds feeds the circuit breaker and the adaptive batch size
-  (:class:`WriteGuards`); a store that keeps failing (a transient error after the store's own
-  retries) stops with :class:`~docshift.errors.EmergencyStop`, and a breaker that trips asks the
-  run to stop (:meth:`~docshift.engine.controls.Controls.request_stop`);
+  (:class:`WriteGuards`), whose size also follows the commit latency per write toward a target;
+  a store that keeps failing (a transient error after the store's own retries) stops with
+  :class:`~docshift.errors.EmergencyStop`, and a breaker that trips asks the run to stop
+  (:meth:`~docshift.engine.controls.Controls.request_stop`);
 - with a journal, every before-image is on disk (fsynced) before its request is sent, and each
   write's outcome (the update time it produced, or the delete) is journalled after it, also when a
   later request of the same call fails;
@@ -24,7 +27,6 @@ restore's full sets), and so are its counters; the writer owns how those writes 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,10 +35,18 @@ from typing import Generic, TypeVar
 
 from docshift.config import EngineConfig, LimitsConfig
 from docshift.engine.controls import Controls
-from docshift.engine.limits import AdaptiveBatch, CircuitBreaker
-from docshift.errors import BatchAborted, ConflictError, EmergencyStop, StoreError, TransientError
+from docshift.engine.limits import AdaptiveBatch, CircuitBreaker, CommitWindow
+from docshift.errors import (
+    BatchAborted,
+    ConflictError,
+    EmergencyStop,
+    LoadRefused,
+    StoreError,
+    TransientError,
+)
 from docshift.runfolder.journal import JournalEntry, JournalWriter
 from docshift.store.base import Store, Write, WriteKind, WriteResult, write_landed
+from docshift.store.resilience import pacing, timed_commit
 from docshift.store.semantics import MAX_REQUEST_BYTES, MAX_WRITES_PER_REQUEST, document_size
 from docshift.values import Value
 
@@ -85,23 +95,52 @@ Receiver = Callable[[Sequence[Outgoing[T]], Sequence[WriteResult]], None]
 @dataclass(frozen=True)
 class WriteGuards:
     """What every request of a run passes: the run's controls (rate limiter, stop), its circuit
-    breaker and its adaptive batch size. Shared by the writer threads of one run (thread-safe)."""
+    breaker, its adaptive batch size and, in the engine's pipeline, its commit window (how many
+    batches are in flight). Shared by the writer threads of one run (thread-safe)."""
 
     controls: Controls
     breaker: CircuitBreaker
     sizer: AdaptiveBatch
+    window: CommitWindow | None = None
 
     @classmethod
     def from_config(
-        cls, engine: EngineConfig, limits: LimitsConfig, controls: Controls | None = None
+        cls,
+        engine: EngineConfig,
+        limits: LimitsConfig,
+        controls: Controls | None = None,
+        window: CommitWindow | None = None,
     ) -> WriteGuards:
         return cls(
             controls or Controls(),
             CircuitBreaker(
                 limits.breaker_failure_rate, limits.breaker_window, limits.breaker_consecutive_failures
             ),
-            AdaptiveBatch(engine.batch_size, engine.min_batch_size, engine.max_batch_size),
+            AdaptiveBatch(
+                engine.batch_size,
+                engine.min_batch_size,
+                engine.max_batch_size,
+                target_latency=limits.commit_latency_target_ms / 1000,
+            ),
+            window,
         )
+
+
+class _LimiterPacer:
+    """The run's rate limiter as the store layer's :class:`~docshift.store.resilience.Pacer`."""
+
+    def __init__(self, controls: Controls) -> None:
+        self.controls = controls
+
+    def refused(self) -> bool:
+        return self.controls.limiter.refused()
+
+    def refusing(self) -> int:
+        return self.controls.limiter.refusing
+
+    def resend(self, writes: int) -> bool:
+        stop = self.controls.stop
+        return not stop.is_set() and self.controls.limiter.acquire(writes, stop)
 
 
 class BatchWriter:
@@ -121,9 +160,12 @@ class BatchWriter:
         self.guards = guards
         self.journal = journal
         self.latency = latency
-        """Hears how long each request that succeeded took, in seconds."""
+        """Hears how long the store took to answer each request that succeeded, in seconds (not
+        the waits for the rate limiter or a backoff between its attempts: :func:`timed_commit`)."""
         self.again = again
         """What to do once the store is reachable again, for the hint of a store that kept failing."""
+        adaptive = guards.controls.limiter.adaptive is not None
+        self._pacer = _LimiterPacer(guards.controls) if adaptive else None
 
     @property
     def batch_size(self) -> int:
@@ -191,9 +233,12 @@ class BatchWriter:
         """
         if paced and not self.admit(len(request)):
             raise BatchAborted
-        started = time.monotonic()
         try:
-            results = self.store.commit([item.write for item in request])
+            with pacing(self._pacer if paced else None):
+                results, took = timed_commit(self.store, [item.write for item in request])
+        except LoadRefused as exc:
+            self._commit_failed()
+            raise EmergencyStop(exc.message, hint=f"{exc.hint}, then {self.again}") from None
         except TransientError as exc:
             self._commit_failed()
             raise EmergencyStop(
@@ -212,9 +257,12 @@ class BatchWriter:
                 request[middle:], paced, split=True
             )
         if self.latency is not None:
-            self.latency(time.monotonic() - started)
+            self.latency(took)
+        if self.guards.window is not None:
+            self.guards.window.committed(len(request), took)
+        self.guards.controls.limiter.accepted(len(request))
         self.guards.breaker.commit_succeeded()
-        self.guards.sizer.healthy()
+        self.guards.sizer.healthy(took, len(request))
         return results
 
     def _landed(self, request: Sequence[Outgoing[T]], answers: list[WriteResult]) -> list[WriteResult]:

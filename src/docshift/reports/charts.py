@@ -4,7 +4,7 @@ script and nothing fetched from the network."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -23,6 +23,9 @@ class Series:
     colour: str = PALETTE[0]
     dash: str | None = None
     """An SVG stroke-dasharray, so lines that coincide stay distinguishable."""
+    width: float = 1.8
+    """The line's stroke width: a wide pale line under a narrow one shows both where they coincide."""
+    opacity: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,14 @@ class Mark:
 
     x: float
     label: str
+    kind: str = "control"
+    """``resume`` marks are drawn solid and coloured (a new segment of the run starts there)."""
+
+
+def _stroke(series: Series) -> str:
+    dash = f' stroke-dasharray="{series.dash}"' if series.dash else ""
+    opacity = f' stroke-opacity="{series.opacity:g}"' if series.opacity < 1 else ""
+    return f' fill="none" stroke="{series.colour}" stroke-width="{series.width:g}"{dash}{opacity}'
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -84,6 +95,43 @@ def _fmt_time(seconds: float, span: float) -> str:
     return f"{whole // 60}:{whole % 60:02d}"
 
 
+def _draw_series(
+    parts: list[str],
+    series: Sequence[Series],
+    sx: Callable[[float], float],
+    sy: Callable[[float], float],
+    left: int,
+    top: int,
+) -> None:
+    """Each series' polylines (a lone point: a dot) and its legend entry, in drawing order; the
+    legend sits between the title and the plot, where no line can run over it."""
+    legend_x = left + 8
+    for item in series:
+        segments: list[list[str]] = [[]]
+        for px, py in downsample(item.points):
+            if py is None:
+                segments.append([])
+            else:
+                segments[-1].append(f"{sx(px):.1f},{sy(py):.1f}")
+        for segment in segments:
+            if len(segment) == 1:
+                cx, cy = segment[0].split(",")
+                parts.append(
+                    f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{item.colour}" '
+                    f'data-series="{escape(item.name)}"/>'
+                )
+            elif segment:
+                parts.append(
+                    f"<polyline{_stroke(item)} "
+                    f'data-series="{escape(item.name)}" points="{" ".join(segment)}"/>'
+                )
+        parts.append(
+            f'<line x1="{legend_x}" y1="{top - 10}" x2="{legend_x + 22}" y2="{top - 10}"{_stroke(item)}/>'
+            f'<text x="{legend_x + 26}" y="{top - 6}" class="legend">{escape(item.name)}</text>'
+        )
+        legend_x += 36 + 7 * len(item.name)
+
+
 def line_chart(
     title: str,
     series: Sequence[Series],
@@ -94,10 +142,12 @@ def line_chart(
     x_is_time: bool = True,
     x_range: tuple[float, float] | None = None,
     marks: Sequence[Mark] = (),
+    note: str | None = None,
 ) -> str:
-    """An SVG line chart; each series is a polyline (split at breaks) with a legend entry.
-    ``x_range`` lets several charts share one time axis."""
-    left, right, top, bottom = 64, 16, 34, 42
+    """An SVG line chart; each series is a polyline (split at breaks) with a legend entry that
+    shows its line (colour, dashes, width). ``x_range`` lets several charts share one time axis;
+    ``note`` is a line under the title (e.g. which lines coincide)."""
+    left, right, top, bottom = 64, 16, 50, 42
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [(x, y) for s in series for x, y in s.points if y is not None]
     parts = [
@@ -145,9 +195,12 @@ def line_chart(
             x = sx(mark.x)
             lift = lift + 12 if x - last_x < 60 else 0  # labels of close marks are stacked, not overlaid
             last_x = x
+            kind = escape(mark.kind)
+            near_end = x + 6 * len(mark.label) > left + plot_w  # its label goes left of the line
+            anchor = f'x="{x - 3:.1f}" text-anchor="end"' if near_end else f'x="{x + 3:.1f}"'
             parts.append(
-                f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" class="mark"/>'
-                f'<text x="{x + 3:.1f}" y="{top + plot_h - 4 - lift}" class="mark-label">'
+                f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" class="mark {kind}"/>'
+                f'<text {anchor} y="{top + plot_h - 4 - lift}" class="mark-label {kind}">'
                 f"{escape(mark.label)}</text>"
             )
     parts.append(
@@ -159,31 +212,8 @@ def line_chart(
         f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" class="axis" text-anchor="middle">'
         f"{x_name}</text>"
     )
-    legend_x = left + 8
-    for item in series:
-        segments: list[list[str]] = [[]]
-        for px, py in downsample(item.points):
-            if py is None:
-                segments.append([])
-            else:
-                segments[-1].append(f"{sx(px):.1f},{sy(py):.1f}")
-        for segment in segments:
-            if len(segment) == 1:
-                cx, cy = segment[0].split(",")
-                parts.append(
-                    f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{item.colour}" '
-                    f'data-series="{escape(item.name)}"/>'
-                )
-            elif segment:
-                dash = f' stroke-dasharray="{item.dash}"' if item.dash else ""
-                parts.append(
-                    f'<polyline fill="none" stroke="{item.colour}" stroke-width="1.8"{dash} '
-                    f'data-series="{escape(item.name)}" points="{" ".join(segment)}"/>'
-                )
-        parts.append(
-            f'<rect x="{legend_x}" y="{top + 6}" width="10" height="10" fill="{item.colour}"/>'
-            f'<text x="{legend_x + 14}" y="{top + 15}" class="legend">{escape(item.name)}</text>'
-        )
-        legend_x += 24 + 7 * len(item.name)
+    _draw_series(parts, series, sx, sy, left, top)
+    if note:
+        parts.append(f'<text x="{left + plot_w}" y="20" text-anchor="end" class="note">{escape(note)}</text>')
     parts.append("</svg>")
     return "".join(parts)

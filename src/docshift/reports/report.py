@@ -9,11 +9,20 @@ are redacted, and any secret the caller names (a status token) is scrubbed from 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docshift.engine.hooks import ControlApplied, PassEnded, PassStopped, Progressed, Warned
+from docshift.engine.hooks import (
+    ControlApplied,
+    PassEnded,
+    PassStarted,
+    PassStopped,
+    Progressed,
+    RunResumed,
+    Warned,
+)
 from docshift.errors import DataError
 from docshift.reports.charts import downsample
 from docshift.reports.events import Logged, kind_of, read_events
@@ -23,9 +32,12 @@ from docshift.runfolder.layout import REPORT_FORMAT, RUN_VALIDATION_FORMAT, RunF
 from docshift.runfolder.record import (
     CLOSED_STATES,
     CONFLICTS,
+    COUNT_COLUMNS,
     FINISHED,
     ROLLED_BACK,
+    MigrationRecord,
     RunRecord,
+    display_counts,
     force_command,
     read_run,
 )
@@ -92,7 +104,14 @@ def _read(path: Path, file_format: FileFormat) -> dict[str, Any] | None:
 
 
 class _Timeline:
-    """Chart series accumulated while streaming the event log (memory bounded by downsampling)."""
+    """Chart series accumulated while streaming the event log (memory bounded by downsampling).
+
+    Every series is keyed by the pass that produced it, and the cumulative counts are the sum of
+    each pass's latest counters (``display_counts``, the migrations table's words): the chart ends
+    on the numbers the table shows. A resume (or a long silence: a stop the log did not record)
+    breaks every line and is marked; the first point of a pass is drawn from the pass's start, so
+    a pass that reported once (a short one, or the rest of one after a resume) is a line over the
+    time it ran, not a lone dot."""
 
     def __init__(self) -> None:
         self.t0: float | None = None
@@ -107,57 +126,85 @@ class _Timeline:
         self.markers: list[dict[str, Any]] = []
         self._per_migration: dict[str, dict[str, int]] = {}
         self._last_done: dict[str, tuple[float, int]] = {}
+        self._current: str | None = None
+        """The pass under way: a rollback's undo reports its progress as ``rollback``, not by pass."""
+        self._fresh_latency = True
+
+    def _break(self, t: float) -> None:
+        for series in (*self.throughput.values(), *self.latency.values(), *self.failures.values()):
+            if series and series[-1][1] is not None:
+                series.append((t, None))
+        self._last_done.clear()
+        self._fresh_latency = True
 
     def _rate(self, label: str, t: float, event: Progressed | PassEnded) -> float:
-        """Documents per second since the previous progress event: drops to zero at once when the
-        run pauses (the engine's own "now" rate is a 5-second average, which lags)."""
-        stats = event.stats
+        """Documents per second since the previous report of the pass (or its start): drops to zero
+        at once when the run pauses (the engine's own "now" rate is a 5-second average, which lags)."""
+        done = _handled(event)
         previous = self._last_done.get(label)
-        if stats is None:
-            return 0.0
-        fallback = stats.docs_per_second_now if isinstance(event, Progressed) else stats.docs_per_second_avg
-        self._last_done[label] = (t, stats.processed)
+        self._last_done[label] = (t, done)
         if previous is None or t <= previous[0]:
+            stats = event.stats
+            if stats is None:
+                return 0.0
+            fallback = (
+                stats.docs_per_second_now if isinstance(event, Progressed) else stats.docs_per_second_avg
+            )
             return float(fallback or 0.0)
-        return max(0.0, (stats.processed - previous[1]) / (t - previous[0]))
+        return max(0.0, (done - previous[1]) / (t - previous[0]))
+
+    def _label(self, event: Progressed | PassEnded) -> str:
+        if isinstance(event, Progressed) and event.migration not in self._per_migration and self._current:
+            return self._current
+        return event.migration
 
     def add(self, logged: Logged) -> None:
         at, event = logged.at, logged.event
         if self.t0 is None:
             self.t0 = at
         t = at - self.t0
-        if isinstance(event, PassStopped | Warned | ControlApplied):
-            text = event.reason if isinstance(event, PassStopped) else None
-            text = text or (event.message if isinstance(event, Warned) else None)
-            text = text or (event.action if isinstance(event, ControlApplied) else None)
-            self.markers.append({"t": round(t, 3), "kind": kind_of(event), "text": str(text)[:300]})
+        if isinstance(event, PassStopped | Warned | ControlApplied | RunResumed):
+            self.markers.append({"t": round(t, 3), "kind": kind_of(event), "text": _marker_text(event)[:300]})
+        if isinstance(event, RunResumed):
+            self._break(t)
+            self.last_at = at
+            return
+        if isinstance(event, PassStarted):
+            self._current = event.migration
+            self._per_migration[event.migration] = _counts(event.counters)
+            self._last_done[event.migration] = (t, sum(self._per_migration[event.migration].values()))
+            return
         if not isinstance(event, Progressed | PassEnded):
             return
         if self.last_at is not None and at - self.last_at > _GAP_SECONDS:
-            for series in (*self.throughput.values(), *self.latency.values(), *self.failures.values()):
-                series.append((t, None))
-            self._last_done.clear()
+            self._break(t)
         self.last_at = at
-        label = event.migration
-        self.throughput.setdefault(label, []).append((t, self._rate(label, t, event)))
-        if event.stats is not None:
-            for name, value in (
-                ("p50", event.stats.commit_p50),
-                ("p95", event.stats.commit_p95),
-                ("p99", event.stats.commit_p99),
-            ):
-                if isinstance(value, float | int):
-                    self.latency[name].append((t, value * 1000.0))
-        self._per_migration[label] = {
-            "failed": int(event.counters.get("failed") or 0),
-            "conflicts": int(event.counters.get("conflicts") or 0),
-        }
+        label = self._label(event)
+        start = self._last_done.get(label)
+        rate = self._rate(label, t, event)
+        series = self.throughput.setdefault(label, [])
+        if start is not None and start[0] < t and (not series or series[-1][1] is None):
+            series.append((start[0], rate))  # the pass's first report: its rate since it started
+        series.append((t, rate))
+        self._add_latency(t, event, start[0] if start is not None else None)
+        self._per_migration[label] = _counts(event.counters)
         for name in ("failed", "conflicts"):
             self.failures[name].append((t, float(sum(m[name] for m in self._per_migration.values()))))
         if isinstance(event.retries, int):
             self.failures["retries"].append((t, float(event.retries)))
         if sum(len(s) for s in self.throughput.values()) > 20000:
             self._compact()
+
+    def _add_latency(self, t: float, event: Progressed | PassEnded, started: float | None) -> None:
+        if event.stats is None:
+            return
+        values = (event.stats.commit_p50, event.stats.commit_p95, event.stats.commit_p99)
+        for name, value in zip(("p50", "p95", "p99"), values, strict=True):
+            if isinstance(value, float | int):
+                if self._fresh_latency and started is not None and started < t:
+                    self.latency[name].append((started, value * 1000.0))
+                self.latency[name].append((t, value * 1000.0))
+        self._fresh_latency = False
 
     def _compact(self) -> None:
         for group in (self.throughput, self.latency, self.failures):
@@ -181,6 +228,33 @@ class _Timeline:
         }
 
 
+def _counts(counters: Mapping[str, int]) -> dict[str, int]:
+    """A pass's counters in the table's words (a restore's ``restored`` is ``updated``...)."""
+    return {name: value for name, value in display_counts(counters).items() if name in COUNT_COLUMNS}
+
+
+def _handled(event: Progressed | PassEnded) -> int:
+    """Documents the pass has handled so far (a rollback's undo reports only its counters)."""
+    if event.stats is not None:
+        return int(event.stats.processed)
+    return sum(_counts(event.counters).values())
+
+
+def _marker_text(event: PassStopped | Warned | ControlApplied | RunResumed) -> str:
+    if isinstance(event, RunResumed):
+        changed = ", ".join(
+            f"{name} {change.get('was')} → {change.get('now')}"
+            for name, change in event.overrides.items()
+            if isinstance(change, Mapping)
+        )
+        return f"resumed ({changed})" if changed else "resumed"
+    if isinstance(event, PassStopped):
+        return str(event.reason)
+    if isinstance(event, Warned):
+        return event.labelled
+    return str(event.action)
+
+
 def _migrations(record: RunRecord, status: RunStatus) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
@@ -197,23 +271,51 @@ def _migrations(record: RunRecord, status: RunStatus) -> tuple[list[dict[str, An
                 }
             )
             continue
-        settings = settings or dict(checkpoint.settings)
+        settings = dict(checkpoint.settings) or settings  # the last one's: what the latest process used
         label = migration.label
         live = status.migrations.get(label) or status.migrations.get(f"rollback {label}") or {}
         rows.append(
             {
                 **migration.to_json(),
+                **_retried(record, migration),
                 "shards": len(checkpoint.shards),
+                "backup": _backed_up(checkpoint.settings),
                 "cursors": [s.cursor for s in checkpoint.shards],
                 "docs_per_second_avg": live.get("docs_per_second_avg"),
                 "commit_p50": live.get("commit_p50"),
                 "commit_p95": live.get("commit_p95"),
                 "commit_p99": live.get("commit_p99"),
                 "commits": live.get("commits"),
+                "write_rate": live.get("write_rate"),
+                "throttled": live.get("throttled"),
                 "files": sorted(p.name for p in migration.folder.iterdir() if p.is_file()),
             }
         )
     return rows, settings
+
+
+def _backed_up(settings: Mapping[str, Any]) -> bool:
+    """Whether the run saved before-images (no ``--no-backup``): a resume settles what a stop
+    landed past the cursor from them."""
+    engine = settings.get("engine")
+    return not isinstance(engine, Mapping) or engine.get("backup") is not False
+
+
+def _retried(record: RunRecord, migration: MigrationRecord) -> dict[str, Any]:
+    """A retry's migration: what became of the documents its dead letters listed (run.json holds
+    the lists; counted as ``docshift retry`` and the history count them)."""
+    if record.kind != "retry" or migration.checkpoint is None:
+        return {}
+    planned = (record.info.get("retry") or {}).get("migrations") or {}
+    entry = next(
+        (e for e in planned.values() if isinstance(e, dict) and e.get("label") == migration.label), None
+    )
+    if entry is None:
+        return {}
+    listed, gone, unmatched = (len(entry.get(name) or ()) for name in ("listed", "gone", "unmatched"))
+    read = migration.counters.get("read", 0)
+    left_out = max(listed - gone - unmatched - read, 0) if migration.checkpoint.finished else 0
+    return {"retry": {"listed": listed, "gone": gone, "unmatched": unmatched, "left_out": left_out}}
 
 
 def _outcome(
@@ -255,12 +357,16 @@ def _commands(record: RunRecord, state: str) -> dict[str, str]:
             commands["overwrite the conflicts (the later changes are lost)"] = force
     elif execute:
         if state not in CLOSED_STATES:
-            commands["resume"] = f"docshift run --execute --resume {run_id}"
+            commands["resume"] = f"docshift {record.kind} --execute --resume {run_id}"
+        if state == FINISHED and any(m.counters.get("failed", 0) for m in record.migrations):
+            commands["retry the documents that failed (after fixing them)"] = f"docshift retry {run_id}"
         if state == ROLLED_BACK:
             commands["start a new run (after fixing the migration)"] = "docshift run --execute"
         else:
             commands["rollback (preview)"] = f"docshift rollback {run_id}"
             commands["rollback"] = f"docshift rollback {run_id} --execute"
+    elif record.kind == "retry":
+        commands["apply"] = f"docshift retry {(info.get('retry') or {}).get('of_run')} --execute"
     else:
         commands["apply"] = "docshift run --execute"
     commands["show"] = f"docshift show {run_id}"
@@ -283,6 +389,8 @@ def collect_report(folder: Path, *, outcome: dict[str, Any] | None = None) -> di
     info = record.info
     if isinstance(info.get("settings"), dict):  # the run's own, as its last resume continued with them
         settings = {**settings, "run": info["settings"], "overridden on resume": info.get("overrides") or {}}
+    if record.kind == "rollback" and not settings:
+        settings = {"rollback": {k: info.get(k) for k in ("of_run", "to", "steps", "strategy", "force")}}
     ended = _outcome(folder, record, status, outcome)
     state = str(ended.get("state"))
     validation = _read(RunFolder(folder).validation, RUN_VALIDATION_FORMAT)
@@ -314,6 +422,7 @@ def collect_report(folder: Path, *, outcome: dict[str, Any] | None = None) -> di
         if validation
         else None,
         "settings": settings,
+        "resumes": [r for r in info.get("resumes") or [] if isinstance(r, dict)],
         "commands": _commands(record, state),
         "timeline": timeline.to_json(),
         "folder": str(folder),

@@ -101,6 +101,9 @@ class RunStatus(EventSink):
         self.ended: dict[str, Any] | None = None
         self.latest: dict[str, Any] = {}
         """Run-wide fields of the newest progress event: write limit, memory, retries, paused."""
+        self.execute: bool | None = None
+        """Whether the run writes (None until its first pass starts): a dry run's counts are what
+        it would write, and the views say so."""
 
     # ------------------------------------------------------------------ the hooks
     def record(self, event: RunEvent) -> None:
@@ -127,6 +130,7 @@ class RunStatus(EventSink):
             case PassStarted():
                 entry = self._entry(event.migration)
                 entry.update(state="running", started_at=self.updated_at)
+                self.execute = event.execute
                 entry.update({k: v for k, v in event.counters.items() if isinstance(v, int)})
             case Progressed() | PassEnded():
                 fields = event_fields(event)
@@ -136,7 +140,16 @@ class RunStatus(EventSink):
                     entry["state"] = "finished" if isinstance(event, PassFinished) else "stopped"
                 if isinstance(event, PassStopped):
                     self.stop_reason = event.reason or self.stop_reason
-                for name in ("write_limit", "memory_mb", "paused", "batch_size", "retries"):
+                for name in (
+                    "write_limit",
+                    "ramp_limit",
+                    "adaptive_limit",
+                    "memory_mb",
+                    "paused",
+                    "batch_size",
+                    "in_flight",
+                    "retries",
+                ):
                     if name in fields:
                         self.latest[name] = fields[name]
             case StagesRolledBack():  # a canary's stages were undone
@@ -146,8 +159,8 @@ class RunStatus(EventSink):
             case TotalKnown():
                 self._entry(event.migration)["total"] = event.total
             case Warned():
-                if event.message not in self.warnings:
-                    self.warnings.append(event.message)
+                if event.labelled not in self.warnings:
+                    self.warnings.append(event.labelled)
                     del self.warnings[:-_MAX_WARNINGS]
             case HealthReported():
                 self.final_health = event
@@ -188,7 +201,11 @@ class RunStatus(EventSink):
         if reason:
             error = controls.stop_class if controls is not None and controls.stop_reason else None
             ended = str((self.ended or {}).get("state", "stopped"))
-            verb = "stopped" if ended in ("stopped", "rolled_back", "interrupted") else "ended"
+            verb = (
+                "stopped"
+                if ended in ("stopped", "rolled_back", "partly_rolled_back", "interrupted")
+                else "ended"
+            )
             issues.append(Issue(stop_severity(reason, error), f"the run {verb}: {reason}"))
         return Health.of(issues)
 
@@ -199,19 +216,26 @@ class RunStatus(EventSink):
             migrations = [self._migration_view(entry) for entry in self.migrations.values()]
             latest = dict(self.latest)
             if self.controls is not None:
-                latest["write_limit"] = self.controls.limiter.limit
+                limiter = self.controls.limiter
+                latest["write_limit"] = limiter.limit
+                latest["ramp_limit"] = limiter.ramp_limit
+                latest["adaptive_limit"] = limiter.adaptive_limit
                 latest["paused"] = self.controls.paused
             current = next((m["migration"] for m in reversed(migrations) if m["state"] == "running"), None)
             return {
                 "run_id": self.run_id,
                 "kind": self.kind,
+                "execute": self.execute,
                 "state": self.state,
                 "paused": bool(latest.get("paused")),
                 "stop_reason": self.stop_reason,
                 "write_limit": latest.get("write_limit"),
+                "ramp_limit": latest.get("ramp_limit"),
+                "adaptive_limit": latest.get("adaptive_limit"),
                 "memory_mb": latest.get("memory_mb"),
                 "retries": latest.get("retries"),
                 "batch_size": latest.get("batch_size"),
+                "in_flight": latest.get("in_flight"),
                 "started_at": self.started_at,
                 "updated_at": self.updated_at,
                 "current": current,

@@ -19,6 +19,11 @@ concern (each optional: a checkpoint without one resumes as before it was record
 ``landed``
     path -> the counters a resume added for a write that had landed there (e.g. ``["updated"]``)
     before its reader came to the document: found unchanged then, it is not counted again.
+``beyond_cursor``
+    what a stopped (or running) pass wrote past its cursors, which ``counters`` do not count yet:
+    ``{"updated": 2}`` when a later batch landed before an earlier one failed. Shown beside the
+    counters (what landed); never added to them on resume, which counts those writes itself (from
+    the journal, or by reading the documents again), so each document is counted once.
 ``scope`` (:class:`Scope`)
     which part of the target the run set out to process (``--limit``, ``--sample``).
 ``stages`` (:class:`StageProgress`)
@@ -26,6 +31,10 @@ concern (each optional: a checkpoint without one resumes as before it was record
     passed, the stages before, and the rollback of the stages once one failed.
 ``undo`` (:class:`UndoProgress`)
     a rollback's checkpoint: where it stands in the journal of each run it undoes.
+``script`` (:class:`ScriptProgress`)
+    a script migration's checkpoint: the last key its ``apply`` marked (``ctx.checkpoint(key)``),
+    and the counters as of that mark (a stopped script's ``counters`` also count its writes after
+    the mark, which a resume does again).
 
 The file is ``docshift-checkpoint`` version 2 (see :mod:`docshift.runfolder.layout`); version 1 kept
 all of these in an untyped ``extra`` map and is upgraded on reading
@@ -46,6 +55,7 @@ __all__ = [
     "Checkpoint",
     "JournalMark",
     "Scope",
+    "ScriptProgress",
     "ShardCursor",
     "StageProgress",
     "StageRollback",
@@ -223,6 +233,10 @@ class UndoStep:
     position: int = -1
     """The journal position done up to (-1: none yet)."""
     finished: bool = False
+    landed: dict[str, Timestamp] = field(default_factory=dict)
+    """Undo writes of the batch after ``position`` that landed before the store failed: path ->
+    the update time each produced. They are counted already; the resume that meets them again
+    does not count them twice."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -230,12 +244,16 @@ class UndoStep:
             "counters": self.counters,
             "position": self.position,
             "finished": self.finished,
+            "landed": self.landed,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> UndoStep:
         counters = {str(k): int(v) for k, v in dict(data.get("counters") or {}).items()}
-        return cls(str(data["run"]), counters, int(data.get("position", -1)), bool(data.get("finished")))
+        landed = {str(p): t for p, t in dict(data.get("landed") or {}).items() if isinstance(t, Timestamp)}
+        return cls(
+            str(data["run"]), counters, int(data.get("position", -1)), bool(data.get("finished")), landed
+        )
 
 
 @dataclass
@@ -260,6 +278,33 @@ class UndoProgress:
 
 
 @dataclass
+class ScriptProgress:
+    """Where a script migration stands: the last key its ``apply(ctx)`` marked with
+    ``ctx.checkpoint(key)`` once every write before it had landed (None: none yet), which a resume
+    gives back as ``ctx.resume_key``."""
+
+    key: str | None = None
+    marks: int = 0
+    """How many checkpoints the script marked so far (over every process of the run)."""
+    marked: dict[str, int] | None = None
+    """The counters as of the last mark, which a resume counts on from (the work after the mark is
+    done again); the checkpoint's ``counters`` are what the run did, writes after the mark included.
+    None (a checkpoint from before this was recorded): the checkpoint's ``counters``."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "marks": self.marks, "marked": self.marked}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScriptProgress:
+        key, marked = data.get("key"), data.get("marked")
+        return cls(
+            None if key is None else str(key),
+            int(data.get("marks") or 0),
+            None if not isinstance(marked, dict) else {str(k): int(v) for k, v in marked.items()},
+        )
+
+
+@dataclass
 class Checkpoint:
     run_id: str
     migration_id: str
@@ -274,9 +319,11 @@ class Checkpoint:
     dead_letter_bytes: int | None = None
     journal: JournalMark | None = None
     landed: dict[str, list[str]] = field(default_factory=dict)
+    beyond_cursor: dict[str, int] = field(default_factory=dict)
     scope: Scope = field(default_factory=Scope)
     stages: StageProgress | None = None
     undo: UndoProgress | None = None
+    script: ScriptProgress | None = None
 
     @property
     def finished(self) -> bool:
@@ -313,16 +360,18 @@ class Checkpoint:
             "dead_letter_bytes": self.dead_letter_bytes,
             "journal": None if self.journal is None else self.journal.to_json(),
             "landed": self.landed,
+            "beyond_cursor": self.beyond_cursor,
             "scope": self.scope.to_json(),
             "stages": None if self.stages is None else self.stages.to_json(),
             "undo": None if self.undo is None else self.undo.to_json(),
+            "script": None if self.script is None else self.script.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Checkpoint:
         """A checkpoint from its file's content (the current format version)."""
-        letters, journal, stages, undo = (
-            data.get(k) for k in ("dead_letter_bytes", "journal", "stages", "undo")
+        letters, journal, stages, undo, script = (
+            data.get(k) for k in ("dead_letter_bytes", "journal", "stages", "undo", "script")
         )
         return cls(
             run_id=data["run_id"],
@@ -338,9 +387,11 @@ class Checkpoint:
             dead_letter_bytes=letters if isinstance(letters, int) and not isinstance(letters, bool) else None,
             journal=None if journal is None else JournalMark.from_json(journal),
             landed={str(p): [str(n) for n in names] for p, names in dict(data.get("landed") or {}).items()},
+            beyond_cursor={str(k): int(v) for k, v in dict(data.get("beyond_cursor") or {}).items()},
             scope=Scope.from_json(data.get("scope") or {}),
             stages=None if stages is None else StageProgress.from_json(stages),
             undo=None if undo is None else UndoProgress.from_json(undo),
+            script=None if script is None else ScriptProgress.from_json(script),
         )
 
     def save(self, path: Path) -> None:

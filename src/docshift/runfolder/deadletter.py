@@ -98,6 +98,16 @@ class DeadLetterFile:
             fd, self._fd = self._fd, -1
             close_durably(fd, self.path, sync=self._broken is None)
 
+    def paths(self) -> set[str]:
+        """The documents the file lists (without decoding their data: ``docshift status`` counts
+        them for every run)."""
+        if not self.path.exists():
+            return set()
+        with self.path.open("rb") as lines:
+            return {
+                str(orjson.loads(line)["path"]) for line in lines if line.strip() and line.endswith(b"\n")
+            }
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if not self.path.exists():
             return

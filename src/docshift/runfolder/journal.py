@@ -279,23 +279,26 @@ def _note_outcomes(block: bytes, unconfirmed: set[str]) -> None:
 
 
 class JournalReader:
-    """Reads entries back, member by member, stopping quietly at a torn tail."""
+    """Reads entries back, member by member, stopping quietly at a torn tail. Given several
+    journals (a Beam run's attempt journals), reads them one after the other, in the order given."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path | Sequence[Path]) -> None:
+        self.paths = [path] if isinstance(path, Path) else list(path)
+        self.path = self.paths[0] if self.paths else Path()
         self.torn_tail = False
 
     def __iter__(self) -> Iterator[JournalEntry]:
-        if not self.path.exists():
-            return
-        raw = self.path.read_bytes()
-        complete = 0
-        for end, block in _members(raw):
-            complete = end
-            for line in block.splitlines():
-                if line:
-                    yield JournalEntry.from_json(orjson.loads(line))
-        self.torn_tail = complete < len(raw)
+        for path in self.paths:
+            if not path.exists():
+                continue
+            raw = path.read_bytes()
+            complete = 0
+            for end, block in _members(raw):
+                complete = end
+                for line in block.splitlines():
+                    if line:
+                        yield JournalEntry.from_json(orjson.loads(line))
+            self.torn_tail = self.torn_tail or complete < len(raw)
 
 
 def read_members(path: Path, spans: Sequence[tuple[int, int]], after: int) -> Iterator[JournalEntry]:

@@ -17,6 +17,16 @@ named once and no two modules can disagree on where it is. A run folder (``runs_
         conflicts.jsonl           a rollback's documents left alone (changed since the run wrote them)
         mismatches.jsonl          a rollback's documents unlike their before-image afterwards
         validation-PHASE.json     scans of the migration's rules (VALIDATION_FORMAT)
+        before-images/PART-ATTEMPT.jsonl.gz   a Beam run's journal, one per partition attempt
+        dead-letters/PART-ATTEMPT.jsonl       a Beam run's dead letters, one per partition attempt
+        partitions/PART.json      a Beam run's finished partition: its counts (PARTITION_FORMAT)
+        landed/PART.json          the writes an unfinished Beam partition landed, its latest attempt's
+                                  counts saved after each batch (LANDED_FORMAT)
+        beam-metrics.json         a Beam run's counters as the runner's metrics gave them
+        beam-stop                 the run asks its Beam workers to stop (a stop, a signal)
+        beam-steer.json           the run's pause and write limit, as its Beam workers follow them
+        undo-partitions/RUN/PART.json   a Beam rollback's progress in one partition of RUN's journals
+                                  (UNDO_PARTITION_FORMAT); PART/ holds its conflicts and mismatches
 
 ``docshift validate`` and ``docshift verify`` keep their reports in a :class:`ReportFolder`
 (``runs_dir/KIND-ID-TIME/report.json``). A format's older versions are upgraded on reading (see
@@ -36,12 +46,16 @@ from docshift.runfolder.atomic import FileFormat, run_file
 from docshift.runfolder.upgrades import checkpoint_1_to_2
 
 __all__ = [
+    "BEAM_METRICS_FORMAT",
     "CHECKPOINT_FORMAT",
     "CONTROL_ACTIONS",
+    "LANDED_FORMAT",
+    "PARTITION_FORMAT",
     "REPORT_FORMAT",
     "RUN_FORMAT",
     "RUN_VALIDATION_FORMAT",
     "STATUS_FORMAT",
+    "UNDO_PARTITION_FORMAT",
     "VALIDATION_FORMAT",
     "VERIFY_FORMAT",
     "MigrationFolder",
@@ -58,6 +72,10 @@ VALIDATION_FORMAT = FileFormat("docshift-validation", 1)
 REPORT_FORMAT = FileFormat("docshift-report", 1)
 STATUS_FORMAT = FileFormat("docshift-status", 1)
 VERIFY_FORMAT = FileFormat("docshift-verify", 1)
+PARTITION_FORMAT = FileFormat("docshift-beam-partition", 1)
+LANDED_FORMAT = FileFormat("docshift-beam-landed", 1)
+BEAM_METRICS_FORMAT = FileFormat("docshift-beam-metrics", 1)
+UNDO_PARTITION_FORMAT = FileFormat("docshift-beam-undo-partition", 1)
 
 _RUN_INFO = "run.json"
 _EVENTS = "events.jsonl"
@@ -72,6 +90,14 @@ _DEAD_LETTERS = "dead-letters.jsonl"
 _PLAN = "plan.jsonl.gz"
 _CONFLICTS = "conflicts.jsonl"
 _MISMATCHES = "mismatches.jsonl"
+_ATTEMPT_JOURNALS = "before-images"
+_ATTEMPT_LETTERS = "dead-letters"
+_PARTITIONS = "partitions"
+_LANDED = "landed"
+_BEAM_METRICS = "beam-metrics.json"
+_BEAM_STOP = "beam-stop"
+_BEAM_STEER = "beam-steer.json"
+_UNDO_PARTITIONS = "undo-partitions"
 _RENAMED = {"rollback-conflicts.jsonl": _CONFLICTS, "rollback-mismatches.jsonl": _MISMATCHES}
 """Files an older docshift named otherwise: a canary stages' rollback (0.1.0) wrote these."""
 
@@ -105,6 +131,67 @@ class MigrationFolder:
     @property
     def dead_letters(self) -> Path:
         return self.path / _DEAD_LETTERS
+
+    def attempt_journal(self, partition: int, attempt: str) -> Path:
+        """A Beam run's journal of one attempt at one partition: a retried bundle writes a new one,
+        so the first attempt's before-images are never overwritten or appended to by another."""
+        return self.path / _ATTEMPT_JOURNALS / f"{_partition_name(partition)}-{attempt}.jsonl.gz"
+
+    def attempt_journals(self, partition: int | None = None) -> list[Path]:
+        """The attempt journals (of one partition, if given), oldest attempt first within each
+        partition (attempt names begin with their start time)."""
+        pattern = f"{_partition_name(partition)}-*" if partition is not None else "*"
+        return sorted((self.path / _ATTEMPT_JOURNALS).glob(f"{pattern}.jsonl.gz"))
+
+    def journalled_partitions(self) -> list[int]:
+        """The partitions a Beam run journalled before-images of (those with an attempt journal)."""
+        found = {path.name.split("-", 1)[0] for path in self.attempt_journals()}
+        return sorted(int(name[1:]) for name in found if name[1:].isdigit())
+
+    def undo_partition(self, run: str, partition: int) -> Path:
+        """A Beam rollback's progress in one partition of run ``run``'s attempt journals: its
+        counters, how far it got, whether it finished (what its retry and its resume start from)."""
+        return self.path / _UNDO_PARTITIONS / run / f"{_partition_name(partition)}.json"
+
+    def undo_partition_listings(self, run: str, partition: int) -> MigrationFolder:
+        """Where a Beam rollback's worker lists one partition's conflicts and mismatches (gathered
+        into this folder's own lists when that run's undo is done)."""
+        return MigrationFolder(self.path / _UNDO_PARTITIONS / run / _partition_name(partition))
+
+    def attempt_dead_letters(self, partition: int, attempt: str) -> Path:
+        return self.path / _ATTEMPT_LETTERS / f"{_partition_name(partition)}-{attempt}.jsonl"
+
+    def partition_record(self, partition: int) -> Path:
+        """A Beam run's record of a finished partition (what a resume skips)."""
+        return self.path / _PARTITIONS / f"{_partition_name(partition)}.json"
+
+    def partition_landed(self, partition: int) -> Path:
+        """What a Beam run's attempts at an unfinished partition landed (what a stop reports)."""
+        return self.path / _LANDED / f"{_partition_name(partition)}.json"
+
+    @property
+    def beam_metrics(self) -> Path:
+        return self.path / _BEAM_METRICS
+
+    @property
+    def beam_stop(self) -> Path:
+        """Created by the run when it is asked to stop: its Beam workers look for it between batches."""
+        return self.path / _BEAM_STOP
+
+    @property
+    def beam_steer(self) -> Path:
+        """The run's pause and write limit now (``docshift pause|throttle``), for its Beam workers."""
+        return self.path / _BEAM_STEER
+
+    def journal_files(self) -> list[Path]:
+        """Every before-image journal of the migration in this run, in the order a rollback reads
+        them: the engine's, then a Beam run's attempt journals."""
+        main = [self.journal] if self.journal.is_file() else []
+        return main + self.attempt_journals()
+
+    @property
+    def has_journal(self) -> bool:
+        return self.journal.is_file() or bool(self.attempt_journals())
 
     @property
     def plan(self) -> Path:
@@ -198,9 +285,13 @@ class RunFolder:
         )
 
     def journals(self, migration_id: str) -> list[MigrationFolder]:
-        """The folders of ``migration_id`` that hold a before-image journal."""
-        found = self.path.glob(f"{migration_id}_*/{_JOURNAL}")
-        return sorted((MigrationFolder(p.parent) for p in found), key=lambda m: m.label)
+        """The folders of ``migration_id`` that hold a before-image journal (a Beam run's too)."""
+        found = self.path.glob(f"{migration_id}_*/")
+        return sorted((m for m in map(MigrationFolder, found) if m.has_journal), key=lambda m: m.label)
+
+
+def _partition_name(partition: int) -> str:
+    return f"p{partition:05d}"
 
 
 def run_folders(runs_dir: Path) -> list[RunFolder]:

@@ -14,6 +14,9 @@ States of a run (``run.json`` ``state``):
 ``failed``      an error ended it; its checkpoints are kept
 ``interrupted`` recorded as running, but its process is gone (killed); resumable
 ``rolled_back`` everything it wrote was undone (a canary stage gate, ``--auto-rollback``); closed
+``partly_rolled_back``
+                a later migration's canary stages were undone, while the migrations the run
+                finished before it stay applied; closed (``docshift rollback RUN_ID`` undoes those)
 ``conflicts``   a rollback (or a canary's rollback of its stages) that undid everything it could
                 and left documents changed after the migration wrote them (or not restored
                 exactly) alone; ``docshift rollback RUN_ID --force`` overwrites them
@@ -36,6 +39,7 @@ __all__ = [
     "CLOSED_STATES",
     "COUNT_COLUMNS",
     "ENDED_STATES",
+    "PARTLY_ROLLED_BACK",
     "MigrationRecord",
     "RunRecord",
     "display_counts",
@@ -51,8 +55,9 @@ __all__ = [
 
 RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
 INTERRUPTED, ROLLED_BACK, CONFLICTS = "interrupted", "rolled_back", "conflicts"
-ENDED_STATES = (FINISHED, STOPPED, FAILED, INTERRUPTED, ROLLED_BACK, CONFLICTS)
-CLOSED_STATES = (FINISHED, ROLLED_BACK, CONFLICTS)
+PARTLY_ROLLED_BACK = "partly_rolled_back"
+ENDED_STATES = (FINISHED, STOPPED, FAILED, INTERRUPTED, ROLLED_BACK, PARTLY_ROLLED_BACK, CONFLICTS)
+CLOSED_STATES = (FINISHED, ROLLED_BACK, PARTLY_ROLLED_BACK, CONFLICTS)
 """A run in one of these has nothing left to resume."""
 
 COUNT_COLUMNS = ("updated", "created", "deleted", "unchanged", "failed", "conflicts", "skipped")
@@ -128,12 +133,19 @@ class MigrationRecord:
     def counts(self) -> dict[str, int]:
         return display_counts(self.counters)
 
+    @property
+    def landed(self) -> dict[str, int]:
+        """What a stopped run wrote past the cursor, besides ``counters`` (the checkpoint's
+        ``beyond_cursor``: a resume counts it, once)."""
+        return dict(self.checkpoint.beyond_cursor) if self.checkpoint is not None else {}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "migration": self.label,
             "state": self.state,
             "counters": self.counters,
             "counts": self.counts,
+            "landed_after_cursor": self.landed,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "dead_letters": self.dead_letters,
             "rollback": self.rollback,

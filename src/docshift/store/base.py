@@ -2,6 +2,9 @@
 
 Paths are relative to the database's document root (``users/alice``, ``users/alice/orders/o1``).
 Streams are always in document-name order so that "the last path finished" is a complete cursor.
+Every read takes an optional ``read_time``: the documents as they were at that moment (Firestore's
+consistent snapshot reads), instead of as they are now; :class:`SnapshotStore` pins one for a
+whole command.
 ``commit`` is deliberately non-atomic with one result per write (Firestore's BatchWrite): one
 document's conflict or bad value must never fail its neighbours.
 """
@@ -26,6 +29,7 @@ __all__ = [
     "Op",
     "Precondition",
     "Query",
+    "SnapshotStore",
     "Store",
     "Write",
     "WriteKind",
@@ -312,20 +316,26 @@ class StoreInfo:
 
 
 class Store(abc.ABC):
-    """What docshift needs from a document store. Implementations: memory, Firestore."""
+    """What docshift needs from a document store. Implementations: memory, Firestore.
+
+    ``read_time`` on a read: the store as it was at that moment (a consistent snapshot); ``None``
+    reads the live data. A store refuses a read time it cannot serve (in the future, older than it
+    keeps versions, or finer than a microsecond) with a :class:`~docshift.errors.PermanentError`
+    whose hint says which (see :func:`docshift.store.semantics.read_time_error`).
+    """
 
     info: StoreInfo
 
     @abc.abstractmethod
-    def stream(self, query: Query) -> Iterator[Document]:
+    def stream(self, query: Query, *, read_time: Timestamp | None = None) -> Iterator[Document]:
         """Documents matching ``query`` in name order, after ``start_after``, up to ``end_at``."""
 
     @abc.abstractmethod
-    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+    def get_many(self, paths: Sequence[str], *, read_time: Timestamp | None = None) -> list[Document | None]:
         """The documents at ``paths`` (``None`` where missing), in the order asked."""
 
     @abc.abstractmethod
-    def count(self, query: Query) -> int:
+    def count(self, query: Query, *, read_time: Timestamp | None = None) -> int:
         """How many documents ``query`` would stream (ignoring ``keys_only``)."""
 
     @abc.abstractmethod
@@ -337,15 +347,22 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def list_collections(self, document_path: str | None = None) -> list[str]:
+    def list_collections(
+        self, document_path: str | None = None, *, read_time: Timestamp | None = None
+    ) -> list[str]:
         """Ids of the collections directly under a document (or the database root), sorted."""
 
-    def partition(self, query: Query, count: int) -> list[str] | None:
+    def partition(self, query: Query, count: int, *, read_time: Timestamp | None = None) -> list[str] | None:
         """Up to ``count - 1`` split paths dividing ``query`` evenly, or ``None`` if unsupported."""
         return None
 
-    def get(self, path: str) -> Document | None:
-        return self.get_many([path])[0]
+    def snapshot_time(self) -> Timestamp:
+        """A read time the store can serve now, by its own clock (a client clock running ahead of
+        the store's would ask for a read in the future, which the store refuses)."""
+        return Timestamp.now().stored
+
+    def get(self, path: str, *, read_time: Timestamp | None = None) -> Document | None:
+        return self.get_many([path], read_time=read_time)[0]
 
     def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
         """Release connections."""
@@ -365,23 +382,72 @@ class DelegatingStore(Store):
         self.inner = inner
         self.info = inner.info
 
-    def stream(self, query: Query) -> Iterator[Document]:
-        return self.inner.stream(query)
+    def stream(self, query: Query, *, read_time: Timestamp | None = None) -> Iterator[Document]:
+        return self.inner.stream(query, read_time=read_time)
 
-    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
-        return self.inner.get_many(paths)
+    def get_many(self, paths: Sequence[str], *, read_time: Timestamp | None = None) -> list[Document | None]:
+        return self.inner.get_many(paths, read_time=read_time)
 
-    def count(self, query: Query) -> int:
-        return self.inner.count(query)
+    def count(self, query: Query, *, read_time: Timestamp | None = None) -> int:
+        return self.inner.count(query, read_time=read_time)
 
     def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
         return self.inner.commit(writes)
 
-    def list_collections(self, document_path: str | None = None) -> list[str]:
-        return self.inner.list_collections(document_path)
+    def list_collections(
+        self, document_path: str | None = None, *, read_time: Timestamp | None = None
+    ) -> list[str]:
+        return self.inner.list_collections(document_path, read_time=read_time)
 
-    def partition(self, query: Query, count: int) -> list[str] | None:
-        return self.inner.partition(query, count)
+    def partition(self, query: Query, count: int, *, read_time: Timestamp | None = None) -> list[str] | None:
+        return self.inner.partition(query, count, read_time=read_time)
+
+    def snapshot_time(self) -> Timestamp:
+        return self.inner.snapshot_time()
 
     def close(self) -> None:
         self.inner.close()
+
+
+class SnapshotStore(DelegatingStore):
+    """A read-only view of ``inner`` as it was at ``read_time``: every read is pinned to it.
+
+    Why: a dry run, ``verify``, a ``validate`` scan, shard planning or a backup that reads for
+    minutes would otherwise see some documents before and others after the application's writes
+    in between; pinned, they see one consistent state. A read given its own ``read_time`` keeps it.
+    Writing through the view is refused: only reads are pinned (executions read live data, which
+    their update-time guards make safe), and a write "at" a past time means nothing.
+    """
+
+    def __init__(self, inner: Store, read_time: Timestamp) -> None:
+        super().__init__(inner)
+        self.read_time = read_time
+
+    def stream(self, query: Query, *, read_time: Timestamp | None = None) -> Iterator[Document]:
+        return self.inner.stream(query, read_time=read_time or self.read_time)
+
+    def get_many(self, paths: Sequence[str], *, read_time: Timestamp | None = None) -> list[Document | None]:
+        return self.inner.get_many(paths, read_time=read_time or self.read_time)
+
+    def count(self, query: Query, *, read_time: Timestamp | None = None) -> int:
+        return self.inner.count(query, read_time=read_time or self.read_time)
+
+    def list_collections(
+        self, document_path: str | None = None, *, read_time: Timestamp | None = None
+    ) -> list[str]:
+        return self.inner.list_collections(document_path, read_time=read_time or self.read_time)
+
+    def partition(self, query: Query, count: int, *, read_time: Timestamp | None = None) -> list[str] | None:
+        return self.inner.partition(query, count, read_time=read_time or self.read_time)
+
+    def snapshot_time(self) -> Timestamp:
+        return self.read_time
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        raise UsageError(
+            f"cannot write through a snapshot of the store at {self.read_time}",
+            hint="only reads are pinned to a read time; write through the live store",
+        )
+
+    def close(self) -> None:
+        """A view: the store it reads belongs to whoever opened it."""

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from docshift.config import MAX_WRITES_PER_REQUEST  # also the bound of max_batch_size
+from docshift.errors import PermanentError
 from docshift.store.base import FieldPath, Filter, Op
 from docshift.values import GeoPoint, Reference, Timestamp, Value
 
@@ -31,6 +32,8 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_VALUE_BYTES",
     "MAX_WRITES_PER_REQUEST",
+    "PITR_SECONDS",
+    "VERSION_SECONDS",
     "document_problem",
     "document_size",
     "error_hint",
@@ -38,9 +41,17 @@ __all__ = [
     "matches",
     "order_key",
     "query_problem",
+    "read_time_error",
+    "read_time_problem",
     "server_side",
     "value_size",
 ]
+
+VERSION_SECONDS = 3600
+"""How far back Cloud Firestore serves reads at a ``read_time``: one hour of versions."""
+PITR_SECONDS = 7 * 86_400
+"""With point-in-time recovery on, whole minutes up to seven days back (the emulator serves any
+time up to seven days back, whole minute or not: ``tests/integration/test_store_contract.py``)."""
 
 MAX_DOCUMENT_BYTES = 1_048_576
 """A document's size by the storage-size rules (name, field names, values, + 32)."""
@@ -432,3 +443,46 @@ def server_side(condition: Filter) -> bool:
     name-order cursors, so stores apply those themselves with :func:`matches`.
     """
     return condition.op in SERVER_SIDE_OPS
+
+
+_READ_TIME_HINTS = {
+    "future": "read at a time that has passed: the store's clock is behind this machine's, or the "
+    "time given is ahead; leave --read-time out to read as of now",
+    "too_old": "the store keeps versions for an hour (seven days with point-in-time recovery on, in "
+    "whole minutes): give a later --read-time, or leave it out to read as of now",
+    "precision": "a read time is whole microseconds: drop the digits after the sixth",
+    "epoch": "a read time is after 1970-01-01T00:00:00Z",
+}
+
+
+def read_time_problem(read_time: Timestamp, now: Timestamp, keeps_seconds: int) -> tuple[str, str] | None:
+    """Why a store whose clock says ``now`` and that keeps ``keeps_seconds`` of versions refuses a
+    read at ``read_time``: ``(gRPC code, message)`` with the emulator's own messages (checked in
+    the order it checks them), or None."""
+    if read_time.nanos % 1000:
+        return "INVALID_ARGUMENT", "timestamp cannot have more than microseconds precision"
+    if read_time <= Timestamp(0, 0):
+        return "INVALID_ARGUMENT", "Only timestamps past epoch are supported."
+    if read_time > now:
+        return "INVALID_ARGUMENT", "The requested 'read_time' cannot be in the future."
+    if read_time < Timestamp(now.seconds - keeps_seconds, now.nanos):
+        return "FAILED_PRECONDITION", "The requested 'read_time' is too old."
+    return None
+
+
+def read_time_error(code: str, message: str, read_time: Timestamp) -> PermanentError | None:
+    """A store's refusal of a read at ``read_time`` as docshift's error with a hint that says what
+    to change; None when the refusal is not about the read time (``message`` says)."""
+    lowered = message.lower()
+    if "too old" in lowered:
+        kind = "too_old"
+    elif "future" in lowered:
+        kind = "future"
+    elif "precision" in lowered:
+        kind = "precision"
+    elif "epoch" in lowered:
+        kind = "epoch"
+    else:
+        return None
+    text = f"the store cannot read at {read_time}: {message.rstrip('.')}"
+    return PermanentError(text, code=code, hint=_READ_TIME_HINTS[kind])

@@ -5,6 +5,8 @@ step the data the earlier steps would leave, or its counts, conflicts and mismat
 ones the execute will meet. Running the same code as the execute against this view, instead of a
 separate "what would happen" path, makes the prediction the execute's own logic.
 
+The view's own writes are read as they are now; every other document as ``inner`` gives it, at the
+read time asked for (a :class:`~docshift.store.base.SnapshotStore` under the view pins one).
 The documents a write touches are copied from the store into a :class:`MemoryStore`, which then
 applies the write with the store's semantics (update-time guards, server update times, value
 normalisation, limits). Only touched documents are held in memory; with ``retain_writes`` off
@@ -21,6 +23,7 @@ from collections.abc import Iterator, Sequence
 
 from docshift.store.base import DelegatingStore, Document, Query, Store, Write, WriteResult
 from docshift.store.memory import MemoryStore
+from docshift.values import Timestamp
 
 __all__ = ["SimulatedStore"]
 
@@ -45,10 +48,12 @@ class SimulatedStore(DelegatingStore):
         with self._lock:
             return [path in self._touched for path in paths]
 
-    def get_many(self, paths: Sequence[str]) -> list[Document | None]:
+    def get_many(self, paths: Sequence[str], *, read_time: Timestamp | None = None) -> list[Document | None]:
         touched = self._is_touched(paths)
         real = iter(
-            self.inner.get_many([p for p, t in zip(paths, touched, strict=True) if not t])
+            self.inner.get_many(
+                [p for p, t in zip(paths, touched, strict=True) if not t], read_time=read_time
+            )
             if not all(touched)
             else []
         )
@@ -57,24 +62,26 @@ class SimulatedStore(DelegatingStore):
         )
         return [next(mine) if t else next(real) for t in touched]
 
-    def stream(self, query: Query) -> Iterator[Document]:
+    def stream(self, query: Query, *, read_time: Timestamp | None = None) -> Iterator[Document]:
         with self._lock:
             touched = frozenset(self._touched)
         if not touched:
-            yield from self.inner.stream(query)
+            yield from self.inner.stream(query, read_time=read_time)
             return
         unlimited = dataclasses.replace(query, limit=None)
-        real = (doc for doc in self.inner.stream(unlimited) if doc.path not in touched)
+        real = (doc for doc in self.inner.stream(unlimited, read_time=read_time) if doc.path not in touched)
         merged = heapq.merge(real, self._view.stream(unlimited), key=_name_key)
         yield from merged if query.limit is None else itertools.islice(merged, query.limit)
 
-    def count(self, query: Query) -> int:
+    def count(self, query: Query, *, read_time: Timestamp | None = None) -> int:
         if not self._touched:
-            return self.inner.count(query)
-        return sum(1 for _ in self.stream(dataclasses.replace(query, keys_only=True)))
+            return self.inner.count(query, read_time=read_time)
+        return sum(1 for _ in self.stream(dataclasses.replace(query, keys_only=True), read_time=read_time))
 
-    def list_collections(self, document_path: str | None = None) -> list[str]:
-        found = set(self.inner.list_collections(document_path))
+    def list_collections(
+        self, document_path: str | None = None, *, read_time: Timestamp | None = None
+    ) -> list[str]:
+        found = set(self.inner.list_collections(document_path, read_time=read_time))
         return sorted(found | set(self._view.list_collections(document_path)))
 
     def commit(self, writes: Sequence[Write]) -> list[WriteResult]:

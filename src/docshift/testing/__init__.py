@@ -34,8 +34,18 @@ What is here:
 * :class:`FaultInjectingStore` and :class:`LostReplies`: wrap a store so that writes or requests
   fail, or a request lands and its reply is lost; put them under
   ``docshift.store.RetryingStore`` to check that a run still ends with the right data and counts.
+* :class:`RateLimitedStore` and :class:`BreakingStreams`: wrap a store so that it refuses writes
+  above a rate (RESOURCE_EXHAUSTED) or breaks every stream after some documents (UNAVAILABLE), as
+  Firestore does under load and at a stream's lifetime; with a :class:`SimulatedClock` a throttled
+  run is exact whatever the machine's speed.
 * :class:`RecordingHooks`: keeps every event of a run (``run(..., hooks=...)``), typed: ``of(kind)``,
   ``warnings()`` (:mod:`docshift.engine.hooks` names them).
+* :func:`assert_documents`: documents (or one document's data) as expected, or an ``AssertionError``
+  listing each field that differs; :class:`Seeder`, :class:`Migrator`, :func:`export`: what the
+  pytest plugin's ``seed``, ``migrate`` and ``export`` fixtures are.
+* The pytest plugin (:mod:`docshift.testing.plugin`, registered when docshift is installed) and the
+  built-in checks as tests to import (:mod:`docshift.testing.builtin`): see docs/testing.md. Only
+  pytest imports those two; this package does not import pytest.
 
 Everything here is plain code over the public interfaces (:class:`~docshift.store.Store`,
 :class:`~docshift.engine.hooks.RunHooks`): no mocks, so a test that passes here exercises the same
@@ -46,7 +56,24 @@ from __future__ import annotations
 
 from docshift.store.memory import MemoryStore
 from docshift.testing.faults import FaultInjectingStore, LostReplies
+from docshift.testing.harness import Migrated, Migrator, Seeder, assert_documents, export
 from docshift.testing.hooks import RecordingHooks
 from docshift.testing.recording import RecordingStore
+from docshift.testing.throttling import BreakingStreams, RateLimitedStore, Request, SimulatedClock
 
-__all__ = ["FaultInjectingStore", "LostReplies", "MemoryStore", "RecordingHooks", "RecordingStore"]
+__all__ = [
+    "BreakingStreams",
+    "FaultInjectingStore",
+    "LostReplies",
+    "MemoryStore",
+    "Migrated",
+    "Migrator",
+    "RateLimitedStore",
+    "RecordingHooks",
+    "RecordingStore",
+    "Request",
+    "Seeder",
+    "SimulatedClock",
+    "assert_documents",
+    "export",
+]

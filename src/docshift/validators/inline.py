@@ -21,6 +21,7 @@ the integrity score of the documents checked so far (from ``min_sample`` on) dro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
@@ -42,7 +43,7 @@ from docshift.engine.hooks import (
     ScanStarted,
     Warned,
 )
-from docshift.errors import DocshiftError, EmergencyStop, RunFileError, RunStopped
+from docshift.errors import DataError, DocshiftError, EmergencyStop, RunFileError, RunStopped
 from docshift.migration import Migration
 from docshift.runfolder.deadletter import DeadLetterFile
 from docshift.runfolder.layout import RUN_VALIDATION_FORMAT, MigrationFolder, RunFolder
@@ -101,6 +102,11 @@ class _InlineCheck:
 
     def settled(self, counts: Mapping[str, int], letters: Sequence[DeadLetter]) -> None:
         self.validation._settled(self.state, counts, letters)
+
+
+def _report_fields(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved report's fields, without its file's format header."""
+    return {k: v for k, v in saved.items() if k not in ("format", "version", "codec")}
 
 
 def _gate_message(state: _MigrationState, critical: float) -> str:
@@ -170,7 +176,8 @@ class RunValidation(RunHooks):
 
     # ------------------------------------------------------------------ the hooks
     def warning(self, event: Warned) -> None:
-        self.engine_warnings.append(event.message)
+        if event.severity == "warning":  # not the findings this validation itself says
+            self.engine_warnings.append(event.message)
 
     def pass_started(self, event: PassStarted) -> None:
         self._seed(event.migration, event.counters)
@@ -327,9 +334,13 @@ class RunValidation(RunHooks):
                     {
                         "health": health.to_json(),
                         "gate": self.gate,
-                        "reports": [
-                            {**r.to_json(), "file": str(r.path) if r.path else None} for r in reports
-                        ],
+                        "reports": sorted(
+                            [
+                                *({**r.to_json(), "file": str(r.path) if r.path else None} for r in reports),
+                                *self._earlier_reports(folder),
+                            ],
+                            key=lambda r: str(r.get("label")),
+                        ),
                     },
                 )
         except RunFileError as unwritten:
@@ -337,8 +348,7 @@ class RunValidation(RunHooks):
             issues.append(Issue(Severity.WARNING, f"validation report not saved: {unwritten.message}"))
         for issue in issues:
             if issue.message not in self.engine_warnings and issue.message != self.gate:  # already told
-                prefix = "" if issue.severity == Severity.WARNING else f"{issue.severity.value}: "
-                self.hooks.warning(Warned(prefix + issue.message))
+                self.hooks.warning(Warned(issue.message, severity=issue.severity.value))
         if self.states:
             self.hooks.health_reported(
                 HealthReported(
@@ -350,6 +360,21 @@ class RunValidation(RunHooks):
             )
         self.outcome = RunOutcome(health, reports, path, list(self.states))
         return self.outcome
+
+    def _earlier_reports(self, folder: Path) -> list[dict[str, Any]]:
+        """The saved reports of the run's migrations that an earlier process of it ran (a resume
+        does not run a finished migration again): validation.json covers the whole run."""
+        kept: list[dict[str, Any]] = []
+        for migration in RunFolder(folder).migrations():
+            if migration.label in self.states:
+                continue
+            for phase in ("before", "inline", "after"):
+                path = migration.validation(phase)
+                if path.is_file():
+                    with contextlib.suppress(DataError):  # a damaged file: the rest still counts
+                        saved = load_report(path)
+                        kept.append({**_report_fields(saved), "file": str(path)})
+        return kept
 
     def _from_record(self, state: _MigrationState, folder: Path) -> None:
         """The inline report and counts as the migration's record has them (every session and

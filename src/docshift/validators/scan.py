@@ -28,6 +28,7 @@ __all__ = [
     "ValidationReport",
     "load_report",
     "rule_names",
+    "sampled_documents",
     "save_report",
     "scan",
     "scan_query",
@@ -94,6 +95,8 @@ class ValidationReport:
     path: Path | None = None
     target_total: int | None = None
     """A before-scan of a copy also counts the copy's target collection (for ``count``)."""
+    read_time: str | None = None
+    """The snapshot the scan read (``docshift validate``), as RFC 3339; None: live data."""
 
     @property
     def score(self) -> float:
@@ -135,6 +138,7 @@ class ValidationReport:
             "sample": self.sample,
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             "at": self.at,
+            "read_time": self.read_time,
             "rules": [rule.to_json() for rule in self.rules],
         }
 
@@ -186,7 +190,9 @@ def _sample_queries(store: Store, query: Query, sample: int) -> Iterator[Query]:
         )
 
 
-def _documents(store: Store, query: Query, sample: int | None, total: int) -> Iterator[Document]:
+def sampled_documents(store: Store, query: Query, sample: int | None, total: int) -> Iterator[Document]:
+    """Every document of ``query`` (``total`` of them), or about ``sample`` spread over the key
+    space: what a ``validate --sample`` scans, and what ``docshift test`` reads of a live target."""
     if sample is None or sample >= total:
         yield from store.stream(query)
         return
@@ -229,7 +235,7 @@ def scan(
     sessions = [rule.session(context) for rule in rules]
     checked = failed = 0
     batch: list[Document] = []
-    for doc in _documents(store, query, sample, total):
+    for doc in sampled_documents(store, query, sample, total):
         batch.append(doc)
         if len(batch) >= batch_size:
             failed += _check(batch, sessions, results)

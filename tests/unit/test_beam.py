@@ -1,0 +1,251 @@
+"""docshift.beam without a runner: the worker's partition attempts, the shipped migration, the
+worker's share of the write limit, the Beam options, and what ``--runner beam`` refuses."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import pytest
+
+from docshift.beam import BeamSettings, Partition, PartitionWorker, ShippedMigration, WorkerPlan, WorkerShare
+from docshift.beam.driver import beam_pipeline_options, worker_count
+from docshift.commands.run import RunOptions, run_migrations
+from docshift.config import Config, EngineConfig, StoreConfig
+from docshift.engine.hooks import Warned
+from docshift.engine.pipeline import PipelineOptions
+from docshift.errors import BatchAborted, DriftError, RunStopped, UsageError
+from docshift.loader import load_migration
+from docshift.runfolder.journal import JournalReader
+from docshift.runfolder.layout import MigrationFolder
+from docshift.store import DelegatingStore, Query, Store, Write, WriteResult
+from docshift.store.memory import MemoryStore
+from docshift.testing import FaultInjectingStore, RecordingHooks, RecordingStore
+from docshift.values import values_equal
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "migrations" / "0001_split_full_name.py"
+
+
+def test_import_docshift_does_not_import_apache_beam() -> None:
+    code = (
+        "import sys, docshift, docshift.cli, docshift.commands.run\n"
+        "assert 'apache_beam' not in sys.modules, 'apache_beam imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_worker_share_is_the_limit_divided_by_the_workers() -> None:
+    now = [0.0]
+    share = WorkerShare(300.0, ramp=False, workers=3, clock=lambda: now[0])
+    assert share.limit == 100.0
+    ramped = WorkerShare(0.0, ramp=True, workers=4, clock=lambda: now[0])
+    assert ramped.limit == 500.0 / 4  # the 500/50/5 ramp, shared
+    now[0] = 301.0
+    assert ramped.limit == 750.0 / 4
+    assert WorkerShare(0.0, ramp=False, workers=2).limit == 0.0  # no limit stays none
+    # The adaptive rate is set by this worker's own answers from the store: not divided again.
+    adaptive = WorkerShare(3000.0, ramp=False, workers=3, adaptive=True, clock=lambda: now[0])
+    assert adaptive.adaptive is not None
+    adaptive.adaptive.refused()  # refused before anything was measured: from 500 writes/s, less 10%
+    assert adaptive.limit == 450.0
+    adaptive.set_cap(900.0)
+    assert adaptive.limit == 300.0  # the run's 900, shared by 3, is lower now
+
+
+def test_a_shipped_migration_loads_on_the_worker_and_its_checksum_is_checked(tmp_path: Path) -> None:
+    migration = load_migration(EXAMPLE)
+    shipped = ShippedMigration.of(migration)
+    loaded = shipped.load()
+    assert (loaded.id, loaded.checksum, loaded.target) == (migration.id, migration.checksum, migration.target)
+    tampered = ShippedMigration(shipped.file_name, shipped.source + "\nx = 1\n", shipped.checksum)
+    with pytest.raises(DriftError) as refused:
+        tampered.load()
+    assert refused.value.hint
+    edited = tmp_path / EXAMPLE.name
+    shutil.copy(EXAMPLE, edited)
+    early = load_migration(edited)
+    edited.write_text(edited.read_text() + "\n# edited\n")
+    with pytest.raises(DriftError, match="changed since it was loaded"):
+        ShippedMigration.of(early)
+
+
+def test_beam_options_are_key_value_pairs_beam_knows() -> None:
+    options = beam_pipeline_options(
+        BeamSettings(("direct_running_mode=multi_processing", "direct_num_workers=3"))
+    )
+    assert options.get_all_options()["runner"] == "DirectRunner"
+    assert worker_count(options) == 3
+    assert worker_count(beam_pipeline_options(BeamSettings())) == 1
+    with pytest.raises(UsageError, match="is not KEY=VALUE") as bad:
+        beam_pipeline_options(BeamSettings(("direct_num_workers",)))
+    assert bad.value.hint
+    with pytest.raises(UsageError, match="no such pipeline option"):
+        beam_pipeline_options(BeamSettings(("no_such_option=1",)))
+
+
+@pytest.mark.parametrize(
+    ("options", "refused"),
+    [
+        (RunOptions(runner="beam"), "executes a run"),
+        (RunOptions(execute=True, runner="beam", limit=5), "--limit runs in this process"),
+        (RunOptions(execute=True, runner="beam", sample_percent=5.0), "--sample runs in this process"),
+        (RunOptions(execute=True, runner="beam", stages=(10.0, 100.0)), "--stages runs in this process"),
+        (RunOptions(execute=True, beam_options=("a=b",)), "--beam-option needs --runner beam"),
+    ],
+)
+def test_what_the_beam_runner_refuses(tmp_path: Path, options: RunOptions, refused: str) -> None:
+    (tmp_path / "migrations").mkdir()
+    shutil.copy(EXAMPLE, tmp_path / "migrations")
+    config = Config(migrations_dir=tmp_path / "migrations", runs_dir=tmp_path / "runs")
+    with pytest.raises(UsageError, match=refused) as error:
+        run_migrations(config, options, store=MemoryStore())
+    assert error.value.hint
+    assert not (tmp_path / "runs").exists()  # refused before anything was started
+
+
+# --------------------------------------------------------------------------- one partition's attempts
+
+
+class _DiesAfter(DelegatingStore):
+    """Lands ``after`` commit requests, then raises (a worker dying mid-bundle)."""
+
+    def __init__(self, inner: Store, after: int) -> None:
+        super().__init__(inner)
+        self.after = after
+
+    def commit(self, writes: Sequence[Write]) -> list[WriteResult]:
+        if self.after <= 0:
+            raise RuntimeError("injected: the worker died")
+        self.after -= 1
+        return self.inner.commit(writes)
+
+    def close(self) -> None:
+        """The shared store outlives the worker."""
+
+
+def _seed(store: Store, count: int) -> None:
+    writes = [
+        Write.set(f"users/u{i:04d}", {"full_name": f"Ada Lovelace{i}", "email": f"ada{i}@example.com"})
+        for i in range(count)
+    ]
+    assert all(result.ok for result in store.commit(writes))
+
+
+def _plan(tmp_path: Path, store: Store) -> WorkerPlan:
+    migration = load_migration(EXAMPLE)
+    engine = EngineConfig(batch_size=10, min_batch_size=10, max_batch_size=10)
+    return WorkerPlan(
+        Config(store=StoreConfig(project="memory")),
+        ShippedMigration.of(migration),
+        str(tmp_path / "run" / migration.label),
+        PipelineOptions(execute=True, engine=engine),
+        store=lambda: store,
+    )
+
+
+def test_a_partition_retried_after_some_writes_counts_as_one_that_never_failed(tmp_path: Path) -> None:
+    clean, retried = MemoryStore(), MemoryStore()
+    _seed(clean, 50)
+    _seed(retried, 50)
+    before = {doc.path: doc.data for doc in retried.stream(Query("users"))}
+    partition = Partition(0)
+    once = PartitionWorker.open(_plan(tmp_path / "clean", clean)).migrate(partition)
+
+    plan = _plan(tmp_path / "retried", retried)
+    first = PartitionWorker.open(plan)
+    first.store = _DiesAfter(retried, after=2)
+    with pytest.raises(RuntimeError, match="injected"):
+        first.migrate(partition)
+    files = MigrationFolder(Path(plan.folder))
+    assert not files.partition_record(0).exists()  # not finished: a resume does it again
+    [attempt] = files.attempt_journals(0)
+    kept = [entry for entry in JournalReader(attempt) if entry.kind == "before"]
+    assert len(kept) == 30  # three batches journalled ahead of their commits (the third's failed)
+    assert all(values_equal(entry.data, before[entry.path]) for entry in kept)
+
+    done = PartitionWorker.open(plan).migrate(partition)
+    assert done.counters == once.counters
+    assert done.counters["updated"] == 50 and done.counters["read"] == 50
+    assert files.attempt_journals(0)[0] == attempt  # the first attempt's journal is kept, unchanged
+    assert [entry for entry in JournalReader(attempt) if entry.kind == "before"] == kept
+    assert len(files.attempt_journals(0)) == 2
+    again = {e.path for e in JournalReader(files.attempt_journals(0)[1]) if e.kind == "before"}
+    assert len(again) == 30  # the 20 that landed were not written again
+    # A retried bundle whose partition is recorded does nothing again.
+    assert PartitionWorker.open(plan).migrate(partition) == done
+    assert len(files.attempt_journals(0)) == 2
+
+
+def test_a_worker_follows_the_runs_pause_write_limit_and_stop(tmp_path: Path) -> None:
+    store = RecordingStore(MemoryStore())
+    _seed(store.inner, 30)
+    base = _plan(tmp_path, store)
+    files = MigrationFolder(Path(base.folder))
+    files.path.mkdir(parents=True)
+    plan = dataclasses.replace(
+        base, workers=2, stop_file=str(files.beam_stop), steer_file=str(files.beam_steer)
+    )
+    files.beam_steer.write_bytes(orjson.dumps({"paused": True, "limit": 80.0}))
+    worker = PartitionWorker.open(plan)
+    failures: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            worker.migrate(Partition(0))
+        except BaseException as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=migrate)
+    thread.start()
+    limiter = worker.limiter
+    while thread.is_alive() and limiter.limit != 40.0:  # it read the steering file before a batch
+        thread.join(0.01)
+    assert limiter.limit == 40.0  # the run's 80 ops/s, shared by 2 workers
+    assert thread.is_alive()  # paused
+    assert store.commits == 0
+    files.beam_stop.touch()
+    thread.join()
+    assert store.commits == 0  # paused, then stopped: nothing was written
+    assert isinstance(failures[0], RunStopped) and failures[0].hint
+    assert not files.partition_record(0).exists()
+
+    files.beam_stop.unlink()
+    files.beam_steer.write_bytes(orjson.dumps({"paused": False, "limit": 0.0}))
+    done = PartitionWorker.open(plan).migrate(Partition(0))
+    assert done.counters["updated"] == 30 and store.commits > 0
+
+
+def test_a_script_migration_of_a_beam_run_runs_in_this_process_and_the_run_says_so(tmp_path: Path) -> None:
+    (tmp_path / "migrations").mkdir()
+    shutil.copy(ROOT / "examples" / "scripts" / "0003_tags_to_subcollection.py", tmp_path / "migrations")
+    config = Config(migrations_dir=tmp_path / "migrations", runs_dir=tmp_path / "runs")
+    store = MemoryStore()
+    assert all(r.ok for r in store.commit([Write.set("users/u1", {"tags": ["a", "b"]})]))
+    hooks = RecordingHooks()
+    report = run_migrations(config, RunOptions(execute=True, runner="beam"), store=store, hooks=hooks)
+    assert report.outcomes[0].state == "applied"
+    said = [e.message for e in hooks.events if isinstance(e, Warned)]
+    assert any("is a script migration (apply(ctx)): it runs in this process" in m for m in said)
+    assert store.get_many(["users/u1/tags/a"])[0] is not None
+
+
+def test_an_attempt_after_one_the_circuit_breaker_stopped_starts_afresh(tmp_path: Path) -> None:
+    """A bundle retried on the same worker (after an outage) is not stopped by the breaker that
+    stopped the attempt before it: breaker, batch size and stop are each attempt's own."""
+    inner = MemoryStore()
+    _seed(inner, 200)
+    failing = FaultInjectingStore(inner, write_failure_rate=1.0)
+    worker = PartitionWorker.open(_plan(tmp_path, failing))
+    with pytest.raises(BatchAborted):
+        worker.migrate(Partition(0))  # every write fails: the breaker trips and stops the attempt
+    assert not worker.files.partition_record(0).exists()
+    failing.enabled = False  # the outage is over; the runner retries the bundle on this worker
+    done = worker.migrate(Partition(0))
+    assert done.counters["updated"] == 200 and done.counters["failed"] == 0
