@@ -340,7 +340,7 @@ def test_kill_9_during_every_stage_then_resume_continues_the_stages_to_applied(
     cwd = workdir(tmp_path, broken_from=101)
     env = kill_env(cli_env)
     # Slow enough that each stage lasts seconds: a kill at its first checkpoint lands inside it.
-    rates = {1: "10", 2: "40", 3: "150", 4: "300"}
+    rates = {1: "4", 2: "40", 3: "150", 4: "300"}
     for stage, rate in rates.items():
         args = ["run", "--execute", "--max-writes-per-second", rate]
         args += ["--stages", STAGES] if stage == 1 else ["--resume"]

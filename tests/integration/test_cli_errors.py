@@ -26,7 +26,7 @@ from docshift.errors import ExitCode, PermanentError
 from docshift.store.firestore import FirestoreStore
 from tests.integration.run_support import docshift
 
-QUICK = 10.0
+QUICK = 15.0
 """Seconds a command that cannot reach its store may take before the test fails (it used to take ~14)."""
 GOOD = 'collection = "users"\n\ndef up(doc):\n    return doc.data\n'
 

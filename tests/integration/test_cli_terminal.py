@@ -115,7 +115,7 @@ def test_after_a_second_ctrl_c_the_resume_command_with_the_run_id_is_the_last_li
     seed_users(firestore_store, 2000)
     folder = project_folder(
         tmp_path / "project",
-        "checkpoint_every_seconds = 0.2\nbatch_size = 50\n",
+        "checkpoint_every_seconds = 0.2\nbatch_size = 100\n",
         files=(),
         extra={"0001_slow_split.py": SLOW_SPLIT},
     )
@@ -127,7 +127,7 @@ def test_after_a_second_ctrl_c_the_resume_command_with_the_run_id_is_the_last_li
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any("Ctrl-C again" in line for line in terminal.lines()):
         terminal.read(0.05)
-    assert terminal.process.poll() is None  # still draining: each writer is in a batch that takes 2.5 s
+    assert terminal.process.poll() is None  # still draining: each writer is in a batch that takes 5 s
     terminal.process.send_signal(signal.SIGINT)
     assert terminal.finish() == 10
     lines = terminal.lines()

@@ -99,6 +99,25 @@ def wait_for(check: Callable[[], T | None], timeout: float = 30, what: str = "a 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def settled(
+    read: Callable[[], dict[str, Any]],
+    paused: Callable[[dict[str, Any]], bool],
+    count: Callable[[dict[str, Any]], int],
+    timeout: float = 30,
+) -> dict[str, Any]:
+    """The first of two reads 1.2 s apart (longer than the 1 s between progress events) that are
+    both paused with the same count: the commits in flight when the pause came have landed. A
+    run that goes on writing while paused never settles, and this fails."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = read()
+        time.sleep(1.2)
+        after = read()
+        if paused(before) and paused(after) and count(before) == count(after):
+            return after
+    raise AssertionError("the paused run's count did not settle")
+
+
 def presence_of(folder: Path) -> tuple[Path, Any]:
     """The run folder of the run starting in ``folder`` and its presence file, once written."""
 
@@ -159,7 +178,7 @@ def test_json_events_parse_match_the_store_and_the_event_log(
 def test_the_status_endpoint_answers_and_pause_throttle_resume_stop_take_effect(
     firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    seed_items(firestore_store, 3000)
+    seed_items(firestore_store, 4000)
     folder = project(tmp_path)
     process, _, err = start(
         folder, cli_env, "run", "--execute", "--max-writes-per-second", "500", "--status-port", "0"
@@ -174,15 +193,15 @@ def test_the_status_endpoint_answers_and_pause_throttle_resume_stop_take_effect(
 
     status = wait_for(started, what="progress with a total")
     assert status["run_id"] == run.name and status["state"] == "running" and status["write_limit"] == 500
-    assert status["migrations"][0]["total"] == 3000
+    assert status["migrations"][0]["total"] == 4000
     assert request(url + "/health") == (200, {"status": "HEALTHY", "score": 100, "reasons": []})
 
     assert request(url + "/pause", "POST")[0] == 200
-    time.sleep(1.5)  # in-flight commits land
-    first, written = get(url + "/status"), touched(firestore_store)
+    first = settled(lambda: get(url + "/status"), lambda s: s["state"] == "paused", done)  # in flight: landed
+    written = touched(firestore_store)
     time.sleep(1.5)
     second = get(url + "/status")
-    assert second["state"] == "paused" and done(second) == done(first) < 3000
+    assert second["state"] == "paused" and done(second) == done(first) < 4000
     assert touched(firestore_store) == written  # nothing written while paused
     watched = docshift(folder, cli_env, "monitor", run.name, "--once")
     assert watched.returncode == 0 and f"run {run.name} paused" in watched.stdout
@@ -195,7 +214,7 @@ def test_the_status_endpoint_answers_and_pause_throttle_resume_stop_take_effect(
         lambda: next((s for s in [get(url + "/status")] if done(s) > done(second)), None), what="writing"
     )
     before, began = touched(firestore_store), time.monotonic()
-    time.sleep(2)
+    time.sleep(6)  # long beside one 100-document batch and the bucket's burst
     rate = (touched(firestore_store) - before) / (time.monotonic() - began)
     assert resumed["state"] == "running" and rate < 150 * 1.6  # the new limit holds (token bucket burst)
 
@@ -206,7 +225,7 @@ def test_the_status_endpoint_answers_and_pause_throttle_resume_stop_take_effect(
     said = " ".join(stderr.split())
     assert "paused (by POST /pause)" in said and "write limit set to 150 ops/s (by POST /throttle)" in said
     checkpoint = Checkpoint.load(run / "0001_touch" / "checkpoint.json")
-    assert checkpoint.state == "stopped" and 0 < checkpoint.counters["updated"] < 3000
+    assert checkpoint.state == "stopped" and 0 < checkpoint.counters["updated"] < 4000
     assert checkpoint.counters["updated"] <= touched(firestore_store)
     report = read_versioned(run / "report.json", "docshift-report", 1)
     assert report["outcome"]["state"] == "stopped" and report["outcome"]["exit_code"] == 10
@@ -215,7 +234,7 @@ def test_the_status_endpoint_answers_and_pause_throttle_resume_stop_take_effect(
     assert report["commands"]["resume"] == f"docshift run --execute --resume {run.name}"
     again = docshift(folder, cli_env, "run", "--execute", "--resume")
     assert again.returncode == 0, again.stderr
-    assert touched(firestore_store) == 3000
+    assert touched(firestore_store) == 4000
 
 
 def test_off_loopback_a_token_is_required_and_never_written(
@@ -235,7 +254,7 @@ def test_off_loopback_a_token_is_required_and_never_written(
         "run",
         "--execute",
         "--max-writes-per-second",
-        "300",
+        "100",  # 20 s of writes: two docshift stop commands starting cold come first
         "--status-host",
         "0.0.0.0",
         "--status-port",
@@ -277,11 +296,11 @@ def test_control_files_runs_show_report_and_monitor_without_an_endpoint(
     wait_for(lambda: any(e["processed"] for e in progress()), what="progress")
     (run / "pause").touch()
     wait_for(lambda: any(e["event"] == "control" for e in log_lines(run / "events.jsonl")), what="pause")
-    time.sleep(1.5)
-    first = progress()[-1]
-    time.sleep(1.5)
-    last = progress()[-1]
-    assert last["paused"] and last["processed"] == first["processed"] and last["at"] > first["at"]
+    first = settled(lambda: progress()[-1], lambda e: bool(e["paused"]), lambda e: int(e["processed"]))
+    last = wait_for(
+        lambda: next((e for e in progress()[-1:] if e["at"] > first["at"]), None), what="progress"
+    )
+    assert last["paused"] and last["processed"] == first["processed"]
     watched = docshift(folder, cli_env, "monitor", "--once")  # the running run, from its files
     assert watched.returncode == 0 and f"run {run.name} paused" in watched.stdout
 

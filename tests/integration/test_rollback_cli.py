@@ -56,7 +56,7 @@ def test_a_run_killed_midway_is_rolled_back_to_the_pre_run_export(
     before = export(firestore_store, ["users", "teams"])
     folder = project_folder(tmp_path / "project", "checkpoint_every_seconds = 60\nbatch_size = 100\n")
     process = subprocess.Popen(
-        [DOCSHIFT, "run", "--execute", "--json", "--max-writes-per-second", "1500"],
+        [DOCSHIFT, "run", "--execute", "--json", "--max-writes-per-second", "400"],
         cwd=folder,
         env=cli_env,
         stdout=subprocess.PIPE,

@@ -194,8 +194,8 @@ def test_resume_refuses_while_the_run_is_still_going(
     seeded: dict[str, Document], firestore_store: RetryingStore, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     folder = project_folder(tmp_path, "checkpoint_every_seconds = 0.2\n", files=("0001_split_full_name.py",))
-    first = subprocess.Popen(
-        [DOCSHIFT, "run", "--execute", "--max-writes-per-second", "300"],
+    first = subprocess.Popen(  # about 12 s of writes: a second CLI starting cold has time to be refused
+        [DOCSHIFT, "run", "--execute", "--max-writes-per-second", "50"],
         cwd=folder,
         env=cli_env,
         stdout=subprocess.PIPE,

@@ -267,7 +267,9 @@ def test_the_memory_soft_limit_holds_reading_back_until_memory_falls(tmp_path: P
 
     runner = threading.Thread(target=pipeline.run)
     runner.start()
-    time.sleep(0.4)
+    ahead = time.monotonic() + 10
+    while in_flight() <= 60 and time.monotonic() < ahead:
+        time.sleep(0.01)
     assert in_flight() > 60  # unconstrained, the reader stays several batches ahead of the writers
     memory.mb = 150
     deadline = time.monotonic() + 10
@@ -275,7 +277,9 @@ def test_the_memory_soft_limit_holds_reading_back_until_memory_falls(tmp_path: P
         time.sleep(0.01)
     assert hooks.of(Warned)
     assert pipeline.memory_budget.paused
-    time.sleep(0.5)  # the writers drain what was read
+    drained = time.monotonic() + 10  # the writers drain what was read
+    while in_flight() > pipeline.sizer.size and time.monotonic() < drained:
+        time.sleep(0.01)
     samples = []
     read_before = pipeline.stats.counts()["read"]
     for _ in range(40):

@@ -38,19 +38,20 @@ from docshift.engine.controls import Controls
 from docshift.engine.hooks import (
     Checkpointed,
     EngineState,
-    PassFinished,
     PassStarted,
     PassStats,
-    PassStopped,
     Progressed,
     RunHooks,
 )
 from docshift.engine.limits import FailureBudget, MemoryGuard
 from docshift.engine.pipeline import (
     WRITTEN,
+    PassEnd,
     PassSteps,
     PipelineOptions,
     PipelineResult,
+    end_pass,
+    failures_over_budget,
     landed_text,
     on_resume,
 )
@@ -60,7 +61,6 @@ from docshift.errors import (
     EmergencyStop,
     RunFileError,
     RunStopped,
-    TooManyFailures,
     UsageError,
 )
 from docshift.migration import Migration
@@ -376,34 +376,16 @@ class BeamPass:
         self._write_metrics()
         error = self._stop_error(done)
         counts = self.stats.counts()
-        processed = sum(counts.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
-        failed = counts.get("failed", 0) - counts.get("rejected", 0)
-        budget = FailureBudget(self.options.engine.max_failures)
-        if error is None and done and budget.exceeded(failed, processed, final=True):
-            error = TooManyFailures(
-                f"{failed} of {processed} documents failed, more than --max-failures {budget.spec}",
-                hint=f"see {self.files.dead_letters}",
-            )
+        if error is None and done:
+            budget = FailureBudget(self.options.engine.max_failures)
+            error = failures_over_budget(budget, counts, self.files.dead_letters)
         finished = done and error is None
         self._save("finished" if finished else ("failed" if done else "stopped"))
         landed = dict(self.checkpoint.beyond_cursor)
         if error is not None and landed:
             error.message += f"; {landed_text(landed)} ({on_resume(self.options.engine.backup)})"
-        counters = {name: counts.get(name, 0) for name in COUNTERS}
-        snapshot = {**self.stats.snapshot(), **counters, "processed": processed}
-        ended = PassFinished if done else PassStopped
-        self.hooks.pass_ended(
-            ended(self.migration.label, *PassStats.split(snapshot), str(error) if error else None)
-        )
-        return PipelineResult(
-            self.migration.id,
-            "finished" if done else "stopped",
-            counters,
-            self.stats.elapsed,
-            self.files.path,
-            error,
-            snapshot,
-            landed,
+        return end_pass(
+            self.hooks, self.migration, self.stats, counts, PassEnd(done, self.files.path, error, landed)
         )
 
     def _landed(self) -> dict[str, int]:

@@ -58,6 +58,7 @@ from docshift.engine.pipeline import (
     new_checkpoint,
 )
 from docshift.engine.sharding import plan_shards
+from docshift.engine.stats import handled
 from docshift.errors import (
     DocshiftError,
     DriftError,
@@ -1113,11 +1114,10 @@ def _partial_note(migration: Migration, options: RunOptions, counters: dict[str,
         if options.limit is not None
         else f"--sample {_shown(float(options.sample_percent or 0))}%"
     )
-    handled = sum(counters.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
     return (
-        f"{migration.label}: partial: {scope} processed {handled:,} document(s) and left the rest of "
-        f"{migration.target.describe()} untouched; it is recorded as partial, not applied (pending in "
-        "`docshift status`), and the next `docshift run --execute` processes the rest"
+        f"{migration.label}: partial: {scope} processed {handled(counters):,} document(s) and left the "
+        f"rest of {migration.target.describe()} untouched; it is recorded as partial, not applied "
+        "(pending in `docshift status`), and the next `docshift run --execute` processes the rest"
     )
 
 

@@ -31,7 +31,7 @@ from docshift.engine.pipeline import (
 )
 from docshift.engine.sampling import in_sample
 from docshift.engine.sharding import plan_shards
-from docshift.engine.stats import format_ms
+from docshift.engine.stats import format_ms, handled
 from docshift.engine.undo import UndoResult
 from docshift.errors import (
     EmergencyStop,
@@ -187,7 +187,7 @@ def run_stages(run: StageRun, checkpoint: Checkpoint) -> PipelineResult:
         **result.snapshot,
         **totals,
         "skipped": 0,
-        "processed": sum(totals[k] for k in ("updated", "created", "deleted", "unchanged", "failed")),
+        "processed": handled(totals),
     }
     combined["elapsed_seconds"] = seconds
     counters, stats = PassStats.split(combined)
@@ -234,11 +234,10 @@ def _gate(
 ) -> str | None:
     """Why the stage may not be followed by the next one, or ``None``."""
     config = run.config
-    handled = sum(counts[k] for k in ("updated", "created", "deleted", "unchanged", "failed"))
-    if handled and counts["failed"] / handled > config.limits.stage_max_failure_rate:
+    done = handled(counts)
+    if done and counts["failed"] / done > config.limits.stage_max_failure_rate:
         return (
-            f"{counts['failed']} of {handled} documents failed, above "
-            f"{config.limits.stage_max_failure_rate:.1%}"
+            f"{counts['failed']} of {done} documents failed, above {config.limits.stage_max_failure_rate:.1%}"
         )
     limit_ms = config.limits.stage_max_p95_ms
     p95 = result.snapshot.get("commit_p95")

@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ from docshift.engine.limits import (
     MemoryGuard,
     MemoryState,
 )
-from docshift.engine.stats import COUNTERS, FailureSamples, RunStats, format_ms
+from docshift.engine.stats import COUNTERS, FailureSamples, RunStats, format_ms, handled
 from docshift.engine.writer import BatchWriter, WriteGuards
 from docshift.errors import (
     BatchAborted,
@@ -608,7 +608,7 @@ class MigrationPipeline:
                     f"commit latency p95 {format_ms(p95)} ms is above {format_ms(limit)} ms", EmergencyStop
                 )
         counters = self.stats.counts()  # not the live dict: a half-added batch would skew the rate
-        processed = sum(counters.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
+        processed = handled(counters)
         failed = counters.get("failed", 0) - counters.get("rejected", 0)  # rules: the integrity gate
         if self.budget.exceeded(failed, processed):
             self.controls.request_stop(
@@ -706,13 +706,8 @@ class MigrationPipeline:
         error: DocshiftError | None = None
         done = all(s.done for s in self.checkpoint.shards)
         counters = {name: self.settled.get(name, 0) for name in COUNTERS}
-        processed = sum(counters.get(k, 0) for k in ("updated", "created", "deleted", "unchanged", "failed"))
-        failed = counters.get("failed", 0) - counters.get("rejected", 0)
-        if done and self.budget.exceeded(failed, processed, final=True):
-            error = TooManyFailures(
-                f"{failed} of {processed} documents failed, more than --max-failures {self.budget.spec}",
-                hint=f"see {self.dead_letters.path}",
-            )
+        if done:
+            error = failures_over_budget(self.budget, counters, self.dead_letters.path)
         if not done or self.controls.stop.is_set():
             error = self._stop_error()
             done = False
@@ -742,30 +737,21 @@ class MigrationPipeline:
             error = self._file_failure(error, saved)
         elif error is not None and landed:
             error.message += f"; {landed_text(landed)} ({on_resume(self.journal is not None)})"
-        # The counts of the end are the checkpoint's (what is settled behind the cursors): the live
-        # ones also hold batches that a stop left unfinished, which a resume does again.
-        snapshot = {**self.stats.snapshot(), **counters, "processed": processed}
-        ended = PassFinished if done else PassStopped
         adaptive = self.controls.limiter.adaptive
         throttled = adaptive is not None and adaptive.refusals > 0
-        self.hooks.pass_ended(
-            ended(
-                self.migration.label,
-                *PassStats.split(snapshot),
-                str(error) if error else None,
+        return end_pass(
+            self.hooks,
+            self.migration,
+            self.stats,
+            counters,
+            PassEnd(
+                done,
+                self.folder,
+                error,
+                landed,
                 write_rate=(round(adaptive.settled, 1) or None) if throttled and adaptive else None,
                 throttled=adaptive.refusals if throttled and adaptive else None,
-            )
-        )
-        return PipelineResult(
-            self.migration.id,
-            "finished" if done else "stopped",
-            dict(counters),
-            self.stats.elapsed,
-            self.folder,
-            error,
-            snapshot,
-            landed,
+            ),
         )
 
     def _file_failure(self, error: RunFileError, saved: bool | None) -> RunFileError:
@@ -840,6 +826,68 @@ class MigrationPipeline:
 
 WRITTEN = ("updated", "created", "deleted")
 """The counters of writes that landed in the store."""
+
+
+def failures_over_budget(
+    budget: FailureBudget, counters: Mapping[str, int], dead_letters: Path
+) -> TooManyFailures | None:
+    """At a pass's end: more documents failed than ``--max-failures`` allows of all it handled
+    (a rule's refusal, ``rejected``, is the integrity gate's to judge, not this budget's)."""
+    processed = handled(counters)
+    failed = counters.get("failed", 0) - counters.get("rejected", 0)
+    if not budget.exceeded(failed, processed, final=True):
+        return None
+    return TooManyFailures(
+        f"{failed} of {processed} documents failed, more than --max-failures {budget.spec}",
+        hint=f"see {dead_letters}",
+    )
+
+
+def end_pass(
+    hooks: RunHooks,
+    migration: Migration,
+    stats: RunStats,
+    settled: Mapping[str, int],
+    ended: PassEnd,
+) -> PipelineResult:
+    """How every kind of pass (the pipeline, a script, a Beam driver) ends: the hooks hear of it
+    with the settled counts (behind the cursors; the live ones may hold batches a stop left
+    unfinished, which a resume does again), and the command gets its result."""
+    counters = {name: settled.get(name, 0) for name in COUNTERS}
+    snapshot = {**stats.snapshot(), **counters, "processed": handled(counters)}
+    event = PassFinished if ended.done else PassStopped
+    hooks.pass_ended(
+        event(
+            migration.label,
+            *PassStats.split(snapshot),
+            str(ended.error) if ended.error else None,
+            write_rate=ended.write_rate,
+            throttled=ended.throttled,
+        )
+    )
+    return PipelineResult(
+        migration.id,
+        "finished" if ended.done else "stopped",
+        counters,
+        stats.elapsed,
+        ended.folder,
+        ended.error,
+        snapshot,
+        dict(ended.landed),
+    )
+
+
+@dataclass(frozen=True)
+class PassEnd:
+    """What :func:`end_pass` says of a pass besides its counts."""
+
+    done: bool
+    """Every document of the pass was handled (else it stopped)."""
+    folder: Path
+    error: DocshiftError | None = None
+    landed: Mapping[str, int] = field(default_factory=dict)
+    write_rate: float | None = None
+    throttled: int | None = None
 
 
 def on_resume(journal: bool) -> str:

@@ -40,14 +40,12 @@ from docshift.engine.diff import field_changes
 from docshift.engine.hooks import (
     Checkpointed,
     EngineState,
-    PassFinished,
     PassStarted,
     PassStats,
-    PassStopped,
     Progressed,
     RunHooks,
 )
-from docshift.engine.pipeline import PipelineResult
+from docshift.engine.pipeline import PassEnd, PipelineResult, end_pass
 from docshift.engine.stats import COUNTERS, RunStats
 from docshift.engine.writer import BatchWriter, Outgoing, WriteGuards
 from docshift.errors import (
@@ -356,21 +354,8 @@ class ScriptRunner:
             error, done = unwritten, False
         finally:
             self._close_files()
-        counters = self._counted()
-        snapshot = {**self.stats.snapshot(), **counters}
-        ended = PassFinished if done else PassStopped
-        self.hooks.pass_ended(
-            ended(self.migration.label, *PassStats.split(snapshot), str(error) if error else None)
-        )
-        return PipelineResult(
-            self.migration.id,
-            "finished" if done else "stopped",
-            counters,
-            self.stats.elapsed,
-            self.folder,
-            error,
-            snapshot,
-        )
+        ended = PassEnd(done, self.folder, error)
+        return end_pass(self.hooks, self.migration, self.stats, self._counted(), ended)
 
     def _close_files(self) -> None:
         for close in (self.journal.close if self.journal else None, self.dead_letters.close):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["COUNTERS", "FailureSamples", "RunStats", "format_ms"]
+__all__ = ["COUNTERS", "HANDLED", "FailureSamples", "RunStats", "format_ms", "handled"]
 
 COUNTERS = (
     "read",
@@ -34,6 +35,15 @@ def format_ms(seconds: float) -> str:
     if value >= 10:
         return f"{value:.1f}".removesuffix(".0")
     return f"{value:.3g}"
+
+
+HANDLED = ("updated", "created", "deleted", "unchanged", "failed")
+"""The counters of documents a pass is done with (its ``processed``)."""
+
+
+def handled(counters: Mapping[str, int]) -> int:
+    """Documents done with, by ``counters``."""
+    return sum(counters.get(name, 0) for name in HANDLED)
 
 
 class RunStats:
@@ -93,11 +103,7 @@ class RunStats:
             rate_avg = self._done_this_session / session_seconds
         return {
             **counters,
-            "processed": counters["updated"]
-            + counters["created"]
-            + counters["deleted"]
-            + counters["unchanged"]
-            + counters["failed"],
+            "processed": handled(counters),
             "docs_per_second_now": recent / window,
             "docs_per_second_avg": rate_avg,
             "commit_p50": self.percentile(0.50),
