@@ -78,6 +78,9 @@ class FolderFileSystem(LocalFileSystem):  # type: ignore[misc]
     def delete(self, paths: list[str]) -> None:
         super().delete([self._local(p) for p in paths])
 
+    def rename(self, sources: list[str], destinations: list[str]) -> None:
+        super().rename([self._local(p) for p in sources], [self._local(p) for p in destinations])
+
     def match(self, patterns: list[str], limits: list[int] | None = None) -> list[MatchResult]:
         results = []
         for pattern in patterns:

@@ -4,18 +4,22 @@ worker's share of the write limit, the Beam options, and what ``--runner beam`` 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import orjson
 import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 from docshift.beam import BeamSettings, Partition, PartitionWorker, ShippedMigration, WorkerPlan, WorkerShare
 from docshift.beam.driver import beam_pipeline_options, worker_count
+from docshift.beam.files import RunFiles
 from docshift.commands.run import RunOptions, run_migrations
 from docshift.config import Config, EngineConfig, StoreConfig
 from docshift.engine.hooks import Warned
@@ -23,7 +27,7 @@ from docshift.engine.pipeline import PipelineOptions
 from docshift.errors import BatchAborted, DriftError, RunStopped, UsageError
 from docshift.loader import load_migration
 from docshift.runfolder.journal import JournalReader
-from docshift.runfolder.layout import MigrationFolder
+from docshift.runfolder.layout import PARTITION_FORMAT, MigrationFolder
 from docshift.store import DelegatingStore, Query, Store, Write, WriteResult
 from docshift.store.memory import MemoryStore
 from docshift.testing import FaultInjectingStore, RecordingHooks, RecordingStore
@@ -249,3 +253,78 @@ def test_an_attempt_after_one_the_circuit_breaker_stopped_starts_afresh(tmp_path
     failing.enabled = False  # the outage is over; the runner retries the bundle on this worker
     done = worker.migrate(Partition(0))
     assert done.counters["updated"] == 200 and done.counters["failed"] == 0
+
+
+class _WatchedFileSystem(LocalFileSystem):  # type: ignore[misc]
+    """``docshift-watched://PATH``: Beam's local file system, where a file is there from the moment
+    it is created (as on HDFS or a shared mount, unlike an object store). Each write first notes
+    what a reader of the record's name would find at that moment."""
+
+    record: ClassVar[Path | None] = None
+    seen: ClassVar[list[bytes | None]] = []
+
+    @classmethod
+    def scheme(cls) -> str:
+        return "docshift-watched"
+
+    @staticmethod
+    def _local(url: str) -> str:
+        return url.removeprefix("docshift-watched://")
+
+    def create(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        handle = super().create(self._local(path), *args, **kwargs)
+        write = handle.write
+
+        def watched(data: bytes) -> None:
+            record = _WatchedFileSystem.record
+            assert record is not None
+            _WatchedFileSystem.seen.append(record.read_bytes() if record.exists() else None)
+            write(data)
+
+        handle.write = watched
+        return handle
+
+    def open(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        return super().open(self._local(path), *args, **kwargs)
+
+    def exists(self, path: str) -> bool:
+        return bool(super().exists(self._local(path)))
+
+    def rename(self, sources: list[str], destinations: list[str]) -> None:
+        super().rename([self._local(p) for p in sources], [self._local(p) for p in destinations])
+
+    def delete(self, paths: list[str]) -> None:
+        super().delete([self._local(p) for p in paths])
+
+
+def test_a_record_under_a_url_is_never_seen_half_written(tmp_path: Path) -> None:
+    """The driver reads the partitions' records while the workers rewrite them: on a file system
+    where a file shows as soon as it is created, a reader must find the whole old record or the
+    whole new one (or none), never an empty or cut one."""
+    runs = tmp_path / "runs"
+    bucket = tmp_path / "bucket"
+    files = RunFiles(runs, f"docshift-watched://{bucket}")
+    path = runs / "20260101T000000-abcdef" / "0001_x" / "partitions" / "p00002.json"
+    _WatchedFileSystem.record = bucket / path.relative_to(runs)
+    _WatchedFileSystem.seen = []
+    first, second = {"counters": {"updated": 1}}, {"counters": {"updated": 2}}
+    files.write_format(PARTITION_FORMAT, path, first)
+    whole_first = _WatchedFileSystem.record.read_bytes()
+    files.write_format(PARTITION_FORMAT, path, second)
+    assert (files.read_format(PARTITION_FORMAT, path) or {}).get("counters") == second["counters"]
+    assert _WatchedFileSystem.seen and set(_WatchedFileSystem.seen) <= {None, whole_first}
+    left = [p.name for p in _WatchedFileSystem.record.parent.iterdir()]
+    assert left == ["p00002.json"]  # no partial file left over
+
+
+def test_a_file_under_a_url_is_stored_as_given_whatever_its_name(tmp_path: Path) -> None:
+    """A journal segment is gzip already: stored as is (readable by any tool), not compressed again
+    because its name ends in ``.gz``, and read back as it was written."""
+    runs = tmp_path / "runs"
+    files = RunFiles(runs, f"docshift-watched://{tmp_path / 'bucket'}")
+    path = runs / "20260101T000000-abcdef" / "0001_x" / "before-images" / "p00000-1-a.000000.jsonl.gz"
+    payload = gzip.compress(b'{"kind": "before"}\n')
+    _WatchedFileSystem.record = tmp_path / "unused"
+    files.write(path, payload)
+    assert (tmp_path / "bucket" / path.relative_to(runs)).read_bytes() == payload
+    assert files.read(path) == payload

@@ -17,7 +17,10 @@ Rules this module keeps:
   closed (stored for good: an object store has no appends and no fsync) **before** the commit it
   journals is sent, named ``pPART-ATTEMPT.SEGMENT.jsonl.gz`` so the attempt's segments read back in
   order as one journal;
-- a record is written as one object, whole (an object store replaces an object at once);
+- a record (and a journal segment) is written whole: as one object in an object store (``gs://``,
+  ``s3://``, ``azfs://``: stored when closed, replacing the old one at once), elsewhere (a local or
+  shared file system, HDFS: a file shows from its creation on) under a ``.partial-`` name that
+  nothing reads, then renamed over it, so a reader never finds half a record;
 - any failure of the file system is a :class:`~docshift.errors.RunFileError`, as for a local file.
 """
 
@@ -27,6 +30,7 @@ import contextlib
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,7 @@ from docshift.errors import RunFileError
 from docshift.runfolder.atomic import FileFormat, run_file, write_atomic
 from docshift.runfolder.journal import JournalEntry, JournalWriter
 
-__all__ = ["RUN_FILES_OPTION", "PublishedJournal", "RunFiles", "run_files_of"]
+__all__ = ["PUBLISHED_WHOLE", "RUN_FILES_OPTION", "PublishedJournal", "RunFiles", "run_files_of"]
 
 RUN_FILES_OPTION = "run_files"
 """The ``--beam-option`` that puts the workers' files under a URL (see the module docstring)."""
@@ -66,6 +70,22 @@ def _remote(url: str) -> Iterator[None]:
         ) from None
 
 
+PUBLISHED_WHOLE = frozenset({"gs", "s3", "azfs"})
+"""The schemes of object stores, where an object is stored whole when it is closed, and replaces
+the one of its name at once: a reader finds the old object or the new one, never part of one."""
+
+
+def _create(url: str, payload: bytes) -> None:
+    from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+    # Stored as given: Beam would otherwise pick a compression from the name (a journal's ``.gz``).
+    handle = FileSystems.create(url, "application/octet-stream", CompressionTypes.UNCOMPRESSED)
+    try:
+        handle.write(payload)
+    finally:
+        handle.close()
+
+
 class RunFiles:
     """The files of the run folders in ``runs_dir``, as the workers write them: under ``url``
     (through Beam's ``FileSystems``), or in ``runs_dir`` itself when ``url`` is None."""
@@ -94,11 +114,14 @@ class RunFiles:
 
         url = self.url_of(path)
         with _remote(url):
-            handle = FileSystems.create(url, mime_type="application/octet-stream")
-            try:
-                handle.write(payload)
-            finally:
-                handle.close()
+            if FileSystems.get_scheme(url) in PUBLISHED_WHOLE:
+                _create(url, payload)
+                return
+            # Elsewhere a file shows from its creation on: written under a name nothing reads, then
+            # renamed over the record (a worker killed meanwhile leaves only that name behind).
+            partial = f"{url}.partial-{uuid.uuid4().hex}"
+            _create(partial, payload)
+            FileSystems.rename([partial], [url])
 
     def write_format(self, file_format: FileFormat, path: Path, body: dict[str, Any]) -> None:
         """A versioned run file (``file_format``), whole."""
@@ -141,13 +164,13 @@ class RunFiles:
                     return path.read_bytes()
                 except FileNotFoundError:
                     return None
-        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
         url = self.url_of(path)
         with _remote(url):
             if not FileSystems.exists(url):
                 return None
-            handle = FileSystems.open(url, mime_type="application/octet-stream")
+            handle = FileSystems.open(url, "application/octet-stream", CompressionTypes.UNCOMPRESSED)
             try:
                 return bytes(handle.read())
             finally:
