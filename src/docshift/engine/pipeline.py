@@ -843,6 +843,19 @@ def failures_over_budget(
     )
 
 
+@dataclass(frozen=True)
+class PassEnd:
+    """What :func:`end_pass` says of a pass besides its counts."""
+
+    done: bool
+    """Every document of the pass was handled (else it stopped)."""
+    folder: Path
+    error: DocshiftError | None = None
+    landed: Mapping[str, int] = field(default_factory=dict)
+    write_rate: float | None = None
+    throttled: int | None = None
+
+
 def end_pass(
     hooks: RunHooks,
     migration: Migration,
@@ -875,19 +888,6 @@ def end_pass(
         snapshot,
         dict(ended.landed),
     )
-
-
-@dataclass(frozen=True)
-class PassEnd:
-    """What :func:`end_pass` says of a pass besides its counts."""
-
-    done: bool
-    """Every document of the pass was handled (else it stopped)."""
-    folder: Path
-    error: DocshiftError | None = None
-    landed: Mapping[str, int] = field(default_factory=dict)
-    write_rate: float | None = None
-    throttled: int | None = None
 
 
 def on_resume(journal: bool) -> str:
