@@ -563,6 +563,7 @@ def throttled(count: int, rate: float, workdir: Path) -> None:
             runs_dir=workdir / "runs-throttled",
         )
         with open_store(config) as store:
+            assert isinstance(store, RetryingStore)  # its inner store is what the wrapper limits
             seed(store, count)
             # A burst of at least one full request: a store whose bucket cannot hold a request of
             # the run's batch size refuses it whatever the rate.

@@ -74,7 +74,7 @@ def measure(kind: str, count: int, partitions: int, workdir: Path) -> bench.Meas
             bench.seed(store, count)
             env = {**env_base, "FIRESTORE_EMULATOR_HOST": emulator.host, "DOCSHIFT_PROJECT": project}
             command = [DOCSHIFT, "run", "--execute", "--quiet", "--shards", str(partitions), *CASES[kind][1]]
-            seconds, rss, _ = bench.run_measured(command, env, workdir)
+            seconds, rss, _cpu, _ = bench.run_measured(command, env, workdir)
             bench.verify(store, count)
     return bench.Measure(kind, count, seconds, rss)
 

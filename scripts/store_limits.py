@@ -144,7 +144,11 @@ def query_limits(store: FirestoreStore) -> None:
         return [Filter.parse("t" if op == "array-contains-any" else "x", op, list(range(n)))]
 
     for op in ("in", "array-contains-any"):
-        n = largest(lambda k, op=op: answered(values(op, k)), 1, 100)
+
+        def accepted(k: int, op: str = op) -> bool:
+            return answered(values(op, k))
+
+        n = largest(accepted, 1, 100)
         print(
             f"values in one {op} filter: {n} accepted, {n + 1} refused; docshift: "
             f"{query_problem(values(op, n))!r} / {query_problem(values(op, n + 1))!r}"
