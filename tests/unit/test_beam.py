@@ -328,3 +328,33 @@ def test_a_file_under_a_url_is_stored_as_given_whatever_its_name(tmp_path: Path)
     files.write(path, payload)
     assert (tmp_path / "bucket" / path.relative_to(runs)).read_bytes() == payload
     assert files.read(path) == payload
+
+
+class _NoReplaceFileSystem(_WatchedFileSystem):
+    """``docshift-noreplace://PATH``: a rename onto an existing file is refused, as on HDFS."""
+
+    @classmethod
+    def scheme(cls) -> str:
+        return "docshift-noreplace"
+
+    @staticmethod
+    def _local(url: str) -> str:
+        return url.removeprefix("docshift-noreplace://")
+
+    def rename(self, sources: list[str], destinations: list[str]) -> None:
+        if any(Path(self._local(d)).exists() for d in destinations):
+            raise OSError("destination exists")
+        super().rename(sources, destinations)
+
+
+def test_a_record_is_rewritten_where_a_rename_does_not_replace(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    files = RunFiles(runs, f"docshift-noreplace://{tmp_path / 'bucket'}")
+    path = runs / "20260101T000000-abcdef" / "0001_x" / "landed" / "p00000.json"
+    _WatchedFileSystem.record = tmp_path / "bucket" / path.relative_to(runs)
+    _WatchedFileSystem.seen = []
+    for updated in (1, 2, 3):
+        files.write_format(PARTITION_FORMAT, path, {"counters": {"updated": updated}})
+    assert (files.read_format(PARTITION_FORMAT, path) or {}).get("counters") == {"updated": 3}
+    assert [p.name for p in _WatchedFileSystem.record.parent.iterdir()] == ["p00000.json"]
+    assert b"" not in _WatchedFileSystem.seen  # never half a record (at most, for a moment, none)

@@ -121,7 +121,15 @@ class RunFiles:
             # renamed over the record (a worker killed meanwhile leaves only that name behind).
             partial = f"{url}.partial-{uuid.uuid4().hex}"
             _create(partial, payload)
-            FileSystems.rename([partial], [url])
+            try:
+                FileSystems.rename([partial], [url])
+            except Exception:
+                if not FileSystems.exists(url):
+                    raise
+                # A file system whose rename does not replace (HDFS): the old record goes first, so
+                # a reader finds, for a moment, no record rather than half of one.
+                FileSystems.delete([url])
+                FileSystems.rename([partial], [url])
 
     def write_format(self, file_format: FileFormat, path: Path, body: dict[str, Any]) -> None:
         """A versioned run file (``file_format``), whole."""
