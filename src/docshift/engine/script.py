@@ -79,7 +79,7 @@ from docshift.store.base import (
     parse_field_path,
     split_path,
 )
-from docshift.store.semantics import document_problem, query_problem
+from docshift.store.semantics import apply_field_updates, document_problem, query_problem
 from docshift.store.simulated import SimulatedStore
 from docshift.values import Timestamp, Value, as_stored, copy_data, values_equal
 
@@ -242,21 +242,7 @@ def _fields(fields: Mapping[str | FieldPath, Value]) -> dict[FieldPath, Value]:
 def _updated(data: dict[str, Value], fields: Mapping[FieldPath, Value]) -> dict[str, Value]:
     """``data`` with an update's fields applied (``DELETE_FIELD`` removes one)."""
     result: dict[str, Value] = copy_data(data)
-    for path, value in fields.items():
-        parent = result
-        for segment in path[:-1]:
-            child = parent.get(segment)
-            if not isinstance(child, dict):
-                if value is DELETE_FIELD:
-                    break
-                child = {}
-                parent[segment] = child
-            parent = child
-        else:
-            if value is DELETE_FIELD:
-                parent.pop(path[-1], None)
-            else:
-                parent[path[-1]] = value
+    apply_field_updates(result, fields)
     return result
 
 

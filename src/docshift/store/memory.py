@@ -23,7 +23,6 @@ from datetime import datetime
 
 from docshift.errors import ConflictError, PermanentError
 from docshift.store.base import (
-    DELETE_FIELD,
     Document,
     FieldPath,
     Query,
@@ -36,6 +35,7 @@ from docshift.store.base import (
 )
 from docshift.store.semantics import (
     VERSION_SECONDS,
+    apply_field_updates,
     document_problem,
     error_hint,
     matches,
@@ -81,21 +81,7 @@ def _stored(value: Value, project: str) -> Value:
 
 
 def _apply_fields(data: dict[str, Value], fields: Mapping[FieldPath, Value], project: str) -> None:
-    for field_path, value in fields.items():
-        parent: dict[str, Value] = data
-        for segment in field_path[:-1]:
-            child = parent.get(segment)
-            if not isinstance(child, dict):
-                if value is DELETE_FIELD:
-                    break
-                child = {}
-                parent[segment] = child
-            parent = child
-        else:
-            if value is DELETE_FIELD:
-                parent.pop(field_path[-1], None)
-            else:
-                parent[field_path[-1]] = _stored(value, project)
+    apply_field_updates(data, fields, lambda value: _stored(value, project))
 
 
 _Version = tuple[Timestamp, Document | None]

@@ -18,7 +18,7 @@ from typing import Any
 
 from docshift.config import MAX_WRITES_PER_REQUEST  # also the bound of max_batch_size
 from docshift.errors import PermanentError
-from docshift.store.base import FieldPath, Filter, Op
+from docshift.store.base import DELETE_FIELD, FieldPath, Filter, Op
 from docshift.values import GeoPoint, Reference, Timestamp, Value
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "MAX_WRITES_PER_REQUEST",
     "PITR_SECONDS",
     "VERSION_SECONDS",
+    "apply_field_updates",
     "document_problem",
     "document_size",
     "error_hint",
@@ -486,3 +487,26 @@ def read_time_error(code: str, message: str, read_time: Timestamp) -> PermanentE
         return None
     text = f"the store cannot read at {read_time}: {message.rstrip('.')}"
     return PermanentError(text, code=code, hint=_READ_TIME_HINTS[kind])
+
+
+def apply_field_updates(
+    data: dict[str, Value], fields: Mapping[FieldPath, Value], convert: Callable[[Value], Value] = lambda v: v
+) -> None:
+    """Apply an update's field paths to ``data`` in place, as Firestore does: missing parents are
+    made, ``DELETE_FIELD`` removes a field (and makes nothing when its parent is missing); each
+    value set is ``convert(value)``."""
+    for field_path, value in fields.items():
+        parent = data
+        for segment in field_path[:-1]:
+            child = parent.get(segment)
+            if not isinstance(child, dict):
+                if value is DELETE_FIELD:
+                    break
+                child = {}
+                parent[segment] = child
+            parent = child
+        else:
+            if value is DELETE_FIELD:
+                parent.pop(field_path[-1], None)
+            else:
+                parent[field_path[-1]] = convert(value)
